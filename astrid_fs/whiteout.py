@@ -1,0 +1,171 @@
+"""The overlayfs on-disk format of an upper layer: the one module that knows it.
+
+Whiteouts are 0/0 character devices (or, without CAP_MKNOD, empty files with a
+`user.overlay.whiteout` xattr that only astrid-fs reads); opaque dirs and
+directory redirects are `NS.overlay.*` xattrs; the base fingerprint of a
+copied-up entry is `NS.astrid.origin`. See docs/design/upper-format.md.
+Pure functions over paths and file descriptors: no FUSE, no trio.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+XattrNs = Literal["trusted", "user"]
+
+UPPER_ONLY_INO_TAG = 1 << 62
+
+
+def default_xattr_ns() -> XattrNs:
+    """`trusted` for root (kernel overlayfs default), `user` otherwise."""
+    return "trusted" if os.geteuid() == 0 else "user"
+
+
+@dataclass(frozen=True)
+class OverlayXattrs:
+    """The names of the overlay's private xattrs in one namespace."""
+
+    ns: XattrNs
+
+    @property
+    def opaque(self) -> str:
+        return f"{self.ns}.overlay.opaque"
+
+    @property
+    def redirect(self) -> str:
+        return f"{self.ns}.overlay.redirect"
+
+    @property
+    def origin(self) -> str:
+        return f"{self.ns}.astrid.origin"
+
+    @property
+    def xattr_whiteout(self) -> str:
+        return "user.overlay.whiteout"
+
+    def is_private(self, name: str) -> bool:
+        """True for xattrs that belong to the overlay and never show through."""
+        return name.startswith((f"{self.ns}.overlay.", f"{self.ns}.astrid.")) or (
+            name.startswith("user.overlay.")
+        )
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Fingerprint of a lower entry at copy-up time (what a change is based on)."""
+
+    path: str
+    kind: str  # "file" | "dir" | "symlink" | "other"
+    ino: int
+    dev: int
+    size: int
+    mtime_ns: int
+    mode: int
+    blake3: str | None = None
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Origin:
+        fields = json.loads(raw)
+        return cls(**fields)
+
+    @classmethod
+    def of_stat(cls, path: str, st: os.stat_result, blake3: str | None = None) -> Origin:
+        return cls(
+            path=path,
+            kind=kind_of_mode(st.st_mode),
+            ino=st.st_ino,
+            dev=st.st_dev,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            mode=st.st_mode,
+            blake3=blake3,
+        )
+
+
+def kind_of_mode(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def is_whiteout_stat(st: os.stat_result) -> bool:
+    """A kernel-format whiteout: a character device with rdev 0/0."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def is_whiteout(path: str | bytes, st: os.stat_result | None = None) -> bool:
+    """True if the upper entry at `path` is a whiteout (either format)."""
+    if st is None:
+        st = os.lstat(path)
+    if is_whiteout_stat(st):
+        return True
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        try:
+            os.getxattr(path, "user.overlay.whiteout", follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+    return False
+
+
+def make_whiteout(path: str | bytes) -> None:
+    """Create a whiteout at `path` (which must not exist)."""
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+    except PermissionError:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o000)
+        os.close(fd)
+        os.setxattr(path, "user.overlay.whiteout", b"y", follow_symlinks=False)
+
+
+def get_xattr(path: str | bytes, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
+            return None
+        raise
+
+
+def is_opaque(path: str | bytes, names: OverlayXattrs) -> bool:
+    return get_xattr(path, names.opaque) == b"y"
+
+
+def set_opaque(path: str | bytes, names: OverlayXattrs) -> None:
+    os.setxattr(path, names.opaque, b"y", follow_symlinks=False)
+
+
+def get_redirect(path: str | bytes, names: OverlayXattrs) -> str | None:
+    raw = get_xattr(path, names.redirect)
+    return None if raw is None else os.fsdecode(raw)
+
+
+def set_redirect(path: str | bytes, names: OverlayXattrs, lower_path: str) -> None:
+    """Mark the upper dir at `path` as the renamed lower dir `lower_path` ("/a/b")."""
+    os.setxattr(path, names.redirect, os.fsencode(lower_path), follow_symlinks=False)
+
+
+def get_origin(path: str | bytes, names: OverlayXattrs) -> Origin | None:
+    raw = get_xattr(path, names.origin)
+    if raw is None:
+        return None
+    try:
+        return Origin.decode(raw)
+    except (ValueError, TypeError):
+        return None
+
+
+def set_origin(path: str | bytes, names: OverlayXattrs, origin: Origin) -> None:
+    os.setxattr(path, names.origin, origin.encode(), follow_symlinks=False)

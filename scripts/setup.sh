@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian machine: system packages, a venv in
+# .venv with Astrid installed editable (and its test extras), and the
+# mount helper link that `mount -t fuse.astrid-fs` needs.
+# Safe to run twice: every step checks before it acts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config attr fuse-overlayfs rsync git sqlite3 hyperfine)
+
+sudo_cmd() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    sudo_cmd apt-get update -qq
+    sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+fi
+stamp=.venv/.astrid-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
+    echo "setup: installing astrid (editable) into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+    touch "$stamp"
+fi
+
+# mount(8) -> mount.fuse3 runs the program named after "fuse." with a fixed
+# PATH that does not include our venv; a link in /usr/local/sbin and /usr/sbin
+# makes `mount -t fuse.astrid-fs` (fstab, overlay test suites) find it.
+if [ "$(id -u)" -eq 0 ]; then
+    for d in /usr/local/sbin /usr/sbin; do
+        if [ "$(readlink "$d/astrid-fs" 2>/dev/null)" != "$ROOT/.venv/bin/astrid-fs" ]; then
+            ln -sf "$ROOT/.venv/bin/astrid-fs" "$d/astrid-fs"
+        fi
+    done
+fi
