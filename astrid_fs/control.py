@@ -1,0 +1,58 @@
+"""Client side of a mounted session's control socket.
+
+Commands that change a session's layers behind the mount's back (commit,
+discard, rollback) call `notify_changed` afterwards so that the daemon drops
+its own caches and the kernel's (dentries, attributes, page cache) for those
+paths. A session that is not mounted makes these calls no-ops.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from astrid_fs.errors import MountError
+from astrid_fs.session import Session
+
+TIMEOUT_S = 30.0
+
+
+def request(session: Session, message: dict[str, Any]) -> dict[str, Any] | None:
+    """Send one JSON request to the session's daemon; None if not mounted."""
+    state = session.mount_state()
+    if state is None or not state.alive():
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT_S)
+        try:
+            sock.connect(state.control)
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError as e:
+            raise MountError(f"session {session.name}: control socket: {e}") from e
+    try:
+        reply: dict[str, Any] = json.loads(buf)
+    except ValueError as e:
+        raise MountError(f"session {session.name}: bad control reply {buf[:80]!r}") from e
+    if not reply.get("ok"):
+        raise MountError(f"session {session.name}: daemon said: {reply.get('error')}")
+    return reply
+
+
+def notify_changed(session: Session, paths: Iterable[str] | None = None) -> None:
+    """Tell a mounted session's daemon that these session-relative paths
+    (or, with None, everything) changed in the upper or lower layer."""
+    request(session, {"op": "invalidate", "paths": None if paths is None else list(paths)})
+
+
+def sync(session: Session) -> None:
+    """Ask a mounted session's daemon to make the upper layer current on disk
+    (flushes data the kernel still caches) before it is read directly."""
+    request(session, {"op": "sync"})
