@@ -32,6 +32,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
     touch "$stamp"
 fi
 
+# Parts that need more than the above (plugin toolchains, test servers) each
+# have an idempotent script here.
+for part in scripts/setup.d/*.sh; do
+    [ -e "$part" ] || continue
+    bash "$part"
+done
+
 # mount(8) -> mount.fuse3 runs the program named after "fuse." with a fixed
 # PATH that does not include our venv; a link in /usr/local/sbin and /usr/sbin
 # makes `mount -t fuse.astrid-fs` (fstab, overlay test suites) find it.
