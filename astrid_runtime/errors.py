@@ -1,0 +1,56 @@
+"""The kernel's exception hierarchy.
+
+Every failure the kernel reports to a person is a `KernelError` subclass
+carrying a message that says what to fix. The CLIs turn them into one line
+and a non-zero exit; nothing below the CLI prints a traceback for them.
+
+Host functions never raise these into a guest: the ABI modules catch them
+and return the matching `error` variant of `astrid:kernel/types` instead.
+"""
+
+from __future__ import annotations
+
+
+class KernelError(Exception):
+    """Base of every error the kernel raises on purpose."""
+
+
+class ConfigError(KernelError):
+    """A malformed config file, manifest or lockfile (names file and line)."""
+
+
+class ManifestError(ConfigError):
+    """A `plugin.toml` that cannot be used."""
+
+
+class LockfileError(ConfigError):
+    """A `plugins.lock` that cannot be read or written."""
+
+
+class VerifyError(KernelError):
+    """A component that does not match its pin in `plugins.lock`, or has none."""
+
+
+class CompileError(KernelError):
+    """A component wasmtime will not compile or link (wrong world, bad bytes)."""
+
+
+class PluginCrash(KernelError):
+    """A guest trapped, ran out of fuel or time, or hit its memory limit."""
+
+    def __init__(self, plugin: str, reason: str) -> None:
+        super().__init__(f"plugin {plugin}: {reason}")
+        self.plugin = plugin
+        self.reason = reason
+
+
+class PluginError(KernelError):
+    """A guest export returned `err(...)`: the plugin refused, it did not crash."""
+
+
+class BusError(KernelError):
+    """A bus operation refused (bad topic or pattern, not granted, too large)."""
+
+
+class ControlError(KernelError):
+    """The control socket could not be reached or answered with an error."""
