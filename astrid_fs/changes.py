@@ -1,0 +1,391 @@
+"""What a session changed: walk the upper layer and list `Change` values.
+
+Knows: the overlay rules that decide which lower entry an upper entry stands
+for (natural path, `redirect` of a renamed dir, `opaque` hiding a lower dir),
+and how to compare one upper entry with that lower entry (kind, content,
+symlink target, mode, owner, user xattrs, mtime). Only the upper layer is
+walked; the lower is looked up entry by entry, so the cost follows the size
+of the session, not of the project. Does not know: how changes are shown
+(diffview), landed (commit) or dropped (discard). Conflicts (the lower entry
+moved on since copy-up) are judged from the `origin` fingerprint alone.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import PurePosixPath
+from typing import Literal
+
+import blake3
+
+from astrid_fs.errors import UsageError
+from astrid_fs.whiteout import (
+    Origin,
+    OverlayXattrs,
+    get_origin,
+    get_redirect,
+    is_opaque,
+    is_whiteout,
+    kind_of_mode,
+)
+
+Status = Literal["A", "M", "D", "R", "T", "L", "P", "X", "O", "U"]
+# Flags a change can carry; the status letter is the most telling of them.
+Flag = Literal["content", "target", "mode", "xattrs", "owner", "mtime"]
+_FLAG_STATUS: tuple[tuple[Flag, Status], ...] = (
+    ("content", "M"),
+    ("target", "L"),
+    ("mode", "P"),
+    ("xattrs", "X"),
+    ("owner", "O"),
+    ("mtime", "U"),
+)
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Change:
+    """One changed entry of the merged view, relative to the lower layer.
+
+    `path` is the session path (posix, relative); `lower_path` the lower entry
+    it replaces or deletes (for R: the rename source), None for additions.
+    """
+
+    path: str
+    status: Status
+    kind: str  # upper kind; for D the deleted lower kind
+    lower_path: str | None = None
+    old_kind: str | None = None
+    flags: tuple[Flag, ...] = ()
+    origin: Origin | None = None
+    whiteout: bool = False  # D backed by a whiteout entry at `path` in the upper
+    opaque: bool = False  # an upper dir that hides its lower dir's other children
+    redirect: bool = False  # an upper dir carrying a redirect xattr
+    upper_ino: int = 0
+    conflict: str | None = None
+    link_to: str | None = None  # an earlier change path sharing this upper inode
+
+    @property
+    def structural(self) -> bool:
+        """Descendants cannot land without this entry landing first."""
+        return self.kind == "dir" and self.status in ("A", "R", "T")
+
+
+@dataclass
+class _Walk:
+    upper: str
+    lower: str
+    names: OverlayXattrs
+    changes: list[Change] = field(default_factory=list)
+    inodes: dict[int, str] = field(default_factory=dict)
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+
+
+def user_xattrs(path: str, names: OverlayXattrs) -> dict[str, bytes]:
+    """The xattrs of `path` that show through the mount (not the overlay's own)."""
+    try:
+        keys = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    found: dict[str, bytes] = {}
+    for key in keys:
+        if names.is_private(key) or key.startswith("trusted.overlay."):
+            continue
+        try:
+            found[key] = os.getxattr(path, key, follow_symlinks=False)
+        except OSError:
+            continue
+    return found
+
+
+def same_content(a: str, b: str) -> bool:
+    """Byte-for-byte equality of two regular files."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            ca, cb = fa.read(_CHUNK), fb.read(_CHUNK)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
+
+
+def file_blake3(path: str) -> str:
+    hasher = blake3.blake3()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def compare_entries(
+    up: str, ust: os.stat_result, low: str, lst: os.stat_result, names: OverlayXattrs
+) -> tuple[Flag, ...]:
+    """What differs between an upper entry and the lower entry it stands for
+    (same kind assumed). Directory mtimes are ignored: they move with children."""
+    flags: list[Flag] = []
+    kind = kind_of_mode(ust.st_mode)
+    if kind == "file" and (ust.st_size != lst.st_size or not same_content(up, low)):
+        flags.append("content")
+    if kind == "symlink" and os.readlink(up) != os.readlink(low):
+        flags.append("target")
+    if kind == "other" and (stat.S_IFMT(ust.st_mode) != stat.S_IFMT(lst.st_mode)
+                            or ust.st_rdev != lst.st_rdev):
+        flags.append("content")
+    if kind != "symlink" and stat.S_IMODE(ust.st_mode) != stat.S_IMODE(lst.st_mode):
+        flags.append("mode")
+    if user_xattrs(up, names) != user_xattrs(low, names):
+        flags.append("xattrs")
+    if (ust.st_uid, ust.st_gid) != (lst.st_uid, lst.st_gid):
+        flags.append("owner")
+    if kind in ("file", "symlink") and ust.st_mtime_ns != lst.st_mtime_ns:
+        flags.append("mtime")
+    return tuple(flags)
+
+
+def status_of(flags: Iterable[Flag]) -> Status | None:
+    present = set(flags)
+    for flag, status in _FLAG_STATUS:
+        if flag in present:
+            return status
+    return None
+
+
+def scan(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
+         names: OverlayXattrs) -> list[Change]:
+    """Every change of the session whose upper layer is `upper`, sorted by path.
+
+    Renames pair a redirected dir (or a file whose origin names another path)
+    with the deletion of its source, which then is not listed on its own.
+    Hard links inside the upper are marked with `link_to`.
+    """
+    walk = _Walk(os.fspath(upper), os.fspath(lower), names)
+    _walk_dir(walk, "", "", hide=False)
+    return _pair_renames(walk.changes)
+
+
+def _walk_dir(walk: _Walk, rel: str, base: str | None, hide: bool) -> None:
+    """Compare upper dir `rel` (standing for lower dir `base`) entry by entry;
+    `hide`: the lower children not in the upper are hidden (opaque)."""
+    updir = os.path.join(walk.upper, rel) if rel else walk.upper
+    with os.scandir(updir) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    present = {e.name for e in entries}
+    if hide and base is not None:
+        lowdir = os.path.join(walk.lower, base) if base else walk.lower
+        try:
+            hidden = sorted(set(os.listdir(lowdir)) - present)
+        except (FileNotFoundError, NotADirectoryError):
+            hidden = []
+        for name in hidden:
+            lst = _lstat(os.path.join(lowdir, name))
+            if lst is not None:
+                walk.changes.append(Change(
+                    _join(rel, name), "D", kind_of_mode(lst.st_mode),
+                    lower_path=_join(base, name)))
+    for entry in entries:
+        path = _join(rel, entry.name)
+        natural = None if base is None else _join(base, entry.name)
+        _visit(walk, path, natural, entry.stat(follow_symlinks=False))
+
+
+def _visit(walk: _Walk, path: str, natural: str | None, ust: os.stat_result) -> None:
+    up = os.path.join(walk.upper, path)
+    names = walk.names
+    nat_st = None if natural is None else _lstat(os.path.join(walk.lower, natural))
+    if is_whiteout(up, ust):
+        if nat_st is not None:
+            walk.changes.append(Change(
+                path, "D", kind_of_mode(nat_st.st_mode), lower_path=natural,
+                whiteout=True, origin=get_origin(up, names), upper_ino=ust.st_ino))
+        return
+    kind = kind_of_mode(ust.st_mode)
+    origin = get_origin(up, names)
+    if kind == "dir":
+        _visit_dir(walk, path, natural, nat_st, ust, origin)
+        return
+    link_to = None
+    if kind == "file" and ust.st_nlink > 1:
+        link_to = walk.inodes.setdefault(ust.st_ino, path)
+        link_to = None if link_to == path else link_to
+    found = Change(path, "A", kind, origin=origin, upper_ino=ust.st_ino, link_to=link_to)
+    if nat_st is None:
+        walk.changes.append(found)
+        return
+    lkind = kind_of_mode(nat_st.st_mode)
+    if lkind != kind:
+        walk.changes.append(replace(found, status="T", lower_path=natural, old_kind=lkind))
+        return
+    flags = compare_entries(up, ust, os.path.join(walk.lower, natural or ""), nat_st, names)
+    status = status_of(flags)
+    if status is not None or link_to is not None:
+        walk.changes.append(replace(found, status=status or "M", lower_path=natural,
+                                    flags=flags))
+
+
+def _redirect_target(raw: str, natural: str | None) -> str:
+    if raw.startswith("/"):
+        return raw.strip("/")
+    parent = "" if natural is None else str(PurePosixPath(natural).parent)
+    return _join("" if parent == "." else parent, raw)
+
+
+def _visit_dir(walk: _Walk, path: str, natural: str | None, nat_st: os.stat_result | None,
+               ust: os.stat_result, origin: Origin | None) -> None:
+    up = os.path.join(walk.upper, path)
+    names = walk.names
+    opaque = is_opaque(up, names)
+    raw_redirect = get_redirect(up, names)
+    base: str | None = natural
+    if raw_redirect is not None:
+        base = _redirect_target(raw_redirect, natural)
+        src_st = _lstat(os.path.join(walk.lower, base))
+        if nat_st is not None and natural != base:
+            walk.changes.append(Change(path, "D", kind_of_mode(nat_st.st_mode),
+                                       lower_path=natural))
+        flags: tuple[Flag, ...] = ()
+        if src_st is not None and stat.S_ISDIR(src_st.st_mode):
+            flags = compare_entries(up, ust, os.path.join(walk.lower, base), src_st, names)
+        walk.changes.append(Change(path, "R", "dir", lower_path=base, flags=flags,
+                                   origin=origin, redirect=True, opaque=opaque,
+                                   upper_ino=ust.st_ino))
+        _walk_dir(walk, path, base, hide=opaque)
+        return
+    if nat_st is None:
+        walk.changes.append(Change(path, "A", "dir", origin=origin, opaque=opaque,
+                                   upper_ino=ust.st_ino))
+        _walk_dir(walk, path, None, hide=False)
+        return
+    if not stat.S_ISDIR(nat_st.st_mode):
+        walk.changes.append(Change(path, "T", "dir", lower_path=natural,
+                                   old_kind=kind_of_mode(nat_st.st_mode), origin=origin,
+                                   opaque=opaque, upper_ino=ust.st_ino))
+        _walk_dir(walk, path, None, hide=False)
+        return
+    flags = compare_entries(up, ust, os.path.join(walk.lower, natural or ""), nat_st, names)
+    status = status_of(flags)
+    if status is not None:
+        walk.changes.append(Change(path, status, "dir", lower_path=natural, flags=flags,
+                                   origin=origin, opaque=opaque, upper_ino=ust.st_ino))
+    _walk_dir(walk, path, natural, hide=opaque)
+
+
+def _pair_renames(changes: list[Change]) -> list[Change]:
+    """Drop the deletion that is the source of a rename; turn an addition whose
+    origin names a deleted path into a rename of that path."""
+    deleted = {c.lower_path: c for c in changes if c.status == "D"}
+    sources: set[str] = set()
+    paired: list[Change] = []
+    for c in changes:
+        if c.status == "R" and c.lower_path is not None:
+            sources.add(c.lower_path)
+        elif (c.status == "A" and c.kind != "dir" and c.origin is not None
+              and c.origin.path != c.path and c.origin.path in deleted
+              and c.origin.path not in sources
+              and deleted[c.origin.path].kind == c.origin.kind):
+            sources.add(c.origin.path)
+            c = replace(c, status="R", lower_path=c.origin.path, flags=("content",))
+        paired.append(c)
+    kept = [c for c in paired if not (c.status == "D" and c.lower_path in sources)]
+    return sorted(kept, key=lambda c: c.path)
+
+
+def check_conflicts(changes: list[Change], lower: str | os.PathLike[str]) -> list[Change]:
+    """The same changes, each with `conflict` set when the lower entry it was
+    based on (its origin fingerprint) has changed since. Without an origin the
+    base is unknown and no conflict can be seen (kernel overlayfs copy-ups)."""
+    root = os.fspath(lower)
+    return [replace(c, conflict=conflict_of(c, root)) for c in changes]
+
+
+def conflict_of(change: Change, lower: str) -> str | None:
+    """Why `change` conflicts with the lower layer as it is now, or None."""
+    if change.status == "R" and change.kind == "dir" and change.lower_path is not None:
+        st = _lstat(os.path.join(lower, change.lower_path))
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return f"rename source {change.lower_path} is gone from the lower layer"
+    origin = change.origin
+    if origin is None:
+        return None
+    st = _lstat(os.path.join(lower, origin.path))
+    if st is None:
+        return f"lower {origin.path} was deleted since the session copied it"
+    if kind_of_mode(st.st_mode) != origin.kind:
+        return f"lower {origin.path} changed type since the session copied it"
+    if origin.kind == "dir":
+        return None if st.st_ino == origin.ino else f"lower {origin.path} was replaced"
+    unchanged = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode) == (
+        origin.ino, origin.size, origin.mtime_ns, origin.mode)
+    if unchanged:
+        return None
+    if (origin.blake3 is not None and origin.kind == "file" and st.st_size == origin.size
+            and file_blake3(os.path.join(lower, origin.path)) == origin.blake3
+            and st.st_mode == origin.mode):
+        return None
+    return f"lower {origin.path} changed since the session copied it"
+
+
+def normalize_path(raw: str, lower: str | os.PathLike[str],
+                   mountpoint: str | None = None) -> str:
+    """A user-given path as a session path; absolute paths must lie inside the
+    lower dir or the mount point. Raises UsageError for paths outside."""
+    roots = [os.fspath(lower)] + ([mountpoint] if mountpoint else [])
+    if os.path.isabs(raw):
+        norm = os.path.normpath(raw)
+        for root in roots:
+            rel = os.path.relpath(norm, os.path.normpath(root))
+            if rel == "." or not rel.startswith(".."):
+                return "" if rel == "." else rel
+        raise UsageError(f"path {raw!r} is outside the session (lower {roots[0]})")
+    rel = os.path.normpath(raw)
+    if rel.startswith("..") or rel.startswith("/"):
+        raise UsageError(f"path {raw!r} is outside the session")
+    return "" if rel == "." else rel
+
+
+def _under(path: str, prefix: str) -> bool:
+    return prefix == "" or path == prefix or path.startswith(prefix + "/")
+
+
+def select(changes: list[Change], prefixes: list[str]) -> list[Change]:
+    """The changes named by `prefixes` (session paths; a dir names its subtree;
+    a rename source names the rename), plus structural ancestors they need.
+    An empty list selects everything. A prefix naming nothing is a UsageError."""
+    if not prefixes:
+        return list(changes)
+    chosen: dict[str, Change] = {}
+    for prefix in prefixes:
+        hits = [c for c in changes if _under(c.path, prefix)
+                or (c.status == "R" and c.lower_path is not None
+                    and _under(c.lower_path, prefix))]
+        if not hits:
+            raise UsageError(f"no change at {prefix!r} in this session")
+        for c in hits:
+            chosen[c.path] = c
+    by_path = {c.path: c for c in changes}
+    for c in list(chosen.values()):
+        for anc in _ancestors(c.path):
+            a = by_path.get(anc)
+            if a is not None and a.structural:
+                chosen[anc] = a
+    return sorted(chosen.values(), key=lambda c: c.path)
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        yield "/".join(parts[:i])

@@ -1,0 +1,140 @@
+"""Copy-up: make an upper-layer copy of a lower entry, atomically.
+
+The copy is built in the session's work dir (same filesystem as the upper
+layer): data (holes kept), owner, mode, times and xattrs, plus the origin
+fingerprint; then one rename puts it in place. A crash leaves either no
+upper entry (the lower still shows) or the complete copy, never a torn one.
+Only the copied entry is created: callers copy up parents first.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+
+from astrid_fs.whiteout import Origin, OverlayXattrs
+
+_counter = itertools.count()
+_CHUNK = 1 << 20
+
+
+def copy_xattrs(src: bytes, dst: bytes, names: OverlayXattrs) -> None:
+    """Copy every xattr of `src` to `dst` except the overlay's private ones."""
+    try:
+        keys = os.listxattr(src, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return
+        raise
+    for key in keys:
+        if names.is_private(key):
+            continue
+        try:
+            value = os.getxattr(src, key, follow_symlinks=False)
+            os.setxattr(dst, key, value, follow_symlinks=False)
+        except OSError as e:
+            # user.* is not allowed on symlinks and special files on most
+            # filesystems; security.* may be refused: skip what cannot land.
+            if e.errno not in (errno.ENOTSUP, errno.EPERM, errno.ENODATA):
+                raise
+
+
+def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
+    """Copy `size` bytes, keeping holes (SEEK_DATA/SEEK_HOLE) where possible."""
+    offset = 0
+    while offset < size:
+        try:
+            data_start = os.lseek(src_fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole up to EOF
+                break
+            data_start = offset
+        hole_start = os.lseek(src_fd, data_start, os.SEEK_HOLE)
+        pos = data_start
+        while pos < hole_start:
+            want = min(_CHUNK * 8, hole_start - pos)
+            try:
+                done = os.copy_file_range(src_fd, dst_fd, want, pos, pos)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                chunk = os.pread(src_fd, min(_CHUNK, want), pos)
+                done = os.pwrite(dst_fd, chunk, pos) if chunk else 0
+            if done == 0:
+                break
+            pos += done
+        offset = hole_start
+    os.ftruncate(dst_fd, size)
+
+
+def temp_name(tmp_dir: bytes) -> bytes:
+    return b"%s/cu-%d-%d" % (tmp_dir, os.getpid(), next(_counter))
+
+
+def copy_up(lower_path: bytes, upper_path: bytes, tmp_dir: bytes, names: OverlayXattrs,
+            rel_path: bytes, *, with_data: bool = True, sync: bool = True) -> os.stat_result:
+    """Copy the lower entry at `lower_path` to `upper_path` (whose parent exists).
+
+    Returns the lstat of the new upper entry. `with_data=False` makes an empty
+    regular file (for opens with O_TRUNC). Directories are copied without
+    their children.
+    """
+    st = os.lstat(lower_path)
+    tmp = temp_name(tmp_dir)
+    mode = stat.S_IMODE(st.st_mode)
+    try:
+        if stat.S_ISREG(st.st_mode):
+            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                if with_data and st.st_size:
+                    src = os.open(lower_path, os.O_RDONLY)
+                    try:
+                        copy_data(src, dst, st.st_size)
+                    finally:
+                        os.close(src)
+                if sync:
+                    os.fsync(dst)
+            finally:
+                os.close(dst)
+        elif stat.S_ISDIR(st.st_mode):
+            os.mkdir(tmp, 0o700)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(lower_path), tmp)
+        else:
+            os.mknod(tmp, st.st_mode, st.st_rdev)
+        _copy_meta(lower_path, tmp, st, mode, names, rel_path, with_data)
+        os.rename(tmp, upper_path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return os.lstat(upper_path)
+
+
+def _copy_meta(src: bytes, tmp: bytes, st: os.stat_result, mode: int, names: OverlayXattrs,
+               rel_path: bytes, with_data: bool) -> None:
+    is_link = stat.S_ISLNK(st.st_mode)
+    os.lchown(tmp, st.st_uid, st.st_gid)
+    if not is_link:
+        os.chmod(tmp, mode)
+    copy_xattrs(src, tmp, names)
+    origin = Origin.of_stat(os.fsdecode(rel_path), st)
+    try:
+        os.setxattr(tmp, names.origin, origin.encode(), follow_symlinks=False)
+    except OSError as e:
+        # user.* xattrs cannot go on symlinks: such a copy keeps no origin.
+        if e.errno not in (errno.EPERM, errno.ENOTSUP):
+            raise
+    if with_data:
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _remove_quietly(path: bytes) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass

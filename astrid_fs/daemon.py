@@ -1,0 +1,226 @@
+"""The astrid-fs daemon: serves one overlay over FUSE until unmounted.
+
+Started by `astrid-fs mount` (or by mount.fuse3 through the helper form) as
+`python -m astrid_fs.daemon CONFIG_JSON READY_FD`. It mounts, reports "ok"
+(or one error line) on the ready pipe, then serves. It stops when the file
+system is unmounted or on SIGTERM/SIGINT/SIGHUP (then it unmounts itself).
+While serving it answers JSON-line requests on a control socket:
+`{"op": "ping"}`, `{"op": "invalidate", "paths": null}`, `{"op": "sync"}`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from astrid_fs.fuse_ops import FuseOps
+from astrid_fs.layers import Layers
+from astrid_fs.overlay import Overlay
+from astrid_fs.session import MountState, open_session
+from astrid_fs.whiteout import OverlayXattrs, XattrNs
+
+log = logging.getLogger("astrid_fs.daemon")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything the daemon needs; passed as JSON on its command line."""
+
+    lower: str
+    upper: str
+    tmp: str
+    xattr_ns: XattrNs
+    mountpoint: str
+    fsname: str
+    lower_ttl: float
+    log_file: str
+    session: str | None = None
+    astrid_home: str | None = None
+    control: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str) -> DaemonConfig:
+        return cls(**json.loads(raw))
+
+
+def fuse_options(config: DaemonConfig) -> set[str]:
+    opts = {"default_permissions", f"fsname={config.fsname}", "subtype=astrid-fs"}
+    if os.geteuid() == 0:
+        # Other users (and pjdfstest's uid switching) must reach the mount;
+        # the kernel still checks permissions (default_permissions).
+        opts |= {"allow_other", "dev", "suid"}
+    return opts
+
+
+def _clean_tmp(tmp: Path) -> None:
+    """Drop half-built copy-ups a crashed daemon left in the work dir."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    for entry in tmp.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+class Daemon:
+    """One mounted overlay: FUSE loop, control socket, signal handling."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        names = OverlayXattrs(config.xattr_ns)
+        layers = Layers(os.fsencode(config.lower), os.fsencode(config.upper), names)
+        self.overlay = Overlay(layers, os.fsencode(config.tmp),
+                               redirects=config.xattr_ns == "trusted")
+        self.ops = FuseOps(self.overlay, lower_ttl=config.lower_ttl)
+
+    def mount(self) -> None:
+        _clean_tmp(Path(self.config.tmp))
+        pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            if self.config.control:
+                await nursery.start(self._control_server, self.config.control)
+            nursery.start_soon(self._signals)
+            await pyfuse3.main(min_tasks=1, max_tasks=8)
+            nursery.cancel_scope.cancel()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                log.info("signal %d: unmounting", signum)
+                pyfuse3.terminate()
+                return
+
+    async def _control_server(self, path: str,
+                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                              ) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(16)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            while True:
+                conn, _ = await sock.accept()
+                nursery.start_soon(self._control_conn, trio.SocketStream(conn))
+
+    async def _control_conn(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            try:
+                reply = await self._control(json.loads(buf))
+            except Exception as e:  # one bad request must not stop the daemon
+                log.exception("control request failed")
+                reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid(), "nodes": len(self.overlay.table)}
+        if op == "invalidate":
+            inodes, entries = self.ops.invalidate_all()
+            await trio.to_thread.run_sync(_invalidate_kernel, inodes, entries)
+            return {"ok": True, "inodes": len(inodes), "entries": len(entries)}
+        if op == "sync":
+            # Nothing is buffered in the daemon (no writeback cache): data is
+            # in the upper files once write() returned; make it durable.
+            await trio.to_thread.run_sync(os.sync)
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def _invalidate_kernel(inodes: list[int], entries: list[tuple[int, bytes]]) -> None:
+    for parent, name in entries:
+        try:
+            pyfuse3.invalidate_entry(parent, name)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                log.warning("invalidate_entry(%d, %r): %s", parent, name, e)
+    for ino in inodes:
+        try:
+            pyfuse3.invalidate_inode(ino)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                log.warning("invalidate_inode(%d): %s", ino, e)
+
+
+def _report(ready_fd: int | None, line: str) -> None:
+    if ready_fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(ready_fd, (line.rstrip("\n") + "\n").encode())
+        os.close(ready_fd)
+
+
+def run(config: DaemonConfig, ready_fd: int | None) -> int:
+    """Mount and serve; returns the process exit code."""
+    logging.basicConfig(
+        filename=None if ready_fd is None else config.log_file,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    session = None
+    if config.session:
+        session = open_session(config.session, Path(config.astrid_home) if config.astrid_home
+                               else None)
+    daemon = Daemon(config)
+    try:
+        daemon.mount()
+    except Exception as e:  # reported as one line to the waiting CLI
+        log.exception("mount failed")
+        _report(ready_fd, f"error: cannot mount {config.mountpoint}: {e}")
+        return 1
+    try:
+        if session is not None:
+            session.write_mount_state(MountState(os.getpid(), config.mountpoint,
+                                                 config.control or ""))
+        _report(ready_fd, "ok")
+        log.info("serving %s on %s", config.lower, config.mountpoint)
+        trio.run(daemon.serve)
+    finally:
+        pyfuse3.close(unmount=True)
+        if session is not None:
+            session.clear_mount_state()
+        log.info("unmounted %s", config.mountpoint)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    config = DaemonConfig.from_json(argv[0])
+    ready_fd = int(argv[1]) if len(argv) > 1 and argv[1] != "-" else None
+    if ready_fd is not None:
+        # Detach from the caller's terminal and pipes (mount(8) and scripts
+        # wait for EOF on them); logs go to the log file.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+    return run(config, ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

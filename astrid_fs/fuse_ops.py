@@ -1,0 +1,350 @@
+"""pyfuse3 Operations for the overlay: a protocol adapter only.
+
+Semantics live in `overlay.py`. This module turns FUSE requests into overlay
+calls, `OSError`s into `FUSEError(errno)` at this one boundary, and decides
+what the kernel may cache:
+- entries and attributes backed by the upper layer: UPPER_TTL (only the
+  kernel's own requests change them while mounted; commit, discard and
+  rollback invalidate explicitly through the control socket);
+- entries backed by the lower layer, and negative lookups: `lower_ttl`
+  (the user may edit the project under a running session);
+- page cache: kept across opens (`keep_cache`) while the file's mtime and
+  size are what they were at the last open, or changed only through us.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import pyfuse3
+
+from astrid_fs.inodes import Node
+from astrid_fs.overlay import Overlay, Owner, SetAttr
+
+UPPER_TTL = 3600.0
+NAME_MAX = 255
+
+
+class FuseOps(pyfuse3.Operations):  # type: ignore[misc]
+    """Adapter from pyfuse3 requests to `Overlay` operations."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, overlay: Overlay, *, lower_ttl: float) -> None:
+        super().__init__()
+        self.ov = overlay
+        self.table = overlay.table
+        self.lower_ttl = lower_ttl
+        self._fh_nodes: dict[int, Node] = {}
+        self._dirs: dict[int, tuple[Node, list[bytes] | None]] = {}
+        self._next_dir_fh = 1
+        self._kernel_wrote: set[int] = set()
+        self._last_sig: dict[int, tuple[int, int]] = {}
+
+    # ---- helpers ----------------------------------------------------------
+
+    def _entry(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = node.ino
+        e.generation = 0
+        ttl = UPPER_TTL if node.in_upper else self.lower_ttl
+        e.entry_timeout = ttl
+        e.attr_timeout = ttl
+        e.st_mode = st.st_mode
+        e.st_nlink = 0 if not node.links and node.ino != 1 else (
+            1 if self.ov.is_merged(node) else st.st_nlink)
+        e.st_uid = st.st_uid
+        e.st_gid = st.st_gid
+        e.st_rdev = st.st_rdev
+        e.st_size = st.st_size
+        e.st_blksize = st.st_blksize
+        e.st_blocks = st.st_blocks
+        e.st_atime_ns = st.st_atime_ns
+        e.st_mtime_ns = st.st_mtime_ns
+        e.st_ctime_ns = st.st_ctime_ns
+        return e
+
+    def _negative(self) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = self.lower_ttl
+        return e
+
+    @staticmethod
+    def _fail(e: OSError) -> pyfuse3.FUSEError:
+        return pyfuse3.FUSEError(e.errno or errno.EIO)
+
+    def _node(self, ino: int) -> Node:
+        try:
+            return self.table.get(ino)
+        except KeyError:
+            # The kernel asked about an inode it told us to forget: stale.
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+
+    # ---- lookups and attributes -------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> Any:
+        self._node(parent_inode)
+        try:
+            node, st = self.ov.lookup(parent_inode, name)
+        except FileNotFoundError:
+            return self._negative()
+        except OSError as e:
+            raise self._fail(e) from None
+        return self._entry(node, st)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.table.forget(ino, count)
+
+    async def getattr(self, inode: int, ctx: Any) -> Any:
+        node = self._node(inode)
+        try:
+            return self._entry(node, self.ov.stat(node))
+        except OSError as e:
+            raise self._fail(e) from None
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None,
+                      ctx: Any) -> Any:
+        change = SetAttr(
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        node = self._node(inode)
+        fd = fh if fh is not None and fh in self._fh_nodes else None
+        try:
+            st = self.ov.setattr(inode, change, fd)
+        except OSError as e:
+            raise self._fail(e) from None
+        self._kernel_wrote.add(inode)
+        return self._entry(node, st)
+
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        try:
+            return self.ov.readlink(inode)
+        except OSError as e:
+            raise self._fail(e) from None
+
+    # ---- namespace --------------------------------------------------------
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: Any) -> Any:
+        return self._made(lambda o: self.ov.mknod(parent_inode, name, mode, rdev, o), ctx)
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        return self._made(lambda o: self.ov.mkdir(parent_inode, name, mode, o), ctx)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        return self._made(lambda o: self.ov.symlink(parent_inode, name, target, o), ctx)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        return self._made(lambda o: self.ov.link(inode, new_parent_inode, new_name), ctx)
+
+    def _made(self, make: Any, ctx: Any) -> Any:
+        try:
+            node, st = make(Owner(ctx.uid, ctx.gid))
+        except OSError as e:
+            raise self._fail(e) from None
+        return self._entry(node, st)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        try:
+            self.ov.unlink(parent_inode, name)
+        except OSError as e:
+            raise self._fail(e) from None
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        try:
+            self.ov.rmdir(parent_inode, name)
+        except OSError as e:
+            raise self._fail(e) from None
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        try:
+            self.ov.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        except OSError as e:
+            raise self._fail(e) from None
+
+    # ---- files ------------------------------------------------------------
+
+    def _file_info(self, node: Node, fd: int, st: os.stat_result) -> Any:
+        sig = (st.st_mtime_ns, st.st_size)
+        keep = self._last_sig.get(node.ino) == sig or node.ino in self._kernel_wrote
+        self._last_sig[node.ino] = sig
+        self._kernel_wrote.discard(node.ino)
+        self._fh_nodes[fd] = node
+        self.table.add_handle(node, fd)
+        return pyfuse3.FileInfo(fh=fd, keep_cache=keep)
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+        self._node(inode)
+        try:
+            node, fd = self.ov.open(inode, flags)
+            st = os.fstat(fd)
+        except OSError as e:
+            raise self._fail(e) from None
+        if flags & os.O_TRUNC:
+            self._kernel_wrote.add(inode)
+        return self._file_info(node, fd, st)
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> Any:
+        try:
+            node, st, fd = self.ov.create(parent_inode, name, mode, flags,
+                                          Owner(ctx.uid, ctx.gid))
+        except OSError as e:
+            raise self._fail(e) from None
+        return self._file_info(node, fd, st), self._entry(node, st)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        try:
+            return os.pread(fh, size, off)
+        except OSError as e:
+            raise self._fail(e) from None
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        try:
+            n = os.pwrite(fh, buf, off)
+        except OSError as e:
+            raise self._fail(e) from None
+        node = self._fh_nodes.get(fh)
+        if node is not None:
+            self._kernel_wrote.add(node.ino)
+        return n
+
+    async def flush(self, fh: int) -> None:
+        # Nothing is buffered here: ENOSYS tells the kernel to stop sending
+        # FLUSH on every close (one round trip saved per close).
+        raise pyfuse3.FUSEError(errno.ENOSYS)
+
+    async def release(self, fh: int) -> None:
+        node = self._fh_nodes.pop(fh, None)
+        os.close(fh)
+        if node is not None:
+            self.table.release_handle(node, fh)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        try:
+            (os.fdatasync if datasync else os.fsync)(fh)
+        except OSError as e:
+            raise self._fail(e) from None
+
+    # ---- directories ------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        node = self._node(inode)
+        fh = self._next_dir_fh
+        self._next_dir_fh += 1
+        self._dirs[fh] = (node, None)
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        node, names = self._dirs[fh]
+        if names is None or start_id == 0:
+            try:
+                names = [b".", b"..", *self.ov.list_dir(node)]
+            except OSError as e:
+                raise self._fail(e) from None
+            self._dirs[fh] = (node, names)
+        for index in range(start_id, len(names)):
+            name = names[index]
+            try:
+                child, st = self.ov.peek(node.ino, name)
+            except OSError:
+                continue  # vanished since the listing was taken
+            dot = name in (b".", b"..")
+            if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
+                if not dot:
+                    self.table.forget(child.ino, 0)
+                break
+            if not dot:
+                self.table.add_lookup(child)
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        node, _ = self._dirs[fh]
+        if not node.in_upper:
+            return
+        try:
+            dfd = os.open(self.ov.real_path(node), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            raise self._fail(e) from None
+
+    # ---- xattrs and statfs ------------------------------------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        try:
+            return self.ov.getxattr(inode, os.fsdecode(name))
+        except OSError as e:
+            raise self._fail(e) from None
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        try:
+            return [os.fsencode(n) for n in self.ov.listxattr(inode)]
+        except OSError as e:
+            raise self._fail(e) from None
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        try:
+            self.ov.setxattr(inode, os.fsdecode(name), value)
+        except OSError as e:
+            raise self._fail(e) from None
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        try:
+            self.ov.removexattr(inode, os.fsdecode(name))
+        except OSError as e:
+            raise self._fail(e) from None
+
+    async def statfs(self, ctx: Any) -> Any:
+        try:
+            vfs = self.ov.statfs()
+        except OSError as e:
+            raise self._fail(e) from None
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = vfs.f_bsize
+        out.f_frsize = vfs.f_frsize
+        out.f_blocks = vfs.f_blocks
+        out.f_bfree = vfs.f_bfree
+        out.f_bavail = vfs.f_bavail
+        out.f_files = vfs.f_files
+        out.f_ffree = vfs.f_ffree
+        out.f_favail = vfs.f_favail
+        out.f_namemax = NAME_MAX
+        return out
+
+    # ---- cache control (called by the daemon's control socket) -------------
+
+    def invalidate_all(self) -> tuple[list[int], list[tuple[int, bytes]]]:
+        """Re-read the layers after they changed behind the mount (commit,
+        discard, rollback) and list what the kernel must forget: every known
+        inode's attributes and pages, every known name, and every name now in
+        a known directory (to drop negative entries)."""
+        list(self.ov.refresh())
+        self._last_sig.clear()
+        inodes: list[int] = []
+        entries: set[tuple[int, bytes]] = set()
+        for node in self.table.nodes():
+            inodes.append(node.ino)
+            entries.update(node.links)
+            if node.is_dir:
+                try:
+                    entries.update((node.ino, n) for n in self.ov.list_dir(node))
+                except OSError:
+                    continue
+        return inodes, sorted(entries)

@@ -1,0 +1,162 @@
+"""The overlay's inode table: overlay inode numbers, names and lookup counts.
+
+Invariants (the FUSE protocol's, and ours):
+- An overlay inode number is derived, not allocated: 1 for the root, the
+  lower inode number (tagged by device) for anything whose origin is in the
+  lower layer — before or after copy-up — and the upper inode number tagged
+  with UPPER_ONLY_INO_TAG for entries that exist only in the upper layer. So
+  `st_ino` is stable across copy-up and across remounts.
+- A node lives while the kernel holds a lookup on it or a file handle is
+  open on it. Lookups are counted here (lookup, create, mkdir, ..., and each
+  accepted readdirplus entry); `forget` subtracts and never raises.
+- A node's names are the (parent inode, name) links through which it was
+  reached; a directory has at most one, a file has one per hard link the
+  kernel has seen. `path_of` walks the first link of each ancestor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+from astrid_fs.whiteout import UPPER_ONLY_INO_TAG
+
+ROOT_INO = 1
+_DEV_SHIFT = 48
+
+
+@dataclass(eq=False)
+class Node:
+    """One overlay inode as the daemon knows it.
+
+    `lower` is the lower-layer path (relative, bytes, b"" for the lower root)
+    this entry is drawn from — for a directory, the lower directory merged
+    into it (None when opaque or upper-only); `in_upper` says whether an
+    upper entry exists. Both are caches of the on-disk state that only this
+    daemon changes while mounted (and that `refresh` re-reads on request).
+    """
+
+    ino: int
+    is_dir: bool
+    lower: bytes | None
+    in_upper: bool
+    links: list[tuple[int, bytes]] = field(default_factory=list)
+    lookups: int = 0
+    fds: list[int] = field(default_factory=list)  # open file handles' fds
+    # (mtime_ns, size, in_upper) seen at the last open: decides keep_cache.
+    last_open_sig: tuple[int, int, bool] | None = None
+
+
+class DeviceTags:
+    """Small integers for the lower devices seen, so lower inode numbers from
+    different filesystems (nested mounts in the lower) do not collide."""
+
+    def __init__(self, root_dev: int) -> None:
+        self._tags: dict[int, int] = {root_dev: 0}
+
+    def lower_ino(self, dev: int, ino: int) -> int:
+        tag = self._tags.setdefault(dev, len(self._tags))
+        return (tag << _DEV_SHIFT) | ino
+
+
+def upper_only_ino(upper_ino: int) -> int:
+    return UPPER_ONLY_INO_TAG | upper_ino
+
+
+class InodeTable:
+    """Overlay inode number → Node, with lookup counting."""
+
+    def __init__(self, root: Node) -> None:
+        self._nodes: dict[int, Node] = {ROOT_INO: root}
+        root.lookups = 1  # the kernel's implicit reference to the root
+
+    def __contains__(self, ino: int) -> bool:
+        return ino in self._nodes
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def get(self, ino: int) -> Node:
+        """The node for `ino`; KeyError if the kernel asks for one we forgot."""
+        return self._nodes[ino]
+
+    def nodes(self) -> list[Node]:
+        return list(self._nodes.values())
+
+    def intern(self, ino: int, is_dir: bool, lower: bytes | None, in_upper: bool,
+               parent: int, name: bytes) -> Node:
+        """Find or create the node for `ino` and record the link it was reached by.
+
+        Updates the cached layer state: a fresh lookup is the truth.
+        """
+        node = self._nodes.get(ino)
+        if node is None or node.is_dir != is_dir:
+            node = Node(ino, is_dir, lower, in_upper)
+            self._nodes[ino] = node
+        else:
+            node.lower = lower
+            node.in_upper = in_upper
+        link = (parent, name)
+        if link not in node.links:
+            if is_dir:
+                node.links[:] = [link]
+            else:
+                node.links.insert(0, link)
+        return node
+
+    def add_lookup(self, node: Node, count: int = 1) -> None:
+        node.lookups += count
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self._nodes.get(ino)
+        if node is None or ino == ROOT_INO:
+            return
+        node.lookups = max(0, node.lookups - count)
+        self._maybe_drop(node)
+
+    def add_handle(self, node: Node, fd: int) -> None:
+        node.fds.append(fd)
+
+    def release_handle(self, node: Node, fd: int) -> None:
+        with contextlib.suppress(ValueError):
+            node.fds.remove(fd)
+        self._maybe_drop(node)
+
+    def _maybe_drop(self, node: Node) -> None:
+        if node.lookups == 0 and not node.fds:
+            self._nodes.pop(node.ino, None)
+
+    def unlink(self, node: Node, parent: int, name: bytes) -> None:
+        """Remove one name of `node` (after unlink, rmdir or rename-over)."""
+        with contextlib.suppress(ValueError):
+            node.links.remove((parent, name))
+
+    def move(self, node: Node, old: tuple[int, bytes], new: tuple[int, bytes]) -> None:
+        """Rename one link of `node`."""
+        with contextlib.suppress(ValueError):
+            node.links.remove(old)
+        if node.is_dir:
+            node.links[:] = [new]
+        else:
+            node.links.insert(0, new)
+
+    def path_of(self, node: Node) -> bytes:
+        """The overlay path of `node` (relative, b"" for the root).
+
+        Raises FileNotFoundError for a node that has no name any more.
+        """
+        parts: list[bytes] = []
+        current = node
+        seen = 0
+        while current.ino != ROOT_INO:
+            step = next(((self._nodes[p], n) for p, n in current.links if p in self._nodes),
+                        None)
+            if step is None:
+                raise FileNotFoundError(2, "unlinked")
+            current, name = step
+            parts.append(name)
+            seen += 1
+            if seen > 4096:
+                raise OSError(40, "link loop in inode table")
+        parts.reverse()
+        return b"/".join(parts)

@@ -1,0 +1,311 @@
+"""CLI verbs that mount and unmount sessions: mount, umount, status.
+
+Also the mount.fuse3 helper form (`astrid-fs SOURCE MNT -o lowerdir=..,
+upperdir=..,workdir=..`), so fstab entries and overlay test suites can use
+`mount -t fuse.astrid-fs`. Both start the daemon as a child process and
+return once the mount is live (or with the daemon's one-line error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from astrid_fs.daemon import DaemonConfig
+from astrid_fs.errors import MountError, SessionError, UsageError
+from astrid_fs.mountinfo import fuse_mount_alive, is_mountpoint
+from astrid_fs.session import (
+    Session,
+    astrid_home,
+    check_lower,
+    check_name,
+    create_or_open_session,
+    list_sessions,
+    open_session,
+    sessions_dir,
+)
+from astrid_fs.upper_stats import count_changes
+
+DEFAULT_LOWER_TTL = 30.0
+VERBS = {"mount", "umount", "unmount", "status"}
+READY_TIMEOUT_S = 60.0
+UMOUNT_WAIT_S = 30.0
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add mount, umount and status to the `astrid-fs` parser."""
+    p = sub.add_parser(
+        "mount", help="mount a session (creating it if needed)",
+        description="Create (or reopen) a session over LOWER and mount its merged view.",
+        epilog="example: astrid-fs mount --lower ~/project --session fix-bug /tmp/view",
+    )
+    p.add_argument("--lower", required=True, help="the project directory (never written)")
+    p.add_argument("--session", help="session name (default: LOWERNAME-YYYYMMDD-HHMMSS)")
+    p.add_argument("--foreground", action="store_true", help="stay attached until unmounted")
+    p.add_argument("--lower-ttl", type=float, default=DEFAULT_LOWER_TTL, metavar="SECONDS",
+                   help="how long the kernel may cache lower-layer entries (default: %(default)s)")
+    p.add_argument("mountpoint")
+    p.set_defaults(func=cmd_mount)
+
+    for verb in ("umount", "unmount"):
+        u = sub.add_parser(verb, help="unmount a session (by mount point or name)",
+                           description="Unmount a session; works for a killed daemon too.")
+        u.add_argument("target", help="mount point or session name")
+        u.add_argument("--lazy", action="store_true", help="detach even if busy")
+        u.set_defaults(func=cmd_umount)
+
+    s = sub.add_parser("status", help="list sessions, their mounts and change counts")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_status)
+
+
+# ---- mount ----------------------------------------------------------------
+
+def _check_fuse_device() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise MountError("/dev/fuse is not accessible to this user")
+
+
+def _check_mountpoint(mountpoint: str) -> str:
+    path = os.path.abspath(mountpoint)
+    if is_mountpoint(path):
+        if not fuse_mount_alive(path):
+            raise MountError(f"{path} holds a dead mount: run 'astrid-fs umount {path}' first")
+        raise MountError(f"{path} is already a mount point")
+    if not os.path.exists(path):
+        raise UsageError(f"mount point {path} does not exist")
+    if not os.path.isdir(path):
+        raise UsageError(f"mount point {path} is not a directory")
+    return path
+
+
+def _default_name(lower: Path) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = "".join(c if c.isalnum() or c in "._-" else "-" for c in lower.name) or "root"
+    return f"{base.lstrip('.-') or 'session'}-{stamp}"
+
+
+def _spawn(config: DaemonConfig) -> None:
+    """Start the daemon and wait for its "ok" or its one-line error."""
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "astrid_fs.daemon", config.to_json(), str(write_fd)],
+            pass_fds=(write_fd,), start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as ready:
+        line = ready.readline().decode(errors="replace").strip()
+    if line == "ok":
+        if proc.stderr:
+            proc.stderr.close()
+        return
+    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+    code = proc.wait()
+    if line.startswith("error: "):
+        raise MountError(line[len("error: "):])
+    last = err.splitlines()[-1] if err else f"see {config.log_file}"
+    raise MountError(f"daemon exited with status {code} before mounting: {last}")
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    lower = check_lower(args.lower)
+    name = check_name(args.session) if args.session else _default_name(lower)
+    mountpoint = _check_mountpoint(args.mountpoint)
+    _check_fuse_device()
+    if args.lower_ttl < 0:
+        raise UsageError("--lower-ttl must be >= 0")
+    home = astrid_home()
+    existed = (sessions_dir(home) / name / "session.toml").exists()
+    if existed:
+        _check_not_mounted(open_session(name, home))
+    session = create_or_open_session(name, lower, home)
+    config = DaemonConfig(
+        lower=str(session.lower), upper=str(session.upper), tmp=str(session.tmp),
+        xattr_ns=session.xattr_ns, mountpoint=mountpoint, fsname=f"astrid-fs:{name}",
+        lower_ttl=args.lower_ttl, log_file=str(session.run_dir / "daemon.log"),
+        session=name, astrid_home=str(home), control=str(session.control_socket),
+    )
+    if args.foreground:
+        from astrid_fs import daemon
+        print(f"session {name} mounted on {mountpoint} (Ctrl-C to unmount)", flush=True)
+        return daemon.run(config, None)
+    try:
+        _spawn(config)
+    except MountError:
+        if not existed:
+            shutil.rmtree(session.root, ignore_errors=True)  # nothing half-made
+        raise
+    print(f"session {name} mounted on {mountpoint}")
+    return 0
+
+
+def _check_not_mounted(session: Session) -> None:
+    state = session.mount_state()
+    if state is None:
+        return
+    if state.alive():
+        raise SessionError(f"session {session.name} is already mounted on {state.mountpoint}")
+    if is_mountpoint(state.mountpoint):
+        raise SessionError(
+            f"session {session.name}'s daemon died but {state.mountpoint} is still mounted: "
+            f"run 'astrid-fs umount {session.name}' first")
+    session.clear_mount_state()
+
+
+# ---- umount ---------------------------------------------------------------
+
+def _find_session(target: str) -> tuple[Session | None, str]:
+    """The session a umount target names (by mount point or name)."""
+    path = os.path.abspath(target)
+    for session in list_sessions():
+        state = session.mount_state()
+        if session.name == target and state is not None:
+            return session, state.mountpoint
+        if state is not None and os.path.abspath(state.mountpoint) == path:
+            return session, path
+    if "/" not in target and (sessions_dir() / target / "session.toml").exists():
+        raise SessionError(f"session {target} is not mounted")
+    return None, path
+
+
+def _fusermount(path: str, lazy: bool) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+    cmd = [tool, "-u"] + (["-z"] if lazy else []) + [path]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    session, path = _find_session(args.target)
+    if not is_mountpoint(path):
+        if session is not None:
+            session.clear_mount_state()
+            print(f"session {session.name}: {path} was not mounted; cleared its state")
+            return 0
+        raise UsageError(f"{path} is not mounted")
+    dead = not fuse_mount_alive(path)
+    result = _fusermount(path, lazy=args.lazy or dead)
+    if result.returncode != 0:
+        msg = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+        if "busy" in msg.lower():
+            raise MountError(f"{path} is busy (a process uses it); retry or use --lazy")
+        raise MountError(f"cannot unmount {path}: {msg}")
+    if session is not None:
+        state = session.mount_state()
+        if state is not None:
+            _wait_exit(state.pid)
+        session.clear_mount_state()
+    print(f"unmounted {path}" + (" (daemon was dead; session data kept)" if dead else ""))
+    return 0
+
+
+def _wait_exit(pid: int) -> None:
+    """Give the daemon time to finish after the unmount; then stop it."""
+    deadline = time.monotonic() + UMOUNT_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGTERM)
+
+
+# ---- status ---------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = []
+    for session in list_sessions():
+        state = session.mount_state()
+        alive = state is not None and state.alive()
+        rows.append({
+            "name": session.name,
+            "lower": str(session.lower),
+            "created": session.created,
+            "mounted": alive,
+            "mountpoint": state.mountpoint if state is not None else None,
+            "pid": state.pid if state is not None and alive else None,
+            "stale_mount": state is not None and not alive,
+            "changes": count_changes(session),
+        })
+    if args.json:
+        print(json.dumps({"sessions": rows}, indent=2))
+        return 0
+    if not rows:
+        print(f"no sessions in {sessions_dir()}")
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        where = (f"mounted on {r['mountpoint']}" if r["mounted"]
+                 else f"DEAD mount at {r['mountpoint']}" if r["stale_mount"] else "not mounted")
+        print(f"{r['name']:<{width}}  {r['changes']:>6} changes  {where}  (lower {r['lower']})")
+    return 0
+
+
+# ---- mount.fuse3 helper form ----------------------------------------------
+
+def is_mount_helper_form(argv: list[str]) -> bool:
+    """True for `astrid-fs SOURCE MOUNTPOINT [-o OPTS]` as mount.fuse3 runs it."""
+    return (len(argv) >= 2 and argv[0] not in VERBS and not argv[0].startswith("-")
+            and not argv[1].startswith("-"))
+
+
+def _parse_helper_options(argv: list[str]) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    i = 2
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-o" and i + 1 < len(argv):
+            for item in argv[i + 1].split(","):
+                key, _, value = item.partition("=")
+                opts[key] = value
+            i += 2
+        elif arg.startswith("-o"):
+            argv = [*argv[: i + 1], arg[2:], *argv[i + 1:]]
+            argv[i] = "-o"
+        else:
+            i += 1
+    return opts
+
+
+def run_mount_helper(argv: list[str]) -> int:
+    """Mount LOWER/UPPER/WORK given as overlay-style -o options."""
+    source, mountpoint = argv[0], _check_mountpoint(argv[1])
+    opts = _parse_helper_options(argv)
+    missing = [k for k in ("lowerdir", "upperdir", "workdir") if not opts.get(k)]
+    if missing:
+        raise UsageError("mount options need " + ", ".join(f"{k}=DIR" for k in missing))
+    if ":" in opts["lowerdir"]:
+        raise UsageError("astrid-fs takes one lower directory (lowerdir=A:B is not supported)")
+    lower = check_lower(opts["lowerdir"])
+    upper, work = Path(opts["upperdir"]).resolve(), Path(opts["workdir"]).resolve()
+    for label, d in (("upperdir", upper), ("workdir", work)):
+        if not d.is_dir():
+            raise UsageError(f"{label} {d} is not a directory")
+    if upper.stat().st_dev != work.stat().st_dev:
+        raise UsageError("upperdir and workdir must be on the same filesystem")
+    _check_fuse_device()
+    tmp = work / "astrid"
+    config = DaemonConfig(
+        lower=str(lower), upper=str(upper), tmp=str(tmp),
+        xattr_ns="user" if "userxattr" in opts else "trusted",
+        mountpoint=mountpoint, fsname=source,
+        lower_ttl=float(opts.get("lower_ttl", DEFAULT_LOWER_TTL)),
+        log_file=str(work / "astrid-fs.log"),
+    )
+    tmp.mkdir(exist_ok=True)
+    _spawn(config)
+    return 0
