@@ -48,8 +48,21 @@ class PluginError(KernelError):
     """A guest export returned `err(...)`: the plugin refused, it did not crash."""
 
 
-class BusError(KernelError):
-    """A bus operation refused (bad topic or pattern, not granted, too large)."""
+class Refusal(KernelError):
+    """A request from a plugin or client refused for a reason it can fix.
+
+    `kind` names the `astrid:kernel/types.error` case the ABI returns for it
+    (`denied`, `invalid`, `too-large`, `rate-limited`, ...).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class BusError(Refusal):
+    """A bus operation refused (bad topic or pattern, not granted, too large, full)."""
 
 
 class ControlError(KernelError):

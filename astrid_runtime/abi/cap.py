@@ -1,0 +1,46 @@
+"""`astrid:kernel/cap`: approval requests; refuses until the approval chain lands.
+
+`request` returns `denied` for an action kind outside the plugin's `cap`
+grant and `unavailable` otherwise (no approver is wired in yet).
+"""
+
+from __future__ import annotations
+
+from wasmtime.component import LinkerInstance
+
+from astrid_runtime.abi.canon import ERROR, STRING, Codec, ListCodec, ResultCodec, TupleCodec
+from astrid_runtime.abi.context import PluginContext
+from astrid_runtime.abi.hostfunc import HostFuncs, Signature
+from astrid_runtime.abi.outcome import error
+
+INTERFACE = "astrid:kernel/cap@0.1.0"
+
+
+class ActionCodec(Codec):
+    """`record action { kind, resource, details }` -> (kind, resource, details)."""
+
+    _fields = (STRING, STRING, ListCodec(TupleCodec(STRING, STRING)))
+
+    def lift(self, c: object) -> tuple[str, str, list[tuple[str, str]]]:
+        import ctypes
+
+        from wasmtime import _ffi as ffi
+
+        rec = c.of.record  # type: ignore[attr-defined]
+        out = []
+        for i, codec in enumerate(self._fields):
+            entry = rec.data[i]  # names are freed with the record below
+            out.append(codec.lift(entry.val))
+            entry.val.kind = 0
+        ffi.wasmtime_component_valrecord_delete(ctypes.byref(rec))
+        return (out[0], out[1], out[2])
+
+
+def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
+    def request(action: tuple[str, str, list[tuple[str, str]]]) -> object:
+        kind = action[0]
+        if kind not in ctx.grants.cap:
+            return error("denied", f"action {kind!r} not granted")
+        return error("unavailable", "approvals are not available yet")
+
+    funcs.add(inst, "request", Signature((ActionCodec(),), ResultCodec(None, ERROR)), request)

@@ -1,0 +1,41 @@
+"""What a plugin's host functions can reach: its name, grants, limits, services.
+
+One `PluginContext` per plugin, shared by its successive instances (a
+restart keeps subscriptions and keyspace). Host functions are closures over
+it; nothing is looked up by store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from astrid_runtime.bus import Endpoint
+from astrid_runtime.grants import Grants, Limits
+
+
+class KvBackend(Protocol):
+    """The blocking, thread-safe store interface of `astrid_runtime.kv.KvStore`."""
+
+    def get(self, plugin: str, key: str) -> bytes | None: ...
+    def set(self, plugin: str, key: str, value: bytes) -> None: ...
+    def delete(self, plugin: str, key: str) -> bool: ...
+    def list(self, plugin: str, prefix: str, limit: int = 1000) -> list[str]: ...
+
+
+#: (plugin, level, message, fields) -> None; must be thread-safe.
+LogSink = Callable[[str, str, str, list[tuple[str, str]]], None]
+#: (plugin, function, exception) -> None; a host function hit a kernel bug.
+BugSink = Callable[[str, str, BaseException], None]
+
+
+@dataclass
+class PluginContext:
+    name: str
+    grants: Grants
+    limits: Limits
+    endpoint: Endpoint
+    kv: KvBackend | None
+    log: LogSink
+    report_bug: BugSink

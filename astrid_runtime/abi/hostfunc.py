@@ -1,0 +1,91 @@
+"""Host functions on a component linker, through a raw ctypes callback.
+
+wasmtime-py's `LinkerInstance.add_func` re-reads the function's type on
+every call and converts each value through that type; and an exception in
+the Python function becomes a trap that poisons the plugin, parked in a
+module global that is not thread-safe (FIELD-NOTES). This module registers
+the callback itself, with a codec tree fixed at registration, and turns a
+bug in a host function into an `internal` error *value* for the guest plus a
+report to the kernel — never an exception across the FFI boundary.
+
+A trap is returned only when the guest handed us values we cannot decode,
+which a component that passed type-checking cannot do.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from wasmtime import WasmtimeError
+from wasmtime import _ffi as ffi
+from wasmtime.component import LinkerInstance
+
+from astrid_runtime.abi.canon import Case, Codec, Err
+
+#: Called with (function name, exception) when a host function raised.
+BugReporter = Callable[[str, BaseException], None]
+
+
+@dataclass(frozen=True)
+class Signature:
+    params: tuple[Codec, ...]
+    result: Codec | None
+
+
+def _finalize(_env: int | None) -> None:
+    return None
+
+
+_no_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_finalize)
+
+
+def _trap(message: str) -> int:
+    ptr = WasmtimeError(message)._consume()
+    return ctypes.cast(ptr, ctypes.c_void_p).value or 0
+
+
+class HostFuncs:
+    """Owns the ctypes callbacks of one linker; keep it alive as long as the linker."""
+
+    def __init__(self, report_bug: BugReporter):
+        self._report_bug = report_bug
+        self._keepalive: list[Any] = []
+
+    def add(self, instance: LinkerInstance, name: str, sig: Signature,
+            impl: Callable[..., Any]) -> None:
+        """Define `name` on `instance`; `impl` gets lifted args, returns the result value."""
+        params = sig.params
+        result = sig.result
+        report = self._report_bug
+
+        def trampoline(_env: int, _ctx: Any, _ty: Any, args: Any, nargs: int,
+                       results: Any, _nresults: int) -> int:
+            try:
+                lifted = [codec.lift(args[i]) for i, codec in enumerate(params)]
+            except Exception as e:  # a malformed call: refuse it as a trap
+                return _trap(f"host function {name}: bad arguments: {e}")
+            try:
+                value = impl(*lifted)
+            except Exception as e:
+                report(name, e)
+                value = Err(Case("internal", f"{name}: kernel bug: {type(e).__name__}"))
+            if result is None:
+                return 0
+            try:
+                result.lower(value, results)
+            except Exception as e:
+                report(name, e)
+                return _trap(f"host function {name}: kernel bug lowering result: {e}")
+            return 0
+
+        callback = ffi.wasmtime_component_func_callback_t(trampoline)
+        self._keepalive.append(callback)
+        encoded = name.encode("utf-8")
+        err = ffi.wasmtime_component_linker_instance_add_func(
+            instance.ptr(), ctypes.create_string_buffer(encoded), len(encoded),
+            callback, None, _no_finalizer)
+        if err:
+            raise WasmtimeError._from_ptr(err)

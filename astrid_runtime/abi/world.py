@@ -1,0 +1,72 @@
+"""The `plugin` world: a linker with every host interface, and the two exports."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+from wasmtime import Engine, Store, WasmtimeError
+from wasmtime import _ffi as ffi
+from wasmtime.component import Func, Linker
+
+from astrid_runtime.abi import bus, cap, kv, log, vfs
+from astrid_runtime.abi.canon import BYTES, STRING, Codec, ResultCodec, Val
+from astrid_runtime.abi.context import PluginContext
+from astrid_runtime.abi.hostfunc import HostFuncs, Signature
+
+INTERFACES = (log, bus, kv, vfs, cap)
+
+#: `export init: func(config: string) -> result<_, string>`
+INIT = Signature((STRING,), ResultCodec(None, STRING))
+#: `export on-message: func(topic: string, payload: list<u8>) -> result<_, string>`
+ON_MESSAGE = Signature((STRING, BYTES), ResultCodec(None, STRING))
+
+
+class PluginLinker:
+    """A component linker defining the whole Host ABI for one plugin."""
+
+    def __init__(self, engine: Engine, ctx: PluginContext):
+        self.linker = Linker(engine)
+        self.linker.add_wasip2()
+        self.funcs = HostFuncs(lambda fn, e: ctx.report_bug(ctx.name, fn, e))
+        with self.linker.root() as root:
+            for module in INTERFACES:
+                with root.add_instance(module.INTERFACE) as inst:
+                    module.define(self.funcs, inst, ctx)
+
+
+class GuestFunc:
+    """A component export called with fixed codecs (no per-call type walk)."""
+
+    def __init__(self, func: Func, sig: Signature):
+        self._func = func
+        self._params = sig.params
+        self._result = sig.result
+        self._n = len(sig.params)
+
+    def __call__(self, store: Store, *args: Any) -> Any:
+        """Call the export; raises `WasmtimeError` on a trap."""
+        params = (Val * self._n)()
+        lowered = 0
+        try:
+            for i, (codec, value) in enumerate(zip(self._params, args, strict=True)):
+                codec.lower(value, ctypes.pointer(params[i]))
+                lowered += 1
+            out = Val()
+            err = ffi.wasmtime_component_func_call(
+                ctypes.byref(self._func._func), store._context(), params, self._n,
+                ctypes.byref(out), 1 if self._result is not None else 0)
+            if err:
+                raise WasmtimeError._from_ptr(err)
+            return self._result.lift(out) if self._result is not None else None
+        finally:
+            for i in range(lowered):
+                ffi.wasmtime_component_val_delete(ctypes.byref(params[i]))
+
+
+def lookup_export(store: Store, instance: Any, name: str, sig: Signature) -> GuestFunc | None:
+    func = instance.get_func(store, name)
+    return None if func is None else GuestFunc(func, sig)
+
+
+__all__ = ["INIT", "ON_MESSAGE", "Codec", "GuestFunc", "PluginLinker", "lookup_export"]

@@ -1,0 +1,279 @@
+"""The topic router: subscriptions, bounded mailboxes, per-plugin limits.
+
+Thread model. Publishes come from guest calls running in worker threads
+(a plugin's `bus.publish` host call) and from the trio thread (the control
+socket). All bus state is guarded by one `threading.Lock`; the critical
+sections are a few dict and deque operations, never a call into a guest
+or a wait. A consumer waiting for mail is woken through its `Doorbell`,
+which hops to the trio thread with `TrioToken.run_sync_soon` (cheap and
+non-blocking: it never waits for trio the way `from_thread.run` does).
+
+Ordering. Each mailbox is one FIFO and a publish enqueues to every matching
+mailbox inside one critical section, so two messages from one publisher
+reach every subscriber in the order they were published (a plugin's own
+host calls are sequential: one guest call at a time per plugin).
+
+Full mailbox policy ("refuse, all or nothing"). Before enqueueing, publish
+checks every matching plugin mailbox; if any is full, the message goes to
+nobody and the publisher gets `rate-limited` naming the full mailbox.
+Nothing is lost silently, memory stays bounded, and a retry cannot
+duplicate. Taps (`astrid tail`) are observers: a slow tap never refuses a
+publish; it drops its oldest message and reports the gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from astrid_runtime.errors import BusError
+from astrid_runtime.grants import Grants, Limits
+from astrid_runtime.topics import match_tokens, validate_pattern, validate_topic
+
+#: Publisher name used for messages that come from `astrid publish`.
+CLIENT = "client"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    publisher: str
+
+
+class Doorbell:
+    """Wakes one trio task from any thread; rings coalesce."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken, trio_thread: int):
+        self._token = token
+        self._trio_thread = trio_thread
+        self._send, self._recv = trio.open_memory_channel[None](1)
+
+    def _ring_here(self) -> None:
+        try:
+            self._send.send_nowait(None)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # already rung, or the consumer is gone
+
+    def ring(self) -> None:
+        if threading.get_ident() == self._trio_thread:
+            self._ring_here()
+        else:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._ring_here)
+
+    async def wait(self) -> None:
+        await self._recv.receive()
+
+
+@dataclass
+class MailboxStats:
+    delivered: int = 0
+    refused: int = 0
+    dropped: int = 0
+
+
+class Mailbox:
+    """A bounded FIFO of messages for one consumer. Guarded by the bus lock."""
+
+    def __init__(self, capacity: int, doorbell: Doorbell, *, drop_oldest: bool = False):
+        self.capacity = capacity
+        self.drop_oldest = drop_oldest
+        self.doorbell = doorbell
+        self._queue: deque[Message] = deque()
+        self._idle = True
+        self.stats = MailboxStats()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def full(self) -> bool:
+        return len(self._queue) >= self.capacity
+
+    def _put(self, message: Message) -> bool:
+        """Enqueue (lock held); True when the consumer must be woken."""
+        if self.full():
+            self._queue.popleft()  # only reached for drop_oldest mailboxes
+            self.stats.dropped += 1
+        self._queue.append(message)
+        if self._idle:
+            self._idle = False
+            return True
+        return False
+
+    def _take(self) -> Message | None:
+        """Dequeue (lock held); None marks the consumer idle until the next put."""
+        if self._queue:
+            self.stats.delivered += 1
+            return self._queue.popleft()
+        self._idle = True
+        return None
+
+    def _clear(self) -> int:
+        n = len(self._queue)
+        self._queue.clear()
+        self.stats.dropped += n
+        return n
+
+
+@dataclass
+class TokenBucket:
+    rate: float
+    tokens: float
+    stamp: float = field(default_factory=time.monotonic)
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class _Subscription:
+    id: int
+    pattern: str
+    tokens: list[str]
+    endpoint: Endpoint
+
+
+class Endpoint:
+    """One participant on the bus: a plugin (with grants) or a tap."""
+
+    def __init__(self, bus: Bus, name: str, grants: Grants | None, limits: Limits,
+                 mailbox: Mailbox):
+        self.bus = bus
+        self.name = name
+        self.grants = grants  # None: the kernel itself or a tap (no publish checks)
+        self.limits = limits
+        self.mailbox = mailbox
+        self.bucket = TokenBucket(float(limits.publish_per_sec), float(limits.publish_per_sec))
+        self.subscriptions: dict[int, _Subscription] = {}
+        self.published = 0
+
+    def subscribe(self, pattern: str) -> int:
+        return self.bus.subscribe(self, pattern)
+
+    def unsubscribe(self, sub_id: int) -> None:
+        self.bus.unsubscribe(self, sub_id)
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        return self.bus.publish(self, topic, payload)
+
+    def take(self) -> Message | None:
+        """The next message, or None (and the consumer is idle until the doorbell rings)."""
+        with self.bus.lock:
+            return self.mailbox._take()
+
+    def depth(self) -> int:
+        with self.bus.lock:
+            return len(self.mailbox)
+
+
+class Bus:
+    """Routes messages between endpoints. Thread-safe; see the module docstring."""
+
+    def __init__(self, on_publish: Callable[[Message], None] | None = None):
+        self.lock = threading.Lock()
+        self._subs: dict[int, _Subscription] = {}
+        self._ids = itertools.count(1)
+        self._endpoints: dict[str, Endpoint] = {}
+        #: Observer for bridges (NATS): called outside the lock, in the publisher's thread.
+        self.on_publish = on_publish
+
+    def attach(self, name: str, grants: Grants | None, limits: Limits, doorbell: Doorbell,
+               *, drop_oldest: bool = False) -> Endpoint:
+        """A new endpoint; a plugin name may be attached only once at a time."""
+        with self.lock:
+            if name in self._endpoints:
+                raise BusError("conflict", f"{name} is already on the bus")
+            mailbox = Mailbox(limits.mailbox, doorbell, drop_oldest=drop_oldest)
+            endpoint = Endpoint(self, name, grants, limits, mailbox)
+            self._endpoints[name] = endpoint
+            return endpoint
+
+    def detach(self, endpoint: Endpoint) -> int:
+        """Remove an endpoint, its subscriptions and its queued mail (count returned)."""
+        with self.lock:
+            for sub_id in list(endpoint.subscriptions):
+                self._subs.pop(sub_id, None)
+            endpoint.subscriptions.clear()
+            self._endpoints.pop(endpoint.name, None)
+            return endpoint.mailbox._clear()
+
+    def subscribe(self, endpoint: Endpoint, pattern: str) -> int:
+        """Subscribe; idempotent per (endpoint, pattern): the same id comes back."""
+        tokens = validate_pattern(pattern)
+        if endpoint.grants is not None:
+            endpoint.grants.check_subscribe(pattern)
+        with self.lock:
+            for sub in endpoint.subscriptions.values():
+                if sub.pattern == pattern:
+                    return sub.id
+            sub = _Subscription(next(self._ids), pattern, tokens, endpoint)
+            self._subs[sub.id] = sub
+            endpoint.subscriptions[sub.id] = sub
+            return sub.id
+
+    def unsubscribe(self, endpoint: Endpoint, sub_id: int) -> None:
+        with self.lock:
+            if sub_id not in endpoint.subscriptions:
+                raise BusError("not-found", f"no subscription {sub_id}")
+            del endpoint.subscriptions[sub_id]
+            del self._subs[sub_id]
+
+    def publish(self, endpoint: Endpoint | None, topic: str, payload: bytes) -> int:
+        """Deliver to every matching mailbox, all or nothing; returns how many.
+
+        Raises `BusError` with kind `invalid`, `denied`, `too-large` or
+        `rate-limited` (over the publish rate, or a subscriber's mailbox is full).
+        """
+        tokens = validate_topic(topic)
+        publisher = CLIENT if endpoint is None else endpoint.name
+        if endpoint is not None:
+            if endpoint.grants is not None:
+                endpoint.grants.check_publish(topic)
+            if len(payload) > endpoint.limits.max_payload_bytes:
+                raise BusError("too-large", f"payload of {len(payload)} bytes is over the "
+                               f"limit of {endpoint.limits.max_payload_bytes}")
+        message = Message(topic, bytes(payload), publisher)
+        to_wake: list[Doorbell] = []
+        with self.lock:
+            if endpoint is not None and not endpoint.bucket.take():
+                raise BusError("rate-limited", f"over {endpoint.limits.publish_per_sec} "
+                               "publishes per second")
+            targets: list[Mailbox] = []
+            for sub in self._subs.values():
+                box = sub.endpoint.mailbox
+                if match_tokens(sub.tokens, tokens) and box not in targets:
+                    targets.append(box)
+            for box in targets:
+                if not box.drop_oldest and box.full():
+                    box.stats.refused += 1
+                    owner = next(e.name for e in self._endpoints.values() if e.mailbox is box)
+                    raise BusError("rate-limited", f"mailbox of {owner} is full "
+                                   f"({box.capacity} messages); message not delivered")
+            for box in targets:
+                if box._put(message):
+                    to_wake.append(box.doorbell)
+            if endpoint is not None:
+                endpoint.published += 1
+        for bell in to_wake:
+            bell.ring()
+        if self.on_publish is not None:
+            self.on_publish(message)
+        return len(targets)
+
+    def endpoints(self) -> list[Endpoint]:
+        with self.lock:
+            return list(self._endpoints.values())
