@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Run an already-built pjdfstest (github pjd/pjdfstest) inside a mounted filesystem.
+#
+#   scripts/conformance/pjdfstest.sh PJD_DIR MOUNTED_DIR [--out DIR] [--keep] [TEST_PATH...]
+#
+# PJD_DIR is a pjdfstest work tree where `make pjdfstest` has already been run (this
+# script neither fetches nor builds it). The suite runs as root with `prove -rv
+# PJD_DIR/tests` (or the given TEST_PATHs, relative to PJD_DIR/tests) from a fresh
+# directory MOUNTED_DIR/pjdfstest.XXXXXX, removed afterwards unless --keep.
+#
+# Prints the counts of `ok` and `not ok` assertions and prove's result, and writes
+# to --out (default /tmp/astrid-conformance/pjdfstest-<fstype>):
+#   prove.log     the full verbose TAP output
+#   failures.txt  every `not ok` line, grouped by test file
+#   summary.txt   counts, fstype, command, date
+# Exit status 0 iff no assertion failed.
+set -uo pipefail
+
+usage() {
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+[ $# -ge 2 ] || usage
+PJD=$(cd "$1" 2>/dev/null && pwd) || { echo "pjdfstest: no such directory: $1" >&2; exit 2; }
+MNT=$(cd "$2" 2>/dev/null && pwd) || { echo "pjdfstest: no such directory: $2" >&2; exit 2; }
+shift 2
+OUT=
+KEEP=0
+SELECTED=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out) OUT=${2:?--out needs a value}; shift 2 ;;
+        --keep) KEEP=1; shift ;;
+        -h|--help) usage ;;
+        -*) echo "pjdfstest: unknown option $1" >&2; exit 2 ;;
+        *) SELECTED+=("$PJD/tests/$1"); shift ;;
+    esac
+done
+
+[ -x "$PJD/pjdfstest" ] && [ -d "$PJD/tests" ] || {
+    echo "pjdfstest: $PJD has no built ./pjdfstest binary and tests/ (build it first)" >&2
+    exit 2
+}
+[ "$(id -u)" = 0 ] || { echo "pjdfstest: must run as root" >&2; exit 2; }
+command -v prove >/dev/null || { echo "pjdfstest: prove (perl) not found" >&2; exit 2; }
+
+FSTYPE=$(stat -f -c %T "$MNT" 2>/dev/null || echo unknown)
+MTYPE=$(findmnt -n -o FSTYPE --target "$MNT" 2>/dev/null || echo "$FSTYPE")
+OUT=${OUT:-/tmp/astrid-conformance/pjdfstest-${MTYPE//\//_}}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+WORK=$(mktemp -d "$MNT/pjdfstest.XXXXXX") || { echo "pjdfstest: cannot create a directory in $MNT" >&2; exit 1; }
+cleanup() {
+    if [ "$KEEP" = 0 ]; then
+        cd /
+        # tests may leave immutable or unwritable entries; restore permissions first
+        chmod -R u+rwx "$WORK" 2>/dev/null
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[ ${#SELECTED[@]} -gt 0 ] || SELECTED=("$PJD/tests")
+echo "pjdfstest $(git -C "$PJD" rev-parse --short HEAD 2>/dev/null || echo '?') in $WORK" \
+     "(fs $MTYPE); logs in $OUT"
+START=$(date +%s)
+(cd "$WORK" && prove -rv "${SELECTED[@]}") >"$OUT/prove.log" 2>&1
+PROVE_RC=$?
+END=$(date +%s)
+
+OK=$(grep -cE '^ok [0-9]+' "$OUT/prove.log")
+NOTOK=$(grep -cE '^not ok [0-9]+' "$OUT/prove.log")
+RESULT=$(grep -E '^Result: ' "$OUT/prove.log" | tail -1)
+FILES=$(grep -E '^Files=' "$OUT/prove.log" | tail -1)
+
+# `not ok` lines grouped under the test file that printed them (prove -v prints
+# "PATH/tests/x/y.t .." before each file's TAP).
+awk -v pjd="$PJD/tests/" '
+    /\.t \.+ *$/ || /\.t \.\. / { f = $1; sub(pjd, "", f); next }
+    /^not ok [0-9]+/ { if (f != last) { print "== " f; last = f } print }
+' "$OUT/prove.log" >"$OUT/failures.txt"
+FAILED_FILES=$(grep -c '^== ' "$OUT/failures.txt")
+
+{
+    echo "suite: pjdfstest $(git -C "$PJD" rev-parse HEAD 2>/dev/null || echo '?')"
+    echo "mounted dir: $MNT ($MTYPE)"
+    echo "command: cd $WORK && prove -rv ${SELECTED[*]}"
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "seconds: $((END - START))"
+    echo "ok: $OK"
+    echo "not ok: $NOTOK"
+    echo "test files with failures: $FAILED_FILES"
+    echo "prove: $FILES"
+    echo "prove: $RESULT (exit $PROVE_RC)"
+} >"$OUT/summary.txt"
+
+cat "$OUT/summary.txt"
+grep '^== ' "$OUT/failures.txt" | sed 's/^== /  failing: /'
+echo "pjdfstest: $OK passed, $NOTOK failed"
+[ "$NOTOK" -eq 0 ]
