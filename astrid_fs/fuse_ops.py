@@ -28,7 +28,7 @@ UPPER_TTL = 3600.0
 NAME_MAX = 255
 
 
-class FuseOps(pyfuse3.Operations):  # type: ignore[misc]
+class FuseOps(pyfuse3.Operations):
     """Adapter from pyfuse3 requests to `Overlay` operations."""
 
     supports_dot_lookup = True

@@ -227,7 +227,7 @@ def _wait_exit(pid: int) -> None:
 # ---- status ---------------------------------------------------------------
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for session in list_sessions():
         state = session.mount_state()
         alive = state is not None and state.alive()

@@ -1,0 +1,401 @@
+"""The commit write-ahead journal: one JSON record per commit in the
+session's `journal/`, and the code that carries a record through its states.
+Design, invariants and crash states: docs/design/journal.md.
+
+States, each entered by an atomic durable rewrite of the record:
+
+  prepared  -> entries are being copied into the staging dir (in the lower
+               fs). The lower tree is untouched. Recovery ROLLS BACK: delete
+               the staging dir and the record.
+  vacating  -> the commit point. Lower entries that go away (deleted, rename
+               sources, replaced types) move into the staging dir. Each step
+               is a rename guarded by "slot absent and source present", and
+               nothing is placed in this state, so replay is idempotent.
+  placing   -> staged entries and vacated rename sources move into their
+               final places (guarded by "slot still in staging"), new dirs
+               are made, hard links made, dir metadata set.
+  cleaning  -> the lower is final. Committed entries leave the upper (only
+               if unchanged since planning), the staging dir is removed.
+               Then the record is deleted.
+
+Recovery (`recover`) runs at the start of every review verb: it finishes
+every record past `prepared` and rolls back the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from astrid_fs.durable import fsync_dir, write_atomic
+from astrid_fs.entrycopy import clone_or_copy, copy_entry, copy_meta
+from astrid_fs.errors import SessionError
+from astrid_fs.session import Session
+from astrid_fs.whiteout import OverlayXattrs, get_redirect, is_opaque, is_whiteout
+
+State = Literal["prepared", "vacating", "placing", "cleaning"]
+CRASH_ENV = "ASTRID_FS_CRASH_AT"  # "N": os._exit(CRASH_EXIT) at the N-th step
+FAIL_ENV = "ASTRID_FS_FAIL_AT"  # "N": raise ENOSPC at the N-th step (disk full)
+CRASH_EXIT = 99
+
+
+@dataclass(frozen=True)
+class Vacate:
+    """Move lower `path` (pre-commit lower path) to staging `slot`."""
+
+    path: str
+    slot: str
+
+
+@dataclass(frozen=True)
+class Place:
+    """Make session path `to` in the lower: `move`/`put` the staging `slot`
+    there, `mkdir` it, or `link` it to the already placed `source`."""
+
+    op: Literal["move", "put", "mkdir", "link"]
+    to: str
+    slot: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Copy upper entry `path` into staging `slot` (before the commit point)."""
+
+    path: str
+    slot: str
+
+
+@dataclass(frozen=True)
+class DirMeta:
+    """Metadata a committed lower dir gets, recorded from the upper at planning."""
+
+    path: str
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    xattrs: dict[str, str] = field(default_factory=dict)  # name -> hex value
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """Remove upper entry `path` if it is still the one planned (ino, ctime);
+    a dir goes only if empty, else loses the xattrs named in `strip`."""
+
+    path: str
+    is_dir: bool
+    ino: int
+    ctime_ns: int
+    strip: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Record:
+    txid: str
+    state: State
+    staging: str  # absolute path of the staging dir inside the lower fs
+    stage: tuple[Stage, ...] = ()
+    vacate: tuple[Vacate, ...] = ()
+    place: tuple[Place, ...] = ()
+    dirmeta: tuple[DirMeta, ...] = ()
+    cleanup: tuple[Cleanup, ...] = ()
+    prune: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()  # session paths touched (for mount invalidation)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Record:
+        d: dict[str, Any] = json.loads(raw)
+        return cls(
+            txid=d["txid"], state=d["state"], staging=d["staging"],
+            stage=tuple(Stage(**x) for x in d["stage"]),
+            vacate=tuple(Vacate(**x) for x in d["vacate"]),
+            place=tuple(Place(**x) for x in d["place"]),
+            dirmeta=tuple(DirMeta(**x) for x in d["dirmeta"]),
+            cleanup=tuple(Cleanup(**{**x, "strip": tuple(x["strip"])}) for x in d["cleanup"]),
+            prune=tuple(d["prune"]), paths=tuple(d["paths"]),
+        )
+
+
+class Steps:
+    """Counts journal steps; a test makes step N crash (os._exit) or fail
+    with ENOSPC through the environment, read once at construction."""
+
+    def __init__(self, crash_at: int | None = None, fail_at: int | None = None) -> None:
+        self.count = 0
+        self.crash_at = crash_at
+        self.fail_at = fail_at
+
+    @classmethod
+    def from_env(cls) -> Steps:
+        crash, fail = os.environ.get(CRASH_ENV), os.environ.get(FAIL_ENV)
+        return cls(int(crash) if crash else None, int(fail) if fail else None)
+
+    def step(self) -> None:
+        self.count += 1
+        if self.count == self.crash_at:
+            os._exit(CRASH_EXIT)
+        if self.count == self.fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+
+def record_path(session: Session, txid: str) -> Path:
+    return session.journal_dir / f"commit-{txid}.json"
+
+
+def save(session: Session, rec: Record) -> None:
+    write_atomic(record_path(session, rec.txid), rec.encode())
+
+
+def pending(session: Session) -> list[Record]:
+    """Records left by commits that did not finish."""
+    found = []
+    for path in sorted(session.journal_dir.glob("commit-*.json")):
+        try:
+            found.append(Record.decode(path.read_bytes()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise SessionError(f"session {session.name}: unreadable journal {path}: {e}") from e
+    return found
+
+
+@contextlib.contextmanager
+def locked(session: Session) -> Iterator[None]:
+    """Hold the session's journal lock: one commit/discard/rollback at a time."""
+    session.journal_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(session.journal_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SessionError(
+                f"session {session.name} is busy: another commit, discard or rollback "
+                "is running") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sync_fs(path: str | os.PathLike[str]) -> None:
+    """syncfs(2) the filesystem holding `path`: every write so far is durable.
+    One call replaces an fsync per staged file (same guarantee before rename)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), os.fspath(path))
+    finally:
+        os.close(fd)
+
+
+def _exists(path: str) -> bool:
+    return os.path.lexists(path)
+
+
+def _private_filter(names: OverlayXattrs) -> Any:
+    return lambda k: not (names.is_private(k) or k.startswith("trusted.overlay."))
+
+
+def advance(session: Session, rec: Record, state: State, steps: Steps) -> Record:
+    rec = replace(rec, state=state)
+    save(session, rec)
+    steps.step()
+    return rec
+
+
+def run(session: Session, rec: Record, steps: Steps) -> None:
+    """Carry `rec` from its state to the end. A record in `prepared` is staged
+    here (only by the commit that wrote it; recovery rolls those back)."""
+    lower = str(session.lower)
+    if rec.state == "prepared":
+        _stage(session, rec, steps)
+        rec = advance(session, rec, "vacating", steps)
+    if rec.state == "vacating":
+        _vacate(lower, rec, steps)
+        rec = advance(session, rec, "placing", steps)
+    if rec.state == "placing":
+        _place(session, rec, steps)
+        sync_fs(lower)
+        steps.step()
+        rec = advance(session, rec, "cleaning", steps)
+    _clean(session, rec, steps)
+
+
+def _stage(session: Session, rec: Record, steps: Steps) -> None:
+    keep = _private_filter(session.xattrs)
+    os.mkdir(rec.staging, 0o700)
+    steps.step()
+    for st in rec.stage:
+        copy_entry(os.path.join(session.upper, st.path), os.path.join(rec.staging, st.slot),
+                   keep)
+        steps.step()
+    sync_fs(rec.staging)
+    steps.step()
+
+
+def _vacate(lower: str, rec: Record, steps: Steps) -> None:
+    for v in rec.vacate:
+        slot = os.path.join(rec.staging, v.slot)
+        src = os.path.join(lower, v.path)
+        if not _exists(slot) and _exists(src):
+            os.rename(src, slot)
+            steps.step()
+
+
+def _place(session: Session, rec: Record, steps: Steps) -> None:
+    lower = str(session.lower)
+    for p in rec.place:
+        to = os.path.join(lower, p.to)
+        slot = os.path.join(rec.staging, p.slot) if p.slot else ""
+        if p.op in ("move", "put"):
+            if not _exists(slot):
+                continue
+            _rename_in(slot, to)
+        elif p.op == "mkdir":
+            if os.path.isdir(to) and not os.path.islink(to):
+                continue
+            os.mkdir(to, 0o700)
+        else:
+            src = os.path.join(lower, p.source)
+            if _exists(to) and os.lstat(to).st_ino == os.lstat(src).st_ino:
+                continue
+            if not _exists(slot):
+                os.link(src, slot)
+            os.rename(slot, to)
+        steps.step()
+    for meta in rec.dirmeta:
+        _apply_dirmeta(os.path.join(lower, meta.path), meta, session.xattrs)
+        steps.step()
+
+
+def _rename_in(slot: str, to: str) -> None:
+    """rename(slot, to); across filesystems (a mount inside the lower), copy
+    next to `to` with fsync, then rename there."""
+    try:
+        os.rename(slot, to)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    tmp = f"{to}.astrid-tmp"
+    if _exists(tmp):
+        os.unlink(tmp)
+    st = os.lstat(slot)
+    if stat.S_ISREG(st.st_mode):
+        clone_or_copy(slot, tmp)
+        copy_meta(slot, tmp, st)
+        fd = os.open(tmp, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    else:
+        copy_entry(slot, tmp)
+    os.rename(tmp, to)
+    fsync_dir(os.path.dirname(to))
+    os.unlink(slot)
+
+
+def _apply_dirmeta(path: str, meta: DirMeta, names: OverlayXattrs) -> None:
+    want = {k: bytes.fromhex(v) for k, v in meta.xattrs.items()}
+    for key in os.listxattr(path, follow_symlinks=False):
+        if not names.is_private(key) and not key.startswith("trusted.overlay.") \
+                and key not in want:
+            os.removexattr(path, key, follow_symlinks=False)
+    for key, value in want.items():
+        os.setxattr(path, key, value, follow_symlinks=False)
+    if os.geteuid() == 0:
+        os.chown(path, meta.uid, meta.gid)
+    os.chmod(path, meta.mode)
+    os.utime(path, ns=(meta.mtime_ns, meta.mtime_ns))
+
+
+def _clean(session: Session, rec: Record, steps: Steps) -> None:
+    upper = str(session.upper)
+    names = session.xattrs
+    for c in rec.cleanup:
+        path = os.path.join(upper, c.path)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if c.is_dir:
+            try:
+                os.rmdir(path)
+            except OSError as e:
+                if e.errno != errno.ENOTEMPTY:
+                    raise
+                for key in c.strip:
+                    with contextlib.suppress(OSError):
+                        os.removexattr(path, key, follow_symlinks=False)
+        elif (st.st_ino, st.st_ctime_ns) == (c.ino, c.ctime_ns) or (
+                is_whiteout(path, st) and st.st_ino == c.ino):
+            os.unlink(path)
+        steps.step()
+    for rel in rec.prune:
+        _prune(session, rel, names)
+    shutil.rmtree(rec.staging, ignore_errors=True)
+    sync_fs(upper)
+    steps.step()
+    record_path(session, rec.txid).unlink(missing_ok=True)
+    fsync_dir(session.journal_dir)
+
+
+def _prune(session: Session, rel: str, names: OverlayXattrs) -> None:
+    """Remove an empty plain upper dir that adds nothing over its lower dir."""
+    up = os.path.join(session.upper, rel)
+    low = os.path.join(session.lower, rel)
+    try:
+        ust, lst = os.lstat(up), os.lstat(low)
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISDIR(ust.st_mode) and stat.S_ISDIR(lst.st_mode)):
+        return
+    if os.listdir(up) or is_opaque(up, names) or get_redirect(up, names) is not None:
+        return
+    if (ust.st_mode, ust.st_uid, ust.st_gid) != (lst.st_mode, lst.st_uid, lst.st_gid):
+        return
+    keep = _private_filter(names)
+    if {k for k in os.listxattr(up, follow_symlinks=False) if keep(k)} != {
+            k for k in os.listxattr(low, follow_symlinks=False) if keep(k)}:
+        return
+    with contextlib.suppress(OSError):
+        os.rmdir(up)
+
+
+def roll_back(session: Session, rec: Record) -> None:
+    """Undo a record still in `prepared`: the lower was never touched."""
+    shutil.rmtree(rec.staging, ignore_errors=True)
+    record_path(session, rec.txid).unlink(missing_ok=True)
+    fsync_dir(session.journal_dir)
+
+
+def recover(session: Session, steps: Steps | None = None) -> list[tuple[str, Record]]:
+    """Finish or roll back every interrupted commit of `session`; returns
+    what was done ("finished" / "rolled back", record)."""
+    done: list[tuple[str, Record]] = []
+    for rec in pending(session):
+        if rec.state == "prepared":
+            roll_back(session, rec)
+            done.append(("rolled back", rec))
+            continue
+        if not session.lower.is_dir():
+            raise SessionError(
+                f"session {session.name}: an interrupted commit needs lower "
+                f"{session.lower}, which is gone; restore it and run astrid-fs again")
+        run(session, rec, steps or Steps())
+        done.append(("finished", rec))
+    return done

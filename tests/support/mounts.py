@@ -1,0 +1,121 @@
+"""Test support: mount and unmount astrid-fs sessions for real, snapshot trees.
+
+Tests that need FUSE call `require_fuse()`: it fails loudly (never skips)
+when not root or /dev/fuse is missing, because CI has both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ASTRID_FS = [sys.executable, "-m", "astrid_fs.cli"]
+
+
+def require_fuse() -> None:
+    assert os.geteuid() == 0, "these tests mount FUSE file systems and need root (CI runs as root)"
+    assert os.path.exists("/dev/fuse"), "/dev/fuse is missing: FUSE tests cannot run"
+
+
+def run_cli(*args: str, home: Path, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `astrid-fs ARGS` as a user would, with ASTRID_HOME=home."""
+    full_env = {**os.environ, "ASTRID_HOME": str(home), **(env or {})}
+    result = subprocess.run([*ASTRID_FS, *args], capture_output=True, text=True,
+                            env=full_env, cwd="/", check=False, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"astrid-fs {' '.join(args)} failed ({result.returncode}): "
+                             f"{result.stderr.strip()}")
+    return result
+
+
+def mounted_points() -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        return {line.split()[4] for line in f}
+
+
+@dataclass
+class MountedSession:
+    """A session mounted for a test."""
+
+    name: str
+    home: Path
+    lower: Path
+    mnt: Path
+
+    @property
+    def root(self) -> Path:
+        return self.home / "sessions" / self.name
+
+    @property
+    def upper(self) -> Path:
+        return self.root / "upper"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, home=self.home, check=check)
+
+    def mount(self, *extra: str) -> None:
+        self.cli("mount", "--lower", str(self.lower), "--session", self.name, *extra,
+                 str(self.mnt))
+
+    def umount(self) -> None:
+        if str(self.mnt) in mounted_points():
+            self.cli("umount", str(self.mnt))
+        assert str(self.mnt) not in mounted_points(), f"{self.mnt} still mounted"
+
+
+def tree_state(root: Path, *, xattrs: bool = True) -> dict[str, tuple[object, ...]]:
+    """Everything a user can see of a tree: type, mode, content hash, link
+    target, user xattrs — keyed by relative path."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            kind = stat.S_IFMT(st.st_mode)
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    body: object = hashlib.blake2b(f.read()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                body = os.readlink(path)
+            else:
+                body = None
+            xs: tuple[tuple[str, bytes], ...] = ()
+            if xattrs and not stat.S_ISLNK(st.st_mode):
+                xs = tuple(sorted((k, os.getxattr(path, k, follow_symlinks=False))
+                                  for k in os.listxattr(path, follow_symlinks=False)
+                                  if k.startswith("user.")))
+            size = st.st_size if not stat.S_ISDIR(st.st_mode) else 0
+            out[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, body, xs)
+    return out
+
+
+def hash_tree(root: Path) -> str:
+    """One digest over content, modes, times, owners, link targets and all
+    xattrs of a tree: equal digests mean the tree was not written."""
+    h = hashlib.blake2b()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            h.update(os.path.relpath(path, root).encode())
+            h.update(repr((st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
+                           st.st_ino, st.st_nlink, st.st_rdev)).encode())
+            for k in sorted(os.listxattr(path, follow_symlinks=False)):
+                h.update(k.encode() + os.getxattr(path, k, follow_symlinks=False))
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    h.update(f.read())
+            elif stat.S_ISLNK(st.st_mode):
+                h.update(os.readlink(path).encode())
+        h.update(repr(os.lstat(dirpath).st_mtime_ns).encode())
+    return h.hexdigest()
