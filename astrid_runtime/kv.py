@@ -72,7 +72,7 @@ from typing import Any, Final, TypeVar
 
 from surrealdb import BlockingEmbeddedSurrealConnection, RecordID, Surreal
 
-from astrid_runtime.errors import KernelError
+from astrid_runtime.errors import KernelError, Refusal
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -117,23 +117,40 @@ _T = TypeVar("_T")
 
 
 class KvError(KernelError):
-    """A KV operation failed; the message says which plugin, key and why."""
+    """A KV operation failed; the message says which plugin, key and why.
+
+    ``kind`` names the ``astrid:kernel/types.error`` case the ABI returns for it.
+    """
+
+    kind: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
-class KvInvalid(KvError):
-    """A malformed argument (bad limit, wrong type)."""
+class KvInvalid(KvError, Refusal):
+    """A malformed argument (bad limit, wrong type); the plugin can fix it."""
+
+    def __init__(self, message: str) -> None:
+        Refusal.__init__(self, "invalid", message)
 
 
 class KvInvalidKey(KvInvalid):
     """A plugin name, key or prefix that the store cannot hold (empty name, NUL)."""
 
 
-class KvTooLarge(KvError):
+class KvTooLarge(KvError, Refusal):
     """A key, plugin name or value over its documented limit."""
+
+    def __init__(self, message: str) -> None:
+        Refusal.__init__(self, "too-large", message)
 
 
 class KvUnavailable(KvError):
     """The database cannot be opened or reached now (locked, down, bad URL)."""
+
+    kind = "unavailable"
 
 
 class KvClosed(KvUnavailable):

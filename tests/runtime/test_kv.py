@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from astrid_runtime.errors import KernelError
+from astrid_runtime.errors import KernelError, Refusal
 from astrid_runtime.kv import (
     MAX_KEY_BYTES,
     MAX_LIST_LIMIT,
@@ -93,6 +93,12 @@ def test_errors_are_kernel_errors() -> None:
     for cls in (KvError, KvInvalid, KvInvalidKey, KvTooLarge, KvUnavailable, KvClosed):
         assert issubclass(cls, KernelError)
     assert issubclass(KvClosed, KvUnavailable)
+    # The ABI passes Refusals through with their error case; the rest are "unavailable".
+    assert isinstance(KvInvalidKey("k"), Refusal) and KvInvalidKey("k").kind == "invalid"
+    assert isinstance(KvTooLarge("v"), Refusal) and KvTooLarge("v").kind == "too-large"
+    assert KvUnavailable("down").kind == "unavailable"
+    assert not isinstance(KvUnavailable("down"), Refusal)
+    assert str(KvInvalidKey("bad key")) == "bad key"
 
 
 def test_get_set_delete_roundtrip(store: KvStore) -> None:
