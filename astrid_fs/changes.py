@@ -67,6 +67,7 @@ class Change:
     upper_ino: int = 0
     conflict: str | None = None
     link_to: str | None = None  # an earlier change path sharing this upper inode
+    source_whiteout: str | None = None  # R: the upper whiteout at the rename source
 
     @property
     def structural(self) -> bool:
@@ -300,7 +301,13 @@ def _pair_renames(changes: list[Change]) -> list[Change]:
             sources.add(c.origin.path)
             c = replace(c, status="R", lower_path=c.origin.path, flags=("content",))
         paired.append(c)
-    kept = [c for c in paired if not (c.status == "D" and c.lower_path in sources)]
+    kept = []
+    for c in paired:
+        if c.status == "D" and c.lower_path in sources:
+            continue
+        if c.status == "R" and c.lower_path in deleted and deleted[c.lower_path].whiteout:
+            c = replace(c, source_whiteout=deleted[c.lower_path].path)
+        kept.append(c)
     return sorted(kept, key=lambda c: c.path)
 
 
@@ -367,7 +374,7 @@ def select(changes: list[Change], prefixes: list[str]) -> list[Change]:
     An empty list selects everything. A prefix naming nothing is a UsageError."""
     if not prefixes:
         return list(changes)
-    chosen: dict[str, Change] = {}
+    chosen: dict[int, Change] = {}
     for prefix in prefixes:
         hits = [c for c in changes if _under(c.path, prefix)
                 or (c.status == "R" and c.lower_path is not None
@@ -375,14 +382,21 @@ def select(changes: list[Change], prefixes: list[str]) -> list[Change]:
         if not hits:
             raise UsageError(f"no change at {prefix!r} in this session")
         for c in hits:
-            chosen[c.path] = c
-    by_path = {c.path: c for c in changes}
+            chosen[id(c)] = c
+    by_path: dict[str, list[Change]] = {}
+    for c in changes:
+        by_path.setdefault(c.path, []).append(c)
     for c in list(chosen.values()):
         for anc in _ancestors(c.path):
-            a = by_path.get(anc)
-            if a is not None and a.structural:
-                chosen[anc] = a
-    return sorted(chosen.values(), key=lambda c: c.path)
+            for a in by_path.get(anc, []):
+                if a.structural:
+                    chosen[id(a)] = a
+    picked = set(chosen)
+    # A deletion of the lower entry at a path that something is placed on
+    # (a rename target, a type change) must land with it.
+    placed = {c.path for c in chosen.values() if c.status != "D"}
+    extra = [c for c in changes if c.status == "D" and c.path in placed and id(c) not in picked]
+    return sorted([*chosen.values(), *extra], key=lambda c: c.path)
 
 
 def _ancestors(path: str) -> Iterator[str]:

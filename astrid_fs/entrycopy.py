@@ -54,9 +54,9 @@ def copy_xattrs(src: str, dst: str, keep: XattrFilter = all_xattrs) -> None:
             for k in _listxattr(src) if keep(k)}
     for key in _listxattr(dst):
         if keep(key) and key not in want:
-            _try_xattr(lambda k=key: os.removexattr(dst, k, follow_symlinks=False))
+            _try_xattr(dst, key, None)
     for key, value in want.items():
-        _try_xattr(lambda k=key, v=value: os.setxattr(dst, k, v, follow_symlinks=False))
+        _try_xattr(dst, key, value)
 
 
 def _listxattr(path: str) -> list[str]:
@@ -68,10 +68,14 @@ def _listxattr(path: str) -> list[str]:
         raise
 
 
-def _try_xattr(op: Callable[[], None]) -> None:
-    # user.* xattrs are refused on symlinks and devices (EPERM); nothing to carry.
+def _try_xattr(path: str, key: str, value: bytes | None) -> None:
+    """Set (or with None remove) one xattr. user.* xattrs are refused on
+    symlinks and devices (EPERM): there is nothing to carry then."""
     try:
-        op()
+        if value is None:
+            os.removexattr(path, key, follow_symlinks=False)
+        else:
+            os.setxattr(path, key, value, follow_symlinks=False)
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENODATA):
             raise

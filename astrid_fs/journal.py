@@ -41,7 +41,7 @@ from astrid_fs.durable import fsync_dir, write_atomic
 from astrid_fs.entrycopy import clone_or_copy, copy_entry, copy_meta
 from astrid_fs.errors import SessionError
 from astrid_fs.session import Session
-from astrid_fs.whiteout import OverlayXattrs, get_redirect, is_opaque, is_whiteout
+from astrid_fs.whiteout import OverlayXattrs, get_redirect, is_opaque
 
 State = Literal["prepared", "vacating", "placing", "cleaning"]
 CRASH_ENV = "ASTRID_FS_CRASH_AT"  # "N": os._exit(CRASH_EXIT) at the N-th step
@@ -90,13 +90,16 @@ class DirMeta:
 
 @dataclass(frozen=True)
 class Cleanup:
-    """Remove upper entry `path` if it is still the one planned (ino, ctime);
-    a dir goes only if empty, else loses the xattrs named in `strip`."""
+    """Remove upper entry `path` if it is still the one planned (same inode,
+    mtime, size, mode: a write through the mount since then keeps it); a dir
+    loses the xattrs in `strip`, then goes if empty and plain."""
 
     path: str
     is_dir: bool
-    ino: int
-    ctime_ns: int
+    ino: int = 0
+    mtime_ns: int = 0
+    size: int = 0
+    mode: int = 0
     strip: tuple[str, ...] = ()
 
 
@@ -110,7 +113,6 @@ class Record:
     place: tuple[Place, ...] = ()
     dirmeta: tuple[DirMeta, ...] = ()
     cleanup: tuple[Cleanup, ...] = ()
-    prune: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()  # session paths touched (for mount invalidation)
 
     def encode(self) -> bytes:
@@ -126,7 +128,7 @@ class Record:
             place=tuple(Place(**x) for x in d["place"]),
             dirmeta=tuple(DirMeta(**x) for x in d["dirmeta"]),
             cleanup=tuple(Cleanup(**{**x, "strip": tuple(x["strip"])}) for x in d["cleanup"]),
-            prune=tuple(d["prune"]), paths=tuple(d["paths"]),
+            paths=tuple(d["paths"]),
         )
 
 
@@ -333,20 +335,14 @@ def _clean(session: Session, rec: Record, steps: Steps) -> None:
         except FileNotFoundError:
             continue
         if c.is_dir:
-            try:
-                os.rmdir(path)
-            except OSError as e:
-                if e.errno != errno.ENOTEMPTY:
-                    raise
-                for key in c.strip:
-                    with contextlib.suppress(OSError):
-                        os.removexattr(path, key, follow_symlinks=False)
-        elif (st.st_ino, st.st_ctime_ns) == (c.ino, c.ctime_ns) or (
-                is_whiteout(path, st) and st.st_ino == c.ino):
+            for key in c.strip:
+                with contextlib.suppress(OSError):
+                    os.removexattr(path, key, follow_symlinks=False)
+            _prune(session, c.path, names)
+        elif (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode) == (
+                c.ino, c.mtime_ns, c.size, c.mode):
             os.unlink(path)
         steps.step()
-    for rel in rec.prune:
-        _prune(session, rel, names)
     shutil.rmtree(rec.staging, ignore_errors=True)
     sync_fs(upper)
     steps.step()

@@ -1,0 +1,264 @@
+"""Land a session's changes in the lower layer: `commit` turns the selected
+changes into one journal record (what to stage, vacate, place, clean up)
+and hands it to the journal, which carries it out crash-safely.
+
+Rules the plan follows (docs/design/journal.md):
+- every non-directory lands by a staged copy renamed over its target, so a
+  reader of the lower sees the old entry or the new one, never a torn one;
+- a redirected upper dir is a renamed lower dir: the lower dir itself is
+  renamed (its unchanged children never copied);
+- a file whose origin names another, deleted path is a rename in the diff,
+  but lands as a fresh copy plus a deletion (the same end state);
+- a conflict (lower moved on since copy-up) stops the commit before the
+  journal is written, unless `force`;
+- committed entries leave the upper, except below an opaque upper dir that
+  still hides lower entries (there they stay, equal to the lower).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+from astrid_fs import control, journal
+from astrid_fs.changes import Change, check_conflicts, normalize_path, scan, select, user_xattrs
+from astrid_fs.errors import ConflictError, SessionError
+from astrid_fs.journal import Cleanup, DirMeta, Place, Record, Stage, Steps, Vacate
+from astrid_fs.session import Session
+from astrid_fs.whiteout import is_opaque
+
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    changes: tuple[Change, ...]
+    record: Record | None  # None when there was nothing to commit
+    dry_run: bool
+
+
+def _depth(path: str) -> int:
+    return path.count("/") + 1 if path else 0
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def check_lower_usable(session: Session) -> None:
+    if not session.lower.is_dir():
+        raise SessionError(f"session {session.name}: lower {session.lower} vanished "
+                           "(no such directory); nothing was changed")
+
+
+def session_changes(session: Session) -> list[Change]:
+    """Every change of `session`, with conflicts marked. Flushes a mount first."""
+    control.sync(session)
+    check_lower_usable(session)
+    return check_conflicts(scan(session.upper, session.lower, session.xattrs), session.lower)
+
+
+def resolve_paths(session: Session, raw: list[str]) -> list[str]:
+    state = session.mount_state()
+    mnt = state.mountpoint if state is not None else None
+    return [normalize_path(p, session.lower, mnt) for p in raw]
+
+
+class _Planner:
+    """Builds one journal record from the selected changes."""
+
+    def __init__(self, session: Session, everything: list[Change], chosen: list[Change],
+                 txid: str) -> None:
+        self.session = session
+        self.upper = str(session.upper)
+        self.chosen = chosen
+        self.chosen_paths = {c.path for c in chosen if c.status != "D"}
+        self.txid = txid
+        self.stage: list[Stage] = []
+        self.vacate: list[Vacate] = []
+        self.place: list[Place] = []
+        self.dirmeta: list[DirMeta] = []
+        self.cleanup: list[Cleanup] = []
+        self.slots = 0
+        picked = {id(c) for c in chosen}
+        # Opaque dirs still hiding a lower entry after this commit keep their
+        # upper children (removing them would hide the committed copies).
+        hidden_left = {_parent(c.path) for c in everything
+                       if c.status == "D" and not c.whiteout and id(c) not in picked}
+        self.kept_opaque = {d for d in hidden_left
+                            if is_opaque(os.path.join(self.upper, d), session.xattrs)}
+
+    def slot(self, prefix: str) -> str:
+        self.slots += 1
+        return f"{prefix}{self.slots}"
+
+    def under_kept_opaque(self, path: str) -> bool:
+        parts = path.split("/")
+        return any("/".join(parts[:i]) in self.kept_opaque for i in range(1, len(parts) + 1))
+
+    def clean_entry(self, path: str) -> None:
+        if self.under_kept_opaque(path):
+            return
+        st = os.lstat(os.path.join(self.upper, path))
+        self.cleanup.append(Cleanup(path, False, st.st_ino, st.st_mtime_ns, st.st_size,
+                                    st.st_mode))
+
+    def clean_dir(self, path: str) -> None:
+        if self.under_kept_opaque(path) and path not in self.kept_opaque:
+            return
+        names = self.session.xattrs
+        strip = (names.redirect,) if path in self.kept_opaque else (names.redirect, names.opaque)
+        self.cleanup.append(Cleanup(path, True, strip=strip))
+
+    def add(self, c: Change) -> None:
+        if c.status == "D":
+            self.vacate.append(Vacate(c.lower_path or c.path, self.slot("v")))
+            if c.whiteout:
+                self.clean_entry(c.path)
+            return
+        if c.status in ("T", "R") and c.lower_path is not None:
+            slot = self.slot("v")
+            self.vacate.append(Vacate(c.lower_path, slot))
+            if c.status == "R" and c.kind == "dir":
+                self.place.append(Place("move", c.path, slot))
+        if c.source_whiteout is not None:
+            self.clean_entry(c.source_whiteout)
+        if c.kind == "dir":
+            if c.status in ("A", "T"):
+                self.place.append(Place("mkdir", c.path))
+            self.dirmeta.append(self.dir_meta(c.path))
+            self.clean_dir(c.path)
+            return
+        if c.link_to is not None and c.link_to in self.chosen_paths:
+            self.place.append(Place("link", c.path, self.slot("l"), c.link_to))
+        else:
+            slot = self.slot("s")
+            self.stage.append(Stage(c.path, slot))
+            self.place.append(Place("put", c.path, slot))
+        self.clean_entry(c.path)
+
+    def dir_meta(self, path: str) -> DirMeta:
+        full = os.path.join(self.upper, path)
+        st = os.lstat(full)
+        xattrs = {k: v.hex() for k, v in user_xattrs(full, self.session.xattrs).items()}
+        return DirMeta(path, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                       st.st_mtime_ns, xattrs)
+
+    def record(self) -> Record:
+        for c in self.chosen:
+            self.add(c)
+        cleaned = {x.path for x in self.cleanup if x.is_dir}
+        ancestors: set[str] = set()
+        for c in self.chosen:
+            parent = _parent(c.path)
+            while parent:
+                ancestors.add(parent)
+                parent = _parent(parent)
+        for parent in sorted(ancestors - cleaned):
+            if os.path.isdir(os.path.join(self.upper, parent)):
+                self.clean_dir(parent)
+        touched = {c.path for c in self.chosen} | {
+            c.lower_path for c in self.chosen if c.lower_path is not None}
+        staging = str(self.session.lower / f".astrid-commit-{self.txid}")
+        return Record(
+            txid=self.txid, state="prepared", staging=staging,
+            stage=tuple(self.stage),
+            vacate=tuple(sorted(self.vacate, key=lambda v: (-_depth(v.path), v.path))),
+            place=tuple(sorted(self.place, key=lambda p: (p.op == "link", _depth(p.to), p.to))),
+            dirmeta=tuple(sorted(self.dirmeta, key=lambda d: (-_depth(d.path), d.path))),
+            cleanup=tuple(sorted(self.cleanup, key=lambda x: (-_depth(x.path), x.path))),
+            paths=tuple(sorted(touched)),
+        )
+
+
+def plan(session: Session, everything: list[Change], chosen: list[Change]) -> Record:
+    """The journal record that lands `chosen` (a selection of `everything`)."""
+    txid = f"{time.time_ns():x}-{os.getpid()}"
+    return _Planner(session, everything, chosen, txid).record()
+
+
+def conflict_error(conflicts: list[Change]) -> ConflictError:
+    listed = "; ".join(f"{c.path}: {c.conflict}" for c in conflicts[:5])
+    more = f" (and {len(conflicts) - 5} more)" if len(conflicts) > 5 else ""
+    return ConflictError(f"commit refused, {len(conflicts)} conflict(s): {listed}{more}; "
+                         "review with `astrid-fs diff`, then discard them or use --force")
+
+
+def commit(session: Session, paths: list[str], *, force: bool = False,
+           dry_run: bool = False, steps: Steps | None = None) -> CommitResult:
+    """Land the changes under `paths` (all if empty) in the lower layer."""
+    steps = steps or Steps.from_env()
+    with journal.locked(session):
+        finish_interrupted(session)
+        everything = session_changes(session)
+        chosen = select(everything, resolve_paths(session, paths))
+        if not chosen:
+            return CommitResult((), None, dry_run)
+        conflicts = [c for c in chosen if c.conflict]
+        if conflicts and not force:
+            raise conflict_error(conflicts)
+        rec = plan(session, everything, chosen)
+        if dry_run:
+            return CommitResult(tuple(chosen), rec, True)
+        journal.save(session, rec)
+        steps.step()
+        try:
+            journal.run(session, rec, steps)
+        except OSError as e:
+            raise _failed(session, rec, e) from e
+        control.notify_changed(session, rec.paths)
+        return CommitResult(tuple(chosen), rec, False)
+
+
+def _failed(session: Session, rec: Record, err: OSError) -> SessionError:
+    """Roll back a commit that failed before its commit point; otherwise leave
+    the journal for the next run. Returns the error to raise."""
+    path = journal.record_path(session, rec.txid)
+    try:
+        state = journal.Record.decode(path.read_bytes()).state
+    except FileNotFoundError:
+        state = "prepared"
+    reason = err.strerror or str(err)
+    if err.errno in _READ_ONLY and state == "prepared":
+        reason = f"lower {session.lower} is not writable ({reason})"
+    elif err.errno == errno.ENOENT and not session.lower.is_dir():
+        reason = f"lower {session.lower} vanished"
+    if state == "prepared":
+        try:
+            journal.roll_back(session, rec)
+        except OSError:
+            return SessionError(f"commit failed: {reason}; the lower is unchanged; the journal "
+                                f"{path} will be rolled back by the next astrid-fs command")
+        return SessionError(f"commit failed: {reason}; nothing was changed")
+    control.notify_changed(session, None)
+    return SessionError(f"commit interrupted: {reason}; the journal {path} will be finished "
+                        "by the next astrid-fs command")
+
+
+def finish_interrupted(session: Session) -> list[str]:
+    """Recover interrupted commits (lock held by the caller); lines to report."""
+    done = journal.recover(session)
+    if done:
+        control.notify_changed(session, None)
+    return [f"{what} interrupted commit {rec.txid}" for what, rec in done]
+
+
+def describe(rec: Record) -> str:
+    """The plan of a record, one line per step (for --dry-run)."""
+    lines = [f"remove {v.path}" for v in rec.vacate if not any(
+        p.slot == v.slot for p in rec.place)]
+    for p in rec.place:
+        if p.op == "move":
+            src = next(v.path for v in rec.vacate if v.slot == p.slot)
+            lines.append(f"rename {src} -> {p.to}")
+        elif p.op == "put":
+            lines.append(f"write {p.to}")
+        elif p.op == "mkdir":
+            lines.append(f"mkdir {p.to}")
+        else:
+            lines.append(f"link {p.source} -> {p.to}")
+    lines += [f"set metadata {d.path}/" for d in rec.dirmeta]
+    return "".join(line + "\n" for line in lines)
