@@ -1,0 +1,175 @@
+"""`astrid-fs mount / umount / status` from the outside: bad input gets one
+clear line and a non-zero exit with nothing created; a killed daemon's mount
+is cleaned up by umount with the session's data intact; the mount.fuse3
+helper form works."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.mounts import MountedSession, mounted_points, require_fuse, run_cli
+
+Mount = Callable[..., MountedSession]
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("astrid-fs: "), lines[0]
+    assert "Traceback" not in result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, astrid_home: Path) -> tuple[Path, Path, Path]:
+    require_fuse()
+    lower, mnt = tmp_path / "lower", tmp_path / "mnt"
+    lower.mkdir()
+    mnt.mkdir()
+    return astrid_home, lower, mnt
+
+
+def sessions(home: Path) -> list[str]:
+    d = home / "sessions"
+    return sorted(os.listdir(d)) if d.exists() else []
+
+
+def test_missing_lower(dirs: tuple[Path, Path, Path]) -> None:
+    home, lower, mnt = dirs
+    r = run_cli("mount", "--lower", str(lower / "nope"), "--session", "x", str(mnt),
+                home=home, check=False)
+    one_line_error(r, "does not exist")
+    assert sessions(home) == []
+
+
+def test_lower_not_a_directory(dirs: tuple[Path, Path, Path]) -> None:
+    home, lower, mnt = dirs
+    (lower / "file").write_text("x")
+    r = run_cli("mount", "--lower", str(lower / "file"), "--session", "x", str(mnt),
+                home=home, check=False)
+    one_line_error(r, "not a directory")
+    assert sessions(home) == []
+
+
+def test_missing_mountpoint(dirs: tuple[Path, Path, Path]) -> None:
+    home, lower, mnt = dirs
+    r = run_cli("mount", "--lower", str(lower), "--session", "x", str(mnt / "nope"),
+                home=home, check=False)
+    one_line_error(r, "does not exist")
+    assert sessions(home) == []
+
+
+def test_session_name_with_slash(dirs: tuple[Path, Path, Path]) -> None:
+    home, lower, mnt = dirs
+    r = run_cli("mount", "--lower", str(lower), "--session", "a/b", str(mnt),
+                home=home, check=False)
+    one_line_error(r, "invalid session name")
+    assert r.returncode == 2
+    assert sessions(home) == []
+
+
+def test_already_mounted_mountpoint_and_session(tmp_path: Path, mount_session: Mount) -> None:
+    s = mount_session()
+    other_lower = tmp_path / "other"
+    other_lower.mkdir()
+    r = run_cli("mount", "--lower", str(other_lower), "--session", "fresh", str(s.mnt),
+                home=s.home, check=False)
+    one_line_error(r, "already a mount point")
+    assert "fresh" not in sessions(s.home)
+    second = tmp_path / "second"
+    second.mkdir()
+    r = run_cli("mount", "--lower", str(s.lower), "--session", s.name, str(second),
+                home=s.home, check=False)
+    one_line_error(r, "already mounted")
+
+
+def test_no_dev_fuse_is_one_line(dirs: tuple[Path, Path, Path]) -> None:
+    # Without /dev/fuse visible (a private mount namespace hides it), mount
+    # must fail cleanly; unshare gives us that namespace for real.
+    home, lower, mnt = dirs
+    script = ("mount -t tmpfs none /dev && exec " + " ".join(
+        [sys.executable, "-m", "astrid_fs.cli", "mount", "--lower", str(lower),
+         "--session", "nofuse", str(mnt)]))
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                       capture_output=True, text=True, env={**os.environ, "ASTRID_HOME": str(home)},
+                       check=False, timeout=60)
+    one_line_error(r, "/dev/fuse")
+    assert sessions(home) == []
+
+
+def test_status_json_counts_changes(mount_session: Mount) -> None:
+    s = mount_session()
+    (s.mnt / "a").write_text("a")
+    os.mkdir(s.mnt / "d")
+    r = s.cli("status", "--json")
+    (row,) = json.loads(r.stdout)["sessions"]
+    assert row["name"] == s.name and row["mounted"] and row["changes"] == 2
+    assert row["mountpoint"] == str(s.mnt)
+    s.umount()
+    (row,) = json.loads(s.cli("status", "--json").stdout)["sessions"]
+    assert not row["mounted"] and row["changes"] == 2
+
+
+def test_killed_daemon_is_cleaned_up_by_umount(mount_session: Mount) -> None:
+    s = mount_session()
+    (s.mnt / "kept").write_text("data")
+    (row,) = json.loads(s.cli("status", "--json").stdout)["sessions"]
+    os.kill(row["pid"], signal.SIGKILL)
+    _wait_dead(row["pid"])
+    assert str(s.mnt) in mounted_points()
+    r = s.cli("mount", "--lower", str(s.lower), "--session", s.name, str(s.mnt), check=False)
+    one_line_error(r, "dead mount", "astrid-fs umount")
+    s.cli("umount", s.name)
+    assert str(s.mnt) not in mounted_points()
+    assert (s.upper / "kept").read_text() == "data"
+    s.mount()
+    assert (s.mnt / "kept").read_text() == "data"
+
+
+def _wait_dead(pid: int) -> None:
+    # The daemon is not our child: waitpid is unavailable, so poll /proc
+    # until the kernel reaps it (SIGKILL cannot be ignored).
+    while os.path.exists(f"/proc/{pid}") and "zombie" not in _proc_state(pid):
+        os.sched_yield()
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((line for line in f if line.startswith("State:")), "")
+    except FileNotFoundError:
+        return "zombie"
+
+
+def test_umount_of_unmounted_target(dirs: tuple[Path, Path, Path]) -> None:
+    home, _, mnt = dirs
+    one_line_error(run_cli("umount", str(mnt), home=home, check=False), "not mounted")
+
+
+def test_mount_helper_form(tmp_path: Path) -> None:
+    require_fuse()
+    lower, upper, work, mnt = (tmp_path / n for n in ("l", "u", "w", "m"))
+    for d in (lower, upper, work, mnt):
+        d.mkdir()
+    (lower / "f").write_text("lower")
+    subprocess.run(["mount", "-t", "fuse.astrid-fs", "astrid-fs", str(mnt), "-o",
+                    f"lowerdir={lower},upperdir={upper},workdir={work}"],
+                   check=True, timeout=60)
+    try:
+        assert (mnt / "f").read_text() == "lower"
+        (mnt / "f").write_text("upper")
+        assert (upper / "f").read_text() == "upper"
+        assert (lower / "f").read_text() == "lower"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    assert str(mnt) not in mounted_points()
