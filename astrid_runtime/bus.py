@@ -57,10 +57,9 @@ class Doorbell:
         self._send, self._recv = trio.open_memory_channel[None](1)
 
     def _ring_here(self) -> None:
-        try:
+        # WouldBlock: already rung; Closed: the consumer is gone.
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
             self._send.send_nowait(None)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            pass  # already rung, or the consumer is gone
 
     def ring(self) -> None:
         if threading.get_ident() == self._trio_thread:
@@ -160,6 +159,8 @@ class Endpoint:
         self.bucket = TokenBucket(float(limits.publish_per_sec), float(limits.publish_per_sec))
         self.subscriptions: dict[int, _Subscription] = {}
         self.published = 0
+        #: Subscription ids (re)made since `begin_renewal`; None when not renewing.
+        self.renewed: set[int] | None = None
 
     def subscribe(self, pattern: str) -> int:
         return self.bus.subscribe(self, pattern)
@@ -217,13 +218,29 @@ class Bus:
         if endpoint.grants is not None:
             endpoint.grants.check_subscribe(pattern)
         with self.lock:
-            for sub in endpoint.subscriptions.values():
-                if sub.pattern == pattern:
-                    return sub.id
-            sub = _Subscription(next(self._ids), pattern, tokens, endpoint)
-            self._subs[sub.id] = sub
-            endpoint.subscriptions[sub.id] = sub
-            return sub.id
+            existing = next((s for s in endpoint.subscriptions.values() if s.pattern == pattern),
+                            None)
+            if existing is None:
+                existing = _Subscription(next(self._ids), pattern, tokens, endpoint)
+                self._subs[existing.id] = existing
+                endpoint.subscriptions[existing.id] = existing
+            if endpoint.renewed is not None:
+                endpoint.renewed.add(existing.id)
+            return existing.id
+
+    def begin_renewal(self, endpoint: Endpoint) -> None:
+        """A restarted plugin is about to re-subscribe in `init`; keep its mail flowing."""
+        with self.lock:
+            endpoint.renewed = set()
+
+    def end_renewal(self, endpoint: Endpoint) -> None:
+        """Drop the subscriptions the restarted plugin did not make again."""
+        with self.lock:
+            renewed = endpoint.renewed or set()
+            for sub_id in [i for i in endpoint.subscriptions if i not in renewed]:
+                del endpoint.subscriptions[sub_id]
+                del self._subs[sub_id]
+            endpoint.renewed = None
 
     def unsubscribe(self, endpoint: Endpoint, sub_id: int) -> None:
         with self.lock:
@@ -277,3 +294,40 @@ class Bus:
     def endpoints(self) -> list[Endpoint]:
         with self.lock:
             return list(self._endpoints.values())
+
+
+class Tap:
+    """An observer of the bus (`astrid tail`, tests, benchmarks). Never refuses a publish.
+
+    A slow tap drops its oldest messages; `dropped` says how many so far.
+    Create and use it in the trio thread.
+    """
+
+    _serial = itertools.count(1)
+
+    def __init__(self, bus: Bus, pattern: str, capacity: int = 4096):
+        self._bus = bus
+        self._doorbell = Doorbell(trio.lowlevel.current_trio_token(), threading.get_ident())
+        limits = Limits(mailbox=capacity)
+        self.endpoint = bus.attach(f"tap:{next(self._serial)}", None, limits, self._doorbell,
+                                   drop_oldest=True)
+        try:
+            self.endpoint.subscribe(pattern)
+        except BusError:
+            bus.detach(self.endpoint)
+            raise
+
+    @property
+    def dropped(self) -> int:
+        return self.endpoint.mailbox.stats.dropped
+
+    async def receive(self) -> Message:
+        """The next message matching the pattern, waiting for it if need be."""
+        while True:
+            message = self.endpoint.take()
+            if message is not None:
+                return message
+            await self._doorbell.wait()
+
+    def close(self) -> None:
+        self._bus.detach(self.endpoint)

@@ -56,9 +56,9 @@ class TomlDoc:
                         return number
                 continue
             m = _KEY.match(line)
-            if key is not None and m and current == table and max(seen, 0) == index:
-                if m.group(1).strip("\"'") == key:
-                    return number
+            if (key is not None and m and current == table and max(seen, 0) == index
+                    and m.group(1).strip("\"'") == key):
+                return number
         return None
 
     def fail(self, message: str, table: str = "", key: str | None = None,

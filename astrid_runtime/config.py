@@ -1,0 +1,105 @@
+"""`astridd.toml`: the kernel's configuration, read once at start.
+
+    home = "~/.local/share/astrid"   # state: socket, compile cache, kv (default $ASTRID_HOME)
+    lockfile = "plugins.lock"         # relative to this file
+    plugins = ["plugins/notes"]       # plugin dirs to run; default: every plugin in the lockfile
+    socket = "astridd.sock"           # relative to home
+    kv = "surrealkv://kv"             # surrealkv://PATH (relative to home), mem://, ws://..., none
+    compile_cache = true              # cache compiled components under home/cache
+    guest_threads = 2                 # worker threads running guest code at once
+    epoch_tick_ms = 10
+    log_level = "info"                # trace, debug, info, warn, error
+    log_format = "json"               # json or text
+
+Every key is optional; `astridd` with no config file runs with these defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from astrid_runtime.errors import ConfigError
+from astrid_runtime.tomlfile import TomlDoc
+
+_KEYS = {"home", "lockfile", "plugins", "socket", "kv", "compile_cache", "guest_threads",
+         "epoch_tick_ms", "log_level", "log_format"}
+
+
+def default_home() -> Path:
+    env = os.environ.get("ASTRID_HOME")
+    return Path(env).expanduser() if env else Path("~/.local/share/astrid").expanduser()
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    home: Path
+    lockfile: Path
+    plugins: tuple[Path, ...] | None
+    socket: Path
+    kv_url: str | None
+    compile_cache: bool = True
+    guest_threads: int = 2
+    epoch_tick_ms: int = 10
+    log_level: str = "info"
+    log_format: str = "json"
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.home / "cache" if self.compile_cache else None
+
+
+def default_socket(home: Path | None = None) -> Path:
+    env = os.environ.get("ASTRID_SOCKET")
+    return Path(env) if env else (home or default_home()) / "astridd.sock"
+
+
+def defaults(home: Path | None = None) -> KernelConfig:
+    home = home or default_home()
+    return KernelConfig(home=home, lockfile=Path("plugins.lock").resolve(), plugins=None,
+                        socket=default_socket(home), kv_url=f"surrealkv://{home / 'kv'}")
+
+
+def _kv_url(value: str, home: Path) -> str | None:
+    if value == "none":
+        return None
+    if value.startswith("surrealkv://"):
+        path = Path(value.removeprefix("surrealkv://")).expanduser()
+        return f"surrealkv://{path if path.is_absolute() else home / path}"
+    return value
+
+
+def load_config(path: Path) -> KernelConfig:
+    """Parse `astridd.toml`; errors name the file and line."""
+    doc = TomlDoc.load(path)
+    t = doc.data
+    doc.unknown_keys(t, _KEYS)
+    base = path.parent.resolve()
+    home_s = doc.get(t, "home", str, None)
+    home = Path(home_s).expanduser() if home_s else default_home()
+    if not home.is_absolute():
+        home = base / home
+    lock = base / doc.get(t, "lockfile", str, "plugins.lock")
+    plugins: tuple[Path, ...] | None = None
+    if "plugins" in t:
+        plugins = tuple((base / p).resolve() for p in doc.string_list(t, "plugins"))
+    sock_s = doc.get(t, "socket", str, None)
+    sock = (home / sock_s) if sock_s else default_socket(home)
+    kv = _kv_url(doc.get(t, "kv", str, "surrealkv://kv"), home)
+    level = doc.get(t, "log_level", str, "info", check=lambda v: None if v in
+                    ("trace", "debug", "info", "warn", "error") else "unknown level")
+    fmt = doc.get(t, "log_format", str, "json",
+                  check=lambda v: None if v in ("json", "text") else "must be json or text")
+    threads = doc.get(t, "guest_threads", int, 2,
+                      check=lambda v: None if v >= 1 else "must be at least 1")
+    tick = doc.get(t, "epoch_tick_ms", int, 10,
+                   check=lambda v: None if 1 <= v <= 1000 else "must be 1..1000")
+    return KernelConfig(home=home, lockfile=lock.resolve(), plugins=plugins, socket=sock,
+                        kv_url=kv, compile_cache=doc.get(t, "compile_cache", bool, True),
+                        guest_threads=threads, epoch_tick_ms=tick, log_level=level,
+                        log_format=fmt)
+
+
+__all__ = ["ConfigError", "KernelConfig", "default_home", "default_socket", "defaults",
+           "load_config"]

@@ -1,0 +1,181 @@
+"""astridd's core: wires engine, lockfile, bus, KV and supervisors in one nursery.
+
+Boot: every plugin to run is verified against `plugins.lock` *before* a
+single byte is compiled (read once, hash, compile those same bytes). A
+plugin that is unlisted, mismatched, missing or malformed is refused with
+one clear line and recorded in `status()`; the rest of the kernel boots.
+
+Blocking work (hashing, compiling, KV open) goes to worker threads; guest
+calls go through the supervisors under one `CapacityLimiter`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from astrid_runtime.abi.context import KvBackend
+from astrid_runtime.bus import Bus, Endpoint
+from astrid_runtime.engine import KernelEngine, digest
+from astrid_runtime.errors import KernelError
+from astrid_runtime.lockfile import LockEntry, Lockfile, load_lockfile, read_verified
+from astrid_runtime.logs import KernelLog
+from astrid_runtime.manifest import Manifest, load_manifest
+from astrid_runtime.supervisor import PluginSpec, Supervisor
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A plugin the kernel would not start, and why (one line)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    """Where plugins come from: explicit plugin dirs, or every lockfile entry."""
+
+    lockfile: Path
+    plugins: tuple[Path, ...] | None = None
+
+
+class Kernel:
+    """A running kernel. Use `open_kernel` to start one inside a nursery."""
+
+    def __init__(self, engine: KernelEngine, kv: KvBackend | None, guest_threads: int = 2,
+                 log: KernelLog | None = None):
+        self.engine = engine
+        self.kv = kv
+        self.bus = Bus()
+        self.log = log or KernelLog()
+        self.limiter = trio.CapacityLimiter(guest_threads)
+        self.supervisors: dict[str, Supervisor] = {}
+        self.refused: dict[str, Refused] = {}
+        self.started_at = time.time()
+        self._nursery: trio.Nursery | None = None
+        self.boot_stats: dict[str, Any] = {}
+
+    # -- boot ----------------------------------------------------------------
+
+    def _prepare(self, lock: Lockfile,
+                 source: Path | LockEntry) -> tuple[Manifest, LockEntry, bytes]:
+        """Worker thread: manifest + pin + verified bytes, or `KernelError`."""
+        manifest = load_manifest(source.source if isinstance(source, LockEntry) else source)
+        entry = lock.get(manifest.name)
+        if entry is None:
+            raise KernelError(f"plugin {manifest.name}: not in {lock.path.name} (unlisted); "
+                              f"install it with `astrid plugin install {manifest.path.parent}`")
+        if entry.version != manifest.version:
+            raise KernelError(f"plugin {manifest.name}: version {manifest.version} but "
+                              f"{lock.path.name} pins {entry.version}; reinstall it")
+        wasm = read_verified(entry, manifest.component)
+        return manifest, entry, wasm
+
+    async def boot(self, plan: BootPlan) -> None:
+        """Verify, compile and start every plugin of `plan`; refuse bad ones, keep going."""
+        assert self._nursery is not None
+        lock = await trio.to_thread.run_sync(load_lockfile, plan.lockfile)
+        sources: list[Path | LockEntry] = (list(plan.plugins) if plan.plugins is not None
+                                           else list(lock.entries))
+        t0 = time.perf_counter()
+        hits = 0
+        for source in sources:
+            label = source.name if isinstance(source, LockEntry) else str(source)
+            try:
+                manifest, entry, wasm = await trio.to_thread.run_sync(
+                    self._prepare, lock, source)
+                compiled = await trio.to_thread.run_sync(
+                    self.engine.compile, wasm, entry.blake3, limiter=self.limiter)
+            except KernelError as e:
+                name = source.name if isinstance(source, LockEntry) else Path(label).name
+                self.refuse(name, str(e))
+                continue
+            hits += compiled.cache_hit
+            extra = manifest.asks.exceeds(entry.grants)
+            if extra:
+                self.log.event("warning", "plugin.asks_more_than_granted", plugin=entry.name,
+                               extra=extra)
+            self.start(PluginSpec(entry.name, entry.version, compiled.component,
+                                  manifest.config, entry.grants, manifest.limits))
+        self.boot_stats = {"plugins": len(sources), "cache_hits": hits,
+                           "seconds": round(time.perf_counter() - t0, 3)}
+        self.log.event("info", "kernel.booted", **self.boot_stats, refused=len(self.refused))
+
+    def refuse(self, name: str, reason: str) -> None:
+        self.refused[name] = Refused(name, reason)
+        self.log.event("error", "plugin.refused", plugin=name, reason=reason)
+
+    def start(self, spec: PluginSpec) -> Supervisor:
+        """Start supervising a compiled plugin (name must be new)."""
+        assert self._nursery is not None
+        if spec.name in self.supervisors:
+            raise KernelError(f"plugin {spec.name} is already running")
+        sup = Supervisor(spec, self.engine, self.bus, self.kv, self.log, self.limiter)
+        self.supervisors[spec.name] = sup
+        self._nursery.start_soon(sup.run, name=f"plugin:{spec.name}")
+        return sup
+
+    def load_component(self, wasm: bytes) -> Any:
+        """Compile bytes the caller already trusts (tests, benchmarks)."""
+        return self.engine.compile(wasm, digest(wasm)).component
+
+    # -- runtime -------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        # Deadlines are counted in epoch ticks; cancelling a trio scope does not
+        # stop a guest running in a thread, only the epoch does (FIELD-NOTES).
+        period = self.engine.epoch_tick_ms / 1000
+        while True:
+            await trio.sleep(period)
+            self.engine.increment_epoch()
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        """Publish as the client (`astrid publish`); raises `BusError`."""
+        return self.bus.publish(None, topic, payload)
+
+    def status(self) -> dict[str, Any]:
+        plugins = [s.status() for s in self.supervisors.values()]
+        plugins += [{"name": r.name, "state": "refused", "last_error": r.reason}
+                    for r in self.refused.values()]
+        return {
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "boot": self.boot_stats,
+            "plugins": sorted(plugins, key=lambda p: p["name"]),
+        }
+
+    async def stop(self) -> None:
+        """Stop every plugin after its current guest call, then cancel the kernel."""
+        for sup in self.supervisors.values():
+            sup.stop()
+        with trio.move_on_after(10):
+            for sup in self.supervisors.values():
+                await sup.wait_for(lambda s: s.state.value in ("stopped", "disabled"))
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_kernel(engine: KernelEngine, kv: KvBackend | None = None, *,
+                      guest_threads: int = 2, log: KernelLog | None = None
+                      ) -> AsyncIterator[Kernel]:
+    """A kernel with its epoch ticker running; everything stops when the block exits."""
+    kernel = Kernel(engine, kv, guest_threads, log)
+    async with trio.open_nursery() as nursery:
+        kernel._nursery = nursery
+        nursery.start_soon(kernel._ticker, name="epoch-ticker")
+        try:
+            yield kernel
+        finally:
+            for sup in kernel.supervisors.values():
+                sup.stop()
+            nursery.cancel_scope.cancel()
+
+
+__all__ = ["BootPlan", "Endpoint", "Kernel", "Refused", "open_kernel"]

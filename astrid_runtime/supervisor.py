@@ -1,0 +1,221 @@
+"""Supervision of one plugin: start, deliver mail, crash, back off, restart, disable.
+
+See docs/design/supervisor.md for the invariants and crash states. In short:
+
+- One supervisor task per plugin owns its instance. Every guest call goes
+  through `trio.to_thread.run_sync` under the kernel's guest-thread
+  limiter, one call at a time, so a Store is never entered from two
+  threads.
+- A crash (trap, fuel, deadline, memory) discards the instance and its
+  Store whole. The message being handled is dropped (counted `poisoned`)
+  so that one bad message cannot crash-loop a plugin; queued mail stays.
+- Subscriptions and the mailbox belong to the plugin, not the instance:
+  during backoff mail keeps queueing (bounded; publishers are refused when
+  it is full), and the restarted instance re-subscribes in `init`
+  (subscribe is idempotent per pattern).
+- `max_crashes` within `crash_window_s` disables the plugin: it leaves the
+  bus (mail dropped and counted) and stays down until the kernel restarts.
+  Nothing here touches any other plugin.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from wasmtime.component import Component
+
+from astrid_runtime.abi.context import KvBackend, PluginContext
+from astrid_runtime.abi.world import PluginLinker
+from astrid_runtime.bus import Bus, Doorbell, Endpoint
+from astrid_runtime.engine import KernelEngine
+from astrid_runtime.errors import CompileError, PluginCrash, PluginError
+from astrid_runtime.grants import Grants, Limits
+from astrid_runtime.logs import KernelLog
+from astrid_runtime.sandbox import PluginInstance
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    DISABLED = "disabled"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """Everything needed to run a verified, compiled plugin."""
+
+    name: str
+    version: str
+    component: Component
+    config: str
+    grants: Grants
+    limits: Limits
+
+
+class Supervisor:
+    """Runs one plugin for the kernel's lifetime; see the module docstring."""
+
+    def __init__(self, spec: PluginSpec, engine: KernelEngine, bus: Bus, kv: KvBackend | None,
+                 log: KernelLog, limiter: trio.CapacityLimiter):
+        self.spec = spec
+        self.name = spec.name
+        self._engine = engine
+        self._bus = bus
+        self._log = log
+        self._limiter = limiter
+        self._doorbell = Doorbell(trio.lowlevel.current_trio_token(), threading.get_ident())
+        self.endpoint: Endpoint = bus.attach(spec.name, spec.grants, spec.limits, self._doorbell)
+        self.context = PluginContext(spec.name, spec.grants, spec.limits, self.endpoint, kv,
+                                     log.plugin_line, log.host_bug)
+        self._linker: PluginLinker | None = None
+        self.state = State.STARTING
+        self.restarts = 0
+        self.crashes = 0
+        self.poisoned = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._crash_times: deque[float] = deque()
+        self._stopping = threading.Event()
+        self._changed = trio.Event()
+
+    # -- observation ---------------------------------------------------------
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, predicate: Callable[[Supervisor], bool]) -> None:
+        """Return once `predicate(self)` holds (checked at each state change)."""
+        while not predicate(self):
+            await self._changed.wait()
+
+    def status(self) -> dict[str, Any]:
+        box = self.endpoint.mailbox
+        return {
+            "name": self.name,
+            "version": self.spec.version,
+            "state": self.state.value,
+            "restarts": self.restarts,
+            "crashes": self.crashes,
+            "last_error": self.last_error,
+            "mailbox": self.endpoint.depth(),
+            "mailbox_capacity": box.capacity,
+            "delivered": box.stats.delivered,
+            "refused": box.stats.refused,
+            "dropped": box.stats.dropped,
+            "poisoned": self.poisoned,
+            "errors": self.errors,
+            "published": self.endpoint.published,
+            "subscriptions": sorted(s.pattern for s in self.endpoint.subscriptions.values()),
+        }
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Supervise until cancelled or disabled."""
+        limits = self.spec.limits
+        delay = limits.backoff_initial_s
+        try:
+            while not self._stopping.is_set():
+                self._set_state(State.STARTING)
+                try:
+                    instance = await self._start()
+                    self._set_state(State.RUNNING)
+                    self._log.event("info", "plugin.running", plugin=self.name,
+                                    restarts=self.restarts)
+                    delay = limits.backoff_initial_s
+                    await self._serve(instance)
+                    return  # stopping
+                except CompileError as e:
+                    self._disable(str(e))
+                    return
+                except (PluginCrash, PluginError) as e:
+                    if self._stopping.is_set():
+                        return
+                    if self._record_crash(str(e)):
+                        return
+                self._set_state(State.BACKOFF)
+                await trio.sleep(delay)  # the backoff itself, not synchronisation
+                delay = min(delay * 2, limits.backoff_max_s)
+                self.restarts += 1
+        finally:
+            if self.state is not State.DISABLED:
+                self._set_state(State.STOPPED)
+
+    def stop(self) -> None:
+        """Ask the delivery loop to stop after the current guest call."""
+        self._stopping.set()
+        self._doorbell.ring()
+
+    def _record_crash(self, reason: str) -> bool:
+        """Count a crash; True when it disabled the plugin."""
+        self.crashes += 1
+        self.last_error = reason
+        now = time.monotonic()
+        self._crash_times.append(now)
+        window = self.spec.limits.crash_window_s
+        while self._crash_times and now - self._crash_times[0] > window:
+            self._crash_times.popleft()
+        self._log.event("error", "plugin.crashed", plugin=self.name, reason=reason,
+                        crashes=self.crashes)
+        if len(self._crash_times) >= self.spec.limits.max_crashes:
+            self._disable(f"{len(self._crash_times)} crashes within {window:g}s; last: {reason}")
+            return True
+        return False
+
+    def _disable(self, reason: str) -> None:
+        self.last_error = reason
+        dropped = self._bus.detach(self.endpoint)
+        self._log.event("error", "plugin.disabled", plugin=self.name, reason=reason,
+                        dropped=dropped)
+        self._set_state(State.DISABLED)
+
+    async def _start(self) -> PluginInstance:
+        def build() -> PluginInstance:
+            if self._linker is None:
+                self._linker = PluginLinker(self._engine.engine, self.context)
+            instance = PluginInstance(self.name, self._engine, self.spec.component,
+                                      self._linker, self.spec.limits)
+            self._bus.begin_renewal(self.endpoint)
+            try:
+                instance.init(self.spec.config)
+            finally:
+                self._bus.end_renewal(self.endpoint)
+            return instance
+
+        return await trio.to_thread.run_sync(build, limiter=self._limiter)
+
+    async def _serve(self, instance: PluginInstance) -> None:
+        """Deliver mail until stopped; raises `PluginCrash` when the guest dies."""
+        while not self._stopping.is_set():
+            await trio.to_thread.run_sync(self._drain, instance, limiter=self._limiter)
+            if self._stopping.is_set():
+                return
+            await self._doorbell.wait()
+
+    def _drain(self, instance: PluginInstance) -> None:
+        """Worker thread: hand queued messages to the guest, one at a time, in order."""
+        while not self._stopping.is_set():
+            message = self.endpoint.take()
+            if message is None:
+                return
+            try:
+                instance.on_message(message.topic, message.payload)
+            except PluginError as e:
+                self.errors += 1
+                self.last_error = str(e)
+                self._log.event("warning", "plugin.refused_message", plugin=self.name,
+                                topic=message.topic, reason=str(e))
+            except PluginCrash:
+                self.poisoned += 1
+                raise

@@ -1,0 +1,57 @@
+"""Test doubles and helpers shared by the kernel tests and benchmarks."""
+
+from __future__ import annotations
+
+import threading
+
+from wasmtime.component import Component
+
+from astrid_runtime.grants import Grants, Limits
+from astrid_runtime.kernel import Kernel
+from astrid_runtime.supervisor import PluginSpec, State, Supervisor
+
+
+class MemoryKv:
+    """An in-memory stand-in with the `astrid_runtime.kv.KvStore` interface."""
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str], bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, plugin: str, key: str) -> bytes | None:
+        with self._lock:
+            return self._data.get((plugin, key))
+
+    def set(self, plugin: str, key: str, value: bytes) -> None:
+        with self._lock:
+            self._data[(plugin, key)] = bytes(value)
+
+    def delete(self, plugin: str, key: str) -> bool:
+        with self._lock:
+            return self._data.pop((plugin, key), None) is not None
+
+    def list(self, plugin: str, prefix: str, limit: int = 1000) -> list[str]:
+        with self._lock:
+            keys = sorted(k for (p, k) in self._data if p == plugin and k.startswith(prefix))
+        return keys[:limit]
+
+
+ECHO_GRANTS = Grants(publish=("echo.>",), subscribe=("echo.>",), kv=True)
+FAST_RESTART = Limits(backoff_initial_s=0.001, backoff_max_s=0.01, call_timeout_ms=200,
+                      memory_bytes=64 * 1024 * 1024)
+
+
+def spec(components: dict[str, Component], kind: str, name: str | None = None, *,
+         config: str = "", grants: Grants = ECHO_GRANTS, limits: Limits | None = None
+         ) -> PluginSpec:
+    """A PluginSpec for a test component."""
+    return PluginSpec(name or kind, "0.0.0", components[kind], config, grants,
+                      limits or Limits())
+
+
+async def running(kernel: Kernel, plugin_spec: PluginSpec) -> Supervisor:
+    """Start a plugin and return once it serves (fails the test if it was disabled)."""
+    sup = kernel.start(plugin_spec)
+    await sup.wait_for(lambda s: s.state in (State.RUNNING, State.DISABLED))
+    assert sup.state is State.RUNNING, sup.last_error
+    return sup

@@ -1,0 +1,53 @@
+"""Fixtures for the kernel tests: real components, a real engine, a kernel.
+
+Components are built from `components/` sources (cached by content, see
+`components/testcomponents.py`) and compiled once per session.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from wasmtime.component import Component
+
+from astrid_runtime.engine import KernelEngine
+from astrid_runtime.kernel import Kernel, open_kernel
+
+sys.path.insert(0, str(Path(__file__).parent / "components"))
+import testcomponents
+from testkit import MemoryKv
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> KernelEngine:
+    return KernelEngine(cache_dir=tmp_path_factory.mktemp("compile-cache"), epoch_tick_ms=5)
+
+
+@pytest.fixture(scope="session")
+def component_paths() -> dict[str, Path]:
+    return {
+        "pyecho": testcomponents.build_python("pyecho"),
+        "hostile": testcomponents.build_wat("hostile"),
+        "relay": testcomponents.build_wat("relay"),
+        "wrong": testcomponents.build_wrong_world(),
+    }
+
+
+@pytest.fixture(scope="session")
+def components(engine: KernelEngine, component_paths: dict[str, Path]) -> dict[str, Component]:
+    return {name: engine.compile(path.read_bytes()).component
+            for name, path in component_paths.items()}
+
+
+@pytest.fixture
+def kv() -> MemoryKv:
+    return MemoryKv()
+
+
+@pytest.fixture
+async def kernel(engine: KernelEngine, kv: MemoryKv) -> AsyncIterator[Kernel]:
+    async with open_kernel(engine, kv, guest_threads=2) as k:
+        yield k
