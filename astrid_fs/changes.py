@@ -364,7 +364,7 @@ def normalize_path(raw: str, lower: str | os.PathLike[str],
     return "" if rel == "." else rel
 
 
-def _under(path: str, prefix: str) -> bool:
+def is_under(path: str, prefix: str) -> bool:
     return prefix == "" or path == prefix or path.startswith(prefix + "/")
 
 
@@ -376,9 +376,9 @@ def select(changes: list[Change], prefixes: list[str]) -> list[Change]:
         return list(changes)
     chosen: dict[int, Change] = {}
     for prefix in prefixes:
-        hits = [c for c in changes if _under(c.path, prefix)
+        hits = [c for c in changes if is_under(c.path, prefix)
                 or (c.status == "R" and c.lower_path is not None
-                    and _under(c.lower_path, prefix))]
+                    and is_under(c.lower_path, prefix))]
         if not hits:
             raise UsageError(f"no change at {prefix!r} in this session")
         for c in hits:

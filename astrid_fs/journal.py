@@ -338,7 +338,7 @@ def _clean(session: Session, rec: Record, steps: Steps) -> None:
             for key in c.strip:
                 with contextlib.suppress(OSError):
                     os.removexattr(path, key, follow_symlinks=False)
-            _prune(session, c.path, names)
+            prune_dir(session, c.path, names)
         elif (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode) == (
                 c.ino, c.mtime_ns, c.size, c.mode):
             os.unlink(path)
@@ -350,7 +350,7 @@ def _clean(session: Session, rec: Record, steps: Steps) -> None:
     fsync_dir(session.journal_dir)
 
 
-def _prune(session: Session, rel: str, names: OverlayXattrs) -> None:
+def prune_dir(session: Session, rel: str, names: OverlayXattrs) -> None:
     """Remove an empty plain upper dir that adds nothing over its lower dir."""
     up = os.path.join(session.upper, rel)
     low = os.path.join(session.lower, rel)

@@ -1,13 +1,184 @@
-"""CLI verbs that review and land a session: diff, commit, discard, snapshots.
-
-(Filled in by the review/commit issue.)
+"""CLI verbs that review and land a session: diff, commit, discard,
+snapshot, log, rollback. Each opens the session first, which finishes or
+rolls back any commit a crash interrupted (the journal), then does its work.
+Exit codes: 0 done, 1 failed (one line on stderr), 2 bad usage, 3 conflicts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import Any
+
+from astrid_fs import diffview, journal
+from astrid_fs.changes import is_under
+from astrid_fs.commit import commit, describe, finish_interrupted, resolve_paths, session_changes
+from astrid_fs.discard import discard
+from astrid_fs.errors import AstridFsError, UsageError
+from astrid_fs.session import Session, open_session
+from astrid_fs.snapshot import describe as describe_snapshots
+from astrid_fs.snapshot import finish_interrupted_rollback, list_snapshots, rollback, snapshot
+
+_HELP = argparse.RawDescriptionHelpFormatter
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add the review verbs to the `astrid-fs` parser."""
+    d = sub.add_parser("diff", help="show what a session changed", formatter_class=_HELP,
+                       description="One line per change (A added, M modified, D deleted, "
+                       "R renamed, T type changed, L symlink target, P mode, X xattrs, "
+                       "O owner, U times; a '!' in column 2 marks a conflict).",
+                       epilog="examples:\n  astrid-fs diff fix-bug\n"
+                       "  astrid-fs diff fix-bug src/ --patch\n  astrid-fs diff fix-bug --json")
+    d.add_argument("session")
+    d.add_argument("paths", nargs="*", metavar="PATH", help="only changes under these paths")
+    fmt = d.add_mutually_exclusive_group()
+    fmt.add_argument("--patch", "-p", action="store_true", help="unified diffs")
+    fmt.add_argument("--stat", action="store_true", help="a summary per file")
+    fmt.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=cmd_diff)
+
+    c = sub.add_parser("commit", help="land changes in the lower layer", formatter_class=_HELP,
+                       description="Apply all changes, or those under PATHs, to the lower "
+                       "layer through a crash-safe journal; landed changes leave the session.",
+                       epilog="examples:\n  astrid-fs commit fix-bug\n"
+                       "  astrid-fs commit fix-bug src/ README.md --dry-run")
+    c.add_argument("session")
+    c.add_argument("paths", nargs="*", metavar="PATH")
+    c.add_argument("--dry-run", "-n", action="store_true", help="print the plan, change nothing")
+    c.add_argument("--force", action="store_true",
+                   help="commit even where the lower changed since the session copied it")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=cmd_commit)
+
+    x = sub.add_parser("discard", help="drop changes from a session", formatter_class=_HELP,
+                       epilog="examples:\n  astrid-fs discard fix-bug build/\n"
+                       "  astrid-fs discard fix-bug --all")
+    x.add_argument("session")
+    x.add_argument("paths", nargs="*", metavar="PATH")
+    x.add_argument("--all", action="store_true", help="drop every change (needed without PATH)")
+    x.set_defaults(func=cmd_discard)
+
+    s = sub.add_parser("snapshot", help="record the session's changes as they are now",
+                       epilog="example: astrid-fs snapshot fix-bug --name before-refactor")
+    s.add_argument("session")
+    s.add_argument("--name", default="", help="a name to roll back to (not a number)")
+    s.set_defaults(func=cmd_snapshot)
+
+    lg = sub.add_parser("log", help="list a session's snapshots",
+                        epilog="example: astrid-fs log fix-bug --json")
+    lg.add_argument("session")
+    lg.add_argument("--json", action="store_true", help="machine-readable output")
+    lg.set_defaults(func=cmd_log)
+
+    r = sub.add_parser("rollback", help="restore the session to a snapshot",
+                       epilog="example: astrid-fs rollback fix-bug 2")
+    r.add_argument("session")
+    r.add_argument("snapshot", metavar="N", help="snapshot number or name")
+    r.set_defaults(func=cmd_rollback)
+
+
+def open_and_recover(name: str) -> Session:
+    """Open a session and finish whatever a crash interrupted in it."""
+    session = open_session(name)
+    with journal.locked(session):
+        for line in finish_interrupted(session):
+            print(f"astrid-fs: {line}", file=sys.stderr)
+    finish_interrupted_rollback(session)
+    return session
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    session = open_and_recover(args.session)
+    changes = session_changes(session)
+    if args.paths:
+        prefixes = resolve_paths(session, args.paths)
+        changes = [c for c in changes if any(is_under(c.path, p) for p in prefixes)]
+    upper, lower = str(session.upper), str(session.lower)
+    if args.json:
+        out = diffview.as_json(changes)
+    elif args.patch:
+        out = diffview.patch(changes, upper, lower)
+    elif args.stat:
+        out = diffview.stat_view(changes, upper, lower)
+    else:
+        out = diffview.porcelain(changes)
+    sys.stdout.write(out)
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    session = open_and_recover(args.session)
+    result = commit(session, args.paths, force=args.force, dry_run=args.dry_run)
+    changes = list(result.changes)
+    if args.json:
+        print(json.dumps({"dry_run": result.dry_run, "committed": [] if result.dry_run else [
+            c.path for c in changes], "planned": [c.path for c in changes]}))
+        return 0
+    if result.record is None:
+        print("nothing to commit")
+        return 0
+    sys.stdout.write(diffview.porcelain(changes))
+    if result.dry_run:
+        sys.stdout.write("plan:\n" + "".join(
+            f"  {line}\n" for line in describe(result.record).splitlines()))
+        print(f"dry run: {len(changes)} change(s) would be committed")
+    else:
+        print(f"committed {len(changes)} change(s) to {session.lower}")
+    return 0
+
+
+def cmd_discard(args: argparse.Namespace) -> int:
+    session = open_and_recover(args.session)
+    if not args.paths and not args.all:
+        raise UsageError("discard needs PATH... or --all (which drops every change)")
+    dropped = discard(session, [] if args.all else args.paths)
+    print(f"discarded {len(dropped)} change(s)")
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    session = open_and_recover(args.session)
+    info = snapshot(session, args.name)
+    label = f" ({info.name})" if info.name else ""
+    print(f"snapshot {info.number}{label}: {info.changes} change(s), {info.entries} "
+          f"entries, {info.copied} copied, {info.entries - info.copied} shared")
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    session = open_and_recover(args.session)
+    snaps = list_snapshots(session)
+    if args.json:
+        print(json.dumps([{"number": s.number, "name": s.name, "created": s.created,
+                           "changes": s.changes, "entries": s.entries} for s in snaps]))
+    else:
+        sys.stdout.write(describe_snapshots(snaps) or "no snapshots\n")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    session = open_and_recover(args.session)
+    snap = rollback(session, args.snapshot)
+    print(f"rolled back session {session.name} to snapshot {snap.number}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the review verbs alone (same errors and exit codes as astrid-fs)."""
+    parser = argparse.ArgumentParser(prog="astrid-fs")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    register(sub)
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except AstridFsError as e:
+        print(f"astrid-fs: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Snapshots of a session's upper layer, and rollback to one.
+
+A snapshot is `snapshots/NNNN/` holding `tree/` (the upper layer, exactly:
+whiteouts, opaque and redirect xattrs, origin, modes, owners, times, hard
+links), `manifest.json` (for each upper non-dir: inode, ctime, size at
+snapshot time) and `meta.json` (number, name, time, change count). It is
+built in `snapshots/.tmp-NNNN` and renamed into place, so it exists whole
+or not at all.
+
+Sharing, and why a snapshot never changes: the mount writes upper files in
+place, so a snapshot must never share an inode with the live upper. Each
+upper file is either hard-linked to the previous snapshot's copy (when its
+inode and ctime are the same as then: neither data nor metadata moved) or
+reflinked/copied (FICLONE where the fs shares extents, a kernel copy
+otherwise). Snapshot inodes are shared only among snapshots, which nothing
+writes. Rollback copies back out the same way; it is journaled by
+`journal/rollback.json` so an interrupted rollback is finished by the next
+astrid-fs command. See docs/design/journal.md, "Snapshots".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import stat
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from astrid_fs import control, journal
+from astrid_fs.changes import scan
+from astrid_fs.commit import finish_interrupted
+from astrid_fs.durable import fsync_dir, write_atomic
+from astrid_fs.entrycopy import clone_or_copy, copy_entry, copy_meta, copy_tree
+from astrid_fs.errors import SessionError, UsageError
+from astrid_fs.session import Session
+
+Signature = tuple[int, int, int]  # ino, ctime_ns, size
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    number: int
+    name: str
+    created: str
+    changes: int
+    entries: int
+    copied: int  # files whose data was copied or reflinked (the rest: hard links)
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.number:04d}"
+
+
+def _signature(st: os.stat_result) -> Signature:
+    return (st.st_ino, st.st_ctime_ns, st.st_size)
+
+
+def list_snapshots(session: Session) -> list[SnapshotInfo]:
+    """Every complete snapshot of `session`, oldest first."""
+    found = []
+    base = session.snapshots_dir
+    if not base.is_dir():
+        return []
+    for entry in sorted(base.iterdir()):
+        meta = entry / "meta.json"
+        if entry.name.isdigit() and meta.is_file():
+            found.append(SnapshotInfo(**json.loads(meta.read_text())))
+    return found
+
+
+def find_snapshot(session: Session, key: str) -> SnapshotInfo:
+    """The snapshot numbered or named `key`, or UsageError."""
+    snaps = list_snapshots(session)
+    for snap in snaps:
+        if (key.isdigit() and snap.number == int(key)) or snap.name == key:
+            return snap
+    known = ", ".join(f"{s.number}" + (f" ({s.name})" if s.name else "") for s in snaps)
+    raise UsageError(f"session {session.name} has no snapshot {key!r}"
+                     + (f"; it has {known}" if known else "; it has none"))
+
+
+class _Builder:
+    def __init__(self, prev_tree: Path | None, prev_manifest: dict[str, Signature]) -> None:
+        self.prev_tree = prev_tree
+        self.prev = prev_manifest
+        self.manifest: dict[str, Signature] = {}
+        self.links: dict[int, str] = {}
+        self.entries = 0
+        self.copied = 0
+
+    def copy(self, upper: str, dst: str, rel: str) -> None:
+        st = os.lstat(upper if not rel else os.path.join(upper, rel))
+        src = os.path.join(upper, rel) if rel else upper
+        out = os.path.join(dst, rel) if rel else dst
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(out, 0o700)
+            with os.scandir(src) as it:
+                names = sorted(e.name for e in it)
+            for name in names:
+                self.copy(upper, dst, f"{rel}/{name}" if rel else name)
+            copy_meta(src, out, st)
+            return
+        self.entries += 1
+        sig = _signature(st)
+        self.manifest[rel] = sig
+        if st.st_nlink > 1 and st.st_ino in self.links:
+            os.link(self.links[st.st_ino], out)
+            return
+        if (self.prev_tree is not None and self.prev.get(rel) == sig
+                and os.path.lexists(self.prev_tree / rel)):
+            os.link(self.prev_tree / rel, out)
+        elif stat.S_ISREG(st.st_mode):
+            clone_or_copy(src, out)
+            copy_meta(src, out, st)
+            self.copied += 1
+        else:
+            copy_entry(src, out)
+        if st.st_nlink > 1:
+            self.links[st.st_ino] = out
+
+
+def _manifest(session: Session, snap: SnapshotInfo) -> dict[str, Signature]:
+    path = session.snapshots_dir / snap.dirname / "manifest.json"
+    raw: dict[str, list[int]] = json.loads(path.read_text())
+    return {k: (v[0], v[1], v[2]) for k, v in raw.items()}
+
+
+def snapshot(session: Session, name: str = "") -> SnapshotInfo:
+    """Record the upper layer as it is now; returns the new snapshot."""
+    if name and (name.isdigit() or "/" in name):
+        raise UsageError(f"snapshot name {name!r} must not be a number or contain '/'")
+    with journal.locked(session):
+        finish_interrupted(session)
+        _finish_rollback(session)
+        control.sync(session)
+        snaps = list_snapshots(session)
+        if name and any(s.name == name for s in snaps):
+            raise UsageError(f"session {session.name} already has a snapshot named {name!r}")
+        prev = snaps[-1] if snaps else None
+        number = prev.number + 1 if prev else 1
+        session.snapshots_dir.mkdir(exist_ok=True)
+        tmp = session.snapshots_dir / f".tmp-{number:04d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        builder = _Builder(
+            None if prev is None else session.snapshots_dir / prev.dirname / "tree",
+            {} if prev is None else _manifest(session, prev))
+        builder.copy(str(session.upper), str(tmp / "tree"), "")
+        count = len(scan(session.upper, session.lower, session.xattrs)) \
+            if session.lower.is_dir() else builder.entries
+        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        info = SnapshotInfo(number, name, created, count, builder.entries, builder.copied)
+        (tmp / "manifest.json").write_text(json.dumps(builder.manifest))
+        (tmp / "meta.json").write_text(json.dumps(asdict(info)))
+        journal.sync_fs(tmp)
+        os.rename(tmp, session.snapshots_dir / info.dirname)
+        fsync_dir(session.snapshots_dir)
+        return info
+
+
+def _rollback_record(session: Session) -> Path:
+    return session.journal_dir / "rollback.json"
+
+
+def rollback(session: Session, key: str) -> SnapshotInfo:
+    """Make the upper layer exactly what snapshot `key` recorded."""
+    with journal.locked(session):
+        finish_interrupted(session)
+        snap = find_snapshot(session, key)
+        control.sync(session)
+        write_atomic(_rollback_record(session), json.dumps({"snapshot": snap.number}).encode())
+        _restore(session, snap)
+        return snap
+
+
+def _finish_rollback(session: Session) -> None:
+    """Finish a rollback that was interrupted (lock held by the caller)."""
+    record = _rollback_record(session)
+    if record.exists():
+        number = json.loads(record.read_text())["snapshot"]
+        _restore(session, find_snapshot(session, str(number)))
+
+
+def finish_interrupted_rollback(session: Session) -> None:
+    with journal.locked(session):
+        _finish_rollback(session)
+
+
+def _restore(session: Session, snap: SnapshotInfo) -> None:
+    tree = session.snapshots_dir / snap.dirname / "tree"
+    if not tree.is_dir():
+        raise SessionError(f"snapshot {snap.number} of session {session.name} is damaged "
+                           f"(no {tree})")
+    session.tmp.mkdir(parents=True, exist_ok=True)
+    restorer = _Restorer(session, _manifest(session, snap))
+    restorer.sync_dir(str(tree), str(session.upper), "")
+    journal.sync_fs(session.upper)
+    _rollback_record(session).unlink(missing_ok=True)
+    fsync_dir(session.journal_dir)
+    control.notify_changed(session, None)
+
+
+class _Restorer:
+    def __init__(self, session: Session, manifest: dict[str, Signature]) -> None:
+        self.session = session
+        self.manifest = manifest
+        self.links: dict[int, str] = {}
+        self.counter = 0
+
+    def tmp(self) -> str:
+        self.counter += 1
+        return os.path.join(self.session.tmp, f"rollback-{os.getpid()}-{self.counter}")
+
+    def sync_dir(self, snap: str, live: str, rel: str) -> None:
+        """Make live dir `live` hold exactly what snapshot dir `snap` holds."""
+        want = sorted(os.listdir(snap))
+        for name in sorted(set(os.listdir(live)) - set(want)):
+            _remove(os.path.join(live, name))
+        for name in want:
+            self.sync_entry(os.path.join(snap, name), os.path.join(live, name),
+                            f"{rel}/{name}" if rel else name)
+        copy_meta(snap, live, os.lstat(snap))
+
+    def sync_entry(self, snap: str, live: str, rel: str) -> None:
+        sst = os.lstat(snap)
+        try:
+            lst: os.stat_result | None = os.lstat(live)
+        except FileNotFoundError:
+            lst = None
+        if stat.S_ISDIR(sst.st_mode):
+            if lst is not None and stat.S_ISDIR(lst.st_mode):
+                self.sync_dir(snap, live, rel)
+                return
+            tmp = self.tmp()
+            copy_tree(snap, tmp)
+            _replace(tmp, live, lst)
+            return
+        if sst.st_nlink > 1 and sst.st_ino in self.links:
+            tmp = self.tmp()
+            os.link(self.links[sst.st_ino], tmp)
+            _replace(tmp, live, lst)
+            return
+        unchanged = (lst is not None and not stat.S_ISDIR(lst.st_mode)
+                     and self.manifest.get(rel) == _signature(lst))
+        if not unchanged:
+            tmp = self.tmp()
+            copy_entry(snap, tmp)
+            _replace(tmp, live, lst)
+        if sst.st_nlink > 1:
+            self.links[sst.st_ino] = live
+
+
+def _replace(tmp: str, live: str, lst: os.stat_result | None) -> None:
+    if lst is not None and stat.S_ISDIR(lst.st_mode):
+        shutil.rmtree(live)
+    os.rename(tmp, live)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def describe(snaps: list[SnapshotInfo]) -> str:
+    lines = [f"{s.number:>4}  {s.created}  {s.changes:>6} changes  {s.name}".rstrip()
+             for s in snaps]
+    return "".join(line + "\n" for line in lines)
+
