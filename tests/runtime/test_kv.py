@@ -449,3 +449,15 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path, trial: int) -> None:
         keys = kv.list("writer", "", limit=MAX_LIST_LIMIT)
         # At most the one write in flight at the kill is there unacknowledged.
         assert len(keys) in (acknowledged + 1, acknowledged + 2)
+
+
+def test_list_is_a_range_scan(store: KvStore) -> None:
+    """list(prefix) must not scan other plugins' keys (EXPLAIN: "Iterate Range")."""
+    from astrid_runtime import kv as kv_module
+
+    for query, params in (
+        (kv_module._Q_LIST, {"p": "p", "lo": "a", "hi": "b", "n": 10}),
+        (kv_module._Q_LIST_TO_END, {"p": "p", "lo": "", "n": 10}),
+    ):
+        plan = store._call("explain", query + " EXPLAIN", params)
+        assert plan[0]["operation"] == "Iterate Range", plan
