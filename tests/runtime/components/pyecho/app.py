@@ -1,8 +1,11 @@
-"""Test plugin: echoes `echo.in` messages to `echo.out`, keeps a counter in kv.
+"""Test plugin: echoes `echo.in` to `echo.out`, and more, by topic.
 
-Config strings drive it: "subscribe=PATTERN" subscribes; anything else uses
-the default pattern `echo.in`. Messages on `echo.kv` store the payload under
-the key `last` and publish what kv then returns on `echo.kv.out`.
+init(config): "subscribe=PATTERN" subscribes to PATTERN, otherwise `echo.>`.
+`echo.kv` stores the payload under `last` and publishes what kv returns on
+`echo.kv.out`; `echo.denied` tries a topic it was not granted and reports
+the error on `echo.error`; `echo.fail` returns err. `echo.loop` and
+`echo.hog` misbehave (spin forever, allocate without bound) for the
+supervision tests.
 """
 
 import wit_world
@@ -38,4 +41,11 @@ class WitWorld(wit_world.WitWorld):
                 bus.publish("echo.error", _describe(e).encode())
         elif topic == "echo.fail":
             raise Err("asked to fail")
+        elif topic == "echo.loop":  # hostile: spin until the epoch deadline stops us
+            while True:
+                pass
+        elif topic == "echo.hog":  # hostile: allocate until the store's memory limit
+            hoard = []
+            while True:
+                hoard.append(bytearray(1 << 20))
         _ = Error
