@@ -204,8 +204,8 @@ def commit(session: Session, paths: list[str], *, force: bool = False,
         if dry_run:
             return CommitResult(tuple(chosen), rec, True)
         journal.save(session, rec)
-        steps.step()
         try:
+            steps.step()
             journal.run(session, rec, steps)
         except OSError as e:
             raise _failed(session, rec, e) from e

@@ -3,15 +3,13 @@ over a scratch lower dir, and kernel overlayfs as a writer of upper layers."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from astrid_fs.session import Session, create_or_open_session
+from tests.fs.kernel_overlay import OverlayFactory, kernel_overlay
 
 
 @pytest.fixture
@@ -32,31 +30,6 @@ def lower(tmp_path: Path) -> Path:
 @pytest.fixture
 def session(home: Path, lower: Path) -> Session:
     return create_or_open_session("s1", lower, home)
-
-
-def require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("this test needs root (kernel overlayfs, trusted.* xattrs, mknod)")
-
-
-@contextmanager
-def kernel_overlay(session: Session, mnt: Path) -> Iterator[Path]:
-    """Mount `session` with kernel overlayfs (redirect_dir=on) at `mnt`."""
-    require_root()
-    mnt.mkdir(exist_ok=True)
-    opts = (f"lowerdir={session.lower},upperdir={session.upper},"
-            f"workdir={session.work},redirect_dir=on")
-    proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"kernel overlayfs mount failed: {proc.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
-
-
-OverlayFactory = Callable[[Session], AbstractContextManager[Path]]
 
 
 @pytest.fixture

@@ -1,0 +1,103 @@
+"""Changes computed from the upper layer: one of each kind, written by
+kernel overlayfs (the reference writer of our on-disk format), and by hand
+with the whiteout helpers for what only astrid-fs writes (origin)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from astrid_fs import diffview
+from astrid_fs.changes import check_conflicts, scan, select
+from astrid_fs.commit import session_changes
+from astrid_fs.session import Session
+from astrid_fs.whiteout import Origin, make_whiteout, set_origin
+from tests.fs.kernel_overlay import OverlayFactory
+from tests.fs.scenario import build_lower, edit_through
+
+EXPECTED = {
+    "M  bin.dat", "P  chmod.sh", "D  docs/sub/", "D  gone.txt", "L  link", "D  mv_me.txt",
+    "A  newdir/", "A  newdir/hard.txt", "A  newdir/nested/", "A  newdir/nested/f.txt",
+    "A  opq/fresh", "D  opq/keep", "R  old -> renamed/", "M  renamed/x.txt",
+    "M  src/main.py", "A  src/moved.txt", "A  src/new.py", "U  touch.txt", "T  was_dir",
+    "T  was_file/", "A  was_file/child", "X  xattr.txt",
+}
+
+
+def test_every_change_kind_from_kernel_overlay(session: Session, lower: Path,
+                                               overlay: OverlayFactory) -> None:
+    build_lower(lower)
+    with overlay(session) as mnt:
+        edit_through(mnt)
+    changes = session_changes(session)
+    assert set(diffview.porcelain(changes).splitlines()) == EXPECTED
+    by_path = {c.path: c for c in changes}
+    assert by_path["renamed"].lower_path == "old"
+    assert by_path["renamed/x.txt"].lower_path == "old/x.txt"
+    assert by_path["was_dir"].old_kind == "dir"
+    assert by_path["newdir/nested/f.txt"].link_to == "newdir/hard.txt"
+    assert all(c.conflict is None for c in changes)  # kernel writes no origin: base unknown
+
+
+def test_patch_names_binary_files_and_shows_text_and_modes(
+        session: Session, lower: Path, overlay: OverlayFactory) -> None:
+    build_lower(lower)
+    with overlay(session) as mnt:
+        edit_through(mnt)
+    changes = session_changes(session)
+    text = diffview.patch(changes, str(session.upper), str(lower))
+    assert "Binary files a/bin.dat and b/bin.dat differ" in text
+    assert "\x00" not in text
+    assert "-print('hello')\n+print('hello, world')\n" in text
+    assert "old mode 100644\nnew mode 100755" in text
+    assert "rename from old\nrename to renamed" in text
+    assert "-src/main.py\n+src/util.py" in text  # symlink target
+    stat = diffview.stat_view(changes, str(session.upper), str(lower))
+    assert " bin.dat " in stat and "| Bin" in stat
+    assert stat.rstrip().endswith("deletions(-)")
+    items = json.loads(diffview.as_json(changes))
+    assert {i["path"] for i in items} == {c.path for c in changes}
+    assert next(i for i in items if i["path"] == "renamed")["from"] == "old"
+
+
+def _origin_of(lower: Path, rel: str) -> Origin:
+    return Origin.of_stat(rel, os.lstat(lower / rel))
+
+
+def test_origin_makes_file_rename_and_detects_conflicts(session: Session, lower: Path) -> None:
+    (lower / "a.txt").write_text("a\n")
+    (lower / "b.txt").write_text("b\n")
+    (lower / "c.txt").write_text("c\n")
+    up = session.upper
+    names = session.xattrs
+    # a.txt renamed to z.txt (astrid-fs records the origin at copy-up)
+    (up / "z.txt").write_text("a\n")
+    set_origin(str(up / "z.txt"), names, _origin_of(lower, "a.txt"))
+    make_whiteout(str(up / "a.txt"))
+    # b.txt modified in the session, then changed in the lower too: conflict
+    (up / "b.txt").write_text("b session\n")
+    set_origin(str(up / "b.txt"), names, _origin_of(lower, "b.txt"))
+    (lower / "b.txt").write_text("b changed underneath\n")
+    # c.txt modified, lower untouched: no conflict
+    (up / "c.txt").write_text("c session\n")
+    set_origin(str(up / "c.txt"), names, _origin_of(lower, "c.txt"))
+    changes = check_conflicts(scan(up, lower, names), lower)
+    lines = diffview.porcelain(changes).splitlines()
+    assert "R  a.txt -> z.txt" in lines
+    assert "M! b.txt" in lines
+    assert "M  c.txt" in lines
+    assert any(line.startswith("!! b.txt: lower b.txt changed") for line in lines)
+
+
+def test_select_pulls_in_structural_ancestors(session: Session, lower: Path,
+                                              overlay: OverlayFactory) -> None:
+    build_lower(lower)
+    with overlay(session) as mnt:
+        edit_through(mnt)
+    changes = session_changes(session)
+    picked = {c.path for c in select(changes, ["renamed/x.txt"])}
+    assert picked == {"renamed", "renamed/x.txt"}
+    picked = {c.path for c in select(changes, ["newdir/nested/f.txt"])}
+    assert picked == {"newdir", "newdir/nested", "newdir/nested/f.txt"}
+    assert {c.path for c in select(changes, ["old"])} >= {"renamed"}  # by rename source

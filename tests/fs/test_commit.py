@@ -1,0 +1,117 @@
+"""Commit: every change kind lands in the lower exactly as the mount showed
+it; partial commits land only what was named (plus the structure it needs)
+and leave the merged view unchanged; conflicts stop before any write."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from astrid_fs import diffview
+from astrid_fs.commit import commit, session_changes
+from astrid_fs.errors import ConflictError, UsageError
+from astrid_fs.session import Session
+from astrid_fs.whiteout import Origin, set_origin
+from tests.fs.kernel_overlay import OverlayFactory
+from tests.fs.scenario import build_lower, edit_through
+from tests.fs.treecompare import assert_same_tree, tree_state
+
+
+def _edited(session: Session, lower: Path, overlay: OverlayFactory) -> dict[str, object]:
+    build_lower(lower)
+    with overlay(session) as mnt:
+        edit_through(mnt)
+        return dict(tree_state(mnt, mtimes=True))
+
+
+def test_full_commit_lands_every_change_kind(session: Session, lower: Path,
+                                             overlay: OverlayFactory) -> None:
+    want = _edited(session, lower, overlay)
+    result = commit(session, [])
+    assert len(result.changes) == 22
+    assert_same_tree(tree_state(lower, mtimes=True), want)  # type: ignore[arg-type]
+    assert os.listdir(session.upper) == []
+    assert session_changes(session) == []
+    assert os.listdir(session.journal_dir) in ([], [".lock"])
+    with overlay(session) as mnt:
+        assert_same_tree(tree_state(mnt, mtimes=True), want)  # type: ignore[arg-type]
+    # hard links land as hard links
+    assert os.stat(lower / "newdir/hard.txt").st_ino == os.stat(
+        lower / "newdir/nested/f.txt").st_ino
+
+
+def test_renamed_lower_dir_is_renamed_not_copied(session: Session, lower: Path,
+                                                 overlay: OverlayFactory) -> None:
+    _edited(session, lower, overlay)
+    ino = os.stat(lower / "old" / "deep" / "y.txt").st_ino
+    commit(session, ["renamed"])
+    assert not (lower / "old").exists()
+    assert os.stat(lower / "renamed" / "deep" / "y.txt").st_ino == ino
+
+
+PARTS = ["src/main.py", "renamed/x.txt", "renamed", "docs", "opq/fresh", "opq/keep", "opq",
+         "was_file", "was_file/child", "was_dir", "newdir/nested/f.txt", "newdir", "link",
+         "chmod.sh", "xattr.txt", "touch.txt", "gone.txt", "src/moved.txt", "mv_me.txt"]
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_partial_commit_lands_only_that_part(part: str, session: Session, lower: Path,
+                                             overlay: OverlayFactory) -> None:
+    want = _edited(session, lower, overlay)
+    before = {diffview.porcelain_line(c) for c in session_changes(session)}
+    landed = {diffview.porcelain_line(c) for c in commit(session, [part]).changes}
+    after = {diffview.porcelain_line(c) for c in session_changes(session)}
+    assert landed and landed.isdisjoint(after)
+    assert after == before - landed
+    with overlay(session) as mnt:  # nothing lost, nothing stale
+        assert_same_tree(tree_state(mnt, mtimes=True), want)  # type: ignore[arg-type]
+    got = tree_state(lower, mtimes=True, only=[part])
+    expected = {k: v for k, v in want.items() if k == part or k.startswith(part + "/")}
+    if not part.startswith("opq/") and part != "newdir/nested/f.txt":
+        assert_same_tree(got, expected)  # type: ignore[arg-type]
+    else:
+        assert {k: v for k, v in got.items() if k in expected} == expected
+
+
+def test_conflict_stops_commit_before_anything_is_written(session: Session,
+                                                          lower: Path) -> None:
+    (lower / "a.txt").write_text("base\n")
+    (lower / "b.txt").write_text("b\n")
+    up = session.upper
+    (up / "a.txt").write_text("session\n")
+    set_origin(str(up / "a.txt"), session.xattrs,
+               Origin.of_stat("a.txt", os.lstat(lower / "a.txt")))
+    (up / "b.txt").write_text("b session\n")
+    (lower / "a.txt").write_text("someone else\n")
+    before = tree_state(lower)
+    with pytest.raises(ConflictError, match=r"1 conflict.*a\.txt"):
+        commit(session, [])
+    assert tree_state(lower) == before
+    assert (up / "b.txt").exists()
+    commit(session, ["b.txt"])  # the unconflicted part may land alone
+    assert (lower / "b.txt").read_text() == "b session\n"
+    commit(session, [], force=True)
+    assert (lower / "a.txt").read_text() == "session\n"
+
+
+def test_dry_run_changes_nothing(session: Session, lower: Path,
+                                 overlay: OverlayFactory) -> None:
+    _edited(session, lower, overlay)
+    lower_before, upper_before = tree_state(lower), tree_state(session.upper)
+    result = commit(session, [], dry_run=True)
+    assert result.dry_run and result.record is not None and len(result.changes) == 22
+    assert tree_state(lower) == lower_before
+    assert tree_state(session.upper) == upper_before
+
+
+def test_unknown_path_is_refused(session: Session, lower: Path,
+                                 overlay: OverlayFactory) -> None:
+    _edited(session, lower, overlay)
+    with pytest.raises(UsageError, match="no change at 'nope'"):
+        commit(session, ["nope"])
+    with pytest.raises(UsageError, match="outside the session"):
+        commit(session, ["/etc/passwd"])
+    with pytest.raises(UsageError, match="outside the session"):
+        commit(session, ["../x"])
