@@ -5,7 +5,8 @@ Started by `astrid-fs mount` (or by mount.fuse3 through the helper form) as
 (or one error line) on the ready pipe, then serves. It stops when the file
 system is unmounted or on SIGTERM/SIGINT/SIGHUP (then it unmounts itself).
 While serving it answers JSON-line requests on a control socket:
-`{"op": "ping"}`, `{"op": "invalidate", "paths": null}`, `{"op": "sync"}`.
+`{"op": "ping"}`, `{"op": "stats"}` (request counters), `{"op": "invalidate",
+"paths": null}`, `{"op": "sync"}`.
 """
 
 from __future__ import annotations
@@ -141,6 +142,9 @@ class Daemon:
         op = request.get("op")
         if op == "ping":
             return {"ok": True, "pid": os.getpid(), "nodes": len(self.overlay.table)}
+        if op == "stats":
+            return {"ok": True, "requests": dict(self.ops.requests),
+                    "cache_dirs": self.ops.cache_dirs, "nodes": len(self.overlay.table)}
         if op == "invalidate":
             inodes, entries = self.ops.invalidate_all()
             await trio.to_thread.run_sync(_invalidate_kernel, inodes, entries)

@@ -23,6 +23,7 @@ import pyfuse3
 
 from astrid_fs.inodes import Node
 from astrid_fs.overlay import Overlay, Owner, SetAttr
+from astrid_fs.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_KEEP_CACHE, shim_active
 
 UPPER_TTL = 3600.0
 NAME_MAX = 255
@@ -36,6 +37,9 @@ class FuseOps(pyfuse3.Operations):
 
     def __init__(self, overlay: Overlay, *, lower_ttl: float) -> None:
         super().__init__()
+        self.cache_dirs = shim_active()
+        self.requests: dict[str, int] = {}
+        self._dir_sig: dict[int, tuple[int, int]] = {}
         self.ov = overlay
         self.table = overlay.table
         self.lower_ttl = lower_ttl
@@ -88,6 +92,7 @@ class FuseOps(pyfuse3.Operations):
     # ---- lookups and attributes -------------------------------------------
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> Any:
+        self._count("lookup")
         self._node(parent_inode)
         try:
             node, st = self.ov.lookup(parent_inode, name)
@@ -102,6 +107,7 @@ class FuseOps(pyfuse3.Operations):
             self.table.forget(ino, count)
 
     async def getattr(self, inode: int, ctx: Any) -> Any:
+        self._count("getattr")
         node = self._node(inode)
         try:
             return self._entry(node, self.ov.stat(node))
@@ -186,6 +192,7 @@ class FuseOps(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fd, keep_cache=keep)
 
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+        self._count("open")
         self._node(inode)
         try:
             node, fd = self.ov.open(inode, flags)
@@ -240,14 +247,30 @@ class FuseOps(pyfuse3.Operations):
 
     # ---- directories ------------------------------------------------------
 
+    def _count(self, op: str) -> None:
+        self.requests[op] = self.requests.get(op, 0) + 1
+
     async def opendir(self, inode: int, ctx: Any) -> int:
+        self._count("opendir")
         node = self._node(inode)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
         self._dirs[fh] = (node, None)
-        return fh
+        if not self.cache_dirs:
+            return fh
+        # With the shim, the kernel caches this listing (FOPEN_CACHE_DIR) and
+        # keeps it across opens while neither layer's directory changed.
+        try:
+            sig = self.ov.dir_signature(node)
+        except OSError as e:
+            raise self._fail(e) from None
+        keep = self._dir_sig.get(inode) == sig
+        self._dir_sig[inode] = sig
+        return fh | FH_CACHE_DIR | (FH_KEEP_CACHE if keep else 0)
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        self._count("readdir")
+        fh &= ~FH_FLAG_MASK
         node, names = self._dirs[fh]
         if names is None or start_id == 0:
             try:
@@ -270,10 +293,10 @@ class FuseOps(pyfuse3.Operations):
                 self.table.add_lookup(child)
 
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        self._dirs.pop(fh & ~FH_FLAG_MASK, None)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        node, _ = self._dirs[fh]
+        node, _ = self._dirs[fh & ~FH_FLAG_MASK]
         if not node.in_upper:
             return
         try:
@@ -337,6 +360,7 @@ class FuseOps(pyfuse3.Operations):
         a known directory (to drop negative entries)."""
         list(self.ov.refresh())
         self._last_sig.clear()
+        self._dir_sig.clear()
         inodes: list[int] = []
         entries: set[tuple[int, bytes]] = set()
         for node in self.table.nodes():

@@ -33,6 +33,7 @@ from astrid_fs.session import (
     open_session,
     sessions_dir,
 )
+from astrid_fs.shim import current_env_with_shim
 from astrid_fs.upper_stats import count_changes
 
 DEFAULT_LOWER_TTL = 30.0
@@ -102,7 +103,7 @@ def _spawn(config: DaemonConfig) -> None:
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "astrid_fs.daemon", config.to_json(), str(write_fd)],
-            pass_fds=(write_fd,), start_new_session=True,
+            pass_fds=(write_fd,), start_new_session=True, env=current_env_with_shim(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
     finally:
@@ -140,9 +141,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         session=name, astrid_home=str(home), control=str(session.control_socket),
     )
     if args.foreground:
-        from astrid_fs import daemon
-        print(f"session {name} mounted on {mountpoint} (Ctrl-C to unmount)", flush=True)
-        return daemon.run(config, None)
+        print(f"session {name}: mounting on {mountpoint} (Ctrl-C to unmount)", flush=True)
+        os.execve(sys.executable, [sys.executable, "-m", "astrid_fs.daemon", config.to_json(), "-"],
+                  current_env_with_shim())
     try:
         _spawn(config)
     except MountError:

@@ -131,6 +131,14 @@ class Overlay:
     def list_dir(self, node: Node) -> list[bytes]:
         return merged_names(self.layers, self.path(node), node.in_upper, node.lower)
 
+    def dir_signature(self, node: Node) -> tuple[int, int]:
+        """Changes whenever either layer's directory changes (mtimes)."""
+        upper = os.lstat(self.layers.upper_path(self.path(node))).st_mtime_ns \
+            if node.in_upper else 0
+        lower = os.lstat(self.layers.lower_path(node.lower)).st_mtime_ns \
+            if node.lower is not None else 0
+        return upper, lower
+
     def is_merged(self, node: Node) -> bool:
         return node.is_dir and node.in_upper and node.lower is not None
 

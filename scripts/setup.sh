@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config attr fuse-overlayfs rsync git sqlite3 hyperfine)
+APT_PACKAGES=(gcc fuse3 libfuse3-dev pkg-config attr fuse-overlayfs rsync git sqlite3 hyperfine)
 
 sudo_cmd() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -30,6 +30,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
     echo "setup: installing astrid (editable) into .venv"
     .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
     touch "$stamp"
+fi
+
+# The FUSE reply shim (astrid_fs/native/fuse_shim.c): lets the kernel cache
+# directory listings, which pyfuse3 alone cannot ask for. Rebuilt when its
+# source changes.
+shim=astrid_fs/native/libastrid_fuse_shim.so
+if [ ! -f "$shim" ] || [ astrid_fs/native/fuse_shim.c -nt "$shim" ]; then
+    echo "setup: building $shim"
+    gcc -O2 -shared -fPIC $(pkg-config --cflags fuse3) -o "$shim.tmp" astrid_fs/native/fuse_shim.c -ldl
+    mv "$shim.tmp" "$shim"
 fi
 
 # Parts that need more than the above (plugin toolchains, test servers) each

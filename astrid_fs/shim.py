@@ -1,0 +1,49 @@
+"""Locating and detecting the FUSE reply shim (native/fuse_shim.c).
+
+The shim is built by scripts/setup.sh with the system C compiler and is
+optional: without it the daemon still works, but directory listings are not
+cached by the kernel (slower warm `find`, `ls -R`, `git status`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+SHIM = Path(__file__).with_name("native") / "libastrid_fuse_shim.so"
+FH_CACHE_DIR = 1 << 63
+FH_KEEP_CACHE = 1 << 62
+FH_FLAG_MASK = FH_CACHE_DIR | FH_KEEP_CACHE
+
+
+def shim_path() -> Path | None:
+    """The built shim, if it is there and newer than its source."""
+    source = SHIM.with_name("fuse_shim.c")
+    if SHIM.is_file() and (not source.exists() or SHIM.stat().st_mtime >= source.stat().st_mtime):
+        return SHIM
+    return None
+
+
+def shim_active() -> bool:
+    """True if this process was started with the shim preloaded."""
+    try:
+        ctypes.CDLL(None).astrid_fuse_shim_loaded  # noqa: B018 - presence check
+    except AttributeError:
+        return False
+    return True
+
+
+def env_with_shim(env: dict[str, str]) -> dict[str, str]:
+    """`env` plus LD_PRELOAD of the shim (when built)."""
+    path = shim_path()
+    if path is None:
+        return env
+    preload = env.get("LD_PRELOAD", "")
+    if str(path) in preload.split(":"):
+        return env
+    return {**env, "LD_PRELOAD": f"{path}:{preload}" if preload else str(path)}
+
+
+def current_env_with_shim() -> dict[str, str]:
+    return env_with_shim(dict(os.environ))

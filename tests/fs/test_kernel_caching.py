@@ -1,0 +1,61 @@
+"""The kernel caches what the session alone changes: a warm listing or
+re-read does not reach the daemon (counted by the daemon's own request
+counters), and changes made through the mount are never served stale."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.support.mounts import MountedSession
+
+Mount = Callable[..., MountedSession]
+
+
+def stats(s: MountedSession) -> dict[str, int]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(s.root / "run" / "control.sock"))
+        sock.sendall(b'{"op": "stats"}\n')
+        buf = b""
+        while not buf.endswith(b"\n"):
+            buf += sock.recv(65536)
+    reply = json.loads(buf)
+    assert reply["cache_dirs"], "the FUSE reply shim is not loaded (scripts/setup.sh builds it)"
+    counts: dict[str, int] = reply["requests"]
+    return counts
+
+
+def test_warm_listing_is_served_by_the_kernel(tmp_path: Path, mount_session: Mount) -> None:
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    for i in range(50):
+        (lower / "d" / f"f{i}").write_text(str(i))
+    s = mount_session(lower)
+    first = sorted(p.name for p in (s.mnt / "d").iterdir())
+    before = stats(s).get("readdir", 0)
+    for _ in range(5):
+        assert sorted(p.name for p in (s.mnt / "d").iterdir()) == first
+    assert stats(s).get("readdir", 0) == before
+
+
+def test_listing_cache_follows_changes_through_the_mount(mount_session: Mount) -> None:
+    s = mount_session()
+    (s.mnt / "d").mkdir()
+    (s.mnt / "d" / "a").write_text("a")
+    assert sorted(p.name for p in (s.mnt / "d").iterdir()) == ["a"]
+    (s.mnt / "d" / "b").write_text("b")
+    assert sorted(p.name for p in (s.mnt / "d").iterdir()) == ["a", "b"]
+    (s.mnt / "d" / "a").unlink()
+    assert sorted(p.name for p in (s.mnt / "d").iterdir()) == ["b"]
+    (s.mnt / "d" / "b").rename(s.mnt / "c")
+    assert list((s.mnt / "d").iterdir()) == []
+
+
+def test_rewrites_are_not_served_from_a_stale_page_cache(mount_session: Mount) -> None:
+    s = mount_session()
+    f = s.mnt / "f"
+    for i in range(20):
+        f.write_text(f"version {i}")
+        assert f.read_text() == f"version {i}"
