@@ -1,10 +1,211 @@
-"""`astrid`: the kernel client (not implemented yet)."""
+"""`astrid`: the kernel's client.
+
+    astrid publish TOPIC DATA        publish DATA (text; `-` reads stdin) on TOPIC
+    astrid tail PATTERN              print bus messages matching PATTERN
+    astrid status                    plugins, state, restarts, mailbox depth
+    astrid plugin install PATH       pin a plugin in plugins.lock (grants what it asks)
+    astrid plugin verify             check every pinned component against its blake3
+    astrid plugin list               show the pins
+
+Exit codes: 0 ok; 1 refused or bad input (one line on stderr); 2 usage;
+3 astridd not reachable; 4 `plugin verify` found a mismatch.
+"""
 
 from __future__ import annotations
 
+import argparse
+import base64
+import json
+import os
 import sys
+from pathlib import Path
+from typing import Any
+
+from astrid_runtime.config import default_socket, load_config
+from astrid_runtime.control import ControlClient
+from astrid_runtime.errors import KernelError, KernelUnreachable, VerifyError
+from astrid_runtime.lockfile import entry_for, load_lockfile, read_verified
+from astrid_runtime.manifest import load_manifest
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_MISMATCH = 1, 2, 3, 4
 
 
-def main() -> int:
-    print("astrid: not yet (see the kernel issue)", file=sys.stderr)
-    return 1
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="astrid", description="Talk to the Astrid kernel (astridd) and manage plugins.",
+        epilog="examples:\n  astrid publish user.input 'hello'\n  astrid tail 'agent.>'\n"
+               "  astrid plugin install plugins/notes",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--socket", type=Path, help="control socket (default: $ASTRID_SOCKET or "
+                   "$ASTRID_HOME/astridd.sock)")
+    p.add_argument("--config", type=Path, help="astridd.toml to take socket and lockfile from")
+    p.add_argument("--lockfile", type=Path, help="plugins.lock (default: ./plugins.lock)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pub = sub.add_parser("publish", help="publish a message", description="Publish DATA on TOPIC.",
+                         epilog="example: astrid publish user.input 'what is in notes?'")
+    pub.add_argument("topic")
+    pub.add_argument("data", help="message text; '-' reads bytes from stdin")
+    pub.add_argument("--json", action="store_true", help="print the reply as JSON")
+
+    tail = sub.add_parser("tail", help="print messages matching a pattern",
+                          epilog="example: astrid tail 'agent.>' --count 1")
+    tail.add_argument("pattern")
+    tail.add_argument("--count", type=int, help="exit after this many messages")
+    tail.add_argument("--json", action="store_true", help="one JSON object per message")
+
+    status = sub.add_parser("status", help="kernel and plugin status")
+    status.add_argument("--json", action="store_true")
+
+    plugin = sub.add_parser("plugin", help="install, verify or list plugins")
+    psub = plugin.add_subparsers(dest="plugin_command", required=True, metavar="ACTION")
+    inst = psub.add_parser("install", help="pin PATH (a plugin dir or plugin.toml)",
+                           epilog="example: astrid plugin install plugins/notes")
+    inst.add_argument("path", type=Path)
+    psub.add_parser("verify", help="check every pinned component's blake3")
+    lst = psub.add_parser("list", help="list pinned plugins")
+    lst.add_argument("--json", action="store_true")
+    return p
+
+
+def _socket(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    if args.config:
+        return load_config(args.config).socket
+    return default_socket()
+
+
+def _lockfile(args: argparse.Namespace) -> Path:
+    if args.lockfile:
+        return Path(args.lockfile)
+    if args.config:
+        return load_config(args.config).lockfile
+    env = os.environ.get("ASTRID_LOCKFILE")
+    return Path(env) if env else Path("plugins.lock")
+
+
+def _client(args: argparse.Namespace) -> ControlClient:
+    return ControlClient(_socket(args))
+
+
+def _render_payload(payload: bytes) -> str:
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(payload).decode()
+    return text if text.isprintable() or text == "" else json.dumps(text)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    data = sys.stdin.buffer.read() if args.data == "-" else args.data.encode("utf-8")
+    reply = _client(args).request({"op": "publish", "topic": args.topic,
+                                   "payload": base64.b64encode(data).decode()})
+    if args.json:
+        print(json.dumps(reply))
+    else:
+        n = reply["delivered"]
+        print(f"published to {args.topic} ({n} subscriber{'s' if n != 1 else ''})")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    seen = 0
+    events = _client(args).stream({"op": "tail", "pattern": args.pattern})
+    for event in events:
+        if event.get("ok"):
+            print(f"astrid: tailing {args.pattern!r} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            continue
+        if "gap" in event:
+            print(f"astrid: tail fell behind; {event['gap']} message(s) dropped",
+                  file=sys.stderr)
+            continue
+        payload = base64.b64decode(event["payload"])
+        if args.json:
+            print(json.dumps({"topic": event["topic"], "publisher": event["publisher"],
+                              "payload": _render_payload(payload)}), flush=True)
+        else:
+            print(f"{event['topic']} {_render_payload(payload)}", flush=True)
+        seen += 1
+        if args.count is not None and seen >= args.count:
+            break
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _client(args).request({"op": "status"})["status"]
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"astridd up {status['uptime_s']}s, {len(status['plugins'])} plugin(s)")
+    header = f"{'PLUGIN':<20} {'STATE':<9} {'RESTARTS':>8} {'MAILBOX':>9} {'DELIVERED':>9}  NOTE"
+    print(header)
+    for p in status["plugins"]:
+        mailbox = f"{p.get('mailbox', '-')}/{p.get('mailbox_capacity', '-')}"
+        note = p.get("last_error") or ""
+        print(f"{p['name']:<20} {p['state']:<9} {p.get('restarts', '-')!s:>8} {mailbox:>9} "
+              f"{p.get('delivered', '-')!s:>9}  {note}")
+    return 0
+
+
+def cmd_plugin(args: argparse.Namespace) -> int:
+    lock_path = _lockfile(args)
+    if args.plugin_command == "install":
+        manifest = load_manifest(args.path)
+        try:
+            wasm = manifest.component.read_bytes()
+        except OSError as e:
+            raise KernelError(f"{manifest.path}: component {manifest.component}: "
+                              f"{e.strerror}") from None
+        lock = load_lockfile(lock_path)
+        entry = entry_for(manifest, wasm)
+        lock.with_entry(entry).save()
+        print(f"pinned {entry.name} {entry.version} blake3 {entry.blake3[:16]}… in {lock_path}")
+        return 0
+    lock = load_lockfile(lock_path, missing_ok=False)
+    if args.plugin_command == "verify":
+        bad = 0
+        for entry in lock.entries:
+            try:
+                read_verified(entry)
+                print(f"ok       {entry.name} {entry.version}")
+            except VerifyError as e:
+                bad += 1
+                print(f"MISMATCH {e}")
+        return EXIT_MISMATCH if bad else 0
+    rows: list[dict[str, Any]] = [
+        {"name": e.name, "version": e.version, "blake3": e.blake3,
+         "component": str(e.component), "grants": e.grants.to_toml()} for e in lock.entries]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            g = r["grants"]
+            print(f"{r['name']:<20} {r['version']:<10} {r['blake3'][:16]}…  "
+                  f"publish={','.join(g['publish']) or '-'} "
+                  f"subscribe={','.join(g['subscribe']) or '-'} kv={'yes' if g['kv'] else 'no'}")
+    return 0
+
+
+COMMANDS = {"publish": cmd_publish, "tail": cmd_tail, "status": cmd_status,
+            "plugin": cmd_plugin}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KernelUnreachable as e:
+        print(f"astrid: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KernelError as e:
+        print(f"astrid: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,10 +1,127 @@
-"""`astridd`: the kernel daemon (not implemented yet)."""
+"""`astridd`: the kernel daemon, in the foreground.
+
+    astridd [--config astridd.toml] [--lockfile plugins.lock] [--socket PATH]
+            [--home DIR] [--kv URL|none] [--log-format json|text]
+
+Boots every plugin pinned in the lockfile (or the config's `plugins`),
+refusing unverifiable ones with one log line each, serves the control
+socket, and shuts down cleanly on SIGINT or SIGTERM (each plugin finishes
+its current call; the socket file is removed). Logs are JSON lines on
+stderr. Exit codes: 0 clean shutdown, 1 bad config or a service that would
+not start, 2 usage.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import signal
 import sys
+from pathlib import Path
+
+import trio
+
+from astrid_runtime import logs
+from astrid_runtime.abi.context import KvBackend
+from astrid_runtime.config import KernelConfig, default_socket, defaults, load_config
+from astrid_runtime.control import ControlServer
+from astrid_runtime.engine import KernelEngine
+from astrid_runtime.errors import KernelError
+from astrid_runtime.kernel import BootPlan, open_kernel
 
 
-def main() -> int:
-    print("astridd: not yet (see the kernel issue)", file=sys.stderr)
-    return 1
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="astridd", description="The Astrid kernel daemon (foreground).",
+        epilog="example: astridd --config astridd.toml   (stop with Ctrl-C or SIGTERM)")
+    p.add_argument("--config", type=Path, help="astridd.toml (default: none, built-in defaults)")
+    p.add_argument("--lockfile", type=Path, help="plugins.lock (default: ./plugins.lock)")
+    p.add_argument("--socket", type=Path, help="control socket path")
+    p.add_argument("--home", type=Path, help="state directory (default: $ASTRID_HOME)")
+    p.add_argument("--kv", help="KV URL: surrealkv://PATH, mem://, ws://HOST:PORT or none")
+    p.add_argument("--log-format", choices=("json", "text"))
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> KernelConfig:
+    config = load_config(args.config) if args.config else defaults(args.home)
+    changes: dict[str, object] = {}
+    if args.home and args.config:
+        changes["home"] = args.home
+        changes["socket"] = default_socket(args.home)
+    if args.lockfile:
+        changes["lockfile"] = args.lockfile.resolve()
+    if args.socket:
+        changes["socket"] = args.socket
+    if args.kv:
+        changes["kv_url"] = None if args.kv == "none" else args.kv
+    if args.log_format:
+        changes["log_format"] = args.log_format
+    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+
+
+def _open_kv(url: str | None) -> KvBackend | None:
+    if url is None:
+        return None
+    from astrid_runtime.kv import KvStore
+
+    return KvStore(url)
+
+
+async def run(config: KernelConfig) -> None:
+    log = logs.KernelLog()
+    engine = KernelEngine(cache_dir=config.cache_dir, epoch_tick_ms=config.epoch_tick_ms)
+    kv = await trio.to_thread.run_sync(_open_kv, config.kv_url)
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_kernel(engine, kv, guest_threads=config.guest_threads,
+                                   log=log) as kernel:
+                server = ControlServer(kernel, config.socket)
+                await kernel._nursery.start(server.serve)  # type: ignore[union-attr]
+                log.event("info", "kernel.listening", socket=str(config.socket),
+                          lockfile=str(config.lockfile), kv=config.kv_url or "none")
+                await kernel.boot(BootPlan(config.lockfile, config.plugins))
+                async for signum in signals:
+                    log.event("info", "kernel.stopping", signal=signal.Signals(signum).name)
+                    await kernel.stop()
+                    break
+    finally:
+        close = getattr(kv, "close", None)
+        if close is not None:
+            await trio.to_thread.run_sync(close)
+    log.event("info", "kernel.stopped")
+
+
+def _first_kernel_error(group: BaseExceptionGroup[BaseException]) -> KernelError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, KernelError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_kernel_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = resolve_config(args)
+        logs.configure(config.log_level, fmt=config.log_format)
+        trio.run(run, config)
+    except KernelError as e:
+        print(f"astridd: {e}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        first = _first_kernel_error(group)
+        if first is None:
+            raise
+        print(f"astridd: {first}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

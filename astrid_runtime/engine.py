@@ -109,6 +109,14 @@ class KernelEngine:
             write_atomic(path, bytes(component.serialize()))
         return CompileResult(component, False)
 
+    def check_plugin_world(self, component: Component) -> None:
+        """Raise `CompileError` unless `component` exports the plugin world's functions."""
+        exports = component.type.exports(self.engine)
+        missing = [name for name in ("init", "on-message") if name not in exports]
+        if missing:
+            raise CompileError("not an astrid:kernel/plugin component: missing export "
+                               + " and ".join(missing))
+
     def increment_epoch(self) -> None:
         """Advance the engine's epoch by one tick (thread-safe in wasmtime)."""
         self.engine.increment_epoch()

@@ -66,4 +66,8 @@ class BusError(Refusal):
 
 
 class ControlError(KernelError):
-    """The control socket could not be reached or answered with an error."""
+    """The control socket answered with an error, or could not be used."""
+
+
+class KernelUnreachable(ControlError):
+    """No kernel listens on the control socket."""

@@ -93,6 +93,7 @@ class Kernel:
                     self._prepare, lock, source)
                 compiled = await trio.to_thread.run_sync(
                     self.engine.compile, wasm, entry.blake3, limiter=self.limiter)
+                self.engine.check_plugin_world(compiled.component)
             except KernelError as e:
                 name = source.name if isinstance(source, LockEntry) else Path(label).name
                 self.refuse(name, str(e))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
+from pathlib import Path
 
 from wasmtime.component import Component
 
@@ -55,3 +57,18 @@ async def running(kernel: Kernel, plugin_spec: PluginSpec) -> Supervisor:
     await sup.wait_for(lambda s: s.state in (State.RUNNING, State.DISABLED))
     assert sup.state is State.RUNNING, sup.last_error
     return sup
+
+
+def write_plugin(root: Path, name: str, component: Path, *, config: str = "",
+                 publish: tuple[str, ...] = (), subscribe: tuple[str, ...] = (),
+                 kv: bool = False, extra: str = "") -> Path:
+    """A plugin directory: plugin.toml plus a copy of `component`; returns the dir."""
+    plugin = root / name
+    plugin.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(component, plugin / f"{name}.wasm")
+    quoted = lambda items: ", ".join(f'"{i}"' for i in items)  # noqa: E731
+    (plugin / "plugin.toml").write_text(
+        f'name = "{name}"\nversion = "1.0.0"\ncomponent = "{name}.wasm"\n'
+        f'config = "{config}"\n\n[capabilities]\npublish = [{quoted(publish)}]\n'
+        f'subscribe = [{quoted(subscribe)}]\nkv = {"true" if kv else "false"}\n{extra}')
+    return plugin
