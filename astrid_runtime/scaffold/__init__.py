@@ -1,1 +1,0 @@
-"""Plugin authoring: `astrid plugin new` scaffolding and the plugin builder."""
