@@ -20,20 +20,20 @@ class Entry:
     mtime_ns: int | None
 
 
-def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
+def _xattrs(path: str, private: bool = False) -> tuple[tuple[str, bytes], ...]:
     try:
         keys = os.listxattr(path, follow_symlinks=False)
     except OSError:
         return ()
     found = []
     for key in sorted(keys):
-        if key.startswith(_PRIVATE) or key == "security.selinux":
+        if (key.startswith(_PRIVATE) and not private) or key == "security.selinux":
             continue
         found.append((key, os.getxattr(path, key, follow_symlinks=False)))
     return tuple(found)
 
 
-def entry_of(path: str, mtimes: bool = False) -> Entry:
+def entry_of(path: str, mtimes: bool = False, private: bool = False) -> Entry:
     st = os.lstat(path)
     mode = st.st_mode
     if stat.S_ISDIR(mode):
@@ -47,13 +47,14 @@ def entry_of(path: str, mtimes: bool = False) -> Entry:
         kind, body = "other", f"{stat.S_IFMT(mode)}:{st.st_rdev}"
     mt = st.st_mtime_ns if mtimes and kind in ("file", "symlink") else None
     perm = 0 if kind == "symlink" else stat.S_IMODE(mode)
-    return Entry(kind, perm, body, _xattrs(path), mt)
+    return Entry(kind, perm, body, _xattrs(path, private), mt)
 
 
 def tree_state(root: str | os.PathLike[str], mtimes: bool = False,
-               only: list[str] | None = None) -> dict[str, Entry]:
+               only: list[str] | None = None, private: bool = False) -> dict[str, Entry]:
     """Every entry under `root` (relative posix paths, root itself excluded),
-    restricted to the subtrees named in `only` when given."""
+    restricted to the subtrees named in `only` when given; `private` keeps
+    the overlay's own xattrs (to compare upper layers exactly)."""
     base = os.fspath(root)
     found: dict[str, Entry] = {}
     for dirpath, dirnames, filenames in os.walk(base):
@@ -64,7 +65,7 @@ def tree_state(root: str | os.PathLike[str], mtimes: bool = False,
             if only is not None and not any(
                     rel == p or rel.startswith(p + "/") for p in only):
                 continue
-            found[rel] = entry_of(full, mtimes)
+            found[rel] = entry_of(full, mtimes, private)
     return found
 
 
