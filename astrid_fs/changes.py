@@ -329,6 +329,13 @@ def conflict_of(change: Change, lower: str) -> str | None:
     if origin is None:
         return None
     st = _lstat(os.path.join(lower, origin.path))
+    if (change.lower_path is not None and change.lower_path != origin.path
+            and (st is None or st.st_ino != origin.ino)):
+        # The entry's dir was renamed in the lower since copy-up (by a commit
+        # of that rename): the base now lives at the walk's lower path.
+        moved = _lstat(os.path.join(lower, change.lower_path))
+        if moved is not None and moved.st_ino == origin.ino:
+            st = moved
     if st is None:
         return f"lower {origin.path} was deleted since the session copied it"
     if kind_of_mode(st.st_mode) != origin.kind:

@@ -1,0 +1,84 @@
+"""Review verbs on a session mounted with astrid-fs itself: edits made
+through the FUSE mount (which records origin fingerprints), then commit,
+discard and rollback while mounted; the mount stays coherent."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from astrid_fs import diffview
+from astrid_fs.commit import commit, session_changes
+from astrid_fs.discard import discard
+from astrid_fs.errors import ConflictError
+from astrid_fs.session import Session, open_session
+from astrid_fs.snapshot import rollback, snapshot
+from tests.fs.scenario import build_lower, edit_through
+from tests.fs.treecompare import assert_same_tree, tree_state
+from tests.support.mounts import MountedSession
+
+MountFactory = Callable[..., MountedSession]
+
+
+def _mounted(mount_session: MountFactory, tmp_path: Path) -> tuple[MountedSession, Session]:
+    lower = tmp_path / "project"
+    lower.mkdir()
+    build_lower(lower)
+    mounted = mount_session(lower)
+    return mounted, open_session(mounted.name)
+
+
+def test_commit_while_mounted(mount_session: MountFactory, tmp_path: Path) -> None:
+    mounted, session = _mounted(mount_session, tmp_path)
+    mnt = mounted.mnt
+    edit_through(mnt)
+    want = tree_state(mnt, mtimes=True)
+    lines = set(diffview.porcelain(session_changes(session)).splitlines())
+    assert "R  mv_me.txt -> src/moved.txt" in lines  # origin turns add+delete into a rename
+    assert "R  old -> renamed/" in lines
+    commit(session, ["src", "renamed"])
+    assert_same_tree(tree_state(mnt, mtimes=True), want)
+    commit(session, [])
+    assert_same_tree(tree_state(session.lower, mtimes=True), want)
+    assert_same_tree(tree_state(mnt, mtimes=True), want)
+    assert session_changes(session) == []
+    # the agent goes on working over the new lower
+    (mnt / "renamed" / "x.txt").write_text("after commit\n")
+    assert [diffview.porcelain_line(c) for c in session_changes(session)] == [
+        "M  renamed/x.txt"]
+    assert (session.lower / "renamed" / "x.txt").read_text() == "x changed\n"
+    commit(session, [])
+    assert (mnt / "renamed" / "x.txt").read_text() == "after commit\n"
+
+
+def test_conflict_seen_through_origin(mount_session: MountFactory, tmp_path: Path) -> None:
+    mounted, session = _mounted(mount_session, tmp_path)
+    with open(mounted.mnt / "src" / "util.py", "a") as f:
+        f.write("# agent\n")
+    (session.lower / "src" / "util.py").write_text("def f():\n    return 2\n")
+    changes = session_changes(session)
+    assert [diffview.porcelain_line(c) for c in changes] == ["M! src/util.py"]
+    with pytest.raises(ConflictError):
+        commit(session, [])
+    assert (session.lower / "src" / "util.py").read_text() == "def f():\n    return 2\n"
+
+
+def test_discard_and_rollback_while_mounted(mount_session: MountFactory,
+                                            tmp_path: Path) -> None:
+    mounted, session = _mounted(mount_session, tmp_path)
+    mnt = mounted.mnt
+    (mnt / "src" / "main.py").write_text("v1\n")
+    snapshot(session, "v1")
+    (mnt / "src" / "main.py").write_text("v2 longer\n")
+    os.unlink(mnt / "gone.txt")
+    (mnt / "extra.txt").write_text("extra\n")
+    rollback(session, "v1")
+    assert (mnt / "src" / "main.py").read_text() == "v1\n"
+    assert (mnt / "gone.txt").read_text() == "delete me\n"
+    assert not (mnt / "extra.txt").exists()
+    discard(session, ["src/main.py"])
+    assert (mnt / "src" / "main.py").read_text() == "print('hello')\n"
+    assert session_changes(session) == []
