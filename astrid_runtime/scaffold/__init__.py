@@ -1,0 +1,1 @@
+"""Plugin authoring: `astrid plugin new` scaffolding and the plugin builder."""

