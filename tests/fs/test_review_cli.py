@@ -179,3 +179,13 @@ def test_discard_parts_and_all(edited: Session, home: Path, lower: Path,
     assert run(home, "discard", "s1", "--all").returncode == 0
     assert run(home, "diff", "s1").stdout == ""
     assert tree_state(lower) == lower_before
+
+
+def test_astrid_fs_entry_point_runs_review_verbs(edited: Session, home: Path) -> None:
+    """`astrid-fs VERB SESSION` must reach the review verbs (two positional
+    arguments must not be taken for mount.fuse3's `SOURCE MOUNTPOINT` form)."""
+    env = {**os.environ, "ASTRID_HOME": str(home)}
+    for args in (["diff", "s1"], ["log", "s1"], ["snapshot", "s1"], ["commit", "s1"]):
+        result = subprocess.run([sys.executable, "-m", "astrid_fs.cli", *args], env=env,
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"astrid-fs {' '.join(args)}: {result.stderr}"
