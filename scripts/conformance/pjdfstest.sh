@@ -8,10 +8,12 @@
 # PJD_DIR/tests` (or the given TEST_PATHs, relative to PJD_DIR/tests) from a fresh
 # directory MOUNTED_DIR/pjdfstest.XXXXXX, removed afterwards unless --keep.
 #
-# Prints the counts of `ok` and `not ok` assertions and prove's result, and writes
+# Prints the counts of `ok` and `not ok` assertions (a `not ok # TODO` is a tolerated
+# deviation that prove counts as passing: reported apart, not as a failure) and
+# prove's result, and writes
 # to --out (default /tmp/astrid-conformance/pjdfstest-<fstype>):
 #   prove.log     the full verbose TAP output
-#   failures.txt  every `not ok` line, grouped by test file
+#   failures.txt  every `not ok` line (TODOs excluded), grouped by test file
 #   summary.txt   counts, fstype, command, date
 # Exit status 0 iff no assertion failed.
 set -uo pipefail
@@ -72,7 +74,10 @@ PROVE_RC=$?
 END=$(date +%s)
 
 OK=$(grep -cE '^ok [0-9]+' "$OUT/prove.log")
-NOTOK=$(grep -cE '^not ok [0-9]+' "$OUT/prove.log")
+# "not ok N # TODO ..." marks a known, tolerated deviation: prove counts it as a pass,
+# and so do we (reported separately as todo).
+NOTOK=$(grep -E '^not ok [0-9]+' "$OUT/prove.log" | grep -cv '# TODO')
+TODO=$(grep -E '^not ok [0-9]+' "$OUT/prove.log" | grep -c '# TODO')
 RESULT=$(grep -E '^Result: ' "$OUT/prove.log" | tail -1)
 FILES=$(grep -E '^Files=' "$OUT/prove.log" | tail -1)
 
@@ -80,7 +85,7 @@ FILES=$(grep -E '^Files=' "$OUT/prove.log" | tail -1)
 # "PATH/tests/x/y.t .." before each file's TAP).
 awk -v pjd="$PJD/tests/" '
     /\.t \.+ *$/ || /\.t \.\. / { f = $1; sub(pjd, "", f); next }
-    /^not ok [0-9]+/ { if (f != last) { print "== " f; last = f } print }
+    /^not ok [0-9]+/ && !/# TODO/ { if (f != last) { print "== " f; last = f } print }
 ' "$OUT/prove.log" >"$OUT/failures.txt"
 FAILED_FILES=$(grep -c '^== ' "$OUT/failures.txt")
 
@@ -92,6 +97,7 @@ FAILED_FILES=$(grep -c '^== ' "$OUT/failures.txt")
     echo "seconds: $((END - START))"
     echo "ok: $OK"
     echo "not ok: $NOTOK"
+    echo "not ok # TODO (tolerated, not counted as failures): $TODO"
     echo "test files with failures: $FAILED_FILES"
     echo "prove: $FILES"
     echo "prove: $RESULT (exit $PROVE_RC)"
