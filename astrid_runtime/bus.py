@@ -250,7 +250,8 @@ class Bus:
             del self._subs[sub_id]
 
     def publish(self, endpoint: Endpoint | None, topic: str, payload: bytes) -> int:
-        """Deliver to every matching mailbox, all or nothing; returns how many.
+        """Deliver to every matching mailbox, all or nothing; returns how many plugins got it
+        (taps are not counted).
 
         Raises `BusError` with kind `invalid`, `denied`, `too-large` or
         `rate-limited` (over the publish rate, or a subscriber's mailbox is full).
@@ -289,7 +290,7 @@ class Bus:
             bell.ring()
         if self.on_publish is not None:
             self.on_publish(message)
-        return len(targets)
+        return sum(1 for box in targets if not box.drop_oldest)
 
     def endpoints(self) -> list[Endpoint]:
         with self.lock:
