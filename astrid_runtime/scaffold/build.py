@@ -154,8 +154,8 @@ def _build_c(plugin_dir: Path, work: Path, out: Path) -> None:
     embedded = work / "embedded.wasm"
     sources = sorted(plugin_dir.glob("*.c"))
     _run([sys.executable, "-m", "ziglang", "cc", "-target", "wasm32-freestanding", "-O2",
-          "-nostdlib", "-fno-builtin", "-mexec-model=reactor", "-Wl,--no-entry",
-          "-Wl,--export-dynamic", "-Wl,--strip-all", "-I", plugin_dir, "-o", core, *sources],
+          "-nostdlib", "-fno-builtin", "-Wl,--no-entry",
+          "-Wl,--strip-all", "-I", plugin_dir, "-o", core, *sources],
          cwd=work, what=f"zig cc ({plugin_dir.name})")
     wasm_tools = _tool("wasm-tools")
     _run([wasm_tools, "component", "embed", WIT_DIR, "--world", WORLD, core, "-o", embedded],

@@ -52,10 +52,9 @@ def _request_id(msg: Message) -> dict[str, Any]:
 
 @plugin.on("user.input")
 def route(msg: Message) -> None:
-    text = msg.text.strip()
-    verb, _, rest = text.partition(" ")
-    verb = verb.lower()
-    rest = rest.strip()
+    words = msg.text.strip().split(maxsplit=1)
+    verb = words[0].lower() if words else ""
+    rest = words[1].strip() if len(words) > 1 else ""
     reply_to = _request_id(msg)
     if verb in ("", "help", "?"):
         plugin.respond(HELP, **reply_to)
