@@ -91,11 +91,16 @@ class Supervisor:
 
     def _set_state(self, state: State) -> None:
         self.state = state
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake `wait_for` callers (trio thread only)."""
         self._changed.set()
         self._changed = trio.Event()
 
     async def wait_for(self, predicate: Callable[[Supervisor], bool]) -> None:
-        """Return once `predicate(self)` holds (checked at each state change)."""
+        """Return once `predicate(self)` holds (checked at each state change and
+        after each batch of deliveries)."""
         while not predicate(self):
             await self._changed.wait()
 
@@ -198,7 +203,10 @@ class Supervisor:
     async def _serve(self, instance: PluginInstance) -> None:
         """Deliver mail until stopped; raises `PluginCrash` when the guest dies."""
         while not self._stopping.is_set():
-            await trio.to_thread.run_sync(self._drain, instance, limiter=self._limiter)
+            try:
+                await trio.to_thread.run_sync(self._drain, instance, limiter=self._limiter)
+            finally:
+                self._notify()
             if self._stopping.is_set():
                 return
             await self._doorbell.wait()
