@@ -14,7 +14,8 @@ import itertools
 import os
 import stat
 
-from astrid_fs.whiteout import Origin, OverlayXattrs
+from astrid_fs.layers import RemoteTree
+from astrid_fs.whiteout import Origin, OverlayXattrs, kind_of_mode
 
 _counter = itertools.count()
 _CHUNK = 1 << 20
@@ -138,3 +139,39 @@ def _remove_quietly(path: bytes) -> None:
             os.unlink(path)
     except OSError:
         pass
+
+
+def copy_up_remote(tree: RemoteTree, rel: bytes, lower_rel: bytes, upper_path: bytes,
+                   tmp_dir: bytes, names: OverlayXattrs, *, with_data: bool = True,
+                   sync: bool = True) -> os.stat_result:
+    """Copy-up from a remote tree: like `copy_up`, with content from
+    `tree.fetch_to` (the caller warmed the content first) and an origin that
+    records the remote fingerprint (ETag) for conflict detection."""
+    st = tree.stat(rel)
+    if st is None:
+        raise FileNotFoundError(errno.ENOENT, "remote entry vanished", os.fsdecode(lower_rel))
+    tmp = temp_name(tmp_dir)
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(tmp, 0o700)
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                if with_data:
+                    tree.fetch_to(rel, fd)
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        origin = Origin(path=os.fsdecode(lower_rel), kind=kind_of_mode(st.st_mode),
+                        ino=st.st_ino, dev=st.st_dev, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                        mode=st.st_mode, blake3=tree.fingerprint(rel))
+        os.setxattr(tmp, names.origin, origin.encode(), follow_symlinks=False)
+        if with_data:
+            os.utime(tmp, ns=(st.st_mtime_ns, st.st_mtime_ns))
+        os.rename(tmp, upper_path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return os.lstat(upper_path)

@@ -20,8 +20,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyfuse3
+import trio
 
 from astrid_fs.inodes import Node
+from astrid_fs.layers import Reader, StatLike
 from astrid_fs.overlay import Overlay, Owner, SetAttr
 from astrid_fs.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_KEEP_CACHE, shim_active
 
@@ -47,11 +49,14 @@ class FuseOps(pyfuse3.Operations):
         self._dirs: dict[int, tuple[Node, list[bytes] | None]] = {}
         self._next_dir_fh = 1
         self._kernel_wrote: set[int] = set()
+        # Remote readers get handle numbers above any fd (fds are < 2**31).
+        self._readers: dict[int, tuple[Node, Reader]] = {}
+        self._next_reader_fh = 1 << 40
         self._last_sig: dict[int, tuple[int, int]] = {}
 
     # ---- helpers ----------------------------------------------------------
 
-    def _entry(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
+    def _entry(self, node: Node, st: StatLike) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
@@ -93,7 +98,8 @@ class FuseOps(pyfuse3.Operations):
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> Any:
         self._count("lookup")
-        self._node(parent_inode)
+        parent = self._node(parent_inode)
+        await self._warm_child(parent, name)
         try:
             node, st = self.ov.lookup(parent_inode, name)
         except FileNotFoundError:
@@ -125,6 +131,7 @@ class FuseOps(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
         node = self._node(inode)
+        await self._warm_node(node, data=True)
         fd = fh if fh is not None and fh in self._fh_nodes else None
         try:
             st = self.ov.setattr(inode, change, fd)
@@ -152,6 +159,7 @@ class FuseOps(pyfuse3.Operations):
         return self._made(lambda o: self.ov.symlink(parent_inode, name, target, o), ctx)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        await self._warm_node(self._node(inode), data=True)
         return self._made(lambda o: self.ov.link(inode, new_parent_inode, new_name), ctx)
 
     def _made(self, make: Any, ctx: Any) -> Any:
@@ -175,14 +183,43 @@ class FuseOps(pyfuse3.Operations):
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any) -> None:
+        old_parent = self._node(parent_inode_old)
+        if old_parent.lower is not None and self.ov.layers.remotes:
+            await self._warm(old_parent.lower + b"/" + name_old if old_parent.lower else name_old,
+                             data=True)
         try:
             self.ov.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
         except OSError as e:
             raise self._fail(e) from None
 
+    # ---- remote trees: fetch in a worker thread, then serve from cache ----
+
+    async def _warm(self, lower_rel: bytes | None, data: bool = False) -> None:
+        """Make sure the remote metadata (or content) for a lower path is
+        cached, fetching in a worker thread so the FUSE loop never blocks on
+        the network. A no-op for local lower paths."""
+        if lower_rel is None or not self.ov.layers.remotes:
+            return
+        hit = self.ov.layers.remote_for(lower_rel)
+        if hit is None or hit[0].is_warm(hit[1], data):
+            return
+        try:
+            await trio.to_thread.run_sync(hit[0].warm, hit[1], data)
+        except OSError as e:
+            raise self._fail(e) from None
+
+    async def _warm_node(self, node: Node, data: bool = False) -> None:
+        if not node.in_upper or node.is_dir:
+            await self._warm(node.lower, data and not node.in_upper)
+
+    async def _warm_child(self, parent: Node, name: bytes) -> None:
+        if parent.lower is not None and self.ov.layers.remotes:
+            await self._warm(parent.lower)
+            await self._warm(parent.lower + b"/" + name if parent.lower else name)
+
     # ---- files ------------------------------------------------------------
 
-    def _file_info(self, node: Node, fd: int, st: os.stat_result) -> Any:
+    def _file_info(self, node: Node, fd: int, st: StatLike) -> Any:
         sig = (st.st_mtime_ns, st.st_size)
         keep = self._last_sig.get(node.ino) == sig or node.ino in self._kernel_wrote
         self._last_sig[node.ino] = sig
@@ -193,7 +230,19 @@ class FuseOps(pyfuse3.Operations):
 
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
         self._count("open")
-        self._node(inode)
+        node = self._node(inode)
+        if self.ov.layers.remotes:
+            await self._warm_node(node, data=bool(flags & (os.O_WRONLY | os.O_RDWR
+                                                           | os.O_APPEND)))
+            try:
+                opened = self.ov.open_remote(inode, flags)
+            except OSError as e:
+                raise self._fail(e) from None
+            if opened is not None:
+                fh = self._next_reader_fh
+                self._next_reader_fh += 1
+                self._readers[fh] = opened
+                return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         try:
             node, fd = self.ov.open(inode, flags)
             st = os.fstat(fd)
@@ -213,6 +262,12 @@ class FuseOps(pyfuse3.Operations):
         return self._file_info(node, fd, st), self._entry(node, st)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        remote = self._readers.get(fh)
+        if remote is not None:
+            try:
+                return await trio.to_thread.run_sync(remote[1].pread, size, off)
+            except OSError as e:
+                raise self._fail(e) from None
         try:
             return os.pread(fh, size, off)
         except OSError as e:
@@ -234,6 +289,10 @@ class FuseOps(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh: int) -> None:
+        remote = self._readers.pop(fh, None)
+        if remote is not None:
+            await trio.to_thread.run_sync(remote[1].close)
+            return
         node = self._fh_nodes.pop(fh, None)
         os.close(fh)
         if node is not None:
@@ -273,6 +332,7 @@ class FuseOps(pyfuse3.Operations):
         fh &= ~FH_FLAG_MASK
         node, names = self._dirs[fh]
         if names is None or start_id == 0:
+            await self._warm_node(node)
             try:
                 names = [b".", b"..", *self.ov.list_dir(node)]
             except OSError as e:
@@ -323,12 +383,14 @@ class FuseOps(pyfuse3.Operations):
             raise self._fail(e) from None
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        await self._warm_node(self._node(inode), data=True)
         try:
             self.ov.setxattr(inode, os.fsdecode(name), value)
         except OSError as e:
             raise self._fail(e) from None
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        await self._warm_node(self._node(inode), data=True)
         try:
             self.ov.removexattr(inode, os.fsdecode(name))
         except OSError as e:

@@ -13,9 +13,11 @@ Rules (overlayfs's):
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from typing import Protocol
 
 from astrid_fs.whiteout import Origin, OverlayXattrs, is_whiteout_stat
 
@@ -24,19 +26,187 @@ def join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
 
 
+class StatLike(Protocol):
+    """What the overlay reads of a stat result (os.stat_result has it all)."""
+
+    @property
+    def st_mode(self) -> int: ...
+    @property
+    def st_ino(self) -> int: ...
+    @property
+    def st_dev(self) -> int: ...
+    @property
+    def st_nlink(self) -> int: ...
+    @property
+    def st_uid(self) -> int: ...
+    @property
+    def st_gid(self) -> int: ...
+    @property
+    def st_rdev(self) -> int: ...
+    @property
+    def st_size(self) -> int: ...
+    @property
+    def st_blksize(self) -> int: ...
+    @property
+    def st_blocks(self) -> int: ...
+    @property
+    def st_atime_ns(self) -> int: ...
+    @property
+    def st_mtime_ns(self) -> int: ...
+    @property
+    def st_ctime_ns(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class SyntheticStat:
+    """A stat result for entries that have no local inode (remote trees,
+    the directories above a remote mount point)."""
+
+    st_mode: int
+    st_ino: int
+    st_dev: int
+    st_size: int = 0
+    st_mtime_ns: int = 0
+    st_nlink: int = 1
+    st_uid: int = 0
+    st_gid: int = 0
+    st_rdev: int = 0
+    st_blksize: int = 1 << 20
+
+    @property
+    def st_blocks(self) -> int:
+        return (self.st_size + 511) // 512
+
+    @property
+    def st_atime_ns(self) -> int:
+        return self.st_mtime_ns
+
+    @property
+    def st_ctime_ns(self) -> int:
+        return self.st_mtime_ns
+
+
+def synthetic_ino(rel: bytes) -> int:
+    """A stable inode number for a path without a local inode (< 2**48)."""
+    return int.from_bytes(hashlib.blake2b(rel, digest_size=6).digest(), "big") | 1
+
+
+class Reader(Protocol):
+    """An open remote file: positional reads, safe to call from a worker thread."""
+
+    def pread(self, size: int, offset: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class RemoteTree(Protocol):
+    """A non-local lower tree mounted at a virtual path (the lower driver seam).
+
+    Wiring a driver in: build an object with this shape over it (e.g. in
+    `astrid_fs/remote_lower.py`), and pass `Layers(..., remotes=((b"mnt/s3",
+    tree),))` when the daemon builds its overlay (`daemon.Daemon.__init__`,
+    from a mount table in `DaemonConfig`). Everything else is already
+    routed: lookups, listings and stats use it (warmed in worker threads by
+    `FuseOps._warm*`); read-only opens get a `Reader` handle (reads in
+    worker threads); any write copies up through `copyup.copy_up_remote`,
+    whose origin records `fingerprint` (ETag) for commit's conflict check.
+    `dev` must be unique per tree (it tags the tree's inode numbers).
+
+    Paths are relative to the tree's root, as bytes. `stat`, `names` and
+    `readlink` are called from the FUSE thread and must only use cached
+    metadata: the adapter calls `warm` in a worker thread first whenever
+    `is_warm` says the metadata (or, with `data=True`, the whole content,
+    for copy-up) is not cached. `open_reader` readers are used from worker
+    threads. `fetch_to` writes the whole content into a local fd (copy-up;
+    called after `warm(rel, data=True)`).
+    """
+
+    dev: int
+
+    def is_warm(self, rel: bytes, data: bool = False) -> bool: ...
+    def warm(self, rel: bytes, data: bool = False) -> None: ...
+    def stat(self, rel: bytes) -> StatLike | None: ...
+    def names(self, rel: bytes) -> list[bytes]: ...
+    def readlink(self, rel: bytes) -> bytes: ...
+    def open_reader(self, rel: bytes) -> Reader: ...
+    def fetch_to(self, rel: bytes, fd: int) -> None: ...
+    def fingerprint(self, rel: bytes) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class Layers:
-    """The two layer roots (absolute, bytes) and the overlay xattr names."""
+    """The layer roots (absolute, bytes), the overlay xattr names, and the
+    remote trees mounted into the lower layer at virtual paths.
+
+    `remotes` holds (virtual path relative to the lower root, tree), longest
+    path first, so the first match is the longest prefix. The directories
+    above a mount point show as directories even where the local lower has
+    none.
+    """
 
     lower: bytes
     upper: bytes
     names: OverlayXattrs
+    remotes: tuple[tuple[bytes, RemoteTree], ...] = ()
 
     def upper_path(self, rel: bytes) -> bytes:
         return self.upper + b"/" + rel if rel else self.upper
 
     def lower_path(self, rel: bytes) -> bytes:
+        """The local path of a lower entry (callers check `remote_for` first)."""
         return self.lower + b"/" + rel if rel else self.lower
+
+    def remote_for(self, rel: bytes) -> tuple[RemoteTree, bytes] | None:
+        """The remote tree holding lower path `rel`, and the path inside it."""
+        for prefix, tree in self.remotes:
+            if rel == prefix:
+                return tree, b""
+            if rel.startswith(prefix + b"/"):
+                return tree, rel[len(prefix) + 1:]
+        return None
+
+    def _mount_children(self, rel: bytes) -> set[bytes]:
+        """Names under `rel` that lead to a remote mount point."""
+        out: set[bytes] = set()
+        for prefix, _ in self.remotes:
+            if rel == b"" or prefix.startswith(rel + b"/"):
+                rest = prefix[len(rel) + 1:] if rel else prefix
+                out.add(rest.split(b"/", 1)[0])
+        return out
+
+    def lower_stat(self, rel: bytes) -> StatLike | None:
+        """The lower entry at `rel` (local, remote, or a directory above a
+        remote mount point), or None."""
+        if self.remotes:
+            hit = self.remote_for(rel)
+            if hit is not None:
+                return hit[0].stat(hit[1])
+            st = _lstat(self.lower_path(rel))
+            if st is None and rel and rel in self._ancestors():
+                return SyntheticStat(stat.S_IFDIR | 0o755, synthetic_ino(rel), st_dev=0)
+            return st
+        return _lstat(self.lower_path(rel))
+
+    def _ancestors(self) -> set[bytes]:
+        out: set[bytes] = set()
+        for prefix, _ in self.remotes:
+            parts = prefix.split(b"/")
+            out.update(b"/".join(parts[:i]) for i in range(1, len(parts)))
+        return out
+
+    def lower_names(self, rel: bytes) -> list[bytes]:
+        """Names in the lower directory `rel` (empty if it is not one)."""
+        if self.remotes:
+            hit = self.remote_for(rel)
+            if hit is not None:
+                return hit[0].names(hit[1])
+        try:
+            with os.scandir(self.lower_path(rel)) as it:
+                names = [os.fsencode(e.name) for e in it]
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        if self.remotes:
+            names = sorted(set(names) | self._mount_children(rel))
+        return names
 
     def is_whiteout(self, path: bytes, st: os.stat_result) -> bool:
         if is_whiteout_stat(st):
@@ -60,7 +230,7 @@ class Resolved:
     `origin` is the copy-up fingerprint, if the upper entry has one.
     """
 
-    st: os.stat_result
+    st: StatLike
     in_upper: bool
     lower: bytes | None
     origin: Origin | None
@@ -98,12 +268,12 @@ def lower_dir_for(layers: Layers, upper_path: bytes, parent_lower: bytes | None,
             target = join(parent_lower, redirect)
         else:
             return None
-        st = _lstat(layers.lower_path(target))
+        st = layers.lower_stat(target)
         return target if st is not None and stat.S_ISDIR(st.st_mode) else None
     if parent_lower is None:
         return None
     candidate = join(parent_lower, name)
-    st = _lstat(layers.lower_path(candidate))
+    st = layers.lower_stat(candidate)
     return candidate if st is not None and stat.S_ISDIR(st.st_mode) else None
 
 
@@ -130,7 +300,7 @@ def resolve_child(layers: Layers, parent_path: bytes, parent_in_upper: bool,
     if parent_lower is None:
         return None
     lrel = join(parent_lower, name)
-    lst = _lstat(layers.lower_path(lrel))
+    lst = layers.lower_stat(lrel)
     if lst is None:
         return None
     return Resolved(lst, False, lrel, None)
@@ -140,7 +310,7 @@ def lower_has(layers: Layers, parent_lower: bytes | None, name: bytes) -> bool:
     """True if the lower directory merged into a parent has an entry `name`."""
     if parent_lower is None:
         return False
-    return _lstat(layers.lower_path(join(parent_lower, name))) is not None
+    return layers.lower_stat(join(parent_lower, name)) is not None
 
 
 def merged_names(layers: Layers, path: bytes, in_upper: bool,
@@ -159,14 +329,7 @@ def merged_names(layers: Layers, path: bytes, in_upper: bool,
                 else:
                     names.add(name)
     if lower is not None:
-        try:
-            with os.scandir(layers.lower_path(lower)) as it:
-                for entry in it:
-                    name = os.fsencode(entry.name)
-                    if name not in hidden:
-                        names.add(name)
-        except (FileNotFoundError, NotADirectoryError):
-            pass
+        names.update(n for n in layers.lower_names(lower) if n not in hidden)
     return sorted(names)
 
 

@@ -18,11 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from astrid_fs import syscalls
-from astrid_fs.copyup import copy_up, temp_name
+from astrid_fs.copyup import copy_up, copy_up_remote, temp_name
 from astrid_fs.inodes import ROOT_INO, DeviceTags, InodeTable, Node, upper_only_ino
 from astrid_fs.layers import (
     Layers,
+    Reader,
+    RemoteTree,
     Resolved,
+    StatLike,
     lower_has,
     merged_names,
     resolve_child,
@@ -86,13 +89,13 @@ class Overlay:
     def _resolve(self, parent: Node, name: bytes) -> Resolved | None:
         return resolve_child(self.layers, self.path(parent), parent.in_upper, parent.lower, name)
 
-    def lookup(self, parent_ino: int, name: bytes) -> tuple[Node, os.stat_result]:
+    def lookup(self, parent_ino: int, name: bytes) -> tuple[Node, StatLike]:
         """Resolve `name` in a directory and count one kernel lookup on it."""
         node, st = self.peek(parent_ino, name)
         self.table.add_lookup(node)
         return node, st
 
-    def peek(self, parent_ino: int, name: bytes) -> tuple[Node, os.stat_result]:
+    def peek(self, parent_ino: int, name: bytes) -> tuple[Node, StatLike]:
         """Resolve `name` without counting a lookup (FileNotFoundError if absent)."""
         parent = self.table.get(parent_ino)
         if name == b".":
@@ -107,7 +110,7 @@ class Overlay:
                                  r.in_upper, parent_ino, name)
         return node, r.st
 
-    def stat(self, node: Node) -> os.stat_result:
+    def stat(self, node: Node) -> StatLike:
         """Current attributes of `node` (from the layer that shows it)."""
         if node.ino == ROOT_INO:
             return os.lstat(self.layers.upper)
@@ -120,12 +123,24 @@ class Overlay:
         if node.in_upper:
             return os.lstat(self.layers.upper_path(p))
         assert node.lower is not None
-        return os.lstat(self.layers.lower_path(node.lower))
+        st = self.layers.lower_stat(node.lower)
+        if st is None:
+            raise _err(errno.ENOENT)
+        return st
+
+    def remote_of(self, node: Node) -> tuple[RemoteTree, bytes] | None:
+        """The remote tree showing `node` (not copied up), if any."""
+        if node.in_upper or node.lower is None or not self.layers.remotes:
+            return None
+        return self.layers.remote_for(node.lower)
 
     def real_path(self, node: Node) -> bytes:
-        """The path of the layer entry that currently shows `node`."""
+        """The local path of the layer entry that currently shows `node`
+        (ENOTSUP for an entry of a remote tree: use `remote_of`)."""
         if node.in_upper or node.lower is None:
             return self.layers.upper_path(self.path(node))
+        if self.remote_of(node) is not None:
+            raise _err(errno.ENOTSUP)
         return self.layers.lower_path(node.lower)
 
     def list_dir(self, node: Node) -> list[bytes]:
@@ -135,9 +150,8 @@ class Overlay:
         """Changes whenever either layer's directory changes (mtimes)."""
         upper = os.lstat(self.layers.upper_path(self.path(node))).st_mtime_ns \
             if node.in_upper else 0
-        lower = os.lstat(self.layers.lower_path(node.lower)).st_mtime_ns \
-            if node.lower is not None else 0
-        return upper, lower
+        lst = self.layers.lower_stat(node.lower) if node.lower is not None else None
+        return upper, lst.st_mtime_ns if lst is not None else 0
 
     def is_merged(self, node: Node) -> bool:
         return node.is_dir and node.in_upper and node.lower is not None
@@ -159,8 +173,13 @@ class Overlay:
         rel = self.path(node)
         upath = self.layers.upper_path(rel)
         assert node.lower is not None
-        copy_up(self.layers.lower_path(node.lower), upath, self.tmp, self.layers.names,
-                node.lower, with_data=with_data, sync=self.sync_copy_up)
+        remote = self.remote_of(node)
+        if remote is not None:
+            copy_up_remote(remote[0], remote[1], node.lower, upath, self.tmp, self.layers.names,
+                           with_data=with_data, sync=self.sync_copy_up)
+        else:
+            copy_up(self.layers.lower_path(node.lower), upath, self.tmp, self.layers.names,
+                    node.lower, with_data=with_data, sync=self.sync_copy_up)
         node.in_upper = True
         if not node.is_dir:
             node.lower = None
@@ -186,7 +205,7 @@ class Overlay:
         sgid = bool(pst.st_mode & stat.S_ISGID)
         return owner.uid, (pst.st_gid if sgid else owner.gid), sgid
 
-    def _finish_new(self, parent_ino: int, name: bytes) -> tuple[Node, os.stat_result]:
+    def _finish_new(self, parent_ino: int, name: bytes) -> tuple[Node, StatLike]:
         node, st = self.lookup(parent_ino, name)
         return node, st
 
@@ -200,7 +219,7 @@ class Overlay:
             os.rename(tmp, upath)
 
     def mknod(self, parent_ino: int, name: bytes, mode: int, rdev: int,
-              owner: Owner) -> tuple[Node, os.stat_result]:
+              owner: Owner) -> tuple[Node, StatLike]:
         parent = self.table.get(parent_ino)
         upath, shadowed = self._new_entry_path(parent, name)
         uid, gid, _ = self._owner_of_new(os.path.dirname(upath), owner)
@@ -215,7 +234,7 @@ class Overlay:
         return self._finish_new(parent_ino, name)
 
     def mkdir(self, parent_ino: int, name: bytes, mode: int,
-              owner: Owner) -> tuple[Node, os.stat_result]:
+              owner: Owner) -> tuple[Node, StatLike]:
         parent = self.table.get(parent_ino)
         upath, shadowed = self._new_entry_path(parent, name)
         uid, gid, sgid = self._owner_of_new(os.path.dirname(upath), owner)
@@ -234,7 +253,7 @@ class Overlay:
         return self._finish_new(parent_ino, name)
 
     def symlink(self, parent_ino: int, name: bytes, target: bytes,
-                owner: Owner) -> tuple[Node, os.stat_result]:
+                owner: Owner) -> tuple[Node, StatLike]:
         parent = self.table.get(parent_ino)
         upath, shadowed = self._new_entry_path(parent, name)
         uid, gid, _ = self._owner_of_new(os.path.dirname(upath), owner)
@@ -245,7 +264,7 @@ class Overlay:
         return self._finish_new(parent_ino, name)
 
     def create(self, parent_ino: int, name: bytes, mode: int, flags: int,
-               owner: Owner) -> tuple[Node, os.stat_result, int]:
+               owner: Owner) -> tuple[Node, StatLike, int]:
         """Create and open a regular file; returns its node, stat and an fd."""
         parent = self.table.get(parent_ino)
         upath, shadowed = self._new_entry_path(parent, name)
@@ -264,7 +283,7 @@ class Overlay:
         node, st = self._finish_new(parent_ino, name)
         return node, st, fd
 
-    def link(self, ino: int, parent_ino: int, name: bytes) -> tuple[Node, os.stat_result]:
+    def link(self, ino: int, parent_ino: int, name: bytes) -> tuple[Node, StatLike]:
         node = self.table.get(ino)
         if node.is_dir:
             raise _err(errno.EPERM)
@@ -448,7 +467,20 @@ class Overlay:
                              cur.st_mtime_ns if change.mtime_ns is None else change.mtime_ns))
 
     def readlink(self, ino: int) -> bytes:
-        return os.readlink(self.real_path(self.table.get(ino)))
+        node = self.table.get(ino)
+        remote = self.remote_of(node)
+        if remote is not None:
+            return remote[0].readlink(remote[1])
+        return os.readlink(self.real_path(node))
+
+    def open_remote(self, ino: int, flags: int) -> tuple[Node, Reader] | None:
+        """For a read-only open of a file still in a remote tree: a reader.
+        None when `open` applies (local, copied up, or a write open)."""
+        node = self.table.get(ino)
+        remote = self.remote_of(node)
+        if remote is None or flags & _WRITE_FLAGS:
+            return None
+        return node, remote[0].open_reader(remote[1])
 
     def open(self, ino: int, flags: int) -> tuple[Node, int]:
         """Open a file; a write open copies it up first. Returns (node, fd)."""
@@ -470,12 +502,16 @@ class Overlay:
             raise _err(errno.EPERM)
 
     def getxattr(self, ino: int, name: str) -> bytes:
-        if self.layers.names.is_private(name):
+        node = self.table.get(ino)
+        if self.layers.names.is_private(name) or self.remote_of(node) is not None:
             raise _err(errno.ENODATA)
-        return os.getxattr(self.real_path(self.table.get(ino)), name, follow_symlinks=False)
+        return os.getxattr(self.real_path(node), name, follow_symlinks=False)
 
     def listxattr(self, ino: int) -> list[str]:
-        names = os.listxattr(self.real_path(self.table.get(ino)), follow_symlinks=False)
+        node = self.table.get(ino)
+        if self.remote_of(node) is not None:
+            return []
+        names = os.listxattr(self.real_path(node), follow_symlinks=False)
         return [n for n in names if not self.layers.names.is_private(n)]
 
     def setxattr(self, ino: int, name: str, value: bytes) -> None:
@@ -486,7 +522,7 @@ class Overlay:
     def removexattr(self, ino: int, name: str) -> None:
         self._check_public(name)
         node = self.table.get(ino)
-        os.getxattr(self.real_path(node), name, follow_symlinks=False)  # ENODATA first
+        self.getxattr(ino, name)  # ENODATA first
         os.removexattr(self.copy_up(node), name, follow_symlinks=False)
 
     # ---- whole filesystem -------------------------------------------------
