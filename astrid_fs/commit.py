@@ -83,6 +83,12 @@ class _Planner:
         self.dirmeta: list[DirMeta] = []
         self.cleanup: list[Cleanup] = []
         self.slots = 0
+        state = session.mount_state()
+        mounted = state is not None and state.alive()
+        # Hard-link staging is safe only while nothing can write the upper in
+        # place (no mount) and only within one filesystem.
+        self.link_ok = not mounted and (
+            os.stat(session.upper).st_dev == os.stat(session.lower).st_dev)
         picked = {id(c) for c in chosen}
         # Opaque dirs still hiding a lower entry after this commit keep their
         # upper children (removing them would hide the committed copies).
@@ -99,12 +105,14 @@ class _Planner:
         parts = path.split("/")
         return any("/".join(parts[:i]) in self.kept_opaque for i in range(1, len(parts) + 1))
 
-    def clean_entry(self, path: str) -> None:
+    def clean_entry(self, path: str) -> bool:
+        """Plan removing upper `path` after the commit; False if it stays."""
         if self.under_kept_opaque(path):
-            return
+            return False
         st = os.lstat(os.path.join(self.upper, path))
         self.cleanup.append(Cleanup(path, False, st.st_ino, st.st_mtime_ns, st.st_size,
                                     st.st_mode))
+        return True
 
     def clean_dir(self, path: str) -> None:
         if self.under_kept_opaque(path) and path not in self.kept_opaque:
@@ -132,13 +140,14 @@ class _Planner:
             self.dirmeta.append(self.dir_meta(c.path))
             self.clean_dir(c.path)
             return
+        leaves = self.clean_entry(c.path)
         if c.link_to is not None and c.link_to in self.chosen_paths:
             self.place.append(Place("link", c.path, self.slot("l"), c.link_to))
         else:
             slot = self.slot("s")
-            self.stage.append(Stage(c.path, slot))
+            link = self.link_ok and leaves and c.kind == "file"
+            self.stage.append(Stage(c.path, slot, link))
             self.place.append(Place("put", c.path, slot))
-        self.clean_entry(c.path)
 
     def dir_meta(self, path: str) -> DirMeta:
         full = os.path.join(self.upper, path)
@@ -203,6 +212,7 @@ def commit(session: Session, paths: list[str], *, force: bool = False,
         rec = plan(session, everything, chosen)
         if dry_run:
             return CommitResult(tuple(chosen), rec, True)
+        journal.save_ops(session, rec)
         journal.save(session, rec)
         try:
             steps.step()
@@ -218,8 +228,8 @@ def _failed(session: Session, rec: Record, err: OSError) -> SessionError:
     the journal for the next run. Returns the error to raise."""
     path = journal.record_path(session, rec.txid)
     try:
-        state = journal.Record.decode(path.read_bytes()).state
-    except FileNotFoundError:
+        state = journal.load(session, rec.txid).state
+    except SessionError:
         state = "prepared"
     reason = err.strerror or str(err)
     if err.errno in _READ_ONLY and state == "prepared":

@@ -33,7 +33,7 @@ import os
 import shutil
 import stat
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,10 +70,13 @@ class Place:
 
 @dataclass(frozen=True)
 class Stage:
-    """Copy upper entry `path` into staging `slot` (before the commit point)."""
+    """Copy upper entry `path` into staging `slot` (before the commit point);
+    with `link`, hard-link it instead (only for an unmounted session whose
+    upper shares the lower's filesystem: no data copied, none freed)."""
 
     path: str
     slot: str
+    link: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,19 +118,35 @@ class Record:
     cleanup: tuple[Cleanup, ...] = ()
     paths: tuple[str, ...] = ()  # session paths touched (for mount invalidation)
 
-    def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+    def encode_ops(self) -> bytes:
+        """Everything but the state: written once, before the first state."""
+        return json.dumps({
+            "stage": [[x.path, x.slot, x.link] for x in self.stage],
+            "vacate": [[x.path, x.slot] for x in self.vacate],
+            "place": [[x.op, x.to, x.slot, x.source] for x in self.place],
+            "dirmeta": [[x.path, x.mode, x.uid, x.gid, x.mtime_ns, x.xattrs]
+                        for x in self.dirmeta],
+            "cleanup": [[x.path, x.is_dir, x.ino, x.mtime_ns, x.size, x.mode, list(x.strip)]
+                        for x in self.cleanup],
+            "paths": list(self.paths),
+        }, separators=(",", ":")).encode()
+
+    def encode_state(self) -> bytes:
+        return json.dumps({"txid": self.txid, "state": self.state,
+                           "staging": self.staging}).encode()
 
     @classmethod
-    def decode(cls, raw: bytes) -> Record:
-        d: dict[str, Any] = json.loads(raw)
+    def decode(cls, state: bytes, ops: bytes) -> Record:
+        head: dict[str, Any] = json.loads(state)
+        d: dict[str, Any] = json.loads(ops)
         return cls(
-            txid=d["txid"], state=d["state"], staging=d["staging"],
-            stage=tuple(Stage(**x) for x in d["stage"]),
-            vacate=tuple(Vacate(**x) for x in d["vacate"]),
-            place=tuple(Place(**x) for x in d["place"]),
-            dirmeta=tuple(DirMeta(**x) for x in d["dirmeta"]),
-            cleanup=tuple(Cleanup(**{**x, "strip": tuple(x["strip"])}) for x in d["cleanup"]),
+            txid=head["txid"], state=head["state"], staging=head["staging"],
+            stage=tuple(Stage(*x) for x in d["stage"]),
+            vacate=tuple(Vacate(*x) for x in d["vacate"]),
+            place=tuple(Place(*x) for x in d["place"]),
+            dirmeta=tuple(DirMeta(*x) for x in d["dirmeta"]),
+            cleanup=tuple(Cleanup(x[0], x[1], x[2], x[3], x[4], x[5], tuple(x[6]))
+                          for x in d["cleanup"]),
             paths=tuple(d["paths"]),
         )
 
@@ -155,24 +174,42 @@ class Steps:
 
 
 def record_path(session: Session, txid: str) -> Path:
+    """The small state file of a commit; its ops live in `ops_path`."""
     return session.journal_dir / f"commit-{txid}.json"
 
 
+def ops_path(session: Session, txid: str) -> Path:
+    return session.journal_dir / f"ops-{txid}.json"
+
+
+def save_ops(session: Session, rec: Record) -> None:
+    write_atomic(ops_path(session, rec.txid), rec.encode_ops())
+
+
 def save(session: Session, rec: Record) -> None:
-    write_atomic(record_path(session, rec.txid), rec.encode())
+    """Durably record `rec`'s state (its ops must be saved already)."""
+    write_atomic(record_path(session, rec.txid), rec.encode_state())
+
+
+def load(session: Session, txid: str) -> Record:
+    state = record_path(session, txid)
+    try:
+        return Record.decode(state.read_bytes(), ops_path(session, txid).read_bytes())
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        raise SessionError(f"session {session.name}: unreadable journal {state}: {e}") from e
+
+
+def forget(session: Session, txid: str) -> None:
+    """Delete a finished (or never started) commit's journal files."""
+    record_path(session, txid).unlink(missing_ok=True)
+    ops_path(session, txid).unlink(missing_ok=True)
+    fsync_dir(session.journal_dir)
 
 
 def pending(session: Session) -> list[Record]:
     """Records left by commits that did not finish."""
-    found = []
-    for path in sorted(session.journal_dir.glob("commit-*.json")):
-        try:
-            found.append(Record.decode(path.read_bytes()))
-        except (ValueError, KeyError, TypeError) as e:
-            raise SessionError(f"session {session.name}: unreadable journal {path}: {e}") from e
-    return found
-
-
+    return [load(session, path.name[len("commit-"):-len(".json")])
+            for path in sorted(session.journal_dir.glob("commit-*.json"))]
 @contextlib.contextmanager
 def locked(session: Session) -> Iterator[None]:
     """Hold the session's journal lock: one commit/discard/rollback at a time."""
@@ -243,8 +280,11 @@ def _stage(session: Session, rec: Record, steps: Steps) -> None:
     os.mkdir(rec.staging, 0o700)
     steps.step()
     for st in rec.stage:
-        copy_entry(os.path.join(session.upper, st.path), os.path.join(rec.staging, st.slot),
-                   keep)
+        src, dst = os.path.join(session.upper, st.path), os.path.join(rec.staging, st.slot)
+        if st.link:
+            os.link(src, dst)
+        else:
+            copy_entry(src, dst, keep)
         steps.step()
     sync_fs(rec.staging)
     steps.step()
@@ -280,6 +320,10 @@ def _place(session: Session, rec: Record, steps: Steps) -> None:
                 os.link(src, slot)
             os.rename(slot, to)
         steps.step()
+    linked = {st.slot for st in rec.stage if st.link}
+    for p in rec.place:
+        if p.slot in linked:  # the inode came from the upper: drop the overlay's xattrs
+            _strip_private(os.path.join(lower, p.to), session.xattrs)
     for meta in rec.dirmeta:
         _apply_dirmeta(os.path.join(lower, meta.path), meta, session.xattrs)
         steps.step()
@@ -309,6 +353,17 @@ def _rename_in(slot: str, to: str) -> None:
     os.rename(tmp, to)
     fsync_dir(os.path.dirname(to))
     os.unlink(slot)
+
+
+def _strip_private(path: str, names: OverlayXattrs) -> None:
+    try:
+        keys = os.listxattr(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    for key in keys:
+        if names.is_private(key) or key.startswith("trusted.overlay."):
+            with contextlib.suppress(OSError):
+                os.removexattr(path, key, follow_symlinks=False)
 
 
 def _apply_dirmeta(path: str, meta: DirMeta, names: OverlayXattrs) -> None:
@@ -346,8 +401,7 @@ def _clean(session: Session, rec: Record, steps: Steps) -> None:
     shutil.rmtree(rec.staging, ignore_errors=True)
     sync_fs(upper)
     steps.step()
-    record_path(session, rec.txid).unlink(missing_ok=True)
-    fsync_dir(session.journal_dir)
+    forget(session, rec.txid)
 
 
 def prune_dir(session: Session, rel: str, names: OverlayXattrs) -> None:
@@ -375,14 +429,16 @@ def prune_dir(session: Session, rel: str, names: OverlayXattrs) -> None:
 def roll_back(session: Session, rec: Record) -> None:
     """Undo a record still in `prepared`: the lower was never touched."""
     shutil.rmtree(rec.staging, ignore_errors=True)
-    record_path(session, rec.txid).unlink(missing_ok=True)
-    fsync_dir(session.journal_dir)
+    forget(session, rec.txid)
 
 
 def recover(session: Session, steps: Steps | None = None) -> list[tuple[str, Record]]:
     """Finish or roll back every interrupted commit of `session`; returns
     what was done ("finished" / "rolled back", record)."""
     done: list[tuple[str, Record]] = []
+    for orphan in session.journal_dir.glob("ops-*.json"):  # died before its first state
+        if not record_path(session, orphan.name[len("ops-"):-len(".json")]).exists():
+            orphan.unlink()
     for rec in pending(session):
         if rec.state == "prepared":
             roll_back(session, rec)
