@@ -51,6 +51,9 @@ class PluginInstance:
     def __init__(self, name: str, engine: KernelEngine, component: Component,
                  linker: PluginLinker, limits: Limits):
         self.name = name
+        # The linker owns the ctypes callbacks of the host functions: the
+        # instance must keep it alive, or a host call jumps into freed memory.
+        self._linker = linker
         self._engine = engine
         self._limits = limits
         self.store = Store(engine.engine)
