@@ -142,6 +142,18 @@ def bytes_to_vals(data: bytes | bytearray | memoryview) -> bytearray:
     return buf
 
 
+def write_vals(address: int, data: bytes | bytearray | memoryview) -> None:
+    """Fill the uninitialised C array at `address` with U8 values for `data`.
+
+    Only the tag byte and the payload byte of each 32-byte value are
+    written: for a U8 the C API reads nothing else.
+    """
+    n = len(data)
+    view = memoryview((ctypes.c_char * (n * VAL_SIZE)).from_address(address)).cast("B")
+    view[0::VAL_SIZE] = _U8_TAG * n
+    view[_PAYLOAD::VAL_SIZE] = data
+
+
 def vals_to_bytes(address: int, n: int) -> bytes:
     """Read back `n` U8 values at `address` (bulk path)."""
     return ctypes.string_at(address, n * VAL_SIZE)[_PAYLOAD::VAL_SIZE]
@@ -163,8 +175,7 @@ class BytesCodec(Codec):
         n = len(value)
         ffi.wasmtime_component_vallist_new_uninit(raw, n)
         if n:
-            buf = bytes_to_vals(value)
-            ctypes.memmove(raw.data, (ctypes.c_char * len(buf)).from_buffer(buf), len(buf))
+            write_vals(ctypes.cast(raw.data, ctypes.c_void_p).value or 0, value)
         ptr.contents.kind = _K["LIST"]
         ptr.contents.of.list = raw
 

@@ -22,8 +22,10 @@ from testkit import MemoryKv
 
 
 @pytest.fixture(scope="session")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> KernelEngine:
-    return KernelEngine(cache_dir=tmp_path_factory.mktemp("compile-cache"), epoch_tick_ms=5)
+def engine() -> KernelEngine:
+    # The compile cache persists next to the built components (git-ignored), so
+    # a second test run deserializes the 18 MiB Python component in ms.
+    return KernelEngine(cache_dir=testcomponents.BUILD / "cwasm", epoch_tick_ms=5)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Kernel benchmarks: host-import round trip, export call, list<u8> marshaling
+(ours vs stock wasmtime-py), bus latency and throughput between two plugins,
+cold start with and without the compile cache.
+
+    .venv/bin/python scripts/bench/kernel.py            # print a markdown report
+    .venv/bin/python scripts/bench/kernel.py --quick    # fewer iterations
+
+Numbers are medians (or p50/p99) of wall-clock time on this machine; trust
+ratios more than absolutes on a shared box. The test components are built
+from tests/runtime/components (cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from wasmtime import Store, WasiConfig
+from wasmtime.component import Component, Linker, Variant
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "runtime" / "components"))
+
+import testcomponents  # noqa: E402
+from testkit import MemoryKv  # noqa: E402
+
+from astrid_runtime.abi.context import PluginContext  # noqa: E402
+from astrid_runtime.abi.world import PluginLinker  # noqa: E402
+from astrid_runtime.bus import Bus, Doorbell, Tap  # noqa: E402
+from astrid_runtime.engine import EngineSettings, KernelEngine  # noqa: E402
+from astrid_runtime.errors import BusError  # noqa: E402
+from astrid_runtime.grants import Grants, Limits  # noqa: E402
+from astrid_runtime.kernel import open_kernel  # noqa: E402
+from astrid_runtime.logs import KernelLog  # noqa: E402
+from astrid_runtime.sandbox import PluginInstance  # noqa: E402
+from astrid_runtime.supervisor import PluginSpec, State  # noqa: E402
+
+KIB = 1024
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> float:
+    """Median seconds per call of `fn` over `repeat` runs."""
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f} µs" if seconds < 1e-3 else f"{seconds * 1e3:,.2f} ms"
+
+
+def instance(engine: KernelEngine, component: Component, name: str,
+             grants: Grants) -> PluginInstance:
+    """A bare instance (no supervisor), built the way the kernel builds one."""
+    bus = Bus()
+    bell = Doorbell(trio.lowlevel.current_trio_token(), threading.get_ident())
+    limits = Limits(mailbox=100_000, publish_per_sec=10**9, max_payload_bytes=8 * 1024 * KIB)
+    ep = bus.attach(name, grants, limits, bell)
+    log = KernelLog()
+    ctx = PluginContext(name, grants, limits, ep, MemoryKv(), log.plugin_line, log.host_bug)
+    inst = PluginInstance(name, engine, component, PluginLinker(engine.engine, ctx), limits)
+    inst.init("bench.sink")
+    return inst
+
+
+def stock_instance(engine: KernelEngine, component: Component) -> tuple[Store, Any]:
+    """The same component through stock wasmtime-py: add_func host functions."""
+    linker = Linker(engine.engine)
+    linker.add_wasip2()
+    with linker.root() as root:
+        with root.add_instance("astrid:kernel/bus@0.1.0") as bus:
+            bus.add_func("subscribe", lambda _s, _p: 1)
+            bus.add_func("publish", lambda _s, _t, _p: None)
+        with root.add_instance("astrid:kernel/log@0.1.0") as log:
+            log.add_func("write", lambda _s, _l, _m, _f: None)
+    store = Store(engine.engine)
+    store.set_wasi(WasiConfig())
+    store.set_fuel(2**62)
+    store.set_epoch_deadline(2**40)
+    inst = linker.instantiate(store, component)
+    init = inst.get_func(store, "init")
+    result = init(store, "bench.sink")
+    assert result is None or not isinstance(result, Variant), result
+    return store, inst.get_func(store, "on-message")
+
+
+def bench_calls(engine: KernelEngine, comps: dict[str, Component], quick: bool) -> list[str]:
+    rows = []
+    inst = instance(engine, comps["bench"], "bench", Grants())
+    n = 200 if quick else 2000
+    export = timed(lambda: inst.on_message("b", b""), n)
+    calls = 2000 if quick else 20000
+    payload = calls.to_bytes(4, "little")
+    loop = timed(lambda: inst.on_message("b", payload), 5 if quick else 15)
+    host = (loop - export) / calls
+    store, stock_on = stock_instance(engine, comps["bench"])
+    stock_export = timed(lambda: stock_on(store, "b", b""), n)
+    stock_loop = timed(lambda: stock_on(store, "b", payload), 3 if quick else 7)
+    stock_host = (stock_loop - stock_export) / calls
+    rows.append(f"| export call `on-message` (empty payload) | {us(export)} | {us(stock_export)} |")
+    rows.append(f"| host-import round trip `log.write` | {us(host)} | {us(stock_host)} |")
+    return rows
+
+
+def bench_bytes(engine: KernelEngine, comps: dict[str, Component], quick: bool) -> list[str]:
+    rows = []
+    inst = instance(engine, comps["bench"], "bench", Grants())
+    relay = instance(engine, comps["relay"], "relay", Grants(publish=(">",), subscribe=(">",)))
+    s_store, s_on = stock_instance(engine, comps["bench"])
+    r_store, r_on = stock_instance(engine, comps["relay"])
+    empty = timed(lambda: inst.on_message("b", b""), 200)
+    for size in (KIB, 64 * KIB, 1024 * KIB):
+        payload = b"\0" * size  # first 4 bytes 0: no host calls
+        reps = 3 if size == 1024 * KIB else (20 if quick else 100)
+        stock_reps = 1 if size == 1024 * KIB else (3 if quick else 10)
+        ours_in = timed(lambda p=payload: inst.on_message("b", p), reps) - empty  # type: ignore[misc]
+        stock_in = timed(lambda p=payload: s_on(s_store, "b", p), stock_reps) - empty  # type: ignore[misc]
+        ours_rt = timed(lambda p=payload: relay.on_message("x", p), reps)  # type: ignore[misc]
+        stock_rt = timed(lambda p=payload: r_on(r_store, "x", p), stock_reps)  # type: ignore[misc]
+        label = f"{size // KIB} KiB"
+        rows.append(f"| {label} host→guest (export arg) | {us(ours_in)} | {us(stock_in)} | "
+                    f"{stock_in / ours_in:,.0f}× |")
+        rows.append(f"| {label} relay: in + `bus.publish` out | {us(ours_rt)} | {us(stock_rt)} | "
+                    f"{stock_rt / ours_rt:,.0f}× |")
+    return rows
+
+
+async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bool) -> list[str]:
+    limits = Limits(mailbox=10_000, publish_per_sec=10**9)
+    async with open_kernel(engine, MemoryKv()) as kernel:
+        for name, sub in (("a", "lat"), ("b", "lat.r")):
+            sup = kernel.start(PluginSpec(name, "0", comps["relay"], sub,
+                                          Grants(publish=("lat.>",), subscribe=(sub,)), limits))
+            await sup.wait_for(lambda s: s.state is State.RUNNING)
+        hop = Tap(kernel.bus, "lat.r")
+        end = Tap(kernel.bus, "lat.r.r")
+        first, both = [], []
+        for _ in range(300 if quick else 3000):
+            t = time.perf_counter()
+            kernel.publish("lat", b"ping")
+            await hop.receive()
+            t1 = time.perf_counter()
+            await end.receive()
+            t2 = time.perf_counter()
+            first.append(t1 - t)
+            both.append(t2 - t)
+        hop.close()
+        a_to_b = [b - a for a, b in zip(first, both, strict=True)]
+        total = 5000 if quick else 50000
+        t = time.perf_counter()
+        sent = got = 0
+        while got < total:
+            if sent < total:
+                try:
+                    kernel.publish("lat", b"x" * 64)
+                    sent += 1
+                    continue
+                except BusError:
+                    pass
+            await end.receive()
+            got += 1
+        rate = total / (time.perf_counter() - t)
+
+    def pct(xs: list[float], q: float) -> float:
+        return sorted(xs)[int(q * (len(xs) - 1))]
+
+    return [
+        f"| client publish → plugin A → A's publish seen | {us(pct(first, .5))} | "
+        f"{us(pct(first, .99))} |",
+        f"| plugin A publish → plugin B `on-message` → B's publish seen | "
+        f"{us(pct(a_to_b, .5))} | {us(pct(a_to_b, .99))} |",
+        f"| throughput client → A → B → tap (64 B payloads) | {rate:,.0f} msg/s | |",
+    ]
+
+
+def bench_cold_start(comps_paths: dict[str, Path]) -> list[str]:
+    rows = []
+    wasm = comps_paths["pyecho"].read_bytes()
+    with tempfile.TemporaryDirectory() as cache:
+        for label in ("no cache (compile)", "warm cache (deserialize)"):
+            engine = KernelEngine(cache_dir=Path(cache))
+            t = time.perf_counter()
+            compiled = engine.compile(wasm)
+            t_compile = time.perf_counter() - t
+
+            async def start(component: Component = compiled.component,
+                            eng: KernelEngine = engine) -> float:
+                t0 = time.perf_counter()
+                instance(eng, component, "pyecho", Grants(subscribe=(">",)))
+                return time.perf_counter() - t0
+
+            t_start = trio.run(start)
+            rows.append(f"| componentize-py plugin ({len(wasm) / 2**20:.0f} MiB), {label} | "
+                        f"{us(t_compile)} | {us(t_start)} | {us(t_compile + t_start)} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    paths = {name: testcomponents.build_wat(name) for name in ("bench", "relay")}
+    paths["pyecho"] = testcomponents.build_python("pyecho")
+    engine = KernelEngine(EngineSettings())
+    comps = {name: engine.compile(paths[name].read_bytes()).component
+             for name in ("bench", "relay")}
+
+    async def micro() -> tuple[list[str], list[str]]:
+        return bench_calls(engine, comps, args.quick), bench_bytes(engine, comps, args.quick)
+
+    calls, sizes = trio.run(micro)
+    bus = trio.run(bench_bus, engine, comps, args.quick)
+    cold = bench_cold_start(paths)
+    print("| call | astrid | stock wasmtime-py |\n|---|---|---|")
+    print("\n".join(calls))
+    print("\n| `list<u8>` payload | astrid | stock wasmtime-py | speed-up |\n|---|---|---|---|")
+    print("\n".join(sizes))
+    print("\n| bus (in-process, two relay plugins) | p50 | p99 |\n|---|---|---|")
+    print("\n".join(bus))
+    print("\n| cold start | compile / load | instantiate + init | total |\n|---|---|---|---|")
+    print("\n".join(cold))
+
+
+if __name__ == "__main__":
+    main()
