@@ -145,7 +145,10 @@ class _Planner:
             self.place.append(Place("link", c.path, self.slot("l"), c.link_to))
         else:
             slot = self.slot("s")
-            link = self.link_ok and leaves and c.kind == "file"
+            # Link only an inode the upper gives up entirely (one name, which
+            # leaves): a remaining upper name would write through to the lower.
+            link = (self.link_ok and leaves and c.kind == "file"
+                    and os.lstat(os.path.join(self.upper, c.path)).st_nlink == 1)
             self.stage.append(Stage(c.path, slot, link))
             self.place.append(Place("put", c.path, slot))
 

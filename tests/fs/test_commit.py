@@ -115,3 +115,25 @@ def test_unknown_path_is_refused(session: Session, lower: Path,
         commit(session, ["/etc/passwd"])
     with pytest.raises(UsageError, match="outside the session"):
         commit(session, ["../x"])
+
+
+def test_committed_file_never_shares_an_inode_with_a_remaining_upper_name(
+        session: Session, lower: Path) -> None:
+    (session.upper / "a").write_text("shared\n")
+    os.link(session.upper / "a", session.upper / "b")
+    commit(session, ["a"])
+    assert (lower / "a").read_text() == "shared\n"
+    with open(session.upper / "b", "r+") as f:  # a later in-place write to the upper
+        f.write("CHANGED")
+    assert (lower / "a").read_text() == "shared\n"
+
+
+def test_unmounted_same_fs_commit_moves_inodes_without_copying(session: Session,
+                                                               lower: Path) -> None:
+    (session.upper / "big").write_bytes(b"x" * 100_000)
+    os.setxattr(session.upper / "big", "trusted.overlay.origin", b"kernel-handle")
+    os.setxattr(session.upper / "big", "user.keep", b"me")
+    ino = os.stat(session.upper / "big").st_ino
+    commit(session, [])
+    assert os.stat(lower / "big").st_ino == ino
+    assert os.listxattr(lower / "big") == ["user.keep"]
