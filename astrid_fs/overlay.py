@@ -338,6 +338,7 @@ class Overlay:
 
     def rmdir(self, parent_ino: int, name: bytes) -> None:
         self._remove(parent_ino, name, want_dir=True)
+        self.layers.long_paths.forget()
 
     # ---- rename -----------------------------------------------------------
 
@@ -387,6 +388,8 @@ class Overlay:
         if dst is not None:
             self.table.unlink(dst, new_parent_ino, new_name)
         self.table.move(src, (old_parent_ino, old_name), (new_parent_ino, new_name))
+        if src.is_dir:
+            self.layers.long_paths.forget()
 
     def _prepare_dir_move(self, src: Node) -> None:
         """Give a directory that merges a lower dir what it needs to move."""

@@ -280,3 +280,38 @@ def test_lower_never_written_by_torture(tmp_path: Path, mount_session: Mount) ->
             os.utime(os.path.join(dirpath, f), ns=(1, 1))
     s.umount()
     assert hash_tree(lower) == before
+
+
+def test_paths_up_to_path_max(s: MountedSession) -> None:
+    # A 4040-byte session path no longer fits once the upper root is put in
+    # front of it; the overlay must still create, rename and remove there.
+    # (The test itself walks down with directory fds: its own absolute path
+    # would be too long too.)
+    components = [("d%02d" % i) + "x" * 97 for i in range(40)]
+    assert 4030 < len("/".join(components)) < 4080
+    fds = [os.open(s.mnt, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for name in components:
+            os.mkdir(name, dir_fd=fds[-1])
+            fds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        deep = fds[-1]
+        fd = os.open("file", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=deep)
+        os.write(fd, b"deep")
+        os.close(fd)
+        os.chmod("file", 0o600, dir_fd=deep)
+        os.rename("file", "renamed", src_dir_fd=deep, dst_dir_fd=deep)
+        os.link("renamed", "linked", src_dir_fd=deep, dst_dir_fd=deep)
+        st = os.stat("linked", dir_fd=deep)
+        assert st.st_nlink == 2 and stat.S_IMODE(st.st_mode) == 0o600
+        fd = os.open("linked", os.O_RDONLY, dir_fd=deep)
+        assert os.read(fd, 10) == b"deep"
+        os.close(fd)
+        os.unlink("renamed", dir_fd=deep)
+        os.unlink("linked", dir_fd=deep)
+        for name in reversed(components):
+            os.close(fds.pop())
+            os.rmdir(name, dir_fd=fds[-1])
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert os.listdir(s.mnt) == sorted(os.listdir(s.lower))
