@@ -287,7 +287,7 @@ def test_paths_up_to_path_max(s: MountedSession) -> None:
     # front of it; the overlay must still create, rename and remove there.
     # (The test itself walks down with directory fds: its own absolute path
     # would be too long too.)
-    components = [("d%02d" % i) + "x" * 97 for i in range(40)]
+    components = [f"d{i:02d}" + "x" * 97 for i in range(40)]
     assert 4030 < len("/".join(components)) < 4080
     fds = [os.open(s.mnt, os.O_RDONLY | os.O_DIRECTORY)]
     try:
