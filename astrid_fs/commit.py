@@ -152,6 +152,20 @@ class _Planner:
             self.stage.append(Stage(c.path, slot, link))
             self.place.append(Place("put", c.path, slot))
 
+    def check_same_fs(self) -> None:
+        """Vacating is a rename into the staging dir: refuse, before anything
+        is written, an entry on another filesystem mounted inside the lower."""
+        dev = os.stat(self.session.lower).st_dev
+        for v in self.vacate:
+            try:
+                st = os.lstat(self.session.lower / v.path)
+            except FileNotFoundError:
+                continue
+            if st.st_dev != dev or os.path.ismount(self.session.lower / v.path):
+                raise SessionError(
+                    f"cannot commit the removal of {v.path}: it is on another filesystem "
+                    f"than the lower {self.session.lower}; nothing was changed")
+
     def dir_meta(self, path: str) -> DirMeta:
         full = os.path.join(self.upper, path)
         st = os.lstat(full)
@@ -174,6 +188,7 @@ class _Planner:
                 self.clean_dir(parent)
         touched = {c.path for c in self.chosen} | {
             c.lower_path for c in self.chosen if c.lower_path is not None}
+        self.check_same_fs()
         staging = str(self.session.lower / f".astrid-commit-{self.txid}")
         return Record(
             txid=self.txid, state="prepared", staging=staging,

@@ -5,16 +5,17 @@ and leave the merged view unchanged; conflicts stop before any write."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from astrid_fs import diffview
+from astrid_fs import diffview, journal
 from astrid_fs.commit import commit, session_changes
-from astrid_fs.errors import ConflictError, UsageError
+from astrid_fs.errors import ConflictError, SessionError, UsageError
 from astrid_fs.session import Session
-from astrid_fs.whiteout import Origin, set_origin
-from tests.fs.kernel_overlay import OverlayFactory
+from astrid_fs.whiteout import Origin, make_whiteout, set_origin
+from tests.fs.kernel_overlay import OverlayFactory, require_root
 from tests.fs.scenario import build_lower, edit_through
 from tests.fs.treecompare import assert_same_tree, tree_state
 
@@ -137,3 +138,26 @@ def test_unmounted_same_fs_commit_moves_inodes_without_copying(session: Session,
     commit(session, [])
     assert os.stat(lower / "big").st_ino == ino
     assert os.listxattr(lower / "big") == ["user.keep"]
+
+
+def test_filesystem_mounted_inside_the_lower(session: Session, lower: Path) -> None:
+    require_root()
+    inner = lower / "inner"
+    inner.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(inner)], check=True)
+    try:
+        (inner / "f").write_text("old\n")
+        (inner / "g").write_text("keep\n")
+        (session.upper / "inner").mkdir()
+        (session.upper / "inner" / "f").write_text("new\n")
+        commit(session, [])  # lands by copy + fsync + rename on that filesystem
+        assert (inner / "f").read_text() == "new\n"
+        assert sorted(os.listdir(inner)) == ["f", "g"]
+        (session.upper / "inner").mkdir(exist_ok=True)
+        make_whiteout(str(session.upper / "inner" / "g"))
+        with pytest.raises(SessionError, match="another filesystem"):
+            commit(session, [])
+        assert (inner / "g").read_text() == "keep\n"
+        assert journal.pending(session) == []
+    finally:
+        subprocess.run(["umount", str(inner)], check=True)
