@@ -54,6 +54,9 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
 WORK=$(mktemp -d "$MNT/pjdfstest.XXXXXX") || { echo "pjdfstest: cannot create a directory in $MNT" >&2; exit 1; }
+# mktemp makes it 0700; tests that switch to uid 65534 must be able to search it,
+# as they could at the root of a fresh mount
+chmod 0755 "$WORK"
 cleanup() {
     if [ "$KEEP" = 0 ]; then
         cd /

@@ -356,6 +356,47 @@ class OverlayModel(RuleBasedStateMachine):
 
         self.both(f"editor-save({p})", op)
 
+    # -- inode numbers: stable across copy-up and rename, shared by hard links --
+
+    @rule(d=st.data(), kind=st.sampled_from(["file", "dir"]), how=st.sampled_from(
+        ["append", "chmod", "setxattr", "truncate"]))
+    def copyup_keeps_ino(self, d: st.DataObject, kind: str, how: str) -> None:
+        p = self.pick(d, kind)
+
+        def op(r: str) -> bool:
+            path = os.path.join(r, p)
+            before = os.lstat(path).st_ino
+            if how == "append" and kind == "file":
+                _open_write(path, os.O_WRONLY | os.O_APPEND, b"+")
+            elif how == "truncate" and kind == "file":
+                os.truncate(path, 1)
+            elif how == "setxattr":
+                os.setxattr(path, "user.k1", b"ino", follow_symlinks=False)
+            else:
+                os.chmod(path, 0o751)
+            return os.lstat(path).st_ino == before
+
+        self.both(f"ino-stable({how} {p})", op)
+
+    @rule(d=st.data(), skind=st.sampled_from(["file", "dir", "symlink"]))
+    def rename_keeps_ino(self, d: st.DataObject, skind: str) -> None:
+        src, dst = self.pick(d, skind), self.pick(d, "new")
+
+        def op(r: str) -> bool:
+            before = os.lstat(os.path.join(r, src)).st_ino
+            os.rename(os.path.join(r, src), os.path.join(r, dst))
+            return os.lstat(os.path.join(r, dst)).st_ino == before
+
+        self.both(f"ino-stable(rename {src} -> {dst})", op)
+
+    @rule(d=st.data())
+    def same_inode(self, d: st.DataObject) -> None:
+        """Two names are the same inode on the overlay iff they are in the model."""
+        p, q = self.pick(d, "any"), self.pick(d, "any")
+        self.both(f"same-inode({p}, {q})",
+                  lambda r: os.lstat(os.path.join(r, p)).st_ino
+                  == os.lstat(os.path.join(r, q)).st_ino)
+
     # -- reads (also catch stale caches between steps) -----------------------
 
     @rule(d=st.data(), kind=st.sampled_from(["file", "symlink", "any"]))
