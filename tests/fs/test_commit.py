@@ -161,3 +161,11 @@ def test_filesystem_mounted_inside_the_lower(session: Session, lower: Path) -> N
         assert journal.pending(session) == []
     finally:
         subprocess.run(["umount", str(inner)], check=True)
+
+
+def test_second_committer_is_told_the_session_is_busy(session: Session, lower: Path) -> None:
+    (session.upper / "a").write_text("a\n")
+    with journal.locked(session), pytest.raises(SessionError, match="busy"):
+        commit(session, [])
+    commit(session, [])
+    assert (lower / "a").read_text() == "a\n"
