@@ -1,0 +1,99 @@
+"""Model test: random edits through kernel overlayfs, then commits of random
+subsets of the changes. After each commit the merged view is unchanged (no
+lost change) and finally the lower equals what the mount showed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from astrid_fs.commit import commit, session_changes
+from astrid_fs.session import create_or_open_session
+from tests.fs.kernel_overlay import kernel_overlay, require_root
+from tests.fs.treecompare import assert_same_tree, tree_state
+
+PATHS = ["a", "b", "d1", "d1/x", "d1/y", "d2", "d2/z", "d2/sub", "d2/sub/w", "d3", "d3/q"]
+path = st.sampled_from(PATHS)
+op = st.one_of(
+    st.tuples(st.just("write"), path, st.binary(max_size=8)),
+    st.tuples(st.just("mkdir"), path),
+    st.tuples(st.just("rm"), path),
+    st.tuples(st.just("rename"), path, path),
+    st.tuples(st.just("chmod"), path, st.sampled_from([0o600, 0o755, 0o700])),
+    st.tuples(st.just("symlink"), path, st.sampled_from(["a", "d1/x", "nowhere"])),
+    st.tuples(st.just("xattr"), path, st.binary(min_size=1, max_size=4)),
+    st.tuples(st.just("link"), path, path),
+)
+
+
+def build_lower(lower: Path) -> None:
+    (lower / "d1").mkdir()
+    (lower / "d1" / "x").write_text("x")
+    (lower / "d1" / "y").write_text("y")
+    (lower / "d2" / "sub").mkdir(parents=True)
+    (lower / "d2" / "z").write_text("z")
+    (lower / "d2" / "sub" / "w").write_text("w")
+    (lower / "a").write_text("a")
+    (lower / "b").symlink_to("a")
+
+
+def apply(mnt: Path, step: tuple[object, ...]) -> None:
+    kind, target = step[0], mnt / str(step[1])
+    try:
+        if kind == "write":
+            target.write_bytes(step[2])  # type: ignore[arg-type]
+        elif kind == "mkdir":
+            target.mkdir()
+        elif kind == "rm":
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        elif kind == "rename":
+            os.rename(target, mnt / str(step[2]))
+        elif kind == "chmod":
+            os.chmod(target, step[2], follow_symlinks=False)  # type: ignore[call-overload]
+        elif kind == "symlink":
+            os.symlink(str(step[2]), target)
+        elif kind == "xattr":
+            os.setxattr(target, "user.t", step[2], follow_symlinks=False)  # type: ignore[arg-type]
+        elif kind == "link":
+            os.link(target, mnt / str(step[2]), follow_symlinks=False)
+    except OSError:
+        pass  # invalid on this tree: the mount refused it, as it should
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(op, min_size=1, max_size=12), data=st.data())
+def test_random_edits_then_partial_commits(ops: list[tuple[object, ...]],
+                                           data: st.DataObject) -> None:
+    require_root()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        lower = root / "lower"
+        lower.mkdir()
+        build_lower(lower)
+        session = create_or_open_session("m", lower, root / "home")
+        with kernel_overlay(session, root / "mnt") as mnt:
+            for step in ops:
+                apply(mnt, step)
+            view = tree_state(mnt, mtimes=True)
+        for _ in range(2):
+            paths = sorted({c.path for c in session_changes(session)})
+            if not paths:
+                break
+            part = data.draw(st.lists(st.sampled_from(paths), max_size=3, unique=True))
+            if part:
+                commit(session, part)
+            with kernel_overlay(session, root / "mnt") as mnt:
+                assert_same_tree(tree_state(mnt, mtimes=True), view)
+        commit(session, [])
+        assert_same_tree(tree_state(lower, mtimes=True), view)
+        assert session_changes(session) == []
+        with kernel_overlay(session, root / "mnt") as mnt:
+            assert_same_tree(tree_state(mnt, mtimes=True), view)
