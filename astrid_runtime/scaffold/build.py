@@ -131,32 +131,43 @@ def _run(argv: list[str | Path], cwd: Path, what: str) -> None:
     proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, capture_output=True,
                           text=True, check=False)
     if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        last = detail[-1] if detail else f"exit status {proc.returncode}"
-        raise BuildError(f"{what} failed: {last}")
+        raise BuildError(f"{what} failed: {_cause(proc.stderr or proc.stdout, proc.returncode)}")
 
 
-def _build_python(plugin_dir: Path, work: Path, out: Path) -> None:
+def _cause(output: str, returncode: int) -> str:
+    """The one line of a tool's failure output that says why."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if "Caused by:" in lines:  # anyhow (componentize-py, wasm-tools): the root cause follows
+        cause = lines[lines.index("Caused by:") + 1]
+    else:
+        errors = [line for line in lines if line.startswith("error") or ": error:" in line]
+        cause = errors[0] if errors else (lines[-1] if lines else f"exit status {returncode}")
+    if "has no attribute 'WitWorld'" in cause:
+        cause += " (end app.py with `WitWorld = plugin.world()`)"
+    return cause
+
+
+def _build_python(plugin_dir: Path, work: Path, out: Path, name: str) -> None:
     stage = work / "stage"
     shutil.rmtree(stage, ignore_errors=True)
-    for name, path in _source_files(plugin_dir, Language.PYTHON):
-        if name.startswith("wit/"):
+    for rel, path in _source_files(plugin_dir, Language.PYTHON):
+        if rel.startswith("wit/"):
             continue
-        target = stage / name.removeprefix("src/").removeprefix("sdk/")
+        target = stage / rel.removeprefix("src/").removeprefix("sdk/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     _run([_tool("componentize-py"), "-q", "-d", WIT_DIR, "-w", WORLD, "componentize",
-          "-p", stage, "app", "-o", out], cwd=work, what=f"componentize-py ({plugin_dir.name})")
+          "-p", stage, "app", "-o", out], cwd=work, what=f"componentize-py ({name})")
 
 
-def _build_c(plugin_dir: Path, work: Path, out: Path) -> None:
+def _build_c(plugin_dir: Path, work: Path, out: Path, name: str) -> None:
     core = work / "core.wasm"
     embedded = work / "embedded.wasm"
     sources = sorted(plugin_dir.glob("*.c"))
     _run([sys.executable, "-m", "ziglang", "cc", "-target", "wasm32-freestanding", "-O2",
           "-nostdlib", "-fno-builtin", "-Wl,--no-entry",
           "-Wl,--strip-all", "-I", plugin_dir, "-o", core, *sources],
-         cwd=work, what=f"zig cc ({plugin_dir.name})")
+         cwd=work, what=f"zig cc ({name})")
     wasm_tools = _tool("wasm-tools")
     _run([wasm_tools, "component", "embed", WIT_DIR, "--world", WORLD, core, "-o", embedded],
          cwd=work, what="wasm-tools component embed")
@@ -190,9 +201,9 @@ def build_plugin(plugin_dir: Path, *, out: Path | None = None, force: bool = Fal
     fresh = work / f"{manifest.name}.wasm"
     fresh.unlink(missing_ok=True)
     if language is Language.PYTHON:
-        _build_python(plugin_dir, work, fresh)
+        _build_python(plugin_dir, work, fresh, manifest.name)
     else:
-        _build_c(plugin_dir, work, fresh)
+        _build_c(plugin_dir, work, fresh, manifest.name)
     wasm = fresh.read_bytes()
     write_atomic(target, wasm)
     write_atomic(stamp, inputs.encode("utf-8"))
