@@ -37,3 +37,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup(plugins): installing ${missing[*]}"
     .venv/bin/pip install -q --disable-pip-version-check "${missing[@]}"
 fi
+
+# The shipped components are committed and pinned; say so if they do not verify
+# (scripts/build-plugins.sh rebuilds and re-pins them). Not fatal: the kernel
+# refuses a mismatched plugin at boot with one line and boots the rest.
+if [ -f plugins.lock ] && [ -x .venv/bin/astrid ]; then
+    if ! .venv/bin/astrid --lockfile plugins.lock plugin verify >/dev/null 2>&1; then
+        echo "setup(plugins): some shipped plugins do not match plugins.lock:" >&2
+        .venv/bin/astrid --lockfile plugins.lock plugin verify | grep -v '^ok' >&2 || true
+        echo "setup(plugins): run scripts/build-plugins.sh to rebuild and re-pin them" >&2
+    fi
+fi

@@ -8,16 +8,21 @@ checked byte for byte against the committed, pinned component.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
 
-from astrid_runtime.engine import digest
+from astrid_runtime.bus import Tap
+from astrid_runtime.engine import KernelEngine, digest
 from astrid_runtime.errors import KernelError
-from astrid_runtime.lockfile import load_lockfile, read_verified
+from astrid_runtime.kernel import BootPlan, open_kernel
+from astrid_runtime.lockfile import entry_for, load_lockfile, read_verified
 from astrid_runtime.manifest import load_manifest
+from astrid_runtime.scaffold import ScaffoldError, scaffold_plugin
 from astrid_runtime.scaffold.build import (
     BuildError,
     BuildResult,
@@ -26,6 +31,7 @@ from astrid_runtime.scaffold.build import (
     build_plugin,
     shipped_plugins,
 )
+from astrid_runtime.supervisor import State
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = {p.name: p for p in shipped_plugins(ROOT)}
@@ -129,3 +135,64 @@ def test_python_that_fails_at_import_is_one_clear_error(tmp_path: Path) -> None:
 def test_missing_manifest_is_a_kernel_error(tmp_path: Path) -> None:
     with pytest.raises(KernelError):
         build_plugin(tmp_path)
+
+
+# -- `astrid plugin new` ------------------------------------------------------
+
+
+def test_scaffold_refuses_bad_names_and_existing_dirs(tmp_path: Path) -> None:
+    for bad in ("Hello", "1st", "", "a_b", "x" * 64, "../up"):
+        with pytest.raises(ScaffoldError) as e:
+            scaffold_plugin(bad, tmp_path)
+        assert "\n" not in str(e.value)
+    scaffold_plugin("taken", tmp_path)
+    with pytest.raises(ScaffoldError, match="already exists"):
+        scaffold_plugin("taken", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+async def test_scaffolded_plugin_builds_installs_and_answers(tmp_path: Path) -> None:
+    plugin_dir = scaffold_plugin("hello-bot", tmp_path / "plugins")
+    assert sorted(p.name for p in plugin_dir.iterdir()) == [".gitignore", "app.py",
+                                                           "plugin.toml"]
+    built = build_plugin(plugin_dir)
+    assert built.component == plugin_dir / "hello-bot.wasm"
+    assert INIT in component_wit(built.component)
+    lock = tmp_path / "plugins.lock"
+    manifest = load_manifest(plugin_dir)
+    load_lockfile(lock).with_entry(entry_for(manifest, built.component.read_bytes())).save()
+
+    engine = KernelEngine()
+    async with open_kernel(engine, MemoryKv()) as kernel:
+        with trio.fail_after(120):
+            await kernel.boot(BootPlan(lock, (plugin_dir,)))
+            sup = kernel.supervisors["hello-bot"]
+            await sup.wait_for(lambda s: s.state in (State.RUNNING, State.DISABLED))
+            assert sup.state is State.RUNNING, sup.last_error
+            tap = Tap(kernel.bus, "agent.response")
+            kernel.publish("hello-bot.ping", b"hi")
+            assert json.loads((await tap.receive()).payload) == {
+                "text": "pong", "plugin": "hello-bot", "echo": "hi"}
+            for expected in (1, 2):
+                kernel.publish("hello-bot.count", b"")
+                assert json.loads((await tap.receive()).payload)["calls"] == expected
+        await kernel.stop()
+
+
+class MemoryKv:
+    """A dict with the kernel's KV interface (the shipped-plugin tests use SurrealDB)."""
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str], bytes] = {}
+
+    def get(self, plugin: str, key: str) -> bytes | None:
+        return self._data.get((plugin, key))
+
+    def set(self, plugin: str, key: str, value: bytes) -> None:
+        self._data[(plugin, key)] = bytes(value)
+
+    def delete(self, plugin: str, key: str) -> bool:
+        return self._data.pop((plugin, key), None) is not None
+
+    def list(self, plugin: str, prefix: str, limit: int = 1000) -> list[str]:
+        return sorted(k for p, k in self._data if p == plugin and k.startswith(prefix))[:limit]
