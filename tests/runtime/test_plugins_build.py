@@ -8,13 +8,21 @@ checked byte for byte against the committed, pinned component.
 
 from __future__ import annotations
 
+import enum
+import importlib
+import importlib.util
 import json
 import subprocess
 import sys
+import types
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from astrid_runtime.bus import Tap
 from astrid_runtime.engine import KernelEngine, digest
@@ -32,6 +40,7 @@ from astrid_runtime.scaffold.build import (
     shipped_plugins,
 )
 from astrid_runtime.supervisor import State
+from astrid_runtime.topics import match_tokens, validate_pattern, validate_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = {p.name: p for p in shipped_plugins(ROOT)}
@@ -196,3 +205,159 @@ class MemoryKv:
 
     def list(self, plugin: str, prefix: str, limit: int = 1000) -> list[str]:
         return sorted(k for p, k in self._data if p == plugin and k.startswith(prefix))[:limit]
+
+
+# -- the SDK on the host ---------------------------------------------------------
+# The SDK runs inside the component; here it runs against stand-ins for the
+# generated bindings, to check its own rules quickly and precisely.
+
+
+class FakeErr(Exception):
+    def __init__(self, value: object) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+class Error_Denied:  # spelled as componentize-py spells a WIT variant case
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+
+class FakeHost:
+    """`wit_world.imports.{bus,kv,log}` as plain functions recording what they get."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+        self.subscribed: list[str] = []
+        self.logged: list[tuple[str, str, list[tuple[str, str]]]] = []
+        self.kv: dict[str, bytes] = {}
+        self.deny: set[str] = set()
+
+    def modules(self) -> dict[str, types.ModuleType]:
+        cpt = types.ModuleType("componentize_py_types")
+        cpt.Err = FakeErr  # type: ignore[attr-defined]
+        world = types.ModuleType("wit_world")
+        world.WitWorld = type("WitWorld", (), {})  # type: ignore[attr-defined]
+        imports = types.ModuleType("wit_world.imports")
+        bus = types.ModuleType("wit_world.imports.bus")
+        kv = types.ModuleType("wit_world.imports.kv")
+        log = types.ModuleType("wit_world.imports.log")
+
+        def publish(topic: str, payload: bytes) -> None:
+            if topic in self.deny:
+                raise FakeErr(Error_Denied(f"publish to {topic!r} not granted"))
+            self.published.append((topic, payload))
+
+        def subscribe(pattern: str) -> int:
+            self.subscribed.append(pattern)
+            return len(self.subscribed)
+
+        bus.publish, bus.subscribe = publish, subscribe  # type: ignore[attr-defined]
+        bus.unsubscribe = lambda sub_id: None  # type: ignore[attr-defined]
+        kv.get = self.kv.get  # type: ignore[attr-defined]
+        kv.set = self.kv.__setitem__  # type: ignore[attr-defined]
+        kv.delete = lambda key: self.kv.pop(key, None) is not None  # type: ignore[attr-defined]
+        kv.list = lambda prefix: sorted(k for k in self.kv if k.startswith(prefix))  # type: ignore[attr-defined]
+        log.Level = enum.Enum("Level", "TRACE DEBUG INFO WARN ERROR")  # type: ignore[attr-defined]
+        log.write = lambda level, msg, fields: self.logged.append(  # type: ignore[attr-defined]
+            (level.name, msg, fields))
+        imports.bus, imports.kv, imports.log = bus, kv, log  # type: ignore[attr-defined]
+        world.imports = imports  # type: ignore[attr-defined]
+        return {"componentize_py_types": cpt, "wit_world": world, "wit_world.imports": imports,
+                "wit_world.imports.bus": bus, "wit_world.imports.kv": kv,
+                "wit_world.imports.log": log}
+
+
+@pytest.fixture
+def sdk(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, FakeHost]]:
+    """`astrid_sdk` imported against a `FakeHost`; every trace removed afterwards."""
+    host = FakeHost()
+    for name, module in host.modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.syspath_prepend(str(ROOT / "astrid_runtime" / "sdk"))
+    yield importlib.import_module("astrid_sdk"), host
+    for name in [m for m in sys.modules if m == "astrid_sdk" or m.startswith("astrid_sdk.")]:
+        del sys.modules[name]
+
+
+def test_sdk_dispatches_by_pattern_and_turns_failures_into_err(
+        sdk: tuple[Any, FakeHost]) -> None:
+    astrid_sdk, host = sdk
+    plugin = astrid_sdk.Plugin("demo")
+    seen: list[str] = []
+
+    @plugin.on("demo.echo")
+    def echo(msg: Any) -> None:
+        plugin.respond(msg.text, topic=msg.topic)
+
+    @plugin.on("demo.>")
+    def rest(msg: Any) -> None:
+        if msg.topic == "demo.fail":
+            raise ValueError("no good")
+        astrid_sdk.kv.set("last", {"topic": msg.topic})
+        seen.append(msg.topic)
+
+    world = plugin.world()()
+    world.init('{"x": 1}')
+    assert host.subscribed == ["demo.echo", "demo.>"]
+    assert plugin.config_json() == {"x": 1}
+    world.on_message("demo.echo", b'{"text": "hi"}')
+    assert host.published == [("agent.response",
+                               b'{"text":"hi","plugin":"demo","topic":"demo.echo"}')]
+    world.on_message("demo.a.b", b"")
+    assert seen == ["demo.a.b"] and astrid_sdk.kv.get_json("last") == {"topic": "demo.a.b"}
+    with pytest.raises(FakeErr) as e:
+        world.on_message("demo.fail", b"")
+    assert e.value.value == "demo: demo.fail: ValueError: no good"
+    assert host.logged[-1][:2] == ("ERROR", "handler failed")
+    world.on_message("other.topic", b"")  # no handler: ignored, logged at debug
+
+
+def test_sdk_refused_host_call_is_a_host_error(sdk: tuple[Any, FakeHost]) -> None:
+    astrid_sdk, host = sdk
+    host.deny.add("secret.topic")
+    with pytest.raises(astrid_sdk.HostError) as e:
+        astrid_sdk.publish("secret.topic", "x")
+    assert (e.value.kind, e.value.reason) == ("denied", "publish to 'secret.topic' not granted")
+    plugin = astrid_sdk.Plugin("demo")
+
+    @plugin.on_init
+    def boom(config: str) -> None:
+        astrid_sdk.publish("secret.topic", config)
+
+    with pytest.raises(FakeErr) as init_err:
+        plugin.world()().init("cfg")
+    assert init_err.value.value == ("demo: init failed: HostError: denied: "
+                                    "publish to 'secret.topic' not granted")
+
+
+def test_sdk_codec_and_kv_helpers(sdk: tuple[Any, FakeHost]) -> None:
+    astrid_sdk, host = sdk
+    kv = astrid_sdk.kv
+    kv.set("b", b"\x00\xff")
+    kv.set("t", "ünïcode")
+    kv.set("j", [1, {"a": None}])
+    assert host.kv == {"b": b"\x00\xff", "t": "ünïcode".encode(), "j": b'[1,{"a":null}]'}
+    assert kv.get("b") == b"\x00\xff" and kv.get_text("t") == "ünïcode"
+    assert kv.get_json("j") == [1, {"a": None}] and kv.get_json("missing", 7) == 7
+    assert kv.keys() == ["b", "j", "t"] and kv.delete("b") and not kv.delete("b")
+    message = astrid_sdk.Message("t", b"\xffnot utf-8")
+    assert message.text == "\ufffdnot utf-8"
+    assert astrid_sdk.Message("t", b'{"text": 5}').text == '{"text": 5}'
+
+
+TOKENS = st.sampled_from(["a", "b", "c"])
+
+
+@given(pattern=st.lists(st.one_of(TOKENS, st.just("*")), min_size=1, max_size=4),
+       tail=st.booleans(), topic=st.lists(TOKENS, min_size=1, max_size=5))
+def test_sdk_topic_matcher_agrees_with_the_kernel(pattern: list[str], tail: bool,
+                                                  topic: list[str]) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "astrid_sdk_topics", ROOT / "astrid_runtime/sdk/astrid_sdk/topics.py")
+    assert spec is not None and spec.loader is not None
+    sdk_topics = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sdk_topics)
+    p = ".".join([*pattern, ">"] if tail else pattern)
+    t = ".".join(topic)
+    assert sdk_topics.matches(p, t) == match_tokens(validate_pattern(p), validate_topic(t))
