@@ -16,6 +16,7 @@ import errno
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -91,6 +92,9 @@ class Daemon:
 
     def mount(self) -> None:
         _clean_tmp(Path(self.config.tmp))
+        # Per-inode fds (no-open I/O) and open files need more than 1024.
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
 
     async def serve(self) -> None:

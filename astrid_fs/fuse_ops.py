@@ -15,6 +15,7 @@ what the kernel may cache:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -22,10 +23,13 @@ from typing import Any
 import pyfuse3
 import trio
 
+from astrid_fs.inode_fds import InodeFd, InodeFds
 from astrid_fs.inodes import Node
 from astrid_fs.layers import Reader, StatLike
 from astrid_fs.overlay import Overlay, Owner, SetAttr
-from astrid_fs.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_KEEP_CACHE, shim_active
+from astrid_fs.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_INODE, FH_KEEP_CACHE, shim_version
+
+log = logging.getLogger("astrid_fs.fuse")
 
 UPPER_TTL = 3600.0
 NAME_MAX = 255
@@ -39,7 +43,13 @@ class FuseOps(pyfuse3.Operations):
 
     def __init__(self, overlay: Overlay, *, lower_ttl: float) -> None:
         super().__init__()
-        self.cache_dirs = shim_active()
+        version = shim_version()
+        self.cache_dirs = version >= 1
+        # With shim version 2, OPEN answers ENOSYS: the kernel then keeps
+        # file pages cached across opens and sends I/O by inode (FH_INODE).
+        self.no_open = version >= 2
+        self.ino_fds = InodeFds()
+        self._ino_readers: dict[int, Reader] = {}
         self.requests: dict[str, int] = {}
         self._dir_sig: dict[int, tuple[int, int]] = {}
         self.ov = overlay
@@ -111,12 +121,22 @@ class FuseOps(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.table.forget(ino, count)
+            if ino not in self.table:
+                self.ino_fds.close(ino)
+                reader = self._ino_readers.pop(ino, None)
+                if reader is not None:
+                    await trio.to_thread.run_sync(reader.close)
 
     async def getattr(self, inode: int, ctx: Any) -> Any:
         self._count("getattr")
         node = self._node(inode)
         try:
             return self._entry(node, self.ov.stat(node))
+        except FileNotFoundError:
+            entry = self.ino_fds.get(inode)
+            if entry is None:
+                raise pyfuse3.FUSEError(errno.ENOENT) from None
+            return self._entry(node, os.fstat(entry.fd))
         except OSError as e:
             raise self._fail(e) from None
 
@@ -134,7 +154,13 @@ class FuseOps(pyfuse3.Operations):
         await self._warm_node(node, data=True)
         fd = fh if fh is not None and fh in self._fh_nodes else None
         try:
-            st = self.ov.setattr(inode, change, fd)
+            try:
+                st = self.ov.setattr(inode, change, fd)
+            except FileNotFoundError:
+                if fd is not None or self.ino_fds.get(inode) is None:
+                    raise
+                fd = self._inode_fd(node, write=True)  # unlinked, still open
+                st = self.ov.setattr(inode, change, fd)
         except OSError as e:
             raise self._fail(e) from None
         self._kernel_wrote.add(inode)
@@ -169,8 +195,24 @@ class FuseOps(pyfuse3.Operations):
             raise self._fail(e) from None
         return self._entry(node, st)
 
+    def _keep_reachable(self, parent_inode: int, name: bytes) -> None:
+        """Before an entry loses a name: if the kernel may hold the file open,
+        keep an fd so its data stays readable after the last name is gone."""
+        if not self.no_open:
+            return
+        try:
+            node, _ = self.ov.peek(parent_inode, name)
+        except OSError:
+            return
+        if node.is_dir or node.lookups == 0 or not node.in_upper:
+            return
+        if self.ino_fds.get(node.ino) is None:
+            self._inode_fd(node, write=False)
+        self.ino_fds.pin(node.ino)
+
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         try:
+            self._keep_reachable(parent_inode, name)
             self.ov.unlink(parent_inode, name)
         except OSError as e:
             raise self._fail(e) from None
@@ -183,6 +225,7 @@ class FuseOps(pyfuse3.Operations):
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any) -> None:
+        self._keep_reachable(parent_inode_new, name_new)
         old_parent = self._node(parent_inode_old)
         if old_parent.lower is not None and self.ov.layers.remotes:
             await self._warm(old_parent.lower + b"/" + name_old if old_parent.lower else name_old,
@@ -231,6 +274,9 @@ class FuseOps(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
         self._count("open")
         node = self._node(inode)
+        if self.no_open:
+            # ENOSYS turns on the kernel's no_open mode (this open succeeds).
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         if self.ov.layers.remotes:
             await self._warm_node(node, data=bool(flags & (os.O_WRONLY | os.O_RDWR
                                                            | os.O_APPEND)))
@@ -261,7 +307,44 @@ class FuseOps(pyfuse3.Operations):
             raise self._fail(e) from None
         return self._file_info(node, fd, st), self._entry(node, st)
 
+    def _inode_fd(self, node: Node, write: bool) -> int:
+        """The fd for no-open I/O on `node`, (re)opened as the layers require."""
+        entry = self.ino_fds.get(node.ino)
+        if entry is not None and entry.in_upper == node.in_upper and (entry.writable or not write):
+            return entry.fd
+        if entry is not None and entry.pinned:
+            # Unlinked while open: only the fd reaches the data; reopen it.
+            fd = os.open(f"/proc/self/fd/{entry.fd}", os.O_RDWR if write else os.O_RDONLY)
+            self.ino_fds.put(node.ino, InodeFd(fd, write, entry.in_upper, pinned=True))
+            return fd
+        if write:
+            fd = os.open(self.ov.copy_up(node), os.O_RDWR | os.O_NOFOLLOW)
+        else:
+            fd = os.open(self.ov.real_path(node), os.O_RDONLY | os.O_NOFOLLOW)
+        self.ino_fds.put(node.ino, InodeFd(fd, write, node.in_upper))
+        return fd
+
+    async def _read_inode(self, ino: int, off: int, size: int) -> bytes:
+        node = self._node(ino)
+        if self.ov.remote_of(node) is not None:
+            reader = self._ino_readers.get(ino)
+            if reader is None:
+                await self._warm_node(node)
+                opened = self.ov.open_remote(ino, os.O_RDONLY)
+                assert opened is not None
+                reader = self._ino_readers[ino] = opened[1]
+            return await trio.to_thread.run_sync(reader.pread, size, off)
+        return os.pread(self._inode_fd(node, write=False), size, off)
+
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        if fh == 0:
+            log.error("read with file handle 0: FUSE shim mismatch")
+            raise pyfuse3.FUSEError(errno.EIO)
+        if fh & FH_INODE:
+            try:
+                return await self._read_inode(fh ^ FH_INODE, off, size)
+            except OSError as e:
+                raise self._fail(e) from None
         remote = self._readers.get(fh)
         if remote is not None:
             try:
@@ -274,6 +357,18 @@ class FuseOps(pyfuse3.Operations):
             raise self._fail(e) from None
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if fh == 0:
+            # No-open I/O whose inode the shim did not fill in: never let a
+            # write land on fd 0. (Cannot happen with a matching shim.)
+            log.error("write with file handle 0: FUSE shim mismatch")
+            raise pyfuse3.FUSEError(errno.EIO)
+        if fh & FH_INODE:
+            target = self._node(fh ^ FH_INODE)
+            await self._warm_node(target, data=True)
+            try:
+                return os.pwrite(self._inode_fd(target, write=True), buf, off)
+            except OSError as e:
+                raise self._fail(e) from None
         try:
             n = os.pwrite(fh, buf, off)
         except OSError as e:
@@ -299,6 +394,11 @@ class FuseOps(pyfuse3.Operations):
             self.table.release_handle(node, fh)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
+        if fh & FH_INODE:
+            entry = self.ino_fds.get(fh ^ FH_INODE)
+            if entry is None or not entry.writable:
+                return  # nothing written through us since it was opened
+            fh = entry.fd
         try:
             (os.fdatasync if datasync else os.fsync)(fh)
         except OSError as e:
@@ -423,6 +523,7 @@ class FuseOps(pyfuse3.Operations):
         list(self.ov.refresh())
         self._last_sig.clear()
         self._dir_sig.clear()
+        self.ino_fds.clear()
         inodes: list[int] = []
         entries: set[tuple[int, bytes]] = set()
         for node in self.table.nodes():

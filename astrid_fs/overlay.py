@@ -114,6 +114,11 @@ class Overlay:
         """Current attributes of `node` (from the layer that shows it)."""
         if node.ino == ROOT_INO:
             return os.lstat(self.layers.upper)
+        if not node.in_upper and node.lower is not None:
+            lst = self.layers.lower_stat(node.lower)
+            if lst is None:
+                raise _err(errno.ENOENT)
+            return lst
         try:
             p = self.path(node)
         except FileNotFoundError:

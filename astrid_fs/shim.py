@@ -14,6 +14,7 @@ from pathlib import Path
 SHIM = Path(__file__).with_name("native") / "libastrid_fuse_shim.so"
 FH_CACHE_DIR = 1 << 63
 FH_KEEP_CACHE = 1 << 62
+FH_INODE = 1 << 61  # "no_open" I/O: the handle is this bit | the inode
 FH_FLAG_MASK = FH_CACHE_DIR | FH_KEEP_CACHE
 
 
@@ -25,13 +26,18 @@ def shim_path() -> Path | None:
     return None
 
 
+def shim_version() -> int:
+    """0 without the shim; 1: cached listings; 2: also no-open file I/O."""
+    try:
+        probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
+    except AttributeError:
+        return 0
+    return int(probe())
+
+
 def shim_active() -> bool:
     """True if this process was started with the shim preloaded."""
-    try:
-        ctypes.CDLL(None).astrid_fuse_shim_loaded  # noqa: B018 - presence check
-    except AttributeError:
-        return False
-    return True
+    return shim_version() > 0
 
 
 def env_with_shim(env: dict[str, str]) -> dict[str, str]:

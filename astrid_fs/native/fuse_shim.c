@@ -1,43 +1,59 @@
 /*
- * astrid-fs FUSE reply shim, loaded into the daemon with LD_PRELOAD.
+ * astrid-fs FUSE shim, loaded into the daemon with LD_PRELOAD.
  *
- * pyfuse3 (3.5) cannot set FOPEN_CACHE_DIR or FOPEN_KEEP_CACHE on the reply
- * to OPENDIR: its opendir handler returns only a file handle number. Without
- * them the kernel sends READDIRPLUS for every getdents(2), and a warm `find`
- * or `git status` costs a round trip through Python per directory.
+ * pyfuse3 (3.5) cannot ask the kernel for two things that decide warm-cache
+ * speed, so this shim does, without changing what pyfuse3 itself does:
  *
- * The daemon encodes the wanted flags in the top bits of the directory file
- * handle it returns; this shim wraps libfuse's fuse_reply_open and turns
- * those bits into the real flags. The daemon masks the bits off when the
- * handle comes back. Regular files never carry these bits.
+ * 1. Cached directory listings. pyfuse3's opendir returns only a handle
+ *    number, so it cannot set FOPEN_CACHE_DIR / FOPEN_KEEP_CACHE. The
+ *    daemon encodes them in the top bits of the handle it returns; the
+ *    wrapped fuse_reply_open turns them into the real flags. The daemon
+ *    masks the bits off when the handle comes back.
+ *
+ * 2. No OPEN round trips ("no_open"). When the daemon answers OPEN with
+ *    ENOSYS, the kernel stops sending OPEN/RELEASE for regular files and
+ *    keeps their page cache across opens; READ, WRITE and FSYNC then carry
+ *    file handle 0. pyfuse3 passes only the handle (not the inode) to
+ *    those handlers, so the wrapped operation table puts the inode there:
+ *    handle 0 becomes ASTRID_FH_INODE | ino. Handles from CREATE are real
+ *    and untouched.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdint.h>
+#include <string.h>
 #define FUSE_USE_VERSION 35
 #include <fuse_lowlevel.h>
 
 #define ASTRID_FH_CACHE_DIR  (UINT64_C(1) << 63)
 #define ASTRID_FH_KEEP_CACHE (UINT64_C(1) << 62)
+#define ASTRID_FH_INODE      (UINT64_C(1) << 61)
 
 typedef int (*reply_open_fn)(fuse_req_t, const struct fuse_file_info *);
+typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
+                                               const struct fuse_lowlevel_ops *,
+                                               size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 1; }
+int astrid_fuse_shim_loaded(void) { return 2; }
+
+/* pyfuse3 is dlopen()ed RTLD_LOCAL by Python, so libfuse is not in the
+ * global scope that RTLD_NEXT searches: ask the loaded library itself. */
+static void *libfuse_symbol(const char *name)
+{
+    void *sym = NULL;
+    void *lib = dlopen("libfuse3.so.3", RTLD_NOW | RTLD_NOLOAD);
+    if (lib)
+        sym = dlvsym(lib, name, "FUSE_3.0");
+    if (!sym)
+        sym = dlsym(RTLD_NEXT, name);
+    return sym;
+}
 
 int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
 {
     static reply_open_fn real;
-    if (!real) {
-        /* pyfuse3 is dlopen()ed RTLD_LOCAL by Python, so libfuse is not in
-         * the global scope RTLD_NEXT searches: ask the loaded library. */
-        void *lib = dlopen("libfuse3.so.3", RTLD_NOW | RTLD_NOLOAD);
-        if (lib)
-            real = (reply_open_fn)dlvsym(lib, "fuse_reply_open", "FUSE_3.0");
-        if (!real)
-            real = (reply_open_fn)dlsym(RTLD_NEXT, "fuse_reply_open");
-        if (!real)
-            return -38; /* -ENOSYS: cannot happen once libfuse is loaded */
-    }
+    if (!real && !(real = (reply_open_fn)libfuse_symbol("fuse_reply_open")))
+        return -38; /* -ENOSYS: cannot happen once libfuse is loaded */
     if (fi->fh & (ASTRID_FH_CACHE_DIR | ASTRID_FH_KEEP_CACHE)) {
         struct fuse_file_info copy = *fi;
         if (fi->fh & ASTRID_FH_CACHE_DIR)
@@ -47,4 +63,72 @@ int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
         return real(req, &copy);
     }
     return real(req, fi);
+}
+
+static struct fuse_lowlevel_ops patched;
+static void (*orig_read)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_file_info *);
+static void (*orig_write)(fuse_req_t, fuse_ino_t, const char *, size_t, off_t,
+                          struct fuse_file_info *);
+static void (*orig_write_buf)(fuse_req_t, fuse_ino_t, struct fuse_bufvec *, off_t,
+                              struct fuse_file_info *);
+static void (*orig_fsync)(fuse_req_t, fuse_ino_t, int, struct fuse_file_info *);
+
+static void mark(fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    if (fi && fi->fh == 0)
+        fi->fh = ASTRID_FH_INODE | (uint64_t)ino;
+}
+
+static void shim_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                      struct fuse_file_info *fi)
+{
+    mark(ino, fi);
+    orig_read(req, ino, size, off, fi);
+}
+
+static void shim_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
+                       off_t off, struct fuse_file_info *fi)
+{
+    mark(ino, fi);
+    orig_write(req, ino, buf, size, off, fi);
+}
+
+static void shim_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv,
+                           off_t off, struct fuse_file_info *fi)
+{
+    mark(ino, fi);
+    orig_write_buf(req, ino, bufv, off, fi);
+}
+
+static void shim_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    mark(ino, fi);
+    orig_fsync(req, ino, datasync, fi);
+}
+
+struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_lowlevel_ops *op,
+                                      size_t op_size, void *userdata)
+{
+    session_new_fn real = (session_new_fn)libfuse_symbol("fuse_session_new");
+    if (!real)
+        return NULL;
+    memset(&patched, 0, sizeof patched);
+    memcpy(&patched, op, op_size < sizeof patched ? op_size : sizeof patched);
+    if (patched.read) {
+        orig_read = patched.read;
+        patched.read = shim_read;
+    }
+    if (patched.write) {
+        orig_write = patched.write;
+        patched.write = shim_write;
+    }
+    if (patched.write_buf) { /* libfuse prefers it to write when set (pyfuse3 sets it) */
+        orig_write_buf = patched.write_buf;
+        patched.write_buf = shim_write_buf;
+    }
+    if (patched.fsync) {
+        orig_fsync = patched.fsync;
+        patched.fsync = shim_fsync;
+    }
+    return real(args, &patched, op_size < sizeof patched ? op_size : sizeof patched, userdata);
 }

@@ -315,3 +315,39 @@ def test_paths_up_to_path_max(s: MountedSession) -> None:
         for fd in fds:
             os.close(fd)
     assert os.listdir(s.mnt) == sorted(os.listdir(s.lower))
+
+
+def test_open_files_survive_unlink_and_rename_over(s: MountedSession) -> None:
+    # Files opened (not created) through the mount, then unlinked or
+    # replaced: their data stays readable and writable through the fd.
+    (s.mnt / "upper-file").write_text("upper")
+    fd_upper = os.open(s.mnt / "upper-file", os.O_RDWR)
+    fd_lower = os.open(s.mnt / "README.md", os.O_RDONLY)
+    (s.mnt / "new").write_text("replacement")
+    os.rename(s.mnt / "new", s.mnt / "upper-file")
+    os.unlink(s.mnt / "README.md")
+    try:
+        assert os.pread(fd_upper, 5, 0) == b"upper"
+        os.pwrite(fd_upper, b"UP", 0)
+        assert os.pread(fd_upper, 5, 0) == b"UPper"
+        assert os.fstat(fd_upper).st_nlink == 0
+        assert os.pread(fd_lower, 6, 0) == b"hello\n"
+        assert os.fstat(fd_lower).st_nlink == 0
+    finally:
+        os.close(fd_upper)
+        os.close(fd_lower)
+    assert (s.mnt / "upper-file").read_text() == "replacement"
+    assert not (s.mnt / "README.md").exists()
+
+
+def test_write_through_read_only_opened_file_after_copy_up(s: MountedSession) -> None:
+    # A reader opened before another writer copies the file up must see the
+    # new content, not the lower file's.
+    reader = os.open(s.mnt / "docs" / "guide.md", os.O_RDONLY)
+    try:
+        assert os.pread(reader, 100, 0) == b"guide\n"
+        with open(s.mnt / "docs" / "guide.md", "w") as f:
+            f.write("rewritten\n")
+        assert os.pread(reader, 100, 0) == b"rewritten\n"
+    finally:
+        os.close(reader)
