@@ -25,15 +25,21 @@ class KernelLog:
 
     def __init__(self, name: str = "astrid.kernel"):
         self.logger = logging.getLogger(name)
+        self._plugin_loggers: dict[str, logging.Logger] = {}
 
     def event(self, level: str, event: str, **fields: Any) -> None:
         self.logger.log(_LEVELS[level], event, extra={"astrid_fields": fields})
 
     def plugin_line(self, plugin: str, level: str, message: str,
                     fields: list[tuple[str, str]]) -> None:
-        logging.getLogger(f"astrid.plugin.{plugin}").log(
-            _LEVELS.get(level, logging.INFO), message,
-            extra={"astrid_fields": {"plugin": plugin, **dict(fields)}})
+        logger = self._plugin_loggers.get(plugin)
+        if logger is None:  # getLogger takes a module lock: look it up once
+            logger = self._plugin_loggers.setdefault(
+                plugin, logging.getLogger(f"astrid.plugin.{plugin}"))
+        number = _LEVELS.get(level, logging.INFO)
+        if logger.isEnabledFor(number):
+            logger.log(number, message,
+                       extra={"astrid_fields": {"plugin": plugin, **dict(fields)}})
 
     def host_bug(self, plugin: str, function: str, error: BaseException) -> None:
         self.logger.error("host.bug", exc_info=error,

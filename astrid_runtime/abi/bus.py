@@ -32,7 +32,10 @@ def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
         return call(lambda: endpoint.unsubscribe(sub_id))
 
     def publish(topic: str, payload: bytes) -> object:
-        return call(lambda: (endpoint.publish(topic, payload), None)[1])
+        def run() -> None:
+            endpoint.publish(topic, payload)
+
+        return call(run)
 
     funcs.add(inst, "subscribe", SUBSCRIBE, subscribe)
     funcs.add(inst, "unsubscribe", UNSUBSCRIBE, unsubscribe)

@@ -19,6 +19,7 @@ variant=`Case`.
 from __future__ import annotations
 
 import ctypes
+import struct
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -36,6 +37,16 @@ _K = {
 }
 _U8_TAG = bytes([_K["U8"]])
 
+# The process's address space as one byte view. Reading a C value through
+# `struct.unpack_from(_MEM, address)` and slicing `_MEM[a:b]` is plain C with
+# no ctypes object per field, which is what makes a host call cost a few µs
+# instead of tens. It is exactly as safe as ctypes pointers: only addresses
+# the C API handed us are read.
+_MEM = memoryview((ctypes.c_char * (1 << 47)).from_address(0)).cast("B")
+_QQ = struct.Struct("<QQ")
+_Q = struct.Struct("<Q")
+_RESULT = _K["RESULT"]
+
 T = TypeVar("T")
 E = TypeVar("E")
 
@@ -50,6 +61,10 @@ class Err(Generic[E]):
     value: E
 
 
+#: `ok(())`, shared: building a frozen dataclass per call costs more than the call.
+OK_UNIT: Ok[None] = Ok(None)
+
+
 @dataclass(frozen=True, slots=True)
 class Case:
     """A WIT variant value: the case name and its payload (None for no payload)."""
@@ -62,16 +77,22 @@ class Codec:
     """Converts one WIT type. Subclasses are stateless after construction."""
 
     def lift(self, c: Any) -> Any:
+        """Read the C value `c` (a `Val`) and free what it owns (results we own)."""
         raise NotImplementedError
 
-    def lower(self, value: Any, ptr: ValPtr) -> None:
+    def peek(self, address: int) -> Any:
+        """Read the C value at `address` without freeing it (host-function
+        arguments: wasmtime owns and drops them after the callback)."""
+        raise NotImplementedError
+
+    def lower(self, value: Any, out: Any) -> None:
         raise NotImplementedError
 
 
 def _new_val(codec: Codec, value: Any) -> ValPtr:
     """A heap-allocated C value (for option/result/variant payloads)."""
     raw = Val()
-    codec.lower(value, ctypes.pointer(raw))
+    codec.lower(value, raw)
     return ffi.wasmtime_component_val_new(ctypes.byref(raw))
 
 
@@ -82,55 +103,75 @@ def _free_val(ptr: ValPtr) -> None:
     ffi.wasmtime_component_val_free(ptr)
 
 
+def _text_at(address: int) -> str:
+    size, data = _QQ.unpack_from(_MEM, address + 8)
+    return _MEM[data : data + size].tobytes().decode("utf-8") if size else ""
+
+
 class StringCodec(Codec):
+    def peek(self, address: int) -> str:
+        return _text_at(address)
+
     def lift(self, c: Any) -> str:
         s = c.of.string
         text = ctypes.string_at(s.data, s.size).decode("utf-8")
         ffi.wasm_byte_vec_delete(ctypes.byref(s))
         return text
 
-    def lower(self, value: str, ptr: ValPtr) -> None:
-        ptr.contents.kind = _K["STRING"]
-        ptr.contents.of.string = ffi.str_to_capi(value)
+    def lower(self, value: str, out: Any) -> None:
+        out.kind = _K["STRING"]
+        out.of.string = ffi.str_to_capi(value)
 
 
 class EnumCodec(Codec):
+    def peek(self, address: int) -> str:
+        return _text_at(address)
+
     def lift(self, c: Any) -> str:
         s = c.of.enumeration
         text = ctypes.string_at(s.data, s.size).decode("utf-8")
         ffi.wasm_byte_vec_delete(ctypes.byref(s))
         return text
 
-    def lower(self, value: str, ptr: ValPtr) -> None:
-        ptr.contents.kind = _K["ENUM"]
-        ptr.contents.of.enumeration = ffi.str_to_capi(value)
+    def lower(self, value: str, out: Any) -> None:
+        out.kind = _K["ENUM"]
+        out.of.enumeration = ffi.str_to_capi(value)
 
 
 class U64Codec(Codec):
+    def peek(self, address: int) -> int:
+        return int(_Q.unpack_from(_MEM, address + 8)[0])
+
     def lift(self, c: Any) -> int:
         return int(c.of.u64)
 
-    def lower(self, value: int, ptr: ValPtr) -> None:
-        ptr.contents.kind = _K["U64"]
-        ptr.contents.of.u64 = value
+    def lower(self, value: int, out: Any) -> None:
+        out.kind = _K["U64"]
+        out.of.u64 = value
 
 
 class U32Codec(Codec):
+    def peek(self, address: int) -> int:
+        return int.from_bytes(_MEM[address + 8 : address + 12], "little")
+
     def lift(self, c: Any) -> int:
         return int(c.of.u32)
 
-    def lower(self, value: int, ptr: ValPtr) -> None:
-        ptr.contents.kind = _K["U32"]
-        ptr.contents.of.u32 = value
+    def lower(self, value: int, out: Any) -> None:
+        out.kind = _K["U32"]
+        out.of.u32 = value
 
 
 class BoolCodec(Codec):
+    def peek(self, address: int) -> bool:
+        return _MEM[address + 8] != 0
+
     def lift(self, c: Any) -> bool:
         return bool(c.of.boolean)
 
-    def lower(self, value: bool, ptr: ValPtr) -> None:
-        ptr.contents.kind = _K["BOOL"]
-        ptr.contents.of.boolean = value
+    def lower(self, value: bool, out: Any) -> None:
+        out.kind = _K["BOOL"]
+        out.of.boolean = value
 
 
 def bytes_to_vals(data: bytes | bytearray | memoryview) -> bytearray:
@@ -149,9 +190,9 @@ def write_vals(address: int, data: bytes | bytearray | memoryview) -> None:
     written: for a U8 the C API reads nothing else.
     """
     n = len(data)
-    view = memoryview((ctypes.c_char * (n * VAL_SIZE)).from_address(address)).cast("B")
-    view[0::VAL_SIZE] = _U8_TAG * n
-    view[_PAYLOAD::VAL_SIZE] = data
+    end = address + n * VAL_SIZE
+    _MEM[address:end:VAL_SIZE] = _U8_TAG * n
+    _MEM[address + _PAYLOAD : end : VAL_SIZE] = data
 
 
 def vals_to_bytes(address: int, n: int) -> bytes:
@@ -162,6 +203,10 @@ def vals_to_bytes(address: int, n: int) -> bytes:
 class BytesCodec(Codec):
     """`list<u8>` in bulk."""
 
+    def peek(self, address: int) -> bytes:
+        n, data = _QQ.unpack_from(_MEM, address + 8)
+        return _MEM[data + _PAYLOAD : data + n * VAL_SIZE : VAL_SIZE].tobytes() if n else b""
+
     def lift(self, c: Any) -> bytes:
         lst = c.of.list
         n = lst.size
@@ -170,19 +215,23 @@ class BytesCodec(Codec):
         ffi.wasmtime_component_vallist_delete(ctypes.byref(lst))
         return data
 
-    def lower(self, value: bytes, ptr: ValPtr) -> None:
+    def lower(self, value: bytes, out: Any) -> None:
         raw = ffi.wasmtime_component_vallist_t()
         n = len(value)
         ffi.wasmtime_component_vallist_new_uninit(raw, n)
         if n:
             write_vals(ctypes.cast(raw.data, ctypes.c_void_p).value or 0, value)
-        ptr.contents.kind = _K["LIST"]
-        ptr.contents.of.list = raw
+        out.kind = _K["LIST"]
+        out.of.list = raw
 
 
 class ListCodec(Codec):
     def __init__(self, element: Codec):
         self.element = element
+
+    def peek(self, address: int) -> list[Any]:
+        n, data = _QQ.unpack_from(_MEM, address + 8)
+        return [self.element.peek(data + i * VAL_SIZE) for i in range(n)]
 
     def lift(self, c: Any) -> list[Any]:
         lst = c.of.list
@@ -195,18 +244,22 @@ class ListCodec(Codec):
         ffi.wasmtime_component_vallist_delete(ctypes.byref(lst))
         return out
 
-    def lower(self, value: list[Any], ptr: ValPtr) -> None:
+    def lower(self, value: list[Any], out: Any) -> None:
         raw = ffi.wasmtime_component_vallist_t()
         ffi.wasmtime_component_vallist_new_uninit(raw, len(value))
         for i, item in enumerate(value):
-            self.element.lower(item, ctypes.pointer(raw.data[i]))
-        ptr.contents.kind = _K["LIST"]
-        ptr.contents.of.list = raw
+            self.element.lower(item, raw.data[i])
+        out.kind = _K["LIST"]
+        out.of.list = raw
 
 
 class TupleCodec(Codec):
     def __init__(self, *elements: Codec):
         self.elements = elements
+
+    def peek(self, address: int) -> tuple[Any, ...]:
+        _n, data = _QQ.unpack_from(_MEM, address + 8)
+        return tuple(c.peek(data + i * VAL_SIZE) for i, c in enumerate(self.elements))
 
     def lift(self, c: Any) -> tuple[Any, ...]:
         tup = c.of.tuple
@@ -219,18 +272,22 @@ class TupleCodec(Codec):
         ffi.wasmtime_component_valtuple_delete(ctypes.byref(tup))
         return tuple(out)
 
-    def lower(self, value: tuple[Any, ...], ptr: ValPtr) -> None:
+    def lower(self, value: tuple[Any, ...], out: Any) -> None:
         raw = ffi.wasmtime_component_valtuple_t()
         ffi.wasmtime_component_valtuple_new_uninit(raw, len(self.elements))
         for i, (codec, item) in enumerate(zip(self.elements, value, strict=True)):
-            codec.lower(item, ctypes.pointer(raw.data[i]))
-        ptr.contents.kind = _K["TUPLE"]
-        ptr.contents.of.tuple = raw
+            codec.lower(item, raw.data[i])
+        out.kind = _K["TUPLE"]
+        out.of.tuple = raw
 
 
 class OptionCodec(Codec):
     def __init__(self, payload: Codec):
         self.payload = payload
+
+    def peek(self, address: int) -> Any:
+        inner = _Q.unpack_from(_MEM, address + 8)[0]
+        return None if inner == 0 else self.payload.peek(inner)
 
     def lift(self, c: Any) -> Any:
         inner = c.of.option
@@ -240,9 +297,9 @@ class OptionCodec(Codec):
         _free_val(inner)
         return value
 
-    def lower(self, value: Any, ptr: ValPtr) -> None:
-        ptr.contents.kind = _K["OPTION"]
-        ptr.contents.of.option = None if value is None else _new_val(self.payload, value)
+    def lower(self, value: Any, out: Any) -> None:
+        out.kind = _K["OPTION"]
+        out.of.option = None if value is None else _new_val(self.payload, value)
 
 
 class ResultCodec(Codec):
@@ -261,12 +318,22 @@ class ResultCodec(Codec):
             _free_val(res.val)
         return Ok(value) if res.is_ok else Err(value)
 
-    def lower(self, value: Ok[Any] | Err[Any], ptr: ValPtr) -> None:
-        is_ok = isinstance(value, Ok)
+    def lower(self, value: Ok[Any] | Err[Any], out: Any) -> None:
+        is_ok = type(value) is Ok
         codec = self.ok if is_ok else self.err
-        ptr.contents.kind = _K["RESULT"]
-        ptr.contents.of.result.is_ok = is_ok
-        ptr.contents.of.result.val = None if codec is None else _new_val(codec, value.value)
+        out.kind = _RESULT
+        res = out.of.result
+        res.is_ok = is_ok
+        res.val = None if codec is None else _new_val(codec, value.value)
+
+    def lower_at(self, value: Ok[Any] | Err[Any], address: int) -> None:
+        """`lower` into the C value at `address`; `ok(())` without ctypes objects."""
+        if self.ok is None and type(value) is Ok:
+            _MEM[address] = _RESULT
+            _MEM[address + 8] = 1
+            _Q.pack_into(_MEM, address + 16, 0)
+        else:
+            self.lower(value, Val.from_address(address))
 
 
 class VariantCodec(Codec):
@@ -287,11 +354,11 @@ class VariantCodec(Codec):
             _free_val(var.val)
         return Case(tag, payload)
 
-    def lower(self, value: Case, ptr: ValPtr) -> None:
+    def lower(self, value: Case, out: Any) -> None:
         codec = self.cases[value.tag]
-        ptr.contents.kind = _K["VARIANT"]
-        ptr.contents.of.variant.discriminant = ffi.str_to_capi(value.tag)
-        ptr.contents.of.variant.val = None if codec is None else _new_val(codec, value.payload)
+        out.kind = _K["VARIANT"]
+        out.of.variant.discriminant = ffi.str_to_capi(value.tag)
+        out.of.variant.val = None if codec is None else _new_val(codec, value.payload)
 
 
 class DropCodec(Codec):
@@ -299,6 +366,9 @@ class DropCodec(Codec):
 
     def lift(self, c: Any) -> None:
         ffi.wasmtime_component_val_delete(ctypes.byref(c))
+
+    def peek(self, address: int) -> None:
+        return None
 
 
 STRING = StringCodec()

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from wasmtime.component import LinkerInstance
 
-from astrid_runtime.abi.canon import ERROR, STRING, Codec, ListCodec, ResultCodec, TupleCodec
+from astrid_runtime.abi.canon import (
+    _MEM,
+    _QQ,
+    ERROR,
+    STRING,
+    Codec,
+    ListCodec,
+    ResultCodec,
+    TupleCodec,
+)
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.abi.hostfunc import HostFuncs, Signature
 from astrid_runtime.abi.outcome import error
@@ -20,6 +29,15 @@ class ActionCodec(Codec):
     """`record action { kind, resource, details }` -> (kind, resource, details)."""
 
     _fields = (STRING, STRING, ListCodec(TupleCodec(STRING, STRING)))
+    #: record entries are {wasm_name_t name; wasmtime_component_val_t val}
+    _ENTRY = 48
+    _VAL_OFFSET = 16
+
+    def peek(self, address: int) -> tuple[str, str, list[tuple[str, str]]]:
+        _n, data = _QQ.unpack_from(_MEM, address + 8)
+        out = [codec.peek(data + i * self._ENTRY + self._VAL_OFFSET)
+               for i, codec in enumerate(self._fields)]
+        return (out[0], out[1], out[2])
 
     def lift(self, c: object) -> tuple[str, str, list[tuple[str, str]]]:
         import ctypes

@@ -23,7 +23,7 @@ from wasmtime import WasmtimeError
 from wasmtime import _ffi as ffi
 from wasmtime.component import LinkerInstance
 
-from astrid_runtime.abi.canon import Case, Codec, Err
+from astrid_runtime.abi.canon import VAL_SIZE, Case, Codec, Err, Val
 
 #: Called with (function name, exception) when a host function raised.
 BugReporter = Callable[[str, BaseException], None]
@@ -40,6 +40,11 @@ def _finalize(_env: int | None) -> None:
 
 
 _no_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_finalize)
+
+
+_RAW_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+    ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t)
 
 
 def _trap(message: str) -> int:
@@ -61,10 +66,14 @@ class HostFuncs:
         result = sig.result
         report = self._report_bug
 
-        def trampoline(_env: int, _ctx: Any, _ty: Any, args: Any, nargs: int,
-                       results: Any, _nresults: int) -> int:
+        lower_at = getattr(result, "lower_at", None)
+        from_address = Val.from_address
+
+        def trampoline(_env: int | None, _ctx: int | None, _ty: int | None, args: int | None,
+                       nargs: int, results: int | None, _nresults: int) -> int:
             try:
-                lifted = [codec.lift(args[i]) for i, codec in enumerate(params)]
+                base = args or 0
+                lifted = [codec.peek(base + i * VAL_SIZE) for i, codec in enumerate(params)]
             except Exception as e:  # a malformed call: refuse it as a trap
                 return _trap(f"host function {name}: bad arguments: {e}")
             try:
@@ -75,14 +84,20 @@ class HostFuncs:
             if result is None:
                 return 0
             try:
-                result.lower(value, results)
+                if lower_at is not None:
+                    lower_at(value, results or 0)
+                else:
+                    result.lower(value, from_address(results or 0))
             except Exception as e:
                 report(name, e)
                 return _trap(f"host function {name}: kernel bug lowering result: {e}")
             return 0
 
-        callback = ffi.wasmtime_component_func_callback_t(trampoline)
-        self._keepalive.append(callback)
+        # Pointers arrive as plain ints (c_void_p): cheaper than ctypes pointer
+        # objects, and the values are read in place with from_address.
+        raw = _RAW_CALLBACK(trampoline)
+        self._keepalive.append(raw)
+        callback = ctypes.cast(raw, ffi.wasmtime_component_func_callback_t)
         encoded = name.encode("utf-8")
         err = ffi.wasmtime_component_linker_instance_add_func(
             instance.ptr(), ctypes.create_string_buffer(encoded), len(encoded),

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from wasmtime.component import LinkerInstance
 
-from astrid_runtime.abi.canon import ENUM, ERROR, STRING, ListCodec, Ok, ResultCodec, TupleCodec
+from astrid_runtime.abi.canon import (
+    ENUM,
+    ERROR,
+    OK_UNIT,
+    STRING,
+    ListCodec,
+    ResultCodec,
+    TupleCodec,
+)
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.abi.hostfunc import HostFuncs, Signature
 from astrid_runtime.abi.outcome import error
@@ -19,7 +27,8 @@ WRITE = Signature((ENUM, STRING, ListCodec(TupleCodec(STRING, STRING))), ResultC
 
 def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
     def write(level: str, message: str, fields: list[tuple[str, str]]) -> object:
-        if len(message.encode()) > MAX_MESSAGE_BYTES:
+        # len(str) <= len(utf-8) <= 4 * len(str): encode only when it could matter
+        if len(message) * 4 > MAX_MESSAGE_BYTES and len(message.encode()) > MAX_MESSAGE_BYTES:
             return error("too-large", f"log message over {MAX_MESSAGE_BYTES} bytes")
         if len(fields) > MAX_FIELDS:
             return error("too-large", f"more than {MAX_FIELDS} log fields")
@@ -27,6 +36,6 @@ def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
             if len(k) + len(v) > MAX_FIELD_BYTES:
                 return error("too-large", f"log field {k[:40]!r} over {MAX_FIELD_BYTES} bytes")
         ctx.log(ctx.name, level, message, fields)
-        return Ok(None)
+        return OK_UNIT
 
     funcs.add(inst, "write", WRITE, write)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from astrid_runtime.abi.canon import Case, Err, Ok
+from astrid_runtime.abi.canon import OK_UNIT, Case, Err, Ok
 from astrid_runtime.errors import Refusal
 
 
@@ -21,6 +21,7 @@ def call(fn: Callable[[], Any]) -> Ok[Any] | Err[Case]:
     them as kernel bugs and returns `internal`.
     """
     try:
-        return Ok(fn())
+        value = fn()
     except Refusal as e:
         return error(e.kind, e.message)
+    return OK_UNIT if value is None else Ok(value)

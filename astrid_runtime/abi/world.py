@@ -50,7 +50,7 @@ class GuestFunc:
         lowered = 0
         try:
             for i, (codec, value) in enumerate(zip(self._params, args, strict=True)):
-                codec.lower(value, ctypes.pointer(params[i]))
+                codec.lower(value, params[i])
                 lowered += 1
             out = Val()
             err = ffi.wasmtime_component_func_call(

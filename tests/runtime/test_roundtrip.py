@@ -88,3 +88,36 @@ async def test_status_reports_plugins(kernel: Kernel, components: dict[str, Comp
     (plugin,) = status["plugins"]
     assert plugin["name"] == "pyecho" and plugin["state"] == "running"
     assert plugin["subscriptions"] == ["echo.>"]
+
+
+async def test_kv_without_grant_is_denied(
+        kernel: Kernel, components: dict[str, Component]) -> None:
+    from astrid_runtime.grants import Grants
+
+    await running(kernel, spec(components, "pyecho",
+                               grants=Grants(publish=("echo.>",), subscribe=("echo.>",))))
+    tap = Tap(kernel.bus, "echo.error")
+    kernel.publish("echo.kv", b"v")
+    assert (await tap.receive()).payload == b"Error_Denied:kv not granted"
+
+
+async def test_kv_list_and_delete(kernel: Kernel, components: dict[str, Component]) -> None:
+    await running(kernel, spec(components, "pyecho"))
+    tap = Tap(kernel.bus, "echo.kv.keys")
+    kernel.publish("echo.kv", b"v")
+    assert (await tap.receive()).payload == b"last/False"
+
+
+async def test_cap_and_vfs_refuse_until_built(
+        kernel: Kernel, components: dict[str, Component]) -> None:
+    from astrid_runtime.grants import Grants
+
+    grants = Grants(publish=("echo.>",), subscribe=("echo.>",), vfs=("workspace",))
+    await running(kernel, spec(components, "pyecho", grants=grants))
+    tap = Tap(kernel.bus, "echo.error")
+    kernel.publish("echo.cap", b"workspace")
+    assert (await tap.receive()).payload == b"Error_Denied:action 'net.http' not granted"
+    assert (await tap.receive()).payload == b"Error_Unavailable:vfs is not available yet"
+    kernel.publish("echo.cap", b"/mnt/s3")
+    await tap.receive()
+    assert (await tap.receive()).payload == b"Error_Denied:vfs root '/mnt/s3' not granted"

@@ -2,15 +2,17 @@
 
 init(config): "subscribe=PATTERN" subscribes to PATTERN, otherwise `echo.>`.
 `echo.kv` stores the payload under `last` and publishes what kv returns on
-`echo.kv.out`; `echo.denied` tries a topic it was not granted and reports
-the error on `echo.error`; `echo.fail` returns err. `echo.loop` and
+`echo.kv.out` (and the key list on `echo.kv.keys`), or the error on
+`echo.error`; `echo.cap` asks cap and vfs (root named by the payload) and
+reports both errors on `echo.error`; `echo.denied` tries a topic it was not
+granted and reports the error on `echo.error`; `echo.fail` returns err. `echo.loop` and
 `echo.hog` misbehave (spin forever, allocate without bound) for the
 supervision tests.
 """
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import bus, kv, log
+from wit_world.imports import bus, cap, kv, log, vfs
 from wit_world.imports.types import Error
 
 
@@ -31,9 +33,25 @@ class WitWorld(wit_world.WitWorld):
         if topic == "echo.in":
             bus.publish("echo.out", payload)
         elif topic == "echo.kv":
-            kv.set("last", payload)
-            got = kv.get("last")
+            try:
+                kv.set("last", payload)
+                got = kv.get("last")
+                keys = kv.list("")
+                existed = kv.delete("nothing-here")
+            except Err as e:
+                bus.publish("echo.error", _describe(e).encode())
+                return
             bus.publish("echo.kv.out", got if got is not None else b"<none>")
+            bus.publish("echo.kv.keys", ",".join(keys).encode() + b"/" + str(existed).encode())
+        elif topic == "echo.cap":
+            try:
+                cap.request(cap.Action("net.http", "https://example.org", [("why", "test")]))
+            except Err as e:
+                bus.publish("echo.error", _describe(e).encode())
+            try:
+                vfs.root(payload.decode())
+            except Err as e:
+                bus.publish("echo.error", _describe(e).encode())
         elif topic == "echo.denied":
             try:
                 bus.publish("forbidden.topic", payload)
