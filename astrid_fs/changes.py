@@ -82,6 +82,7 @@ class _Walk:
     names: OverlayXattrs
     changes: list[Change] = field(default_factory=list)
     inodes: dict[int, str] = field(default_factory=dict)
+    moved: frozenset[str] = frozenset()  # lower dirs some redirect takes elsewhere
 
 
 def _join(parent: str, name: str) -> str:
@@ -175,8 +176,27 @@ def scan(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
     Hard links inside the upper are marked with `link_to`.
     """
     walk = _Walk(os.fspath(upper), os.fspath(lower), names)
+    walk.moved = frozenset(_redirect_sources(walk.upper, "", "", names))
     _walk_dir(walk, "", "", hide=False)
     return _pair_renames(walk.changes)
+
+
+def _redirect_sources(upper: str, rel: str, base: str | None,
+                      names: OverlayXattrs) -> set[str]:
+    """The lower dirs that redirected upper dirs stand for (rename sources):
+    their natural paths no longer hold them once the renames land."""
+    found: set[str] = set()
+    with os.scandir(os.path.join(upper, rel) if rel else upper) as it:
+        dirs = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+    for name in dirs:
+        path = _join(rel, name)
+        natural = None if base is None else _join(base, name)
+        raw = get_redirect(os.path.join(upper, path), names)
+        child = natural if raw is None else _redirect_target(raw, natural)
+        if raw is not None:
+            found.add(child or "")
+        found |= _redirect_sources(upper, path, child, names)
+    return found
 
 
 def _walk_dir(walk: _Walk, rel: str, base: str | None, hide: bool) -> None:
@@ -209,11 +229,13 @@ def _visit(walk: _Walk, path: str, natural: str | None, ust: os.stat_result) -> 
     names = walk.names
     nat_st = None if natural is None else _lstat(os.path.join(walk.lower, natural))
     if is_whiteout(up, ust):
-        if nat_st is not None:
+        if nat_st is not None:  # (a rename's source: paired with the rename below)
             walk.changes.append(Change(
                 path, "D", kind_of_mode(nat_st.st_mode), lower_path=natural,
                 whiteout=True, origin=get_origin(up, names), upper_ino=ust.st_ino))
         return
+    if natural in walk.moved:
+        nat_st = None  # a new entry where a renamed lower dir was: nothing under it
     kind = kind_of_mode(ust.st_mode)
     origin = get_origin(up, names)
     if kind == "dir":
@@ -393,11 +415,20 @@ def select(changes: list[Change], prefixes: list[str]) -> list[Change]:
     by_path: dict[str, list[Change]] = {}
     for c in changes:
         by_path.setdefault(c.path, []).append(c)
-    for c in list(chosen.values()):
-        for anc in _ancestors(c.path):
-            for a in by_path.get(anc, []):
-                if a.structural:
-                    chosen[id(a)] = a
+    renames = {c.lower_path: c for c in changes if c.status == "R" and c.kind == "dir"}
+    grown = True
+    while grown:  # until every chosen change has what it needs
+        before = len(chosen)
+        for c in list(chosen.values()):
+            for anc in _ancestors(c.path):
+                for a in by_path.get(anc, []):
+                    if a.structural:
+                        chosen[id(a)] = a
+            # placing at a renamed dir's old path needs the rename first
+            r = renames.get(c.path)
+            if r is not None and c.status != "D":
+                chosen[id(r)] = r
+        grown = len(chosen) != before
     picked = set(chosen)
     # A deletion of the lower entry at a path that something is placed on
     # (a rename target, a type change) must land with it.

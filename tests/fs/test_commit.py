@@ -169,3 +169,28 @@ def test_second_committer_is_told_the_session_is_busy(session: Session, lower: P
         commit(session, [])
     commit(session, [])
     assert (lower / "a").read_text() == "a\n"
+
+
+@pytest.mark.parametrize("new_kind", ["dir", "file"])
+@pytest.mark.parametrize("part", [None, "d1", "d3"])
+def test_new_entry_at_a_renamed_dirs_old_path(new_kind: str, part: str | None,
+                                              session: Session, lower: Path,
+                                              overlay: OverlayFactory) -> None:
+    """Found by the model test: rename d1 -> d3, then create d1 again."""
+    (lower / "d1").mkdir()
+    (lower / "d1" / "x").write_text("x")
+    with overlay(session) as mnt:
+        os.rename(mnt / "d1", mnt / "d3")
+        if new_kind == "dir":
+            (mnt / "d1").mkdir()
+            (mnt / "d1" / "n").write_text("n")
+        else:
+            (mnt / "d1").write_text("now a file")
+        want = tree_state(mnt, mtimes=True)
+    landed = commit(session, [part] if part else []).changes
+    # the new d1 needs the rename first; the rename alone can land
+    assert {c.path for c in landed} >= ({"d3"} if part == "d3" else {"d1", "d3"})
+    with overlay(session) as mnt:
+        assert_same_tree(tree_state(mnt, mtimes=True), want)
+    commit(session, [])
+    assert_same_tree(tree_state(lower, mtimes=True), want)

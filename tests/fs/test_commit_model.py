@@ -56,8 +56,8 @@ def apply(mnt: Path, step: tuple[object, ...]) -> None:
                 target.unlink()
         elif kind == "rename":
             os.rename(target, mnt / str(step[2]))
-        elif kind == "chmod":
-            os.chmod(target, step[2], follow_symlinks=False)  # type: ignore[call-overload]
+        elif kind == "chmod" and not target.is_symlink():
+            os.chmod(target, step[2])  # type: ignore[arg-type]
         elif kind == "symlink":
             os.symlink(str(step[2]), target)
         elif kind == "xattr":
