@@ -129,7 +129,8 @@ def is_mounted(path: Path) -> bool:
 
 
 def fs_type(path: Path) -> str:
-    proc = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(path)],
+                          capture_output=True, text=True)
     return proc.stdout.strip() or "?"
 
 

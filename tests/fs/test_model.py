@@ -17,6 +17,7 @@ Defaults keep CI fast: 40 examples of up to 30 steps. ASTRID_SLOW=1 runs 400 of 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -222,6 +223,39 @@ class OverlayModel(RuleBasedStateMachine):
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         self.both(f"creat({p}, {len(payload)}B)",
                   lambda r: _open_write(os.path.join(r, p), flags, payload))
+
+    @rule(d=st.data(), flags=st.sampled_from([
+        ("O_RDONLY|O_TRUNC", os.O_RDONLY | os.O_TRUNC),
+        ("O_RDWR|O_TRUNC", os.O_RDWR | os.O_TRUNC),
+        ("O_WRONLY|O_APPEND|O_TRUNC", os.O_WRONLY | os.O_APPEND | os.O_TRUNC),
+    ]), payload=st.binary(max_size=16))
+    def open_trunc(self, d: st.DataObject, flags: tuple[str, int], payload: bytes) -> None:
+        """O_TRUNC on an existing file (Linux truncates even with O_RDONLY)."""
+        p = self.pick(d, "file")
+        self.both(f"open({p}, {flags[0]}) + write {len(payload)}B",
+                  lambda r: _open_write(os.path.join(r, p), flags[1], payload))
+
+    @rule(d=st.data(), off=st.integers(0, 5000), payload=st.binary(min_size=1, max_size=64))
+    def mmap_write(self, d: st.DataObject, off: int, payload: bytes) -> None:
+        """Write through a shared mapping, msync, unmap (within the current size)."""
+        p = self.pick(d, "file")
+
+        def op(r: str) -> int:
+            fd = os.open(os.path.join(r, p), os.O_RDWR)
+            try:
+                size = os.fstat(fd).st_size
+                if size == 0:
+                    return 0
+                at = off % size
+                n = min(len(payload), size - at)
+                with mmap.mmap(fd, size) as m:
+                    m[at : at + n] = payload[:n]
+                    m.flush()
+                return n
+            finally:
+                os.close(fd)
+
+        self.both(f"mmap-write({p} @{off})", op)
 
     @rule(d=st.data(), kind=st.sampled_from(["new", "any"]))
     def create_excl(self, d: st.DataObject, kind: str) -> None:
