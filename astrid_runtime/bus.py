@@ -249,7 +249,8 @@ class Bus:
             del endpoint.subscriptions[sub_id]
             del self._subs[sub_id]
 
-    def publish(self, endpoint: Endpoint | None, topic: str, payload: bytes) -> int:
+    def publish(self, endpoint: Endpoint | None, topic: str, payload: bytes, *,
+                origin: str = CLIENT) -> int:
         """Deliver to every matching mailbox, all or nothing; returns how many plugins got it
         (taps are not counted).
 
@@ -257,7 +258,7 @@ class Bus:
         `rate-limited` (over the publish rate, or a subscriber's mailbox is full).
         """
         tokens = validate_topic(topic)
-        publisher = CLIENT if endpoint is None else endpoint.name
+        publisher = origin if endpoint is None else endpoint.name
         if endpoint is not None:
             if endpoint.grants is not None:
                 endpoint.grants.check_publish(topic)

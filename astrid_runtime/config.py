@@ -10,6 +10,8 @@
     epoch_tick_ms = 10
     log_level = "info"                # trace, debug, info, warn, error
     log_format = "json"               # json or text
+    nats = "nats://127.0.0.1:4222"    # optional: bridge the bus to NATS
+    nats_subscribe = [">"]            # topics to take in from NATS
 
 Every key is optional; `astridd` with no config file runs with these defaults.
 """
@@ -24,7 +26,7 @@ from astrid_runtime.errors import ConfigError
 from astrid_runtime.tomlfile import TomlDoc
 
 _KEYS = {"home", "lockfile", "plugins", "socket", "kv", "compile_cache", "guest_threads",
-         "epoch_tick_ms", "log_level", "log_format"}
+         "epoch_tick_ms", "log_level", "log_format", "nats", "nats_subscribe"}
 
 
 def default_home() -> Path:
@@ -44,6 +46,8 @@ class KernelConfig:
     epoch_tick_ms: int = 10
     log_level: str = "info"
     log_format: str = "json"
+    nats: str | None = None
+    nats_subscribe: tuple[str, ...] = (">",)
 
     @property
     def cache_dir(self) -> Path | None:
@@ -98,7 +102,8 @@ def load_config(path: Path) -> KernelConfig:
     return KernelConfig(home=home, lockfile=lock.resolve(), plugins=plugins, socket=sock,
                         kv_url=kv, compile_cache=doc.get(t, "compile_cache", bool, True),
                         guest_threads=threads, epoch_tick_ms=tick, log_level=level,
-                        log_format=fmt)
+                        log_format=fmt, nats=doc.get(t, "nats", str, None),
+                        nats_subscribe=doc.string_list(t, "nats_subscribe") or (">",))
 
 
 __all__ = ["ConfigError", "KernelConfig", "default_home", "default_socket", "defaults",

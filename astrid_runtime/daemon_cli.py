@@ -27,7 +27,7 @@ from astrid_runtime.config import KernelConfig, default_socket, defaults, load_c
 from astrid_runtime.control import ControlServer
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import KernelError
-from astrid_runtime.kernel import BootPlan, open_kernel
+from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--home", type=Path, help="state directory (default: $ASTRID_HOME)")
     p.add_argument("--kv", help="KV URL: surrealkv://PATH, mem://, ws://HOST:PORT or none")
     p.add_argument("--log-format", choices=("json", "text"))
+    p.add_argument("--nats", help="bridge the bus to this NATS server (nats://HOST:PORT)")
     return p
 
 
@@ -57,6 +58,8 @@ def resolve_config(args: argparse.Namespace) -> KernelConfig:
         changes["kv_url"] = None if args.kv == "none" else args.kv
     if args.log_format:
         changes["log_format"] = args.log_format
+    if args.nats:
+        changes["nats"] = args.nats
     return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
 
 
@@ -81,6 +84,9 @@ async def run(config: KernelConfig) -> None:
                 log.event("info", "kernel.listening", socket=str(config.socket),
                           lockfile=str(config.lockfile), kv=config.kv_url or "none")
                 await kernel.boot(BootPlan(config.lockfile, config.plugins))
+                if config.nats:
+                    await kernel._nursery.start(  # type: ignore[union-attr]
+                        _bridge, kernel, config)
                 async for signum in signals:
                     log.event("info", "kernel.stopping", signal=signal.Signals(signum).name)
                     await kernel.stop()
@@ -101,6 +107,18 @@ def _first_kernel_error(group: BaseExceptionGroup[BaseException]) -> KernelError
             if found is not None:
                 return found
     return None
+
+
+async def _bridge(kernel: Kernel, config: KernelConfig, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    from astrid_runtime.nats_bridge import open_nats_bridge
+
+    assert config.nats is not None
+    async with open_nats_bridge(config.nats) as bridge:
+        kernel.log.event("info", "bridge.connected", servers=config.nats,
+                         instance=bridge.instance_id)
+        task_status.started()
+        await kernel.bridge(bridge, config.nats_subscribe)
 
 
 def main(argv: list[str] | None = None) -> int:

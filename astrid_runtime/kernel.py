@@ -16,14 +16,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
+if TYPE_CHECKING:
+    from astrid_runtime.nats_bridge import NatsBridge
+
 from astrid_runtime.abi.context import KvBackend
-from astrid_runtime.bus import Bus, Endpoint
+from astrid_runtime.bus import Bus, Endpoint, Message
 from astrid_runtime.engine import KernelEngine, digest
-from astrid_runtime.errors import KernelError
+from astrid_runtime.errors import BusError, KernelError
 from astrid_runtime.lockfile import LockEntry, Lockfile, load_lockfile, read_verified
 from astrid_runtime.logs import KernelLog
 from astrid_runtime.manifest import Manifest, load_manifest
@@ -61,6 +64,7 @@ class Kernel:
         self.started_at = time.time()
         self._nursery: trio.Nursery | None = None
         self.boot_stats: dict[str, Any] = {}
+        self.bridge_stats: dict[str, int] = {}
 
     # -- boot ----------------------------------------------------------------
 
@@ -141,6 +145,45 @@ class Kernel:
         """Publish as the client (`astrid publish`); raises `BusError`."""
         return self.bus.publish(None, topic, payload)
 
+    async def bridge(self, bridge: NatsBridge, patterns: tuple[str, ...] = (">",)) -> None:
+        """Join this kernel's bus to NATS until cancelled.
+
+        Every local publish goes out (the bridge refuses to send back what came
+        in, so two kernels cannot loop); messages arriving on `patterns` are
+        published locally under their remote origin. NATS core is at-most-once:
+        a message the bridge or a local mailbox cannot take is dropped, counted
+        in `status()["bridge"]` and logged once per burst.
+        """
+        stats = self.bridge_stats
+        stats.update({"out": 0, "in": 0, "dropped_out": 0, "dropped_in": 0})
+
+        def forward(message: Message) -> None:
+            try:
+                if bridge.publish(message.topic, message.payload, message.publisher):
+                    stats["out"] += 1
+            except BusError as e:
+                stats["dropped_out"] += 1
+                if stats["dropped_out"] == 1 or stats["dropped_out"] % 1000 == 0:
+                    self.log.event("warning", "bridge.dropped_out", reason=e.message,
+                                   dropped=stats["dropped_out"])
+
+        self.bus.on_publish = forward
+        try:
+            for pattern in patterns:
+                await bridge.subscribe(pattern)
+            async for incoming in bridge.inbound:
+                try:
+                    self.bus.publish(None, incoming.topic, incoming.payload,
+                                     origin=incoming.origin)
+                    stats["in"] += 1
+                except BusError as e:
+                    stats["dropped_in"] += 1
+                    if stats["dropped_in"] == 1 or stats["dropped_in"] % 1000 == 0:
+                        self.log.event("warning", "bridge.dropped_in", reason=e.message,
+                                       topic=incoming.topic, dropped=stats["dropped_in"])
+        finally:
+            self.bus.on_publish = None
+
     def status(self) -> dict[str, Any]:
         plugins = [s.status() for s in self.supervisors.values()]
         plugins += [{"name": r.name, "state": "refused", "last_error": r.reason}
@@ -148,6 +191,7 @@ class Kernel:
         return {
             "uptime_s": round(time.time() - self.started_at, 1),
             "boot": self.boot_stats,
+            "bridge": self.bridge_stats or None,
             "plugins": sorted(plugins, key=lambda p: p["name"]),
         }
 
