@@ -158,3 +158,47 @@ def test_plugin_install_verify_list(tmp_path: Path, component_paths: dict[str, P
     assert missing.returncode == 1
     assert missing.stderr == f"astrid: {tmp_path / 'nowhere'}: no such file\n"
     assert os.path.exists(lock)
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_kv_written_through_a_plugin_survives_the_daemon(
+        tmp_path: Path, component_paths: dict[str, Path], stop: str) -> None:
+    from astrid_runtime.kv import KvStore
+
+    home = tmp_path / "home"
+    # Reuse the tests' compile cache (same engine settings, same key): no 18 MiB recompile.
+    (home / "cache").mkdir(parents=True)
+    for cached in (component_paths["pyecho"].parent / "cwasm").glob("*.cwasm"):
+        os.link(cached, home / "cache" / cached.name)
+    plugin = write_plugin(tmp_path / "plugins", "pyecho", component_paths["pyecho"],
+                          publish=("echo.>",), subscribe=("echo.>",), kv=True)
+    lock = tmp_path / "plugins.lock"
+    subprocess.run([*ASTRID, "--lockfile", str(lock), "plugin", "install", str(plugin)],
+                   check=True, capture_output=True, timeout=60)
+    config = tmp_path / "astridd.toml"
+    config.write_text(f'home = "{home}"\nkv = "surrealkv://kv"\n')
+    proc = subprocess.Popen([*ASTRIDD, "--config", str(config), "--lockfile", str(lock)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    daemon = Daemon(proc, home / "astridd.sock", lock, [])
+    try:
+        daemon.wait_event("plugin.running")
+        tail = subprocess.Popen([*ASTRID, "--socket", str(daemon.socket), "tail",
+                                 "echo.kv.out", "--count", "1"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert tail.stderr is not None and "tailing" in tail.stderr.readline()
+        assert daemon.client("publish", "echo.kv", "kept across restarts").returncode == 0
+        out, _ = tail.communicate(timeout=60)
+        assert out == "echo.kv.out kept across restarts\n"
+        proc.send_signal(getattr(signal, stop))
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    store = KvStore(f"surrealkv://{home / 'kv'}")
+    try:
+        assert store.get("pyecho", "last") == b"kept across restarts"
+    finally:
+        store.close()
