@@ -3,7 +3,7 @@
 Whiteouts are 0/0 character devices (or, without CAP_MKNOD, empty files with a
 `user.overlay.whiteout` xattr that only astrid-fs reads); opaque dirs and
 directory redirects are `NS.overlay.*` xattrs; the base fingerprint of a
-copied-up entry is `NS.astrid.origin`. See docs/design/upper-format.md.
+copied-up entry is `NS.overlay.astrid.origin`. See docs/design/upper-format.md.
 Pure functions over paths and file descriptors: no FUSE, no trio.
 """
 
@@ -42,7 +42,8 @@ class OverlayXattrs:
 
     @property
     def origin(self) -> str:
-        return f"{self.ns}.astrid.origin"
+        # Under the overlay prefix, so kernel overlayfs hides it too.
+        return f"{self.ns}.overlay.astrid.origin"
 
     @property
     def xattr_whiteout(self) -> str:
