@@ -10,7 +10,7 @@ from pathlib import Path
 
 from astrid_fs import diffview
 from astrid_fs.changes import check_conflicts, scan, select
-from astrid_fs.commit import session_changes
+from astrid_fs.commit import commit, session_changes
 from astrid_fs.session import Session
 from astrid_fs.whiteout import Origin, make_whiteout, set_origin
 from tests.fs.kernel_overlay import OverlayFactory
@@ -101,3 +101,24 @@ def test_select_pulls_in_structural_ancestors(session: Session, lower: Path,
     picked = {c.path for c in select(changes, ["newdir/nested/f.txt"])}
     assert picked == {"newdir", "newdir/nested", "newdir/nested/f.txt"}
     assert {c.path for c in select(changes, ["old"])} >= {"renamed"}  # by rename source
+
+
+def test_user_xattr_format_uppers(tmp_path: Path) -> None:
+    """Sessions made without root use `user.overlay.*` and xattr whiteouts."""
+    lower, root = tmp_path / "lower", tmp_path / "sess"
+    (lower / "d").mkdir(parents=True)
+    (lower / "d" / "old").write_text("old\n")
+    (lower / "gone").write_text("gone\n")
+    session = Session("u", root, lower, "now", "user")
+    for d in (session.upper, session.work, session.journal_dir, session.snapshots_dir):
+        d.mkdir(parents=True)
+    (session.upper / "gone").touch()
+    os.setxattr(session.upper / "gone", "user.overlay.whiteout", b"y")
+    (session.upper / "d").mkdir()
+    os.setxattr(session.upper / "d", "user.overlay.opaque", b"y")
+    (session.upper / "d" / "new").write_text("new\n")
+    lines = diffview.porcelain(scan(session.upper, lower, session.xattrs)).splitlines()
+    assert lines == ["A  d/new", "D  d/old", "D  gone"]
+    commit(session, [])
+    assert sorted(os.listdir(lower)) == ["d"] and os.listdir(lower / "d") == ["new"]
+    assert os.listxattr(lower / "d") == [] and os.listdir(session.upper) == []
