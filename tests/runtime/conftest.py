@@ -6,8 +6,9 @@ Components are built from `components/` sources (cached by content, see
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from astrid_runtime.kernel import Kernel, open_kernel
 
 sys.path.insert(0, str(Path(__file__).parent / "components"))
 import testcomponents
-from testkit import MemoryKv
+from testkit import ExpectedLogs, MemoryKv
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +54,20 @@ def kv() -> MemoryKv:
 async def kernel(engine: KernelEngine, kv: MemoryKv) -> AsyncIterator[Kernel]:
     async with open_kernel(engine, kv, guest_threads=2) as k:
         yield k
+
+
+@pytest.fixture(autouse=True)
+def expect_logs(caplog: pytest.LogCaptureFixture) -> Iterator[ExpectedLogs]:
+    """Fail a test whose kernel logged an unexpected WARNING or ERROR.
+
+    A test that provokes one on purpose says so: `expect_logs.allow("plugin.crashed")`.
+    Only the kernel's own loggers (`astrid.kernel`, `astrid.plugin.*`) are checked.
+    """
+    expected = ExpectedLogs()
+    yield expected
+    unexpected = [
+        f"{r.name}: {r.getMessage()}" for r in caplog.get_records("call")
+        if r.levelno >= logging.WARNING and r.name.startswith(("astrid.kernel", "astrid.plugin"))
+        and r.getMessage() not in expected.events
+    ]
+    assert not unexpected, f"unexpected kernel warnings: {unexpected}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testkit import MemoryKv, write_plugin
+from testkit import ExpectedLogs, MemoryKv, write_plugin
 
 from astrid_runtime.bus import Tap
 from astrid_runtime.engine import KernelEngine
@@ -22,7 +22,9 @@ def install(lock_path: Path, plugin_dir: Path) -> None:
 
 
 async def test_boot_runs_pinned_plugins_and_refuses_the_rest(
-        tmp_path: Path, engine: KernelEngine, component_paths: dict[str, Path]) -> None:
+        tmp_path: Path, engine: KernelEngine, component_paths: dict[str, Path],
+        expect_logs: ExpectedLogs) -> None:
+    expect_logs.allow("plugin.refused")
     relay = write_plugin(tmp_path, "relay", component_paths["relay"], config="demo",
                          publish=("demo.>",), subscribe=("demo",))
     tampered = write_plugin(tmp_path, "tampered", component_paths["relay"], config="t",
@@ -75,7 +77,9 @@ async def test_boot_without_plugin_list_runs_every_lock_entry(
 
 
 async def test_grants_come_from_the_lock_not_the_manifest(
-        tmp_path: Path, engine: KernelEngine, component_paths: dict[str, Path]) -> None:
+        tmp_path: Path, engine: KernelEngine, component_paths: dict[str, Path],
+        expect_logs: ExpectedLogs) -> None:
+    expect_logs.allow("plugin.asks_more_than_granted")
     lock = tmp_path / "plugins.lock"
     plugin = write_plugin(tmp_path, "relay", component_paths["relay"], config="demo",
                           subscribe=("demo",))

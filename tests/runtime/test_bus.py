@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import trio
-from testkit import running, spec
+from testkit import ExpectedLogs, running, spec
 from wasmtime.component import Component
 
 from astrid_runtime.bus import Bus, Doorbell, Endpoint, Tap
@@ -127,7 +127,8 @@ async def test_two_plugins_relay_in_order(
 
 
 async def test_plugin_publish_to_a_full_mailbox_gets_an_error_value(
-        kernel: Kernel, components: dict[str, Component]) -> None:
+        kernel: Kernel, components: dict[str, Component], expect_logs: ExpectedLogs) -> None:
+    expect_logs.allow("plugin.refused_message")
     # `second` is never started, so its mailbox fills; `first` keeps running and
     # gets `rate-limited` back from publish, which it returns as err.
     bell = Doorbell(trio.lowlevel.current_trio_token(), threading.get_ident())

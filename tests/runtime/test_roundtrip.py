@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from testkit import MemoryKv, running, spec
+from testkit import ExpectedLogs, MemoryKv, running, spec
 from wasmtime.component import Component
 
 from astrid_runtime.bus import Tap
@@ -54,8 +54,9 @@ async def test_publish_outside_grant_is_an_error_value_not_a_crash(
 
 
 async def test_plugin_err_is_counted_not_a_crash(
-        kernel: Kernel, components: dict[str, Component], caplog: pytest.LogCaptureFixture
-) -> None:
+        kernel: Kernel, components: dict[str, Component], caplog: pytest.LogCaptureFixture,
+        expect_logs: ExpectedLogs) -> None:
+    expect_logs.allow("plugin.refused_message")
     sup = await running(kernel, spec(components, "pyecho"))
     tap = Tap(kernel.bus, "echo.out")
     with caplog.at_level(logging.WARNING, "astrid"):

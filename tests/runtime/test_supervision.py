@@ -4,7 +4,8 @@ plugin keeps serving throughout."""
 
 from __future__ import annotations
 
-from testkit import FAST_RESTART, running, spec
+import pytest
+from testkit import FAST_RESTART, ExpectedLogs, running, spec
 from wasmtime.component import Component
 
 from astrid_runtime.bus import Tap
@@ -13,6 +14,11 @@ from astrid_runtime.kernel import Kernel
 from astrid_runtime.supervisor import State, Supervisor
 
 HOSTILE = Grants(subscribe=("hostile.>",))
+
+
+@pytest.fixture(autouse=True)
+def _crashes_expected(expect_logs: ExpectedLogs) -> None:
+    expect_logs.allow("plugin.crashed", "plugin.disabled")
 
 
 async def restarted(sup: Supervisor, crashes: int) -> None:

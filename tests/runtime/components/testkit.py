@@ -72,3 +72,13 @@ def write_plugin(root: Path, name: str, component: Path, *, config: str = "",
         f'config = "{config}"\n\n[capabilities]\npublish = [{quoted(publish)}]\n'
         f'subscribe = [{quoted(subscribe)}]\nkv = {"true" if kv else "false"}\n{extra}')
     return plugin
+
+
+class ExpectedLogs:
+    """Kernel log events a test expects at WARNING or above (see `kernel_log_check`)."""
+
+    def __init__(self) -> None:
+        self.events: set[str] = set()
+
+    def allow(self, *events: str) -> None:
+        self.events.update(events)
