@@ -1,6 +1,7 @@
-"""Model test: random edits through kernel overlayfs, then commits of random
-subsets of the changes. After each commit the merged view is unchanged (no
-lost change) and finally the lower equals what the mount showed."""
+"""Model tests: random edits through kernel overlayfs (and through an
+astrid-fs mount), then commits of random subsets of the changes. After each
+commit the merged view is unchanged (no lost change) and finally the lower
+equals what the mount showed."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from astrid_fs.commit import commit, session_changes
-from astrid_fs.session import create_or_open_session
+from astrid_fs.session import create_or_open_session, open_session
 from tests.fs.kernel_overlay import kernel_overlay, require_root
 from tests.fs.treecompare import assert_same_tree, tree_state
+from tests.support.mounts import MountedSession, require_fuse
 
 PATHS = ["a", "b", "d1", "d1/x", "d1/y", "d2", "d2/z", "d2/sub", "d2/sub/w", "d3", "d3/q"]
 path = st.sampled_from(PATHS)
@@ -97,3 +99,36 @@ def test_random_edits_then_partial_commits(ops: list[tuple[object, ...]],
         assert session_changes(session) == []
         with kernel_overlay(session, root / "mnt") as mnt:
             assert_same_tree(tree_state(mnt, mtimes=True), view)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(op, min_size=1, max_size=10), data=st.data())
+def test_random_edits_through_astrid_fs_then_commits_while_mounted(
+        ops: list[tuple[object, ...]], data: st.DataObject) -> None:
+    """The same through the astrid-fs mount itself, committing while it is
+    mounted: the mount must show the same tree after every commit."""
+    require_fuse()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        lower, mnt = root / "lower", root / "mnt"
+        lower.mkdir()
+        mnt.mkdir()
+        build_lower(lower)
+        mounted = MountedSession("fm", root / "home", lower, mnt)
+        mounted.mount()
+        try:
+            for step in ops:
+                apply(mnt, step)
+            view = tree_state(mnt, mtimes=True)
+            session = open_session("fm", root / "home")
+            paths = sorted({c.path for c in session_changes(session)})
+            if paths:
+                part = data.draw(st.lists(st.sampled_from(paths), max_size=3, unique=True))
+                if part:
+                    commit(session, part)
+                    assert_same_tree(tree_state(mnt, mtimes=True), view)
+            commit(session, [])
+            assert_same_tree(tree_state(mnt, mtimes=True), view)
+            assert_same_tree(tree_state(lower, mtimes=True), view)
+        finally:
+            mounted.umount()
