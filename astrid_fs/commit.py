@@ -230,6 +230,7 @@ def commit(session: Session, paths: list[str], *, force: bool = False,
         rec = plan(session, everything, chosen)
         if dry_run:
             return CommitResult(tuple(chosen), rec, True)
+        steps.expect(rec)
         journal.save_ops(session, rec)
         journal.save(session, rec)
         try:

@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -152,18 +152,27 @@ class Record:
 
 
 class Steps:
-    """Counts journal steps; a test makes step N crash (os._exit) or fail
-    with ENOSPC through the environment, read once at construction."""
+    """Counts journal steps (for progress, and so that a test can make step N
+    crash with os._exit or fail with ENOSPC through the environment, read
+    once at construction). `on_step(count, total)` reports progress."""
 
-    def __init__(self, crash_at: int | None = None, fail_at: int | None = None) -> None:
+    def __init__(self, crash_at: int | None = None, fail_at: int | None = None,
+                 on_step: Callable[[int, int], None] | None = None) -> None:
         self.count = 0
+        self.total = 0
         self.crash_at = crash_at
         self.fail_at = fail_at
+        self.on_step = on_step
 
     @classmethod
-    def from_env(cls) -> Steps:
+    def from_env(cls, on_step: Callable[[int, int], None] | None = None) -> Steps:
         crash, fail = os.environ.get(CRASH_ENV), os.environ.get(FAIL_ENV)
-        return cls(int(crash) if crash else None, int(fail) if fail else None)
+        return cls(int(crash) if crash else None, int(fail) if fail else None, on_step)
+
+    def expect(self, rec: Record) -> None:
+        """Set the total number of steps `rec` will take (for progress)."""
+        self.total = self.count + 10 + len(rec.stage) + len(rec.vacate) + len(rec.place) \
+            + len(rec.dirmeta) + len(rec.cleanup)
 
     def step(self) -> None:
         self.count += 1
@@ -171,6 +180,8 @@ class Steps:
             os._exit(CRASH_EXIT)
         if self.count == self.fail_at:
             raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        if self.on_step is not None:
+            self.on_step(self.count, max(self.total, self.count))
 
 
 def record_path(session: Session, txid: str) -> Path:

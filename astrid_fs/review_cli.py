@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from astrid_fs import diffview, journal
@@ -16,6 +17,7 @@ from astrid_fs.changes import is_under
 from astrid_fs.commit import commit, describe, finish_interrupted, resolve_paths, session_changes
 from astrid_fs.discard import discard
 from astrid_fs.errors import AstridFsError, UsageError
+from astrid_fs.journal import Steps
 from astrid_fs.session import Session, open_session
 from astrid_fs.snapshot import describe as describe_snapshots
 from astrid_fs.snapshot import finish_interrupted_rollback, list_snapshots, rollback, snapshot
@@ -108,9 +110,35 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """`commit: 1234/10010 steps` on a terminal, at most ten times a second,
+    once the commit has run for a second."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, count: int, total: int) -> None:
+        now = time.monotonic()
+        if not sys.stderr.isatty() or now - self.start < 1 or now - self.last < 0.1:
+            return
+        self.last, self.shown = now, True
+        print(f"\rcommit: {count}/{total} steps", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)
+
+
 def cmd_commit(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
-    result = commit(session, args.paths, force=args.force, dry_run=args.dry_run)
+    progress = _Progress()
+    try:
+        result = commit(session, args.paths, force=args.force, dry_run=args.dry_run,
+                        steps=Steps.from_env(progress))
+    finally:
+        progress.done()
     changes = list(result.changes)
     if args.json:
         print(json.dumps({"dry_run": result.dry_run, "committed": [] if result.dry_run else [
