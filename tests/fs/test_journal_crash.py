@@ -168,3 +168,35 @@ def test_crash_before_commit_point_rolls_back(session: Session, lower: Path,
     open_and_recover(session.name)
     assert bench.check_consistent() == bench.orig
     assert_same_tree(tree_state(lower), bench.orig)
+
+
+def _recover_crashing_at(session: Session, step: int) -> int:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            journal.recover(session, Steps(crash_at=step))
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_crash_during_recovery_is_recovered_too(session: Session, lower: Path,
+                                                overlay: OverlayFactory,
+                                                tmp_path: Path) -> None:
+    bench = Bench(session, lower, overlay, tmp_path)
+    tried = 0
+    for first in range(30, 120, 9):  # crashes past the commit point
+        for second in (1, 2, 5, 11, 23):
+            bench.restore()
+            if _crash_at(session, first) == 0:
+                break
+            if _recover_crashing_at(session, second) == 0:
+                continue  # recovery finished before that step
+            tried += 1
+            bench.check_no_torn_file()
+            open_and_recover(session.name)
+            assert bench.check_consistent() == bench.want
+    assert tried > 10
