@@ -6,22 +6,21 @@ and how to compare one upper entry with that lower entry (kind, content,
 symlink target, mode, owner, user xattrs, mtime). Only the upper layer is
 walked; the lower is looked up entry by entry, so the cost follows the size
 of the session, not of the project. Does not know: how changes are shown
-(diffview), landed (commit) or dropped (discard). Conflicts (the lower entry
-moved on since copy-up) are judged from the `origin` fingerprint alone.
+(diffview), selected (selection), judged for conflicts (conflicts), landed
+(commit) or dropped (discard).
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Literal
 
 import blake3
 
-from astrid_fs.errors import UsageError
 from astrid_fs.whiteout import (
     Origin,
     OverlayXattrs,
@@ -89,7 +88,7 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def _lstat(path: str) -> os.stat_result | None:
+def lstat_or_none(path: str) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except FileNotFoundError:
@@ -213,7 +212,7 @@ def _walk_dir(walk: _Walk, rel: str, base: str | None, hide: bool) -> None:
         except (FileNotFoundError, NotADirectoryError):
             hidden = []
         for name in hidden:
-            lst = _lstat(os.path.join(lowdir, name))
+            lst = lstat_or_none(os.path.join(lowdir, name))
             if lst is not None:
                 walk.changes.append(Change(
                     _join(rel, name), "D", kind_of_mode(lst.st_mode),
@@ -227,7 +226,7 @@ def _walk_dir(walk: _Walk, rel: str, base: str | None, hide: bool) -> None:
 def _visit(walk: _Walk, path: str, natural: str | None, ust: os.stat_result) -> None:
     up = os.path.join(walk.upper, path)
     names = walk.names
-    nat_st = None if natural is None else _lstat(os.path.join(walk.lower, natural))
+    nat_st = None if natural is None else lstat_or_none(os.path.join(walk.lower, natural))
     if is_whiteout(up, ust):
         if nat_st is not None:  # (a rename's source: paired with the rename below)
             walk.changes.append(Change(
@@ -276,7 +275,7 @@ def _visit_dir(walk: _Walk, path: str, natural: str | None, nat_st: os.stat_resu
     base: str | None = natural
     if raw_redirect is not None:
         base = _redirect_target(raw_redirect, natural)
-        src_st = _lstat(os.path.join(walk.lower, base))
+        src_st = lstat_or_none(os.path.join(walk.lower, base))
         if nat_st is not None and natural != base:
             walk.changes.append(Change(path, "D", kind_of_mode(nat_st.st_mode),
                                        lower_path=natural))
@@ -331,113 +330,3 @@ def _pair_renames(changes: list[Change]) -> list[Change]:
             c = replace(c, source_whiteout=deleted[c.lower_path].path)
         kept.append(c)
     return sorted(kept, key=lambda c: c.path)
-
-
-def check_conflicts(changes: list[Change], lower: str | os.PathLike[str]) -> list[Change]:
-    """The same changes, each with `conflict` set when the lower entry it was
-    based on (its origin fingerprint) has changed since. Without an origin the
-    base is unknown and no conflict can be seen (kernel overlayfs copy-ups)."""
-    root = os.fspath(lower)
-    return [replace(c, conflict=conflict_of(c, root)) for c in changes]
-
-
-def conflict_of(change: Change, lower: str) -> str | None:
-    """Why `change` conflicts with the lower layer as it is now, or None."""
-    if change.status == "R" and change.kind == "dir" and change.lower_path is not None:
-        st = _lstat(os.path.join(lower, change.lower_path))
-        if st is None or not stat.S_ISDIR(st.st_mode):
-            return f"rename source {change.lower_path} is gone from the lower layer"
-    origin = change.origin
-    if origin is None:
-        return None
-    st = _lstat(os.path.join(lower, origin.path))
-    if (change.lower_path is not None and change.lower_path != origin.path
-            and (st is None or st.st_ino != origin.ino)):
-        # The entry's dir was renamed in the lower since copy-up (by a commit
-        # of that rename): the base now lives at the walk's lower path.
-        moved = _lstat(os.path.join(lower, change.lower_path))
-        if moved is not None and moved.st_ino == origin.ino:
-            st = moved
-    if st is None:
-        return f"lower {origin.path} was deleted since the session copied it"
-    if kind_of_mode(st.st_mode) != origin.kind:
-        return f"lower {origin.path} changed type since the session copied it"
-    if origin.kind == "dir":
-        return None if st.st_ino == origin.ino else f"lower {origin.path} was replaced"
-    unchanged = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode) == (
-        origin.ino, origin.size, origin.mtime_ns, origin.mode)
-    if unchanged:
-        return None
-    if (origin.blake3 is not None and origin.kind == "file" and st.st_size == origin.size
-            and file_blake3(os.path.join(lower, origin.path)) == origin.blake3
-            and st.st_mode == origin.mode):
-        return None
-    return f"lower {origin.path} changed since the session copied it"
-
-
-def normalize_path(raw: str, lower: str | os.PathLike[str],
-                   mountpoint: str | None = None) -> str:
-    """A user-given path as a session path; absolute paths must lie inside the
-    lower dir or the mount point. Raises UsageError for paths outside."""
-    roots = [os.fspath(lower)] + ([mountpoint] if mountpoint else [])
-    if os.path.isabs(raw):
-        norm = os.path.normpath(raw)
-        for root in roots:
-            rel = os.path.relpath(norm, os.path.normpath(root))
-            if rel == "." or not rel.startswith(".."):
-                return "" if rel == "." else rel
-        raise UsageError(f"path {raw!r} is outside the session (lower {roots[0]})")
-    rel = os.path.normpath(raw)
-    if rel.startswith("..") or rel.startswith("/"):
-        raise UsageError(f"path {raw!r} is outside the session")
-    return "" if rel == "." else rel
-
-
-def is_under(path: str, prefix: str) -> bool:
-    return prefix == "" or path == prefix or path.startswith(prefix + "/")
-
-
-def select(changes: list[Change], prefixes: list[str]) -> list[Change]:
-    """The changes named by `prefixes` (session paths; a dir names its subtree;
-    a rename source names the rename), plus structural ancestors they need.
-    An empty list selects everything. A prefix naming nothing is a UsageError."""
-    if not prefixes:
-        return list(changes)
-    chosen: dict[int, Change] = {}
-    for prefix in prefixes:
-        hits = [c for c in changes if is_under(c.path, prefix)
-                or (c.status == "R" and c.lower_path is not None
-                    and is_under(c.lower_path, prefix))]
-        if not hits:
-            raise UsageError(f"no change at {prefix!r} in this session")
-        for c in hits:
-            chosen[id(c)] = c
-    by_path: dict[str, list[Change]] = {}
-    for c in changes:
-        by_path.setdefault(c.path, []).append(c)
-    renames = {c.lower_path: c for c in changes if c.status == "R" and c.kind == "dir"}
-    grown = True
-    while grown:  # until every chosen change has what it needs
-        before = len(chosen)
-        for c in list(chosen.values()):
-            for anc in _ancestors(c.path):
-                for a in by_path.get(anc, []):
-                    if a.structural:
-                        chosen[id(a)] = a
-            # placing at a renamed dir's old path needs the rename first
-            r = renames.get(c.path)
-            if r is not None and c.status != "D":
-                chosen[id(r)] = r
-        grown = len(chosen) != before
-    picked = set(chosen)
-    # A deletion of the lower entry at a path that something is placed on
-    # (a rename target, a type change) must land with it.
-    placed = {c.path for c in chosen.values() if c.status != "D"}
-    extra = [c for c in changes if c.status == "D" and c.path in placed and id(c) not in picked]
-    return sorted([*chosen.values(), *extra], key=lambda c: c.path)
-
-
-def _ancestors(path: str) -> Iterator[str]:
-    parts = path.split("/")
-    for i in range(1, len(parts)):
-        yield "/".join(parts[:i])

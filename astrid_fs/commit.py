@@ -24,9 +24,11 @@ import time
 from dataclasses import dataclass
 
 from astrid_fs import control, journal
-from astrid_fs.changes import Change, check_conflicts, normalize_path, scan, select, user_xattrs
+from astrid_fs.changes import Change, scan, user_xattrs
+from astrid_fs.conflicts import check_conflicts
 from astrid_fs.errors import ConflictError, SessionError
 from astrid_fs.journal import Cleanup, DirMeta, Place, Record, Stage, Steps, Vacate
+from astrid_fs.selection import normalize_path, select
 from astrid_fs.session import Session
 from astrid_fs.whiteout import is_opaque
 

@@ -14,10 +14,11 @@ import shutil
 import stat
 
 from astrid_fs import control, journal
-from astrid_fs.changes import Change, is_under, scan
+from astrid_fs.changes import Change, scan
 from astrid_fs.commit import check_lower_usable, finish_interrupted, resolve_paths
 from astrid_fs.entrycopy import copy_tree
 from astrid_fs.errors import UsageError
+from astrid_fs.selection import is_under
 from astrid_fs.session import Session
 
 

@@ -13,11 +13,11 @@ import time
 from typing import Any
 
 from astrid_fs import diffview, journal
-from astrid_fs.changes import is_under
 from astrid_fs.commit import commit, describe, finish_interrupted, resolve_paths, session_changes
 from astrid_fs.discard import discard
 from astrid_fs.errors import AstridFsError, UsageError
 from astrid_fs.journal import Steps
+from astrid_fs.selection import is_under
 from astrid_fs.session import Session, open_session
 from astrid_fs.snapshot import describe as describe_snapshots
 from astrid_fs.snapshot import finish_interrupted_rollback, list_snapshots, rollback, snapshot

@@ -9,8 +9,10 @@ import os
 from pathlib import Path
 
 from astrid_fs import diffview
-from astrid_fs.changes import check_conflicts, scan, select
+from astrid_fs.changes import scan
 from astrid_fs.commit import commit, session_changes
+from astrid_fs.conflicts import check_conflicts
+from astrid_fs.selection import select
 from astrid_fs.session import Session
 from astrid_fs.whiteout import Origin, make_whiteout, set_origin
 from tests.fs.kernel_overlay import OverlayFactory

@@ -1,0 +1,80 @@
+"""Which changes a command acts on: user paths to session paths, and the
+changes under them plus what they cannot land without (structural
+ancestors, the rename that frees a path, the deletion at a rename target).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from astrid_fs.changes import Change
+from astrid_fs.errors import UsageError
+
+
+def normalize_path(raw: str, lower: str | os.PathLike[str],
+                   mountpoint: str | None = None) -> str:
+    """A user-given path as a session path; absolute paths must lie inside the
+    lower dir or the mount point. Raises UsageError for paths outside."""
+    roots = [os.fspath(lower)] + ([mountpoint] if mountpoint else [])
+    if os.path.isabs(raw):
+        norm = os.path.normpath(raw)
+        for root in roots:
+            rel = os.path.relpath(norm, os.path.normpath(root))
+            if rel == "." or not rel.startswith(".."):
+                return "" if rel == "." else rel
+        raise UsageError(f"path {raw!r} is outside the session (lower {roots[0]})")
+    rel = os.path.normpath(raw)
+    if rel.startswith("..") or rel.startswith("/"):
+        raise UsageError(f"path {raw!r} is outside the session")
+    return "" if rel == "." else rel
+
+
+def is_under(path: str, prefix: str) -> bool:
+    return prefix == "" or path == prefix or path.startswith(prefix + "/")
+
+
+def select(changes: list[Change], prefixes: list[str]) -> list[Change]:
+    """The changes named by `prefixes` (session paths; a dir names its subtree;
+    a rename source names the rename), plus structural ancestors they need.
+    An empty list selects everything. A prefix naming nothing is a UsageError."""
+    if not prefixes:
+        return list(changes)
+    chosen: dict[int, Change] = {}
+    for prefix in prefixes:
+        hits = [c for c in changes if is_under(c.path, prefix)
+                or (c.status == "R" and c.lower_path is not None
+                    and is_under(c.lower_path, prefix))]
+        if not hits:
+            raise UsageError(f"no change at {prefix!r} in this session")
+        for c in hits:
+            chosen[id(c)] = c
+    by_path: dict[str, list[Change]] = {}
+    for c in changes:
+        by_path.setdefault(c.path, []).append(c)
+    renames = {c.lower_path: c for c in changes if c.status == "R" and c.kind == "dir"}
+    grown = True
+    while grown:  # until every chosen change has what it needs
+        before = len(chosen)
+        for c in list(chosen.values()):
+            for anc in _ancestors(c.path):
+                for a in by_path.get(anc, []):
+                    if a.structural:
+                        chosen[id(a)] = a
+            # placing at a renamed dir's old path needs the rename first
+            r = renames.get(c.path)
+            if r is not None and c.status != "D":
+                chosen[id(r)] = r
+        grown = len(chosen) != before
+    picked = set(chosen)
+    # A deletion of the lower entry at a path that something is placed on
+    # (a rename target, a type change) must land with it.
+    placed = {c.path for c in chosen.values() if c.status != "D"}
+    extra = [c for c in changes if c.status == "D" and c.path in placed and id(c) not in picked]
+    return sorted([*chosen.values(), *extra], key=lambda c: c.path)
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        yield "/".join(parts[:i])
