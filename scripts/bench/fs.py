@@ -427,7 +427,7 @@ def run_leg(leg: Leg, sizes: Sizes, only: set[str]) -> dict[str, list[float]]:
 
 
 def fmt_time(s: float) -> str:
-    return f"{s * 1000:.0f} ms" if s < 10 else f"{s:.1f} s"
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
 
 
 def fmt_ratio(r: float) -> str:
@@ -458,7 +458,7 @@ def verdict(w: str, medians: dict[str, dict[str, float]]) -> str:
 
 def table(medians: dict[str, dict[str, float]], unavailable: dict[str, str]) -> str:
     legs = [leg for leg in LEGS if leg in medians or leg in unavailable]
-    head = ["workload"] + [LEG_TITLE[leg] for leg in legs] + ["target (astrid-fs)", ""]
+    head = ["workload"] + [LEG_TITLE[leg] for leg in legs] + ["target (astrid-fs)", "met?"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     native = medians.get("native", {})
     for w in WORKLOADS:
@@ -482,8 +482,9 @@ def table(medians: dict[str, dict[str, float]], unavailable: dict[str, str]) -> 
 
 
 def markdown(medians: dict[str, dict[str, float]], unavailable: dict[str, str],
-             sizes: Sizes, mode: str, base: Path) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+             sizes: Sizes, mode: str, base: Path, when: str | None = None,
+             load: str | None = None) -> str:
+    when = when or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = [
         SECTION,
         "",
@@ -493,7 +494,8 @@ def markdown(medians: dict[str, dict[str, float]], unavailable: dict[str, str],
         "(trust ratios more than absolutes). Overlays mount the data set as their lower "
         "layer with a fresh upper; kernel overlayfs with `redirect_dir=on`. "
         "Cold = after `echo 3 > /proc/sys/vm/drop_caches`; git status first = on a "
-        "fresh mount, after dropping caches.",
+        "fresh mount, after dropping caches."
+        + (f" Load average during the run: {load}." if load else ""),
         "",
         table(medians, unavailable),
         "",
@@ -542,10 +544,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--legs", default=",".join(LEGS), help=f"comma list of {','.join(LEGS)}")
     ap.add_argument("--workloads", default="", help="comma list (default: all)")
     ap.add_argument("--json", type=Path, help="write raw times here")
+    ap.add_argument("--from-json", type=Path, metavar="FILE",
+                    help="measure nothing: print (and --write-md) the table of a saved --json")
     ap.add_argument("--write-md", nargs="?", const=REPO / "docs" / "benchmarks.md", type=Path,
                     metavar="FILE", help=f"replace the '{SECTION}' section of FILE "
                     "(default docs/benchmarks.md)")
     args = ap.parse_args(argv)
+
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        sizes = Sizes(**saved["sizes"])
+        medians = {leg: {w: statistics.median(t) for w, t in r.items()}
+                   for leg, r in saved["times"].items()}
+        print(table(medians, saved["unavailable"]))
+        if args.write_md:
+            base = Path(saved.get("base", args.base))
+            section = markdown(medians, saved["unavailable"], sizes, saved["mode"], base,
+                               saved.get("when"), saved.get("load"))
+            write_section(args.write_md, section)
+        return 0
 
     if os.geteuid() != 0:
         print("fs.py: run as root (it mounts overlays and drops caches)", file=sys.stderr)
@@ -583,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    load_before = os.getloadavg()[0]
     results: dict[str, dict[str, list[float]]] = {}
     unavailable: dict[str, str] = {}
     active: list[Leg] = []
@@ -602,16 +620,21 @@ def main(argv: list[str] | None = None) -> int:
             leg.cleanup()
         shutil.rmtree(scratch, ignore_errors=True)
 
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load = f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (1-minute)"
     medians = {leg: {w: statistics.median(t) for w, t in r.items()} for leg, r in results.items()}
     print(table(medians, unavailable))
     for leg, why in unavailable.items():
         print(f"\n{LEG_TITLE[leg]}: not available ({why})")
     if args.json:
         args.json.write_text(json.dumps({"sizes": sizes.__dict__, "mode": mode,
-                                         "times": results, "unavailable": unavailable},
+                                         "times": results, "unavailable": unavailable,
+                                         "base": str(base), "when": when, "load": load,
+                                         "native_fs": fs_type(base)},
                                         indent=1))
     if args.write_md:
-        write_section(args.write_md, markdown(medians, unavailable, sizes, mode, base))
+        write_section(args.write_md,
+                      markdown(medians, unavailable, sizes, mode, base, when, load))
         log(f"wrote section '{SECTION}' of {args.write_md}")
     return 0
 
