@@ -258,3 +258,18 @@ async def test_survives_server_restart(caplog: pytest.LogCaptureFixture) -> None
                     pass  # "rs.during" may or may not have made it
     finally:
         server.stop()
+
+
+async def test_thread_crash_is_reported(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge = NatsBridge(nats_server.url)
+
+    async def broken(nc: object) -> None:
+        raise RuntimeError("boom")
+
+    bridge._drain_outbox = broken  # type: ignore[method-assign]
+    with pytest.raises(BridgeUnavailable, match="boom"):
+        await bridge.run()
+    assert "NATS bridge thread failed" in caplog.text
+    assert not bridge.stats.connected
