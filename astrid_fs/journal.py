@@ -151,6 +151,10 @@ class Record:
         )
 
 
+class BusyError(SessionError):
+    """Another commit, discard or rollback holds the session."""
+
+
 class Steps:
     """Counts journal steps (for progress, and so that a test can make step N
     crash with os._exit or fail with ENOSPC through the environment, read
@@ -230,7 +234,7 @@ def locked(session: Session) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SessionError(
+            raise BusyError(
                 f"session {session.name} is busy: another commit, discard or rollback "
                 "is running") from None
         yield

@@ -20,7 +20,7 @@ from astrid_fs.journal import Steps
 from astrid_fs.selection import is_under
 from astrid_fs.session import Session, open_session
 from astrid_fs.snapshot import describe as describe_snapshots
-from astrid_fs.snapshot import finish_interrupted_rollback, list_snapshots, rollback, snapshot
+from astrid_fs.snapshot import finish_rollback, list_snapshots, rollback, snapshot
 
 _HELP = argparse.RawDescriptionHelpFormatter
 
@@ -81,18 +81,24 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     r.set_defaults(func=cmd_rollback)
 
 
-def open_and_recover(name: str) -> Session:
-    """Open a session and finish whatever a crash interrupted in it."""
+def open_and_recover(name: str, reading: bool = False) -> Session:
+    """Open a session and finish whatever a crash interrupted in it. A verb
+    that only reads (`reading`) goes on without recovery while another
+    command holds the session (that command recovers first itself)."""
     session = open_session(name)
-    with journal.locked(session):
-        for line in finish_interrupted(session):
-            print(f"astrid-fs: {line}", file=sys.stderr)
-    finish_interrupted_rollback(session)
+    try:
+        with journal.locked(session):
+            for line in finish_interrupted(session):
+                print(f"astrid-fs: {line}", file=sys.stderr)
+            finish_rollback(session)
+    except journal.BusyError:
+        if not reading:
+            raise
     return session
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    session = open_and_recover(args.session)
+    session = open_and_recover(args.session, reading=True)
     changes = session_changes(session)
     if args.paths:
         prefixes = resolve_paths(session, args.paths)
@@ -176,7 +182,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    session = open_and_recover(args.session)
+    session = open_and_recover(args.session, reading=True)
     snaps = list_snapshots(session)
     if args.json:
         print(json.dumps([{"number": s.number, "name": s.name, "created": s.created,

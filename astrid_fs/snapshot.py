@@ -133,7 +133,7 @@ def snapshot(session: Session, name: str = "") -> SnapshotInfo:
         raise UsageError(f"snapshot name {name!r} must not be a number or contain '/'")
     with journal.locked(session):
         finish_interrupted(session)
-        _finish_rollback(session)
+        finish_rollback(session)
         control.sync(session)
         snaps = list_snapshots(session)
         if name and any(s.name == name for s in snaps):
@@ -175,17 +175,12 @@ def rollback(session: Session, key: str) -> SnapshotInfo:
         return snap
 
 
-def _finish_rollback(session: Session) -> None:
-    """Finish a rollback that was interrupted (lock held by the caller)."""
+def finish_rollback(session: Session) -> None:
+    """Finish a rollback that was interrupted (journal lock held by the caller)."""
     record = _rollback_record(session)
     if record.exists():
         number = json.loads(record.read_text())["snapshot"]
         _restore(session, find_snapshot(session, str(number)))
-
-
-def finish_interrupted_rollback(session: Session) -> None:
-    with journal.locked(session):
-        _finish_rollback(session)
 
 
 def _restore(session: Session, snap: SnapshotInfo) -> None:

@@ -189,3 +189,10 @@ def test_astrid_fs_entry_point_runs_review_verbs(edited: Session, home: Path) ->
         result = subprocess.run([sys.executable, "-m", "astrid_fs.cli", *args], env=env,
                                 capture_output=True, text=True, check=False)
         assert result.returncode == 0, f"astrid-fs {' '.join(args)}: {result.stderr}"
+
+
+def test_diff_works_while_another_command_holds_the_session(edited: Session,
+                                                            home: Path) -> None:
+    with journal.locked(edited):
+        assert run(home, "diff", "s1").returncode == 0
+        one_line_error(run(home, "commit", "s1"), 1, "busy")
