@@ -1,0 +1,279 @@
+"""A caching wrapper for remote drivers: metadata with a TTL, data by LRU.
+
+Consistency (what a reader through the cache may see):
+- Metadata (`stat`, `list_dir`) is at most `metadata_ttl_s` old. A `stat`
+  of a name inside a freshly listed directory is answered from that listing
+  (negative answers too), so `ls -l` costs one LIST, not one HEAD per entry.
+- Data is cached in blocks keyed by (path, ETag): an object replaced on the
+  server is never served from an older version's blocks once its new
+  metadata is seen (so: within the TTL); a reader open across the change gets
+  `Stale` from the driver instead of mixed content.
+- Write-back through this wrapper (commit) invalidates what it touched, the
+  parent listings and every cached key under a renamed or deleted tree: a
+  session reads its own commit at once.
+- `fingerprint` is never cached (commit's conflict check needs the truth).
+
+Bounds: at most `max_entries` metadata entries and `data_bytes` of blocks,
+least recently used dropped first. One lock guards both maps; no I/O happens
+under it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from astrid_fs.drivers.base import (
+    DelegatingDriver,
+    EntryStat,
+    LowerDriver,
+    Reader,
+    parent_rel,
+)
+from astrid_fs.drivers.readahead import MIB
+
+BLOCK = 1 * MIB
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Sizes and TTL; `data_bytes=0` turns the data cache off."""
+
+    metadata_ttl_s: float = 30.0
+    max_entries: int = 200_000
+    data_bytes: int = 256 * MIB
+    block_size: int = BLOCK
+
+
+@dataclass(frozen=True)
+class _Listing:
+    entries: list[tuple[str, EntryStat]]
+    by_name: dict[str, EntryStat]
+
+
+def _under(key: str, rel: str) -> bool:
+    return rel == "" or key == rel or key.startswith(rel + "/")
+
+
+class CacheStats:
+    """Hit and miss counters, for benchmarks and tests."""
+
+    def __init__(self) -> None:
+        self.meta_hits = 0
+        self.meta_misses = 0
+        self.data_hits = 0
+        self.data_misses = 0
+
+
+class CachingDriver(DelegatingDriver):
+    """Wraps a driver with a metadata cache (TTL) and a block data cache (LRU)."""
+
+    def __init__(self, inner: LowerDriver, config: CacheConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(inner)
+        self.config = config or CacheConfig()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stats: OrderedDict[str, tuple[float, EntryStat | None]] = OrderedDict()
+        self._lists: OrderedDict[str, tuple[float, _Listing]] = OrderedDict()
+        self._blocks: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self._block_bytes = 0
+        self.counters = CacheStats()
+
+    # ---- metadata -----------------------------------------------------------------
+
+    def _fresh_list(self, rel: str, now: float) -> _Listing | None:
+        hit = self._lists.get(rel)
+        if hit is None or hit[0] <= now:
+            return None
+        self._lists.move_to_end(rel)
+        return hit[1]
+
+    def stat(self, rel: str) -> EntryStat | None:
+        now = self._clock()
+        with self._lock:
+            hit = self._stats.get(rel)
+            if hit is not None and hit[0] > now:
+                self._stats.move_to_end(rel)
+                self.counters.meta_hits += 1
+                return hit[1]
+            if rel:
+                listing = self._fresh_list(parent_rel(rel), now)
+                if listing is not None:
+                    self.counters.meta_hits += 1
+                    return listing.by_name.get(rel.rpartition("/")[2])
+            self.counters.meta_misses += 1
+        found = self.inner.stat(rel)
+        with self._lock:
+            self._stats[rel] = (self._clock() + self.config.metadata_ttl_s, found)
+            self._trim_meta()
+        return found
+
+    def list_dir(self, rel: str) -> list[tuple[str, EntryStat]]:
+        with self._lock:
+            listing = self._fresh_list(rel, self._clock())
+            if listing is not None:
+                self.counters.meta_hits += 1
+                return list(listing.entries)
+            self.counters.meta_misses += 1
+        entries = self.inner.list_dir(rel)
+        with self._lock:
+            self._lists[rel] = (self._clock() + self.config.metadata_ttl_s,
+                                _Listing(entries, dict(entries)))
+            self._trim_meta()
+        return list(entries)
+
+    def _trim_meta(self) -> None:
+        while len(self._stats) + len(self._lists) > self.config.max_entries:
+            if self._lists and (not self._stats or len(self._lists) > len(self._stats)):
+                self._lists.popitem(last=False)
+            else:
+                self._stats.popitem(last=False)
+
+    # ---- data ------------------------------------------------------------------------
+
+    def open_reader(self, rel: str, expect: EntryStat | None = None) -> Reader:
+        st = expect if expect is not None else self.stat(rel)
+        if self.config.data_bytes <= 0 or st is None or st.kind != "file" or st.etag is None:
+            return self.inner.open_reader(rel, st if st is not None and st.kind == "file"
+                                          else None)
+        return _CachedReader(self, rel, st)
+
+    def _block_get(self, key: tuple[str, str, int]) -> bytes | None:
+        with self._lock:
+            block = self._blocks.get(key)
+            if block is not None:
+                self._blocks.move_to_end(key)
+                self.counters.data_hits += 1
+            else:
+                self.counters.data_misses += 1
+            return block
+
+    def _block_put(self, key: tuple[str, str, int], block: bytes) -> None:
+        with self._lock:
+            old = self._blocks.pop(key, None)
+            if old is not None:
+                self._block_bytes -= len(old)
+            self._blocks[key] = block
+            self._block_bytes += len(block)
+            while self._block_bytes > self.config.data_bytes and self._blocks:
+                _, dropped = self._blocks.popitem(last=False)
+                self._block_bytes -= len(dropped)
+
+    # ---- invalidation --------------------------------------------------------------
+
+    def invalidate(self, rel: str = "", tree: bool = True) -> None:
+        """Forget `rel` (and, with `tree`, everything under it) and its parent listing."""
+        with self._lock:
+            for table in (self._stats, self._lists):
+                doomed = [k for k in table if (_under(k, rel) if tree else k == rel)]
+                for k in doomed:
+                    del table[k]
+            if rel:
+                self._lists.pop(parent_rel(rel), None)
+                self._stats.pop(parent_rel(rel), None)
+            for key in [k for k in self._blocks if _under(k[0], rel)]:
+                self._block_bytes -= len(self._blocks.pop(key))
+
+    def put_file(self, rel: str, local_path: Path, mode: int, mtime_ns: int) -> str | None:
+        try:
+            return self.inner.put_file(rel, local_path, mode, mtime_ns)
+        finally:
+            self._invalidate_ancestors(rel)
+
+    def _invalidate_ancestors(self, rel: str) -> None:
+        # A new key can create parent prefixes that were absent (or cached absent).
+        self.invalidate(rel)
+        while rel:
+            rel = parent_rel(rel)
+            self.invalidate(rel, tree=False)
+
+    def make_dir(self, rel: str, mode: int) -> None:
+        try:
+            self.inner.make_dir(rel, mode)
+        finally:
+            self._invalidate_ancestors(rel)
+
+    def make_symlink(self, rel: str, target: str) -> None:
+        try:
+            self.inner.make_symlink(rel, target)
+        finally:
+            self._invalidate_ancestors(rel)
+
+    def set_attrs(self, rel: str, mode: int | None, mtime_ns: int | None) -> None:
+        try:
+            self.inner.set_attrs(rel, mode, mtime_ns)
+        finally:
+            self.invalidate(rel)
+
+    def delete(self, rel: str) -> None:
+        try:
+            self.inner.delete(rel)
+        finally:
+            self._invalidate_ancestors(rel)
+
+    def delete_tree(self, rel: str) -> None:
+        try:
+            self.inner.delete_tree(rel)
+        finally:
+            self._invalidate_ancestors(rel)
+
+    def rename(self, old: str, new: str) -> None:
+        try:
+            self.inner.rename(old, new)
+        finally:
+            self._invalidate_ancestors(old)
+            self._invalidate_ancestors(new)
+
+
+class _CachedReader:
+    """Block-aligned reads through the shared block cache; the inner reader
+    (with its read-ahead) is opened only on the first miss."""
+
+    def __init__(self, cache: CachingDriver, rel: str, st: EntryStat) -> None:
+        self._cache = cache
+        self._rel = rel
+        self._st = st
+        self._etag = st.etag or ""
+        self._inner: Reader | None = None
+        self._lock = threading.Lock()
+
+    def _reader(self) -> Reader:
+        with self._lock:
+            if self._inner is None:
+                self._inner = self._cache.inner.open_reader(self._rel, self._st)
+            return self._inner
+
+    def _block(self, index: int) -> bytes:
+        key = (self._rel, self._etag, index)
+        block = self._cache._block_get(key)
+        if block is None:
+            bs = self._cache.config.block_size
+            block = self._reader().pread(bs, index * bs)
+            self._cache._block_put(key, block)
+        return block
+
+    def pread(self, size: int, offset: int) -> bytes:
+        end = min(offset + size, self._st.size)
+        if offset >= end:
+            return b""
+        bs = self._cache.config.block_size
+        parts: list[bytes] = []
+        for index in range(offset // bs, (end - 1) // bs + 1):
+            block = self._block(index)
+            lo = max(offset - index * bs, 0)
+            hi = min(end - index * bs, len(block))
+            parts.append(block[lo:hi])
+            if len(block) < bs:
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        with self._lock:
+            inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.close()
