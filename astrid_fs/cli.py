@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from astrid_fs import mount_cli, review_cli
+from astrid_fs import drivers_cli, mount_cli, review_cli
 from astrid_fs.errors import AstridFsError
 
 EPILOG = """examples:
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     mount_cli.register(sub)
     review_cli.register(sub)
+    drivers_cli.register(sub)
     return parser
 
 
