@@ -148,6 +148,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_component(wasm: bytes) -> bool:
+    """The component-model binary header: magic, then layer 1 (a core module has 0)."""
+    return wasm[:4] == b"\0asm" and wasm[6:8] == b"\x01\x00"
+
+
 def cmd_plugin(args: argparse.Namespace) -> int:
     lock_path = _lockfile(args)
     if args.plugin_command == "install":
@@ -157,6 +162,9 @@ def cmd_plugin(args: argparse.Namespace) -> int:
         except OSError as e:
             raise KernelError(f"{manifest.path}: component {manifest.component}: "
                               f"{e.strerror}") from None
+        if not is_component(wasm):
+            raise KernelError(f"{manifest.component}: not a WebAssembly component "
+                              "(a core module? wrap it with `wasm-tools component new`)")
         lock = load_lockfile(lock_path)
         entry = entry_for(manifest, wasm)
         lock.with_entry(entry).save()

@@ -95,9 +95,15 @@ class Kernel:
             try:
                 manifest, entry, wasm = await trio.to_thread.run_sync(
                     self._prepare, lock, source)
+                self.log.event("info", "plugin.verified", plugin=entry.name,
+                               blake3=entry.blake3[:16])
+                t1 = time.perf_counter()
                 compiled = await trio.to_thread.run_sync(
                     self.engine.compile, wasm, entry.blake3, limiter=self.limiter)
                 self.engine.check_plugin_world(compiled.component)
+                self.log.event("info", "plugin.compiled", plugin=entry.name,
+                               cache_hit=compiled.cache_hit,
+                               seconds=round(time.perf_counter() - t1, 3))
             except KernelError as e:
                 name = source.name if isinstance(source, LockEntry) else Path(label).name
                 self.refuse(name, str(e))

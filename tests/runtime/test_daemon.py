@@ -157,7 +157,13 @@ def test_plugin_install_verify_list(tmp_path: Path, component_paths: dict[str, P
     missing = astrid("plugin", "install", str(tmp_path / "nowhere"))
     assert missing.returncode == 1
     assert missing.stderr == f"astrid: {tmp_path / 'nowhere'}: no such file\n"
-    assert os.path.exists(lock)
+    core = write_plugin(tmp_path, "core", component_paths["relay"])
+    (core / "core.wasm").write_bytes(b"\0asm\x01\x00\x00\x00")
+    not_component = astrid("plugin", "install", str(core))
+    assert not_component.returncode == 1
+    assert not_component.stderr.startswith(f"astrid: {core / 'core.wasm'}: not a WebAssembly "
+                                           "component")
+    assert [p["name"] for p in json.loads(astrid("plugin", "list", "--json").stdout)] == ["relay"]
 
 
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
