@@ -80,13 +80,12 @@ async def run(config: KernelConfig) -> None:
             async with open_kernel(engine, kv, guest_threads=config.guest_threads,
                                    log=log) as kernel:
                 server = ControlServer(kernel, config.socket)
-                await kernel._nursery.start(server.serve)  # type: ignore[union-attr]
+                await kernel.start_service(server.serve)
                 log.event("info", "kernel.listening", socket=str(config.socket),
                           lockfile=str(config.lockfile), kv=config.kv_url or "none")
                 await kernel.boot(BootPlan(config.lockfile, config.plugins))
                 if config.nats:
-                    await kernel._nursery.start(  # type: ignore[union-attr]
-                        _bridge, kernel, config)
+                    await kernel.start_service(_bridge, kernel, config)
                 async for signum in signals:
                     log.event("info", "kernel.stopping", signal=signal.Signals(signum).name)
                     await kernel.stop()

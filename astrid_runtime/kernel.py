@@ -12,7 +12,7 @@ calls go through the supervisors under one `CapacityLimiter`.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +132,11 @@ class Kernel:
         self.supervisors[spec.name] = sup
         self._nursery.start_soon(sup.run, name=f"plugin:{spec.name}")
         return sup
+
+    async def start_service(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run `fn(*args, task_status=...)` in the kernel's nursery (`nursery.start`)."""
+        assert self._nursery is not None
+        await self._nursery.start(fn, *args)
 
     def load_component(self, wasm: bytes) -> Any:
         """Compile bytes the caller already trusts (tests, benchmarks)."""
