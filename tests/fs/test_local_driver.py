@@ -6,6 +6,7 @@ import errno
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -161,10 +162,12 @@ def test_read_only_wrapper_refuses_write_back(tree: Path, tmp_path: Path) -> Non
     assert drv.stat("README") is not None and drv.local_root == tree
     src = tmp_path / "x"
     src.write_text("x")
-    for call in (lambda: drv.put_file("README", src, 0o644, 0), lambda: drv.delete("README"),
-                 lambda: drv.delete_tree("src"), lambda: drv.rename("README", "R"),
-                 lambda: drv.make_dir("d", 0o755), lambda: drv.make_symlink("s", "t"),
-                 lambda: drv.set_attrs("README", 0o600, None)):
+    calls: list[Callable[[], object]] = [
+        lambda: drv.put_file("README", src, 0o644, 0), lambda: drv.delete("README"),
+        lambda: drv.delete_tree("src"), lambda: drv.rename("README", "R"),
+        lambda: drv.make_dir("d", 0o755), lambda: drv.make_symlink("s", "t"),
+        lambda: drv.set_attrs("README", 0o600, None)]
+    for call in calls:
         with pytest.raises(ReadOnly) as info:
             call()
         assert info.value.errno == errno.EROFS
