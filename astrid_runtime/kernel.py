@@ -23,7 +23,7 @@ import trio
 if TYPE_CHECKING:
     from astrid_runtime.nats_bridge import NatsBridge
 
-from astrid_runtime.abi.context import KvBackend
+from astrid_runtime.abi.context import ContextHook, KvBackend
 from astrid_runtime.bus import Bus, Endpoint, Message
 from astrid_runtime.engine import KernelEngine, digest
 from astrid_runtime.errors import BusError, KernelError
@@ -65,6 +65,8 @@ class Kernel:
         self._nursery: trio.Nursery | None = None
         self.boot_stats: dict[str, Any] = {}
         self.bridge_stats: dict[str, int] = {}
+        #: Run on each new plugin's context before it starts (VFS roots, approvals).
+        self.context_hooks: list[ContextHook] = []
 
     # -- boot ----------------------------------------------------------------
 
@@ -130,6 +132,8 @@ class Kernel:
             raise KernelError(f"plugin {spec.name} is already running")
         sup = Supervisor(spec, self.engine, self.bus, self.kv, self.log, self.limiter)
         self.supervisors[spec.name] = sup
+        for hook in self.context_hooks:
+            hook(sup.context)
         self._nursery.start_soon(sup.run, name=f"plugin:{spec.name}")
         return sup
 

@@ -154,6 +154,8 @@ class Supervisor:
                 delay = min(delay * 2, limits.backoff_max_s)
                 self.restarts += 1
         finally:
+            if self.context.vfs is not None:  # a stopped or disabled plugin holds no handles
+                self.context.vfs.close_all()
             if self.state is not State.DISABLED:
                 self._set_state(State.STOPPED)
 
@@ -189,6 +191,8 @@ class Supervisor:
         def build() -> PluginInstance:
             if self._linker is None:
                 self._linker = PluginLinker(self._engine.engine, self.context)
+            if self.context.vfs is not None:  # handles die with the instance that held them
+                self.context.vfs.close_all()
             instance = PluginInstance(self.name, self._engine, self.spec.component,
                                       self._linker, self.spec.limits)
             self._bus.begin_renewal(self.endpoint)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from astrid_runtime.bus import Endpoint
 from astrid_runtime.grants import Grants, Limits
+
+if TYPE_CHECKING:
+    from astrid_runtime.approval.pipeline import ApprovalPipeline
+    from astrid_runtime.vfs import PluginVfs
 
 
 class KvBackend(Protocol):
@@ -39,3 +43,12 @@ class PluginContext:
     kv: KvBackend | None
     log: LogSink
     report_bug: BugSink
+    #: The plugin's VFS (roots, handle table); None when the kernel provides no roots.
+    vfs: PluginVfs | None = None
+    #: The kernel's approval pipeline for `cap.request`; None refuses every request.
+    approvals: ApprovalPipeline | None = None
+
+
+#: Called with each plugin's context before its first instance starts: how the
+#: kernel's owner hands a plugin its VFS roots and the approval pipeline.
+ContextHook = Callable[[PluginContext], None]

@@ -60,8 +60,12 @@ class HostFuncs:
         self._keepalive: list[Any] = []
 
     def add(self, instance: LinkerInstance, name: str, sig: Signature,
-            impl: Callable[..., Any]) -> None:
-        """Define `name` on `instance`; `impl` gets lifted args, returns the result value."""
+            impl: Callable[..., Any], *, with_context: bool = False) -> None:
+        """Define `name` on `instance`; `impl` gets lifted args, returns the result value.
+
+        With `with_context`, `impl` first gets the raw `wasmtime_context_t *`
+        of the calling store (an int): resource arguments and results need it.
+        """
         params = sig.params
         result = sig.result
         report = self._report_bug
@@ -77,7 +81,7 @@ class HostFuncs:
             except Exception as e:  # a malformed call: refuse it as a trap
                 return _trap(f"host function {name}: bad arguments: {e}")
             try:
-                value = impl(*lifted)
+                value = impl(_ctx, *lifted) if with_context else impl(*lifted)
             except Exception as e:
                 report(name, e)
                 value = Err(Case("internal", f"{name}: kernel bug: {type(e).__name__}"))
