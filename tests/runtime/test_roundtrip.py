@@ -118,7 +118,8 @@ async def test_cap_and_vfs_refuse_until_built(
     tap = Tap(kernel.bus, "echo.error")
     kernel.publish("echo.cap", b"workspace")
     assert (await tap.receive()).payload == b"Error_Denied:action 'net.http' not granted"
-    assert (await tap.receive()).payload == b"Error_Unavailable:vfs is not available yet"
+    assert (await tap.receive()).payload == (
+        b"Error_Unavailable:no vfs roots in this kernel (no session mounted)")
     kernel.publish("echo.cap", b"/mnt/s3")
     await tap.receive()
     assert (await tap.receive()).payload == b"Error_Denied:vfs root '/mnt/s3' not granted"
