@@ -32,7 +32,7 @@ import errno
 import os
 import stat as statmod
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,9 @@ from astrid_runtime.openat2 import RESOLVE_STRICT, openat2
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
 READ_ONLY_SUFFIX = ":ro"
+
+#: (event, fields) -> None: where refusals are recorded (approval.audit.AuditLog.record).
+AuditSink = Callable[[str, dict[str, object]], None]
 
 _KIND_BY_FMT = {statmod.S_IFREG: "file", statmod.S_IFDIR: "directory",
                 statmod.S_IFLNK: "symlink"}
@@ -242,8 +245,9 @@ class PluginVfs:
     """
 
     def __init__(self, plugin: str, grant: Iterable[str], roots: Mapping[str, Path],
-                 limits: VfsLimits | None = None):
+                 limits: VfsLimits | None = None, audit: AuditSink | None = None):
         self.plugin = plugin
+        self.audit = audit
         self.grants = root_grants(grant)
         self.roots = dict(roots)
         self.limits = limits or VfsLimits()
@@ -262,6 +266,12 @@ class PluginVfs:
         if not isinstance(handle, FileHandle):
             raise Refusal("invalid", f"handle {rep} is a directory, not a file")
         return handle
+
+    def refused(self, op: str, detail: str, kind: str, reason: str) -> None:
+        """Record a refused call in the audit trail (the guest got an error value)."""
+        if self.audit is not None:
+            self.audit("vfs.refused", {"plugin": self.plugin, "op": op, "arg": detail[:200],
+                                       "error": kind, "reason": reason})
 
     def drop(self, rep: int) -> None:
         """The guest dropped the resource. Never raises."""

@@ -1,7 +1,11 @@
-"""`astrid:kernel/cap`: approval requests; refuses until the approval chain lands.
+"""`astrid:kernel/cap`: approval requests through the kernel's `ApprovalPipeline`.
 
-`request` returns `denied` for an action kind outside the plugin's `cap`
-grant and `unavailable` otherwise (no approver is wired in yet).
+`request` returns an `approval-token` when the pipeline approves (grant,
+policy, ... see astrid_runtime/approval/pipeline.py), `denied` with the
+reason otherwise (every decision is an audit line), `invalid` for an
+action without kind or resource, `too-large` for oversized fields, and
+`unavailable` in a kernel started without an approval pipeline (after
+the grant check).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from astrid_runtime.abi.canon import (
     _QQ,
     ERROR,
     STRING,
+    U64,
     Codec,
     ListCodec,
     ResultCodec,
@@ -20,7 +25,9 @@ from astrid_runtime.abi.canon import (
 )
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.abi.hostfunc import HostFuncs, Signature
-from astrid_runtime.abi.outcome import error
+from astrid_runtime.abi.outcome import call, error
+from astrid_runtime.abi.resource import RecordCodec
+from astrid_runtime.approval.pipeline import Action
 
 INTERFACE = "astrid:kernel/cap@0.1.0"
 
@@ -54,11 +61,26 @@ class ActionCodec(Codec):
         return (out[0], out[1], out[2])
 
 
+#: `record approval-token { token, kind, resource, expires-at-ms }`
+TOKEN = RecordCodec((("token", STRING), ("kind", STRING), ("resource", STRING),
+                     ("expires-at-ms", U64)))
+
+
 def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
     def request(action: tuple[str, str, list[tuple[str, str]]]) -> object:
-        kind = action[0]
-        if kind not in ctx.grants.cap:
-            return error("denied", f"action {kind!r} not granted")
-        return error("unavailable", "approvals are not available yet")
+        kind, resource, details = action
+        pipeline = ctx.approvals
+        if pipeline is None:
+            if kind not in ctx.grants.cap:
+                return error("denied", f"action {kind!r} not granted")
+            return error("unavailable", "this kernel has no approval pipeline")
 
-    funcs.add(inst, "request", Signature((ActionCodec(),), ResultCodec(None, ERROR)), request)
+        def run() -> tuple[str, str, str, int]:
+            assert pipeline is not None
+            token = pipeline.request(Action(ctx.name, kind, resource, tuple(details)),
+                                     ctx.grants.cap)
+            return (token.token, token.kind, token.resource, token.expires_at_ms)
+
+        return call(run)
+
+    funcs.add(inst, "request", Signature((ActionCodec(),), ResultCodec(TOKEN, ERROR)), request)
