@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -130,6 +131,10 @@ class FuseOps(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: Any) -> Any:
         self._count("getattr")
         node = self._node(inode)
+        if not node.links and inode != 1:
+            entry = self.ino_fds.get(inode)
+            if entry is not None:  # unlinked but open: the fd is the file
+                return self._entry(node, os.fstat(entry.fd))
         try:
             return self._entry(node, self.ov.stat(node))
         except FileNotFoundError:
@@ -157,7 +162,7 @@ class FuseOps(pyfuse3.Operations):
             try:
                 st = self.ov.setattr(inode, change, fd)
             except FileNotFoundError:
-                if fd is not None or self.ino_fds.get(inode) is None:
+                if fd is not None or (self.ino_fds.get(inode) is None and node.in_upper):
                     raise
                 fd = self._inode_fd(node, write=True)  # unlinked, still open
                 st = self.ov.setattr(inode, change, fd)
@@ -201,12 +206,15 @@ class FuseOps(pyfuse3.Operations):
         if not self.no_open:
             return
         try:
-            node, _ = self.ov.peek(parent_inode, name)
+            node, st = self.ov.peek(parent_inode, name)
         except OSError:
             return
-        if node.is_dir or node.lookups == 0 or not node.in_upper:
+        if not stat.S_ISREG(st.st_mode) or node.lookups == 0 or not node.in_upper:
             return
-        if self.ino_fds.get(node.ino) is None:
+        entry = self.ino_fds.get(node.ino)
+        if entry is None or not entry.in_upper:
+            # Pin an fd on the upper file itself, never a stale lower one.
+            self.ino_fds.close(node.ino)
             self._inode_fd(node, write=False)
         self.ino_fds.pin(node.ino)
 
@@ -308,15 +316,26 @@ class FuseOps(pyfuse3.Operations):
         return self._file_info(node, fd, st), self._entry(node, st)
 
     def _inode_fd(self, node: Node, write: bool) -> int:
-        """The fd for no-open I/O on `node`, (re)opened as the layers require."""
+        """The fd for no-open I/O on `node`, (re)opened as the layers require.
+
+        Never opens a lower file for writing: a write to a file still in the
+        lower layer copies it up first, or, if it has no name left (unlinked
+        while open), goes to an unnamed copy."""
         entry = self.ino_fds.get(node.ino)
         if entry is not None and entry.in_upper == node.in_upper and (entry.writable or not write):
             return entry.fd
-        if entry is not None and entry.pinned:
-            # Unlinked while open: only the fd reaches the data; reopen it.
+        if entry is not None and entry.pinned and entry.in_upper:
+            # An upper file unlinked while open: only the fd reaches it.
             fd = os.open(f"/proc/self/fd/{entry.fd}", os.O_RDWR if write else os.O_RDONLY)
-            self.ino_fds.put(node.ino, InodeFd(fd, write, entry.in_upper, pinned=True))
+            self.ino_fds.put(node.ino, InodeFd(fd, write, True, pinned=True))
             return fd
+        if not node.links and node.ino != 1:
+            if not write and entry is not None:
+                return entry.fd
+            if write:
+                fd = self.ov.anonymous_copy(node, None if entry is None else entry.fd)
+                self.ino_fds.put(node.ino, InodeFd(fd, True, True, pinned=True))
+                return fd
         if write:
             fd = os.open(self.ov.copy_up(node), os.O_RDWR | os.O_NOFOLLOW)
         else:

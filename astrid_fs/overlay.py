@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from astrid_fs import syscalls
-from astrid_fs.copyup import copy_up, copy_up_remote, temp_name
+from astrid_fs.copyup import copy_data, copy_up, copy_up_remote, temp_name
 from astrid_fs.inodes import ROOT_INO, DeviceTags, InodeTable, Node, upper_only_ino
 from astrid_fs.layers import (
     Layers,
@@ -189,6 +189,30 @@ class Overlay:
         if not node.is_dir:
             node.lower = None
         return upath
+
+    def anonymous_copy(self, node: Node, source_fd: int | None) -> int:
+        """An unnamed read-write copy (O_TMPFILE in the work dir) of a file
+        that lost its last name while open, made from `source_fd` or the
+        lower file: where writes to it go, as on a plain filesystem."""
+        fd = os.open(self.tmp, os.O_TMPFILE | os.O_RDWR, 0o600)
+        try:
+            remote = self.remote_of(node)
+            if source_fd is not None:
+                copy_data(source_fd, fd, os.fstat(source_fd).st_size)
+            elif remote is not None:
+                remote[0].fetch_to(remote[1], fd)
+            else:
+                if node.lower is None:
+                    raise _err(errno.ENOENT)
+                src = os.open(self.layers.lower_path(node.lower), os.O_RDONLY)
+                try:
+                    copy_data(src, fd, os.fstat(src).st_size)
+                finally:
+                    os.close(src)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     # ---- creating entries -------------------------------------------------
 

@@ -66,6 +66,7 @@ int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
 }
 
 static struct fuse_lowlevel_ops patched;
+static void (*orig_init)(void *, struct fuse_conn_info *);
 static void (*orig_read)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_file_info *);
 static void (*orig_write)(fuse_req_t, fuse_ino_t, const char *, size_t, off_t,
                           struct fuse_file_info *);
@@ -77,6 +78,15 @@ static void mark(fuse_ino_t ino, struct fuse_file_info *fi)
 {
     if (fi && fi->fh == 0)
         fi->fh = ASTRID_FH_INODE | (uint64_t)ino;
+}
+
+/* With no_open, OPEN never reaches the daemon, so O_TRUNC must arrive as a
+ * SETATTR: turn off atomic_o_trunc (libfuse enables it by default). */
+static void shim_init(void *userdata, struct fuse_conn_info *conn)
+{
+    if (orig_init)
+        orig_init(userdata, conn);
+    conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
 }
 
 static void shim_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -114,6 +124,8 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
         return NULL;
     memset(&patched, 0, sizeof patched);
     memcpy(&patched, op, op_size < sizeof patched ? op_size : sizeof patched);
+    orig_init = patched.init;
+    patched.init = shim_init;
     if (patched.read) {
         orig_read = patched.read;
         patched.read = shim_read;

@@ -351,3 +351,24 @@ def test_write_through_read_only_opened_file_after_copy_up(s: MountedSession) ->
         assert os.pread(reader, 100, 0) == b"rewritten\n"
     finally:
         os.close(reader)
+
+
+def test_writes_through_stale_handles_never_reach_the_lower(tmp_path: Path,
+                                                           mount_session: Mount) -> None:
+    # A lower file read (kernel keeps an fd on the lower), then truncated
+    # through a symlink (copy-up), then opened, unlinked and written: the
+    # write lands in the session, never in the lower file.
+    lower = make_lower(tmp_path)
+    before = hash_tree(lower)
+    s = mount_session(lower)
+    assert (s.mnt / "readme-link").read_text() == "hello\n"
+    os.close(os.open(s.mnt / "readme-link", os.O_RDONLY | os.O_TRUNC))
+    fd = os.open(s.mnt / "README.md", os.O_RDWR)
+    try:
+        os.unlink(s.mnt / "README.md")
+        os.pwrite(fd, b"X", 0)
+        assert os.pread(fd, 100, 0) == b"X"
+    finally:
+        os.close(fd)
+    s.umount()
+    assert hash_tree(lower) == before
