@@ -32,6 +32,9 @@ from astrid_runtime.logs import KernelLog
 from astrid_runtime.manifest import Manifest, load_manifest
 from astrid_runtime.supervisor import PluginSpec, Supervisor
 
+#: Largest payload `astrid publish` may send (plugins have their own limit).
+CLIENT_MAX_PAYLOAD = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Refused:
@@ -158,6 +161,9 @@ class Kernel:
 
     def publish(self, topic: str, payload: bytes) -> int:
         """Publish as the client (`astrid publish`); raises `BusError`."""
+        if len(payload) > CLIENT_MAX_PAYLOAD:
+            raise BusError("too-large", f"payload of {len(payload)} bytes is over the client "
+                           f"limit of {CLIENT_MAX_PAYLOAD}")
         return self.bus.publish(None, topic, payload)
 
     async def bridge(self, bridge: NatsBridge, patterns: tuple[str, ...] = (">",)) -> None:

@@ -138,6 +138,18 @@ def test_unreachable_daemon_and_bad_config(tmp_path: Path) -> None:
     assert bad.stderr == f"astridd: {config}:2: guest_threads must be int, not str\n"
 
 
+def test_malformed_lockfile_stops_boot_with_the_line(tmp_path: Path) -> None:
+    lock = tmp_path / "plugins.lock"
+    lock.write_text('version = 1\n[[plugin]]\nname = "x"\nversion = 1\n')
+    config = tmp_path / "astridd.toml"
+    config.write_text(f'home = "{tmp_path / "home"}"\nkv = "none"\n')
+    bad = subprocess.run([*ASTRIDD, "--config", str(config), "--lockfile", str(lock)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert bad.stderr.endswith(f"astridd: {lock}:2: [[plugin]] is missing 'component'\n")
+    assert "Traceback" not in bad.stderr
+
+
 def test_plugin_install_verify_list(tmp_path: Path, component_paths: dict[str, Path]) -> None:
     plugin = write_plugin(tmp_path, "relay", component_paths["relay"], subscribe=("demo",))
     lock = tmp_path / "plugins.lock"

@@ -77,10 +77,13 @@ async def test_plugin_log_lines_reach_the_kernel_log(
     assert lines[0].astrid_fields == {"plugin": "pyecho", "pattern": "echo.>"}  # type: ignore[attr-defined]
 
 
-async def test_client_publish_validates_topic(kernel: Kernel) -> None:
+async def test_client_publish_validates_topic_and_size(kernel: Kernel) -> None:
     with pytest.raises(BusError) as e:
         kernel.publish("bad..topic", b"")
     assert e.value.kind == "invalid"
+    with pytest.raises(BusError) as big:
+        kernel.publish("fine", b"x" * (1024 * 1024 + 1))
+    assert big.value.kind == "too-large"
 
 
 async def test_status_reports_plugins(kernel: Kernel, components: dict[str, Component]) -> None:
