@@ -75,7 +75,7 @@ def seed(server: S3Server, big_mib: int, keys: int) -> None:
         have = False
     if not have:
         print(f"seeding big.bin ({big_mib} MiB)", file=sys.stderr)
-        obstore.put(s, "big.bin", random.Random(1).randbytes(big_mib * MIB))
+        obstore.put(s, "big.bin", os.urandom(big_mib * MIB))
     listed = obstore.list_with_delimiter(s, f"list{keys}")["objects"]
     if len(listed) != keys:
         print(f"seeding {keys} keys", file=sys.stderr)
