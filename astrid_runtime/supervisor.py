@@ -85,6 +85,7 @@ class Supervisor:
         self.last_error: str | None = None
         self._crash_times: deque[float] = deque()
         self._stopping = threading.Event()
+        self._delay_reset = False
         self._changed = trio.Event()
 
     # -- observation ---------------------------------------------------------
@@ -134,12 +135,9 @@ class Supervisor:
             while not self._stopping.is_set():
                 self._set_state(State.STARTING)
                 try:
-                    instance = await self._start()
-                    self._set_state(State.RUNNING)
-                    self._log.event("info", "plugin.running", plugin=self.name,
-                                    restarts=self.restarts)
-                    delay = limits.backoff_initial_s
-                    await self._serve(instance)
+                    # The instance lives only in this call chain: when it crashes,
+                    # nothing here keeps its Store (and its memory) through the backoff.
+                    await self._serve(await self._start())
                     return  # stopping
                 except CompileError as e:
                     self._disable(str(e))
@@ -149,6 +147,8 @@ class Supervisor:
                         return
                     if self._record_crash(str(e)):
                         return
+                if self._delay_reset:  # it ran since the last crash: start over
+                    delay, self._delay_reset = limits.backoff_initial_s, False
                 self._set_state(State.BACKOFF)
                 await trio.sleep(delay)  # the backoff itself, not synchronisation
                 delay = min(delay * 2, limits.backoff_max_s)
@@ -206,6 +206,9 @@ class Supervisor:
 
     async def _serve(self, instance: PluginInstance) -> None:
         """Deliver mail until stopped; raises `PluginCrash` when the guest dies."""
+        self._set_state(State.RUNNING)
+        self._log.event("info", "plugin.running", plugin=self.name, restarts=self.restarts)
+        self._delay_reset = True
         while not self._stopping.is_set():
             try:
                 await trio.to_thread.run_sync(self._drain, instance, limiter=self._limiter)
