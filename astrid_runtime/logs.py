@@ -39,7 +39,8 @@ class KernelLog:
         number = _LEVELS.get(level, logging.INFO)
         if logger.isEnabledFor(number):
             logger.log(number, message,
-                       extra={"astrid_fields": {"plugin": plugin, **dict(fields)}})
+                       # the kernel's `plugin` wins: a plugin cannot log as another
+                       extra={"astrid_fields": {**dict(fields), "plugin": plugin}})
 
     def host_bug(self, plugin: str, function: str, error: BaseException) -> None:
         self.logger.error("host.bug", exc_info=error,
@@ -48,15 +49,15 @@ class KernelLog:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
+        # Fields first, then the record's own keys: a plugin's fields cannot
+        # overwrite the timestamp, level, logger or message of its line.
+        out: dict[str, Any] = dict(getattr(record, "astrid_fields", {}))
+        out["ts"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                     + f".{int(record.msecs):03d}Z")
+        out["level"] = record.levelname.lower()
+        out["logger"] = record.name
         key = "event" if record.name == "astrid.kernel" else "message"
         out[key] = record.getMessage()
-        out.update(getattr(record, "astrid_fields", {}))
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

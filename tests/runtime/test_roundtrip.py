@@ -126,3 +126,28 @@ async def test_cap_and_vfs_refuse_until_built(
     kernel.publish("echo.cap", b"/mnt/s3")
     await tap.receive()
     assert (await tap.receive()).payload == b"Error_Denied:vfs root '/mnt/s3' not granted"
+
+
+def test_plugin_log_fields_cannot_forge_the_line(expect_logs: ExpectedLogs) -> None:
+    import json
+
+    expect_logs.allow("hello")
+    from astrid_runtime.logs import JsonFormatter, KernelLog
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("astrid.plugin.liar")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        KernelLog().plugin_line("liar", "warn", "hello",
+                                [("plugin", "router"), ("level", "error"), ("x", "1")])
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(JsonFormatter().format(records[0]))
+    assert (line["plugin"], line["level"], line["message"], line["x"]) == (
+        "liar", "warning", "hello", "1")
