@@ -7,6 +7,8 @@
     notes                list the notes        -> notes.list
     forget N             delete note N         -> notes.delete
     count TEXT           words, lines, chars   -> tools.wordcount
+    write|append|replace|cat|ls|mkdir|mv|rm|commit ...
+                         workspace files       -> tools.fs
 
 A `user.input` payload is text, or JSON `{"text": ..., "id": ...}`; replies
 carry `in_reply_to` when the input had an `id`. Anything forwarded is
@@ -29,7 +31,13 @@ HELP = "\n".join([
     "  notes         list what I remember",
     "  forget N      forget note N",
     "  count TEXT    count words, lines and characters in TEXT",
+    "  write PATH TEXT | append PATH TEXT | replace PATH OLD NEW",
+    "  cat PATH | ls [PATH] | mkdir PATH | mv FROM TO | rm PATH",
+    "                edit the session's workspace (the file tool)",
+    "  commit [PATH ...]  ask to commit the session (needs approval)",
 ])
+
+FILE_VERBS = ("write", "append", "replace", "cat", "ls", "mkdir", "mv", "rm", "commit")
 
 _greeting = "Hello!"
 
@@ -70,6 +78,8 @@ def route(msg: Message) -> None:
         bus.publish("notes.delete", {"id": rest, **reply_to})
     elif verb == "count":
         bus.publish("tools.wordcount", rest)
+    elif verb in FILE_VERBS:
+        bus.publish("tools.fs", msg.text)
     else:
         plugin.respond(f"I don't know how to {verb!r}. Type `help`.", **reply_to)
 
