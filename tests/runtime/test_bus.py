@@ -14,6 +14,7 @@ from astrid_runtime.bus import Bus, Doorbell, Endpoint, Tap
 from astrid_runtime.errors import BusError
 from astrid_runtime.grants import Grants, Limits
 from astrid_runtime.kernel import Kernel
+from astrid_runtime.supervisor import State
 
 
 def endpoint(bus: Bus, name: str, grants: Grants | None = None, **limits: int) -> Endpoint:
@@ -145,3 +146,26 @@ async def test_plugin_publish_to_a_full_mailbox_gets_an_error_value(
     await sup.wait_for(lambda s: s.errors >= 2)
     assert "mailbox of stuck is full" in (sup.last_error or "")
     assert sup.crashes == 0
+
+
+async def test_busy_plugin_mailbox_fills_and_publishers_are_refused(
+        kernel: Kernel, components: dict[str, Component], expect_logs: ExpectedLogs) -> None:
+    from testkit import FAST_RESTART
+
+    expect_logs.allow("plugin.crashed")
+    limits = FAST_RESTART.replace(mailbox=2, call_timeout_ms=2000)
+    bad = await running(kernel, spec(components, "hostile",
+                                     grants=Grants(subscribe=("hostile.>",)), limits=limits))
+    kernel.publish("hostile.loop", b"")  # the plugin is now stuck until its deadline
+    accepted = 1
+    with pytest.raises(BusError) as refused:
+        for _ in range(3):  # at most two more fit: the mailbox holds 2
+            kernel.publish("hostile.ok", b"")
+            accepted += 1
+    assert refused.value.kind == "rate-limited"
+    assert "mailbox of hostile is full (2 messages)" in refused.value.message
+    assert accepted in (2, 3)
+    assert bad.endpoint.mailbox.stats.refused == 1
+    await bad.wait_for(lambda s: s.crashes == 1 and s.state is State.RUNNING
+                       and s.endpoint.depth() == 0)
+    assert kernel.publish("hostile.ok", b"") == 1  # the restart drained it: room again
