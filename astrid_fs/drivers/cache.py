@@ -134,6 +134,30 @@ class CachingDriver(DelegatingDriver):
             else:
                 self._stats.popitem(last=False)
 
+    # ---- non-blocking peeks (for callers that must not wait on the network) -------
+
+    def peek_stat(self, rel: str, fresh_only: bool = True) -> tuple[bool, EntryStat | None]:
+        """(known, stat) from the cache alone: never calls the driver.
+        With `fresh_only=False` an expired entry still counts as known."""
+        now = self._clock()
+        with self._lock:
+            hit = self._stats.get(rel)
+            if hit is not None and (hit[0] > now or not fresh_only):
+                return True, hit[1]
+            if rel:
+                got = self._lists.get(parent_rel(rel))
+                if got is not None and (got[0] > now or not fresh_only):
+                    return True, got[1].by_name.get(rel.rpartition("/")[2])
+            return False, None
+
+    def peek_list(self, rel: str, fresh_only: bool = True) -> list[tuple[str, EntryStat]] | None:
+        """The cached listing of `rel`, or None; never calls the driver."""
+        with self._lock:
+            got = self._lists.get(rel)
+            if got is None or (fresh_only and got[0] <= self._clock()):
+                return None
+            return list(got[1].entries)
+
     # ---- data ------------------------------------------------------------------------
 
     def open_reader(self, rel: str, expect: EntryStat | None = None) -> Reader:
