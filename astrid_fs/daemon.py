@@ -28,8 +28,10 @@ import pyfuse3
 import trio
 
 from astrid_fs.fuse_ops import FuseOps
-from astrid_fs.layers import Layers
+from astrid_fs.layers import Layers, RemoteTree
+from astrid_fs.mounttable import MountTable
 from astrid_fs.overlay import Overlay
+from astrid_fs.remote_lower import build_remotes
 from astrid_fs.session import MountState, open_session
 from astrid_fs.whiteout import OverlayXattrs, XattrNs
 
@@ -51,6 +53,9 @@ class DaemonConfig:
     session: str | None = None
     astrid_home: str | None = None
     control: str | None = None
+    # The session's recorded mount table (remote sources at virtual paths);
+    # credentials are never in it: drivers read their own chains.
+    mounts: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -85,7 +90,12 @@ class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         names = OverlayXattrs(config.xattr_ns)
-        layers = Layers(os.fsencode(config.lower), os.fsencode(config.upper), names)
+        remotes: tuple[tuple[bytes, RemoteTree], ...] = ()
+        if config.mounts:
+            remotes = build_remotes(MountTable.load(Path(config.mounts)),
+                                    Path(config.tmp) / "spool")
+        layers = Layers(os.fsencode(config.lower), os.fsencode(config.upper), names,
+                        remotes=remotes)
         self.overlay = Overlay(layers, os.fsencode(config.tmp),
                                redirects=config.xattr_ns == "trusted")
         self.ops = FuseOps(self.overlay, lower_ttl=config.lower_ttl)
