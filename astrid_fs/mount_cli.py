@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from astrid_fs.daemon import DaemonConfig
-from astrid_fs.errors import MountError, SessionError, UsageError
+from astrid_fs.errors import AstridFsError, MountError, SessionError, UsageError
 from astrid_fs.mountinfo import fuse_mount_alive, is_mountpoint
+from astrid_fs.remote_lower import prepare_session_mounts
 from astrid_fs.session import (
     Session,
     astrid_home,
@@ -54,6 +55,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--foreground", action="store_true", help="stay attached until unmounted")
     p.add_argument("--lower-ttl", type=float, default=DEFAULT_LOWER_TTL, metavar="SECONDS",
                    help="how long the kernel may cache lower-layer entries (default: %(default)s)")
+    p.add_argument("--mounts", metavar="FILE",
+                   help="mount table (mounts.toml): remote sources at virtual paths; "
+                        "recorded in the session (docs/drivers.md)")
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_mount)
 
@@ -139,6 +143,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         xattr_ns=session.xattr_ns, mountpoint=mountpoint, fsname=f"astrid-fs:{name}",
         lower_ttl=args.lower_ttl, log_file=str(session.run_dir / "daemon.log"),
         session=name, astrid_home=str(home), control=str(session.control_socket),
+        mounts=_prepare_mounts(args.mounts, session, existed),
     )
     if args.foreground:
         print(f"session {name}: mounting on {mountpoint} (Ctrl-C to unmount)", flush=True)
@@ -152,6 +157,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise
     print(f"session {name} mounted on {mountpoint}")
     return 0
+
+
+def _prepare_mounts(mounts: str | None, session: Session, existed: bool) -> str | None:
+    """Check and record the session's mount table (remote_lower.prepare_session_mounts)."""
+    try:
+        return prepare_session_mounts(mounts, session.root, session.lower)
+    except AstridFsError:
+        if not existed:
+            shutil.rmtree(session.root, ignore_errors=True)  # nothing half-made
+        raise
 
 
 def _check_not_mounted(session: Session) -> None:
