@@ -6,6 +6,7 @@
     astrid plugin install PATH       pin a plugin in plugins.lock (grants what it asks)
     astrid plugin verify             check every pinned component against its blake3
     astrid plugin list               show the pins
+    astrid run [--lower DIR]         an agent session over DIR, typed at (run_cli.py)
 
 Exit codes: 0 ok; 1 refused or bad input (one line on stderr); 2 usage;
 3 astridd not reachable; 4 `plugin verify` found a mismatch.
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from astrid_runtime import run_cli
 from astrid_runtime.config import default_socket, load_config
 from astrid_runtime.control import ControlClient
 from astrid_runtime.errors import KernelError, KernelUnreachable, VerifyError
@@ -65,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     psub.add_parser("verify", help="check every pinned component's blake3")
     lst = psub.add_parser("list", help="list pinned plugins")
     lst.add_argument("--json", action="store_true")
+    run_cli.add_parser(sub)
     return p
 
 
@@ -196,7 +199,8 @@ def cmd_plugin(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"publish": cmd_publish, "tail": cmd_tail, "status": cmd_status,
-            "plugin": cmd_plugin}
+            "plugin": cmd_plugin,
+            "run": run_cli.verb(_lockfile)}
 
 
 def main(argv: list[str] | None = None) -> int:
