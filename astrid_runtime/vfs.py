@@ -233,6 +233,9 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
 
 
+#: Error kinds that are audit lines: attempts beyond the grant, hostile or broken input.
+AUDITED = frozenset({"denied", "invalid", "closed", "too-large"})
+
 OPEN_FLAGS = frozenset({"read", "write", "create", "truncate", "append", "exclusive"})
 
 
@@ -268,8 +271,12 @@ class PluginVfs:
         return handle
 
     def refused(self, op: str, detail: str, kind: str, reason: str) -> None:
-        """Record a refused call in the audit trail (the guest got an error value)."""
-        if self.audit is not None:
+        """Record a refused call in the audit trail (the guest got an error value).
+
+        Only refusals a person should see are recorded (`AUDITED`): a
+        `not-found` or `conflict` is an ordinary answer, not an attempt.
+        """
+        if self.audit is not None and kind in AUDITED:
             self.audit("vfs.refused", {"plugin": self.plugin, "op": op, "arg": detail[:200],
                                        "error": kind, "reason": reason})
 

@@ -1,0 +1,355 @@
+"""`astrid run`: an agent session over a project, typed at from the terminal.
+
+    astrid run [--lower DIR] [--session NAME] [--mount DIR] [--policy FILE]
+
+1. creates (or reopens) the astrid-fs session NAME over DIR and mounts it
+   (`astrid-fs mount`: a separate daemon, so the kernel's own VFS calls
+   never wait on a FUSE server in their process);
+2. boots the kernel in this process from `plugins.lock` -- the same
+   `open_kernel` + `Kernel.boot` as astridd -- with each plugin's VFS root
+   `workspace` on the mount and the approval pipeline (policy file,
+   kernel key, audit trail) wired in, plus the kernel's commit path;
+3. publishes each line typed on stdin as `user.input` and prints every
+   `agent.response` (after a request, waits for the first reply before
+   reading the next line, so piped input is answered in order);
+4. on EOF, Ctrl-C or SIGTERM: stops the plugins, closes their handles,
+   unmounts, and prints how to review (`astrid-fs diff`) and land
+   (`astrid-fs commit`) the session, which is kept.
+
+Kernel logs go to `$ASTRID_HOME/logs/run-NAME.log`, audit lines to
+`$ASTRID_HOME/audit.jsonl`. Exit codes: 0 after EOF or Ctrl-C, 1 bad input
+or a part that would not start (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import trio
+
+from astrid_runtime import logs
+from astrid_runtime.abi.context import KvBackend, PluginContext
+from astrid_runtime.approval.audit import AuditLog
+from astrid_runtime.approval.pipeline import ApprovalPipeline
+from astrid_runtime.approval.policy import DEFAULT_POLICY, Policy, load_policy
+from astrid_runtime.approval.token import TokenIssuer, load_or_create_key
+from astrid_runtime.bus import Tap
+from astrid_runtime.commit_service import CommitService
+from astrid_runtime.config import default_home
+from astrid_runtime.engine import KernelEngine
+from astrid_runtime.errors import KernelError
+from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
+from astrid_runtime.supervisor import State
+from astrid_runtime.vfs import PluginVfs
+
+ASTRID_FS = (sys.executable, "-m", "astrid_fs.cli")
+POLICY_FILE = "policy.toml"
+#: How long to wait for plugins to come up (a cold compile of a Python plugin is 4-8 s).
+BOOT_TIMEOUT_S = 120.0
+
+
+class RunError(KernelError):
+    """`astrid run` could not set up or tear down a part (one line for the person)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    home: Path
+    lower: Path
+    session: str
+    mount: Path
+    lockfile: Path
+    policy: Path | None
+    kv_url: str | None
+    reply_timeout_s: float
+    json: bool
+
+
+def add_parser(sub: Any) -> None:
+    """Register `astrid run` on the client's subcommand parsers."""
+    p = sub.add_parser(
+        "run", help="start an agent session over a project and talk to it",
+        description="Create (or reopen) a session over --lower, mount it, boot the kernel "
+                    "with the pinned plugins and publish each stdin line as user.input; "
+                    "agent.response is printed. EOF or Ctrl-C stops, unmounts and keeps "
+                    "the session for `astrid-fs diff` / `commit`.",
+        epilog="example: astrid run --lower ~/project --session fix-bug\n"
+               "         echo 'write notes.txt hello' | astrid run --lower .",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lower", type=Path, default=Path("."),
+                   help="the project directory (default: the current directory)")
+    p.add_argument("--session", help="session name (default: run-YYYYMMDD-HHMMSS)")
+    p.add_argument("--mount", type=Path,
+                   help="mount point (default: $ASTRID_HOME/mnt/SESSION)")
+    p.add_argument("--policy", type=Path,
+                   help=f"approval policy TOML (default: $ASTRID_HOME/{POLICY_FILE} if it "
+                        "exists; otherwise every request is 'ask', hence denied)")
+    p.add_argument("--kv", help="KV URL (default: mem://, nothing kept across runs)")
+    p.add_argument("--reply-timeout", type=float, default=30.0,
+                   help="seconds to wait for a reply before reading the next line")
+    p.add_argument("--json", action="store_true",
+                   help="print each agent.response as one JSON line")
+
+
+def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
+    home = default_home()
+    lower = args.lower.expanduser().resolve()
+    if not lower.is_dir():
+        raise RunError(f"--lower {args.lower}: not a directory")
+    session = args.session or time.strftime("run-%Y%m%d-%H%M%S")
+    mount = (args.mount or home / "mnt" / session).expanduser().resolve()
+    policy = args.policy
+    if policy is None and (home / POLICY_FILE).exists():
+        policy = home / POLICY_FILE
+    if not lockfile.exists():
+        raise RunError(f"{lockfile}: no such lockfile (run from the repository, or pass "
+                       "--lockfile)")
+    kv_url = None if args.kv == "none" else (args.kv or "mem://")
+    return RunOptions(home, lower, session, mount, lockfile, policy, kv_url,
+                      args.reply_timeout, args.json)
+
+
+# -- the mount --------------------------------------------------------------------
+
+def _astrid_fs(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ASTRID_FS, *argv], capture_output=True, text=True, check=False,
+                          stdin=subprocess.DEVNULL, timeout=300)
+
+
+def _last_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = (done.stderr.strip() or done.stdout.strip() or "failed").splitlines()
+    return lines[-1].removeprefix("astrid-fs: ")
+
+
+def mount(opts: RunOptions) -> None:
+    opts.mount.mkdir(parents=True, exist_ok=True)
+    done = _astrid_fs("mount", "--lower", str(opts.lower), "--session", opts.session,
+                      str(opts.mount))
+    if done.returncode != 0:
+        raise RunError(f"cannot mount session {opts.session}: {_last_line(done)}")
+
+
+def umount(opts: RunOptions) -> str | None:
+    """Unmount; None on success, else the reason."""
+    done = _astrid_fs("umount", str(opts.mount))
+    return None if done.returncode == 0 else _last_line(done)
+
+
+# -- the kernel ----------------------------------------------------------------------
+
+def _open_kv(url: str | None) -> KvBackend | None:
+    if url is None:
+        return None
+    from astrid_runtime.kv import KvStore
+
+    return KvStore(url)
+
+
+def _policy(opts: RunOptions) -> Policy:
+    return load_policy(opts.policy) if opts.policy is not None else DEFAULT_POLICY
+
+
+class Console:
+    """Prints replies; lets the input loop wait for the next one."""
+
+    def __init__(self, out: IO[str], as_json: bool):
+        self.out = out
+        self.as_json = as_json
+        self.replies = 0
+        self._arrived = trio.Event()
+
+    def show(self, publisher: str, payload: bytes) -> None:
+        text = payload.decode("utf-8", "replace")
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = text
+        if self.as_json:
+            print(json.dumps({"publisher": publisher, "response": body}), file=self.out,
+                  flush=True)
+        else:
+            shown = body.get("text", text) if isinstance(body, dict) else str(body)
+            print(shown, file=self.out, flush=True)
+        self.replies += 1
+        self._arrived.set()
+        self._arrived = trio.Event()
+
+    async def next_reply(self) -> None:
+        await self._arrived.wait()
+
+    async def pump(self, tap: Tap) -> None:
+        while True:
+            message = await tap.receive()
+            self.show(message.publisher, message.payload)
+
+
+def _hook(opts: RunOptions, pipeline: ApprovalPipeline,
+          made: list[PluginVfs]) -> Callable[[PluginContext], None]:
+    def hook(ctx: PluginContext) -> None:
+        vfs = PluginVfs(ctx.name, ctx.grants.vfs, {"workspace": opts.mount},
+                        audit=pipeline.audit.record)
+        made.append(vfs)
+        ctx.vfs = vfs
+        ctx.approvals = pipeline
+    return hook
+
+
+async def _wait_running(kernel: Kernel) -> None:
+    with trio.move_on_after(BOOT_TIMEOUT_S):
+        for sup in kernel.supervisors.values():
+            await sup.wait_for(lambda s: s.state in (State.RUNNING, State.DISABLED,
+                                                     State.STOPPED))
+
+
+async def _read_lines(stdin: IO[str], kernel: Kernel, console: Console, opts: RunOptions,
+                      err: IO[str]) -> None:
+    interactive = stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", file=console.out, flush=True)
+        line = await trio.to_thread.run_sync(stdin.readline, abandon_on_cancel=True)
+        if not line:
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if not interactive and not opts.json:
+            print(f"you> {text}", file=console.out, flush=True)
+        try:
+            kernel.publish("user.input", text.encode())
+        except KernelError as e:
+            print(f"astrid: not sent: {e}", file=err, flush=True)
+            continue
+        with trio.move_on_after(opts.reply_timeout_s) as scope:
+            await console.next_reply()
+        if scope.cancelled_caught:
+            print(f"astrid: no reply within {opts.reply_timeout_s:g}s", file=err, flush=True)
+
+
+async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[str]) -> str:
+    """Boot the kernel on the mounted session and talk until EOF or a signal; why it ended."""
+    home = opts.home
+    key = await trio.to_thread.run_sync(load_or_create_key, home)
+    audit = AuditLog(home / "audit.jsonl")
+    pipeline = ApprovalPipeline(TokenIssuer(key), audit, _policy(opts))
+    engine = KernelEngine(cache_dir=home / "cache")
+    kv = await trio.to_thread.run_sync(_open_kv, opts.kv_url)
+    made: list[PluginVfs] = []
+    ended = "eof"
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_kernel(engine, kv) as kernel:
+                kernel.context_hooks.append(_hook(opts, pipeline, made))
+                console = Console(out, opts.json)
+                tap = Tap(kernel.bus, "agent.response")
+                commits = CommitService(kernel.bus, pipeline, opts.session)
+                await kernel.start_service(commits.serve)
+                await kernel.boot(BootPlan(opts.lockfile))
+                await _wait_running(kernel)
+                for refused in kernel.refused.values():
+                    print(f"astrid: plugin {refused.name} refused: {refused.reason}",
+                          file=err, flush=True)
+                up = sorted(n for n, s in kernel.supervisors.items()
+                            if s.state is State.RUNNING)
+                print(f"astrid: session {opts.session} mounted at {opts.mount}; plugins: "
+                      f"{', '.join(up) or 'none'}. Type `help`; Ctrl-D or Ctrl-C ends.",
+                      file=err, flush=True)
+                async with trio.open_nursery() as talk:
+                    talk.start_soon(console.pump, tap)
+
+                    async def on_signal() -> None:
+                        nonlocal ended
+                        async for _ in signals:
+                            ended = "signal"
+                            talk.cancel_scope.cancel()
+                            return
+
+                    async def read_then_stop() -> None:
+                        await _read_lines(stdin, kernel, console, opts, err)
+                        talk.cancel_scope.cancel()
+
+                    talk.start_soon(on_signal)
+                    talk.start_soon(read_then_stop)
+                tap.close()
+                await kernel.stop()
+    finally:
+        for vfs in made:  # an open fd on the mount would keep it busy
+            vfs.close_all()
+        close = getattr(kv, "close", None)
+        if close is not None:
+            await trio.to_thread.run_sync(close)
+        audit.close()
+    return ended
+
+
+def _review_hint(opts: RunOptions) -> str:
+    name = opts.session
+    return (f"Session '{name}' kept for review:\n"
+            f"  astrid-fs diff --stat {name}      # what changed\n"
+            f"  astrid-fs diff --patch {name}     # the diffs\n"
+            f"  astrid-fs commit {name}           # land it in {opts.lower}\n"
+            f"  astrid-fs discard {name}          # or throw it away")
+
+
+def run(opts: RunOptions, stdin: IO[str] = sys.stdin, out: IO[str] = sys.stdout,
+        err: IO[str] = sys.stderr) -> int:
+    """Mount, talk, unmount. Raises `KernelError` (one line) on bad input."""
+    opts.home.mkdir(parents=True, exist_ok=True)
+    log_dir = opts.home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"run-{opts.session}.log"
+    mount(opts)
+    problem: str | None = None
+    try:
+        # The handler keeps the file for the life of the process (late log lines).
+        logs.configure("info", stream=open(log_path, "a", encoding="utf-8"))  # noqa: SIM115
+        print(f"astrid: kernel log {log_path}, audit {opts.home / 'audit.jsonl'}",
+              file=err, flush=True)
+        trio.run(session_loop, opts, stdin, out, err)
+    finally:
+        problem = umount(opts)
+    if problem is not None:
+        raise RunError(f"could not unmount {opts.mount}: {problem}; the session is kept; "
+                       f"run `astrid-fs umount {opts.mount}`")
+    print(f"astrid: unmounted {opts.mount}.\n{_review_hint(opts)}", file=err, flush=True)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, lockfile: Path) -> int:
+    """The `astrid run` verb (client_cli dispatches here)."""
+    try:
+        return run(options(args, lockfile))
+    except BaseExceptionGroup as group:
+        first = _first_kernel_error(group)
+        if first is None:
+            raise
+        raise first from None
+
+
+def verb(lockfile: Callable[[argparse.Namespace], Path]
+         ) -> Callable[[argparse.Namespace], int]:
+    """`astrid run` for the client's command table; `lockfile` resolves --lockfile."""
+    return lambda args: cmd_run(args, lockfile(args).resolve())
+
+
+def _first_kernel_error(group: BaseExceptionGroup[BaseException]) -> KernelError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, KernelError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_kernel_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+__all__ = ["RunError", "RunOptions", "add_parser", "cmd_run", "run", "verb"]
