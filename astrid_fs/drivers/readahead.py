@@ -4,7 +4,9 @@ It knows one thing: how to turn `pread(size, offset)` calls into few, large,
 overlapping range fetches. A read at the offset where the previous one ended
 is sequential: the window doubles (from `min_fetch` up to `max_window`) and
 up to `depth` windows beyond the read are fetched in the background, so a
-large object streams while the caller consumes it. Any other read is random:
+large object streams while the caller consumes it. Reads within one window
+of the stream position count as sequential too (concurrent readers, like
+the kernel's read-ahead through FUSE, arrive slightly out of order). Any other read is random:
 it fetches only what it needs (rounded up to `min_fetch`) and resets the
 window, so first-byte latency stays one small request.
 
@@ -79,10 +81,12 @@ class ReadAheadReader:
                 err = DriverError("read from a closed reader")
                 err.errno = errno.EBADF
                 raise err
-            sequential = offset == self._last_end
+            # Near the stream position counts as sequential: the kernel's async
+            # read-ahead sends neighbouring reads from several threads, out of order.
+            sequential = abs(offset - self._last_end) <= self._cfg.max_window
             self._window = min(self._window * 2, self._cfg.max_window) if sequential \
                 else self._cfg.min_fetch
-            self._last_end = end
+            self._last_end = max(self._last_end, end) if sequential else end
             mine: list[_Segment] = []
             covering = self._cover(offset, end, mine)
             if sequential:
