@@ -28,6 +28,7 @@ from astrid_runtime.control import ControlClient
 from astrid_runtime.errors import KernelError, KernelUnreachable, VerifyError
 from astrid_runtime.lockfile import entry_for, load_lockfile, read_verified
 from astrid_runtime.manifest import load_manifest
+from astrid_runtime.scaffold import scaffold_plugin
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_MISMATCH = 1, 2, 3, 4
 
@@ -64,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     inst = psub.add_parser("install", help="pin PATH (a plugin dir or plugin.toml)",
                            epilog="example: astrid plugin install plugins/notes")
     inst.add_argument("path", type=Path)
+    new = psub.add_parser("new", help="scaffold a Python plugin in DIR/NAME",
+                          epilog="example: astrid plugin new greeter plugins")
+    new.add_argument("name")
+    new.add_argument("dir", nargs="?", type=Path, default=Path("."))
     psub.add_parser("verify", help="check every pinned component's blake3")
     lst = psub.add_parser("list", help="list pinned plugins")
     lst.add_argument("--json", action="store_true")
@@ -157,6 +162,11 @@ def is_component(wasm: bytes) -> bool:
 
 
 def cmd_plugin(args: argparse.Namespace) -> int:
+    if args.plugin_command == "new":
+        made = scaffold_plugin(args.name, args.dir)
+        print(f"created {made} (build it with scripts/build-plugins.sh, then "
+              f"astrid plugin install {made})")
+        return 0
     lock_path = _lockfile(args)
     if args.plugin_command == "install":
         manifest = load_manifest(args.path)
