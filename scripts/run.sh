@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Astrid's main job on embedded defaults: a session over the bundled sample
-# project, mounted with astrid-fs, an edit landing in the session's upper
-# layer while the project itself stays untouched. Idempotent set-up first.
+# Astrid's main job on embedded defaults: `astrid run` over the bundled sample
+# project. A session is created and mounted (astrid-fs), the kernel boots the
+# pinned WebAssembly plugins, a few requests are piped in as a person would
+# type them, the file tool edits the workspace through vfs handles, and the
+# session is unmounted and kept: its changes are shown with `astrid-fs diff`
+# while the project itself stays untouched. Safe to run again: set-up is
+# idempotent and every run makes a new session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,27 +13,29 @@ bash scripts/setup.sh
 
 demo=${ASTRID_DEMO_DIR:-${TMPDIR:-/tmp}/astrid-demo}
 project="$demo/project"
-mnt="$demo/view"
-mkdir -p "$demo" "$mnt"
+mkdir -p "$demo"
 [ -d "$project" ] || cp -r scripts/demo/sample-project "$project"
-if mountpoint -q "$mnt"; then astrid-fs umount "$mnt"; fi
-
 session="demo-$(date +%Y%m%d-%H%M%S)"
-astrid-fs mount --lower "$project" --session "$session" "$mnt"
-trap 'astrid-fs umount "$mnt" >/dev/null 2>&1 || true' EXIT
 
-echo; echo "== the session's view ($mnt):"; ls -l "$mnt" "$mnt/src"
-echo; echo "== an agent-style edit through the mount"
-printf -- '- review the session with astrid-fs diff\n' >> "$mnt/src/todo.txt"
-sed -i 's/Hello/Hi there/' "$mnt/src/greet.py"
-cat "$mnt/src/todo.txt"
-echo; echo "== what landed in the upper layer:"
-upper="${ASTRID_HOME:-$HOME/.local/share/astrid}/sessions/$session/upper"
-find "$upper" -type f | sed "s|^$upper/|  upper: |"
+echo "== astrid run --lower $project --session $session"
+astrid run --lower "$project" --session "$session" <<'REQUESTS'
+help
+ls
+cat src/todo.txt
+append src/todo.txt - review the session with astrid-fs diff
+replace src/greet.py Hello "Hi there"
+write NOTES.md Reviewed by Astrid.
+note the demo ran
+count the quick brown fox
+commit
+REQUESTS
+
+echo; echo "== astrid-fs diff --stat $session"
+astrid-fs diff --stat "$session"
+echo; echo "== astrid-fs diff --patch $session"
+astrid-fs diff --patch "$session"
 echo; echo "== the project itself is unchanged:"; cat "$project/src/todo.txt"
-if astrid-fs diff --help >/dev/null 2>&1; then
-    echo; echo "== astrid-fs diff $session"; astrid-fs diff "$session" || true
-fi
-echo; astrid-fs status
 echo
-echo "Session '$session' kept. Inspect it with: astrid-fs mount --lower $project --session $session $mnt"
+echo "The agent's 'commit' was denied: the default approval policy asks a person"
+echo "(docs/approval.md). Land the session yourself with: astrid-fs commit -- $session"
+echo "Talk to it yourself with: astrid run --lower $project"
