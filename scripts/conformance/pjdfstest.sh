@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run an already-built pjdfstest (github pjd/pjdfstest) inside a mounted filesystem.
 #
-#   scripts/conformance/pjdfstest.sh PJD_DIR MOUNTED_DIR [--out DIR] [--keep] [TEST_PATH...]
+#   scripts/conformance/pjdfstest.sh PJD_DIR MOUNTED_DIR [--out DIR] [--keep] [--timeout SECS]
+#                                    [TEST_PATH...]
 #
 # PJD_DIR is a pjdfstest work tree where `make pjdfstest` has already been run (this
 # script neither fetches nor builds it). The suite runs as root with `prove -rv
@@ -15,6 +16,8 @@
 #   prove.log     the full verbose TAP output
 #   failures.txt  every `not ok` line (TODOs excluded), grouped by test file
 #   summary.txt   counts, fstype, command, date
+# --timeout (default 1800) bounds the whole prove run: a file system that hangs a
+# request shows up as "prove: timed out" instead of blocking forever.
 # Exit status 0 iff no assertion failed.
 set -uo pipefail
 
@@ -29,11 +32,13 @@ MNT=$(cd "$2" 2>/dev/null && pwd) || { echo "pjdfstest: no such directory: $2" >
 shift 2
 OUT=
 KEEP=0
+TIMEOUT=1800
 SELECTED=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
         -h|--help) usage ;;
         -*) echo "pjdfstest: unknown option $1" >&2; exit 2 ;;
         *) SELECTED+=("$PJD/tests/$1"); shift ;;
@@ -61,8 +66,8 @@ cleanup() {
     if [ "$KEEP" = 0 ]; then
         cd /
         # tests may leave immutable or unwritable entries; restore permissions first
-        chmod -R u+rwx "$WORK" 2>/dev/null
-        rm -rf "$WORK"
+        timeout 120 chmod -R u+rwx "$WORK" 2>/dev/null
+        timeout 300 rm -rf "$WORK" || echo "pjdfstest: could not remove $WORK" >&2
     fi
 }
 trap cleanup EXIT
@@ -72,8 +77,12 @@ trap 'exit 130' INT TERM
 echo "pjdfstest $(git -C "$PJD" rev-parse --short HEAD 2>/dev/null || echo '?') in $WORK" \
      "(fs $MTYPE); logs in $OUT"
 START=$(date +%s)
-(cd "$WORK" && prove -rv "${SELECTED[@]}") >"$OUT/prove.log" 2>&1
+(cd "$WORK" && timeout -k 10 "$TIMEOUT" prove -rv "${SELECTED[@]}") >"$OUT/prove.log" 2>&1
 PROVE_RC=$?
+if [ $PROVE_RC -eq 124 ] || [ $PROVE_RC -eq 137 ]; then
+    echo "pjdfstest: prove timed out after ${TIMEOUT}s (a hung request?); last test started:" \
+         "$(grep -E '\.t \.+' "$OUT/prove.log" | tail -1)" | tee -a "$OUT/prove.log" >&2
+fi
 END=$(date +%s)
 
 OK=$(grep -cE '^ok [0-9]+' "$OUT/prove.log")
@@ -103,7 +112,7 @@ FAILED_FILES=$(grep -c '^== ' "$OUT/failures.txt")
     echo "not ok # TODO (tolerated, not counted as failures): $TODO"
     echo "test files with failures: $FAILED_FILES"
     echo "prove: $FILES"
-    echo "prove: $RESULT (exit $PROVE_RC)"
+    echo "prove: ${RESULT:-no result} (exit $PROVE_RC)"
 } >"$OUT/summary.txt"
 
 cat "$OUT/summary.txt"
