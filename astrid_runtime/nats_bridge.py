@@ -357,7 +357,7 @@ class NatsBridge:
                 await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
             if thread.is_alive():
                 log.warning("NATS bridge thread did not stop within %.0f s", _STOP_GRACE)
-            await self._inbound_send.aclose()
+            self._inbound_send.close()
 
     # -- trio side: operations ------------------------------------------------
 
