@@ -350,22 +350,40 @@ class PluginVfs:
         if "exclusive" in want and "create" not in want:
             raise Refusal("invalid", f"{label}: exclusive needs create")
         oflags = (os.O_RDWR if readable and writable else os.O_WRONLY if writable
-                  else os.O_RDONLY)
-        oflags |= os.O_NONBLOCK | os.O_NOCTTY  # a FIFO must not block the guest thread
-        oflags |= os.O_CREAT if "create" in want else 0
+                  else os.O_RDONLY) | os.O_NOCTTY
         oflags |= os.O_TRUNC if "truncate" in want else 0
         oflags |= os.O_APPEND if "append" in want else 0
-        oflags |= os.O_EXCL if "exclusive" in want else 0
-        fd = self._open_beneath(d, parts, oflags, 0o644)
-        try:
-            st = os.fstat(fd)
-            if not statmod.S_ISREG(st.st_mode):
-                raise Refusal("invalid", f"{label}: not a regular file ({entry_kind(st.st_mode)})")
-            os.set_blocking(fd, True)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = self._open_regular(d, parts, label, oflags, want)
         return self.table.insert(FileHandle(fd, d.root, "/".join(parts), readable, writable))
+
+    def _open_regular(self, d: DirHandle, parts: list[str], label: str, oflags: int,
+                      want: set[str]) -> int:
+        """An fd for a regular file beneath `d`, never opening anything else.
+
+        The name is first resolved to an `O_PATH` fd (which opens nothing:
+        no FIFO blocks, no device driver runs), checked to be a regular
+        file, and only then opened for I/O through `/proc/self/fd` -- the
+        same inode, with no second path walk. A missing name with `create`
+        is made with `O_CREAT | O_EXCL`, so it is a new regular file.
+        """
+        try:
+            probe = self._open_beneath(d, parts, os.O_PATH)
+        except Refusal as e:
+            if e.kind != "not-found" or "create" not in want:
+                raise
+            return self._open_beneath(d, parts, oflags | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            if "exclusive" in want:
+                raise Refusal("conflict", f"{label}: exists (exclusive create)")
+            kind = entry_kind(os.fstat(probe).st_mode)
+            if kind != "file":
+                raise Refusal("invalid", f"{label}: not a regular file ({kind})")
+            try:
+                return os.open(f"/proc/self/fd/{probe}", oflags | os.O_CLOEXEC)
+            except OSError as e:
+                raise refusal_for(e, label) from None
+        finally:
+            os.close(probe)
 
     def list(self, rep: int, path: str) -> list[tuple[str, str]]:
         d = self._dir(rep)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,6 +177,10 @@ def test_bad_input_is_refused(tree: tuple[PluginVfs, Path, Path]) -> None:
     _refused("invalid", vfs.read, ws, 1)
     os.mkfifo(root / "fifo")
     _refused("invalid", vfs.open_file, ws, "fifo", {"read"})  # and it did not block
+    _refused("invalid", vfs.open_file, ws, "fifo", {"write", "create"})
+    os.mknod(root / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # tests run as root
+    _refused("invalid", vfs.open_file, ws, "null", {"write"})
+    _refused("conflict", vfs.open_file, ws, "README", {"write", "create", "exclusive"})
     assert _snapshot(outside) == before
 
 
