@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import nats
 import pytest
 import trio
 
@@ -273,3 +275,50 @@ async def test_thread_crash_is_reported(
         await bridge.run()
     assert "NATS bridge thread failed" in caplog.text
     assert not bridge.stats.connected
+
+
+async def test_publish_from_worker_threads(nats_server: NatsServer) -> None:
+    async with machine(nats_server, "a") as a, machine(nats_server, "b") as b:
+        await b.subscribe("thr.*")
+
+        def worker(n: int) -> None:  # a host function publishing from its thread
+            for i in range(200):
+                a.publish(f"thr.{n}", i.to_bytes(2, "big"), f"plugin{n}")
+
+        async with trio.open_nursery() as nursery:
+            for n in range(4):
+                nursery.start_soon(trio.to_thread.run_sync, worker, n)
+        got = await receive(b, 800)
+    for n in range(4):  # per-publisher order holds for each thread
+        mine = [m.payload for m in got if m.origin == f"nats:a/plugin{n}"]
+        assert mine == [i.to_bytes(2, "big") for i in range(200)]
+
+
+async def test_subject_prefixes_separate_buses(nats_server: NatsServer) -> None:
+    async with (
+        machine(nats_server, "a", subject_prefix="bus1.") as a,
+        machine(nats_server, "b", subject_prefix="bus2.") as b,
+        machine(nats_server, "c", subject_prefix="bus2.") as c,
+    ):
+        await b.subscribe(">")
+        a.publish("t", b"bus1", "p")
+        c.publish("t", b"bus2", "p")
+        (got,) = await receive(b, 1)
+    assert (got.topic, got.payload) == ("t", b"bus2")
+
+
+async def test_message_from_a_plain_nats_client(nats_server: NatsServer) -> None:
+    def plain_publish() -> None:
+        async def go() -> None:
+            nc = await nats.connect(nats_server.url)
+            await nc.publish("astrid.ext.topic", b"hello")
+            await nc.flush()
+            await nc.close()
+
+        asyncio.run(go())
+
+    async with machine(nats_server, "b") as b:
+        await b.subscribe("ext.>")
+        await trio.to_thread.run_sync(plain_publish)
+        (got,) = await receive(b, 1)
+    assert got == ("ext.topic", b"hello", "nats:external")
