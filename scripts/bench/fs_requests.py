@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Count the FUSE requests astrid-fs serves for each workload of scripts/bench/fs.py.
+
+Run as root, after fs.py has built its data set (same --base, --quick/--full):
+
+    .venv/bin/python scripts/bench/fs_requests.py --quick
+
+For every workload it prints the wall time and the requests the daemon counted
+(`{"op": "stats"}` on the session's control socket) during one cold run (after
+drop_caches) and one warm run. A warm workload that still sends LOOKUP, GETATTR,
+READ or READDIR requests is one the kernel's caches do not cover.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fs as bench
+
+
+def stats(control: str) -> dict[str, int]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(control)
+        s.sendall(b'{"op": "stats"}\n')
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    reply: dict[str, Any] = json.loads(buf)
+    requests: dict[str, int] = reply.get("requests", {})
+    return requests
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def counted(control: str, fn: Callable[[], None]) -> tuple[float, str]:
+    """Run fn; its wall time and the requests it caused, most frequent first."""
+    before = stats(control)
+    t = bench.timed(fn)
+    d = delta(stats(control), before)
+    return t, ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--base", type=Path, default=Path("/tmp/astrid-bench"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("fs_requests.py: run as root", file=sys.stderr)
+        return 2
+    mode = "full" if args.full else "quick"
+    sizes = bench.FULL if args.full else bench.QUICK
+    data = args.base.resolve() / f"data-{mode}"
+    bench.build_dataset(data, sizes)
+    scratch = args.base.resolve() / "scratch-requests"
+    scratch.mkdir(parents=True, exist_ok=True)
+    leg = bench.Leg("astrid-fs", data, scratch)
+    try:
+        with leg.view() as (root, wroot):
+            state = json.loads(
+                next((root.parent / "home" / "sessions").glob("*/run/state.json")).read_text())
+            control = state["control"]
+            tree = root / "tree"
+            work: list[tuple[str, Callable[[], None]]] = [
+                ("read", lambda: bench.read_file(root / "big")),
+                ("find", bench.cmd(["find", str(tree), "-name", "nomatch*"])),
+                ("stat", bench.cmd(["find", str(tree), "-printf", "%s %m %U %T@\n"])),
+                ("grep", bench.cmd(["grep", "-r", bench.NEEDLE, str(tree)])),
+                ("git status", bench.git_status(root / "git")),
+            ]
+            print(f"{'workload':<18} {'seconds':>8}  requests")
+            for name, fn in work:
+                for temp in ("cold", "warm"):
+                    if temp == "cold":
+                        bench.drop_caches()
+                    t, counts = counted(control, fn)
+                    print(f"{name + ' ' + temp:<18} {t:8.3f}  {counts}")
+            cu = wroot / "copyup" / "r0"
+            t, counts = counted(control, lambda: bench.append_each(cu))
+            print(f"{'copy-up':<18} {t:8.3f}  {counts}")
+            t, counts = counted(
+                control, lambda: bench.write_file(wroot / "w", min(sizes.big_mib, 256)))
+            print(f"{'write (<=256MiB)':<18} {t:8.3f}  {counts}")
+            os.unlink(wroot / "w")
+    finally:
+        leg.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
