@@ -29,7 +29,8 @@ Interface (trio side)
   returns on another machine is delivered.
 * ``bridge.inbound`` — a trio ``MemoryReceiveChannel[BridgedMessage]`` of
   ``(topic, payload, origin)`` named tuples, where ``origin`` is
-  ``"nats:<instance>/<origin at the sender>"``.
+  ``"nats:<instance>/<origin at the sender>"`` (``"nats:external"`` for a
+  message from a plain NATS client, without our header).
 * ``await bridge.flush()`` — returns when every publish enqueued before it has
   reached the server. ``await bridge.wait_connected()`` /
   ``wait_disconnected()``; ``bridge.stats`` (a ``BridgeStats`` snapshot).
@@ -39,7 +40,9 @@ Order
 One FIFO outbox carries publishes AND control operations (subscribe,
 unsubscribe, flush, stop), and one asyncio task drains it in order into
 nats-py's write buffer, so nothing overtakes a queued publish: a flush is a
-PING queued behind the publishes, a stop sends them all first. NATS keeps a
+PING queued behind the publishes, a stop sends them all first. (nats-py's own
+``flush()`` writes its PING ahead of its pending buffer; ``_ordered_flush``
+pushes that buffer out first.) NATS keeps a
 publisher's order per connection. Inbound, nats-py would run one task per
 subscription (two overlapping patterns could then reorder one publisher's
 messages); instead each subscription's pending queue is replaced by a tap
@@ -54,8 +57,8 @@ Loop prevention
 Every message carries ONE header, ``Astrid-Origin: <instance>/<origin>``:
 this kernel's instance id and the publisher inside it. (One short header, not
 two: nats-py parses header values character by character, and two headers
-with a 32-character id halved its throughput here.) The connection uses ``no_echo``,
-and anything carrying our own instance id is dropped as well. A message that
+with a 32-character id halved its throughput here.) The connection uses
+``no_echo``, and anything carrying our own instance id is dropped as well. A message that
 arrived from NATS is delivered with origin ``nats:...``; ``publish`` refuses
 to send such a message back out, so a kernel that forwards every bus message
 to the bridge cannot create a loop.
@@ -69,7 +72,9 @@ when trio does not keep up and ``inbound_capacity`` messages wait in the
 inbox, new messages are dropped and counted (``stats.dropped_inbound``):
 NATS core is at-most-once, and the bridge never grows without bound.
 Disconnects are logged at WARNING and reconnects at INFO on
-``astrid_runtime.nats_bridge``.
+``astrid_runtime.nats_bridge``; ``wait_disconnected()``/``wait_connected()``
+let a supervisor watch. If the bridge's thread itself dies, ``run()`` raises
+``BridgeUnavailable`` naming the error.
 """
 
 from __future__ import annotations
