@@ -36,6 +36,8 @@ from typing import IO, Any
 
 import trio
 
+from astrid_fs.errors import AstridFsError
+from astrid_fs.session import check_name
 from astrid_runtime import logs
 from astrid_runtime.abi.context import KvBackend, PluginContext
 from astrid_runtime.approval.audit import AuditLog
@@ -68,7 +70,8 @@ class RunOptions:
     session: str
     mount: Path
     lockfile: Path
-    policy: Path | None
+    #: Loaded before anything is mounted: a bad policy file is bad input.
+    policy: Policy
     kv_url: str | None
     reply_timeout_s: float
     json: bool
@@ -106,10 +109,17 @@ def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
     if not lower.is_dir():
         raise RunError(f"--lower {args.lower}: not a directory")
     session = args.session or time.strftime("run-%Y%m%d-%H%M%S")
+    try:
+        check_name(session)  # before it names a log file or a mount directory
+    except AstridFsError as e:
+        raise RunError(f"--session: {e}") from None
+    if args.mount is not None and not args.mount.expanduser().is_dir():
+        raise RunError(f"--mount {args.mount}: no such directory")
     mount = (args.mount or home / "mnt" / session).expanduser().resolve()
-    policy = args.policy
-    if policy is None and (home / POLICY_FILE).exists():
-        policy = home / POLICY_FILE
+    policy_path = args.policy
+    if policy_path is None and (home / POLICY_FILE).exists():
+        policy_path = home / POLICY_FILE
+    policy = load_policy(policy_path) if policy_path is not None else DEFAULT_POLICY
     if not lockfile.exists():
         raise RunError(f"{lockfile}: no such lockfile (run from the repository, or pass "
                        "--lockfile)")
@@ -152,10 +162,6 @@ def _open_kv(url: str | None) -> KvBackend | None:
     from astrid_runtime.kv import KvStore
 
     return KvStore(url)
-
-
-def _policy(opts: RunOptions) -> Policy:
-    return load_policy(opts.policy) if opts.policy is not None else DEFAULT_POLICY
 
 
 class Console:
@@ -240,7 +246,7 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
     home = opts.home
     key = await trio.to_thread.run_sync(load_or_create_key, home)
     audit = AuditLog(home / "audit.jsonl")
-    pipeline = ApprovalPipeline(TokenIssuer(key), audit, _policy(opts))
+    pipeline = ApprovalPipeline(TokenIssuer(key), audit, opts.policy)
     engine = KernelEngine(cache_dir=home / "cache")
     kv = await trio.to_thread.run_sync(_open_kv, opts.kv_url)
     made: list[PluginVfs] = []

@@ -243,13 +243,23 @@ def test_commit_through_the_agent_with_a_policy(
     assert checks[-1]["ok"] is True and checks[-1]["resource"] == "workspace/docs/a.md"
 
 
-def test_bad_lower_is_one_line(home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("args", "start"), [
+    (["--lower", "{tmp}/nope"], "astrid: --lower"),
+    (["--lower", "{tmp}", "--session", "../up"], "astrid: --session: invalid session name"),
+    (["--lower", "{tmp}", "--policy", "{tmp}/bad.toml"], "astrid: {tmp}/bad.toml:1: default"),
+    (["--lower", "{tmp}", "--mount", "{tmp}/no/such"], "astrid: --mount"),
+])
+def test_bad_input_is_one_line_before_mounting(home: Path, tmp_path: Path, args: list[str],
+                                               start: str) -> None:
+    (tmp_path / "bad.toml").write_text('default = "perhaps"\n')
     env = {**os.environ, "ASTRID_HOME": str(home)}
+    argv = [a.format(tmp=tmp_path) for a in args]
     done = subprocess.run(
         [sys.executable, "-m", "astrid_runtime.client_cli", "--lockfile",
-         str(REPO / "plugins.lock"), "run", "--lower", str(tmp_path / "nope")],
+         str(REPO / "plugins.lock"), "run", *argv],
         capture_output=True, text=True, env=env, cwd=REPO, check=False, timeout=60,
         stdin=subprocess.DEVNULL)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("astrid: --lower"), done.stderr
+    assert len(lines) == 1 and lines[0].startswith(start.format(tmp=tmp_path)), done.stderr
+    assert not [m for m in mounted_points() if m.startswith(str(home))]  # nothing mounted
