@@ -20,6 +20,7 @@ under it.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import threading
 import time
 from collections import OrderedDict
@@ -47,6 +48,7 @@ class CacheConfig:
     max_entries: int = 200_000
     data_bytes: int = 256 * MIB
     block_size: int = BLOCK
+    wait_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class CachingDriver(DelegatingDriver):
         self._lists: OrderedDict[str, tuple[float, _Listing]] = OrderedDict()
         self._blocks: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
         self._block_bytes = 0
+        self._inflight: dict[tuple[str, str, int], cf.Future[bytes]] = {}
         self.counters = CacheStats()
 
     # ---- metadata -----------------------------------------------------------------
@@ -188,6 +191,28 @@ class CachingDriver(DelegatingDriver):
                 _, dropped = self._blocks.popitem(last=False)
                 self._block_bytes -= len(dropped)
 
+    def _claim(self, key: tuple[str, str, int]) -> tuple[bool, cf.Future[bytes]]:
+        """(True, new future) if the caller must fetch `key`, else (False, the
+        future of the fetch already under way)."""
+        with self._lock:
+            running = self._inflight.get(key)
+            if running is not None:
+                return False, running
+            future: cf.Future[bytes] = cf.Future()
+            self._inflight[key] = future
+            return True, future
+
+    def _release(self, key: tuple[str, str, int], future: cf.Future[bytes],
+                 block: bytes | None, error: BaseException | None) -> None:
+        if block is not None:
+            self._block_put(key, block)
+        with self._lock:
+            self._inflight.pop(key, None)
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(block or b"")
+
     # ---- invalidation --------------------------------------------------------------
 
     def invalidate(self, rel: str = "", tree: bool = True) -> None:
@@ -275,10 +300,21 @@ class _CachedReader:
     def _block(self, index: int) -> bytes:
         key = (self._rel, self._etag, index)
         block = self._cache._block_get(key)
-        if block is None:
+        if block is not None:
+            return block
+        # Single flight: concurrent reads inside one block (the kernel's
+        # read-ahead sends several) wait for one fetch instead of each
+        # fetching the whole block.
+        mine, future = self._cache._claim(key)
+        if not mine:
+            return future.result(timeout=self._cache.config.wait_timeout_s)
+        try:
             bs = self._cache.config.block_size
             block = self._reader().pread(bs, index * bs)
-            self._cache._block_put(key, block)
+        except BaseException as e:
+            self._cache._release(key, future, None, e)
+            raise
+        self._cache._release(key, future, block, None)
         return block
 
     def pread(self, size: int, offset: int) -> bytes:

@@ -170,10 +170,12 @@ def test_range_reads_anywhere(s3: S3Target) -> None:
     reader.close()
 
 
-def test_one_reader_from_many_threads(s3: S3Target) -> None:
+@pytest.mark.parametrize("cached", [False, True])
+def test_one_reader_from_many_threads(s3: S3Target, cached: bool) -> None:
     body = _blob(8 * MIB, seed=4)
     s3.put("t.bin", body)
-    reader = s3.driver().open_reader("t.bin")
+    drv = CachingDriver(s3.driver(), CacheConfig(data_bytes=4 * MIB)) if cached else s3.driver()
+    reader = drv.open_reader("t.bin")
     failures: list[tuple[int, int]] = []
 
     def work(seed: int) -> None:
