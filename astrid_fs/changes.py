@@ -177,7 +177,7 @@ def scan(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
     walk = _Walk(os.fspath(upper), os.fspath(lower), names)
     walk.moved = frozenset(_redirect_sources(walk.upper, "", "", names))
     _walk_dir(walk, "", "", hide=False)
-    return _pair_renames(walk.changes)
+    return _pair_renames(walk, walk.changes)
 
 
 def _redirect_sources(upper: str, rel: str, base: str | None,
@@ -306,7 +306,7 @@ def _visit_dir(walk: _Walk, path: str, natural: str | None, nat_st: os.stat_resu
     _walk_dir(walk, path, natural, hide=opaque)
 
 
-def _pair_renames(changes: list[Change]) -> list[Change]:
+def _pair_renames(walk: _Walk, changes: list[Change]) -> list[Change]:
     """Drop the deletion that is the source of a rename; turn an addition whose
     origin names a deleted path into a rename of that path."""
     deleted = {c.lower_path: c for c in changes if c.status == "D"}
@@ -320,7 +320,11 @@ def _pair_renames(changes: list[Change]) -> list[Change]:
               and c.origin.path not in sources
               and deleted[c.origin.path].kind == c.origin.kind):
             sources.add(c.origin.path)
-            c = replace(c, status="R", lower_path=c.origin.path, flags=("content",))
+            src = os.path.join(walk.lower, c.origin.path)
+            flags = compare_entries(os.path.join(walk.upper, c.path),
+                                    os.lstat(os.path.join(walk.upper, c.path)),
+                                    src, os.lstat(src), walk.names)
+            c = replace(c, status="R", lower_path=c.origin.path, flags=flags)
         paired.append(c)
     kept = []
     for c in paired:

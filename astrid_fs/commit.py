@@ -132,8 +132,15 @@ class _Planner:
         if c.status in ("T", "R") and c.lower_path is not None:
             slot = self.slot("v")
             self.vacate.append(Vacate(c.lower_path, slot))
-            if c.status == "R" and c.kind == "dir":
+            # A renamed dir, or a renamed file that changed in nothing else,
+            # is renamed in the lower: it keeps its inode (and its children).
+            if c.status == "R" and (c.kind == "dir" or not c.flags):
                 self.place.append(Place("move", c.path, slot))
+                if c.kind != "dir":
+                    self.clean_entry(c.path)
+                    if c.source_whiteout is not None:
+                        self.clean_entry(c.source_whiteout)
+                    return
         if c.source_whiteout is not None:
             self.clean_entry(c.source_whiteout)
         if c.kind == "dir":

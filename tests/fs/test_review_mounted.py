@@ -82,3 +82,21 @@ def test_discard_and_rollback_while_mounted(mount_session: MountFactory,
     discard(session, ["src/main.py"])
     assert (mnt / "src" / "main.py").read_text() == "print('hello')\n"
     assert session_changes(session) == []
+
+
+def test_pure_file_rename_is_a_rename_in_the_lower(mount_session: MountFactory,
+                                                   tmp_path: Path) -> None:
+    mounted, session = _mounted(mount_session, tmp_path)
+    ino = os.stat(session.lower / "mv_me.txt").st_ino
+    os.rename(mounted.mnt / "mv_me.txt", mounted.mnt / "docs" / "moved.txt")
+    os.rename(mounted.mnt / "gone.txt", mounted.mnt / "docs" / "edited.txt")
+    with open(mounted.mnt / "docs" / "edited.txt", "a") as f:
+        f.write("more\n")
+    lines = [diffview.porcelain_line(c) for c in session_changes(session)]
+    assert lines == ["R  gone.txt -> docs/edited.txt", "R  mv_me.txt -> docs/moved.txt"]
+    want = tree_state(mounted.mnt, mtimes=True)
+    commit(session, [])
+    assert os.stat(session.lower / "docs" / "moved.txt").st_ino == ino
+    assert (session.lower / "docs" / "edited.txt").read_text() == "delete me\nmore\n"
+    assert_same_tree(tree_state(session.lower, mtimes=True), want)
+    assert_same_tree(tree_state(mounted.mnt, mtimes=True), want)
