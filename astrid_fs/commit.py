@@ -7,8 +7,8 @@ Rules the plan follows (docs/design/journal.md):
   reader of the lower sees the old entry or the new one, never a torn one;
 - a redirected upper dir is a renamed lower dir: the lower dir itself is
   renamed (its unchanged children never copied);
-- a file whose origin names another, deleted path is a rename in the diff,
-  but lands as a fresh copy plus a deletion (the same end state);
+- a file whose origin names another, deleted path is a rename: renamed in
+  the lower if nothing else changed, else a fresh copy plus a deletion;
 - a conflict (lower moved on since copy-up) stops the commit before the
   journal is written, unless `force`;
 - committed entries leave the upper, except below an opaque upper dir that
