@@ -124,6 +124,8 @@ REMOTE_ORIGIN_PREFIX: Final = "nats:"
 _STOP_GRACE: Final = 5.0
 # Outbox items handed to nats-py between yields to its reader/flusher tasks.
 _OUTBOX_BATCH: Final = 256
+# Inbound messages handed to the trio channel between checkpoints.
+_INBOX_BATCH: Final = 256
 
 _TOKEN: Final = r"[^.\s*>]+"
 _TOPIC_RE: Final = re.compile(rf"{_TOKEN}(?:\.{_TOKEN})*\Z")
@@ -461,9 +463,19 @@ class NatsBridge:
     async def _pump_inbox(self) -> None:
         send = self._inbound_send
         inbox = self._inbox
+        moved = 0
         while True:
             while inbox:
-                await send.send(inbox.popleft())
+                # send_nowait skips a checkpoint per message while the channel
+                # has room; yield now and then so a flood cannot starve trio.
+                try:
+                    send.send_nowait(inbox[0])
+                except trio.WouldBlock:
+                    await send.send(inbox[0])
+                inbox.popleft()
+                moved += 1
+                if moved % _INBOX_BATCH == 0:
+                    await trio.lowlevel.checkpoint()
             self._inbox_event = trio.Event()
             self._inbox_waiting = True
             if inbox:
