@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from astrid_fs.drivers.cache import CachingDriver
-from astrid_fs.remote_lower import REMOTE_DEV_BASE, DriverTree
+from astrid_fs.errors import SessionError
+from astrid_fs.remote_lower import REMOTE_DEV_BASE, DriverTree, prepare_session_mounts
+from astrid_fs.session_lowers import SessionLowers
 from astrid_fs.whiteout import OverlayXattrs
 from tests.fs.s3_fixture import (  # noqa: F401
     ACCESS_KEY,
@@ -150,3 +152,37 @@ def test_unreachable_source_fails_the_mount_with_one_line(
     result = run_cli("mount", "--lower", str(lower), "--session", "z", "--mounts",
                      str(bad), str(mnt), home=astrid_home, check=False)
     assert result.returncode == 2 and f"{bad}:2:" in result.stderr
+
+
+def test_session_lowers_resolve_virtual_paths_to_drivers(
+        s3: S3Target, tmp_path: Path, aws_env: None) -> None:
+    etag = s3.put("d/x.csv", b"x")
+    lower = tmp_path / "project"
+    (lower / "src").mkdir(parents=True)
+    session_root = tmp_path / "session"
+    session_root.mkdir()
+    table = _table(tmp_path, s3.source, s3.server.endpoint)
+    recorded = prepare_session_mounts(str(table), session_root, lower)
+    assert recorded == str(session_root / "mounts.toml")
+    lowers = SessionLowers.open(session_root, lower)
+    try:
+        lowers.check()
+        hit = lowers.resolve("mnt/s3/d/x.csv")
+        assert hit.rel == "d/x.csv" and hit.remote_path == f"{s3.source}/d/x.csv"
+        assert lowers.is_remote("mnt/s3/d/x.csv") and not lowers.is_remote("src/a.py")
+        assert lowers.fingerprint("mnt/s3/d/x.csv") == etag
+        assert lowers.stat("mnt/s3/d").kind == "dir"  # type: ignore[union-attr]
+        assert lowers.resolve("src").driver.local_root == lower
+        body = tmp_path / "body"
+        body.write_bytes(b"committed")
+        hit.driver.put_file(hit.rel, body, 0o644, 0)  # what commit will do
+        assert s3.get("d/x.csv") == b"committed"
+        assert lowers.fingerprint("mnt/s3/d/x.csv") != etag
+    finally:
+        lowers.close()
+    # A reopened session reuses its table; another table is refused.
+    assert prepare_session_mounts(None, session_root, lower) == recorded
+    other = tmp_path / "other.toml"
+    other.write_text(table.read_text().replace("/mnt/s3", "/data"))
+    with pytest.raises(SessionError, match="another mount table"):
+        prepare_session_mounts(str(other), session_root, lower)
