@@ -276,6 +276,8 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
                         nonlocal ended
                         async for _ in signals:
                             ended = "signal"
+                            if stdin.isatty():
+                                print(file=out, flush=True)  # past the echoed ^C
                             talk.cancel_scope.cancel()
                             return
 
