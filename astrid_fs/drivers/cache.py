@@ -37,7 +37,7 @@ from astrid_fs.drivers.base import (
 )
 from astrid_fs.drivers.readahead import MIB
 
-BLOCK = 1 * MIB
+BLOCK = 256 * 1024  # small: a cold first read fetches little (read-ahead streams the rest)
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,14 @@ from __future__ import annotations
 import bisect
 import concurrent.futures as cf
 import errno
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from astrid_fs.drivers.errors import DriverError, Timeout
+
+log = logging.getLogger("astrid_fs.drivers")
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -187,10 +190,18 @@ class ReadAheadReader:
                 data = seg.future.result(timeout=self._cfg.wait_timeout_s)
             except cf.TimeoutError:
                 self._drop(seg)
-                raise Timeout(f"read of bytes {seg.start}-{seg.end} timed out") from None
+                err = Timeout(f"read of bytes {seg.start}-{seg.end} timed out")
+                log.warning("%s (errno %d)", err, err.errno)
+                raise err from None
             except cf.CancelledError:
                 self._drop(seg)
                 raise DriverError("read cancelled: the reader was closed") from None
+            except DriverError as e:
+                # Logged here, where a read fails, not where a prefetch failed
+                # that nobody may need.
+                self._drop(seg)
+                log.warning("%s (errno %d)", e, e.errno)
+                raise
             except BaseException:
                 self._drop(seg)
                 raise

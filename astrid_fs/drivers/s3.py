@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
-import logging
 import re
 import threading
 import time
@@ -69,7 +68,6 @@ if TYPE_CHECKING:
     from obstore import ObjectMeta
 
 T = TypeVar("T")
-log = logging.getLogger("astrid_fs.drivers.s3")
 
 # S3 DeleteObjects takes at most 1,000 keys per request.
 _DELETE_BATCH = 1000
@@ -391,11 +389,7 @@ class S3Driver:
             return bytes(result.bytes())
 
         def fetch(start: int, end: int) -> bytes:
-            try:
-                return self._call(f"read {rel} bytes {start}-{end}", lambda: get(start, end))
-            except DriverError as e:
-                log.warning("%s (errno %d)", e, e.errno)
-                raise
+            return self._call(f"read {rel} bytes {start}-{end}", lambda: get(start, end))
         return fetch
 
     def readlink(self, rel: str) -> str:
