@@ -39,16 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Parser(argparse.ArgumentParser):
-    pass
+def _verbs(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
-        if mount_cli.is_mount_helper_form(args_list):
-            return mount_cli.run_mount_helper(args_list)
         parser = build_parser()
+        if mount_cli.is_mount_helper_form(args_list, _verbs(parser)):
+            return mount_cli.run_mount_helper(args_list)
         args = parser.parse_args(args_list)
         result: int = args.func(args)
         return result

@@ -38,7 +38,6 @@ from astrid_fs.shim import current_env_with_shim
 from astrid_fs.upper_stats import count_changes
 
 DEFAULT_LOWER_TTL = 30.0
-VERBS = {"mount", "umount", "unmount", "status"}
 READY_TIMEOUT_S = 60.0
 UMOUNT_WAIT_S = 30.0
 
@@ -273,9 +272,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # ---- mount.fuse3 helper form ----------------------------------------------
 
-def is_mount_helper_form(argv: list[str]) -> bool:
-    """True for `astrid-fs SOURCE MOUNTPOINT [-o OPTS]` as mount.fuse3 runs it."""
-    return (len(argv) >= 2 and argv[0] not in VERBS and not argv[0].startswith("-")
+def is_mount_helper_form(argv: list[str], verbs: set[str]) -> bool:
+    """True for `astrid-fs SOURCE MOUNTPOINT [-o OPTS]` as mount.fuse3 runs it
+    (SOURCE is never one of our verbs)."""
+    return (len(argv) >= 2 and argv[0] not in verbs and not argv[0].startswith("-")
             and not argv[1].startswith("-"))
 
 
