@@ -21,8 +21,10 @@ from astrid_fs.session_lowers import SessionLowers
 from astrid_fs.whiteout import OverlayXattrs
 from tests.fs.s3_fixture import (  # noqa: F401
     ACCESS_KEY,
+    S3Server,
     S3Target,
     free_port,
+    own_s3_server,
     s3,
     s3_server,
 )
@@ -186,3 +188,27 @@ def test_session_lowers_resolve_virtual_paths_to_drivers(
     other.write_text(table.read_text().replace("/mnt/s3", "/data"))
     with pytest.raises(SessionError, match="another mount table"):
         prepare_session_mounts(str(other), session_root, lower)
+
+
+def test_server_killed_mid_read_is_eio_through_the_mount(
+        own_s3_server: S3Server, tmp_path: Path, aws_env: None,
+        mount_session: Callable[..., MountedSession]) -> None:
+    target = S3Target(own_s3_server, tmp_path)
+    body = random.Random(9).randbytes(24 * 1024 * 1024)
+    target.put("big.bin", body)
+    lower = tmp_path / "project"
+    lower.mkdir()
+    table = _table(tmp_path, target.source, own_s3_server.endpoint,
+                   "retries = 0\ntimeout_s = 5\n")
+    session = mount_session(lower, None, "--mounts", str(table))
+    with open(session.mnt / "mnt" / "s3" / "big.bin", "rb", buffering=0) as f:
+        assert f.read(4096) == body[:4096]
+        own_s3_server.kill()
+        f.seek(20 * 1024 * 1024)
+        with pytest.raises(OSError) as info:
+            f.read(4096)
+    assert info.value.errno == errno.EIO
+    log = (session.root / "run" / "daemon.log").read_text()
+    assert "big.bin" in log and "connection refused" in log
+    session.umount()
+    target.close()
