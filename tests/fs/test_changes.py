@@ -12,6 +12,7 @@ from astrid_fs import diffview
 from astrid_fs.changes import scan
 from astrid_fs.commit import commit, session_changes
 from astrid_fs.conflicts import check_conflicts
+from astrid_fs.discard import discard
 from astrid_fs.selection import select
 from astrid_fs.session import Session
 from astrid_fs.whiteout import Origin, make_whiteout, set_origin
@@ -124,3 +125,13 @@ def test_user_xattr_format_uppers(tmp_path: Path) -> None:
     commit(session, [])
     assert sorted(os.listdir(lower)) == ["d"] and os.listdir(lower / "d") == ["new"]
     assert os.listxattr(lower / "d") == [] and os.listdir(session.upper) == []
+
+
+def test_discarding_a_rename_restores_the_old_name(session: Session, lower: Path) -> None:
+    (lower / "a.txt").write_text("a\n")
+    (session.upper / "z.txt").write_text("a\n")
+    set_origin(str(session.upper / "z.txt"), session.xattrs, _origin_of(lower, "a.txt"))
+    make_whiteout(str(session.upper / "a.txt"))
+    assert diffview.porcelain(session_changes(session)) == "R  a.txt -> z.txt\n"
+    discard(session, ["a.txt"])  # named by its old path
+    assert os.listdir(session.upper) == []
