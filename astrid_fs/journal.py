@@ -463,6 +463,12 @@ def recover(session: Session, steps: Steps | None = None) -> list[tuple[str, Rec
             raise SessionError(
                 f"session {session.name}: an interrupted commit needs lower "
                 f"{session.lower}, which is gone; restore it and run astrid-fs again")
-        run(session, rec, steps or Steps())
+        try:
+            run(session, rec, steps or Steps())
+        except OSError as e:
+            raise SessionError(
+                f"session {session.name}: cannot finish interrupted commit {rec.txid}: "
+                f"{e.strerror or e}; its journal is kept, run astrid-fs again once "
+                "that is fixed") from e
         done.append(("finished", rec))
     return done

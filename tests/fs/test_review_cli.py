@@ -210,3 +210,17 @@ def test_snapshot_log_rollback(edited: Session, home: Path) -> None:
     one_line_error(run(home, "snapshot", "s1", "--name", "start"), 2, "already has")
     assert run(home, "rollback", "s1", "start").returncode == 0
     assert len(run(home, "diff", "s1").stdout.splitlines()) == 22
+
+
+def test_recovery_blocked_by_a_read_only_lower_waits_for_it(
+        edited: Session, home: Path, lower: Path, overlay: OverlayFactory) -> None:
+    with overlay(edited) as mnt:
+        want = tree_state(mnt)
+    failed = run(home, "commit", "s1", env={journal.FAIL_ENV: "35"})
+    assert failed.returncode == 1 and len(journal.pending(edited)) == 1
+    with read_only_bind(lower):
+        one_line_error(run(home, "diff", "s1"), 1, "cannot finish interrupted commit")
+        assert len(journal.pending(edited)) == 1
+    nxt = run(home, "diff", "s1")
+    assert nxt.returncode == 0 and "finished interrupted commit" in nxt.stderr
+    assert_same_tree(tree_state(lower), want)
