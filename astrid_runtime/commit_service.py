@@ -88,9 +88,7 @@ class CommitService:
             self.bus.publish(None, RESPONSE_TOPIC, json.dumps(body).encode(), origin="kernel")
 
     def _commit(self, paths: list[str]) -> tuple[bool, str]:
-        # `commit -- SESSION PATHS`: nothing a plugin names can read as an option, and
-        # the first argument after the verb is not a name (see the report on
-        # astrid-fs's mount-helper form, which takes `VERB NAME` for `SOURCE MOUNTPOINT`).
+        # `commit -- SESSION PATHS`: nothing a plugin names can read as an option.
         argv = [*self.astrid_fs, "commit", "--", self.session, *paths]
         done = subprocess.run(argv, capture_output=True, text=True, env=self.env,
                               check=False, timeout=600)
