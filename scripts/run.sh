@@ -37,5 +37,5 @@ astrid-fs diff --patch "$session"
 echo; echo "== the project itself is unchanged:"; cat "$project/src/todo.txt"
 echo
 echo "The agent's 'commit' was denied: the default approval policy asks a person"
-echo "(docs/approval.md). Land the session yourself with: astrid-fs commit -- $session"
+echo "(docs/approval.md). Land the session yourself with: astrid-fs commit $session"
 echo "Talk to it yourself with: astrid run --lower $project"
