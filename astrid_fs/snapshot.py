@@ -164,14 +164,16 @@ def _rollback_record(session: Session) -> Path:
     return session.journal_dir / "rollback.json"
 
 
-def rollback(session: Session, key: str) -> SnapshotInfo:
+def rollback(session: Session, key: str, steps: journal.Steps | None = None) -> SnapshotInfo:
     """Make the upper layer exactly what snapshot `key` recorded."""
+    steps = steps or journal.Steps.from_env()
     with journal.locked(session):
         finish_interrupted(session)
         snap = find_snapshot(session, key)
         control.sync(session)
         write_atomic(_rollback_record(session), json.dumps({"snapshot": snap.number}).encode())
-        _restore(session, snap)
+        steps.step()
+        _restore(session, snap, steps)
         return snap
 
 
@@ -180,16 +182,18 @@ def finish_rollback(session: Session) -> None:
     record = _rollback_record(session)
     if record.exists():
         number = json.loads(record.read_text())["snapshot"]
-        _restore(session, find_snapshot(session, str(number)))
+        _restore(session, find_snapshot(session, str(number)), journal.Steps())
 
 
-def _restore(session: Session, snap: SnapshotInfo) -> None:
+def _restore(session: Session, snap: SnapshotInfo, steps: journal.Steps) -> None:
     tree = session.snapshots_dir / snap.dirname / "tree"
     if not tree.is_dir():
         raise SessionError(f"snapshot {snap.number} of session {session.name} is damaged "
                            f"(no {tree})")
     session.tmp.mkdir(parents=True, exist_ok=True)
-    restorer = _Restorer(session, _manifest(session, snap))
+    for left in session.tmp.glob("rollback-*"):  # from an interrupted rollback
+        _remove(str(left))
+    restorer = _Restorer(session, _manifest(session, snap), steps)
     restorer.sync_dir(str(tree), str(session.upper), "")
     journal.sync_fs(session.upper)
     _rollback_record(session).unlink(missing_ok=True)
@@ -198,8 +202,10 @@ def _restore(session: Session, snap: SnapshotInfo) -> None:
 
 
 class _Restorer:
-    def __init__(self, session: Session, manifest: dict[str, Signature]) -> None:
+    def __init__(self, session: Session, manifest: dict[str, Signature],
+                 steps: journal.Steps) -> None:
         self.session = session
+        self.steps = steps
         self.manifest = manifest
         self.links: dict[int, str] = {}
         self.counter = 0
@@ -216,6 +222,7 @@ class _Restorer:
         for name in want:
             self.sync_entry(os.path.join(snap, name), os.path.join(live, name),
                             f"{rel}/{name}" if rel else name)
+            self.steps.step()
         copy_meta(snap, live, os.lstat(snap))
 
     def sync_entry(self, snap: str, live: str, rel: str) -> None:

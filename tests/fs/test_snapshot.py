@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
+from astrid_fs.entrycopy import copy_tree
+from astrid_fs.journal import CRASH_EXIT, Steps
 from astrid_fs.review_cli import open_and_recover
 from astrid_fs.session import Session
 from astrid_fs.snapshot import list_snapshots, rollback, snapshot
@@ -103,3 +106,40 @@ def test_hard_links_survive_snapshot_and_rollback(session: Session, lower: Path)
     rollback(session, "1")
     assert os.stat(session.upper / "one").st_ino == os.stat(session.upper / "two").st_ino
     assert (session.upper / "two").read_text() == "shared\n"
+
+
+def test_crash_at_every_rollback_step(session: Session, lower: Path,
+                                      overlay: OverlayFactory, tmp_path: Path) -> None:
+    build_lower(lower)
+    with overlay(session) as mnt:
+        edit_through(mnt)
+    snapshot(session)
+    wanted = exact(session)
+    with overlay(session) as mnt:
+        (mnt / "src" / "main.py").write_text("later\n")
+        shutil.rmtree(mnt / "renamed")
+        (mnt / "opq" / "more").write_text("more\n")
+        os.chmod(mnt / "xattr.txt", 0o600)
+    saved = tmp_path / "saved"
+    copy_tree(str(session.root), str(saved))
+    step = 0
+    while True:
+        step += 1
+        shutil.rmtree(session.root)
+        copy_tree(str(saved), str(session.root))
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                rollback(session, "1", Steps(crash_at=step))
+                code = 0
+            finally:
+                os._exit(code)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        if code == 0:
+            break
+        assert code == CRASH_EXIT
+        open_and_recover(session.name)
+        assert_same_tree(exact(session), wanted)  # type: ignore[arg-type]
+        assert not list(session.tmp.glob("rollback-*"))
+    assert step > 10
