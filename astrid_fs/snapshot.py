@@ -178,7 +178,11 @@ def rollback(session: Session, key: str, steps: journal.Steps | None = None) -> 
 
 
 def finish_rollback(session: Session) -> None:
-    """Finish a rollback that was interrupted (journal lock held by the caller)."""
+    """Finish a rollback that was interrupted and drop a snapshot that was
+    being taken when a crash came (journal lock held by the caller)."""
+    if session.snapshots_dir.is_dir():
+        for partial in session.snapshots_dir.glob(".tmp-*"):
+            shutil.rmtree(partial, ignore_errors=True)
     record = _rollback_record(session)
     if record.exists():
         number = json.loads(record.read_text())["snapshot"]

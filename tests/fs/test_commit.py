@@ -13,7 +13,8 @@ import pytest
 from astrid_fs import diffview, journal
 from astrid_fs.commit import commit, session_changes
 from astrid_fs.errors import ConflictError, SessionError, UsageError
-from astrid_fs.session import Session
+from astrid_fs.journal import Steps
+from astrid_fs.session import Session, create_or_open_session
 from astrid_fs.whiteout import Origin, make_whiteout, set_origin
 from tests.fs.kernel_overlay import OverlayFactory, require_root
 from tests.fs.scenario import build_lower, edit_through
@@ -194,3 +195,28 @@ def test_new_entry_at_a_renamed_dirs_old_path(new_kind: str, part: str | None,
         assert_same_tree(tree_state(mnt, mtimes=True), want)
     commit(session, [])
     assert_same_tree(tree_state(lower, mtimes=True), want)
+
+
+def test_a_write_during_the_commit_is_kept_as_a_change(home: Path, lower: Path,
+                                                       tmp_path: Path) -> None:
+    """An agent writing through a mount while the commit runs: its newer
+    version stays in the upper (the commit landed the version it staged)."""
+    require_root()
+    other_fs = tmp_path / "otherfs"  # upper on another fs: staging copies, as when mounted
+    other_fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(other_fs)], check=True)
+    try:
+        session = create_or_open_session("w", lower, other_fs)
+        (lower / "a.txt").write_text("lower\n")
+        (session.upper / "a.txt").write_text("staged\n")
+
+        def agent_writes(count: int, total: int) -> None:
+            if count == 4:  # the entry is staged; the commit point is next
+                (session.upper / "a.txt").write_text("newer, longer\n")
+
+        commit(session, [], steps=Steps(on_step=agent_writes))
+        assert (lower / "a.txt").read_text() == "staged\n"
+        assert (session.upper / "a.txt").read_text() == "newer, longer\n"
+        assert [c.path for c in session_changes(session)] == ["a.txt"]
+    finally:
+        subprocess.run(["umount", str(other_fs)], check=True)
