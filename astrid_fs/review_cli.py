@@ -15,7 +15,7 @@ from typing import Any
 from astrid_fs import diffview, journal
 from astrid_fs.commit import commit, describe, finish_interrupted, resolve_paths, session_changes
 from astrid_fs.discard import discard
-from astrid_fs.errors import AstridFsError, UsageError
+from astrid_fs.errors import UsageError
 from astrid_fs.journal import Steps
 from astrid_fs.selection import is_under
 from astrid_fs.session import Session, open_session
@@ -197,22 +197,3 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     snap = rollback(session, args.snapshot)
     print(f"rolled back session {session.name} to snapshot {snap.number}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the review verbs alone (same errors and exit codes as astrid-fs)."""
-    parser = argparse.ArgumentParser(prog="astrid-fs")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    sub.required = True
-    register(sub)
-    args = parser.parse_args(argv)
-    try:
-        result: int = args.func(args)
-        return result
-    except AstridFsError as e:
-        print(f"astrid-fs: {e}", file=sys.stderr)
-        return e.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -144,7 +144,7 @@ def test_cli_crash_is_finished_by_next_command(session: Session, lower: Path,
                                                tmp_path: Path) -> None:
     bench = Bench(session, lower, overlay, tmp_path)
     env = {**os.environ, "ASTRID_HOME": str(home), journal.CRASH_ENV: "40"}
-    cli = [sys.executable, "-m", "astrid_fs.review_cli"]
+    cli = [sys.executable, "-m", "astrid_fs.cli"]
     crashed = subprocess.run([*cli, "commit", session.name], env=env, capture_output=True,
                              text=True, check=False)
     assert crashed.returncode == CRASH_EXIT

@@ -21,7 +21,7 @@ from tests.fs.kernel_overlay import OverlayFactory, require_root
 from tests.fs.scenario import build_lower, edit_through
 from tests.fs.treecompare import assert_same_tree, tree_state
 
-CLI = [sys.executable, "-m", "astrid_fs.review_cli"]
+CLI = [sys.executable, "-m", "astrid_fs.cli"]
 
 
 def run(home: Path, *args: str, env: dict[str, str] | None = None
