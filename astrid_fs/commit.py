@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from astrid_fs import control, journal
 from astrid_fs.changes import Change, scan, user_xattrs
 from astrid_fs.conflicts import check_conflicts
-from astrid_fs.errors import ConflictError, SessionError
+from astrid_fs.errors import ConflictError, SessionError, UsageError
 from astrid_fs.journal import Cleanup, DirMeta, Place, Record, Stage, Steps, Vacate
-from astrid_fs.selection import normalize_path, select
+from astrid_fs.remote_lower import SESSION_TABLE
+from astrid_fs.selection import is_under, normalize_path, select
 from astrid_fs.session import Session
+from astrid_fs.session_lowers import SessionLowers
 from astrid_fs.whiteout import is_opaque
 
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -40,6 +42,34 @@ class CommitResult:
     changes: tuple[Change, ...]
     record: Record | None  # None when there was nothing to commit
     dry_run: bool
+    skipped: tuple[Change, ...] = ()  # under a mounted source: not written back yet
+
+
+def under_mounted_source(session: Session, changes: list[Change]) -> list[Change]:
+    """The changes below a non-root entry of the session's mount table (an S3
+    bucket at /mnt/s3, say). Commit does not write through drivers yet; it
+    must never land those in the local project instead."""
+    if not (session.root / SESSION_TABLE).exists():
+        return []
+    lowers = SessionLowers.open(session.root, session.lower)
+    try:
+        remote = [c for c in changes if lowers.is_remote(c.path)
+                  or (c.lower_path is not None and lowers.is_remote(c.lower_path))]
+        points = [e.path.strip("/") for e in lowers.table.entries if e.path != "/"]
+    finally:
+        lowers.close()
+    # A new dir that exists only to hold a mount point (`mnt` for /mnt/s3)
+    # goes with them, unless something local is committed inside it.
+    skip = {id(c) for c in remote}
+    local = [c for c in changes if id(c) not in skip]
+    for c in sorted(local, key=lambda c: -_depth(c.path)):  # deepest first
+        if (c.kind == "dir" and c.status in ("A", "T")
+                and any(is_under(p, c.path) for p in points)
+                and not any(o is not c and id(o) not in skip and is_under(o.path, c.path)
+                            for o in local)):
+            remote.append(c)
+            skip.add(id(c))
+    return remote
 
 
 def _depth(path: str) -> int:
@@ -231,6 +261,15 @@ def commit(session: Session, paths: list[str], *, force: bool = False,
         finish_interrupted(session)
         everything = session_changes(session)
         chosen = select(everything, resolve_paths(session, paths))
+        remote = under_mounted_source(session, chosen)
+        if remote:
+            skip = {id(c) for c in remote}
+            chosen = [c for c in chosen if id(c) not in skip]
+            if not chosen:
+                raise UsageError(
+                    f"{remote[0].path} (and {len(remote) - 1} more) lie under a mounted "
+                    "source, which commit cannot write back yet; discard them, or copy "
+                    "them out of the mount yourself")
         if not chosen:
             return CommitResult((), None, dry_run)
         conflicts = [c for c in chosen if c.conflict]
@@ -238,7 +277,7 @@ def commit(session: Session, paths: list[str], *, force: bool = False,
             raise conflict_error(conflicts)
         rec = plan(session, everything, chosen)
         if dry_run:
-            return CommitResult(tuple(chosen), rec, True)
+            return CommitResult(tuple(chosen), rec, True, tuple(remote))
         steps.expect(rec)
         journal.save_ops(session, rec)
         journal.save(session, rec)
@@ -248,7 +287,7 @@ def commit(session: Session, paths: list[str], *, force: bool = False,
         except OSError as e:
             raise _failed(session, rec, e) from e
         control.notify_changed(session, rec.paths)
-        return CommitResult(tuple(chosen), rec, False)
+        return CommitResult(tuple(chosen), rec, False, tuple(remote))
 
 
 def _failed(session: Session, rec: Record, err: OSError) -> SessionError:

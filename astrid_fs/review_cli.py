@@ -148,8 +148,12 @@ def cmd_commit(args: argparse.Namespace) -> int:
     changes = list(result.changes)
     if args.json:
         print(json.dumps({"dry_run": result.dry_run, "committed": [] if result.dry_run else [
-            c.path for c in changes], "planned": [c.path for c in changes]}))
+            c.path for c in changes], "planned": [c.path for c in changes],
+            "skipped": [c.path for c in result.skipped]}))
         return 0
+    for c in result.skipped:
+        print(f"astrid-fs: not committed, under a mounted source (not written back yet): "
+              f"{c.path}", file=sys.stderr)
     if result.record is None:
         print("nothing to commit")
         return 0

@@ -220,3 +220,22 @@ def test_a_write_during_the_commit_is_kept_as_a_change(home: Path, lower: Path,
         assert [c.path for c in session_changes(session)] == ["a.txt"]
     finally:
         subprocess.run(["umount", str(other_fs)], check=True)
+
+
+def test_changes_under_a_mounted_source_never_land_in_the_project(
+        session: Session, lower: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other-source"
+    other.mkdir()
+    (session.root / "mounts.toml").write_text(
+        f'[[mount]]\npath = "/mnt/other"\nsource = "{other}"\n')
+    (session.upper / "mnt" / "other").mkdir(parents=True)
+    (session.upper / "mnt" / "other" / "x.csv").write_text("remote edit\n")
+    (session.upper / "local.txt").write_text("local\n")
+    result = commit(session, [])
+    assert [c.path for c in result.changes] == ["local.txt"]
+    assert {c.path for c in result.skipped} >= {"mnt/other/x.csv"}
+    assert (lower / "local.txt").read_text() == "local\n"
+    assert not (lower / "mnt").exists() and os.listdir(other) == []
+    assert (session.upper / "mnt" / "other" / "x.csv").exists()
+    with pytest.raises(UsageError, match="under a mounted source"):
+        commit(session, ["mnt/other/x.csv"])
