@@ -97,7 +97,7 @@ MAX_VALUE_BYTES: Final = 1 << 20
 MAX_LIST_LIMIT: Final = 10_000
 
 _TABLE: Final = "kv"
-_EMBEDDED_PERSISTENT: Final = ("surrealkv", "surrealkv+versioned", "file", "rocksdb")
+_EMBEDDED_PERSISTENT: Final = ("surrealkv", "surrealkv+versioned", "file")
 _EMBEDDED_MEMORY: Final = ("mem", "memory")
 _REMOTE: Final = ("ws", "wss", "http", "https")
 
