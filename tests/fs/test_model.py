@@ -16,10 +16,13 @@ Defaults keep CI fast: 40 examples of up to 30 steps. ASTRID_SLOW=1 runs 400 of 
 
 from __future__ import annotations
 
+import ast
 import errno
 import mmap
 import os
+import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -79,7 +82,10 @@ data = st.one_of(
     st.binary(max_size=64),
     st.builds(lambda n, b: bytes([b]) * n, st.integers(0, 70000), st.integers(0, 255)),
 )
-modes = st.sampled_from([0o644, 0o600, 0o755, 0o700, 0o444, 0o640, 0o4755, 0o1777])
+modes = st.sampled_from(
+    [0o644, 0o600, 0o755, 0o700, 0o444, 0o640, 0o4755, 0o1777, 0o777, 0o666, 0o2775]
+)
+NOBODY = 65534
 offsets = st.integers(0, 9000)
 
 
@@ -117,15 +123,17 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
             st_ = os.lstat(p)
             kind = stat.S_IFMT(st_.st_mode)
             perm = stat.S_IMODE(st_.st_mode)
+            owner = (st_.st_uid, st_.st_gid)
             if stat.S_ISDIR(kind):
-                out[r] = ("dir", oct(perm), _xattrs(p))
+                out[r] = ("dir", oct(perm), owner, _xattrs(p))
                 stack.append(r)
             elif stat.S_ISREG(kind):
                 with open(p, "rb") as f:
                     content = f.read()
-                out[r] = ("file", oct(perm), st_.st_size, content, st_.st_nlink, _xattrs(p))
+                out[r] = ("file", oct(perm), st_.st_size, content, st_.st_nlink, owner,
+                          _xattrs(p))
             elif stat.S_ISLNK(kind):
-                out[r] = ("symlink", os.readlink(p), _xattrs(p))
+                out[r] = ("symlink", os.readlink(p), owner, _xattrs(p))
             else:
                 out[r] = ("other", kind, oct(perm), st_.st_nlink)
     return out
@@ -175,6 +183,38 @@ def _stat_summary(path: str) -> tuple[int, int, int]:
     s = os.stat(path)
     return (stat.S_IFMT(s.st_mode), stat.S_IMODE(s.st_mode), s.st_size if not
             stat.S_ISDIR(s.st_mode) else 0)
+
+
+def as_nobody(fn: Callable[[], Any]) -> Any:
+    """Run fn in a child process with uid/gid 65534 (no groups); return its result
+    or raise its OSError, so permission checks are exercised as a plain user."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            try:
+                result: Any = ("ok", fn())
+            except OSError as e:
+                result = ("err", e.errno)
+            os.write(wfd, repr(result).encode())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        raw = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and raw, "as_nobody child failed"
+    kind, value = ast.literal_eval(raw.decode())
+    if kind == "err":
+        raise OSError(value, os.strerror(value))
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -390,6 +430,67 @@ class OverlayModel(RuleBasedStateMachine):
 
         self.both(f"editor-save({p})", op)
 
+    # -- ownership, times, and a plain user's permission checks -----------------
+
+    @rule(d=st.data(), kind=st.sampled_from(["file", "dir", "symlink"]),
+          uid=st.sampled_from([0, NOBODY]), gid=st.sampled_from([0, NOBODY, -1]))
+    def lchown(self, d: st.DataObject, kind: str, uid: int, gid: int) -> None:
+        p = self.pick(d, kind)
+        self.both(f"lchown({p}, {uid}, {gid})",
+                  lambda r: os.chown(os.path.join(r, p), uid, gid, follow_symlinks=False))
+
+    @rule(d=st.data(), kind=st.sampled_from(["file", "dir"]),
+          atime=st.integers(0, 2**33), mtime=st.integers(0, 2**33))
+    def utime(self, d: st.DataObject, kind: str, atime: int, mtime: int) -> None:
+        """Set times, then read them back (other steps change mtime to "now")."""
+        p = self.pick(d, kind)
+
+        def op(r: str) -> tuple[int, int]:
+            path = os.path.join(r, p)
+            os.utime(path, ns=(atime * 1000, mtime * 1000))
+            s_ = os.stat(path)
+            return s_.st_atime_ns, s_.st_mtime_ns
+
+        self.both(f"utime({p}, {atime}, {mtime})", op)
+
+    @rule(d=st.data(), what=st.sampled_from(["create", "write", "mkdir", "unlink", "rename",
+                                             "rmdir", "chmod", "setxattr", "read"]),
+          payload=st.binary(max_size=16))
+    def nobody(self, d: st.DataObject, what: str, payload: bytes) -> None:
+        """The same operation as uid 65534: EACCES/EPERM must match too."""
+        if what in ("create", "mkdir"):
+            p = self.pick(d, "new")
+        elif what in ("rmdir",):
+            p = self.pick(d, "dir")
+        elif what in ("unlink", "rename"):
+            p = self.pick(d, "any")
+        else:
+            p = self.pick(d, "file")
+        q = self.pick(d, "new")
+
+        def op(r: str) -> Any:
+            path = os.path.join(r, p)
+            if what == "create":
+                return _open_write(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, payload)
+            if what == "write":
+                return _open_write(path, os.O_WRONLY | os.O_APPEND, payload)
+            if what == "mkdir":
+                return os.mkdir(path, 0o777)
+            if what == "unlink":
+                return os.unlink(path)
+            if what == "rename":
+                return os.rename(path, os.path.join(r, q))
+            if what == "rmdir":
+                return os.rmdir(path)
+            if what == "chmod":
+                return os.chmod(path, 0o666)
+            if what == "setxattr":
+                return os.setxattr(path, "user.k1", payload)
+            return _read(path)
+
+        self.both(f"as-nobody {what}({p}{', ' + q if what == 'rename' else ''})",
+                  lambda r: as_nobody(lambda: op(r)))
+
     # -- inode numbers: stable across copy-up and rename, shared by hard links --
 
     @rule(d=st.data(), kind=st.sampled_from(["file", "dir"]), how=st.sampled_from(
@@ -465,17 +566,19 @@ class OverlayModel(RuleBasedStateMachine):
 
 
 @pytest.fixture(scope="module", params=["kernel-overlay", "astrid-fs"])
-def pool(request: pytest.FixtureRequest,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[PairPool]:
+def pool(request: pytest.FixtureRequest) -> Iterator[PairPool]:
     assert os.geteuid() == 0, "the model test mounts overlays and needs root (CI runs as root)"
     kind: str = request.param
-    base = tmp_path_factory.mktemp(f"model-{kind}")
+    # not under pytest's 0700 basetemp: uid 65534 must be able to reach both trees
+    base = Path(tempfile.mkdtemp(prefix=f"astrid-model-{kind}-", dir="/tmp"))
+    base.chmod(0o755)
     overlay: OverlayMount = make_mount(kind, base)
     p = PairPool(overlay, base / "ref", build_template, batch=64)
     try:
         yield p
     finally:
         p.close()
+        shutil.rmtree(base)
 
 
 def test_overlay_matches_plain_directory(pool: PairPool) -> None:
