@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +50,9 @@ class FuseOps(pyfuse3.Operations):
         # With shim version 2, OPEN answers ENOSYS: the kernel then keeps
         # file pages cached across opens and sends I/O by inode (FH_INODE).
         self.no_open = version >= 2
+        # Version 3: OPENDIR answers ENOSYS too; listings come by inode.
+        self.no_opendir = version >= 3
+        self._listings: OrderedDict[int, list[bytes]] = OrderedDict()
         self.ino_fds = InodeFds()
         self._ino_readers: dict[int, Reader] = {}
         self.requests: dict[str, int] = {}
@@ -124,6 +128,7 @@ class FuseOps(pyfuse3.Operations):
             self.table.forget(ino, count)
             if ino not in self.table:
                 self.ino_fds.close(ino)
+                self._listings.pop(ino, None)
                 reader = self._ino_readers.pop(ino, None)
                 if reader is not None:
                     await trio.to_thread.run_sync(reader.close)
@@ -431,6 +436,9 @@ class FuseOps(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: Any) -> int:
         self._count("opendir")
         node = self._node(inode)
+        if self.no_opendir:
+            # ENOSYS turns on the kernel's no_opendir mode (this one succeeds).
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
         self._dirs[fh] = (node, None)
@@ -448,15 +456,22 @@ class FuseOps(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         self._count("readdir")
-        fh &= ~FH_FLAG_MASK
-        node, names = self._dirs[fh]
+        if fh & FH_INODE:
+            node = self._node(fh ^ FH_INODE)
+            names = self._listings.get(node.ino) if start_id else None
+        else:
+            fh &= ~FH_FLAG_MASK
+            node, names = self._dirs[fh]
         if names is None or start_id == 0:
             await self._warm_node(node)
             try:
                 names = [b".", b"..", *self.ov.list_dir(node)]
             except OSError as e:
                 raise self._fail(e) from None
-            self._dirs[fh] = (node, names)
+            if fh & FH_INODE:
+                self._keep_listing(node.ino, names)
+            else:
+                self._dirs[fh] = (node, names)
         for index in range(start_id, len(names)):
             name = names[index]
             try:
@@ -471,11 +486,22 @@ class FuseOps(pyfuse3.Operations):
             if not dot:
                 self.table.add_lookup(child)
 
+    def _keep_listing(self, ino: int, names: list[bytes]) -> None:
+        """Listings taken for no-opendir readdir, until the next rewind
+        (bounded: the kernel caches them itself once read through)."""
+        self._listings[ino] = names
+        self._listings.move_to_end(ino)
+        while len(self._listings) > 256:
+            self._listings.popitem(last=False)
+
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh & ~FH_FLAG_MASK, None)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        node, _ = self._dirs[fh & ~FH_FLAG_MASK]
+        if fh & FH_INODE:
+            node = self._node(fh ^ FH_INODE)
+        else:
+            node, _ = self._dirs[fh & ~FH_FLAG_MASK]
         if not node.in_upper:
             return
         try:
@@ -542,6 +568,7 @@ class FuseOps(pyfuse3.Operations):
         list(self.ov.refresh())
         self._last_sig.clear()
         self._dir_sig.clear()
+        self._listings.clear()
         self.ino_fds.clear()
         inodes: list[int] = []
         entries: set[tuple[int, bytes]] = set()

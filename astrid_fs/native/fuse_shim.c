@@ -17,6 +17,11 @@
  *    those handlers, so the wrapped operation table puts the inode there:
  *    handle 0 becomes ASTRID_FH_INODE | ino. Handles from CREATE are real
  *    and untouched.
+ *
+ * 3. No OPENDIR round trips ("no_opendir"), likewise: the daemon answers
+ *    OPENDIR with ENOSYS, the kernel then caches listings by default
+ *    (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE, checked against the directory's
+ *    mtime) and READDIRPLUS / FSYNCDIR carry the inode the same way.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -34,7 +39,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 2; }
+int astrid_fuse_shim_loaded(void) { return 3; }
 
 /* pyfuse3 is dlopen()ed RTLD_LOCAL by Python, so libfuse is not in the
  * global scope that RTLD_NEXT searches: ask the loaded library itself. */
@@ -73,6 +78,8 @@ static void (*orig_write)(fuse_req_t, fuse_ino_t, const char *, size_t, off_t,
 static void (*orig_write_buf)(fuse_req_t, fuse_ino_t, struct fuse_bufvec *, off_t,
                               struct fuse_file_info *);
 static void (*orig_fsync)(fuse_req_t, fuse_ino_t, int, struct fuse_file_info *);
+static void (*orig_readdirplus)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_file_info *);
+static void (*orig_fsyncdir)(fuse_req_t, fuse_ino_t, int, struct fuse_file_info *);
 
 static void mark(fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -116,6 +123,20 @@ static void shim_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse
     orig_fsync(req, ino, datasync, fi);
 }
 
+static void shim_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                             struct fuse_file_info *fi)
+{
+    mark(ino, fi);
+    orig_readdirplus(req, ino, size, off, fi);
+}
+
+static void shim_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
+                          struct fuse_file_info *fi)
+{
+    mark(ino, fi);
+    orig_fsyncdir(req, ino, datasync, fi);
+}
+
 struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_lowlevel_ops *op,
                                       size_t op_size, void *userdata)
 {
@@ -141,6 +162,14 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
     if (patched.fsync) {
         orig_fsync = patched.fsync;
         patched.fsync = shim_fsync;
+    }
+    if (patched.readdirplus) {
+        orig_readdirplus = patched.readdirplus;
+        patched.readdirplus = shim_readdirplus;
+    }
+    if (patched.fsyncdir) {
+        orig_fsyncdir = patched.fsyncdir;
+        patched.fsyncdir = shim_fsyncdir;
     }
     return real(args, &patched, op_size < sizeof patched ? op_size : sizeof patched, userdata);
 }

@@ -59,3 +59,17 @@ def test_rewrites_are_not_served_from_a_stale_page_cache(mount_session: Mount) -
     for i in range(20):
         f.write_text(f"version {i}")
         assert f.read_text() == f"version {i}"
+
+
+def test_lower_changes_show_once_their_ttl_expires(tmp_path: Path, mount_session: Mount) -> None:
+    # With --lower-ttl 0 the kernel revalidates lower-backed attributes on
+    # every use, so a cached listing is dropped as soon as the project
+    # directory's mtime moves: edits to the project show in the session.
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    (lower / "d" / "a").write_text("a")
+    s = mount_session(lower, None, "--lower-ttl", "0")
+    assert sorted(p.name for p in (s.mnt / "d").iterdir()) == ["a"]
+    (lower / "d" / "b").write_text("b")
+    assert sorted(p.name for p in (s.mnt / "d").iterdir()) == ["a", "b"]
+    assert (s.mnt / "d" / "b").read_text() == "b"
