@@ -21,13 +21,15 @@ import errno
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from astrid_fs import control, journal
 from astrid_fs.changes import Change, scan, user_xattrs
 from astrid_fs.conflicts import check_conflicts
-from astrid_fs.errors import ConflictError, SessionError, UsageError
+from astrid_fs.drivers.errors import DriverError
+from astrid_fs.errors import ConflictError, SessionError
 from astrid_fs.journal import Cleanup, DirMeta, Place, Record, Stage, Steps, Vacate
+from astrid_fs.remote_commit import RemoteOp, mount_points, plan_ops, scan_remote
 from astrid_fs.remote_lower import SESSION_TABLE
 from astrid_fs.selection import is_under, normalize_path, select
 from astrid_fs.session import Session
@@ -42,34 +44,33 @@ class CommitResult:
     changes: tuple[Change, ...]
     record: Record | None  # None when there was nothing to commit
     dry_run: bool
-    skipped: tuple[Change, ...] = ()  # under a mounted source: not written back yet
+    skipped: tuple[Change, ...] = ()  # new dirs that only hold a mount point
 
 
-def under_mounted_source(session: Session, changes: list[Change]) -> list[Change]:
-    """The changes below a non-root entry of the session's mount table (an S3
-    bucket at /mnt/s3, say). Commit does not write through drivers yet; it
-    must never land those in the local project instead."""
+def open_lowers(session: Session) -> SessionLowers | None:
+    """The drivers of the session's mount table, or None without one."""
     if not (session.root / SESSION_TABLE).exists():
-        return []
-    lowers = SessionLowers.open(session.root, session.lower)
-    try:
-        remote = [c for c in changes if lowers.is_remote(c.path)
-                  or (c.lower_path is not None and lowers.is_remote(c.lower_path))]
-        points = [e.path.strip("/") for e in lowers.table.entries if e.path != "/"]
-    finally:
-        lowers.close()
-    # A new dir that exists only to hold a mount point (`mnt` for /mnt/s3)
-    # goes with them, unless something local is committed inside it.
-    skip = {id(c) for c in remote}
-    local = [c for c in changes if id(c) not in skip]
+        return None
+    return SessionLowers.open(session.root, session.lower)
+
+
+def split_remote(changes: list[Change], points: list[str]
+                 ) -> tuple[list[Change], list[Change], list[Change]]:
+    """(local, remote, skipped): the changes for the local lower, those under
+    a mounted source (`points`: "mnt/s3"), and new local dirs that exist only
+    to hold a mount point (`mnt` for /mnt/s3), which never land locally."""
+    remote = [c for c in changes if any(is_under(c.path, p) for p in points)]
+    rest = {id(c) for c in remote}
+    local = [c for c in changes if id(c) not in rest]
+    skipped: list[Change] = []
     for c in sorted(local, key=lambda c: -_depth(c.path)):  # deepest first
         if (c.kind == "dir" and c.status in ("A", "T")
                 and any(is_under(p, c.path) for p in points)
-                and not any(o is not c and id(o) not in skip and is_under(o.path, c.path)
+                and not any(o is not c and id(o) not in rest and is_under(o.path, c.path)
                             for o in local)):
-            remote.append(c)
-            skip.add(id(c))
-    return remote
+            skipped.append(c)
+            rest.add(id(c))
+    return [c for c in local if id(c) not in rest], remote, skipped
 
 
 def _depth(path: str) -> int:
@@ -90,7 +91,17 @@ def session_changes(session: Session) -> list[Change]:
     """Every change of `session`, with conflicts marked. Flushes a mount first."""
     control.sync(session)
     check_lower_usable(session)
-    return check_conflicts(scan(session.upper, session.lower, session.xattrs), session.lower)
+    local = scan(session.upper, session.lower, session.xattrs)
+    lowers = open_lowers(session)
+    if lowers is None:
+        return check_conflicts(local, session.lower)
+    try:
+        # the upper dirs holding mount points (`mnt` for /mnt/s3) are no change
+        local = split_remote(local, mount_points(lowers))[0]
+        remote = scan_remote(session, lowers)
+    finally:
+        lowers.close()
+    return sorted(check_conflicts(local, session.lower) + remote, key=lambda c: c.path)
 
 
 def resolve_paths(session: Session, raw: list[str]) -> list[str]:
@@ -121,6 +132,11 @@ class _Planner:
         # place (no mount) and only within one filesystem.
         self.link_ok = not mounted and (
             os.stat(session.upper).st_dev == os.stat(session.lower).st_dev)
+        lowers = open_lowers(session)
+        self.points: list[str] = []
+        if lowers is not None:
+            self.points = mount_points(lowers)
+            lowers.close()
         picked = {id(c) for c in chosen}
         # Opaque dirs still hiding a lower entry after this commit keep their
         # upper children (removing them would hide the committed copies).
@@ -151,9 +167,16 @@ class _Planner:
             return
         names = self.session.xattrs
         strip = (names.redirect,) if path in self.kept_opaque else (names.redirect, names.opaque)
-        self.cleanup.append(Cleanup(path, True, strip=strip))
+        remote = any(is_under(path, p) for p in self.points)
+        self.cleanup.append(Cleanup(path, True, strip=strip, remote=remote))
 
     def add(self, c: Change) -> None:
+        if any(is_under(c.path, p) for p in self.points):  # written back by a driver
+            if c.kind == "dir" and c.status != "D":
+                self.clean_dir(c.path)
+            elif c.status != "D" or c.whiteout:
+                self.clean_entry(c.path)
+            return
         if c.status == "D":
             self.vacate.append(Vacate(c.lower_path or c.path, self.slot("v")))
             if c.whiteout:
@@ -261,36 +284,37 @@ def commit(session: Session, paths: list[str], *, force: bool = False,
         finish_interrupted(session)
         everything = session_changes(session)
         chosen = select(everything, resolve_paths(session, paths))
-        remote = under_mounted_source(session, chosen)
-        if remote:
-            skip = {id(c) for c in remote}
-            chosen = [c for c in chosen if id(c) not in skip]
-            if not chosen:
-                raise UsageError(
-                    f"{remote[0].path} (and {len(remote) - 1} more) lie under a mounted "
-                    "source, which commit cannot write back yet; discard them, or copy "
-                    "them out of the mount yourself")
+        skipped: list[Change] = []
+        ops: list[RemoteOp] = []
+        lowers = open_lowers(session)
+        if lowers is not None:
+            try:
+                local, remote, skipped = split_remote(chosen, mount_points(lowers))
+                ops = plan_ops(session, lowers, remote)
+            finally:
+                lowers.close()
+            chosen = local + remote
         if not chosen:
-            return CommitResult((), None, dry_run)
+            return CommitResult((), None, dry_run, tuple(skipped))
         conflicts = [c for c in chosen if c.conflict]
         if conflicts and not force:
             raise conflict_error(conflicts)
-        rec = plan(session, everything, chosen)
+        rec = replace(plan(session, everything, chosen), remote=tuple(ops))
         if dry_run:
-            return CommitResult(tuple(chosen), rec, True, tuple(remote))
+            return CommitResult(tuple(chosen), rec, True, tuple(skipped))
         steps.expect(rec)
         journal.save_ops(session, rec)
         journal.save(session, rec)
         try:
             steps.step()
             journal.run(session, rec, steps)
-        except OSError as e:
+        except (OSError, DriverError) as e:
             raise _failed(session, rec, e) from e
         control.notify_changed(session, rec.paths)
-        return CommitResult(tuple(chosen), rec, False, tuple(remote))
+        return CommitResult(tuple(chosen), rec, False, tuple(skipped))
 
 
-def _failed(session: Session, rec: Record, err: OSError) -> SessionError:
+def _failed(session: Session, rec: Record, err: OSError | DriverError) -> SessionError:
     """Roll back a commit that failed before its commit point; otherwise leave
     the journal for the next run. Returns the error to raise."""
     path = journal.record_path(session, rec.txid)
@@ -298,10 +322,11 @@ def _failed(session: Session, rec: Record, err: OSError) -> SessionError:
         state = journal.load(session, rec.txid).state
     except SessionError:
         state = "prepared"
-    reason = err.strerror or str(err)
-    if err.errno in _READ_ONLY and state == "prepared":
+    code = err.errno if isinstance(err, OSError) else None
+    reason = (err.strerror if isinstance(err, OSError) else None) or str(err)
+    if code in _READ_ONLY and state == "prepared":
         reason = f"lower {session.lower} is not writable ({reason})"
-    elif err.errno == errno.ENOENT and not session.lower.is_dir():
+    elif code == errno.ENOENT and not session.lower.is_dir():
         reason = f"lower {session.lower} vanished"
     if state == "prepared":
         try:

@@ -40,7 +40,9 @@ from typing import Any, Literal
 from astrid_fs.durable import fsync_dir, write_atomic
 from astrid_fs.entrycopy import clone_or_copy, copy_entry, copy_meta
 from astrid_fs.errors import SessionError
+from astrid_fs.remote_commit import RemoteOp, apply_op
 from astrid_fs.session import Session
+from astrid_fs.session_lowers import SessionLowers
 from astrid_fs.whiteout import OverlayXattrs, get_redirect, is_opaque
 
 State = Literal["prepared", "vacating", "placing", "cleaning"]
@@ -104,6 +106,7 @@ class Cleanup:
     size: int = 0
     mode: int = 0
     strip: tuple[str, ...] = ()
+    remote: bool = False  # under a mounted source: no local lower dir to compare
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class Record:
     dirmeta: tuple[DirMeta, ...] = ()
     cleanup: tuple[Cleanup, ...] = ()
     paths: tuple[str, ...] = ()  # session paths touched (for mount invalidation)
+    remote: tuple[RemoteOp, ...] = ()  # write-back calls to mounted sources (placing)
 
     def encode_ops(self) -> bytes:
         """Everything but the state: written once, before the first state."""
@@ -126,9 +130,10 @@ class Record:
             "place": [[x.op, x.to, x.slot, x.source] for x in self.place],
             "dirmeta": [[x.path, x.mode, x.uid, x.gid, x.mtime_ns, x.xattrs]
                         for x in self.dirmeta],
-            "cleanup": [[x.path, x.is_dir, x.ino, x.mtime_ns, x.size, x.mode, list(x.strip)]
-                        for x in self.cleanup],
+            "cleanup": [[x.path, x.is_dir, x.ino, x.mtime_ns, x.size, x.mode, list(x.strip),
+                         x.remote] for x in self.cleanup],
             "paths": list(self.paths),
+            "remote": [[x.op, x.path, x.mode, x.mtime_ns, x.target] for x in self.remote],
         }, separators=(",", ":")).encode()
 
     def encode_state(self) -> bytes:
@@ -145,9 +150,10 @@ class Record:
             vacate=tuple(Vacate(*x) for x in d["vacate"]),
             place=tuple(Place(*x) for x in d["place"]),
             dirmeta=tuple(DirMeta(*x) for x in d["dirmeta"]),
-            cleanup=tuple(Cleanup(x[0], x[1], x[2], x[3], x[4], x[5], tuple(x[6]))
+            cleanup=tuple(Cleanup(x[0], x[1], x[2], x[3], x[4], x[5], tuple(x[6]), x[7])
                           for x in d["cleanup"]),
             paths=tuple(d["paths"]),
+            remote=tuple(RemoteOp(*x) for x in d["remote"]),
         )
 
 
@@ -342,6 +348,14 @@ def _place(session: Session, rec: Record, steps: Steps) -> None:
     for meta in rec.dirmeta:
         _apply_dirmeta(os.path.join(lower, meta.path), meta, session.xattrs)
         steps.step()
+    if rec.remote:
+        lowers = SessionLowers.open(session.root, session.lower)
+        try:
+            for op in rec.remote:
+                apply_op(session, lowers, op)
+                steps.step()
+        finally:
+            lowers.close()
 
 
 def _rename_in(slot: str, to: str) -> None:
@@ -408,7 +422,10 @@ def _clean(session: Session, rec: Record, steps: Steps) -> None:
             for key in c.strip:
                 with contextlib.suppress(OSError):
                     os.removexattr(path, key, follow_symlinks=False)
-            prune_dir(session, c.path, names)
+            if not c.remote:
+                prune_dir(session, c.path, names)
+            elif not os.listdir(path) and not is_opaque(path, names):
+                os.rmdir(path)
         elif (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode) == (
                 c.ino, c.mtime_ns, c.size, c.mode):
             os.unlink(path)

@@ -152,8 +152,8 @@ def cmd_commit(args: argparse.Namespace) -> int:
             "skipped": [c.path for c in result.skipped]}))
         return 0
     for c in result.skipped:
-        print(f"astrid-fs: not committed, under a mounted source (not written back yet): "
-              f"{c.path}", file=sys.stderr)
+        print(f"astrid-fs: not committed (only holds a mount point): {c.path}",
+              file=sys.stderr)
     if result.record is None:
         print("nothing to commit")
         return 0
