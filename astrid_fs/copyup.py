@@ -14,7 +14,7 @@ import itertools
 import os
 import stat
 
-from astrid_fs.layers import RemoteTree
+from astrid_fs.layers import RemoteTree, SyntheticStat
 from astrid_fs.whiteout import Origin, OverlayXattrs, kind_of_mode
 
 _counter = itertools.count()
@@ -186,3 +186,20 @@ def copy_up_remote(tree: RemoteTree, rel: bytes, lower_rel: bytes, upper_path: b
         _remove_quietly(tmp)
         raise
     return os.lstat(upper_path)
+
+
+def copy_up_synthetic_dir(st: SyntheticStat, lower_rel: bytes, upper_path: bytes,
+                          tmp_dir: bytes, names: OverlayXattrs) -> None:
+    """Make the upper copy of a directory that only the mount table implies
+    (above a remote mount point): mode 0755, its synthetic inode as origin."""
+    tmp = temp_name(tmp_dir)
+    os.mkdir(tmp, 0o755)
+    try:
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        origin = Origin(path=os.fsdecode(lower_rel), kind="dir", ino=st.st_ino, dev=st.st_dev,
+                        size=0, mtime_ns=st.st_mtime_ns, mode=st.st_mode)
+        os.setxattr(tmp, names.origin, origin.encode(), follow_symlinks=False)
+        os.rename(tmp, upper_path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise

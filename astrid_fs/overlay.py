@@ -18,7 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from astrid_fs import syscalls
-from astrid_fs.copyup import copy_data, copy_up, copy_up_remote, temp_name
+from astrid_fs.copyup import (
+    copy_data,
+    copy_up,
+    copy_up_remote,
+    copy_up_synthetic_dir,
+    temp_name,
+)
 from astrid_fs.inodes import ROOT_INO, DeviceTags, InodeTable, Node, upper_only_ino
 from astrid_fs.layers import (
     Layers,
@@ -26,6 +32,7 @@ from astrid_fs.layers import (
     RemoteTree,
     Resolved,
     StatLike,
+    SyntheticStat,
     lower_has,
     merged_names,
     resolve_child,
@@ -179,9 +186,14 @@ class Overlay:
         upath = self.layers.upper_path(rel)
         assert node.lower is not None
         remote = self.remote_of(node)
+        lst = self.layers.lower_stat(node.lower) if self.layers.remotes else None
         if remote is not None:
             copy_up_remote(remote[0], remote[1], node.lower, upath, self.tmp, self.layers.names,
                            with_data=with_data, sync=self.sync_copy_up)
+        elif isinstance(lst, SyntheticStat):
+            # A directory that exists only above a remote mount point (`mnt`
+            # for /mnt/s3): nothing to copy, just make it, keeping its inode.
+            copy_up_synthetic_dir(lst, node.lower, upath, self.tmp, self.layers.names)
         else:
             copy_up(self.layers.lower_path(node.lower), upath, self.tmp, self.layers.names,
                     node.lower, with_data=with_data, sync=self.sync_copy_up)

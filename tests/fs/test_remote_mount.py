@@ -103,9 +103,9 @@ def test_s3_under_mnt_through_a_real_mount(
     session.umount()
 
     # Writes go to the upper layer, never to the bucket; copy-up records the ETag.
-    # (The overlay seam cannot yet copy up a directory that exists only above a
-    # mount point, like /mnt here: the project gets a real mnt/ for this half.)
-    (lower / "mnt").mkdir()
+    # The project has no mnt/: the directory above the mount point is copied
+    # up from the mount table alone.
+    assert not (lower / "mnt").exists()
     session = mount_session(lower, None, "--mounts", str(table))
     mnt = session.mnt
     csv = mnt / "mnt" / "s3" / "data" / "file.csv"
