@@ -22,6 +22,7 @@ import mmap
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,9 +31,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from tests.fs.mount_fixture import OverlayMount, PairPool, make_mount
+from tests.fs.mount_fixture import AstridFsMount, OverlayMount, PairPool, make_mount
 
 SLOW = os.environ.get("ASTRID_SLOW") == "1"
 SETTINGS = settings(
@@ -551,6 +558,31 @@ class OverlayModel(RuleBasedStateMachine):
 
     # -- the tree ------------------------------------------------------------
 
+    @precondition(lambda self: isinstance(self.POOL.overlay, AstridFsMount))
+    @rule()
+    def kernel_reads_upper(self) -> None:
+        """The session's upper layer is in overlayfs' on-disk format: kernel overlayfs
+        mounting it (read-only, as a layer above the same lower) shows the same tree."""
+        ov = self.POOL.overlay
+        assert isinstance(ov, AstridFsMount)
+        view = ov.base / "kernel-view"
+        view.mkdir(exist_ok=True)
+        opts = f"lowerdir={ov.upper}:{ov.lower},redirect_dir=follow"
+        proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(view)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, f"kernel overlayfs refused the upper: {proc.stderr}"
+        try:
+            got = snapshot(view / self.sut.name)
+        finally:
+            subprocess.run(["umount", str(view)], check=True)
+        want = snapshot(self.ref)
+        # nlink of files whose hard-link partner lives in another layer may differ
+        # on a read-only stack; everything else must match
+        assert got == want, (
+            f"kernel overlayfs over the astrid-fs upper differs after "
+            f"{self.log[-1] if self.log else 'no step'}:\n{diff_trees(got, want)}"
+        )
+
     @invariant()
     def trees_match(self) -> None:
         got, want = snapshot(self.sut), snapshot(self.ref)
@@ -566,7 +598,8 @@ class OverlayModel(RuleBasedStateMachine):
 
 
 @pytest.fixture(scope="module", params=["kernel-overlay", "astrid-fs"])
-def pool(request: pytest.FixtureRequest) -> Iterator[PairPool]:
+def pool(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[PairPool]:
     assert os.geteuid() == 0, "the model test mounts overlays and needs root (CI runs as root)"
     kind: str = request.param
     # not under pytest's 0700 basetemp: uid 65534 must be able to reach both trees
@@ -577,8 +610,13 @@ def pool(request: pytest.FixtureRequest) -> Iterator[PairPool]:
     try:
         yield p
     finally:
-        p.close()
-        shutil.rmtree(base)
+        if isinstance(overlay, AstridFsMount):  # keep the daemon's log with pytest's temp
+            for log in overlay.home.glob("sessions/*/run/daemon.log"):
+                shutil.copy(log, tmp_path_factory.getbasetemp() / "model-astrid-fs-daemon.log")
+        try:
+            p.close()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def test_overlay_matches_plain_directory(pool: PairPool) -> None:
