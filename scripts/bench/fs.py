@@ -294,7 +294,10 @@ def probe(leg: Leg) -> str | None:
             if not (root / "big").exists():
                 return "mounted, but the data set is not visible through it"
     except (RuntimeError, OSError) as e:
-        return str(e).splitlines()[0][:200]
+        why = str(e).splitlines()[0]
+        if ": exit " in why:  # "argv: exit N: stderr" -> "exit N: stderr"
+            why = "exit " + why.split(": exit ", 1)[1]
+        return f"mount failed: {why[:200]}"
     return None
 
 
