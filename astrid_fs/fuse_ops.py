@@ -516,6 +516,7 @@ class FuseOps(pyfuse3.Operations):
     # ---- xattrs and statfs ------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        self._count("getxattr")
         try:
             return self.ov.getxattr(inode, os.fsdecode(name))
         except OSError as e:

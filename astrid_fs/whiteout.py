@@ -19,6 +19,8 @@ from typing import Literal
 XattrNs = Literal["trusted", "user"]
 
 UPPER_ONLY_INO_TAG = 1 << 62
+_HIDDEN_SECURITY = frozenset({"security.capability", "security.selinux",
+                              "system.posix_acl_access", "system.posix_acl_default"})
 
 
 def default_xattr_ns() -> XattrNs:
@@ -50,10 +52,12 @@ class OverlayXattrs:
         return "user.overlay.whiteout"
 
     def is_private(self, name: str) -> bool:
-        """True for xattrs that belong to the overlay and never show through."""
-        return name.startswith((f"{self.ns}.overlay.", f"{self.ns}.astrid.")) or (
-            name.startswith("user.overlay.")
-        )
+        """True for xattrs that never show through the mount: the overlay's
+        own; file capabilities, SELinux labels and POSIX ACLs (a session
+        grants no privilege, permissions are the mode bits, and the kernel
+        asks for these on every write and `ls -l`)."""
+        return name.startswith((f"{self.ns}.overlay.", f"{self.ns}.astrid.",
+                                "user.overlay.")) or name in _HIDDEN_SECURITY
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@
  *    handle 0 becomes ASTRID_FH_INODE | ino. Handles from CREATE are real
  *    and untouched.
  *
+ * 4. No Python for the xattrs asked about all the time: `security.capability`
+ *    (by the kernel before every write(2)), `security.selinux` and
+ *    `system.posix_acl_*` (by `ls -l` for every entry). The mount exposes
+ *    none of them (no ACL support: permissions are the mode bits; see
+ *    whiteout.py), so the shim answers ENODATA in C.
+ *
  * 3. No OPENDIR round trips ("no_opendir"), likewise: the daemon answers
  *    OPENDIR with ENOSYS, the kernel then caches listings by default
  *    (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE, checked against the directory's
@@ -26,6 +32,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdint.h>
+#include <errno.h>
 #include <string.h>
 #define FUSE_USE_VERSION 35
 #include <fuse_lowlevel.h>
@@ -39,7 +46,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 3; }
+int astrid_fuse_shim_loaded(void) { return 4; }
 
 /* pyfuse3 is dlopen()ed RTLD_LOCAL by Python, so libfuse is not in the
  * global scope that RTLD_NEXT searches: ask the loaded library itself. */
@@ -78,6 +85,7 @@ static void (*orig_write)(fuse_req_t, fuse_ino_t, const char *, size_t, off_t,
 static void (*orig_write_buf)(fuse_req_t, fuse_ino_t, struct fuse_bufvec *, off_t,
                               struct fuse_file_info *);
 static void (*orig_fsync)(fuse_req_t, fuse_ino_t, int, struct fuse_file_info *);
+static void (*orig_getxattr)(fuse_req_t, fuse_ino_t, const char *, size_t);
 static void (*orig_readdirplus)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_file_info *);
 static void (*orig_fsyncdir)(fuse_req_t, fuse_ino_t, int, struct fuse_file_info *);
 
@@ -137,6 +145,22 @@ static void shim_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
     orig_fsyncdir(req, ino, datasync, fi);
 }
 
+static void shim_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+    /* libfuse is not in the global scope (see libfuse_symbol): look the
+     * reply function up there rather than linking it. */
+    static int (*reply_err)(fuse_req_t, int);
+    if (!reply_err)
+        reply_err = (int (*)(fuse_req_t, int))libfuse_symbol("fuse_reply_err");
+    if (reply_err && (strcmp(name, "security.capability") == 0
+                      || strcmp(name, "security.selinux") == 0
+                      || strncmp(name, "system.posix_acl_", 17) == 0)) {
+        reply_err(req, ENODATA);
+        return;
+    }
+    orig_getxattr(req, ino, name, size);
+}
+
 struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_lowlevel_ops *op,
                                       size_t op_size, void *userdata)
 {
@@ -162,6 +186,10 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
     if (patched.fsync) {
         orig_fsync = patched.fsync;
         patched.fsync = shim_fsync;
+    }
+    if (patched.getxattr) {
+        orig_getxattr = patched.getxattr;
+        patched.getxattr = shim_getxattr;
     }
     if (patched.readdirplus) {
         orig_readdirplus = patched.readdirplus;

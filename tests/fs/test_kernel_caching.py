@@ -5,9 +5,13 @@ counters), and changes made through the mount are never served stale."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.support.mounts import MountedSession
 
@@ -73,3 +77,24 @@ def test_lower_changes_show_once_their_ttl_expires(tmp_path: Path, mount_session
     (lower / "d" / "b").write_text("b")
     assert sorted(p.name for p in (s.mnt / "d").iterdir()) == ["a", "b"]
     assert (s.mnt / "d" / "b").read_text() == "b"
+
+
+def test_security_xattr_probes_never_reach_python(tmp_path: Path, mount_session: Mount) -> None:
+    # `ls -l` asks for security.selinux on every entry and every write(2)
+    # asks for security.capability: the shim answers those in C.
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    for i in range(20):
+        (lower / f"f{i}").write_text("x")
+    s = mount_session(lower)
+    subprocess.run(["ls", "-l", str(s.mnt)], check=True, capture_output=True)
+    with open(s.mnt / "w", "wb") as f:
+        for _ in range(20):
+            f.write(b"y" * 4096)
+            f.flush()
+    assert stats(s).get("getxattr", 0) == 0
+    os.setxattr(s.mnt / "f1", "user.k", b"v")
+    assert os.getxattr(s.mnt / "f1", "user.k") == b"v"
+    assert stats(s).get("getxattr", 0) == 1
+    with pytest.raises(OSError):
+        os.getxattr(s.mnt / "f1", "security.capability")
