@@ -29,6 +29,7 @@ from astrid_fs.conflicts import check_conflicts
 from astrid_fs.drivers.errors import DriverError
 from astrid_fs.errors import ConflictError, SessionError
 from astrid_fs.journal import Cleanup, DirMeta, Place, Record, Stage, Steps, Vacate
+from astrid_fs.layers import COMMIT_STAGING_PREFIX
 from astrid_fs.remote_commit import RemoteOp, mount_points, plan_ops, scan_remote
 from astrid_fs.remote_lower import SESSION_TABLE
 from astrid_fs.selection import is_under, normalize_path, select
@@ -251,7 +252,7 @@ class _Planner:
         touched = {c.path for c in self.chosen} | {
             c.lower_path for c in self.chosen if c.lower_path is not None}
         self.check_same_fs()
-        staging = str(self.session.lower / f".astrid-commit-{self.txid}")
+        staging = str(self.session.lower / f"{COMMIT_STAGING_PREFIX.decode()}{self.txid}")
         return Record(
             txid=self.txid, state="prepared", staging=staging,
             stage=tuple(self.stage),

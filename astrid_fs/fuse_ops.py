@@ -566,6 +566,8 @@ class FuseOps(pyfuse3.Operations):
         discard, rollback) and list what the kernel must forget: every known
         inode's attributes and pages, every known name, and every name now in
         a known directory (to drop negative entries)."""
+        for _, tree in self.ov.layers.remotes:
+            tree.invalidate()
         list(self.ov.refresh())
         self._last_sig.clear()
         self._dir_sig.clear()

@@ -122,6 +122,7 @@ class RemoteTree(Protocol):
 
     dev: int
 
+    def invalidate(self) -> None: ...
     def is_warm(self, rel: bytes, data: bool = False) -> bool: ...
     def warm(self, rel: bytes, data: bool = False) -> None: ...
     def stat(self, rel: bytes) -> StatLike | None: ...
@@ -131,6 +132,10 @@ class RemoteTree(Protocol):
     def fetch_to(self, rel: bytes, fd: int) -> None: ...
     def fingerprint(self, rel: bytes) -> str | None: ...
 
+
+# `astrid-fs commit` stages in LOWER/.astrid-commit-TXID (see commit.py):
+# never part of the merged view.
+COMMIT_STAGING_PREFIX = b".astrid-commit-"
 
 # Paths longer than this go through an ancestor's O_PATH fd (see LongPaths).
 _LONG_PATH = 3000
@@ -224,6 +229,8 @@ class Layers:
     def lower_stat(self, rel: bytes) -> StatLike | None:
         """The lower entry at `rel` (local, remote, or a directory above a
         remote mount point), or None."""
+        if rel.startswith(COMMIT_STAGING_PREFIX) and b"/" not in rel:
+            return None  # a commit's staging dir in the lower root: not project content
         if self.remotes:
             hit = self.remote_for(rel)
             if hit is not None:
@@ -252,6 +259,8 @@ class Layers:
                 names = [os.fsencode(e.name) for e in it]
         except (FileNotFoundError, NotADirectoryError):
             names = []
+        if not rel:
+            names = [n for n in names if not n.startswith(COMMIT_STAGING_PREFIX)]
         if self.remotes:
             names = sorted(set(names) | self._mount_children(rel))
         return names

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from astrid_fs import review_cli
 from astrid_fs.daemon import DaemonConfig
 from astrid_fs.errors import AstridFsError, MountError, SessionError, UsageError
 from astrid_fs.mountinfo import fuse_mount_alive, is_mountpoint
@@ -136,6 +137,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     existed = (sessions_dir(home) / name / "session.toml").exists()
     if existed:
         _check_not_mounted(open_session(name, home))
+        # A commit or rollback interrupted by a crash is finished (or rolled
+        # back) before the layers are served again.
+        review_cli.open_and_recover(name)
     session = create_or_open_session(name, lower, home)
     config = DaemonConfig(
         lower=str(session.lower), upper=str(session.upper), tmp=str(session.tmp),

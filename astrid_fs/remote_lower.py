@@ -208,6 +208,11 @@ class DriverTree:
         st = self._entry(r)
         return st.etag if st is not None else None
 
+    def invalidate(self) -> None:
+        """Forget every cached listing, stat and block (after a commit or
+        rollback changed the bucket or the session behind the mount)."""
+        self.cache.invalidate("", tree=True)
+
     def close(self) -> None:
         self.cache.close()
 

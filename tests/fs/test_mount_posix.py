@@ -372,3 +372,11 @@ def test_writes_through_stale_handles_never_reach_the_lower(tmp_path: Path,
         os.close(fd)
     s.umount()
     assert hash_tree(lower) == before
+
+
+def test_commit_staging_dirs_in_the_lower_never_show(tmp_path: Path, mount_session: Mount) -> None:
+    lower = make_lower(tmp_path)
+    (lower / ".astrid-commit-0123").mkdir()
+    s = mount_session(lower)
+    assert ".astrid-commit-0123" not in os.listdir(s.mnt)
+    assert not (s.mnt / ".astrid-commit-0123").exists()
