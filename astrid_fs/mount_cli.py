@@ -24,6 +24,7 @@ from astrid_fs import review_cli
 from astrid_fs.daemon import DaemonConfig
 from astrid_fs.errors import AstridFsError, MountError, SessionError, UsageError
 from astrid_fs.mountinfo import fuse_mount_alive, is_mountpoint
+from astrid_fs.mounttable import MountTable
 from astrid_fs.remote_lower import prepare_session_mounts
 from astrid_fs.session import (
     Session,
@@ -259,6 +260,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "pid": state.pid if state is not None and alive else None,
             "stale_mount": state is not None and not alive,
             "changes": count_changes(session),
+            "mounts": _recorded_mounts(session),
         })
     if args.json:
         print(json.dumps({"sessions": rows}, indent=2))
@@ -271,7 +273,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         where = (f"mounted on {r['mountpoint']}" if r["mounted"]
                  else f"DEAD mount at {r['mountpoint']}" if r["stale_mount"] else "not mounted")
         print(f"{r['name']:<{width}}  {r['changes']:>6} changes  {where}  (lower {r['lower']})")
+        for m in r["mounts"]:
+            flags = " (read-only)" if m["read_only"] else ""
+            print(f"{'':<{width}}    {m['path']} <- {m['source']}{flags}")
     return 0
+
+
+def _recorded_mounts(session: Session) -> list[dict[str, Any]]:
+    """The mount table a session recorded (no credentials are ever in it)."""
+    path = session.root / "mounts.toml"
+    if not path.exists():
+        return []
+    try:
+        table = MountTable.load(path)
+    except AstridFsError as e:
+        return [{"path": "?", "source": f"unreadable mounts.toml: {e}", "driver": "?",
+                 "read_only": True}]
+    return [{"path": e.path, "source": e.source, "driver": e.driver, "read_only": e.read_only}
+            for e in table.entries]
 
 
 # ---- mount.fuse3 helper form ----------------------------------------------

@@ -125,6 +125,12 @@ def test_s3_under_mnt_through_a_real_mount(
     # The session records its table, without credentials; diff sees the change.
     recorded = (session.root / "mounts.toml").read_text()
     assert s3.source in recorded and SECRET not in recorded
+    status = json.loads(session.cli("status", "--json").stdout)["sessions"]
+    (row,) = [r for r in status if r["name"] == session.name]
+    assert {"path": "/mnt/s3", "source": s3.source} in [
+        {"path": m["path"], "source": m["source"]} for m in row["mounts"]]
+    text = session.cli("status").stdout
+    assert f"/mnt/s3 <- {s3.source}" in text and SECRET not in text
     diff = session.cli("diff", "--stat", session.name, check=False)
     assert "mnt/s3/data/file.csv" in diff.stdout + diff.stderr
     logs = (session.root / "run" / "daemon.log")
