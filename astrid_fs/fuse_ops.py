@@ -472,19 +472,18 @@ class FuseOps(pyfuse3.Operations):
                 self._keep_listing(node.ino, names)
             else:
                 self._dirs[fh] = (node, names)
-        for index in range(start_id, len(names)):
-            name = names[index]
-            try:
-                child, st = self.ov.peek(node.ino, name)
-            except OSError:
-                continue  # vanished since the listing was taken
-            dot = name in (b".", b"..")
-            if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
+        try:
+            # Lazily: resolve only what fits in the kernel's buffer.
+            for index, name, child, st in self.ov.children(node.ino, names, start_id):
+                dot = name == b"." or name == b".."
+                if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
+                    if not dot:
+                        self.table.forget(child.ino, 0)
+                    break
                 if not dot:
-                    self.table.forget(child.ino, 0)
-                break
-            if not dot:
-                self.table.add_lookup(child)
+                    self.table.add_lookup(child)
+        except OSError as e:
+            raise self._fail(e) from None
 
     def _keep_listing(self, ino: int, names: list[bytes]) -> None:
         """Listings taken for no-opendir readdir, until the next rewind

@@ -69,6 +69,9 @@ class InodeTable:
     def __init__(self, root: Node) -> None:
         self._nodes: dict[int, Node] = {ROOT_INO: root}
         root.lookups = 1  # the kernel's implicit reference to the root
+        # Paths of directories, dropped whole whenever any directory's name
+        # changes (rare): most requests name a child of a known directory.
+        self._dir_paths: dict[int, bytes] = {}
 
     def __contains__(self, ino: int) -> bool:
         return ino in self._nodes
@@ -100,6 +103,7 @@ class InodeTable:
         if link not in node.links:
             if is_dir:
                 node.links[:] = [link]
+                self._dir_paths.clear()
             else:
                 node.links.insert(0, link)
         return node
@@ -125,11 +129,15 @@ class InodeTable:
     def _maybe_drop(self, node: Node) -> None:
         if node.lookups == 0 and not node.fds:
             self._nodes.pop(node.ino, None)
+            if node.is_dir:
+                self._dir_paths.pop(node.ino, None)
 
     def unlink(self, node: Node, parent: int, name: bytes) -> None:
         """Remove one name of `node` (after unlink, rmdir or rename-over)."""
         with contextlib.suppress(ValueError):
             node.links.remove((parent, name))
+        if node.is_dir:
+            self._dir_paths.clear()
 
     def move(self, node: Node, old: tuple[int, bytes], new: tuple[int, bytes]) -> None:
         """Rename one link of `node`."""
@@ -137,6 +145,7 @@ class InodeTable:
             node.links.remove(old)
         if node.is_dir:
             node.links[:] = [new]
+            self._dir_paths.clear()
         else:
             node.links.insert(0, new)
 
@@ -145,18 +154,28 @@ class InodeTable:
 
         Raises FileNotFoundError for a node that has no name any more.
         """
-        parts: list[bytes] = []
-        current = node
-        seen = 0
-        while current.ino != ROOT_INO:
-            step = next(((self._nodes[p], n) for p, n in current.links if p in self._nodes),
-                        None)
-            if step is None:
-                raise FileNotFoundError(2, "unlinked")
-            current, name = step
-            parts.append(name)
-            seen += 1
-            if seen > 4096:
-                raise OSError(40, "link loop in inode table")
-        parts.reverse()
-        return b"/".join(parts)
+        if node.ino == ROOT_INO:
+            return b""
+        step = next(((self._nodes[p], n) for p, n in node.links if p in self._nodes), None)
+        if step is None:
+            raise FileNotFoundError(2, "unlinked")
+        parent, name = step
+        parent_path = self._dir_path(parent)
+        return parent_path + b"/" + name if parent_path else name
+
+    def _dir_path(self, node: Node, depth: int = 0) -> bytes:
+        if node.ino == ROOT_INO:
+            return b""
+        cached = self._dir_paths.get(node.ino)
+        if cached is not None:
+            return cached
+        if depth > 4096:
+            raise OSError(40, "link loop in inode table")
+        step = next(((self._nodes[p], n) for p, n in node.links if p in self._nodes), None)
+        if step is None:
+            raise FileNotFoundError(2, "unlinked")
+        parent, name = step
+        parent_path = self._dir_path(parent, depth + 1)
+        path = parent_path + b"/" + name if parent_path else name
+        self._dir_paths[node.ino] = path
+        return path

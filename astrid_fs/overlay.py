@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from astrid_fs import syscalls
@@ -116,6 +116,28 @@ class Overlay:
         node = self.table.intern(self.ino_of(r), stat.S_ISDIR(r.st.st_mode), r.lower,
                                  r.in_upper, parent_ino, name)
         return node, r.st
+
+    def children(self, parent_ino: int, names: Sequence[bytes],
+                 start: int) -> Iterator[tuple[int, bytes, Node, StatLike]]:
+        """Resolve `names[start:]` of one directory (for readdirplus), without
+        counting lookups; names that vanished meanwhile are skipped."""
+        parent = self.table.get(parent_ino)
+        parent_path = self.path(parent)
+        for index in range(start, len(names)):
+            name = names[index]
+            try:
+                if name == b"." or name == b"..":
+                    node, st = self.peek(parent_ino, name)
+                    yield index, name, node, st
+                    continue
+                r = resolve_child(self.layers, parent_path, parent.in_upper, parent.lower, name)
+            except OSError:
+                continue
+            if r is None:
+                continue
+            node = self.table.intern(self.ino_of(r), stat.S_ISDIR(r.st.st_mode), r.lower,
+                                     r.in_upper, parent_ino, name)
+            yield index, name, node, r.st
 
     def stat(self, node: Node) -> StatLike:
         """Current attributes of `node` (from the layer that shows it)."""
