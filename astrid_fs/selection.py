@@ -1,6 +1,7 @@
 """Which changes a command acts on: user paths to session paths, and the
 changes under them plus what they cannot land without (structural
-ancestors, the rename that frees a path, the deletion at a rename target).
+ancestors, the rename that frees a path, the deletion at a rename target,
+the changes whose copied-up base a deletion removes).
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def select(changes: list[Change], prefixes: list[str]) -> list[Change]:
     for c in changes:
         by_path.setdefault(c.path, []).append(c)
     renames = {c.lower_path: c for c in changes if c.status == "R" and c.kind == "dir"}
+    # Changes whose content was copied up from another lower path (a file
+    # renamed onto an existing name): deleting that path takes their base.
+    based_on: dict[str, list[Change]] = {}
+    for c in changes:
+        if c.origin is not None and c.origin.path != c.path and c.kind != "dir":
+            based_on.setdefault(c.origin.path, []).append(c)
     grown = True
     while grown:  # until every chosen change has what it needs
         before = len(chosen)
@@ -65,6 +72,10 @@ def select(changes: list[Change], prefixes: list[str]) -> list[Change]:
             r = renames.get(c.path)
             if r is not None and c.status != "D":
                 chosen[id(r)] = r
+            # a deletion lands with the changes based on what it deletes
+            if c.status == "D":
+                for dep in based_on.get(c.path, []):
+                    chosen[id(dep)] = dep
         grown = len(chosen) != before
     picked = set(chosen)
     # A deletion of the lower entry at a path that something is placed on
