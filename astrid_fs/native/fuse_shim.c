@@ -22,7 +22,8 @@
  *    (by the kernel before every write(2)), `security.selinux` and
  *    `system.posix_acl_*` (by `ls -l` for every entry). The mount exposes
  *    none of them (no ACL support: permissions are the mode bits; see
- *    whiteout.py), so the shim answers ENODATA in C.
+ *    whiteout.py), so the shim answers in C: ENODATA for capabilities,
+ *    EOPNOTSUPP for labels and ACLs (which ls(1) caches per device).
  *
  * 3. No OPENDIR round trips ("no_opendir"), likewise: the daemon answers
  *    OPENDIR with ENOSYS, the kernel then caches listings by default
@@ -152,10 +153,15 @@ static void shim_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size
     static int (*reply_err)(fuse_req_t, int);
     if (!reply_err)
         reply_err = (int (*)(fuse_req_t, int))libfuse_symbol("fuse_reply_err");
-    if (reply_err && (strcmp(name, "security.capability") == 0
-                      || strcmp(name, "security.selinux") == 0
+    if (reply_err && strcmp(name, "security.capability") == 0) {
+        reply_err(req, ENODATA);  /* no file capabilities here */
+        return;
+    }
+    if (reply_err && (strcmp(name, "security.selinux") == 0
                       || strncmp(name, "system.posix_acl_", 17) == 0)) {
-        reply_err(req, ENODATA);
+        /* Not supported on this file system: ls(1) remembers that per
+         * device and stops asking for every entry. */
+        reply_err(req, EOPNOTSUPP);
         return;
     }
     orig_getxattr(req, ino, name, size);
