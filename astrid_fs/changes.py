@@ -21,6 +21,7 @@ from typing import Literal
 
 import blake3
 
+from astrid_fs.layers import lstat_or_none
 from astrid_fs.whiteout import (
     Origin,
     OverlayXattrs,
@@ -88,13 +89,6 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def lstat_or_none(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
-        return None
 
 
 def user_xattrs(path: str, names: OverlayXattrs) -> dict[str, bytes]:

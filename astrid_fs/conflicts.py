@@ -11,7 +11,8 @@ import os
 import stat
 from dataclasses import replace
 
-from astrid_fs.changes import Change, file_blake3, lstat_or_none
+from astrid_fs.changes import Change, file_blake3
+from astrid_fs.layers import lstat_or_none
 from astrid_fs.whiteout import kind_of_mode
 
 

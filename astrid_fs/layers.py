@@ -12,14 +12,13 @@ Rules (overlayfs's):
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from astrid_fs.whiteout import Origin, OverlayXattrs, is_whiteout_stat
+from astrid_fs.whiteout import Origin, OverlayXattrs, get_xattr, is_whiteout_stat
 
 
 def join(parent: bytes, name: bytes) -> bytes:
@@ -235,11 +234,11 @@ class Layers:
             hit = self.remote_for(rel)
             if hit is not None:
                 return hit[0].stat(hit[1])
-            st = _lstat(self.lower_path(rel))
+            st = lstat_or_none(self.lower_path(rel))
             if st is None and rel and rel in self._ancestors():
                 return SyntheticStat(stat.S_IFDIR | 0o755, synthetic_ino(rel), st_dev=0)
             return st
-        return _lstat(self.lower_path(rel))
+        return lstat_or_none(self.lower_path(rel))
 
     def _ancestors(self) -> set[bytes]:
         out: set[bytes] = set()
@@ -293,31 +292,21 @@ class Resolved:
     origin: Origin | None
 
 
-def _xattr(path: bytes, name: str) -> bytes | None:
-    try:
-        return os.getxattr(path, name, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
-            return None
-        raise
-
-
-def _lstat(path: bytes) -> os.stat_result | None:
+def lstat_or_none(path: str | bytes) -> os.stat_result | None:
+    """lstat, or None where nothing is (missing entry or parent)."""
     try:
         return os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
 def lower_dir_for(layers: Layers, upper_path: bytes, parent_lower: bytes | None,
                   name: bytes) -> bytes | None:
     """The lower directory an upper directory merges with, or None."""
-    opaque = _xattr(upper_path, layers.names.opaque)
+    opaque = get_xattr(upper_path, layers.names.opaque)
     if opaque == b"y":
         return None
-    redirect = _xattr(upper_path, layers.names.redirect)
+    redirect = get_xattr(upper_path, layers.names.redirect)
     if redirect is not None:
         if redirect.startswith(b"/"):
             target = redirect.strip(b"/")
@@ -339,11 +328,11 @@ def resolve_child(layers: Layers, parent_path: bytes, parent_in_upper: bool,
     """Resolve `name` in a merged directory; None if it is not visible."""
     if parent_in_upper:
         upath = layers.upper_path(join(parent_path, name))
-        ust = _lstat(upath)
+        ust = lstat_or_none(upath)
         if ust is not None:
             if layers.is_whiteout(upath, ust):
                 return None
-            raw_origin = _xattr(upath, layers.names.origin)
+            raw_origin = get_xattr(upath, layers.names.origin)
             origin = None
             if raw_origin is not None:
                 try:
