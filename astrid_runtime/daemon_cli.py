@@ -26,7 +26,7 @@ from astrid_runtime.abi.context import KvBackend
 from astrid_runtime.config import KernelConfig, default_socket, defaults, load_config
 from astrid_runtime.control import ControlServer
 from astrid_runtime.engine import KernelEngine
-from astrid_runtime.errors import KernelError
+from astrid_runtime.errors import KernelError, first_kernel_error
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
 
 
@@ -97,15 +97,6 @@ async def run(config: KernelConfig) -> None:
     log.event("info", "kernel.stopped")
 
 
-def _first_kernel_error(group: BaseExceptionGroup[BaseException]) -> KernelError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, KernelError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_kernel_error(exc)
-            if found is not None:
-                return found
-    return None
 
 
 async def _bridge(kernel: Kernel, config: KernelConfig, *,
@@ -130,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"astridd: {e}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as group:
-        first = _first_kernel_error(group)
+        first = first_kernel_error(group)
         if first is None:
             raise
         print(f"astridd: {first}", file=sys.stderr)

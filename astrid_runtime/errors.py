@@ -71,3 +71,16 @@ class ControlError(KernelError):
 
 class KernelUnreachable(ControlError):
     """No kernel listens on the control socket."""
+
+
+def first_kernel_error(group: BaseExceptionGroup[BaseException]) -> KernelError | None:
+    """The first KernelError in a (nested) exception group, if any: what a
+    CLI reports as its one line when a nursery fails."""
+    for exc in group.exceptions:
+        if isinstance(exc, KernelError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = first_kernel_error(exc)
+            if found is not None:
+                return found
+    return None

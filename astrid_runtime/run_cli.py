@@ -48,7 +48,7 @@ from astrid_runtime.bus import Tap
 from astrid_runtime.commit_service import CommitService
 from astrid_runtime.config import default_home
 from astrid_runtime.engine import KernelEngine
-from astrid_runtime.errors import KernelError
+from astrid_runtime.errors import KernelError, first_kernel_error
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
 from astrid_runtime.supervisor import State
 from astrid_runtime.vfs import PluginVfs
@@ -337,7 +337,7 @@ def cmd_run(args: argparse.Namespace, lockfile: Path) -> int:
     try:
         return run(options(args, lockfile))
     except BaseExceptionGroup as group:
-        first = _first_kernel_error(group)
+        first = first_kernel_error(group)
         if first is None:
             raise
         raise first from None
@@ -349,15 +349,6 @@ def verb(lockfile: Callable[[argparse.Namespace], Path]
     return lambda args: cmd_run(args, lockfile(args).resolve())
 
 
-def _first_kernel_error(group: BaseExceptionGroup[BaseException]) -> KernelError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, KernelError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_kernel_error(exc)
-            if found is not None:
-                return found
-    return None
 
 
 __all__ = ["RunError", "RunOptions", "add_parser", "cmd_run", "run", "verb"]
