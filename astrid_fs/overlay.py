@@ -408,7 +408,8 @@ class Overlay:
     def rename(self, old_parent_ino: int, old_name: bytes, new_parent_ino: int,
                new_name: bytes, flags: int) -> None:
         if flags & syscalls.RENAME_EXCHANGE:
-            raise _err(errno.EINVAL)
+            self._exchange(old_parent_ino, old_name, new_parent_ino, new_name)
+            return
         old_parent = self.table.get(old_parent_ino)
         new_parent = self.table.get(new_parent_ino)
         src, _ = self.peek(old_parent_ino, old_name)
@@ -452,6 +453,33 @@ class Overlay:
             self.table.unlink(dst, new_parent_ino, new_name)
         self.table.move(src, (old_parent_ino, old_name), (new_parent_ino, new_name))
         if src.is_dir:
+            self.layers.long_paths.forget()
+
+    def _exchange(self, old_parent_ino: int, old_name: bytes, new_parent_ino: int,
+                  new_name: bytes) -> None:
+        """renameat2(RENAME_EXCHANGE): both names stay, their entries swap."""
+        a, _ = self.peek(old_parent_ino, old_name)
+        b, _ = self.peek(new_parent_ino, new_name)  # ENOENT if missing
+        if a is b:
+            return
+        for node in (a, b):
+            if node.is_dir:
+                self._prepare_dir_move(node)
+            else:
+                self.copy_up(node)
+        old_upper = self.copy_up(self.table.get(old_parent_ino)) + b"/" + old_name
+        new_upper = self.copy_up(self.table.get(new_parent_ino)) + b"/" + new_name
+        syscalls.renameat2(old_upper, new_upper, syscalls.RENAME_EXCHANGE)
+        self.table.move(a, (old_parent_ino, old_name), (new_parent_ino, new_name))
+        self.table.move(b, (new_parent_ino, new_name), (old_parent_ino, old_name))
+        # A directory with no lower part of its own must not merge with a
+        # lower entry at its new name.
+        for node, parent_ino, name, upath in ((a, new_parent_ino, new_name, new_upper),
+                                              (b, old_parent_ino, old_name, old_upper)):
+            if node.is_dir and node.lower is None and lower_has(
+                    self.layers, self.table.get(parent_ino).lower, name):
+                set_opaque(upath, self.layers.names)
+        if a.is_dir or b.is_dir:
             self.layers.long_paths.forget()
 
     def _prepare_dir_move(self, src: Node) -> None:

@@ -364,9 +364,7 @@ class OverlayModel(RuleBasedStateMachine):
     def rename(self, d: st.DataObject, skind: str, dkind: str) -> None:
         self._rename(self.pick(d, skind), self.pick(d, dkind))
 
-    # RENAME_EXCHANGE (kernel overlayfs and ext4 support it) is not in the list yet:
-    # astrid-fs answers EINVAL for it (reported to the lead; add it here once done).
-    @rule(d=st.data(), flag=st.sampled_from(["RENAME_NOREPLACE"]),
+    @rule(d=st.data(), flag=st.sampled_from(["RENAME_NOREPLACE", "RENAME_EXCHANGE"]),
           skind=st.sampled_from(["file", "dir", "symlink", "any"]),
           dkind=st.sampled_from(["file", "dir", "any", "new"]))
     def renameat2(self, d: st.DataObject, flag: str, skind: str, dkind: str) -> None:

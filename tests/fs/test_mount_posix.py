@@ -380,3 +380,23 @@ def test_commit_staging_dirs_in_the_lower_never_show(tmp_path: Path, mount_sessi
     s = mount_session(lower)
     assert ".astrid-commit-0123" not in os.listdir(s.mnt)
     assert not (s.mnt / ".astrid-commit-0123").exists()
+
+
+def test_rename_exchange(s: MountedSession) -> None:
+    from astrid_fs.syscalls import RENAME_EXCHANGE, renameat2
+
+    before = hash_tree(s.lower)
+    (s.mnt / "fresh").mkdir()
+    (s.mnt / "fresh" / "n").write_text("n")
+    renameat2(os.fsencode(s.mnt / "src"), os.fsencode(s.mnt / "fresh"), RENAME_EXCHANGE)
+    assert sorted(os.listdir(s.mnt / "fresh")) == ["main.py", "pkg"]
+    assert os.listdir(s.mnt / "src") == ["n"]
+    renameat2(os.fsencode(s.mnt / "README.md"), os.fsencode(s.mnt / "docs" / "guide.md"),
+              RENAME_EXCHANGE)
+    assert (s.mnt / "README.md").read_text() == "guide\n"
+    assert (s.mnt / "docs" / "guide.md").read_text() == "hello\n"
+    s.umount()
+    assert hash_tree(s.lower) == before
+    s.mount()
+    assert os.listdir(s.mnt / "src") == ["n"]
+    assert (s.mnt / "fresh" / "pkg" / "mod.py").read_text() == "X = 1\n"
