@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import stat
 
 from astrid_fs import control, journal
 from astrid_fs.changes import Change, scan
 from astrid_fs.commit import check_lower_usable, finish_interrupted, resolve_paths
+from astrid_fs.durable import remove_entry
 from astrid_fs.entrycopy import copy_tree
 from astrid_fs.errors import UsageError
 from astrid_fs.selection import is_under
@@ -23,14 +22,7 @@ from astrid_fs.session import Session
 
 
 def _remove(path: str) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
+    remove_entry(path, tree=True)
 
 
 def _prune_parents(session: Session, rel: str) -> None:

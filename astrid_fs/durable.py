@@ -7,6 +7,8 @@ new one at `path`, never a torn mix, and the rename itself is on disk.
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 from pathlib import Path
 
 
@@ -37,3 +39,19 @@ def write_atomic(path: str | os.PathLike[str], content: bytes, mode: int = 0o644
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
+
+
+def remove_entry(path: str | os.PathLike[str], *, tree: bool) -> None:
+    """Remove whatever is at `path` (nothing there is fine): a file, link or
+    special file; a directory only if empty, or with everything under it
+    when `tree`."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+    elif tree:
+        shutil.rmtree(path)
+    else:
+        os.rmdir(path)

@@ -40,6 +40,7 @@ from astrid_fs.drivers.errors import (
     NotFound,
     PermissionDenied,
 )
+from astrid_fs.durable import remove_entry
 
 _COPY_CHUNK = 1 << 20
 _ERRNO_TYPES: dict[int, type[DriverError]] = {
@@ -247,30 +248,14 @@ class LocalDriver:
                 os.utime(path, ns=(st.st_atime_ns, mtime_ns), follow_symlinks=False)
 
     def delete(self, rel: str) -> None:
-        path = self._path(rel)
         with _host(f"delete {rel}"):
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                return
-            if stat.S_ISDIR(st.st_mode):
-                os.rmdir(path)
-            else:
-                os.unlink(path)
+            remove_entry(self._path(rel), tree=False)
 
     def delete_tree(self, rel: str) -> None:
         if rel == "":
             raise InvalidPath(f"{self._source}: refusing to delete the whole source")
-        path = self._path(rel)
         with _host(f"delete {rel}"):
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                return
-            if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
+            remove_entry(self._path(rel), tree=True)
 
     def rename(self, old: str, new: str) -> None:
         with _host(f"rename {old} to {new}"):
