@@ -203,7 +203,10 @@ class Overlay:
         if node.in_upper:
             return self.layers.upper_path(self.path(node))
         parent, _ = self._parent_of(node)
-        self.copy_up(parent)
+        parent_upper = self.copy_up(parent)
+        # A copy-up is not a change to the directory: keep its times (as
+        # kernel overlayfs does), or the parent's mtime would jump to "now".
+        pst = os.lstat(parent_upper)
         rel = self.path(node)
         upath = self.layers.upper_path(rel)
         assert node.lower is not None
@@ -219,6 +222,7 @@ class Overlay:
         else:
             copy_up(self.layers.lower_path(node.lower), upath, self.tmp, self.layers.names,
                     node.lower, with_data=with_data, sync=self.sync_copy_up)
+        os.utime(parent_upper, ns=(pst.st_atime_ns, pst.st_mtime_ns), follow_symlinks=False)
         node.in_upper = True
         if not node.is_dir:
             node.lower = None

@@ -400,3 +400,15 @@ def test_rename_exchange(s: MountedSession) -> None:
     s.mount()
     assert os.listdir(s.mnt / "src") == ["n"]
     assert (s.mnt / "fresh" / "pkg" / "mod.py").read_text() == "X = 1\n"
+
+
+def test_copy_up_keeps_the_parent_directory_times(s: MountedSession) -> None:
+    os.utime(s.mnt / "src", ns=(1_000_000_000, 2_000_000_000))
+    os.chmod(s.mnt / "src" / "main.py", 0o700)           # copies main.py up
+    with open(s.mnt / "src" / "pkg" / "mod.py", "a") as f:  # copies pkg and mod.py up
+        f.write("Y = 2\n")
+    s.umount()  # the kernel caches the attributes; read them from the layers again
+    s.mount()
+    assert os.stat(s.mnt / "src").st_mtime_ns == 2_000_000_000
+    os.unlink(s.mnt / "src" / "main.py")                   # a real change does move it
+    assert os.stat(s.mnt / "src").st_mtime_ns != 2_000_000_000
