@@ -53,6 +53,7 @@ class FuseOps(pyfuse3.Operations):
         # Version 3: OPENDIR answers ENOSYS too; listings come by inode.
         self.no_opendir = version >= 3
         self._listings: OrderedDict[int, list[bytes]] = OrderedDict()
+        self._merged_lower_mtime: dict[int, int] = {}
         self.ino_fds = InodeFds()
         self._ino_readers: dict[int, Reader] = {}
         self.requests: dict[str, int] = {}
@@ -75,7 +76,10 @@ class FuseOps(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
-        ttl = UPPER_TTL if node.in_upper else self.lower_ttl
+        # A merged directory also shows the lower layer: it gets the lower TTL,
+        # so that project edits there are noticed (see _watch_merged).
+        merged = node.is_dir and node.in_upper and node.lower is not None
+        ttl = UPPER_TTL if node.in_upper and not merged else self.lower_ttl
         e.entry_timeout = ttl
         e.attr_timeout = ttl
         e.st_mode = st.st_mode
@@ -129,6 +133,7 @@ class FuseOps(pyfuse3.Operations):
             if ino not in self.table:
                 self.ino_fds.close(ino)
                 self._listings.pop(ino, None)
+                self._merged_lower_mtime.pop(ino, None)
                 reader = self._ino_readers.pop(ino, None)
                 if reader is not None:
                     await trio.to_thread.run_sync(reader.close)
@@ -141,6 +146,8 @@ class FuseOps(pyfuse3.Operations):
             if entry is not None:  # unlinked but open: the fd is the file
                 return self._entry(node, os.fstat(entry.fd))
         try:
+            if node.is_dir and node.in_upper and node.lower is not None:
+                self._watch_merged(node)
             return self._entry(node, self.ov.stat(node))
         except FileNotFoundError:
             entry = self.ino_fds.get(inode)
@@ -247,6 +254,27 @@ class FuseOps(pyfuse3.Operations):
             self.ov.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
         except OSError as e:
             raise self._fail(e) from None
+
+    # ---- merged directories: the kernel's listing cache follows the lower --
+
+    def _watch_merged(self, node: Node) -> None:
+        """The kernel validates a cached listing against the directory's
+        mtime, which for a merged directory is the upper one's; when the
+        lower directory's mtime moves (the project was edited), drop the
+        kernel's caches of this directory after this reply."""
+        lower = self.ov.lower_mtime_ns(node)
+        seen = self._merged_lower_mtime.get(node.ino)
+        self._merged_lower_mtime[node.ino] = lower
+        if seen is not None and seen != lower:
+            self._listings.pop(node.ino, None)
+            trio.lowlevel.spawn_system_task(self._invalidate_later, node.ino)
+
+    @staticmethod
+    async def _invalidate_later(ino: int) -> None:
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
+        except Exception as e:  # a system task must never raise
+            log.warning("invalidate_inode(%d) failed: %s", ino, e)
 
     # ---- remote trees: fetch in a worker thread, then serve from cache ----
 

@@ -180,6 +180,13 @@ class Overlay:
     def list_dir(self, node: Node) -> list[bytes]:
         return merged_names(self.layers, self.path(node), node.in_upper, node.lower)
 
+    def lower_mtime_ns(self, node: Node) -> int:
+        """mtime of the lower entry merged into `node` (0 if none)."""
+        if node.lower is None:
+            return 0
+        st = self.layers.lower_stat(node.lower)
+        return 0 if st is None else st.st_mtime_ns
+
     def dir_signature(self, node: Node) -> tuple[int, int]:
         """Changes whenever either layer's directory changes (mtimes)."""
         upper = os.lstat(self.layers.upper_path(self.path(node))).st_mtime_ns \

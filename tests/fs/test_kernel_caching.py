@@ -98,3 +98,27 @@ def test_security_xattr_probes_never_reach_python(tmp_path: Path, mount_session:
     assert stats(s).get("getxattr", 0) == 1
     with pytest.raises(OSError):
         os.getxattr(s.mnt / "f1", "security.capability")
+
+
+def test_project_edits_show_in_directories_the_session_changed_too(
+        tmp_path: Path, mount_session: Mount) -> None:
+    # A merged directory's cached listing is checked against the upper
+    # directory's mtime; the daemon notices the project side moving (at the
+    # lower TTL, 0 here) and drops the kernel's cache of that directory.
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    (lower / "d" / "a").write_text("a")
+    s = mount_session(lower, None, "--lower-ttl", "0")
+    (s.mnt / "d" / "mine").write_text("mine")
+    assert sorted(p.name for p in (s.mnt / "d").iterdir()) == ["a", "mine"]
+    (lower / "d" / "b").write_text("b")
+    # The invalidation lands just after the reply that noticed the change:
+    # look again until it has (bounded; no sleeping).
+    for _ in range(2000):
+        names = sorted(p.name for p in (s.mnt / "d").iterdir())
+        if names == ["a", "b", "mine"]:
+            break
+        os.stat(s.mnt / "d")
+        os.sched_yield()
+    assert names == ["a", "b", "mine"]
+    assert (s.mnt / "d" / "b").read_text() == "b"
