@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +25,7 @@ import pytest
 from obstore.store import S3Store
 
 from astrid_fs.drivers.s3 import S3Driver, S3Options
+from tests.support.servers import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 S3RVER = ROOT / "tests" / ".s3rver" / "node_modules" / ".bin" / "s3rver"
@@ -74,26 +73,14 @@ class S3Server:
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, env=env)
         self.process = process
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def pump() -> None:  # drain, so the server never blocks on its log
-            assert process.stdout is not None
-            for line in process.stdout:
-                self.log.append(line)
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=pump, name=f"s3rver-{self.port}", daemon=True).start()
-        while True:
-            try:
-                line = lines.get(timeout=READY_TIMEOUT)
-            except queue.Empty:
-                self.stop()
-                raise RuntimeError("s3rver did not start in time") from None
-            if line is None:
-                raise RuntimeError("s3rver exited: " + "".join(self.log)[-2000:])
-            if "listening on" in line:
-                break
+        assert process.stdout is not None
+        status = wait_ready(process.stdout, self.log, "listening on", f"s3rver-{self.port}",
+                            READY_TIMEOUT)
+        if status == "timeout":
+            self.stop()
+            raise RuntimeError("s3rver did not start in time")
+        if status == "exited":
+            raise RuntimeError("s3rver exited: " + "".join(self.log)[-2000:])
         with socket.create_connection(("127.0.0.1", self.port), timeout=READY_TIMEOUT):
             pass
 
