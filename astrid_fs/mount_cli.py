@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from astrid_fs import review_cli
+from astrid_fs.changes import scan
 from astrid_fs.daemon import DaemonConfig
 from astrid_fs.errors import AstridFsError, MountError, SessionError, UsageError
 from astrid_fs.mountinfo import fuse_mount_alive, is_mountpoint
@@ -37,7 +38,6 @@ from astrid_fs.session import (
     sessions_dir,
 )
 from astrid_fs.shim import current_env_with_shim
-from astrid_fs.upper_stats import count_changes
 
 DEFAULT_LOWER_TTL = 30.0
 READY_TIMEOUT_S = 60.0
@@ -259,7 +259,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "mountpoint": state.mountpoint if state is not None else None,
             "pid": state.pid if state is not None and alive else None,
             "stale_mount": state is not None and not alive,
-            "changes": count_changes(session),
+            "changes": _count_changes(session),
             "mounts": _recorded_mounts(session),
         })
     if args.json:
@@ -272,11 +272,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         where = (f"mounted on {r['mountpoint']}" if r["mounted"]
                  else f"DEAD mount at {r['mountpoint']}" if r["stale_mount"] else "not mounted")
-        print(f"{r['name']:<{width}}  {r['changes']:>6} changes  {where}  (lower {r['lower']})")
+        count = "?" if r["changes"] is None else r["changes"]
+        print(f"{r['name']:<{width}}  {count:>6} changes  {where}  (lower {r['lower']})")
         for m in r["mounts"]:
             flags = " (read-only)" if m["read_only"] else ""
             print(f"{'':<{width}}    {m['path']} <- {m['source']}{flags}")
     return 0
+
+
+def _count_changes(session: Session) -> int | None:
+    """How many changes `astrid-fs diff` would list (None if the session's
+    layers cannot be read now, e.g. the lower vanished)."""
+    try:
+        return len(scan(session.upper, session.lower, session.xattrs))
+    except (OSError, AstridFsError):
+        return None
 
 
 def _recorded_mounts(session: Session) -> list[dict[str, Any]]:
