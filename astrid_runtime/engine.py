@@ -1,16 +1,25 @@
-"""One wasmtime Engine per kernel, and the compile cache in front of it.
+"""One wasmtime Engine per kernel, and the authenticated compile cache in front of it.
 
 The engine is configured once (epoch interruption always on, fuel metering
 on by default) and shared by every plugin: wasmtime compiles a component for
 an engine, and a Store belongs to one engine.
 
 Compiling a componentize-py component takes seconds; deserializing the
-compiled artifact takes milliseconds. Artifacts are cached on disk under a
-key that changes whenever any input that shapes the machine code changes:
-the component's blake3, the wasmtime version, and the engine settings. A
-stale or corrupt cache entry is recompiled, never trusted blindly — wasmtime
-itself refuses artifacts from another version or config, and we treat that
-refusal as a miss.
+compiled artifact takes milliseconds. But a compiled artifact is native
+code that wasmtime maps and runs without re-validating it, so the cache is
+part of what the kernel trusts and is guarded like the lockfile:
+
+- Each entry is keyed by the component's blake3 (the pin), the wasmtime
+  version and the engine settings, and carries a MAC, under a key derived
+  from the kernel secret (identity.py), over that key and the artifact's
+  bytes. An entry is read whole, its MAC checked, and only those bytes are
+  deserialized: an artifact written under another component's key, edited
+  machine code, or an entry from another kernel fails the MAC.
+- The cache directory must be the kernel's own: owned by the kernel's user,
+  not writable by group or others, not a symlink. Otherwise it is not used
+  at all (every boot compiles) and the reason is reported.
+- A rejected entry is deleted and the component recompiled from the
+  verified `.wasm`; `CompileResult.cache_note` says why, for the kernel log.
 
 Blocking: `compile` hashes and compiles; call it from a worker thread.
 """
@@ -18,6 +27,9 @@ Blocking: `compile` hashes and compiles; call it from a worker thread.
 from __future__ import annotations
 
 import contextlib
+import hmac
+import os
+import stat
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -28,8 +40,12 @@ from wasmtime.component import Component
 
 from astrid_runtime.atomic import write_atomic
 from astrid_runtime.errors import CompileError
+from astrid_runtime.identity import CACHE_MAC_CONTEXT, derive, load_or_create_key
 
 WASMTIME_VERSION = version("wasmtime")
+#: Header of a cache entry: magic, then the 32-byte MAC, then wasmtime's artifact.
+CACHE_MAGIC = b"ASTRIDC1"
+_MAC_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -58,13 +74,38 @@ def digest(wasm: bytes) -> str:
 class CompileResult:
     component: Component
     cache_hit: bool
+    #: Why the cache was not used, when an entry was rejected or the directory refused.
+    cache_note: str | None = None
+
+
+def check_cache_dir(path: Path) -> str | None:
+    """Create `path` (0700) if missing; None when it is the kernel's own, else why not."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return f"compile cache {path}: {e.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"compile cache {path} is not a directory (a symlink?)"
+    if st.st_uid != os.geteuid():
+        return f"compile cache {path} is owned by uid {st.st_uid}, not the kernel's"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return (f"compile cache {path} is writable by others "
+                f"(mode {stat.S_IMODE(st.st_mode):o}); chmod go-w it")
+    return None
 
 
 class KernelEngine:
-    """The process's wasmtime Engine plus an optional on-disk compile cache."""
+    """The process's wasmtime Engine plus an optional, authenticated on-disk compile cache.
+
+    `cache_secret` is the kernel secret the cache MAC key is derived from;
+    without one, the secret of the home that holds `cache_dir`
+    (`cache_dir/../kernel.key`) is used, created if missing.
+    """
 
     def __init__(self, settings: EngineSettings | None = None, cache_dir: Path | None = None,
-                 epoch_tick_ms: int = 10):
+                 epoch_tick_ms: int = 10, cache_secret: bytes | None = None):
         self.settings = settings or EngineSettings()
         #: How often the kernel's ticker advances the epoch; deadlines are in ticks.
         self.epoch_tick_ms = epoch_tick_ms
@@ -75,6 +116,14 @@ class KernelEngine:
         config.cranelift_opt_level = self.settings.cranelift_opt_level
         self.engine = wasmtime.Engine(config)
         self.cache_dir = cache_dir
+        #: Why the cache directory is not used (None: it is used, or there is none).
+        self.cache_refused: str | None = None
+        self._mac_key = b""
+        if cache_dir is not None:
+            self.cache_refused = check_cache_dir(cache_dir)
+            if cache_secret is None:
+                cache_secret = load_or_create_key(cache_dir.resolve().parent)
+            self._mac_key = derive(cache_secret, CACHE_MAC_CONTEXT)
 
     def cache_key(self, component_digest: str) -> str:
         """Cache file stem for a component: blake3 of (component digest, engine fingerprint)."""
@@ -86,28 +135,69 @@ class KernelEngine:
             return None
         return self.cache_dir / f"{self.cache_key(component_digest)}.cwasm"
 
+    def _mac(self, key: str, artifact: bytes) -> bytes:
+        hasher = blake3.blake3(key=self._mac_key)
+        hasher.update(CACHE_MAGIC + key.encode() + b"\n")
+        hasher.update(artifact)
+        return hasher.digest()
+
+    def seal(self, component_digest: str, artifact: bytes) -> bytes:
+        """A cache entry for `artifact` (wasmtime's serialized component)."""
+        key = self.cache_key(component_digest)
+        return CACHE_MAGIC + self._mac(key, artifact) + artifact
+
+    def unseal(self, component_digest: str, entry: bytes) -> bytes | None:
+        """The artifact inside a cache entry, or None when its MAC does not verify."""
+        head = len(CACHE_MAGIC)
+        if len(entry) < head + _MAC_BYTES or entry[:head] != CACHE_MAGIC:
+            return None
+        mac, artifact = entry[head:head + _MAC_BYTES], entry[head + _MAC_BYTES:]
+        expected = self._mac(self.cache_key(component_digest), artifact)
+        return artifact if hmac.compare_digest(mac, expected) else None
+
+    def _load_cached(self, path: Path,
+                     component_digest: str) -> tuple[Component | None, str | None]:
+        """A component from a verified cache entry, or (None, why it was rejected)."""
+        try:
+            entry = path.read_bytes()
+        except FileNotFoundError:
+            return None, None
+        except OSError as e:
+            return None, f"cache entry {path.name} unreadable ({e.strerror}); recompiled"
+        artifact = self.unseal(component_digest, entry)
+        if artifact is None:
+            note = (f"cache entry {path.name} failed its MAC (altered, or not written by "
+                    "this kernel for this component); recompiled from the verified .wasm")
+        else:
+            try:
+                return Component.deserialize(self.engine, artifact), None
+            except wasmtime.WasmtimeError:
+                # Sealed by this kernel but from another wasmtime build: recompile.
+                note = f"cache entry {path.name} refused by wasmtime; recompiled"
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None, note
+
     def compile(self, wasm: bytes, component_digest: str | None = None) -> CompileResult:
-        """Compile (or load from cache) a component whose bytes were already verified.
+        """Compile (or load from the cache) a component whose bytes were already verified.
 
         Raises `CompileError` with wasmtime's reason when the bytes are not a
         valid component.
         """
         component_digest = component_digest or digest(wasm)
-        path = self.cache_path(component_digest)
-        if path is not None and path.exists():
-            try:
-                return CompileResult(Component.deserialize_file(self.engine, str(path)), True)
-            except wasmtime.WasmtimeError:
-                # Written by another wasmtime or config, or torn: recompile below.
-                with contextlib.suppress(OSError):
-                    path.unlink()
+        path = self.cache_path(component_digest) if self.cache_refused is None else None
+        note = self.cache_refused
+        if path is not None:
+            cached, note = self._load_cached(path, component_digest)
+            if cached is not None:
+                return CompileResult(cached, True)
         try:
             component = Component(self.engine, wasm)
         except wasmtime.WasmtimeError as e:
             raise CompileError(f"not a valid component: {_first_line(str(e))}") from e
         if path is not None:
-            write_atomic(path, bytes(component.serialize()))
-        return CompileResult(component, False)
+            write_atomic(path, self.seal(component_digest, bytes(component.serialize())))
+        return CompileResult(component, False, note)
 
     def check_plugin_world(self, component: Component) -> None:
         """Raise `CompileError` unless `component` exports the plugin world's functions."""

@@ -105,6 +105,9 @@ class Kernel:
                 t1 = time.perf_counter()
                 compiled = await trio.to_thread.run_sync(
                     self.engine.compile, wasm, entry.blake3, limiter=self.limiter)
+                if compiled.cache_note:
+                    self.log.event("warning", "plugin.cache_rejected", plugin=entry.name,
+                                   reason=compiled.cache_note)
                 self.engine.check_plugin_world(compiled.component)
                 self.log.event("info", "plugin.compiled", plugin=entry.name,
                                cache_hit=compiled.cache_hit,

@@ -18,20 +18,16 @@ import base64
 import binascii
 import hmac
 import json
-import os
 import secrets
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import blake3
 
-from astrid_runtime.errors import KernelError, Refusal
+from astrid_runtime.errors import Refusal
+from astrid_runtime.identity import KEY_FILE, load_or_create_key
 
-KEY_BYTES = 32
-KEY_FILE = "kernel.key"
 VERSION = "v1"
 #: Longest token lifetime a rule may ask for.
 MAX_TTL_S = 24 * 3600
@@ -47,38 +43,6 @@ class Token:
     resource: str
     expires_at_ms: int
     nonce: str
-
-
-def load_or_create_key(home: Path) -> bytes:
-    """The kernel key under `home`, created (0600, atomically) if missing.
-
-    Raises `KernelError` if the file exists with the wrong size or is
-    readable or writable by group or others.
-    """
-    path = home / KEY_FILE
-    home.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = home / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # never replaces a key another process created first
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
-    st = path.stat()
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KernelError(f"{path}: kernel key is accessible to others "
-                          f"(mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it")
-    key = path.read_bytes()
-    if len(key) != KEY_BYTES:
-        raise KernelError(f"{path}: kernel key must be {KEY_BYTES} bytes, found {len(key)}")
-    return key
 
 
 def _b64(raw: bytes) -> str:

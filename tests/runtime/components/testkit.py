@@ -82,3 +82,13 @@ class ExpectedLogs:
 
     def allow(self, *events: str) -> None:
         self.events.update(events)
+
+
+def install(lock_path: Path, plugin_dir: Path) -> None:
+    """Pin `plugin_dir` in `lock_path` as `astrid plugin install` would (grants what it asks)."""
+    from astrid_runtime.lockfile import entry_for, load_lockfile
+    from astrid_runtime.manifest import load_manifest
+
+    manifest = load_manifest(plugin_dir)
+    lock = load_lockfile(lock_path)
+    lock.with_entry(entry_for(manifest, manifest.component.read_bytes())).save()

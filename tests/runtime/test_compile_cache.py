@@ -1,0 +1,132 @@
+"""Issue 12, hole 1: the compile cache is authenticated before it is deserialized.
+
+A compiled artifact is native code. These tests plant what an attacker with
+write access to the cache would plant — another plugin's artifact under
+the pinned plugin's key, machine code overwritten with `int3`, an artifact
+wasmtime wrote without our seal — and show the kernel recompiles the
+verified `.wasm` instead of running it, and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from testkit import ExpectedLogs, MemoryKv, install, write_plugin
+
+from astrid_runtime.bus import Tap
+from astrid_runtime.engine import CACHE_MAGIC, KernelEngine, digest
+from astrid_runtime.kernel import BootPlan, open_kernel
+from astrid_runtime.supervisor import State
+
+
+def _engine(home: Path) -> KernelEngine:
+    return KernelEngine(cache_dir=home / "cache", epoch_tick_ms=5)
+
+
+def test_another_plugins_artifact_under_the_pinned_key_is_rejected(
+        tmp_path: Path, component_paths: dict[str, Path]) -> None:
+    engine = _engine(tmp_path)
+    relay = component_paths["relay"].read_bytes()
+    hostile = component_paths["hostile"].read_bytes()
+    engine.compile(relay)
+    engine.compile(hostile)
+    relay_entry = engine.cache_path(digest(relay))
+    hostile_entry = engine.cache_path(digest(hostile))
+    assert relay_entry is not None and hostile_entry is not None
+    shutil.copyfile(hostile_entry, relay_entry)  # the attack
+
+    result = engine.compile(relay)
+
+    assert not result.cache_hit
+    assert result.cache_note is not None and "failed its MAC" in result.cache_note
+    # The entry now holds relay's own artifact again, sealed for relay.
+    assert relay_entry.read_bytes() != hostile_entry.read_bytes()
+    assert engine.unseal(digest(relay), relay_entry.read_bytes()) is not None
+    assert engine.compile(relay).cache_hit
+
+
+def test_int3_over_machine_code_is_rejected(tmp_path: Path,
+                                            component_paths: dict[str, Path]) -> None:
+    engine = _engine(tmp_path)
+    relay = component_paths["relay"].read_bytes()
+    engine.compile(relay)
+    entry = engine.cache_path(digest(relay))
+    assert entry is not None
+    data = bytearray(entry.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = b"\xcc" * 64  # int3
+    entry.write_bytes(bytes(data))
+
+    result = engine.compile(relay)
+
+    assert not result.cache_hit and result.cache_note is not None
+
+
+def test_an_unsealed_wasmtime_artifact_is_not_deserialized(
+        tmp_path: Path, component_paths: dict[str, Path]) -> None:
+    engine = _engine(tmp_path)
+    relay = component_paths["relay"].read_bytes()
+    entry = engine.cache_path(digest(relay))
+    assert entry is not None
+    # What the cache held before it was sealed: wasmtime's bytes alone.
+    entry.write_bytes(bytes(engine.compile(relay).component.serialize()))
+    assert not entry.read_bytes().startswith(CACHE_MAGIC)
+    assert not engine.compile(relay).cache_hit
+
+
+def test_an_entry_sealed_by_another_kernel_is_rejected(
+        tmp_path: Path, component_paths: dict[str, Path]) -> None:
+    relay = component_paths["relay"].read_bytes()
+    other = KernelEngine(cache_dir=tmp_path / "other" / "cache")
+    other.compile(relay)
+    ours = _engine(tmp_path / "ours")
+    src, dst = other.cache_path(digest(relay)), ours.cache_path(digest(relay))
+    assert src is not None and dst is not None
+    shutil.copyfile(src, dst)
+    assert not ours.compile(relay).cache_hit
+
+
+def test_a_cache_dir_others_can_write_is_not_used(tmp_path: Path,
+                                                  component_paths: dict[str, Path]) -> None:
+    (tmp_path / "cache").mkdir()
+    os.chmod(tmp_path / "cache", 0o777)
+    engine = _engine(tmp_path)
+    assert engine.cache_refused is not None and "writable by others" in engine.cache_refused
+    result = engine.compile(component_paths["relay"].read_bytes())
+    assert not result.cache_hit and result.cache_note == engine.cache_refused
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_fresh_cache_dir_is_private(tmp_path: Path) -> None:
+    _engine(tmp_path)
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+
+
+async def test_the_kernel_runs_the_pinned_code_not_the_planted_artifact(
+        tmp_path: Path, component_paths: dict[str, Path], expect_logs: ExpectedLogs,
+        caplog: pytest.LogCaptureFixture) -> None:
+    expect_logs.allow("plugin.cache_rejected")
+    lock = tmp_path / "plugins.lock"
+    plugin = write_plugin(tmp_path, "relay", component_paths["relay"], config="demo",
+                          publish=("demo.>",), subscribe=("demo",))
+    install(lock, plugin)
+    engine = _engine(tmp_path / "home")
+    relay = component_paths["relay"].read_bytes()
+    hostile = component_paths["hostile"].read_bytes()
+    engine.compile(hostile)
+    planted, target = engine.cache_path(digest(hostile)), engine.cache_path(digest(relay))
+    assert planted is not None and target is not None
+    shutil.copyfile(planted, target)
+
+    async with open_kernel(engine, MemoryKv()) as kernel:
+        await kernel.boot(BootPlan(lock))
+        assert kernel.boot_stats["cache_hits"] == 0
+        sup = kernel.supervisors["relay"]
+        await sup.wait_for(lambda s: s.state is State.RUNNING)
+        tap = Tap(kernel.bus, "demo.r")
+        kernel.publish("demo", b"pinned code runs")
+        assert (await tap.receive()).payload == b"pinned code runs"
+    assert "plugin.cache_rejected" in [r.getMessage() for r in caplog.records]
