@@ -19,7 +19,7 @@ from pathlib import Path
 
 from astrid_fs.durable import write_atomic
 from astrid_fs.errors import SessionError, UsageError
-from astrid_fs.whiteout import OverlayXattrs, XattrNs, default_xattr_ns
+from astrid_fs.overlay.whiteout import OverlayXattrs, XattrNs, default_xattr_ns
 
 FORMAT = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -32,13 +32,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
     touch "$stamp"
 fi
 
-# The FUSE reply shim (astrid_fs/native/fuse_shim.c): lets the kernel cache
+# The FUSE reply shim (astrid_fs/fuse/native/fuse_shim.c): lets the kernel cache
 # directory listings, which pyfuse3 alone cannot ask for. Rebuilt when its
 # source changes.
-shim=astrid_fs/native/libastrid_fuse_shim.so
-if [ ! -f "$shim" ] || [ astrid_fs/native/fuse_shim.c -nt "$shim" ]; then
+shim=astrid_fs/fuse/native/libastrid_fuse_shim.so
+if [ ! -f "$shim" ] || [ astrid_fs/fuse/native/fuse_shim.c -nt "$shim" ]; then
     echo "setup: building $shim"
-    gcc -O2 -shared -fPIC $(pkg-config --cflags fuse3) -o "$shim.tmp" astrid_fs/native/fuse_shim.c -ldl
+    gcc -O2 -shared -fPIC $(pkg-config --cflags fuse3) -o "$shim.tmp" astrid_fs/fuse/native/fuse_shim.c -ldl
     mv "$shim.tmp" "$shim"
 fi
 

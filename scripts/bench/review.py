@@ -35,11 +35,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from astrid_fs import diffview
-from astrid_fs.commit import commit, session_changes
+from astrid_fs.overlay.whiteout import Origin, set_origin
+from astrid_fs.review import diffview
+from astrid_fs.review.commit import commit, session_changes
+from astrid_fs.review.snapshot import rollback, snapshot
 from astrid_fs.session import Session, create_or_open_session
-from astrid_fs.snapshot import rollback, snapshot
-from astrid_fs.whiteout import Origin, set_origin
 
 PER_DIR = 100
 SIZE = 4096

@@ -8,14 +8,14 @@ import json
 import os
 from pathlib import Path
 
-from astrid_fs import diffview
-from astrid_fs.changes import scan
-from astrid_fs.commit import commit, session_changes
-from astrid_fs.conflicts import check_conflicts
-from astrid_fs.discard import discard
-from astrid_fs.selection import select
+from astrid_fs.overlay.whiteout import Origin, make_whiteout, set_origin
+from astrid_fs.review import diffview
+from astrid_fs.review.changes import scan
+from astrid_fs.review.commit import commit, session_changes
+from astrid_fs.review.conflicts import check_conflicts
+from astrid_fs.review.discard import discard
+from astrid_fs.review.selection import select
 from astrid_fs.session import Session
-from astrid_fs.whiteout import Origin, make_whiteout, set_origin
 from tests.fs.kernel_overlay import OverlayFactory
 from tests.fs.scenario import build_lower, edit_through
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from astrid_fs import diffview, journal
-from astrid_fs.commit import commit, session_changes
 from astrid_fs.errors import ConflictError, SessionError, UsageError
-from astrid_fs.journal import Steps
+from astrid_fs.overlay.whiteout import Origin, make_whiteout, set_origin
+from astrid_fs.review import diffview, journal
+from astrid_fs.review.commit import commit, session_changes
+from astrid_fs.review.journal import Steps
 from astrid_fs.session import Session, create_or_open_session
-from astrid_fs.whiteout import Origin, make_whiteout, set_origin
 from tests.fs.kernel_overlay import OverlayFactory, require_root
 from tests.fs.scenario import build_lower, edit_through
 from tests.fs.treecompare import assert_same_tree, tree_state

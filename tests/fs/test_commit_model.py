@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from astrid_fs.commit import commit, session_changes
+from astrid_fs.review.commit import commit, session_changes
 from astrid_fs.session import create_or_open_session, open_session
 from tests.fs.kernel_overlay import kernel_overlay, require_root
 from tests.fs.treecompare import assert_same_tree, tree_state

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from astrid_fs import journal
-from astrid_fs.commit import commit, session_changes
-from astrid_fs.entrycopy import copy_tree
+from astrid_fs.cli.review import open_and_recover
 from astrid_fs.errors import SessionError
-from astrid_fs.journal import CRASH_EXIT, Steps
-from astrid_fs.review_cli import open_and_recover
+from astrid_fs.review import journal
+from astrid_fs.review.commit import commit, session_changes
+from astrid_fs.review.entrycopy import copy_tree
+from astrid_fs.review.journal import CRASH_EXIT, Steps
 from astrid_fs.session import Session
 from tests.fs.kernel_overlay import OverlayFactory
 from tests.fs.scenario import build_lower, edit_through

@@ -383,7 +383,7 @@ def test_commit_staging_dirs_in_the_lower_never_show(tmp_path: Path, mount_sessi
 
 
 def test_rename_exchange(s: MountedSession) -> None:
-    from astrid_fs.syscalls import RENAME_EXCHANGE, renameat2
+    from astrid_fs.overlay.syscalls import RENAME_EXCHANGE, renameat2
 
     before = hash_tree(s.lower)
     (s.mnt / "fresh").mkdir()

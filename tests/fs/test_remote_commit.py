@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from astrid_fs import diffview, journal
-from astrid_fs.commit import commit, session_changes
+from astrid_fs.cli.review import open_and_recover
 from astrid_fs.drivers.local import LocalDriver
 from astrid_fs.errors import ConflictError, UsageError
-from astrid_fs.journal import CRASH_EXIT, Steps
-from astrid_fs.review_cli import open_and_recover
+from astrid_fs.overlay.whiteout import Origin, make_whiteout, set_opaque, set_origin
+from astrid_fs.review import diffview, journal
+from astrid_fs.review.commit import commit, session_changes
+from astrid_fs.review.journal import CRASH_EXIT, Steps
 from astrid_fs.session import Session
-from astrid_fs.whiteout import Origin, make_whiteout, set_opaque, set_origin
 from tests.fs.s3_fixture import ACCESS_KEY, S3Target, s3, s3_server  # noqa: F401
 from tests.fs.treecompare import tree_state
 from tests.support.mounts import MountedSession

@@ -16,9 +16,9 @@ import pytest
 
 from astrid_fs.drivers.cache import CachingDriver
 from astrid_fs.errors import SessionError
-from astrid_fs.remote_lower import REMOTE_DEV_BASE, DriverTree, prepare_session_mounts
-from astrid_fs.session_lowers import SessionLowers
-from astrid_fs.whiteout import OverlayXattrs
+from astrid_fs.overlay.remote import REMOTE_DEV_BASE, DriverTree, prepare_session_mounts
+from astrid_fs.overlay.whiteout import OverlayXattrs
+from astrid_fs.review.lowers import SessionLowers
 from tests.fs.s3_fixture import (  # noqa: F401
     ACCESS_KEY,
     S3Server,

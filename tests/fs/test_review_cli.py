@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from astrid_fs import journal
+from astrid_fs.overlay.whiteout import Origin, set_origin
+from astrid_fs.review import journal
 from astrid_fs.session import Session, create_or_open_session
-from astrid_fs.whiteout import Origin, set_origin
 from tests.fs.kernel_overlay import OverlayFactory, require_root
 from tests.fs.scenario import build_lower, edit_through
 from tests.fs.treecompare import assert_same_tree, tree_state

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from astrid_fs import diffview
-from astrid_fs.commit import commit, session_changes
-from astrid_fs.discard import discard
 from astrid_fs.errors import ConflictError
+from astrid_fs.review import diffview
+from astrid_fs.review.commit import commit, session_changes
+from astrid_fs.review.discard import discard
+from astrid_fs.review.snapshot import rollback, snapshot
 from astrid_fs.session import Session, open_session
-from astrid_fs.snapshot import rollback, snapshot
 from tests.fs.scenario import build_lower, edit_through
 from tests.fs.treecompare import assert_same_tree, tree_state
 from tests.support.mounts import MountedSession

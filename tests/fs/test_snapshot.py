@@ -9,11 +9,11 @@ import os
 import shutil
 from pathlib import Path
 
-from astrid_fs.entrycopy import copy_tree
-from astrid_fs.journal import CRASH_EXIT, Steps
-from astrid_fs.review_cli import open_and_recover
+from astrid_fs.cli.review import open_and_recover
+from astrid_fs.review.entrycopy import copy_tree
+from astrid_fs.review.journal import CRASH_EXIT, Steps
+from astrid_fs.review.snapshot import list_snapshots, rollback, snapshot
 from astrid_fs.session import Session
-from astrid_fs.snapshot import list_snapshots, rollback, snapshot
 from tests.fs.kernel_overlay import OverlayFactory
 from tests.fs.scenario import build_lower, edit_through
 from tests.fs.treecompare import assert_same_tree, tree_state

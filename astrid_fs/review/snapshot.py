@@ -28,12 +28,13 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from astrid_fs import control, journal
-from astrid_fs.changes import scan
-from astrid_fs.commit import finish_interrupted
 from astrid_fs.durable import fsync_dir, write_atomic
-from astrid_fs.entrycopy import clone_or_copy, copy_entry, copy_meta, copy_tree
 from astrid_fs.errors import SessionError, UsageError
+from astrid_fs.fuse import control
+from astrid_fs.review import journal
+from astrid_fs.review.changes import scan
+from astrid_fs.review.commit import finish_interrupted
+from astrid_fs.review.entrycopy import clone_or_copy, copy_entry, copy_meta, copy_tree
 from astrid_fs.session import Session
 
 Signature = tuple[int, int, int]  # ino, ctime_ns, size

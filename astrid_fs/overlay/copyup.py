@@ -14,8 +14,8 @@ import itertools
 import os
 import stat
 
-from astrid_fs.layers import RemoteTree, SyntheticStat
-from astrid_fs.whiteout import Origin, OverlayXattrs, kind_of_mode
+from astrid_fs.overlay.layers import RemoteTree, SyntheticStat
+from astrid_fs.overlay.whiteout import Origin, OverlayXattrs, kind_of_mode
 
 _counter = itertools.count()
 _CHUNK = 1 << 20

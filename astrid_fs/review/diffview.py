@@ -17,7 +17,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from astrid_fs.changes import Change
+from astrid_fs.review.changes import Change
 
 _BINARY_PROBE = 8192
 _MAX_PATCH_BYTES = 16 << 20

@@ -23,19 +23,20 @@ import stat
 import time
 from dataclasses import dataclass, replace
 
-from astrid_fs import control, journal
-from astrid_fs.changes import Change, scan, user_xattrs
-from astrid_fs.conflicts import check_conflicts
 from astrid_fs.drivers.errors import DriverError
 from astrid_fs.errors import ConflictError, SessionError
-from astrid_fs.journal import Cleanup, DirMeta, Place, Record, Stage, Steps, Vacate
-from astrid_fs.layers import COMMIT_STAGING_PREFIX
-from astrid_fs.remote_commit import RemoteOp, mount_points, plan_ops, scan_remote
-from astrid_fs.remote_lower import SESSION_TABLE
-from astrid_fs.selection import is_under, normalize_path, select
+from astrid_fs.fuse import control
+from astrid_fs.overlay.layers import COMMIT_STAGING_PREFIX
+from astrid_fs.overlay.remote import SESSION_TABLE
+from astrid_fs.overlay.whiteout import is_opaque
+from astrid_fs.review import journal
+from astrid_fs.review.changes import Change, scan, user_xattrs
+from astrid_fs.review.conflicts import check_conflicts
+from astrid_fs.review.journal import Cleanup, DirMeta, Place, Record, Stage, Steps, Vacate
+from astrid_fs.review.lowers import SessionLowers
+from astrid_fs.review.remote_commit import RemoteOp, mount_points, plan_ops, scan_remote
+from astrid_fs.review.selection import is_under, normalize_path, select
 from astrid_fs.session import Session
-from astrid_fs.session_lowers import SessionLowers
-from astrid_fs.whiteout import is_opaque
 
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 

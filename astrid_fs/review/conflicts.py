@@ -11,9 +11,9 @@ import os
 import stat
 from dataclasses import replace
 
-from astrid_fs.changes import Change, file_blake3
-from astrid_fs.layers import lstat_or_none
-from astrid_fs.whiteout import kind_of_mode
+from astrid_fs.overlay.layers import lstat_or_none
+from astrid_fs.overlay.whiteout import kind_of_mode
+from astrid_fs.review.changes import Change, file_blake3
 
 
 def check_conflicts(changes: list[Change], lower: str | os.PathLike[str]) -> list[Change]:

@@ -34,8 +34,8 @@ from astrid_fs.drivers.errors import DriverError
 from astrid_fs.drivers.readahead import MIB
 from astrid_fs.drivers.registry import Registry
 from astrid_fs.errors import MountError, SessionError, UsageError
-from astrid_fs.layers import RemoteTree, SyntheticStat
 from astrid_fs.mounttable import MountEntry, MountTable
+from astrid_fs.overlay.layers import RemoteTree, SyntheticStat
 
 T = TypeVar("T")
 log = logging.getLogger("astrid_fs.remote")

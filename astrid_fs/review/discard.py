@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 
-from astrid_fs import control, journal
-from astrid_fs.changes import Change, scan
-from astrid_fs.commit import check_lower_usable, finish_interrupted, resolve_paths
 from astrid_fs.durable import remove_entry
-from astrid_fs.entrycopy import copy_tree
 from astrid_fs.errors import UsageError
-from astrid_fs.selection import is_under
+from astrid_fs.fuse import control
+from astrid_fs.review import journal
+from astrid_fs.review.changes import Change, scan
+from astrid_fs.review.commit import check_lower_usable, finish_interrupted, resolve_paths
+from astrid_fs.review.entrycopy import copy_tree
+from astrid_fs.review.selection import is_under
 from astrid_fs.session import Session
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from astrid_fs.changes import Change
 from astrid_fs.errors import UsageError
+from astrid_fs.review.changes import Change
 
 
 def normalize_path(raw: str, lower: str | os.PathLike[str],

@@ -18,7 +18,7 @@ from pathlib import Path
 from astrid_fs.drivers.base import EntryStat, LowerDriver
 from astrid_fs.drivers.registry import Registry
 from astrid_fs.mounttable import MountEntry, MountTable, open_entry
-from astrid_fs.remote_lower import SESSION_TABLE
+from astrid_fs.overlay.remote import SESSION_TABLE
 
 
 @dataclass(frozen=True)

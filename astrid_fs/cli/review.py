@@ -12,15 +12,21 @@ import sys
 import time
 from typing import Any
 
-from astrid_fs import diffview, journal
-from astrid_fs.commit import commit, describe, finish_interrupted, resolve_paths, session_changes
-from astrid_fs.discard import discard
 from astrid_fs.errors import UsageError
-from astrid_fs.journal import Steps
-from astrid_fs.selection import is_under
+from astrid_fs.review import diffview, journal
+from astrid_fs.review.commit import (
+    commit,
+    describe,
+    finish_interrupted,
+    resolve_paths,
+    session_changes,
+)
+from astrid_fs.review.discard import discard
+from astrid_fs.review.journal import Steps
+from astrid_fs.review.selection import is_under
+from astrid_fs.review.snapshot import describe as describe_snapshots
+from astrid_fs.review.snapshot import finish_rollback, list_snapshots, rollback, snapshot
 from astrid_fs.session import Session, open_session
-from astrid_fs.snapshot import describe as describe_snapshots
-from astrid_fs.snapshot import finish_rollback, list_snapshots, rollback, snapshot
 
 _HELP = argparse.RawDescriptionHelpFormatter
 

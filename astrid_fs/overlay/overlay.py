@@ -17,16 +17,16 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from astrid_fs import syscalls
-from astrid_fs.copyup import (
+from astrid_fs.overlay import syscalls
+from astrid_fs.overlay.copyup import (
     copy_data,
     copy_up,
     copy_up_remote,
     copy_up_synthetic_dir,
     temp_name,
 )
-from astrid_fs.inodes import ROOT_INO, DeviceTags, InodeTable, Node, upper_only_ino
-from astrid_fs.layers import (
+from astrid_fs.overlay.inodes import ROOT_INO, DeviceTags, InodeTable, Node, upper_only_ino
+from astrid_fs.overlay.layers import (
     Layers,
     Reader,
     RemoteTree,
@@ -38,7 +38,7 @@ from astrid_fs.layers import (
     resolve_child,
     upper_whiteouts,
 )
-from astrid_fs.whiteout import make_whiteout, set_opaque, set_redirect
+from astrid_fs.overlay.whiteout import make_whiteout, set_opaque, set_redirect
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 _STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | getattr(os, "O_DIRECT", 0)

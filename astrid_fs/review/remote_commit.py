@@ -18,12 +18,18 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from astrid_fs.changes import Change, Flag, Status
 from astrid_fs.drivers.base import EntryStat
 from astrid_fs.errors import UsageError
+from astrid_fs.overlay.whiteout import (
+    get_origin,
+    get_redirect,
+    is_opaque,
+    is_whiteout,
+    kind_of_mode,
+)
+from astrid_fs.review.changes import Change, Flag, Status
+from astrid_fs.review.lowers import SessionLowers
 from astrid_fs.session import Session
-from astrid_fs.session_lowers import SessionLowers
-from astrid_fs.whiteout import get_origin, get_redirect, is_opaque, is_whiteout, kind_of_mode
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from astrid_fs.whiteout import UPPER_ONLY_INO_TAG
+from astrid_fs.overlay.whiteout import UPPER_ONLY_INO_TAG
 
 ROOT_INO = 1
 _DEV_SHIFT = 48

@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from astrid_fs.whiteout import Origin, OverlayXattrs, get_xattr, is_whiteout_stat
+from astrid_fs.overlay.whiteout import Origin, OverlayXattrs, get_xattr, is_whiteout_stat
 
 
 def join(parent: bytes, name: bytes) -> bytes:
@@ -101,7 +101,7 @@ class RemoteTree(Protocol):
     """A non-local lower tree mounted at a virtual path (the lower driver seam).
 
     Wiring a driver in: build an object with this shape over it (e.g. in
-    `astrid_fs/remote_lower.py`), and pass `Layers(..., remotes=((b"mnt/s3",
+    `astrid_fs/overlay/remote.py`), and pass `Layers(..., remotes=((b"mnt/s3",
     tree),))` when the daemon builds its overlay (`daemon.Daemon.__init__`,
     from a mount table in `DaemonConfig`). Everything else is already
     routed: lookups, listings and stats use it (warmed in worker threads by

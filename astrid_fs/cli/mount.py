@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from astrid_fs import review_cli
-from astrid_fs.changes import scan
-from astrid_fs.daemon import DaemonConfig
+from astrid_fs.cli import review as review_cli
 from astrid_fs.errors import AstridFsError, MountError, SessionError, UsageError
-from astrid_fs.mountinfo import fuse_mount_alive, is_mountpoint
+from astrid_fs.fuse.daemon import DaemonConfig
+from astrid_fs.fuse.mountinfo import fuse_mount_alive, is_mountpoint
+from astrid_fs.fuse.shim import current_env_with_shim
 from astrid_fs.mounttable import MountTable
-from astrid_fs.remote_lower import prepare_session_mounts
+from astrid_fs.overlay.remote import prepare_session_mounts
+from astrid_fs.review.changes import scan
 from astrid_fs.session import (
     Session,
     astrid_home,
@@ -37,7 +38,6 @@ from astrid_fs.session import (
     open_session,
     sessions_dir,
 )
-from astrid_fs.shim import current_env_with_shim
 
 DEFAULT_LOWER_TTL = 30.0
 READY_TIMEOUT_S = 60.0
@@ -107,7 +107,7 @@ def _spawn(config: DaemonConfig) -> None:
     read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "astrid_fs.daemon", config.to_json(), str(write_fd)],
+            [sys.executable, "-m", "astrid_fs.fuse.daemon", config.to_json(), str(write_fd)],
             pass_fds=(write_fd,), start_new_session=True, env=current_env_with_shim(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -151,7 +151,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     )
     if args.foreground:
         print(f"session {name}: mounting on {mountpoint} (Ctrl-C to unmount)", flush=True)
-        os.execve(sys.executable, [sys.executable, "-m", "astrid_fs.daemon", config.to_json(), "-"],
+        os.execve(sys.executable,
+                  [sys.executable, "-m", "astrid_fs.fuse.daemon", config.to_json(), "-"],
                   current_env_with_shim())
     try:
         _spawn(config)

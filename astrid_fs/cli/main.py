@@ -12,7 +12,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from astrid_fs import drivers_cli, mount_cli, review_cli
+from astrid_fs.cli import drivers as drivers_cli
+from astrid_fs.cli import mount as mount_cli
+from astrid_fs.cli import review as review_cli
 from astrid_fs.errors import AstridFsError
 
 EPILOG = """examples:

@@ -21,8 +21,8 @@ from typing import Literal
 
 import blake3
 
-from astrid_fs.layers import lstat_or_none
-from astrid_fs.whiteout import (
+from astrid_fs.overlay.layers import lstat_or_none
+from astrid_fs.overlay.whiteout import (
     Origin,
     OverlayXattrs,
     get_origin,

@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from astrid_fs.durable import fsync_dir, write_atomic
-from astrid_fs.entrycopy import clone_or_copy, copy_entry, copy_meta
 from astrid_fs.errors import SessionError
-from astrid_fs.remote_commit import RemoteOp, apply_op
+from astrid_fs.overlay.whiteout import OverlayXattrs, get_redirect, is_opaque
+from astrid_fs.review.entrycopy import clone_or_copy, copy_entry, copy_meta
+from astrid_fs.review.lowers import SessionLowers
+from astrid_fs.review.remote_commit import RemoteOp, apply_op
 from astrid_fs.session import Session
-from astrid_fs.session_lowers import SessionLowers
-from astrid_fs.whiteout import OverlayXattrs, get_redirect, is_opaque
 
 State = Literal["prepared", "vacating", "placing", "cleaning"]
 CRASH_ENV = "ASTRID_FS_CRASH_AT"  # "N": os._exit(CRASH_EXIT) at the N-th step

@@ -1,7 +1,7 @@
 """The astrid-fs daemon: serves one overlay over FUSE until unmounted.
 
 Started by `astrid-fs mount` (or by mount.fuse3 through the helper form) as
-`python -m astrid_fs.daemon CONFIG_JSON READY_FD`. It mounts, reports "ok"
+`python -m astrid_fs.fuse.daemon CONFIG_JSON READY_FD`. It mounts, reports "ok"
 (or one error line) on the ready pipe, then serves. It stops when the file
 system is unmounted or on SIGTERM/SIGINT/SIGHUP (then it unmounts itself).
 While serving it answers JSON-line requests on a control socket:
@@ -27,15 +27,15 @@ from typing import Any
 import pyfuse3
 import trio
 
-from astrid_fs.fuse_ops import FuseOps
-from astrid_fs.layers import Layers, RemoteTree
+from astrid_fs.fuse.ops import FuseOps
 from astrid_fs.mounttable import MountTable
-from astrid_fs.overlay import Overlay
-from astrid_fs.remote_lower import build_remotes
+from astrid_fs.overlay.layers import Layers, RemoteTree
+from astrid_fs.overlay.overlay import Overlay
+from astrid_fs.overlay.remote import build_remotes
+from astrid_fs.overlay.whiteout import OverlayXattrs, XattrNs
 from astrid_fs.session import MountState, open_session
-from astrid_fs.whiteout import OverlayXattrs, XattrNs
 
-log = logging.getLogger("astrid_fs.daemon")
+log = logging.getLogger("astrid_fs.fuse.daemon")
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ from typing import Any
 import pyfuse3
 import trio
 
-from astrid_fs.inode_fds import InodeFd, InodeFds
-from astrid_fs.inodes import Node
-from astrid_fs.layers import Reader, StatLike
-from astrid_fs.overlay import Overlay, Owner, SetAttr
-from astrid_fs.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_INODE, FH_KEEP_CACHE, shim_version
+from astrid_fs.fuse.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_INODE, FH_KEEP_CACHE, shim_version
+from astrid_fs.overlay.fds import InodeFd, InodeFds
+from astrid_fs.overlay.inodes import Node
+from astrid_fs.overlay.layers import Reader, StatLike
+from astrid_fs.overlay.overlay import Overlay, Owner, SetAttr
 
 log = logging.getLogger("astrid_fs.fuse")
 
