@@ -7,6 +7,8 @@
     astrid plugin verify             check every pinned component against its blake3
     astrid plugin list               show the pins
     astrid run [--lower DIR]         an agent session over DIR, typed at (run_cli.py)
+    astrid approvals                 asks waiting for a person, standing approvals
+    astrid approve ID [--session|--always] / deny ID [REASON] / revoke GRANT
 
 Exit codes: 0 ok; 1 refused or bad input (one line on stderr); 2 usage;
 3 astridd not reachable; 4 `plugin verify` found a mismatch.
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from astrid_runtime import run_cli
+from astrid_runtime import approval_cli, run_cli
 from astrid_runtime.config import default_socket, load_config
 from astrid_runtime.control import ControlClient
 from astrid_runtime.errors import KernelError, KernelUnreachable, VerifyError
@@ -72,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     psub.add_parser("verify", help="check every pinned component's blake3")
     lst = psub.add_parser("list", help="list pinned plugins")
     lst.add_argument("--json", action="store_true")
+    approval_cli.add_parsers(sub)
     run_cli.add_parser(sub)
     return p
 
@@ -210,7 +213,8 @@ def cmd_plugin(args: argparse.Namespace) -> int:
 
 COMMANDS = {"publish": cmd_publish, "tail": cmd_tail, "status": cmd_status,
             "plugin": cmd_plugin,
-            "run": run_cli.verb(_lockfile)}
+            "run": run_cli.verb(_lockfile),
+            **approval_cli.verbs(_client)}
 
 
 def main(argv: list[str] | None = None) -> int:

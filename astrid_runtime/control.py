@@ -11,6 +11,14 @@ message until the client hangs up. Payloads travel base64-encoded.
     {"op": "tail", "pattern": P}              -> {"ok": true}, then
           {"topic": T, "payload": B64, "publisher": NAME} ... and {"gap": N}
           when the tail fell behind and N messages were dropped for it.
+    {"op": "approvals"}                       -> {"ok": true, "pending": [ASK...],
+                                                  "standing": [GRANT...]}
+    {"op": "answer", "id": ASK, "answer": once|session|always|deny, "reason": R}
+                                              -> {"ok": true, "ask": ASK}
+    {"op": "revoke", "id": GRANT}             -> {"ok": true, "revoked": GRANT}
+
+Errors carry `kind` (`not-found` for an ask already answered or expired,
+`unavailable` for a kernel without approvals).
 
 The socket file is created mode 0600 (the kernel's authority is the user's).
 """
@@ -28,6 +36,7 @@ from typing import Any
 
 import trio
 
+from astrid_runtime.approval.service import Approvals
 from astrid_runtime.bus import Tap
 from astrid_runtime.errors import ControlError, KernelUnreachable, Refusal
 from astrid_runtime.kernel import Kernel
@@ -55,9 +64,10 @@ async def _read_line(stream: trio.abc.ReceiveStream) -> bytes | None:
 class ControlServer:
     """Serves one kernel's control socket."""
 
-    def __init__(self, kernel: Kernel, path: Path):
+    def __init__(self, kernel: Kernel, path: Path, approvals: Approvals | None = None):
         self.kernel = kernel
         self.path = path
+        self.approvals = approvals
 
     async def _bind(self) -> trio.socket.SocketType:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +137,27 @@ class ControlServer:
             except (binascii.Error, TypeError) as e:
                 raise ControlError(f"payload is not base64: {e}") from None
             return {"ok": True, "delivered": self.kernel.publish(topic, payload)}
-        raise ControlError(f"unknown op {op!r} (known: status, publish, tail)")
+        if op in ("approvals", "answer", "revoke"):
+            return self._approvals(op, request)
+        raise ControlError(f"unknown op {op!r} (known: status, publish, tail, approvals, "
+                           "answer, revoke)")
+
+    def _approvals(self, op: object, request: dict[str, Any]) -> dict[str, Any]:
+        approvals = self.approvals
+        if approvals is None:
+            raise Refusal("unavailable", "this kernel has no approval pipeline")
+        if op == "approvals":
+            return {"ok": True, **approvals.listing()}
+        ident = request.get("id")
+        if not isinstance(ident, str):
+            raise ControlError(f"{op} needs a string id")
+        if op == "revoke":
+            return {"ok": True, "revoked": approvals.revoke(ident).to_json()}
+        decision, reason = request.get("answer"), request.get("reason", "")
+        if not isinstance(decision, str) or not isinstance(reason, str):
+            raise ControlError("answer needs a string answer (and reason)")
+        ask = approvals.answer(ident, decision, reason, "cli")
+        return {"ok": True, "ask": ask.to_json(), "answer": decision}
 
     async def _tail(self, stream: trio.SocketStream, request: dict[str, Any]) -> None:
         pattern = request.get("pattern")

@@ -27,6 +27,7 @@ from astrid_runtime.abi.context import ContextHook, KvBackend
 from astrid_runtime.bus import Bus, Endpoint, Message
 from astrid_runtime.engine import KernelEngine, digest
 from astrid_runtime.errors import BusError, KernelError
+from astrid_runtime.grants import DEFAULT_POLICY, GrantPolicy
 from astrid_runtime.lockfile import LockEntry, Lockfile, load_lockfile, read_verified
 from astrid_runtime.logs import KernelLog
 from astrid_runtime.manifest import Manifest, load_manifest
@@ -56,8 +57,10 @@ class Kernel:
     """A running kernel. Use `open_kernel` to start one inside a nursery."""
 
     def __init__(self, engine: KernelEngine, kv: KvBackend | None, guest_threads: int = 2,
-                 log: KernelLog | None = None):
+                 log: KernelLog | None = None, policy: GrantPolicy = DEFAULT_POLICY):
         self.engine = engine
+        #: Ceilings and wildcard rule every pin is checked against at boot.
+        self.policy = policy
         self.kv = kv
         self.bus = Bus()
         self.log = log or KernelLog()
@@ -70,6 +73,11 @@ class Kernel:
         self.bridge_stats: dict[str, int] = {}
         #: Run on each new plugin's context before it starts (VFS roots, approvals).
         self.context_hooks: list[ContextHook] = []
+        #: Run first when the kernel stops (e.g. deny asks still waiting for a person,
+        #: so no guest thread stays parked on one).
+        self.stop_hooks: list[Callable[[], None]] = []
+        #: Extra sections of `status()` (approvals, budgets), computed when asked.
+        self.status_sections: dict[str, Callable[[], Any]] = {}
 
     # -- boot ----------------------------------------------------------------
 
@@ -84,6 +92,10 @@ class Kernel:
         if entry.version != manifest.version:
             raise KernelError(f"plugin {manifest.name}: version {manifest.version} but "
                               f"{lock.path.name} pins {entry.version}; reinstall it")
+        problems = self.policy.problems(entry.grants, entry.limits)
+        if problems:
+            raise KernelError(f"plugin {manifest.name}: pinned " + "; ".join(problems)
+                              + " (astridd.toml [ceilings], allow_wildcard_grants)")
         wasm = read_verified(entry, manifest.component)
         return manifest, entry, wasm
 
@@ -117,12 +129,12 @@ class Kernel:
                 self.refuse(name, str(e))
                 continue
             hits += compiled.cache_hit
-            extra = manifest.asks.exceeds(entry.grants)
+            extra = manifest.asks.exceeds(entry.grants) + manifest.limits.over(entry.limits)
             if extra:
                 self.log.event("warning", "plugin.asks_more_than_granted", plugin=entry.name,
                                extra=extra)
             self.start(PluginSpec(entry.name, entry.version, compiled.component,
-                                  manifest.config, entry.grants, manifest.limits))
+                                  manifest.config, entry.grants, entry.limits))
         self.boot_stats = {"plugins": len(sources), "cache_hits": hits,
                            "seconds": round(time.perf_counter() - t0, 3)}
         self.log.event("info", "kernel.booted", **self.boot_stats, refused=len(self.refused))
@@ -217,10 +229,17 @@ class Kernel:
             "boot": self.boot_stats,
             "bridge": self.bridge_stats or None,
             "plugins": sorted(plugins, key=lambda p: p["name"]),
+            **{name: section() for name, section in self.status_sections.items()},
         }
+
+    def _run_stop_hooks(self) -> None:
+        hooks, self.stop_hooks = self.stop_hooks, []
+        for hook in hooks:
+            hook()
 
     async def stop(self) -> None:
         """Stop every plugin after its current guest call, then cancel the kernel."""
+        self._run_stop_hooks()
         for sup in self.supervisors.values():
             sup.stop()
         with trio.move_on_after(10):
@@ -232,16 +251,17 @@ class Kernel:
 
 @asynccontextmanager
 async def open_kernel(engine: KernelEngine, kv: KvBackend | None = None, *,
-                      guest_threads: int = 2, log: KernelLog | None = None
-                      ) -> AsyncIterator[Kernel]:
+                      guest_threads: int = 2, log: KernelLog | None = None,
+                      policy: GrantPolicy = DEFAULT_POLICY) -> AsyncIterator[Kernel]:
     """A kernel with its epoch ticker running; everything stops when the block exits."""
-    kernel = Kernel(engine, kv, guest_threads, log)
+    kernel = Kernel(engine, kv, guest_threads, log, policy)
     async with trio.open_nursery() as nursery:
         kernel._nursery = nursery
         nursery.start_soon(kernel._ticker, name="epoch-ticker")
         try:
             yield kernel
         finally:
+            kernel._run_stop_hooks()
             for sup in kernel.supervisors.values():
                 sup.stop()
             nursery.cancel_scope.cancel()

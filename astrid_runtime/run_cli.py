@@ -24,6 +24,7 @@ or a part that would not start (one line on stderr).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import subprocess
@@ -40,15 +41,20 @@ from astrid_fs.errors import AstridFsError
 from astrid_fs.session import check_name
 from astrid_runtime import logs
 from astrid_runtime.abi.context import KvBackend, PluginContext
+from astrid_runtime.approval.asks import Ask
 from astrid_runtime.approval.audit import AuditLog
+from astrid_runtime.approval.person import ANSWERED, REQUESTED
 from astrid_runtime.approval.pipeline import ApprovalPipeline
-from astrid_runtime.approval.policy import DEFAULT_POLICY, Policy, load_policy
-from astrid_runtime.approval.token import TokenIssuer, load_or_create_key
-from astrid_runtime.bus import Tap
+from astrid_runtime.approval.policy import DEFAULT_POLICY, MODES, Policy, load_policy
+from astrid_runtime.approval.service import Approvals
+from astrid_runtime.approval.token import load_or_create_key
+from astrid_runtime.approval_cli import describe
+from astrid_runtime.bus import Message, Tap
 from astrid_runtime.commit_service import CommitService
-from astrid_runtime.config import default_home
+from astrid_runtime.config import default_home, default_socket
+from astrid_runtime.control import ControlServer
 from astrid_runtime.engine import KernelEngine
-from astrid_runtime.errors import KernelError, first_kernel_error
+from astrid_runtime.errors import ControlError, KernelError, Refusal, first_kernel_error
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
 from astrid_runtime.supervisor import State
 from astrid_runtime.vfs import PluginVfs
@@ -75,6 +81,9 @@ class RunOptions:
     kv_url: str | None
     reply_timeout_s: float
     json: bool
+    #: Control socket (`astrid status / approvals / approve`); None: the default
+    #: socket if no kernel serves it, else $ASTRID_HOME/run-SESSION.sock.
+    socket: Path | None = None
 
 
 def add_parser(sub: Any) -> None:
@@ -101,6 +110,11 @@ def add_parser(sub: Any) -> None:
                    help="seconds to wait for a reply before reading the next line")
     p.add_argument("--json", action="store_true",
                    help="print each agent.response as one JSON line")
+    p.add_argument("--mode", choices=tuple(MODES),
+                   help="approval mode, overriding the policy file's (default: guided)")
+    p.add_argument("--socket", type=Path,
+                   help="control socket (default: $ASTRID_HOME/astridd.sock when no kernel "
+                        "serves it, else $ASTRID_HOME/run-SESSION.sock)")
 
 
 def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
@@ -120,12 +134,14 @@ def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
     if policy_path is None and (home / POLICY_FILE).exists():
         policy_path = home / POLICY_FILE
     policy = load_policy(policy_path) if policy_path is not None else DEFAULT_POLICY
+    if args.mode is not None:
+        policy = dataclasses.replace(policy, mode=args.mode)
     if not lockfile.exists():
         raise RunError(f"{lockfile}: no such lockfile (run from the repository, or pass "
                        "--lockfile)")
     kv_url = None if args.kv == "none" else (args.kv or "mem://")
     return RunOptions(home, lower, session, mount, lockfile, policy, kv_url,
-                      args.reply_timeout, args.json)
+                      args.reply_timeout, args.json, args.socket)
 
 
 # -- the mount --------------------------------------------------------------------
@@ -173,6 +189,36 @@ class Console:
         self.replies = 0
         self._arrived = trio.Event()
 
+    def show_approval(self, message: Message) -> None:
+        """An ask waiting for a person (counts as a reply: the person is to answer), or an
+        answer to one."""
+        try:
+            body = json.loads(message.payload)
+        except ValueError:
+            return
+        if self.as_json:
+            event = "requested" if message.topic == REQUESTED else "answered"
+            print(json.dumps({"publisher": message.publisher, "approval": event,
+                              "ask": body}), file=self.out, flush=True)
+        elif message.topic == REQUESTED:
+            print(f"astrid: approval needed [{body['id']}]: {describe(body)}\n"
+                  "  answer here: y (once) | s (this session) | a (always) | n [reason] "
+                  f"(deny)\n  or from a shell: astrid approve {body['id']} "
+                  f"[--session|--always] / astrid deny {body['id']}",
+                  file=self.out, flush=True)
+        else:
+            verdict = "denied" if body["answer"] == "deny" else f"approved ({body['answer']})"
+            why = f": {body['reason']}" if body.get("reason") else ""
+            print(f"astrid: [{body['id']}] {verdict} by {body['by']}{why}", file=self.out,
+                  flush=True)
+        if message.topic == REQUESTED:
+            self._wake()
+
+    def _wake(self) -> None:
+        self.replies += 1
+        self._arrived.set()
+        self._arrived = trio.Event()
+
     def show(self, publisher: str, payload: bytes) -> None:
         text = payload.decode("utf-8", "replace")
         try:
@@ -185,9 +231,7 @@ class Console:
         else:
             shown = body.get("text", text) if isinstance(body, dict) else str(body)
             print(shown, file=self.out, flush=True)
-        self.replies += 1
-        self._arrived.set()
-        self._arrived = trio.Event()
+        self._wake()
 
     async def next_reply(self) -> None:
         await self._arrived.wait()
@@ -195,7 +239,25 @@ class Console:
     async def pump(self, tap: Tap) -> None:
         while True:
             message = await tap.receive()
-            self.show(message.publisher, message.payload)
+            if message.topic in (REQUESTED, ANSWERED):
+                self.show_approval(message)
+            else:
+                self.show(message.publisher, message.payload)
+
+
+#: What a person types to answer the oldest waiting ask inline.
+TERMINAL_ANSWERS = {"y": "once", "yes": "once", "once": "once", "s": "session",
+                    "session": "session", "a": "always", "always": "always", "n": "deny",
+                    "no": "deny", "deny": "deny"}
+
+
+def terminal_answer(text: str) -> tuple[str, str] | None:
+    """(answer, reason) when `text` answers an ask (`y`, `s`, `a`, `n [reason]`), else None."""
+    word, _, rest = text.partition(" ")
+    answer = TERMINAL_ANSWERS.get(word.lower())
+    if answer is None or (rest and answer != "deny"):
+        return None
+    return answer, rest.strip()
 
 
 def _hook(opts: RunOptions, pipeline: ApprovalPipeline,
@@ -205,8 +267,34 @@ def _hook(opts: RunOptions, pipeline: ApprovalPipeline,
                         audit=pipeline.audit.record)
         made.append(vfs)
         ctx.vfs = vfs
-        ctx.approvals = pipeline
     return hook
+
+
+async def _serve_control(kernel: Kernel, approvals: Approvals, opts: RunOptions) -> Path:
+    """Serve the control socket; the path it listens on."""
+    first = opts.socket or default_socket(opts.home)
+    try:
+        await kernel.start_service(ControlServer(kernel, first, approvals).serve)
+        return first
+    except ControlError:
+        if opts.socket is not None:
+            raise RunError(f"--socket {opts.socket}: another kernel listens there") from None
+    second = opts.home / f"run-{opts.session}.sock"
+    await kernel.start_service(ControlServer(kernel, second, approvals).serve)
+    return second
+
+
+def _answer_inline(approvals: Approvals, text: str, out: IO[str]) -> Ask | None:
+    """Answer the oldest waiting ask from a line typed in the terminal; the ask, or None."""
+    pending = approvals.queue.pending()
+    parsed = terminal_answer(text) if pending else None
+    if parsed is None:
+        return None
+    try:
+        return approvals.answer(pending[0].id, parsed[0], parsed[1], "terminal")
+    except Refusal as e:  # answered elsewhere or expired a moment ago
+        print(f"astrid: {e.message}", file=out, flush=True)
+        return None
 
 
 async def _wait_running(kernel: Kernel) -> None:
@@ -217,7 +305,7 @@ async def _wait_running(kernel: Kernel) -> None:
 
 
 async def _read_lines(stdin: IO[str], kernel: Kernel, console: Console, opts: RunOptions,
-                      err: IO[str]) -> None:
+                      err: IO[str], approvals: Approvals) -> None:
     interactive = stdin.isatty()
     while True:
         if interactive:
@@ -230,11 +318,12 @@ async def _read_lines(stdin: IO[str], kernel: Kernel, console: Console, opts: Ru
             continue
         if not interactive and not opts.json:
             print(f"you> {text}", file=console.out, flush=True)
-        try:
-            kernel.publish("user.input", text.encode())
-        except KernelError as e:
-            print(f"astrid: not sent: {e}", file=err, flush=True)
-            continue
+        if _answer_inline(approvals, text, err) is None:
+            try:
+                kernel.publish("user.input", text.encode())
+            except KernelError as e:
+                print(f"astrid: not sent: {e}", file=err, flush=True)
+                continue
         with trio.move_on_after(opts.reply_timeout_s) as scope:
             await console.next_reply()
         if scope.cancelled_caught:
@@ -246,7 +335,8 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
     home = opts.home
     key = await trio.to_thread.run_sync(load_or_create_key, home)
     audit = AuditLog(home / "audit.jsonl")
-    pipeline = ApprovalPipeline(TokenIssuer(key), audit, opts.policy)
+    approvals = Approvals.open(home, opts.policy, key=key, audit=audit)
+    pipeline = approvals.pipeline
     engine = KernelEngine(cache_dir=home / "cache")
     kv = await trio.to_thread.run_sync(_open_kv, opts.kv_url)
     made: list[PluginVfs] = []
@@ -254,11 +344,15 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_kernel(engine, kv) as kernel:
+                approvals.attach(kernel)
                 kernel.context_hooks.append(_hook(opts, pipeline, made))
                 console = Console(out, opts.json)
                 tap = Tap(kernel.bus, "agent.response")
+                asks = Tap(kernel.bus, "approval.*")
                 commits = CommitService(kernel.bus, pipeline, opts.session)
                 await kernel.start_service(commits.serve)
+                await kernel.start_service(approvals.serve_bus, kernel)
+                socket = await _serve_control(kernel, approvals, opts)
                 await kernel.boot(BootPlan(opts.lockfile))
                 await _wait_running(kernel)
                 for refused in kernel.refused.values():
@@ -266,11 +360,14 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
                           file=err, flush=True)
                 up = sorted(n for n, s in kernel.supervisors.items()
                             if s.state is State.RUNNING)
+                print(f"astrid: control socket {socket} (astrid status / approvals / "
+                      f"approve ID); approval mode {opts.policy.mode}", file=err, flush=True)
                 print(f"astrid: session {opts.session} mounted at {opts.mount}; plugins: "
                       f"{', '.join(up) or 'none'}. Type `help`; Ctrl-D or Ctrl-C ends.",
                       file=err, flush=True)
                 async with trio.open_nursery() as talk:
                     talk.start_soon(console.pump, tap)
+                    talk.start_soon(console.pump, asks)
 
                     async def on_signal() -> None:
                         nonlocal ended
@@ -282,12 +379,13 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
                             return
 
                     async def read_then_stop() -> None:
-                        await _read_lines(stdin, kernel, console, opts, err)
+                        await _read_lines(stdin, kernel, console, opts, err, approvals)
                         talk.cancel_scope.cancel()
 
                     talk.start_soon(on_signal)
                     talk.start_soon(read_then_stop)
                 tap.close()
+                asks.close()
                 await kernel.stop()
     finally:
         for vfs in made:  # an open fd on the mount would keep it busy

@@ -5,11 +5,17 @@ policy, ... see astrid_runtime/approval/pipeline.py), `denied` with the
 reason otherwise (every decision is an audit line), `invalid` for an
 action without kind or resource, `too-large` for oversized fields, and
 `unavailable` in a kernel started without an approval pipeline (after
-the grant check).
+the grant check). A request that waited for a person gets a fresh call
+deadline when it returns (approval/person.py).
 """
 
 from __future__ import annotations
 
+import ctypes
+import math
+import time
+
+from wasmtime import _ffi as ffi
 from wasmtime.component import LinkerInstance
 
 from astrid_runtime.abi.canon import (
@@ -66,8 +72,15 @@ TOKEN = RecordCodec((("token", STRING), ("kind", STRING), ("resource", STRING),
                      ("expires-at-ms", U64)))
 
 
+def _rearm(store_context: int, ctx: PluginContext, tick_ms: int) -> None:
+    """A fresh call deadline after a wait for a person (the wait is not the plugin's time)."""
+    ticks = math.ceil(ctx.limits.call_timeout_ms / tick_ms) + 1
+    pointer = ctypes.cast(ctypes.c_void_p(store_context), ctypes.POINTER(ffi.wasmtime_context_t))
+    ffi.wasmtime_context_set_epoch_deadline(pointer, ticks)
+
+
 def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
-    def request(action: tuple[str, str, list[tuple[str, str]]]) -> object:
+    def request(store_context: int, action: tuple[str, str, list[tuple[str, str]]]) -> object:
         kind, resource, details = action
         pipeline = ctx.approvals
         if pipeline is None:
@@ -77,10 +90,16 @@ def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
 
         def run() -> tuple[str, str, str, int]:
             assert pipeline is not None
-            token = pipeline.request(Action(ctx.name, kind, resource, tuple(details)),
-                                     ctx.grants.cap)
+            started = time.monotonic()
+            try:
+                token = pipeline.request(Action(ctx.name, kind, resource, tuple(details)),
+                                         ctx.grants.cap)
+            finally:
+                if time.monotonic() - started > pipeline.epoch_tick_ms / 1000:
+                    _rearm(store_context, ctx, pipeline.epoch_tick_ms)
             return (token.token, token.kind, token.resource, token.expires_at_ms)
 
         return call(run)
 
-    funcs.add(inst, "request", Signature((ActionCodec(),), ResultCodec(TOKEN, ERROR)), request)
+    funcs.add(inst, "request", Signature((ActionCodec(),), ResultCodec(TOKEN, ERROR)), request,
+              with_context=True)

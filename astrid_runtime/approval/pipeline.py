@@ -3,18 +3,24 @@
 A plugin's `cap.request(action)` runs these stages in order:
 
 1. grant: the action kind must be in the plugin's `cap` grant (plugins.lock).
-2. interceptors (`Stage`s, none shipped): may deny, e.g. a URL filter.
-3. policy (`policy.Policy`): allow / deny / ask by plugin, kind, resource.
-4. budget (`Stage`, none shipped): may deny an allowed or asked action.
-5. person (`Approver`, none shipped): answers "ask". With no approver
-   wired in, "ask" is denied with a reason saying so.
+2. interceptors (`Stage`s, e.g. WASM filters): deny, ask, or no objection.
+3. policy (`policy.Policy`, turned by its mode): allow / deny / ask.
+4. budgets (`Budget`s): reserve the action's declared cost or deny;
+   a reservation is refunded when the action is then denied.
+5. person: an "ask" is allowed outright by a standing approval (a
+   person's earlier "session" or "always" answer), else waits for the
+   `Approver` (person.py: an ask in the queue, answered from the
+   terminal, the CLI or the bus). With no approver wired in, "ask" is
+   denied with a reason saying so.
 6. token: an allowed action gets a token scoped to (plugin, kind,
    resource) with the rule's lifetime.
-7. audit: every outcome, allowed or denied and by which stage, is one
-   `cap.decision` line; every privileged check is one `cap.check` line.
+7. audit: every outcome, allowed or denied, which stage and who
+   answered, is one `cap.decision` line; the person's queue adds
+   `cap.ask` / `cap.answer` lines; every privileged check is one
+   `cap.check` line.
 
-A privileged host path calls `check_token` before acting. Pure apart
-from the audit sink; thread-safe.
+A privileged host path calls `check_token` before acting. Blocks only in
+`Approver.ask`; thread-safe.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from astrid_runtime.approval.asks import Answer
 from astrid_runtime.approval.audit import AuditLog
 from astrid_runtime.approval.policy import DEFAULT_POLICY, Policy
+from astrid_runtime.approval.standing import StandingGrants
 from astrid_runtime.approval.token import Token, TokenIssuer
 from astrid_runtime.errors import Refusal
 
@@ -43,17 +51,37 @@ class Action:
 
 
 class Stage(Protocol):
-    """An interceptor or budget: a denial reason, or None to let the action pass."""
+    """An interceptor: allow (no objection), deny with a reason, or ask a person."""
 
     name: str
 
-    def deny(self, action: Action) -> str | None: ...
+    def check(self, action: Action) -> tuple[str, str]:
+        """(decision, reason): decision is `allow`, `deny` or `ask`."""
+        ...
+
+
+class Hold(Protocol):
+    """Budget reserved for one request; refunded if it is not carried out."""
+
+    def refund(self) -> None: ...
+
+
+class Budget(Protocol):
+    """A budget: reserves an action's declared cost, or refuses (`Refusal('denied')`)."""
+
+    name: str
+
+    def reserve(self, action: Action) -> Hold | None:
+        """None when the action declares no cost this budget counts."""
+        ...
 
 
 class Approver(Protocol):
-    """A person (or their proxy) answering an "ask": True approves."""
+    """A person (or their proxy) answering an "ask"; blocks until answered or expired."""
 
-    def approve(self, action: Action, reason: str) -> bool: ...
+    def ask(self, action: Action, reason: str, rule: str) -> tuple[str, Answer]:
+        """(ask id, answer)."""
+        ...
 
 
 @dataclass
@@ -64,13 +92,19 @@ class ApprovalPipeline:
     audit: AuditLog
     policy: Policy = DEFAULT_POLICY
     interceptors: Sequence[Stage] = field(default_factory=tuple)
-    budgets: Sequence[Stage] = field(default_factory=tuple)
+    budgets: Sequence[Budget] = field(default_factory=tuple)
     approver: Approver | None = None
+    #: What a person allowed for the session or always (checked before asking).
+    standing: StandingGrants | None = None
+    #: The kernel's epoch tick: `cap.request` re-arms a guest's deadline in ticks
+    #: after a request that waited (for a person).
+    epoch_tick_ms: int = 10
 
-    def _deny(self, action: Action, stage: str, reason: str, rule: str = "") -> Refusal:
+    def _deny(self, action: Action, stage: str, reason: str, rule: str = "",
+              **extra: str) -> Refusal:
         self.audit.record("cap.decision", {
             "plugin": action.plugin, "kind": action.kind, "resource": action.resource,
-            "decision": "deny", "stage": stage, "rule": rule, "reason": reason})
+            "decision": "deny", "stage": stage, "rule": rule, "reason": reason, **extra})
         return Refusal("denied", f"{action.kind} on {action.resource!r} denied ({stage}): "
                        f"{reason}")
 
@@ -84,37 +118,87 @@ class ApprovalPipeline:
             if len(text.encode()) > MAX_FIELD_BYTES:
                 raise Refusal("too-large", f"action field over {MAX_FIELD_BYTES} bytes")
 
+    def _intercept(self, action: Action) -> tuple[str, str] | None:
+        """The first interceptor that asks, after none denied: (stage, reason)."""
+        asked = None
+        for stage in self.interceptors:
+            decision, reason = stage.check(action)
+            if decision == "deny":
+                raise self._deny(action, f"interceptor:{stage.name}", reason or "denied")
+            if decision == "ask" and asked is None:
+                asked = (f"interceptor:{stage.name}", reason)
+        return asked
+
+    def _reserve(self, action: Action, rule: str) -> list[Hold]:
+        holds: list[Hold] = []
+        for budget in self.budgets:
+            try:
+                hold = budget.reserve(action)
+            except Refusal as e:
+                for done in holds:
+                    done.refund()
+                raise self._deny(action, f"budget:{budget.name}", e.message, rule) from None
+            if hold is not None:
+                holds.append(hold)
+        return holds
+
     def request(self, action: Action, granted_kinds: Sequence[str]) -> Token:
         """Run the stages; a token for an approved action, else `Refusal('denied')`."""
         self._validate(action)
         if action.kind not in granted_kinds:
             raise self._deny(action, "grant", f"action kind {action.kind!r} is not in the "
                              "plugin's cap grant")
-        for stage in self.interceptors:
-            reason = stage.deny(action)
-            if reason:
-                raise self._deny(action, f"interceptor:{stage.name}", reason)
+        asked_by = self._intercept(action)
         verdict = self.policy.decide(action.plugin, action.kind, action.resource)
         rule = verdict.rule.label
         if verdict.decision == "deny":
             raise self._deny(action, "policy", verdict.reason or "the policy denies it", rule)
-        for stage in self.budgets:
-            reason = stage.deny(action)
-            if reason:
-                raise self._deny(action, f"budget:{stage.name}", reason, rule)
-        if verdict.decision == "ask":
-            if self.approver is None:
-                raise self._deny(action, "approval", "the policy asks a person and no "
-                                 "approver is wired in yet (docs/approval.md)", rule)
-            if not self.approver.approve(action, verdict.reason):
-                raise self._deny(action, "approval", "a person declined", rule)
+        decision, why = verdict.decision, verdict.reason
+        if asked_by is not None:  # an interceptor's ask stands in every mode
+            decision, why, rule = "ask", asked_by[1], asked_by[0]
+        holds = self._reserve(action, rule)
+        stage, by = "policy", "policy"
+        extra: dict[str, str] = {}
+        if decision == "ask":
+            standing = (self.standing.find(action.plugin, action.kind, action.resource)
+                        if self.standing is not None else None)
+            if standing is not None:
+                stage, by = "approval", f"{standing.scope} approval {standing.id}"
+            else:
+                stage, by, extra = self._ask_person(action, why, rule, holds)
         token = self.tokens.issue(action.plugin, action.kind, action.resource, verdict.ttl_s)
         self.audit.record("cap.decision", {
             "plugin": action.plugin, "kind": action.kind, "resource": action.resource,
-            "decision": "allow", "stage": "policy" if verdict.decision == "allow"
-            else "approval", "rule": rule, "token": token.nonce,
-            "expires_at_ms": token.expires_at_ms, "details": dict(action.details)})
+            "decision": "allow", "stage": stage, "rule": rule, "by": by,
+            "token": token.nonce, "expires_at_ms": token.expires_at_ms,
+            "details": dict(action.details), **extra})
         return token
+
+    def _ask_person(self, action: Action, why: str, rule: str,
+                    holds: list[Hold]) -> tuple[str, str, dict[str, str]]:
+        """Wait for a person; (stage, by, extra audit fields) on allow, else deny."""
+        if self.approver is None:
+            for hold in holds:
+                hold.refund()
+            raise self._deny(action, "approval", "the policy asks a person and no "
+                             "approver is wired in (docs/approval.md)", rule)
+        try:
+            ask_id, answer = self.approver.ask(action, why, rule)
+        except Refusal as e:  # no ask could be opened (the kernel is stopping)
+            for hold in holds:
+                hold.refund()
+            raise self._deny(action, "approval", e.message, rule) from None
+        if not answer.allows:
+            for hold in holds:
+                hold.refund()
+            reason = "a person declined" + (f": {answer.reason}" if answer.reason else "")
+            if answer.by == "kernel":
+                reason = answer.reason
+            raise self._deny(action, "approval", reason, rule, by=answer.by, ask=ask_id)
+        if answer.decision in ("session", "always") and self.standing is not None:
+            self.standing.add(answer.decision, action.plugin, action.kind, action.resource,
+                              answer.by)
+        return "approval", answer.by, {"ask": ask_id, "answer": answer.decision}
 
     def check_token(self, token: str, *, plugin: str, kind: str, resource: str,
                     consume: bool = True) -> Token:
@@ -135,4 +219,4 @@ class ApprovalPipeline:
         return scope
 
 
-__all__ = ["Action", "ApprovalPipeline", "Approver", "Stage"]
+__all__ = ["Action", "ApprovalPipeline", "Approver", "Budget", "Hold", "Stage"]

@@ -1,8 +1,10 @@
 """The approval policy: TOML rules by plugin, action kind and resource glob.
 
     # policy.toml
+    mode = "guided"              # safe | guided | autonomous (see MODES)
     default = "ask"              # allow | deny | ask, when no rule matches
     token_ttl_s = 300            # lifetime of a token an allow rule grants
+    ask_timeout_s = 300          # how long an "ask" waits for a person
 
     [[rule]]
     plugin = "filetool"          # glob over plugin names; default "*"
@@ -28,6 +30,17 @@ from astrid_runtime.tomlfile import TomlDoc
 
 DECISIONS = ("allow", "deny", "ask")
 DEFAULT_TTL_S = 300.0
+DEFAULT_ASK_TIMEOUT_S = 300.0
+#: What each mode does to a decision (a policy's or the default's). Denials,
+#: interceptors and budgets apply in every mode; only allow/ask move.
+#:   safe        nothing privileged happens without a person: allow -> ask
+#:   guided      the policy as written (the default)
+#:   autonomous  the agent acts on its own unless a rule denies: ask -> allow
+MODES = {
+    "safe": {"allow": "ask", "ask": "ask", "deny": "deny"},
+    "guided": {"allow": "allow", "ask": "ask", "deny": "deny"},
+    "autonomous": {"allow": "allow", "ask": "allow", "deny": "deny"},
+}
 
 
 class PolicyError(ConfigError):
@@ -73,15 +86,18 @@ class Policy:
     default: str = "ask"
     token_ttl_s: float = DEFAULT_TTL_S
     source: str = "built-in"
+    mode: str = "guided"
+    ask_timeout_s: float = DEFAULT_ASK_TIMEOUT_S
 
     def decide(self, plugin: str, kind: str, resource: str) -> Verdict:
-        """The first matching rule's decision, or the default."""
+        """The first matching rule's decision, or the default, as the mode turns it."""
+        moved = MODES[self.mode]
         for rule in self.rules:
             if rule.matches(plugin, kind, resource):
-                return Verdict(rule.decision, rule,
+                return Verdict(moved[rule.decision], rule,
                                rule.ttl_s if rule.ttl_s is not None else self.token_ttl_s)
         fallback = Rule("*", self.default, reason=f"no rule in {self.source} matches")
-        return Verdict(self.default, fallback, self.token_ttl_s)
+        return Verdict(moved[self.default], fallback, self.token_ttl_s)
 
 
 #: With no policy file every request is "ask" -- and with no person wired in, denied.
@@ -92,15 +108,22 @@ def _decision(value: str) -> str | None:
     return None if value in DECISIONS else f"must be one of {', '.join(DECISIONS)}"
 
 
+def _mode(value: str) -> str | None:
+    return None if value in MODES else f"must be one of {', '.join(MODES)}"
+
+
 def _ttl(value: float) -> str | None:
     return None if 0 < value <= 24 * 3600 else "must be between 0 and 86400 seconds"
 
 
 def parse_policy(doc: TomlDoc) -> Policy:
     top = doc.data
-    doc.unknown_keys(top, {"default", "token_ttl_s", "rule"})
+    doc.unknown_keys(top, {"default", "token_ttl_s", "rule", "mode", "ask_timeout_s"})
     default = doc.get(top, "default", str, "ask", check=_decision)
     ttl = float(doc.get(top, "token_ttl_s", (int, float), DEFAULT_TTL_S, check=_ttl))
+    mode = doc.get(top, "mode", str, "guided", check=_mode)
+    ask_timeout = float(doc.get(top, "ask_timeout_s", (int, float), DEFAULT_ASK_TIMEOUT_S,
+                                check=_ttl))
     raw_rules = doc.get(top, "rule", list, [])
     rules = []
     for i, table in enumerate(raw_rules):
@@ -123,7 +146,7 @@ def parse_policy(doc: TomlDoc) -> Policy:
             reason=doc.get(table, "reason", str, "", table_name="rule", index=i),
             ttl_s=None if rule_ttl is None else float(rule_ttl),
             number=i + 1))
-    return Policy(tuple(rules), default, ttl, str(doc.path))
+    return Policy(tuple(rules), default, ttl, str(doc.path), mode, ask_timeout)
 
 
 def load_policy(path: Path) -> Policy:
@@ -134,6 +157,7 @@ def load_policy(path: Path) -> Policy:
 __all__ = [
     "DECISIONS",
     "DEFAULT_POLICY",
+    "MODES",
     "Policy",
     "PolicyError",
     "Rule",

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from astrid_runtime.approval.asks import Answer
 from astrid_runtime.approval.audit import AuditLog
 from astrid_runtime.approval.pipeline import Action, ApprovalPipeline
 from astrid_runtime.approval.policy import Policy, PolicyError, load_policy
@@ -170,14 +171,14 @@ def test_check_token_is_audited_and_single_use(pipeline: ApprovalPipeline) -> No
 class _Stage:
     name = "urls"
 
-    def deny(self, action: Action) -> str | None:
-        return "blocked host" if "evil" in action.resource else None
+    def check(self, action: Action) -> tuple[str, str]:
+        return ("deny", "blocked host") if "evil" in action.resource else ("allow", "")
 
 
 def test_interceptors_and_approvers_slot_in(tmp_path: Path, policy: Policy) -> None:
     class Yes:
-        def approve(self, action: Action, reason: str) -> bool:
-            return True
+        def ask(self, action: Action, reason: str, rule: str) -> tuple[str, Answer]:
+            return "a1", Answer("once", "test")
 
     pipeline = ApprovalPipeline(TokenIssuer(b"k" * 32), AuditLog(None), policy,
                                 interceptors=[_Stage()], approver=Yes())

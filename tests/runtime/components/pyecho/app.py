@@ -5,10 +5,16 @@ init(config): "subscribe=PATTERN" subscribes to PATTERN, otherwise `echo.>`.
 `echo.kv.out` (and the key list on `echo.kv.keys`), or the error on
 `echo.error`; `echo.cap` asks cap and vfs (root named by the payload) and
 reports both errors on `echo.error`; `echo.denied` tries a topic it was not
-granted and reports the error on `echo.error`; `echo.fail` returns err. `echo.loop` and
+granted and reports the error on `echo.error`; `echo.ask` (JSON `{"kind",
+"resource", "hint"}`) asks cap and publishes the token's resource on
+`echo.ask.ok` or the error on `echo.ask.err`; as a frontend (config
+`subscribe=approval.requested`) it answers each ask on `approval.answer`
+with the ask's `hint` detail. `echo.fail` returns err. `echo.loop` and
 `echo.hog` misbehave (spin forever, allocate without bound) for the
 supervision tests.
 """
+
+import json
 
 import wit_world
 from componentize_py_types import Err
@@ -52,6 +58,20 @@ class WitWorld(wit_world.WitWorld):
                 vfs.root(payload.decode())
             except Err as e:
                 bus.publish("echo.error", _describe(e).encode())
+        elif topic == "echo.ask":
+            body = json.loads(payload)
+            action = cap.Action(body["kind"], body["resource"], [("hint", body["hint"])])
+            try:
+                token = cap.request(action)
+            except Err as e:
+                bus.publish("echo.ask.err", _describe(e).encode())
+                return
+            bus.publish("echo.ask.ok", token.resource.encode())
+        elif topic == "approval.requested":
+            ask = json.loads(payload)
+            answer = {"id": ask["id"], "answer": ask["details"].get("hint", "deny"),
+                      "reason": "the frontend said so"}
+            bus.publish("approval.answer", json.dumps(answer).encode())
         elif topic == "echo.denied":
             try:
                 bus.publish("forbidden.topic", payload)

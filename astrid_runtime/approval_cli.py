@@ -1,0 +1,113 @@
+"""`astrid approvals`, `approve`, `deny`, `revoke`: a person answering asks from a shell.
+
+    astrid approvals [--json]                 what waits for a person; standing approvals
+    astrid approve ID [--session|--always]    allow once (default), for the session, always
+    astrid deny ID [REASON ...]               refuse; the reason goes back to the plugin
+    astrid revoke GRANT                       forget a session or always approval
+
+They talk to the running kernel's control socket (`astridd`, or `astrid
+run`, which serves one too). Exit codes as for every `astrid` verb: 0 ok,
+1 refused (no such ask: answered, expired or never asked), 3 no kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from astrid_runtime.control import ControlClient
+
+ClientOf = Callable[[argparse.Namespace], ControlClient]
+
+
+def add_parsers(sub: Any) -> None:
+    """Register the verbs on the client's subcommand parsers."""
+    lst = sub.add_parser("approvals", help="asks waiting for a person, standing approvals",
+                         epilog="example: astrid approvals --json")
+    lst.add_argument("--json", action="store_true", help="print the listing as JSON")
+    ok = sub.add_parser("approve", help="allow an ask (once, --session or --always)",
+                        epilog="example: astrid approve 3f2a91c0 --session")
+    ok.add_argument("id")
+    scope = ok.add_mutually_exclusive_group()
+    scope.add_argument("--session", action="store_true",
+                       help="also allow the same request until the kernel stops")
+    scope.add_argument("--always", action="store_true",
+                       help="also allow the same request from now on (revocable)")
+    no = sub.add_parser("deny", help="refuse an ask, with an optional reason",
+                        epilog="example: astrid deny 3f2a91c0 not before the review")
+    no.add_argument("id")
+    no.add_argument("reason", nargs="*", help="returned to the plugin and audited")
+    rv = sub.add_parser("revoke", help="forget a standing (session or always) approval",
+                        epilog="example: astrid revoke 9c1d02aa")
+    rv.add_argument("id")
+
+
+def _when(ms: int) -> str:
+    left = ms / 1000 - time.time()
+    return f"{max(0, int(left))}s left"
+
+
+def describe(ask: dict[str, Any]) -> str:
+    """One line for a person: who wants what, on what, and why it asks."""
+    details = ", ".join(f"{k}={v}" for k, v in ask.get("details", {}).items())
+    line = f"{ask['plugin']} wants {ask['kind']} on {ask['resource']}"
+    if details:
+        line += f" ({details})"
+    if ask.get("reason"):
+        line += f" -- {ask['reason']}"
+    return line
+
+
+def cmd_approvals(args: argparse.Namespace, client: ControlClient) -> int:
+    reply = client.request({"op": "approvals"})
+    if args.json:
+        print(json.dumps({"pending": reply["pending"], "standing": reply["standing"]},
+                         indent=2))
+        return 0
+    pending, standing = reply["pending"], reply["standing"]
+    print(f"{len(pending)} waiting for a person" + (":" if pending else ""))
+    for ask in pending:
+        print(f"  {ask['id']}  {describe(ask)}  [{_when(ask['deadline_ms'])}]")
+    if pending:
+        print("  answer: astrid approve ID [--session|--always] | astrid deny ID [REASON]")
+    print(f"{len(standing)} standing approval(s)" + (":" if standing else ""))
+    for grant in standing:
+        print(f"  {grant['id']}  {grant['scope']:<7}  {grant['plugin']} {grant['kind']} on "
+              f"{grant['resource']} (by {grant['by']})")
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace, client: ControlClient) -> int:
+    answer = "always" if args.always else "session" if args.session else "once"
+    reply = client.request({"op": "answer", "id": args.id, "answer": answer})
+    print(f"approved ({answer}): {describe(reply['ask'])}")
+    return 0
+
+
+def cmd_deny(args: argparse.Namespace, client: ControlClient) -> int:
+    reason = " ".join(args.reason)
+    reply = client.request({"op": "answer", "id": args.id, "answer": "deny",
+                            "reason": reason})
+    print(f"denied: {describe(reply['ask'])}")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace, client: ControlClient) -> int:
+    grant = client.request({"op": "revoke", "id": args.id})["revoked"]
+    print(f"revoked {grant['scope']} approval {grant['id']}: {grant['plugin']} "
+          f"{grant['kind']} on {grant['resource']}")
+    return 0
+
+
+def verbs(client_of: ClientOf) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """The verbs for the client's command table."""
+    table = {"approvals": cmd_approvals, "approve": cmd_approve, "deny": cmd_deny,
+             "revoke": cmd_revoke}
+    return {name: (lambda args, fn=fn: fn(args, client_of(args)))  # type: ignore[misc]
+            for name, fn in table.items()}
+
+
+__all__ = ["add_parsers", "describe", "verbs"]
