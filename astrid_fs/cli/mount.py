@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from astrid_fs.cli import review as review_cli
+from astrid_fs.drivers.errors import DriverError
 from astrid_fs.errors import AstridFsError, MountError, SessionError, UsageError
 from astrid_fs.fuse.daemon import DaemonConfig
 from astrid_fs.fuse.mountinfo import fuse_mount_alive, is_mountpoint
 from astrid_fs.fuse.shim import current_env_with_shim
 from astrid_fs.mounttable import MountTable
 from astrid_fs.overlay.remote import prepare_session_mounts
+from astrid_fs.review.bases import record_if_fresh
 from astrid_fs.review.changes import scan
 from astrid_fs.session import (
     Session,
@@ -149,6 +151,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         session=name, astrid_home=str(home), control=str(session.control_socket),
         mounts=_prepare_mounts(args.mounts, session, existed),
     )
+    _record_base(session, existed)
     if args.foreground:
         print(f"session {name}: mounting on {mountpoint} (Ctrl-C to unmount)", flush=True)
         os.execve(sys.executable,
@@ -162,6 +165,17 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise
     print(f"session {name} mounted on {mountpoint}")
     return 0
+
+
+def _record_base(session: Session, existed: bool) -> None:
+    """The session's base (review/bases.py): recorded before the daemon can
+    serve a single write, so every later change has something to be judged by."""
+    try:
+        record_if_fresh(session.root, session.lower, session.upper)
+    except (OSError, DriverError) as e:
+        if not existed:
+            shutil.rmtree(session.root, ignore_errors=True)  # nothing half-made
+        raise MountError(f"cannot record the session's base of {session.lower}: {e}") from e
 
 
 def _prepare_mounts(mounts: str | None, session: Session, existed: bool) -> str | None:

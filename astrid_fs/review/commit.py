@@ -30,6 +30,7 @@ from astrid_fs.overlay.layers import COMMIT_STAGING_PREFIX
 from astrid_fs.overlay.remote import SESSION_TABLE
 from astrid_fs.overlay.whiteout import is_opaque
 from astrid_fs.review import journal
+from astrid_fs.review.bases import open_index
 from astrid_fs.review.changes import Change, scan, user_xattrs
 from astrid_fs.review.conflicts import check_conflicts
 from astrid_fs.review.journal import Cleanup, DirMeta, Place, Record, Stage, Steps, Vacate
@@ -94,16 +95,21 @@ def session_changes(session: Session) -> list[Change]:
     control.sync(session)
     check_lower_usable(session)
     local = scan(session.upper, session.lower, session.xattrs)
+    index = open_index(session.root)
     lowers = open_lowers(session)
-    if lowers is None:
-        return check_conflicts(local, session.lower)
     try:
+        if lowers is None:
+            return check_conflicts(local, session.lower, index)
         # the upper dirs holding mount points (`mnt` for /mnt/s3) are no change
         local = split_remote(local, mount_points(lowers))[0]
-        remote = scan_remote(session, lowers)
+        remote = scan_remote(session, lowers, index)
+        return sorted(check_conflicts(local, session.lower, index) + remote,
+                      key=lambda c: c.path)
     finally:
-        lowers.close()
-    return sorted(check_conflicts(local, session.lower) + remote, key=lambda c: c.path)
+        if lowers is not None:
+            lowers.close()
+        if index is not None:
+            index.close()
 
 
 def resolve_paths(session: Session, raw: list[str]) -> list[str]:

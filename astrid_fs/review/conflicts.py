@@ -1,8 +1,11 @@
 """Conflicts: has the lower entry a change was based on moved on since?
 
-Judged from the change's `origin` fingerprint alone (recorded at copy-up);
-a change without one has an unknown base and never conflicts. See
-docs/design/journal.md, "Base fingerprints and conflicts".
+Judged first from the change's `origin` fingerprint (recorded at copy-up),
+then, for every lower entry the change replaces, deletes or hides without
+having copied it (an editor's save over it, `rm`, `mv` over it, an opaque
+dir, an add where the project added the same name), from the session's base
+index (bases.py). A change with neither has an unknown base and never
+conflicts. See docs/design/journal.md, "Base fingerprints and conflicts".
 """
 
 from __future__ import annotations
@@ -10,18 +13,56 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import replace
+from pathlib import Path
 
 from astrid_fs.overlay.layers import lstat_or_none
 from astrid_fs.overlay.whiteout import kind_of_mode
+from astrid_fs.review.bases import Base, BaseIndex, Unknown, same_local, walk_local
 from astrid_fs.review.changes import Change, file_blake3
 
 
-def check_conflicts(changes: list[Change], lower: str | os.PathLike[str]) -> list[Change]:
+def check_conflicts(changes: list[Change], lower: str | os.PathLike[str],
+                    index: BaseIndex | None = None) -> list[Change]:
     """The same changes, each with `conflict` set when the lower entry it was
-    based on (its origin fingerprint) has changed since. Without an origin the
-    base is unknown and no conflict can be seen (kernel overlayfs copy-ups)."""
+    based on (its origin fingerprint, else its row in the base `index`) has
+    changed since. With neither the base is unknown and no conflict can be
+    seen (kernel overlayfs copy-ups, sessions older than the index)."""
     root = os.fspath(lower)
-    return [replace(c, conflict=conflict_of(c, root)) for c in changes]
+    return [replace(c, conflict=conflict_of(c, root) or base_conflict(c, root, index))
+            for c in changes]
+
+
+def base_conflict(change: Change, lower: str, index: BaseIndex | None) -> str | None:
+    """Why the lower entry `change` replaces, deletes or hides (where its
+    origin does not already vouch for it) differs from the session's base."""
+    if index is None:
+        return None
+    path = change.path if change.status == "A" else change.lower_path
+    if path is None or (change.origin is not None and change.origin.path == path):
+        return None
+    st = lstat_or_none(os.path.join(lower, path))
+    why = _differs(path, index.lookup(path), None if st is None else Base.of_stat(st))
+    if why is not None:
+        return why
+    if ((change.status == "D" and change.kind == "dir")
+            or (change.status == "T" and change.old_kind == "dir")):
+        # A deleted or replaced tree takes every entry below it along.
+        for sub, now in walk_local(Path(lower), path):
+            if sub != path:
+                why = _differs(sub, index.lookup(sub), now)
+                if why is not None:
+                    return why
+    return None
+
+
+def _differs(path: str, base: Base | Unknown | None, now: Base | None) -> str | None:
+    if isinstance(base, Unknown) or same_local(base, now):
+        return None
+    if base is None:
+        return f"{path} was added to the project since the session began"
+    if now is None:
+        return f"{path} was deleted from the project since the session began"
+    return f"{path} changed in the project since the session began"
 
 
 def conflict_of(change: Change, lower: str) -> str | None:

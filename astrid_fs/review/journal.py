@@ -37,9 +37,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from astrid_fs.drivers.errors import DriverError
 from astrid_fs.durable import fsync_dir, write_atomic
 from astrid_fs.errors import SessionError
+from astrid_fs.overlay.layers import lstat_or_none
 from astrid_fs.overlay.whiteout import OverlayXattrs, get_redirect, is_opaque
+from astrid_fs.review.bases import Base, BaseIndex, open_index, walk_local
 from astrid_fs.review.entrycopy import clone_or_copy, copy_entry, copy_meta
 from astrid_fs.review.lowers import SessionLowers
 from astrid_fs.review.remote_commit import RemoteOp, apply_op
@@ -431,9 +434,51 @@ def _clean(session: Session, rec: Record, steps: Steps) -> None:
             os.unlink(path)
         steps.step()
     shutil.rmtree(rec.staging, ignore_errors=True)
+    _rebase(session, rec)
     sync_fs(upper)
     steps.step()
     forget(session, rec.txid)
+
+
+def _rebase(session: Session, rec: Record) -> None:
+    """The landed entries are the session's new base (bases.py): without
+    this, the session's next change to them would conflict with its own
+    commit. Repeating it is harmless (it records what the lower holds now)."""
+    index = open_index(session.root)
+    if index is None:
+        return
+    try:
+        moved = {p.to for p in rec.place if p.op == "move"}
+        for v in rec.vacate:
+            index.forget_tree(v.path)
+        for path in rec.paths:
+            if path in moved:
+                index.forget_tree(path)
+                index.put(walk_local(session.lower, path))
+            else:
+                st = lstat_or_none(os.path.join(session.lower, path))
+                index.put([(path, None if st is None else Base.of_stat(st))])
+        if rec.remote:
+            _rebase_remote(session, rec, index)
+    finally:
+        index.close()
+
+
+def _rebase_remote(session: Session, rec: Record, index: BaseIndex) -> None:
+    lowers = SessionLowers.open(session.root, session.lower)
+    try:
+        for op in rec.remote:
+            if op.op == "delete_tree":
+                index.forget_tree(op.path)
+                continue
+            r = lowers.resolve(op.path)
+            try:
+                now = r.driver.stat(r.rel)
+            except DriverError:
+                continue  # a stale base can only add a conflict, never hide one
+            index.put([(op.path, None if now is None else Base.of_entry(now))])
+    finally:
+        lowers.close()
 
 
 def prune_dir(session: Session, rel: str, names: OverlayXattrs) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from astrid_fs.drivers.base import EntryStat
@@ -27,6 +27,7 @@ from astrid_fs.overlay.whiteout import (
     is_whiteout,
     kind_of_mode,
 )
+from astrid_fs.review.bases import Base, BaseIndex, Unknown, same_remote, walk_remote
 from astrid_fs.review.changes import Change, Flag, Status
 from astrid_fs.review.lowers import SessionLowers
 from astrid_fs.session import Session
@@ -48,14 +49,50 @@ def mount_points(lowers: SessionLowers) -> list[str]:
     return [e.path.strip("/") for e in lowers.table.entries if e.path != "/"]
 
 
-def scan_remote(session: Session, lowers: SessionLowers) -> list[Change]:
-    """Every change under a mounted source, conflicts marked."""
+def scan_remote(session: Session, lowers: SessionLowers,
+                index: BaseIndex | None = None) -> list[Change]:
+    """Every change under a mounted source, conflicts marked: by the copy-up's
+    origin (its ETag), else by the session's base `index` for what the session
+    replaced, deleted or added without copying it."""
     found: list[Change] = []
     for point in mount_points(lowers):
         up = os.path.join(session.upper, point)
         if os.path.isdir(up) and not os.path.islink(up):
             _walk(session, lowers, point, exists=True, found=found)
+    if index is not None:
+        found = [c if c.conflict else replace(c, conflict=_base_conflict(c, lowers, index))
+                 for c in found]
     return sorted(found, key=lambda c: c.path)
+
+
+def _base_conflict(change: Change, lowers: SessionLowers, index: BaseIndex) -> str | None:
+    """Why the source's entry at `change.path` (and, for a deleted or
+    replaced dir, below it) is not what the session's base recorded."""
+    if change.origin is not None and change.origin.blake3 is not None:
+        return None  # judged by the origin's fingerprint already
+    r = lowers.resolve(change.path)
+    now = r.driver.stat(r.rel)
+    why = _remote_differs(change.path, index.lookup(change.path),
+                          None if now is None else Base.of_entry(now), r.remote_path)
+    if why is not None or now is None or not now.is_dir or change.status not in ("D", "T"):
+        return why
+    point = change.path[:len(change.path) - len(r.rel)].rstrip("/")
+    for sub, entry in walk_remote(r.driver, point, r.rel):
+        why = _remote_differs(sub, index.lookup(sub), entry, lowers.resolve(sub).remote_path)
+        if why is not None:
+            return why
+    return None
+
+
+def _remote_differs(path: str, base: Base | Unknown | None, now: Base | None,
+                    shown: str) -> str | None:
+    if isinstance(base, Unknown) or same_remote(base, now):
+        return None
+    if base is None:
+        return f"{shown} was added since the session began"
+    if now is None:
+        return f"{shown} was deleted since the session began"
+    return f"{shown} changed since the session began"
 
 
 def _kind(entry: EntryStat) -> str:

@@ -1,0 +1,244 @@
+"""The session's base: what every project entry was when the session began.
+
+A copy-up records the fingerprint of the one lower entry it copied (its
+`origin`), but a session also replaces lower entries without copying them
+(an editor's save: temp file + rename over), deletes them (a whiteout), moves
+other files over them, hides them under an opaque dir, and adds files where
+the project may add the same name. None of those carries an origin, so
+without a base nothing can tell "the session changed this" from "the user
+changed this meanwhile". This index is that base, as git's index is: one row
+per project entry (kind, inode, size, mtime, mode; the ETag for an object of
+a mounted source), recorded when the session starts, refreshed for the
+entries a commit lands and for those `update` takes in.
+
+Knows: how to record and look up fingerprints, and when an entry differs
+from its base. Does not know: which changes need a base (conflicts.py) or
+when to record one (cli, commit, update). The index lives in the session
+dir as `bases.sqlite`; a session without one (made before this existed, or
+over an upper another tool wrote) has an unknown base and no such checks.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from astrid_fs.drivers.base import EntryStat, LowerDriver
+from astrid_fs.overlay.layers import COMMIT_STAGING_PREFIX, lstat_or_none
+from astrid_fs.overlay.whiteout import kind_of_mode
+
+INDEX_NAME = "bases.sqlite"
+_XDEV = "xdev"  # another filesystem mounted inside the lower: its contents are unknown
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS base (path TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+           "ino INTEGER, size INTEGER, mtime_ns INTEGER, mode INTEGER, etag TEXT)")
+
+
+@dataclass(frozen=True)
+class Base:
+    """A project entry as the session's base recorded it (None fields: not known)."""
+
+    kind: str
+    ino: int | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    mode: int | None = None
+    etag: str | None = None
+
+    @classmethod
+    def of_stat(cls, st: os.stat_result) -> Base:
+        return cls(kind_of_mode(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns,
+                   st.st_mode)
+
+    @classmethod
+    def of_entry(cls, entry: EntryStat) -> Base:
+        return cls("dir" if entry.is_dir else entry.kind, None, entry.size, None,
+                   None, entry.etag)
+
+
+class Unknown:
+    """The base of an entry nothing recorded (no index, or under another fs)."""
+
+
+UNKNOWN = Unknown()
+Found = Base | Unknown | None  # None: the entry was absent from the base
+
+
+def same_local(base: Base | None, now: Base | None) -> bool:
+    """Is the lower entry `now` (as `Base.of_stat` makes it) the one the base
+    recorded (absent = absent)? A dir counts as the same while it is the same
+    inode (its mtime moves with its children); anything else by (kind, ino,
+    size, mtime, mode)."""
+    if base is None or now is None:
+        return base is None and now is None
+    if now.kind != base.kind:
+        return False
+    if base.kind == "dir":
+        return base.ino is None or base.ino == now.ino
+    return (base.ino, base.size, base.mtime_ns, base.mode) == (
+        now.ino, now.size, now.mtime_ns, now.mode)
+
+
+def same_remote(base: Base | None, now: Base | None) -> bool:
+    """Is the source's entry `now` (as `Base.of_entry` makes it) the one the
+    base recorded? Objects by ETag (or size where the source gives none);
+    dirs by kind."""
+    if base is None or now is None:
+        return base is None and now is None
+    kind = now.kind
+    if kind != base.kind:
+        return False
+    if kind == "dir":
+        return True
+    if base.etag is not None or now.etag is not None:
+        return base.etag == now.etag
+    return base.size == now.size
+
+
+class BaseIndex:
+    """The recorded base of one session (an open sqlite database)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path)
+        self.db.execute(_SCHEMA)
+        self._xdev: list[str] | None = None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> BaseIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def lookup(self, path: str) -> Found:
+        """The base of session path `path`: a Base, None (absent from the
+        project when the session began) or UNKNOWN."""
+        if self._xdev is None:
+            self._xdev = [r[0] for r in self.db.execute(
+                "SELECT path FROM base WHERE kind = ?", (_XDEV,))]
+        if any(path == x or path.startswith(x + "/") for x in self._xdev):
+            return UNKNOWN
+        row = self.db.execute("SELECT kind, ino, size, mtime_ns, mode, etag FROM base "
+                              "WHERE path = ?", (path,)).fetchone()
+        return None if row is None else Base(*row)
+
+    def put(self, rows: Iterable[tuple[str, Base | None]]) -> None:
+        """Record (or, for None, forget) the base of each path, in one transaction."""
+        with self.db:
+            for path, base in rows:
+                if base is None:
+                    self.db.execute("DELETE FROM base WHERE path = ?", (path,))
+                else:
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO base VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (path, base.kind, base.ino, base.size, base.mtime_ns, base.mode,
+                         base.etag))
+        self._xdev = None
+
+    def forget_tree(self, path: str) -> None:
+        """Drop the rows of `path` and everything below it."""
+        with self.db:
+            self.db.execute("DELETE FROM base WHERE path = ? OR substr(path, 1, ?) = ?",
+                            (path, len(path) + 1, path + "/"))
+        self._xdev = None
+
+
+def index_path(session_root: Path) -> Path:
+    return session_root / INDEX_NAME
+
+
+def open_index(session_root: Path) -> BaseIndex | None:
+    """The session's base index, or None if it never recorded one."""
+    path = index_path(session_root)
+    return BaseIndex(path) if path.exists() else None
+
+
+def walk_local(lower: Path, rel: str = "") -> Iterator[tuple[str, Base]]:
+    """(session path, Base) for `lower/rel` and everything below it, not
+    crossing into other filesystems (those are recorded as unknown)."""
+    top = lower / rel if rel else lower
+    root_st = lstat_or_none(os.fspath(top))
+    if root_st is None:
+        return
+    if rel:
+        yield rel, Base.of_stat(root_st)
+    if not stat.S_ISDIR(root_st.st_mode):
+        return
+    dev = os.lstat(lower).st_dev
+    stack = [rel]
+    staging = COMMIT_STAGING_PREFIX.decode()
+    while stack:
+        here = stack.pop()
+        try:
+            with os.scandir(lower / here if here else lower) as it:
+                entries = list(it)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for e in entries:
+            if not here and e.name.startswith(staging):
+                continue
+            path = f"{here}/{e.name}" if here else e.name
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and st.st_dev != dev:
+                yield path, Base(_XDEV)
+                continue
+            yield path, Base.of_stat(st)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(path)
+
+
+def walk_remote(driver: LowerDriver, point: str, rel: str = "") -> Iterator[tuple[str, Base]]:
+    """(session path, Base) for every entry of a mounted source below `rel`
+    (`point`: where the source is mounted in the session, "mnt/s3")."""
+    stack = [rel]
+    while stack:
+        here = stack.pop()
+        for name, entry in driver.list_dir(here):
+            sub = f"{here}/{name}" if here else name
+            yield f"{point}/{sub}", Base.of_entry(entry)
+            if entry.is_dir:
+                stack.append(sub)
+
+
+def record(session_root: Path, lower: Path,
+           remotes: Iterable[tuple[str, LowerDriver]] = ()) -> None:
+    """Record the whole base afresh (the lower tree, then each mounted source),
+    replacing any earlier index at once (built aside, then renamed)."""
+    final = index_path(session_root)
+    tmp = final.with_name(final.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    index = BaseIndex(tmp)
+    try:
+        index.put(walk_local(lower))
+        for point, driver in remotes:
+            index.put(walk_remote(driver, point))
+    finally:
+        index.close()
+    os.replace(tmp, final)
+
+
+def record_if_fresh(session_root: Path, lower: Path, upper: Path) -> bool:
+    """Record the base when the session has none yet or holds no change (an
+    empty upper): what the session starts from is the project as it is now.
+    An index under changes is kept: those changes were made against it."""
+    if index_path(session_root).exists() and any(os.scandir(upper)):
+        return False
+    # Imported here: the lowers open drivers, which only this step needs.
+    from astrid_fs.review.lowers import SessionLowers
+
+    lowers = SessionLowers.open(session_root, lower)
+    try:
+        record(session_root, lower, [(e.path.strip("/"), lowers.drivers[e.path])
+                                     for e in lowers.table.entries if e.path != "/"])
+    finally:
+        lowers.close()
+    return True
