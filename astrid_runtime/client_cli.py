@@ -3,7 +3,7 @@
     astrid publish TOPIC DATA        publish DATA (text; `-` reads stdin) on TOPIC
     astrid tail PATTERN              print bus messages matching PATTERN
     astrid status                    plugins, state, restarts, mailbox depth
-    astrid plugin install PATH       pin a plugin in plugins.lock (grants what it asks)
+    astrid plugin install PATH       show what a plugin asks, pin it in plugins.lock
     astrid plugin verify             check every pinned component against its blake3
     astrid plugin list               show the pins
     astrid run [--lower DIR]         an agent session over DIR, typed at (run_cli.py)
@@ -28,8 +28,9 @@ from astrid_runtime import approval_cli, run_cli
 from astrid_runtime.config import default_socket, load_config
 from astrid_runtime.control import ControlClient
 from astrid_runtime.errors import KernelError, KernelUnreachable, VerifyError
-from astrid_runtime.lockfile import entry_for, load_lockfile, read_verified
-from astrid_runtime.manifest import load_manifest
+from astrid_runtime.grants import DEFAULT_POLICY
+from astrid_runtime.install import describe, plan_install, refusal, wildcard_refusal
+from astrid_runtime.lockfile import load_lockfile, read_verified
 from astrid_runtime.scaffold import scaffold_plugin
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_MISMATCH = 1, 2, 3, 4
@@ -67,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     inst = psub.add_parser("install", help="pin PATH (a plugin dir or plugin.toml)",
                            epilog="example: astrid plugin install plugins/notes")
     inst.add_argument("path", type=Path)
+    inst.add_argument("--allow-wildcards", action="store_true",
+                      help="grant publish/subscribe patterns with '*' or '>' without asking")
     new = psub.add_parser("new", help="scaffold a Python plugin in DIR/NAME",
                           epilog="example: astrid plugin new greeter plugins")
     new.add_argument("name")
@@ -159,9 +162,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def is_component(wasm: bytes) -> bool:
-    """The component-model binary header: magic, then layer 1 (a core module has 0)."""
-    return wasm[:4] == b"\0asm" and wasm[6:8] == b"\x01\x00"
+def _install(args: argparse.Namespace, lock_path: Path) -> int:
+    policy = load_config(args.config).grant_policy if args.config else DEFAULT_POLICY
+    plan = plan_install(args.path, policy)
+    print("\n".join(describe(plan.entry)))
+    refused = refusal(plan)
+    if refused:
+        raise KernelError(refused)
+    if plan.wildcards and not args.allow_wildcards:
+        if not sys.stdin.isatty():
+            raise KernelError(wildcard_refusal(plan))
+        answer = input(f"grant the wildcards {', '.join(plan.wildcards)}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise KernelError(wildcard_refusal(plan))
+    lock = load_lockfile(lock_path)
+    lock.with_entry(plan.entry).save()
+    print(f"pinned {plan.entry.name} {plan.entry.version} blake3 {plan.entry.blake3[:16]}… "
+          f"in {lock_path}")
+    return 0
 
 
 def cmd_plugin(args: argparse.Namespace) -> int:
@@ -172,20 +190,7 @@ def cmd_plugin(args: argparse.Namespace) -> int:
         return 0
     lock_path = _lockfile(args)
     if args.plugin_command == "install":
-        manifest = load_manifest(args.path)
-        try:
-            wasm = manifest.component.read_bytes()
-        except OSError as e:
-            raise KernelError(f"{manifest.path}: component {manifest.component}: "
-                              f"{e.strerror}") from None
-        if not is_component(wasm):
-            raise KernelError(f"{manifest.component}: not a WebAssembly component "
-                              "(a core module? wrap it with `wasm-tools component new`)")
-        lock = load_lockfile(lock_path)
-        entry = entry_for(manifest, wasm)
-        lock.with_entry(entry).save()
-        print(f"pinned {entry.name} {entry.version} blake3 {entry.blake3[:16]}… in {lock_path}")
-        return 0
+        return _install(args, lock_path)
     lock = load_lockfile(lock_path, missing_ok=False)
     if args.plugin_command == "verify":
         bad = 0

@@ -12,6 +12,11 @@
     log_format = "json"               # json or text
     nats = "nats://127.0.0.1:4222"    # optional: bridge the bus to NATS
     nats_subscribe = [">"]            # topics to take in from NATS
+    allow_wildcard_grants = true      # false: refuse any plugin granted a `*` or `>` pattern
+
+    [ceilings]                        # the most any plugin may be granted (same keys as a
+    call_timeout_ms = 5000            # manifest's [limits]; default: grants.DEFAULT_CEILINGS)
+    max_crashes = 5
 
 Every key is optional; `astridd` with no config file runs with these defaults.
 """
@@ -23,10 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from astrid_runtime.errors import ConfigError
+from astrid_runtime.grants import DEFAULT_CEILINGS, DEFAULT_POLICY, GrantPolicy
+from astrid_runtime.manifest import parse_limits
 from astrid_runtime.tomlfile import TomlDoc
 
 _KEYS = {"home", "lockfile", "plugins", "socket", "kv", "compile_cache", "guest_threads",
-         "epoch_tick_ms", "log_level", "log_format", "nats", "nats_subscribe"}
+         "epoch_tick_ms", "log_level", "log_format", "nats", "nats_subscribe",
+         "allow_wildcard_grants", "ceilings"}
 
 
 def default_home() -> Path:
@@ -48,6 +56,8 @@ class KernelConfig:
     log_format: str = "json"
     nats: str | None = None
     nats_subscribe: tuple[str, ...] = (">",)
+    #: Ceilings on every plugin's limits and whether wildcard grants are allowed.
+    grant_policy: GrantPolicy = DEFAULT_POLICY
 
     @property
     def cache_dir(self) -> Path | None:
@@ -99,11 +109,15 @@ def load_config(path: Path) -> KernelConfig:
                       check=lambda v: None if v >= 1 else "must be at least 1")
     tick = doc.get(t, "epoch_tick_ms", int, 10,
                    check=lambda v: None if 1 <= v <= 1000 else "must be 1..1000")
+    policy = GrantPolicy(
+        parse_limits(doc, doc.get(t, "ceilings", dict, {}), "ceilings", DEFAULT_CEILINGS),
+        doc.get(t, "allow_wildcard_grants", bool, True))
     return KernelConfig(home=home, lockfile=lock.resolve(), plugins=plugins, socket=sock,
                         kv_url=kv, compile_cache=doc.get(t, "compile_cache", bool, True),
                         guest_threads=threads, epoch_tick_ms=tick, log_level=level,
                         log_format=fmt, nats=doc.get(t, "nats", str, None),
-                        nats_subscribe=doc.string_list(t, "nats_subscribe") or (">",))
+                        nats_subscribe=doc.string_list(t, "nats_subscribe") or (">",),
+                        grant_policy=policy)
 
 
 __all__ = ["ConfigError", "KernelConfig", "default_home", "default_socket", "defaults",

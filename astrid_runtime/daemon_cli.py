@@ -78,7 +78,7 @@ async def run(config: KernelConfig) -> None:
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_kernel(engine, kv, guest_threads=config.guest_threads,
-                                   log=log) as kernel:
+                                   log=log, policy=config.grant_policy) as kernel:
                 server = ControlServer(kernel, config.socket)
                 await kernel.start_service(server.serve)
                 log.event("info", "kernel.listening", socket=str(config.socket),

@@ -10,12 +10,24 @@
     component = "plugins/notes/build/notes.wasm" # relative to this file
     blake3 = "9f2c..."                          # of the component's bytes
 
-    [plugin.grants]
+    [plugin.grants]                             # as the operator approved them
     publish = ["notes.>"]
     subscribe = ["notes.>"]
     kv = true
     vfs = []
     cap = []
+
+    [plugin.limits]                             # every limit, pinned at install
+    memory_mb = 96
+    call_timeout_ms = 2000
+    ...
+
+Grants and limits are what the kernel enforces: the manifest's `[limits]`
+and `[capabilities]` are read only by `astrid plugin install`, so editing
+them changes nothing until the plugin is installed again (and the kernel
+checks the pins against its own ceilings at every boot; `grants.GrantPolicy`).
+A pin written before limits were pinned has none: the kernel's defaults
+apply to it.
 
 The kernel reads a component's bytes once, checks their blake3 against the
 pin, and compiles exactly those bytes: there is no window in which another
@@ -33,8 +45,8 @@ from pathlib import Path
 from astrid_runtime.atomic import write_atomic
 from astrid_runtime.engine import digest
 from astrid_runtime.errors import LockfileError, VerifyError
-from astrid_runtime.grants import Grants
-from astrid_runtime.manifest import NAME_RE, Manifest
+from astrid_runtime.grants import DEFAULT_LIMITS, Grants, Limits
+from astrid_runtime.manifest import NAME_RE, Manifest, parse_limits
 from astrid_runtime.tomlfile import TomlDoc
 
 FORMAT_VERSION = 1
@@ -49,6 +61,7 @@ class LockEntry:
     component: Path
     blake3: str
     grants: Grants
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,9 @@ def render(lock: Lockfile) -> str:
             f"vfs = [{', '.join(map(_q, g.vfs))}]",
             f"cap = [{', '.join(map(_q, g.cap))}]",
             "",
+            "[plugin.limits]",
+            *(f"{key} = {value!r}" for key, value in e.limits.to_toml().items()),
+            "",
         ]
     return "\n".join(out)
 
@@ -132,7 +148,8 @@ def _parse_entry(doc: TomlDoc, table: object, i: int, base: Path) -> LockEntry:
     if not isinstance(table, dict):
         raise doc.fail("each [[plugin]] must be a table", "plugin", None, i)
     t = "plugin"
-    doc.unknown_keys(table, {"name", "version", "source", "component", "blake3", "grants"}, t, i)
+    doc.unknown_keys(table, {"name", "version", "source", "component", "blake3", "grants",
+                             "limits"}, t, i)
     for key in ("name", "version", "component", "blake3"):
         if key not in table:
             raise doc.fail(f"[[plugin]] is missing {key!r}", t, None, i)
@@ -153,14 +170,16 @@ def _parse_entry(doc: TomlDoc, table: object, i: int, base: Path) -> LockEntry:
         vfs=doc.string_list(gt, "vfs", table_name=gname, index=i),
         cap=doc.string_list(gt, "cap", table_name=gname, index=i),
     )
+    limits = parse_limits(doc, doc.get(table, "limits", dict, {}, table_name=t, index=i),
+                          "plugin.limits", DEFAULT_LIMITS, i)
     return LockEntry(name, version, (base / source).resolve(), (base / component).resolve(),
-                     pin, grants)
+                     pin, grants, limits)
 
 
 def entry_for(manifest: Manifest, wasm: bytes) -> LockEntry:
-    """The pin `astrid plugin install` records: the manifest's asks become grants."""
+    """The pin `astrid plugin install` records: the asks and limits the operator approved."""
     return LockEntry(manifest.name, manifest.version, manifest.path.parent.resolve(),
-                     manifest.component, digest(wasm), manifest.asks)
+                     manifest.component, digest(wasm), manifest.asks, manifest.limits)
 
 
 def read_verified(entry: LockEntry, component: Path | None = None) -> bytes:

@@ -5,14 +5,15 @@
     component = "build/notes.wasm" # relative to this file
     config = ""                    # string handed to the plugin's init()
 
-    [capabilities]                 # what it asks for; `astrid plugin install` grants it
+    [capabilities]                 # what it asks for; the operator grants it at install
     publish = ["notes.>"]
     subscribe = ["notes.>", "user.input"]
     kv = true
     vfs = ["workspace"]
     cap = ["net.http"]
 
-    [limits]                       # all optional; see grants.Limits for defaults
+    [limits]                       # all optional; see grants.Limits for defaults;
+                                   # pinned in plugins.lock at install, like the grants
     memory_mb = 128
     call_timeout_ms = 2000
     fuel_per_call = 1000000000
@@ -31,25 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from astrid_runtime.errors import KernelError, ManifestError
-from astrid_runtime.grants import DEFAULT_LIMITS, Grants, Limits
+from astrid_runtime.grants import DEFAULT_LIMITS, FLOAT_LIMIT_KEYS, LIMIT_KEYS, Grants, Limits
 from astrid_runtime.tomlfile import TomlDoc
 from astrid_runtime.topics import validate_pattern
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MANIFEST_NAME = "plugin.toml"
-
-# key in [limits] -> (Limits field, scale)
-_LIMIT_KEYS: dict[str, tuple[str, int]] = {
-    "memory_mb": ("memory_bytes", 1024 * 1024),
-    "call_timeout_ms": ("call_timeout_ms", 1),
-    "fuel_per_call": ("fuel_per_call", 1),
-    "mailbox": ("mailbox", 1),
-    "max_payload_kb": ("max_payload_bytes", 1024),
-    "publish_per_sec": ("publish_per_sec", 1),
-    "max_crashes": ("max_crashes", 1),
-}
-_FLOAT_LIMIT_KEYS = ("crash_window_s", "backoff_initial_s", "backoff_max_s")
-
 
 @dataclass(frozen=True)
 class Manifest:
@@ -110,16 +98,19 @@ def parse_manifest(doc: TomlDoc) -> Manifest:
     return Manifest(doc.path, name, version, component, config, asks, limits)
 
 
-def parse_limits(doc: TomlDoc, table: dict[str, Any], table_name: str, base: Limits) -> Limits:
-    """A `[limits]` table applied over `base`."""
-    doc.unknown_keys(table, set(_LIMIT_KEYS) | set(_FLOAT_LIMIT_KEYS), table_name)
+def parse_limits(doc: TomlDoc, table: dict[str, Any], table_name: str, base: Limits,
+                 index: int = 0) -> Limits:
+    """A `[limits]` table applied over `base` (the manifest's, a lock pin's, the ceilings)."""
+    doc.unknown_keys(table, set(LIMIT_KEYS) | set(FLOAT_LIMIT_KEYS), table_name, index)
     changes: dict[str, Any] = {}
-    for key, (field_name, scale) in _LIMIT_KEYS.items():
-        value = doc.get(table, key, int, None, table_name=table_name, check=_positive)
+    for key, (field_name, scale) in LIMIT_KEYS.items():
+        value = doc.get(table, key, int, None, table_name=table_name, index=index,
+                        check=_positive)
         if value is not None:
             changes[field_name] = value * scale
-    for key in _FLOAT_LIMIT_KEYS:
-        value = doc.get(table, key, (int, float), None, table_name=table_name, check=_positive)
+    for key in FLOAT_LIMIT_KEYS:
+        value = doc.get(table, key, (int, float), None, table_name=table_name, index=index,
+                        check=_positive)
         if value is not None:
             changes[key] = float(value)
     return base.replace(**changes)

@@ -28,12 +28,14 @@ manifest = load_manifest(Path(sys.argv[1]))
 entry = load_lockfile(Path("plugins.lock")).get(manifest.name)
 try:
     ok = (entry is not None and entry.version == manifest.version
-          and entry.grants == manifest.asks and read_verified(entry, manifest.component) != b"")
+          and entry.grants == manifest.asks and entry.limits == manifest.limits
+          and read_verified(entry, manifest.component) != b"")
 except KernelError:
     ok = False
 sys.exit(0 if ok else 1)
 PY
     then
-        .venv/bin/astrid --lockfile plugins.lock plugin install "$dir"
+        # Shipped plugins are the project's own: their scoped wildcards (notes.>) are reviewed here.
+        .venv/bin/astrid --lockfile plugins.lock plugin install --allow-wildcards "$dir"
     fi
 done

@@ -62,7 +62,8 @@ def daemon(tmp_path: Path, component_paths: dict[str, Path]) -> Iterator[Daemon]
     relay = write_plugin(plugins, "relay", component_paths["relay"], config="demo",
                          publish=("demo.>",), subscribe=("demo",))
     lock = tmp_path / "plugins.lock"
-    done = subprocess.run([*ASTRID, "--lockfile", str(lock), "plugin", "install", str(relay)],
+    done = subprocess.run([*ASTRID, "--lockfile", str(lock), "plugin", "install",
+                           "--allow-wildcards", str(relay)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     unlisted = write_plugin(plugins, "unlisted", component_paths["relay"], config="x",
@@ -185,14 +186,16 @@ def test_kv_written_through_a_plugin_survives_the_daemon(
 
     home = tmp_path / "home"
     # Reuse the tests' compile cache (same engine settings, same key): no 18 MiB recompile.
+    # Its entries are sealed with the test build's kernel secret, so the home shares it.
     (home / "cache").mkdir(parents=True)
     for cached in (component_paths["pyecho"].parent / "cwasm").glob("*.cwasm"):
         os.link(cached, home / "cache" / cached.name)
+    os.link(component_paths["pyecho"].parent / "kernel.key", home / "kernel.key")
     plugin = write_plugin(tmp_path / "plugins", "pyecho", component_paths["pyecho"],
                           publish=("echo.>",), subscribe=("echo.>",), kv=True)
     lock = tmp_path / "plugins.lock"
-    subprocess.run([*ASTRID, "--lockfile", str(lock), "plugin", "install", str(plugin)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run([*ASTRID, "--lockfile", str(lock), "plugin", "install", "--allow-wildcards",
+                    str(plugin)], check=True, capture_output=True, timeout=60)
     config = tmp_path / "astridd.toml"
     config.write_text(f'home = "{home}"\nkv = "surrealkv://kv"\n')
     proc = subprocess.Popen([*ASTRIDD, "--config", str(config), "--lockfile", str(lock)],
