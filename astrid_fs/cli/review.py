@@ -94,7 +94,7 @@ def open_and_recover(name: str, reading: bool = False) -> Session:
     session = open_session(name)
     try:
         with journal.locked(session):
-            for line in finish_interrupted(session):
+            for line in finish_interrupted(session, _say_waiting):
                 print(f"astrid-fs: {line}", file=sys.stderr)
             finish_rollback(session)
     except journal.BusyError:
@@ -143,12 +143,17 @@ class _Progress:
             print(file=sys.stderr)
 
 
+def _say_waiting(project: str) -> None:
+    print(f"astrid-fs: waiting for another commit to {project} to finish", file=sys.stderr,
+          flush=True)
+
+
 def cmd_commit(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
     progress = _Progress()
     try:
         result = commit(session, args.paths, force=args.force, dry_run=args.dry_run,
-                        steps=Steps.from_env(progress))
+                        steps=Steps.from_env(progress), on_wait=_say_waiting)
     finally:
         progress.done()
     changes = list(result.changes)

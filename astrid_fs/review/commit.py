@@ -21,6 +21,7 @@ import errno
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from astrid_fs.drivers.errors import DriverError
@@ -35,9 +36,10 @@ from astrid_fs.review.changes import Change, scan, user_xattrs
 from astrid_fs.review.conflicts import check_conflicts
 from astrid_fs.review.journal import Cleanup, DirMeta, Place, Record, Stage, Steps, Vacate
 from astrid_fs.review.lowers import SessionLowers
+from astrid_fs.review.projectlock import project_locked
 from astrid_fs.review.remote_commit import RemoteOp, mount_points, plan_ops, scan_remote
 from astrid_fs.review.selection import is_under, normalize_path, select
-from astrid_fs.session import Session
+from astrid_fs.session import Session, astrid_home
 
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -284,42 +286,66 @@ def conflict_error(conflicts: list[Change]) -> ConflictError:
                          "review with `astrid-fs diff`, then discard them or use --force")
 
 
+def commit_sources(session: Session) -> list[str]:
+    """What a commit of `session` writes: its lower dir and every writable
+    source of its mount table (the keys of the project commit lock)."""
+    sources = [str(session.lower)]
+    lowers = open_lowers(session)
+    if lowers is not None:
+        sources += [e.source for e in lowers.table.entries
+                    if e.path != "/" and not e.read_only]
+        lowers.close()
+    return sources
+
+
 def commit(session: Session, paths: list[str], *, force: bool = False,
-           dry_run: bool = False, steps: Steps | None = None) -> CommitResult:
-    """Land the changes under `paths` (all if empty) in the lower layer."""
+           dry_run: bool = False, steps: Steps | None = None,
+           on_wait: Callable[[str], None] | None = None) -> CommitResult:
+    """Land the changes under `paths` (all if empty) in the lower layer.
+
+    Holds the session's lock and the commit lock of its project(s), so a
+    second commit to the same project (from any session) waits, then sees
+    what this one landed as conflicts. `on_wait(project)` is called first
+    when it has to wait."""
     steps = steps or Steps.from_env()
-    with journal.locked(session):
-        finish_interrupted(session)
-        everything = session_changes(session)
-        chosen = select(everything, resolve_paths(session, paths))
-        skipped: list[Change] = []
-        ops: list[RemoteOp] = []
-        lowers = open_lowers(session)
-        if lowers is not None:
-            try:
-                local, remote, skipped = split_remote(chosen, mount_points(lowers))
-                ops = plan_ops(session, lowers, remote)
-            finally:
-                lowers.close()
-            chosen = local + remote
-        if not chosen:
-            return CommitResult((), None, dry_run, tuple(skipped))
-        conflicts = [c for c in chosen if c.conflict]
-        if conflicts and not force:
-            raise conflict_error(conflicts)
-        rec = replace(plan(session, everything, chosen), remote=tuple(ops))
-        if dry_run:
-            return CommitResult(tuple(chosen), rec, True, tuple(skipped))
-        steps.expect(rec)
-        journal.save_ops(session, rec)
-        journal.save(session, rec)
+    with journal.locked(session), project_locked(
+            commit_sources(session), astrid_home(), on_wait):
+        _recover(session)
+        return _commit_locked(session, paths, force, dry_run, steps)
+
+
+def _commit_locked(session: Session, paths: list[str], force: bool, dry_run: bool,
+                   steps: Steps) -> CommitResult:
+    everything = session_changes(session)
+    chosen = select(everything, resolve_paths(session, paths))
+    skipped: list[Change] = []
+    ops: list[RemoteOp] = []
+    lowers = open_lowers(session)
+    if lowers is not None:
         try:
-            steps.step()
-            journal.run(session, rec, steps)
-        except (OSError, DriverError) as e:
-            raise _failed(session, rec, e) from e
-        control.notify_changed(session, rec.paths)
-        return CommitResult(tuple(chosen), rec, False, tuple(skipped))
+            local, remote, skipped = split_remote(chosen, mount_points(lowers))
+            ops = plan_ops(session, lowers, remote)
+        finally:
+            lowers.close()
+        chosen = local + remote
+    if not chosen:
+        return CommitResult((), None, dry_run, tuple(skipped))
+    conflicts = [c for c in chosen if c.conflict]
+    if conflicts and not force:
+        raise conflict_error(conflicts)
+    rec = replace(plan(session, everything, chosen), remote=tuple(ops))
+    if dry_run:
+        return CommitResult(tuple(chosen), rec, True, tuple(skipped))
+    steps.expect(rec)
+    journal.save_ops(session, rec)
+    journal.save(session, rec)
+    try:
+        steps.step()
+        journal.run(session, rec, steps)
+    except (OSError, DriverError) as e:
+        raise _failed(session, rec, e) from e
+    control.notify_changed(session, rec.paths)
+    return CommitResult(tuple(chosen), rec, False, tuple(skipped))
 
 
 def _failed(session: Session, rec: Record, err: OSError | DriverError) -> SessionError:
@@ -348,8 +374,18 @@ def _failed(session: Session, rec: Record, err: OSError | DriverError) -> Sessio
                         "by the next astrid-fs command")
 
 
-def finish_interrupted(session: Session) -> list[str]:
-    """Recover interrupted commits (lock held by the caller); lines to report."""
+def finish_interrupted(session: Session,
+                       on_wait: Callable[[str], None] | None = None) -> list[str]:
+    """Recover interrupted commits (the session lock held by the caller;
+    the project's commit lock is taken here when there is one to finish);
+    lines to report."""
+    if not journal.pending(session):
+        return _recover(session)
+    with project_locked(commit_sources(session), astrid_home(), on_wait):
+        return _recover(session)
+
+
+def _recover(session: Session) -> list[str]:
     done = journal.recover(session)
     if done:
         control.notify_changed(session, None)
