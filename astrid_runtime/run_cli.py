@@ -348,7 +348,9 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
                 kernel.context_hooks.append(_hook(opts, pipeline, made))
                 console = Console(out, opts.json)
                 tap = Tap(kernel.bus, "agent.response")
-                asks = Tap(kernel.bus, "approval.*")
+                # One mailbox for replies and approval events: shown in the order they
+                # happened (an answer before the reply it unblocked).
+                tap.endpoint.subscribe("approval.*")
                 commits = CommitService(kernel.bus, pipeline, opts.session)
                 await kernel.start_service(commits.serve)
                 await kernel.start_service(approvals.serve_bus, kernel)
@@ -367,7 +369,6 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
                       file=err, flush=True)
                 async with trio.open_nursery() as talk:
                     talk.start_soon(console.pump, tap)
-                    talk.start_soon(console.pump, asks)
 
                     async def on_signal() -> None:
                         nonlocal ended
@@ -385,7 +386,6 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
                     talk.start_soon(on_signal)
                     talk.start_soon(read_then_stop)
                 tap.close()
-                asks.close()
                 await kernel.stop()
     finally:
         for vfs in made:  # an open fd on the mount would keep it busy

@@ -3,9 +3,12 @@
 # project. A session is created and mounted (astrid-fs), the kernel boots the
 # pinned WebAssembly plugins, a few requests are piped in as a person would
 # type them, the file tool edits the workspace through vfs handles, and the
-# session is unmounted and kept: its changes are shown with `astrid-fs diff`
-# while the project itself stays untouched. Safe to run again: set-up is
-# idempotent and every run makes a new session.
+# agent asks to commit: the approval policy says "ask", so the request waits
+# for a person, who answers `y` (allow once) in astrid run's terminal -- the
+# line after `commit` below, read by the same prompt a person types at. The
+# kernel checks the approval token and the commit lands in the project.
+# Safe to run again: set-up is idempotent and every run makes a new session
+# (over a fresh copy of the sample project).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,7 +17,8 @@ bash scripts/setup.sh
 demo=${ASTRID_DEMO_DIR:-${TMPDIR:-/tmp}/astrid-demo}
 project="$demo/project"
 mkdir -p "$demo"
-[ -d "$project" ] || cp -r scripts/demo/sample-project "$project"
+rm -rf "$project"
+cp -r scripts/demo/sample-project "$project"
 session="demo-$(date +%Y%m%d-%H%M%S)"
 
 echo "== astrid run --lower $project --session $session"
@@ -28,14 +32,15 @@ write NOTES.md Reviewed by Astrid.
 note the demo ran
 count the quick brown fox
 commit
+y
 REQUESTS
 
-echo; echo "== astrid-fs diff --stat $session"
-astrid-fs diff --stat "$session"
-echo; echo "== astrid-fs diff --patch $session"
-astrid-fs diff --patch "$session"
-echo; echo "== the project itself is unchanged:"; cat "$project/src/todo.txt"
+echo; echo "== the commit landed in the project:"
+cat "$project/src/todo.txt"
+cat "$project/NOTES.md"
+echo; echo "== the approval, as the audit trail has it:"
+grep -E '"event": "cap\.(ask|answer|decision)"|"event": "fs\.commit"' \
+  "${ASTRID_HOME:-$HOME/.local/share/astrid}/audit.jsonl" | tail -n 4
 echo
-echo "The agent's 'commit' was denied: the default approval policy asks a person"
-echo "(docs/approval.md). Land the session yourself with: astrid-fs commit $session"
 echo "Talk to it yourself with: astrid run --lower $project"
+echo "(answer asks inline, or from another shell: astrid approvals / astrid approve ID)"

@@ -204,10 +204,19 @@ def test_hostile_requests_are_refused_audited_and_change_nothing(
         reply = run.ask(request)
         assert reply["ok"] is False and reply["error"] == kind, (request, reply)
     # `commit` goes through the approval pipeline: with no policy file the
-    # default is "ask", and no person is wired in, so it is denied.
-    reply = run.ask("commit")
+    # default is "ask"; the ask waits for the person, who denies it inline.
+    assert run.proc.stdin is not None
+    run.proc.stdin.write("commit\n")
+    run.proc.stdin.flush()
+    event = json.loads(run.replies.get(timeout=REPLY_TIMEOUT_S) or "{}")
+    assert event.get("approval") == "requested", event
+    run.proc.stdin.write("n\n")
+    run.proc.stdin.flush()
+    events = [json.loads(run.replies.get(timeout=REPLY_TIMEOUT_S) or "{}") for _ in range(2)]
+    assert events[0].get("approval") == "answered", events
+    reply = events[1]["response"]
     assert reply["ok"] is False and reply["error"] == "denied", reply
-    assert "no approver is wired in" in reply["text"]
+    assert "a person declined" in reply["text"]
     assert run.finish("eof") == 0, run.stderr
 
     assert (outside / "secret.txt").read_text() == "secret\n"
