@@ -27,6 +27,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from astrid_fs.fuse.extra_ops import register as register_extra_ops
 from astrid_fs.fuse.ops import FuseOps
 from astrid_fs.mounttable import MountTable
 from astrid_fs.overlay.layers import Layers, RemoteTree
@@ -105,6 +106,9 @@ class Daemon:
         # Per-inode fds (no-open I/O) and open files need more than 1024.
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        # LSEEK / FALLOCATE / COPY_FILE_RANGE through the shim (extra_ops.py);
+        # kept referenced for as long as the mount lives.
+        self.extra_ops = register_extra_ops(self.ops)
         pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
 
     async def serve(self) -> None:

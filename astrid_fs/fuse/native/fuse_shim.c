@@ -29,6 +29,16 @@
  *    OPENDIR with ENOSYS, the kernel then caches listings by default
  *    (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE, checked against the directory's
  *    mtime) and READDIRPLUS / FSYNCDIR carry the inode the same way.
+ *
+ * 5. Sparse files and modern I/O: LSEEK (SEEK_DATA / SEEK_HOLE), FALLOCATE
+ *    and COPY_FILE_RANGE, which pyfuse3 has no handlers for. The daemon
+ *    registers one synchronous callback per op with
+ *    astrid_fuse_set_extra_ops() before it mounts (extra_ops.py); libfuse
+ *    calls op handlers on pyfuse3's trio thread, so the callback runs
+ *    there, inline, and returns a result or -errno. Until callbacks are
+ *    registered the ops answer ENOSYS, which makes the kernel fall back to
+ *    what it did before (generic lseek, EOPNOTSUPP for fallocate, a splice
+ *    copy) for the rest of the mount: exactly the behaviour without them.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -47,7 +57,24 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 4; }
+int astrid_fuse_shim_loaded(void) { return 5; }
+
+/* Callbacks into the daemon (version 5). Handles arrive marked like any
+ * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
+typedef int64_t (*astrid_lseek_cb)(uint64_t fh, int64_t off, int whence);
+typedef int (*astrid_fallocate_cb)(uint64_t fh, int mode, int64_t off, int64_t len);
+typedef int64_t (*astrid_copy_cb)(uint64_t fh_in, int64_t off_in, uint64_t fh_out,
+                                  int64_t off_out, uint64_t len, int flags);
+static astrid_lseek_cb lseek_cb;
+static astrid_fallocate_cb fallocate_cb;
+static astrid_copy_cb copy_cb;
+
+void astrid_fuse_set_extra_ops(astrid_lseek_cb l, astrid_fallocate_cb f, astrid_copy_cb c)
+{
+    lseek_cb = l;
+    fallocate_cb = f;
+    copy_cb = c;
+}
 
 /* pyfuse3 is dlopen()ed RTLD_LOCAL by Python, so libfuse is not in the
  * global scope that RTLD_NEXT searches: ask the loaded library itself. */
@@ -57,6 +84,8 @@ static void *libfuse_symbol(const char *name)
     void *lib = dlopen("libfuse3.so.3", RTLD_NOW | RTLD_NOLOAD);
     if (lib)
         sym = dlvsym(lib, name, "FUSE_3.0");
+    if (!sym && lib)
+        sym = dlsym(lib, name); /* the default version, whatever it is */
     if (!sym)
         sym = dlsym(RTLD_NEXT, name);
     return sym;
@@ -167,6 +196,66 @@ static void shim_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size
     orig_getxattr(req, ino, name, size);
 }
 
+/* libfuse is not in the global scope (see libfuse_symbol): reply
+ * functions are looked up there rather than linked. */
+static int send_err(fuse_req_t req, int err)
+{
+    static int (*real)(fuse_req_t, int);
+    if (!real)
+        real = (int (*)(fuse_req_t, int))libfuse_symbol("fuse_reply_err");
+    return real ? real(req, err) : -ENOSYS;
+}
+
+static void shim_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+                       struct fuse_file_info *fi)
+{
+    static int (*reply_lseek)(fuse_req_t, off_t);
+    if (!reply_lseek)
+        reply_lseek = (int (*)(fuse_req_t, off_t))libfuse_symbol("fuse_reply_lseek");
+    if (!lseek_cb || !reply_lseek || !fi) {
+        send_err(req, ENOSYS);
+        return;
+    }
+    mark(ino, fi);
+    int64_t res = lseek_cb(fi->fh, off, whence);
+    if (res < 0)
+        send_err(req, (int)-res);
+    else
+        reply_lseek(req, (off_t)res);
+}
+
+static void shim_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
+                           off_t length, struct fuse_file_info *fi)
+{
+    if (!fallocate_cb || !fi) {
+        send_err(req, ENOSYS);
+        return;
+    }
+    mark(ino, fi);
+    send_err(req, -fallocate_cb(fi->fh, mode, offset, length));
+}
+
+static void shim_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+                                 struct fuse_file_info *fi_in, fuse_ino_t ino_out,
+                                 off_t off_out, struct fuse_file_info *fi_out, size_t len,
+                                 int flags)
+{
+    static int (*reply_write)(fuse_req_t, size_t);
+    if (!reply_write)
+        reply_write = (int (*)(fuse_req_t, size_t))libfuse_symbol("fuse_reply_write");
+    if (!copy_cb || !reply_write || !fi_in || !fi_out) {
+        send_err(req, ENOSYS);
+        return;
+    }
+    mark(ino_in, fi_in);
+    mark(ino_out, fi_out);
+    int64_t res = copy_cb(fi_in->fh, off_in, fi_out->fh, off_out, len, flags);
+    if (res < 0)
+        send_err(req, (int)-res);
+    else
+        reply_write(req, (size_t)res);
+}
+
 struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_lowlevel_ops *op,
                                       size_t op_size, void *userdata)
 {
@@ -205,5 +294,10 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
         orig_fsyncdir = patched.fsyncdir;
         patched.fsyncdir = shim_fsyncdir;
     }
-    return real(args, &patched, op_size < sizeof patched ? op_size : sizeof patched, userdata);
+    /* pyfuse3 has none of these; the table is passed whole (this shim is
+     * compiled against the libfuse headers of the library it wraps). */
+    patched.lseek = shim_lseek;
+    patched.fallocate = shim_fallocate;
+    patched.copy_file_range = shim_copy_file_range;
+    return real(args, &patched, sizeof patched, userdata);
 }

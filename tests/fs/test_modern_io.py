@@ -1,0 +1,344 @@
+"""Sparse files and modern I/O through the mount (issue 9, item 7): SEEK_DATA /
+SEEK_HOLE, fallocate modes, copy_file_range and O_TMPFILE, each compared with
+what the upper filesystem (ext4, a plain directory beside the session) does.
+
+These need the FUSE shim at version 5 (scripts/setup.sh builds it): pyfuse3
+has no LSEEK / FALLOCATE / COPY_FILE_RANGE handlers of its own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.mounts import MountedSession, hash_tree
+
+Mount = Callable[..., MountedSession]
+
+MiB = 1 << 20
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_COLLAPSE_RANGE = 0x08
+FALLOC_FL_ZERO_RANGE = 0x10
+FALLOC_FL_INSERT_RANGE = 0x20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+    """fallocate(2): 0 or the errno."""
+    return 0 if _libc.fallocate(fd, mode, offset, length) == 0 else ctypes.get_errno()
+
+
+def control(s: MountedSession, op: str) -> dict[str, object]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(s.root / "run" / "control.sock"))
+        sock.sendall(json.dumps({"op": op}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            buf += sock.recv(65536)
+    reply: dict[str, object] = json.loads(buf)
+    return reply
+
+
+def requests(s: MountedSession) -> dict[str, int]:
+    counts = control(s, "stats")["requests"]
+    assert isinstance(counts, dict)
+    return counts
+
+
+def daemon_read_bytes(s: MountedSession) -> int:
+    """Bytes the daemon has read with read(2)-family calls so far (/proc/PID/io)."""
+    pid = control(s, "ping")["pid"]
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/PID/io")
+
+
+def make_sparse(path: Path, size: int, extents: list[tuple[int, bytes]]) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, size)
+        for offset, data in extents:
+            os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def layout(path: Path) -> list[tuple[int, int]]:
+    """The data extents SEEK_DATA / SEEK_HOLE report, as (start, end) pairs."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        out: list[tuple[int, int]] = []
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                assert e.errno == errno.ENXIO
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            out.append((start, end))
+            pos = end
+        return out
+    finally:
+        os.close(fd)
+
+
+# Two 64 KiB data extents in a 64 MiB file (extent-aligned for ext4).
+SPARSE_SIZE = 64 * MiB
+EXTENTS = [(4 * MiB, b"a" * 65536), (40 * MiB, b"b" * 65536)]
+
+
+@pytest.fixture
+def sparse_lower(tmp_path: Path) -> Path:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    make_sparse(lower / "sparse", SPARSE_SIZE, EXTENTS)
+    return lower
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> Path:
+    """A plain directory on the same filesystem as the session's upper."""
+    d = tmp_path / "plain"
+    d.mkdir()
+    return d
+
+
+# ---- lseek ------------------------------------------------------------------
+
+
+def test_seek_data_and_hole_show_the_holes_of_a_lower_file(
+        sparse_lower: Path, mount_session: Mount) -> None:
+    before = hash_tree(sparse_lower)
+    s = mount_session(sparse_lower)
+    assert layout(s.mnt / "sparse") == layout(sparse_lower / "sparse")
+    assert layout(s.mnt / "sparse") == [(4 * MiB, 4 * MiB + 65536),
+                                        (40 * MiB, 40 * MiB + 65536)]
+    fd = os.open(s.mnt / "sparse", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as e:
+            os.lseek(fd, 41 * MiB, os.SEEK_DATA)  # only a hole up to EOF
+        assert e.value.errno == errno.ENXIO
+        assert os.lseek(fd, 41 * MiB, os.SEEK_HOLE) == 41 * MiB  # in a hole
+        with pytest.raises(OSError) as e:
+            os.lseek(fd, SPARSE_SIZE, os.SEEK_HOLE)  # at EOF
+        assert e.value.errno == errno.ENXIO
+    finally:
+        os.close(fd)
+    # Asking is not writing: no copy-up, the lower untouched.
+    assert not (s.upper / "sparse").exists()
+    s.umount()
+    assert hash_tree(sparse_lower) == before
+
+
+def test_seek_data_and_hole_on_a_file_written_through_the_mount(
+        mount_session: Mount, plain: Path) -> None:
+    s = mount_session()
+    for root in (s.mnt, plain):
+        make_sparse(root / "new", 8 * MiB, [(2 * MiB, b"x" * 4096), (7 * MiB, b"y" * 100)])
+    assert layout(s.mnt / "new") == layout(plain / "new")
+    assert layout(s.mnt / "new")[0][0] == 2 * MiB
+
+
+def test_cp_of_a_sparse_file_reads_only_its_data(
+        sparse_lower: Path, mount_session: Mount, tmp_path: Path) -> None:
+    s = mount_session(sparse_lower)
+    read_before = daemon_read_bytes(s)
+    out = tmp_path / "out"
+    subprocess.run(["cp", "--sparse=always", str(s.mnt / "sparse"), str(out)], check=True)
+    # Without SEEK_DATA the daemon reads all 64 MiB for cp; with it, the
+    # two 64 KiB extents (plus FUSE request traffic).
+    assert daemon_read_bytes(s) - read_before < 8 * MiB
+    assert out.read_bytes() == (sparse_lower / "sparse").read_bytes()
+    assert layout(out) == layout(sparse_lower / "sparse")
+
+
+# ---- fallocate --------------------------------------------------------------
+
+FALLOCATE_CASES = {
+    "allocate": (0, 3 * MiB, MiB),                      # extends the file
+    "allocate-inside": (0, 256 * 1024, 64 * 1024),
+    "keep-size": (FALLOC_FL_KEEP_SIZE, 3 * MiB, MiB),    # blocks beyond EOF
+    "punch-hole": (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4096, 3 * 4096),
+    "punch-unaligned": (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 1000, 20000),
+    "zero-range": (FALLOC_FL_ZERO_RANGE, 8192, 3 * MiB),
+    "zero-range-keep": (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 8192, 3 * MiB),
+    "punch-without-keep-size": (FALLOC_FL_PUNCH_HOLE, 0, 4096),  # EOPNOTSUPP on ext4
+}
+
+
+def _fallocate_outcome(path: Path, mode: int, offset: int, length: int
+                       ) -> tuple[int, int, bytes, list[tuple[int, int]], int]:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        err = fallocate(fd, mode, offset, length)
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    # st_blocks: what fallocate allocated or freed, also beyond EOF.
+    return err, st.st_size, path.read_bytes(), layout(path), st.st_blocks
+
+
+@pytest.mark.parametrize("case", sorted(FALLOCATE_CASES))
+def test_fallocate_modes_behave_as_on_the_upper_filesystem(
+        case: str, mount_session: Mount, plain: Path) -> None:
+    mode, offset, length = FALLOCATE_CASES[case]
+    s = mount_session()
+    content = os.urandom(256 * 1024)
+    (s.mnt / "f").write_bytes(content)
+    (plain / "f").write_bytes(content)
+    got = _fallocate_outcome(s.mnt / "f", mode, offset, length)
+    want = _fallocate_outcome(plain / "f", mode, offset, length)
+    assert got == want
+    # The upper copy holds exactly what the mount shows.
+    assert (s.upper / "f").read_bytes() == want[2]
+
+
+def test_punch_hole_in_a_lower_file_copies_it_up_and_leaves_the_lower(
+        mount_session: Mount, tmp_path: Path) -> None:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    content = os.urandom(MiB)
+    (lower / "f").write_bytes(content)
+    before = hash_tree(lower)
+    s = mount_session(lower)
+    fd = os.open(s.mnt / "f", os.O_RDWR)
+    try:
+        assert fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 64 * 1024,
+                         128 * 1024) == 0
+    finally:
+        os.close(fd)
+    want = content[:64 * 1024] + bytes(128 * 1024) + content[192 * 1024:]
+    assert (s.mnt / "f").read_bytes() == want
+    assert (s.upper / "f").read_bytes() == want
+    assert layout(s.mnt / "f") == [(0, 64 * 1024), (192 * 1024, MiB)]
+    s.umount()
+    assert hash_tree(lower) == before
+    s.mount()
+    assert (s.mnt / "f").read_bytes() == want
+
+
+@pytest.mark.parametrize("mode", [FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE])
+def test_collapse_and_insert_range_are_refused_by_the_kernel_fuse_client(
+        mode: int, mount_session: Mount, plain: Path) -> None:
+    # ext4 supports both, but the kernel's FUSE client answers EOPNOTSUPP
+    # for any mode other than KEEP_SIZE, PUNCH_HOLE and ZERO_RANGE before
+    # the request reaches a daemon (fs/fuse/file.c, fuse_file_fallocate).
+    s = mount_session()
+    content = os.urandom(4 * 65536)
+    for root in (s.mnt, plain):
+        (root / "f").write_bytes(content)
+    fd = os.open(plain / "f", os.O_RDWR)
+    try:
+        assert fallocate(fd, mode, 65536, 65536) == 0  # the upper fs could
+    finally:
+        os.close(fd)
+    fd = os.open(s.mnt / "f", os.O_RDWR)
+    try:
+        assert fallocate(fd, mode, 65536, 65536) == errno.EOPNOTSUPP
+    finally:
+        os.close(fd)
+    assert (s.mnt / "f").read_bytes() == content
+    assert "fallocate" not in requests(s)
+
+
+# ---- copy_file_range ------------------------------------------------------
+
+
+def test_copy_file_range_from_a_lower_file_runs_in_the_daemon(
+        sparse_lower: Path, mount_session: Mount) -> None:
+    before = hash_tree(sparse_lower)
+    s = mount_session(sparse_lower)
+    src = os.open(s.mnt / "sparse", os.O_RDONLY)
+    dst = os.open(s.mnt / "copy", os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        done = os.copy_file_range(src, dst, 65536 + 100, 4 * MiB - 100, 10)
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert done == 65536 + 100
+    want = bytes(10) + bytes(100) + b"a" * 65536
+    assert (s.mnt / "copy").read_bytes() == want
+    assert (s.upper / "copy").read_bytes() == want
+    assert requests(s).get("copy_file_range", 0) >= 1
+    assert not (s.upper / "sparse").exists()
+    s.umount()
+    assert hash_tree(sparse_lower) == before
+
+
+def test_copy_file_range_into_a_lower_file_copies_it_up(
+        mount_session: Mount, tmp_path: Path) -> None:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "src").write_bytes(b"S" * 10000)
+    (lower / "dst").write_bytes(b"d" * 5000)
+    before = hash_tree(lower)
+    s = mount_session(lower)
+    src = os.open(s.mnt / "src", os.O_RDONLY)
+    dst = os.open(s.mnt / "dst", os.O_WRONLY)
+    try:
+        assert os.copy_file_range(src, dst, 3000, 0, 4000) == 3000
+    finally:
+        os.close(src)
+        os.close(dst)
+    want = b"d" * 4000 + b"S" * 3000
+    assert (s.mnt / "dst").read_bytes() == want
+    assert os.stat(s.mnt / "dst").st_size == 7000
+    assert (s.upper / "dst").read_bytes() == want
+    s.umount()
+    assert hash_tree(lower) == before
+
+
+def test_copy_file_range_within_one_file(mount_session: Mount, plain: Path) -> None:
+    s = mount_session()
+    content = os.urandom(200000)
+    results = []
+    for root in (s.mnt, plain):
+        (root / "f").write_bytes(content)
+        fd = os.open(root / "f", os.O_RDWR)
+        try:
+            results.append(os.copy_file_range(fd, fd, 50000, 0, 150000))
+        finally:
+            os.close(fd)
+    assert results[0] == results[1]
+    assert (s.mnt / "f").read_bytes() == (plain / "f").read_bytes()
+
+
+# ---- O_TMPFILE ----------------------------------------------------------------
+
+
+def test_o_tmpfile_is_not_supported(mount_session: Mount) -> None:
+    # libfuse 3.14 (Debian 12) has no FUSE_TMPFILE op and answers ENOSYS,
+    # which the kernel turns into EOPNOTSUPP for the rest of the mount; see
+    # docs/astrid-fs.md. Callers (mkstemp-style code, systemd, some editors)
+    # fall back to a named temporary file on EOPNOTSUPP.
+    s = mount_session()
+    for _ in range(2):
+        with pytest.raises(OSError) as e:
+            os.open(s.mnt, os.O_TMPFILE | os.O_RDWR, 0o600)
+        assert e.value.errno == errno.EOPNOTSUPP
+    assert list(s.mnt.iterdir()) == []
+
+
+# ---- without the shim's callbacks ---------------------------------------------
+
+
+def test_without_the_extra_ops_shim_nothing_is_registered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from astrid_fs.fuse import extra_ops
+
+    monkeypatch.setattr(extra_ops, "shim_version", lambda: 4)
+    assert extra_ops.register(object()) is None  # type: ignore[arg-type]
