@@ -154,7 +154,12 @@ class Daemon:
             except Exception as e:  # one bad request must not stop the daemon
                 log.exception("control request failed")
                 reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-            await stream.send_all(json.dumps(reply).encode() + b"\n")
+            try:
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                # The client went away before the reply (killed, timed out):
+                # its request was carried out; the mount stays up.
+                log.info("control client left before the reply: %s", e)
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -162,7 +167,8 @@ class Daemon:
             return {"ok": True, "pid": os.getpid(), "nodes": len(self.overlay.table)}
         if op == "stats":
             return {"ok": True, "requests": dict(self.ops.requests),
-                    "cache_dirs": self.ops.cache_dirs, "nodes": len(self.overlay.table)}
+                    "cache_dirs": self.ops.cache_dirs, "nodes": len(self.overlay.table),
+                    "fds": self.ops.files.counts()}
         if op == "invalidate":
             inodes, entries = self.ops.invalidate_all()
             await trio.to_thread.run_sync(_invalidate_kernel, inodes, entries)

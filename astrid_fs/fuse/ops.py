@@ -1,44 +1,62 @@
 """pyfuse3 Operations for the overlay: a protocol adapter only.
 
-Semantics live in `overlay.py`. This module turns FUSE requests into overlay
-calls, `OSError`s into `FUSEError(errno)` at this one boundary, and decides
-what the kernel may cache:
-- entries and attributes backed by the upper layer: UPPER_TTL (only the
-  kernel's own requests change them while mounted; commit, discard and
-  rollback invalidate explicitly through the control socket);
-- entries backed by the lower layer, and negative lookups: `lower_ttl`
-  (the user may edit the project under a running session);
-- page cache: kept across opens (`keep_cache`) while the file's mtime and
-  size are what they were at the last open, or changed only through us.
+Semantics live in `astrid_fs.overlay` (`Overlay` for the namespace,
+`OpenFiles` for every fd); cache choices in `fuse.cache`. This module
+decodes handles, runs remote fetches in worker threads, and turns
+`OSError`s into `FUSEError(errno)` at this one boundary (`@fuse_errors`).
+
+Handles (see fuse/native/fuse_shim.c): with the shim's no_open and
+no_opendir modes, OPEN and OPENDIR answer ENOSYS and I/O arrives with
+`FH_INODE | ino`; CREATE then hands out no handle either (fh 0, which the
+shim turns into `FH_INODE | ino`), because the kernel sends no RELEASE in
+no_open mode and a handle would leak its fd.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
-import stat
-from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
+from astrid_fs.fuse.cache import KernelCache
 from astrid_fs.fuse.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_INODE, FH_KEEP_CACHE, shim_version
-from astrid_fs.overlay.fds import InodeFd, InodeFds
+from astrid_fs.overlay.files import OpenFiles
 from astrid_fs.overlay.inodes import Node
-from astrid_fs.overlay.layers import Reader, StatLike
+from astrid_fs.overlay.layers import StatLike
 from astrid_fs.overlay.overlay import Overlay, Owner, SetAttr
 
 log = logging.getLogger("astrid_fs.fuse")
 
-UPPER_TTL = 3600.0
 NAME_MAX = 255
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """The one errno boundary: an OSError from the overlay becomes the
+    FUSEError the kernel passes on; a KeyError is an inode the kernel told
+    us to forget and still names (ESTALE)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+
+    return wrapper
 
 
 class FuseOps(pyfuse3.Operations):
-    """Adapter from pyfuse3 requests to `Overlay` operations."""
+    """Adapter from pyfuse3 requests to `Overlay` and `OpenFiles` calls."""
 
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -47,44 +65,29 @@ class FuseOps(pyfuse3.Operations):
         super().__init__()
         version = shim_version()
         self.cache_dirs = version >= 1
-        # With shim version 2, OPEN answers ENOSYS: the kernel then keeps
-        # file pages cached across opens and sends I/O by inode (FH_INODE).
+        # Shim version 2: OPEN answers ENOSYS; the kernel then keeps file
+        # pages across opens and sends I/O by inode (FH_INODE).
         self.no_open = version >= 2
         # Version 3: OPENDIR answers ENOSYS too; listings come by inode.
         self.no_opendir = version >= 3
-        self._listings: OrderedDict[int, list[bytes]] = OrderedDict()
-        self._merged_lower_mtime: dict[int, int] = {}
-        self.ino_fds = InodeFds()
-        self._ino_readers: dict[int, Reader] = {}
-        self.requests: dict[str, int] = {}
-        self._dir_sig: dict[int, tuple[int, int]] = {}
         self.ov = overlay
         self.table = overlay.table
-        self.lower_ttl = lower_ttl
-        self._fh_nodes: dict[int, Node] = {}
+        self.files = OpenFiles(overlay)
+        self.cache = KernelCache(lower_ttl)
+        self.requests: dict[str, int] = {}
         self._dirs: dict[int, tuple[Node, list[bytes] | None]] = {}
         self._next_dir_fh = 1
-        self._kernel_wrote: set[int] = set()
-        # Remote readers get handle numbers above any fd (fds are < 2**31).
-        self._readers: dict[int, tuple[Node, Reader]] = {}
-        self._next_reader_fh = 1 << 40
-        self._last_sig: dict[int, tuple[int, int]] = {}
 
-    # ---- helpers ----------------------------------------------------------
+    # ---- replies ----------------------------------------------------------
 
     def _entry(self, node: Node, st: StatLike) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
+        merged = self.ov.is_merged(node)
         e.st_ino = node.ino
         e.generation = 0
-        # A merged directory also shows the lower layer: it gets the lower TTL,
-        # so that project edits there are noticed (see _watch_merged).
-        merged = node.is_dir and node.in_upper and node.lower is not None
-        ttl = UPPER_TTL if node.in_upper and not merged else self.lower_ttl
-        e.entry_timeout = ttl
-        e.attr_timeout = ttl
+        e.entry_timeout = e.attr_timeout = self.cache.ttl(node, merged)
         e.st_mode = st.st_mode
-        e.st_nlink = 0 if not node.links and node.ino != 1 else (
-            1 if self.ov.is_merged(node) else st.st_nlink)
+        e.st_nlink = self.cache.nlink(node, st, merged)
         e.st_uid = st.st_uid
         e.st_gid = st.st_gid
         e.st_rdev = st.st_rdev
@@ -99,64 +102,50 @@ class FuseOps(pyfuse3.Operations):
     def _negative(self) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = 0
-        e.entry_timeout = self.lower_ttl
+        e.entry_timeout = self.cache.lower_ttl
         return e
 
-    @staticmethod
-    def _fail(e: OSError) -> pyfuse3.FUSEError:
-        return pyfuse3.FUSEError(e.errno or errno.EIO)
+    def _count(self, op: str) -> None:
+        self.requests[op] = self.requests.get(op, 0) + 1
 
-    def _node(self, ino: int) -> Node:
-        try:
-            return self.table.get(ino)
-        except KeyError:
-            # The kernel asked about an inode it told us to forget: stale.
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
+    # ---- remote trees: fetch in a worker thread, then serve from cache ----
+
+    async def _fetch(self, job: Callable[[], None] | None) -> None:
+        """Run a remote fetch the overlay asked for, off the FUSE loop."""
+        if job is not None:
+            await trio.to_thread.run_sync(job)
 
     # ---- lookups and attributes -------------------------------------------
 
+    @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> Any:
         self._count("lookup")
-        parent = self._node(parent_inode)
-        await self._warm_child(parent, name)
+        await self._fetch(self.ov.fetch_for_child(self.table.get(parent_inode), name))
         try:
             node, st = self.ov.lookup(parent_inode, name)
         except FileNotFoundError:
             return self._negative()
-        except OSError as e:
-            raise self._fail(e) from None
         return self._entry(node, st)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.table.forget(ino, count)
             if ino not in self.table:
-                self.ino_fds.close(ino)
-                self._listings.pop(ino, None)
-                self._merged_lower_mtime.pop(ino, None)
-                reader = self._ino_readers.pop(ino, None)
+                self.cache.forget(ino)
+                reader = self.files.forget(ino)
                 if reader is not None:
                     await trio.to_thread.run_sync(reader.close)
 
+    @fuse_errors
     async def getattr(self, inode: int, ctx: Any) -> Any:
         self._count("getattr")
-        node = self._node(inode)
-        if not node.links and inode != 1:
-            entry = self.ino_fds.get(inode)
-            if entry is not None:  # unlinked but open: the fd is the file
-                return self._entry(node, os.fstat(entry.fd))
-        try:
-            if node.is_dir and node.in_upper and node.lower is not None:
-                self._watch_merged(node)
-            return self._entry(node, self.ov.stat(node))
-        except FileNotFoundError:
-            entry = self.ino_fds.get(inode)
-            if entry is None:
-                raise pyfuse3.FUSEError(errno.ENOENT) from None
-            return self._entry(node, os.fstat(entry.fd))
-        except OSError as e:
-            raise self._fail(e) from None
+        node = self.table.get(inode)
+        if self.ov.is_merged(node) and self.cache.lower_dir_moved(
+                inode, self.ov.lower_mtime_ns(node)):
+            trio.lowlevel.spawn_system_task(_invalidate_later, inode)
+        return self._entry(node, self.ov.stat_open(node, self.files.fstat(inode)))
 
+    @fuse_errors
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None,
                       ctx: Any) -> Any:
         change = SetAttr(
@@ -167,247 +156,125 @@ class FuseOps(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
-        node = self._node(inode)
-        await self._warm_node(node, data=True)
-        fd = fh if fh is not None and fh in self._fh_nodes else None
-        try:
-            try:
-                st = self.ov.setattr(inode, change, fd)
-            except FileNotFoundError:
-                if fd is not None or (self.ino_fds.get(inode) is None and node.in_upper):
-                    raise
-                fd = self._inode_fd(node, write=True)  # unlinked, still open
-                st = self.ov.setattr(inode, change, fd)
-        except OSError as e:
-            raise self._fail(e) from None
-        self._kernel_wrote.add(inode)
+        node = self.table.get(inode)
+        await self._fetch(self.ov.fetch_for(node, data=True))
+        fd = fh if fh is not None and self.files.handle_node(fh) is not None else None
+        if fd is None and not self.ov.has_name(node):
+            fd = self.files.inode_fd(node, write=True)  # removed, still open
+        st = self.ov.setattr(inode, change, fd)
+        self.cache.wrote(inode)
         return self._entry(node, st)
 
+    @fuse_errors
     async def readlink(self, inode: int, ctx: Any) -> bytes:
-        try:
-            return self.ov.readlink(inode)
-        except OSError as e:
-            raise self._fail(e) from None
+        return self.ov.readlink(inode)
 
     # ---- namespace --------------------------------------------------------
 
+    @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: Any) -> Any:
-        return self._made(lambda o: self.ov.mknod(parent_inode, name, mode, rdev, o), ctx)
+        return self._entry(*self.ov.mknod(parent_inode, name, mode, rdev, _owner(ctx)))
 
+    @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
-        return self._made(lambda o: self.ov.mkdir(parent_inode, name, mode, o), ctx)
+        return self._entry(*self.ov.mkdir(parent_inode, name, mode, _owner(ctx)))
 
+    @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
-        return self._made(lambda o: self.ov.symlink(parent_inode, name, target, o), ctx)
+        return self._entry(*self.ov.symlink(parent_inode, name, target, _owner(ctx)))
 
+    @fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
-        await self._warm_node(self._node(inode), data=True)
-        return self._made(lambda o: self.ov.link(inode, new_parent_inode, new_name), ctx)
-
-    def _made(self, make: Any, ctx: Any) -> Any:
-        try:
-            node, st = make(Owner(ctx.uid, ctx.gid))
-        except OSError as e:
-            raise self._fail(e) from None
-        return self._entry(node, st)
+        await self._fetch(self.ov.fetch_for(self.table.get(inode), data=True))
+        return self._entry(*self.ov.link(inode, new_parent_inode, new_name))
 
     def _keep_reachable(self, parent_inode: int, name: bytes) -> None:
-        """Before an entry loses a name: if the kernel may hold the file open,
-        keep an fd so its data stays readable after the last name is gone."""
+        """Before an entry loses a name: if the kernel may hold the file
+        open, keep an fd so its data stays reachable after the last name."""
         if not self.no_open:
             return
         try:
             node, st = self.ov.peek(parent_inode, name)
         except OSError:
             return
-        if not stat.S_ISREG(st.st_mode) or node.lookups == 0 or not node.in_upper:
-            return
-        entry = self.ino_fds.get(node.ino)
-        if entry is None or not entry.in_upper:
-            # Pin an fd on the upper file itself, never a stale lower one.
-            self.ino_fds.close(node.ino)
-            self._inode_fd(node, write=False)
-        self.ino_fds.pin(node.ino)
+        self.files.keep_reachable(node, st)
 
+    @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        try:
-            self._keep_reachable(parent_inode, name)
-            self.ov.unlink(parent_inode, name)
-        except OSError as e:
-            raise self._fail(e) from None
+        self._keep_reachable(parent_inode, name)
+        self.ov.unlink(parent_inode, name)
 
+    @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        try:
-            self.ov.rmdir(parent_inode, name)
-        except OSError as e:
-            raise self._fail(e) from None
+        self.ov.rmdir(parent_inode, name)
 
+    @fuse_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any) -> None:
         self._keep_reachable(parent_inode_new, name_new)
-        old_parent = self._node(parent_inode_old)
-        if old_parent.lower is not None and self.ov.layers.remotes:
-            await self._warm(old_parent.lower + b"/" + name_old if old_parent.lower else name_old,
-                             data=True)
-        try:
-            self.ov.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
-        except OSError as e:
-            raise self._fail(e) from None
-
-    # ---- merged directories: the kernel's listing cache follows the lower --
-
-    def _watch_merged(self, node: Node) -> None:
-        """The kernel validates a cached listing against the directory's
-        mtime, which for a merged directory is the upper one's; when the
-        lower directory's mtime moves (the project was edited), drop the
-        kernel's caches of this directory after this reply."""
-        lower = self.ov.lower_mtime_ns(node)
-        seen = self._merged_lower_mtime.get(node.ino)
-        self._merged_lower_mtime[node.ino] = lower
-        if seen is not None and seen != lower:
-            self._listings.pop(node.ino, None)
-            trio.lowlevel.spawn_system_task(self._invalidate_later, node.ino)
-
-    @staticmethod
-    async def _invalidate_later(ino: int) -> None:
-        try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
-        except Exception as e:  # a system task must never raise
-            log.warning("invalidate_inode(%d) failed: %s", ino, e)
-
-    # ---- remote trees: fetch in a worker thread, then serve from cache ----
-
-    async def _warm(self, lower_rel: bytes | None, data: bool = False) -> None:
-        """Make sure the remote metadata (or content) for a lower path is
-        cached, fetching in a worker thread so the FUSE loop never blocks on
-        the network. A no-op for local lower paths."""
-        if lower_rel is None or not self.ov.layers.remotes:
-            return
-        hit = self.ov.layers.remote_for(lower_rel)
-        if hit is None or hit[0].is_warm(hit[1], data):
-            return
-        try:
-            await trio.to_thread.run_sync(hit[0].warm, hit[1], data)
-        except OSError as e:
-            raise self._fail(e) from None
-
-    async def _warm_node(self, node: Node, data: bool = False) -> None:
-        if not node.in_upper or node.is_dir:
-            await self._warm(node.lower, data and not node.in_upper)
-
-    async def _warm_child(self, parent: Node, name: bytes) -> None:
-        if parent.lower is not None and self.ov.layers.remotes:
-            await self._warm(parent.lower)
-            await self._warm(parent.lower + b"/" + name if parent.lower else name)
+        await self._fetch(self.ov.fetch_for_child(self.table.get(parent_inode_old), name_old,
+                                                  data=True))
+        self.ov.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     # ---- files ------------------------------------------------------------
 
-    def _file_info(self, node: Node, fd: int, st: StatLike) -> Any:
-        sig = (st.st_mtime_ns, st.st_size)
-        keep = self._last_sig.get(node.ino) == sig or node.ino in self._kernel_wrote
-        self._last_sig[node.ino] = sig
-        self._kernel_wrote.discard(node.ino)
-        self._fh_nodes[fd] = node
-        self.table.add_handle(node, fd)
-        return pyfuse3.FileInfo(fh=fd, keep_cache=keep)
-
+    @fuse_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
         self._count("open")
-        node = self._node(inode)
+        node = self.table.get(inode)
         if self.no_open:
             # ENOSYS turns on the kernel's no_open mode (this open succeeds).
             raise pyfuse3.FUSEError(errno.ENOSYS)
-        if self.ov.layers.remotes:
-            await self._warm_node(node, data=bool(flags & (os.O_WRONLY | os.O_RDWR
-                                                           | os.O_APPEND)))
-            try:
-                opened = self.ov.open_remote(inode, flags)
-            except OSError as e:
-                raise self._fail(e) from None
-            if opened is not None:
-                fh = self._next_reader_fh
-                self._next_reader_fh += 1
-                self._readers[fh] = opened
-                return pyfuse3.FileInfo(fh=fh, keep_cache=True)
-        try:
-            node, fd = self.ov.open(inode, flags)
-            st = os.fstat(fd)
-        except OSError as e:
-            raise self._fail(e) from None
+        await self._fetch(self.ov.fetch_for(node, data=self.ov.is_write_open(flags)))
+        reader = self.ov.open_remote(inode, flags)
+        if reader is not None:
+            return pyfuse3.FileInfo(fh=self.files.add_reader(node, reader), keep_cache=True)
+        node, fd = self.ov.open(inode, flags)
+        st = os.fstat(fd)
         if flags & os.O_TRUNC:
-            self._kernel_wrote.add(inode)
-        return self._file_info(node, fd, st)
+            self.cache.wrote(inode)
+        keep = self.cache.keep_pages(inode, st)
+        return pyfuse3.FileInfo(fh=self.files.add_handle(node, fd), keep_cache=keep)
 
+    @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> Any:
-        try:
-            node, st, fd = self.ov.create(parent_inode, name, mode, flags,
-                                          Owner(ctx.uid, ctx.gid))
-        except OSError as e:
-            raise self._fail(e) from None
-        return self._file_info(node, fd, st), self._entry(node, st)
-
-    def _inode_fd(self, node: Node, write: bool) -> int:
-        """The fd for no-open I/O on `node`, (re)opened as the layers require.
-
-        Never opens a lower file for writing: a write to a file still in the
-        lower layer copies it up first, or, if it has no name left (unlinked
-        while open), goes to an unnamed copy."""
-        entry = self.ino_fds.get(node.ino)
-        if entry is not None and entry.in_upper == node.in_upper and (entry.writable or not write):
-            return entry.fd
-        if entry is not None and entry.pinned and entry.in_upper:
-            # An upper file unlinked while open: only the fd reaches it.
-            fd = os.open(f"/proc/self/fd/{entry.fd}", os.O_RDWR if write else os.O_RDONLY)
-            self.ino_fds.put(node.ino, InodeFd(fd, write, True, pinned=True))
-            return fd
-        if not node.links and node.ino != 1:
-            if not write and entry is not None:
-                return entry.fd
-            if write:
-                fd = self.ov.anonymous_copy(node, None if entry is None else entry.fd)
-                self.ino_fds.put(node.ino, InodeFd(fd, True, True, pinned=True))
-                return fd
-        if write:
-            fd = os.open(self.ov.copy_up(node), os.O_RDWR | os.O_NOFOLLOW)
-        else:
-            fd = os.open(self.ov.real_path(node), os.O_RDONLY | os.O_NOFOLLOW)
-        self.ino_fds.put(node.ino, InodeFd(fd, write, node.in_upper))
-        return fd
+        node, st, fd = self.ov.create(parent_inode, name, mode, flags, _owner(ctx))
+        keep = self.cache.keep_pages(node.ino, st)
+        if self.no_open:
+            # No RELEASE will come for this handle: keep the fd as the
+            # inode's own (bounded, closed at forget) and hand out none.
+            self.files.adopt(node, fd)
+            return pyfuse3.FileInfo(fh=0, keep_cache=keep), self._entry(node, st)
+        return (pyfuse3.FileInfo(fh=self.files.add_handle(node, fd), keep_cache=keep),
+                self._entry(node, st))
 
     async def _read_inode(self, ino: int, off: int, size: int) -> bytes:
-        node = self._node(ino)
+        node = self.table.get(ino)
         if self.ov.remote_of(node) is not None:
-            reader = self._ino_readers.get(ino)
+            reader = self.files.inode_reader(node)
             if reader is None:
-                await self._warm_node(node)
-                opened = self.ov.open_remote(ino, os.O_RDONLY)
-                assert opened is not None
-                reader = self._ino_readers[ino] = opened[1]
+                await self._fetch(self.ov.fetch_for(node))
+                reader = self.ov.open_remote(ino, os.O_RDONLY)
+                assert reader is not None
+                self.files.set_inode_reader(node, reader)
             return await trio.to_thread.run_sync(reader.pread, size, off)
-        return os.pread(self._inode_fd(node, write=False), size, off)
+        return self.files.pread(node, size, off)
 
+    @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
         if fh == 0:
             log.error("read with file handle 0: FUSE shim mismatch")
             raise pyfuse3.FUSEError(errno.EIO)
         if fh & FH_INODE:
-            try:
-                return await self._read_inode(fh ^ FH_INODE, off, size)
-            except OSError as e:
-                raise self._fail(e) from None
-        remote = self._readers.get(fh)
-        if remote is not None:
-            try:
-                return await trio.to_thread.run_sync(remote[1].pread, size, off)
-            except OSError as e:
-                raise self._fail(e) from None
-        try:
-            return os.pread(fh, size, off)
-        except OSError as e:
-            raise self._fail(e) from None
+            return await self._read_inode(fh ^ FH_INODE, off, size)
+        reader = self.files.reader(fh)
+        if reader is not None:
+            return await trio.to_thread.run_sync(reader.pread, size, off)
+        return os.pread(fh, size, off)
 
+    @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         if fh == 0:
             # No-open I/O whose inode the shim did not fill in: never let a
@@ -415,19 +282,13 @@ class FuseOps(pyfuse3.Operations):
             log.error("write with file handle 0: FUSE shim mismatch")
             raise pyfuse3.FUSEError(errno.EIO)
         if fh & FH_INODE:
-            target = self._node(fh ^ FH_INODE)
-            await self._warm_node(target, data=True)
-            try:
-                return os.pwrite(self._inode_fd(target, write=True), buf, off)
-            except OSError as e:
-                raise self._fail(e) from None
-        try:
-            n = os.pwrite(fh, buf, off)
-        except OSError as e:
-            raise self._fail(e) from None
-        node = self._fh_nodes.get(fh)
-        if node is not None:
-            self._kernel_wrote.add(node.ino)
+            node = self.table.get(fh ^ FH_INODE)
+            await self._fetch(self.ov.fetch_for(node, data=True))
+            return self.files.pwrite(node, buf, off)
+        n = os.pwrite(fh, buf, off)
+        opened = self.files.handle_node(fh)
+        if opened is not None:
+            self.cache.wrote(opened.ino)
         return n
 
     async def flush(self, fh: int) -> None:
@@ -435,35 +296,28 @@ class FuseOps(pyfuse3.Operations):
         # FLUSH on every close (one round trip saved per close).
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
+    @fuse_errors
     async def release(self, fh: int) -> None:
-        remote = self._readers.pop(fh, None)
-        if remote is not None:
-            await trio.to_thread.run_sync(remote[1].close)
+        if fh == 0 or fh & FH_INODE:
+            # A no-open CREATE's file: its fd is the inode's (see create).
             return
-        node = self._fh_nodes.pop(fh, None)
-        os.close(fh)
-        if node is not None:
-            self.table.release_handle(node, fh)
+        reader = self.files.release(fh)
+        if reader is not None:
+            await trio.to_thread.run_sync(reader.close)
 
+    @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         if fh & FH_INODE:
-            entry = self.ino_fds.get(fh ^ FH_INODE)
-            if entry is None or not entry.writable:
-                return  # nothing written through us since it was opened
-            fh = entry.fd
-        try:
+            self.files.fsync_inode(fh ^ FH_INODE, datasync)
+        else:
             (os.fdatasync if datasync else os.fsync)(fh)
-        except OSError as e:
-            raise self._fail(e) from None
 
     # ---- directories ------------------------------------------------------
 
-    def _count(self, op: str) -> None:
-        self.requests[op] = self.requests.get(op, 0) + 1
-
+    @fuse_errors
     async def opendir(self, inode: int, ctx: Any) -> int:
         self._count("opendir")
-        node = self._node(inode)
+        node = self.table.get(inode)
         if self.no_opendir:
             # ENOSYS turns on the kernel's no_opendir mode (this one succeeds).
             raise pyfuse3.FUSEError(errno.ENOSYS)
@@ -472,117 +326,75 @@ class FuseOps(pyfuse3.Operations):
         self._dirs[fh] = (node, None)
         if not self.cache_dirs:
             return fh
-        # With the shim, the kernel caches this listing (FOPEN_CACHE_DIR) and
-        # keeps it across opens while neither layer's directory changed.
-        try:
-            sig = self.ov.dir_signature(node)
-        except OSError as e:
-            raise self._fail(e) from None
-        keep = self._dir_sig.get(inode) == sig
-        self._dir_sig[inode] = sig
+        keep = self.cache.keep_listing(inode, self.ov.dir_signature(node))
         return fh | FH_CACHE_DIR | (FH_KEEP_CACHE if keep else 0)
 
+    @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         self._count("readdir")
-        if fh & FH_INODE:
-            node = self._node(fh ^ FH_INODE)
-            names = self._listings.get(node.ino) if start_id else None
+        by_inode = bool(fh & FH_INODE)
+        if by_inode:
+            node = self.table.get(fh ^ FH_INODE)
+            names = self.cache.listing(node.ino) if start_id else None
         else:
-            fh &= ~FH_FLAG_MASK
-            node, names = self._dirs[fh]
+            node, names = self._dirs[fh & ~FH_FLAG_MASK]
         if names is None or start_id == 0:
-            await self._warm_node(node)
-            try:
-                names = [b".", b"..", *self.ov.list_dir(node)]
-            except OSError as e:
-                raise self._fail(e) from None
-            if fh & FH_INODE:
-                self._keep_listing(node.ino, names)
+            await self._fetch(self.ov.fetch_for(node))
+            names = [b".", b"..", *self.ov.list_dir(node)]
+            if by_inode:
+                self.cache.put_listing(node.ino, names)
             else:
-                self._dirs[fh] = (node, names)
-        try:
-            # Lazily: resolve only what fits in the kernel's buffer.
-            for index, name, child, st in self.ov.children(node.ino, names, start_id):
-                dot = name == b"." or name == b".."
-                if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
-                    if not dot:
-                        self.table.forget(child.ino, 0)
-                    break
+                self._dirs[fh & ~FH_FLAG_MASK] = (node, names)
+        # Lazily: resolve only what fits in the kernel's buffer; count a
+        # lookup for each entry the kernel accepted.
+        for index, name, child, st in self.ov.children(node.ino, names, start_id):
+            dot = name == b"." or name == b".."
+            if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
                 if not dot:
-                    self.table.add_lookup(child)
-        except OSError as e:
-            raise self._fail(e) from None
-
-    def _keep_listing(self, ino: int, names: list[bytes]) -> None:
-        """Listings taken for no-opendir readdir, until the next rewind
-        (bounded: the kernel caches them itself once read through)."""
-        self._listings[ino] = names
-        self._listings.move_to_end(ino)
-        while len(self._listings) > 256:
-            self._listings.popitem(last=False)
+                    self.table.forget(child.ino, 0)
+                break
+            if not dot:
+                self.table.add_lookup(child)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh & ~FH_FLAG_MASK, None)
 
+    @fuse_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         if fh & FH_INODE:
-            node = self._node(fh ^ FH_INODE)
+            node = self.table.get(fh ^ FH_INODE)
         else:
             node, _ = self._dirs[fh & ~FH_FLAG_MASK]
-        if not node.in_upper:
-            return
-        try:
-            dfd = os.open(self.ov.real_path(node), os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError as e:
-            raise self._fail(e) from None
+        self.ov.fsync_dir(node)
 
     # ---- xattrs and statfs ------------------------------------------------
 
+    @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         self._count("getxattr")
-        try:
-            return self.ov.getxattr(inode, os.fsdecode(name))
-        except OSError as e:
-            raise self._fail(e) from None
+        return self.ov.getxattr(inode, os.fsdecode(name))
 
+    @fuse_errors
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        try:
-            return [os.fsencode(n) for n in self.ov.listxattr(inode)]
-        except OSError as e:
-            raise self._fail(e) from None
+        return [os.fsencode(n) for n in self.ov.listxattr(inode)]
 
+    @fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        await self._warm_node(self._node(inode), data=True)
-        try:
-            self.ov.setxattr(inode, os.fsdecode(name), value)
-        except OSError as e:
-            raise self._fail(e) from None
+        await self._fetch(self.ov.fetch_for(self.table.get(inode), data=True))
+        self.ov.setxattr(inode, os.fsdecode(name), value)
 
+    @fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        await self._warm_node(self._node(inode), data=True)
-        try:
-            self.ov.removexattr(inode, os.fsdecode(name))
-        except OSError as e:
-            raise self._fail(e) from None
+        await self._fetch(self.ov.fetch_for(self.table.get(inode), data=True))
+        self.ov.removexattr(inode, os.fsdecode(name))
 
+    @fuse_errors
     async def statfs(self, ctx: Any) -> Any:
-        try:
-            vfs = self.ov.statfs()
-        except OSError as e:
-            raise self._fail(e) from None
+        vfs = self.ov.statfs()
         out = pyfuse3.StatvfsData()
-        out.f_bsize = vfs.f_bsize
-        out.f_frsize = vfs.f_frsize
-        out.f_blocks = vfs.f_blocks
-        out.f_bfree = vfs.f_bfree
-        out.f_bavail = vfs.f_bavail
-        out.f_files = vfs.f_files
-        out.f_ffree = vfs.f_ffree
-        out.f_favail = vfs.f_favail
+        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                      "f_files", "f_ffree", "f_favail"):
+            setattr(out, field, getattr(vfs, field))
         out.f_namemax = NAME_MAX
         return out
 
@@ -590,24 +402,20 @@ class FuseOps(pyfuse3.Operations):
 
     def invalidate_all(self) -> tuple[list[int], list[tuple[int, bytes]]]:
         """Re-read the layers after they changed behind the mount (commit,
-        discard, rollback) and list what the kernel must forget: every known
-        inode's attributes and pages, every known name, and every name now in
-        a known directory (to drop negative entries)."""
-        for _, tree in self.ov.layers.remotes:
-            tree.invalidate()
-        list(self.ov.refresh())
-        self._last_sig.clear()
-        self._dir_sig.clear()
-        self._listings.clear()
-        self.ino_fds.clear()
-        inodes: list[int] = []
-        entries: set[tuple[int, bytes]] = set()
-        for node in self.table.nodes():
-            inodes.append(node.ino)
-            entries.update(node.links)
-            if node.is_dir:
-                try:
-                    entries.update((node.ino, n) for n in self.ov.list_dir(node))
-                except OSError:
-                    continue
-        return inodes, sorted(entries)
+        discard, rollback) and list what the kernel must forget. Open files
+        keep working: their nodes are re-pointed, not dropped."""
+        self.cache.clear()
+        self.files.layers_changed()
+        return self.ov.layers_changed()
+
+
+def _owner(ctx: Any) -> Owner:
+    return Owner(ctx.uid, ctx.gid)
+
+
+async def _invalidate_later(ino: int) -> None:
+    """Drop the kernel's caches of `ino` after the current reply went out."""
+    try:
+        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
+    except Exception as e:  # a system task must never raise
+        log.warning("invalidate_inode(%d) failed: %s", ino, e)

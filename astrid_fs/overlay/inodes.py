@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+from astrid_fs.overlay.layers import StatLike
 from astrid_fs.overlay.whiteout import UPPER_ONLY_INO_TAG
 
 ROOT_INO = 1
@@ -43,8 +44,9 @@ class Node:
     links: list[tuple[int, bytes]] = field(default_factory=list)
     lookups: int = 0
     fds: list[int] = field(default_factory=list)  # open file handles' fds
-    # (mtime_ns, size, in_upper) seen at the last open: decides keep_cache.
-    last_open_sig: tuple[int, int, bool] | None = None
+    # What it was when it lost its last name (an open directory or special
+    # file stays stat-able, with nlink 0, as on a plain filesystem).
+    orphan_st: StatLike | None = None
 
 
 class DeviceTags:
@@ -132,10 +134,13 @@ class InodeTable:
             if node.is_dir:
                 self._dir_paths.pop(node.ino, None)
 
-    def unlink(self, node: Node, parent: int, name: bytes) -> None:
-        """Remove one name of `node` (after unlink, rmdir or rename-over)."""
+    def unlink(self, node: Node, parent: int, name: bytes, st: StatLike | None = None) -> None:
+        """Remove one name of `node` (after unlink, rmdir or rename-over);
+        `st` is what it was, kept if that was its last name."""
         with contextlib.suppress(ValueError):
             node.links.remove((parent, name))
+        if not node.links:
+            node.orphan_st = st
         if node.is_dir:
             self._dir_paths.clear()
 

@@ -1,0 +1,104 @@
+"""What the kernel may cache, and for how long: the adapter's one place for
+entry/attribute timeouts, page-cache keeping and directory listings.
+
+- Entries and attributes backed by the upper layer: UPPER_TTL (only the
+  kernel's own requests change them while mounted; commit, discard and
+  rollback invalidate explicitly through the control socket).
+- Entries backed by the lower layer, merged directories, negative lookups:
+  `lower_ttl` (the user may edit the project under a running session).
+- Page cache: kept across opens (`keep_cache`) while the file's mtime and
+  size are what they were at the last open, or changed only through us.
+- Directory listings: the kernel caches them (FOPEN_CACHE_DIR through the
+  shim) and keeps them while neither layer's directory changed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from astrid_fs.overlay.inodes import ROOT_INO, Node
+from astrid_fs.overlay.layers import StatLike
+
+# s3ql uses an hour for the same reason: nothing but the kernel's own
+# requests change upper entries while mounted.
+UPPER_TTL = 3600.0
+# Listings kept for no-opendir readdir between the first and the last chunk.
+_LISTINGS = 256
+
+
+class KernelCache:
+    """Per-mount cache decisions; holds no fds and makes no syscalls."""
+
+    def __init__(self, lower_ttl: float) -> None:
+        self.lower_ttl = lower_ttl
+        self._last_sig: dict[int, tuple[int, int]] = {}
+        self._kernel_wrote: set[int] = set()
+        self._dir_sig: dict[int, tuple[int, int]] = {}
+        self._merged_lower_mtime: dict[int, int] = {}
+        self._listings: OrderedDict[int, list[bytes]] = OrderedDict()
+
+    def ttl(self, node: Node, merged: bool) -> float:
+        """Entry and attribute timeout for `node`."""
+        # A merged directory also shows the lower layer: the lower TTL, so
+        # that project edits there are noticed (see `lower_dir_moved`).
+        return UPPER_TTL if node.in_upper and not merged else self.lower_ttl
+
+    @staticmethod
+    def nlink(node: Node, st: StatLike, merged: bool) -> int:
+        if not node.links and node.ino != ROOT_INO:
+            return 0  # removed, still open
+        return 1 if merged else st.st_nlink
+
+    def wrote(self, ino: int) -> None:
+        """The kernel changed this file's data through us."""
+        self._kernel_wrote.add(ino)
+
+    def keep_pages(self, ino: int, st: StatLike) -> bool:
+        """Whether an open of `ino` may keep the kernel's cached pages."""
+        sig = (st.st_mtime_ns, st.st_size)
+        keep = self._last_sig.get(ino) == sig or ino in self._kernel_wrote
+        self._last_sig[ino] = sig
+        self._kernel_wrote.discard(ino)
+        return keep
+
+    def keep_listing(self, ino: int, sig: tuple[int, int]) -> bool:
+        """Whether an opendir may keep the kernel's cached listing."""
+        keep = self._dir_sig.get(ino) == sig
+        self._dir_sig[ino] = sig
+        return keep
+
+    def lower_dir_moved(self, ino: int, lower_mtime_ns: int) -> bool:
+        """The kernel validates a cached listing against the directory's
+        mtime, which for a merged directory is the upper one's: True when
+        the lower directory's mtime moved since last seen (project edited),
+        so the caller drops the kernel's caches of it."""
+        seen = self._merged_lower_mtime.get(ino)
+        self._merged_lower_mtime[ino] = lower_mtime_ns
+        if seen is not None and seen != lower_mtime_ns:
+            self._listings.pop(ino, None)
+            return True
+        return False
+
+    def listing(self, ino: int) -> list[bytes] | None:
+        return self._listings.get(ino)
+
+    def put_listing(self, ino: int, names: list[bytes]) -> None:
+        """A listing taken for no-opendir readdir, until the next rewind
+        (bounded: the kernel caches it itself once read through)."""
+        self._listings[ino] = names
+        self._listings.move_to_end(ino)
+        while len(self._listings) > _LISTINGS:
+            self._listings.popitem(last=False)
+
+    def forget(self, ino: int) -> None:
+        self._listings.pop(ino, None)
+        self._merged_lower_mtime.pop(ino, None)
+        self._last_sig.pop(ino, None)
+        self._dir_sig.pop(ino, None)
+        self._kernel_wrote.discard(ino)
+
+    def clear(self) -> None:
+        """The layers changed behind the mount: trust nothing cached."""
+        self._last_sig.clear()
+        self._dir_sig.clear()
+        self._listings.clear()

@@ -1,0 +1,341 @@
+"""The overlay's core: resolving names over the layers, attributes, copy-up,
+remote fetches, and re-reading the layers after they changed.
+
+Semantics of the namespace live in `namespace.py` and of attributes, data
+and xattrs in `overlay.py`, both built on this. Errors are `OSError`s
+carrying the errno the caller should see. Nothing here ever writes the
+lower layer: every mutation goes to `layers.upper` (or the work dir beside
+it), after copying up what it needs.
+
+Threading: one daemon, one trio thread, no awaits inside: each operation
+runs to completion, so the inode table needs no locks. Remote fetches are
+returned as blocking jobs for the caller to run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterator, Sequence
+
+from astrid_fs.overlay.copyup import (
+    copy_data,
+    copy_up,
+    copy_up_remote,
+    copy_up_synthetic_dir,
+)
+from astrid_fs.overlay.inodes import ROOT_INO, DeviceTags, InodeTable, Node, upper_only_ino
+from astrid_fs.overlay.layers import (
+    Layers,
+    RemoteTree,
+    Resolved,
+    StatLike,
+    SyntheticStat,
+    merged_names,
+    resolve_child,
+)
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | getattr(os, "O_DIRECT", 0)
+
+
+def err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+class OverlayCore:
+    """Resolution and copy-up over `layers`, keyed by overlay inode number."""
+
+    def __init__(self, layers: Layers, tmp_dir: bytes, *, redirects: bool,
+                 sync_copy_up: bool = True) -> None:
+        self.layers = layers
+        self.tmp = tmp_dir
+        self.redirects = redirects
+        self.sync_copy_up = sync_copy_up
+        root_st = os.lstat(layers.lower)
+        self.tags = DeviceTags(root_st.st_dev)
+        self.table = InodeTable(Node(ROOT_INO, True, b"", True))
+
+    # ---- resolution -------------------------------------------------------
+
+    def path(self, node: Node) -> bytes:
+        return self.table.path_of(node)
+
+    def ino_of(self, r: Resolved) -> int:
+        if r.origin is not None:
+            return self.tags.lower_ino(r.origin.dev, r.origin.ino)
+        if r.in_upper:
+            return upper_only_ino(r.st.st_ino)
+        return self.tags.lower_ino(r.st.st_dev, r.st.st_ino)
+
+    def _resolve(self, parent: Node, name: bytes) -> Resolved | None:
+        return resolve_child(self.layers, self.path(parent), parent.in_upper, parent.lower, name)
+
+    def lookup(self, parent_ino: int, name: bytes) -> tuple[Node, StatLike]:
+        """Resolve `name` in a directory and count one kernel lookup on it."""
+        node, st = self.peek(parent_ino, name)
+        self.table.add_lookup(node)
+        return node, st
+
+    def peek(self, parent_ino: int, name: bytes) -> tuple[Node, StatLike]:
+        """Resolve `name` without counting a lookup (FileNotFoundError if absent)."""
+        parent = self.table.get(parent_ino)
+        if name == b".":
+            return parent, self.stat(parent)
+        if name == b"..":
+            up = self.table.get(parent.links[0][0]) if parent.links else parent
+            return up, self.stat(up)
+        r = self._resolve(parent, name)
+        if r is None:
+            raise err(errno.ENOENT)
+        node = self.table.intern(self.ino_of(r), stat.S_ISDIR(r.st.st_mode), r.lower,
+                                 r.in_upper, parent_ino, name)
+        return node, r.st
+
+    def children(self, parent_ino: int, names: Sequence[bytes],
+                 start: int) -> Iterator[tuple[int, bytes, Node, StatLike]]:
+        """Resolve `names[start:]` of one directory (for readdirplus), without
+        counting lookups; names that vanished meanwhile are skipped."""
+        parent = self.table.get(parent_ino)
+        parent_path = self.path(parent)
+        for index in range(start, len(names)):
+            name = names[index]
+            try:
+                if name == b"." or name == b"..":
+                    node, st = self.peek(parent_ino, name)
+                    yield index, name, node, st
+                    continue
+                r = resolve_child(self.layers, parent_path, parent.in_upper, parent.lower, name)
+            except OSError:
+                continue
+            if r is None:
+                continue
+            node = self.table.intern(self.ino_of(r), stat.S_ISDIR(r.st.st_mode), r.lower,
+                                     r.in_upper, parent_ino, name)
+            yield index, name, node, r.st
+
+    def stat(self, node: Node) -> StatLike:
+        """Current attributes of `node` (from the layer that shows it)."""
+        if node.ino == ROOT_INO:
+            return os.lstat(self.layers.upper)
+        if not node.in_upper and node.lower is not None:
+            lst = self.layers.lower_stat(node.lower)
+            if lst is None:
+                raise err(errno.ENOENT)
+            return lst
+        try:
+            p = self.path(node)
+        except FileNotFoundError:
+            if node.fds:
+                return os.fstat(node.fds[0])
+            raise
+        if node.in_upper:
+            return os.lstat(self.layers.upper_path(p))
+        assert node.lower is not None
+        st = self.layers.lower_stat(node.lower)
+        if st is None:
+            raise err(errno.ENOENT)
+        return st
+
+    def has_name(self, node: Node) -> bool:
+        """False once `node` lost its last name (removed while open)."""
+        if node.ino == ROOT_INO:
+            return True
+        try:
+            self.path(node)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def stat_open(self, node: Node, open_st: os.stat_result | None) -> StatLike:
+        """Attributes of `node`, which may have lost its last name while open:
+        then its open fd's (`open_st`), or what it was when it was removed."""
+        if open_st is not None and not self.has_name(node):
+            return open_st
+        try:
+            return self.stat(node)
+        except FileNotFoundError:
+            if open_st is not None:
+                return open_st
+            if node.orphan_st is not None:
+                return node.orphan_st
+            raise
+
+    def remote_of(self, node: Node) -> tuple[RemoteTree, bytes] | None:
+        """The remote tree showing `node` (not copied up), if any."""
+        if node.in_upper or node.lower is None or not self.layers.remotes:
+            return None
+        return self.layers.remote_for(node.lower)
+
+    def real_path(self, node: Node) -> bytes:
+        """The local path of the layer entry that currently shows `node`
+        (ENOTSUP for an entry of a remote tree: use `remote_of`)."""
+        if node.in_upper or node.lower is None:
+            return self.layers.upper_path(self.path(node))
+        if self.remote_of(node) is not None:
+            raise err(errno.ENOTSUP)
+        return self.layers.lower_path(node.lower)
+
+    def list_dir(self, node: Node) -> list[bytes]:
+        return merged_names(self.layers, self.path(node), node.in_upper, node.lower)
+
+    def lower_mtime_ns(self, node: Node) -> int:
+        """mtime of the lower entry merged into `node` (0 if none)."""
+        if node.lower is None:
+            return 0
+        st = self.layers.lower_stat(node.lower)
+        return 0 if st is None else st.st_mtime_ns
+
+    def dir_signature(self, node: Node) -> tuple[int, int]:
+        """Changes whenever either layer's directory changes (mtimes)."""
+        upper = os.lstat(self.layers.upper_path(self.path(node))).st_mtime_ns \
+            if node.in_upper else 0
+        lst = self.layers.lower_stat(node.lower) if node.lower is not None else None
+        return upper, lst.st_mtime_ns if lst is not None else 0
+
+    def is_merged(self, node: Node) -> bool:
+        return node.is_dir and node.in_upper and node.lower is not None
+
+    # ---- remote trees: what must be fetched first ---------------------------
+
+    def fetch_lower(self, lower_rel: bytes | None, data: bool = False
+                    ) -> Callable[[], None] | None:
+        """A blocking job that caches the remote metadata (or, with `data`,
+        the content) of a lower path, for the caller to run in a worker
+        thread; None when nothing needs fetching (local, or cached)."""
+        if lower_rel is None or not self.layers.remotes:
+            return None
+        hit = self.layers.remote_for(lower_rel)
+        if hit is None or hit[0].is_warm(hit[1], data):
+            return None
+        tree, rel = hit
+        return lambda: tree.warm(rel, data)
+
+    def fetch_for(self, node: Node, data: bool = False) -> Callable[[], None] | None:
+        """What to fetch before serving `node` (its data, with `data`)."""
+        if node.in_upper and not node.is_dir:
+            return None
+        return self.fetch_lower(node.lower, data and not node.in_upper)
+
+    def fetch_for_child(self, parent: Node, name: bytes, data: bool = False
+                        ) -> Callable[[], None] | None:
+        """What to fetch before resolving `name` in `parent`."""
+        if parent.lower is None or not self.layers.remotes:
+            return None
+        jobs = [j for j in (self.fetch_lower(parent.lower),
+                            self.fetch_lower(parent.lower + b"/" + name if parent.lower
+                                             else name, data)) if j is not None]
+        if not jobs:
+            return None
+
+        def fetch_all() -> None:
+            for job in jobs:
+                job()
+
+        return fetch_all
+
+    # ---- copy-up ----------------------------------------------------------
+
+    def _parent_of(self, node: Node) -> tuple[Node, bytes]:
+        for p, n in node.links:
+            if p in self.table:
+                return self.table.get(p), n
+        raise err(errno.ENOENT)
+
+    def copy_up(self, node: Node, *, with_data: bool = True) -> bytes:
+        """Make sure `node` exists in the upper layer; return its upper path."""
+        if node.in_upper:
+            return self.layers.upper_path(self.path(node))
+        parent, _ = self._parent_of(node)
+        parent_upper = self.copy_up(parent)
+        # A copy-up is not a change to the directory: keep its times (as
+        # kernel overlayfs does), or the parent's mtime would jump to "now".
+        pst = os.lstat(parent_upper)
+        rel = self.path(node)
+        upath = self.layers.upper_path(rel)
+        assert node.lower is not None
+        remote = self.remote_of(node)
+        lst = self.layers.lower_stat(node.lower) if self.layers.remotes else None
+        if remote is not None:
+            copy_up_remote(remote[0], remote[1], node.lower, upath, self.tmp, self.layers.names,
+                           with_data=with_data, sync=self.sync_copy_up)
+        elif isinstance(lst, SyntheticStat):
+            # A directory that exists only above a remote mount point (`mnt`
+            # for /mnt/s3): nothing to copy, just make it, keeping its inode.
+            copy_up_synthetic_dir(lst, node.lower, upath, self.tmp, self.layers.names)
+        else:
+            copy_up(self.layers.lower_path(node.lower), upath, self.tmp, self.layers.names,
+                    node.lower, with_data=with_data, sync=self.sync_copy_up)
+        os.utime(parent_upper, ns=(pst.st_atime_ns, pst.st_mtime_ns), follow_symlinks=False)
+        node.in_upper = True
+        if not node.is_dir:
+            node.lower = None
+        return upath
+
+    def anonymous_copy(self, node: Node, source_fd: int | None) -> int:
+        """An unnamed read-write copy (O_TMPFILE in the work dir) of a file
+        that lost its last name while open, made from `source_fd` or the
+        lower file: where writes to it go, as on a plain filesystem."""
+        fd = os.open(self.tmp, os.O_TMPFILE | os.O_RDWR, 0o600)
+        try:
+            remote = self.remote_of(node)
+            if source_fd is not None:
+                copy_data(source_fd, fd, os.fstat(source_fd).st_size)
+            elif remote is not None:
+                remote[0].fetch_to(remote[1], fd)
+            else:
+                if node.lower is None:
+                    raise err(errno.ENOENT)
+                src = os.open(self.layers.lower_path(node.lower), os.O_RDONLY)
+                try:
+                    copy_data(src, fd, os.fstat(src).st_size)
+                finally:
+                    os.close(src)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
+    # ---- whole filesystem -------------------------------------------------
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(self.layers.upper)
+
+    def layers_changed(self) -> tuple[list[int], list[tuple[int, bytes]]]:
+        """Re-read every known node's layer state (after a commit, discard or
+        rollback changed the layers behind the mount) and list what the
+        kernel must forget: every known inode's attributes and pages, every
+        known name, and every name now in a known directory (negative
+        entries). A node whose name still resolves keeps serving, re-pointed
+        at whatever shows that name now, so open files keep working."""
+        for node in sorted(self.table.nodes(), key=self._depth):
+            if node.ino == ROOT_INO:
+                continue
+            try:
+                parent, name = self._parent_of(node)
+                r = self._resolve(parent, name)
+            except OSError:
+                r = None
+            if r is None:
+                continue  # gone from both layers: open fds still reach the data
+            node.in_upper = r.in_upper
+            node.lower = r.lower
+        inodes: list[int] = []
+        entries: set[tuple[int, bytes]] = set()
+        for node in self.table.nodes():
+            inodes.append(node.ino)
+            entries.update(node.links)
+            if node.is_dir:
+                try:
+                    entries.update((node.ino, n) for n in self.list_dir(node))
+                except OSError:
+                    continue
+        return inodes, sorted(entries)
+
+    def _depth(self, node: Node) -> int:
+        try:
+            return self.path(node).count(b"/")
+        except OSError:
+            return 1 << 30
