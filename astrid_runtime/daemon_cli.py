@@ -23,6 +23,8 @@ import trio
 
 from astrid_runtime import logs
 from astrid_runtime.abi.context import KvBackend
+from astrid_runtime.approval.policy import home_policy
+from astrid_runtime.approval.service import start_approvals
 from astrid_runtime.config import KernelConfig, default_socket, defaults, load_config
 from astrid_runtime.control import ControlServer
 from astrid_runtime.engine import KernelEngine
@@ -79,7 +81,9 @@ async def run(config: KernelConfig) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_kernel(engine, kv, guest_threads=config.guest_threads,
                                    log=log, policy=config.grant_policy) as kernel:
-                server = ControlServer(kernel, config.socket)
+                approvals = await start_approvals(kernel, config.home,
+                                                  home_policy(config.home))
+                server = ControlServer(kernel, config.socket, approvals)
                 await kernel.start_service(server.serve)
                 log.event("info", "kernel.listening", socket=str(config.socket),
                           lockfile=str(config.lockfile), kv=config.kv_url or "none")

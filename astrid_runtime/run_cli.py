@@ -45,9 +45,8 @@ from astrid_runtime.approval.asks import Ask
 from astrid_runtime.approval.audit import AuditLog
 from astrid_runtime.approval.person import ANSWERED, REQUESTED
 from astrid_runtime.approval.pipeline import ApprovalPipeline
-from astrid_runtime.approval.policy import DEFAULT_POLICY, MODES, Policy, load_policy
-from astrid_runtime.approval.service import Approvals
-from astrid_runtime.approval.token import load_or_create_key
+from astrid_runtime.approval.policy import MODES, POLICY_FILE, Policy, home_policy, load_policy
+from astrid_runtime.approval.service import AUDIT_FILE, Approvals, start_approvals
 from astrid_runtime.approval_cli import describe
 from astrid_runtime.bus import Message, Tap
 from astrid_runtime.commit_service import CommitService
@@ -60,7 +59,6 @@ from astrid_runtime.supervisor import State
 from astrid_runtime.vfs import PluginVfs
 
 ASTRID_FS = (sys.executable, "-m", "astrid_fs.cli")
-POLICY_FILE = "policy.toml"
 #: How long to wait for plugins to come up (a cold compile of a Python plugin is 4-8 s).
 BOOT_TIMEOUT_S = 120.0
 
@@ -130,10 +128,7 @@ def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
     if args.mount is not None and not args.mount.expanduser().is_dir():
         raise RunError(f"--mount {args.mount}: no such directory")
     mount = (args.mount or home / "mnt" / session).expanduser().resolve()
-    policy_path = args.policy
-    if policy_path is None and (home / POLICY_FILE).exists():
-        policy_path = home / POLICY_FILE
-    policy = load_policy(policy_path) if policy_path is not None else DEFAULT_POLICY
+    policy = load_policy(args.policy) if args.policy is not None else home_policy(home)
     if args.mode is not None:
         policy = dataclasses.replace(policy, mode=args.mode)
     if not lockfile.exists():
@@ -333,10 +328,7 @@ async def _read_lines(stdin: IO[str], kernel: Kernel, console: Console, opts: Ru
 async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[str]) -> str:
     """Boot the kernel on the mounted session and talk until EOF or a signal; why it ended."""
     home = opts.home
-    key = await trio.to_thread.run_sync(load_or_create_key, home)
-    audit = AuditLog(home / "audit.jsonl")
-    approvals = Approvals.open(home, opts.policy, key=key, audit=audit)
-    pipeline = approvals.pipeline
+    audit = AuditLog(home / AUDIT_FILE)
     engine = KernelEngine(cache_dir=home / "cache")
     kv = await trio.to_thread.run_sync(_open_kv, opts.kv_url)
     made: list[PluginVfs] = []
@@ -344,7 +336,8 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_kernel(engine, kv) as kernel:
-                approvals.attach(kernel)
+                approvals = await start_approvals(kernel, home, opts.policy, audit=audit)
+                pipeline = approvals.pipeline
                 kernel.context_hooks.append(_hook(opts, pipeline, made))
                 console = Console(out, opts.json)
                 tap = Tap(kernel.bus, "agent.response")
@@ -353,7 +346,6 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
                 tap.endpoint.subscribe("approval.*")
                 commits = CommitService(kernel.bus, pipeline, opts.session)
                 await kernel.start_service(commits.serve)
-                await kernel.start_service(approvals.serve_bus, kernel)
                 socket = await _serve_control(kernel, approvals, opts)
                 await kernel.boot(BootPlan(opts.lockfile))
                 await _wait_running(kernel)

@@ -154,14 +154,25 @@ def load_policy(path: Path) -> Policy:
     return parse_policy(TomlDoc.load(path, PolicyError))
 
 
+POLICY_FILE = "policy.toml"
+
+
+def home_policy(home: Path) -> Policy:
+    """`home/policy.toml` if it exists, else the built-in (everything asks)."""
+    path = home / POLICY_FILE
+    return load_policy(path) if path.exists() else DEFAULT_POLICY
+
+
 __all__ = [
     "DECISIONS",
     "DEFAULT_POLICY",
     "MODES",
+    "POLICY_FILE",
     "Policy",
     "PolicyError",
     "Rule",
     "Verdict",
+    "home_policy",
     "load_policy",
     "parse_policy",
 ]

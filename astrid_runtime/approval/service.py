@@ -37,7 +37,7 @@ from astrid_runtime.approval.person import (
 from astrid_runtime.approval.pipeline import ApprovalPipeline, Budget, Stage
 from astrid_runtime.approval.policy import Policy
 from astrid_runtime.approval.standing import StandingGrant, StandingGrants
-from astrid_runtime.approval.token import TokenIssuer
+from astrid_runtime.approval.token import TokenIssuer, load_or_create_key
 from astrid_runtime.bus import Tap
 from astrid_runtime.errors import Refusal
 from astrid_runtime.kernel import Kernel
@@ -162,4 +162,21 @@ class Approvals:
                                                      "reason": e.message})
 
 
-__all__ = ["Approvals"]
+AUDIT_FILE = "audit.jsonl"
+
+
+async def start_approvals(kernel: Kernel, home: Path, policy: Policy, *,
+                          audit: AuditLog | None = None, interceptors: Sequence[Stage] = (),
+                          budgets: Sequence[Budget] = ()) -> Approvals:
+    """Approvals for a kernel that is about to boot: kernel key and audit trail under
+    `home`, wired in, answers on the bus served. What astridd and `astrid run` both do."""
+    key = await trio.to_thread.run_sync(load_or_create_key, home)
+    approvals = Approvals.open(home, policy, key=key,
+                               audit=audit or AuditLog(home / AUDIT_FILE),
+                               interceptors=interceptors, budgets=budgets)
+    approvals.attach(kernel)
+    await kernel.start_service(approvals.serve_bus, kernel)
+    return approvals
+
+
+__all__ = ["AUDIT_FILE", "Approvals", "start_approvals"]

@@ -11,6 +11,7 @@ a sleep; the ask deadline test uses a deadline already in the past.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -294,3 +295,67 @@ def test_pipeline_without_a_person_still_denies_ask(tmp_path: Path) -> None:
     pipeline = ApprovalPipeline(TokenIssuer(KEY), AuditLog(None))
     with pytest.raises(Refusal, match="no approver is wired in"):
         pipeline.request(Action("p", "net.http", URL), ("net.http",))
+
+
+# -- astridd: the same answers against the daemon ------------------------------------
+
+def _tail(sock: Path, pattern: str) -> subprocess.Popen[str]:
+    tail = subprocess.Popen([*ASTRID, "--socket", str(sock), "tail", pattern, "--count", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert tail.stderr is not None and "tailing" in tail.stderr.readline()
+    return tail
+
+
+def test_astridd_asks_wait_for_astrid_approve(tmp_path: Path,
+                                              component_paths: dict[str, Path]) -> None:
+    from testkit import write_plugin
+
+    plugin = write_plugin(tmp_path / "plugins", "asker", component_paths["pyecho"],
+                          config="subscribe=echo.ask", publish=("echo.>",),
+                          subscribe=("echo.ask",), extra='cap = ["net.http"]\n')
+    lock = tmp_path / "plugins.lock"
+    done = subprocess.run([*ASTRID, "--lockfile", str(lock), "plugin", "install",
+                           "--allow-wildcards", str(plugin)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    home = tmp_path / "home"
+    config = tmp_path / "astridd.toml"
+    config.write_text(f'home = "{home}"\nlockfile = "plugins.lock"\nkv = "none"\n')
+    sock = home / "astridd.sock"
+    astridd = str(Path(sys.executable).parent / "astridd")
+    proc = subprocess.Popen([astridd, "--config", str(config)], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    client = lambda *a: subprocess.run(  # noqa: E731
+        [*ASTRID, "--socket", str(sock), *a], capture_output=True, text=True, timeout=60)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if '"plugin.running"' in line:
+                break
+        asked, ok = _tail(sock, "approval.requested"), _tail(sock, "echo.ask.*")
+        body = json.dumps({"kind": "net.http", "resource": URL, "hint": ""})
+        assert client("publish", "echo.ask", body).returncode == 0
+        out, _ = asked.communicate(timeout=60)
+        ask = json.loads(out.split(" ", 1)[1])
+        listing = client("approvals")
+        assert ask["id"] in listing.stdout and "asker wants net.http" in listing.stdout
+        approved = client("approve", ask["id"], "--session")
+        assert approved.returncode == 0, approved.stderr
+        out, _ = ok.communicate(timeout=60)
+        assert out.strip() == f"echo.ask.ok {URL}"
+        status = json.loads(client("status", "--json").stdout)
+        assert status["approvals"] == {"mode": "guided", "pending": 0, "standing": 1}
+        # An ask still waiting when the kernel stops is denied; shutdown does not hang.
+        asked = _tail(sock, "approval.requested")
+        body = json.dumps({"kind": "net.http", "resource": URL + "other", "hint": ""})
+        assert client("publish", "echo.ask", body).returncode == 0
+        asked.communicate(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    audit = [json.loads(x) for x in (home / "audit.jsonl").read_text().splitlines()]
+    answers = [(e["answer"], e["by"]) for e in audit if e["event"] == "cap.answer"]
+    assert answers == [("session", "cli"), ("deny", "kernel")]
