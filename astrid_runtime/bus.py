@@ -13,12 +13,17 @@ mailbox inside one critical section, so two messages from one publisher
 reach every subscriber in the order they were published (a plugin's own
 host calls are sequential: one guest call at a time per plugin).
 
-Full mailbox policy ("refuse, all or nothing"). Before enqueueing, publish
-checks every matching plugin mailbox; if any is full, the message goes to
-nobody and the publisher gets `rate-limited` naming the full mailbox.
-Nothing is lost silently, memory stays bounded, and a retry cannot
-duplicate. Taps (`astrid tail`) are observers: a slow tap never refuses a
-publish; it drops its oldest message and reports the gap.
+Full mailbox policy ("a slow consumer hurts only itself"). A subscriber
+whose mailbox is full does not get the message; every other subscriber
+does, and the publish succeeds. The drop is the slow subscriber's own
+loss: counted in its `overflowed` stat (shown by `astrid status`) and
+logged by its supervisor at the first drop of a burst and every 1000th.
+Memory stays bounded and nobody can stop the bus by not reading: under
+the old "refuse, all or nothing" rule, one plugin subscribed to `>` that
+stopped reading refused every publish on the bus (issue 12). Publishers
+are limited by their own quota only (`publish_per_sec`, a token bucket,
+and `max_payload_bytes`). Taps (`astrid tail`) drop their oldest message
+instead, and report the gap.
 """
 
 from __future__ import annotations
@@ -75,7 +80,8 @@ class Doorbell:
 @dataclass
 class MailboxStats:
     delivered: int = 0
-    refused: int = 0
+    #: Messages this mailbox did not take because it was full (its owner's loss).
+    overflowed: int = 0
     dropped: int = 0
 
 
@@ -89,6 +95,9 @@ class Mailbox:
         self._queue: deque[Message] = deque()
         self._idle = True
         self.stats = MailboxStats()
+        #: Called (outside the bus lock, in the publisher's thread) with the overflow
+        #: count at the first overflow and every 1000th: the owner logs it.
+        self.on_overflow: Callable[[int], None] | None = None
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -251,11 +260,11 @@ class Bus:
 
     def publish(self, endpoint: Endpoint | None, topic: str, payload: bytes, *,
                 origin: str = CLIENT) -> int:
-        """Deliver to every matching mailbox, all or nothing; returns how many plugins got it
-        (taps are not counted).
+        """Deliver to every matching mailbox with room; returns how many plugins got it
+        (taps are not counted; a full mailbox is skipped and counts an overflow).
 
         Raises `BusError` with kind `invalid`, `denied`, `too-large` or
-        `rate-limited` (over the publish rate, or a subscriber's mailbox is full).
+        `rate-limited` (over the publisher's own rate).
         """
         tokens = validate_topic(topic)
         publisher = origin if endpoint is None else endpoint.name
@@ -276,22 +285,27 @@ class Bus:
                 box = sub.endpoint.mailbox
                 if match_tokens(sub.tokens, tokens) and box not in targets:
                     targets.append(box)
+            delivered = 0
+            overflows: list[tuple[Callable[[int], None], int]] = []
             for box in targets:
                 if not box.drop_oldest and box.full():
-                    box.stats.refused += 1
-                    owner = next(e.name for e in self._endpoints.values() if e.mailbox is box)
-                    raise BusError("rate-limited", f"mailbox of {owner} is full "
-                                   f"({box.capacity} messages); message not delivered")
-            for box in targets:
+                    box.stats.overflowed += 1
+                    n = box.stats.overflowed
+                    if box.on_overflow is not None and (n == 1 or n % 1000 == 0):
+                        overflows.append((box.on_overflow, n))
+                    continue
+                delivered += not box.drop_oldest
                 if box._put(message):
                     to_wake.append(box.doorbell)
             if endpoint is not None:
                 endpoint.published += 1
         for bell in to_wake:
             bell.ring()
+        for notify, n in overflows:
+            notify(n)
         if self.on_publish is not None:
             self.on_publish(message)
-        return sum(1 for box in targets if not box.drop_oldest)
+        return delivered
 
     def endpoints(self) -> list[Endpoint]:
         with self.lock:

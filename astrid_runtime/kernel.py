@@ -11,6 +11,7 @@ calls go through the supervisors under one `CapacityLimiter`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -232,6 +233,15 @@ class Kernel:
             **{name: section() for name, section in self.status_sections.items()},
         }
 
+    def interrupt_guests(self) -> None:
+        """Advance the epoch past every plugin's call deadline: each running guest traps
+        at its next epoch check (used when the kernel is going away)."""
+        tick = self.engine.epoch_tick_ms
+        ticks = max((math.ceil(s.spec.limits.call_timeout_ms / tick) + 1
+                     for s in self.supervisors.values()), default=0)
+        for _ in range(ticks):
+            self.engine.increment_epoch()
+
     def _run_stop_hooks(self) -> None:
         hooks, self.stop_hooks = self.stop_hooks, []
         for hook in hooks:
@@ -264,6 +274,10 @@ async def open_kernel(engine: KernelEngine, kv: KvBackend | None = None, *,
             kernel._run_stop_hooks()
             for sup in kernel.supervisors.values():
                 sup.stop()
+            # Cancelling the nursery stops the epoch ticker, but not a guest running
+            # in a thread (FIELD-NOTES), which the nursery then waits for: only its
+            # fuel would end a loop. Advance the epoch past every deadline instead.
+            kernel.interrupt_guests()
             nursery.cancel_scope.cancel()
 
 

@@ -10,8 +10,9 @@ See docs/design/supervisor.md for the invariants and crash states. In short:
   Store whole. The message being handled is dropped (counted `poisoned`)
   so that one bad message cannot crash-loop a plugin; queued mail stays.
 - Subscriptions and the mailbox belong to the plugin, not the instance:
-  during backoff mail keeps queueing (bounded; publishers are refused when
-  it is full), and the restarted instance re-subscribes in `init`
+  during backoff mail keeps queueing (bounded; when it is full, new mail
+  for this plugin is dropped and counted as `overflowed`, and nobody else
+  notices), and the restarted instance re-subscribes in `init`
   (subscribe is idempotent per pattern).
 - `max_crashes` within `crash_window_s` disables the plugin: it leaves the
   bus (mail dropped and counted) and stays down until the kernel restarts.
@@ -74,6 +75,7 @@ class Supervisor:
         self._limiter = limiter
         self._doorbell = Doorbell(trio.lowlevel.current_trio_token(), threading.get_ident())
         self.endpoint: Endpoint = bus.attach(spec.name, spec.grants, spec.limits, self._doorbell)
+        self.endpoint.mailbox.on_overflow = self._overflowed
         self.context = PluginContext(spec.name, spec.grants, spec.limits, self.endpoint, kv,
                                      log.plugin_line, log.host_bug)
         self._linker: PluginLinker | None = None
@@ -117,7 +119,7 @@ class Supervisor:
             "mailbox": self.endpoint.depth(),
             "mailbox_capacity": box.capacity,
             "delivered": box.stats.delivered,
-            "refused": box.stats.refused,
+            "overflowed": box.stats.overflowed,
             "dropped": box.stats.dropped,
             "poisoned": self.poisoned,
             "errors": self.errors,
@@ -163,6 +165,11 @@ class Supervisor:
         """Ask the delivery loop to stop after the current guest call."""
         self._stopping.set()
         self._doorbell.ring()
+
+    def _overflowed(self, count: int) -> None:
+        """A publisher's thread: this plugin's full mailbox dropped mail (first, every 1000th)."""
+        self._log.event("warning", "plugin.mailbox_overflow", plugin=self.name,
+                        overflowed=count, capacity=self.endpoint.mailbox.capacity)
 
     def _record_crash(self, reason: str) -> bool:
         """Count a crash; True when it disabled the plugin."""

@@ -1,9 +1,9 @@
 """`astrid:kernel/bus`: subscribe, unsubscribe, publish, checked against grants.
 
 Errors: `invalid` (bad topic/pattern), `denied` (not granted), `too-large`
-(payload over the plugin's limit), `rate-limited` (over the publish rate,
-or a subscriber's mailbox is full: nothing was delivered, retry later),
-`not-found` (unknown subscription id).
+(payload over the plugin's limit), `rate-limited` (over the plugin's own
+publish rate; a subscriber's full mailbox is that subscriber's loss, not
+the publisher's error), `not-found` (unknown subscription id).
 """
 
 from __future__ import annotations
