@@ -25,7 +25,13 @@ from astrid_fs.review.discard import discard
 from astrid_fs.review.journal import Steps
 from astrid_fs.review.selection import is_under
 from astrid_fs.review.snapshot import describe as describe_snapshots
-from astrid_fs.review.snapshot import finish_rollback, list_snapshots, rollback, snapshot
+from astrid_fs.review.snapshot import (
+    finish_rollback,
+    list_snapshots,
+    rollback,
+    snapshot,
+    undo,
+)
 from astrid_fs.session import Session, open_session
 
 _HELP = argparse.RawDescriptionHelpFormatter
@@ -85,6 +91,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     r.add_argument("session")
     r.add_argument("snapshot", metavar="N", help="snapshot number or name")
     r.set_defaults(func=cmd_rollback)
+
+    u = sub.add_parser("undo", help="undo the last rollback, discard or commit --force",
+                       formatter_class=_HELP,
+                       description="Each of rollback, discard and commit --force first takes "
+                       "an automatic snapshot (listed by `log`); undo rolls the session back "
+                       "to the newest one. Undo twice to redo.",
+                       epilog="example:\n  astrid-fs discard fix-bug --all\n"
+                       "  astrid-fs undo fix-bug")
+    u.add_argument("session")
+    u.set_defaults(func=cmd_undo)
 
 
 def open_and_recover(name: str, reading: bool = False) -> Session:
@@ -175,6 +191,10 @@ def cmd_commit(args: argparse.Namespace) -> int:
         print(f"dry run: {len(changes)} change(s) would be committed")
     else:
         print(f"committed {len(changes)} change(s) to {session.lower}")
+    if result.kept is not None:
+        print(f"astrid-fs: the project's overwritten versions are kept in {result.kept}; "
+              f"`astrid-fs undo {session.name}` restores the session as it was",
+              file=sys.stderr)
     return 0
 
 
@@ -183,7 +203,8 @@ def cmd_discard(args: argparse.Namespace) -> int:
     if not args.paths and not args.all:
         raise UsageError("discard needs PATH... or --all (which drops every change)")
     dropped = discard(session, [] if args.all else args.paths)
-    print(f"discarded {len(dropped)} change(s)")
+    print(f"discarded {len(dropped)} change(s)"
+          + (f" (`astrid-fs undo {session.name}` brings them back)" if dropped else ""))
     return 0
 
 
@@ -201,7 +222,8 @@ def cmd_log(args: argparse.Namespace) -> int:
     snaps = list_snapshots(session)
     if args.json:
         print(json.dumps([{"number": s.number, "name": s.name, "created": s.created,
-                           "changes": s.changes, "entries": s.entries} for s in snaps]))
+                           "changes": s.changes, "entries": s.entries, "auto": s.auto,
+                           "reason": s.reason} for s in snaps]))
     else:
         sys.stdout.write(describe_snapshots(snaps) or "no snapshots\n")
     return 0
@@ -210,5 +232,14 @@ def cmd_log(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
     snap = rollback(session, args.snapshot)
-    print(f"rolled back session {session.name} to snapshot {snap.number}")
+    print(f"rolled back session {session.name} to snapshot {snap.number} "
+          f"(`astrid-fs undo {session.name}` goes back)")
+    return 0
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    session = open_and_recover(args.session)
+    snap = undo(session)
+    print(f"undid: session {session.name} is back at snapshot {snap.number} ({snap.reason}); "
+          "undo again to redo")
     return 0

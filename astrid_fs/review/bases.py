@@ -242,3 +242,30 @@ def record_if_fresh(session_root: Path, lower: Path, upper: Path) -> bool:
     finally:
         lowers.close()
     return True
+
+
+def rebase_paths(session_root: Path, lower: Path, paths: Iterable[str]) -> None:
+    """Make the project as it is now the base of `paths` and everything below
+    them (the lower dir, or the mounted source a path lies under)."""
+    index = open_index(session_root)
+    if index is None:
+        return
+    from astrid_fs.review.lowers import SessionLowers
+
+    lowers = SessionLowers.open(session_root, lower)
+    try:
+        for path in sorted(set(paths)):
+            r = lowers.resolve(path)
+            index.forget_tree(path)
+            if r.entry.path == "/":
+                index.put(walk_local(lower, path))
+                continue
+            point = r.entry.path.strip("/")
+            now = r.driver.stat(r.rel)
+            if now is not None:
+                index.put([(path, Base.of_entry(now))])
+                if now.is_dir:
+                    index.put(walk_remote(r.driver, point, r.rel))
+    finally:
+        lowers.close()
+        index.close()

@@ -267,6 +267,9 @@ def _visit_dir(walk: _Walk, path: str, natural: str | None, nat_st: os.stat_resu
     opaque = is_opaque(up, names)
     raw_redirect = get_redirect(up, names)
     base: str | None = natural
+    if raw_redirect is not None and _rename_landed(walk, natural, nat_st, raw_redirect,
+                                                   origin):
+        raw_redirect = None  # committed before (then rolled back to): a plain dir now
     if raw_redirect is not None:
         base = _redirect_target(raw_redirect, natural)
         src_st = lstat_or_none(os.path.join(walk.lower, base))
@@ -298,6 +301,50 @@ def _visit_dir(walk: _Walk, path: str, natural: str | None, nat_st: os.stat_resu
         walk.changes.append(Change(path, status, "dir", lower_path=natural, flags=flags,
                                    origin=origin, opaque=opaque, upper_ino=ust.st_ino))
     _walk_dir(walk, path, natural, hide=opaque)
+
+
+def _rename_landed(walk: _Walk, natural: str | None, nat_st: os.stat_result | None,
+                   raw_redirect: str, origin: Origin | None) -> bool:
+    if natural is None:
+        return False
+    return rename_landed(walk.lower, natural, nat_st, raw_redirect, origin)
+
+
+def rename_landed(lower: str, natural: str, nat_st: os.stat_result | None,
+                  raw_redirect: str, origin: Origin | None) -> bool:
+    """Has the lower already made the rename a redirected upper dir at
+    `natural` stands for (a commit landed it, and a rollback brought the
+    redirect back)? Its source is gone and the very dir the session copied
+    (the origin's inode) now sits at `natural`."""
+    if nat_st is None or origin is None or not stat.S_ISDIR(nat_st.st_mode):
+        return False
+    src = lstat_or_none(os.path.join(lower, _redirect_target(raw_redirect, natural)))
+    return (src is None or not stat.S_ISDIR(src.st_mode)) and (
+        nat_st.st_ino, nat_st.st_dev) == (origin.ino, origin.dev)
+
+
+def drop_landed_redirects(upper: str, lower: str, names: OverlayXattrs, rel: str = "") -> int:
+    """Strip the redirect of every upper dir whose rename the lower already
+    made (see `rename_landed`), so the mount and diff both see a plain dir
+    over the renamed lower dir; returns how many. Repeating it is harmless.
+    (Only dirs whose path is their lower path are checked: a landed rename
+    leaves the dir at its natural place.)"""
+    dropped = 0
+    here = os.path.join(upper, rel) if rel else upper
+    with os.scandir(here) as it:
+        dirs = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+    for name in dirs:
+        path = _join(rel, name)
+        full = os.path.join(upper, path)
+        raw = get_redirect(full, names)
+        if raw is not None and rename_landed(
+                lower, path, lstat_or_none(os.path.join(lower, path)), raw,
+                get_origin(full, names)):
+            os.removexattr(full, names.redirect, follow_symlinks=False)
+            dropped += 1
+        if get_redirect(full, names) is None:
+            dropped += drop_landed_redirects(upper, lower, names, path)
+    return dropped
 
 
 def _pair_renames(walk: _Walk, changes: list[Change]) -> list[Change]:

@@ -23,6 +23,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from astrid_fs.drivers.errors import DriverError
 from astrid_fs.errors import ConflictError, SessionError
@@ -34,6 +35,7 @@ from astrid_fs.review import journal
 from astrid_fs.review.bases import open_index
 from astrid_fs.review.changes import Change, scan, user_xattrs
 from astrid_fs.review.conflicts import check_conflicts
+from astrid_fs.review.entrycopy import copy_tree
 from astrid_fs.review.journal import Cleanup, DirMeta, Place, Record, Stage, Steps, Vacate
 from astrid_fs.review.lowers import SessionLowers
 from astrid_fs.review.projectlock import project_locked
@@ -50,6 +52,7 @@ class CommitResult:
     record: Record | None  # None when there was nothing to commit
     dry_run: bool
     skipped: tuple[Change, ...] = ()  # new dirs that only hold a mount point
+    kept: Path | None = None  # --force: where the project's overwritten versions are
 
 
 def open_lowers(session: Session) -> SessionLowers | None:
@@ -193,6 +196,12 @@ class _Planner:
                 self.clean_entry(c.path)
             return
         if c.status in ("T", "R") and c.lower_path is not None:
+            if c.status == "R" and c.kind == "dir" and not os.path.isdir(
+                    self.session.lower / c.lower_path):
+                raise SessionError(
+                    f"cannot commit {c.path}/: it renames {c.lower_path}, which is no longer "
+                    "in the project (not even --force can rename what is gone); discard it "
+                    "or roll back to another snapshot; nothing was changed")
             slot = self.slot("v")
             self.vacate.append(Vacate(c.lower_path, slot))
             # A renamed dir, or a renamed file that changed in nothing else,
@@ -307,6 +316,12 @@ def commit(session: Session, paths: list[str], *, force: bool = False,
     second commit to the same project (from any session) waits, then sees
     what this one landed as conflicts. `on_wait(project)` is called first
     when it has to wait."""
+    if session.stack:
+        # Landing in a stack would mean writing overlay whiteouts into a
+        # lower that is itself an upper: not built; refuse before anything.
+        raise SessionError(f"session {session.name} stacks {len(session.stack) + 1} lower "
+                           "layers; commit lands in a single lower only (commit the "
+                           "session beneath first, then re-stack)")
     steps = steps or Steps.from_env()
     with journal.locked(session), project_locked(
             commit_sources(session), astrid_home(), on_wait):
@@ -336,6 +351,7 @@ def _commit_locked(session: Session, paths: list[str], force: bool, dry_run: boo
     rec = replace(plan(session, everything, chosen), remote=tuple(ops))
     if dry_run:
         return CommitResult(tuple(chosen), rec, True, tuple(skipped))
+    kept = keep_overwritten(session, conflicts) if conflicts else None
     steps.expect(rec)
     journal.save_ops(session, rec)
     journal.save(session, rec)
@@ -345,7 +361,52 @@ def _commit_locked(session: Session, paths: list[str], force: bool, dry_run: boo
     except (OSError, DriverError) as e:
         raise _failed(session, rec, e) from e
     control.notify_changed(session, rec.paths)
-    return CommitResult(tuple(chosen), rec, False, tuple(skipped))
+    return CommitResult(tuple(chosen), rec, False, tuple(skipped), kept)
+
+
+def keep_overwritten(session: Session, conflicts: list[Change]) -> Path:
+    """Before a forced commit: an automatic snapshot of the session (`undo`)
+    holding, under `overwritten/`, a copy of every project entry the commit
+    is about to overwrite or delete. Returns that dir."""
+    # Imported here: snapshot.py builds on this module (finish_interrupted).
+    from astrid_fs.review.snapshot import snapshot_dir, take_snapshot
+
+    snap = take_snapshot(session, reason=f"before commit --force over {len(conflicts)} "
+                         "conflict(s)")
+    keep = snapshot_dir(session, snap) / "overwritten"
+    lowers = open_lowers(session)
+    try:
+        for path in sorted({c.lower_path or c.path for c in conflicts}):
+            out = keep / path
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if lowers is not None and lowers.is_remote(path):
+                _fetch_remote(lowers, path, out)
+            elif os.path.lexists(session.lower / path):
+                copy_tree(str(session.lower / path), str(out))
+    finally:
+        if lowers is not None:
+            lowers.close()
+    journal.sync_fs(keep.parent)
+    return keep
+
+
+def _fetch_remote(lowers: SessionLowers, path: str, out: Path) -> None:
+    r = lowers.resolve(path)
+    entry = r.driver.stat(r.rel)
+    if entry is None or entry.kind != "file":
+        return
+    reader = r.driver.open_reader(r.rel, entry)
+    try:
+        with open(out, "wb") as f:
+            offset = 0
+            while offset < entry.size:
+                chunk = reader.pread(min(1 << 20, entry.size - offset), offset)
+                if not chunk:
+                    break
+                f.write(chunk)
+                offset += len(chunk)
+    finally:
+        reader.close()
 
 
 def _failed(session: Session, rec: Record, err: OSError | DriverError) -> SessionError:

@@ -15,10 +15,12 @@ from astrid_fs.durable import remove_entry
 from astrid_fs.errors import UsageError
 from astrid_fs.fuse import control
 from astrid_fs.review import journal
+from astrid_fs.review.bases import rebase_paths
 from astrid_fs.review.changes import Change, scan
 from astrid_fs.review.commit import check_lower_usable, finish_interrupted, resolve_paths
 from astrid_fs.review.entrycopy import copy_tree
 from astrid_fs.review.selection import is_under
+from astrid_fs.review.snapshot import finish_rollback, take_snapshot
 from astrid_fs.session import Session
 
 
@@ -34,32 +36,55 @@ def _prune_parents(session: Session, rel: str) -> None:
 
 
 def discard(session: Session, paths: list[str]) -> list[Change]:
-    """Drop the changes under `paths` (everything if empty); returns them."""
+    """Drop the changes under `paths` (everything if empty); returns them.
+    Every path is checked before anything is dropped, and an automatic
+    snapshot (`astrid-fs undo`) is taken first. The dropped paths' base
+    becomes the project as it is now: the session sees the project there."""
     with journal.locked(session):
         finish_interrupted(session)
+        finish_rollback(session)
         control.sync(session)
         check_lower_usable(session)
         changes = scan(session.upper, session.lower, session.xattrs)
         prefixes = resolve_paths(session, paths)
+        hits = [(prefix, _hits(changes, prefix)) for prefix in prefixes]
+        missing = [prefix for prefix, found in hits if not found]
+        if missing:
+            raise UsageError("no change at " + ", ".join(map(repr, missing))
+                             + " in this session; nothing was discarded")
+        if not changes:
+            return []
+        take_snapshot(session, reason="before discard " + (
+            " ".join(prefixes) if prefixes else "--all"))
         if not prefixes:
             for entry in os.listdir(session.upper):
                 _remove(os.path.join(session.upper, entry))
+            _rebase(session, changes)
             control.notify_changed(session, None)
             return changes
         dropped: list[Change] = []
-        for prefix in prefixes:
-            dropped += _discard_prefix(session, changes, prefix)
+        for prefix, found in hits:
+            dropped += _discard_prefix(session, found, prefix)
+        _rebase(session, dropped)
         control.notify_changed(session, sorted({c.path for c in dropped} | {
             c.lower_path for c in dropped if c.lower_path}))
         return dropped
 
 
-def _discard_prefix(session: Session, changes: list[Change], prefix: str) -> list[Change]:
-    upper = str(session.upper)
-    hits = [c for c in changes if is_under(c.path, prefix) or (
+def _rebase(session: Session, dropped: list[Change]) -> None:
+    """What the session now shows at the dropped paths is the project as it
+    is: that is their base from now on (bases.py)."""
+    rebase_paths(session.root, session.lower,
+                 {p for c in dropped for p in (c.path, c.lower_path) if p})
+
+
+def _hits(changes: list[Change], prefix: str) -> list[Change]:
+    return [c for c in changes if is_under(c.path, prefix) or (
         c.status == "R" and c.lower_path is not None and is_under(c.lower_path, prefix))]
-    if not hits:
-        raise UsageError(f"no change at {prefix!r} in this session")
+
+
+def _discard_prefix(session: Session, hits: list[Change], prefix: str) -> list[Change]:
+    upper = str(session.upper)
     for c in hits:
         if c.status == "R":
             _remove(os.path.join(upper, c.path))

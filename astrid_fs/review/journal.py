@@ -349,7 +349,8 @@ def _place(session: Session, rec: Record, steps: Steps) -> None:
         if p.slot in linked:  # the inode came from the upper: drop the overlay's xattrs
             _strip_private(os.path.join(lower, p.to), session.xattrs)
     for meta in rec.dirmeta:
-        _apply_dirmeta(os.path.join(lower, meta.path), meta, session.xattrs)
+        with contextlib.suppress(FileNotFoundError):  # (planning refuses that; never wedge)
+            _apply_dirmeta(os.path.join(lower, meta.path), meta, session.xattrs)
         steps.step()
     if rec.remote:
         lowers = SessionLowers.open(session.root, session.lower)

@@ -32,7 +32,7 @@ from astrid_fs.durable import fsync_dir, write_atomic
 from astrid_fs.errors import SessionError, UsageError
 from astrid_fs.fuse import control
 from astrid_fs.review import journal
-from astrid_fs.review.changes import scan
+from astrid_fs.review.changes import drop_landed_redirects, scan
 from astrid_fs.review.commit import finish_interrupted
 from astrid_fs.review.entrycopy import clone_or_copy, copy_entry, copy_meta, copy_tree
 from astrid_fs.session import Session
@@ -48,6 +48,11 @@ class SnapshotInfo:
     changes: int
     entries: int
     copied: int  # files whose data was copied or reflinked (the rest: hard links)
+    reason: str = ""  # set on the automatic snapshot a destructive verb takes first
+
+    @property
+    def auto(self) -> bool:
+        return bool(self.reason)
 
     @property
     def dirname(self) -> str:
@@ -135,43 +140,57 @@ def snapshot(session: Session, name: str = "") -> SnapshotInfo:
     with journal.locked(session):
         finish_interrupted(session)
         finish_rollback(session)
-        control.sync(session)
-        snaps = list_snapshots(session)
-        if name and any(s.name == name for s in snaps):
-            raise UsageError(f"session {session.name} already has a snapshot named {name!r}")
-        prev = snaps[-1] if snaps else None
-        number = prev.number + 1 if prev else 1
-        session.snapshots_dir.mkdir(exist_ok=True)
-        tmp = session.snapshots_dir / f".tmp-{number:04d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        builder = _Builder(
-            None if prev is None else session.snapshots_dir / prev.dirname / "tree",
-            {} if prev is None else _manifest(session, prev))
-        builder.copy(str(session.upper), str(tmp / "tree"), "")
-        count = len(scan(session.upper, session.lower, session.xattrs)) \
-            if session.lower.is_dir() else builder.entries
-        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        info = SnapshotInfo(number, name, created, count, builder.entries, builder.copied)
-        (tmp / "manifest.json").write_text(json.dumps(builder.manifest))
-        (tmp / "meta.json").write_text(json.dumps(asdict(info)))
-        journal.sync_fs(tmp)
-        os.rename(tmp, session.snapshots_dir / info.dirname)
-        fsync_dir(session.snapshots_dir)
-        return info
+        return take_snapshot(session, name)
+
+
+def take_snapshot(session: Session, name: str = "", reason: str = "") -> SnapshotInfo:
+    """`snapshot` with the session lock held by the caller; `reason` marks
+    the automatic snapshot a destructive verb takes before it acts."""
+    control.sync(session)
+    snaps = list_snapshots(session)
+    if name and any(s.name == name for s in snaps):
+        raise UsageError(f"session {session.name} already has a snapshot named {name!r}")
+    prev = snaps[-1] if snaps else None
+    number = prev.number + 1 if prev else 1
+    session.snapshots_dir.mkdir(exist_ok=True)
+    tmp = session.snapshots_dir / f".tmp-{number:04d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    builder = _Builder(
+        None if prev is None else session.snapshots_dir / prev.dirname / "tree",
+        {} if prev is None else _manifest(session, prev))
+    builder.copy(str(session.upper), str(tmp / "tree"), "")
+    count = len(scan(session.upper, session.lower, session.xattrs)) \
+        if session.lower.is_dir() else builder.entries
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    info = SnapshotInfo(number, name, created, count, builder.entries, builder.copied, reason)
+    (tmp / "manifest.json").write_text(json.dumps(builder.manifest))
+    (tmp / "meta.json").write_text(json.dumps(asdict(info)))
+    journal.sync_fs(tmp)
+    os.rename(tmp, session.snapshots_dir / info.dirname)
+    fsync_dir(session.snapshots_dir)
+    return info
+
+
+def snapshot_dir(session: Session, snap: SnapshotInfo) -> Path:
+    return session.snapshots_dir / snap.dirname
 
 
 def _rollback_record(session: Session) -> Path:
     return session.journal_dir / "rollback.json"
 
 
-def rollback(session: Session, key: str, steps: journal.Steps | None = None) -> SnapshotInfo:
-    """Make the upper layer exactly what snapshot `key` recorded."""
+def rollback(session: Session, key: str, steps: journal.Steps | None = None,
+             why: str = "") -> SnapshotInfo:
+    """Make the upper layer exactly what snapshot `key` recorded, after an
+    automatic snapshot of the changes as they are (so `undo` brings them
+    back)."""
     steps = steps or journal.Steps.from_env()
     with journal.locked(session):
         finish_interrupted(session)
+        finish_rollback(session)
         snap = find_snapshot(session, key)
-        control.sync(session)
+        take_snapshot(session, reason=why or f"before rollback to {snap.number}")
         write_atomic(_rollback_record(session), json.dumps({"snapshot": snap.number}).encode())
         steps.step()
         _restore(session, snap, steps)
@@ -200,6 +219,9 @@ def _restore(session: Session, snap: SnapshotInfo, steps: journal.Steps) -> None
         _remove(str(left))
     restorer = _Restorer(session, _manifest(session, snap), steps)
     restorer.sync_dir(str(tree), str(session.upper), "")
+    if session.lower.is_dir():
+        # A rollback across a commit brings back renames the lower has made.
+        drop_landed_redirects(str(session.upper), str(session.lower), session.xattrs)
     journal.sync_fs(session.upper)
     _rollback_record(session).unlink(missing_ok=True)
     fsync_dir(session.journal_dir)
@@ -272,8 +294,26 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+def undo_target(session: Session) -> SnapshotInfo:
+    """The newest automatic snapshot: what the last destructive verb
+    (rollback, discard, commit --force, undo itself) replaced."""
+    autos = [s for s in list_snapshots(session) if s.auto]
+    if not autos:
+        raise UsageError(f"session {session.name} has nothing to undo (no automatic snapshot; "
+                         "see `astrid-fs log`)")
+    return autos[-1]
+
+
+def undo(session: Session) -> SnapshotInfo:
+    """Roll back to the newest automatic snapshot (git's `reset HEAD@{1}`);
+    it takes its own, so a second undo redoes."""
+    target = undo_target(session)
+    return rollback(session, str(target.number), why=f"before undo (to {target.number})")
+
+
 def describe(snaps: list[SnapshotInfo]) -> str:
-    lines = [f"{s.number:>4}  {s.created}  {s.changes:>6} changes  {s.name}".rstrip()
+    lines = [f"{s.number:>4}  {s.created}  {s.changes:>6} changes  "
+             f"{s.name or (f'(auto: {s.reason})' if s.reason else '')}".rstrip()
              for s in snaps]
     return "".join(line + "\n" for line in lines)
 

@@ -201,12 +201,13 @@ def test_diff_works_while_another_command_holds_the_session(edited: Session,
 def test_snapshot_log_rollback(edited: Session, home: Path) -> None:
     first = run(home, "snapshot", "s1", "--name", "start")
     assert first.returncode == 0 and first.stdout.startswith("snapshot 1 (start): 22 change(s)")
-    assert run(home, "discard", "s1", "src").returncode == 0
-    assert run(home, "snapshot", "s1").stdout.startswith("snapshot 2: 19 change(s)")
+    assert run(home, "discard", "s1", "src").returncode == 0  # snapshot 2: automatic
+    assert run(home, "snapshot", "s1").stdout.startswith("snapshot 3: 19 change(s)")
     log = run(home, "log", "s1").stdout.splitlines()
-    assert len(log) == 2 and log[0].split()[0] == "1" and log[0].endswith("start")
+    assert len(log) == 3 and log[0].split()[0] == "1" and log[0].endswith("start")
+    assert log[1].endswith("(auto: before discard src)")
     assert [s["changes"] for s in json.loads(run(home, "log", "s1", "--json").stdout)] == [
-        22, 19]
+        22, 22, 19]
     one_line_error(run(home, "snapshot", "s1", "--name", "start"), 2, "already has")
     assert run(home, "rollback", "s1", "start").returncode == 0
     assert len(run(home, "diff", "s1").stdout.splitlines()) == 22
