@@ -198,6 +198,38 @@ def _renameat2(src: str, dst: str, flags: int) -> None:
         raise OSError(e, os.strerror(e))
 
 
+# The modes the kernel's FUSE client forwards (it refuses COLLAPSE_RANGE and
+# INSERT_RANGE itself; tests/fs/test_modern_io.py pins that).
+FALLOCATE_MODES = {
+    "0": 0,
+    "KEEP_SIZE": 0x01,
+    "PUNCH_HOLE|KEEP_SIZE": 0x03,
+    "PUNCH_HOLE": 0x02,  # EOPNOTSUPP on every filesystem
+    "ZERO_RANGE": 0x10,
+    "ZERO_RANGE|KEEP_SIZE": 0x11,
+}
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def _fallocate_path(path: str, mode: int, offset: int, length: int) -> int:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if _libc.fallocate(fd, mode, offset, length) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _lseek_path(path: str, offset: int, whence: int) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, offset, whence)
+    finally:
+        os.close(fd)
+
+
 def _stat_summary(path: str) -> tuple[int, int, int]:
     s = os.stat(path)
     return (stat.S_IFMT(s.st_mode), stat.S_IMODE(s.st_mode), s.st_size if not
@@ -339,6 +371,25 @@ class OverlayModel(RuleBasedStateMachine):
     def truncate(self, d: st.DataObject, size: int) -> None:
         p = self.pick(d, "file")
         self.both(f"truncate({p}, {size})", lambda r: os.truncate(os.path.join(r, p), size))
+
+    # -- sparse files: fallocate modes and SEEK_DATA / SEEK_HOLE ---------------
+
+    @rule(d=st.data(), mode=st.sampled_from(sorted(FALLOCATE_MODES)),
+          off=st.integers(0, 80000), length=st.integers(0, 80000))
+    def fallocate(self, d: st.DataObject, mode: str, off: int, length: int) -> None:
+        """fallocate(2) with a mode the kernel's FUSE client forwards (and
+        PUNCH_HOLE without KEEP_SIZE, which ext4 refuses)."""
+        p = self.pick(d, "file")
+        self.both(f"fallocate({p}, {mode}, @{off}, {length})",
+                  lambda r: _fallocate_path(os.path.join(r, p), FALLOCATE_MODES[mode],
+                                            off, length))
+
+    @rule(d=st.data(), whence=st.sampled_from(["SEEK_DATA", "SEEK_HOLE"]),
+          off=st.integers(0, 80000))
+    def seek_data_hole(self, d: st.DataObject, whence: str, off: int) -> None:
+        p = self.pick(d, "file")
+        self.both(f"lseek({p}, {off}, {whence})",
+                  lambda r: _lseek_path(os.path.join(r, p), off, getattr(os, whence)))
 
     @rule(d=st.data(), mode=st.sampled_from([0o755, 0o700, 0o750]))
     def mkdir(self, d: st.DataObject, mode: int) -> None:

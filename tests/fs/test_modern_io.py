@@ -3,7 +3,8 @@ SEEK_HOLE, fallocate modes, copy_file_range and O_TMPFILE, each compared with
 what the upper filesystem (ext4, a plain directory beside the session) does.
 
 These need the FUSE shim at version 5 (scripts/setup.sh builds it): pyfuse3
-has no LSEEK / FALLOCATE / COPY_FILE_RANGE handlers of its own.
+has no LSEEK / FALLOCATE / COPY_FILE_RANGE handlers of its own. The last
+tests call the callbacks (fuse/extra_ops.py) directly, without a mount.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from pathlib import Path
 
 import pytest
 
+import astrid_fs.fuse.extra_ops as extra_ops_module
+from astrid_fs.fuse.extra_ops import ExtraOps
+from astrid_fs.fuse.ops import FuseOps
+from astrid_fs.fuse.shim import FH_INODE
+from astrid_fs.overlay.inodes import ROOT_INO
+from astrid_fs.overlay.layers import Layers
+from astrid_fs.overlay.overlay import Overlay
+from astrid_fs.overlay.whiteout import OverlayXattrs
 from tests.support.mounts import MountedSession, hash_tree
 
 Mount = Callable[..., MountedSession]
@@ -333,12 +342,71 @@ def test_o_tmpfile_is_not_supported(mount_session: Mount) -> None:
     assert list(s.mnt.iterdir()) == []
 
 
-# ---- without the shim's callbacks ---------------------------------------------
+# ---- the callbacks without a mount ----------------------------------------------
+
+
+@pytest.fixture
+def direct(tmp_path: Path) -> tuple[ExtraOps, FuseOps, Path]:
+    """ExtraOps over an overlay of a lower dir holding a sparse `f`, no mount."""
+    for name in ("lower", "upper", "tmp"):
+        (tmp_path / name).mkdir()
+    make_sparse(tmp_path / "lower" / "f", 2 * MiB, [(MiB, b"x" * 4096)])
+    layers = Layers(os.fsencode(tmp_path / "lower"), os.fsencode(tmp_path / "upper"),
+                    OverlayXattrs("trusted"))
+    ops = FuseOps(Overlay(layers, os.fsencode(tmp_path / "tmp"), redirects=True),
+                  lower_ttl=1.0)
+    return ExtraOps(ops), ops, tmp_path
+
+
+async def _ino(ops: FuseOps, name: bytes) -> int:
+    entry = await ops.lookup(ROOT_INO, name, None)
+    ino: int = entry.st_ino
+    return ino
+
+
+async def test_callbacks_answer_by_inode_without_copying_up_for_lseek(
+        direct: tuple[ExtraOps, FuseOps, Path]) -> None:
+    extra, ops, root = direct
+    fh = FH_INODE | await _ino(ops, b"f")
+    assert extra.lseek(fh, 0, os.SEEK_DATA) == MiB
+    assert extra.lseek(fh, MiB, os.SEEK_HOLE) == MiB + 4096
+    assert extra.lseek(fh, MiB + 4096, os.SEEK_DATA) == -errno.ENXIO
+    assert not (root / "upper" / "f").exists()
+    assert extra.fallocate(fh, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, MiB, 4096) == 0
+    assert (root / "upper" / "f").stat().st_size == 2 * MiB
+    assert extra.lseek(fh, 0, os.SEEK_DATA) == -errno.ENXIO
+    assert (root / "lower" / "f").read_bytes()[MiB:MiB + 1] == b"x"
+
+
+async def test_callbacks_never_raise(direct: tuple[ExtraOps, FuseOps, Path],
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    extra, ops, _ = direct
+    fh = FH_INODE | await _ino(ops, b"f")
+    forgotten = FH_INODE | 987654
+    assert extra.lseek(forgotten, 0, os.SEEK_DATA) == -errno.ESTALE
+    assert extra.fallocate(forgotten, 0, 0, 1) == -errno.ESTALE
+    assert extra.copy_file_range(fh, 0, forgotten, 0, 1, 0) == -errno.ESTALE
+    assert extra.copy_file_range(fh, 0, fh, 4096, 1, 1) == -errno.EINVAL
+    assert extra.fallocate(fh, 0x4000, 0, 1) < 0  # an unknown mode: the upper fs says
+
+    def no_fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSYS, "not here")
+
+    # ENOSYS would switch FALLOCATE off for the whole mount: never answer it.
+    monkeypatch.setattr(extra_ops_module, "_fallocate", no_fallocate)
+    assert extra.fallocate(fh, 0, 0, 1) == -errno.EOPNOTSUPP
+
+    def broken(fd: int, mode: int, offset: int, length: int) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(extra_ops_module, "_fallocate", broken)
+    assert extra.fallocate(fh, 0, 0, 1) == -errno.EIO
+    assert "fallocate" in caplog.text
 
 
 def test_without_the_extra_ops_shim_nothing_is_registered(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from astrid_fs.fuse import extra_ops
-
-    monkeypatch.setattr(extra_ops, "shim_version", lambda: 4)
-    assert extra_ops.register(object()) is None  # type: ignore[arg-type]
+        direct: tuple[ExtraOps, FuseOps, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, ops, _ = direct
+    monkeypatch.setattr(extra_ops_module, "shim_version", lambda: 4)
+    assert extra_ops_module.register(ops) is None
