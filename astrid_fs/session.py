@@ -74,6 +74,9 @@ class Session:
     lower: Path
     created: str
     xattr_ns: XattrNs
+    # Further read-only lower layers beneath `lower`, top first (stacked
+    # sessions: `astrid-fs mount --lower A --lower B`).
+    stack: tuple[Path, ...] = ()
 
     @property
     def upper(self) -> Path:
@@ -136,7 +139,8 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _write_session_toml(root: Path, lower: Path, created: str, ns: XattrNs) -> None:
+def _write_session_toml(root: Path, lower: Path, created: str, ns: XattrNs,
+                        stack: tuple[Path, ...] = ()) -> None:
     text = (
         f"format = {FORMAT}\n"
         f"name = {_toml_str(root.name)}\n"
@@ -144,6 +148,8 @@ def _write_session_toml(root: Path, lower: Path, created: str, ns: XattrNs) -> N
         f"created = {_toml_str(created)}\n"
         f"xattr_ns = {_toml_str(ns)}\n"
     )
+    if stack:
+        text += f"stack = [{', '.join(_toml_str(str(p)) for p in stack)}]\n"
     write_atomic(root / "session.toml", text.encode())
 
 
@@ -171,13 +177,15 @@ def open_session(name: str, home: Path | None = None) -> Session:
         ns = raw["xattr_ns"]
         if ns not in ("trusted", "user"):
             raise ValueError(f"xattr_ns must be 'trusted' or 'user', not {ns!r}")
-        return Session(name, root, Path(raw["lower"]), str(raw["created"]), ns)
+        stack = tuple(Path(p) for p in raw.get("stack", []))
+        return Session(name, root, Path(raw["lower"]), str(raw["created"]), ns, stack)
     except (KeyError, ValueError) as e:
         raise SessionError(f"session {name}: malformed {meta}: {e}") from e
 
 
 def create_or_open_session(
-    name: str, lower: str | os.PathLike[str], home: Path | None = None
+    name: str, lower: str | os.PathLike[str], home: Path | None = None,
+    stack: tuple[str | os.PathLike[str], ...] = (),
 ) -> Session:
     """Open session `name`; create it over `lower` if it does not exist yet.
 
@@ -186,6 +194,7 @@ def create_or_open_session(
     """
     check_name(name)
     lower_path = check_lower(lower)
+    stack_paths = tuple(check_lower(p) for p in stack)
     root = sessions_dir(home) / name
     if (root / "session.toml").exists():
         session = open_session(name, home)
@@ -194,15 +203,20 @@ def create_or_open_session(
                 f"session {name} is over {session.lower}, not {lower_path}; "
                 "choose another --session name"
             )
+        if stack and session.stack != stack_paths:
+            raise SessionError(
+                f"session {name} stacks {[str(p) for p in session.stack]} beneath its lower, "
+                f"not {[str(p) for p in stack_paths]}; choose another --session name"
+            )
         _ensure_dirs(session)
         return session
     root.mkdir(parents=True, exist_ok=True)
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     ns = default_xattr_ns()
-    session = Session(name, root, lower_path, created, ns)
+    session = Session(name, root, lower_path, created, ns, stack_paths)
     _ensure_dirs(session)
     # session.toml last: a session without it does not exist yet.
-    _write_session_toml(root, lower_path, created, ns)
+    _write_session_toml(root, lower_path, created, ns, stack_paths)
     return session
 
 

@@ -53,7 +53,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description="Create (or reopen) a session over LOWER and mount its merged view.",
         epilog="example: astrid-fs mount --lower ~/project --session fix-bug /tmp/view",
     )
-    p.add_argument("--lower", required=True, help="the project directory (never written)")
+    p.add_argument("--lower", required=True, action="append",
+                   help="the project directory (never written); repeat to stack further "
+                        "read-only layers beneath it, top first (as lowerdir=A:B)")
     p.add_argument("--session", help="session name (default: LOWERNAME-YYYYMMDD-HHMMSS)")
     p.add_argument("--foreground", action="store_true", help="stay attached until unmounted")
     p.add_argument("--lower-ttl", type=float, default=DEFAULT_LOWER_TTL, metavar="SECONDS",
@@ -130,7 +132,8 @@ def _spawn(config: DaemonConfig) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    lower = check_lower(args.lower)
+    lower = check_lower(args.lower[0])
+    stack = tuple(check_lower(extra) for extra in args.lower[1:])
     name = check_name(args.session) if args.session else _default_name(lower)
     mountpoint = _check_mountpoint(args.mountpoint)
     _check_fuse_device()
@@ -143,13 +146,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
         # A commit or rollback interrupted by a crash is finished (or rolled
         # back) before the layers are served again.
         review_cli.open_and_recover(name)
-    session = create_or_open_session(name, lower, home)
+    session = create_or_open_session(name, lower, home, stack)
+    if stack and args.mounts:
+        raise UsageError("--mounts and several --lower layers cannot be combined yet")
     config = DaemonConfig(
         lower=str(session.lower), upper=str(session.upper), tmp=str(session.tmp),
         xattr_ns=session.xattr_ns, mountpoint=mountpoint, fsname=f"astrid-fs:{name}",
         lower_ttl=args.lower_ttl, log_file=str(session.run_dir / "daemon.log"),
         session=name, astrid_home=str(home), control=str(session.control_socket),
         mounts=_prepare_mounts(args.mounts, session, existed),
+        stack=tuple(str(p) for p in session.stack),
     )
     _record_base(session, existed)
     if args.foreground:
@@ -352,9 +358,9 @@ def run_mount_helper(argv: list[str]) -> int:
     missing = [k for k in ("lowerdir", "upperdir", "workdir") if not opts.get(k)]
     if missing:
         raise UsageError("mount options need " + ", ".join(f"{k}=DIR" for k in missing))
-    if ":" in opts["lowerdir"]:
-        raise UsageError("astrid-fs takes one lower directory (lowerdir=A:B is not supported)")
-    lower = check_lower(opts["lowerdir"])
+    # lowerdir=A:B:C stacks read-only layers, A on top (as overlayfs).
+    lowers = [check_lower(d) for d in opts["lowerdir"].split(":")]
+    lower = lowers[0]
     upper, work = Path(opts["upperdir"]).resolve(), Path(opts["workdir"]).resolve()
     for label, d in (("upperdir", upper), ("workdir", work)):
         if not d.is_dir():
@@ -369,6 +375,7 @@ def run_mount_helper(argv: list[str]) -> int:
         mountpoint=mountpoint, fsname=source,
         lower_ttl=float(opts.get("lower_ttl", DEFAULT_LOWER_TTL)),
         log_file=str(work / "astrid-fs.log"),
+        stack=tuple(str(d) for d in lowers[1:]),
     )
     tmp.mkdir(exist_ok=True)
     _spawn(config)

@@ -33,6 +33,7 @@ from astrid_fs.mounttable import MountTable
 from astrid_fs.overlay.layers import Layers, RemoteTree
 from astrid_fs.overlay.overlay import Overlay
 from astrid_fs.overlay.remote import build_remotes
+from astrid_fs.overlay.stack import LowerStack
 from astrid_fs.overlay.whiteout import OverlayXattrs, XattrNs
 from astrid_fs.session import MountState, open_session
 
@@ -57,13 +58,17 @@ class DaemonConfig:
     # The session's recorded mount table (remote sources at virtual paths);
     # credentials are never in it: drivers read their own chains.
     mounts: str | None = None
+    # Further lower layers beneath `lower`, top first (lowerdir=A:B:C).
+    stack: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, raw: str) -> DaemonConfig:
-        return cls(**json.loads(raw))
+        fields = json.loads(raw)
+        fields["stack"] = tuple(fields.get("stack") or ())
+        return cls(**fields)
 
 
 def fuse_options(config: DaemonConfig) -> set[str]:
@@ -95,8 +100,12 @@ class Daemon:
         if config.mounts:
             remotes = build_remotes(MountTable.load(Path(config.mounts)),
                                     Path(config.tmp) / "spool")
+        stack = None
+        if config.stack:
+            roots = (os.fsencode(config.lower), *(os.fsencode(s) for s in config.stack))
+            stack = LowerStack(roots, names)
         layers = Layers(os.fsencode(config.lower), os.fsencode(config.upper), names,
-                        remotes=remotes)
+                        remotes=remotes, stack=stack)
         self.overlay = Overlay(layers, os.fsencode(config.tmp),
                                redirects=config.xattr_ns == "trusted")
         self.ops = FuseOps(self.overlay, lower_ttl=config.lower_ttl)

@@ -18,6 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from astrid_fs.overlay.stack import LowerStack
 from astrid_fs.overlay.whiteout import Origin, OverlayXattrs, get_xattr, is_whiteout_stat
 
 
@@ -193,6 +194,9 @@ class Layers:
     names: OverlayXattrs
     remotes: tuple[tuple[bytes, RemoteTree], ...] = ()
     long_paths: LongPaths = field(default_factory=LongPaths, compare=False)
+    # Further lower layers beneath `lower` (lowerdir=A:B): then `stack`
+    # resolves the local lower tree across all of them (A = `lower` on top).
+    stack: LowerStack | None = None
 
     def upper_path(self, rel: bytes) -> bytes:
         if not rel:
@@ -202,6 +206,8 @@ class Layers:
 
     def lower_path(self, rel: bytes) -> bytes:
         """The local path of a lower entry (callers check `remote_for` first)."""
+        if self.stack is not None:
+            return self.stack.path(rel)
         if not rel:
             return self.lower
         path = self.lower + b"/" + rel
@@ -234,10 +240,15 @@ class Layers:
             hit = self.remote_for(rel)
             if hit is not None:
                 return hit[0].stat(hit[1])
-            st = lstat_or_none(self.lower_path(rel))
+            st = self._local_lower_stat(rel)
             if st is None and rel and rel in self._ancestors():
                 return SyntheticStat(stat.S_IFDIR | 0o755, synthetic_ino(rel), st_dev=0)
             return st
+        return self._local_lower_stat(rel)
+
+    def _local_lower_stat(self, rel: bytes) -> os.stat_result | None:
+        if self.stack is not None:
+            return self.stack.stat(rel)
         return lstat_or_none(self.lower_path(rel))
 
     def _ancestors(self) -> set[bytes]:
@@ -253,11 +264,14 @@ class Layers:
             hit = self.remote_for(rel)
             if hit is not None:
                 return hit[0].names(hit[1])
-        try:
-            with os.scandir(self.lower_path(rel)) as it:
-                names = [os.fsencode(e.name) for e in it]
-        except (FileNotFoundError, NotADirectoryError):
-            names = []
+        if self.stack is not None:
+            names = self.stack.names(rel)
+        else:
+            try:
+                with os.scandir(self.lower_path(rel)) as it:
+                    names = [os.fsencode(e.name) for e in it]
+            except (FileNotFoundError, NotADirectoryError):
+                names = []
         if not rel:
             names = [n for n in names if not n.startswith(COMMIT_STAGING_PREFIX)]
         if self.remotes:
