@@ -56,13 +56,23 @@ class MountState:
     control: str
 
     def alive(self) -> bool:
+        """Is the recorded daemon still running? A killed daemon not yet
+        reaped (a zombie) or a pid reused by another program is not."""
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
-        return True
+            pass
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                # "pid (comm) S ...": the state follows the last ')'.
+                if f.read().rpartition(b")")[2].split()[0] in (b"Z", b"X"):
+                    return False
+            with open(f"/proc/{self.pid}/cmdline", "rb") as f:
+                return b"astrid" in f.read()
+        except (OSError, IndexError):
+            return True  # no /proc to ask: trust the signal check
 
 
 @dataclass(frozen=True)

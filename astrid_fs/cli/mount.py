@@ -28,8 +28,10 @@ from astrid_fs.fuse.mountinfo import fuse_mount_alive, is_mountpoint
 from astrid_fs.fuse.shim import current_env_with_shim
 from astrid_fs.mounttable import MountTable
 from astrid_fs.overlay.remote import prepare_session_mounts
+from astrid_fs.review import journal
 from astrid_fs.review.bases import record_if_fresh
-from astrid_fs.review.changes import scan
+from astrid_fs.review.changes import Change
+from astrid_fs.review.commit import session_changes
 from astrid_fs.session import (
     Session,
     astrid_home,
@@ -271,7 +273,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for session in list_sessions():
         state = session.mount_state()
-        alive = state is not None and state.alive()
+        alive = state is not None and state.alive() and is_mountpoint(state.mountpoint) \
+            and fuse_mount_alive(state.mountpoint)
+        changes = _changes(session)
         rows.append({
             "name": session.name,
             "lower": str(session.lower),
@@ -280,7 +284,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             "mountpoint": state.mountpoint if state is not None else None,
             "pid": state.pid if state is not None and alive else None,
             "stale_mount": state is not None and not alive,
-            "changes": _count_changes(session),
+            "changes": None if changes is None else len(changes),
+            "conflicts": None if changes is None else sum(1 for c in changes if c.conflict),
+            "interrupted": _interrupted(session),
             "mounts": _recorded_mounts(session),
         })
     if args.json:
@@ -294,20 +300,37 @@ def cmd_status(args: argparse.Namespace) -> int:
         where = (f"mounted on {r['mountpoint']}" if r["mounted"]
                  else f"DEAD mount at {r['mountpoint']}" if r["stale_mount"] else "not mounted")
         count = "?" if r["changes"] is None else r["changes"]
-        print(f"{r['name']:<{width}}  {count:>6} changes  {where}  (lower {r['lower']})")
+        conflicts = f", {r['conflicts']} in conflict" if r["conflicts"] else ""
+        print(f"{r['name']:<{width}}  {count:>6} changes{conflicts}  {where}  "
+              f"(lower {r['lower']})")
+        for what in r["interrupted"]:
+            print(f"{'':<{width}}    interrupted {what}: the next astrid-fs command on "
+                  "this session finishes it")
         for m in r["mounts"]:
             flags = " (read-only)" if m["read_only"] else ""
             print(f"{'':<{width}}    {m['path']} <- {m['source']}{flags}")
     return 0
 
 
-def _count_changes(session: Session) -> int | None:
-    """How many changes `astrid-fs diff` would list (None if the session's
-    layers cannot be read now, e.g. the lower vanished)."""
+def _changes(session: Session) -> list[Change] | None:
+    """The changes `astrid-fs diff` lists, by the same scan, local and under
+    mounted sources (None if the session's layers cannot be read now, e.g.
+    the lower vanished or a source is unreachable)."""
     try:
-        return len(scan(session.upper, session.lower, session.xattrs))
-    except (OSError, AstridFsError):
+        return session_changes(session)
+    except (OSError, AstridFsError, DriverError):
         return None
+
+
+def _interrupted(session: Session) -> list[str]:
+    """What a crash left for the next command to finish (commit, rollback)."""
+    try:
+        found = [f"commit {rec.txid} ({rec.state})" for rec in journal.pending(session)]
+    except AstridFsError as e:
+        found = [f"commit with an unreadable journal: {e}"]
+    if (session.journal_dir / "rollback.json").exists():
+        found.append("rollback")
+    return found
 
 
 def _recorded_mounts(session: Session) -> list[dict[str, Any]]:

@@ -191,6 +191,8 @@ def cmd_commit(args: argparse.Namespace) -> int:
         print(f"dry run: {len(changes)} change(s) would be committed")
     else:
         print(f"committed {len(changes)} change(s) to {session.lower}")
+    if result.warning is not None:
+        print(f"astrid-fs: {result.warning}", file=sys.stderr)
     if result.kept is not None:
         print(f"astrid-fs: the project's overwritten versions are kept in {result.kept}; "
               f"`astrid-fs undo {session.name}` restores the session as it was",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from astrid_fs.drivers.errors import DriverError
-from astrid_fs.errors import ConflictError, SessionError
+from astrid_fs.errors import ConflictError, MountError, SessionError
 from astrid_fs.fuse import control
 from astrid_fs.overlay.layers import COMMIT_STAGING_PREFIX
 from astrid_fs.overlay.remote import SESSION_TABLE
@@ -53,6 +53,7 @@ class CommitResult:
     dry_run: bool
     skipped: tuple[Change, ...] = ()  # new dirs that only hold a mount point
     kept: Path | None = None  # --force: where the project's overwritten versions are
+    warning: str | None = None  # the commit landed, but the mount could not be told
 
 
 def open_lowers(session: Session) -> SessionLowers | None:
@@ -360,8 +361,20 @@ def _commit_locked(session: Session, paths: list[str], force: bool, dry_run: boo
         journal.run(session, rec, steps)
     except (OSError, DriverError) as e:
         raise _failed(session, rec, e) from e
-    control.notify_changed(session, rec.paths)
-    return CommitResult(tuple(chosen), rec, False, tuple(skipped), kept)
+    warning = tell_mount(session, rec.paths)
+    return CommitResult(tuple(chosen), rec, False, tuple(skipped), kept, warning)
+
+
+def tell_mount(session: Session, paths: tuple[str, ...] | None) -> str | None:
+    """Ask a mounted session's daemon to drop what it cached of `paths`
+    after they landed. The commit is done whatever the daemon answers: a
+    failure here is a warning (the mount may show old data), never an error."""
+    try:
+        control.notify_changed(session, paths)
+    except MountError as e:
+        return (f"committed, but the mount was not told ({e}); it may show old data "
+                "until it is remounted")
+    return None
 
 
 def keep_overwritten(session: Session, conflicts: list[Change]) -> Path:
@@ -430,7 +443,7 @@ def _failed(session: Session, rec: Record, err: OSError | DriverError) -> Sessio
             return SessionError(f"commit failed: {reason}; the lower is unchanged; the journal "
                                 f"{path} will be rolled back by the next astrid-fs command")
         return SessionError(f"commit failed: {reason}; nothing was changed")
-    control.notify_changed(session, None)
+    tell_mount(session, None)
     return SessionError(f"commit interrupted: {reason}; the journal {path} will be finished "
                         "by the next astrid-fs command")
 
@@ -448,9 +461,11 @@ def finish_interrupted(session: Session,
 
 def _recover(session: Session) -> list[str]:
     done = journal.recover(session)
+    lines = [f"{what} interrupted commit {rec.txid}" for what, rec in done]
     if done:
-        control.notify_changed(session, None)
-    return [f"{what} interrupted commit {rec.txid}" for what, rec in done]
+        warning = tell_mount(session, None)
+        lines += [warning] if warning else []
+    return lines
 
 
 def describe(rec: Record) -> str:

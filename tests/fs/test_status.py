@@ -1,0 +1,96 @@
+"""Issue 10 items 3 (CLI side) and 6: `status` tells the truth (a killed
+daemon is not "mounted", changes are counted as `diff` lists them, under a
+mounted source too, an interrupted commit is named), and a commit that
+landed is reported as landed even when the mount cannot be told."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from astrid_fs.errors import MountError
+from astrid_fs.fuse import control
+from astrid_fs.overlay.whiteout import make_whiteout
+from astrid_fs.review.commit import commit
+from astrid_fs.review.journal import CRASH_ENV, CRASH_EXIT
+from astrid_fs.session import Session
+from tests.support.mounts import MountedSession, run_cli
+
+Mount = Callable[..., MountedSession]
+
+
+def _row(home: Path) -> dict[str, object]:
+    (row,) = json.loads(run_cli("status", "--json", home=home).stdout)["sessions"]
+    assert isinstance(row, dict)
+    return row
+
+
+def test_killed_daemon_is_not_shown_as_mounted(mount_session: Mount) -> None:
+    s = mount_session()
+    pid = _row(s.home)["pid"]
+    assert isinstance(pid, int)
+    os.kill(pid, signal.SIGKILL)
+    while os.path.exists(f"/proc/{pid}") and not _zombie(pid):
+        os.sched_yield()  # (not our child: wait for the kernel to reap or mark it)
+    row = _row(s.home)
+    assert not row["mounted"] and row["stale_mount"] and row["pid"] is None
+    assert "DEAD mount at" in run_cli("status", home=s.home).stdout
+    s.cli("umount", s.name)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_status_counts_what_diff_lists_under_a_mounted_source(
+        session: Session, home: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(5):
+        (other / f"k{i}.csv").write_text(f"{i}\n")
+    (session.root / "mounts.toml").write_text(
+        f'[[mount]]\npath = "/mnt/other"\nsource = "{other}"\n')
+    up = session.upper / "mnt" / "other"
+    up.mkdir(parents=True)
+    for i in range(5):
+        make_whiteout(str(up / f"k{i}.csv"))  # deletions under the source
+    (session.upper / "local.txt").write_text("local\n")
+    listed = run_cli("diff", session.name, home=home).stdout.splitlines()
+    assert len(listed) == 6
+    assert _row(home)["changes"] == 6
+
+
+def test_interrupted_commit_is_named(session: Session, home: Path, lower: Path) -> None:
+    (lower / "a.txt").write_text("a\n")
+    (session.upper / "a.txt").write_text("b\n")
+    (session.upper / "c.txt").write_text("c\n")
+    crashed = run_cli("commit", session.name, home=home, check=False,
+                      env={CRASH_ENV: "6"})
+    assert crashed.returncode == CRASH_EXIT
+    row = _row(home)
+    assert row["interrupted"] and str(row["interrupted"][0]).startswith("commit ")
+    assert "interrupted commit" in run_cli("status", home=home).stdout
+    run_cli("diff", session.name, home=home)  # the next command finishes it
+    assert _row(home)["interrupted"] == []
+
+
+def test_a_landed_commit_is_not_reported_failed_when_the_mount_cannot_be_told(
+        session: Session, lower: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (session.upper / "a.txt").write_text("a\n")
+
+    def no_answer(s: Session, paths: object = None) -> None:
+        raise MountError(f"session {s.name}: control socket: timed out")
+
+    monkeypatch.setattr(control, "notify_changed", no_answer)
+    result = commit(session, [])
+    assert (lower / "a.txt").read_text() == "a\n"
+    assert result.warning is not None and "committed, but" in result.warning
