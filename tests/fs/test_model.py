@@ -222,9 +222,11 @@ def _fallocate_path(path: str, mode: int, offset: int, length: int) -> int:
         os.close(fd)
 
 
-def _lseek_path(path: str, offset: int, whence: int) -> int:
+def _lseek_path(path: str, offset: int, whence: int) -> int | str:
     fd = os.open(path, os.O_RDONLY)
     try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            return "dir"  # SEEK_DATA on a directory: overlayfs EINVAL, ext4 0
         return os.lseek(fd, offset, whence)
     finally:
         os.close(fd)

@@ -7,6 +7,7 @@ has no LSEEK / FALLOCATE / COPY_FILE_RANGE handlers of its own. The last
 tests call the callbacks (fuse/extra_ops.py) directly, without a mount.
 """
 
+# ruff: noqa: F811  (fixtures imported from s3_fixture are parameters here)
 from __future__ import annotations
 
 import ctypes
@@ -28,6 +29,7 @@ from astrid_fs.overlay.inodes import ROOT_INO
 from astrid_fs.overlay.layers import Layers
 from astrid_fs.overlay.overlay import Overlay
 from astrid_fs.overlay.whiteout import OverlayXattrs
+from tests.fs.s3_fixture import ACCESS_KEY, S3Target, s3, s3_server  # noqa: F401
 from tests.support.mounts import MountedSession, hash_tree
 
 Mount = Callable[..., MountedSession]
@@ -324,6 +326,47 @@ def test_copy_file_range_within_one_file(mount_session: Mount, plain: Path) -> N
             os.close(fd)
     assert results[0] == results[1]
     assert (s.mnt / "f").read_bytes() == (plain / "f").read_bytes()
+
+
+# ---- files still in a remote tree (S3) ------------------------------------------
+
+
+def test_remote_files_have_no_holes_and_copy_through_the_kernel(
+        s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        mount_session: Mount) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "any")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    body = os.urandom(100000)
+    s3.put("data/blob", body)
+    table = tmp_path / "mounts.toml"
+    table.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{s3.source}"\n'
+                     f'endpoint = "{s3.server.endpoint}"\nregion = "us-east-1"\n')
+    lower = tmp_path / "project"
+    lower.mkdir()
+    s = mount_session(lower, None, "--mounts", str(table))
+    blob = s.mnt / "mnt" / "s3" / "data" / "blob"
+    fd = os.open(blob, os.O_RDWR)
+    try:
+        # All data, as the kernel's generic lseek would say; nothing fetched.
+        assert os.lseek(fd, 10, os.SEEK_DATA) == 10
+        assert os.lseek(fd, 10, os.SEEK_HOLE) == 100000
+        with pytest.raises(OSError) as e:
+            os.lseek(fd, 100000, os.SEEK_DATA)
+        assert e.value.errno == errno.ENXIO
+        # A write-type op would have to fetch the object on the FUSE loop.
+        assert fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 4096) == errno.EOPNOTSUPP
+        out = os.open(s.mnt / "copy", os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            assert os.copy_file_range(fd, out, 100000, 0, 0) == 100000
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
+    assert (s.mnt / "copy").read_bytes() == body
+    assert not (s.upper / "mnt" / "s3" / "data" / "blob").exists()
+    assert s3.get("data/blob") == body
 
 
 # ---- O_TMPFILE ----------------------------------------------------------------
