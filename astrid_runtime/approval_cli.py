@@ -102,6 +102,26 @@ def cmd_revoke(args: argparse.Namespace, client: ControlClient) -> int:
     return 0
 
 
+def print_status(status: dict[str, Any]) -> None:
+    """The approvals and budgets sections of `astrid status` (when the kernel has them)."""
+    approvals = status.get("approvals")
+    if approvals:
+        print(f"approvals: mode {approvals['mode']}, {approvals['pending']} waiting for a "
+              f"person, {approvals['standing']} standing")
+    for row in status.get("interceptors") or []:
+        if "unavailable" in row:
+            print(f"interceptor {row['name']}: UNAVAILABLE (denies everything): "
+                  f"{row['unavailable']}")
+        else:
+            last = f", last: {row['last_error']}" if row["last_error"] else ""
+            print(f"interceptor {row['name']}: {row['checks']} checks, {row['failures']} "
+                  f"failed closed{last}")
+    for row in status.get("budgets") or []:
+        print(f"budget {row['budget']} ({row['per']} {row['owner']}): {row['spent']:g} spent, "
+              f"{row['reserved']:g} reserved, {row['left']:g} of {row['limit']:g} "
+              f"{row['unit']} left")
+
+
 def verbs(client_of: ClientOf) -> dict[str, Callable[[argparse.Namespace], int]]:
     """The verbs for the client's command table."""
     table = {"approvals": cmd_approvals, "approve": cmd_approve, "deny": cmd_deny,
@@ -110,4 +130,4 @@ def verbs(client_of: ClientOf) -> dict[str, Callable[[argparse.Namespace], int]]
             for name, fn in table.items()}
 
 
-__all__ = ["add_parsers", "describe", "verbs"]
+__all__ = ["add_parsers", "describe", "print_status", "verbs"]

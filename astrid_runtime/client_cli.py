@@ -159,6 +159,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         note = p.get("last_error") or ""
         print(f"{p['name']:<20} {p['state']:<9} {p.get('restarts', '-')!s:>8} {mailbox:>9} "
               f"{p.get('delivered', '-')!s:>9}  {note}")
+    approval_cli.print_status(status)
     return 0
 
 

@@ -82,7 +82,8 @@ async def run(config: KernelConfig) -> None:
             async with open_kernel(engine, kv, guest_threads=config.guest_threads,
                                    log=log, policy=config.grant_policy) as kernel:
                 approvals = await start_approvals(kernel, config.home,
-                                                  home_policy(config.home))
+                                                  home_policy(config.home),
+                                                  lockfile=config.lockfile)
                 server = ControlServer(kernel, config.socket, approvals)
                 await kernel.start_service(server.serve)
                 log.event("info", "kernel.listening", socket=str(config.socket),

@@ -121,6 +121,11 @@ class Kernel:
                 if compiled.cache_note:
                     self.log.event("warning", "plugin.cache_rejected", plugin=entry.name,
                                    reason=compiled.cache_note)
+                if "check" in compiled.component.type.exports(self.engine.engine):
+                    # An astrid:kernel/interceptor: the approval pipeline runs it
+                    # when the policy names it (approval/interceptors.py).
+                    self.log.event("info", "plugin.interceptor", plugin=entry.name)
+                    continue
                 self.engine.check_plugin_world(compiled.component)
                 self.log.event("info", "plugin.compiled", plugin=entry.name,
                                cache_hit=compiled.cache_hit,

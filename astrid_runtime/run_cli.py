@@ -336,7 +336,8 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_kernel(engine, kv) as kernel:
-                approvals = await start_approvals(kernel, home, opts.policy, audit=audit)
+                approvals = await start_approvals(kernel, home, opts.policy, audit=audit,
+                                                  session=opts.session, lockfile=opts.lockfile)
                 pipeline = approvals.pipeline
                 kernel.context_hooks.append(_hook(opts, pipeline, made))
                 console = Console(out, opts.json)

@@ -61,9 +61,11 @@ class Stage(Protocol):
 
 
 class Hold(Protocol):
-    """Budget reserved for one request; refunded if it is not carried out."""
+    """Budget reserved for one request: refunded if it is denied, charged if allowed."""
 
     def refund(self) -> None: ...
+
+    def charge(self) -> None: ...
 
 
 class Budget(Protocol):
@@ -137,7 +139,8 @@ class ApprovalPipeline:
             except Refusal as e:
                 for done in holds:
                     done.refund()
-                raise self._deny(action, f"budget:{budget.name}", e.message, rule) from None
+                name = getattr(e, "budget", budget.name)
+                raise self._deny(action, f"budget:{name}", e.message, rule) from None
             if hold is not None:
                 holds.append(hold)
         return holds
@@ -167,6 +170,8 @@ class ApprovalPipeline:
             else:
                 stage, by, extra = self._ask_person(action, why, rule, holds)
         token = self.tokens.issue(action.plugin, action.kind, action.resource, verdict.ttl_s)
+        for hold in holds:
+            hold.charge()
         self.audit.record("cap.decision", {
             "plugin": action.plugin, "kind": action.kind, "resource": action.resource,
             "decision": "allow", "stage": stage, "rule": rule, "by": by,

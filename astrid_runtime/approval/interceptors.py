@@ -1,0 +1,185 @@
+"""WASM interceptors: `astrid:kernel/interceptor` components as the pipeline's stage 2.
+
+    # policy.toml -- run in this order, before the policy
+    [[interceptor]]
+    name = "secret-filter"        # a component pinned in plugins.lock
+    [[interceptor]]
+    name = "path-guard"
+    config = "deny fs.* workspace/.git/*"   # optional; else its plugin.toml's config
+
+An interceptor exports `init(config)` and `check(plugin, kind, resource,
+details) -> verdict` (allow | deny(reason) | ask(reason)) and imports
+nothing (astrid_runtime/wit/interceptor/interceptor.wit). Each runs in its
+own Store with tight limits -- fuel and time capped at `MAX_FUEL` and
+`MAX_TIMEOUT_MS` whatever its pin says, memory at `MAX_MEMORY` -- and
+**fails closed**: a trap, running out of fuel or time, an `init` error, or
+a component that is not pinned, does not verify or is not an interceptor
+denies every request it would have checked, with the reason. A trapped
+instance is thrown away and rebuilt for the next check; nothing else (no
+plugin, not the kernel) notices.
+
+`check` runs in the thread of the plugin whose `cap.request` it checks; a
+Store must not be entered from two threads, so each interceptor checks
+one action at a time (a lock). Blocking; compile with `load_interceptors`
+in a worker thread.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from wasmtime import Store, WasmtimeError
+from wasmtime.component import Component, Linker
+
+from astrid_runtime.abi.canon import STRING, Case, Err, ListCodec, TupleCodec, VariantCodec
+from astrid_runtime.abi.hostfunc import Signature
+from astrid_runtime.abi.world import INIT, GuestFunc, lookup_export
+from astrid_runtime.approval.pipeline import Action
+from astrid_runtime.approval.policy import InterceptorRule
+from astrid_runtime.engine import KernelEngine
+from astrid_runtime.errors import KernelError
+from astrid_runtime.lockfile import load_lockfile, read_verified
+from astrid_runtime.manifest import load_manifest
+from astrid_runtime.sandbox import trap_reason
+
+#: The tightest limits any interceptor runs under (a pin may ask for less).
+MAX_FUEL = 5_000_000
+MAX_TIMEOUT_MS = 100
+MAX_MEMORY = 16 * 1024 * 1024
+
+CHECK = Signature((STRING, STRING, STRING, ListCodec(TupleCodec(STRING, STRING))),
+                  VariantCodec({"allow": None, "deny": STRING, "ask": STRING}))
+
+
+@dataclass(frozen=True)
+class Limits:
+    fuel: int
+    timeout_ms: int
+    memory_bytes: int
+
+
+class InterceptorError(KernelError):
+    """An interceptor that cannot run (init refused, not an interceptor)."""
+
+
+class WasmInterceptor:
+    """One interceptor component; the pipeline's `Stage`. Thread-safe (serialised)."""
+
+    def __init__(self, name: str, engine: KernelEngine, component: Component, config: str,
+                 limits: Limits):
+        self.name = name
+        self._engine = engine
+        self._component = component
+        self._config = config
+        self._limits = limits
+        self._linker = Linker(engine.engine)  # nothing to import: no host functions at all
+        self._lock = threading.Lock()
+        self._live: tuple[Store, GuestFunc] | None = None
+        self.checks = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    def _arm(self, store: Store) -> None:
+        if self._engine.settings.consume_fuel:
+            store.set_fuel(self._limits.fuel)
+        store.set_epoch_deadline(math.ceil(self._limits.timeout_ms
+                                           / self._engine.epoch_tick_ms) + 1)
+
+    def _start(self) -> tuple[Store, GuestFunc]:
+        store = Store(self._engine.engine)
+        store.set_limits(memory_size=self._limits.memory_bytes)
+        self._arm(store)
+        try:
+            instance = self._linker.instantiate(store, self._component)
+        except WasmtimeError as e:
+            raise InterceptorError(f"cannot instantiate: {trap_reason(e)}") from e
+        init = lookup_export(store, instance, "init", INIT)
+        check = lookup_export(store, instance, "check", CHECK)
+        if init is None or check is None:
+            raise InterceptorError("not an astrid:kernel/interceptor component")
+        result = init(store, self._config)
+        if isinstance(result, Err):
+            raise InterceptorError(f"init refused: {result.value}")
+        return store, check
+
+    def check(self, action: Action) -> tuple[str, str]:
+        """(allow | deny | ask, reason); any failure is a deny (fail closed)."""
+        with self._lock:
+            self.checks += 1
+            try:
+                if self._live is None:
+                    self._live = self._start()
+                store, check = self._live
+                self._arm(store)
+                verdict: Case = check(store, action.plugin, action.kind, action.resource,
+                                      list(action.details))
+            except (WasmtimeError, InterceptorError) as e:
+                self._live = None  # a trap poisons the Store: start afresh next time
+                self.failures += 1
+                why = trap_reason(e) if isinstance(e, WasmtimeError) else str(e)
+                self.last_error = why
+                return "deny", f"interceptor {self.name} failed, so the request is denied: {why}"
+        return verdict.tag, verdict.payload or ""
+
+
+class Unavailable:
+    """An interceptor that could not be loaded: denies everything (fail closed)."""
+
+    def __init__(self, name: str, reason: str):
+        self.name = name
+        self.reason = reason
+
+    def check(self, action: Action) -> tuple[str, str]:
+        return "deny", f"interceptor {self.name} is unavailable, so the request is denied: " \
+                       f"{self.reason}"
+
+
+def _limits(pinned_fuel: int, pinned_timeout_ms: int, pinned_memory: int) -> Limits:
+    return Limits(min(pinned_fuel or MAX_FUEL, MAX_FUEL),
+                  min(pinned_timeout_ms or MAX_TIMEOUT_MS, MAX_TIMEOUT_MS),
+                  min(pinned_memory or MAX_MEMORY, MAX_MEMORY))
+
+
+def load_interceptors(rules: tuple[InterceptorRule, ...], lockfile: Path,
+                      engine: KernelEngine) -> list[WasmInterceptor | Unavailable]:
+    """Each configured interceptor, verified against its pin and compiled, in order.
+
+    One that cannot be loaded becomes an `Unavailable` stage: it denies,
+    it is never skipped. Blocking (hashing, compiling).
+    """
+    if not rules:
+        return []
+    stages: list[WasmInterceptor | Unavailable] = []
+    try:
+        lock = load_lockfile(lockfile)
+    except KernelError as e:
+        return [Unavailable(r.name, str(e)) for r in rules]
+    for rule in rules:
+        entry = lock.get(rule.name)
+        if entry is None:
+            stages.append(Unavailable(rule.name, f"not pinned in {lockfile}"))
+            continue
+        try:
+            wasm = read_verified(entry)
+            component = engine.compile(wasm, entry.blake3).component
+            exports = component.type.exports(engine.engine)
+            if "check" not in exports or "init" not in exports:
+                raise InterceptorError("not an astrid:kernel/interceptor component "
+                                       "(exports init and check)")
+            config = rule.config
+            if config is None:
+                config = load_manifest(entry.source).config
+        except KernelError as e:
+            stages.append(Unavailable(rule.name, str(e)))
+            continue
+        limits = _limits(entry.limits.fuel_per_call, entry.limits.call_timeout_ms,
+                         entry.limits.memory_bytes)
+        stages.append(WasmInterceptor(rule.name, engine, component, config, limits))
+    return stages
+
+
+__all__ = ["CHECK", "MAX_FUEL", "MAX_MEMORY", "MAX_TIMEOUT_MS", "InterceptorError",
+           "Unavailable", "WasmInterceptor", "load_interceptors"]
