@@ -114,6 +114,8 @@ class ExtraOps:
                 fd = self._target(fh, write=False).fd
             except _Remote:
                 return self._remote_lseek(fh, offset, whence)
+            # Moves the inode fd's file offset, which nothing else uses
+            # (all data I/O on inode fds is pread / pwrite).
             return os.lseek(fd, offset, whence)
         except OSError as e:
             return _neg_errno(e)
