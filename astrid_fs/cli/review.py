@@ -23,6 +23,7 @@ from astrid_fs.review.commit import (
 )
 from astrid_fs.review.discard import discard
 from astrid_fs.review.journal import Steps
+from astrid_fs.review.resolve import Outcome, resolve, update
 from astrid_fs.review.selection import is_under
 from astrid_fs.review.snapshot import describe as describe_snapshots
 from astrid_fs.review.snapshot import (
@@ -91,6 +92,36 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     r.add_argument("session")
     r.add_argument("snapshot", metavar="N", help="snapshot number or name")
     r.set_defaults(func=cmd_rollback)
+
+    rs = sub.add_parser("resolve", help="resolve conflicts: keep ours, take theirs, or merge",
+                        formatter_class=_HELP,
+                        description="For each conflict at or under PATH (all without PATH): "
+                        "--ours keeps the session's version (the commit will overwrite the "
+                        "project there), --theirs takes the project's (drops the session's "
+                        "change), --merge merges text files three-way with git's conflict "
+                        "markers (a file with markers stays in conflict until they are gone).",
+                        epilog="examples:\n  astrid-fs resolve fix-bug README.md --merge\n"
+                        "  astrid-fs resolve fix-bug build/ --theirs")
+    rs.add_argument("session")
+    rs.add_argument("paths", nargs="*", metavar="PATH")
+    side = rs.add_mutually_exclusive_group(required=True)
+    side.add_argument("--ours", dest="side", action="store_const", const="ours")
+    side.add_argument("--theirs", dest="side", action="store_const", const="theirs")
+    side.add_argument("--merge", dest="side", action="store_const", const="merge")
+    rs.add_argument("--json", action="store_true", help="machine-readable output")
+    rs.set_defaults(func=cmd_resolve)
+
+    up = sub.add_parser("update", help="bring the project's changes into a session",
+                        formatter_class=_HELP,
+                        description="Merge every conflicting text file three-way (git's "
+                        "markers where both sides changed the same lines) and make the "
+                        "project as it is now the base of everything the session did not "
+                        "change. Conflicts that cannot be merged are listed for resolve.",
+                        epilog="example:\n  astrid-fs update fix-bug")
+    up.add_argument("session")
+    up.add_argument("paths", nargs="*", metavar="PATH")
+    up.add_argument("--json", action="store_true", help="machine-readable output")
+    up.set_defaults(func=cmd_update)
 
     u = sub.add_parser("undo", help="undo the last rollback, discard or commit --force",
                        formatter_class=_HELP,
@@ -237,6 +268,32 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     print(f"rolled back session {session.name} to snapshot {snap.number} "
           f"(`astrid-fs undo {session.name}` goes back)")
     return 0
+
+
+def _outcomes(outcomes: list[Outcome], as_json: bool) -> int:
+    """Print what became of each conflict; exit 3 while any is left."""
+    left = [o for o in outcomes if o.result in ("markers", "kept")]
+    if as_json:
+        print(json.dumps({"resolved": [{"path": o.path, "result": o.result, "why": o.why}
+                                       for o in outcomes]}))
+    else:
+        for o in outcomes:
+            print(f"{o.result:<8} {o.path}" + (f": {o.why}" if o.why else ""))
+    return 3 if left else 0
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    session = open_and_recover(args.session)
+    return _outcomes(resolve(session, args.paths, args.side), args.json)
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    session = open_and_recover(args.session)
+    outcomes = update(session, args.paths)
+    if not outcomes and not args.json:
+        print(f"session {session.name} is up to date with {session.lower}")
+        return 0
+    return _outcomes(outcomes, args.json)
 
 
 def cmd_undo(args: argparse.Namespace) -> int:

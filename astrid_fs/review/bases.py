@@ -233,6 +233,12 @@ def record_if_fresh(session_root: Path, lower: Path, upper: Path) -> bool:
     if index_path(session_root).exists() and any(os.scandir(upper)):
         return False
     # Imported here: the lowers open drivers, which only this step needs.
+
+    _record_all(session_root, lower)
+    return True
+
+
+def _record_all(session_root: Path, lower: Path) -> None:
     from astrid_fs.review.lowers import SessionLowers
 
     lowers = SessionLowers.open(session_root, lower)
@@ -241,7 +247,39 @@ def record_if_fresh(session_root: Path, lower: Path, upper: Path) -> bool:
                                      for e in lowers.table.entries if e.path != "/"])
     finally:
         lowers.close()
-    return True
+
+
+def rerecord(session_root: Path, lower: Path, keep: dict[str, bool]) -> None:
+    """Record the base afresh, except for the paths in `keep`, which keep
+    the base they had (with True: their whole subtree, exactly as it was,
+    so an entry the project added below a dir the session deletes still
+    reads as added). Without an index, nothing is done."""
+    old = open_index(session_root)
+    if old is None:
+        return
+    saved: list[tuple[str, bool, list[tuple[str, Base | None]]]] = []
+    try:
+        for path, tree in sorted(keep.items()):
+            found = old.lookup(path)
+            if isinstance(found, Unknown):
+                continue
+            rows: list[tuple[str, Base | None]] = [(path, found)]
+            if tree:
+                rows += [(r[0], Base(*r[1:])) for r in old.db.execute(
+                    "SELECT path, kind, ino, size, mtime_ns, mode, etag FROM base "
+                    "WHERE substr(path, 1, ?) = ?", (len(path) + 1, path + "/"))]
+            saved.append((path, tree, rows))
+    finally:
+        old.close()
+    _record_all(session_root, lower)
+    new = BaseIndex(index_path(session_root))
+    try:
+        for path, tree, rows in saved:
+            if tree:
+                new.forget_tree(path)
+            new.put(rows)
+    finally:
+        new.close()
 
 
 def rebase_paths(session_root: Path, lower: Path, paths: Iterable[str]) -> None:

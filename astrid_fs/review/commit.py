@@ -34,7 +34,7 @@ from astrid_fs.overlay.whiteout import is_opaque
 from astrid_fs.review import journal
 from astrid_fs.review.bases import open_index
 from astrid_fs.review.changes import Change, scan, user_xattrs
-from astrid_fs.review.conflicts import check_conflicts
+from astrid_fs.review.conflicts import check_conflicts, check_markers
 from astrid_fs.review.entrycopy import copy_tree
 from astrid_fs.review.journal import Cleanup, DirMeta, Place, Record, Stage, Steps, Vacate
 from astrid_fs.review.lowers import SessionLowers
@@ -105,12 +105,14 @@ def session_changes(session: Session) -> list[Change]:
     lowers = open_lowers(session)
     try:
         if lowers is None:
-            return check_conflicts(local, session.lower, index)
-        # the upper dirs holding mount points (`mnt` for /mnt/s3) are no change
-        local = split_remote(local, mount_points(lowers))[0]
-        remote = scan_remote(session, lowers, index)
-        return sorted(check_conflicts(local, session.lower, index) + remote,
-                      key=lambda c: c.path)
+            found = check_conflicts(local, session.lower, index)
+        else:
+            # the upper dirs holding mount points (`mnt` for /mnt/s3) are no change
+            local = split_remote(local, mount_points(lowers))[0]
+            remote = scan_remote(session, lowers, index)
+            found = sorted(check_conflicts(local, session.lower, index) + remote,
+                           key=lambda c: c.path)
+        return check_markers(found, session.root, session.upper)
     finally:
         if lowers is not None:
             lowers.close()

@@ -10,6 +10,7 @@ conflicts. See docs/design/journal.md, "Base fingerprints and conflicts".
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from dataclasses import replace
@@ -30,6 +31,40 @@ def check_conflicts(changes: list[Change], lower: str | os.PathLike[str],
     root = os.fspath(lower)
     return [replace(c, conflict=conflict_of(c, root) or base_conflict(c, root, index))
             for c in changes]
+
+
+UNMERGED = "unmerged.json"  # in the session dir: paths a merge left with markers
+MARKER = b"<<<<<<< "
+_MARKER_SCAN = 8 << 20
+
+
+def unmerged_paths(session_root: Path) -> set[str]:
+    """Paths a merge (resolve.py) left with conflict markers."""
+    try:
+        return set(json.loads((session_root / UNMERGED).read_text()))
+    except FileNotFoundError:
+        return set()
+
+
+def check_markers(changes: list[Change], session_root: Path, upper: Path) -> list[Change]:
+    """A change a merge left with conflict markers stays in conflict until
+    the markers are gone from the file (or it is resolved --ours/--theirs)."""
+    left = unmerged_paths(session_root)
+    if not left:
+        return changes
+    return [replace(c, conflict=_markers(upper / c.path))
+            if c.path in left and not c.conflict else c for c in changes]
+
+
+def _markers(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            body = f.read(_MARKER_SCAN)
+    except OSError:
+        return None
+    if body.startswith(MARKER) or b"\n" + MARKER in body:
+        return "has merge conflict markers (edit them out, or resolve --ours/--theirs)"
+    return None
 
 
 def base_conflict(change: Change, lower: str, index: BaseIndex | None) -> str | None:

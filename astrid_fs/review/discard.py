@@ -16,8 +16,8 @@ from astrid_fs.errors import UsageError
 from astrid_fs.fuse import control
 from astrid_fs.review import journal
 from astrid_fs.review.bases import rebase_paths
-from astrid_fs.review.changes import Change, scan
-from astrid_fs.review.commit import check_lower_usable, finish_interrupted, resolve_paths
+from astrid_fs.review.changes import Change
+from astrid_fs.review.commit import finish_interrupted, resolve_paths, session_changes
 from astrid_fs.review.entrycopy import copy_tree
 from astrid_fs.review.selection import is_under
 from astrid_fs.review.snapshot import finish_rollback, take_snapshot
@@ -43,32 +43,36 @@ def discard(session: Session, paths: list[str]) -> list[Change]:
     with journal.locked(session):
         finish_interrupted(session)
         finish_rollback(session)
-        control.sync(session)
-        check_lower_usable(session)
-        changes = scan(session.upper, session.lower, session.xattrs)
-        prefixes = resolve_paths(session, paths)
-        hits = [(prefix, _hits(changes, prefix)) for prefix in prefixes]
-        missing = [prefix for prefix, found in hits if not found]
-        if missing:
-            raise UsageError("no change at " + ", ".join(map(repr, missing))
-                             + " in this session; nothing was discarded")
-        if not changes:
-            return []
-        take_snapshot(session, reason="before discard " + (
-            " ".join(prefixes) if prefixes else "--all"))
-        if not prefixes:
-            for entry in os.listdir(session.upper):
-                _remove(os.path.join(session.upper, entry))
-            _rebase(session, changes)
-            control.notify_changed(session, None)
-            return changes
-        dropped: list[Change] = []
-        for prefix, found in hits:
-            dropped += _discard_prefix(session, found, prefix)
-        _rebase(session, dropped)
-        control.notify_changed(session, sorted({c.path for c in dropped} | {
-            c.lower_path for c in dropped if c.lower_path}))
-        return dropped
+        return discard_locked(session, paths)
+
+
+def discard_locked(session: Session, paths: list[str], reason: str = "") -> list[Change]:
+    """`discard` with the session lock held by the caller; `reason` names
+    the automatic snapshot (default: "before discard PATHS")."""
+    changes = session_changes(session)  # (under mounted sources too)
+    prefixes = resolve_paths(session, paths)
+    hits = [(prefix, _hits(changes, prefix)) for prefix in prefixes]
+    missing = [prefix for prefix, found in hits if not found]
+    if missing:
+        raise UsageError("no change at " + ", ".join(map(repr, missing))
+                         + " in this session; nothing was discarded")
+    if not changes:
+        return []
+    take_snapshot(session, reason=reason or "before discard " + (
+        " ".join(prefixes) if prefixes else "--all"))
+    if not prefixes:
+        for entry in os.listdir(session.upper):
+            _remove(os.path.join(session.upper, entry))
+        _rebase(session, changes)
+        control.notify_changed(session, None)
+        return changes
+    dropped: list[Change] = []
+    for prefix, found in hits:
+        dropped += _discard_prefix(session, found, prefix)
+    _rebase(session, dropped)
+    control.notify_changed(session, sorted({c.path for c in dropped} | {
+        c.lower_path for c in dropped if c.lower_path}))
+    return dropped
 
 
 def _rebase(session: Session, dropped: list[Change]) -> None:
