@@ -26,17 +26,27 @@ in a worker thread.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from wasmtime import Store, WasmtimeError
-from wasmtime.component import Component, Linker
+from wasmtime import _ffi as ffi
+from wasmtime.component import Component, Func, Linker
 
-from astrid_runtime.abi.canon import STRING, Case, Err, ListCodec, TupleCodec, VariantCodec
-from astrid_runtime.abi.hostfunc import Signature
-from astrid_runtime.abi.world import INIT, GuestFunc, lookup_export
+from astrid_runtime.abi.canon import (
+    _MEM,
+    _QQ,
+    STRING,
+    VAL_SIZE,
+    Case,
+    Err,
+    Val,
+    VariantCodec,
+)
+from astrid_runtime.abi.world import INIT, lookup_export
 from astrid_runtime.approval.pipeline import Action
 from astrid_runtime.approval.policy import InterceptorRule
 from astrid_runtime.engine import KernelEngine
@@ -50,8 +60,77 @@ MAX_FUEL = 5_000_000
 MAX_TIMEOUT_MS = 100
 MAX_MEMORY = 16 * 1024 * 1024
 
-CHECK = Signature((STRING, STRING, STRING, ListCodec(TupleCodec(STRING, STRING))),
-                  VariantCodec({"allow": None, "deny": STRING, "ask": STRING}))
+VERDICT = VariantCodec({"allow": None, "deny": STRING, "ask": STRING})
+
+# -- the check call, lowered by address ------------------------------------------
+#
+# `check` is on every capability request's path, so its arguments are
+# written straight into the C API's value array: one `wasm_byte_vec_new`
+# per string (which copies it into memory the callee frees), the kind byte
+# and the nested list/tuple headers written through the address-space view.
+# Private ctypes function objects (`dll[name]`), so wasmtime-py's own
+# argtypes are left alone. Ownership as in abi/canon.py: the caller deletes
+# its argument values after the call.
+_vec_new = ffi.dll["wasm_byte_vec_new"]
+_vec_new.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+_vec_new.restype = None
+_list_new = ffi.dll["wasmtime_component_vallist_new_uninit"]
+_list_new.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_list_new.restype = None
+_tuple_new = ffi.dll["wasmtime_component_valtuple_new_uninit"]
+_tuple_new.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_tuple_new.restype = None
+_STRING = ffi.WASMTIME_COMPONENT_STRING.value
+_LIST = ffi.WASMTIME_COMPONENT_LIST.value
+_TUPLE = ffi.WASMTIME_COMPONENT_TUPLE.value
+_PAYLOAD = Val.of.offset
+
+
+def _put_string(address: int, text: str) -> None:
+    raw = text.encode("utf-8")
+    _MEM[address] = _STRING
+    _vec_new(address + _PAYLOAD, len(raw), raw)
+
+
+def _put_details(address: int, details: tuple[tuple[str, str], ...]) -> None:
+    _MEM[address] = _LIST
+    _list_new(address + _PAYLOAD, len(details))
+    data = _QQ.unpack_from(_MEM, address + _PAYLOAD)[1]
+    for i, (key, value) in enumerate(details):
+        item = data + i * VAL_SIZE
+        _MEM[item] = _TUPLE
+        _tuple_new(item + _PAYLOAD, 2)
+        pair = _QQ.unpack_from(_MEM, item + _PAYLOAD)[1]
+        _put_string(pair, key)
+        _put_string(pair + VAL_SIZE, value)
+
+
+class CheckCall:
+    """`check(plugin, kind, resource, details) -> verdict` on one instance's export."""
+
+    def __init__(self, func: Func):
+        self._func = func
+
+    def __call__(self, store: Store, action: Action) -> Case:
+        """Raises `WasmtimeError` on a trap."""
+        params = (Val * 4)()
+        base = ctypes.addressof(params)
+        out = Val()
+        try:
+            _put_string(base, action.plugin)
+            _put_string(base + VAL_SIZE, action.kind)
+            _put_string(base + 2 * VAL_SIZE, action.resource)
+            _put_details(base + 3 * VAL_SIZE, action.details)
+            err = ffi.wasmtime_component_func_call(
+                ctypes.byref(self._func._func), store._context(), params, 4,
+                ctypes.byref(out), 1)
+            if err:
+                raise WasmtimeError._from_ptr(err)
+            verdict: Case = VERDICT.lift(out)
+            return verdict
+        finally:
+            for i in range(4):  # an unwritten value is a zeroed bool: nothing to free
+                ffi.wasmtime_component_val_delete(ctypes.byref(params[i]))
 
 
 @dataclass(frozen=True)
@@ -77,7 +156,7 @@ class WasmInterceptor:
         self._limits = limits
         self._linker = Linker(engine.engine)  # nothing to import: no host functions at all
         self._lock = threading.Lock()
-        self._live: tuple[Store, GuestFunc] | None = None
+        self._live: tuple[Store, CheckCall] | None = None
         self.checks = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -88,7 +167,7 @@ class WasmInterceptor:
         store.set_epoch_deadline(math.ceil(self._limits.timeout_ms
                                            / self._engine.epoch_tick_ms) + 1)
 
-    def _start(self) -> tuple[Store, GuestFunc]:
+    def _start(self) -> tuple[Store, CheckCall]:
         store = Store(self._engine.engine)
         store.set_limits(memory_size=self._limits.memory_bytes)
         self._arm(store)
@@ -97,13 +176,13 @@ class WasmInterceptor:
         except WasmtimeError as e:
             raise InterceptorError(f"cannot instantiate: {trap_reason(e)}") from e
         init = lookup_export(store, instance, "init", INIT)
-        check = lookup_export(store, instance, "check", CHECK)
+        check = instance.get_func(store, "check")
         if init is None or check is None:
             raise InterceptorError("not an astrid:kernel/interceptor component")
         result = init(store, self._config)
         if isinstance(result, Err):
             raise InterceptorError(f"init refused: {result.value}")
-        return store, check
+        return store, CheckCall(check)
 
     def check(self, action: Action) -> tuple[str, str]:
         """(allow | deny | ask, reason); any failure is a deny (fail closed)."""
@@ -114,8 +193,7 @@ class WasmInterceptor:
                     self._live = self._start()
                 store, check = self._live
                 self._arm(store)
-                verdict: Case = check(store, action.plugin, action.kind, action.resource,
-                                      list(action.details))
+                verdict = check(store, action)
             except (WasmtimeError, InterceptorError) as e:
                 self._live = None  # a trap poisons the Store: start afresh next time
                 self.failures += 1
@@ -181,5 +259,13 @@ def load_interceptors(rules: tuple[InterceptorRule, ...], lockfile: Path,
     return stages
 
 
-__all__ = ["CHECK", "MAX_FUEL", "MAX_MEMORY", "MAX_TIMEOUT_MS", "InterceptorError",
-           "Unavailable", "WasmInterceptor", "load_interceptors"]
+__all__ = [
+    "MAX_FUEL",
+    "MAX_MEMORY",
+    "MAX_TIMEOUT_MS",
+    "VERDICT",
+    "InterceptorError",
+    "Unavailable",
+    "WasmInterceptor",
+    "load_interceptors",
+]

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Kernel benchmarks: host-import round trip, export call, list<u8> marshaling
 (ours vs stock wasmtime-py), bus latency and throughput between two plugins,
-cold start with and without the compile cache.
+cold start with and without the compile cache, one WASM interceptor check.
 
     .venv/bin/python scripts/bench/kernel.py            # print a markdown report
     .venv/bin/python scripts/bench/kernel.py --quick    # fewer iterations
+    .venv/bin/python scripts/bench/kernel.py --interceptors   # only the interceptor checks
 
 Numbers are medians (or p50/p99) of wall-clock time on this machine; trust
 ratios more than absolutes on a shared box. The test components are built
@@ -209,11 +210,55 @@ def bench_cold_start(comps_paths: dict[str, Path]) -> list[str]:
     return rows
 
 
+def bench_interceptors(quick: bool) -> list[str]:
+    """One `check` of each shipped C interceptor, and a whole `cap.request` through both."""
+    from astrid_runtime.approval.audit import AuditLog
+    from astrid_runtime.approval.interceptors import Limits as CheckLimits
+    from astrid_runtime.approval.interceptors import WasmInterceptor
+    from astrid_runtime.approval.pipeline import Action, ApprovalPipeline
+    from astrid_runtime.approval.policy import Policy
+    from astrid_runtime.approval.token import TokenIssuer
+
+    engine = KernelEngine(EngineSettings())
+    limits = CheckLimits(fuel=1_000_000, timeout_ms=20, memory_bytes=2 * 1024 * 1024)
+    stages = []
+    for name, config in (("path-guard", "deny fs.* workspace/.git/*;ask net.http http://*"),
+                         ("secret-filter", "deny")):
+        wasm = (ROOT / "plugins" / name / f"{name}.wasm").read_bytes()
+        stages.append(WasmInterceptor(name, engine, engine.compile(wasm).component, config,
+                                      limits))
+    action = Action("filetool", "fs.commit", "workspace/docs/a.md,src/greet.py,NOTES.md",
+                    (("paths", "docs/a.md,src/greet.py,NOTES.md"),
+                     ("message", "land the reviewed edits from the agent session")))
+    repeat = 500 if quick else 5000
+    rows = []
+    for stage in stages:
+        assert stage.check(action) == ("allow", ""), stage.check(action)
+        rows.append(f"| `{stage.name}` check (C, {len(action.resource)}-byte resource, "
+                    f"2 details) | {us(timed(lambda s=stage: s.check(action), repeat))} |")
+    pipeline = ApprovalPipeline(TokenIssuer(b"k" * 32), AuditLog(None),
+                                Policy(default="allow"), interceptors=stages)
+    bare = ApprovalPipeline(TokenIssuer(b"k" * 32), AuditLog(None), Policy(default="allow"))
+    grant = ("fs.commit",)
+    rows.append(f"| `cap.request` pipeline, no interceptors | "
+                f"{us(timed(lambda: bare.request(action, grant), repeat))} |")
+    rows.append(f"| `cap.request` pipeline, both interceptors | "
+                f"{us(timed(lambda: pipeline.request(action, grant), repeat))} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--interceptors", action="store_true",
+                        help="only the interceptor checks (seconds, not minutes)")
     args = parser.parse_args()
     logs.configure("error")
+    checks = bench_interceptors(args.quick)
+    if args.interceptors:
+        print("| interceptor | median |\n|---|---|")
+        print("\n".join(checks))
+        return
     paths = {name: testcomponents.build_wat(name) for name in ("bench", "relay")}
     paths["pyecho"] = testcomponents.build_python("pyecho")
     engine = KernelEngine(EngineSettings())
@@ -234,6 +279,8 @@ def main() -> None:
     print("\n".join(bus))
     print("\n| cold start | compile / load | instantiate + init | total |\n|---|---|---|---|")
     print("\n".join(cold))
+    print("\n| interceptor | median |\n|---|---|")
+    print("\n".join(checks))
 
 
 if __name__ == "__main__":
