@@ -18,6 +18,7 @@ from astrid_fs.review.commit import (
     commit,
     describe,
     finish_interrupted,
+    open_lowers,
     resolve_paths,
     session_changes,
 )
@@ -157,14 +158,22 @@ def cmd_diff(args: argparse.Namespace) -> int:
         prefixes = resolve_paths(session, args.paths)
         changes = [c for c in changes if any(is_under(c.path, p) for p in prefixes)]
     upper, lower = str(session.upper), str(session.lower)
-    if args.json:
-        out = diffview.as_json(changes)
-    elif args.patch:
-        out = diffview.patch(changes, upper, lower)
-    elif args.stat:
-        out = diffview.stat_view(changes, upper, lower)
-    else:
-        out = diffview.porcelain(changes)
+    lowers = open_lowers(session)
+    # the old side of a change under a mounted source is the source's object
+    remote = None if lowers is None else (
+        lambda path: lowers.read(path, diffview.MAX_PATCH_BYTES))
+    try:
+        if args.json:
+            out = diffview.as_json(changes)
+        elif args.patch:
+            out = diffview.patch(changes, upper, lower, remote)
+        elif args.stat:
+            out = diffview.stat_view(changes, upper, lower, remote=remote)
+        else:
+            out = diffview.porcelain(changes)
+    finally:
+        if lowers is not None:
+            lowers.close()
     sys.stdout.write(out)
     return 0
 
@@ -221,7 +230,7 @@ def cmd_commit(args: argparse.Namespace) -> int:
             f"  {line}\n" for line in describe(result.record).splitlines()))
         print(f"dry run: {len(changes)} change(s) would be committed")
     else:
-        print(f"committed {len(changes)} change(s) to {session.lower}")
+        print(f"committed {len(changes)} change(s) to {', '.join(result.targets)}")
     if result.warning is not None:
         print(f"astrid-fs: {result.warning}", file=sys.stderr)
     if result.kept is not None:

@@ -68,6 +68,7 @@ class Change:
     conflict: str | None = None
     link_to: str | None = None  # an earlier change path sharing this upper inode
     source_whiteout: str | None = None  # R: the upper whiteout at the rename source
+    remote: bool = False  # under a source mounted from the mount table (S3, ...)
 
     @property
     def structural(self) -> bool:

@@ -54,6 +54,7 @@ class CommitResult:
     skipped: tuple[Change, ...] = ()  # new dirs that only hold a mount point
     kept: Path | None = None  # --force: where the project's overwritten versions are
     warning: str | None = None  # the commit landed, but the mount could not be told
+    targets: tuple[str, ...] = ()  # where it landed: the lower dir and/or source URLs
 
 
 def open_lowers(session: Session) -> SessionLowers | None:
@@ -192,6 +193,8 @@ class _Planner:
                 self.clean_dir(c.path)
             elif c.status != "D" or c.whiteout:
                 self.clean_entry(c.path)
+            if c.source_whiteout is not None:
+                self.clean_entry(c.source_whiteout)
             return
         if c.status == "D":
             self.vacate.append(Vacate(c.lower_path or c.path, self.slot("v")))
@@ -364,7 +367,26 @@ def _commit_locked(session: Session, paths: list[str], force: bool, dry_run: boo
     except (OSError, DriverError) as e:
         raise _failed(session, rec, e) from e
     warning = tell_mount(session, rec.paths)
-    return CommitResult(tuple(chosen), rec, False, tuple(skipped), kept, warning)
+    return CommitResult(tuple(chosen), rec, False, tuple(skipped), kept, warning,
+                        _targets(session, chosen))
+
+
+def _targets(session: Session, chosen: list[Change]) -> tuple[str, ...]:
+    """Where the changes land, as a person names it: the project dir, and
+    the source (`s3://bucket/prefix`) of each mounted source written."""
+    found: list[str] = []
+    lowers = open_lowers(session)
+    try:
+        for c in chosen:
+            where = str(session.lower)
+            if lowers is not None and lowers.is_remote(c.path):
+                where = lowers.resolve(c.path).entry.source
+            if where not in found:
+                found.append(where)
+    finally:
+        if lowers is not None:
+            lowers.close()
+    return tuple(found)
 
 
 def tell_mount(session: Session, paths: tuple[str, ...] | None) -> str | None:

@@ -15,12 +15,17 @@ import difflib
 import json
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from astrid_fs.review.changes import Change
 
 _BINARY_PROBE = 8192
-_MAX_PATCH_BYTES = 16 << 20
+MAX_PATCH_BYTES = 16 << 20
+_MAX_PATCH_BYTES = MAX_PATCH_BYTES
+# How the old side of a change under a mounted source is read (content, mode),
+# given its session path; None: everything is in the local lower dir.
+RemoteRead = Callable[[str], tuple[bytes | None, int | None]]
 
 
 def porcelain_line(change: Change) -> str:
@@ -52,7 +57,10 @@ def as_json(changes: list[Change]) -> str:
             "conflict": c.conflict,
             "base": None if c.origin is None else {
                 "ino": c.origin.ino, "size": c.origin.size,
-                "mtime_ns": c.origin.mtime_ns, "blake3": c.origin.blake3},
+                "mtime_ns": c.origin.mtime_ns,
+                # a copy-up from a mounted source records its ETag there
+                "blake3": None if c.remote else c.origin.blake3,
+                "etag": c.origin.blake3 if c.remote else None},
             "hardlink_of": c.link_to,
         })
     return json.dumps(items, indent=2) + "\n"
@@ -94,15 +102,26 @@ class _Sides:
     new_mode: int | None
 
 
-def _sides(change: Change, upper: str, lower: str) -> _Sides:
-    old_path = None if change.lower_path is None else os.path.join(lower, change.lower_path)
+def _sides(change: Change, upper: str, lower: str, remote: RemoteRead | None = None) -> _Sides:
     new_path = None if change.status == "D" else os.path.join(upper, change.path)
-    old_mode = new_mode = None
+    new_mode = None if new_path is None else os.lstat(new_path).st_mode
+    if change.remote and remote is not None:
+        old, old_mode = (None, None) if change.lower_path is None else remote(change.lower_path)
+        return _Sides(old, _read(new_path), old_mode, new_mode)
+    old_path = None if change.lower_path is None else os.path.join(lower, change.lower_path)
+    old_mode = None
     if old_path is not None and os.path.lexists(old_path):
         old_mode = os.lstat(old_path).st_mode
-    if new_path is not None:
-        new_mode = os.lstat(new_path).st_mode
     return _Sides(_read(old_path), _read(new_path), old_mode, new_mode)
+
+
+def _git_mode(mode: int) -> str:
+    """The mode as git writes it in a patch (it knows no other)."""
+    if stat.S_ISLNK(mode):
+        return "120000"
+    if stat.S_ISDIR(mode):
+        return "040000"
+    return "100755" if mode & 0o111 else "100644"
 
 
 def _lines(content: bytes | None) -> list[str]:
@@ -111,22 +130,26 @@ def _lines(content: bytes | None) -> list[str]:
     return content.decode("utf-8").splitlines(keepends=True)
 
 
-def patch_of(change: Change, upper: str, lower: str) -> str:
-    """A git-style patch for one change; binary files are named, not dumped."""
+def patch_of(change: Change, upper: str, lower: str, remote: RemoteRead | None = None) -> str:
+    """A patch for one change in git's format (`diff --git`, so `git apply`,
+    delta and review tools read it); binary files are named, not dumped. A
+    conflict is a `#` line before it (text before a header is not patch)."""
     a = change.lower_path if change.lower_path is not None else change.path
-    out = [f"diff --astrid a/{a} b/{change.path}\n"]
-    if change.conflict:
-        out.append(f"conflict: {change.conflict}\n")
-    sides = _sides(change, upper, lower)
+    out = [f"# conflict: {change.path}: {change.conflict}\n"] if change.conflict else []
+    out.append(f"diff --git a/{a} b/{change.path}\n")
+    sides = _sides(change, upper, lower, remote)
     if change.status == "R":
+        if sides.old == sides.new and sides.old_mode == sides.new_mode:
+            out.append("similarity index 100%\n")
         out.append(f"rename from {a}\nrename to {change.path}\n")
     if sides.old_mode is not None and sides.new_mode is not None:
-        if sides.old_mode != sides.new_mode:
-            out.append(f"old mode {sides.old_mode:o}\nnew mode {sides.new_mode:o}\n")
+        if _git_mode(sides.old_mode) != _git_mode(sides.new_mode):
+            out.append(f"old mode {_git_mode(sides.old_mode)}\n"
+                       f"new mode {_git_mode(sides.new_mode)}\n")
     elif sides.new_mode is not None:
-        out.append(f"new {change.kind} mode {sides.new_mode:o}\n")
+        out.append(f"new file mode {_git_mode(sides.new_mode)}\n")
     elif sides.old_mode is not None:
-        out.append(f"deleted {change.kind} mode {sides.old_mode:o}\n")
+        out.append(f"deleted file mode {_git_mode(sides.old_mode)}\n")
     if change.kind == "dir" or (change.status == "D" and change.kind == "dir"):
         return "".join(out)
     if sides.old == sides.new:
@@ -141,13 +164,15 @@ def patch_of(change: Change, upper: str, lower: str) -> str:
     return "".join(out)
 
 
-def patch(changes: list[Change], upper: str, lower: str) -> str:
-    return "".join(patch_of(c, upper, lower) for c in changes)
+def patch(changes: list[Change], upper: str, lower: str,
+          remote: RemoteRead | None = None) -> str:
+    return "".join(patch_of(c, upper, lower, remote) for c in changes)
 
 
-def stat_counts(change: Change, upper: str, lower: str) -> tuple[int, int] | None:
+def stat_counts(change: Change, upper: str, lower: str,
+                remote: RemoteRead | None = None) -> tuple[int, int] | None:
     """(insertions, deletions) of a text change; None for binary files."""
-    sides = _sides(change, upper, lower)
+    sides = _sides(change, upper, lower, remote)
     if _is_binary(sides.old) or _is_binary(sides.new):
         return None
     plus = minus = 0
@@ -159,7 +184,8 @@ def stat_counts(change: Change, upper: str, lower: str) -> tuple[int, int] | Non
     return plus, minus
 
 
-def stat_view(changes: list[Change], upper: str, lower: str, width: int = 40) -> str:
+def stat_view(changes: list[Change], upper: str, lower: str, width: int = 40,
+              remote: RemoteRead | None = None) -> str:
     """`git diff --stat`-like summary."""
     rows: list[tuple[str, str]] = []
     total_plus = total_minus = 0
@@ -168,7 +194,7 @@ def stat_view(changes: list[Change], upper: str, lower: str, width: int = 40) ->
         if c.kind == "dir":
             rows.append((name + "/", c.status))
             continue
-        counts = stat_counts(c, upper, lower)
+        counts = stat_counts(c, upper, lower, remote)
         if counts is None:
             rows.append((name, "Bin"))
             continue

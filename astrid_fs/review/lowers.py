@@ -66,6 +66,32 @@ class SessionLowers:
         r = self.resolve(vrel)
         return r.driver.stat(r.rel)
 
+    def read(self, vrel: str, limit: int) -> tuple[bytes | None, int | None]:
+        """(content, st_mode) of the source's entry at `vrel` for a patch: a
+        file's first `limit` + 1 bytes, a symlink's target and a newline,
+        (None, mode) for anything else, (None, None) when nothing is there."""
+        r = self.resolve(vrel)
+        entry = r.driver.stat(r.rel)
+        if entry is None:
+            return None, None
+        if entry.kind == "symlink":
+            return r.driver.readlink(r.rel).encode() + b"\n", entry.mode
+        if entry.kind != "file":
+            return None, entry.mode
+        reader = r.driver.open_reader(r.rel, entry)
+        try:
+            chunks: list[bytes] = []
+            offset, want = 0, min(entry.size, limit + 1)
+            while offset < want:
+                chunk = reader.pread(min(1 << 20, want - offset), offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                offset += len(chunk)
+        finally:
+            reader.close()
+        return b"".join(chunks), entry.mode
+
     def fingerprint(self, vrel: str) -> str | None:
         """A fresh fingerprint (S3: ETag) to compare with a copy-up's origin."""
         r = self.resolve(vrel)

@@ -59,10 +59,29 @@ def scan_remote(session: Session, lowers: SessionLowers,
         up = os.path.join(session.upper, point)
         if os.path.isdir(up) and not os.path.islink(up):
             _walk(session, lowers, point, exists=True, found=found)
+    found = _pair_renames([replace(c, remote=True) for c in found])
     if index is not None:
         found = [c if c.conflict else replace(c, conflict=_base_conflict(c, lowers, index))
                  for c in found]
     return sorted(found, key=lambda c: c.path)
+
+
+def _pair_renames(found: list[Change]) -> list[Change]:
+    """A file the mount renamed under a source: an added file whose copy-up
+    origin names a path whose object the session deleted (a whiteout) is
+    that object renamed; the deletion is then part of the rename."""
+    deleted = {c.path: c for c in found if c.status == "D" and c.whiteout}
+    paired: list[Change] = []
+    sources: set[str] = set()
+    for c in found:
+        o = c.origin
+        if (c.status == "A" and c.kind == "file" and o is not None and o.path != c.path
+                and o.path in deleted and o.path not in sources
+                and deleted[o.path].kind == "file"):
+            sources.add(o.path)
+            c = replace(c, status="R", lower_path=o.path, source_whiteout=o.path)
+        paired.append(c)
+    return [c for c in paired if not (c.status == "D" and c.path in sources)]
 
 
 def _base_conflict(change: Change, lowers: SessionLowers, index: BaseIndex) -> str | None:
@@ -177,6 +196,10 @@ def plan_ops(session: Session, lowers: SessionLowers, chosen: list[Change]) -> l
         if c.status in ("D", "T"):
             there = c.kind if c.status == "D" else c.old_kind
             removals.append(RemoteOp("delete_tree" if there == "dir" else "delete", c.path))
+        if c.status == "R" and c.lower_path is not None:
+            # Sources have no atomic rename: the new object is written whole
+            # from the upper, the old one deleted (each step repeatable).
+            removals.append(RemoteOp("delete", c.lower_path))
         if c.status == "D":
             continue
         ust = os.lstat(os.path.join(session.upper, c.path))
@@ -184,7 +207,10 @@ def plan_ops(session: Session, lowers: SessionLowers, chosen: list[Change]) -> l
             puts.append(RemoteOp("mkdir", c.path, ust.st_mode))
         elif c.kind == "symlink":
             if not r.driver.capabilities.symlinks:
-                raise UsageError(f"{c.path}: {r.entry.source} cannot hold symlinks")
+                raise UsageError(
+                    f"{c.path} is a symlink and {r.entry.source} cannot hold symlinks: "
+                    f"discard it (`astrid-fs discard SESSION {c.path}`) or commit the other "
+                    "paths by name; nothing was changed")
             if c.status != "A":
                 removals.append(RemoteOp("delete", c.path))
             puts.append(RemoteOp("symlink", c.path,

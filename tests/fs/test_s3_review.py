@@ -1,0 +1,82 @@
+"""Issue 10 item 7: review of changes under an S3 source is as good as local:
+patches and stats against the base object, renames as renames, the bucket
+named in messages, the ETag under its own name, symlinks refused clearly."""
+# ruff: noqa: F811  (fixtures imported from s3_fixture are parameters here)
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.fs.s3_fixture import ACCESS_KEY, S3Target, s3, s3_server  # noqa: F401
+from tests.support.mounts import MountedSession
+
+Mount = Callable[..., MountedSession]
+
+
+@pytest.fixture
+def mounted(s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            mount_session: Mount) -> MountedSession:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "astrid-review-secret")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    s3.put("data/edit.csv", b"a,b\n1,2\n")
+    s3.put("data/gone.csv", b"x\ny\n")
+    s3.put("data/old-name.csv", b"moved\n")
+    lower = tmp_path / "project"
+    (lower / "mnt").mkdir(parents=True)
+    table = tmp_path / "mounts.toml"
+    table.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{s3.source}"\n'
+                     f'endpoint = "{s3.server.endpoint}"\nregion = "us-east-1"\n')
+    s = mount_session(lower, None, "--mounts", str(table))
+    data = s.mnt / "mnt" / "s3" / "data"
+    with open(data / "edit.csv", "a") as f:
+        f.write("3,4\n")
+    (data / "gone.csv").unlink()
+    os.rename(data / "old-name.csv", data / "new-name.csv")
+    return s
+
+
+def test_patch_stat_and_rename_against_the_base_object(mounted: MountedSession,
+                                                       s3: S3Target) -> None:
+    s = mounted
+    lines = s.cli("diff", s.name).stdout.splitlines()
+    assert lines == ["M  mnt/s3/data/edit.csv", "D  mnt/s3/data/gone.csv",
+                     "R  mnt/s3/data/old-name.csv -> mnt/s3/data/new-name.csv"]
+    patch = s.cli("diff", s.name, "--patch").stdout
+    assert ("--- a/mnt/s3/data/edit.csv\n+++ b/mnt/s3/data/edit.csv\n"
+            "@@ -1,2 +1,3 @@\n a,b\n 1,2\n+3,4\n") in patch
+    assert "deleted file mode 100644\n--- a/mnt/s3/data/gone.csv\n+++ /dev/null\n" in patch
+    assert "-x\n-y\n" in patch
+    assert ("rename from mnt/s3/data/old-name.csv\n"
+            "rename to mnt/s3/data/new-name.csv\n") in patch
+    stat = s.cli("diff", s.name, "--stat").stdout
+    assert stat.splitlines()[-1] == " 3 changes, 1 insertions(+), 2 deletions(-)"
+    (edit,) = [c for c in json.loads(s.cli("diff", s.name, "--json").stdout)
+               if c["path"] == "mnt/s3/data/edit.csv"]
+    assert edit["base"]["blake3"] is None and edit["base"]["etag"]
+    done = s.cli("commit", s.name)
+    assert done.stdout.splitlines()[-1] == f"committed 3 change(s) to {s3.source}"
+    assert s3.get("data/new-name.csv") == b"moved\n"
+    assert {"data/old-name.csv", "data/gone.csv"}.isdisjoint(s3.keys())
+    assert s3.get("data/edit.csv") == b"a,b\n1,2\n3,4\n"
+    assert s.cli("diff", s.name).stdout == ""
+
+
+def test_a_symlink_under_s3_is_refused_by_name(mounted: MountedSession, s3: S3Target) -> None:
+    s = mounted
+    link = s.mnt / "mnt" / "s3" / "data" / "link"
+    try:
+        link.symlink_to("edit.csv")
+    except OSError:
+        return  # refused when created: nothing can reach the commit
+    done = s.cli("commit", s.name, check=False)
+    assert done.returncode == 2 and "mnt/s3/data/link is a symlink" in done.stderr
+    assert s3.get("data/edit.csv") == b"a,b\n1,2\n"  # nothing was changed
+    s.cli("commit", s.name, "mnt/s3/data/edit.csv")
+    assert s3.get("data/edit.csv") == b"a,b\n1,2\n3,4\n"
