@@ -282,6 +282,7 @@ class OverlayModel(RuleBasedStateMachine):
         self.sut, self.ref = self.POOL.fresh_pair()
         self.log: list[str] = []
         self.state = snapshot(self.ref)
+        self.unwritten = False  # an allocating fallocate ran (see seek_data_hole)
 
     def pick(self, draw: st.DataObject, kind: str) -> str:
         """A path: mostly one that exists now (of `kind`: file, dir, any, new), else any
@@ -385,7 +386,15 @@ class OverlayModel(RuleBasedStateMachine):
         self.both(f"fallocate({p}, {mode}, @{off}, {length})",
                   lambda r: _fallocate_path(os.path.join(r, p), FALLOCATE_MODES[mode],
                                             off, length))
+        if "PUNCH_HOLE" not in mode and self.log[-1].endswith("ok:"):
+            self.unwritten = True
 
+    # ext4 reports an unwritten extent (what an allocating fallocate leaves)
+    # as data wherever its pages happen to be cached, and the two sides cache
+    # different pages (reads through FUSE are served from the mount's own
+    # cache): after one, SEEK_DATA / SEEK_HOLE answers are not comparable.
+    # Punched holes and data written stay exact.
+    @precondition(lambda self: not self.unwritten)
     @rule(d=st.data(), whence=st.sampled_from(["SEEK_DATA", "SEEK_HOLE"]),
           off=st.integers(0, 80000))
     def seek_data_hole(self, d: st.DataObject, whence: str, off: int) -> None:
