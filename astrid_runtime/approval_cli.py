@@ -52,7 +52,7 @@ def _when(ms: int) -> str:
 
 def describe(ask: dict[str, Any]) -> str:
     """One line for a person: who wants what, on what, and why it asks."""
-    details = ", ".join(f"{k}={v}" for k, v in ask.get("details", {}).items())
+    details = ", ".join(f"{k}={v}" for k, v in ask.get("details", {}).items() if v)
     line = f"{ask['plugin']} wants {ask['kind']} on {ask['resource']}"
     if details:
         line += f" ({details})"

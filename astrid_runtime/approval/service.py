@@ -182,10 +182,11 @@ AUDIT_FILE = "audit.jsonl"
 async def start_approvals(kernel: Kernel, home: Path, policy: Policy, *,
                           lockfile: Path | None = None, audit: AuditLog | None = None,
                           session: str = "astridd") -> Approvals:
-    """Approvals for a kernel that is about to boot: kernel key and audit trail under
-    `home`, the policy's interceptors (pinned in `lockfile`, compiled; the
-    plugin boot leaves interceptor components alone) and budgets (in the kernel's KV, pools per `session`), wired
-    in, answers on the bus served. What astridd and `astrid run` both do."""
+    """Approvals for a kernel that is about to boot: kernel key and audit trail
+    under `home`, the policy's interceptors (pinned in `lockfile`, compiled; the
+    plugin boot leaves interceptor components alone) and budgets (in the
+    kernel's KV, pools per `session`), wired in, answers on the bus served.
+    What astridd and `astrid run` both do."""
     key = await trio.to_thread.run_sync(load_or_create_key, home)
     budgets: tuple[Budget, ...] = ()
     if policy.budgets:

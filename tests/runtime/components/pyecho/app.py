@@ -61,7 +61,7 @@ class WitWorld(wit_world.WitWorld):
                 bus.publish("echo.error", _describe(e).encode())
         elif topic == "echo.ask":
             body = json.loads(payload)
-            details = [("hint", body["hint"])] + sorted(body.get("details", {}).items())
+            details = [("hint", body["hint"]), *sorted(body.get("details", {}).items())]
             action = cap.Action(body["kind"], body["resource"], details)
             try:
                 token = cap.request(action)
