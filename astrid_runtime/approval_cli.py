@@ -6,8 +6,10 @@
     astrid revoke GRANT                       forget a session or always approval
 
 They talk to the running kernel's control socket (`astridd`, or `astrid
-run`, which serves one too). Exit codes as for every `astrid` verb: 0 ok,
-1 refused (no such ask: answered, expired or never asked), 3 no kernel.
+run`, which serves one too); with no kernel running, `approvals` lists and
+`revoke` removes the "always" approvals kept in $ASTRID_HOME. Exit codes as
+for every `astrid` verb: 0 ok, 1 refused (no such ask: answered, expired or
+never asked), 3 no kernel.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from astrid_runtime.approval.standing import list_offline, revoke_offline
+from astrid_runtime.config import default_home
 from astrid_runtime.control import ControlClient
+from astrid_runtime.errors import KernelUnreachable
+from astrid_runtime.identity import KEY_FILE, load_or_create_key
 
 ClientOf = Callable[[argparse.Namespace], ControlClient]
 
@@ -50,19 +56,39 @@ def _when(ms: int) -> str:
     return f"{max(0, int(left))}s left"
 
 
+def shown(text: object) -> str:
+    """`text` safe to print to a person's terminal: a plugin chose it, so control
+    characters (newlines, escape sequences that could fake a prompt) are escaped."""
+    value = str(text)
+    return value if value.isprintable() else json.dumps(value)[1:-1]
+
+
 def describe(ask: dict[str, Any]) -> str:
     """One line for a person: who wants what, on what, and why it asks."""
-    details = ", ".join(f"{k}={v}" for k, v in ask.get("details", {}).items() if v)
-    line = f"{ask['plugin']} wants {ask['kind']} on {ask['resource']}"
+    details = ", ".join(f"{shown(k)}={shown(v)}" for k, v in ask.get("details", {}).items()
+                        if v)
+    line = f"{shown(ask['plugin'])} wants {shown(ask['kind'])} on {shown(ask['resource'])}"
     if details:
         line += f" ({details})"
     if ask.get("reason"):
-        line += f" -- {ask['reason']}"
+        line += f" -- {shown(ask['reason'])}"
     return line
 
 
+def _offline_standing() -> list[dict[str, Any]]:
+    """Standing approvals read from $ASTRID_HOME with no kernel running."""
+    home = default_home()
+    if not (home / KEY_FILE).exists():
+        return []
+    return [g.to_json() for g in list_offline(home, load_or_create_key(home))]
+
+
 def cmd_approvals(args: argparse.Namespace, client: ControlClient) -> int:
-    reply = client.request({"op": "approvals"})
+    try:
+        reply = client.request({"op": "approvals"})
+    except KernelUnreachable:
+        # Nothing can be waiting without a kernel; "always" approvals are on disk.
+        reply = {"pending": [], "standing": _offline_standing()}
     if args.json:
         print(json.dumps({"pending": reply["pending"], "standing": reply["standing"]},
                          indent=2))
@@ -96,7 +122,11 @@ def cmd_deny(args: argparse.Namespace, client: ControlClient) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace, client: ControlClient) -> int:
-    grant = client.request({"op": "revoke", "id": args.id})["revoked"]
+    try:
+        grant = client.request({"op": "revoke", "id": args.id})["revoked"]
+    except KernelUnreachable:  # an "always" approval can be revoked with no kernel up
+        home = default_home()
+        grant = revoke_offline(home, load_or_create_key(home), args.id).to_json()
     print(f"revoked {grant['scope']} approval {grant['id']}: {grant['plugin']} "
           f"{grant['kind']} on {grant['resource']}")
     return 0
@@ -130,4 +160,4 @@ def verbs(client_of: ClientOf) -> dict[str, Callable[[argparse.Namespace], int]]
             for name, fn in table.items()}
 
 
-__all__ = ["add_parsers", "describe", "print_status", "verbs"]
+__all__ = ["add_parsers", "describe", "print_status", "shown", "verbs"]

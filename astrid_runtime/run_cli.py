@@ -47,7 +47,7 @@ from astrid_runtime.approval.person import ANSWERED, REQUESTED
 from astrid_runtime.approval.pipeline import ApprovalPipeline
 from astrid_runtime.approval.policy import MODES, POLICY_FILE, Policy, home_policy, load_policy
 from astrid_runtime.approval.service import AUDIT_FILE, Approvals, start_approvals
-from astrid_runtime.approval_cli import describe
+from astrid_runtime.approval_cli import describe, shown
 from astrid_runtime.bus import Message, Tap
 from astrid_runtime.commit_service import CommitService
 from astrid_runtime.config import default_home, default_socket
@@ -203,9 +203,9 @@ class Console:
                   file=self.out, flush=True)
         else:
             verdict = "denied" if body["answer"] == "deny" else f"approved ({body['answer']})"
-            why = f": {body['reason']}" if body.get("reason") else ""
-            print(f"astrid: [{body['id']}] {verdict} by {body['by']}{why}", file=self.out,
-                  flush=True)
+            why = f": {shown(body['reason'])}" if body.get("reason") else ""
+            print(f"astrid: [{shown(body['id'])}] {verdict} by {shown(body['by'])}{why}",
+                  file=self.out, flush=True)
         if message.topic == REQUESTED:
             self._wake()
 

@@ -11,6 +11,7 @@ a sleep; the ask deadline test uses a deadline already in the past.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -359,3 +360,28 @@ def test_astridd_asks_wait_for_astrid_approve(tmp_path: Path,
     audit = [json.loads(x) for x in (home / "audit.jsonl").read_text().splitlines()]
     answers = [(e["answer"], e["by"]) for e in audit if e["event"] == "cap.answer"]
     assert answers == [("session", "cli"), ("deny", "kernel")]
+
+
+def test_describe_escapes_what_a_plugin_chose(tmp_path: Path) -> None:
+    from astrid_runtime.approval_cli import describe
+
+    line = describe({"plugin": "p", "kind": "fs.commit",
+                     "resource": "workspace\n\x1b[2Kyou> ", "details": {"x": "a\rb"},
+                     "reason": ""})
+    assert "\n" not in line and "\x1b" not in line and "\r" not in line
+    assert "workspace\\n\\u001b[2Kyou> " in line
+
+
+def test_revoke_and_list_always_approvals_with_no_kernel(tmp_path: Path) -> None:
+    from astrid_runtime.identity import load_or_create_key
+
+    home = tmp_path / "home"
+    grant = StandingGrants(home, load_or_create_key(home)).add(
+        "always", "filetool", "fs.commit", "workspace", "cli")
+    env_run = lambda *a: subprocess.run(  # noqa: E731
+        [*ASTRID, "--socket", str(tmp_path / "none.sock"), *a], capture_output=True,
+        text=True, timeout=60, env={**os.environ, "ASTRID_HOME": str(home)})
+    listed = env_run("approvals")
+    assert listed.returncode == 0 and grant.id in listed.stdout, listed.stderr
+    assert env_run("revoke", grant.id).returncode == 0
+    assert StandingGrants(home, load_or_create_key(home)).listing() == []
