@@ -24,6 +24,12 @@ class SessionError(AstridFsError):
     """A session is missing, malformed, busy or in the wrong state."""
 
 
+class NoSuchSession(SessionError):
+    """A session name that names no session: bad usage, like an unknown path."""
+
+    exit_code = 2
+
+
 class MountError(AstridFsError):
     """A mount could not be set up or torn down."""
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from astrid_fs.durable import write_atomic
-from astrid_fs.errors import SessionError, UsageError
+from astrid_fs.errors import NoSuchSession, SessionError, UsageError
 from astrid_fs.overlay.whiteout import OverlayXattrs, XattrNs, default_xattr_ns
 
 FORMAT = 1
@@ -180,7 +180,7 @@ def open_session(name: str, home: Path | None = None) -> Session:
     try:
         raw = tomllib.loads(meta.read_text())
     except FileNotFoundError:
-        raise SessionError(f"no session named {name!r} (looked in {root})") from None
+        raise NoSuchSession(f"no session named {name!r} (looked in {root})") from None
     except tomllib.TOMLDecodeError as e:
         raise SessionError(f"session {name}: malformed {meta}: {e}") from e
     try:

@@ -1,9 +1,11 @@
 """`astrid-fs`: verb-first CLI over sessions (mount, status, diff, commit, ...).
 
 Each verb group lives in its own module with a `register(subparsers)`
-function; this module wires them, turns `AstridFsError` into one line on
-stderr and its exit code, and also accepts the argument form that
-mount.fuse3 uses (`astrid-fs SOURCE MOUNTPOINT -o lowerdir=..,upperdir=..`).
+function; this module wires them, gives every verb `--quiet` and `--json`,
+parses options anywhere among the arguments (`commit S --dry-run README.md`,
+as git does), turns `AstridFsError` into one line on stderr and its exit
+code, and also accepts the argument form that mount.fuse3 uses
+(`astrid-fs SOURCE MOUNTPOINT -o lowerdir=..,upperdir=..`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from astrid_fs import __version__
 from astrid_fs.cli import drivers as drivers_cli
 from astrid_fs.cli import mount as mount_cli
 from astrid_fs.cli import review as review_cli
+from astrid_fs.cli import sessions as sessions_cli
 from astrid_fs.errors import AstridFsError
 
 EPILOG = """examples:
@@ -23,7 +27,14 @@ EPILOG = """examples:
   astrid-fs diff fix-bug --stat
   astrid-fs commit fix-bug src/
   astrid-fs umount /tmp/view
+
+exit codes:
+  0  done
+  1  failed (one line on stderr says why)
+  2  bad usage: unknown option, session, path or snapshot
+  3  conflicts: the project changed where the session did (see diff, resolve)
 """
+EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,28 +44,61 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"astrid-fs {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print nothing but errors (and --json output)")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     mount_cli.register(sub)
     review_cli.register(sub)
+    sessions_cli.register(sub)
     drivers_cli.register(sub)
+    for verb in _subparsers(parser).values():
+        _add_common(verb)
     return parser
 
 
-def _verbs(parser: argparse.ArgumentParser) -> set[str]:
+def _add_common(verb: argparse.ArgumentParser) -> None:
+    """Every verb takes --quiet and --json (whatever it already declares)."""
+    known = {s for action in verb._actions for s in action.option_strings}
+    if "--quiet" not in known:
+        verb.add_argument("-q", "--quiet", action="store_true",
+                          help="print nothing but errors (and --json output)")
+    if "--json" not in known:
+        verb.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
+            return dict(action.choices)
+    return {}
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options may come before, between or after positional arguments (the
+    verb's own parser with `parse_intermixed_args`); after `--` everything
+    is positional. Global options before the verb: --quiet, --version, -h."""
+    verbs = _subparsers(parser)
+    at = next((i for i, a in enumerate(argv) if a in verbs), None)
+    if at is None or any(a not in ("-q", "--quiet") for a in argv[:at]):
+        return parser.parse_args(argv)  # help, version, or a usage error
+    verb = verbs[argv[at]]
+    rest = argv[at + 1:]
+    # (parse_intermixed_args takes `--` for one more positional: parse those plainly)
+    args = verb.parse_args(rest) if "--" in rest else verb.parse_intermixed_args(rest)
+    args.verb = argv[at]
+    args.quiet = args.quiet or at > 0
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()
-        if mount_cli.is_mount_helper_form(args_list, _verbs(parser)):
+        if mount_cli.is_mount_helper_form(args_list, set(_subparsers(parser))):
             return mount_cli.run_mount_helper(args_list)
-        args = parser.parse_args(args_list)
+        args = parse(parser, args_list)
         result: int = args.func(args)
         return result
     except AstridFsError as e:

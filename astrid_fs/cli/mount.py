@@ -65,6 +65,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--mounts", metavar="FILE",
                    help="mount table (mounts.toml): remote sources at virtual paths; "
                         "recorded in the session (docs/drivers.md)")
+    p.add_argument("--nonempty", action="store_true",
+                   help="mount over a mount point that holds files (hiding them)")
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_mount)
 
@@ -136,8 +138,12 @@ def _spawn(config: DaemonConfig) -> None:
 def cmd_mount(args: argparse.Namespace) -> int:
     lower = check_lower(args.lower[0])
     stack = tuple(check_lower(extra) for extra in args.lower[1:])
-    name = check_name(args.session) if args.session else _default_name(lower)
+    # (an empty --session "" is a bad name, not a request for the default one)
+    name = _default_name(lower) if args.session is None else check_name(args.session)
     mountpoint = _check_mountpoint(args.mountpoint)
+    if not args.nonempty and os.listdir(mountpoint):
+        raise UsageError(f"mount point {mountpoint} is not empty: its files would be hidden "
+                         "while mounted (choose an empty dir, or pass --nonempty)")
     _check_fuse_device()
     if args.lower_ttl < 0:
         raise UsageError("--lower-ttl must be >= 0")
@@ -171,7 +177,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if not existed:
             shutil.rmtree(session.root, ignore_errors=True)  # nothing half-made
         raise
-    print(f"session {name} mounted on {mountpoint}")
+    if getattr(args, "json", False):
+        state = session.mount_state()
+        print(json.dumps({"session": name, "mountpoint": mountpoint, "lower": str(lower),
+                          "pid": None if state is None else state.pid}))
+    elif not getattr(args, "quiet", False):
+        print(f"session {name} mounted on {mountpoint}")
     return 0
 
 
@@ -251,7 +262,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
         if state is not None:
             _wait_exit(state.pid)
         session.clear_mount_state()
-    print(f"unmounted {path}" + (" (daemon was dead; session data kept)" if dead else ""))
+    if getattr(args, "json", False):
+        print(json.dumps({"unmounted": path, "session": None if session is None
+                          else session.name, "daemon_was_dead": dead}))
+    elif not getattr(args, "quiet", False):
+        print(f"unmounted {path}" + (" (daemon was dead; session data kept)" if dead else ""))
     return 0
 
 

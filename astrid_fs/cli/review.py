@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
-from astrid_fs.errors import UsageError
+from astrid_fs.cli.progress import Progress
+from astrid_fs.errors import ConflictError, UsageError
 from astrid_fs.review import diffview, journal
 from astrid_fs.review.commit import (
     commit,
@@ -26,14 +26,15 @@ from astrid_fs.review.discard import discard
 from astrid_fs.review.journal import Steps
 from astrid_fs.review.resolve import Outcome, resolve, update
 from astrid_fs.review.selection import is_under
-from astrid_fs.review.snapshot import describe as describe_snapshots
 from astrid_fs.review.snapshot import (
+    SnapshotInfo,
     finish_rollback,
     list_snapshots,
     rollback,
     snapshot,
     undo,
 )
+from astrid_fs.review.snapshot import describe as describe_snapshots
 from astrid_fs.session import Session, open_session
 
 _HELP = argparse.RawDescriptionHelpFormatter
@@ -66,6 +67,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     c.add_argument("--force", action="store_true",
                    help="commit even where the lower changed since the session copied it")
     c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.add_argument("--verbose", "-v", action="store_true",
+                   help=f"list every change (default: up to {LIST_LIMIT})")
     c.set_defaults(func=cmd_commit)
 
     x = sub.add_parser("discard", help="drop changes from a session", formatter_class=_HELP,
@@ -151,52 +154,44 @@ def open_and_recover(name: str, reading: bool = False) -> Session:
     return session
 
 
+def _say(args: argparse.Namespace, text: str) -> None:
+    """A line for a person: not with --quiet, nor where --json prints."""
+    if not args.quiet and not args.json:
+        print(text)
+
+
+def _warn(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(f"astrid-fs: {text}", file=sys.stderr)
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session, reading=True)
-    changes = session_changes(session)
-    if args.paths:
-        prefixes = resolve_paths(session, args.paths)
-        changes = [c for c in changes if any(is_under(c.path, p) for p in prefixes)]
-    upper, lower = str(session.upper), str(session.lower)
-    lowers = open_lowers(session)
-    # the old side of a change under a mounted source is the source's object
-    remote = None if lowers is None else (
-        lambda path: lowers.read(path, diffview.MAX_PATCH_BYTES))
-    try:
-        if args.json:
-            out = diffview.as_json(changes)
-        elif args.patch:
-            out = diffview.patch(changes, upper, lower, remote)
-        elif args.stat:
-            out = diffview.stat_view(changes, upper, lower, remote=remote)
-        else:
-            out = diffview.porcelain(changes)
-    finally:
-        if lowers is not None:
-            lowers.close()
-    sys.stdout.write(out)
+    with Progress("diff", args.quiet):
+        changes = session_changes(session)
+        if args.paths:
+            prefixes = resolve_paths(session, args.paths)
+            changes = [c for c in changes if any(is_under(c.path, p) for p in prefixes)]
+        upper, lower = str(session.upper), str(session.lower)
+        lowers = open_lowers(session)
+        # the old side of a change under a mounted source is the source's object
+        remote = None if lowers is None else (
+            lambda path: lowers.read(path, diffview.MAX_PATCH_BYTES))
+        try:
+            if args.json:
+                out = diffview.as_json(changes)
+            elif args.patch:
+                out = diffview.patch(changes, upper, lower, remote)
+            elif args.stat:
+                out = diffview.stat_view(changes, upper, lower, remote=remote)
+            else:
+                out = diffview.porcelain(changes)
+        finally:
+            if lowers is not None:
+                lowers.close()
+    if not args.quiet or args.json:
+        sys.stdout.write(out)
     return 0
-
-
-class _Progress:
-    """`commit: 1234/10010 steps` on a terminal, at most ten times a second,
-    once the commit has run for a second."""
-
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.shown = False
-
-    def __call__(self, count: int, total: int) -> None:
-        now = time.monotonic()
-        if not sys.stderr.isatty() or now - self.start < 1 or now - self.last < 0.1:
-            return
-        self.last, self.shown = now, True
-        print(f"\rcommit: {count}/{total} steps", end="", file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        if self.shown:
-            print(file=sys.stderr)
 
 
 def _say_waiting(project: str) -> None:
@@ -204,39 +199,43 @@ def _say_waiting(project: str) -> None:
           flush=True)
 
 
+LIST_LIMIT = 50  # commit lists its changes up to this many (all with --verbose)
+
+
 def cmd_commit(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
-    progress = _Progress()
-    try:
+    with Progress("commit", args.quiet) as progress:
         result = commit(session, args.paths, force=args.force, dry_run=args.dry_run,
                         steps=Steps.from_env(progress), on_wait=_say_waiting)
-    finally:
-        progress.done()
     changes = list(result.changes)
+    for c in result.skipped:
+        _warn(args, f"not committed (only holds a mount point): {c.path}")
+    if result.warning is not None:
+        _warn(args, result.warning)
+    if result.kept is not None:
+        _warn(args, f"the project's overwritten versions are kept in {result.kept}; "
+              f"`astrid-fs undo {session.name}` restores the session as it was")
     if args.json:
         print(json.dumps({"dry_run": result.dry_run, "committed": [] if result.dry_run else [
             c.path for c in changes], "planned": [c.path for c in changes],
-            "skipped": [c.path for c in result.skipped]}))
+            "skipped": [c.path for c in result.skipped], "targets": list(result.targets),
+            "forced": [c.path for c in changes if c.conflict],
+            "kept": None if result.kept is None else str(result.kept),
+            "warning": result.warning}))
         return 0
-    for c in result.skipped:
-        print(f"astrid-fs: not committed (only holds a mount point): {c.path}",
-              file=sys.stderr)
     if result.record is None:
-        print("nothing to commit")
+        _say(args, "nothing to commit")
         return 0
-    sys.stdout.write(diffview.porcelain(changes))
+    if args.quiet:
+        return 0
+    if len(changes) <= LIST_LIMIT or args.verbose or result.dry_run:
+        sys.stdout.write(diffview.porcelain(changes))
     if result.dry_run:
         sys.stdout.write("plan:\n" + "".join(
             f"  {line}\n" for line in describe(result.record).splitlines()))
         print(f"dry run: {len(changes)} change(s) would be committed")
     else:
         print(f"committed {len(changes)} change(s) to {', '.join(result.targets)}")
-    if result.warning is not None:
-        print(f"astrid-fs: {result.warning}", file=sys.stderr)
-    if result.kept is not None:
-        print(f"astrid-fs: the project's overwritten versions are kept in {result.kept}; "
-              f"`astrid-fs undo {session.name}` restores the session as it was",
-              file=sys.stderr)
     return 0
 
 
@@ -244,18 +243,29 @@ def cmd_discard(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
     if not args.paths and not args.all:
         raise UsageError("discard needs PATH... or --all (which drops every change)")
-    dropped = discard(session, [] if args.all else args.paths)
-    print(f"discarded {len(dropped)} change(s)"
-          + (f" (`astrid-fs undo {session.name}` brings them back)" if dropped else ""))
+    with Progress("discard", args.quiet):
+        dropped = discard(session, [] if args.all else args.paths)
+    if args.json:
+        print(json.dumps({"discarded": [c.path for c in dropped]}))
+    _say(args, f"discarded {len(dropped)} change(s)"
+         + (f" (`astrid-fs undo {session.name}` brings them back)" if dropped else ""))
     return 0
+
+
+def _snapshot_json(s: SnapshotInfo) -> dict[str, object]:
+    return {"number": s.number, "name": s.name, "created": s.created, "changes": s.changes,
+            "entries": s.entries, "copied": s.copied, "auto": s.auto, "reason": s.reason}
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
-    info = snapshot(session, args.name)
+    with Progress("snapshot", args.quiet):
+        info = snapshot(session, args.name)
+    if args.json:
+        print(json.dumps(_snapshot_json(info)))
     label = f" ({info.name})" if info.name else ""
-    print(f"snapshot {info.number}{label}: {info.changes} change(s), {info.entries} "
-          f"entries, {info.copied} copied, {info.entries - info.copied} shared")
+    _say(args, f"snapshot {info.number}{label}: {info.changes} change(s), {info.entries} "
+         f"entries, {info.copied} copied, {info.entries - info.copied} shared")
     return 0
 
 
@@ -263,51 +273,57 @@ def cmd_log(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session, reading=True)
     snaps = list_snapshots(session)
     if args.json:
-        print(json.dumps([{"number": s.number, "name": s.name, "created": s.created,
-                           "changes": s.changes, "entries": s.entries, "auto": s.auto,
-                           "reason": s.reason} for s in snaps]))
-    else:
+        print(json.dumps([_snapshot_json(s) for s in snaps]))
+    elif not args.quiet:
         sys.stdout.write(describe_snapshots(snaps) or "no snapshots\n")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
-    snap = rollback(session, args.snapshot)
-    print(f"rolled back session {session.name} to snapshot {snap.number} "
-          f"(`astrid-fs undo {session.name}` goes back)")
+    with Progress("rollback", args.quiet):
+        snap = rollback(session, args.snapshot)
+    if args.json:
+        print(json.dumps({"rolled_back_to": _snapshot_json(snap)}))
+    _say(args, f"rolled back session {session.name} to snapshot {snap.number} "
+         f"(`astrid-fs undo {session.name}` goes back)")
     return 0
 
 
-def _outcomes(outcomes: list[Outcome], as_json: bool) -> int:
+def _outcomes(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
     """Print what became of each conflict; exit 3 while any is left."""
     left = [o for o in outcomes if o.result in ("markers", "kept")]
-    if as_json:
+    if args.json:
         print(json.dumps({"resolved": [{"path": o.path, "result": o.result, "why": o.why}
                                        for o in outcomes]}))
-    else:
+    elif not args.quiet:
         for o in outcomes:
             print(f"{o.result:<8} {o.path}" + (f": {o.why}" if o.why else ""))
-    return 3 if left else 0
+    return ConflictError.exit_code if left else 0
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
-    return _outcomes(resolve(session, args.paths, args.side), args.json)
+    return _outcomes(args, resolve(session, args.paths, args.side))
 
 
 def cmd_update(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
-    outcomes = update(session, args.paths)
-    if not outcomes and not args.json:
-        print(f"session {session.name} is up to date with {session.lower}")
+    with Progress("update", args.quiet):
+        outcomes = update(session, args.paths)
+    if not outcomes:
+        if args.json:
+            print(json.dumps({"resolved": []}))
+        _say(args, f"session {session.name} is up to date with {session.lower}")
         return 0
-    return _outcomes(outcomes, args.json)
+    return _outcomes(args, outcomes)
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
     snap = undo(session)
-    print(f"undid: session {session.name} is back at snapshot {snap.number} ({snap.reason}); "
-          "undo again to redo")
+    if args.json:
+        print(json.dumps({"undone_to": _snapshot_json(snap)}))
+    _say(args, f"undid: session {session.name} is back at snapshot {snap.number} "
+         f"({snap.reason}); undo again to redo")
     return 0

@@ -124,7 +124,11 @@ def session_changes(session: Session) -> list[Change]:
 def resolve_paths(session: Session, raw: list[str]) -> list[str]:
     state = session.mount_state()
     mnt = state.mountpoint if state is not None else None
-    return [normalize_path(p, session.lower, mnt) for p in raw]
+    try:
+        cwd: str | None = os.getcwd()
+    except FileNotFoundError:  # (a removed working dir: paths are from the session root)
+        cwd = None
+    return [normalize_path(p, session.lower, mnt, cwd) for p in raw]
 
 
 class _Planner:

@@ -14,10 +14,16 @@ from astrid_fs.review.changes import Change
 
 
 def normalize_path(raw: str, lower: str | os.PathLike[str],
-                   mountpoint: str | None = None) -> str:
+                   mountpoint: str | None = None, cwd: str | None = None) -> str:
     """A user-given path as a session path; absolute paths must lie inside the
-    lower dir or the mount point. Raises UsageError for paths outside."""
+    lower dir or the mount point. A relative path is taken from `cwd` when
+    that is inside the mount point or the lower dir (as git takes paths from
+    where you stand in the work tree), else from the session root. Raises
+    UsageError for paths outside."""
     roots = [os.fspath(lower)] + ([mountpoint] if mountpoint else [])
+    if not os.path.isabs(raw) and cwd is not None and any(
+            _inside(cwd, root) for root in roots):
+        raw = os.path.join(cwd, raw)
     if os.path.isabs(raw):
         norm = os.path.normpath(raw)
         for root in roots:
@@ -29,6 +35,11 @@ def normalize_path(raw: str, lower: str | os.PathLike[str],
     if rel.startswith("..") or rel.startswith("/"):
         raise UsageError(f"path {raw!r} is outside the session")
     return "" if rel == "." else rel
+
+
+def _inside(path: str, root: str) -> bool:
+    rel = os.path.relpath(os.path.normpath(path), os.path.normpath(root))
+    return rel == "." or not rel.startswith("..")
 
 
 def is_under(path: str, prefix: str) -> bool:

@@ -76,8 +76,9 @@ def test_commit_dry_run_then_partial_then_all(edited: Session, home: Path,
 
 
 def test_unknown_session_and_paths_outside(edited: Session, home: Path) -> None:
-    one_line_error(run(home, "diff", "nope"), 1, "no session named 'nope'")
-    one_line_error(run(home, "commit", "nope"), 1, "no session named 'nope'")
+    # an unknown session is bad usage, as an unknown path or snapshot is (issue 10 item 8)
+    one_line_error(run(home, "diff", "nope"), 2, "no session named 'nope'")
+    one_line_error(run(home, "commit", "nope"), 2, "no session named 'nope'")
     one_line_error(run(home, "commit", "s1", "/etc/passwd"), 2, "outside the session")
     one_line_error(run(home, "commit", "s1", "../../etc"), 2, "outside the session")
     one_line_error(run(home, "discard", "s1", "/etc"), 2, "outside the session")
