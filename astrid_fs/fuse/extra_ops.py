@@ -65,9 +65,9 @@ class _Remote(Exception):
 
 @dataclass(frozen=True)
 class _Target:
-    """What a handle names: the node (None for a plain handle) and an fd."""
+    """What a handle names: its node and an fd on the layer file."""
 
-    node: Node | None
+    node: Node
     fd: int
 
 
@@ -94,11 +94,14 @@ class ExtraOps:
             return _Target(node, self.ops.files.inode_fd(node, write=write))
         if self.ops.files.reader(fh) is not None:
             raise _Remote()
-        return _Target(self.ops.files.handle_node(fh), fh)
+        opened = self.ops.files.handle_node(fh)
+        if opened is None:
+            # Not a handle we gave out: never touch whatever fd has that number.
+            raise OSError(errno.EBADF, "unknown file handle")
+        return _Target(opened, fh)
 
     def _wrote(self, target: _Target) -> None:
-        if target.node is not None:
-            self.ops.cache.wrote(target.node.ino)
+        self.ops.cache.wrote(target.node.ino)
 
     def _count(self, op: str) -> None:
         # The daemon's request counters (control socket `stats`).

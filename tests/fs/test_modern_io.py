@@ -436,6 +436,7 @@ async def test_callbacks_never_raise(direct: tuple[ExtraOps, FuseOps, Path],
     assert extra.fallocate(forgotten, 0, 0, 1) == -errno.ESTALE
     assert extra.copy_file_range(fh, 0, forgotten, 0, 1, 0) == -errno.ESTALE
     assert extra.copy_file_range(fh, 0, fh, 4096, 1, 1) == -errno.EINVAL
+    assert extra.lseek(0, 0, os.SEEK_DATA) == -errno.EBADF  # not a handle we gave out
     assert extra.fallocate(fh, 0x4000, 0, 1) < 0  # an unknown mode: the upper fs says
 
     def no_fallocate(fd: int, mode: int, offset: int, length: int) -> None:
