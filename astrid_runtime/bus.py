@@ -44,13 +44,38 @@ from astrid_runtime.topics import match_tokens, validate_pattern, validate_topic
 
 #: Publisher name used for messages that come from `astrid publish`.
 CLIENT = "client"
+#: Publisher name of messages the kernel itself publishes.
+KERNEL = "kernel"
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who published a message, as the kernel saw it; nothing a plugin sends sets it.
+
+    `plugin` is the publishing plugin's name (`client` for `astrid publish`,
+    `kernel` for the kernel itself); `kernel` is None for a message published
+    on this kernel, else the hex ed25519 key of the kernel it came from, whose
+    signature the bridge verified.
+    """
+
+    plugin: str
+    kernel: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     topic: str
     payload: bytes
+    #: A name unique across kernels: the plugin, `client` or `kernel` here, and
+    #: `nats:<kernel>/<plugin>` for a bridged message (never a local plugin's name).
     publisher: str
+    #: The structured sender (`Sender`); None in messages made outside the bus.
+    sender: Sender | None = None
+
+    @property
+    def who(self) -> Sender:
+        """The sender as the kernel saw it (a local publisher when unset)."""
+        return self.sender if self.sender is not None else Sender(self.publisher)
 
 
 class Doorbell:
@@ -259,22 +284,31 @@ class Bus:
             del self._subs[sub_id]
 
     def publish(self, endpoint: Endpoint | None, topic: str, payload: bytes, *,
-                origin: str = CLIENT) -> int:
+                origin: str = CLIENT, remote: Sender | None = None) -> int:
         """Deliver to every matching mailbox with room; returns how many plugins got it
         (taps are not counted; a full mailbox is skipped and counts an overflow).
 
         Raises `BusError` with kind `invalid`, `denied`, `too-large` or
-        `rate-limited` (over the publisher's own rate).
+        `rate-limited` (over the publisher's own rate). The sender is the
+        endpoint's name; the kernel's own publishes (`endpoint` None) name
+        `origin`, or `remote`, a sender on another kernel the bridge verified.
         """
         tokens = validate_topic(topic)
-        publisher = origin if endpoint is None else endpoint.name
+        if endpoint is not None:
+            sender = Sender(endpoint.name)
+        elif remote is not None:
+            sender = remote
+        else:
+            sender = Sender(origin)
+        publisher = (sender.plugin if sender.kernel is None
+                     else f"nats:{sender.kernel}/{sender.plugin}")
         if endpoint is not None:
             if endpoint.grants is not None:
                 endpoint.grants.check_publish(topic)
             if len(payload) > endpoint.limits.max_payload_bytes:
                 raise BusError("too-large", f"payload of {len(payload)} bytes is over the "
                                f"limit of {endpoint.limits.max_payload_bytes}")
-        message = Message(topic, bytes(payload), publisher)
+        message = Message(topic, bytes(payload), publisher, sender)
         to_wake: list[Doorbell] = []
         with self.lock:
             if endpoint is not None and not endpoint.bucket.take():

@@ -231,6 +231,7 @@ class Supervisor:
             message = self.endpoint.take()
             if message is None:
                 return
+            self.context.current_sender = message.who
             try:
                 instance.on_message(message.topic, message.payload)
             except PluginError as e:
@@ -241,3 +242,5 @@ class Supervisor:
             except PluginCrash:
                 self.poisoned += 1
                 raise
+            finally:
+                self.context.current_sender = None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from astrid_runtime.bus import Endpoint
+from astrid_runtime.bus import Endpoint, Sender
 from astrid_runtime.grants import Grants, Limits
 
 if TYPE_CHECKING:
@@ -47,6 +47,9 @@ class PluginContext:
     vfs: PluginVfs | None = None
     #: The kernel's approval pipeline for `cap.request`; None refuses every request.
     approvals: ApprovalPipeline | None = None
+    #: The sender of the message being delivered now (`bus.sender`); None outside
+    #: `on-message`. Set by the supervisor in the guest's thread around each delivery.
+    current_sender: Sender | None = None
 
 
 #: Called with each plugin's context before its first instance starts: how the

@@ -10,13 +10,17 @@ add and delete, `in_reply_to` when the request carried an `id`).
 
 Keyspace: `seq` holds the last id used; note N lives at `note/` + N padded
 to 8 digits, so kv's sorted `list` returns them oldest first.
+
+Writes (`notes.add`, `notes.delete`) are taken only from the router and the
+client, by the sender the kernel stamped on the message: another plugin
+granted those topics still cannot write into this keyspace.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from astrid_sdk import Message, Plugin, kv
+from astrid_sdk import Message, Plugin, kv, log
 
 plugin = Plugin("notes")
 
@@ -35,12 +39,26 @@ def _body(msg: Message) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"text": str(body)}
 
 
+#: Who may change the notes (kernel-stamped sender names, on any verified kernel).
+WRITERS = ("router", "client")
+
+
+def _may_write(msg: Message) -> bool:
+    if msg.sent_by(*WRITERS):
+        return True
+    who = msg.sender.plugin if msg.sender is not None else "unknown"
+    log.warn("write ignored: sender may not change notes", topic=msg.topic, sender=who)
+    return False
+
+
 def _reply_to(body: dict[str, Any]) -> dict[str, Any]:
     return {"in_reply_to": body["in_reply_to"]} if "in_reply_to" in body else {}
 
 
 @plugin.on("notes.add")
 def add(msg: Message) -> None:
+    if not _may_write(msg):
+        return
     body = _body(msg)
     text = str(body.get("text", "")).strip()
     if not text:
@@ -69,6 +87,8 @@ def list_notes(msg: Message) -> None:
 
 @plugin.on("notes.delete")
 def delete(msg: Message) -> None:
+    if not _may_write(msg):
+        return
     body = _body(msg)
     raw = str(body.get("id", body.get("text", ""))).strip().lstrip("#")
     if not raw.isdigit():

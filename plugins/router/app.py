@@ -13,13 +13,17 @@
 A `user.input` payload is text, or JSON `{"text": ..., "id": ...}`; replies
 carry `in_reply_to` when the input had an `id`. Anything forwarded is
 answered on `agent.response` by the plugin that handles it.
+
+Only a person types `user.input`: input whose kernel-stamped sender is not
+the client (`astrid publish`, `astrid run`) is ignored and logged, so a
+plugin that may publish there cannot make the router act for it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from astrid_sdk import Message, Plugin, bus
+from astrid_sdk import Message, Plugin, bus, log
 
 plugin = Plugin("router")
 
@@ -58,8 +62,16 @@ def _request_id(msg: Message) -> dict[str, Any]:
     return {}
 
 
+#: Publishers whose `user.input` the router obeys (a person, through the client).
+PEOPLE = ("client",)
+
+
 @plugin.on("user.input")
 def route(msg: Message) -> None:
+    if not msg.sent_by(*PEOPLE):
+        who = msg.sender.plugin if msg.sender is not None else "unknown"
+        log.warn("user.input ignored: not from a person", sender=who)
+        return
     words = msg.text.strip().split(maxsplit=1)
     verb = words[0].lower() if words else ""
     rest = words[1].strip() if len(words) > 1 else ""

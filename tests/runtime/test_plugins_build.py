@@ -238,6 +238,8 @@ class FakeHost:
         self.logged: list[tuple[str, str, list[tuple[str, str]]]] = []
         self.kv: dict[str, bytes] = {}
         self.deny: set[str] = set()
+        #: What `bus.current-sender` returns: (plugin, kernel) or None.
+        self.sender: tuple[str, str | None] | None = ("client", None)
 
     def modules(self) -> dict[str, types.ModuleType]:
         cpt = types.ModuleType("componentize_py_types")
@@ -260,6 +262,9 @@ class FakeHost:
 
         bus.publish, bus.subscribe = publish, subscribe  # type: ignore[attr-defined]
         bus.unsubscribe = lambda sub_id: None  # type: ignore[attr-defined]
+        bus.current_sender = lambda: (  # type: ignore[attr-defined]
+            None if self.sender is None
+            else types.SimpleNamespace(plugin=self.sender[0], kernel=self.sender[1]))
         kv.get = self.kv.get  # type: ignore[attr-defined]
         kv.set = self.kv.__setitem__  # type: ignore[attr-defined]
         kv.delete = lambda key: self.kv.pop(key, None) is not None  # type: ignore[attr-defined]
@@ -317,6 +322,22 @@ def test_sdk_dispatches_by_pattern_and_turns_failures_into_err(
     assert e.value.value == "demo: demo.fail: ValueError: no good"
     assert host.logged[-1][:2] == ("ERROR", "handler failed")
     world.on_message("other.topic", b"")  # no handler: ignored, logged at debug
+
+
+def test_sdk_messages_carry_the_kernel_stamped_sender(sdk: tuple[Any, FakeHost]) -> None:
+    astrid_sdk, host = sdk
+    plugin = astrid_sdk.Plugin("demo")
+    seen: list[Any] = []
+    plugin.on("demo.>")(seen.append)
+    world = plugin.world()()
+    world.init("")
+    world.on_message("demo.a", b"")
+    host.sender = ("notes", "ab" * 32)
+    world.on_message("demo.b", b"")
+    assert [m.sender for m in seen] == [astrid_sdk.Sender("client"),
+                                        astrid_sdk.Sender("notes", "ab" * 32)]
+    assert seen[0].sent_by("router", "client") and not seen[1].sent_by("client")
+    assert seen[0].sender.local and not seen[1].sender.local
 
 
 def test_sdk_refused_host_call_is_a_host_error(sdk: tuple[Any, FakeHost]) -> None:

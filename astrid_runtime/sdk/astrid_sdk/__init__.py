@@ -18,7 +18,7 @@ be bytes, text, or JSON-able values. See docs/plugins.md.
 
 from astrid_sdk import bus, kv, log
 from astrid_sdk._host import HostError
-from astrid_sdk.bus import publish, subscribe, unsubscribe
+from astrid_sdk.bus import Sender, publish, subscribe, unsubscribe
 from astrid_sdk.plugin import RESPONSE_TOPIC, Message, Plugin
 
 __version__ = "0.1.0"
@@ -28,6 +28,7 @@ __all__ = [
     "HostError",
     "Message",
     "Plugin",
+    "Sender",
     "bus",
     "kv",
     "log",

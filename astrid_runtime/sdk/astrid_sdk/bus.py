@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from wit_world.imports import bus as _bus
@@ -28,4 +29,27 @@ def unsubscribe(subscription: int) -> None:
     host_call(_bus.unsubscribe, subscription)
 
 
-__all__ = ["publish", "subscribe", "unsubscribe"]
+@dataclass(frozen=True)
+class Sender:
+    """Who published a message, as the kernel saw it (a plugin cannot forge it).
+
+    `plugin` is the publisher's name (`client` for `astrid publish`, `kernel`
+    for the kernel); `kernel` is None on this kernel, else the hex ed25519 key
+    of the kernel the message was bridged from.
+    """
+
+    plugin: str
+    kernel: str | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.kernel is None
+
+
+def sender() -> Sender | None:
+    """The sender of the message being delivered now (None outside a handler)."""
+    found = host_call(_bus.current_sender)
+    return None if found is None else Sender(str(found.plugin), found.kernel)
+
+
+__all__ = ["Sender", "publish", "sender", "subscribe", "unsubscribe"]

@@ -21,6 +21,7 @@ import wit_world
 from componentize_py_types import Err
 
 from astrid_sdk import bus, log
+from astrid_sdk.bus import Sender
 from astrid_sdk.codec import decode_json, decode_text
 from astrid_sdk.topics import matches
 
@@ -30,10 +31,16 @@ RESPONSE_TOPIC = "agent.response"
 
 @dataclass(frozen=True)
 class Message:
-    """One delivered message."""
+    """One delivered message, with its sender as the kernel saw it."""
 
     topic: str
     payload: bytes
+    #: Stamped by the kernel; None only for a message built by hand (tests).
+    sender: Sender | None = None
+
+    def sent_by(self, *plugins: str) -> bool:
+        """True when a publisher named in `plugins` sent it (on any kernel)."""
+        return self.sender is not None and self.sender.plugin in plugins
 
     @property
     def text(self) -> str:
@@ -128,7 +135,7 @@ class Plugin:
             log.debug("no handler for topic", topic=topic)
             return
         try:
-            handler(Message(topic, bytes(payload)))
+            handler(Message(topic, bytes(payload), bus.sender()))
         except Exception as e:
             log.error("handler failed", topic=topic, error=_describe(e))
             raise Err(f"{self.name}: {topic}: {_describe(e)}") from None
