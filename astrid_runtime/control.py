@@ -32,14 +32,16 @@ import json
 import os
 import socket as pysocket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from astrid_runtime.approval.service import Approvals
 from astrid_runtime.bus import Tap
 from astrid_runtime.errors import ControlError, KernelUnreachable, Refusal
 from astrid_runtime.kernel import Kernel
+
+if TYPE_CHECKING:
+    from astrid_runtime.approval.service import Approvals
 
 #: Largest request line: a 1 MiB payload in base64 plus the envelope.
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
