@@ -12,6 +12,11 @@
     log_format = "json"               # json or text
     nats = "nats://127.0.0.1:4222"    # optional: bridge the bus to NATS
     nats_subscribe = [">"]            # topics to take in from NATS
+    nats_token_file = "nats.token"    # the NATS server's auth token (relative to home; 0600)
+
+    [[nats_peer]]                     # a kernel whose signed messages this one believes
+    kernel = "3b6a27bc…"              # its ed25519 key (hex; astridd logs its own at start)
+    publish = ["notes.>"]             # where it may publish on this bus (default: nowhere)
     allow_wildcard_grants = true      # false: refuse any plugin granted a `*` or `>` pattern
 
     [ceilings]                        # the most any plugin may be granted (same keys as a
@@ -24,17 +29,22 @@ Every key is optional; `astridd` with no config file runs with these defaults.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from astrid_runtime.errors import ConfigError
+from astrid_runtime.bus.nats.wire import Peer
+from astrid_runtime.errors import ConfigError, KernelError
 from astrid_runtime.grants import DEFAULT_CEILINGS, DEFAULT_POLICY, GrantPolicy
 from astrid_runtime.manifest import parse_limits
 from astrid_runtime.tomlfile import TomlDoc
 
 _KEYS = {"home", "lockfile", "plugins", "socket", "kv", "compile_cache", "guest_threads",
          "epoch_tick_ms", "log_level", "log_format", "nats", "nats_subscribe",
-         "allow_wildcard_grants", "ceilings"}
+         "allow_wildcard_grants", "ceilings", "nats_token_file", "nats_peer"}
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def default_home() -> Path:
@@ -58,6 +68,10 @@ class KernelConfig:
     nats_subscribe: tuple[str, ...] = (">",)
     #: Ceilings on every plugin's limits and whether wildcard grants are allowed.
     grant_policy: GrantPolicy = DEFAULT_POLICY
+    #: File holding the NATS server's auth token (None: connect without one).
+    nats_token_file: Path | None = None
+    #: Kernels whose signed bridged messages are believed, and where they may publish.
+    nats_peers: tuple[Peer, ...] = ()
 
     @property
     def cache_dir(self) -> Path | None:
@@ -82,6 +96,25 @@ def _kv_url(value: str, home: Path) -> str | None:
         path = Path(value.removeprefix("surrealkv://")).expanduser()
         return f"surrealkv://{path if path.is_absolute() else home / path}"
     return value
+
+
+def _peers(doc: TomlDoc, top: dict[str, object]) -> tuple[Peer, ...]:
+    peers: list[Peer] = []
+    for i, table in enumerate(doc.get(top, "nats_peer", list, [])):
+        if not isinstance(table, dict):
+            raise doc.fail("each [[nats_peer]] must be a table", "nats_peer", None, i)
+        doc.unknown_keys(table, {"kernel", "publish"}, "nats_peer", i)
+        kernel = doc.get(table, "kernel", str, "", table_name="nats_peer", index=i,
+                         check=lambda v: None if _HEX64.match(v) else
+                         "must be a kernel's 64 hex digit key")
+        if not kernel:
+            raise doc.fail("[[nats_peer]] is missing 'kernel'", "nats_peer", None, i)
+        publish = doc.string_list(table, "publish", table_name="nats_peer", index=i)
+        try:
+            peers.append(Peer(kernel, publish))
+        except KernelError as e:
+            raise doc.fail(f"publish: {e}", "nats_peer", "publish", i) from None
+    return tuple(peers)
 
 
 def load_config(path: Path) -> KernelConfig:
@@ -109,6 +142,8 @@ def load_config(path: Path) -> KernelConfig:
                       check=lambda v: None if v >= 1 else "must be at least 1")
     tick = doc.get(t, "epoch_tick_ms", int, 10,
                    check=lambda v: None if 1 <= v <= 1000 else "must be 1..1000")
+    token_s = doc.get(t, "nats_token_file", str, None)
+    token_file = (home / Path(token_s).expanduser()) if token_s else None
     policy = GrantPolicy(
         parse_limits(doc, doc.get(t, "ceilings", dict, {}), "ceilings", DEFAULT_CEILINGS),
         doc.get(t, "allow_wildcard_grants", bool, True))
@@ -117,7 +152,8 @@ def load_config(path: Path) -> KernelConfig:
                         guest_threads=threads, epoch_tick_ms=tick, log_level=level,
                         log_format=fmt, nats=doc.get(t, "nats", str, None),
                         nats_subscribe=doc.string_list(t, "nats_subscribe") or (">",),
-                        grant_policy=policy)
+                        grant_policy=policy, nats_token_file=token_file,
+                        nats_peers=_peers(doc, t))
 
 
 __all__ = ["ConfigError", "KernelConfig", "default_home", "default_socket", "defaults",

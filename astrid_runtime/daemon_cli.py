@@ -29,6 +29,7 @@ from astrid_runtime.config import KernelConfig, default_socket, defaults, load_c
 from astrid_runtime.control import ControlServer
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import KernelError, first_kernel_error
+from astrid_runtime.identity import read_secret
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
 
 
@@ -106,12 +107,19 @@ async def run(config: KernelConfig) -> None:
 
 async def _bridge(kernel: Kernel, config: KernelConfig, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    from astrid_runtime.nats_bridge import open_nats_bridge
+    from astrid_runtime.bus.nats import open_nats_bridge
+    from astrid_runtime.identity import KernelIdentity
 
     assert config.nats is not None
-    async with open_nats_bridge(config.nats) as bridge:
+    identity = await trio.to_thread.run_sync(KernelIdentity.load, config.home)
+    token = None
+    if config.nats_token_file is not None:
+        token = await trio.to_thread.run_sync(read_secret, config.nats_token_file)
+    async with open_nats_bridge(config.nats, identity=identity, peers=config.nats_peers,
+                                token=token) as bridge:
         kernel.log.event("info", "bridge.connected", servers=config.nats,
-                         instance=bridge.instance_id)
+                         instance=bridge.instance_id, kernel=identity.kernel_id,
+                         peers=len(config.nats_peers))
         task_status.started()
         await kernel.bridge(bridge, config.nats_subscribe)
 

@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from astrid_runtime.bus.topics import covers, match_tokens, validate_pattern, validate_topic
 from astrid_runtime.errors import BusError
-from astrid_runtime.topics import covers, match_tokens, validate_pattern, validate_topic
 
 
 @dataclass(frozen=True)

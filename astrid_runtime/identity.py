@@ -69,6 +69,24 @@ def load_or_create_key(home: Path) -> bytes:
     return key
 
 
+def read_secret(path: Path) -> str:
+    """A credential kept in a file (the NATS token): its text, stripped.
+
+    Raises `KernelError` when it is missing, empty, or readable by group or others.
+    """
+    try:
+        st = path.stat()
+        text = path.read_text().strip()
+    except OSError as e:
+        raise KernelError(f"{path}: {e.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KernelError(f"{path}: secret is accessible to others "
+                          f"(mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it")
+    if not text:
+        raise KernelError(f"{path}: empty")
+    return text
+
+
 def derive(secret: bytes, context: str) -> bytes:
     """A 32-byte key for one purpose (blake3 derive_key; `context` names the purpose)."""
     return blake3.blake3(secret, derive_key_context=context).digest()
@@ -110,4 +128,5 @@ class KernelIdentity:
         return self.private_key.sign(message)
 
 
-__all__ = ["KEY_FILE", "KernelIdentity", "derive", "load_or_create_key", "verify_signature"]
+__all__ = ["KEY_FILE", "KernelIdentity", "derive", "load_or_create_key", "read_secret",
+           "verify_signature"]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 if TYPE_CHECKING:
-    from astrid_runtime.nats_bridge import NatsBridge
+    from astrid_runtime.bus.nats import NatsBridge
 
 from astrid_runtime.abi.context import ContextHook, KvBackend
 from astrid_runtime.bus import Bus, Endpoint, Message
@@ -216,7 +216,7 @@ class Kernel:
             async for incoming in bridge.inbound:
                 try:
                     self.bus.publish(None, incoming.topic, incoming.payload,
-                                     origin=incoming.origin)
+                                     origin=incoming.origin, remote=incoming.sender)
                     stats["in"] += 1
                 except BusError as e:
                     stats["dropped_in"] += 1

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from astrid_runtime.bus.topics import validate_pattern
 from astrid_runtime.errors import KernelError, ManifestError
 from astrid_runtime.grants import DEFAULT_LIMITS, FLOAT_LIMIT_KEYS, LIMIT_KEYS, Grants, Limits
 from astrid_runtime.tomlfile import TomlDoc
-from astrid_runtime.topics import validate_pattern
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MANIFEST_NAME = "plugin.toml"

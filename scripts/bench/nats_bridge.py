@@ -38,7 +38,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from astrid_runtime.nats_bridge import BridgeFull, NatsBridge, open_nats_bridge
+from astrid_runtime.bus.nats import BridgeFull, NatsBridge, open_nats_bridge
 
 SERVER_WARNINGS: list[str] = []
 BRIDGES: list[NatsBridge] = []

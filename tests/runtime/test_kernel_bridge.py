@@ -11,10 +11,10 @@ from testkit import MemoryKv, running, spec
 from wasmtime.component import Component
 
 from astrid_runtime.bus import Tap
+from astrid_runtime.bus.nats import open_nats_bridge
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.grants import Grants
 from astrid_runtime.kernel import open_kernel
-from astrid_runtime.nats_bridge import open_nats_bridge
 from tests.fixtures.nats_server import NatsServer, running_nats_server
 
 
@@ -48,8 +48,8 @@ async def test_plugin_on_one_kernel_serves_a_client_on_another(
 
 async def _bridge(kernel: object, bridge: object, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    from astrid_runtime.bus.nats import NatsBridge
     from astrid_runtime.kernel import Kernel
-    from astrid_runtime.nats_bridge import NatsBridge
 
     assert isinstance(kernel, Kernel) and isinstance(bridge, NatsBridge)
     await bridge.subscribe(">")  # interest is registered before we report started

@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from astrid_runtime.bus import Tap
+from astrid_runtime.bus.topics import match_tokens, validate_pattern, validate_topic
 from astrid_runtime.engine import KernelEngine, digest
 from astrid_runtime.errors import KernelError
 from astrid_runtime.kernel import BootPlan, open_kernel
@@ -41,7 +42,6 @@ from astrid_runtime.scaffold.build import (
     shipped_plugins,
 )
 from astrid_runtime.supervisor import State
-from astrid_runtime.topics import match_tokens, validate_pattern, validate_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = {p.name: p for p in shipped_plugins(ROOT)}

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from astrid_runtime.bus.topics import covers, matches, validate_pattern, validate_topic
 from astrid_runtime.errors import BusError
-from astrid_runtime.topics import covers, matches, validate_pattern, validate_topic
 
 LITERALS = st.sampled_from(["a", "b", "c", "agent", "user"])
 topics = st.lists(LITERALS, min_size=1, max_size=5).map(".".join)

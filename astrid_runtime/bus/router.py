@@ -35,12 +35,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
+import astrid_runtime.grants as _grants
+from astrid_runtime.bus.topics import match_tokens, validate_pattern, validate_topic
 from astrid_runtime.errors import BusError
-from astrid_runtime.grants import Grants, Limits
-from astrid_runtime.topics import match_tokens, validate_pattern, validate_topic
+
+if TYPE_CHECKING:
+    # grants imports bus.topics, which runs this package's __init__: import the
+    # module, not its names, so either may be imported first.
+    from astrid_runtime.grants import Grants, Limits
 
 #: Publisher name used for messages that come from `astrid publish`.
 CLIENT = "client"
@@ -358,7 +364,7 @@ class Tap:
     def __init__(self, bus: Bus, pattern: str, capacity: int = 4096):
         self._bus = bus
         self._doorbell = Doorbell(trio.lowlevel.current_trio_token(), threading.get_ident())
-        limits = Limits(mailbox=capacity)
+        limits = _grants.Limits(mailbox=capacity)
         self.endpoint = bus.attach(f"tap:{next(self._serial)}", None, limits, self._doorbell,
                                    drop_oldest=True)
         try:

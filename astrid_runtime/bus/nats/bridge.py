@@ -52,6 +52,19 @@ the tests). A message matching several of our patterns arrives once per
 pattern; only the copy for the lowest matching pattern is delivered, so each
 message reaches trio exactly once.
 
+Authentication
+--------------
+A kernel's bridge connects with the NATS server's credentials (``token``;
+the server then refuses a client without them), signs every message it
+sends with the kernel's ed25519 identity (header ``Astrid-Sig``, see
+``wire.py``) and, given ``peers``, believes only messages signed by a peer
+kernel for a topic that peer may publish: anything else is dropped,
+counted (``stats.rejected``) and logged (a WARNING at the first rejection
+and every 1000th). A believed message carries ``sender``, the remote
+plugin and the kernel that signed for it. Without ``peers`` (transport
+tests) nothing is verified and ``sender`` is None: the kernel always passes
+peers.
+
 Loop prevention
 ---------------
 Every message carries ONE header, ``Astrid-Origin: <instance>/<origin>``:
@@ -83,6 +96,7 @@ import asyncio
 import logging
 import re
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -97,7 +111,11 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from astrid_runtime.bus.nats import wire
+from astrid_runtime.bus.router import Sender
+from astrid_runtime.bus.topics import match_tokens
 from astrid_runtime.errors import BusError
+from astrid_runtime.identity import KernelIdentity
 
 __all__ = [
     "HEADER_ORIGIN",
@@ -112,7 +130,6 @@ __all__ = [
     "NatsBridge",
     "is_remote_origin",
     "open_nats_bridge",
-    "pattern_matches",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,6 +186,8 @@ class BridgedMessage(NamedTuple):
     topic: str
     payload: bytes
     origin: str
+    #: The verified remote sender (None when the bridge verifies nothing).
+    sender: Sender | None = None
 
 
 @dataclass(frozen=True)
@@ -183,23 +202,14 @@ class BridgeStats:
     echoes_dropped: int
     reconnects: int
     last_error: str | None
+    #: Inbound messages refused by `wire.admit` (unsigned, forged, not a peer, ...).
+    rejected: int = 0
+    last_rejection: str | None = None
 
 
 def is_remote_origin(origin: str) -> bool:
     """True for the origin of a message that came in from NATS."""
     return origin.startswith(REMOTE_ORIGIN_PREFIX)
-
-
-def pattern_matches(pattern: str, topic: str) -> bool:
-    """NATS matching: ``*`` matches one token, a final ``>`` one or more."""
-    pat = pattern.split(".")
-    top = topic.split(".")
-    for i, token in enumerate(pat):
-        if token == ">":
-            return len(top) > i
-        if i >= len(top) or (token != "*" and token != top[i]):
-            return False
-    return len(pat) == len(top)
 
 
 class _Completion:
@@ -270,6 +280,9 @@ class NatsBridge:
         reconnect_wait: float = 0.5,
         connect_timeout: float = 2.0,
         pending_bytes: int = 8 * 1024 * 1024,
+        identity: KernelIdentity | None = None,
+        peers: tuple[wire.Peer, ...] | None = None,
+        token: str | None = None,
     ) -> None:
         if subject_prefix and not _TOPIC_RE.match(subject_prefix.rstrip(".")):
             raise BridgeInvalid(f"subject prefix {subject_prefix!r} is not a valid NATS subject")
@@ -288,6 +301,11 @@ class NatsBridge:
         self._reconnect_wait = reconnect_wait
         self._connect_timeout = connect_timeout
         self._pending_bytes = pending_bytes
+        self._identity = identity
+        self._peers = peers
+        self._auth_token = token
+        self._rejected = 0
+        self._last_rejection: str | None = None
         self._max_payload = 1024 * 1024  # replaced by the server's value on connect
 
         self._inbound_send, self.inbound = trio.open_memory_channel[BridgedMessage](
@@ -389,6 +407,9 @@ class NatsBridge:
                 f"server {'connected' if self._connected else 'unreachable'}"
             )
         headers = {HEADER_ORIGIN: self._origin_prefix + origin}
+        if self._identity is not None:
+            headers[wire.HEADER_SIG] = wire.sign(self._identity, topic, origin, payload,
+                                                 int(time.time() * 1000))
         self._enqueue((_PUB, self._prefix + topic, bytes(payload), headers))
         return True
 
@@ -433,6 +454,8 @@ class NatsBridge:
             echoes_dropped=self._echoes,
             reconnects=self._reconnects,
             last_error=self._last_error,
+            rejected=self._rejected,
+            last_rejection=self._last_rejection,
         )
 
     # -- trio side: internals -------------------------------------------------
@@ -527,6 +550,7 @@ class NatsBridge:
                 reconnect_time_wait=self._reconnect_wait,
                 connect_timeout=self._connect_timeout,
                 pending_size=self._pending_bytes,
+                token=self._auth_token,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,
                 error_cb=self._on_error,
@@ -657,7 +681,9 @@ class NatsBridge:
         found = self._canonical.get(topic, "")
         if found != "":
             return found
-        match = next((p for p in self._active_patterns if pattern_matches(p, topic)), None)
+        tokens = topic.split(".")
+        match = next((p for p in self._active_patterns if match_tokens(p.split("."), tokens)),
+                     None)
         if len(self._canonical) > 10_000:
             self._canonical = {}
         self._canonical[topic] = match
@@ -668,20 +694,37 @@ class NatsBridge:
         topic = msg.subject[len(self._prefix) :]
         if len(self._active_patterns) > 1 and self._canonical_pattern(topic) != pattern:
             return  # another of our subscriptions delivers this message
-        sender = (msg.headers or {}).get(HEADER_ORIGIN)
+        headers = msg.headers or {}
+        sender = headers.get(HEADER_ORIGIN)
         if sender is not None and sender.startswith(self._origin_prefix):
             self._echoes += 1
             return
+        verified: Sender | None = None
+        if self._peers is not None:
+            plugin = sender.partition("/")[2] if sender is not None else ""
+            verdict = wire.admit(topic, plugin, msg.data, headers.get(wire.HEADER_SIG),
+                                 self._peers, int(time.time() * 1000))
+            if isinstance(verdict, wire.Rejected):
+                self._reject(topic, verdict.reason)
+                return
+            verified = verdict
         if len(self._inbox) >= self._inbound_capacity:
             self._dropped_inbound += 1
             return
         origin = REMOTE_ORIGIN_PREFIX + (sender if sender is not None else "external")
         self._received += 1
-        self._inbox.append(BridgedMessage(topic, msg.data, origin))
+        self._inbox.append(BridgedMessage(topic, msg.data, origin, verified))
         if self._inbox_waiting and self._token is not None:
             self._inbox_waiting = False
             with suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(self._wake_inbox)
+
+    def _reject(self, topic: str, reason: str) -> None:
+        self._rejected += 1
+        self._last_rejection = f"{topic}: {reason}"
+        if self._rejected == 1 or self._rejected % 1000 == 0:
+            log.warning("NATS bridge: refused a message on %s: %s (%d refused so far)",
+                        topic, reason, self._rejected)
 
     async def _on_disconnected(self) -> None:
         if self._stopping:
