@@ -162,14 +162,20 @@ class ApprovalPipeline:
         holds = self._reserve(action, rule)
         stage, by = "policy", "policy"
         extra: dict[str, str] = {}
-        if decision == "ask":
-            standing = (self.standing.find(action.plugin, action.kind, action.resource)
-                        if self.standing is not None else None)
-            if standing is not None:
-                stage, by = "approval", f"{standing.scope} approval {standing.id}"
-            else:
-                stage, by, extra = self._ask_person(action, why, rule, holds)
-        token = self.tokens.issue(action.plugin, action.kind, action.resource, verdict.ttl_s)
+        try:  # whatever ends the request but an allow refunds what was reserved
+            if decision == "ask":
+                standing = (self.standing.find(action.plugin, action.kind, action.resource)
+                            if self.standing is not None else None)
+                if standing is not None:
+                    stage, by = "approval", f"{standing.scope} approval {standing.id}"
+                else:
+                    stage, by, extra = self._ask_person(action, why, rule)
+            token = self.tokens.issue(action.plugin, action.kind, action.resource,
+                                      verdict.ttl_s)
+        except BaseException:
+            for hold in holds:
+                hold.refund()
+            raise
         for hold in holds:
             hold.charge()
         self.audit.record("cap.decision", {
@@ -179,23 +185,17 @@ class ApprovalPipeline:
             "details": dict(action.details), **extra})
         return token
 
-    def _ask_person(self, action: Action, why: str, rule: str,
-                    holds: list[Hold]) -> tuple[str, str, dict[str, str]]:
+    def _ask_person(self, action: Action, why: str,
+                    rule: str) -> tuple[str, str, dict[str, str]]:
         """Wait for a person; (stage, by, extra audit fields) on allow, else deny."""
         if self.approver is None:
-            for hold in holds:
-                hold.refund()
             raise self._deny(action, "approval", "the policy asks a person and no "
                              "approver is wired in (docs/approval.md)", rule)
         try:
             ask_id, answer = self.approver.ask(action, why, rule)
         except Refusal as e:  # no ask could be opened (the kernel is stopping)
-            for hold in holds:
-                hold.refund()
             raise self._deny(action, "approval", e.message, rule) from None
         if not answer.allows:
-            for hold in holds:
-                hold.refund()
             reason = "a person declined" + (f": {answer.reason}" if answer.reason else "")
             if answer.by == "kernel":
                 reason = answer.reason

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,16 +22,16 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_agent_session import REPLY_TIMEOUT_S, SAMPLE, AgentRun
-from tests.support.mounts import mounted_points, require_fuse
+from tests.e2e.test_agent_session import (
+    BOOT_TIMEOUT_S,
+    REPLY_TIMEOUT_S,
+    SAMPLE,
+    AgentRun,
+    astrid_fs,
+)
+from tests.support.mounts import mounted_points
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_fuse()
-    return tmp_path_factory.mktemp("approvals-home")
 
 
 @pytest.fixture
@@ -188,3 +189,110 @@ def test_cli_against_astrid_run_once_always_revoke(home: Path, project: Path,
     assert again.finish("eof") == 0, again.stderr
     assert not (project / "d.md").exists()
     assert not (home / "astridd.sock").exists()  # removed when the run ended
+
+
+def test_autonomous_mode_with_interceptors(home: Path, project: Path, tmp_path: Path,
+                                           runs: list[PersonRun]) -> None:
+    # The interceptors pinned in the repository's plugins.lock, named by the policy:
+    # autonomous mode lets the agent commit on its own, except what they refuse.
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        '[[interceptor]]\nname = "secret-filter"\n\n'
+        '[[interceptor]]\nname = "path-guard"\n'
+        'config = "deny fs.commit workspace/private/* private stays private"\n')
+    run = _start(home, project, "autonomous", runs, "--policy", str(policy),
+                 "--mode", "autonomous")
+    assert any("approval mode autonomous" in line for line in run.stderr), run.stderr
+    for request in ("write private/diary.md dear diary", "write ok.md fine",
+                    "write bob@example.org.md mail me"):
+        run.send(request)
+        assert run.reply()["ok"] is True
+    run.send("commit private/diary.md")
+    reply = run.reply()
+    assert reply["ok"] is False and "path-guard: deny fs.commit" in reply["text"], reply
+    run.send("commit bob@example.org.md")
+    reply = run.reply()
+    assert reply["ok"] is False and "secret-filter: email in resource" in reply["text"]
+    run.send("commit ok.md")  # no ask: autonomous
+    assert run.reply()["ok"] is True
+    status = json.loads(run.cli("status", "--json").stdout)
+    assert [(i["name"], i["checks"]) for i in status["interceptors"]] == [
+        ("secret-filter", 3), ("path-guard", 2)]
+    assert run.finish("eof") == 0, run.stderr
+    assert (project / "ok.md").exists() and not (project / "private").exists()
+    stages = [e["stage"] for e in _audit(home) if e["event"] == "cap.decision"][-3:]
+    assert stages == ["interceptor:path-guard", "interceptor:secret-filter", "policy"]
+
+
+class Terminal:
+    """`astrid run` on a pseudo-terminal, as a person at a terminal runs it."""
+
+    def __init__(self, home: Path, lower: Path, session: str):
+        import pty
+        import threading
+
+        self.home, self.session = home, session
+        self.mount = home / "mnt" / session
+        self.master, slave = pty.openpty()
+        env = {**os.environ, "ASTRID_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "astrid_runtime.client_cli", "--lockfile",
+             str(REPO / "plugins.lock"), "run", "--lower", str(lower), "--session", session],
+            stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO, close_fds=True)
+        os.close(slave)
+        self.seen = ""
+        self.chunks: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:  # EIO: the other side closed
+                chunk = b""
+            if not chunk:
+                self.chunks.put(None)
+                return
+            self.chunks.put(chunk.decode("utf-8", "replace"))
+
+    def expect(self, text: str, timeout: float = BOOT_TIMEOUT_S) -> None:
+        """Read the terminal until `text` has appeared (after what was expected before)."""
+        while text not in self.seen:
+            chunk = self.chunks.get(timeout=timeout)
+            assert chunk is not None, f"terminal closed before {text!r}: {self.seen[-2000:]}"
+            self.seen += chunk
+        self.seen = self.seen[self.seen.index(text) + len(text):]
+
+    def type(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\n")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=60)
+        os.close(self.master)
+        if str(self.mount) in mounted_points():
+            astrid_fs(self.home, "umount", str(self.mount))
+
+
+def test_the_person_answers_at_the_terminal_prompt(home: Path, project: Path) -> None:
+    term = Terminal(home, project, "at-a-tty")
+    try:
+        term.expect("Ctrl-D or Ctrl-C ends.")
+        term.expect("you> ")
+        term.type("write NOTES.md typed at a terminal")
+        term.expect("Wrote NOTES.md")
+        term.type("commit NOTES.md")
+        term.expect("approval needed [")
+        term.expect("filetool wants fs.commit on workspace/NOTES.md")
+        term.expect("answer here: y (once) | s (this session) | a (always) | n [reason]")
+        term.type("s")
+        term.expect("approved (session) by terminal")
+        term.expect("committed 1 change(s)")
+        term.expect("you> ")
+        os.write(term.master, b"\x04")  # Ctrl-D at the start of a line: EOF
+        assert term.proc.wait(timeout=BOOT_TIMEOUT_S) == 0
+        term.expect("kept for review")
+    finally:
+        term.close()
+    assert (project / "NOTES.md").read_text() == "typed at a terminal\n"
