@@ -6,6 +6,7 @@
     astrid plugin install PATH       show what a plugin asks, pin it in plugins.lock
     astrid plugin verify             check every pinned component against its blake3
     astrid plugin list               show the pins
+    astrid audit verify              check the audit trail's signatures, chain and head
     astrid run [--lower DIR]         an agent session over DIR, typed at (run_cli.py)
     astrid approvals                 asks waiting for a person, standing approvals
     astrid approve ID [--session|--always] / deny ID [REASON] / revoke GRANT
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from astrid_runtime import approval_cli, run_cli
+from astrid_runtime import approval_cli, audit_cli, run_cli
 from astrid_runtime.config import default_socket, load_config
 from astrid_runtime.control import ControlClient
 from astrid_runtime.errors import KernelError, KernelUnreachable, VerifyError
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     lst = psub.add_parser("list", help="list pinned plugins")
     lst.add_argument("--json", action="store_true")
     approval_cli.add_parsers(sub)
+    audit_cli.add_parser(sub)
     run_cli.add_parser(sub)
     return p
 
@@ -220,6 +222,7 @@ def cmd_plugin(args: argparse.Namespace) -> int:
 COMMANDS = {"publish": cmd_publish, "tail": cmd_tail, "status": cmd_status,
             "plugin": cmd_plugin,
             "run": run_cli.verb(_lockfile),
+            "audit": audit_cli.verb(),
             **approval_cli.verbs(_client)}
 
 
