@@ -51,6 +51,11 @@ def fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutin
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         except KeyError:
             raise pyfuse3.FUSEError(errno.ESTALE) from None
+        except (ValueError, AssertionError, TypeError):
+            # A bug in one request must not take the mount down: log it,
+            # answer EIO, keep serving.
+            log.exception("internal error in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
 

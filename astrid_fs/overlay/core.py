@@ -25,6 +25,7 @@ from astrid_fs.overlay.copyup import (
     copy_up_remote,
     copy_up_synthetic_dir,
 )
+from astrid_fs.overlay.hardlinks import LinkIndex, relinked
 from astrid_fs.overlay.inodes import ROOT_INO, DeviceTags, InodeTable, Node, upper_only_ino
 from astrid_fs.overlay.layers import (
     Layers,
@@ -35,6 +36,7 @@ from astrid_fs.overlay.layers import (
     merged_names,
     resolve_child,
 )
+from astrid_fs.overlay.whiteout import Origin, get_origin
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | getattr(os, "O_DIRECT", 0)
@@ -56,6 +58,9 @@ class OverlayCore:
         root_st = os.lstat(layers.lower)
         self.tags = DeviceTags(root_st.st_dev)
         self.table = InodeTable(Node(ROOT_INO, True, b"", True))
+        # Beside the work dir, on the upper's filesystem (hard links).
+        self.index = LinkIndex(os.path.join(os.path.dirname(tmp_dir), b"astrid-index"),
+                               layers.names)
 
     # ---- resolution -------------------------------------------------------
 
@@ -89,9 +94,36 @@ class OverlayCore:
         r = self._resolve(parent, name)
         if r is None:
             raise err(errno.ENOENT)
+        return self._interned(parent, name, r)
+
+    def _interned(self, parent: Node, name: bytes, r: Resolved) -> tuple[Node, StatLike]:
+        """The node for a resolved entry; a lower name of a hard-linked file
+        whose other name was copied up is linked up first (hardlinks.py)."""
+        if not r.in_upper and r.lower is not None and LinkIndex.applies(r.st) \
+                and self.remote_of_lower(r.lower) is None:
+            index = self.index.live(r.st.st_dev, r.st.st_ino)
+            if index is not None:
+                self._link_up(parent, name, index)
+                linked = self._resolve(parent, name)
+                if linked is not None:
+                    r = linked
         node = self.table.intern(self.ino_of(r), stat.S_ISDIR(r.st.st_mode), r.lower,
-                                 r.in_upper, parent_ino, name)
-        return node, r.st
+                                 r.in_upper, parent.ino, name)
+        return node, self._shown(r.st, r.origin)
+
+    def _link_up(self, parent: Node, name: bytes, index: bytes) -> None:
+        parent_upper = self.copy_up(parent)
+        pst = os.lstat(parent_upper)
+        self.index.link_up(index, parent_upper + b"/" + name)
+        os.utime(parent_upper, ns=(pst.st_atime_ns, pst.st_mtime_ns), follow_symlinks=False)
+
+    def _shown(self, st: StatLike, origin: Origin | None) -> StatLike:
+        """`st` as the view shows it: an indexed hard link's count."""
+        if origin is None or st.st_nlink < 2 or not stat.S_ISREG(st.st_mode) \
+                or not isinstance(st, os.stat_result):
+            return st
+        shown = self.index.shown_nlink(st, origin.dev, origin.ino)
+        return st if shown == st.st_nlink else relinked(st, shown)
 
     def children(self, parent_ino: int, names: Sequence[bytes],
                  start: int) -> Iterator[tuple[int, bytes, Node, StatLike]]:
@@ -111,9 +143,8 @@ class OverlayCore:
                 continue
             if r is None:
                 continue
-            node = self.table.intern(self.ino_of(r), stat.S_ISDIR(r.st.st_mode), r.lower,
-                                     r.in_upper, parent_ino, name)
-            yield index, name, node, r.st
+            node, st = self._interned(parent, name, r)
+            yield index, name, node, st
 
     def stat(self, node: Node) -> StatLike:
         """Current attributes of `node` (from the layer that shows it)."""
@@ -131,7 +162,11 @@ class OverlayCore:
                 return os.fstat(node.fds[0])
             raise
         if node.in_upper:
-            return os.lstat(self.layers.upper_path(p))
+            upath = self.layers.upper_path(p)
+            ust = os.lstat(upath)
+            if ust.st_nlink > 1 and stat.S_ISREG(ust.st_mode):
+                return self._shown(ust, get_origin(upath, self.layers.names))
+            return ust
         assert node.lower is not None
         st = self.layers.lower_stat(node.lower)
         if st is None:
@@ -161,6 +196,9 @@ class OverlayCore:
             if node.orphan_st is not None:
                 return node.orphan_st
             raise
+
+    def remote_of_lower(self, lower_rel: bytes) -> tuple[RemoteTree, bytes] | None:
+        return self.layers.remote_for(lower_rel) if self.layers.remotes else None
 
     def remote_of(self, node: Node) -> tuple[RemoteTree, bytes] | None:
         """The remote tree showing `node` (not copied up), if any."""
@@ -265,13 +303,28 @@ class OverlayCore:
             # for /mnt/s3): nothing to copy, just make it, keeping its inode.
             copy_up_synthetic_dir(lst, node.lower, upath, self.tmp, self.layers.names)
         else:
-            copy_up(self.layers.lower_path(node.lower), upath, self.tmp, self.layers.names,
-                    node.lower, with_data=with_data, sync=self.sync_copy_up)
+            self._copy_up_local(node.lower, upath, with_data)
         os.utime(parent_upper, ns=(pst.st_atime_ns, pst.st_mtime_ns), follow_symlinks=False)
         node.in_upper = True
         if not node.is_dir:
             node.lower = None
         return upath
+
+    def _copy_up_local(self, lower_rel: bytes, upath: bytes, with_data: bool) -> None:
+        lower_path = self.layers.lower_path(lower_rel)
+        lst = os.lstat(lower_path)
+        if not LinkIndex.applies(lst):
+            copy_up(lower_path, upath, self.tmp, self.layers.names, lower_rel,
+                    with_data=with_data, sync=self.sync_copy_up)
+            return
+        # A hard-linked lower file: one copy for all its names (hardlinks.py).
+        index = self.index.live(lst.st_dev, lst.st_ino)
+        if index is not None:
+            self.index.link_up(index, upath)
+            return
+        copy_up(lower_path, upath, self.tmp, self.layers.names, lower_rel,
+                with_data=with_data, sync=self.sync_copy_up)
+        self.index.add(upath, lst.st_dev, lst.st_ino, lst.st_nlink)
 
     def anonymous_copy(self, node: Node, source_fd: int | None) -> int:
         """An unnamed read-write copy (O_TMPFILE in the work dir) of a file

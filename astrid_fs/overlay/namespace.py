@@ -14,7 +14,16 @@ from astrid_fs.overlay import syscalls
 from astrid_fs.overlay.copyup import temp_name
 from astrid_fs.overlay.core import STRIP_FLAGS, OverlayCore, err
 from astrid_fs.overlay.inodes import Node
-from astrid_fs.overlay.layers import StatLike, lower_has, upper_whiteouts
+from astrid_fs.overlay.layers import StatLike, lower_has, lstat_or_none, upper_whiteouts
+from astrid_fs.overlay.rules import (
+    Creation,
+    DirMove,
+    Kind,
+    Removal,
+    creation,
+    dir_move,
+    removal,
+)
 from astrid_fs.overlay.whiteout import make_whiteout, set_opaque, set_redirect
 
 
@@ -31,18 +40,20 @@ class Namespace(OverlayCore):
 
     # ---- creating entries -------------------------------------------------
 
-    def _new_entry_path(self, parent: Node, name: bytes) -> tuple[bytes, bool]:
-        """Upper path for a new entry `name` in `parent`; and whether a
-        whiteout (or a lower entry) sits there, i.e. a dir needs to be opaque."""
+    def _new_entry_path(self, parent: Node, name: bytes,
+                        is_dir: bool = False) -> tuple[bytes, Creation]:
+        """Upper path for a new entry `name` in `parent`, and the plan for
+        putting it there (rules.creation): over a whiteout, opaque or not."""
         upper_parent = self.copy_up(parent)
         upath = upper_parent + b"/" + name
-        try:
-            st = os.lstat(upath)
-        except FileNotFoundError:
-            return upath, lower_has(self.layers, parent.lower, name)
-        if self.layers.is_whiteout(upath, st):
-            return upath, True
-        raise err(errno.EEXIST)
+        st = lstat_or_none(upath)
+        if st is None:
+            upper = Kind.MISSING
+        elif self.layers.is_whiteout(upath, st):
+            upper = Kind.WHITEOUT
+        else:
+            raise err(errno.EEXIST)
+        return upath, creation(upper, lower_has(self.layers, parent.lower, name), is_dir)
 
     def _owner_of_new(self, parent_upper: bytes, owner: Owner) -> tuple[int, int, bool]:
         pst = os.lstat(parent_upper)
@@ -65,7 +76,7 @@ class Namespace(OverlayCore):
     def mknod(self, parent_ino: int, name: bytes, mode: int, rdev: int,
               owner: Owner) -> tuple[Node, StatLike]:
         parent = self.table.get(parent_ino)
-        upath, shadowed = self._new_entry_path(parent, name)
+        upath, plan = self._new_entry_path(parent, name)
         uid, gid, _ = self._owner_of_new(os.path.dirname(upath), owner)
         tmp = temp_name(self.tmp)
         if stat.S_ISREG(mode):
@@ -74,22 +85,22 @@ class Namespace(OverlayCore):
             os.mknod(tmp, mode, rdev)
         os.lchown(tmp, uid, gid)
         os.chmod(tmp, stat.S_IMODE(mode))
-        self._place(tmp, upath, shadowed)
+        self._place(tmp, upath, plan.over_whiteout)
         return self._finish_new(parent_ino, name)
 
     def mkdir(self, parent_ino: int, name: bytes, mode: int,
               owner: Owner) -> tuple[Node, StatLike]:
         parent = self.table.get(parent_ino)
-        upath, shadowed = self._new_entry_path(parent, name)
+        upath, plan = self._new_entry_path(parent, name, is_dir=True)
         uid, gid, sgid = self._owner_of_new(os.path.dirname(upath), owner)
         tmp = temp_name(self.tmp)
         os.mkdir(tmp, 0o700)
         try:
             os.lchown(tmp, uid, gid)
             os.chmod(tmp, stat.S_IMODE(mode) | (stat.S_ISGID if sgid else 0))
-            if shadowed:
+            if plan.opaque:
                 set_opaque(tmp, self.layers.names)
-            self._place(tmp, upath, shadowed)
+            self._place(tmp, upath, plan.over_whiteout)
         except BaseException:
             if os.path.isdir(tmp):
                 os.rmdir(tmp)
@@ -99,27 +110,27 @@ class Namespace(OverlayCore):
     def symlink(self, parent_ino: int, name: bytes, target: bytes,
                 owner: Owner) -> tuple[Node, StatLike]:
         parent = self.table.get(parent_ino)
-        upath, shadowed = self._new_entry_path(parent, name)
+        upath, plan = self._new_entry_path(parent, name)
         uid, gid, _ = self._owner_of_new(os.path.dirname(upath), owner)
         tmp = temp_name(self.tmp)
         os.symlink(target, tmp)
         os.lchown(tmp, uid, gid)
-        self._place(tmp, upath, shadowed)
+        self._place(tmp, upath, plan.over_whiteout)
         return self._finish_new(parent_ino, name)
 
     def create(self, parent_ino: int, name: bytes, mode: int, flags: int,
                owner: Owner) -> tuple[Node, StatLike, int]:
         """Create and open a regular file; returns its node, stat and an fd."""
         parent = self.table.get(parent_ino)
-        upath, shadowed = self._new_entry_path(parent, name)
+        upath, plan = self._new_entry_path(parent, name)
         uid, gid, _ = self._owner_of_new(os.path.dirname(upath), owner)
         open_flags = (flags & ~STRIP_FLAGS & ~os.O_ACCMODE) | os.O_RDWR
-        if shadowed:
+        if plan.over_whiteout:
             tmp = temp_name(self.tmp)
             fd = os.open(tmp, open_flags | os.O_CREAT | os.O_EXCL, 0o600)
             os.fchown(fd, uid, gid)
             os.fchmod(fd, stat.S_IMODE(mode))
-            self._place(tmp, upath, True)
+            self._place(tmp, upath, plan.over_whiteout)
         else:
             fd = os.open(upath, open_flags | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode))
             os.fchown(fd, uid, gid)
@@ -133,8 +144,8 @@ class Namespace(OverlayCore):
             raise err(errno.EPERM)
         src = self.copy_up(node)
         parent = self.table.get(parent_ino)
-        upath, shadowed = self._new_entry_path(parent, name)
-        if shadowed and os.path.lexists(upath):
+        upath, plan = self._new_entry_path(parent, name)
+        if plan.over_whiteout:
             tmp = temp_name(self.tmp)
             os.link(src, tmp)
             os.rename(tmp, upath)
@@ -160,21 +171,21 @@ class Namespace(OverlayCore):
             raise err(errno.ENOTDIR if want_dir else errno.EISDIR)
         if want_dir and self.list_dir(node):
             raise err(errno.ENOTEMPTY)
-        needs_whiteout = lower_has(self.layers, parent.lower, name)
         upper_parent = self.copy_up(parent)
         upath = upper_parent + b"/" + name
-        if node.in_upper:
-            if want_dir:
-                for w in upper_whiteouts(self.layers, self.path(node)):
-                    os.unlink(upath + b"/" + w)
-            if needs_whiteout:
-                self._replace_with_whiteout(upath, want_dir)
-            elif want_dir:
-                os.rmdir(upath)
-            else:
-                os.unlink(upath)
-        else:
+        upper = (Kind.DIR if want_dir else Kind.OTHER) if node.in_upper else Kind.MISSING
+        plan = removal(upper, lower_has(self.layers, parent.lower, name))
+        if node.in_upper and want_dir:
+            for w in upper_whiteouts(self.layers, self.path(node)):
+                os.unlink(upath + b"/" + w)
+        if plan is Removal.REPLACE_WITH_WHITEOUT:
+            self._replace_with_whiteout(upath, want_dir)
+        elif plan is Removal.WHITEOUT:
             make_whiteout(upath)
+        elif want_dir:
+            os.rmdir(upath)
+        else:
+            os.unlink(upath)
         self.table.unlink(node, parent_ino, name, st)
 
     def unlink(self, parent_ino: int, name: bytes) -> None:
@@ -265,10 +276,11 @@ class Namespace(OverlayCore):
 
     def _prepare_dir_move(self, src: Node) -> None:
         """Give a directory that merges a lower dir what it needs to move."""
-        if src.lower is None:
+        how = dir_move(src.lower is not None, self.redirects)
+        if how is DirMove.RENAME or src.lower is None:
             return
         upath = self.copy_up(src)
-        if not self.redirects:
+        if how is DirMove.COPY_UP_TREE:
             self._copy_up_tree(src)
             set_opaque(upath, self.layers.names)
             src.lower = None

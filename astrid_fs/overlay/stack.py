@@ -20,6 +20,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from astrid_fs.overlay.rules import Entry, Kind, merged_names, visible_layers
 from astrid_fs.overlay.whiteout import OverlayXattrs, get_xattr, is_whiteout_stat
 
 _XATTR_WHITEOUTS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
@@ -32,6 +33,11 @@ class Visible:
     layer: int
     path: bytes
     st: os.stat_result
+    rel: bytes = b""  # the path inside that layer (differs after a redirect)
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
 
 
 def _lstat(path: bytes) -> os.stat_result | None:
@@ -68,26 +74,48 @@ class LowerStack:
             for i, root in enumerate(self.roots):
                 st = _lstat(root)
                 if st is not None and stat.S_ISDIR(st.st_mode):
-                    roots.append(Visible(i, root, st))
+                    roots.append(Visible(i, root, st, b""))
             return roots
-        parent, _, _ = rel.rpartition(b"/")
+        parent, _, name = rel.rpartition(b"/")
         above = self.visible(parent)
         if not above or not stat.S_ISDIR(above[0].st.st_mode):
             return []
-        out: list[Visible] = []
-        for i in [v.layer for v in above]:
-            path = self.roots[i] + b"/" + rel
+        # Where to look, layer by layer: beside the parent's merged dirs,
+        # until a redirect says where the layers beneath hold this dir.
+        todo = [(v.layer, _join(v.rel, name)) for v in above]
+        found: list[tuple[int, bytes, bytes, os.stat_result | None]] = []
+        facts: list[Entry] = []
+        while todo:
+            layer, crel = todo.pop(0)
+            path = self.roots[layer] + b"/" + crel
             st = _lstat(path)
-            if st is None:
-                continue
-            if self._is_whiteout(path, st):
-                break
-            if out and not stat.S_ISDIR(st.st_mode):
-                break  # a non-directory beneath a directory does not merge
-            out.append(Visible(i, path, st))
-            if not stat.S_ISDIR(st.st_mode) or self._opaque(path):
-                break
-        return out
+            found.append((layer, crel, path, st))
+            facts.append(self._fact(path, st))
+            if facts[-1].kind in (Kind.WHITEOUT, Kind.OTHER):
+                break  # nothing beneath can show: no need to look
+            if facts[-1].kind is Kind.DIR and not facts[-1].opaque:
+                redirect = get_xattr(path, self.xattrs.redirect)
+                if redirect is not None:
+                    todo = self._redirected(redirect, layer, crel, above)
+        return [Visible(found[k][0], found[k][2], st, found[k][1])
+                for k in visible_layers(facts) if (st := found[k][3]) is not None]
+
+    def _redirected(self, redirect: bytes, layer: int, crel: bytes,
+                    above: list[Visible]) -> list[tuple[int, bytes]]:
+        """The lookups beneath `layer` for a directory redirected there."""
+        if redirect.startswith(b"/"):
+            target = redirect.strip(b"/")
+            return [(j, target) for j in range(layer + 1, len(self.roots))]
+        return [(v.layer, _join(v.rel, redirect)) for v in above if v.layer > layer]
+
+    def _fact(self, path: bytes, st: os.stat_result | None) -> Entry:
+        if st is None:
+            return Entry(Kind.MISSING)
+        if self._is_whiteout(path, st):
+            return Entry(Kind.WHITEOUT)
+        if stat.S_ISDIR(st.st_mode):
+            return Entry(Kind.DIR, opaque=self._opaque(path))
+        return Entry(Kind.OTHER)
 
     def stat(self, rel: bytes) -> os.stat_result | None:
         seen = self.visible(rel)
@@ -104,19 +132,13 @@ class LowerStack:
         seen = self.visible(rel)
         if not seen or not stat.S_ISDIR(seen[0].st.st_mode):
             return []
-        shown: set[bytes] = set()
-        hidden: set[bytes] = set()
+        listings: list[dict[bytes, Kind]] = []
         for v in seen:
             try:
                 with os.scandir(v.path) as it:
                     entries = [(os.fsencode(e.name), e.stat(follow_symlinks=False)) for e in it]
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            for name, st in entries:
-                if name in shown or name in hidden:
-                    continue
-                if self._is_whiteout(v.path + b"/" + name, st):
-                    hidden.add(name)
-                else:
-                    shown.add(name)
-        return sorted(shown)
+            listings.append({name: Kind.WHITEOUT if self._is_whiteout(v.path + b"/" + name, st)
+                             else Kind.OTHER for name, st in entries})
+        return merged_names(listings)

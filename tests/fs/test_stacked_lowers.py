@@ -113,3 +113,25 @@ def test_commit_of_a_stacked_session_is_refused_cleanly(mount_session: MountFact
     assert result.returncode != 0
     assert "single lower" in result.stderr and "Traceback" not in result.stderr
     assert (tree_state(top), tree_state(bottom)) == before
+
+
+def test_renamed_directory_in_a_stacked_upper_keeps_its_children(
+        mount_session: MountFactory, tmp_path: Path) -> None:
+    """unionmount-testsuite --ov=3 (rename-pop-dir and friends): a session
+    renamed a project directory (a redirect in its upper); stacked beneath
+    a new session, the renamed directory still shows the project's files,
+    and renaming it once more keeps them."""
+    project = tmp_path / "project"
+    (project / "a" / "dir100").mkdir(parents=True)
+    (project / "a" / "dir100" / "a").write_text("child\n")
+    first = mount_session(project)
+    os.rename(first.mnt / "a" / "dir100", first.mnt / "a" / "no_dir100")
+    assert os.listdir(first.mnt / "a" / "no_dir100") == ["a"]
+    first.umount()
+    second = mount_session(first.upper, None, "--lower", str(project))
+    assert os.listdir(second.mnt / "a" / "no_dir100") == ["a"]
+    assert not (second.mnt / "a" / "dir100").exists()
+    os.rename(second.mnt / "a" / "no_dir100", second.mnt / "a" / "dir100")
+    assert (second.mnt / "a" / "dir100" / "a").read_text() == "child\n"
+    with kernel_stack([first.upper, project], tmp_path / "ref") as ref:
+        assert os.listdir(ref / "a" / "no_dir100") == ["a"]
