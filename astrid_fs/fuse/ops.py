@@ -25,6 +25,7 @@ import pyfuse3
 import trio
 
 from astrid_fs.fuse.cache import KernelCache
+from astrid_fs.fuse.passthrough import Passthrough
 from astrid_fs.fuse.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_INODE, FH_KEEP_CACHE, shim_version
 from astrid_fs.overlay.files import OpenFiles
 from astrid_fs.overlay.inodes import Node
@@ -51,7 +52,9 @@ def fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutin
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         except KeyError:
             raise pyfuse3.FUSEError(errno.ESTALE) from None
-        except (ValueError, AssertionError, TypeError):
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
             # A bug in one request must not take the mount down: log it,
             # answer EIO, keep serving.
             log.exception("internal error in %s", fn.__name__)
@@ -82,6 +85,9 @@ class FuseOps(pyfuse3.Operations):
         self.requests: dict[str, int] = {}
         self._dirs: dict[int, tuple[Node, list[bytes] | None]] = {}
         self._next_dir_fh = 1
+        # Set by the daemon when the mount asked for passthrough
+        # (passthrough.py); None: the daemon path only.
+        self.passthrough: Passthrough | None = None
 
     # ---- replies ----------------------------------------------------------
 
@@ -137,6 +143,8 @@ class FuseOps(pyfuse3.Operations):
             self.table.forget(ino, count)
             if ino not in self.table:
                 self.cache.forget(ino)
+                if self.passthrough is not None:
+                    self.passthrough.forget(ino)
                 reader = self.files.forget(ino)
                 if reader is not None:
                     await trio.to_thread.run_sync(reader.close)
@@ -228,6 +236,11 @@ class FuseOps(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
         self._count("open")
         node = self.table.get(inode)
+        if self.no_open and self.passthrough is not None and self.passthrough.usable():
+            # Passthrough needs OPEN: the shim answers most of them from
+            # its table; these are the ones it could not.
+            await self._fetch(self.ov.fetch_for(node, data=self.ov.is_write_open(flags)))
+            return self.passthrough.open(node, flags)
         if self.no_open:
             # ENOSYS turns on the kernel's no_open mode (this open succeeds).
             raise pyfuse3.FUSEError(errno.ENOSYS)
@@ -251,6 +264,8 @@ class FuseOps(pyfuse3.Operations):
             # No RELEASE will come for this handle: keep the fd as the
             # inode's own (bounded, closed at forget) and hand out none.
             self.files.adopt(node, fd)
+            if self.passthrough is not None and self.passthrough.usable():
+                return self.passthrough.create(node), self._entry(node, st)
             return pyfuse3.FileInfo(fh=0, keep_cache=keep), self._entry(node, st)
         return (pyfuse3.FileInfo(fh=self.files.add_handle(node, fd), keep_cache=keep),
                 self._entry(node, st))
@@ -313,7 +328,13 @@ class FuseOps(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         if fh & FH_INODE:
-            self.files.fsync_inode(fh ^ FH_INODE, datasync)
+            ino = fh ^ FH_INODE
+            if self.passthrough is not None and self.passthrough.has_backing(ino):
+                # The kernel wrote the upper file itself: sync it by any fd.
+                fd = self.files.inode_fd(self.table.get(ino), write=False)
+                (os.fdatasync if datasync else os.fsync)(fd)
+                return
+            self.files.fsync_inode(ino, datasync)
         else:
             (os.fdatasync if datasync else os.fsync)(fh)
 
@@ -411,6 +432,8 @@ class FuseOps(pyfuse3.Operations):
         keep working: their nodes are re-pointed, not dropped."""
         self.cache.clear()
         self.files.layers_changed()
+        if self.passthrough is not None:
+            self.passthrough.layers_changed()
         return self.ov.layers_changed()
 
 

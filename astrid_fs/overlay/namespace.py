@@ -53,7 +53,10 @@ class Namespace(OverlayCore):
             upper = Kind.WHITEOUT
         else:
             raise err(errno.EEXIST)
-        return upath, creation(upper, lower_has(self.layers, parent.lower, name), is_dir)
+        plan = creation(upper, lower_has(self.layers, parent.lower, name), is_dir)
+        if plan is None:
+            raise err(errno.EEXIST)  # the kernel looks up first; a racing project edit
+        return upath, plan
 
     def _owner_of_new(self, parent_upper: bytes, owner: Owner) -> tuple[int, int, bool]:
         pst = os.lstat(parent_upper)

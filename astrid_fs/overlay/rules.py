@@ -91,14 +91,14 @@ class Creation:
     opaque: bool  # a new directory must not merge with what lies beneath
 
 
-def creation(upper: Kind, lower_has: bool, is_dir: bool) -> Creation:
-    """The plan for a new entry at a name that is not visible (mknod,
-    mkdir, create, symlink, link, rename's target). `lower_has`: some lower
-    layer holds an entry there (hidden now, or it would be visible)."""
-    if upper in (Kind.DIR, Kind.OTHER):
-        raise ValueError("the name is taken in the upper layer")
-    shadowed = upper is Kind.WHITEOUT or lower_has
-    return Creation(over_whiteout=upper is Kind.WHITEOUT, opaque=is_dir and shadowed)
+def creation(upper: Kind, lower_has: bool, is_dir: bool) -> Creation | None:
+    """The plan for a new entry at a name (mknod, mkdir, create, symlink,
+    link); None if the name is taken (visible: EEXIST). `lower_has`: the
+    lower layers show an entry there, unless the upper hides it."""
+    if upper in (Kind.DIR, Kind.OTHER) or (upper is Kind.MISSING and lower_has):
+        return None
+    shadowed = upper is Kind.WHITEOUT
+    return Creation(over_whiteout=shadowed, opaque=is_dir and shadowed)
 
 
 class DirMove(enum.Enum):
