@@ -114,15 +114,46 @@ def test_token_scope_expiry_forgery_and_replay() -> None:
     assert "is for 'fs.commit'" in _denied(issuer.check, token, **{**scope, "kind": "net.http"})
     old = issuer.issue("filetool", "fs.commit", "workspace/a", ttl_s=1, now=now_ms() - 10_000)
     assert "expired" in _denied(issuer.check, old.token, **scope)
-    assert "MAC" in _denied(TokenIssuer(b"j" * 32).check, token, **scope)
+    assert "signature" in _denied(TokenIssuer(b"j" * 32).check, token, **scope)
     head, _payload, mac = token.split(".")
     forged = json.dumps({"p": "filetool", "k": "fs.commit", "r": "workspace", "exp": 2**60,
                          "n": "x"}).encode()
     tampered = f"{head}.{base64.urlsafe_b64encode(forged).decode().rstrip('=')}.{mac}"
-    assert "MAC" in _denied(issuer.check, tampered, **scope)
+    assert "signature" in _denied(issuer.check, tampered, **scope)
     assert "malformed" in _denied(issuer.check, "nonsense", **scope)
     issuer.check(token, **scope, consume=True)
     assert "already used" in _denied(issuer.check, token, **scope, consume=True)
+
+
+def test_tokens_are_ed25519_signed_and_verifiable_by_another_kernel() -> None:
+    """Issue 12: capability tokens another kernel can verify with the issuer's public key."""
+    from astrid_runtime.approval.token import verify_token
+
+    issuer = TokenIssuer(b"k" * 32)
+    token = issuer.issue("filetool", "fs.commit", "workspace/a", ttl_s=60)
+    assert token.token.startswith("v2.") and token.kernel == issuer.identity.kernel_id
+    scope: dict[str, Any] = dict(plugin="filetool", kind="fs.commit", resource="workspace/a")
+    public = issuer.identity.public_key  # all another kernel needs: no shared secret
+    assert verify_token(token.token, public, **scope).nonce == token.nonce
+    other = TokenIssuer(b"j" * 32).identity.public_key
+    assert "signature" in _denied(verify_token, token.token, other, **scope)
+
+
+def test_glob_scoped_and_reusable_tokens() -> None:
+    issuer = TokenIssuer(b"k" * 32)
+    docs = issuer.issue("filetool", "fs.commit", "workspace/docs/*", ttl_s=60, glob=True,
+                        single_use=False).token
+    scope: dict[str, Any] = dict(plugin="filetool", kind="fs.commit")
+    for _ in range(2):  # reusable until it expires
+        issuer.check(docs, **scope, resource="workspace/docs/a/b.md", consume=True)
+    assert "not 'workspace/src/x.py'" in _denied(issuer.check, docs, **scope,
+                                                 resource="workspace/src/x.py")
+    exact = issuer.issue("filetool", "fs.commit", "workspace/[ab].md", ttl_s=60).token
+    assert "not 'workspace/a.md'" in _denied(issuer.check, exact, **scope,
+                                             resource="workspace/a.md")  # no glob: literal
+    issuer.check(exact, **scope, resource="workspace/[ab].md", consume=True)
+    assert "already used" in _denied(issuer.check, exact, **scope,
+                                     resource="workspace/[ab].md", consume=True)
 
 
 def test_kernel_key_is_created_0600_and_kept(tmp_path: Path) -> None:
