@@ -35,7 +35,8 @@ def _prune_parents(session: Session, rel: str) -> None:
         parent = parent.rpartition("/")[0]
 
 
-def discard(session: Session, paths: list[str]) -> list[Change]:
+def discard(session: Session, paths: list[str],
+            steps: journal.Steps | None = None) -> list[Change]:
     """Drop the changes under `paths` (everything if empty); returns them.
     Every path is checked before anything is dropped, and an automatic
     snapshot (`astrid-fs undo`) is taken first. The dropped paths' base
@@ -43,12 +44,15 @@ def discard(session: Session, paths: list[str]) -> list[Change]:
     with journal.locked(session):
         finish_interrupted(session)
         finish_rollback(session)
-        return discard_locked(session, paths)
+        return discard_locked(session, paths, steps=steps)
 
 
-def discard_locked(session: Session, paths: list[str], reason: str = "") -> list[Change]:
+def discard_locked(session: Session, paths: list[str], reason: str = "",
+                   steps: journal.Steps | None = None) -> list[Change]:
     """`discard` with the session lock held by the caller; `reason` names
-    the automatic snapshot (default: "before discard PATHS")."""
+    the automatic snapshot (default: "before discard PATHS"; "-": none,
+    the caller took one). `steps` counts each removal (crash tests)."""
+    steps = steps or journal.Steps.from_env()
     changes = session_changes(session)  # (under mounted sources too)
     prefixes = resolve_paths(session, paths)
     hits = [(prefix, _hits(changes, prefix)) for prefix in prefixes]
@@ -58,17 +62,20 @@ def discard_locked(session: Session, paths: list[str], reason: str = "") -> list
                          + " in this session; nothing was discarded")
     if not changes:
         return []
-    take_snapshot(session, reason=reason or "before discard " + (
-        " ".join(prefixes) if prefixes else "--all"))
+    if reason != "-":
+        take_snapshot(session, reason=reason or "before discard " + (
+            " ".join(prefixes) if prefixes else "--all"), steps=steps)
+    steps.step()
     if not prefixes:
-        for entry in os.listdir(session.upper):
+        for entry in sorted(os.listdir(session.upper)):
             _remove(os.path.join(session.upper, entry))
+            steps.step()
         _rebase(session, changes)
         control.notify_changed(session, None)
         return changes
     dropped: list[Change] = []
     for prefix, found in hits:
-        dropped += _discard_prefix(session, found, prefix)
+        dropped += _discard_prefix(session, found, prefix, steps)
     _rebase(session, dropped)
     control.notify_changed(session, sorted({c.path for c in dropped} | {
         c.lower_path for c in dropped if c.lower_path}))
@@ -87,18 +94,27 @@ def _hits(changes: list[Change], prefix: str) -> list[Change]:
         c.status == "R" and c.lower_path is not None and is_under(c.lower_path, prefix))]
 
 
-def _discard_prefix(session: Session, hits: list[Change], prefix: str) -> list[Change]:
+def _discard_prefix(session: Session, hits: list[Change], prefix: str,
+                    steps: journal.Steps) -> list[Change]:
     upper = str(session.upper)
     for c in hits:
         if c.status == "R":
+            # The renamed entry first, then the source's whiteout: a crash in
+            # between leaves the source looking deleted (`discard SOURCE`
+            # finishes it); the other order would show one lower dir at two
+            # names, which kernel overlayfs refuses (ESTALE).
             _remove(os.path.join(upper, c.path))
+            steps.step()
             if c.source_whiteout is not None:
                 _remove(os.path.join(upper, c.source_whiteout))
+                steps.step()
     if prefix:
         _remove(os.path.join(upper, prefix))
+        steps.step()
     for c in hits:
         if c.status == "D" and not c.whiteout and c.lower_path is not None:
             _copy_back(session, c)
+            steps.step()
     _prune_parents(session, prefix)
     return hits
 

@@ -88,7 +88,9 @@ def find_snapshot(session: Session, key: str) -> SnapshotInfo:
 
 
 class _Builder:
-    def __init__(self, prev_tree: Path | None, prev_manifest: dict[str, Signature]) -> None:
+    def __init__(self, prev_tree: Path | None, prev_manifest: dict[str, Signature],
+                 steps: journal.Steps) -> None:
+        self.steps = steps
         self.prev_tree = prev_tree
         self.prev = prev_manifest
         self.manifest: dict[str, Signature] = {}
@@ -109,6 +111,7 @@ class _Builder:
             copy_meta(src, out, st)
             return
         self.entries += 1
+        self.steps.step()
         sig = _signature(st)
         self.manifest[rel] = sig
         if st.st_nlink > 1 and st.st_ino in self.links:
@@ -133,19 +136,23 @@ def _manifest(session: Session, snap: SnapshotInfo) -> dict[str, Signature]:
     return {k: (v[0], v[1], v[2]) for k, v in raw.items()}
 
 
-def snapshot(session: Session, name: str = "") -> SnapshotInfo:
+def snapshot(session: Session, name: str = "",
+             steps: journal.Steps | None = None) -> SnapshotInfo:
     """Record the upper layer as it is now; returns the new snapshot."""
     if name and (name.isdigit() or "/" in name):
         raise UsageError(f"snapshot name {name!r} must not be a number or contain '/'")
     with journal.locked(session):
         finish_interrupted(session)
         finish_rollback(session)
-        return take_snapshot(session, name)
+        return take_snapshot(session, name, steps=steps)
 
 
-def take_snapshot(session: Session, name: str = "", reason: str = "") -> SnapshotInfo:
+def take_snapshot(session: Session, name: str = "", reason: str = "",
+                  steps: journal.Steps | None = None) -> SnapshotInfo:
     """`snapshot` with the session lock held by the caller; `reason` marks
-    the automatic snapshot a destructive verb takes before it acts."""
+    the automatic snapshot a destructive verb takes before it acts. `steps`
+    counts each entry copied (crash tests); a crash leaves `.tmp-N`, which
+    the next command removes: the snapshot exists whole or not at all."""
     control.sync(session)
     snaps = list_snapshots(session)
     if name and any(s.name == name for s in snaps):
@@ -158,7 +165,7 @@ def take_snapshot(session: Session, name: str = "", reason: str = "") -> Snapsho
     tmp.mkdir()
     builder = _Builder(
         None if prev is None else session.snapshots_dir / prev.dirname / "tree",
-        {} if prev is None else _manifest(session, prev))
+        {} if prev is None else _manifest(session, prev), steps or journal.Steps())
     builder.copy(str(session.upper), str(tmp / "tree"), "")
     count = len(scan(session.upper, session.lower, session.xattrs)) \
         if session.lower.is_dir() else builder.entries
@@ -167,6 +174,7 @@ def take_snapshot(session: Session, name: str = "", reason: str = "") -> Snapsho
     (tmp / "manifest.json").write_text(json.dumps(builder.manifest))
     (tmp / "meta.json").write_text(json.dumps(asdict(info)))
     journal.sync_fs(tmp)
+    builder.steps.step()
     os.rename(tmp, session.snapshots_dir / info.dirname)
     fsync_dir(session.snapshots_dir)
     return info
