@@ -9,6 +9,7 @@ spinner after a second.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -26,12 +27,14 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 
 DELAY_S = 1.0  # nothing is shown for work shorter than this
+DELAY_ENV = "ASTRID_FS_PROGRESS_DELAY"  # seconds, overrides DELAY_S (tests: 0)
 
 
 class Progress:
     def __init__(self, label: str, quiet: bool = False) -> None:
         self.label = label
         self.enabled = not quiet and sys.stderr.isatty()
+        self.delay = float(os.environ.get(DELAY_ENV, DELAY_S))
         self.start = time.monotonic()
         self.lock = threading.Lock()
         self.bar: RichProgress | None = None
@@ -40,7 +43,7 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.enabled:
-            self.timer = threading.Timer(DELAY_S, self._show)
+            self.timer = threading.Timer(self.delay, self._show)
             self.timer.daemon = True
             self.timer.start()
         return self
@@ -58,7 +61,7 @@ class Progress:
     def __call__(self, count: int, total: int) -> None:
         if not self.enabled:
             return
-        if self.bar is None and time.monotonic() - self.start >= DELAY_S:
+        if self.bar is None and time.monotonic() - self.start >= self.delay:
             self._show(total)
         if self.bar is not None and self.task is not None:
             self.bar.update(self.task, completed=count, total=total)

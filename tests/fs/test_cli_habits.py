@@ -135,3 +135,31 @@ def test_intermixed_parse(argv: list[str]) -> None:
 
     args = parse(build_parser(), argv)
     assert args.session == "S" and args.paths in (["a", "b"], ["-weird-name"])
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path: Path, mount_session: Mount) -> None:
+    import pty
+
+    s = mount_session(_project(tmp_path / "project"))
+    for i in range(30):
+        (s.mnt / f"n{i}.txt").write_text(f"{i}\n")
+    env = {**os.environ, "ASTRID_HOME": str(s.home), "ASTRID_FS_PROGRESS_DELAY": "0",
+           "COLUMNS": "100"}
+    main, sub = pty.openpty()
+    proc = subprocess.Popen([*ASTRID_FS, "commit", s.name], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=sub, env=env, cwd="/")
+    os.close(sub)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    assert proc.wait(timeout=120) == 0
+    assert b"commit" in seen and b"/" in seen, seen[-400:]  # the bar: "commit ... 12/48"
+    off_tty = s.cli("commit", s.name)  # nothing left; and never a bar off a terminal
+    assert "\x1b[" not in off_tty.stderr
