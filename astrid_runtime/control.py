@@ -117,7 +117,8 @@ class ControlServer:
                 if op == "tail":
                     await self._tail(stream, request)
                     return
-                reply = self._dispatch(op, request)
+                extra = self.kernel.control_ops.get(op) if isinstance(op, str) else None
+                reply = await extra(request) if extra else self._dispatch(op, request)
             except (ValueError, ControlError) as e:
                 reply = {"ok": False, "kind": "invalid", "error": str(e)}
             except Refusal as e:

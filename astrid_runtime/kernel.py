@@ -79,6 +79,9 @@ class Kernel:
         self.stop_hooks: list[Callable[[], None]] = []
         #: Extra sections of `status()` (approvals, budgets), computed when asked.
         self.status_sections: dict[str, Callable[[], Any]] = {}
+        #: Extra control-socket ops (the recorder's `astrid log`): op -> async handler
+        #: of the request, returning the reply.
+        self.control_ops: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
 
     # -- boot ----------------------------------------------------------------
 

@@ -232,15 +232,23 @@ class Supervisor:
             if message is None:
                 return
             self.context.current_sender = message.who
+            observer = self.context.observer
+            outcome, detail = "ok", ""
+            if observer is not None:
+                observer.begin(message)
             try:
                 instance.on_message(message.topic, message.payload)
             except PluginError as e:
+                outcome, detail = "error", str(e)
                 self.errors += 1
                 self.last_error = str(e)
                 self._log.event("warning", "plugin.refused_message", plugin=self.name,
                                 topic=message.topic, reason=str(e))
-            except PluginCrash:
+            except PluginCrash as e:
+                outcome, detail = "crash", e.reason
                 self.poisoned += 1
                 raise
             finally:
                 self.context.current_sender = None
+                if observer is not None:
+                    observer.end(outcome, detail)

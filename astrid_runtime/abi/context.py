@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from astrid_runtime.bus import Endpoint, Sender
+from astrid_runtime.bus import Endpoint, Message, Sender
 from astrid_runtime.grants import Grants, Limits
 
 if TYPE_CHECKING:
@@ -26,6 +26,15 @@ class KvBackend(Protocol):
     def set(self, plugin: str, key: str, value: bytes) -> None: ...
     def delete(self, plugin: str, key: str) -> bool: ...
     def list(self, plugin: str, prefix: str, limit: int = 1000) -> list[str]: ...
+
+
+class CallObserver(Protocol):
+    """Sees each delivery to a plugin and the host calls it makes (recorder/): `begin`
+    and `end` bracket one `on-message` in the guest's thread; `tap` is a `HostTap`."""
+
+    def begin(self, message: Message) -> None: ...
+    def end(self, outcome: str, detail: str) -> None: ...
+    def tap(self, name: str, call: Callable[[], Any], args: list[Any]) -> Any: ...
 
 
 #: (plugin, level, message, fields) -> None; must be thread-safe.
@@ -50,6 +59,8 @@ class PluginContext:
     #: The sender of the message being delivered now (`bus.sender`); None outside
     #: `on-message`. Set by the supervisor in the guest's thread around each delivery.
     current_sender: Sender | None = None
+    #: Records (or, in a replay, answers) each delivery's host calls; None: not recording.
+    observer: CallObserver | None = None
 
 
 #: Called with each plugin's context before its first instance starts: how the

@@ -27,6 +27,10 @@ from astrid_runtime.abi.canon import VAL_SIZE, Case, Codec, Err, Val
 
 #: Called with (function name, exception) when a host function raised.
 BugReporter = Callable[[str, BaseException], None]
+#: Wraps every host call when set (the recorder, a replay): gets the qualified name
+#: (`kv.get`), a thunk running the real function, and the lifted arguments; returns
+#: the result value (a replay answers from its recording without running the thunk).
+HostTap = Callable[[str, Callable[[], Any], list[Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,10 @@ class HostFuncs:
     def __init__(self, report_bug: BugReporter):
         self._report_bug = report_bug
         self._keepalive: list[Any] = []
+        #: The interface `add` defines functions of now (`kv`, `vfs`): names the taps see.
+        self.interface = ""
+        #: See `HostTap`; read at each call, so it may be set after `add`.
+        self.tap: HostTap | None = None
 
     def add(self, instance: LinkerInstance, name: str, sig: Signature,
             impl: Callable[..., Any], *, with_context: bool = False) -> None:
@@ -72,6 +80,8 @@ class HostFuncs:
 
         lower_at = getattr(result, "lower_at", None)
         from_address = Val.from_address
+        funcs = self
+        qualified = f"{self.interface}.{name}" if self.interface else name
 
         def trampoline(_env: int | None, _ctx: int | None, _ty: int | None, args: int | None,
                        nargs: int, results: int | None, _nresults: int) -> int:
@@ -81,7 +91,12 @@ class HostFuncs:
             except Exception as e:  # a malformed call: refuse it as a trap
                 return _trap(f"host function {name}: bad arguments: {e}")
             try:
-                value = impl(_ctx, *lifted) if with_context else impl(*lifted)
+                tap = funcs.tap
+                if tap is None:
+                    value = impl(_ctx, *lifted) if with_context else impl(*lifted)
+                else:
+                    value = tap(qualified, (lambda: impl(_ctx, *lifted)) if with_context
+                                else (lambda: impl(*lifted)), lifted)
             except Exception as e:
                 report(name, e)
                 value = Err(Case("internal", f"{name}: kernel bug: {type(e).__name__}"))

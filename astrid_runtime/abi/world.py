@@ -29,8 +29,11 @@ class PluginLinker:
         self.linker = Linker(engine)
         self.linker.add_wasip2()
         self.funcs = HostFuncs(lambda fn, e: ctx.report_bug(ctx.name, fn, e))
+        if ctx.observer is not None:  # the recorder or a replay sees every host call
+            self.funcs.tap = ctx.observer.tap
         with self.linker.root() as root:
             for module in INTERFACES:
+                self.funcs.interface = module.__name__.rsplit(".", 1)[-1]
                 with root.add_instance(module.INTERFACE) as inst:
                     module.define(self.funcs, inst, ctx)
 

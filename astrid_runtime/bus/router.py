@@ -77,6 +77,8 @@ class Message:
     publisher: str
     #: The structured sender (`Sender`); None in messages made outside the bus.
     sender: Sender | None = None
+    #: The bus sequence number, in delivery order (0 in messages made outside the bus).
+    seq: int = 0
 
     @property
     def who(self) -> Sender:
@@ -231,6 +233,11 @@ class Bus:
         self._endpoints: dict[str, Endpoint] = {}
         #: Observer for bridges (NATS): called outside the lock, in the publisher's thread.
         self.on_publish = on_publish
+        #: The recorder (recorder/recorder.py): called outside the lock, in the publisher's
+        #: thread, with each message and the plugins whose mailboxes took it.
+        self.on_record: Callable[[Message, list[str]], None] | None = None
+        #: Sequence number of the last message (a recorder resumes from its store's last).
+        self.seq = 0
 
     def attach(self, name: str, grants: Grants | None, limits: Limits, doorbell: Doorbell,
                *, drop_oldest: bool = False) -> Endpoint:
@@ -314,18 +321,25 @@ class Bus:
             if len(payload) > endpoint.limits.max_payload_bytes:
                 raise BusError("too-large", f"payload of {len(payload)} bytes is over the "
                                f"limit of {endpoint.limits.max_payload_bytes}")
-        message = Message(topic, bytes(payload), publisher, sender)
+        payload = bytes(payload)
         to_wake: list[Doorbell] = []
+        record = self.on_record
+        named: list[tuple[Mailbox, str]] = []  # only when recording
         with self.lock:
             if endpoint is not None and not endpoint.bucket.take():
                 raise BusError("rate-limited", f"over {endpoint.limits.publish_per_sec} "
                                "publishes per second")
+            self.seq += 1
+            message = Message(topic, payload, publisher, sender, self.seq)
             targets: list[Mailbox] = []
             for sub in self._subs.values():
                 box = sub.endpoint.mailbox
                 if match_tokens(sub.tokens, tokens) and box not in targets:
                     targets.append(box)
+                    if record is not None and not box.drop_oldest:
+                        named.append((box, sub.endpoint.name))
             delivered = 0
+            receiving: set[Mailbox] = set()
             overflows: list[tuple[Callable[[int], None], int]] = []
             for box in targets:
                 if not box.drop_oldest and box.full():
@@ -335,10 +349,15 @@ class Bus:
                         overflows.append((box.on_overflow, n))
                     continue
                 delivered += not box.drop_oldest
+                if record is not None:
+                    receiving.add(box)
                 if box._put(message):
                     to_wake.append(box.doorbell)
             if endpoint is not None:
                 endpoint.published += 1
+        if record is not None:
+            # Before waking anyone, so the event is queued before any call it causes.
+            record(message, [name for box, name in named if box in receiving])
         for bell in to_wake:
             bell.ring()
         for notify, n in overflows:

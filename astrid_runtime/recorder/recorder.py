@@ -1,0 +1,239 @@
+"""The recorder: every bus delivery and every plugin call's host calls, into the store.
+
+Thread model. The bus calls `on_delivery` in the publisher's thread (a guest
+worker thread or the trio thread) and each plugin's `CallCapture` runs in its
+guest's thread; both only append a tuple to a `deque` (thread-safe, no lock,
+no I/O), so recording adds a few microseconds to a publish and nothing that
+waits. Encoding and the SurrealDB write happen in one worker thread per flush
+(`flush`, every `flush_ms` and on `sync`), under a limiter of one: writes are
+never concurrent and chunks are stored in order.
+
+Bounds. At most `max_pending` events wait for a flush; past that (a store
+slower than the bus for a long time) new events are counted in `lost`, never
+queued, so memory stays bounded. The store keeps `max_events` (retention).
+
+Durability. An event is durable once the flush holding it returned
+(`durable_seq`); `sync` flushes now and returns that seq. A kill -9 loses
+what was gathered since the last flush (at most `flush_ms` of traffic).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from astrid_runtime.abi.context import PluginContext
+from astrid_runtime.bus import Message
+from astrid_runtime.recorder.settings import RecordingSettings
+from astrid_runtime.recorder.store import (
+    Call,
+    Chunk,
+    Event,
+    HostCall,
+    RecordingStore,
+    default_url,
+)
+from astrid_runtime.recorder.values import encode
+
+if TYPE_CHECKING:
+    from astrid_runtime.kernel import Kernel
+
+#: VFS host calls that change files: the call that made one "wrote" (one timeline).
+WRITES = frozenset({"vfs.[method]file.write", "vfs.[method]dir.mkdir",
+                    "vfs.[method]dir.remove", "vfs.[method]dir.rename"})
+
+_RawEvent = tuple[Message, float, list[str]]
+_RawCall = tuple[int, str, str, str, str, list[tuple[str, list[Any], Any]]]
+
+
+class CallCapture:
+    """One plugin's `CallObserver`: collects the host calls of the delivery in hand.
+
+    Used only from the plugin's guest thread (one call at a time per plugin).
+    """
+
+    def __init__(self, recorder: Recorder, plugin: str, version: str):
+        self._recorder = recorder
+        self.plugin = plugin
+        self.version = version
+        self._seq = 0
+        self._host: list[tuple[str, list[Any], Any]] | None = None
+
+    def begin(self, message: Message) -> None:
+        self._seq = message.seq
+        self._host = []
+
+    def tap(self, name: str, call: Callable[[], Any], args: list[Any]) -> Any:
+        value = call()
+        if self._host is not None:  # outside a delivery (init): not recorded
+            self._host.append((name, args, value))
+        return value
+
+    def end(self, outcome: str, detail: str) -> None:
+        host, self._host = self._host or [], None
+        self._recorder.on_call((self._seq, self.plugin, self.version, outcome, detail, host))
+
+
+class Recorder:
+    """Gathers events and calls and writes them to a `RecordingStore` in chunks."""
+
+    def __init__(self, store: RecordingStore, settings: RecordingSettings):
+        self.store = store
+        self.settings = settings
+        self._events: deque[_RawEvent] = deque()
+        self._calls: deque[_RawCall] = deque()
+        self._limiter = trio.CapacityLimiter(1)
+        self._flushing = trio.Lock()
+        self.durable_seq = store.last_seq()
+        self.lost = 0
+        self.written = 0
+        #: Called in the flush thread with each call that wrote files; returns the tag of
+        #: a file snapshot taken for it (one timeline), or None.
+        self.on_wrote: Callable[[int, str], str | None] | None = None
+        #: Plugin calls ended so far (`wait_calls`).
+        self.calls_seen = 0
+        self._seen_lock = threading.Lock()
+        self._calls_event: trio.Event | None = None
+        self._token = trio.lowlevel.current_trio_token()
+
+    # -- producers (any thread) -------------------------------------------
+
+    def on_delivery(self, message: Message, receivers: list[str]) -> None:
+        if len(self._events) >= self.settings.max_pending:
+            self.lost += 1
+            return
+        self._events.append((message, time.time(), receivers))
+
+    def on_call(self, raw: _RawCall) -> None:
+        if len(self._calls) >= self.settings.max_pending:
+            self.lost += 1
+        else:
+            self._calls.append(raw)
+        with self._seen_lock:  # plugins' threads end calls concurrently
+            self.calls_seen += 1
+        event = self._calls_event
+        if event is not None:
+            self._token.run_sync_soon(event.set)
+
+    async def wait_calls(self, n: int) -> None:
+        """Return once `n` plugin calls have ended since the recorder started (tests,
+        `astrid replay` of a live kernel): their host calls are then gathered."""
+        while self.calls_seen < n:
+            event = self._calls_event = trio.Event()
+            if self.calls_seen >= n:  # ended between the check and the event
+                break
+            await event.wait()
+        self._calls_event = None
+
+    def observer(self, plugin: str, version: str) -> CallCapture:
+        return CallCapture(self, plugin, version)
+
+    # -- the writer ---------------------------------------------------------
+
+    def _encode(self, events: list[_RawEvent], calls: list[_RawCall]) -> Chunk:
+        chunk = Chunk()
+        for message, t, receivers in events:
+            who = message.who
+            chunk.events.append(Event(message.seq, t, message.topic, who.plugin, who.kernel,
+                                      message.payload, tuple(receivers)))
+        for seq, plugin, version, outcome, detail, host in calls:
+            wrote = tuple(str(args[-1]) if args and isinstance(args[-1], str) else name
+                          for name, args, _ in host if name in WRITES)
+            snapshot = None
+            if wrote and self.on_wrote is not None:
+                snapshot = self.on_wrote(seq, plugin)
+            chunk.calls.append(Call(seq, plugin, version, outcome, detail,
+                                    tuple(HostCall(name, encode(args), encode(value))
+                                          for name, args, value in host),
+                                    wrote, snapshot))
+        return chunk
+
+    def _write(self, events: list[_RawEvent], calls: list[_RawCall]) -> None:
+        self.store.write(self._encode(events, calls))
+
+    async def flush(self) -> int:
+        """Write everything gathered so far; returns the highest durable seq."""
+        async with self._flushing:
+            events = [self._events.popleft() for _ in range(len(self._events))]
+            calls = [self._calls.popleft() for _ in range(len(self._calls))]
+            if events or calls:
+                await trio.to_thread.run_sync(self._write, events, calls,
+                                              limiter=self._limiter)
+                self.written += len(events)
+                self.durable_seq = max([self.durable_seq, *(m.seq for m, _, _ in events),
+                                        *(c[0] for c in calls)])
+            return self.durable_seq
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Flush every `flush_ms` until cancelled (then one last flush)."""
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(self.settings.flush_ms / 1000)  # the flush period
+                await self.flush()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.flush()
+
+    def status(self) -> dict[str, Any]:
+        return {"store": self.store.url, "durable_seq": self.durable_seq,
+                "pending": len(self._events), "written": self.written, "lost": self.lost,
+                "max_events": self.store.max_events}
+
+    # -- wiring -------------------------------------------------------------
+
+    def attach(self, kernel: Kernel) -> None:
+        """Record `kernel`'s bus and the plugins started from now on."""
+        kernel.bus.seq = max(kernel.bus.seq, self.store.last_seq())
+        kernel.bus.on_record = self.on_delivery
+
+        def hook(ctx: PluginContext) -> None:
+            sup = kernel.supervisors.get(ctx.name)
+            ctx.observer = self.observer(ctx.name, sup.spec.version if sup else "")
+
+        kernel.context_hooks.append(hook)
+        kernel.status_sections["recording"] = self.status
+
+        async def sync(_request: dict[str, Any]) -> dict[str, Any]:
+            return {"ok": True, "durable_seq": await self.flush()}
+
+        async def query(request: dict[str, Any]) -> dict[str, Any]:
+            from astrid_runtime.recorder.query import answer
+            await self.flush()
+            return await trio.to_thread.run_sync(answer, self.store, request,
+                                                 limiter=self._limiter)
+
+        kernel.control_ops["recording.sync"] = sync
+        kernel.control_ops["recording.query"] = query
+
+
+@asynccontextmanager
+async def recording(kernel: Kernel, settings: RecordingSettings, home: Path
+                    ) -> AsyncIterator[Recorder | None]:
+    """Record `kernel` for the block's duration (None when recording is switched off)."""
+    if not settings.enabled:
+        yield None
+        return
+    url = settings.url or default_url(home)
+    store = await trio.to_thread.run_sync(
+        lambda: RecordingStore(url, max_events=settings.max_events))
+    try:
+        recorder = Recorder(store, settings)
+        recorder.attach(kernel)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(recorder.run)
+            try:
+                yield recorder
+            finally:
+                kernel.bus.on_record = None
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(store.close)

@@ -1,0 +1,277 @@
+"""The recording's store: bus events and plugin calls, in SurrealDB, in chunks.
+
+What it promises
+----------------
+* Every `write` is one SurrealDB transaction holding one *chunk*: the events
+  and calls the recorder gathered since its last write, so a `kill -9` of the
+  kernel loses at most the chunk being written (`SURREAL_SYNC_DATA=true`:
+  each commit is fsynced, as for KV). Everything a `write` returned for is
+  read back after a restart.
+* Retention: the store keeps the newest `max_events` events, give or take
+  one chunk (a chunk is dropped whole, with its calls, once the events after
+  it are at least `max_events`).
+* Blocking and thread-safe: one connection behind one `threading.Lock`; a
+  persistent store holds an exclusive `flock` on `<path>.lock`, so a second
+  opener (another kernel, or `astrid log` while a kernel records) gets
+  `RecordingBusy` and asks the kernel instead.
+
+Why chunks and not one record per event: the SDK encodes CBOR in pure
+Python (~100-200 us per small record measured here), more than a bus
+delivery costs; a chunk is one `bytes` field (JSON inside), so a write costs
+one commit however many events it holds. Reads decode the chunks in the
+asked range (range over the chunk's seq bounds) and filter in Python.
+
+Layout: table `chunk`, record ids `chunk:[n]` (n counts writes), fields
+`n`, `ev_lo`/`ev_hi` (seq bounds of its events, -1 when none), `call_lo`/
+`call_hi` (of its calls), `events` (count) and `blob` (JSON).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from surrealdb import BlockingEmbeddedSurrealConnection, RecordID, Surreal
+
+from astrid_runtime.errors import KernelError
+
+_Q_META: Final = "SELECT n, ev_lo, ev_hi, call_lo, call_hi, events FROM chunk"
+_Q_WRITE: Final = ("CREATE $r CONTENT {n: $n, ev_lo: $ev_lo, ev_hi: $ev_hi, call_lo: $call_lo, "
+                   "call_hi: $call_hi, events: $events, blob: $blob} RETURN NONE")
+_Q_DROP: Final = "DELETE chunk:[0]..=[$n] RETURN NONE"
+_Q_READ: Final = ("SELECT n, blob FROM chunk WHERE (ev_hi >= $lo AND ev_lo <= $hi) "
+                  "OR (call_hi >= $lo AND call_lo <= $hi) ORDER BY n")
+
+
+class RecordingError(KernelError):
+    """The recording store failed or cannot be opened."""
+
+
+class RecordingBusy(RecordingError):
+    """Another process (a running kernel) holds the recording: ask it instead."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One bus delivery as the kernel saw it."""
+
+    seq: int
+    time: float
+    topic: str
+    #: The sender as the kernel stamped it: plugin (or client/kernel) and its kernel
+    #: key when it came over the bridge.
+    sender: str
+    sender_kernel: str | None
+    payload: bytes
+    #: Plugins whose mailboxes took it (taps are not counted).
+    receivers: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        import base64
+        return {"seq": self.seq, "t": self.time, "topic": self.topic, "sender": self.sender,
+                "kernel": self.sender_kernel, "to": list(self.receivers),
+                "payload": base64.b64encode(self.payload).decode()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Event:
+        import base64
+        return cls(d["seq"], d["t"], d["topic"], d["sender"], d.get("kernel"),
+                   base64.b64decode(d["payload"]), tuple(d["to"]))
+
+
+@dataclass(frozen=True)
+class HostCall:
+    """One host call a plugin made while handling a message, and what it got back
+    (both encoded by `recorder.values`)."""
+
+    name: str
+    args: list[Any]
+    result: Any
+
+    def to_json(self) -> list[Any]:
+        return [self.name, self.args, self.result]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One plugin's handling of one delivered message."""
+
+    seq: int
+    plugin: str
+    version: str
+    #: `ok`, `error` (the plugin returned err) or `crash` (trap, fuel, deadline, memory).
+    outcome: str
+    detail: str
+    host: tuple[HostCall, ...] = ()
+    #: Files the call changed through the VFS (paths as the plugin named them).
+    wrote: tuple[str, ...] = ()
+    #: The astrid-fs snapshot taken after the call wrote files (None: none taken).
+    snapshot: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "plugin": self.plugin, "version": self.version,
+                "outcome": self.outcome, "detail": self.detail,
+                "host": [h.to_json() for h in self.host], "wrote": list(self.wrote),
+                "snapshot": self.snapshot}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Call:
+        return cls(d["seq"], d["plugin"], d["version"], d["outcome"], d["detail"],
+                   tuple(HostCall(*h) for h in d["host"]), tuple(d.get("wrote", ())),
+                   d.get("snapshot"))
+
+
+@dataclass
+class _ChunkMeta:
+    n: int
+    ev_hi: int
+    call_hi: int
+    events: int
+
+
+@dataclass
+class Chunk:
+    """What one `write` stores."""
+
+    events: list[Event] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+
+
+def default_url(home: Path) -> str:
+    return f"surrealkv://{home / 'recording'}"
+
+
+class RecordingStore:
+    """The recording in SurrealDB (see the module docstring). Blocking."""
+
+    def __init__(self, url: str, *, max_events: int = 100_000) -> None:
+        self.url = url
+        self.max_events = max_events
+        self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+        scheme, _, rest = url.partition("://")
+        if scheme in ("surrealkv", "file", "mem", "memory"):
+            # Read by the engine once per process, at its first start (as kv.py).
+            os.environ["SURREAL_SYNC_DATA"] = "true"
+        if scheme in ("surrealkv", "file"):
+            self._lock_fd = _take_lock(Path(rest))
+        try:
+            db: Any = Surreal(url)
+            if isinstance(db, BlockingEmbeddedSurrealConnection):
+                db.connect()
+            db.use("astrid", "recording")
+            rows = db.query(_Q_META) or []
+        except Exception as e:
+            self._release()
+            raise RecordingError(f"cannot open the recording {url}: {e}") from e
+        self._db = db
+        self._chunks = sorted((_ChunkMeta(r["n"], r["ev_hi"], r["call_hi"], r["events"])
+                               for r in rows), key=lambda c: c.n)
+        self._closed = False
+
+    # -- writing -----------------------------------------------------------
+
+    def last_seq(self) -> int:
+        """The highest sequence number stored (0 when empty): a restarted kernel goes on
+        from the next one."""
+        return max((max(c.ev_hi, c.call_hi) for c in self._chunks), default=0)
+
+    def write(self, chunk: Chunk) -> None:
+        """Store `chunk` in one transaction (durable when this returns), then apply
+        retention."""
+        if not chunk.events and not chunk.calls:
+            return
+        blob = json.dumps({"events": [e.to_json() for e in chunk.events],
+                           "calls": [c.to_json() for c in chunk.calls]},
+                          separators=(",", ":")).encode()
+        ev = [e.seq for e in chunk.events] or [-1]
+        ca = [c.seq for c in chunk.calls] or [-1]
+        with self._lock:
+            self._check_open()
+            n = self._chunks[-1].n + 1 if self._chunks else 1
+            self._query(_Q_WRITE, {"r": RecordID("chunk", [n]), "n": n, "ev_lo": min(ev),
+                                   "ev_hi": max(ev), "call_lo": min(ca), "call_hi": max(ca),
+                                   "events": len(chunk.events), "blob": blob})
+            self._chunks.append(_ChunkMeta(n, max(ev), max(ca), len(chunk.events)))
+            self._retain()
+
+    def _retain(self) -> None:
+        total = sum(c.events for c in self._chunks)
+        drop = 0
+        while drop < len(self._chunks) - 1 and total - self._chunks[drop].events >= \
+                self.max_events:
+            total -= self._chunks[drop].events
+            drop += 1
+        if drop:
+            self._query(_Q_DROP, {"n": self._chunks[drop - 1].n})
+            del self._chunks[:drop]
+
+    # -- reading -----------------------------------------------------------
+
+    def read(self, lo: int = 0, hi: int = 2**62) -> Chunk:
+        """Events and calls whose seq is in [lo, hi], in seq order."""
+        with self._lock:
+            self._check_open()
+            rows = self._query(_Q_READ, {"lo": lo, "hi": hi}) or []
+        out = Chunk()
+        for row in rows:
+            body = json.loads(row["blob"])
+            out.events += [e for e in map(Event.from_json, body["events"]) if lo <= e.seq <= hi]
+            out.calls += [c for c in map(Call.from_json, body["calls"]) if lo <= c.seq <= hi]
+        out.events.sort(key=lambda e: e.seq)
+        out.calls.sort(key=lambda c: (c.seq, c.plugin))
+        return out
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"chunks": len(self._chunks),
+                    "events": sum(c.events for c in self._chunks),
+                    "last_seq": self.last_seq()}
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._db.close()
+            finally:
+                self._release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecordingError(f"the recording {self.url} is closed")
+
+    def _query(self, text: str, params: dict[str, Any]) -> Any:
+        try:
+            return self._db.query(text, params)
+        except Exception as e:
+            raise RecordingError(f"recording {self.url}: {type(e).__name__}: {e}") from e
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _take_lock(path: Path) -> int:
+    path = path.expanduser()
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise RecordingError(f"cannot open the recording at {path}: {e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RecordingBusy(f"the recording at {path} is held by a running kernel") from None
+    return fd

@@ -1,0 +1,94 @@
+"""The recorded bus (issue 15): deliveries and host calls in SurrealDB, retention,
+switching it off, and a recording that survives kill -9 of the kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from testkit import MemoryKv, running, spec
+from wasmtime.component import Component
+
+from astrid_runtime.bus import Tap
+from astrid_runtime.engine import KernelEngine
+from astrid_runtime.grants import Grants
+from astrid_runtime.kernel import Kernel, open_kernel
+from astrid_runtime.recorder.query import answer
+from astrid_runtime.recorder.recorder import recording
+from astrid_runtime.recorder.settings import RecordingSettings
+from astrid_runtime.recorder.store import RecordingStore
+
+RELAY = Grants(publish=("chain.>",), subscribe=("chain",))
+
+
+def settings(tmp_path: Path, **kw: object) -> RecordingSettings:
+    return RecordingSettings(url=f"surrealkv://{tmp_path / 'rec'}", **kw)  # type: ignore[arg-type]
+
+
+async def test_every_delivery_and_its_host_calls_are_recorded(
+        kernel: Kernel, components: dict[str, Component], tmp_path: Path) -> None:
+    async with recording(kernel, settings(tmp_path), tmp_path) as rec:
+        assert rec is not None
+        await running(kernel, spec(components, "relay", "first", config="chain", grants=RELAY))
+        tap = Tap(kernel.bus, "chain.r")
+        for n in range(5):
+            kernel.publish("chain", bytes([n]))
+        for _ in range(5):
+            await tap.receive()
+        await rec.wait_calls(5)
+        durable = await rec.flush()
+        reply = await trio.to_thread.run_sync(answer, rec.store, {"host": True})
+    events = reply["events"]
+    assert durable == events[-1]["seq"] == 10
+    inputs = [e for e in events if e["topic"] == "chain"]
+    outputs = [e for e in events if e["topic"] == "chain.r"]
+    assert [e["to"] for e in inputs] == [["first"]] * 5
+    assert {e["sender"] for e in inputs} == {"client"}
+    assert {e["sender"] for e in outputs} == {"first"} and all(e["to"] == [] for e in outputs)
+    first = inputs[0]["calls"]
+    assert [(c["plugin"], c["outcome"]) for c in first] == [("first", "ok")]
+    name, args, result = first[0]["host"][0]
+    assert name == "bus.publish" and args[0] == "chain.r" and result == {"ok": None}
+
+
+async def test_the_seq_goes_on_after_a_restart_and_log_filters(
+        engine: KernelEngine, components: dict[str, Component], tmp_path: Path) -> None:
+    for _ in range(2):
+        async with open_kernel(engine, MemoryKv()) as kernel, \
+                recording(kernel, settings(tmp_path), tmp_path) as rec:
+            assert rec is not None
+            kernel.publish("a.one", b"1")
+            kernel.publish("b.two", b"2")
+    store = RecordingStore(f"surrealkv://{tmp_path / 'rec'}")
+    try:
+        everything = answer(store, {})["events"]
+        only_a = answer(store, {"topic": "a.*"})["events"]
+        ranged = answer(store, {"from": 2, "to": 3})["events"]
+        last = answer(store, {"limit": 1})["events"]
+    finally:
+        store.close()
+    assert [e["seq"] for e in everything] == [1, 2, 3, 4]
+    assert [e["seq"] for e in only_a] == [1, 3]
+    assert [e["seq"] for e in ranged] == [2, 3]
+    assert [e["seq"] for e in last] == [4]
+
+
+async def test_retention_bounds_the_store(kernel: Kernel, tmp_path: Path) -> None:
+    async with recording(kernel, settings(tmp_path, max_events=10), tmp_path) as rec:
+        assert rec is not None
+        for n in range(8):
+            for _ in range(5):
+                kernel.publish("x", bytes([n]))
+            await rec.flush()
+        stats = rec.store.stats()
+        seqs = [e.seq for e in rec.store.read().events]
+    assert stats["events"] <= 10 + 5
+    assert seqs == list(range(41 - len(seqs), 41)) and len(seqs) >= 10
+
+
+async def test_recording_switched_off_records_nothing(kernel: Kernel, tmp_path: Path) -> None:
+    async with recording(kernel, settings(tmp_path, enabled=False), tmp_path) as rec:
+        assert rec is None
+        assert kernel.bus.on_record is None
+        kernel.publish("x", b"1")
+    assert not (tmp_path / "rec").exists()
