@@ -28,6 +28,8 @@ class Grants:
     kv: bool = False
     vfs: tuple[str, ...] = ()
     cap: tuple[str, ...] = ()
+    #: WIT interfaces of other plugins it may call (`ns:pkg/iface[@version]`; links.py).
+    link: tuple[str, ...] = ()
 
     def check_publish(self, topic: str) -> None:
         """Raise `BusError('denied')` unless `topic` is inside a publish grant."""
@@ -55,6 +57,7 @@ class Grants:
             "kv": self.kv,
             "vfs": list(self.vfs),
             "cap": list(self.cap),
+            "link": list(self.link),
         }
 
     def exceeds(self, granted: Grants) -> list[str]:
@@ -67,6 +70,7 @@ class Grants:
             extra.append("kv")
         extra += [f"vfs {r}" for r in self.vfs if r not in granted.vfs]
         extra += [f"cap {c}" for c in self.cap if c not in granted.cap]
+        extra += [f"link {x}" for x in self.link if x not in granted.link]
         return extra
 
 

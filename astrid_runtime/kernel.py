@@ -29,6 +29,7 @@ from astrid_runtime.bus import Bus, Endpoint, Message
 from astrid_runtime.engine import KernelEngine, digest
 from astrid_runtime.errors import BusError, KernelError
 from astrid_runtime.grants import DEFAULT_POLICY, GrantPolicy
+from astrid_runtime.link_registry import LinkRegistry, Ready
 from astrid_runtime.lockfile import LockEntry, Lockfile, load_lockfile, read_verified
 from astrid_runtime.logs import KernelLog
 from astrid_runtime.manifest import Manifest, load_manifest
@@ -79,6 +80,10 @@ class Kernel:
         self.stop_hooks: list[Callable[[], None]] = []
         #: Extra sections of `status()` (approvals, budgets), computed when asked.
         self.status_sections: dict[str, Callable[[], Any]] = {}
+        #: Plugins calling plugins: providers, and each importer's shims.
+        self.links = LinkRegistry(engine, self.log)
+        self.context_hooks.append(self.links.attach)
+        self.status_sections["links"] = self.links.status
         #: Extra control-socket ops (the recorder's `astrid log`): op -> async handler
         #: of the request, returning the reply.
         self.control_ops: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
@@ -111,6 +116,7 @@ class Kernel:
                                            else list(lock.entries))
         t0 = time.perf_counter()
         hits = 0
+        ready: list[Ready] = []
         for source in sources:
             label = source.name if isinstance(source, LockEntry) else str(source)
             try:
@@ -129,7 +135,8 @@ class Kernel:
                     # when the policy names it (approval/interceptors.py).
                     self.log.event("info", "plugin.interceptor", plugin=entry.name)
                     continue
-                self.engine.check_plugin_world(compiled.component)
+                if not manifest.exports:  # a link provider need not be a bus plugin
+                    self.engine.check_plugin_world(compiled.component)
                 self.log.event("info", "plugin.compiled", plugin=entry.name,
                                cache_hit=compiled.cache_hit,
                                seconds=round(time.perf_counter() - t1, 3))
@@ -142,7 +149,10 @@ class Kernel:
             if extra:
                 self.log.event("warning", "plugin.asks_more_than_granted", plugin=entry.name,
                                extra=extra)
-            self.start(PluginSpec(entry.name, entry.version, compiled.component,
+            ready.append((manifest, entry, compiled.component))
+        # Links are resolved over every verified plugin, providers before importers.
+        for manifest, entry, component in self.links.wire(ready, self.refuse):
+            self.start(PluginSpec(entry.name, entry.version, component,
                                   manifest.config, entry.grants, entry.limits))
         self.boot_stats = {"plugins": len(sources), "cache_hits": hits,
                            "seconds": round(time.perf_counter() - t0, 3)}

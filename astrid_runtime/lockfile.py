@@ -16,6 +16,7 @@
     kv = true
     vfs = []
     cap = []
+    link = ["astrid:markdown/render@0.1.0"]     # only when it imports (links.py)
 
     [plugin.limits]                             # every limit, pinned at install
     memory_mb = 96
@@ -113,6 +114,7 @@ def render(lock: Lockfile) -> str:
             f"kv = {'true' if g.kv else 'false'}",
             f"vfs = [{', '.join(map(_q, g.vfs))}]",
             f"cap = [{', '.join(map(_q, g.cap))}]",
+            *([f"link = [{', '.join(map(_q, g.link))}]"] if g.link else []),
             "",
             "[plugin.limits]",
             *(f"{key} = {value!r}" for key, value in e.limits.to_toml().items()),
@@ -162,13 +164,14 @@ def _parse_entry(doc: TomlDoc, table: object, i: int, base: Path) -> LockEntry:
                   check=lambda v: None if _HEX64.match(v) else "must be 64 lowercase hex digits")
     gt = doc.get(table, "grants", dict, {}, table_name=t, index=i)
     gname = "plugin.grants"
-    doc.unknown_keys(gt, {"publish", "subscribe", "kv", "vfs", "cap"}, gname, i)
+    doc.unknown_keys(gt, {"publish", "subscribe", "kv", "vfs", "cap", "link"}, gname, i)
     grants = Grants(
         publish=doc.string_list(gt, "publish", table_name=gname, index=i),
         subscribe=doc.string_list(gt, "subscribe", table_name=gname, index=i),
         kv=doc.get(gt, "kv", bool, False, table_name=gname, index=i),
         vfs=doc.string_list(gt, "vfs", table_name=gname, index=i),
         cap=doc.string_list(gt, "cap", table_name=gname, index=i),
+        link=doc.string_list(gt, "link", table_name=gname, index=i),
     )
     limits = parse_limits(doc, doc.get(table, "limits", dict, {}, table_name=t, index=i),
                           "plugin.limits", DEFAULT_LIMITS, i)

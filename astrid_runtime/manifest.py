@@ -4,6 +4,9 @@
     version = "0.1.0"
     component = "build/notes.wasm" # relative to this file
     config = ""                    # string handed to the plugin's init()
+    exports = []                   # WIT interfaces it provides to other plugins
+    imports = []                   # ... and calls: ["astrid:markdown/render@0.1.0"]
+                                   # (links.py; an import is also an ask: grants.link)
 
     [capabilities]                 # what it asks for; the operator grants it at install
     publish = ["notes.>"]
@@ -27,13 +30,14 @@ Errors name the file and line: `plugins/notes/plugin.toml:7: ...`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from astrid_runtime.bus.topics import validate_pattern
 from astrid_runtime.errors import KernelError, ManifestError
 from astrid_runtime.grants import DEFAULT_LIMITS, FLOAT_LIMIT_KEYS, LIMIT_KEYS, Grants, Limits
+from astrid_runtime.links import InterfaceRef, LinkError, parse_interface
 from astrid_runtime.tomlfile import TomlDoc
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -48,6 +52,9 @@ class Manifest:
     config: str
     asks: Grants
     limits: Limits
+    #: WIT interfaces provided to / called from other plugins (links.py).
+    exports: tuple[InterfaceRef, ...] = ()
+    imports: tuple[InterfaceRef, ...] = ()
 
 
 def manifest_path(path: Path) -> Path:
@@ -66,7 +73,8 @@ def _positive(value: Any) -> str | None:
 
 def parse_manifest(doc: TomlDoc) -> Manifest:
     top = doc.data
-    doc.unknown_keys(top, {"name", "version", "component", "config", "capabilities", "limits"})
+    doc.unknown_keys(top, {"name", "version", "component", "config", "capabilities", "limits",
+                           "exports", "imports"})
     for required in ("name", "version", "component"):
         if required not in top:
             raise doc.fail(f"missing required key {required!r}")
@@ -87,6 +95,10 @@ def parse_manifest(doc: TomlDoc) -> Manifest:
         vfs=doc.string_list(caps, "vfs", table_name="capabilities"),
         cap=doc.string_list(caps, "cap", table_name="capabilities"),
     )
+    exports, imports = (_interfaces(doc, key) for key in ("exports", "imports"))
+    # Calling an interface is a capability: the imports are asked for, and
+    # what the operator approves is pinned as the `link` grant.
+    asks = replace(asks, link=tuple(str(ref) for ref in imports))
     for key in ("publish", "subscribe"):
         for pattern in getattr(asks, key):
             try:
@@ -95,7 +107,17 @@ def parse_manifest(doc: TomlDoc) -> Manifest:
                 raise doc.fail(f"{key}: {e}", "capabilities", key) from None
     limits = parse_limits(doc, doc.get(top, "limits", dict, {}), "limits", DEFAULT_LIMITS)
     component = (doc.path.parent / component_rel).resolve()
-    return Manifest(doc.path, name, version, component, config, asks, limits)
+    return Manifest(doc.path, name, version, component, config, asks, limits, exports, imports)
+
+
+def _interfaces(doc: TomlDoc, key: str) -> tuple[InterfaceRef, ...]:
+    refs: list[InterfaceRef] = []
+    for text in doc.string_list(doc.data, key):
+        try:
+            refs.append(parse_interface(text))
+        except LinkError as e:
+            raise doc.fail(f"{key}: {e}", "", key) from None
+    return tuple(refs)
 
 
 def parse_limits(doc: TomlDoc, table: dict[str, Any], table_name: str, base: Limits,

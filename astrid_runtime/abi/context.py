@@ -15,6 +15,7 @@ from astrid_runtime.bus import Endpoint, Message, Sender
 from astrid_runtime.grants import Grants, Limits
 
 if TYPE_CHECKING:
+    from astrid_runtime.abi.links import LinkImports
     from astrid_runtime.approval.pipeline import ApprovalPipeline
     from astrid_runtime.vfs import PluginVfs
 
@@ -59,6 +60,8 @@ class PluginContext:
     #: The sender of the message being delivered now (`bus.sender`); None outside
     #: `on-message`. Set by the supervisor in the guest's thread around each delivery.
     current_sender: Sender | None = None
+    #: Shims for the interfaces it imports from other plugins (link_registry.py).
+    links: LinkImports | None = None
     #: Records (or, in a replay, answers) each delivery's host calls; None: not recording.
     observer: CallObserver | None = None
 

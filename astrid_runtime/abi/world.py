@@ -36,6 +36,8 @@ class PluginLinker:
                 self.funcs.interface = module.__name__.rsplit(".", 1)[-1]
                 with root.add_instance(module.INTERFACE) as inst:
                     module.define(self.funcs, inst, ctx)
+        if ctx.links is not None:
+            ctx.links.define(self.linker)
 
 
 class GuestFunc:

@@ -16,6 +16,13 @@ build writes `NAME.inputs` beside it: a digest of every input (sources, SDK,
 WIT, toolchain versions). A plugin whose recorded inputs match its current
 inputs is not rebuilt unless forced, so a fresh clone keeps the pinned bytes.
 
+Link interfaces. A plugin with a `wit/` directory builds against its own
+world there instead: a provider (e.g. `plugins/markdown`, which exports
+`astrid:markdown/render`) or an importer whose world includes
+`astrid:kernel/plugin` and imports another package's interface. The kernel's
+WIT is staged as `wit/deps/kernel/`, and the plugin's `wit/deps/` beside it
+(vendored copies of the interfaces it imports).
+
 Sources are staged into `build/` (gitignored) so the toolchain bundles exactly
 the plugin's Python files and the SDK, and writes its caches there, not in
 the source tree.
@@ -109,7 +116,7 @@ def is_interceptor(plugin_dir: Path) -> bool:
 
 def _source_files(plugin_dir: Path, language: Language) -> Iterator[tuple[str, Path]]:
     """(name in the build, path) of every source input, sorted."""
-    suffixes = {".py"} if language is Language.PYTHON else {".c", ".h"}
+    suffixes = {".py", ".wit"} if language is Language.PYTHON else {".c", ".h", ".wit"}
     for path in sorted(plugin_dir.rglob("*")):
         rel = path.relative_to(plugin_dir)
         if rel.parts[0] in ("build", "__pycache__") or "__pycache__" in rel.parts:
@@ -125,6 +132,24 @@ def _source_files(plugin_dir: Path, language: Language) -> Iterator[tuple[str, P
         return
     for path in sorted(WIT_DIR.glob("*.wit")):
         yield f"wit/{path.name}", path
+
+
+def own_wit(plugin_dir: Path) -> Path | None:
+    """The plugin's own WIT directory (a link provider or importer), if it has one."""
+    wit = plugin_dir / "wit"
+    return wit if wit.is_dir() and any(wit.glob("*.wit")) else None
+
+
+def _stage_wit(plugin_dir: Path, wit: Path, work: Path) -> Path:
+    """`work/wit`: the plugin's WIT, its vendored deps, and the kernel's WIT as a dep."""
+    stage = work / "wit"
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(wit, stage)
+    kernel = stage / "deps" / "kernel"
+    kernel.mkdir(parents=True, exist_ok=True)
+    for path in WIT_DIR.glob("*.wit"):
+        shutil.copyfile(path, kernel / path.name)
+    return stage
 
 
 def build_inputs(plugin_dir: Path) -> str:
@@ -164,12 +189,15 @@ def _build_python(plugin_dir: Path, work: Path, out: Path, name: str) -> None:
     stage = work / "stage"
     shutil.rmtree(stage, ignore_errors=True)
     for rel, path in _source_files(plugin_dir, Language.PYTHON):
-        if rel.startswith("wit/"):
+        if rel.startswith(("wit/", "src/wit/")):
             continue
         target = stage / rel.removeprefix("src/").removeprefix("sdk/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
-    _run([_tool("componentize-py"), "-q", "-d", WIT_DIR, "-w", WORLD, "componentize",
+    wit = own_wit(plugin_dir)
+    world_args: list[str | Path] = (["-d", _stage_wit(plugin_dir, wit, work)] if wit
+                                    else ["-d", WIT_DIR, "-w", WORLD])
+    _run([_tool("componentize-py"), "-q", *world_args, "componentize",
           "-p", stage, "app", "-o", out], cwd=work, what=f"componentize-py ({name})")
 
 
@@ -182,9 +210,15 @@ def _build_c(plugin_dir: Path, work: Path, out: Path, name: str) -> None:
           "-Wl,--strip-all", "-I", plugin_dir, "-o", core, *sources],
          cwd=work, what=f"zig cc ({name})")
     wasm_tools = _tool("wasm-tools")
-    wit_dir, world = ((INTERCEPTOR_WIT_DIR, INTERCEPTOR_WORLD) if is_interceptor(plugin_dir)
-                      else (WIT_DIR, WORLD))
-    _run([wasm_tools, "component", "embed", wit_dir, "--world", world, core, "-o", embedded],
+    wit = own_wit(plugin_dir)
+    world_args: list[str | Path]
+    if wit is not None:  # its one world is the default
+        world_args = [_stage_wit(plugin_dir, wit, work)]
+    elif is_interceptor(plugin_dir):
+        world_args = [INTERCEPTOR_WIT_DIR, "--world", INTERCEPTOR_WORLD]
+    else:
+        world_args = [WIT_DIR, "--world", WORLD]
+    _run([wasm_tools, "component", "embed", *world_args, core, "-o", embedded],
          cwd=work, what="wasm-tools component embed")
     _run([wasm_tools, "component", "new", embedded, "-o", out], cwd=work,
          what="wasm-tools component new")

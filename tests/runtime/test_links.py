@@ -1,0 +1,211 @@
+"""Plugins calling plugins: a WAT importer linked at boot to C providers.
+
+Real parts: the committed `plugins/markdown` component (C), a hostile C
+provider of the same interface (`components/links/mdhostile`), and a WAT
+importer (`components/links/caller`), pinned in a `plugins.lock` and booted
+by a real kernel. The importer publishes each answer of
+`astrid:markdown/render.to-html` on `md.ok`, each error on `md.err`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+from linkkit import (
+    CALLER_MANIFEST,
+    MARKDOWN_DIR,
+    RENDER,
+    PluginDir,
+    build_caller,
+    build_hostile,
+    provider_manifest,
+    write_tree,
+)
+from testkit import ExpectedLogs
+
+from astrid_runtime.abi.links import LinkProvider
+from astrid_runtime.bus import Tap
+from astrid_runtime.grants import Grants, Limits
+from astrid_runtime.kernel import BootPlan, Kernel
+from astrid_runtime.lockfile import entry_for, load_lockfile
+from astrid_runtime.manifest import load_manifest
+from astrid_runtime.supervisor import State
+
+CALLER_GRANTS = Grants(subscribe=("in.*",), publish=("md.ok", "md.err"), link=(RENDER,))
+#: Tight provider limits: a loop hits the deadline quickly, a bomb the 4 MiB Store.
+PROVIDER_LIMITS = Limits(call_timeout_ms=50, memory_bytes=4 * 1024 * 1024,
+                         fuel_per_call=10**10)
+
+
+@pytest.fixture(scope="session")
+def link_wasm() -> dict[str, Path]:
+    return {"caller": build_caller(), "hostile": build_hostile(),
+            "markdown": MARKDOWN_DIR / "markdown.wasm"}
+
+
+def caller(link_wasm: dict[str, Path], *, manifest: str = CALLER_MANIFEST,
+           grants: Grants | None = CALLER_GRANTS) -> PluginDir:
+    return PluginDir("mdcaller", link_wasm["caller"], manifest, grants)
+
+
+def provider(link_wasm: dict[str, Path], kind: str = "hostile", *,
+             export: str = RENDER) -> PluginDir:
+    return PluginDir(kind, link_wasm[kind], provider_manifest(export), None, PROVIDER_LIMITS)
+
+
+async def boot(kernel: Kernel, root: Path, plugins: list[PluginDir]) -> None:
+    await kernel.boot(BootPlan(write_tree(root, plugins)))
+    for sup in kernel.supervisors.values():
+        await sup.wait_for(lambda s: s.state is not State.STARTING)
+
+
+async def ask(kernel: Kernel, text: bytes, topic: str = "in.md") -> tuple[str, bytes]:
+    """Publish `text` to the importer; (topic, payload) of its answer."""
+    tap = Tap(kernel.bus, "md.*")
+    kernel.publish(topic, text)
+    message = await tap.receive()
+    return message.topic, message.payload
+
+
+def the_provider(kernel: Kernel, name: str = "hostile") -> LinkProvider:
+    return kernel.links.providers[name]
+
+
+async def test_caller_gets_html_from_the_c_markdown_provider(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path]) -> None:
+    await boot(kernel, tmp_path, [provider(link_wasm, "markdown"), caller(link_wasm)])
+    assert kernel.refused == {}
+    assert await ask(kernel, b"# Hi\n\nsome *text* & `code`") == (
+        "md.ok", b"<h1>Hi</h1>\n<p>some <em>text</em> &amp; <code>code</code></p>\n")
+    status = kernel.status()["links"]
+    assert status == [{"name": "markdown", "version": "0.1.0", "state": "running",
+                       "exports": [RENDER], "calls": 1, "crashes": 0, "restarts": 0,
+                       "swaps": 0, "last_error": None}]
+
+
+async def test_a_provider_err_is_passed_through(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path]) -> None:
+    await boot(kernel, tmp_path, [provider(link_wasm), caller(link_wasm)])
+    assert await ask(kernel, b"fail") == ("md.err", b"refused")
+    assert the_provider(kernel).crashes == 0
+
+
+@pytest.mark.parametrize(("behaviour", "reason"), [
+    ("trap", "unreachable"),
+    ("loop", "deadline exceeded"),
+    ("bomb", "unreachable"),  # memory.grow failed at the Store's limit; the guest trapped
+])
+async def test_a_crashing_provider_is_an_error_to_the_caller_and_is_restarted(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path], expect_logs: ExpectedLogs,
+        behaviour: str, reason: str) -> None:
+    expect_logs.allow("link.provider_crashed")
+    await boot(kernel, tmp_path, [provider(link_wasm), caller(link_wasm)])
+    topic, error = await ask(kernel, behaviour.encode())
+    assert topic == "md.err"
+    assert error.startswith(b"link astrid:markdown/render.to-html: provider hostile crashed")
+    assert reason.encode() in error
+    # The caller kept running; the provider was rebuilt for the next call.
+    assert await ask(kernel, b"after") == ("md.ok", b"<p>after</p>")
+    importer = kernel.supervisors["mdcaller"]
+    assert importer.state is State.RUNNING and importer.crashes == 0
+    hostile = the_provider(kernel)
+    assert (hostile.crashes, hostile.restarts) == (1, 1)
+    assert reason in (hostile.last_error or "")
+
+
+async def test_repeated_provider_crashes_disable_it_and_the_caller_keeps_running(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path],
+        expect_logs: ExpectedLogs) -> None:
+    expect_logs.allow("link.provider_crashed", "link.provider_disabled")
+    plugins = [PluginDir("hostile", link_wasm["hostile"], provider_manifest(), None,
+                         PROVIDER_LIMITS.replace(max_crashes=2)), caller(link_wasm)]
+    await boot(kernel, tmp_path, plugins)
+    for _ in range(2):
+        assert (await ask(kernel, b"trap"))[0] == "md.err"
+    topic, error = await ask(kernel, b"fine")
+    assert topic == "md.err" and b"provider hostile is disabled (2 crashes within" in error
+    assert kernel.supervisors["mdcaller"].state is State.RUNNING
+    assert kernel.status()["links"][0]["state"] == "disabled"
+
+
+async def test_a_call_outside_the_grant_is_refused(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path],
+        expect_logs: ExpectedLogs) -> None:
+    expect_logs.allow("plugin.asks_more_than_granted")
+    ungranted = Grants(subscribe=("in.*",), publish=("md.ok", "md.err"))
+    await boot(kernel, tmp_path, [provider(link_wasm), caller(link_wasm, grants=ungranted)])
+    topic, error = await ask(kernel, b"hello")
+    assert topic == "md.err"
+    assert error == (b"link astrid:markdown/render.to-html: denied: plugin mdcaller's grant "
+                     b"does not name astrid:markdown/render@0.1.0")
+    assert the_provider(kernel).calls == 0
+
+
+async def test_a_missing_provider_is_refused_at_boot_in_one_line(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path],
+        expect_logs: ExpectedLogs) -> None:
+    expect_logs.allow("plugin.refused")
+    await boot(kernel, tmp_path, [caller(link_wasm)])
+    assert kernel.refused["mdcaller"].reason == (
+        "plugin mdcaller imports astrid:markdown/render@0.1.0, which no plugin exports "
+        "(missing provider)")
+    assert "mdcaller" not in kernel.supervisors
+
+
+async def test_a_provider_of_another_version_is_refused_at_boot(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path],
+        expect_logs: ExpectedLogs) -> None:
+    expect_logs.allow("plugin.refused")
+    # It declares 0.2.0 (its component exports 0.1.0, which would refuse it too).
+    await boot(kernel, tmp_path, [provider(link_wasm, export="astrid:markdown/render@0.2.0"),
+                                  caller(link_wasm)])
+    assert kernel.refused["mdcaller"].reason == (
+        "plugin mdcaller imports astrid:markdown/render@0.1.0, but plugin hostile exports "
+        "astrid:markdown/render@0.2.0 (version mismatch)")
+    assert kernel.refused["hostile"].reason == (
+        "plugin hostile declares export astrid:markdown/render@0.2.0, but its component "
+        "does not export it")
+
+
+async def test_an_undeclared_import_is_refused_at_boot(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path],
+        expect_logs: ExpectedLogs) -> None:
+    expect_logs.allow("plugin.refused")
+    undeclared = CALLER_MANIFEST.replace(f'imports = ["{RENDER}"]\n', "")
+    await boot(kernel, tmp_path, [provider(link_wasm), caller(link_wasm, manifest=undeclared)])
+    assert kernel.refused["mdcaller"].reason == (
+        "plugin mdcaller's component imports astrid:markdown/render@0.1.0, which its "
+        "plugin.toml does not declare in `imports`")
+
+
+async def test_hot_swap_under_load_loses_no_call(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path]) -> None:
+    """The hostile provider answers `<p>x</p>`, markdown `<p>x</p>\\n`: each answer says
+    which version served it, and every message gets exactly one answer."""
+    await boot(kernel, tmp_path, [provider(link_wasm), caller(link_wasm)])
+    markdown_dir = tmp_path / "markdown"
+    markdown_dir.mkdir()
+    (markdown_dir / "plugin.toml").write_text(
+        f'name = "hostile"\nversion = "0.2.0"\ncomponent = "{link_wasm["markdown"]}"\n'
+        + provider_manifest())
+    manifest = load_manifest(markdown_dir)
+    wasm = link_wasm["markdown"].read_bytes()
+    entry = entry_for(manifest, wasm)
+    component = kernel.load_component(wasm)
+    tap = Tap(kernel.bus, "md.*")
+    count = 150
+    for i in range(count):
+        kernel.publish("in.md", f"m{i}".encode())
+    await trio.to_thread.run_sync(kernel.links.swap, manifest, entry, component)
+    kernel.publish("in.md", b"last")
+    answers = [await tap.receive() for _ in range(count + 1)]
+    assert all(m.topic == "md.ok" for m in answers)
+    for i, m in enumerate(answers[:count]):
+        assert m.payload in (f"<p>m{i}</p>".encode(), f"<p>m{i}</p>\n".encode())
+    assert answers[-1].payload == b"<p>last</p>\n"
+    hostile = the_provider(kernel)
+    assert (hostile.swaps, hostile.version, hostile.crashes) == (1, "0.2.0", 0)
+    assert kernel.supervisors["mdcaller"].crashes == 0
+    assert load_lockfile(tmp_path / "plugins.lock").get("hostile") is not None
