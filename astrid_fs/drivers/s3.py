@@ -9,7 +9,9 @@ prefix (delimiter '/') is a directory, an object is a file whose size,
 mtime (Last-Modified) and ETag come from the listing, with no HEAD per
 object. A directory exists only while some key is under it (S3 has no empty
 directories: `make_dir` is a no-op, see `capabilities`). A name that is both
-an object and a prefix shows as the directory.
+an object and a prefix shows as the directory. A symlink is stored as rclone
+stores it with `--links`: an object `NAME.rclonelink` whose body is the
+target, shown as the symlink NAME (a real object NAME wins over it).
 
 Reads: ranged GETs through `ReadAheadReader`, pinned to the ETag seen at
 open; an object replaced under an open reader raises `Stale`. Write-back:
@@ -71,6 +73,7 @@ T = TypeVar("T")
 
 # S3 DeleteObjects takes at most 1,000 keys per request.
 _DELETE_BATCH = 1000
+LINK_SUFFIX = ".rclonelink"  # rclone's `--links` convention for symlinks on object stores
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,7 @@ class S3Driver:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(symlinks=False, modes=False, empty_dirs=False, atomic_rename=False)
+        return Capabilities(symlinks=True, modes=False, empty_dirs=False, atomic_rename=False)
 
     def __repr__(self) -> str:
         return f"S3Driver({self._source!r}, endpoint={self.settings.endpoint!r})"
@@ -297,6 +300,10 @@ class S3Driver:
     def _file_stat(self, rel: str, meta: ObjectMeta) -> EntryStat:
         return EntryStat("file", meta["size"], _mtime_ns(meta),
                          mode_for("file", self.options.file_mode),
+                         synthetic_ino(self._source, rel), meta["e_tag"])
+
+    def _link_stat(self, rel: str, meta: ObjectMeta) -> EntryStat:
+        return EntryStat("symlink", meta["size"], _mtime_ns(meta), mode_for("symlink", 0o777),
                          synthetic_ino(self._source, rel), meta["e_tag"])
 
     def _dir_stat(self, rel: str) -> EntryStat:
@@ -341,7 +348,10 @@ class S3Driver:
         meta = self._head(rel)
         if meta is not None:
             return self._file_stat(rel, meta)
-        return self._dir_stat(rel) if self._has_children(rel) else None
+        if self._has_children(rel):
+            return self._dir_stat(rel)
+        link = self._head(rel + LINK_SUFFIX)
+        return None if link is None else self._link_stat(rel, link)
 
     def list_dir(self, rel: str) -> list[tuple[str, EntryStat]]:
         check_rel(rel)
@@ -352,10 +362,16 @@ class S3Driver:
             name = prefix.rstrip("/").rpartition("/")[2]
             if name:
                 entries[name] = self._dir_stat(join_rel(rel, name))
+        links = []
         for meta in result["objects"]:
             name = meta["path"].rpartition("/")[2]
-            if name and name not in entries and meta["path"] != rel:
+            if name.endswith(LINK_SUFFIX) and len(name) > len(LINK_SUFFIX):
+                links.append((name[:-len(LINK_SUFFIX)], meta))
+            elif name and name not in entries and meta["path"] != rel:
                 entries[name] = self._file_stat(join_rel(rel, name), meta)
+        for name, meta in links:
+            if name not in entries:
+                entries[name] = self._link_stat(join_rel(rel, name), meta)
         if not entries and rel:
             if self._head(rel) is not None:
                 raise NotADirectory(f"{self._source}: {rel} is a file")
@@ -393,12 +409,21 @@ class S3Driver:
         return fetch
 
     def readlink(self, rel: str) -> str:
-        raise InvalidPath(f"{self._source}: {rel} is not a symlink (S3 has none)")
+        check_rel(rel)
+        key = rel + LINK_SUFFIX
+        try:
+            body = self._call(f"readlink {rel}",
+                              lambda: bytes(obstore.get(self._store, key).bytes()))
+        except NotFound:
+            raise InvalidPath(f"{self._source}: {rel} is not a symlink") from None
+        return body.decode("utf-8", "surrogateescape")
 
     def fingerprint(self, rel: str) -> str | None:
         """The object's ETag from a fresh HEAD; None if no object is there."""
         check_rel(rel)
         meta = self._head(rel) if rel else None
+        if meta is None and rel:
+            meta = self._head(rel + LINK_SUFFIX)
         return meta["e_tag"] if meta is not None else None
 
     # ---- write-back --------------------------------------------------------------------------
@@ -419,15 +444,18 @@ class S3Driver:
         check_rel(rel)  # prefixes exist by their keys: nothing to create
 
     def make_symlink(self, rel: str, target: str) -> None:
-        raise NotSupported(f"{self._source}: cannot store symlink {rel} (S3 has none)")
+        check_rel(rel)
+        body = target.encode("utf-8", "surrogateescape")
+        self._call(f"symlink {rel}", lambda: obstore.put(self._store, rel + LINK_SUFFIX, body))
 
     def set_attrs(self, rel: str, mode: int | None, mtime_ns: int | None) -> None:
         raise NotSupported(f"{self._source}: S3 keeps no mode or mtime for {rel}")
 
     def delete(self, rel: str) -> None:
+        """Delete the object (or the symlink) at `rel`; absent is fine."""
         check_rel(rel)
         if rel:
-            self._call(f"delete {rel}", lambda: obstore.delete(self._store, rel))
+            self._delete_keys([rel, rel + LINK_SUFFIX], f"delete {rel}")
 
     def _delete_keys(self, keys: Sequence[str], what: str) -> None:
         for i in range(0, len(keys), _DELETE_BATCH):

@@ -20,7 +20,6 @@ from astrid_fs.drivers.errors import (
     IsADirectory,
     NotADirectory,
     NotFound,
-    NotSupported,
     PermissionDenied,
     ReadOnly,
     Stale,
@@ -244,8 +243,14 @@ def test_delete_rename_and_delete_tree(s3: S3Target, tmp_path: Path) -> None:
     assert s3.keys() == []
     with pytest.raises(NotFound):
         drv.rename("nothing", "else")
-    with pytest.raises(NotSupported):
-        drv.make_symlink("l", "target")
+    # symlinks are stored as rclone --links stores them (issue 10 item 7)
+    drv.make_symlink("l", "target")
+    assert s3.keys() == ["l.rclonelink"] and s3.get("l.rclonelink") == b"target"
+    st = drv.stat("l")
+    assert st is not None and st.kind == "symlink" and drv.readlink("l") == "target"
+    assert [(n, e.kind) for n, e in drv.list_dir("")] == [("l", "symlink")]
+    drv.delete("l")
+    assert s3.keys() == []
 
 
 def test_delete_tree_past_one_bulk_request(s3: S3Target) -> None:

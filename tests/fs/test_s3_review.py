@@ -1,6 +1,7 @@
 """Issue 10 item 7: review of changes under an S3 source is as good as local:
 patches and stats against the base object, renames as renames, the bucket
-named in messages, the ETag under its own name, symlinks refused clearly."""
+named in messages, the ETag under its own name, symlinks stored as rclone
+stores them (`NAME.rclonelink`)."""
 # ruff: noqa: F811  (fixtures imported from s3_fixture are parameters here)
 
 from __future__ import annotations
@@ -68,15 +69,21 @@ def test_patch_stat_and_rename_against_the_base_object(mounted: MountedSession,
     assert s.cli("diff", s.name).stdout == ""
 
 
-def test_a_symlink_under_s3_is_refused_by_name(mounted: MountedSession, s3: S3Target) -> None:
+def test_a_symlink_under_s3_is_stored_as_rclone_does(mounted: MountedSession,
+                                                     s3: S3Target) -> None:
     s = mounted
-    link = s.mnt / "mnt" / "s3" / "data" / "link"
-    try:
-        link.symlink_to("edit.csv")
-    except OSError:
-        return  # refused when created: nothing can reach the commit
-    done = s.cli("commit", s.name, check=False)
-    assert done.returncode == 2 and "mnt/s3/data/link is a symlink" in done.stderr
-    assert s3.get("data/edit.csv") == b"a,b\n1,2\n"  # nothing was changed
-    s.cli("commit", s.name, "mnt/s3/data/edit.csv")
-    assert s3.get("data/edit.csv") == b"a,b\n1,2\n3,4\n"
+    data = s.mnt / "mnt" / "s3" / "data"
+    (data / "link").symlink_to("edit.csv")
+    assert "A  mnt/s3/data/link" in s.cli("diff", s.name).stdout.splitlines()
+    s.cli("commit", s.name, "mnt/s3/data/link")
+    assert s3.get("data/link.rclonelink") == b"edit.csv"  # rclone --links' format
+    assert "data/link" not in set(s3.keys())
+    assert s.cli("diff", s.name, "mnt/s3/data/edit.csv").stdout  # the rest is still there
+    table = s.root / "mounts.toml"
+    s.umount()
+    s.mount("--mounts", str(table))
+    assert os.readlink(data / "link") == "edit.csv"
+    assert "mnt/s3/data/link" not in s.cli("diff", s.name).stdout
+    os.unlink(data / "link")
+    s.cli("commit", s.name, "mnt/s3/data/link")
+    assert "data/link.rclonelink" not in set(s3.keys())
