@@ -7,6 +7,7 @@
     astrid plugin verify             check every pinned component against its blake3
     astrid plugin list               show the pins
     astrid audit verify              check the audit trail's signatures, chain and head
+    astrid log [PATTERN] / show SEQ  the recorded bus; replay PLUGIN re-runs it (log_cli.py)
     astrid run [--lower DIR]         an agent session over DIR, typed at (run_cli.py)
     astrid approvals                 asks waiting for a person, standing approvals
     astrid approve ID [--session|--always] / deny ID [REASON] / revoke GRANT
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from astrid_runtime import approval_cli, audit_cli, run_cli
+from astrid_runtime import approval_cli, audit_cli, log_cli, run_cli
 from astrid_runtime.config import default_socket, load_config
 from astrid_runtime.control import ControlClient
 from astrid_runtime.errors import KernelError, KernelUnreachable, VerifyError
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true")
     approval_cli.add_parsers(sub)
     audit_cli.add_parser(sub)
+    log_cli.add_parsers(sub)
     run_cli.add_parser(sub)
     return p
 
@@ -223,6 +225,7 @@ COMMANDS = {"publish": cmd_publish, "tail": cmd_tail, "status": cmd_status,
             "plugin": cmd_plugin,
             "run": run_cli.verb(_lockfile),
             "audit": audit_cli.verb(),
+            **log_cli.verbs(_socket, _lockfile),
             **approval_cli.verbs(_client)}
 
 

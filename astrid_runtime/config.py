@@ -19,6 +19,9 @@
     publish = ["notes.>"]             # where it may publish on this bus (default: nowhere)
     allow_wildcard_grants = true      # false: refuse any plugin granted a `*` or `>` pattern
 
+    [recording]                       # the recorded bus (astrid log/show/replay): enabled,
+    max_events = 100000               # url (default surrealkv://recording), max_events, flush_ms
+
     [ceilings]                        # the most any plugin may be granted (same keys as a
     call_timeout_ms = 5000            # manifest's [limits]; default: grants.DEFAULT_CEILINGS)
     max_crashes = 5
@@ -37,11 +40,16 @@ from astrid_runtime.bus.nats.wire import Peer
 from astrid_runtime.errors import ConfigError, KernelError
 from astrid_runtime.grants import DEFAULT_CEILINGS, DEFAULT_POLICY, GrantPolicy
 from astrid_runtime.manifest import parse_limits
+from astrid_runtime.recorder.settings import (
+    DEFAULT_RECORDING,
+    RecordingSettings,
+    parse_settings,
+)
 from astrid_runtime.tomlfile import TomlDoc
 
 _KEYS = {"home", "lockfile", "plugins", "socket", "kv", "compile_cache", "guest_threads",
          "epoch_tick_ms", "log_level", "log_format", "nats", "nats_subscribe",
-         "allow_wildcard_grants", "ceilings", "nats_token_file", "nats_peer"}
+         "allow_wildcard_grants", "ceilings", "nats_token_file", "nats_peer", "recording"}
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -72,6 +80,8 @@ class KernelConfig:
     nats_token_file: Path | None = None
     #: Kernels whose signed bridged messages are believed, and where they may publish.
     nats_peers: tuple[Peer, ...] = ()
+    #: The recorded bus (`[recording]`; recorder/settings.py).
+    recording: RecordingSettings = DEFAULT_RECORDING
 
     @property
     def cache_dir(self) -> Path | None:
@@ -153,7 +163,8 @@ def load_config(path: Path) -> KernelConfig:
                         log_format=fmt, nats=doc.get(t, "nats", str, None),
                         nats_subscribe=doc.string_list(t, "nats_subscribe") or (">",),
                         grant_policy=policy, nats_token_file=token_file,
-                        nats_peers=_peers(doc, t))
+                        nats_peers=_peers(doc, t),
+                        recording=parse_settings(doc, doc.get(t, "recording", dict, {}), home))
 
 
 __all__ = ["ConfigError", "KernelConfig", "default_home", "default_socket", "defaults",

@@ -31,6 +31,7 @@ from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import KernelError, first_kernel_error
 from astrid_runtime.identity import read_secret
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
+from astrid_runtime.recorder import recorder
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kv", help="KV URL: surrealkv://PATH, mem://, ws://HOST:PORT or none")
     p.add_argument("--log-format", choices=("json", "text"))
     p.add_argument("--nats", help="bridge the bus to this NATS server (nats://HOST:PORT)")
+    p.add_argument("--no-record", action="store_true",
+                   help="do not record the bus (astrid log / replay); see [recording]")
     return p
 
 
@@ -63,6 +66,8 @@ def resolve_config(args: argparse.Namespace) -> KernelConfig:
         changes["log_format"] = args.log_format
     if args.nats:
         changes["nats"] = args.nats
+    if args.no_record:
+        changes["recording"] = dataclasses.replace(config.recording, enabled=False)
     return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
 
 
@@ -87,6 +92,7 @@ async def run(config: KernelConfig) -> None:
                                                   lockfile=config.lockfile)
                 server = ControlServer(kernel, config.socket, approvals)
                 await kernel.start_service(server.serve)
+                await kernel.start_service(recorder.serve, kernel, config.recording, config.home)
                 log.event("info", "kernel.listening", socket=str(config.socket),
                           lockfile=str(config.lockfile), kv=config.kv_url or "none")
                 await kernel.boot(BootPlan(config.lockfile, config.plugins))

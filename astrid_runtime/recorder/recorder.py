@@ -237,3 +237,15 @@ async def recording(kernel: Kernel, settings: RecordingSettings, home: Path
                 nursery.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(store.close)
+
+
+async def serve(kernel: Kernel, settings: RecordingSettings, home: Path, *,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """`recording` as a kernel service (`kernel.start_service`): records until the
+    kernel stops; started once the store is open and the bus is recorded."""
+    async with recording(kernel, settings, home) as recorder:
+        if recorder is not None:
+            kernel.log.event("info", "recording.started", store=recorder.store.url,
+                             seq=recorder.durable_seq, max_events=settings.max_events)
+        task_status.started()
+        await trio.sleep_forever()

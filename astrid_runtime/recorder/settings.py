@@ -9,8 +9,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from astrid_runtime.tomlfile import TomlDoc
 
 
 @dataclass(frozen=True)
@@ -24,9 +28,25 @@ class RecordingSettings:
     max_pending: int = 100_000
 
 
+DEFAULT_RECORDING = RecordingSettings()
+
+
 def resolve_url(value: str, home: Path) -> str:
     """A `surrealkv://` path relative to `home`; other URLs unchanged."""
     if value.startswith("surrealkv://"):
         path = Path(value.removeprefix("surrealkv://")).expanduser()
         return f"surrealkv://{path if path.is_absolute() else home / path}"
     return value
+
+
+def parse_settings(doc: TomlDoc, table: dict[str, Any], home: Path) -> RecordingSettings:
+    """The `[recording]` table of `doc` (errors name the file and line)."""
+    doc.unknown_keys(table, {"enabled", "url", "max_events", "flush_ms"}, "recording")
+    positive: Callable[[int], str | None] = lambda v: None if v >= 1 else "must be at least 1"  # noqa: E731
+    url = doc.get(table, "url", str, None, table_name="recording")
+    return RecordingSettings(
+        enabled=doc.get(table, "enabled", bool, True, table_name="recording"),
+        url=resolve_url(url, home) if url else None,
+        max_events=doc.get(table, "max_events", int, 100_000, table_name="recording",
+                           check=positive),
+        flush_ms=doc.get(table, "flush_ms", int, 20, table_name="recording", check=positive))
