@@ -67,6 +67,8 @@ def describe(entry: LockEntry) -> list[str]:
              f"  kv         {'yes' if g.kv else 'no'}",
              f"  vfs        {', '.join(g.vfs) or '-'}",
              f"  cap        {', '.join(g.cap) or '-'}"]
+    if g.link:  # interfaces of other plugins it may call (links.py)
+        lines.append(f"  link       {', '.join(g.link)}")
     default = DEFAULT_LIMITS.to_toml()
     limits = [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
               for key, value in entry.limits.to_toml().items() if value != default[key]]

@@ -66,6 +66,15 @@ _func_call = ffi.dll["wasmtime_component_func_call"]
 _func_call.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
                        ctypes.c_void_p, ctypes.c_size_t]
 _func_call.restype = ctypes.c_void_p
+# Fuel and deadline are set before every call: through wasmtime-py's Store
+# methods that costs more than the call itself (FIELD-NOTES: an export call is
+# 12-20 us), so these take the cached context pointer directly.
+_set_fuel = ffi.dll["wasmtime_context_set_fuel"]
+_set_fuel.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+_set_fuel.restype = ctypes.c_void_p
+_set_deadline = ffi.dll["wasmtime_context_set_epoch_deadline"]
+_set_deadline.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+_set_deadline.restype = None
 
 
 def _error_from(address: int) -> WasmtimeError:
@@ -144,6 +153,9 @@ class LinkProvider:
         self._imports = imports
         if imports is not None:
             imports.define(self._linker)
+        self._fuel = ((limits.fuel_per_call or 2**63 - 1) if engine.settings.consume_fuel
+                      else 0)
+        self._ticks = math.ceil(limits.call_timeout_ms / engine.epoch_tick_ms) + 1
         self._lock = threading.Lock()
         self._live: _Live | None = None
         self._crash_times: deque[float] = deque()
@@ -156,25 +168,27 @@ class LinkProvider:
 
     # -- instance ------------------------------------------------------------
 
-    def _arm(self, store: Store) -> None:
-        if self._engine.settings.consume_fuel:
-            store.set_fuel(self._limits.fuel_per_call or 2**63 - 1)
-        store.set_epoch_deadline(
-            math.ceil(self._limits.call_timeout_ms / self._engine.epoch_tick_ms) + 1)
+    def _arm(self, context: int) -> None:
+        """Fuel and epoch deadline for the next entry into the Store at `context`."""
+        if self._fuel:
+            err = _set_fuel(context, self._fuel)
+            if err:
+                raise _error_from(err)
+        _set_deadline(context, self._ticks)
 
     def _start(self) -> _Live:
         store = Store(self._engine.engine)
         store.set_limits(memory_size=self._limits.memory_bytes)
         store.set_wasi(WasiConfig())  # grants no files, env or stdio
-        self._arm(store)
+        context = ctypes.cast(store._context(), ctypes.c_void_p).value or 0
+        self._arm(context)
         instance = self._linker.instantiate(store, self._component)
         init = lookup_export(store, instance, "init", INIT)
         if init is not None:
-            self._arm(store)
+            self._arm(context)
             result = init(store, self._config)
             if isinstance(result, Err):
                 raise LinkError(f"init refused: {result.value}")
-        context = ctypes.cast(store._context(), ctypes.c_void_p).value or 0
         return _Live(store, context, {}, instance)
 
     def _func(self, live: _Live, iface: str, fn: str) -> Any:
@@ -233,7 +247,7 @@ class LinkProvider:
             except LinkError as e:
                 self._crashed(str(e))
                 return f"provider {self.name}: {e}"
-            self._arm(live.store)
+            self._arm(live.context)
             err = _func_call(ctypes.addressof(func._func), live.context, args, nargs,
                              results, 1)
             if err:

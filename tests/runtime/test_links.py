@@ -9,6 +9,7 @@ by a real kernel. The importer publishes each answer of
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,46 @@ async def test_hot_swap_under_load_loses_no_call(
     assert (hostile.swaps, hostile.version, hostile.crashes) == (1, "0.2.0", 0)
     assert kernel.supervisors["mdcaller"].crashes == 0
     assert load_lockfile(tmp_path / "plugins.lock").get("hostile") is not None
+
+
+# -- the seed's example: a Python plugin calling the C renderer -------------------
+
+REPO = Path(__file__).resolve().parents[2]
+MDVIEW = REPO / "plugins" / "mdview"
+
+
+async def test_python_plugin_renders_markdown_through_the_c_provider(
+        kernel: Kernel) -> None:
+    """The shipped pins: plugins/mdview (componentize-py) imports what plugins/markdown
+    (zig) exports, booted from the repository's own plugins.lock."""
+    plugins = (REPO / "plugins" / "markdown", MDVIEW)
+    await kernel.boot(BootPlan(REPO / "plugins.lock", plugins))
+    mdview = kernel.supervisors["mdview"]
+    await mdview.wait_for(lambda s: s.state is not State.STARTING)
+    assert kernel.refused == {} and mdview.state is State.RUNNING
+    tap = Tap(kernel.bus, "agent.response")
+    kernel.publish("tools.markdown", json.dumps({"text": "# Hello\n\n**bold** [a](b)",
+                                                  "id": 7}).encode())
+    assert json.loads((await tap.receive()).payload) == {
+        "text": '<h1>Hello</h1>\n<p><strong>bold</strong> <a href="b">a</a></p>\n',
+        "plugin": "mdview", "in_reply_to": 7}
+
+
+async def test_python_caller_gets_an_error_value_when_its_provider_traps(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path],
+        expect_logs: ExpectedLogs) -> None:
+    expect_logs.allow("link.provider_crashed")
+    manifest = (f'imports = ["{RENDER}"]\n[capabilities]\nsubscribe = ["tools.markdown"]\n'
+                'publish = ["agent.response"]\n')
+    await boot(kernel, tmp_path, [provider(link_wasm),
+                                  PluginDir("mdview", MDVIEW / "mdview.wasm", manifest)])
+    tap = Tap(kernel.bus, "agent.response")
+    kernel.publish("tools.markdown", b"trap")
+    reply = json.loads((await tap.receive()).payload)
+    assert reply["error"] is True
+    assert reply["text"].startswith("markdown: link astrid:markdown/render.to-html: provider "
+                                    "hostile crashed (")
+    assert "unreachable" in reply["text"]
+    kernel.publish("tools.markdown", b"still here")
+    assert json.loads((await tap.receive()).payload)["text"] == "<p>still here</p>"
+    assert kernel.supervisors["mdview"].crashes == 0

@@ -89,7 +89,10 @@ async def test_every_shipped_plugin_boots_from_the_lock(kernel: Kernel) -> None:
     assert kernel.refused == {}
     states = {name: sup.state for name, sup in kernel.supervisors.items()}
     assert states == {"router": State.RUNNING, "notes": State.RUNNING,
-                      "wordcount": State.RUNNING, "filetool": State.RUNNING}
+                      "wordcount": State.RUNNING, "filetool": State.RUNNING,
+                      "mdview": State.RUNNING}
+    # markdown is a link provider (no bus instance): mdview calls it.
+    assert [p["name"] for p in kernel.status()["links"]] == ["markdown"]
 
 
 async def test_router_turns_user_input_into_agent_response(kernel: Kernel) -> None:
