@@ -21,6 +21,7 @@ from linkkit import (
     PluginDir,
     build_caller,
     build_hostile,
+    compose,
     provider_manifest,
     write_tree,
 )
@@ -253,3 +254,27 @@ async def test_python_caller_gets_an_error_value_when_its_provider_traps(
     kernel.publish("tools.markdown", b"still here")
     assert json.loads((await tap.receive()).payload)["text"] == "<p>still here</p>"
     assert kernel.supervisors["mdview"].crashes == 0
+
+
+# -- static composition: the same two components as one ---------------------------
+
+STATIC_MANIFEST = CALLER_MANIFEST.replace(f'imports = ["{RENDER}"]\n', "")
+
+
+async def test_static_composition_runs_as_one_plugin_and_shares_the_providers_fate(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path],
+        expect_logs: ExpectedLogs) -> None:
+    """`wasm-tools compose` builds one component that imports only the Host ABI: no link,
+    no shim, but a trap in the renderer is a crash of the whole plugin."""
+    expect_logs.allow("plugin.crashed")
+    composed = compose(link_wasm["caller"], link_wasm["hostile"])
+    plugins = [PluginDir("mdstatic", composed, STATIC_MANIFEST,
+                         Grants(subscribe=("in.*",), publish=("md.ok", "md.err")))]
+    await boot(kernel, tmp_path, plugins)
+    assert kernel.refused == {} and kernel.status()["links"] == []
+    assert await ask(kernel, b"one") == ("md.ok", b"<p>one</p>")
+    sup = kernel.supervisors["mdstatic"]
+    kernel.publish("in.md", b"trap")
+    await sup.wait_for(lambda s: s.crashes == 1 and s.state is State.RUNNING)
+    assert "unreachable" in (sup.last_error or "")
+    assert await ask(kernel, b"two") == ("md.ok", b"<p>two</p>")

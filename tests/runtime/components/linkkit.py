@@ -109,3 +109,15 @@ def write_tree(root: Path, plugins: list[PluginDir]) -> Path:
         lock = lock.with_entry(entry)
     lock.save()
     return lock.path
+
+
+def compose(root: Path, dependency: Path) -> Path:
+    """`wasm-tools compose ROOT -d DEPENDENCY`: the static alternative to a link (one
+    component, one Store, shared fate), cached like the rest."""
+    out = BUILD / f"composed-{_key(root, dependency)}.wasm"
+    if out.exists():
+        return out
+    tmp = BUILD / f".composed.{os.getpid()}.wasm"
+    subprocess.run([str(BIN / "wasm-tools"), "compose", str(root), "-d", str(dependency),
+                    "-o", str(tmp)], check=True, capture_output=True)
+    return _publish(tmp, out)
