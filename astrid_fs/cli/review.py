@@ -326,4 +326,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
         print(json.dumps({"undone_to": _snapshot_json(snap)}))
     _say(args, f"undid: session {session.name} is back at snapshot {snap.number} "
          f"({snap.reason}); undo again to redo")
+    if snap.reason.startswith("before commit --force"):
+        _say(args, "the project's overwritten versions are back in the session as changes: "
+             f"`astrid-fs commit {session.name}` restores them")
     return 0

@@ -18,6 +18,7 @@ Rules the plan follows (docs/design/journal.md):
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import time
@@ -26,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from astrid_fs.drivers.errors import DriverError
+from astrid_fs.durable import write_atomic
 from astrid_fs.errors import ConflictError, MountError, SessionError
 from astrid_fs.fuse import control
 from astrid_fs.overlay.layers import COMMIT_STAGING_PREFIX
@@ -416,8 +418,10 @@ def keep_overwritten(session: Session, conflicts: list[Change]) -> Path:
                          "conflict(s)")
     keep = snapshot_dir(session, snap) / "overwritten"
     lowers = open_lowers(session)
+    paths = sorted({c.lower_path or c.path for c in conflicts})
+    write_atomic(keep.parent / "overwritten.json", json.dumps(paths).encode())
     try:
-        for path in sorted({c.lower_path or c.path for c in conflicts}):
+        for path in paths:
             out = keep / path
             out.parent.mkdir(parents=True, exist_ok=True)
             if lowers is not None and lowers.is_remote(path):

@@ -314,9 +314,39 @@ def undo_target(session: Session) -> SnapshotInfo:
 
 def undo(session: Session) -> SnapshotInfo:
     """Roll back to the newest automatic snapshot (git's `reset HEAD@{1}`);
-    it takes its own, so a second undo redoes."""
+    it takes its own, so a second undo redoes. Undoing a forced commit also
+    puts the project's versions it overwrote back into the session, as
+    changes: `commit` then restores them in the project."""
     target = undo_target(session)
-    return rollback(session, str(target.number), why=f"before undo (to {target.number})")
+    snap = rollback(session, str(target.number), why=f"before undo (to {target.number})")
+    listed = snapshot_dir(session, target) / "overwritten.json"
+    if listed.exists():
+        with journal.locked(session):
+            restored = restore_overwritten(session, target, json.loads(listed.read_text()))
+        control.notify_changed(session, restored)
+    return snap
+
+
+def restore_overwritten(session: Session, snap: SnapshotInfo, paths: list[str]) -> list[str]:
+    """Place the project versions a forced commit overwrote (kept in `snap`)
+    in the upper, each replacing the session's entry there; a path the
+    project did not have is deleted in the session instead."""
+    kept = snapshot_dir(session, snap) / "overwritten"
+    session.tmp.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        live = session.upper / path
+        live.parent.mkdir(parents=True, exist_ok=True)
+        src = kept / path
+        if not os.path.lexists(src):
+            continue
+        tmp = session.tmp / f"undo-{os.getpid()}"
+        if os.path.lexists(tmp):
+            _remove(str(tmp))
+        copy_tree(str(src), str(tmp))
+        lst = os.lstat(live) if os.path.lexists(live) else None
+        _replace(str(tmp), str(live), lst)
+    journal.sync_fs(session.upper)
+    return paths
 
 
 def describe(snaps: list[SnapshotInfo]) -> str:

@@ -115,6 +115,13 @@ def test_commit_force_keeps_the_projects_overwritten_versions(
     kept = s.root / "snapshots" / f"{log[-1]['number']:04d}" / "overwritten"
     assert (kept / "f.txt").read_text() == "user\n"
     assert (kept / "r2.md").read_text() == "user r2\n"
+    # undo: the overwritten versions come back into the session; commit restores them
+    s.cli("undo", s.name)
+    assert (s.mnt / "f.txt").read_text() == "user\n"
+    assert (s.mnt / "r2.md").read_text() == "user r2\n"
+    s.cli("commit", s.name)
+    assert (project / "f.txt").read_text() == "user\n"
+    assert (project / "r2.md").read_text() == "user r2\n"
 
 
 def test_undo_with_nothing_to_undo_is_a_usage_error(tmp_path: Path,
