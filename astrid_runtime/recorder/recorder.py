@@ -19,6 +19,7 @@ what was gathered since the last flush (at most `flush_ms` of traffic).
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections import deque
@@ -32,14 +33,7 @@ import trio
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.bus import Message
 from astrid_runtime.recorder.settings import RecordingSettings
-from astrid_runtime.recorder.store import (
-    Call,
-    Chunk,
-    Event,
-    HostCall,
-    RecordingStore,
-    default_url,
-)
+from astrid_runtime.recorder.store import RecordingStore, Rows, default_url
 from astrid_runtime.recorder.values import encode
 
 if TYPE_CHECKING:
@@ -137,23 +131,25 @@ class Recorder:
 
     # -- the writer ---------------------------------------------------------
 
-    def _encode(self, events: list[_RawEvent], calls: list[_RawCall]) -> Chunk:
-        chunk = Chunk()
+    def _encode(self, events: list[_RawEvent], calls: list[_RawCall]) -> Rows:
+        """The flush thread: raw tuples to the store's compact rows (no objects: this is
+        the recorder's CPU cost per message)."""
+        b64 = base64.b64encode
+        rows = Rows()
         for message, t, receivers in events:
             who = message.who
-            chunk.events.append(Event(message.seq, t, message.topic, who.plugin, who.kernel,
-                                      message.payload, tuple(receivers)))
+            rows.events.append([message.seq, t, message.topic, who.plugin, who.kernel,
+                                b64(message.payload).decode(), receivers])
         for seq, plugin, version, outcome, detail, host in calls:
-            wrote = tuple(str(args[-1]) if args and isinstance(args[-1], str) else name
-                          for name, args, _ in host if name in WRITES)
+            wrote = [str(args[-1]) if args and isinstance(args[-1], str) else name
+                     for name, args, _ in host if name in WRITES]
             snapshot = None
             if wrote and self.on_wrote is not None:
                 snapshot = self.on_wrote(seq, plugin)
-            chunk.calls.append(Call(seq, plugin, version, outcome, detail,
-                                    tuple(HostCall(name, encode(args), encode(value))
-                                          for name, args, value in host),
-                                    wrote, snapshot))
-        return chunk
+            rows.calls.append([seq, plugin, version, outcome, detail,
+                               [[name, encode(args), encode(value)]
+                                for name, args, value in host], wrote, snapshot])
+        return rows
 
     def _write(self, events: list[_RawEvent], calls: list[_RawCall]) -> None:
         self.store.write(self._encode(events, calls))

@@ -15,11 +15,18 @@ from typing import Any
 
 from astrid_runtime.abi.canon import Case, Err, Ok
 
+_PLAIN = (str, int, bool, float, type(None))
+
 
 def encode(value: Any) -> Any:
     """JSON-able data for an ABI value; `decode(encode(v)) == v`."""
-    if value is None or isinstance(value, bool | int | float | str):
+    kind = type(value)
+    if kind in _PLAIN:
         return value
+    if kind is list:
+        return [v if type(v) in _PLAIN else encode(v) for v in value]
+    if kind is bytes:
+        return {"b": base64.b64encode(value).decode()}
     if isinstance(value, bytes | bytearray | memoryview):
         return {"b": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, Ok):

@@ -44,6 +44,8 @@ from astrid_runtime.engine import EngineSettings, KernelEngine  # noqa: E402
 from astrid_runtime.grants import Grants, Limits  # noqa: E402
 from astrid_runtime.kernel import open_kernel  # noqa: E402
 from astrid_runtime.logs import KernelLog  # noqa: E402
+from astrid_runtime.recorder import recorder  # noqa: E402
+from astrid_runtime.recorder.settings import RecordingSettings  # noqa: E402
 from astrid_runtime.sandbox import PluginInstance  # noqa: E402
 from astrid_runtime.supervisor import PluginSpec, State  # noqa: E402
 
@@ -154,9 +156,12 @@ def bench_bytes(engine: KernelEngine, comps: dict[str, Component], quick: bool) 
     return rows
 
 
-async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bool) -> list[str]:
+async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bool,
+                    record: Path | None = None) -> list[str]:
     limits = Limits(mailbox=10_000, publish_per_sec=10**9)
     async with open_kernel(engine, MemoryKv()) as kernel:
+        if record is not None:  # the recorded bus (issue 15), its store under `record`
+            await kernel.start_service(recorder.serve, kernel, RecordingSettings(), record)
         for name, sub in (("a", "lat"), ("b", "lat.r")):
             sup = kernel.start(PluginSpec(name, "0", comps["relay"], sub,
                                           Grants(publish=("lat.>",), subscribe=(sub,)), limits))
@@ -179,6 +184,7 @@ async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bo
         # overflows (a refused publish inside the chain would lose a message).
         total, window = (5000 if quick else 50000), 128
         t = time.perf_counter()
+        cpu = time.process_time()
         sent = got = 0
         while got < total:
             if sent < total and sent - got < window:
@@ -188,6 +194,7 @@ async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bo
             await end.receive()
             got += 1
         rate = total / (time.perf_counter() - t)
+        cpu_per_msg = (time.process_time() - cpu) / total
 
     def pct(xs: list[float], q: float) -> float:
         return sorted(xs)[int(q * (len(xs) - 1))]
@@ -198,7 +205,20 @@ async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bo
         f"| plugin A publish → plugin B `on-message` → B's publish seen | "
         f"{us(pct(a_to_b, .5))} | {us(pct(a_to_b, .99))} |",
         f"| throughput client → A → B → tap (64 B payloads) | {rate:,.0f} msg/s | |",
+        f"| kernel CPU per message of that run (3 deliveries) | {us(cpu_per_msg)} | |",
     ]
+
+
+def bench_recording(quick: bool) -> None:
+    """Bus latency and throughput with the recorder off, on, off, on (same engine)."""
+    engine = KernelEngine(EngineSettings())
+    comps = {"relay": engine.compile(testcomponents.build_wat("relay").read_bytes()).component}
+    print("| recording | stage | p50 | p99 |\n|---|---|---|---|")
+    for run in range(4):
+        with tempfile.TemporaryDirectory() as home:
+            rows = trio.run(bench_bus, engine, comps, quick, Path(home) if run % 2 else None)
+        label = "on" if run % 2 else "off"
+        print("\n".join(f"| {label} {row[1:]}" for row in rows))
 
 
 def bench_cold_start(comps_paths: dict[str, Path]) -> list[str]:
@@ -319,8 +339,13 @@ def main() -> None:
                         help="only the interceptor checks (seconds, not minutes)")
     parser.add_argument("--links", action="store_true",
                         help="only the cross-component call (seconds)")
+    parser.add_argument("--recording", action="store_true",
+                        help="only the bus, with recording off and on (issue 15)")
     args = parser.parse_args()
     logs.configure("error")
+    if args.recording:
+        bench_recording(args.quick)
+        return
     if args.links:
 
         async def links_only() -> list[str]:
