@@ -80,6 +80,10 @@ class Kernel:
         self.stop_hooks: list[Callable[[], None]] = []
         #: Extra sections of `status()` (approvals, budgets), computed when asked.
         self.status_sections: dict[str, Callable[[], Any]] = {}
+        #: Boot progress for `status()`: plugins still to verify and compile, and the one
+        #: being compiled now (a cold boot of Python plugins takes seconds each).
+        self._boot_queue: list[str] = []
+        self._boot_current: str | None = None
         #: Plugins calling plugins: providers, and each importer's shims.
         self.links = LinkRegistry(engine, self.log)
         self.context_hooks.append(self.links.attach)
@@ -117,8 +121,10 @@ class Kernel:
         t0 = time.perf_counter()
         hits = 0
         ready: list[Ready] = []
+        self._boot_queue = [s.name for s in sources]  # a plugin dir is named for its plugin
         for source in sources:
             label = source.name if isinstance(source, LockEntry) else str(source)
+            self._boot_current = source.name
             try:
                 manifest, entry, wasm = await trio.to_thread.run_sync(
                     self._prepare, lock, source)
@@ -130,7 +136,8 @@ class Kernel:
                 if compiled.cache_note:
                     self.log.event("warning", "plugin.cache_rejected", plugin=entry.name,
                                    reason=compiled.cache_note)
-                if "check" in compiled.component.type.exports(self.engine.engine):
+                exports = compiled.component.type.exports(self.engine.engine)
+                if "check" in exports and "on-message" not in exports:
                     # An astrid:kernel/interceptor: the approval pipeline runs it
                     # when the policy names it (approval/interceptors.py).
                     self.log.event("info", "plugin.interceptor", plugin=entry.name)
@@ -150,6 +157,7 @@ class Kernel:
                 self.log.event("warning", "plugin.asks_more_than_granted", plugin=entry.name,
                                extra=extra)
             ready.append((manifest, entry, compiled.component))
+        self._boot_queue, self._boot_current = [], None
         # Links are resolved over every verified plugin, providers before importers.
         for manifest, entry, component in self.links.wire(ready, self.refuse):
             self.start(PluginSpec(entry.name, entry.version, component,
@@ -243,6 +251,12 @@ class Kernel:
         plugins = [s.status() for s in self.supervisors.values()]
         plugins += [{"name": r.name, "state": "refused", "last_error": r.reason}
                     for r in self.refused.values()]
+        seen = {p["name"] for p in plugins}
+        queue, now = self._boot_queue, self._boot_current
+        at = queue.index(now) if now in queue else len(queue)
+        plugins += [{"name": name, "state": "compiling" if i == at else
+                     "compiled" if i < at else "queued"}
+                    for i, name in enumerate(queue) if name not in seen]
         return {
             "uptime_s": round(time.time() - self.started_at, 1),
             "boot": self.boot_stats,
