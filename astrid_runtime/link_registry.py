@@ -10,7 +10,8 @@ filtered by the importer's `link` grant. The plugins that are also bus
 plugins (they export `on-message`) go back to the kernel to be supervised;
 `attach` (a context hook) hands each its shims when its linker is built.
 
-Blocking: none (types are read, nothing is instantiated until a call).
+Blocking: `wire` and `swap` read types only (nothing is instantiated until a
+call); `swap_pinned` reads, hashes and compiles.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from astrid_runtime.abi.links import (
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import KernelError
 from astrid_runtime.links import LinkError, LinkNode, resolve
-from astrid_runtime.lockfile import LockEntry
+from astrid_runtime.lockfile import LockEntry, Lockfile, read_verified
 from astrid_runtime.logs import KernelLog
-from astrid_runtime.manifest import Manifest
+from astrid_runtime.manifest import Manifest, load_manifest
 
 #: What boot hands over for each plugin that passed verification.
 Ready = tuple[Manifest, LockEntry, Component]
@@ -129,9 +130,26 @@ class LinkRegistry:
             problem = check_link_types(str(ref), self._types[ref.name], exports[str(ref)])
             if problem is not None:
                 raise LinkError(f"plugin {manifest.name}: cannot swap: {problem}")
-        provider.swap(component, entry.version, {r.name: str(r) for r in manifest.exports})
+        provider.swap(component, entry.version, {r.name: str(r) for r in manifest.exports},
+                      entry.limits, manifest.config)
         self._log.event("info", "link.provider_swapped", plugin=manifest.name,
                         version=entry.version)
+
+    def swap_pinned(self, lock: Lockfile, name: str) -> None:
+        """Hot-swap provider `name` to what `lock` now pins for it: the manifest at the
+        pin's source, the component verified against the pin, compiled, then `swap`.
+
+        Blocking (reads, hashes, compiles): call it from a worker thread.
+        """
+        entry = lock.get(name)
+        if entry is None:
+            raise LinkError(f"plugin {name} is not pinned in {lock.path.name}")
+        manifest = load_manifest(entry.source)
+        if manifest.version != entry.version:
+            raise LinkError(f"plugin {name}: version {manifest.version} but "
+                            f"{lock.path.name} pins {entry.version}; reinstall it")
+        wasm = read_verified(entry, manifest.component)
+        self.swap(manifest, entry, self._engine.compile(wasm, entry.blake3).component)
 
     def attach(self, ctx: PluginContext) -> None:
         """Context hook: the plugin's shims, for its linker (none: it imports nothing)."""

@@ -256,13 +256,20 @@ class LinkProvider:
                 return f"provider {self.name} crashed ({reason}); it is restarted"
             return None
 
-    def swap(self, component: Component, version: str, exports: dict[str, str]) -> None:
-        """Serve the next calls from `component` (a newly pinned version); the call in
-        flight finishes on the old instance. Clears a disabled state."""
+    def swap(self, component: Component, version: str, exports: dict[str, str],
+             limits: Limits, config: str) -> None:
+        """Serve the next calls from `component` (a newly pinned version, its pinned limits
+        and config); the call in flight finishes on the old instance. Clears a disabled
+        state."""
         with self._lock:
             self._component = component
             self.version = version
             self.exports = exports
+            self._limits = limits
+            self._config = config
+            self._fuel = ((limits.fuel_per_call or 2**63 - 1)
+                          if self._engine.settings.consume_fuel else 0)
+            self._ticks = math.ceil(limits.call_timeout_ms / self._engine.epoch_tick_ms) + 1
             self._live = None
             self._crash_times.clear()
             self.disabled = None

@@ -10,6 +10,7 @@ by a real kernel. The importer publishes each answer of
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from testkit import ExpectedLogs
 
 from astrid_runtime.abi.links import LinkProvider
 from astrid_runtime.bus import Tap
+from astrid_runtime.errors import KernelError
 from astrid_runtime.grants import Grants, Limits
 from astrid_runtime.kernel import BootPlan, Kernel
 from astrid_runtime.lockfile import entry_for, load_lockfile
@@ -187,20 +189,20 @@ async def test_hot_swap_under_load_loses_no_call(
     """The hostile provider answers `<p>x</p>`, markdown `<p>x</p>\\n`: each answer says
     which version served it, and every message gets exactly one answer."""
     await boot(kernel, tmp_path, [provider(link_wasm), caller(link_wasm)])
-    markdown_dir = tmp_path / "markdown"
-    markdown_dir.mkdir()
-    (markdown_dir / "plugin.toml").write_text(
+    # The operator pins a new version of `hostile` (the markdown component) ...
+    (tmp_path / "hostile" / "plugin.toml").write_text(
         f'name = "hostile"\nversion = "0.2.0"\ncomponent = "{link_wasm["markdown"]}"\n'
         + provider_manifest())
-    manifest = load_manifest(markdown_dir)
-    wasm = link_wasm["markdown"].read_bytes()
-    entry = entry_for(manifest, wasm)
-    component = kernel.load_component(wasm)
+    manifest = load_manifest(tmp_path / "hostile")
+    lock = load_lockfile(tmp_path / "plugins.lock")
+    lock = lock.with_entry(entry_for(manifest, link_wasm["markdown"].read_bytes()))
+    lock.save()
     tap = Tap(kernel.bus, "md.*")
     count = 150
     for i in range(count):
         kernel.publish("in.md", f"m{i}".encode())
-    await trio.to_thread.run_sync(kernel.links.swap, manifest, entry, component)
+    # ... and swaps it in while the importer works through its mailbox.
+    await trio.to_thread.run_sync(kernel.links.swap_pinned, lock, "hostile")
     kernel.publish("in.md", b"last")
     answers = [await tap.receive() for _ in range(count + 1)]
     assert all(m.topic == "md.ok" for m in answers)
@@ -210,7 +212,27 @@ async def test_hot_swap_under_load_loses_no_call(
     hostile = the_provider(kernel)
     assert (hostile.swaps, hostile.version, hostile.crashes) == (1, "0.2.0", 0)
     assert kernel.supervisors["mdcaller"].crashes == 0
-    assert load_lockfile(tmp_path / "plugins.lock").get("hostile") is not None
+
+
+async def test_a_swap_to_an_unverified_or_incompatible_pin_keeps_the_old_provider(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path]) -> None:
+    await boot(kernel, tmp_path, [provider(link_wasm), caller(link_wasm)])
+    lock = load_lockfile(tmp_path / "plugins.lock")
+    entry = lock.get("hostile")
+    assert entry is not None
+    tampered = lock.with_entry(replace(entry, blake3="0" * 64))
+    with pytest.raises(KernelError, match=r"does not match plugins\.lock"):
+        await trio.to_thread.run_sync(kernel.links.swap_pinned, tampered, "hostile")
+    # A component of another world (the caller) does not export the interface.
+    (tmp_path / "hostile" / "plugin.toml").write_text(
+        f'name = "hostile"\nversion = "0.1.0"\ncomponent = "{link_wasm["caller"]}"\n'
+        + provider_manifest())
+    other = lock.with_entry(entry_for(load_manifest(tmp_path / "hostile"),
+                                      link_wasm["caller"].read_bytes()))
+    with pytest.raises(KernelError, match="does not export it"):
+        await trio.to_thread.run_sync(kernel.links.swap_pinned, other, "hostile")
+    assert await ask(kernel, b"still") == ("md.ok", b"<p>still</p>")
+    assert the_provider(kernel).swaps == 0
 
 
 # -- the seed's example: a Python plugin calling the C renderer -------------------
