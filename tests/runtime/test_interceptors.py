@@ -215,3 +215,17 @@ async def test_a_loop_without_fuel_is_stopped_by_the_deadline(bad_wasm: Path) ->
         assert decision == "deny" and "deadline exceeded" in reason
         # ... while the kernel's own loop kept running: its ticker got us here.
         assert kernel.status()["plugins"] == []
+
+
+def test_interceptor_tables_are_checked(tmp_path: Path) -> None:
+    from astrid_runtime.approval.policy import PolicyError
+
+    path = tmp_path / "policy.toml"
+    path.write_text('[[interceptor]]\nname = "a"\n\n[[interceptor]]\nname = "b"\nconfig = "x"\n')
+    assert load_policy(path).interceptors == (InterceptorRule("a"), InterceptorRule("b", "x"))
+    path.write_text('[[interceptor]]\nconfig = "x"\n')
+    with pytest.raises(PolicyError, match="interceptor 1: missing required key 'name'"):
+        load_policy(path)
+    path.write_text('[[interceptor]]\nname = "a"\norder = 1\n')
+    with pytest.raises(PolicyError, match=":3: unknown key 'order'"):
+        load_policy(path)
