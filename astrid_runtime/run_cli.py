@@ -191,6 +191,8 @@ class Console:
             body = json.loads(message.payload)
         except ValueError:
             return
+        if body.get("replay"):  # re-announced for a frontend; shown once already
+            return
         if self.as_json:
             event = "requested" if message.topic == REQUESTED else "answered"
             print(json.dumps({"publisher": message.publisher, "approval": event,

@@ -36,6 +36,9 @@ ANSWERED = "approval.answered"
 #: Frontend plugins answer by publishing `{"id", "answer", "reason"}` here
 #: (which needs a publish grant on it, pinned in plugins.lock).
 ANSWER = "approval.answer"
+#: A frontend that starts late publishes here (any payload) to have every waiting
+#: ask announced again on `approval.requested`, marked `"replay": true`.
+PENDING = "approval.pending"
 KERNEL = "kernel"
 
 
@@ -110,5 +113,5 @@ def parse_bus_answer(payload: bytes) -> tuple[str, str, str]:
     return body["id"], answer, reason
 
 
-__all__ = ["ANSWER", "ANSWERED", "KERNEL", "REQUESTED", "PersonApprover", "audit_listener",
-           "bus_listener", "parse_bus_answer"]
+__all__ = ["ANSWER", "ANSWERED", "KERNEL", "PENDING", "REQUESTED", "PersonApprover",
+           "audit_listener", "bus_listener", "parse_bus_answer"]

@@ -10,12 +10,14 @@ waiting ones when the kernel stops and adds `approvals` / `budgets` to
 - `astrid run`'s terminal (run_cli.py), `by` = `terminal`;
 - the bus: a plugin granted `publish` on `approval.answer` sends
   `{"id", "answer", "reason"}` (`serve_bus`), `by` = `plugin:NAME`. A
-  plugin can never answer its own ask.
+  plugin can never answer its own ask. One that starts late publishes on
+  `approval.pending` to have the waiting asks announced again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +33,9 @@ from astrid_runtime.approval.budget import Budgets
 from astrid_runtime.approval.interceptors import Unavailable, WasmInterceptor, load_interceptors
 from astrid_runtime.approval.person import (
     ANSWER,
+    KERNEL,
+    PENDING,
+    REQUESTED,
     PersonApprover,
     audit_listener,
     bus_listener,
@@ -41,7 +46,7 @@ from astrid_runtime.approval.policy import Policy
 from astrid_runtime.approval.standing import StandingGrant, StandingGrants
 from astrid_runtime.approval.token import TokenIssuer, load_or_create_key
 from astrid_runtime.bus import Tap
-from astrid_runtime.errors import Refusal
+from astrid_runtime.errors import BusError, Refusal
 from astrid_runtime.kernel import Kernel
 
 
@@ -146,15 +151,33 @@ class Approvals:
 
     async def serve_bus(self, kernel: Kernel, *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Take answers published on `approval.answer` by granted plugins, until cancelled."""
+        """Take answers published on `approval.answer` by granted plugins, and replay the
+        waiting asks to a frontend that publishes on `approval.pending` (one that started
+        after they were announced), until cancelled."""
         tap = Tap(kernel.bus, ANSWER)
+        tap.endpoint.subscribe(PENDING)
         task_status.started()
         try:
             while True:
                 message = await tap.receive()
-                self._bus_answer(kernel, message.publisher, message.payload)
+                if message.topic == PENDING:
+                    self._replay(kernel, message.publisher)
+                else:
+                    self._bus_answer(kernel, message.publisher, message.payload)
         finally:
             tap.close()
+
+    def _replay(self, kernel: Kernel, publisher: str) -> None:
+        """Announce every waiting ask again, marked `"replay": true` (plugins only)."""
+        if publisher not in kernel.supervisors:
+            return
+        for ask in self.queue.pending():
+            body = {**ask.to_json(), "replay": True}
+            try:
+                kernel.bus.publish(None, REQUESTED, json.dumps(body).encode(), origin=KERNEL)
+            except BusError as e:
+                kernel.log.event("warning", "approval.event_lost", topic=REQUESTED,
+                                 reason=e.message)
 
     def _bus_answer(self, kernel: Kernel, publisher: str, payload: bytes) -> None:
         ask_id = ""

@@ -385,3 +385,26 @@ def test_revoke_and_list_always_approvals_with_no_kernel(tmp_path: Path) -> None
     assert listed.returncode == 0 and grant.id in listed.stdout, listed.stderr
     assert env_run("revoke", grant.id).returncode == 0
     assert StandingGrants(home, load_or_create_key(home)).listing() == []
+
+
+async def test_a_frontend_arriving_late_has_the_waiting_asks_replayed(
+        kernel: Kernel, components: dict[str, Component], tmp_path: Path) -> None:
+    desk = await _desk(kernel, tmp_path)
+    await running(kernel, spec(components, "pyecho", "asker", config="subscribe=echo.ask",
+                               grants=ASKER))
+    asks, results = Tap(kernel.bus, "approval.requested"), Tap(kernel.bus, "echo.ask.*")
+    _ask(kernel, "session")
+    first = json.loads((await _next(asks))[1])
+    # The frontend starts after the ask was announced: it missed the event, and
+    # asks for the waiting ones (its publish on approval.pending, as pyecho's own
+    # bus.publish would send it; the kernel knows the publisher).
+    late = Grants(publish=("approval.answer", "approval.pending"),
+                  subscribe=("approval.requested",))
+    await running(kernel, spec(components, "pyecho", "frontend",
+                               config="subscribe=approval.requested", grants=late))
+    kernel.supervisors["frontend"].endpoint.publish("approval.pending", b"")
+    replayed = json.loads((await _next(asks))[1])
+    assert (replayed["id"], replayed["replay"]) == (first["id"], True)
+    # ... and answers it from the replay (its hint says "session").
+    assert await _next(results) == ("echo.ask.ok", URL.encode())
+    assert desk.events("cap.answer")[0]["by"] == "plugin:frontend"
