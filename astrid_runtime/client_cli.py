@@ -72,10 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     inst.add_argument("path", type=Path)
     inst.add_argument("--allow-wildcards", action="store_true",
                       help="grant publish/subscribe patterns with '*' or '>' without asking")
-    new = psub.add_parser("new", help="scaffold a Python plugin in DIR/NAME",
-                          epilog="example: astrid plugin new greeter plugins")
+    new = psub.add_parser("new", help="scaffold a plugin (Python or C) in DIR/NAME",
+                          epilog="example: astrid plugin new --lang c greeter plugins")
     new.add_argument("name")
     new.add_argument("dir", nargs="?", type=Path, default=Path("."))
+    new.add_argument("--lang", default="python", metavar="python|c",
+                     help="the plugin's language (default: python)")
     psub.add_parser("verify", help="check every pinned component's blake3")
     lst = psub.add_parser("list", help="list pinned plugins")
     lst.add_argument("--json", action="store_true")
@@ -189,9 +191,10 @@ def _install(args: argparse.Namespace, lock_path: Path) -> int:
 
 def cmd_plugin(args: argparse.Namespace) -> int:
     if args.plugin_command == "new":
-        made = scaffold_plugin(args.name, args.dir)
-        print(f"created {made} (build it with scripts/build-plugins.sh, then "
-              f"astrid plugin install {made})")
+        made = scaffold_plugin(args.name, args.dir, args.lang)
+        # The builder ships with astrid: this hint works outside the repository.
+        print(f"created {made} (build it with `python -m astrid_runtime.scaffold.build "
+              f"{made}`, then `astrid plugin install {made}`)")
         return 0
     lock_path = _lockfile(args)
     if args.plugin_command == "install":

@@ -49,6 +49,8 @@ from astrid_runtime.manifest import load_manifest
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 WIT_DIR = PACKAGE_DIR / "wit"
 SDK_DIR = PACKAGE_DIR / "sdk"
+#: The C SDK: plugin-world glue a C plugin gets by including "astrid.h".
+C_SDK_DIR = SDK_DIR / "c"
 WORLD = "plugin"
 #: Interceptors (C components exporting `check`) build against their own world.
 INTERCEPTOR_WIT_DIR = WIT_DIR / "interceptor"
@@ -114,6 +116,13 @@ def is_interceptor(plugin_dir: Path) -> bool:
                for path in plugin_dir.glob("*.c"))
 
 
+def uses_c_sdk(plugin_dir: Path) -> bool:
+    """A C plugin that includes the shipped SDK header (and has no astrid.h of its own)."""
+    return not (plugin_dir / "astrid.h").exists() and any(
+        '#include "astrid.h"' in path.read_text(errors="replace")
+        for path in plugin_dir.glob("*.c"))
+
+
 def _source_files(plugin_dir: Path, language: Language) -> Iterator[tuple[str, Path]]:
     """(name in the build, path) of every source input, sorted."""
     suffixes = {".py", ".wit"} if language is Language.PYTHON else {".c", ".h", ".wit"}
@@ -126,6 +135,9 @@ def _source_files(plugin_dir: Path, language: Language) -> Iterator[tuple[str, P
     if language is Language.PYTHON:
         for path in sorted((SDK_DIR / "astrid_sdk").glob("*.py")):
             yield f"sdk/astrid_sdk/{path.name}", path
+    if language is Language.C and uses_c_sdk(plugin_dir):
+        for path in sorted(C_SDK_DIR.glob("astrid.[ch]")):
+            yield f"sdk/c/{path.name}", path
     if language is Language.C and is_interceptor(plugin_dir):
         for path in sorted(INTERCEPTOR_WIT_DIR.glob("*.wit")):
             yield f"wit/interceptor/{path.name}", path
@@ -205,9 +217,12 @@ def _build_c(plugin_dir: Path, work: Path, out: Path, name: str) -> None:
     core = work / "core.wasm"
     embedded = work / "embedded.wasm"
     sources = sorted(plugin_dir.glob("*.c"))
+    sdk: list[str | Path] = []
+    if uses_c_sdk(plugin_dir):  # the glue is shipped once, not copied into plugins
+        sdk = ["-I", C_SDK_DIR, C_SDK_DIR / "astrid.c"]
     _run([sys.executable, "-m", "ziglang", "cc", "-target", "wasm32-freestanding", "-O2",
           "-nostdlib", "-fno-builtin", "-Wl,--no-entry",
-          "-Wl,--strip-all", "-I", plugin_dir, "-o", core, *sources],
+          "-Wl,--strip-all", "-I", plugin_dir, *sdk, "-o", core, *sources],
          cwd=work, what=f"zig cc ({name})")
     wasm_tools = _tool("wasm-tools")
     wit = own_wit(plugin_dir)

@@ -1,7 +1,12 @@
-"""`astrid plugin new NAME`: a Python plugin directory that builds and runs as it is.
+"""`astrid plugin new NAME [--lang python|c]`: a plugin directory that builds and runs
+as it is.
 
-The templates live in `templates/`; `{{name}}` is the only placeholder. The
-new directory holds `plugin.toml`, `app.py` and a `.gitignore` for `build/`.
+The templates live in `templates/` (Python) and `templates/c/` (C);
+`{{name}}` is the only placeholder. A Python plugin gets `plugin.toml`,
+`app.py` and a `.gitignore` for `build/`; a C plugin gets `plugin.toml`,
+`NAME.c` and the `.gitignore`, and includes the kernel's C SDK
+(`astrid_runtime/sdk/c/astrid.h`), which the builder adds: the ABI glue is
+shipped once, never copied into the plugin.
 """
 
 from __future__ import annotations
@@ -14,6 +19,12 @@ from astrid_runtime.manifest import NAME_RE
 
 #: template file -> name in the new plugin directory
 TEMPLATES = {"plugin.toml": "plugin.toml", "app.py": "app.py", "gitignore": ".gitignore"}
+#: per language: template file -> name ({{name}} replaced) in the new plugin directory
+LANGUAGES = {
+    "python": TEMPLATES,
+    "c": {"c/plugin.toml": "plugin.toml", "c/plugin.c": "{{name}}.c",
+          "gitignore": ".gitignore"},
+}
 
 
 class ScaffoldError(KernelError):
@@ -22,16 +33,21 @@ class ScaffoldError(KernelError):
 
 def render(template: str, name: str) -> str:
     """The text of `template` (a file in `templates/`) for a plugin called `name`."""
-    text = files("astrid_runtime.scaffold").joinpath("templates", template).read_text("utf-8")
+    text = files("astrid_runtime.scaffold").joinpath("templates", *template.split("/")
+                                                     ).read_text("utf-8")
     return text.replace("{{name}}", name)
 
 
-def scaffold_plugin(name: str, dest: Path) -> Path:
-    """Create `dest/NAME/` with a working Python plugin; returns that directory.
+def scaffold_plugin(name: str, dest: Path, lang: str = "python") -> Path:
+    """Create `dest/NAME/` with a working plugin in `lang`; returns that directory.
 
     Raises `ScaffoldError` (one line) for a name the manifest would refuse,
-    or when `dest/NAME` already exists. `dest` is created if missing.
+    an unknown language, or when `dest/NAME` already exists. `dest` is
+    created if missing.
     """
+    if lang not in LANGUAGES:
+        raise ScaffoldError(f"no plugin template for {lang!r}; use one of "
+                            + ", ".join(sorted(LANGUAGES)))
     if not NAME_RE.match(name):
         raise ScaffoldError(f"plugin name {name!r}: use lowercase letters, digits and '-', "
                             "starting with a letter (at most 63 characters)")
@@ -44,6 +60,7 @@ def scaffold_plugin(name: str, dest: Path) -> Path:
                             ) from None
     except OSError as e:
         raise ScaffoldError(f"cannot create {plugin_dir}: {e.strerror}") from None
-    for template, target in TEMPLATES.items():
-        (plugin_dir / target).write_text(render(template, name), encoding="utf-8")
+    for template, target in LANGUAGES[lang].items():
+        (plugin_dir / target.replace("{{name}}", name)).write_text(render(template, name),
+                                                                 encoding="utf-8")
     return plugin_dir

@@ -1,0 +1,60 @@
+"""`astrid plugin new --lang c`: a C plugin that includes the shipped C SDK
+(astrid_runtime/sdk/c), builds with zig, installs and answers in a kernel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from testkit import MemoryKv
+
+from astrid_runtime.bus import Tap
+from astrid_runtime.engine import KernelEngine
+from astrid_runtime.kernel import BootPlan, open_kernel
+from astrid_runtime.lockfile import entry_for, load_lockfile
+from astrid_runtime.manifest import load_manifest
+from astrid_runtime.scaffold import ScaffoldError, scaffold_plugin
+from astrid_runtime.scaffold.build import build_inputs, build_plugin
+from astrid_runtime.supervisor import State
+
+
+async def test_c_plugin_from_the_template_builds_installs_and_answers(
+        tmp_path: Path, engine: KernelEngine) -> None:
+    plugin_dir = scaffold_plugin("c-bot", tmp_path / "plugins", "c")
+    assert sorted(p.name for p in plugin_dir.iterdir()) == [".gitignore", "c-bot.c",
+                                                           "plugin.toml"]
+    # The glue is the SDK's, not a copy: it is an input of the build.
+    assert "file sdk/c/astrid.c " in build_inputs(plugin_dir)
+    built = build_plugin(plugin_dir)
+    lock = tmp_path / "plugins.lock"
+    load_lockfile(lock).with_entry(
+        entry_for(load_manifest(plugin_dir), built.component.read_bytes())).save()
+    async with open_kernel(engine, MemoryKv()) as kernel:
+        await kernel.boot(BootPlan(lock, (plugin_dir,)))
+        sup = kernel.supervisors["c-bot"]
+        await sup.wait_for(lambda s: s.state in (State.RUNNING, State.DISABLED))
+        assert sup.state is State.RUNNING, sup.last_error
+        tap = Tap(kernel.bus, "agent.response")
+        kernel.publish("c-bot.ping", b"")
+        assert json.loads((await tap.receive()).payload) == {"text": "pong", "plugin": "c-bot"}
+        await kernel.stop()
+
+
+def test_unknown_language_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ScaffoldError, match="no plugin template for 'cobol'; use one of c, "
+                                            "python"):
+        scaffold_plugin("x", tmp_path, "cobol")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_scaffolds_in_c_and_prints_a_hint_that_works_anywhere(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "astrid_runtime.client_cli", "plugin", "new",
+                        "--lang", "c", "greeter", str(tmp_path)],
+                       capture_output=True, text=True, check=False, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "greeter" / "greeter.c").is_file()
+    assert "python -m astrid_runtime.scaffold.build" in r.stdout
+    assert "scripts/" not in r.stdout
