@@ -34,17 +34,16 @@ from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.bus import Message
 from astrid_runtime.recorder.settings import RecordingSettings
 from astrid_runtime.recorder.store import RecordingStore, Rows, default_url
+from astrid_runtime.recorder.timeline import Timeline, files_written
 from astrid_runtime.recorder.values import encode
 
 if TYPE_CHECKING:
     from astrid_runtime.kernel import Kernel
 
-#: VFS host calls that change files: the call that made one "wrote" (one timeline).
-WRITES = frozenset({"vfs.[method]file.write", "vfs.[method]dir.mkdir",
-                    "vfs.[method]dir.remove", "vfs.[method]dir.rename"})
-
 _RawEvent = tuple[Message, float, list[str]]
-_RawCall = tuple[int, str, str, str, str, list[tuple[str, list[Any], Any]]]
+#: seq, plugin, version, outcome, detail, host calls, files written, snapshot
+_RawCall = tuple[int, str, str, str, str, list[tuple[str, list[Any], Any]], list[str],
+                 str | None]
 
 
 class CallCapture:
@@ -72,7 +71,15 @@ class CallCapture:
 
     def end(self, outcome: str, detail: str) -> None:
         host, self._host = self._host or [], None
-        self._recorder.on_call((self._seq, self.plugin, self.version, outcome, detail, host))
+        wrote = files_written(host) if host else []
+        snapshot = None
+        timeline = self._recorder.timeline
+        if wrote and timeline is not None:
+            # Now, in the plugin's thread, before its next message: the files as this
+            # event left them (one timeline; recorder/timeline.py).
+            snapshot = timeline.snapshot(self._seq, self.plugin)
+        self._recorder.on_call((self._seq, self.plugin, self.version, outcome, detail, host,
+                                wrote, snapshot))
 
 
 class Recorder:
@@ -88,9 +95,8 @@ class Recorder:
         self.durable_seq = store.last_seq()
         self.lost = 0
         self.written = 0
-        #: Called in the flush thread with each call that wrote files; returns the tag of
-        #: a file snapshot taken for it (one timeline), or None.
-        self.on_wrote: Callable[[int, str], str | None] | None = None
+        #: Snapshots the session after each call that wrote files (one timeline).
+        self.timeline: Timeline | None = None
         #: Plugin calls ended so far (`wait_calls`).
         self.calls_seen = 0
         self._seen_lock = threading.Lock()
@@ -140,12 +146,7 @@ class Recorder:
             who = message.who
             rows.events.append([message.seq, t, message.topic, who.plugin, who.kernel,
                                 b64(message.payload).decode(), receivers])
-        for seq, plugin, version, outcome, detail, host in calls:
-            wrote = [str(args[-1]) if args and isinstance(args[-1], str) else name
-                     for name, args, _ in host if name in WRITES]
-            snapshot = None
-            if wrote and self.on_wrote is not None:
-                snapshot = self.on_wrote(seq, plugin)
+        for seq, plugin, version, outcome, detail, host, wrote, snapshot in calls:
             rows.calls.append([seq, plugin, version, outcome, detail,
                                [[name, encode(args), encode(value)]
                                 for name, args, value in host], wrote, snapshot])
@@ -212,9 +213,10 @@ class Recorder:
 
 
 @asynccontextmanager
-async def recording(kernel: Kernel, settings: RecordingSettings, home: Path
-                    ) -> AsyncIterator[Recorder | None]:
-    """Record `kernel` for the block's duration (None when recording is switched off)."""
+async def recording(kernel: Kernel, settings: RecordingSettings, home: Path,
+                    timeline: Timeline | None = None) -> AsyncIterator[Recorder | None]:
+    """Record `kernel` for the block's duration (None when recording is switched off);
+    with `timeline`, snapshot its session after each event that changed files."""
     if not settings.enabled:
         yield None
         return
@@ -223,6 +225,10 @@ async def recording(kernel: Kernel, settings: RecordingSettings, home: Path
         lambda: RecordingStore(url, max_events=settings.max_events))
     try:
         recorder = Recorder(store, settings)
+        recorder.timeline = timeline
+        if timeline is not None and timeline.warn is None:
+            timeline.warn = lambda why: kernel.log.event("warning", "recording.no_snapshot",
+                                                         reason=why)
         recorder.attach(kernel)
         async with trio.open_nursery() as nursery:
             await nursery.start(recorder.run)
@@ -235,11 +241,13 @@ async def recording(kernel: Kernel, settings: RecordingSettings, home: Path
         await trio.to_thread.run_sync(store.close)
 
 
-async def serve(kernel: Kernel, settings: RecordingSettings, home: Path, *,
+async def serve(kernel: Kernel, settings: RecordingSettings, home: Path,
+                timeline: Timeline | None = None, *,
                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """`recording` as a kernel service (`kernel.start_service`): records until the
-    kernel stops; started once the store is open and the bus is recorded."""
-    async with recording(kernel, settings, home) as recorder:
+    kernel stops; started once the store is open and the bus is recorded. `astrid run`
+    passes its session's `Timeline`."""
+    async with recording(kernel, settings, home, timeline) as recorder:
         if recorder is not None:
             kernel.log.event("info", "recording.started", store=recorder.store.url,
                              seq=recorder.durable_seq, max_events=settings.max_events)
