@@ -300,3 +300,20 @@ async def test_static_composition_runs_as_one_plugin_and_shares_the_providers_fa
     await sup.wait_for(lambda s: s.crashes == 1 and s.state is State.RUNNING)
     assert "unreachable" in (sup.last_error or "")
     assert await ask(kernel, b"two") == ("md.ok", b"<p>two</p>")
+
+
+async def test_two_importers_share_one_provider_one_call_at_a_time(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path]) -> None:
+    """Two importers in two guest threads: the provider's Store is entered by one
+    call at a time (its lock) and every call is answered."""
+    second = PluginDir("mdcaller2", link_wasm["caller"], CALLER_MANIFEST.replace("in.*", "in2.*"),
+                       Grants(subscribe=("in2.*",), publish=("md.ok", "md.err"), link=(RENDER,)))
+    await boot(kernel, tmp_path, [provider(link_wasm, "markdown"), caller(link_wasm), second])
+    tap = Tap(kernel.bus, "md.*")
+    count = 100
+    for i in range(count):
+        kernel.publish("in.md", f"a{i}".encode())
+        kernel.publish("in2.md", f"b{i}".encode())
+    answers = sorted([(await tap.receive()).payload for _ in range(2 * count)])
+    assert answers == sorted(f"<p>{p}{i}</p>\n".encode() for p in "ab" for i in range(count))
+    assert the_provider(kernel, "markdown").calls == 2 * count
