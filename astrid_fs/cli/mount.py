@@ -23,8 +23,10 @@ from typing import Any
 from astrid_fs.cli import review as review_cli
 from astrid_fs.drivers.errors import DriverError
 from astrid_fs.errors import AstridFsError, MountError, SessionError, UsageError
+from astrid_fs.fuse import control
 from astrid_fs.fuse.daemon import DaemonConfig
 from astrid_fs.fuse.mountinfo import fuse_mount_alive, is_mountpoint
+from astrid_fs.fuse.passthrough import requested as passthrough_requested
 from astrid_fs.fuse.shim import current_env_with_shim
 from astrid_fs.mounttable import MountTable
 from astrid_fs.overlay.remote import prepare_session_mounts
@@ -67,6 +69,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         "recorded in the session (docs/drivers.md)")
     p.add_argument("--nonempty", action="store_true",
                    help="mount over a mount point that holds files (hiding them)")
+    p.add_argument("--passthrough", action=argparse.BooleanOptionalAction,
+                   default=passthrough_requested(),
+                   help="let the kernel read and write upper files itself (FUSE passthrough; "
+                        "Linux 6.9+, root; default: $ASTRID_FS_PASSTHROUGH)")
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_mount)
 
@@ -164,6 +170,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         session=name, astrid_home=str(home), control=str(session.control_socket),
         mounts=_prepare_mounts(args.mounts, session, existed),
         stack=tuple(str(p) for p in session.stack),
+        passthrough=bool(args.passthrough),
     )
     _record_base(session, existed)
     if args.foreground:
@@ -303,6 +310,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "conflicts": None if changes is None else sum(1 for c in changes if c.conflict),
             "interrupted": _interrupted(session),
             "mounts": _recorded_mounts(session),
+            "data_path": _data_path(session) if alive else None,
         })
     if args.json:
         print(json.dumps({"sessions": rows}, indent=2))
@@ -318,6 +326,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         conflicts = f", {r['conflicts']} in conflict" if r["conflicts"] else ""
         print(f"{r['name']:<{width}}  {count:>6} changes{conflicts}  {where}  "
               f"(lower {r['lower']})")
+        if r["data_path"]:
+            print(f"{'':<{width}}    data: {r['data_path']['reason']}")
         for what in r["interrupted"]:
             print(f"{'':<{width}}    interrupted {what}: the next astrid-fs command on "
                   "this session finishes it")
@@ -325,6 +335,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             flags = " (read-only)" if m["read_only"] else ""
             print(f"{'':<{width}}    {m['path']} <- {m['source']}{flags}")
     return 0
+
+
+def _data_path(session: Session) -> dict[str, Any] | None:
+    """Which data path the mount's daemon serves files by (passthrough or
+    the daemon), and why; None if the daemon does not answer."""
+    try:
+        reply = control.request(session, {"op": "stats"})
+    except MountError:
+        return None
+    path = None if reply is None else reply.get("data_path")
+    return path if isinstance(path, dict) else None
 
 
 def _changes(session: Session) -> list[Change] | None:
@@ -414,6 +435,7 @@ def run_mount_helper(argv: list[str]) -> int:
         lower_ttl=float(opts.get("lower_ttl", DEFAULT_LOWER_TTL)),
         log_file=str(work / "astrid-fs.log"),
         stack=tuple(str(d) for d in lowers[1:]),
+        passthrough="passthrough" in opts or passthrough_requested(),
     )
     tmp.mkdir(exist_ok=True)
     _spawn(config)

@@ -52,6 +52,17 @@ def notify_changed(session: Session, paths: Iterable[str] | None = None) -> None
     request(session, {"op": "invalidate", "paths": None if paths is None else list(paths)})
 
 
+def held_upper_inodes(session: Session) -> frozenset[int]:
+    """st_ino of the upper files a mounted session's kernel holds open for
+    passthrough (fuse/passthrough.py): they must stay in the upper. Empty
+    when not mounted or when the daemon does not answer."""
+    try:
+        reply = request(session, {"op": "held"})
+    except MountError:
+        return frozenset()
+    return frozenset(reply.get("upper_inodes", ()) if reply else ())
+
+
 def sync(session: Session) -> None:
     """Ask a mounted session's daemon to make the upper layer current on disk
     (flushes data the kernel still caches) before it is read directly."""

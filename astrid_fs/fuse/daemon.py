@@ -29,6 +29,7 @@ import trio
 
 from astrid_fs.fuse.extra_ops import register as register_extra_ops
 from astrid_fs.fuse.ops import FuseOps
+from astrid_fs.fuse.passthrough import Passthrough
 from astrid_fs.mounttable import MountTable
 from astrid_fs.overlay.layers import Layers, RemoteTree
 from astrid_fs.overlay.overlay import Overlay
@@ -60,6 +61,9 @@ class DaemonConfig:
     mounts: str | None = None
     # Further lower layers beneath `lower`, top first (lowerdir=A:B:C).
     stack: tuple[str, ...] = ()
+    # FUSE passthrough for upper files where the kernel allows it
+    # (fuse/passthrough.py); else the daemon path.
+    passthrough: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -109,6 +113,7 @@ class Daemon:
         self.overlay = Overlay(layers, os.fsencode(config.tmp),
                                redirects=config.xattr_ns == "trusted")
         self.ops = FuseOps(self.overlay, lower_ttl=config.lower_ttl)
+        self.data_path = "daemon path (passthrough not requested)"
 
     def mount(self) -> None:
         _clean_tmp(Path(self.config.tmp))
@@ -118,6 +123,9 @@ class Daemon:
         # LSEEK / FALLOCATE / COPY_FILE_RANGE through the shim (extra_ops.py);
         # kept referenced for as long as the mount lives.
         self.extra_ops = register_extra_ops(self.ops)
+        if self.config.passthrough and self.ops.no_open:
+            self.ops.passthrough, self.data_path = Passthrough.enable(self.overlay,
+                                                                      self.ops.files)
         pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
 
     async def serve(self) -> None:
@@ -177,17 +185,30 @@ class Daemon:
         if op == "stats":
             return {"ok": True, "requests": dict(self.ops.requests),
                     "cache_dirs": self.ops.cache_dirs, "nodes": len(self.overlay.table),
-                    "fds": self.ops.files.counts()}
+                    "fds": self.ops.files.counts(), "data_path": self._data_path()}
         if op == "invalidate":
             inodes, entries = self.ops.invalidate_all()
             await trio.to_thread.run_sync(_invalidate_kernel, inodes, entries)
             return {"ok": True, "inodes": len(inodes), "entries": len(entries)}
+        if op == "held":
+            # Upper files the kernel holds open for passthrough: a commit
+            # leaves them in place (passthrough.py).
+            held = [] if self.ops.passthrough is None else \
+                self.ops.passthrough.held_upper_inodes()
+            return {"ok": True, "upper_inodes": held}
         if op == "sync":
             # Nothing is buffered in the daemon (no writeback cache): data is
             # in the upper files once write() returned; make it durable.
             await trio.to_thread.run_sync(os.sync)
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+    def _data_path(self) -> dict[str, Any]:
+        if self.ops.passthrough is None:
+            return {"data_path": "daemon", "reason": self.data_path}
+        self.ops.passthrough.usable()  # INIT is done once the mount serves
+        return self.ops.passthrough.status()
 
 
 def _invalidate_kernel(inodes: list[int], entries: list[tuple[int, bytes]]) -> None:

@@ -3,6 +3,9 @@
 The shim is built by scripts/setup.sh with the system C compiler and is
 optional: without it the daemon still works, but directory listings are not
 cached by the kernel (slower warm `find`, `ls -R`, `git status`).
+
+`ASTRID_FS_SHIM=/path/to/lib.so` preloads another build instead (a shim
+being developed, without touching the one every mount uses).
 """
 
 from __future__ import annotations
@@ -16,10 +19,18 @@ FH_CACHE_DIR = 1 << 63
 FH_KEEP_CACHE = 1 << 62
 FH_INODE = 1 << 61  # "no_open" I/O: the handle is this bit | the inode
 FH_FLAG_MASK = FH_CACHE_DIR | FH_KEEP_CACHE
+# Passthrough (shim version 6): the daemon's OPEN / CREATE answer is this bit
+# | the inode; the shim turns it into the reply its table says.
+FH_OPEN_REPLY = 1 << 59
+SHIM_ENV = "ASTRID_FS_SHIM"
 
 
 def shim_path() -> Path | None:
-    """The built shim, if it is there and newer than its source."""
+    """The built shim, if it is there and newer than its source (or the
+    build `ASTRID_FS_SHIM` names)."""
+    override = os.environ.get(SHIM_ENV)
+    if override:
+        return Path(override) if Path(override).is_file() else None
     source = SHIM.with_name("fuse_shim.c")
     if SHIM.is_file() and (not source.exists() or SHIM.stat().st_mtime >= source.stat().st_mtime):
         return SHIM
@@ -29,7 +40,8 @@ def shim_path() -> Path | None:
 def shim_version() -> int:
     """0 without the shim; 1: cached listings; 2: also no-open file I/O;
     3: no-opendir; 4: xattrs answered in C; 5: LSEEK, FALLOCATE and
-    COPY_FILE_RANGE forwarded to callbacks (extra_ops.py)."""
+    COPY_FILE_RANGE forwarded to callbacks (extra_ops.py); 6: FUSE
+    passthrough on request (passthrough.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:
@@ -43,14 +55,14 @@ def shim_active() -> bool:
 
 
 def env_with_shim(env: dict[str, str]) -> dict[str, str]:
-    """`env` plus LD_PRELOAD of the shim (when built)."""
+    """`env` plus LD_PRELOAD of the shim (when built); any other build of
+    the shim already in LD_PRELOAD is replaced (two would clash)."""
     path = shim_path()
     if path is None:
         return env
-    preload = env.get("LD_PRELOAD", "")
-    if str(path) in preload.split(":"):
-        return env
-    return {**env, "LD_PRELOAD": f"{path}:{preload}" if preload else str(path)}
+    others = [p for p in env.get("LD_PRELOAD", "").split(":")
+              if p and p != str(path) and p != str(SHIM)]
+    return {**env, "LD_PRELOAD": ":".join([str(path), *others])}
 
 
 def current_env_with_shim() -> dict[str, str]:

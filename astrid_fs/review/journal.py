@@ -40,6 +40,7 @@ from typing import Any, Literal
 from astrid_fs.drivers.errors import DriverError
 from astrid_fs.durable import fsync_dir, write_atomic
 from astrid_fs.errors import SessionError
+from astrid_fs.fuse.control import held_upper_inodes
 from astrid_fs.overlay.layers import lstat_or_none
 from astrid_fs.overlay.whiteout import OverlayXattrs, get_redirect, is_opaque
 from astrid_fs.review.bases import Base, BaseIndex, open_index, walk_local
@@ -416,6 +417,9 @@ def _apply_dirmeta(path: str, meta: DirMeta, names: OverlayXattrs) -> None:
 def _clean(session: Session, rec: Record, steps: Steps) -> None:
     upper = str(session.upper)
     names = session.xattrs
+    # Files the mount's kernel writes through passthrough stay (equal to the
+    # lower now): removing them would orphan those writes.
+    held = held_upper_inodes(session)
     for c in rec.cleanup:
         path = os.path.join(upper, c.path)
         try:
@@ -431,7 +435,7 @@ def _clean(session: Session, rec: Record, steps: Steps) -> None:
             elif not os.listdir(path) and not is_opaque(path, names):
                 os.rmdir(path)
         elif (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode) == (
-                c.ino, c.mtime_ns, c.size, c.mode):
+                c.ino, c.mtime_ns, c.size, c.mode) and st.st_ino not in held:
             os.unlink(path)
         steps.step()
     shutil.rmtree(rec.staging, ignore_errors=True)

@@ -39,12 +39,42 @@
  *    registered the ops answer ENOSYS, which makes the kernel fall back to
  *    what it did before (generic lseek, EOPNOTSUPP for fallocate, a splice
  *    copy) for the rest of the mount: exactly the behaviour without them.
+ *
+ * 6. FUSE passthrough (kernel 6.9+), off unless the daemon calls
+ *    astrid_pt_enable() before it mounts (fuse/passthrough.py has the
+ *    rules; this part only carries them out):
+ *    - INIT: the reply gets FUSE_PASSTHROUGH (flags2 bit 37) and
+ *      max_stack_depth. libfuse 3.14 has no API for either, so the wrapped
+ *      writev() patches the reply libfuse is sending; on 3.16+ the
+ *      compile-time FUSE_CAP_PASSTHROUGH path asks libfuse too.
+ *    - A table ino -> {data path, backing id, live opens} kept by the daemon
+ *      (astrid_pt_set and friends) lets OPEN be answered here without
+ *      Python: a passthrough entry with FOPEN_PASSTHROUGH + its backing id,
+ *      a daemon entry (read-only opens only) with FOPEN_KEEP_CACHE, as
+ *      no_open mode would. RELEASE of those opens is answered here too.
+ *    - The daemon's own OPEN / CREATE answers carry ASTRID_FH_OPEN_REPLY |
+ *      ino in fh; the wrapped fuse_reply_open / fuse_reply_create turn that
+ *      into the table's reply. OPEN replies are sent with fuse_reply_iov
+ *      (any payload); CREATE's open part is patched in writev().
+ *    - Handles the kernel holds are ASTRID_FH_INODE | ino (plus
+ *      ASTRID_FH_PT_OPEN for a passthrough open, stripped before Python sees
+ *      the handle), so everything else stays by-inode I/O as in no_open mode.
+ *    The kernel requires every open of an inode that is open for
+ *    passthrough to name the same backing, and no passthrough open while
+ *    it is open for cached I/O: the live-open counts here let the daemon
+ *    keep to that.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdint.h>
 #include <errno.h>
 #include <string.h>
+#include <stdlib.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/uio.h>
 #define FUSE_USE_VERSION 35
 #include <fuse_lowlevel.h>
 
@@ -57,7 +87,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 5; }
+int astrid_fuse_shim_loaded(void) { return 6; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -91,11 +121,378 @@ static void *libfuse_symbol(const char *name)
     return sym;
 }
 
+/* ---- 6. passthrough ------------------------------------------------------ */
+
+/* Kernel ABI (include/uapi/linux/fuse.h, 7.40+); Debian 12's headers predate it. */
+#define PT_FUSE_INIT_EXT        (UINT32_C(1) << 30)
+#define PT_FUSE_WRITEBACK_CACHE (UINT32_C(1) << 16)
+#define PT_FUSE_PASSTHROUGH_HI  (UINT32_C(1) << (37 - 32)) /* in flags2 */
+#define PT_FOPEN_KEEP_CACHE     (UINT32_C(1) << 1)
+#define PT_FOPEN_DIRECT_IO      (UINT32_C(1) << 0)
+#define PT_FOPEN_PASSTHROUGH    (UINT32_C(1) << 7)
+struct pt_backing_map { int32_t fd; uint32_t flags; uint64_t padding; };
+#define PT_IOC_BACKING_OPEN  _IOW(229, 1, struct pt_backing_map)
+#define PT_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
+struct pt_open_out { uint64_t fh; uint32_t open_flags; int32_t backing_id; };
+#define PT_INIT_OUT_MIN 40 /* through max_stack_depth */
+
+#define ASTRID_FH_PT_OPEN    (UINT64_C(1) << 60) /* held by the kernel: a passthrough open */
+#define ASTRID_FH_OPEN_REPLY (UINT64_C(1) << 59) /* from the daemon: answer from the table */
+/* Overlay inode numbers use bit 62 (upper-only files) and bits below 59. */
+#define ASTRID_FH_INO_MASK   (~(ASTRID_FH_INODE | ASTRID_FH_PT_OPEN | ASTRID_FH_OPEN_REPLY))
+
+enum { PT_NONE = 0, PT_DAEMON = 1, PT_PASSTHROUGH = 2 };
+
+struct pt_entry {
+    struct pt_entry *next;
+    uint64_t ino;
+    int32_t backing_id;  /* > 0 for PT_PASSTHROUGH */
+    int32_t mode;
+    int32_t stale;       /* the layers changed: only the daemon decides */
+    int32_t pt_opens;    /* live passthrough opens the kernel holds */
+    int32_t daemon_opens;/* live daemon-path opens */
+};
+
+#define PT_BUCKETS 4096
+static struct pt_entry *pt_table[PT_BUCKETS];
+static pthread_mutex_t pt_lock = PTHREAD_MUTEX_INITIALIZER;
+static int pt_enabled;
+static uint32_t pt_stack_depth = 1;
+static int pt_init_armed;
+static struct fuse_session *pt_session;
+static int64_t pt_stats[4]; /* opens answered here: passthrough, daemon; releases here; backings */
+static __thread int pt_patch_armed;
+static __thread struct pt_open_out pt_patch;
+
+static struct pt_entry **pt_slot(uint64_t ino)
+{
+    struct pt_entry **p = &pt_table[(ino * UINT64_C(0x9E3779B97F4A7C15)) >> 52];
+    while (*p && (*p)->ino != ino)
+        p = &(*p)->next;
+    return p;
+}
+
+static int pt_fd(void)
+{
+    static int (*session_fd)(struct fuse_session *);
+    if (!pt_session)
+        return -1;
+    if (!session_fd)
+        session_fd = (int (*)(struct fuse_session *))libfuse_symbol("fuse_session_fd");
+    return session_fd ? session_fd(pt_session) : -1;
+}
+
+static void pt_backing_close(int32_t id)
+{
+    int fd = pt_fd();
+    uint32_t arg = (uint32_t)id;
+    if (id > 0 && fd >= 0) {
+        ioctl(fd, PT_IOC_BACKING_CLOSE, &arg);
+        pt_stats[3]--;
+    }
+}
+
+/* Drop an entry that no open holds (caller holds pt_lock). */
+static void pt_remove(struct pt_entry **slot)
+{
+    struct pt_entry *e = *slot;
+    *slot = e->next;
+    pt_backing_close(e->backing_id);
+    free(e);
+}
+
+/* Called by the daemon before it mounts: turn passthrough on. */
+int astrid_pt_enable(uint32_t max_stack_depth)
+{
+    pt_enabled = 1;
+    if (max_stack_depth >= 1 && max_stack_depth <= 2)
+        pt_stack_depth = max_stack_depth;
+    return 0;
+}
+
+/* 0 if the kernel accepted passthrough on this connection and we may
+ * register backing files; else the errno that says why not (EPERM: not
+ * negotiated or no CAP_SYS_ADMIN; ENOTTY/EINVAL: a kernel without it). */
+int astrid_pt_probe(void)
+{
+    struct pt_backing_map map = { .fd = -1 };
+    int fd = pt_fd();
+    if (fd < 0)
+        return ENOTCONN;
+    if (ioctl(fd, PT_IOC_BACKING_OPEN, &map) >= 0)
+        return EIO; /* cannot happen: fd -1 */
+    return errno == EBADF ? 0 : errno;
+}
+
+/* Register `fd` as a backing file: its id (> 0) or -errno. */
+int astrid_pt_backing_open(int fd)
+{
+    struct pt_backing_map map = { .fd = fd };
+    int dev = pt_fd();
+    if (dev < 0)
+        return -ENOTCONN;
+    int id = ioctl(dev, PT_IOC_BACKING_OPEN, &map);
+    if (id <= 0)
+        return id == 0 ? -EIO : -errno;
+    pthread_mutex_lock(&pt_lock);
+    pt_stats[3]++;
+    pthread_mutex_unlock(&pt_lock);
+    return id;
+}
+
+/* Set the data path of `ino`. A passthrough entry takes over `backing_id`
+ * (closed when the entry goes); the entry's previous backing is closed if
+ * it is a different one. Live-open counts are kept. */
+int astrid_pt_set(uint64_t ino, int32_t mode, int32_t backing_id)
+{
+    pthread_mutex_lock(&pt_lock);
+    struct pt_entry **slot = pt_slot(ino);
+    struct pt_entry *e = *slot;
+    if (!e) {
+        e = calloc(1, sizeof *e);
+        if (!e) {
+            pthread_mutex_unlock(&pt_lock);
+            return -ENOMEM;
+        }
+        e->ino = ino;
+        *slot = e;
+    }
+    if (e->backing_id != backing_id)
+        pt_backing_close(e->backing_id);
+    e->mode = mode;
+    e->backing_id = mode == PT_PASSTHROUGH ? backing_id : 0;
+    e->stale = 0;
+    pthread_mutex_unlock(&pt_lock);
+    return 0;
+}
+
+/* out: mode, backing id, live passthrough opens, live daemon opens, stale.
+ * Returns 0, or -1 when the table has no entry for `ino`. */
+int astrid_pt_query(uint64_t ino, int32_t *out)
+{
+    pthread_mutex_lock(&pt_lock);
+    struct pt_entry *e = *pt_slot(ino);
+    if (e) {
+        out[0] = e->mode;
+        out[1] = e->backing_id;
+        out[2] = e->pt_opens;
+        out[3] = e->daemon_opens;
+        out[4] = e->stale;
+    }
+    pthread_mutex_unlock(&pt_lock);
+    return e ? 0 : -1;
+}
+
+/* The kernel forgot `ino`: drop its entry (no open can hold it). */
+void astrid_pt_forget(uint64_t ino)
+{
+    pthread_mutex_lock(&pt_lock);
+    struct pt_entry **slot = pt_slot(ino);
+    if (*slot)
+        pt_remove(slot);
+    pthread_mutex_unlock(&pt_lock);
+}
+
+/* The layers changed behind the mount: entries no open holds go; the others
+ * turn stale (the daemon answers their next OPEN) and go at their last
+ * RELEASE. Returns how many stayed. */
+int astrid_pt_layers_changed(void)
+{
+    int kept = 0;
+    pthread_mutex_lock(&pt_lock);
+    for (int b = 0; b < PT_BUCKETS; b++) {
+        struct pt_entry **p = &pt_table[b];
+        while (*p) {
+            if ((*p)->pt_opens || (*p)->daemon_opens) {
+                (*p)->stale = 1;
+                kept++;
+                p = &(*p)->next;
+            } else {
+                pt_remove(p);
+            }
+        }
+    }
+    pthread_mutex_unlock(&pt_lock);
+    return kept;
+}
+
+/* Close backings no open holds until at most `keep` remain (bounds what
+ * the kernel keeps open for us). Returns how many were closed. */
+int astrid_pt_trim(int64_t keep)
+{
+    int closed = 0;
+    pthread_mutex_lock(&pt_lock);
+    for (int b = 0; b < PT_BUCKETS && pt_stats[3] > keep; b++) {
+        struct pt_entry **p = &pt_table[b];
+        while (*p && pt_stats[3] > keep) {
+            if ((*p)->backing_id > 0 && !(*p)->pt_opens && !(*p)->daemon_opens) {
+                pt_remove(p);
+                closed++;
+            } else {
+                p = &(*p)->next;
+            }
+        }
+    }
+    pthread_mutex_unlock(&pt_lock);
+    return closed;
+}
+
+/* The inodes with live passthrough opens, at most `max` of them, into
+ * `out`; returns how many there are. */
+int astrid_pt_live(uint64_t *out, int max)
+{
+    int n = 0;
+    pthread_mutex_lock(&pt_lock);
+    for (int b = 0; b < PT_BUCKETS; b++)
+        for (struct pt_entry *e = pt_table[b]; e; e = e->next)
+            if (e->pt_opens > 0) {
+                if (n < max)
+                    out[n] = e->ino;
+                n++;
+            }
+    pthread_mutex_unlock(&pt_lock);
+    return n;
+}
+
+/* out: opens answered here (passthrough, daemon path), releases answered
+ * here, backing ids held. */
+void astrid_pt_stats(int64_t *out)
+{
+    pthread_mutex_lock(&pt_lock);
+    memcpy(out, pt_stats, sizeof pt_stats);
+    pthread_mutex_unlock(&pt_lock);
+}
+
+/* Send an OPEN reply built here (any libfuse: fuse_reply_iov sends the
+ * payload as is). */
+static int pt_send_open(fuse_req_t req, uint64_t fh, uint32_t flags, int32_t backing_id)
+{
+    static int (*reply_iov)(fuse_req_t, const struct iovec *, int);
+    if (!reply_iov)
+        reply_iov = (int (*)(fuse_req_t, const struct iovec *, int))libfuse_symbol("fuse_reply_iov");
+    struct pt_open_out out = { .fh = fh, .open_flags = flags, .backing_id = backing_id };
+    struct iovec iov = { .iov_base = &out, .iov_len = sizeof out };
+    return reply_iov ? reply_iov(req, &iov, 1) : -ENOSYS;
+}
+
+/* The reply for `ino` from its table entry (caller holds pt_lock). Counts
+ * the open; pt_undo() takes it back if the reply could not be sent. */
+static struct pt_open_out pt_reply_for(uint64_t ino, uint32_t daemon_flags)
+{
+    struct pt_open_out out = { .fh = ASTRID_FH_INODE | ino, .open_flags = daemon_flags };
+    struct pt_entry *e = *pt_slot(ino);
+    if (e && e->mode == PT_PASSTHROUGH && e->backing_id > 0) {
+        e->pt_opens++;
+        out.fh |= ASTRID_FH_PT_OPEN;
+        out.open_flags = PT_FOPEN_PASSTHROUGH;
+        out.backing_id = e->backing_id;
+    } else if (e) {
+        e->daemon_opens++;
+    }
+    return out;
+}
+
+static void pt_undo(uint64_t fh)
+{
+    pthread_mutex_lock(&pt_lock);
+    struct pt_entry *e = *pt_slot(fh & ASTRID_FH_INO_MASK);
+    if (e) {
+        if (fh & ASTRID_FH_PT_OPEN)
+            e->pt_opens--;
+        else
+            e->daemon_opens--;
+    }
+    pthread_mutex_unlock(&pt_lock);
+}
+
+static uint32_t pt_daemon_flags(const struct fuse_file_info *fi)
+{
+    return (fi->keep_cache ? PT_FOPEN_KEEP_CACHE : 0) | (fi->direct_io ? PT_FOPEN_DIRECT_IO : 0);
+}
+
+/* fuse_reply_open with the daemon's ASTRID_FH_OPEN_REPLY handle. */
+static int pt_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
+{
+    uint64_t ino = fi->fh & ASTRID_FH_INO_MASK;
+    pthread_mutex_lock(&pt_lock);
+    struct pt_open_out out = pt_reply_for(ino, pt_daemon_flags(fi));
+    pthread_mutex_unlock(&pt_lock);
+    int res = pt_send_open(req, out.fh, out.open_flags, out.backing_id);
+    if (res < 0)
+        pt_undo(out.fh);
+    return res;
+}
+
+typedef int (*reply_create_fn)(fuse_req_t, const struct fuse_entry_param *,
+                               const struct fuse_file_info *);
+
+int fuse_reply_create(fuse_req_t req, const struct fuse_entry_param *e,
+                      const struct fuse_file_info *fi)
+{
+    static reply_create_fn real;
+    if (!real && !(real = (reply_create_fn)libfuse_symbol("fuse_reply_create")))
+        return -ENOSYS;
+    if (!pt_enabled || !(fi->fh & ASTRID_FH_OPEN_REPLY))
+        return real(req, e, fi);
+    struct fuse_file_info copy = *fi;
+    pthread_mutex_lock(&pt_lock);
+    struct pt_open_out out = pt_reply_for(fi->fh & ASTRID_FH_INO_MASK, 0);
+    pthread_mutex_unlock(&pt_lock);
+    copy.fh = out.fh;
+    /* libfuse builds the entry part; writev() below fixes the open part. */
+    pt_patch = out;
+    pt_patch_armed = out.backing_id > 0;
+    int res = real(req, e, &copy);
+    pt_patch_armed = 0;
+    if (res < 0)
+        pt_undo(out.fh);
+    return res;
+}
+
+/* Replies leave libfuse through writev() on the /dev/fuse fd. */
+ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
+{
+    static ssize_t (*real)(int, const struct iovec *, int);
+    if (!real)
+        real = (ssize_t (*)(int, const struct iovec *, int))dlsym(RTLD_NEXT, "writev");
+    if (!(pt_init_armed || pt_patch_armed) || iovcnt < 2 || iovcnt > 8 || fd != pt_fd())
+        return real(fd, iov, iovcnt);
+    struct iovec copy[8];
+    unsigned char payload[256];
+    const struct iovec *last = &iov[iovcnt - 1];
+    memcpy(copy, iov, sizeof copy[0] * (size_t)iovcnt);
+    if (pt_init_armed && last->iov_len >= PT_INIT_OUT_MIN && last->iov_len <= sizeof payload) {
+        /* fuse_init_out: flags @12, flags2 @32, max_stack_depth @36 */
+        pt_init_armed = 0;
+        memcpy(payload, last->iov_base, last->iov_len);
+        uint32_t flags, flags2;
+        memcpy(&flags, payload + 12, 4);
+        memcpy(&flags2, payload + 32, 4);
+        flags |= PT_FUSE_INIT_EXT;
+        flags &= ~PT_FUSE_WRITEBACK_CACHE; /* the kernel refuses passthrough with it */
+        flags2 |= PT_FUSE_PASSTHROUGH_HI;
+        memcpy(payload + 12, &flags, 4);
+        memcpy(payload + 32, &flags2, 4);
+        memcpy(payload + 36, &pt_stack_depth, 4);
+        copy[iovcnt - 1].iov_base = payload;
+    } else if (pt_patch_armed && last->iov_len >= sizeof pt_patch && last->iov_len <= sizeof payload) {
+        /* CREATE: fuse_entry_out then fuse_open_out, last in the message */
+        pt_patch_armed = 0;
+        memcpy(payload, last->iov_base, last->iov_len);
+        memcpy(payload + last->iov_len - sizeof pt_patch, &pt_patch, sizeof pt_patch);
+        copy[iovcnt - 1].iov_base = payload;
+    }
+    return real(fd, copy, iovcnt);
+}
+
 int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
 {
     static reply_open_fn real;
     if (!real && !(real = (reply_open_fn)libfuse_symbol("fuse_reply_open")))
         return -38; /* -ENOSYS: cannot happen once libfuse is loaded */
+    /* (directory handles are small numbers: never bit 59) */
+    if (pt_enabled && (fi->fh & ASTRID_FH_OPEN_REPLY))
+        return pt_reply_open(req, fi);
     if (fi->fh & (ASTRID_FH_CACHE_DIR | ASTRID_FH_KEEP_CACHE)) {
         struct fuse_file_info copy = *fi;
         if (fi->fh & ASTRID_FH_CACHE_DIR)
@@ -107,6 +504,7 @@ int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
     return real(req, fi);
 }
 
+static int send_err(fuse_req_t req, int err);
 static struct fuse_lowlevel_ops patched;
 static void (*orig_init)(void *, struct fuse_conn_info *);
 static void (*orig_read)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_file_info *);
@@ -118,11 +516,16 @@ static void (*orig_fsync)(fuse_req_t, fuse_ino_t, int, struct fuse_file_info *);
 static void (*orig_getxattr)(fuse_req_t, fuse_ino_t, const char *, size_t);
 static void (*orig_readdirplus)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_file_info *);
 static void (*orig_fsyncdir)(fuse_req_t, fuse_ino_t, int, struct fuse_file_info *);
+static void (*orig_open)(fuse_req_t, fuse_ino_t, struct fuse_file_info *);
+static void (*orig_release)(fuse_req_t, fuse_ino_t, struct fuse_file_info *);
+static void (*orig_setattr)(fuse_req_t, fuse_ino_t, struct stat *, int, struct fuse_file_info *);
 
 static void mark(fuse_ino_t ino, struct fuse_file_info *fi)
 {
     if (fi && fi->fh == 0)
         fi->fh = ASTRID_FH_INODE | (uint64_t)ino;
+    else if (fi && (fi->fh & ASTRID_FH_INODE))
+        fi->fh &= ~ASTRID_FH_PT_OPEN; /* the daemon knows passthrough opens by inode */
 }
 
 /* With no_open, OPEN never reaches the daemon, so O_TRUNC must arrive as a
@@ -132,6 +535,78 @@ static void shim_init(void *userdata, struct fuse_conn_info *conn)
     if (orig_init)
         orig_init(userdata, conn);
     conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
+    if (pt_enabled) {
+#ifdef FUSE_CAP_PASSTHROUGH
+        /* libfuse 3.16+: ask through the API as well (the writev() patch
+         * below sets the same bits, so either way the kernel sees them). */
+        if (conn->capable & FUSE_CAP_PASSTHROUGH) {
+            conn->want |= FUSE_CAP_PASSTHROUGH;
+            conn->max_backing_stack_depth = pt_stack_depth;
+        }
+#endif
+        conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+        pt_init_armed = 1; /* libfuse sends the INIT reply right after this */
+    }
+}
+
+/* OPEN: answered here from the table when it can be; else the daemon. */
+static void shim_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    if (pt_enabled) {
+        int writable = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
+        int answered = 0;
+        struct pt_open_out out = { 0 };
+        pthread_mutex_lock(&pt_lock);
+        struct pt_entry *e = *pt_slot(ino);
+        if (e && !e->stale
+            && ((e->mode == PT_PASSTHROUGH && e->backing_id > 0 && !e->daemon_opens)
+                || (e->mode == PT_DAEMON && !writable && !e->pt_opens))) {
+            out = pt_reply_for(ino, PT_FOPEN_KEEP_CACHE);
+            answered = 1;
+            pt_stats[out.backing_id > 0 ? 0 : 1]++;
+        }
+        pthread_mutex_unlock(&pt_lock);
+        if (answered) {
+            if (pt_send_open(req, out.fh, out.open_flags, out.backing_id) < 0)
+                pt_undo(out.fh);
+            return;
+        }
+    }
+    orig_open(req, ino, fi);
+}
+
+/* RELEASE of a handle the table gave out: count it down here. */
+static void shim_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    if (pt_enabled && fi && (fi->fh & ASTRID_FH_INODE)) {
+        pthread_mutex_lock(&pt_lock);
+        struct pt_entry **slot = pt_slot(fi->fh & ASTRID_FH_INO_MASK);
+        struct pt_entry *e = *slot;
+        if (e) {
+            if (fi->fh & ASTRID_FH_PT_OPEN) {
+                if (e->pt_opens > 0)
+                    e->pt_opens--;
+            } else if (e->daemon_opens > 0) {
+                e->daemon_opens--;
+            }
+            if (e->stale && !e->pt_opens && !e->daemon_opens)
+                pt_remove(slot);
+        }
+        pt_stats[2]++;
+        pthread_mutex_unlock(&pt_lock);
+        send_err(req, 0);
+        return;
+    }
+    orig_release(req, ino, fi);
+}
+
+/* SETATTR: the handle, if any, as the daemon knows it. */
+static void shim_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+                         struct fuse_file_info *fi)
+{
+    if (fi && (fi->fh & ASTRID_FH_INODE))
+        fi->fh &= ~ASTRID_FH_PT_OPEN;
+    orig_setattr(req, ino, attr, to_set, fi);
 }
 
 static void shim_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -264,6 +739,14 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
         return NULL;
     memset(&patched, 0, sizeof patched);
     memcpy(&patched, op, op_size < sizeof patched ? op_size : sizeof patched);
+    if (pt_enabled && patched.open && patched.release && patched.setattr) {
+        orig_open = patched.open;
+        patched.open = shim_open;
+        orig_release = patched.release;
+        patched.release = shim_release;
+        orig_setattr = patched.setattr;
+        patched.setattr = shim_setattr;
+    }
     orig_init = patched.init;
     patched.init = shim_init;
     if (patched.read) {
@@ -299,5 +782,6 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
     patched.lseek = shim_lseek;
     patched.fallocate = shim_fallocate;
     patched.copy_file_range = shim_copy_file_range;
-    return real(args, &patched, sizeof patched, userdata);
+    pt_session = real(args, &patched, sizeof patched, userdata);
+    return pt_session;
 }
