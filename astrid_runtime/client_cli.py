@@ -23,15 +23,16 @@ import base64
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from astrid_runtime import approval_cli, audit_cli, log_cli, run_cli
-from astrid_runtime.config import default_socket, load_config
+from astrid_runtime.config import default_socket, defaults, load_config
 from astrid_runtime.control import ControlClient
 from astrid_runtime.errors import KernelError, KernelUnreachable, VerifyError
 from astrid_runtime.grants import DEFAULT_POLICY
-from astrid_runtime.install import describe, plan_install, refusal, wildcard_refusal
+from astrid_runtime.install import describe, plan_install, precompile, refusal, wildcard_refusal
 from astrid_runtime.lockfile import load_lockfile, read_verified
 from astrid_runtime.scaffold import scaffold_plugin
 
@@ -72,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     inst.add_argument("path", type=Path)
     inst.add_argument("--allow-wildcards", action="store_true",
                       help="grant publish/subscribe patterns with '*' or '>' without asking")
+    inst.add_argument("--no-compile", action="store_true",
+                      help="only pin; the kernel compiles at its first boot")
     new = psub.add_parser("new", help="scaffold a plugin (Python or C) in DIR/NAME",
                           epilog="example: astrid plugin new --lang c greeter plugins")
     new.add_argument("name")
@@ -182,6 +185,17 @@ def _install(args: argparse.Namespace, lock_path: Path) -> int:
         answer = input(f"grant the wildcards {', '.join(plan.wildcards)}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             raise KernelError(wildcard_refusal(plan))
+    config = load_config(args.config) if args.config else defaults()
+    if not args.no_compile and config.cache_dir is not None:
+        # Compile now, into the kernel's own cache, so its first boot is warm.
+        print(f"compiling {plan.entry.name} into {config.cache_dir} …", end=" ", flush=True)
+        t0 = time.perf_counter()
+        try:
+            precompile(plan.entry, config.cache_dir)
+        except KernelError as e:
+            print("refused")
+            raise KernelError(f"{plan.manifest.component}: {e}") from None
+        print(f"{time.perf_counter() - t0:.1f} s")
     lock = load_lockfile(lock_path)
     lock.with_entry(plan.entry).save()
     print(f"pinned {plan.entry.name} {plan.entry.version} blake3 {plan.entry.blake3[:16]}… "

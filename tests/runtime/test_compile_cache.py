@@ -130,3 +130,46 @@ async def test_the_kernel_runs_the_pinned_code_not_the_planted_artifact(
         kernel.publish("demo", b"pinned code runs")
         assert (await tap.receive()).payload == b"pinned code runs"
     assert "plugin.cache_rejected" in [r.getMessage() for r in caplog.records]
+
+
+async def test_install_compiles_so_the_first_boot_is_warm_and_status_shows_progress(
+        tmp_path: Path, component_paths: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+    from typing import Any
+
+    from astrid_runtime.kernel import Kernel
+    from astrid_runtime.logs import KernelLog
+
+    home = tmp_path / "home"
+    lock = tmp_path / "plugins.lock"
+    for name in ("alpha", "beta"):
+        plugin = write_plugin(tmp_path, name, component_paths["relay"], config=name,
+                              subscribe=(name,))
+        done = subprocess.run([sys.executable, "-m", "astrid_runtime.client_cli", "--lockfile",
+                               str(lock), "plugin", "install", str(plugin)],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "ASTRID_HOME": str(home)})
+        assert done.returncode == 0, done.stderr
+        assert f"compiling {name} into {home / 'cache'}" in done.stdout
+
+    snapshots: list[dict[str, str]] = []
+    booting: list[Kernel] = []
+
+    class Spy(KernelLog):
+        """Records what `status()` says as each plugin starts compiling."""
+
+        def event(self, level: str, event: str, **fields: Any) -> None:
+            if event == "plugin.verified":
+                status = booting[0].status()["plugins"]
+                snapshots.append({p["name"]: p["state"] for p in status})
+            super().event(level, event, **fields)
+
+    engine = KernelEngine(cache_dir=home / "cache")
+    async with open_kernel(engine, MemoryKv(), log=Spy()) as kernel:
+        booting.append(kernel)
+        await kernel.boot(BootPlan(lock))
+        assert kernel.boot_stats["cache_hits"] == 2  # nothing compiled at boot
+        assert {p["state"] for p in kernel.status()["plugins"]} <= {"starting", "running"}
+    assert snapshots == [{"alpha": "compiling", "beta": "queued"},
+                         {"alpha": "compiled", "beta": "compiling"}]

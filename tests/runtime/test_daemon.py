@@ -194,8 +194,10 @@ def test_kv_written_through_a_plugin_survives_the_daemon(
     plugin = write_plugin(tmp_path / "plugins", "pyecho", component_paths["pyecho"],
                           publish=("echo.>",), subscribe=("echo.>",), kv=True)
     lock = tmp_path / "plugins.lock"
+    # install compiles into the kernel's cache: the one linked above, a hit
     subprocess.run([*ASTRID, "--lockfile", str(lock), "plugin", "install", "--allow-wildcards",
-                    str(plugin)], check=True, capture_output=True, timeout=60)
+                    str(plugin)], check=True, capture_output=True, timeout=60,
+                   env={**os.environ, "ASTRID_HOME": str(home)})
     config = tmp_path / "astridd.toml"
     config.write_text(f'home = "{home}"\nkv = "surrealkv://kv"\n')
     proc = subprocess.Popen([*ASTRIDD, "--config", str(config), "--lockfile", str(lock)],

@@ -315,9 +315,10 @@ def test_astridd_asks_wait_for_astrid_approve(tmp_path: Path,
                           config="subscribe=echo.ask", publish=("echo.>",),
                           subscribe=("echo.ask",), extra='cap = ["net.http"]\n')
     lock = tmp_path / "plugins.lock"
+    # --no-compile: the 18 MiB component compiles at the kernel's boot, as before
     done = subprocess.run([*ASTRID, "--lockfile", str(lock), "plugin", "install",
-                           "--allow-wildcards", str(plugin)], capture_output=True, text=True,
-                          timeout=60)
+                           "--allow-wildcards", "--no-compile", str(plugin)],
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     home = tmp_path / "home"
     config = tmp_path / "astridd.toml"
