@@ -19,7 +19,6 @@ what was gathered since the last flush (at most `flush_ms` of traffic).
 
 from __future__ import annotations
 
-import base64
 import threading
 import time
 from collections import deque
@@ -35,7 +34,6 @@ from astrid_runtime.bus import Message
 from astrid_runtime.recorder.settings import RecordingSettings
 from astrid_runtime.recorder.store import RecordingStore, Rows, default_url
 from astrid_runtime.recorder.timeline import Timeline, files_written
-from astrid_runtime.recorder.values import encode
 
 if TYPE_CHECKING:
     from astrid_runtime.kernel import Kernel
@@ -138,18 +136,13 @@ class Recorder:
     # -- the writer ---------------------------------------------------------
 
     def _encode(self, events: list[_RawEvent], calls: list[_RawCall]) -> Rows:
-        """The flush thread: raw tuples to the store's compact rows (no objects: this is
-        the recorder's CPU cost per message)."""
-        b64 = base64.b64encode
-        rows = Rows()
+        """The flush thread: raw tuples to the store's rows (no encoding here: this is
+        the recorder's CPU cost per message; see store.py)."""
+        rows = Rows(calls=list(calls))
         for message, t, receivers in events:
             who = message.who
-            rows.events.append([message.seq, t, message.topic, who.plugin, who.kernel,
-                                b64(message.payload).decode(), receivers])
-        for seq, plugin, version, outcome, detail, host, wrote, snapshot in calls:
-            rows.calls.append([seq, plugin, version, outcome, detail,
-                               [[name, encode(args), encode(value)]
-                                for name, args, value in host], wrote, snapshot])
+            rows.events.append((message.seq, t, message.topic, who.plugin, who.kernel,
+                                message.payload, receivers))
         return rows
 
     def _write(self, events: list[_RawEvent], calls: list[_RawCall]) -> None:

@@ -4,7 +4,7 @@
     enabled = true          # false: the bus and host calls are not recorded
     url = "surrealkv://recording"   # relative to home; mem://; a SurrealDB server URL
     max_events = 100000     # retention: the newest events kept (give or take a chunk)
-    flush_ms = 20           # how often gathered events are written (a kill -9 loses these)
+    flush_ms = 100          # how often gathered events are written (a kill -9 loses these)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class RecordingSettings:
     #: None: `surrealkv://HOME/recording`.
     url: str | None = None
     max_events: int = 100_000
-    flush_ms: int = 20
+    flush_ms: int = 100
     #: Events (and calls) waiting for a flush before new ones are counted lost.
     max_pending: int = 100_000
 
@@ -49,4 +49,4 @@ def parse_settings(doc: TomlDoc, table: dict[str, Any], home: Path) -> Recording
         url=resolve_url(url, home) if url else None,
         max_events=doc.get(table, "max_events", int, 100_000, table_name="recording",
                            check=positive),
-        flush_ms=doc.get(table, "flush_ms", int, 20, table_name="recording", check=positive))
+        flush_ms=doc.get(table, "flush_ms", int, 100, table_name="recording", check=positive))

@@ -28,6 +28,8 @@ _WRITE_FLAGS = frozenset({"write", "create", "truncate", "append"})
 def files_written(host: Sequence[tuple[str, list[Any], Any]]) -> list[str]:
     """Paths (as the plugin named them, relative to its directory handle) that the
     host calls `host` created, changed, renamed or removed."""
+    if not any(name.startswith("vfs.") for name, _, _ in host):
+        return []  # the common case, on every recorded call: keep it cheap
     paths: list[str] = []
     for name, args, result in host:
         failed = type(result).__name__ == "Err"
