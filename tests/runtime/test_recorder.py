@@ -3,9 +3,14 @@ switching it off, and a recording that survives kill -9 of the kernel."""
 
 from __future__ import annotations
 
+import os
+import pickle
+import zlib
 from pathlib import Path
 
+import pytest
 import trio
+from surrealdb import RecordID
 from testkit import MemoryKv, running, spec
 from wasmtime.component import Component
 
@@ -16,7 +21,7 @@ from astrid_runtime.kernel import Kernel, open_kernel
 from astrid_runtime.recorder.query import answer
 from astrid_runtime.recorder.recorder import recording
 from astrid_runtime.recorder.settings import RecordingSettings
-from astrid_runtime.recorder.store import RecordingStore
+from astrid_runtime.recorder.store import RecordingError, RecordingStore
 
 RELAY = Grants(publish=("chain.>",), subscribe=("chain",))
 
@@ -92,3 +97,23 @@ async def test_recording_switched_off_records_nothing(kernel: Kernel, tmp_path: 
         assert kernel.bus.on_record is None
         kernel.publish("x", b"1")
     assert not (tmp_path / "rec").exists()
+
+
+class _Evil:
+    """What a tampered store might hold: a pickle that calls a function when loaded."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.getenv, ("HOME",))
+
+
+def test_a_tampered_chunk_cannot_run_code(tmp_path: Path) -> None:
+    store = RecordingStore(f"surrealkv://{tmp_path / 'rec'}")
+    try:
+        blob = zlib.compress(pickle.dumps(([(1, 0.0, "x", "c", None, b"", [])], [_Evil()])))
+        store._db.query("CREATE $r CONTENT {n: 1, ev_lo: 1, ev_hi: 1, call_lo: 1, "
+                        "call_hi: 1, events: 1, blob: $b}", {"r": RecordID("chunk", [1]),
+                                                             "b": blob})
+        with pytest.raises(RecordingError, match=r"may not name os\.getenv"):
+            store.read()
+    finally:
+        store.close()
