@@ -39,8 +39,18 @@ echo; echo "== the commit landed in the project:"
 cat "$project/src/todo.txt"
 cat "$project/NOTES.md"
 echo; echo "== the approval, as the audit trail has it:"
-grep -E '"event": "cap\.(ask|answer|decision)"|"event": "fs\.commit"' \
-  "${ASTRID_HOME:-$HOME/.local/share/astrid}/audit.jsonl" | tail -n 4
+python - "${ASTRID_HOME:-$HOME/.local/share/astrid}/audit.jsonl" <<'PY'
+import json, sys
+lines = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
+wanted = ("cap.ask", "cap.answer", "cap.decision", "fs.commit")
+for e in [e for e in lines if e["event"] in wanted][-4:]:
+    who = {"cap.ask": f"deferred: waits for a person ({e.get('reason', '')})",
+           "cap.answer": f"answered {e.get('answer')} by {e.get('by')}",
+           "cap.decision": f"{e.get('decision')} at stage {e.get('stage')} by {e.get('by')}",
+           "fs.commit": f"committed: {e.get('ok')}"}[e["event"]]
+    print(f"{e['ts']}  {e['event']:<12} {e['plugin']} {e.get('kind', '')} "
+          f"{e.get('resource', '')}  {who}")
+PY
 echo
 echo "Talk to it yourself with: astrid run --lower $project"
 echo "(answer asks inline, or from another shell: astrid approvals / astrid approve ID)"
