@@ -75,11 +75,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="grant publish/subscribe patterns with '*' or '>' without asking")
     inst.add_argument("--no-compile", action="store_true",
                       help="only pin; the kernel compiles at its first boot")
-    new = psub.add_parser("new", help="scaffold a plugin (Python or C) in DIR/NAME",
+    new = psub.add_parser("new", help="scaffold a plugin (Python, C or JS) in DIR/NAME",
                           epilog="example: astrid plugin new --lang c greeter plugins")
     new.add_argument("name")
     new.add_argument("dir", nargs="?", type=Path, default=Path("."))
-    new.add_argument("--lang", default="python", metavar="python|c",
+    new.add_argument("--lang", default="python", metavar="python|c|js",
                      help="the plugin's language (default: python)")
     psub.add_parser("verify", help="check every pinned component's blake3")
     lst = psub.add_parser("list", help="list pinned plugins")

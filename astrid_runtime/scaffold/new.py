@@ -1,7 +1,8 @@
-"""`astrid plugin new NAME [--lang python|c]`: a plugin directory that builds and runs
+"""`astrid plugin new NAME [--lang python|c|js]`: a plugin directory that builds and runs
 as it is.
 
-The templates live in `templates/` (Python) and `templates/c/` (C);
+The templates live in `templates/` (Python), `templates/c/` (C) and
+`templates/js/` (JavaScript, built with componentize-js);
 `{{name}}` is the only placeholder. A Python plugin gets `plugin.toml`,
 `app.py` and a `.gitignore` for `build/`; a C plugin gets `plugin.toml`,
 `NAME.c` and the `.gitignore`, and includes the kernel's C SDK
@@ -24,6 +25,7 @@ LANGUAGES = {
     "python": TEMPLATES,
     "c": {"c/plugin.toml": "plugin.toml", "c/plugin.c": "{{name}}.c",
           "gitignore": ".gitignore"},
+    "js": {"js/plugin.toml": "plugin.toml", "js/app.js": "app.js", "gitignore": ".gitignore"},
 }
 
 

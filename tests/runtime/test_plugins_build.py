@@ -136,7 +136,7 @@ def test_directory_without_sources_is_one_clear_error(tmp_path: Path) -> None:
                                           'component = "empty.wasm"\n')
     with pytest.raises(BuildError) as e:
         build_plugin(tmp_path)
-    assert "no app.py (Python) or *.c (C) source" in str(e.value)
+    assert "no app.py (Python), app.js (JavaScript) or *.c (C) source" in str(e.value)
     assert "\n" not in str(e.value)
 
 
