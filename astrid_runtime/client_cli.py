@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("dir", nargs="?", type=Path, default=Path("."))
     new.add_argument("--lang", default="python", metavar="python|c|js",
                      help="the plugin's language (default: python)")
+    swap = psub.add_parser("swap", help="hot-swap a running link provider to its current pin",
+                           epilog="example: astrid plugin install plugins/markdown && "
+                                  "astrid plugin swap markdown")
+    swap.add_argument("name")
     psub.add_parser("verify", help="check every pinned component's blake3")
     lst = psub.add_parser("list", help="list pinned plugins")
     lst.add_argument("--json", action="store_true")
@@ -209,6 +213,11 @@ def cmd_plugin(args: argparse.Namespace) -> int:
         # The builder ships with astrid: this hint works outside the repository.
         print(f"created {made} (build it with `python -m astrid_runtime.scaffold.build "
               f"{made}`, then `astrid plugin install {made}`)")
+        return 0
+    if args.plugin_command == "swap":  # the running kernel re-reads its own lockfile
+        reply = _client(args).request({"op": "links.swap", "plugin": args.name})
+        print(f"swapped {args.name} to {reply['version']}; calls in flight finished on the "
+              "old version")
         return 0
     lock_path = _lockfile(args)
     if args.plugin_command == "install":

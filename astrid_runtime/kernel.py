@@ -159,6 +159,7 @@ class Kernel:
             ready.append((manifest, entry, compiled.component))
         self._boot_queue, self._boot_current = [], None
         # Links are resolved over every verified plugin, providers before importers.
+        self.control_ops["links.swap"] = self.links.control_op(plan.lockfile, self.policy)
         for manifest, entry, component in self.links.wire(ready, self.refuse):
             self.start(PluginSpec(entry.name, entry.version, component,
                                   manifest.config, entry.grants, entry.limits))

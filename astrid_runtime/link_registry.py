@@ -16,9 +16,11 @@ call); `swap_pinned` reads, hashes and compiles.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import trio
 from wasmtime.component import Component
 
 from astrid_runtime.abi.context import PluginContext
@@ -31,8 +33,9 @@ from astrid_runtime.abi.links import (
 )
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import KernelError
+from astrid_runtime.grants import DEFAULT_POLICY, GrantPolicy
 from astrid_runtime.links import LinkError, LinkNode, resolve
-from astrid_runtime.lockfile import LockEntry, Lockfile, read_verified
+from astrid_runtime.lockfile import LockEntry, Lockfile, load_lockfile, read_verified
 from astrid_runtime.logs import KernelLog
 from astrid_runtime.manifest import Manifest, load_manifest
 
@@ -135,21 +138,44 @@ class LinkRegistry:
         self._log.event("info", "link.provider_swapped", plugin=manifest.name,
                         version=entry.version)
 
-    def swap_pinned(self, lock: Lockfile, name: str) -> None:
-        """Hot-swap provider `name` to what `lock` now pins for it: the manifest at the
-        pin's source, the component verified against the pin, compiled, then `swap`.
+    def swap_pinned(self, lock: Lockfile, name: str, policy: GrantPolicy = DEFAULT_POLICY
+                    ) -> None:
+        """Hot-swap provider `name` to what `lock` now pins for it: the pin checked against
+        the kernel's `policy`, the manifest at its source, the component verified against
+        it and compiled, then `swap`.
 
         Blocking (reads, hashes, compiles): call it from a worker thread.
         """
         entry = lock.get(name)
         if entry is None:
             raise LinkError(f"plugin {name} is not pinned in {lock.path.name}")
+        problems = policy.problems(entry.grants, entry.limits)
+        if problems:
+            raise LinkError(f"plugin {name}: pinned " + "; ".join(problems))
         manifest = load_manifest(entry.source)
         if manifest.version != entry.version:
             raise LinkError(f"plugin {name}: version {manifest.version} but "
                             f"{lock.path.name} pins {entry.version}; reinstall it")
         wasm = read_verified(entry, manifest.component)
         self.swap(manifest, entry, self._engine.compile(wasm, entry.blake3).component)
+
+    def control_op(self, lockfile: Path, policy: GrantPolicy
+                   ) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+        """The `links.swap` control op (`astrid plugin swap NAME`): `swap_pinned` from the
+        kernel's lockfile as it is on disk now, in a worker thread."""
+
+        async def swap(request: dict[str, Any]) -> dict[str, Any]:
+            name = request.get("plugin")
+            if not isinstance(name, str):
+                return {"ok": False, "kind": "invalid", "error": "links.swap needs a plugin"}
+            try:
+                lock = await trio.to_thread.run_sync(load_lockfile, lockfile)
+                await trio.to_thread.run_sync(self.swap_pinned, lock, name, policy)
+            except KernelError as e:
+                return {"ok": False, "kind": "invalid", "error": str(e)}
+            return {"ok": True, "plugin": name, "version": self.providers[name].version}
+
+        return swap
 
     def attach(self, ctx: PluginContext) -> None:
         """Context hook: the plugin's shims, for its linker (none: it imports nothing)."""

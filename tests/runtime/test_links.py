@@ -317,3 +317,22 @@ async def test_two_importers_share_one_provider_one_call_at_a_time(
     answers = sorted([(await tap.receive()).payload for _ in range(2 * count)])
     assert answers == sorted(f"<p>{p}{i}</p>\n".encode() for p in "ab" for i in range(count))
     assert the_provider(kernel, "markdown").calls == 2 * count
+
+
+async def test_the_swap_control_op_reads_the_kernels_lockfile(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path]) -> None:
+    """`astrid plugin swap NAME` after `astrid plugin install`: the running kernel swaps to
+    what its lockfile pins now, and says why not when it cannot."""
+    await boot(kernel, tmp_path, [provider(link_wasm), caller(link_wasm)])
+    swap = kernel.control_ops["links.swap"]
+    assert await swap({"plugin": "mdcaller"}) == {
+        "ok": False, "kind": "invalid", "error": "plugin mdcaller is not a running link provider"}
+    (tmp_path / "hostile" / "plugin.toml").write_text(
+        f'name = "hostile"\nversion = "0.3.0"\ncomponent = "{link_wasm["markdown"]}"\n'
+        + provider_manifest())
+    lock = load_lockfile(tmp_path / "plugins.lock")
+    lock.with_entry(entry_for(load_manifest(tmp_path / "hostile"),
+                              link_wasm["markdown"].read_bytes())).save()
+    assert await swap({"plugin": "hostile"}) == {"ok": True, "plugin": "hostile",
+                                                 "version": "0.3.0"}
+    assert await ask(kernel, b"*now*") == ("md.ok", b"<p><em>now</em></p>\n")
