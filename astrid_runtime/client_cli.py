@@ -172,6 +172,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         note = p.get("last_error") or ""
         print(f"{p['name']:<20} {p['state']:<9} {p.get('restarts', '-')!s:>8} {mailbox:>9} "
               f"{p.get('delivered', '-')!s:>9}  {note}")
+    for link in status.get("links") or []:  # providers serve calls, not the bus
+        print(f"{link['name']:<20} {link['state']:<9} {link['restarts']!s:>8} {'link':>9} "
+              f"{link['calls']!s:>9}  exports {', '.join(link['exports'])}"
+              + (f"; {link['last_error']}" if link["last_error"] else ""))
     approval_cli.print_status(status)
     return 0
 
