@@ -9,6 +9,7 @@ by a real kernel. The importer publishes each answer of
 
 from __future__ import annotations
 
+import ctypes
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -22,12 +23,15 @@ from linkkit import (
     PluginDir,
     build_caller,
     build_hostile,
+    build_mdwrap,
     compose,
     provider_manifest,
     write_tree,
 )
 from testkit import ExpectedLogs
+from wasmtime import _ffi as ffi
 
+from astrid_runtime.abi.canon import STRING, Err, Ok, ResultCodec, Val
 from astrid_runtime.abi.links import LinkProvider
 from astrid_runtime.bus import Tap
 from astrid_runtime.errors import KernelError
@@ -336,3 +340,41 @@ async def test_the_swap_control_op_reads_the_kernels_lockfile(
     assert await swap({"plugin": "hostile"}) == {"ok": True, "plugin": "hostile",
                                                  "version": "0.3.0"}
     assert await ask(kernel, b"*now*") == ("md.ok", b"<p><em>now</em></p>\n")
+
+
+async def call_wrap(provider: LinkProvider, text: str) -> Ok[str] | Err[str]:
+    """`astrid:mdwrap/wrap.wrap(text)` on `provider`, from the host (in a worker thread)."""
+    params = (Val * 1)()
+    STRING.lower(text, params[0])
+    out = Val()
+    try:
+        why = await trio.to_thread.run_sync(provider.call, "astrid:mdwrap/wrap", "wrap",
+                                            ctypes.addressof(params), 1, ctypes.addressof(out))
+    finally:
+        ffi.wasmtime_component_val_delete(ctypes.byref(params[0]))
+    assert why is None
+    result: Ok[str] | Err[str] = ResultCodec(STRING, STRING).lift(out)
+    return result
+
+
+@pytest.mark.parametrize("inner", ["markdown", "hostile"])
+async def test_a_provider_that_imports_another_is_linked_after_it(
+        kernel: Kernel, tmp_path: Path, link_wasm: dict[str, Path], expect_logs: ExpectedLogs,
+        inner: str) -> None:
+    """`aaa-wrap` comes first in the lock but imports what `inner` exports: it is wired
+    after it, and an error deep in the chain reaches the top as a value."""
+    expect_logs.allow("link.provider_crashed")
+    wrap = PluginDir("aaa-wrap", build_mdwrap(),
+                     f'exports = ["astrid:mdwrap/wrap@0.1.0"]\nimports = ["{RENDER}"]\n')
+    await boot(kernel, tmp_path, [wrap, provider(link_wasm, inner)])
+    assert kernel.refused == {}
+    wrapper = the_provider(kernel, "aaa-wrap")
+    if inner == "markdown":
+        assert await call_wrap(wrapper, "*x*") == Ok("<p><em>x</em></p>\n")
+    else:
+        result = await call_wrap(wrapper, "trap")
+        assert isinstance(result, Err)
+        assert result.value.startswith("link astrid:markdown/render.to-html: provider hostile "
+                                       "crashed")
+        assert await call_wrap(wrapper, "ok") == Ok("<p>ok</p>")
+        assert (the_provider(kernel).crashes, wrapper.crashes) == (1, 0)

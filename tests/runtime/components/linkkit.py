@@ -55,6 +55,29 @@ def build_caller() -> Path:
     return _publish(tmp, out)
 
 
+def build_mdwrap() -> Path:
+    """A WAT provider that imports astrid:markdown/render and exports astrid:mdwrap/wrap."""
+    src = LINKS / "mdwrap"
+    out = BUILD / f"mdwrap-{_key(src / 'mdwrap.wat', src / 'mdwrap.wit', MARKDOWN_WIT)}.wasm"
+    if out.exists():
+        return out
+    stage = BUILD / f".mdwrap-wit.{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "deps" / "markdown").mkdir(parents=True)
+    shutil.copyfile(src / "mdwrap.wit", stage / "mdwrap.wit")
+    shutil.copyfile(MARKDOWN_WIT, stage / "deps" / "markdown" / "markdown.wit")
+    core = BUILD / f".mdwrap.{os.getpid()}.core.wasm"
+    tmp = BUILD / f".mdwrap.{os.getpid()}.wasm"
+    tool = str(BIN / "wasm-tools")
+    subprocess.run([tool, "component", "embed", str(stage), str(src / "mdwrap.wat"),
+                    "-o", str(core)], check=True, capture_output=True)
+    subprocess.run([tool, "component", "new", str(core), "-o", str(tmp)], check=True,
+                   capture_output=True)
+    core.unlink()
+    shutil.rmtree(stage)
+    return _publish(tmp, out)
+
+
 def build_hostile() -> Path:
     src = LINKS / "mdhostile"
     out = BUILD / f"mdhostile-{_key(*sorted(p for p in src.rglob('*') if p.is_file()))}.wasm"
