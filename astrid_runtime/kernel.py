@@ -270,8 +270,9 @@ class Kernel:
         """Advance the epoch past every plugin's call deadline: each running guest traps
         at its next epoch check (used when the kernel is going away)."""
         tick = self.engine.epoch_tick_ms
-        ticks = max((math.ceil(s.spec.limits.call_timeout_ms / tick) + 1
-                     for s in self.supervisors.values()), default=0)
+        timeouts = [s.spec.limits.call_timeout_ms for s in self.supervisors.values()]
+        timeouts += [p.call_timeout_ms for p in self.links.providers.values()]
+        ticks = max((math.ceil(ms / tick) + 1 for ms in timeouts), default=0)
         for _ in range(ticks):
             self.engine.increment_epoch()
 

@@ -159,6 +159,8 @@ class LinkProvider:
         self._lock = threading.Lock()
         self._live: _Live | None = None
         self._crash_times: deque[float] = deque()
+        #: The next start rebuilds after a crash (a restart), not a first start or a swap.
+        self._restarting = False
         self.calls = 0
         self.crashes = 0
         self.restarts = 0
@@ -207,6 +209,7 @@ class LinkProvider:
     def _crashed(self, reason: str) -> None:
         """Count a crash (lock held); disable after `max_crashes` within the window."""
         self._live = None  # a trap poisons the Store: the next call builds a new one
+        self._restarting = True
         self.crashes += 1
         self.last_error = reason
         now = time.monotonic()
@@ -235,8 +238,8 @@ class LinkProvider:
             self.calls += 1
             try:
                 if self._live is None:
-                    if self.calls > 1:
-                        self.restarts += 1
+                    self.restarts += self._restarting
+                    self._restarting = False
                     self._live = self._start()
                 live = self._live
                 func = self._func(live, iface, fn)
@@ -271,9 +274,14 @@ class LinkProvider:
                           if self._engine.settings.consume_fuel else 0)
             self._ticks = math.ceil(limits.call_timeout_ms / self._engine.epoch_tick_ms) + 1
             self._live = None
+            self._restarting = False
             self._crash_times.clear()
             self.disabled = None
             self.swaps += 1
+
+    @property
+    def call_timeout_ms(self) -> int:
+        return self._limits.call_timeout_ms
 
     def status(self) -> dict[str, Any]:
         state = "disabled" if self.disabled else ("running" if self._live else "idle")

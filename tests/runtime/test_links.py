@@ -214,7 +214,8 @@ async def test_hot_swap_under_load_loses_no_call(
         assert m.payload in (f"<p>m{i}</p>".encode(), f"<p>m{i}</p>\n".encode())
     assert answers[-1].payload == b"<p>last</p>\n"
     hostile = the_provider(kernel)
-    assert (hostile.swaps, hostile.version, hostile.crashes) == (1, "0.2.0", 0)
+    assert (hostile.swaps, hostile.version, hostile.crashes, hostile.restarts) == (
+        1, "0.2.0", 0, 0)
     assert kernel.supervisors["mdcaller"].crashes == 0
 
 
