@@ -44,7 +44,18 @@ from typing import Any
 
 from wasmtime import Store, WasiConfig, WasmtimeError
 from wasmtime import _ffi as ffi
-from wasmtime.component import Component, Linker, ResultType, String
+from wasmtime.component import (
+    Component,
+    Linker,
+    ListType,
+    OptionType,
+    RecordType,
+    ResultType,
+    String,
+    TupleType,
+    ValType,
+    VariantType,
+)
 
 from astrid_runtime.abi.canon import STRING, Err, ResultCodec, Val
 from astrid_runtime.abi.hostfunc import _RAW_CALLBACK, _no_finalizer
@@ -106,12 +117,37 @@ def link_exports(component: Component, engine: KernelEngine) -> dict[str, dict[s
     return _interfaces(component.type.exports(engine.engine), engine)
 
 
+def plain(ty: ValType | None) -> bool:
+    """Whether values of `ty` can cross between Stores: no resource handle (own/borrow),
+    stream, future or error-context anywhere inside (each belongs to one Store)."""
+    if ty is None or type(ty).__name__ in ("Bool", "U8", "U16", "U32", "U64", "S8", "S16",
+                                           "S32", "S64", "F32", "F64", "Char", "String",
+                                           "EnumType", "FlagsType"):
+        return True
+    if isinstance(ty, ListType):
+        return plain(ty.element)
+    if isinstance(ty, OptionType):
+        return plain(ty.payload)
+    if isinstance(ty, ResultType):
+        return plain(ty.ok) and plain(ty.err)
+    if isinstance(ty, RecordType):
+        return all(plain(t) for _, t in ty.fields)
+    if isinstance(ty, TupleType):
+        return all(plain(t) for t in ty.elements)
+    if isinstance(ty, VariantType):
+        return all(plain(t) for _, t in ty.cases)
+    return False  # own, borrow, stream, future, error-context
+
+
 def check_link_types(iface: str, wanted: dict[str, Any], offered: dict[str, Any]) -> str | None:
     """Why functions `wanted` (an import) cannot be served by `offered` (an export), or None."""
     for fn, fty in sorted(wanted.items()):
         oty = offered.get(fn)
         if oty is None:
             return f"{iface} has no function {fn}"
+        if not all(plain(t) for _, t in fty.params) or not plain(fty.result):
+            return (f"{iface}.{fn} passes a resource, stream or future, which cannot cross "
+                    "between two plugins' Stores")
         result = fty.result
         if not (isinstance(result, ResultType) and isinstance(result.err, String)):
             return (f"{iface}.{fn} must return result<_, string> (a failed link call is "

@@ -30,10 +30,12 @@ from linkkit import (
 )
 from testkit import ExpectedLogs
 from wasmtime import _ffi as ffi
+from wasmtime.component import Component
 
 from astrid_runtime.abi.canon import STRING, Err, Ok, ResultCodec, Val
-from astrid_runtime.abi.links import LinkProvider
+from astrid_runtime.abi.links import LinkProvider, check_link_types
 from astrid_runtime.bus import Tap
+from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import KernelError
 from astrid_runtime.grants import Grants, Limits
 from astrid_runtime.kernel import BootPlan, Kernel
@@ -379,3 +381,20 @@ async def test_a_provider_that_imports_another_is_linked_after_it(
                                        "crashed")
         assert await call_wrap(wrapper, "ok") == Ok("<p>ok</p>")
         assert (the_provider(kernel).crashes, wrapper.crashes) == (1, 0)
+
+
+def test_interfaces_with_resources_cannot_be_linked(
+        engine: KernelEngine, components: dict[str, Component]) -> None:
+    """A handle belongs to one Store: `astrid:kernel/vfs` (resources `dir`, `file`) is
+    refused as a link interface; `bus` (plain values) passes the check."""
+    imports = {name: {fn: ext.ty for fn, ext in item.ty.exports(engine.engine).items()}
+               for name, item in components["pyecho"].type.imports(engine.engine).items()
+               if name.startswith("astrid:kernel/")}
+    vfs = imports["astrid:kernel/vfs@0.1.0"]
+    assert check_link_types("vfs", {"root": vfs["root"]}, vfs) == (
+        "vfs.root passes a resource, stream or future, which cannot cross between two "
+        "plugins' Stores")
+    bus = imports["astrid:kernel/bus@0.1.0"]
+    # Plain values, but the error is a variant, not a string: still not linkable.
+    assert check_link_types("bus", {"publish": bus["publish"]}, bus) == (
+        "bus.publish must return result<_, string> (a failed link call is answered as err)")
