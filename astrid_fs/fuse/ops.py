@@ -94,6 +94,8 @@ class FuseOps(pyfuse3.Operations):
     def _entry(self, node: Node, st: StatLike) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         merged = self.ov.is_merged(node)
+        if self.passthrough is not None and not node.in_upper:
+            self.passthrough.prime(node, st)  # its first OPEN answered in C
         e.st_ino = node.ino
         e.generation = 0
         e.entry_timeout = e.attr_timeout = self.cache.ttl(node, merged)

@@ -54,6 +54,7 @@ import enum
 import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ import pyfuse3
 from astrid_fs.fuse.shim import FH_OPEN_REPLY, shim_version
 from astrid_fs.overlay.files import OpenFiles
 from astrid_fs.overlay.inodes import Node
+from astrid_fs.overlay.layers import StatLike
 from astrid_fs.overlay.overlay import Overlay
 
 log = logging.getLogger("astrid_fs.fuse.passthrough")
@@ -133,6 +135,7 @@ class Passthrough:
         self._lib.astrid_pt_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
         self._lib.astrid_pt_backing_open.argtypes = [ctypes.c_int]
         self._lib.astrid_pt_live.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_int]
+        self._lib.astrid_pt_prime.argtypes = [ctypes.c_uint64]
         self.available: bool | None = None  # None: not probed yet (before INIT)
         self.reason = "not yet negotiated (no file opened yet)"
         self.counts = {"passthrough": 0, "daemon": 0, "fallbacks": 0}
@@ -216,6 +219,13 @@ class Passthrough:
         self._lib.astrid_pt_set(node.ino, DataPath.PASSTHROUGH, backing)
         self._lib.astrid_pt_trim(MAX_BACKINGS)
         return True
+
+    def prime(self, node: Node, st: StatLike) -> None:
+        """A lower (or remote) regular file the kernel is told of: read-only
+        opens of it take the daemon path (`choose`), so the shim may answer
+        its first OPEN too (as no_open mode would have skipped it)."""
+        if stat.S_ISREG(st.st_mode) and self.available:
+            self._lib.astrid_pt_prime(node.ino)
 
     def has_backing(self, ino: int) -> bool:
         return self._live(ino).backing_id > 0

@@ -127,6 +127,16 @@ def test_reopen_is_answered_without_the_daemon(pt: MountedSession) -> None:
     assert path["opens_in_c"]["passthrough"] >= 3
 
 
+def test_first_read_of_a_lower_file_is_answered_without_python(pt: MountedSession) -> None:
+    # The LOOKUP reply primed the shim's table: the OPEN never reaches Python
+    # (as in no_open mode, where it never reached the daemon at all).
+    before = data_path(pt)
+    assert (pt.mnt / "docs" / "guide.md").read_text() == "guide\n"
+    after = data_path(pt)
+    assert after["opens_in_c"]["daemon"] == before["opens_in_c"]["daemon"] + 1
+    assert after["opens_in_python"] == before["opens_in_python"]
+
+
 def test_write_to_a_lower_file_copies_up_and_never_touches_the_lower(
         pt: MountedSession) -> None:
     with open(pt.mnt / "docs" / "guide.md", "a") as f:

@@ -266,6 +266,24 @@ int astrid_pt_set(uint64_t ino, int32_t mode, int32_t backing_id)
     return 0;
 }
 
+/* A file the kernel just learned of (LOOKUP, READDIRPLUS) that reads go
+ * to the daemon for (a lower or remote file): its first OPEN is answered
+ * here too. An existing entry is left as it is. */
+void astrid_pt_prime(uint64_t ino)
+{
+    pthread_mutex_lock(&pt_lock);
+    struct pt_entry **slot = pt_slot(ino);
+    if (!*slot) {
+        struct pt_entry *e = calloc(1, sizeof *e);
+        if (e) {
+            e->ino = ino;
+            e->mode = PT_DAEMON;
+            *slot = e;
+        }
+    }
+    pthread_mutex_unlock(&pt_lock);
+}
+
 /* out: mode, backing id, live passthrough opens, live daemon opens, stale.
  * Returns 0, or -1 when the table has no entry for `ino`. */
 int astrid_pt_query(uint64_t ino, int32_t *out)
