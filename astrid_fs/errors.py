@@ -35,6 +35,11 @@ class MountError(AstridFsError):
 
 
 class ConflictError(AstridFsError):
-    """The lower layer changed under a session change (commit refuses)."""
+    """The lower layer changed under a session change (commit refuses).
+    `conflicts` lists (path, why) for scripts (`commit --json`)."""
 
     exit_code = 3
+
+    def __init__(self, message: str, conflicts: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts

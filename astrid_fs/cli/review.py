@@ -204,9 +204,15 @@ LIST_LIMIT = 50  # commit lists its changes up to this many (all with --verbose)
 
 def cmd_commit(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
-    with Progress("commit", args.quiet) as progress:
-        result = commit(session, args.paths, force=args.force, dry_run=args.dry_run,
-                        steps=Steps.from_env(progress), on_wait=_say_waiting)
+    try:
+        with Progress("commit", args.quiet) as progress:
+            result = commit(session, args.paths, force=args.force, dry_run=args.dry_run,
+                            steps=Steps.from_env(progress), on_wait=_say_waiting)
+    except ConflictError as e:
+        if args.json:  # scripts get the list; the one line still goes to stderr
+            print(json.dumps({"committed": [], "conflicts": [
+                {"path": path, "why": why} for path, why in e.conflicts]}))
+        raise
     changes = list(result.changes)
     for c in result.skipped:
         _warn(args, f"not committed (only holds a mount point): {c.path}")

@@ -304,7 +304,9 @@ def conflict_error(conflicts: list[Change]) -> ConflictError:
     listed = "; ".join(f"{c.path}: {c.conflict}" for c in conflicts[:5])
     more = f" (and {len(conflicts) - 5} more)" if len(conflicts) > 5 else ""
     return ConflictError(f"commit refused, {len(conflicts)} conflict(s): {listed}{more}; "
-                         "review with `astrid-fs diff`, then discard them or use --force")
+                         "review with `astrid-fs diff`, then `astrid-fs resolve` them "
+                         "(--ours, --theirs, --merge) or use --force",
+                         tuple((c.path, c.conflict or "") for c in conflicts))
 
 
 def commit_sources(session: Session) -> list[str]:

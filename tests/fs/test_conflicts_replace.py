@@ -64,6 +64,10 @@ def test_editor_save_mv_over_rm_conflict_locally(tmp_path: Path, mount_session: 
     done = s.cli("commit", s.name, check=False)
     assert done.returncode == 3, done.stderr
     assert tree_state(project) == before  # nothing of the user's work was touched
+    as_json = s.cli("commit", s.name, "--json", check=False)
+    assert as_json.returncode == 3
+    listed = {c["path"] for c in json.loads(as_json.stdout)["conflicts"]}
+    assert {"README.md", "docs/x.md", "scripts/run.sh", "tree"} <= listed
 
 
 def test_no_conflict_without_project_edits_and_none_after_own_commit(

@@ -1,6 +1,7 @@
 """Issue 10, "Done when": a model test that drives two sessions and the
 project at once — edits, editor-style saves (temp file + rename), renames,
-deletes, snapshots, rollbacks, discards and commits from both sessions — and
+deletes, snapshots, rollbacks, discards, `resolve --ours`, `update` and
+commits from both sessions — and
 checks after every commit that
 
 - no edit in the project was overwritten or deleted without a conflict being
@@ -29,8 +30,9 @@ from hypothesis import strategies as st
 from astrid_fs.errors import ConflictError
 from astrid_fs.fuse import control
 from astrid_fs.review.bases import record_if_fresh
-from astrid_fs.review.commit import commit
+from astrid_fs.review.commit import commit, session_changes
 from astrid_fs.review.discard import discard
+from astrid_fs.review.resolve import resolve, update
 from astrid_fs.review.snapshot import rollback, snapshot
 from astrid_fs.session import Session, open_session
 from tests.support.mounts import MountedSession
@@ -51,6 +53,8 @@ op = st.one_of(
     st.tuples(st.just("rollback"), side),
     st.tuples(st.just("discard"), side, file),
     st.tuples(st.just("commit"), side),
+    st.tuples(st.just("resolve_ours"), side),
+    st.tuples(st.just("update"), side),
 )
 _words = itertools.count()
 
@@ -85,6 +89,12 @@ class Side:
 def _reset(sides: list[Side], lower: Path) -> None:
     for s in sides:
         control.sync(s.session)
+        for leftover in ("unmerged.json", "base-content"):
+            path = s.session.root / leftover
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
         for entry in os.scandir(s.session.upper):  # (what discard --all does)
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
@@ -174,6 +184,25 @@ def _run(sides: list[Side], lower: Path, steps: list[tuple[object, ...]]) -> Non
                 s.snaps = []
             elif kind == "commit":
                 _commit(s, lower)
+            elif kind == "resolve_ours":
+                # knowingly keep the session's versions: the project as it is
+                # now is what they are based on from here on
+                conflicts = [c.path for c in session_changes(s.session) if c.conflict]
+                if conflicts:
+                    resolve(s.session, [], "ours")
+                    now = _files(lower)
+                    for p in conflicts:
+                        if p in s.based:
+                            s.based[p] = now[p]
+                    s.snaps = []
+            elif kind == "update":
+                now = _files(lower)
+                merged = [o.path for o in update(s.session, [])
+                          if o.result in ("merged", "markers")]
+                for p in merged:
+                    s.based[p] = now[p]
+                if merged:
+                    s.snaps = []
     for s in sides:
         _commit(s, lower)
 
