@@ -33,6 +33,7 @@ from astrid_fs.overlay.layers import (
     Resolved,
     StatLike,
     SyntheticStat,
+    lstat_or_none,
     merged_names,
     resolve_child,
 )
@@ -61,6 +62,7 @@ class OverlayCore:
         # Beside the work dir, on the upper's filesystem (hard links).
         self.index = LinkIndex(os.path.join(os.path.dirname(tmp_dir), b"astrid-index"),
                                layers.names)
+        self.index.prune()
 
     # ---- resolution -------------------------------------------------------
 
@@ -154,6 +156,10 @@ class OverlayCore:
             lst = self.layers.lower_stat(node.lower)
             if lst is None:
                 raise err(errno.ENOENT)
+            if isinstance(lst, os.stat_result) and LinkIndex.applies(lst):
+                shown = self.index.shown_for_lower(lst)
+                if shown is not None:
+                    return relinked(lst, shown)
             return lst
         try:
             p = self.path(node)
@@ -162,16 +168,19 @@ class OverlayCore:
                 return os.fstat(node.fds[0])
             raise
         if node.in_upper:
-            upath = self.layers.upper_path(p)
-            ust = os.lstat(upath)
-            if ust.st_nlink > 1 and stat.S_ISREG(ust.st_mode):
-                return self._shown(ust, get_origin(upath, self.layers.names))
-            return ust
+            return self.upper_stat(self.layers.upper_path(p))
         assert node.lower is not None
         st = self.layers.lower_stat(node.lower)
         if st is None:
             raise err(errno.ENOENT)
         return st
+
+    def upper_stat(self, upath: bytes) -> StatLike:
+        """lstat of an upper entry as the view shows it (hard-link counts)."""
+        ust = os.lstat(upath)
+        if ust.st_nlink > 1 and stat.S_ISREG(ust.st_mode):
+            return self._shown(ust, get_origin(upath, self.layers.names))
+        return ust
 
     def has_name(self, node: Node) -> bool:
         """False once `node` lost its last name (removed while open)."""
@@ -294,7 +303,8 @@ class OverlayCore:
         upath = self.layers.upper_path(rel)
         assert node.lower is not None
         remote = self.remote_of(node)
-        lst = self.layers.lower_stat(node.lower) if self.layers.remotes else None
+        lst: StatLike | None = self.layers.lower_stat(node.lower) if self.layers.remotes \
+            else None
         if remote is not None:
             copy_up_remote(remote[0], remote[1], node.lower, upath, self.tmp, self.layers.names,
                            with_data=with_data, sync=self.sync_copy_up)
@@ -303,28 +313,66 @@ class OverlayCore:
             # for /mnt/s3): nothing to copy, just make it, keeping its inode.
             copy_up_synthetic_dir(lst, node.lower, upath, self.tmp, self.layers.names)
         else:
-            self._copy_up_local(node.lower, upath, with_data)
+            lst = self._copy_up_local(node.lower, upath, with_data)
         os.utime(parent_upper, ns=(pst.st_atime_ns, pst.st_mtime_ns), follow_symlinks=False)
         node.in_upper = True
         if not node.is_dir:
             node.lower = None
+        if remote is None and lst is not None and LinkIndex.applies(lst) and len(node.links) > 1:
+            self._link_up_known_names(node, rel, lst)
         return upath
 
-    def _copy_up_local(self, lower_rel: bytes, upath: bytes, with_data: bool) -> None:
+    def _link_up_known_names(self, node: Node, done: bytes, lst: StatLike) -> None:
+        """A hard-linked file was copied up under one of its names: give
+        every other name the kernel knows its upper link too, so that any
+        name of the node reaches the upper copy (hardlinks.py)."""
+        index = self.index.live(lst.st_dev, lst.st_ino)
+        if index is None:
+            return
+        for parent_ino, name in list(node.links):
+            if parent_ino not in self.table:
+                continue
+            parent = self.table.get(parent_ino)
+            parent_rel = self.path(parent)
+            rel = parent_rel + b"/" + name if parent_rel else name
+            if rel == done or lstat_or_none(self.layers.upper_path(rel)) is not None:
+                continue
+            self._link_up(parent, name, index)
+
+    def lower_alias_removed(self, node: Node) -> None:
+        """`node` is about to lose a name that only the lower layer shows:
+        keep a hard-linked file's link count right (hardlinks.py)."""
+        if node.in_upper or node.is_dir or node.lower is None \
+                or self.remote_of_lower(node.lower) is not None:
+            return
+        lower_path = self.layers.lower_path(node.lower)
+        lst = lstat_or_none(lower_path)
+        if lst is None or not LinkIndex.applies(lst):
+            return
+        rel = node.lower
+        self.index.alias_removed(
+            lst.st_dev, lst.st_ino, lst.st_nlink,
+            lambda path: copy_up(lower_path, path, self.tmp, self.layers.names, rel,
+                                 sync=self.sync_copy_up))
+
+    def _copy_up_local(self, lower_rel: bytes, upath: bytes, with_data: bool
+                       ) -> os.stat_result:
+        """Copy up a local lower entry; returns the lower entry's stat."""
         lower_path = self.layers.lower_path(lower_rel)
         lst = os.lstat(lower_path)
         if not LinkIndex.applies(lst):
             copy_up(lower_path, upath, self.tmp, self.layers.names, lower_rel,
                     with_data=with_data, sync=self.sync_copy_up)
-            return
+            return lst
         # A hard-linked lower file: one copy for all its names (hardlinks.py).
         index = self.index.live(lst.st_dev, lst.st_ino)
         if index is not None:
             self.index.link_up(index, upath)
-            return
+            return lst
         copy_up(lower_path, upath, self.tmp, self.layers.names, lower_rel,
                 with_data=with_data, sync=self.sync_copy_up)
         self.index.add(upath, lst.st_dev, lst.st_ino, lst.st_nlink)
+        return lst
 
     def anonymous_copy(self, node: Node, source_fd: int | None) -> int:
         """An unnamed read-write copy (O_TMPFILE in the work dir) of a file
@@ -375,6 +423,7 @@ class OverlayCore:
                 continue  # gone from both layers: open fds still reach the data
             node.in_upper = r.in_upper
             node.lower = r.lower
+        self.index.prune()
         inodes: list[int] = []
         entries: set[tuple[int, bytes]] = set()
         for node in self.table.nodes():

@@ -11,9 +11,13 @@ The link count shown is the upper copy's (minus the index's own name) plus
 the lower names not linked up yet; the index copy carries that pending
 count in `NS.overlay.astrid.pending` (hidden like every overlay xattr).
 
-An index entry counts only while some upper name still links to it (link
-count > 1): after a discard or rollback removed the copied-up names, the
-remaining names show the project's file again. Limits: a name of the lower
+An index entry counts while some upper name links to it or lower names
+are pending; entries no upper name links to are pruned when the daemon
+starts and after commit, discard or rollback rewrote the upper (the
+remaining names then show the project's file). Removing a lower name
+(unlink, rename over it) before any copy-up makes the index entry from the
+lower file, so the other names' link count drops, as kernel overlayfs does.
+Limits: a name of the lower
 inode that the session never resolved is not in the upper, so a commit
 lands the new content under the names the session saw (the project's link
 is then broken, both names reported by diff).
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from astrid_fs.overlay.whiteout import OverlayXattrs, get_xattr
@@ -46,18 +51,45 @@ class LinkIndex:
         return b"%s/%x-%x" % (self.dir, dev, ino)
 
     def live(self, dev: int, ino: int) -> bytes | None:
-        """The index copy of lower inode (dev, ino), if an upper name still
-        links to it; a stale entry (no upper name left) is dropped."""
+        """The index copy of lower inode (dev, ino), if it still stands for
+        some name: an upper name links to it, or lower names are pending."""
         path = self._path(dev, ino)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return None
-        if st.st_nlink > 1:
-            return path
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return None
+        return path if st.st_nlink > 1 or self.pending(path) > 0 else None
+
+    def prune(self) -> None:
+        """Drop entries no upper name links to. Called when the daemon starts
+        and after the layers changed behind it (commit, discard, rollback
+        rewrote the upper): what they left is the project's file again."""
+        try:
+            entries = os.scandir(self.dir)
+        except FileNotFoundError:
+            return
+        with entries:
+            for entry in entries:
+                if entry.stat(follow_symlinks=False).st_nlink == 1:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+    def alias_removed(self, dev: int, ino: int, lower_nlink: int,
+                      make_copy: Callable[[bytes], object]) -> None:
+        """A lower name of (dev, ino) left the view (unlink, rename over it):
+        one pending name fewer, so the others count right. Without an index
+        entry yet, `make_copy(path)` makes one from the lower file first (as
+        kernel overlayfs copies up for its link count)."""
+        path = self.live(dev, ino)
+        if path is None:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            path = self._path(dev, ino)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            make_copy(path)
+            self._set_pending(path, lower_nlink - 1)
+            return
+        self._set_pending(path, max(0, self.pending(path) - 1))
 
     def add(self, upper_path: bytes, dev: int, ino: int, lower_nlink: int) -> None:
         """Index the fresh copy-up at `upper_path` of lower inode (dev, ino)."""
@@ -82,6 +114,14 @@ class LinkIndex:
 
     def _set_pending(self, path: bytes, count: int) -> None:
         os.setxattr(path, self._pending, b"%d" % count, follow_symlinks=False)
+
+    def shown_for_lower(self, lower_st: os.stat_result) -> int | None:
+        """The link count to show for a lower name of an indexed file (its
+        other names may have been removed or linked up); None if not indexed."""
+        path = self.live(lower_st.st_dev, lower_st.st_ino)
+        if path is None:
+            return None
+        return os.lstat(path).st_nlink - 1 + self.pending(path)
 
     def shown_nlink(self, upper_st: os.stat_result, dev: int, ino: int) -> int:
         """The link count the merged view shows for an indexed upper file."""

@@ -176,6 +176,7 @@ class Namespace(OverlayCore):
             raise err(errno.ENOTEMPTY)
         upper_parent = self.copy_up(parent)
         upath = upper_parent + b"/" + name
+        self.lower_alias_removed(node)
         upper = (Kind.DIR if want_dir else Kind.OTHER) if node.in_upper else Kind.MISSING
         plan = removal(upper, lower_has(self.layers, parent.lower, name))
         if node.in_upper and want_dir:
@@ -231,6 +232,8 @@ class Namespace(OverlayCore):
             self._prepare_dir_move(src)
         else:
             self.copy_up(src)
+        if dst is not None:
+            self.lower_alias_removed(dst)
         self._clear_target(new_upper, dst)
         if src_shows_lower:
             try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from astrid_fs.overlay.core import STRIP_FLAGS, WRITE_FLAGS, err
 from astrid_fs.overlay.inodes import Node
-from astrid_fs.overlay.layers import Reader
+from astrid_fs.overlay.layers import Reader, StatLike
 from astrid_fs.overlay.namespace import Namespace, Owner
 
 __all__ = ["Overlay", "Owner", "SetAttr"]
@@ -37,7 +37,7 @@ class Overlay(Namespace):
 
     # ---- attributes and data ----------------------------------------------
 
-    def setattr(self, ino: int, change: SetAttr, fd: int | None) -> os.stat_result:
+    def setattr(self, ino: int, change: SetAttr, fd: int | None) -> StatLike:
         node = self.table.get(ino)
         truncating_to_zero = change.size == 0
         try:
@@ -62,7 +62,7 @@ class Overlay(Namespace):
             os.utime(upath, ns=(cur.st_atime_ns if change.atime_ns is None else change.atime_ns,
                                 cur.st_mtime_ns if change.mtime_ns is None else change.mtime_ns),
                      follow_symlinks=False)
-        return os.lstat(upath)
+        return self.upper_stat(upath)
 
     @staticmethod
     def _setattr_fd(fd: int, change: SetAttr) -> None:

@@ -79,7 +79,9 @@ class KernelOverlay(OverlayMount):
         self.work.mkdir(exist_ok=True)
 
     def mount(self) -> None:
-        opts = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work},redirect_dir=on"
+        # index=on: lower hard links stay links after copy-up.
+        opts = (f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work},"
+                "redirect_dir=on,index=on")
         self._run(["mount", "-t", "overlay", "overlay", "-o", opts, str(self.mnt)])
 
     def umount(self) -> None:

@@ -78,3 +78,19 @@ def test_tar_and_cp_a_keep_one_file(mount_session: MountFactory, tmp_path: Path)
     subprocess.run(["tar", "-xf", str(tarball), "-C", str(untar)], check=True)
     assert (untar / "b").read_text() == "base\nmore\n"
     assert os.stat(untar / "a").st_ino == os.stat(untar / "b").st_ino
+
+
+def test_removing_a_lower_name_counts_for_the_others(mount_session: MountFactory,
+                                                     tmp_path: Path) -> None:
+    """Found by the model test: an editor's save over one name (temp file
+    renamed over it) left the other name reporting nlink 2."""
+    lower = linked_project(tmp_path)
+    mnt = mount_session(lower).mnt
+    (mnt / "tmp").write_text("saved\n")
+    os.rename(mnt / "tmp", mnt / "b")
+    assert os.stat(mnt / "a").st_nlink == 2
+    os.unlink(mnt / "sub" / "c")
+    assert os.stat(mnt / "a").st_nlink == 1
+    assert (mnt / "a").read_text() == "base\n"
+    assert (mnt / "b").read_text() == "saved\n"
+    assert os.stat(lower / "a").st_nlink == 3  # the project is untouched
