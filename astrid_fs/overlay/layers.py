@@ -18,6 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from astrid_fs.overlay.longpaths import LONG_PATH, LongPaths
 from astrid_fs.overlay.stack import LowerStack
 from astrid_fs.overlay.whiteout import Origin, OverlayXattrs, get_xattr, is_whiteout_stat
 
@@ -137,47 +138,6 @@ class RemoteTree(Protocol):
 # never part of the merged view.
 COMMIT_STAGING_PREFIX = b".astrid-commit-"
 
-# Paths longer than this go through an ancestor's O_PATH fd (see LongPaths).
-_LONG_PATH = 3000
-
-
-class LongPaths:
-    """Makes layer paths of any length usable with path-based syscalls.
-
-    A session path may be up to PATH_MAX (4096) long; prefixed with the layer
-    root it no longer fits. A long path is rewritten as
-    `/proc/self/fd/N/REST`, N an O_PATH fd of an ancestor directory (opened
-    the same way, recursively). The fds are cached per ancestor; `forget`
-    drops them all and must be called after any rename or rmdir, because an
-    fd follows its directory when it moves.
-    """
-
-    _CAPACITY = 64
-
-    def __init__(self) -> None:
-        self._fds: dict[bytes, int] = {}
-
-    def shorten(self, path: bytes) -> bytes:
-        if len(path) < _LONG_PATH:
-            return path
-        cut = path.find(b"/", len(path) - _LONG_PATH // 2)
-        if cut <= 0:
-            return path  # a single over-long name: let the syscall say ENAMETOOLONG
-        prefix = path[:cut]
-        fd = self._fds.pop(prefix, None)
-        if fd is None:
-            fd = os.open(self.shorten(prefix), os.O_PATH | os.O_DIRECTORY)
-            while len(self._fds) >= self._CAPACITY:
-                os.close(self._fds.pop(next(iter(self._fds))))
-        self._fds[prefix] = fd  # most recently used last
-        return b"/proc/self/fd/%d%s" % (fd, path[cut:])
-
-    def forget(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-
 @dataclass(frozen=True)
 class Layers:
     """The layer roots (absolute, bytes), the overlay xattr names, and the
@@ -202,7 +162,7 @@ class Layers:
         if not rel:
             return self.upper
         path = self.upper + b"/" + rel
-        return path if len(path) < _LONG_PATH else self.long_paths.shorten(path)
+        return path if len(path) < LONG_PATH else self.long_paths.shorten(path)
 
     def lower_path(self, rel: bytes) -> bytes:
         """The local path of a lower entry (callers check `remote_for` first)."""
@@ -211,7 +171,7 @@ class Layers:
         if not rel:
             return self.lower
         path = self.lower + b"/" + rel
-        return path if len(path) < _LONG_PATH else self.long_paths.shorten(path)
+        return path if len(path) < LONG_PATH else self.long_paths.shorten(path)
 
     def remote_for(self, rel: bytes) -> tuple[RemoteTree, bytes] | None:
         """The remote tree holding lower path `rel`, and the path inside it."""
