@@ -20,16 +20,21 @@ over an upper another tool wrote) has an unknown base and no such checks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from astrid_fs.drivers.base import EntryStat, LowerDriver
 from astrid_fs.overlay.layers import COMMIT_STAGING_PREFIX, lstat_or_none
 from astrid_fs.overlay.whiteout import kind_of_mode
+
+if TYPE_CHECKING:
+    from astrid_fs.review.lowers import SessionLowers
 
 INDEX_NAME = "bases.sqlite"
 _XDEV = "xdev"  # another filesystem mounted inside the lower: its contents are unknown
@@ -106,6 +111,7 @@ class BaseIndex:
         self.db = sqlite3.connect(path)
         self.db.execute(_SCHEMA)
         self._xdev: list[str] | None = None
+        self._in_batch = False
 
     def close(self) -> None:
         self.db.close()
@@ -128,9 +134,23 @@ class BaseIndex:
                               "WHERE path = ?", (path,)).fetchone()
         return None if row is None else Base(*row)
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make every `put` and `forget_tree` inside one transaction (one
+        sync of the database instead of one per call)."""
+        with self.db:
+            self._in_batch = True
+            try:
+                yield
+            finally:
+                self._in_batch = False
+
+    def _txn(self) -> contextlib.AbstractContextManager[object]:
+        return contextlib.nullcontext() if self._in_batch else self.db
+
     def put(self, rows: Iterable[tuple[str, Base | None]]) -> None:
         """Record (or, for None, forget) the base of each path, in one transaction."""
-        with self.db:
+        with self._txn():
             for path, base in rows:
                 if base is None:
                     self.db.execute("DELETE FROM base WHERE path = ?", (path,))
@@ -143,7 +163,7 @@ class BaseIndex:
 
     def forget_tree(self, path: str) -> None:
         """Drop the rows of `path` and everything below it."""
-        with self.db:
+        with self._txn():
             self.db.execute("DELETE FROM base WHERE path = ? OR substr(path, 1, ?) = ?",
                             (path, len(path) + 1, path + "/"))
         self._xdev = None
@@ -292,18 +312,22 @@ def rebase_paths(session_root: Path, lower: Path, paths: Iterable[str]) -> None:
 
     lowers = SessionLowers.open(session_root, lower)
     try:
-        for path in sorted(set(paths)):
-            r = lowers.resolve(path)
-            index.forget_tree(path)
-            if r.entry.path == "/":
-                index.put(walk_local(lower, path))
-                continue
-            point = r.entry.path.strip("/")
-            now = r.driver.stat(r.rel)
-            if now is not None:
-                index.put([(path, Base.of_entry(now))])
-                if now.is_dir:
-                    index.put(walk_remote(r.driver, point, r.rel))
+        with index.batch():
+            for path in sorted(set(paths)):
+                _rebase_one(index, lowers, lower, path)
     finally:
         lowers.close()
         index.close()
+
+
+def _rebase_one(index: BaseIndex, lowers: SessionLowers, lower: Path, path: str) -> None:
+    r = lowers.resolve(path)
+    index.forget_tree(path)
+    if r.entry.path == "/":
+        index.put(walk_local(lower, path))
+        return
+    now = r.driver.stat(r.rel)
+    if now is not None:
+        index.put([(path, Base.of_entry(now))])
+        if now.is_dir:
+            index.put(walk_remote(r.driver, r.entry.path.strip("/"), r.rel))

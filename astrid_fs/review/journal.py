@@ -454,17 +454,20 @@ def _rebase(session: Session, rec: Record) -> None:
         return
     try:
         moved = {p.to for p in rec.place if p.op == "move"}
-        for v in rec.vacate:
-            index.forget_tree(v.path)
-        for path in rec.paths:
-            if path in moved:
-                index.forget_tree(path)
-                index.put(walk_local(session.lower, path))
-            else:
-                st = lstat_or_none(os.path.join(session.lower, path))
-                index.put([(path, None if st is None else Base.of_stat(st))])
-        if rec.remote:
-            _rebase_remote(session, rec, index)
+        with index.batch():  # one database sync for the whole commit
+            for v in rec.vacate:
+                index.forget_tree(v.path)
+            rows: list[tuple[str, Base | None]] = []
+            for path in rec.paths:
+                if path in moved:
+                    index.forget_tree(path)
+                    index.put(walk_local(session.lower, path))
+                else:
+                    st = lstat_or_none(os.path.join(session.lower, path))
+                    rows.append((path, None if st is None else Base.of_stat(st)))
+            index.put(rows)
+            if rec.remote:
+                _rebase_remote(session, rec, index)
     finally:
         index.close()
 
