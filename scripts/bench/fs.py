@@ -540,9 +540,10 @@ def markdown(medians: dict[str, dict[str, float]], unavailable: dict[str, str],
                    "the upper layer itself; files still in the lower layer are read through "
                    "the daemon, so that an open reader follows a later copy-up). So `read` "
                    "(a lower file) does not change with passthrough; `write`, `copy-up` and "
-                   "`append upper` do. With passthrough every open is an OPEN round trip "
-                   "(answered in C from the shim's table after the first), where the daemon "
-                   "path runs in no_open mode.")
+                   "`append upper` do. With passthrough every open is an OPEN and a RELEASE "
+                   "round trip (answered in C from the shim's table, but still one turn of "
+                   "the daemon's request loop each), where the daemon path runs in no_open "
+                   "mode and sends none: open-heavy reads (grep, git status) pay for that.")
         out.append("")
     out.append("Run it: `sudo .venv/bin/python scripts/bench/fs.py --full --write-md` "
                "(`--quick` for small sizes).")
