@@ -9,7 +9,7 @@ from wasmtime import Engine, Store, WasmtimeError
 from wasmtime import _ffi as ffi
 from wasmtime.component import Func, Linker
 
-from astrid_runtime.abi import bus, cap, kv, log, vfs
+from astrid_runtime.abi import bus, cap, kv, log, vfs, wasi_observed
 from astrid_runtime.abi.canon import BYTES, STRING, Codec, ResultCodec, Val
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.abi.hostfunc import HostFuncs, Signature
@@ -31,11 +31,14 @@ class PluginLinker:
         self.funcs = HostFuncs(lambda fn, e: ctx.report_bug(ctx.name, fn, e))
         if ctx.observer is not None:  # the recorder or a replay sees every host call
             self.funcs.tap = ctx.observer.tap
+            self.linker.allow_shadowing = True  # wasi_observed replaces WASI's clocks
         with self.linker.root() as root:
             for module in INTERFACES:
                 self.funcs.interface = module.__name__.rsplit(".", 1)[-1]
                 with root.add_instance(module.INTERFACE) as inst:
                     module.define(self.funcs, inst, ctx)
+            if ctx.observer is not None:
+                wasi_observed.define(self.funcs, root)
         if ctx.links is not None:
             ctx.links.define(self.linker)
 

@@ -3,6 +3,7 @@ plugin shows where its outputs differ, a crash is reproduced at its message."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,12 +12,14 @@ import trio
 from testkit import ExpectedLogs, spec
 from wasmtime.component import Component
 
+from astrid_runtime.bus import Tap
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.grants import Grants, Limits
 from astrid_runtime.kernel import Kernel
 from astrid_runtime.recorder.recorder import Recorder, recording
 from astrid_runtime.recorder.replay import ReplayReport, Target, replay
 from astrid_runtime.recorder.settings import RecordingSettings
+from astrid_runtime.recorder.store import RecordingStore
 from astrid_runtime.supervisor import State
 
 RELAY = Grants(publish=("chain.>",), subscribe=("chain",))
@@ -49,10 +52,12 @@ async def record(kernel: Kernel, tmp_path: Path, plugin: str, component: Compone
         assert rec is not None
         sup = kernel.start(spec({"c": component}, "c", plugin, config=config, grants=grants,
                                 limits=limits))
-        await sup.wait_for(lambda s: s.state is State.RUNNING)
-        for topic, payload in messages:
-            kernel.publish(topic, payload)
-        await rec.wait_calls(calls or len(messages))
+        with trio.fail_after(60):  # a bound, not a synchronisation
+            await sup.wait_for(lambda s: s.state in (State.RUNNING, State.DISABLED))
+            assert sup.state is State.RUNNING, sup.last_error
+            for topic, payload in messages:
+                kernel.publish(topic, payload)
+            await rec.wait_calls(calls or len(messages))
         await rec.flush()
     return rec
 
@@ -61,7 +66,6 @@ async def replay_of(engine: KernelEngine, rec: Recorder, plugin: str, component:
                     config: str, grants: Grants, limits: Limits | None = None
                     ) -> ReplayReport:
     store_url = rec.store.url
-    from astrid_runtime.recorder.store import RecordingStore
     store = await trio.to_thread.run_sync(RecordingStore, store_url)
     try:
         chunk = await trio.to_thread.run_sync(store.read)
@@ -118,3 +122,42 @@ async def test_a_crash_is_reproduced_by_replay_at_its_message(
     assert (crash.topic, crash.recorded) == ("hostile.trap", "crash")
     assert crash.seq == report.calls[1].seq
     assert report.calls[2].replayed == "ok"  # a new instance took the next message
+
+
+def build_chance(tmp_path: Path) -> bytes:
+    """`components/chance`: a plugin reading WASI randomness and the wall clock."""
+    src = testcomponents.HERE / "chance"
+    wit = tmp_path / "chance-wit"
+    shutil.copytree(src / "deps", wit / "deps")
+    (wit / "deps" / "astrid").mkdir()
+    shutil.copy(testcomponents.WIT / "kernel.wit", wit / "deps" / "astrid")
+    shutil.copy(src / "world.wit", wit)
+    tool = str(testcomponents.BIN / "wasm-tools")
+    core, out = tmp_path / "chance.core.wasm", tmp_path / "chance.wasm"
+    subprocess.run([tool, "component", "embed", str(wit), "--world",
+                    "astrid-test:chance/plugin", str(src / "chance.wat"), "-o", str(core)],
+                   check=True, capture_output=True)
+    subprocess.run([tool, "component", "new", str(core), "-o", str(out)], check=True,
+                   capture_output=True)
+    return out.read_bytes()
+
+
+async def test_clock_and_randomness_are_recorded_and_replayed(
+        kernel: Kernel, engine: KernelEngine, tmp_path: Path) -> None:
+    chance = engine.compile(build_chance(tmp_path)).component
+    grants = Grants(publish=("chance.out",), subscribe=("chance",))
+    tap = Tap(kernel.bus, "chance.out")
+    rec = await record(kernel, tmp_path, "chance", chance, "chance", grants,
+                       [("chance", b""), ("chance", b"")])
+    drawn = [(await tap.receive()).payload for _ in range(2)]
+    assert drawn[0][:8] != drawn[1][:8]  # 64 random bits, twice
+    store = RecordingStore(rec.store.url)
+    try:
+        calls = store.read().calls
+    finally:
+        store.close()
+    assert [[h.name for h in c.host] for c in calls] == [
+        ["wasi:random.get-random-u64", "wasi:wall-clock.now", "bus.publish"]] * 2
+    report = await replay_of(engine, rec, "chance", chance, "chance", grants)
+    assert report.identical, [str(d) for d in report.differences]
+    assert len(report.calls) == 2
