@@ -31,6 +31,7 @@ from astrid_fs.overlay.whiteout import (
     is_whiteout,
     kind_of_mode,
 )
+from astrid_fs.review.bases import Base
 
 Status = Literal["A", "M", "D", "R", "T", "L", "P", "X", "O", "U"]
 # Flags a change can carry; the status letter is the most telling of them.
@@ -69,6 +70,7 @@ class Change:
     link_to: str | None = None  # an earlier change path sharing this upper inode
     source_whiteout: str | None = None  # R: the upper whiteout at the rename source
     remote: bool = False  # under a source mounted from the mount table (S3, ...)
+    index_base: Base | None = None  # the base index's row for the entry it replaces
 
     @property
     def structural(self) -> bool:

@@ -29,8 +29,23 @@ def check_conflicts(changes: list[Change], lower: str | os.PathLike[str],
     changed since. With neither the base is unknown and no conflict can be
     seen (kernel overlayfs copy-ups, sessions older than the index)."""
     root = os.fspath(lower)
-    return [replace(c, conflict=conflict_of(c, root) or base_conflict(c, root, index))
+    return [replace(c, conflict=conflict_of(c, root) or base_conflict(c, root, index),
+                    index_base=_index_base(c, index))
             for c in changes]
+
+
+def _index_base(change: Change, index: BaseIndex | None) -> Base | None:
+    """The index row the change is judged by (for `diff --json`); an entry
+    absent from the base reads as kind "absent"."""
+    if index is None or change.origin is not None:
+        return None
+    path = change.path if change.status == "A" else change.lower_path
+    if path is None:
+        return None
+    found = index.lookup(path)
+    if isinstance(found, Unknown):
+        return None
+    return Base("absent") if found is None else found
 
 
 UNMERGED = "unmerged.json"  # in the session dir: paths a merge left with markers

@@ -55,15 +55,27 @@ def as_json(changes: list[Change]) -> str:
             "lower_path": c.lower_path,
             "flags": list(c.flags),
             "conflict": c.conflict,
-            "base": None if c.origin is None else {
-                "ino": c.origin.ino, "size": c.origin.size,
-                "mtime_ns": c.origin.mtime_ns,
-                # a copy-up from a mounted source records its ETag there
-                "blake3": None if c.remote else c.origin.blake3,
-                "etag": c.origin.blake3 if c.remote else None},
+            "base": _base_json(c),
             "hardlink_of": c.link_to,
         })
     return json.dumps(items, indent=2) + "\n"
+
+
+def _base_json(c: Change) -> dict[str, object] | None:
+    """What the change is based on: the copy-up's fingerprint, else the
+    session's base index row (`"from": "index"`; kind "absent" when the
+    project had nothing there), else null (unknown)."""
+    if c.origin is not None:
+        return {"from": "copy-up", "kind": c.origin.kind, "ino": c.origin.ino,
+                "size": c.origin.size, "mtime_ns": c.origin.mtime_ns,
+                # a copy-up from a mounted source records its ETag there
+                "blake3": None if c.remote else c.origin.blake3,
+                "etag": c.origin.blake3 if c.remote else None}
+    b = c.index_base
+    if b is None:
+        return None
+    return {"from": "index", "kind": b.kind, "ino": b.ino, "size": b.size,
+            "mtime_ns": b.mtime_ns, "blake3": None, "etag": b.etag}
 
 
 def _read(path: str | None) -> bytes | None:

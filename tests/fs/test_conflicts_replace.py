@@ -59,6 +59,8 @@ def test_editor_save_mv_over_rm_conflict_locally(tmp_path: Path, mount_session: 
     changes = _diff_json(s)
     for path in ("README.md", "docs/x.md", "scripts/run.sh", "tree"):
         assert changes[path]["conflict"], (path, changes[path])
+    base = changes["README.md"]["base"]  # (was null: the base index now says what it was)
+    assert isinstance(base, dict) and base["from"] == "index" and base["kind"] == "file"
     porcelain = s.cli("diff", s.name).stdout
     assert "M! README.md" in porcelain
     done = s.cli("commit", s.name, check=False)
@@ -93,7 +95,8 @@ def test_add_add_second_session_sees_the_first(tmp_path: Path, mount_session: Mo
     (a.mnt / "new.txt").write_text("from a\n")
     (b.mnt / "new.txt").write_text("from b\n")
     a.cli("commit", a.name)
-    assert _diff_json(b)["new.txt"]["conflict"]
+    added = _diff_json(b)["new.txt"]
+    assert added["conflict"] and added["base"]["kind"] == "absent"  # type: ignore[index]
     assert b.cli("commit", b.name, check=False).returncode == 3
     assert (project / "new.txt").read_text() == "from a\n"
 
