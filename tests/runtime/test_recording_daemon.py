@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from recordkit import relay_variant
 from testkit import write_plugin
 
 from astrid_runtime.control import ControlClient
@@ -101,6 +102,13 @@ def test_log_show_and_replay_survive_kill_9(setup: tuple[Path, Path]) -> None:
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     report = json.loads(replayed.stdout)
     assert report["identical"] and report["replayed"] >= 20
+
+    new_build = tmp_path / "relay-x.wasm"
+    new_build.write_bytes(relay_variant(tmp_path))
+    changed = kernel.astrid("replay", "relay", "--wasm", str(new_build), "--to", "3")
+    assert changed.returncode == 4, changed.stdout + changed.stderr
+    assert "host call 1 (bus.publish): recorded ['demo.r', 'm0'], replayed ['demo.x', 'm0']" \
+        in changed.stdout
 
     # The next kernel goes on numbering after the last durable event.
     kernel = Kernel(tmp_path, relay)
