@@ -21,7 +21,7 @@ from astrid_runtime.kernel import Kernel, open_kernel
 from astrid_runtime.recorder.query import answer
 from astrid_runtime.recorder.recorder import recording
 from astrid_runtime.recorder.settings import RecordingSettings
-from astrid_runtime.recorder.store import RecordingError, RecordingStore
+from astrid_runtime.recorder.store import RecordingError, RecordingStore, Rows
 
 RELAY = Grants(publish=("chain.>",), subscribe=("chain",))
 
@@ -117,3 +117,17 @@ def test_a_tampered_chunk_cannot_run_code(tmp_path: Path) -> None:
             store.read()
     finally:
         store.close()
+
+
+def test_log_finds_the_newest_matches_however_far_back(tmp_path: Path) -> None:
+    store = RecordingStore(f"surrealkv://{tmp_path / 'rec'}")
+    try:
+        for first in range(1, 6001, 1000):
+            store.write(Rows(events=[(n, 0.0, "rare" if n < 4 else "common", "client", None,
+                                      b"", []) for n in range(first, first + 1000)]))
+        rare = answer(store, {"topic": "rare", "limit": 2})["events"]
+        newest = answer(store, {"limit": 3})["events"]
+    finally:
+        store.close()
+    assert [e["seq"] for e in rare] == [2, 3]
+    assert [e["seq"] for e in newest] == [5998, 5999, 6000]
