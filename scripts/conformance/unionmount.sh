@@ -3,7 +3,7 @@
 # test by test against kernel overlayfs, fuse-overlayfs or astrid-fs.
 #
 #   scripts/conformance/unionmount.sh SUITE_DIR [--fs astrid-fs|fuse-overlayfs|kernel] [--xdev]
-#                                     [--out DIR] [--timeout SECS] [TEST...]
+#                                     [--ov=N] [--out DIR] [--timeout SECS] [TEST...]
 #
 # This script neither fetches nor builds the suite: SUITE_DIR is a work tree you made.
 # Upstream ./run stops at the first failing test, so we call it once per test and
@@ -17,6 +17,10 @@
 # Modes: kernel    -> ./run --ov --samefs            (redirect_dir=on added by ./run when
 #                                                     the module default is off)
 #        fuse-*    -> ./run --ov --fuse=NAME --samefs [--xdev]
+# --ov=N (layer recycling): ./run --ov=N ... runs every test twice, first with up to N
+# layers, where each remount in the test turns the previous upper into the top lower
+# (lowerdir=U1:L, then U2:U1:L, ...), then once more without recycling as --ov does.
+# A test passes only if both runs pass; the log keeps both.
 # mount.fuse3 runs NAME from a fixed PATH, so for astrid-fs an `astrid-fs` program
 # must be reachable in /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin.
 #
@@ -40,14 +44,16 @@ shift
 
 FS=astrid-fs
 XDEV=0
+LAYERS=
 OUT=
-TIMEOUT=300
+TIMEOUT=
 SELECTED=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --fs) FS=${2:?--fs needs a value}; shift 2 ;;
         --fs=*) FS=${1#--fs=}; shift ;;
         --xdev) XDEV=1; shift ;;
+        --ov=*) LAYERS=${1#--ov=}; shift ;;
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
         -h|--help) usage ;;
@@ -56,9 +62,18 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+# Per-test timeout: --ov=N remounts after every rename (rename-mass-dir: 124 remounts,
+# each starting a new astrid-fs daemon, 2.5-4 s on a loaded 2-core machine), so it
+# gets 900 s unless --timeout says otherwise; 300 s otherwise.
+[ -n "$TIMEOUT" ] || { [ -n "$LAYERS" ] && TIMEOUT=900 || TIMEOUT=300; }
+case "$LAYERS" in
+    '') OV=--ov ;;
+    *[!0-9]*) echo "unionmount: --ov=N needs a number of layers (got $LAYERS)" >&2; exit 2 ;;
+    *) OV=--ov=$LAYERS ;;
+esac
 case "$FS" in
-    kernel|overlay) FS=kernel; RUNARGS=(--ov) ;;
-    astrid-fs|fuse-overlayfs) RUNARGS=(--ov "--fuse=$FS") ;;
+    kernel|overlay) FS=kernel; RUNARGS=("$OV") ;;
+    astrid-fs|fuse-overlayfs) RUNARGS=("$OV" "--fuse=$FS") ;;
     *) echo "unionmount: --fs must be astrid-fs, fuse-overlayfs or kernel (got $FS)" >&2; exit 2 ;;
 esac
 RUNARGS+=(--samefs)
@@ -79,7 +94,8 @@ if [ "$FS" != kernel ]; then
 fi
 
 TAG=$FS
-[ "$XDEV" = 1 ] && TAG="$FS-xdev"
+[ -n "$LAYERS" ] && TAG="$TAG-ov$LAYERS"
+[ "$XDEV" = 1 ] && TAG="$TAG-xdev"
 OUT=${OUT:-/tmp/astrid-conformance/unionmount-$TAG}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
