@@ -28,9 +28,10 @@ from astrid_runtime.abi.canon import VAL_SIZE, Case, Codec, Err, Val
 #: Called with (function name, exception) when a host function raised.
 BugReporter = Callable[[str, BaseException], None]
 #: Wraps every host call when set (the recorder, a replay): gets the qualified name
-#: (`kv.get`), a thunk running the real function, and the lifted arguments; returns
+#: (`kv.get`), a thunk running the real function, the lifted arguments and the calling
+#: store's context (an int; None for functions added without `with_context`); returns
 #: the result value (a replay answers from its recording without running the thunk).
-HostTap = Callable[[str, Callable[[], Any], list[Any]], Any]
+HostTap = Callable[[str, Callable[[], Any], list[Any], int | None], Any]
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ class HostFuncs:
                     value = impl(_ctx, *lifted) if with_context else impl(*lifted)
                 else:
                     value = tap(qualified, (lambda: impl(_ctx, *lifted)) if with_context
-                                else (lambda: impl(*lifted)), lifted)
+                                else (lambda: impl(*lifted)), lifted,
+                                _ctx if with_context else None)
             except Exception as e:
                 report(name, e)
                 value = Err(Case("internal", f"{name}: kernel bug: {type(e).__name__}"))

@@ -61,7 +61,8 @@ class CallCapture:
         self._seq = message.seq
         self._host = []
 
-    def tap(self, name: str, call: Callable[[], Any], args: list[Any]) -> Any:
+    def tap(self, name: str, call: Callable[[], Any], args: list[Any],
+            store: int | None) -> Any:
         value = call()
         if self._host is not None:  # outside a delivery (init): not recorded
             self._host.append((name, args, value))

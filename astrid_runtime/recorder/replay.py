@@ -9,11 +9,13 @@ files. Every host call's name and arguments, and each call's outcome (ok,
 err, crash), are compared with the recording; a difference names the seq,
 the host call and both values.
 
-What it cannot answer from the recording: VFS handles (`root`, `open-dir`,
-`open-file` run against no filesystem and answer `unavailable`), WASI clocks
-and randomness (not host calls of ours), and the plugin's `init` (run live,
-on a private bus, with no KV). A plugin's memory is rebuilt from the first
-replayed message: replaying from the middle (`first`) starts it cold.
+VFS handles (`root`, `open-dir`, `open-file`) that were opened when recorded
+are new handles of the replay's store naming no file: the calls made through
+them are answered from the recording like the rest. Not answered from the
+recording: WASI `monotonic-clock` and insecure randomness (wasmtime's), and
+the plugin's `init` (run live, on a private bus, with no KV or files). A
+plugin's memory is rebuilt from the first replayed message: replaying from the
+middle (`first`) starts it cold.
 
 Guest calls run in a worker thread with an epoch ticker, as in the kernel, so
 a replayed hang ends at the plugin's deadline; a crash gets a new instance for
@@ -22,6 +24,7 @@ the messages after it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +33,10 @@ from typing import Any
 import trio
 from wasmtime.component import Component
 
-from astrid_runtime.abi.canon import Case, Err
+from astrid_runtime.abi.canon import Case, Err, Ok
 from astrid_runtime.abi.context import PluginContext
+from astrid_runtime.abi.resource import ResourceError, own, rep_of
+from astrid_runtime.abi.vfs import DIR, FILE
 from astrid_runtime.abi.world import PluginLinker
 from astrid_runtime.bus import Bus, Doorbell, Message, Sender
 from astrid_runtime.engine import KernelEngine
@@ -41,7 +46,7 @@ from astrid_runtime.recorder.store import Call, Event, HostCall
 from astrid_runtime.recorder.values import decode, encode, readable
 from astrid_runtime.sandbox import PluginInstance
 
-#: Host calls whose result is a handle of this process: run live (against no VFS).
+#: Host calls whose result is a handle of this store: a new one stands in for it.
 LIVE = frozenset({"vfs.root", "vfs.[method]dir.open-dir", "vfs.[method]dir.open-file"})
 
 
@@ -113,6 +118,7 @@ class ReplayTap:
         self._expected: tuple[HostCall, ...] = ()
         self._index = 0
         self._active = False
+        self._rep = 0
 
     def expect(self, call: Call) -> None:
         self._expected = call.host
@@ -123,9 +129,15 @@ class ReplayTap:
     def _differ(self, where: str, recorded: Any, replayed: Any) -> None:
         self._report.differences.append(Difference(self._seq, where, recorded, replayed))
 
-    def tap(self, name: str, call: Callable[[], Any], args: list[Any]) -> Any:
+    def tap(self, name: str, call: Callable[[], Any], args: list[Any],
+            store: int | None) -> Any:
         if not self._active:  # init: live, on the private bus
             return call()
+        if store is not None and name.startswith("vfs.[method]"):
+            # Take the borrowed handle as the real function would: a borrow left
+            # untouched fails the guest's call ("borrow handles still remain").
+            with contextlib.suppress(ResourceError):
+                rep_of(store, args[0], FILE if name.startswith("vfs.[method]file.") else DIR)
         i = self._index
         self._index += 1
         where = f"host call {i + 1} ({name})"
@@ -140,9 +152,13 @@ class ReplayTap:
             return call() if name in LIVE else Err(Case("unavailable", "not in the recording"))
         if want_args != got:
             self._differ(where, readable(want_args), readable(got))
-        if name in LIVE:
-            return call()
-        return decode(want.result)
+        answer = decode(want.result)
+        if name in LIVE and isinstance(answer, Ok) and store is not None:
+            # A handle of this store that names nothing: the calls made through it are
+            # answered from the recording too (its destructor finds no VFS to close).
+            self._rep += 1
+            return Ok(own(store, self._rep, FILE if name.endswith("open-file") else DIR))
+        return answer
 
     def end(self, outcome: str, detail: str) -> None:
         self._active = False

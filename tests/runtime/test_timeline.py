@@ -19,11 +19,14 @@ from wasmtime.component import Component
 
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.bus import Tap
-from astrid_runtime.grants import Grants
+from astrid_runtime.engine import KernelEngine
+from astrid_runtime.grants import Grants, Limits
 from astrid_runtime.kernel import Kernel
 from astrid_runtime.recorder.query import answer
 from astrid_runtime.recorder.recorder import recording
+from astrid_runtime.recorder.replay import Target, replay
 from astrid_runtime.recorder.settings import RecordingSettings
+from astrid_runtime.recorder.store import RecordingStore
 from astrid_runtime.recorder.timeline import Timeline
 from astrid_runtime.vfs import PluginVfs
 
@@ -66,8 +69,8 @@ def write_batch(path: str, text: str) -> bytes:
 
 
 async def test_files_are_restored_to_the_state_at_a_chosen_event(
-        kernel: Kernel, components: dict[str, Component], mounted: Mounted,
-        tmp_path: Path) -> None:
+        kernel: Kernel, engine: KernelEngine, components: dict[str, Component],
+        mounted: Mounted, tmp_path: Path) -> None:
     def give_workspace(ctx: PluginContext) -> None:
         ctx.vfs = PluginVfs(ctx.name, ctx.grants.vfs, {"workspace": mounted.mnt})
 
@@ -98,3 +101,14 @@ async def test_files_are_restored_to_the_state_at_a_chosen_event(
     assert done.returncode == 0, done.stderr
     assert (mounted.mnt / "notes.txt").read_text() == "one"
     assert (mounted.lower / "notes.txt").read_text() == "zero"  # the project is untouched
+
+    # The replay gets its VFS handles and answers from the recording: no files needed.
+    store = RecordingStore(settings.url or "")
+    try:
+        chunk = store.read()
+    finally:
+        store.close()
+    report = await replay(engine, Target("echo", components["pyecho"], "", grants, Limits()),
+                          chunk.events, [c for c in chunk.calls if c.plugin == "echo"])
+    assert report.identical, [str(d) for d in report.differences]
+    assert [c.topic for c in report.calls if c.topic == "echo.fuzz"] == ["echo.fuzz"] * 2
