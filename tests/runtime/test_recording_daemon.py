@@ -90,6 +90,11 @@ def test_log_show_and_replay_survive_kill_9(setup: tuple[Path, Path]) -> None:
         f"m{n}".encode() for n in range(20)]
     assert all(e["sender"] == "client" and e["to"] == ["relay"] for e in inputs)
 
+    text = kernel.astrid("log", "demo", "--since", "-3600", "--limit", "2")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert len(lines) == 2 and all(" demo client -> relay " in line for line in lines)
+
     shown = kernel.astrid("show", "1")
     assert shown.returncode == 0, shown.stderr
     assert "bus.publish('demo.r', 'm0') -> {'ok': None}" in shown.stdout
