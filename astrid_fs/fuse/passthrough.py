@@ -216,8 +216,9 @@ class Passthrough:
             self.counts["fallbacks"] += 1
             log.info("passthrough refused for inode %d: %s", node.ino, os.strerror(-backing))
             return False
-        self._lib.astrid_pt_set(node.ino, DataPath.PASSTHROUGH, backing)
+        # Trim first: the new entry has no open counted yet and must not go.
         self._lib.astrid_pt_trim(MAX_BACKINGS)
+        self._lib.astrid_pt_set(node.ino, DataPath.PASSTHROUGH, backing)
         return True
 
     def prime(self, node: Node, st: StatLike) -> None:

@@ -14,11 +14,11 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from astrid_fs.fuse.passthrough import Choice, Live, choose
+from astrid_fs.fuse.passthrough import Choice, Live, Passthrough, choose, requested
 from tests.support.mounts import MountedSession
 
 MountFactory = Callable[..., MountedSession]
@@ -46,6 +46,19 @@ MIB = 1 << 20
 def test_choose(local: bool, in_upper: bool, writable: bool, live: Live,
                 expected: Choice) -> None:
     assert choose(local=local, in_upper=in_upper, writable=writable, live=live) is expected
+
+
+def test_without_root_the_mount_keeps_the_daemon_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    pt, reason = Passthrough.enable(cast(Any, None), cast(Any, None))
+    assert pt is None
+    assert reason == "daemon path: passthrough needs root (CAP_SYS_ADMIN)"
+
+
+def test_the_environment_asks_for_passthrough() -> None:
+    assert requested({"ASTRID_FS_PASSTHROUGH": "1"})
+    assert not requested({"ASTRID_FS_PASSTHROUGH": "0"})
+    assert not requested({})
 
 
 # ---- against a mount ----------------------------------------------------------

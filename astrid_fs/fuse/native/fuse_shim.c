@@ -749,12 +749,9 @@ static void shim_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in
         reply_write(req, (size_t)res);
 }
 
-struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_lowlevel_ops *op,
-                                      size_t op_size, void *userdata)
+/* Our operation table: pyfuse3's, with the wrappers above. */
+static void patch_ops(const struct fuse_lowlevel_ops *op, size_t op_size)
 {
-    session_new_fn real = (session_new_fn)libfuse_symbol("fuse_session_new");
-    if (!real)
-        return NULL;
     memset(&patched, 0, sizeof patched);
     memcpy(&patched, op, op_size < sizeof patched ? op_size : sizeof patched);
     if (pt_enabled && patched.open && patched.release && patched.setattr) {
@@ -800,6 +797,37 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
     patched.lseek = shim_lseek;
     patched.fallocate = shim_fallocate;
     patched.copy_file_range = shim_copy_file_range;
+}
+
+struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_lowlevel_ops *op,
+                                      size_t op_size, void *userdata)
+{
+    session_new_fn real = (session_new_fn)libfuse_symbol("fuse_session_new");
+    if (!real)
+        return NULL;
+    patch_ops(op, op_size);
     pt_session = real(args, &patched, sizeof patched, userdata);
     return pt_session;
 }
+
+#if FUSE_MAJOR_VERSION * 100 + FUSE_MINOR_VERSION >= 317
+/* libfuse 3.17+: fuse_session_new() is a header wrapper around this
+ * exported function, so a pyfuse3 built against those headers calls this
+ * one. (Not exercised on this project's Debian 12 machines.) */
+struct fuse_session *fuse_session_new_versioned(struct fuse_args *args,
+                                                const struct fuse_lowlevel_ops *op,
+                                                size_t op_size,
+                                                struct libfuse_version *version,
+                                                void *userdata)
+{
+    typedef struct fuse_session *(*versioned_fn)(struct fuse_args *,
+                                                 const struct fuse_lowlevel_ops *, size_t,
+                                                 struct libfuse_version *, void *);
+    versioned_fn real = (versioned_fn)libfuse_symbol("fuse_session_new_versioned");
+    if (!real)
+        return NULL;
+    patch_ops(op, op_size);
+    pt_session = real(args, &patched, sizeof patched, version, userdata);
+    return pt_session;
+}
+#endif
