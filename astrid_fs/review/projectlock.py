@@ -32,7 +32,10 @@ def lock_dir(home: Path) -> Path:
     candidates = [Path(env)] if env else [_SYSTEM_DIR, home / "locks"]
     for d in candidates:
         try:
-            d.mkdir(mode=0o1777 if d == _SYSTEM_DIR else 0o700, parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if d == _SYSTEM_DIR and d.stat().st_uid == os.geteuid():
+                # shared by every user's sessions, like /tmp (umask would narrow mkdir's mode)
+                os.chmod(d, 0o1777)
         except OSError:
             continue
         if os.access(d, os.W_OK):
@@ -77,7 +80,8 @@ def project_locked(sources: Iterable[str], home: Path,
     try:
         for key, exclusive in _plan(project_key(s) for s in sources):
             name = hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock"
-            fd = os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o666)
+            # (flock needs no write access: any user can lock a file another made)
+            fd = os.open(directory / name, os.O_RDONLY | os.O_CREAT, 0o644)
             fds.append(fd)
             mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
             try:
