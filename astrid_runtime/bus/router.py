@@ -131,6 +131,8 @@ class Mailbox:
         #: Called (outside the bus lock, in the publisher's thread) with the overflow
         #: count at the first overflow and every 1000th: the owner logs it.
         self.on_overflow: Callable[[int], None] | None = None
+        #: The endpoint's name (the recorder lists who received a message).
+        self.owner = ""
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -246,6 +248,7 @@ class Bus:
             if name in self._endpoints:
                 raise BusError("conflict", f"{name} is already on the bus")
             mailbox = Mailbox(limits.mailbox, doorbell, drop_oldest=drop_oldest)
+            mailbox.owner = name
             endpoint = Endpoint(self, name, grants, limits, mailbox)
             self._endpoints[name] = endpoint
             return endpoint
@@ -324,7 +327,7 @@ class Bus:
         payload = bytes(payload)
         to_wake: list[Doorbell] = []
         record = self.on_record
-        named: list[tuple[Mailbox, str]] = []  # only when recording
+        receivers: list[str] = []  # only when recording
         with self.lock:
             if endpoint is not None and not endpoint.bucket.take():
                 raise BusError("rate-limited", f"over {endpoint.limits.publish_per_sec} "
@@ -336,10 +339,7 @@ class Bus:
                 box = sub.endpoint.mailbox
                 if match_tokens(sub.tokens, tokens) and box not in targets:
                     targets.append(box)
-                    if record is not None and not box.drop_oldest:
-                        named.append((box, sub.endpoint.name))
             delivered = 0
-            receiving: set[Mailbox] = set()
             overflows: list[tuple[Callable[[int], None], int]] = []
             for box in targets:
                 if not box.drop_oldest and box.full():
@@ -349,15 +349,15 @@ class Bus:
                         overflows.append((box.on_overflow, n))
                     continue
                 delivered += not box.drop_oldest
-                if record is not None:
-                    receiving.add(box)
+                if record is not None and not box.drop_oldest:
+                    receivers.append(box.owner)
                 if box._put(message):
                     to_wake.append(box.doorbell)
             if endpoint is not None:
                 endpoint.published += 1
         if record is not None:
             # Before waking anyone, so the event is queued before any call it causes.
-            record(message, [name for box, name in named if box in receiving])
+            record(message, receivers)
         for bell in to_wake:
             bell.ring()
         for notify, n in overflows:

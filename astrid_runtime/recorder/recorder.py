@@ -56,29 +56,35 @@ class CallCapture:
         self.version = version
         self._seq = 0
         self._host: list[tuple[str, list[Any], Any]] | None = None
+        self._vfs = False  # a VFS call in this delivery: look for files written
+        self._on_call = recorder.on_call
 
     def begin(self, message: Message) -> None:
         self._seq = message.seq
         self._host = []
+        self._vfs = False
 
     def tap(self, name: str, call: Callable[[], Any], args: list[Any],
             store: int | None) -> Any:
         value = call()
-        if self._host is not None:  # outside a delivery (init): not recorded
-            self._host.append((name, args, value))
+        host = self._host
+        if host is not None:  # outside a delivery (init): not recorded
+            host.append((name, args, value))
+            if store is not None:  # only VFS (and cap) functions take the store context
+                self._vfs = True
         return value
 
     def end(self, outcome: str, detail: str) -> None:
         host, self._host = self._host or [], None
-        wrote = files_written(host) if host else []
+        wrote = files_written(host) if self._vfs else []
         snapshot = None
         timeline = self._recorder.timeline
         if wrote and timeline is not None:
             # Now, in the plugin's thread, before its next message: the files as this
             # event left them (one timeline; recorder/timeline.py).
             snapshot = timeline.snapshot(self._seq, self.plugin)
-        self._recorder.on_call((self._seq, self.plugin, self.version, outcome, detail, host,
-                                wrote, snapshot))
+        self._on_call((self._seq, self.plugin, self.version, outcome, detail, host, wrote,
+                       snapshot))
 
 
 class Recorder:
@@ -89,6 +95,7 @@ class Recorder:
         self.settings = settings
         self._events: deque[_RawEvent] = deque()
         self._calls: deque[_RawCall] = deque()
+        self._max_pending = settings.max_pending
         self._limiter = trio.CapacityLimiter(1)
         self._flushing = trio.Lock()
         self.durable_seq = store.last_seq()
@@ -105,13 +112,13 @@ class Recorder:
     # -- producers (any thread) -------------------------------------------
 
     def on_delivery(self, message: Message, receivers: list[str]) -> None:
-        if len(self._events) >= self.settings.max_pending:
+        if len(self._events) >= self._max_pending:
             self.lost += 1
             return
         self._events.append((message, time.time(), receivers))
 
     def on_call(self, raw: _RawCall) -> None:
-        if len(self._calls) >= self.settings.max_pending:
+        if len(self._calls) >= self._max_pending:
             self.lost += 1
         else:
             self._calls.append(raw)
