@@ -111,7 +111,7 @@ def _line(event: dict[str, Any]) -> str:
     to = ",".join(event["to"]) or "-"
     notes = []
     for call in event["calls"]:
-        if call["outcome"] != "ok":
+        if call["outcome"] not in ("ok", "init"):
             notes.append(f"{call['plugin']} {call['outcome']}: {call['detail']}")
         if call.get("wrote"):
             snap = f" (snapshot {call['snapshot']})" if call.get("snapshot") else ""

@@ -58,8 +58,17 @@ class CallCapture:
         self._host: list[tuple[str, list[Any], Any]] | None = None
         self._vfs = False  # a VFS call in this delivery: look for files written
         self._on_call = recorder.on_call
+        #: Host calls made outside a delivery: the instance's `init`.
+        self._init: list[tuple[str, list[Any], Any]] = []
 
     def begin(self, message: Message) -> None:
+        if self._init:
+            # The `init` of the instance about to take this message, recorded as a call
+            # of outcome `init` at the same seq (before it): a replay answers its own
+            # `init` from it.
+            init, self._init = self._init, []
+            self._recorder.on_call((message.seq, self.plugin, self.version, "init", "", init,
+                                    [], None), ended=False)
         self._seq = message.seq
         self._host = []
         self._vfs = False
@@ -68,7 +77,9 @@ class CallCapture:
             store: int | None) -> Any:
         value = call()
         host = self._host
-        if host is not None:  # outside a delivery (init): not recorded
+        if host is None:  # outside a delivery: the instance's init
+            self._init.append((name, args, value))
+        else:
             host.append((name, args, value))
             if store is not None:  # only VFS (and cap) functions take the store context
                 self._vfs = True
@@ -117,11 +128,15 @@ class Recorder:
             return
         self._events.append((message, time.time(), receivers))
 
-    def on_call(self, raw: _RawCall) -> None:
+    def on_call(self, raw: _RawCall, *, ended: bool = True) -> None:
+        """Gather a plugin call (`ended`: one delivery's, counted by `wait_calls`; else
+        an instance's `init`)."""
         if len(self._calls) >= self._max_pending:
             self.lost += 1
         else:
             self._calls.append(raw)
+        if not ended:
+            return
         with self._seen_lock:  # plugins' threads end calls concurrently
             self.calls_seen += 1
         event = self._calls_event

@@ -12,10 +12,11 @@ the host call and both values.
 VFS handles (`root`, `open-dir`, `open-file`) that were opened when recorded
 are new handles of the replay's store naming no file: the calls made through
 them are answered from the recording like the rest. Not answered from the
-recording: WASI `monotonic-clock` and insecure randomness (wasmtime's), and
-the plugin's `init` (run live, on a private bus, with no KV or files). A
-plugin's memory is rebuilt from the first replayed message: replaying from the
-middle (`first`) starts it cold.
+recording: WASI `monotonic-clock` and insecure randomness (wasmtime's). Each
+instance's `init` is answered from the recorded `init` before it (live, on a
+private bus with no KV or files, when none was recorded). A plugin's memory
+is rebuilt from the first replayed message: replaying from the middle
+(`--from`) starts it cold.
 
 Guest calls run in a worker thread with an epoch ticker, as in the kernel, so
 a replayed hang ends at the plugin's deadline; a crash gets a new instance for
@@ -119,6 +120,7 @@ class ReplayTap:
         self._index = 0
         self._active = False
         self._rep = 0
+        self._label = "host call"
 
     def expect(self, call: Call) -> None:
         self._expected = call.host
@@ -126,12 +128,17 @@ class ReplayTap:
     def begin(self, message: Message) -> None:
         self._seq, self._index, self._active = message.seq, 0, True
 
+    def begin_init(self, init: Call) -> None:
+        """The next host calls are an `init`'s, answered from the recorded `init`."""
+        self._expected, self._label = init.host, "init host call"
+        self._seq, self._index, self._active = init.seq, 0, False
+
     def _differ(self, where: str, recorded: Any, replayed: Any) -> None:
         self._report.differences.append(Difference(self._seq, where, recorded, replayed))
 
     def tap(self, name: str, call: Callable[[], Any], args: list[Any],
             store: int | None) -> Any:
-        if not self._active:  # init: live, on the private bus
+        if not self._active and not self._expected:  # an init not recorded: live
             return call()
         if store is not None and name.startswith("vfs.[method]"):
             # Take the borrowed handle as the real function would: a borrow left
@@ -140,7 +147,7 @@ class ReplayTap:
                 rep_of(store, args[0], FILE if name.startswith("vfs.[method]file.") else DIR)
         i = self._index
         self._index += 1
-        where = f"host call {i + 1} ({name})"
+        where = f"{self._label} {i + 1} ({name})"
         got = _comparable(name, args)
         if i >= len(self._expected):
             self._differ(where, None, readable(got))
@@ -161,10 +168,13 @@ class ReplayTap:
         return answer
 
     def end(self, outcome: str, detail: str) -> None:
+        """A delivery (or an `init`) ended: recorded host calls it did not make differ."""
         self._active = False
         for j in range(self._index, len(self._expected)):
             missing = self._expected[j]
-            self._differ(f"host call {j + 1} ({missing.name})", readable(missing.args), None)
+            self._differ(f"{self._label} {j + 1} ({missing.name})", readable(missing.args),
+                         None)
+        self._expected, self._label = (), "host call"
 
 
 @dataclass(frozen=True)
@@ -193,10 +203,17 @@ async def replay(engine: KernelEngine, target: Target, events: list[Event],
     linker = PluginLinker(engine.engine, context)
     limiter = trio.CapacityLimiter(1)
 
-    def start() -> PluginInstance:
+    def start(init: Call | None) -> PluginInstance:
         instance = PluginInstance(target.name, engine, target.component, linker,
                                   target.limits)
-        instance.init(target.config)
+        if init is None:  # not recorded: live, on the private bus, no KV or files
+            instance.init(target.config)
+            return instance
+        tap.begin_init(init)
+        try:
+            instance.init(target.config)
+        finally:
+            tap.end("ok", "")
         return instance
 
     def deliver(instance: PluginInstance, event: Event) -> tuple[str, str]:
@@ -217,14 +234,18 @@ async def replay(engine: KernelEngine, target: Target, events: list[Event],
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_ticker, engine)
         instance: PluginInstance | None = None
-        for call in sorted(calls, key=lambda c: c.seq):
+        init: Call | None = None
+        for call in sorted(calls, key=lambda c: c.seq):  # stable: an init precedes its call
+            if call.outcome == "init":
+                init = call
+                continue
             event = by_seq.get(call.seq)
             if event is None:
                 report.skipped.append(call.seq)
                 continue
             if instance is None:
                 try:
-                    instance = await trio.to_thread.run_sync(start, limiter=limiter)
+                    instance = await trio.to_thread.run_sync(start, init, limiter=limiter)
                 except (PluginCrash, PluginError, CompileError) as e:
                     report.differences.append(Difference(call.seq, "init", "ok", str(e)))
                     break

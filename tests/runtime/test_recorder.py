@@ -51,8 +51,10 @@ async def test_every_delivery_and_its_host_calls_are_recorded(
     assert {e["sender"] for e in inputs} == {"client"}
     assert {e["sender"] for e in outputs} == {"first"} and all(e["to"] == [] for e in outputs)
     first = inputs[0]["calls"]
-    assert [(c["plugin"], c["outcome"]) for c in first] == [("first", "ok")]
-    name, args, result = first[0]["host"][0]
+    # The instance's init (its subscribe) is recorded before the first call it took.
+    assert [(c["plugin"], c["outcome"]) for c in first] == [("first", "init"), ("first", "ok")]
+    assert [h[0] for h in first[0]["host"]] == ["bus.subscribe"]
+    name, args, result = first[1]["host"][0]
     assert name == "bus.publish" and args[0] == "chain.r" and result == {"ok": None}
 
 
