@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -331,9 +332,13 @@ def test_astridd_asks_wait_for_astrid_approve(tmp_path: Path,
         [*ASTRID, "--socket", str(sock), *a], capture_output=True, text=True, timeout=60)
     try:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            if '"plugin.running"' in line:
-                break
+        # A bound, not synchronisation: a daemon that never gets its plugin running
+        # is killed, which ends the read below and fails the test.
+        watchdog = threading.Timer(300, proc.kill)
+        watchdog.start()
+        booted = any('"plugin.running"' in line for line in proc.stderr)
+        watchdog.cancel()
+        assert booted, "astridd never started the asker"
         asked, ok = _tail(sock, "approval.requested"), _tail(sock, "echo.ask.*")
         body = json.dumps({"kind": "net.http", "resource": URL, "hint": ""})
         assert client("publish", "echo.ask", body).returncode == 0
