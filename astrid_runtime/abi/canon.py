@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from wasmtime import WasmtimeError
 from wasmtime import _ffi as ffi
 
 Val = ffi.wasmtime_component_val_t
@@ -385,3 +386,63 @@ ERROR_CASES = (
     "conflict", "unavailable", "internal",
 )
 ERROR = VariantCodec(dict.fromkeys(ERROR_CASES, STRING))
+
+
+# -- the C API surface -------------------------------------------------------------
+# This module is the kernel's one user of `wasmtime._ffi` (wasmtime-py's private
+# ctypes bindings, which change between releases): everything else that must go
+# below wasmtime-py's public API uses the names below, so a wasmtime upgrade is
+# checked in one file.
+
+#: `wasmtime_component_func_callback_t`: the C type of a raw host-function callback.
+FuncCallback = ffi.wasmtime_component_func_callback_t
+#: A `wasmtime_component_resource_any_t *`, as resource values hold it.
+ResourceAnyPtr = ctypes.POINTER(ffi.wasmtime_component_resource_any_t)
+#: The C value kinds of records, resources and s64 (the codecs above use `_K`).
+RECORD_KIND = ffi.WASMTIME_COMPONENT_RECORD.value
+RESOURCE_KIND = ffi.WASMTIME_COMPONENT_RESOURCE.value
+S64_KIND = ffi.WASMTIME_COMPONENT_S64.value
+#: The loaded wasmtime C library (for functions wasmtime-py does not bind).
+DLL = ffi.dll
+
+
+def func_call(func: Any, store_context: Any, params: Any, n_params: int, out: Any,
+              n_results: int) -> None:
+    """`wasmtime_component_func_call`; raises `WasmtimeError` on a trap."""
+    err = ffi.wasmtime_component_func_call(ctypes.byref(func), store_context, params,
+                                           n_params, out, n_results)
+    if err:
+        raise WasmtimeError._from_ptr(err)
+
+
+def val_delete(val: Any) -> None:
+    """Free what a C value owns (`wasmtime_component_val_delete`)."""
+    ffi.wasmtime_component_val_delete(ctypes.byref(val))
+
+
+def add_raw_func(instance_ptr: Any, name: str, callback: Any, finalizer: Any) -> None:
+    """Define `name` on a linker instance with a raw C callback; raises `WasmtimeError`."""
+    encoded = name.encode("utf-8")
+    err = ffi.wasmtime_component_linker_instance_add_func(
+        instance_ptr, ctypes.create_string_buffer(encoded), len(encoded),
+        ctypes.cast(callback, FuncCallback), None, finalizer)
+    if err:
+        raise WasmtimeError._from_ptr(err)
+
+
+def new_record(fields: int) -> Any:
+    """An uninitialised `wasmtime_component_valrecord_t` of `fields` entries."""
+    raw = ffi.wasmtime_component_valrecord_t()
+    ffi.wasmtime_component_valrecord_new_uninit(raw, fields)
+    return raw
+
+
+def c_name(name: str) -> Any:
+    """A `wasm_name_t` holding `name` (owned by the value it is stored in)."""
+    return ffi.str_to_capi(name)
+
+
+def set_epoch_deadline(store_context: int, ticks: int) -> None:
+    """Set the epoch deadline of the store whose raw `wasmtime_context_t *` is given."""
+    pointer = ctypes.cast(ctypes.c_void_p(store_context), ctypes.POINTER(ffi.wasmtime_context_t))
+    ffi.wasmtime_context_set_epoch_deadline(pointer, ticks)

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from wasmtime import WasmtimeError
-from wasmtime import _ffi as ffi
 from wasmtime.component import LinkerInstance
 
-from astrid_runtime.abi.canon import VAL_SIZE, Case, Codec, Err, Val
+from astrid_runtime.abi.canon import VAL_SIZE, Case, Codec, Err, Val, add_raw_func
 
 #: Called with (function name, exception) when a host function raised.
 BugReporter = Callable[[str, BaseException], None]
@@ -118,10 +117,4 @@ class HostFuncs:
         # objects, and the values are read in place with from_address.
         raw = _RAW_CALLBACK(trampoline)
         self._keepalive.append(raw)
-        callback = ctypes.cast(raw, ffi.wasmtime_component_func_callback_t)
-        encoded = name.encode("utf-8")
-        err = ffi.wasmtime_component_linker_instance_add_func(
-            instance.ptr(), ctypes.create_string_buffer(encoded), len(encoded),
-            callback, None, _no_finalizer)
-        if err:
-            raise WasmtimeError._from_ptr(err)
+        add_raw_func(instance.ptr(), name, raw, _no_finalizer)

@@ -23,13 +23,22 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from wasmtime import _ffi as ffi
+from astrid_runtime.abi.canon import (
+    _MEM,
+    _QQ,
+    DLL,
+    RECORD_KIND,
+    RESOURCE_KIND,
+    S64_KIND,
+    Codec,
+    ResourceAnyPtr,
+    c_name,
+    new_record,
+)
 
-from astrid_runtime.abi.canon import _MEM, _QQ, Codec
-
-_RESOURCE = ffi.WASMTIME_COMPONENT_RESOURCE.value
-_RECORD = ffi.WASMTIME_COMPONENT_RECORD.value
-_S64 = ffi.WASMTIME_COMPONENT_S64.value
+_RESOURCE = RESOURCE_KIND
+_RECORD = RECORD_KIND
+_S64 = S64_KIND
 _q = struct.Struct("<q")
 _ENTRY = 48
 _ENTRY_VAL = 16
@@ -37,7 +46,7 @@ _NAME = 16
 
 # The resource calls with plain pointer arguments (ints), so a host call
 # does not build ctypes pointer objects of the exact declared types.
-_dll = ffi.dll
+_dll = DLL
 _any_to_host = _dll.wasmtime_component_resource_any_to_host
 _any_to_host.restype = ctypes.c_void_p
 _any_to_host.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
@@ -102,7 +111,7 @@ class ResourceCodec(Codec):
 
     def lower(self, value: int, out: Any) -> None:
         out.kind = _RESOURCE
-        out.of.resource = ctypes.cast(value, ctypes.POINTER(ffi.wasmtime_component_resource_any_t))
+        out.of.resource = ctypes.cast(value, ResourceAnyPtr)
 
 
 class S64Codec(Codec):
@@ -138,11 +147,10 @@ class RecordCodec(Codec):
                      for i, (_, codec) in enumerate(self.fields))
 
     def lower(self, value: Sequence[Any], out: Any) -> None:
-        raw = ffi.wasmtime_component_valrecord_t()
-        ffi.wasmtime_component_valrecord_new_uninit(raw, len(self.fields))
+        raw = new_record(len(self.fields))
         for i, ((name, codec), item) in enumerate(zip(self.fields, value, strict=True)):
             entry = raw.data[i]
-            entry.name = ffi.str_to_capi(name)
+            entry.name = c_name(name)
             codec.lower(item, entry.val)
         out.kind = _RECORD
         out.of.record = raw

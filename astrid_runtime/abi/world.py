@@ -5,12 +5,19 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from wasmtime import Engine, Store, WasmtimeError
-from wasmtime import _ffi as ffi
+from wasmtime import Engine, Store
 from wasmtime.component import Func, Linker
 
 from astrid_runtime.abi import bus, cap, kv, log, vfs, wasi_observed
-from astrid_runtime.abi.canon import BYTES, STRING, Codec, ResultCodec, Val
+from astrid_runtime.abi.canon import (
+    BYTES,
+    STRING,
+    Codec,
+    ResultCodec,
+    Val,
+    func_call,
+    val_delete,
+)
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.abi.hostfunc import HostFuncs, Signature
 
@@ -61,15 +68,12 @@ class GuestFunc:
                 codec.lower(value, params[i])
                 lowered += 1
             out = Val()
-            err = ffi.wasmtime_component_func_call(
-                ctypes.byref(self._func._func), store._context(), params, self._n,
-                ctypes.byref(out), 1 if self._result is not None else 0)
-            if err:
-                raise WasmtimeError._from_ptr(err)
+            func_call(self._func._func, store._context(), params, self._n,
+                      ctypes.byref(out), 1 if self._result is not None else 0)
             return self._result.lift(out) if self._result is not None else None
         finally:
             for i in range(lowered):
-                ffi.wasmtime_component_val_delete(ctypes.byref(params[i]))
+                val_delete(params[i])
 
 
 def lookup_export(store: Store, instance: Any, name: str, sig: Signature) -> GuestFunc | None:
