@@ -38,7 +38,9 @@ def is_mountpoint(path: str) -> bool:
 def fuse_mount_alive(path: str) -> bool:
     """False if `path` is a mount whose FUSE daemon is gone (ENOTCONN)."""
     try:
-        os.stat(path)
+        # statfs always reaches the daemon; stat may be answered from the
+        # kernel's attribute cache after the daemon died.
+        os.statvfs(path)
     except OSError as e:
         if e.errno == errno.ENOTCONN:
             return False

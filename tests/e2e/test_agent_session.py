@@ -78,7 +78,9 @@ class AgentRun:
             assert line is not None, f"astrid run exited early: {self.stderr}"
             self.stderr.append(line)
             if " mounted at " in line:
-                assert "plugins: filetool, notes, router, wordcount" in line, line
+                booted = set(line.split("plugins: ", 1)[1].split(".")[0].strip().split(", "))
+                # The agent's own plugins; others pinned beside them (mdview, ...) may run too.
+                assert {"filetool", "notes", "router", "wordcount"} <= booted, line
                 return
 
     def ask(self, text: str) -> dict[str, Any]:
