@@ -11,11 +11,9 @@ deadline when it returns (approval/person.py).
 
 from __future__ import annotations
 
-import ctypes
 import math
 import time
 
-from wasmtime import _ffi as ffi
 from wasmtime.component import LinkerInstance
 
 from astrid_runtime.abi.canon import (
@@ -28,6 +26,7 @@ from astrid_runtime.abi.canon import (
     ListCodec,
     ResultCodec,
     TupleCodec,
+    set_epoch_deadline,
 )
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.abi.hostfunc import HostFuncs, Signature
@@ -75,8 +74,7 @@ TOKEN = RecordCodec((("token", STRING), ("kind", STRING), ("resource", STRING),
 def _rearm(store_context: int, ctx: PluginContext, tick_ms: int) -> None:
     """A fresh call deadline after a wait for a person (the wait is not the plugin's time)."""
     ticks = math.ceil(ctx.limits.call_timeout_ms / tick_ms) + 1
-    pointer = ctypes.cast(ctypes.c_void_p(store_context), ctypes.POINTER(ffi.wasmtime_context_t))
-    ffi.wasmtime_context_set_epoch_deadline(pointer, ticks)
+    set_epoch_deadline(store_context, ticks)
 
 
 def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:

@@ -33,18 +33,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wasmtime import Store, WasmtimeError
-from wasmtime import _ffi as ffi
 from wasmtime.component import Component, Func, Linker
 
 from astrid_runtime.abi.canon import (
+    _K,
     _MEM,
     _QQ,
+    DLL,
     STRING,
     VAL_SIZE,
     Case,
     Err,
     Val,
     VariantCodec,
+    func_call,
+    val_delete,
 )
 from astrid_runtime.abi.world import INIT, lookup_export
 from astrid_runtime.approval.pipeline import Action
@@ -71,18 +74,18 @@ VERDICT = VariantCodec({"allow": None, "deny": STRING, "ask": STRING})
 # Private ctypes function objects (`dll[name]`), so wasmtime-py's own
 # argtypes are left alone. Ownership as in abi/canon.py: the caller deletes
 # its argument values after the call.
-_vec_new = ffi.dll["wasm_byte_vec_new"]
+_vec_new = DLL["wasm_byte_vec_new"]
 _vec_new.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 _vec_new.restype = None
-_list_new = ffi.dll["wasmtime_component_vallist_new_uninit"]
+_list_new = DLL["wasmtime_component_vallist_new_uninit"]
 _list_new.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _list_new.restype = None
-_tuple_new = ffi.dll["wasmtime_component_valtuple_new_uninit"]
+_tuple_new = DLL["wasmtime_component_valtuple_new_uninit"]
 _tuple_new.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _tuple_new.restype = None
-_STRING = ffi.WASMTIME_COMPONENT_STRING.value
-_LIST = ffi.WASMTIME_COMPONENT_LIST.value
-_TUPLE = ffi.WASMTIME_COMPONENT_TUPLE.value
+_STRING = _K["STRING"]
+_LIST = _K["LIST"]
+_TUPLE = _K["TUPLE"]
 _PAYLOAD = Val.of.offset
 
 
@@ -121,16 +124,12 @@ class CheckCall:
             _put_string(base + VAL_SIZE, action.kind)
             _put_string(base + 2 * VAL_SIZE, action.resource)
             _put_details(base + 3 * VAL_SIZE, action.details)
-            err = ffi.wasmtime_component_func_call(
-                ctypes.byref(self._func._func), store._context(), params, 4,
-                ctypes.byref(out), 1)
-            if err:
-                raise WasmtimeError._from_ptr(err)
+            func_call(self._func._func, store._context(), params, 4, ctypes.byref(out), 1)
             verdict: Case = VERDICT.lift(out)
             return verdict
         finally:
             for i in range(4):  # an unwritten value is a zeroed bool: nothing to free
-                ffi.wasmtime_component_val_delete(ctypes.byref(params[i]))
+                val_delete(params[i])
 
 
 @dataclass(frozen=True)
