@@ -84,6 +84,7 @@ class Supervisor:
         self.crashes = 0
         self.poisoned = 0
         self.errors = 0
+        self.delivered = 0  # deliveries finished (the guest returned or failed)
         self.last_error: str | None = None
         self._crash_times: deque[float] = deque()
         self._stopping = threading.Event()
@@ -252,3 +253,4 @@ class Supervisor:
                 self.context.current_sender = None
                 if observer is not None:
                     observer.end(outcome, detail)
+                self.delivered += 1
