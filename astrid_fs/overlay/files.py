@@ -80,9 +80,9 @@ class OpenFiles:
         entry = self._by_ino.get(node.ino)
         if entry is not None:
             self._by_ino.move_to_end(node.ino)
-            if entry.pinned and (entry.writable or not write):
-                return entry.fd
-            if entry.in_upper == node.in_upper and (entry.writable or not write):
+            # A pinned fd is the file itself, whatever the layers say now.
+            if (entry.pinned or entry.in_upper == node.in_upper) \
+                    and (entry.writable or not write):
                 return entry.fd
         if entry is not None and entry.pinned:
             if entry.in_upper:
