@@ -182,7 +182,10 @@ async def test_slow_consumer_drops_are_bounded_and_counted(nats_server: NatsServ
         # hand; the rest are dropped.
         assert b.stats.received + b.stats.dropped_inbound == 100
         assert b.stats.dropped_inbound >= 100 - 21
-        got = [b.inbound.receive_nowait() for _ in range(10)]
+        # The pump hands the inbox to the channel on its own schedule: wait
+        # for each message rather than assume it has already moved.
+        with trio.fail_after(10):
+            got = [await b.inbound.receive() for _ in range(10)]
     assert [m.payload for m in got] == [str(i).encode() for i in range(10)]
 
 
