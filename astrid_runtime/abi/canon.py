@@ -23,19 +23,29 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from wasmtime import WasmtimeError
-from wasmtime import _ffi as ffi
+from astrid_runtime.abi import capi
 
-Val = ffi.wasmtime_component_val_t
+# The C API names (abi/capi.py, the one user of wasmtime._ffi) that modules
+# building on the codecs import from here.
+from astrid_runtime.abi.capi import DLL as DLL
+from astrid_runtime.abi.capi import RECORD_KIND as RECORD_KIND
+from astrid_runtime.abi.capi import RESOURCE_KIND as RESOURCE_KIND
+from astrid_runtime.abi.capi import S64_KIND as S64_KIND
+from astrid_runtime.abi.capi import VAL_SIZE as VAL_SIZE
+from astrid_runtime.abi.capi import FuncCallback as FuncCallback
+from astrid_runtime.abi.capi import ResourceAnyPtr as ResourceAnyPtr
+from astrid_runtime.abi.capi import Val as Val
+from astrid_runtime.abi.capi import add_raw_func as add_raw_func
+from astrid_runtime.abi.capi import c_name as c_name
+from astrid_runtime.abi.capi import func_call as func_call
+from astrid_runtime.abi.capi import new_record as new_record
+from astrid_runtime.abi.capi import set_epoch_deadline as set_epoch_deadline
+from astrid_runtime.abi.capi import val_delete as val_delete
+
 ValPtr = Any  # ctypes.POINTER(Val); ctypes pointer types do not type-check well
 
-VAL_SIZE = ctypes.sizeof(Val)
-_PAYLOAD = Val.of.offset
-_K = {
-    name: getattr(ffi, f"WASMTIME_COMPONENT_{name}").value
-    for name in ("BOOL", "U8", "U32", "U64", "STRING", "LIST", "TUPLE", "VARIANT", "ENUM",
-                 "OPTION", "RESULT")
-}
+_PAYLOAD = capi.PAYLOAD_OFFSET
+_K = capi.KINDS
 _U8_TAG = bytes([_K["U8"]])
 
 # The process's address space as one byte view. Reading a C value through
@@ -94,14 +104,14 @@ def _new_val(codec: Codec, value: Any) -> ValPtr:
     """A heap-allocated C value (for option/result/variant payloads)."""
     raw = Val()
     codec.lower(value, raw)
-    return ffi.wasmtime_component_val_new(ctypes.byref(raw))
+    return capi.val_new(raw)
 
 
 def _free_val(ptr: ValPtr) -> None:
     """Free a heap value whose contents were already consumed by `lift`."""
     ptr.contents.kind = _K["BOOL"]
     ptr.contents.of.boolean = False
-    ffi.wasmtime_component_val_free(ptr)
+    capi.val_free(ptr)
 
 
 def _text_at(address: int) -> str:
@@ -116,12 +126,12 @@ class StringCodec(Codec):
     def lift(self, c: Any) -> str:
         s = c.of.string
         text = ctypes.string_at(s.data, s.size).decode("utf-8")
-        ffi.wasm_byte_vec_delete(ctypes.byref(s))
+        capi.byte_vec_delete(s)
         return text
 
     def lower(self, value: str, out: Any) -> None:
         out.kind = _K["STRING"]
-        out.of.string = ffi.str_to_capi(value)
+        out.of.string = capi.c_name(value)
 
 
 class EnumCodec(Codec):
@@ -131,12 +141,12 @@ class EnumCodec(Codec):
     def lift(self, c: Any) -> str:
         s = c.of.enumeration
         text = ctypes.string_at(s.data, s.size).decode("utf-8")
-        ffi.wasm_byte_vec_delete(ctypes.byref(s))
+        capi.byte_vec_delete(s)
         return text
 
     def lower(self, value: str, out: Any) -> None:
         out.kind = _K["ENUM"]
-        out.of.enumeration = ffi.str_to_capi(value)
+        out.of.enumeration = capi.c_name(value)
 
 
 class U64Codec(Codec):
@@ -213,13 +223,12 @@ class BytesCodec(Codec):
         n = lst.size
         data = vals_to_bytes(ctypes.cast(lst.data, ctypes.c_void_p).value or 0, n) if n else b""
         # Elements are plain u8: freeing the array frees everything.
-        ffi.wasmtime_component_vallist_delete(ctypes.byref(lst))
+        capi.list_delete(lst)
         return data
 
     def lower(self, value: bytes, out: Any) -> None:
-        raw = ffi.wasmtime_component_vallist_t()
         n = len(value)
-        ffi.wasmtime_component_vallist_new_uninit(raw, n)
+        raw = capi.new_list(n)
         if n:
             write_vals(ctypes.cast(raw.data, ctypes.c_void_p).value or 0, value)
         out.kind = _K["LIST"]
@@ -242,12 +251,11 @@ class ListCodec(Codec):
             out.append(self.element.lift(item))
             item.kind = _K["BOOL"]
             item.of.boolean = False
-        ffi.wasmtime_component_vallist_delete(ctypes.byref(lst))
+        capi.list_delete(lst)
         return out
 
     def lower(self, value: list[Any], out: Any) -> None:
-        raw = ffi.wasmtime_component_vallist_t()
-        ffi.wasmtime_component_vallist_new_uninit(raw, len(value))
+        raw = capi.new_list(len(value))
         for i, item in enumerate(value):
             self.element.lower(item, raw.data[i])
         out.kind = _K["LIST"]
@@ -270,12 +278,11 @@ class TupleCodec(Codec):
             out.append(codec.lift(item))
             item.kind = _K["BOOL"]
             item.of.boolean = False
-        ffi.wasmtime_component_valtuple_delete(ctypes.byref(tup))
+        capi.tuple_delete(tup)
         return tuple(out)
 
     def lower(self, value: tuple[Any, ...], out: Any) -> None:
-        raw = ffi.wasmtime_component_valtuple_t()
-        ffi.wasmtime_component_valtuple_new_uninit(raw, len(self.elements))
+        raw = capi.new_tuple(len(self.elements))
         for i, (codec, item) in enumerate(zip(self.elements, value, strict=True)):
             codec.lower(item, raw.data[i])
         out.kind = _K["TUPLE"]
@@ -347,7 +354,7 @@ class VariantCodec(Codec):
         var = c.of.variant
         d = var.discriminant
         tag = ctypes.string_at(d.data, d.size).decode("utf-8")
-        ffi.wasm_byte_vec_delete(ctypes.byref(d))
+        capi.byte_vec_delete(d)
         codec = self.cases[tag]
         payload = None
         if codec is not None and var.val:
@@ -358,7 +365,7 @@ class VariantCodec(Codec):
     def lower(self, value: Case, out: Any) -> None:
         codec = self.cases[value.tag]
         out.kind = _K["VARIANT"]
-        out.of.variant.discriminant = ffi.str_to_capi(value.tag)
+        out.of.variant.discriminant = capi.c_name(value.tag)
         out.of.variant.val = None if codec is None else _new_val(codec, value.payload)
 
 
@@ -366,7 +373,7 @@ class DropCodec(Codec):
     """Accepts any argument and frees it unread (for calls answered without it)."""
 
     def lift(self, c: Any) -> None:
-        ffi.wasmtime_component_val_delete(ctypes.byref(c))
+        capi.val_delete(c)
 
     def peek(self, address: int) -> None:
         return None
@@ -386,63 +393,3 @@ ERROR_CASES = (
     "conflict", "unavailable", "internal",
 )
 ERROR = VariantCodec(dict.fromkeys(ERROR_CASES, STRING))
-
-
-# -- the C API surface -------------------------------------------------------------
-# This module is the kernel's one user of `wasmtime._ffi` (wasmtime-py's private
-# ctypes bindings, which change between releases): everything else that must go
-# below wasmtime-py's public API uses the names below, so a wasmtime upgrade is
-# checked in one file.
-
-#: `wasmtime_component_func_callback_t`: the C type of a raw host-function callback.
-FuncCallback = ffi.wasmtime_component_func_callback_t
-#: A `wasmtime_component_resource_any_t *`, as resource values hold it.
-ResourceAnyPtr = ctypes.POINTER(ffi.wasmtime_component_resource_any_t)
-#: The C value kinds of records, resources and s64 (the codecs above use `_K`).
-RECORD_KIND = ffi.WASMTIME_COMPONENT_RECORD.value
-RESOURCE_KIND = ffi.WASMTIME_COMPONENT_RESOURCE.value
-S64_KIND = ffi.WASMTIME_COMPONENT_S64.value
-#: The loaded wasmtime C library (for functions wasmtime-py does not bind).
-DLL = ffi.dll
-
-
-def func_call(func: Any, store_context: Any, params: Any, n_params: int, out: Any,
-              n_results: int) -> None:
-    """`wasmtime_component_func_call`; raises `WasmtimeError` on a trap."""
-    err = ffi.wasmtime_component_func_call(ctypes.byref(func), store_context, params,
-                                           n_params, out, n_results)
-    if err:
-        raise WasmtimeError._from_ptr(err)
-
-
-def val_delete(val: Any) -> None:
-    """Free what a C value owns (`wasmtime_component_val_delete`)."""
-    ffi.wasmtime_component_val_delete(ctypes.byref(val))
-
-
-def add_raw_func(instance_ptr: Any, name: str, callback: Any, finalizer: Any) -> None:
-    """Define `name` on a linker instance with a raw C callback; raises `WasmtimeError`."""
-    encoded = name.encode("utf-8")
-    err = ffi.wasmtime_component_linker_instance_add_func(
-        instance_ptr, ctypes.create_string_buffer(encoded), len(encoded),
-        ctypes.cast(callback, FuncCallback), None, finalizer)
-    if err:
-        raise WasmtimeError._from_ptr(err)
-
-
-def new_record(fields: int) -> Any:
-    """An uninitialised `wasmtime_component_valrecord_t` of `fields` entries."""
-    raw = ffi.wasmtime_component_valrecord_t()
-    ffi.wasmtime_component_valrecord_new_uninit(raw, fields)
-    return raw
-
-
-def c_name(name: str) -> Any:
-    """A `wasm_name_t` holding `name` (owned by the value it is stored in)."""
-    return ffi.str_to_capi(name)
-
-
-def set_epoch_deadline(store_context: int, ticks: int) -> None:
-    """Set the epoch deadline of the store whose raw `wasmtime_context_t *` is given."""
-    pointer = ctypes.cast(ctypes.c_void_p(store_context), ctypes.POINTER(ffi.wasmtime_context_t))
-    ffi.wasmtime_context_set_epoch_deadline(pointer, ticks)

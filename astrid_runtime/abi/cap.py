@@ -28,6 +28,7 @@ from astrid_runtime.abi.canon import (
     TupleCodec,
     set_epoch_deadline,
 )
+from astrid_runtime.abi.capi import record_delete
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.abi.hostfunc import HostFuncs, Signature
 from astrid_runtime.abi.outcome import call, error
@@ -52,17 +53,13 @@ class ActionCodec(Codec):
         return (out[0], out[1], out[2])
 
     def lift(self, c: object) -> tuple[str, str, list[tuple[str, str]]]:
-        import ctypes
-
-        from wasmtime import _ffi as ffi
-
         rec = c.of.record  # type: ignore[attr-defined]
         out = []
         for i, codec in enumerate(self._fields):
             entry = rec.data[i]  # names are freed with the record below
             out.append(codec.lift(entry.val))
             entry.val.kind = 0
-        ffi.wasmtime_component_valrecord_delete(ctypes.byref(rec))
+        record_delete(rec)
         return (out[0], out[1], out[2])
 
 

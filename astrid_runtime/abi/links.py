@@ -33,7 +33,6 @@ runs on the new.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import threading
 import time
@@ -43,7 +42,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from wasmtime import Store, WasiConfig, WasmtimeError
-from wasmtime import _ffi as ffi
 from wasmtime.component import (
     Component,
     Linker,
@@ -58,6 +56,15 @@ from wasmtime.component import (
 )
 
 from astrid_runtime.abi.canon import STRING, Err, ResultCodec, Val
+from astrid_runtime.abi.capi import (
+    add_raw_func,
+    error_from,
+    func_address,
+    func_call_raw,
+    set_epoch_deadline_raw,
+    set_fuel_raw,
+    store_context_address,
+)
 from astrid_runtime.abi.hostfunc import _RAW_CALLBACK, _no_finalizer
 from astrid_runtime.abi.world import INIT, lookup_export
 from astrid_runtime.engine import KernelEngine
@@ -71,25 +78,10 @@ HOST_PACKAGES = ("astrid:kernel/", "wasi:")
 
 _ERR = ResultCodec(None, STRING)
 
-# A private handle on func_call with plain pointer arguments: the shim passes
-# the addresses wasmtime gave it through, without building ctypes objects.
-_func_call = ffi.dll["wasmtime_component_func_call"]
-_func_call.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
-                       ctypes.c_void_p, ctypes.c_size_t]
-_func_call.restype = ctypes.c_void_p
-# Fuel and deadline are set before every call: through wasmtime-py's Store
-# methods that costs more than the call itself (FIELD-NOTES: an export call is
-# 12-20 us), so these take the cached context pointer directly.
-_set_fuel = ffi.dll["wasmtime_context_set_fuel"]
-_set_fuel.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
-_set_fuel.restype = ctypes.c_void_p
-_set_deadline = ffi.dll["wasmtime_context_set_epoch_deadline"]
-_set_deadline.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
-_set_deadline.restype = None
-
-
-def _error_from(address: int) -> WasmtimeError:
-    return WasmtimeError._from_ptr(ctypes.cast(address, ctypes.POINTER(ffi.wasmtime_error_t)))
+# The shim passes the addresses wasmtime gave it straight to func_call_raw, and
+# fuel and deadline are set before every call through the cached context pointer:
+# through wasmtime-py's Store methods that costs more than the call itself
+# (FIELD-NOTES: an export call is 12-20 us).
 
 
 def _interfaces(items: dict[str, Any], engine: KernelEngine) -> dict[str, dict[str, Any]]:
@@ -209,16 +201,16 @@ class LinkProvider:
     def _arm(self, context: int) -> None:
         """Fuel and epoch deadline for the next entry into the Store at `context`."""
         if self._fuel:
-            err = _set_fuel(context, self._fuel)
+            err = set_fuel_raw(context, self._fuel)
             if err:
-                raise _error_from(err)
-        _set_deadline(context, self._ticks)
+                raise error_from(err)
+        set_epoch_deadline_raw(context, self._ticks)
 
     def _start(self) -> _Live:
         store = Store(self._engine.engine)
         store.set_limits(memory_size=self._limits.memory_bytes)
         store.set_wasi(WasiConfig())  # grants no files, env or stdio
-        context = ctypes.cast(store._context(), ctypes.c_void_p).value or 0
+        context = store_context_address(store)
         self._arm(context)
         instance = self._linker.instantiate(store, self._component)
         init = lookup_export(store, instance, "init", INIT)
@@ -287,10 +279,9 @@ class LinkProvider:
                 self._crashed(str(e))
                 return f"provider {self.name}: {e}"
             self._arm(live.context)
-            err = _func_call(ctypes.addressof(func._func), live.context, args, nargs,
-                             results, 1)
+            err = func_call_raw(func_address(func), live.context, args, nargs, results, 1)
             if err:
-                reason = trap_reason(_error_from(err))
+                reason = trap_reason(error_from(err))
                 self._crashed(reason)
                 return f"provider {self.name} crashed ({reason}); it is restarted"
             return None
@@ -377,12 +368,7 @@ class LinkImports:
 
         raw = _RAW_CALLBACK(trampoline)
         self._keepalive.append(raw)
-        encoded = fn.encode("utf-8")
-        err = ffi.wasmtime_component_linker_instance_add_func(
-            inst.ptr(), ctypes.create_string_buffer(encoded), len(encoded),
-            ctypes.cast(raw, ffi.wasmtime_component_func_callback_t), None, _no_finalizer)
-        if err:
-            raise WasmtimeError._from_ptr(err)
+        add_raw_func(inst.ptr(), fn, raw, _no_finalizer)
 
 
 def plan_shims(importer: str, component: Component, engine: KernelEngine,
