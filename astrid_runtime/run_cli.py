@@ -16,6 +16,12 @@
    unmounts, and prints how to review (`astrid-fs diff`) and land
    (`astrid-fs commit`) the session, which is kept.
 
+The bus is recorded (`astrid log` / `show` / `replay`, `$ASTRID_HOME/recording`)
+and tied to the session's files: an event whose handling changed files is
+followed by the session snapshot `bus-SEQ` (recorder/timeline.py), so
+`astrid-fs rollback NAME bus-SEQ` takes the files back to that event.
+`--no-record` switches it off; so does another kernel recording this home.
+
 Kernel logs go to `$ASTRID_HOME/logs/run-NAME.log`, audit lines to
 `$ASTRID_HOME/audit.jsonl`. Exit codes: 0 after EOF or Ctrl-C, 1 bad input
 or a part that would not start (one line on stderr).
@@ -55,6 +61,10 @@ from astrid_runtime.control import ControlServer
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import ControlError, KernelError, Refusal, first_kernel_error
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
+from astrid_runtime.recorder import recorder
+from astrid_runtime.recorder.settings import RecordingSettings
+from astrid_runtime.recorder.store import RecordingBusy
+from astrid_runtime.recorder.timeline import Timeline
 from astrid_runtime.supervisor import State
 from astrid_runtime.vfs import PluginVfs
 
@@ -82,6 +92,8 @@ class RunOptions:
     #: Control socket (`astrid status / approvals / approve`); None: the default
     #: socket if no kernel serves it, else $ASTRID_HOME/run-SESSION.sock.
     socket: Path | None = None
+    #: Record the bus, tied to the session's snapshots (`--no-record`: False).
+    record: bool = True
 
 
 def add_parser(sub: Any) -> None:
@@ -113,6 +125,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--socket", type=Path,
                    help="control socket (default: $ASTRID_HOME/astridd.sock when no kernel "
                         "serves it, else $ASTRID_HOME/run-SESSION.sock)")
+    p.add_argument("--no-record", action="store_true",
+                   help="do not record the bus (astrid log / show / replay, and the "
+                        "session's bus-SEQ snapshots)")
 
 
 def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
@@ -136,7 +151,7 @@ def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
                        "--lockfile)")
     kv_url = None if args.kv == "none" else (args.kv or "mem://")
     return RunOptions(home, lower, session, mount, lockfile, policy, kv_url,
-                      args.reply_timeout, args.json, args.socket)
+                      args.reply_timeout, args.json, args.socket, not args.no_record)
 
 
 # -- the mount --------------------------------------------------------------------
@@ -294,6 +309,19 @@ def _answer_inline(approvals: Approvals, text: str, out: IO[str]) -> Ask | None:
         return None
 
 
+async def _start_recording(kernel: Kernel, opts: RunOptions, err: IO[str]) -> None:
+    """Record the bus on one timeline with the session's files (before the plugins boot,
+    so their first messages are recorded); not when another kernel records this home."""
+    if not opts.record:
+        return
+    timeline = Timeline(opts.session, opts.home)  # astrid-fs shares $ASTRID_HOME
+    try:
+        await kernel.start_service(recorder.serve, kernel, RecordingSettings(), opts.home,
+                                   timeline)
+    except RecordingBusy as e:
+        print(f"astrid: not recording: {e}", file=err, flush=True)
+
+
 async def _wait_running(kernel: Kernel) -> None:
     with trio.move_on_after(BOOT_TIMEOUT_S):
         for sup in kernel.supervisors.values():
@@ -350,6 +378,7 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
                 commits = CommitService(kernel.bus, pipeline, opts.session)
                 await kernel.start_service(commits.serve)
                 socket = await _serve_control(kernel, approvals, opts)
+                await _start_recording(kernel, opts, err)
                 await kernel.boot(BootPlan(opts.lockfile))
                 await _wait_running(kernel)
                 for refused in kernel.refused.values():
