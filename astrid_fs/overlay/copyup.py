@@ -14,6 +14,7 @@ import itertools
 import os
 import stat
 
+from astrid_fs.overlay import basecontent
 from astrid_fs.overlay.layers import RemoteTree, SyntheticStat
 from astrid_fs.overlay.whiteout import Origin, OverlayXattrs, kind_of_mode
 
@@ -117,6 +118,9 @@ def copy_up(lower_path: bytes, upper_path: bytes, tmp_dir: bytes, names: Overlay
         else:
             os.mknod(tmp, st.st_mode, st.st_rdev)
         _copy_meta(lower_path, tmp, st, mode, names, rel_path, with_data)
+        if basecontent.wanted(st):  # (what the project held: for merges)
+            basecontent.keep(tmp_dir, rel_path,
+                             basecontent.copy_from(tmp if with_data else lower_path), sync=sync)
         os.rename(tmp, upper_path)
     except BaseException:
         _remove_quietly(tmp)
@@ -181,6 +185,8 @@ def copy_up_remote(tree: RemoteTree, rel: bytes, lower_rel: bytes, upper_path: b
         os.setxattr(tmp, names.origin, origin.encode(), follow_symlinks=False)
         if with_data:
             os.utime(tmp, ns=(st.st_mtime_ns, st.st_mtime_ns))
+            if stat.S_ISREG(st.st_mode) and st.st_size <= basecontent.LIMIT:
+                basecontent.keep(tmp_dir, lower_rel, basecontent.copy_from(tmp), sync=sync)
         os.rename(tmp, upper_path)
     except BaseException:
         _remove_quietly(tmp)

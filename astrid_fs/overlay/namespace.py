@@ -10,7 +10,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from astrid_fs.overlay import syscalls
+from astrid_fs.overlay import basecontent, syscalls
 from astrid_fs.overlay.copyup import temp_name
 from astrid_fs.overlay.core import STRIP_FLAGS, OverlayCore, err
 from astrid_fs.overlay.inodes import Node
@@ -158,6 +158,26 @@ class Namespace(OverlayCore):
 
     # ---- removing entries -------------------------------------------------
 
+    def _keep_base(self, node: Node) -> None:
+        """Keep what a lower file held before the session hides it without a
+        copy-up (`rm`, a rename over it): the base of later merges
+        (basecontent.py). A remote object is kept only when its content is
+        already spooled: hiding it never waits for the network."""
+        if node.in_upper or node.is_dir or node.lower is None:
+            return
+        remote = self.remote_of(node)
+        if remote is None:
+            basecontent.keep_local(self.tmp, node.lower, self.layers.lower_path(node.lower),
+                                   sync=self.sync_copy_up)
+            return
+        tree, rel = remote
+        if not tree.is_warm(rel, data=True):
+            return
+        st = tree.stat(rel)
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_size <= basecontent.LIMIT:
+            basecontent.keep(self.tmp, node.lower, lambda fd: tree.fetch_to(rel, fd),
+                             sync=self.sync_copy_up)
+
     def _replace_with_whiteout(self, upath: bytes, is_dir: bool) -> None:
         tmp = temp_name(self.tmp)
         make_whiteout(tmp)
@@ -176,6 +196,7 @@ class Namespace(OverlayCore):
             raise err(errno.ENOTEMPTY)
         upper_parent = self.copy_up(parent)
         upath = upper_parent + b"/" + name
+        self._keep_base(node)
         self.lower_alias_removed(node)
         upper = (Kind.DIR if want_dir else Kind.OTHER) if node.in_upper else Kind.MISSING
         plan = removal(upper, lower_has(self.layers, parent.lower, name))
@@ -233,6 +254,7 @@ class Namespace(OverlayCore):
         else:
             self.copy_up(src)
         if dst is not None:
+            self._keep_base(dst)
             self.lower_alias_removed(dst)
         self._clear_target(new_upper, dst)
         if src_shows_lower:

@@ -14,7 +14,7 @@ import os
 from astrid_fs.durable import remove_entry
 from astrid_fs.errors import UsageError
 from astrid_fs.fuse import control
-from astrid_fs.review import journal
+from astrid_fs.review import basecontent, journal
 from astrid_fs.review.bases import rebase_paths
 from astrid_fs.review.changes import Change
 from astrid_fs.review.commit import finish_interrupted, resolve_paths, session_changes
@@ -71,6 +71,7 @@ def discard_locked(session: Session, paths: list[str], reason: str = "",
             _remove(os.path.join(session.upper, entry))
             steps.step()
         _rebase(session, changes)
+        basecontent.forget_all(session)
         control.notify_changed(session, None)
         return changes
     dropped: list[Change] = []
@@ -85,8 +86,9 @@ def discard_locked(session: Session, paths: list[str], reason: str = "",
 def _rebase(session: Session, dropped: list[Change]) -> None:
     """What the session now shows at the dropped paths is the project as it
     is: that is their base from now on (bases.py)."""
-    rebase_paths(session.root, session.lower,
-                 {p for c in dropped for p in (c.path, c.lower_path) if p})
+    paths = {p for c in dropped for p in (c.path, c.lower_path) if p}
+    rebase_paths(session.root, session.lower, paths)
+    basecontent.forget(session, paths)
 
 
 def _hits(changes: list[Change], prefix: str) -> list[Change]:

@@ -43,6 +43,7 @@ from astrid_fs.errors import SessionError
 from astrid_fs.fuse.control import held_upper_inodes
 from astrid_fs.overlay.layers import lstat_or_none
 from astrid_fs.overlay.whiteout import OverlayXattrs, get_redirect, is_opaque
+from astrid_fs.review import basecontent
 from astrid_fs.review.bases import Base, BaseIndex, open_index, walk_local
 from astrid_fs.review.entrycopy import clone_or_copy, copy_entry, copy_meta
 from astrid_fs.review.lowers import SessionLowers
@@ -440,6 +441,7 @@ def _clean(session: Session, rec: Record, steps: Steps) -> None:
         steps.step()
     shutil.rmtree(rec.staging, ignore_errors=True)
     _rebase(session, rec)
+    basecontent.forget(session, rec.paths)  # landed: the project holds them now
     sync_fs(upper)
     steps.step()
     forget(session, rec.txid)

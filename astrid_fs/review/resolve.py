@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import merge3
@@ -37,7 +36,7 @@ from astrid_fs.durable import write_atomic
 from astrid_fs.errors import UsageError
 from astrid_fs.fuse import control
 from astrid_fs.overlay.whiteout import Origin, get_origin, set_origin
-from astrid_fs.review import journal
+from astrid_fs.review import basecontent, journal
 from astrid_fs.review.bases import rebase_paths, rerecord
 from astrid_fs.review.changes import Change
 from astrid_fs.review.commit import finish_interrupted, open_lowers, resolve_paths, session_changes
@@ -48,7 +47,7 @@ from astrid_fs.review.snapshot import finish_rollback, take_snapshot
 from astrid_fs.session import Session
 
 Side = Literal["ours", "theirs", "merge"]
-MERGE_LIMIT = 8 << 20  # larger files are not merged (nor are their bases kept)
+MERGE_LIMIT = basecontent.LIMIT  # larger files are not merged (nor are their bases kept)
 
 
 @dataclass(frozen=True)
@@ -58,10 +57,6 @@ class Outcome:
     path: str
     result: Literal["ours", "theirs", "merged", "markers", "kept"]
     why: str = ""
-
-
-def base_content_path(session: Session, path: str) -> Path:
-    return session.root / "base-content" / path
 
 
 def unmerged(session: Session) -> set[str]:
@@ -151,13 +146,12 @@ def _forget_unmerged(session: Session, paths: set[str]) -> None:
 def _keep_base_content(session: Session, change: Change) -> None:
     """Keep the project's version of a text file the session changes as the
     base content of later merges (it is the base from now on)."""
-    low = session.lower / (change.lower_path or change.path)
-    out = base_content_path(session, change.path)
+    path = change.lower_path or change.path
+    low = session.lower / path
     if change.kind != "file" or not low.is_file() or low.stat().st_size > MERGE_LIMIT:
-        out.unlink(missing_ok=True)
+        basecontent.replace(session, path, None)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, low.read_bytes())
+    basecontent.replace(session, path, low.read_bytes())
 
 
 def _is_text(body: bytes) -> bool:
@@ -173,8 +167,7 @@ def _merge(session: Session, c: Change) -> Outcome:
         return Outcome(c.path, "kept", "only text files in the project dir are merged; "
                        "use --ours or --theirs")
     ours, theirs = up.read_bytes(), low.read_bytes()
-    base_file = base_content_path(session, c.path)
-    base = base_file.read_bytes() if base_file.exists() else b""
+    base = basecontent.read(session, c.lower_path or c.path) or b""
     if max(len(ours), len(theirs), len(base)) > MERGE_LIMIT or not all(
             map(_is_text, (ours, theirs, base))):
         return Outcome(c.path, "kept", "binary or too large to merge; use --ours or --theirs")

@@ -53,9 +53,8 @@ def test_ours_and_theirs_per_path(tmp_path: Path, mount_session: Mount) -> None:
 
 def test_merge_with_a_kept_base_is_clean(tmp_path: Path, mount_session: Mount) -> None:
     s, project = _setup(tmp_path, mount_session)
-    kept = s.root / "base-content" / "a.txt"
-    kept.parent.mkdir(parents=True)
-    kept.write_text(LINES)  # the project's version the session started from
+    # the overlay kept the project's version the session's `sed -i` replaced
+    assert (s.root / "base-content" / "a.txt").read_text() == LINES
     done = s.cli("resolve", s.name, "a.txt", "--merge")
     assert done.stdout.startswith("merged")
     merged = LINES.replace("line 1\n", "line 1 by the session\n").replace(
@@ -69,6 +68,7 @@ def test_merge_with_a_kept_base_is_clean(tmp_path: Path, mount_session: Mount) -
 def test_merge_without_a_base_writes_markers_and_stays_in_conflict(
         tmp_path: Path, mount_session: Mount) -> None:
     s, project = _setup(tmp_path, mount_session)
+    (s.root / "base-content" / "c.txt").unlink()  # (lost: the merge falls back to no base)
     done = s.cli("resolve", s.name, "c.txt", "--merge", check=False)
     assert done.returncode == 3 and done.stdout.startswith("markers")
     body = (s.mnt / "c.txt").read_text()
@@ -83,10 +83,7 @@ def test_merge_without_a_base_writes_markers_and_stays_in_conflict(
 
 def test_update_takes_the_projects_changes_in(tmp_path: Path, mount_session: Mount) -> None:
     s, project = _setup(tmp_path, mount_session)
-    kept = s.root / "base-content"
-    kept.mkdir()
-    for name in ("a.txt", "b.txt"):
-        (kept / name).write_text(LINES)
+    (s.root / "base-content" / "c.txt").unlink()  # only c.txt has no kept base
     (project / "untouched.txt").write_text("changed by the user before the session saw it\n")
     done = s.cli("update", s.name, check=False)
     assert done.returncode == 3  # c.txt has no kept base: markers
@@ -96,3 +93,43 @@ def test_update_takes_the_projects_changes_in(tmp_path: Path, mount_session: Mou
     subprocess.run(["sed", "-i", "s/user/agent/", str(s.mnt / "untouched.txt")], check=True)
     assert set(_conflicts(s)) == {"c.txt"}
     assert s.cli("update", s.name, "--json", check=False).returncode == 3
+
+
+def test_the_overlay_keeps_what_it_hides_until_the_path_leaves(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """Gap: the base of a merge. Every way the session hides a regular
+    project file (copy-up, editor save, `mv` over, `rm`) keeps the project's
+    version once; a file over 8 MiB is not kept; commit, discard and rm of
+    the session drop the copies."""
+    project = tmp_path / "project"
+    (project / "d").mkdir(parents=True)
+    names = ("append.txt", "saved.txt", "over.txt", "gone.txt", "d/moved.txt", "d/src.txt")
+    for name in names:
+        (project / name).write_text(f"{name} v0\n")
+    (project / "big.bin").write_bytes(b"x" * ((8 << 20) + 1))
+    s = mount_session(project)
+    kept = s.root / "base-content"
+    with open(s.mnt / "append.txt", "a") as f:
+        f.write("by the session\n")
+    subprocess.run(["sed", "-i", "s/v0/v1/", str(s.mnt / "saved.txt")], check=True)
+    (s.mnt / "d" / "src.txt").rename(s.mnt / "over.txt")
+    (s.mnt / "gone.txt").unlink()
+    (s.mnt / "d" / "moved.txt").rename(s.mnt / "d" / "renamed.txt")
+    with open(s.mnt / "big.bin", "ab") as f:
+        f.write(b"y")
+    for name in names:
+        assert (kept / name).read_text() == f"{name} v0\n", name
+    assert not (kept / "big.bin").exists()
+    # once kept, a path's base stands: the project's later versions are not it
+    (project / "append.txt").write_text("append.txt v9\n")
+    (s.mnt / "append.txt").unlink()
+    assert (kept / "append.txt").read_text() == "append.txt v0\n"
+    s.cli("discard", s.name, "gone.txt", "append.txt")
+    assert not (kept / "gone.txt").exists() and not (kept / "append.txt").exists()
+    s.cli("commit", s.name, "saved.txt", "over.txt", "d/src.txt")
+    assert not (kept / "saved.txt").exists() and not (kept / "over.txt").exists()
+    assert not (kept / "d" / "src.txt").exists()
+    assert (kept / "d" / "moved.txt").exists()  # still a change of the session
+    s.umount()
+    s.cli("rm", s.name, "--force")
+    assert not s.root.exists()

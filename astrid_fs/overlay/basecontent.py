@@ -1,0 +1,105 @@
+"""Base content: what a project file held when the session first hid it.
+
+A three-way merge of a conflict (review/resolve.py) needs the project's
+version the session started from, but the lower layer only keeps the
+newest one. So when the overlay first replaces a regular lower file of at
+most `LIMIT` bytes (a copy-up, an `rm`, an editor's rename over it), it
+keeps that file's content as `SESSION/base-content/PATH` (PATH: the lower
+path, as the review names it). The first copy stands: a later hide of the
+same path (the session deleted, then re-created it) keeps it. The review
+removes the copies of paths that land or are discarded.
+
+Knows: where the copies live, and how to write one atomically (temp file in
+the work dir, same filesystem, then rename). Does not know: when a path is
+hidden (copyup.py, namespace.py call `keep`) nor how merges use the copy.
+Only session mounts keep base content: the work dir is `SESSION/work/astrid`
+of a session that records a base (`bases.sqlite`); a plain
+lower/upper/work mount keeps none. Keeping is best-effort: a copy that
+cannot be written (disk full) leaves no file, and the merge then takes an
+empty base (every difference becomes a conflict region; nothing is lost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import stat
+from collections.abc import Callable
+
+LIMIT = 8 << 20  # larger files are not merged, so their base is not kept
+DIR_NAME = b"base-content"
+_INDEX_NAME = b"bases.sqlite"  # (review/bases.py)
+_counter = itertools.count()
+
+
+def store_for(tmp_dir: bytes) -> bytes | None:
+    """`SESSION/base-content` when `tmp_dir` is a session's copy-up dir
+    (`SESSION/work/astrid`) and the session records a base; else None."""
+    work = os.path.dirname(tmp_dir)
+    if os.path.basename(work) != b"work":
+        return None
+    root = os.path.dirname(work)
+    if not os.path.exists(root + b"/" + _INDEX_NAME):
+        return None
+    return root + b"/" + DIR_NAME
+
+
+def wanted(st: os.stat_result | None) -> bool:
+    """Is a lower entry with this stat one whose content is kept?"""
+    return st is not None and stat.S_ISREG(st.st_mode) and st.st_size <= LIMIT
+
+
+def keep(tmp_dir: bytes, lower_rel: bytes, fill: Callable[[int], None], *,
+         sync: bool) -> None:
+    """Keep the base content of lower path `lower_rel` unless it is kept
+    already: `fill(fd)` writes the content into a fresh temp file, which is
+    then (fsync'd with `sync`) renamed into the store."""
+    store = store_for(tmp_dir)
+    if store is None or not lower_rel:
+        return
+    out = store + b"/" + lower_rel
+    if os.path.lexists(out):
+        return
+    tmp = b"%s/base-%d-%d" % (tmp_dir, os.getpid(), next(_counter))
+    try:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fill(fd)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, out)
+    except OSError:
+        # Best-effort (see the module docstring): no copy is a safe outcome.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def copy_from(path: bytes) -> Callable[[int], None]:
+    """A `fill` that copies the regular file at `path` (up to LIMIT bytes)."""
+    def fill(fd: int) -> None:
+        src = os.open(path, os.O_RDONLY)
+        try:
+            offset = 0
+            while offset <= LIMIT:
+                chunk = os.pread(src, 1 << 20, offset)
+                if not chunk:
+                    break
+                os.pwrite(fd, chunk, offset)
+                offset += len(chunk)
+        finally:
+            os.close(src)
+    return fill
+
+
+def keep_local(tmp_dir: bytes, lower_rel: bytes, lower_path: bytes, *, sync: bool) -> None:
+    """Keep the base content of a local lower file about to be hidden."""
+    try:
+        st = os.lstat(lower_path)
+    except OSError:
+        return
+    if wanted(st):
+        keep(tmp_dir, lower_rel, copy_from(lower_path), sync=sync)
