@@ -17,6 +17,7 @@ from astrid_runtime.grants import Grants, Limits
 if TYPE_CHECKING:
     from astrid_runtime.abi.links import LinkImports
     from astrid_runtime.approval.pipeline import ApprovalPipeline
+    from astrid_runtime.net.service import HttpService
     from astrid_runtime.vfs import PluginVfs
 
 
@@ -65,6 +66,8 @@ class PluginContext:
     links: LinkImports | None = None
     #: Records (or, in a replay, answers) each delivery's host calls; None: not recording.
     observer: CallObserver | None = None
+    #: Outbound HTTP (`astrid:kernel/http`, net/); None answers `unavailable`.
+    http: HttpService | None = None
 
 
 #: Called with each plugin's context before its first instance starts: how the

@@ -20,8 +20,10 @@ from astrid_runtime.abi.canon import (
 )
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.abi.hostfunc import HostFuncs, Signature
+from astrid_runtime.net import http
 
-INTERFACES = (log, bus, kv, vfs, cap)
+#: `http` is not in the `plugin` world; defining it lets worlds that import it link.
+INTERFACES = (log, bus, kv, vfs, cap, http)
 
 #: `export init: func(config: string) -> result<_, string>`
 INIT = Signature((STRING,), ResultCodec(None, STRING))

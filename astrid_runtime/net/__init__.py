@@ -1,0 +1,1 @@
+"""Outbound network owned by the kernel: HTTP for plugins (`astrid:kernel/http`)."""
