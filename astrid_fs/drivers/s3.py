@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 import obstore
 from obstore.store import S3Store
@@ -58,13 +55,14 @@ from astrid_fs.drivers.errors import (
     NotADirectory,
     NotFound,
     NotSupported,
-    PermissionDenied,
     Stale,
-    Timeout,
-    Unreachable,
 )
 from astrid_fs.drivers.readahead import MIB, ReadAheadConfig, ReadAheadReader
 from astrid_fs.drivers.retry import NO_RETRY, RetryPolicy
+from astrid_fs.drivers.s3_errors import reason_of, translate
+from astrid_fs.drivers.s3_options import OPTION_TYPES, S3Options, parse_source
+
+__all__ = ["LINK_SUFFIX", "SPEC", "S3Driver", "S3Options", "parse_source", "translate"]
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta
@@ -74,132 +72,6 @@ T = TypeVar("T")
 # S3 DeleteObjects takes at most 1,000 keys per request.
 _DELETE_BATCH = 1000
 LINK_SUFFIX = ".rclonelink"  # rclone's `--links` convention for symlinks on object stores
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """The `s3` driver's options (mounts.toml keys of the same names)."""
-
-    endpoint: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    anonymous: bool = False
-    virtual_hosted: bool = False
-    connect_timeout_s: float = 5.0
-    timeout_s: float = 30.0
-    retries: int = 4
-    retry_deadline_s: float = 20.0
-    multipart_threshold_mib: int = 64
-    part_size_mib: int = 8
-    read_window_mib: int = 8
-    read_depth: int = 3
-    threads: int = 8
-    file_mode: int = 0o644
-    dir_mode: int = 0o755
-
-    @classmethod
-    def from_options(cls, options: Options) -> S3Options:
-        """Typed options from a mounts.toml table; ConfigError names a bad key."""
-        kwargs: dict[str, Any] = {}
-        for key, value in options.items():
-            if key not in _FIELD_TYPES:
-                hint = " (credentials come from the AWS chain, never mounts.toml)" \
-                    if "key" in key or "secret" in key or "token" in key else ""
-                raise ConfigError(f"s3 driver has no option {key!r}{hint}")
-            want = _FIELD_TYPES[key]
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if want is str and key in ("file_mode", "dir_mode"):
-                want = int
-            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-                raise ConfigError(f"s3 option {key!r} must be {want.__name__}, "
-                                  f"not {type(value).__name__}")
-            kwargs[key] = value
-        opts = cls(**kwargs)
-        for key in ("connect_timeout_s", "timeout_s", "retry_deadline_s"):
-            if getattr(opts, key) <= 0:
-                raise ConfigError(f"s3 option {key!r} must be positive")
-        for key in ("retries", "part_size_mib", "read_window_mib", "read_depth", "threads"):
-            if getattr(opts, key) < (0 if key == "retries" else 1):
-                raise ConfigError(f"s3 option {key!r} is out of range")
-        if opts.part_size_mib < 5:
-            raise ConfigError("s3 option 'part_size_mib' must be at least 5 (S3's minimum)")
-        return opts
-
-
-_FIELD_TYPES: dict[str, type] = {
-    "endpoint": str, "region": str, "profile": str, "anonymous": bool,
-    "virtual_hosted": bool, "connect_timeout_s": float, "timeout_s": float,
-    "retries": int, "retry_deadline_s": float, "multipart_threshold_mib": int,
-    "part_size_mib": int, "read_window_mib": int, "read_depth": int, "threads": int,
-    "file_mode": int, "dir_mode": int,
-}
-
-
-def parse_source(source: str) -> tuple[str, str]:
-    """(bucket, prefix) of `s3://bucket[/prefix]`; ConfigError otherwise."""
-    parts = urlsplit(source)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ConfigError(f"{source!r}: expected s3://BUCKET[/PREFIX]")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{source!r}: put options in the mount entry, not the URL")
-    prefix = parts.path.strip("/")
-    if prefix:
-        try:
-            check_rel(prefix)
-        except InvalidPath:
-            raise ConfigError(f"{source!r}: malformed prefix") from None
-    return parts.netloc, prefix
-
-
-# ---- error translation ---------------------------------------------------------------
-
-_STATUS = re.compile(r"status code: (\d{3})")
-_CODE = re.compile(r"<Code>([A-Za-z]+)</Code>")
-
-
-def _reason(text: str) -> str:
-    """A short reason from obstore's (long, multi-line) error text."""
-    code = _CODE.search(text)
-    status = _STATUS.search(text)
-    if status:
-        return f"HTTP {status.group(1)}" + (f" {code.group(1)}" if code else "")
-    lowered = text.lower()
-    for needle, reason in (("connection refused", "connection refused"),
-                           ("timed out", "timed out"), ("timeout", "timed out"),
-                           ("connection reset", "connection reset"),
-                           ("dns error", "name not resolved"),
-                           ("error sending request", "cannot connect"),
-                           ("connection closed", "connection closed"),
-                           ("error decoding response body", "connection broke mid-response"),
-                           ("error reading a body", "connection broke mid-response")):
-        if needle in lowered:
-            return reason
-    return text.splitlines()[0][:200] if text else "unknown error"
-
-
-def translate(exc: BaseException, what: str) -> DriverError:
-    """The DriverError for an obstore exception; `what` starts the message."""
-    text = str(exc)
-    reason = _reason(text)
-    status = _STATUS.search(text)
-    code = status.group(1) if status else ""
-    name = type(exc).__name__
-    if isinstance(exc, FileNotFoundError) or name == "NotFoundError" or code == "404":
-        if "NoSuchBucket" in text:
-            return NotFound(f"{what}: bucket does not exist ({reason})")
-        return NotFound(f"{what}: not found")
-    if name in ("PermissionDeniedError", "UnauthenticatedError") or code in ("401", "403"):
-        return PermissionDenied(f"{what}: permission denied ({reason})")
-    if code.startswith("5") or code in ("408", "429") or reason in (
-            "connection refused", "connection reset", "cannot connect", "connection closed",
-            "connection broke mid-response", "name not resolved"):
-        return Unreachable(f"{what}: {reason}")
-    if reason == "timed out":
-        return Timeout(f"{what}: timed out")
-    if name == "PreconditionError" or code == "412":
-        return Stale(f"{what}: changed on the server ({reason})")
-    return DriverError(f"{what}: {reason}")
 
 
 def _mtime_ns(meta: ObjectMeta) -> int:
@@ -251,7 +123,7 @@ class S3Driver:
                            client_options=client,  # type: ignore[arg-type]
                            retry_config={"max_retries": 0})
         except Exception as e:  # obstore raises its config errors untyped
-            raise ConfigError(f"{self._source}: {_reason(str(e))}") from None
+            raise ConfigError(f"{self._source}: {reason_of(str(e))}") from None
 
     # ---- properties ----------------------------------------------------------------
 
@@ -508,5 +380,5 @@ SPEC = DriverSpec(
     summary="an S3 bucket or prefix (s3://bucket/prefix), credentials from the AWS chain",
     open=open_s3,
     validate=validate,
-    option_names=tuple(_FIELD_TYPES),
+    option_names=tuple(OPTION_TYPES),
 )
