@@ -11,6 +11,7 @@ The wire rules are tested alone first, then against a real nats-server.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 
 import nats
@@ -25,8 +26,11 @@ from astrid_runtime.bus.nats import NatsBridge, open_nats_bridge
 from astrid_runtime.bus.nats.wire import (
     HEADER_SIG,
     MAX_SKEW_MS,
+    REPLAY_WINDOW,
     Peer,
     Rejected,
+    ReplayGuard,
+    Stamp,
     admit,
     sign,
 )
@@ -42,6 +46,7 @@ LAPTOP = KernelIdentity.from_secret(b"L" * 32)
 SERVER = KernelIdentity.from_secret(b"S" * 32)
 ROGUE = KernelIdentity.from_secret(b"R" * 32)
 NOW = 1_800_000_000_000
+S1 = Stamp("00112233aabbccdd", 1)
 
 
 # -- the wire rules, alone ---------------------------------------------------------
@@ -49,13 +54,17 @@ NOW = 1_800_000_000_000
 def _verdict(header: str | None, *, topic: str = "notes.add", plugin: str = "router",
              payload: bytes = b"milk", peers: tuple[Peer, ...] = (Peer(SERVER.kernel_id,
                                                                         ("notes.>",)),),
-             now: int = NOW) -> Sender | Rejected:
-    return admit(topic, plugin, payload, header, peers, now)
+             now: int = NOW, guard: ReplayGuard | None = None) -> Sender | Rejected:
+    return admit(topic, plugin, payload, header, peers, now, guard or ReplayGuard())
+
+
+def _signed(seq: int, *, session: str = S1.session, topic: str = "notes.add",
+            payload: bytes = b"milk", at: int = NOW) -> str:
+    return sign(SERVER, topic, "router", payload, at, Stamp(session, seq))
 
 
 def test_a_peers_signed_message_is_believed_with_its_kernel() -> None:
-    header = sign(SERVER, "notes.add", "router", b"milk", NOW)
-    assert _verdict(header) == Sender("router", SERVER.kernel_id)
+    assert _verdict(_signed(1)) == Sender("router", SERVER.kernel_id)
 
 
 @pytest.mark.parametrize("attack, expected", [
@@ -67,22 +76,68 @@ def test_a_peers_signed_message_is_believed_with_its_kernel() -> None:
     ("not a peer", "is not a peer"),
     ("outside its grant", "may not publish"),
     ("stale", "s off"),
+    ("other sequence", "does not verify"),   # a captured signature under a fresh seq
 ])
 def test_the_attacks_are_refused(attack: str, expected: str) -> None:
-    good = sign(SERVER, "notes.add", "router", b"milk", NOW)
+    good = _signed(1)
     cases: dict[str, Sender | Rejected] = {
         "unsigned": _verdict(None),
         "garbage": _verdict("v1 zz 1 !!"),
         "forged name": _verdict(good, plugin="wordcount"),
         "altered payload": _verdict(good, payload=b"evil"),
         "other topic": _verdict(good, topic="notes.delete"),
-        "not a peer": _verdict(sign(ROGUE, "notes.add", "router", b"milk", NOW)),
-        "outside its grant": _verdict(sign(SERVER, "user.input", "router", b"x", NOW),
+        "not a peer": _verdict(sign(ROGUE, "notes.add", "router", b"milk", NOW, S1)),
+        "outside its grant": _verdict(_signed(1, topic="user.input", payload=b"x"),
                                       topic="user.input", payload=b"x"),
         "stale": _verdict(good, now=NOW + MAX_SKEW_MS + 1),
+        "other sequence": _verdict(good.replace(f" {S1.session} 1 ", f" {S1.session} 2 ")),
     }
     verdict = cases[attack]
     assert isinstance(verdict, Rejected) and expected in verdict.reason
+
+
+def test_a_replayed_message_is_believed_once() -> None:
+    guard = ReplayGuard()
+    first, second = _signed(1), _signed(2)
+    assert _verdict(first, guard=guard) == Sender("router", SERVER.kernel_id)
+    replay = _verdict(first, guard=guard, now=NOW + 1000)  # inside the time window
+    assert isinstance(replay, Rejected) and "replayed" in replay.reason
+    assert _verdict(second, guard=guard) == Sender("router", SERVER.kernel_id)
+    again = _verdict(second, guard=guard)
+    assert isinstance(again, Rejected) and "replayed" in again.reason
+    # Another session of the same kernel (its bridge restarted) counts on its own.
+    assert isinstance(_verdict(_signed(1, session="ffeeddccbbaa9988"), guard=guard), Sender)
+
+
+def test_late_messages_inside_the_window_pass_once_and_older_are_refused() -> None:
+    guard = ReplayGuard()
+    newest = REPLAY_WINDOW + 10
+    assert isinstance(_verdict(_signed(newest), guard=guard), Sender)
+    assert isinstance(_verdict(_signed(newest - 5), guard=guard), Sender)  # late, unseen
+    late = _verdict(_signed(newest - 5), guard=guard)
+    assert isinstance(late, Rejected) and "replayed" in late.reason
+    old = _verdict(_signed(newest - REPLAY_WINDOW), guard=guard)
+    assert isinstance(old, Rejected) and "replay window" in old.reason
+    assert isinstance(_verdict(_signed(newest - REPLAY_WINDOW + 1), guard=guard), Sender)
+
+
+def test_refused_messages_leave_no_mark_and_idle_sessions_are_forgotten() -> None:
+    guard = ReplayGuard()
+    # A forgery naming the real stamp is refused before the guard sees it...
+    forged = _signed(1).rsplit(" ", 1)[0] + " " + "A" * 86
+    assert isinstance(_verdict(forged, guard=guard), Rejected)
+    assert guard.sessions() == 0
+    # ... so the real message still passes.
+    assert isinstance(_verdict(_signed(1), guard=guard), Sender)
+    assert guard.sessions() == 1
+    # A session is kept while one of its messages could pass the time check, then
+    # dropped (at the next new session); a replay after that is stale anyway.
+    later = NOW + 2 * MAX_SKEW_MS + 1
+    fresh = sign(SERVER, "notes.add", "router", b"milk", later, Stamp("0" * 16, 1))
+    assert isinstance(_verdict(fresh, guard=guard, now=later), Sender)
+    assert guard.sessions() == 1
+    stale = _verdict(_signed(1), guard=guard, now=later)
+    assert isinstance(stale, Rejected) and "s off" in stale.reason
 
 
 # -- against a real nats-server that wants a token ----------------------------------
@@ -107,9 +162,12 @@ def _plain_client(url: str, token: str | None, subject: str, headers: dict[str, 
 
 async def test_a_client_without_the_token_is_refused_by_the_server(
         nats_auth: NatsServer) -> None:
-    with pytest.raises((nats.errors.Error, OSError)):
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
         await trio.to_thread.run_sync(_plain_client, nats_auth.url, None, "astrid.notes.add",
                                       {})
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await trio.to_thread.run_sync(_plain_client, nats_auth.url, "a-guessed-token",
+                                      "astrid.notes.add", {})
 
 
 async def _bridge(kernel: Kernel, bridge: NatsBridge, *,
@@ -144,7 +202,7 @@ async def test_only_signed_messages_from_peers_reach_the_bus(
             await trio.to_thread.run_sync(_plain_client, nats_auth.url, TOKEN,
                                           "astrid.notes.add", forged)
             # ... and replays a real signature on a topic it was not made for.
-            stolen = {**forged, HEADER_SIG: sign(SERVER, "demo.r", "relay", b"x", NOW)}
+            stolen = {**forged, HEADER_SIG: sign(SERVER, "demo.r", "relay", b"x", NOW, S1)}
             await trio.to_thread.run_sync(_plain_client, nats_auth.url, TOKEN,
                                           "astrid.demo.r", stolen)
 
@@ -175,3 +233,50 @@ async def test_a_peer_outside_its_publish_grant_is_refused(
             assert (got.topic, got.sender) == ("demo.r", Sender("relay", SERVER.kernel_id))
             assert laptop.stats.rejected == 1
             assert "may not publish to 'user.input'" in (laptop.stats.last_rejection or "")
+
+
+def _capture_and_replay(url: str, subject: str, ready: threading.Event) -> bytes:
+    """A client holding the NATS token: capture one signed message, publish it again."""
+    async def go() -> bytes:
+        nc = await nats.connect(url, token=TOKEN, allow_reconnect=False,
+                                max_reconnect_attempts=0, connect_timeout=2)
+        sub = await nc.subscribe(subject)
+        await nc.flush()
+        ready.set()
+        captured = await sub.next_msg(timeout=GUARD_S)
+        await nc.publish(captured.subject, captured.data, headers=captured.headers)
+        await nc.flush()
+        await nc.close()
+        return captured.data
+
+    return asyncio.run(go())
+
+
+async def test_a_captured_signed_message_replayed_is_refused(nats_auth: NatsServer) -> None:
+    ready = threading.Event()
+    with trio.fail_after(GUARD_S):
+        async with (open_nats_bridge(nats_auth.url, identity=LAPTOP,
+                                     peers=(Peer(SERVER.kernel_id, ("demo.r",)),),
+                                     token=TOKEN) as laptop,
+                    open_nats_bridge(nats_auth.url, identity=SERVER, peers=(),
+                                     token=TOKEN) as server):
+            await laptop.subscribe(">")
+            captured: list[bytes] = []
+
+            async def attacker() -> None:
+                captured.append(await trio.to_thread.run_sync(
+                    _capture_and_replay, nats_auth.url, "astrid.demo.r", ready))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(attacker)
+                await trio.to_thread.run_sync(ready.wait)
+                server.publish("demo.r", b"pay 10", "relay")
+                got = await laptop.inbound.receive()
+                assert (got.payload, got.sender) == (b"pay 10",
+                                                     Sender("relay", SERVER.kernel_id))
+            assert captured == [b"pay 10"]  # the replay went out and was flushed
+            server.publish("demo.r", b"after", "relay")  # behind the replay, on the server
+            got = await laptop.inbound.receive()
+            assert got.payload == b"after"
+            assert laptop.stats.rejected == 1
+            assert "replayed" in (laptop.stats.last_rejection or "")
