@@ -15,53 +15,31 @@ no_open mode and a handle would leak its fd.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pyfuse3
 import trio
 
 from astrid_fs.fuse.cache import KernelCache
 from astrid_fs.fuse.passthrough import Passthrough
+from astrid_fs.fuse.replies import (
+    entry_reply,
+    fuse_errors,
+    invalidate_later,
+    negative_entry,
+    owner,
+    statvfs_reply,
+)
 from astrid_fs.fuse.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_INODE, FH_KEEP_CACHE, shim_version
 from astrid_fs.overlay.files import OpenFiles
 from astrid_fs.overlay.inodes import Node
 from astrid_fs.overlay.layers import StatLike
-from astrid_fs.overlay.overlay import Overlay, Owner, SetAttr
+from astrid_fs.overlay.overlay import Overlay, SetAttr
 
 log = logging.getLogger("astrid_fs.fuse")
-
-NAME_MAX = 255
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """The one errno boundary: an OSError from the overlay becomes the
-    FUSEError the kernel passes on; a KeyError is an inode the kernel told
-    us to forget and still names (ESTALE)."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except OSError as e:
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
-        except pyfuse3.FUSEError:
-            raise
-        except Exception:
-            # A bug in one request must not take the mount down: log it,
-            # answer EIO, keep serving.
-            log.exception("internal error in %s", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper
-
 
 class FuseOps(pyfuse3.Operations):
     """Adapter from pyfuse3 requests to `Overlay` and `OpenFiles` calls."""
@@ -92,31 +70,14 @@ class FuseOps(pyfuse3.Operations):
     # ---- replies ----------------------------------------------------------
 
     def _entry(self, node: Node, st: StatLike) -> pyfuse3.EntryAttributes:
-        e = pyfuse3.EntryAttributes()
         merged = self.ov.is_merged(node)
         if self.passthrough is not None and not node.in_upper:
             self.passthrough.prime(node, st)  # its first OPEN answered in C
-        e.st_ino = node.ino
-        e.generation = 0
-        e.entry_timeout = e.attr_timeout = self.cache.ttl(node, merged)
-        e.st_mode = st.st_mode
-        e.st_nlink = self.cache.nlink(node, st, merged)
-        e.st_uid = st.st_uid
-        e.st_gid = st.st_gid
-        e.st_rdev = st.st_rdev
-        e.st_size = st.st_size
-        e.st_blksize = st.st_blksize
-        e.st_blocks = st.st_blocks
-        e.st_atime_ns = st.st_atime_ns
-        e.st_mtime_ns = st.st_mtime_ns
-        e.st_ctime_ns = st.st_ctime_ns
-        return e
+        return entry_reply(node.ino, st, ttl=self.cache.ttl(node, merged),
+                           nlink=self.cache.nlink(node, st, merged))
 
     def _negative(self) -> pyfuse3.EntryAttributes:
-        e = pyfuse3.EntryAttributes()
-        e.st_ino = 0
-        e.entry_timeout = self.cache.lower_ttl
-        return e
+        return negative_entry(self.cache.lower_ttl)
 
     def _count(self, op: str) -> None:
         self.requests[op] = self.requests.get(op, 0) + 1
@@ -157,7 +118,7 @@ class FuseOps(pyfuse3.Operations):
         node = self.table.get(inode)
         if self.ov.is_merged(node) and self.cache.lower_dir_moved(
                 inode, self.ov.lower_mtime_ns(node)):
-            trio.lowlevel.spawn_system_task(_invalidate_later, inode)
+            trio.lowlevel.spawn_system_task(invalidate_later, inode)
         return self._entry(node, self.ov.stat_open(node, self.files.fstat(inode)))
 
     @fuse_errors
@@ -189,15 +150,15 @@ class FuseOps(pyfuse3.Operations):
     @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: Any) -> Any:
-        return self._entry(*self.ov.mknod(parent_inode, name, mode, rdev, _owner(ctx)))
+        return self._entry(*self.ov.mknod(parent_inode, name, mode, rdev, owner(ctx)))
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
-        return self._entry(*self.ov.mkdir(parent_inode, name, mode, _owner(ctx)))
+        return self._entry(*self.ov.mkdir(parent_inode, name, mode, owner(ctx)))
 
     @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
-        return self._entry(*self.ov.symlink(parent_inode, name, target, _owner(ctx)))
+        return self._entry(*self.ov.symlink(parent_inode, name, target, owner(ctx)))
 
     @fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
@@ -260,7 +221,7 @@ class FuseOps(pyfuse3.Operations):
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> Any:
-        node, st, fd = self.ov.create(parent_inode, name, mode, flags, _owner(ctx))
+        node, st, fd = self.ov.create(parent_inode, name, mode, flags, owner(ctx))
         keep = self.cache.keep_pages(node.ino, st)
         if self.no_open:
             # No RELEASE will come for this handle: keep the fd as the
@@ -418,13 +379,7 @@ class FuseOps(pyfuse3.Operations):
 
     @fuse_errors
     async def statfs(self, ctx: Any) -> Any:
-        vfs = self.ov.statfs()
-        out = pyfuse3.StatvfsData()
-        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
-                      "f_files", "f_ffree", "f_favail"):
-            setattr(out, field, getattr(vfs, field))
-        out.f_namemax = NAME_MAX
-        return out
+        return statvfs_reply(self.ov.statfs())
 
     # ---- cache control (called by the daemon's control socket) -------------
 
@@ -437,15 +392,3 @@ class FuseOps(pyfuse3.Operations):
         if self.passthrough is not None:
             self.passthrough.layers_changed()
         return self.ov.layers_changed()
-
-
-def _owner(ctx: Any) -> Owner:
-    return Owner(ctx.uid, ctx.gid)
-
-
-async def _invalidate_later(ino: int) -> None:
-    """Drop the kernel's caches of `ino` after the current reply went out."""
-    try:
-        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
-    except Exception as e:  # a system task must never raise
-        log.warning("invalidate_inode(%d) failed: %s", ino, e)
