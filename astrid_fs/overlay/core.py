@@ -9,7 +9,8 @@ it), after copying up what it needs.
 
 Threading: one daemon, one trio thread, no awaits inside: each operation
 runs to completion, so the inode table needs no locks. Remote fetches are
-returned as blocking jobs for the caller to run in a worker thread.
+returned as blocking jobs for the caller to run in a worker thread
+(`fetching.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from astrid_fs.overlay.copyup import (
     copy_data,
@@ -25,11 +26,11 @@ from astrid_fs.overlay.copyup import (
     copy_up_remote,
     copy_up_synthetic_dir,
 )
+from astrid_fs.overlay.fetching import RemoteFetches
 from astrid_fs.overlay.hardlinks import LinkIndex, relinked
 from astrid_fs.overlay.inodes import ROOT_INO, DeviceTags, InodeTable, Node, upper_only_ino
 from astrid_fs.overlay.layers import (
     Layers,
-    RemoteTree,
     Resolved,
     StatLike,
     SyntheticStat,
@@ -47,7 +48,7 @@ def err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-class OverlayCore:
+class OverlayCore(RemoteFetches):
     """Resolution and copy-up over `layers`, keyed by overlay inode number."""
 
     def __init__(self, layers: Layers, tmp_dir: bytes, *, redirects: bool,
@@ -206,15 +207,6 @@ class OverlayCore:
                 return node.orphan_st
             raise
 
-    def remote_of_lower(self, lower_rel: bytes) -> tuple[RemoteTree, bytes] | None:
-        return self.layers.remote_for(lower_rel) if self.layers.remotes else None
-
-    def remote_of(self, node: Node) -> tuple[RemoteTree, bytes] | None:
-        """The remote tree showing `node` (not copied up), if any."""
-        if node.in_upper or node.lower is None or not self.layers.remotes:
-            return None
-        return self.layers.remote_for(node.lower)
-
     def real_path(self, node: Node) -> bytes:
         """The local path of the layer entry that currently shows `node`
         (ENOTSUP for an entry of a remote tree: use `remote_of`)."""
@@ -243,44 +235,6 @@ class OverlayCore:
 
     def is_merged(self, node: Node) -> bool:
         return node.is_dir and node.in_upper and node.lower is not None
-
-    # ---- remote trees: what must be fetched first ---------------------------
-
-    def fetch_lower(self, lower_rel: bytes | None, data: bool = False
-                    ) -> Callable[[], None] | None:
-        """A blocking job that caches the remote metadata (or, with `data`,
-        the content) of a lower path, for the caller to run in a worker
-        thread; None when nothing needs fetching (local, or cached)."""
-        if lower_rel is None or not self.layers.remotes:
-            return None
-        hit = self.layers.remote_for(lower_rel)
-        if hit is None or hit[0].is_warm(hit[1], data):
-            return None
-        tree, rel = hit
-        return lambda: tree.warm(rel, data)
-
-    def fetch_for(self, node: Node, data: bool = False) -> Callable[[], None] | None:
-        """What to fetch before serving `node` (its data, with `data`)."""
-        if node.in_upper and not node.is_dir:
-            return None
-        return self.fetch_lower(node.lower, data and not node.in_upper)
-
-    def fetch_for_child(self, parent: Node, name: bytes, data: bool = False
-                        ) -> Callable[[], None] | None:
-        """What to fetch before resolving `name` in `parent`."""
-        if parent.lower is None or not self.layers.remotes:
-            return None
-        jobs = [j for j in (self.fetch_lower(parent.lower),
-                            self.fetch_lower(parent.lower + b"/" + name if parent.lower
-                                             else name, data)) if j is not None]
-        if not jobs:
-            return None
-
-        def fetch_all() -> None:
-            for job in jobs:
-                job()
-
-        return fetch_all
 
     # ---- copy-up ----------------------------------------------------------
 
