@@ -9,6 +9,7 @@
     astrid audit verify              check the audit trail's signatures, chain and head
     astrid log [PATTERN] / show SEQ  the recorded bus; replay PLUGIN re-runs it (log_cli.py)
     astrid run [--lower DIR]         an agent session over DIR, typed at (run_cli.py)
+    astrid mcp --session NAME        a session's tools served over MCP on stdio (mcp/cli.py)
     astrid approvals                 asks waiting for a person, standing approvals
     astrid approve ID [--session|--always] / deny ID [REASON] / revoke GRANT
 
@@ -34,6 +35,7 @@ from astrid_runtime.errors import KernelError, KernelUnreachable, VerifyError
 from astrid_runtime.grants import DEFAULT_POLICY
 from astrid_runtime.install import describe, plan_install, precompile, refusal, wildcard_refusal
 from astrid_runtime.lockfile import load_lockfile, read_verified
+from astrid_runtime.mcp import cli as mcp_cli
 from astrid_runtime.scaffold import scaffold_plugin
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_MISMATCH = 1, 2, 3, 4
@@ -92,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     audit_cli.add_parser(sub)
     log_cli.add_parsers(sub)
     run_cli.add_parser(sub)
+    mcp_cli.add_parser(sub)
     return p
 
 
@@ -254,6 +257,7 @@ def cmd_plugin(args: argparse.Namespace) -> int:
 COMMANDS = {"publish": cmd_publish, "tail": cmd_tail, "status": cmd_status,
             "plugin": cmd_plugin,
             "run": run_cli.verb(_lockfile),
+            "mcp": mcp_cli.verb(_lockfile),
             "audit": audit_cli.verb(),
             **log_cli.verbs(_socket, _lockfile),
             **approval_cli.verbs(_client)}

@@ -36,7 +36,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -157,8 +158,10 @@ def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
 # -- the mount --------------------------------------------------------------------
 
 def _astrid_fs(*argv: str) -> subprocess.CompletedProcess[str]:
+    # Its own session: a signal to our process group (a second Ctrl-C, an MCP client
+    # killing `astrid mcp`'s group after its grace period) cannot stop an unmount halfway.
     return subprocess.run([*ASTRID_FS, *argv], capture_output=True, text=True, check=False,
-                          stdin=subprocess.DEVNULL, timeout=300)
+                          stdin=subprocess.DEVNULL, timeout=300, start_new_session=True)
 
 
 def _last_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -355,62 +358,49 @@ async def _read_lines(stdin: IO[str], kernel: Kernel, console: Console, opts: Ru
             print(f"astrid: no reply within {opts.reply_timeout_s:g}s", file=err, flush=True)
 
 
-async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[str]) -> str:
-    """Boot the kernel on the mounted session and talk until EOF or a signal; why it ended."""
+@dataclass(frozen=True)
+class SessionKernel:
+    """A kernel over a mounted session, as `astrid run` and `astrid mcp` boot it."""
+
+    kernel: Kernel
+    approvals: Approvals
+    #: The control socket it serves (`astrid approvals / approve / deny`).
+    socket: Path
+
+
+@asynccontextmanager
+async def session_kernel(opts: RunOptions, err: IO[str],
+                         before_boot: Callable[[Kernel], None] | None = None
+                         ) -> AsyncIterator[SessionKernel]:
+    """The kernel on the mounted session: approvals, the commit path, the control socket,
+    the recorder and the pinned plugins running (refusals reported on `err`).
+    `before_boot` runs once the bus exists, before any plugin starts (to attach taps
+    that must see everything). Plugins are stopped when the block ends normally; their
+    handles are closed either way."""
     home = opts.home
     audit = AuditLog(home / AUDIT_FILE)
     engine = KernelEngine(cache_dir=home / "cache")
     kv = await trio.to_thread.run_sync(_open_kv, opts.kv_url)
     made: list[PluginVfs] = []
-    ended = "eof"
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_kernel(engine, kv) as kernel:
-                approvals = await start_approvals(kernel, home, opts.policy, audit=audit,
-                                                  session=opts.session, lockfile=opts.lockfile)
-                pipeline = approvals.pipeline
-                kernel.context_hooks.append(_hook(opts, pipeline, made))
-                console = Console(out, opts.json)
-                tap = Tap(kernel.bus, "agent.response")
-                # One mailbox for replies and approval events: shown in the order they
-                # happened (an answer before the reply it unblocked).
-                tap.endpoint.subscribe("approval.*")
-                commits = CommitService(kernel.bus, pipeline, opts.session)
-                await kernel.start_service(commits.serve)
-                socket = await _serve_control(kernel, approvals, opts)
-                await _start_recording(kernel, opts, err)
-                await kernel.boot(BootPlan(opts.lockfile))
-                await _wait_running(kernel)
-                for refused in kernel.refused.values():
-                    print(f"astrid: plugin {refused.name} refused: {refused.reason}",
-                          file=err, flush=True)
-                up = sorted(n for n, s in kernel.supervisors.items()
-                            if s.state is State.RUNNING)
-                print(f"astrid: control socket {socket} (astrid status / approvals / "
-                      f"approve ID); approval mode {opts.policy.mode}", file=err, flush=True)
-                print(f"astrid: session {opts.session} mounted at {opts.mount}; plugins: "
-                      f"{', '.join(up) or 'none'}. Type `help`; Ctrl-D or Ctrl-C ends.",
+        async with open_kernel(engine, kv) as kernel:
+            approvals = await start_approvals(kernel, home, opts.policy, audit=audit,
+                                              session=opts.session, lockfile=opts.lockfile)
+            pipeline = approvals.pipeline
+            kernel.context_hooks.append(_hook(opts, pipeline, made))
+            if before_boot is not None:
+                before_boot(kernel)
+            commits = CommitService(kernel.bus, pipeline, opts.session)
+            await kernel.start_service(commits.serve)
+            socket = await _serve_control(kernel, approvals, opts)
+            await _start_recording(kernel, opts, err)
+            await kernel.boot(BootPlan(opts.lockfile))
+            await _wait_running(kernel)
+            for refused in kernel.refused.values():
+                print(f"astrid: plugin {refused.name} refused: {refused.reason}",
                       file=err, flush=True)
-                async with trio.open_nursery() as talk:
-                    talk.start_soon(console.pump, tap)
-
-                    async def on_signal() -> None:
-                        nonlocal ended
-                        async for _ in signals:
-                            ended = "signal"
-                            if stdin.isatty():
-                                print(file=out, flush=True)  # past the echoed ^C
-                            talk.cancel_scope.cancel()
-                            return
-
-                    async def read_then_stop() -> None:
-                        await _read_lines(stdin, kernel, console, opts, err, approvals)
-                        talk.cancel_scope.cancel()
-
-                    talk.start_soon(on_signal)
-                    talk.start_soon(read_then_stop)
-                tap.close()
-                await kernel.stop()
+            yield SessionKernel(kernel, approvals, socket)
+            await kernel.stop()
     finally:
         for vfs in made:  # an open fd on the mount would keep it busy
             vfs.close_all()
@@ -418,6 +408,53 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
         if close is not None:
             await trio.to_thread.run_sync(close)
         audit.close()
+
+
+def running_plugins(kernel: Kernel) -> list[str]:
+    """Names of the plugins up, sorted."""
+    return sorted(n for n, s in kernel.supervisors.items() if s.state is State.RUNNING)
+
+
+async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[str]) -> str:
+    """Boot the kernel on the mounted session and talk until EOF or a signal; why it ended."""
+    ended = "eof"
+    console = Console(out, opts.json)
+    taps: list[Tap] = []
+
+    def attach(kernel: Kernel) -> None:
+        tap = Tap(kernel.bus, "agent.response")
+        # One mailbox for replies and approval events: shown in the order they
+        # happened (an answer before the reply it unblocked).
+        tap.endpoint.subscribe("approval.*")
+        taps.append(tap)
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with session_kernel(opts, err, attach) as booted:
+            kernel, approvals, tap = booted.kernel, booted.approvals, taps[0]
+            print(f"astrid: control socket {booted.socket} (astrid status / approvals / "
+                  f"approve ID); approval mode {opts.policy.mode}", file=err, flush=True)
+            print(f"astrid: session {opts.session} mounted at {opts.mount}; plugins: "
+                  f"{', '.join(running_plugins(kernel)) or 'none'}. Type `help`; Ctrl-D or "
+                  "Ctrl-C ends.", file=err, flush=True)
+            async with trio.open_nursery() as talk:
+                talk.start_soon(console.pump, tap)
+
+                async def on_signal() -> None:
+                    nonlocal ended
+                    async for _ in signals:
+                        ended = "signal"
+                        if stdin.isatty():
+                            print(file=out, flush=True)  # past the echoed ^C
+                        talk.cancel_scope.cancel()
+                        return
+
+                async def read_then_stop() -> None:
+                    await _read_lines(stdin, kernel, console, opts, err, approvals)
+                    talk.cancel_scope.cancel()
+
+                talk.start_soon(on_signal)
+                talk.start_soon(read_then_stop)
+            tap.close()
     return ended
 
 
@@ -430,9 +467,9 @@ def _review_hint(opts: RunOptions) -> str:
             f"  astrid-fs discard {name}          # or throw it away")
 
 
-def run(opts: RunOptions, stdin: IO[str] = sys.stdin, out: IO[str] = sys.stdout,
-        err: IO[str] = sys.stderr) -> int:
-    """Mount, talk, unmount. Raises `KernelError` (one line) on bad input."""
+def in_mounted_session(opts: RunOptions, err: IO[str], body: Callable[[], object]) -> None:
+    """Mount the session, call `body` (which runs the kernel), unmount, print how to
+    review. Kernel logs go to $ASTRID_HOME/logs/run-SESSION.log. Raises `RunError`."""
     opts.home.mkdir(parents=True, exist_ok=True)
     log_dir = opts.home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -444,13 +481,19 @@ def run(opts: RunOptions, stdin: IO[str] = sys.stdin, out: IO[str] = sys.stdout,
         logs.configure("info", stream=open(log_path, "a", encoding="utf-8"))  # noqa: SIM115
         print(f"astrid: kernel log {log_path}, audit {opts.home / 'audit.jsonl'}",
               file=err, flush=True)
-        trio.run(session_loop, opts, stdin, out, err)
+        body()
     finally:
         problem = umount(opts)
     if problem is not None:
         raise RunError(f"could not unmount {opts.mount}: {problem}; the session is kept; "
                        f"run `astrid-fs umount {opts.mount}`")
     print(f"astrid: unmounted {opts.mount}.\n{_review_hint(opts)}", file=err, flush=True)
+
+
+def run(opts: RunOptions, stdin: IO[str] = sys.stdin, out: IO[str] = sys.stdout,
+        err: IO[str] = sys.stderr) -> int:
+    """Mount, talk, unmount. Raises `KernelError` (one line) on bad input."""
+    in_mounted_session(opts, err, lambda: trio.run(session_loop, opts, stdin, out, err))
     return 0
 
 
@@ -473,4 +516,5 @@ def verb(lockfile: Callable[[argparse.Namespace], Path]
 
 
 
-__all__ = ["RunError", "RunOptions", "add_parser", "cmd_run", "run", "verb"]
+__all__ = ["RunError", "RunOptions", "SessionKernel", "add_parser", "cmd_run",
+           "in_mounted_session", "run", "running_plugins", "session_kernel", "verb"]
