@@ -62,6 +62,7 @@ from astrid_runtime.control import ControlServer
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import ControlError, KernelError, Refusal, first_kernel_error
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
+from astrid_runtime.net import provider as agent_provider
 from astrid_runtime.recorder import recorder
 from astrid_runtime.recorder.settings import RecordingSettings
 from astrid_runtime.recorder.store import RecordingBusy
@@ -95,6 +96,8 @@ class RunOptions:
     socket: Path | None = None
     #: Record the bus, tied to the session's snapshots (`--no-record`: False).
     record: bool = True
+    #: `--provider`: the LLM agent instead of the keyword router (net/provider.py).
+    agent: agent_provider.AgentOptions | None = None
 
 
 def add_parser(sub: Any) -> None:
@@ -129,6 +132,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-record", action="store_true",
                    help="do not record the bus (astrid log / show / replay, and the "
                         "session's bus-SEQ snapshots)")
+    agent_provider.add_arguments(p)
 
 
 def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
@@ -152,7 +156,8 @@ def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
                        "--lockfile)")
     kv_url = None if args.kv == "none" else (args.kv or "mem://")
     return RunOptions(home, lower, session, mount, lockfile, policy, kv_url,
-                      args.reply_timeout, args.json, args.socket, not args.no_record)
+                      args.reply_timeout, args.json, args.socket, not args.no_record,
+                      agent_provider.agent_options(args, home))
 
 
 # -- the mount --------------------------------------------------------------------
@@ -388,13 +393,17 @@ async def session_kernel(opts: RunOptions, err: IO[str],
                                               session=opts.session, lockfile=opts.lockfile)
             pipeline = approvals.pipeline
             kernel.context_hooks.append(_hook(opts, pipeline, made))
+            if opts.agent is not None:
+                agent_provider.attach(kernel, opts.agent)
             if before_boot is not None:
                 before_boot(kernel)
             commits = CommitService(kernel.bus, pipeline, opts.session)
             await kernel.start_service(commits.serve)
             socket = await _serve_control(kernel, approvals, opts)
             await _start_recording(kernel, opts, err)
-            await kernel.boot(BootPlan(opts.lockfile))
+            sources = await trio.to_thread.run_sync(agent_provider.boot_sources,
+                                                      opts.lockfile, opts.agent)
+            await kernel.boot(BootPlan(opts.lockfile, sources))
             await _wait_running(kernel)
             for refused in kernel.refused.values():
                 print(f"astrid: plugin {refused.name} refused: {refused.reason}",

@@ -22,12 +22,14 @@ from astrid_runtime.bus import Tap
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
 from astrid_runtime.kv import KvStore
+from astrid_runtime.net.provider import is_agent_plugin
 from astrid_runtime.scaffold.build import shipped_plugins
 from astrid_runtime.supervisor import State
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCKFILE = ROOT / "plugins.lock"
-PLUGINS = tuple(shipped_plugins(ROOT))
+#: The agent's plugins (orchestrator, llm-*) boot only under `astrid run --provider`.
+PLUGINS = tuple(p for p in shipped_plugins(ROOT) if not is_agent_plugin(p.name))
 #: Generous bound on one request/reply round trip (compiles are cached per session).
 REPLY_TIMEOUT_S = 60
 
