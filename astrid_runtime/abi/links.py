@@ -330,6 +330,12 @@ class Shim:
     denied: str | None = None
 
 
+#: Sees each link call instead of the shim (the recorder, a replay: recorder/linkcalls.py):
+#: (shim, function, the shim's own call, args address, results address) -> why it failed
+#: (the shim answers err) or None (the result slot is written).
+LinkTap = Callable[[Shim, str, Callable[[], "str | None"], int, int], "str | None"]
+
+
 class LinkImports:
     """The shims of one importer; keeps their ctypes callbacks alive with it."""
 
@@ -337,6 +343,8 @@ class LinkImports:
         self.shims = tuple(shims)
         self._report_bug = report_bug
         self._keepalive: list[Any] = []
+        #: Read at each call, so it may be set after `define`.
+        self.tap: LinkTap | None = None
 
     def define(self, linker: Linker) -> None:
         """Add every shim to `linker` (a plugin's or a provider's)."""
@@ -351,13 +359,19 @@ class LinkImports:
         provider, denied, report = shim.provider, shim.denied, self._report_bug
         lower_err = _ERR.lower
         from_address = Val.from_address
+        imports = self
+
+        def serve(args: int, nargs: int, results: int) -> str | None:
+            if denied is None and provider is not None:
+                return provider.call(shim.interface, fn, args, nargs, results)
+            return denied
 
         def trampoline(_env: int | None, _ctx: int | None, _ty: int | None, args: int | None,
                        nargs: int, results: int | None, _nresults: int) -> int:
             try:
-                why = denied
-                if why is None and provider is not None:
-                    why = provider.call(shim.interface, fn, args or 0, nargs, results or 0)
+                tap, at, out = imports.tap, args or 0, results or 0
+                why = (serve(at, nargs, out) if tap is None
+                       else tap(shim, fn, lambda: serve(at, nargs, out), at, out))
                 if why is not None:
                     lower_err(Err(f"{where}: {why}"), from_address(results or 0))
             except Exception as e:  # never raise across the FFI boundary

@@ -31,6 +31,7 @@ import trio
 
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.bus import Message
+from astrid_runtime.recorder.linkcalls import observe_links
 from astrid_runtime.recorder.settings import RecordingSettings
 from astrid_runtime.recorder.store import RecordingStore, Rows, default_url
 from astrid_runtime.recorder.timeline import Timeline, files_written
@@ -210,7 +211,9 @@ class Recorder:
 
         def hook(ctx: PluginContext) -> None:
             sup = kernel.supervisors.get(ctx.name)
-            ctx.observer = self.observer(ctx.name, sup.spec.version if sup else "")
+            ctx.observer = observer = self.observer(ctx.name, sup.spec.version if sup else "")
+            if ctx.links is not None and sup is not None:  # its calls to linked plugins
+                observe_links(ctx.links, observer, sup.spec.component, kernel.engine)
 
         kernel.context_hooks.append(hook)
         kernel.status_sections["recording"] = self.status

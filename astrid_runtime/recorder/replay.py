@@ -7,7 +7,9 @@ Nth call got when it was recorded — so KV reads, capability answers and the
 sender come back as they were, and nothing it does reaches the bus, KV or
 files. Every host call's name and arguments, and each call's outcome (ok,
 err, crash), are compared with the recording; a difference names the seq,
-the host call and both values.
+the host call and both values. Calls to linked plugins (abi/links.py) are
+host calls like the rest: answered from the recording, no provider needed
+(recorder/linkcalls.py).
 
 VFS handles (`root`, `open-dir`, `open-file`) that were opened when recorded
 are new handles of the replay's store naming no file: the calls made through
@@ -43,6 +45,7 @@ from astrid_runtime.bus import Bus, Doorbell, Message, Sender
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import CompileError, PluginCrash, PluginError
 from astrid_runtime.grants import Grants, Limits
+from astrid_runtime.recorder.linkcalls import replay_links
 from astrid_runtime.recorder.store import Call, Event, HostCall
 from astrid_runtime.recorder.values import decode, encode, readable
 from astrid_runtime.sandbox import PluginInstance
@@ -199,7 +202,8 @@ async def replay(engine: KernelEngine, target: Target, events: list[Event],
     bus = Bus()
     endpoint = bus.attach(target.name, target.grants, target.limits, doorbell)
     context = PluginContext(target.name, target.grants, target.limits, endpoint, None,
-                            lambda *_: None, lambda *_: None, observer=tap)
+                            lambda *_: None, lambda *_: None, observer=tap,
+                            links=replay_links(target.name, target.component, engine, tap))
     linker = PluginLinker(engine.engine, context)
     limiter = trio.CapacityLimiter(1)
 
