@@ -38,6 +38,9 @@ from astrid_fs.drivers.base import (
 from astrid_fs.drivers.readahead import MIB
 
 BLOCK = 256 * 1024  # small: a cold first read fetches little (read-ahead streams the rest)
+# A cached block: a memoryview into the buffer one inner read returned (no
+# copy per block; the blocks of one read share it and account for all of it).
+Block = memoryview
 
 
 @dataclass(frozen=True)
@@ -82,9 +85,9 @@ class CachingDriver(DelegatingDriver):
         self._lock = threading.Lock()
         self._stats: OrderedDict[str, tuple[float, EntryStat | None]] = OrderedDict()
         self._lists: OrderedDict[str, tuple[float, _Listing]] = OrderedDict()
-        self._blocks: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self._blocks: OrderedDict[tuple[str, str, int], Block] = OrderedDict()
         self._block_bytes = 0
-        self._inflight: dict[tuple[str, str, int], cf.Future[bytes]] = {}
+        self._inflight: dict[tuple[str, str, int], cf.Future[Block]] = {}
         self.counters = CacheStats()
 
     # ---- metadata -----------------------------------------------------------------
@@ -170,7 +173,7 @@ class CachingDriver(DelegatingDriver):
                                           else None)
         return _CachedReader(self, rel, st)
 
-    def _block_get(self, key: tuple[str, str, int]) -> bytes | None:
+    def _block_get(self, key: tuple[str, str, int]) -> Block | None:
         with self._lock:
             block = self._blocks.get(key)
             if block is not None:
@@ -180,7 +183,7 @@ class CachingDriver(DelegatingDriver):
                 self.counters.data_misses += 1
             return block
 
-    def _block_put(self, key: tuple[str, str, int], block: bytes) -> None:
+    def _block_put(self, key: tuple[str, str, int], block: Block) -> None:
         with self._lock:
             old = self._blocks.pop(key, None)
             if old is not None:
@@ -191,19 +194,19 @@ class CachingDriver(DelegatingDriver):
                 _, dropped = self._blocks.popitem(last=False)
                 self._block_bytes -= len(dropped)
 
-    def _claim(self, key: tuple[str, str, int]) -> tuple[bool, cf.Future[bytes]]:
+    def _claim(self, key: tuple[str, str, int]) -> tuple[bool, cf.Future[Block]]:
         """(True, new future) if the caller must fetch `key`, else (False, the
         future of the fetch already under way)."""
         with self._lock:
             running = self._inflight.get(key)
             if running is not None:
                 return False, running
-            future: cf.Future[bytes] = cf.Future()
+            future: cf.Future[Block] = cf.Future()
             self._inflight[key] = future
             return True, future
 
-    def _release(self, key: tuple[str, str, int], future: cf.Future[bytes],
-                 block: bytes | None, error: BaseException | None) -> None:
+    def _release(self, key: tuple[str, str, int], future: cf.Future[Block],
+                 block: Block | None, error: BaseException | None) -> None:
         if block is not None:
             self._block_put(key, block)
         with self._lock:
@@ -211,7 +214,7 @@ class CachingDriver(DelegatingDriver):
         if error is not None:
             future.set_exception(error)
         else:
-            future.set_result(block or b"")
+            future.set_result(block if block is not None else memoryview(b""))
 
     # ---- invalidation --------------------------------------------------------------
 
@@ -297,40 +300,72 @@ class _CachedReader:
                 self._inner = self._cache.inner.open_reader(self._rel, self._st)
             return self._inner
 
-    def _block(self, index: int) -> bytes:
-        key = (self._rel, self._etag, index)
-        block = self._cache._block_get(key)
-        if block is not None:
-            return block
-        # Single flight: concurrent reads inside one block (the kernel's
-        # read-ahead sends several) wait for one fetch instead of each
-        # fetching the whole block.
-        mine, future = self._cache._claim(key)
-        if not mine:
-            return future.result(timeout=self._cache.config.wait_timeout_s)
-        try:
-            bs = self._cache.config.block_size
-            block = self._reader().pread(bs, index * bs)
-        except BaseException as e:
-            self._cache._release(key, future, None, e)
-            raise
-        self._cache._release(key, future, block, None)
-        return block
-
     def pread(self, size: int, offset: int) -> bytes:
         end = min(offset + size, self._st.size)
         if offset >= end:
             return b""
         bs = self._cache.config.block_size
-        parts: list[bytes] = []
-        for index in range(offset // bs, (end - 1) // bs + 1):
-            block = self._block(index)
+        first, last = offset // bs, (end - 1) // bs
+        got: dict[int, Block | cf.Future[Block]] = {}
+        mine: dict[int, cf.Future[Block]] = {}
+        for index in range(first, last + 1):
+            key = (self._rel, self._etag, index)
+            block = self._cache._block_get(key)
+            if block is not None:
+                got[index] = block
+                continue
+            # Single flight: concurrent reads of one block (the kernel's
+            # read-ahead sends several) wait for one fetch.
+            claimed, future = self._cache._claim(key)
+            got[index] = future
+            if claimed:
+                mine[index] = future
+        if mine:
+            whole = self._fetch_runs(mine, got)
+            if (whole is not None and len(mine) == last - first + 1
+                    and first * bs == offset and len(whole) == end - offset):
+                return whole  # one miss that is exactly the read: no copy
+        parts: list[Block] = []
+        for index in range(first, last + 1):
+            item = got[index]
+            block = item if isinstance(item, memoryview) else \
+                item.result(timeout=self._cache.config.wait_timeout_s)
             lo = max(offset - index * bs, 0)
             hi = min(end - index * bs, len(block))
             parts.append(block[lo:hi])
             if len(block) < bs:
                 break
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+
+    def _fetch_runs(self, mine: dict[int, cf.Future[Block]],
+                    got: dict[int, Block | cf.Future[Block]]) -> bytes | None:
+        """Fetch the claimed blocks, one inner read per contiguous run, cache
+        them and put them in `got`. Every claim is released, on error too.
+        Returns the buffer when there was a single run."""
+        bs = self._cache.config.block_size
+        indexes = sorted(mine)
+        runs: list[list[int]] = [[indexes[0]]]
+        for index in indexes[1:]:
+            if index == runs[-1][-1] + 1:
+                runs[-1].append(index)
+            else:
+                runs.append([index])
+        pending = dict(mine)
+        buffer: bytes | None = None
+        try:
+            for run in runs:
+                buffer = self._reader().pread(len(run) * bs, run[0] * bs)
+                view = memoryview(buffer)
+                for i, index in enumerate(run):
+                    block = view[i * bs:(i + 1) * bs]
+                    got[index] = block
+                    self._cache._release((self._rel, self._etag, index),
+                                         pending.pop(index), block, None)
+        except BaseException as e:
+            for index, future in pending.items():
+                self._cache._release((self._rel, self._etag, index), future, None, e)
+            raise
+        return buffer if len(runs) == 1 else None
 
     def close(self) -> None:
         with self._lock:

@@ -8,13 +8,19 @@ large object streams while the caller consumes it. Reads within one window
 of the stream position count as sequential too (concurrent readers, like
 the kernel's read-ahead through FUSE, arrive slightly out of order). Any other read is random:
 it fetches only what it needs (rounded up to `min_fetch`) and resets the
-window, so first-byte latency stays one small request.
+window, so first-byte latency stays one small request: a read that misses
+fetches its own range first and starts the read-ahead only after, so the
+first byte never queues behind prefetches at the server.
 
 Buffered ranges ("segments") never overlap; each is a Future, so two threads
 that need the same range wait for one fetch. At most `max_buffer` bytes stay
 buffered (what lies behind the read position goes first). A failed fetch is
 dropped, so the next read tries again; a wait never outlasts
 `wait_timeout_s` — no read hangs on a dead connection.
+
+Copies: a fetch may return any bytes-like buffer (obstore's `Bytes`, which
+the Rust side filled); segments keep a memoryview of it, and a read copies
+only the bytes it returns, once.
 
 Locking: one lock guards the segment list and the window; fetches and waits
 happen outside it.
@@ -49,17 +55,31 @@ class ReadAheadConfig:
     wait_timeout_s: float = 60.0
 
 
+Fetch = Callable[[int, int], "bytes | memoryview"]
+
+
+@dataclass
+class ReadStats:
+    """What one reader did (for tests and benchmarks): ranged fetches made,
+    the most running at once, the most bytes buffered at once."""
+
+    fetches: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    peak_buffered: int = 0
+
+
 @dataclass
 class _Segment:
     start: int
     end: int
-    future: cf.Future[bytes]
+    future: cf.Future[memoryview]
 
 
 class ReadAheadReader:
     """`pread` over `fetch(start, end) -> bytes` for an object of `size` bytes."""
 
-    def __init__(self, fetch: Callable[[int, int], bytes], size: int,
+    def __init__(self, fetch: Fetch, size: int,
                  executor: cf.Executor, config: ReadAheadConfig | None = None) -> None:
         self._fetch = fetch
         self.size = size
@@ -70,6 +90,7 @@ class ReadAheadReader:
         self._last_end = 0
         self._window = self._cfg.min_fetch
         self._closed = False
+        self.stats = ReadStats()
 
     # ---- public ----------------------------------------------------------------
 
@@ -92,11 +113,15 @@ class ReadAheadReader:
             self._last_end = max(self._last_end, end) if sequential else end
             mine: list[_Segment] = []
             covering = self._cover(offset, end, mine)
-            if sequential:
-                self._schedule_ahead(end)
             self._evict(offset)
+            if sequential and not mine:
+                self._schedule_ahead(end)
         for seg in mine:
             self._fill(seg)
+        if sequential and mine:
+            with self._lock:
+                if not self._closed:
+                    self._schedule_ahead(end)
         return self._assemble(covering, offset, end)
 
     def close(self) -> None:
@@ -114,10 +139,11 @@ class ReadAheadReader:
         return bisect.bisect_right(ends, pos)
 
     def _new(self, start: int, end: int, background: bool) -> _Segment:
-        fut: cf.Future[bytes] = (self._executor.submit(self._fetch, start, end)
-                                 if background else cf.Future())
+        fut: cf.Future[memoryview] = (self._executor.submit(self._fetch_view, start, end)
+                                      if background else cf.Future())
         seg = _Segment(start, end, fut)
         bisect.insort(self._segs, seg, key=lambda s: s.start)
+        self.stats.peak_buffered = max(self.stats.peak_buffered, self._buffered())
         return seg
 
     def _cover(self, offset: int, end: int, mine: list[_Segment]) -> list[_Segment]:
@@ -145,7 +171,8 @@ class ReadAheadReader:
         target = min(self.size, end + self._cfg.depth * self._window)
         pos = end
         i = self._index(pos)
-        while pos < target and self._buffered() < self._cfg.max_buffer:
+        buffered = self._buffered()
+        while pos < target:
             nxt = self._segs[i] if i < len(self._segs) else None
             if nxt is not None and nxt.start <= pos:
                 pos = nxt.end
@@ -153,7 +180,10 @@ class ReadAheadReader:
                 continue
             limit = nxt.start if nxt is not None else self.size
             seg_end = min(limit, pos + self._window)
+            if buffered + seg_end - pos > self._cfg.max_buffer:
+                return  # bounded: read-ahead never buffers past max_buffer
             self._new(pos, seg_end, background=True)
+            buffered += seg_end - pos
             pos = seg_end
             i = self._index(pos)
 
@@ -177,14 +207,27 @@ class ReadAheadReader:
 
     # ---- I/O (without the lock) ----------------------------------------------------
 
+    def _fetch_view(self, start: int, end: int) -> memoryview:
+        stats = self.stats
+        with self._lock:
+            stats.fetches += 1
+            stats.in_flight += 1
+            stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        try:
+            view = memoryview(self._fetch(start, end))
+        finally:
+            with self._lock:
+                stats.in_flight -= 1
+        return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
     def _fill(self, seg: _Segment) -> None:
         try:
-            seg.future.set_result(self._fetch(seg.start, seg.end))
+            seg.future.set_result(self._fetch_view(seg.start, seg.end))
         except BaseException as e:
             seg.future.set_exception(e)
 
     def _assemble(self, covering: list[_Segment], offset: int, end: int) -> bytes:
-        parts: list[bytes] = []
+        parts: list[memoryview] = []
         for seg in covering:
             try:
                 data = seg.future.result(timeout=self._cfg.wait_timeout_s)
@@ -210,5 +253,5 @@ class ReadAheadReader:
             if len(data) < hi:  # the object shrank: a short read, as at end of file
                 parts.append(data[lo:])
                 break
-            parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.append(data[lo:hi])
+        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)

@@ -57,7 +57,7 @@ from astrid_fs.drivers.errors import (
     NotSupported,
     Stale,
 )
-from astrid_fs.drivers.readahead import MIB, ReadAheadConfig, ReadAheadReader
+from astrid_fs.drivers.readahead import MIB, Fetch, ReadAheadConfig, ReadAheadReader
 from astrid_fs.drivers.retry import NO_RETRY, RetryPolicy
 from astrid_fs.drivers.s3_errors import reason_of, translate
 from astrid_fs.drivers.s3_options import OPTION_TYPES, S3Options, parse_source
@@ -264,19 +264,19 @@ class S3Driver:
         return ReadAheadReader(self._range_fetcher(rel, etag), size, self._pool(),
                                self._readahead)
 
-    def _range_fetcher(self, rel: str, etag: str | None) -> Callable[[int, int], bytes]:
+    def _range_fetcher(self, rel: str, etag: str | None) -> Fetch:
         pinned = [etag]
 
-        def get(start: int, end: int) -> bytes:
+        def get(start: int, end: int) -> memoryview:
             result = obstore.get(self._store, rel, options={"range": (start, end)})
             seen = result.meta["e_tag"]
             if pinned[0] is None:
                 pinned[0] = seen
             elif seen is not None and seen != pinned[0]:
                 raise Stale(f"{self._source}: {rel} changed on the server while open")
-            return bytes(result.bytes())
+            return memoryview(result.bytes())  # no copy: the reader slices it
 
-        def fetch(start: int, end: int) -> bytes:
+        def fetch(start: int, end: int) -> memoryview:
             return self._call(f"read {rel} bytes {start}-{end}", lambda: get(start, end))
         return fetch
 

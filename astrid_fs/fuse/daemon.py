@@ -30,6 +30,7 @@ import trio
 from astrid_fs.fuse.extra_ops import register as register_extra_ops
 from astrid_fs.fuse.ops import FuseOps
 from astrid_fs.fuse.passthrough import Passthrough
+from astrid_fs.fuse.shim import request_read_ahead
 from astrid_fs.mounttable import MountTable
 from astrid_fs.overlay.layers import Layers, RemoteTree
 from astrid_fs.overlay.overlay import Overlay
@@ -127,6 +128,7 @@ class Daemon:
             self.ops.passthrough, self.data_path = Passthrough.enable(self.overlay,
                                                                       self.ops.files)
         pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
+        request_read_ahead(self.config.mountpoint)  # 1 MiB, set after INIT (shim.py)
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:

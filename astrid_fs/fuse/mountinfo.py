@@ -31,6 +31,18 @@ def mount_points() -> dict[str, str]:
     return points
 
 
+def mount_device(mountpoint: str) -> str | None:
+    """The "MAJ:MIN" of the topmost mount at `mountpoint` (read from the
+    table, never a stat: the mount's daemon may not be serving yet)."""
+    want, found = os.path.abspath(mountpoint), None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if _unescape(fields[4]) == want:
+                found = fields[2]
+    return found
+
+
 def is_mountpoint(path: str) -> bool:
     return os.path.abspath(path) in mount_points()
 

@@ -14,6 +14,8 @@ import ctypes
 import os
 from pathlib import Path
 
+from astrid_fs.fuse.mountinfo import mount_device
+
 SHIM = Path(__file__).with_name("native") / "libastrid_fuse_shim.so"
 FH_CACHE_DIR = 1 << 63
 FH_KEEP_CACHE = 1 << 62
@@ -67,3 +69,25 @@ def env_with_shim(env: dict[str, str]) -> dict[str, str]:
 
 def current_env_with_shim() -> dict[str, str]:
     return env_with_shim(dict(os.environ))
+
+
+# The read-ahead a mount asks for (shim part 7). 1 MiB is also the largest
+# FUSE request (libfuse negotiates max_pages = 256), so a sequential reader
+# reaches the daemon in requests 8x fewer than the kernel's 128 KiB default,
+# and a remote file's read-ahead sees large, early reads (docs/benchmarks.md).
+READ_AHEAD_KIB = 1024
+
+
+def request_read_ahead(mountpoint: str, kib: int = READ_AHEAD_KIB) -> bool:
+    """Ask the shim to raise the mount's read-ahead to `kib` once INIT is
+    answered; call between mounting and serving. False when it cannot (no
+    shim, an older shim, no mount found); the kernel's 128 KiB stays."""
+    try:
+        setter = ctypes.CDLL(None).astrid_fuse_set_read_ahead
+    except AttributeError:
+        return False
+    device = mount_device(mountpoint)
+    if device is None:
+        return False
+    setter.argtypes = [ctypes.c_char_p, ctypes.c_uint]
+    return int(setter(f"/sys/class/bdi/{device}/read_ahead_kb".encode(), kib)) == 0

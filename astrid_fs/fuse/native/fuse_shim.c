@@ -63,11 +63,21 @@
  *    passthrough to name the same backing, and no passthrough open while
  *    it is open for cached I/O: the live-open counts here let the daemon
  *    keep to that.
+ *
+ * 7. Read-ahead. The kernel caps a FUSE mount's read-ahead at the minimum of
+ *    its default (128 KiB) and the INIT reply's max_readahead, so every
+ *    sequential read reaches the daemon as 128 KiB requests. Only the bdi's
+ *    sysfs file (/sys/class/bdi/MAJ:MIN/read_ahead_kb) raises it, and only
+ *    after the INIT reply is processed (the reply lowers it again). The
+ *    daemon names that file with astrid_fuse_set_read_ahead() between
+ *    mounting and serving; the wrapped writev() writes it right after the
+ *    INIT reply went (the kernel processes the reply inside that write).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdint.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
 #include <fcntl.h>
@@ -108,6 +118,31 @@ void astrid_fuse_set_extra_ops(astrid_lseek_cb l, astrid_fallocate_cb f, astrid_
 
 /* pyfuse3 is dlopen()ed RTLD_LOCAL by Python, so libfuse is not in the
  * global scope that RTLD_NEXT searches: ask the loaded library itself. */
+/* Part 7: the sysfs file and the value to write after the INIT reply. */
+static char ra_file[128];
+static char ra_value[24];
+static __thread int ra_armed; /* set in INIT on the thread that sends the reply */
+
+int astrid_fuse_set_read_ahead(const char *bdi_file, unsigned kib)
+{
+    size_t n = strlen(bdi_file);
+    if (n == 0 || n >= sizeof ra_file)
+        return -EINVAL;
+    memcpy(ra_file, bdi_file, n + 1);
+    snprintf(ra_value, sizeof ra_value, "%u\n", kib);
+    return 0;
+}
+
+static void ra_apply(void)
+{
+    int fd = open(ra_file, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return; /* not root, or no such bdi: the kernel's default stays */
+    ssize_t ignored = write(fd, ra_value, strlen(ra_value));
+    (void)ignored;
+    close(fd);
+}
+
 static void *libfuse_symbol(const char *name)
 {
     void *sym = NULL;
@@ -473,6 +508,14 @@ ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
     static ssize_t (*real)(int, const struct iovec *, int);
     if (!real)
         real = (ssize_t (*)(int, const struct iovec *, int))dlsym(RTLD_NEXT, "writev");
+    if (ra_armed) {
+        /* The first reply after INIT is INIT's: send it (patched for part 6
+         * if armed), then raise the read-ahead it just capped. */
+        ra_armed = 0;
+        ssize_t res = writev(fd, iov, iovcnt);
+        ra_apply();
+        return res;
+    }
     if (!(pt_init_armed || pt_patch_armed) || iovcnt < 2 || iovcnt > 8 || fd != pt_fd())
         return real(fd, iov, iovcnt);
     struct iovec copy[8];
@@ -553,6 +596,8 @@ static void shim_init(void *userdata, struct fuse_conn_info *conn)
     if (orig_init)
         orig_init(userdata, conn);
     conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
+    if (ra_file[0])
+        ra_armed = 1; /* libfuse sends the INIT reply right after this */
     if (pt_enabled) {
 #ifdef FUSE_CAP_PASSTHROUGH
         /* libfuse 3.16+: ask through the API as well (the writev() patch

@@ -1,0 +1,68 @@
+"""The mount's read-ahead (shim part 7, fuse/shim.py `request_read_ahead`):
+raised from the kernel's 128 KiB to 1 MiB once INIT is answered, so a
+sequential read reaches the daemon in 1 MiB requests (a remote file's
+read-ahead then sees large reads early). Needs root (sysfs) and the shim."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from astrid_fs.fuse.shim import READ_AHEAD_KIB, shim_path
+from tests.support.mounts import MountedSession
+
+MountFactory = Callable[..., MountedSession]
+MIB = 1 << 20
+
+
+def read_ahead_kib(mnt: Path) -> int:
+    dev = os.stat(mnt).st_dev
+    return int(Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+               .read_text())
+
+
+def daemon_read_calls(s: MountedSession) -> int:
+    """The daemon's read system calls so far (/proc/PID/io `syscr`): one per
+    FUSE request it takes from /dev/fuse, one per pread that serves a READ."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(s.root / "run" / "control.sock"))
+        sock.sendall(json.dumps({"op": "ping"}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            buf += sock.recv(65536)
+    reply: dict[str, Any] = json.loads(buf)
+    io = Path(f"/proc/{reply['pid']}/io").read_text().splitlines()
+    return int(dict(line.split(": ") for line in io)["syscr"])
+
+
+@pytest.fixture(autouse=True)
+def _root_and_shim() -> None:
+    if os.geteuid() != 0 or shim_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root with the shim built")
+        pytest.skip("needs root (sysfs) and the built shim")
+
+
+@pytest.mark.parametrize("extra", [(), ("--passthrough",)])
+def test_mount_reads_ahead_one_mib(mount_session: MountFactory, tmp_path: Path,
+                                   extra: tuple[str, ...]) -> None:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    body = os.urandom(16 * MIB)
+    (lower / "big").write_bytes(body)
+    s = mount_session(lower, None, *extra)
+    assert read_ahead_kib(s.mnt) == READ_AHEAD_KIB == 1024
+    before = daemon_read_calls(s)
+    with open(s.mnt / "big", "rb", buffering=0) as f:
+        got = b"".join(iter(lambda: f.read(128 * 1024), b""))
+    assert got == body
+    # A lower file read-only is on the daemon path either way: 16 MiB in
+    # requests of up to 1 MiB (about 2 x 16 read calls), where 128 KiB
+    # requests would take 2 x 128.
+    assert 2 * 16 <= daemon_read_calls(s) - before <= 100
