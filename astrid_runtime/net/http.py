@@ -40,7 +40,7 @@ from astrid_runtime.net.service import HttpRequest, HttpService
 
 INTERFACE = "astrid:kernel/http@0.1.0"
 BODY = 3
-#: The kernel's epoch tick (engine.py); a wait longer than one re-arms the deadline.
+#: The epoch tick when the kernel has no pipeline to say (engine.py's default).
 TICK_MS = 10
 
 _PAIRS = ListCodec(TupleCodec(STRING, STRING))
@@ -50,13 +50,14 @@ RESPONSE = RecordCodec((("status", U32), ("headers", _PAIRS), ("body", RESOURCE)
 
 
 def _waited(store_context: int, ctx: PluginContext, fn: Callable[[], Any]) -> Any:
+    tick_ms = ctx.approvals.epoch_tick_ms if ctx.approvals is not None else TICK_MS
     started = time.monotonic()
     try:
         return fn()
     finally:
-        if time.monotonic() - started > TICK_MS / 1000:
+        if time.monotonic() - started > tick_ms / 1000:
             set_epoch_deadline(store_context,
-                               math.ceil(ctx.limits.call_timeout_ms / TICK_MS) + 1)
+                               math.ceil(ctx.limits.call_timeout_ms / tick_ms) + 1)
 
 
 def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
