@@ -2,7 +2,13 @@
 # Run an already-built pjdfstest (github pjd/pjdfstest) inside a mounted filesystem.
 #
 #   scripts/conformance/pjdfstest.sh PJD_DIR MOUNTED_DIR [--out DIR] [--keep] [--timeout SECS]
-#                                    [TEST_PATH...]
+#                                    [--mount [--passthrough]] [TEST_PATH...]
+#
+# --mount: MOUNTED_DIR is an empty directory; mount a fresh astrid-fs there first (the
+# mount helper, `mount -t fuse.astrid-fs`, over an empty lower in a temporary
+# directory) and unmount it afterwards. --passthrough adds `-o passthrough` (FUSE
+# passthrough for upper files) and fails unless the daemon's log says the kernel
+# serves them.
 #
 # PJD_DIR is a pjdfstest work tree where `make pjdfstest` has already been run (this
 # script neither fetches nor builds it). The suite runs as root with `prove -rv
@@ -22,7 +28,7 @@
 set -uo pipefail
 
 usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -32,12 +38,16 @@ MNT=$(cd "$2" 2>/dev/null && pwd) || { echo "pjdfstest: no such directory: $2" >
 shift 2
 OUT=
 KEEP=0
+MOUNT=0
+PASSTHROUGH=0
 TIMEOUT=1800
 SELECTED=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --mount) MOUNT=1; shift ;;
+        --passthrough) PASSTHROUGH=1; shift ;;
         --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
         -h|--help) usage ;;
         -*) echo "pjdfstest: unknown option $1" >&2; exit 2 ;;
@@ -51,6 +61,32 @@ done
 }
 [ "$(id -u)" = 0 ] || { echo "pjdfstest: must run as root" >&2; exit 2; }
 command -v prove >/dev/null || { echo "pjdfstest: prove (perl) not found" >&2; exit 2; }
+[ "$PASSTHROUGH" = 0 ] || [ "$MOUNT" = 1 ] || {
+    echo "pjdfstest: --passthrough needs --mount (it mounts astrid-fs itself)" >&2; exit 2; }
+
+LAYERS=
+DATA_PATH=
+if [ "$MOUNT" = 1 ]; then
+    [ -z "$(ls -A "$MNT")" ] || { echo "pjdfstest: --mount needs an empty directory: $MNT" >&2; exit 2; }
+    LAYERS=$(mktemp -d /tmp/astrid-pjd-layers.XXXXXX)
+    mkdir -p "$LAYERS/lower" "$LAYERS/upper" "$LAYERS/work"
+    OPTS="lowerdir=$LAYERS/lower,upperdir=$LAYERS/upper,workdir=$LAYERS/work"
+    [ "$PASSTHROUGH" = 1 ] && OPTS="$OPTS,passthrough"
+    mount -t fuse.astrid-fs astrid-fs "$MNT" -o "$OPTS" || {
+        echo "pjdfstest: mount -t fuse.astrid-fs failed (is astrid-fs on mount.fuse3's PATH?)" >&2
+        rm -rf "$LAYERS"; exit 1; }
+    DATA_PATH="daemon path"
+    if [ "$PASSTHROUGH" = 1 ]; then
+        : >"$MNT/.probe" && rm -f "$MNT/.probe"  # the daemon asks the kernel at the first open
+        if grep -q "passthrough: upper files served by the kernel" "$LAYERS/work/astrid-fs.log"; then
+            DATA_PATH=passthrough
+        else
+            echo "pjdfstest: the mount does not serve files by passthrough:" \
+                 "$(grep -i passthrough "$LAYERS/work/astrid-fs.log" | tail -1)" >&2
+            umount "$MNT"; rm -rf "$LAYERS"; exit 1
+        fi
+    fi
+fi
 
 FSTYPE=$(stat -f -c %T "$MNT" 2>/dev/null || echo unknown)
 MTYPE=$(findmnt -n -o FSTYPE --target "$MNT" 2>/dev/null || echo "$FSTYPE")
@@ -58,7 +94,11 @@ OUT=${OUT:-/tmp/astrid-conformance/pjdfstest-${MTYPE//\//_}}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-WORK=$(mktemp -d "$MNT/pjdfstest.XXXXXX") || { echo "pjdfstest: cannot create a directory in $MNT" >&2; exit 1; }
+WORK=$(mktemp -d "$MNT/pjdfstest.XXXXXX") || {
+    echo "pjdfstest: cannot create a directory in $MNT" >&2
+    [ -z "$LAYERS" ] || { umount "$MNT"; rm -rf "$LAYERS"; }
+    exit 1
+}
 # mktemp makes it 0700; tests that switch to uid 65534 must be able to search it,
 # as they could at the root of a fresh mount
 chmod 0755 "$WORK"
@@ -68,6 +108,11 @@ cleanup() {
         # tests may leave immutable or unwritable entries; restore permissions first
         timeout 120 chmod -R u+rwx "$WORK" 2>/dev/null
         timeout 300 rm -rf "$WORK" || echo "pjdfstest: could not remove $WORK" >&2
+    fi
+    if [ -n "$LAYERS" ]; then
+        cd /
+        umount "$MNT" 2>/dev/null || umount -l "$MNT"
+        [ "$KEEP" = 1 ] || rm -rf "$LAYERS"
     fi
 }
 trap cleanup EXIT
@@ -104,6 +149,7 @@ FAILED_FILES=$(grep -c '^== ' "$OUT/failures.txt")
 {
     echo "suite: pjdfstest $(git -C "$PJD" rev-parse HEAD 2>/dev/null || echo '?')"
     echo "mounted dir: $MNT ($MTYPE)"
+    [ -n "$DATA_PATH" ] && echo "astrid-fs mounted by this run ($OPTS), data path: $DATA_PATH"
     echo "command: cd $WORK && prove -rv ${SELECTED[*]}"
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "seconds: $((END - START))"

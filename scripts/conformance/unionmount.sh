@@ -3,7 +3,8 @@
 # test by test against kernel overlayfs, fuse-overlayfs or astrid-fs.
 #
 #   scripts/conformance/unionmount.sh SUITE_DIR [--fs astrid-fs|fuse-overlayfs|kernel] [--xdev]
-#                                     [--ov=N] [--out DIR] [--timeout SECS] [TEST...]
+#                                     [--ov=N] [--passthrough] [--out DIR] [--timeout SECS]
+#                                     [TEST...]
 #
 # This script neither fetches nor builds the suite: SUITE_DIR is a work tree you made.
 # Upstream ./run stops at the first failing test, so we call it once per test and
@@ -21,6 +22,9 @@
 # layers, where each remount in the test turns the previous upper into the top lower
 # (lowerdir=U1:L, then U2:U1:L, ...), then once more without recycling as --ov does.
 # A test passes only if both runs pass; the log keeps both.
+# --passthrough (astrid-fs only): every mount gets `-o passthrough` (through the suite's
+# UNIONMOUNT_MNTOPTIONS), so upper files are served by FUSE passthrough
+# (fuse/passthrough.py); the daemon falls back to its own path where the kernel refuses.
 # mount.fuse3 runs NAME from a fixed PATH, so for astrid-fs an `astrid-fs` program
 # must be reachable in /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin.
 #
@@ -30,7 +34,7 @@
 set -uo pipefail
 
 usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -44,6 +48,7 @@ shift
 
 FS=astrid-fs
 XDEV=0
+PASSTHROUGH=0
 LAYERS=
 OUT=
 TIMEOUT=
@@ -53,6 +58,7 @@ while [ $# -gt 0 ]; do
         --fs) FS=${2:?--fs needs a value}; shift 2 ;;
         --fs=*) FS=${1#--fs=}; shift ;;
         --xdev) XDEV=1; shift ;;
+        --passthrough) PASSTHROUGH=1; shift ;;
         --ov=*) LAYERS=${1#--ov=}; shift ;;
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
@@ -78,6 +84,10 @@ case "$FS" in
 esac
 RUNARGS+=(--samefs)
 [ "$XDEV" = 1 ] && RUNARGS+=(--xdev)
+if [ "$PASSTHROUGH" = 1 ] && [ "$FS" != astrid-fs ]; then
+    echo "unionmount: --passthrough is an astrid-fs option (got --fs $FS)" >&2
+    exit 2
+fi
 
 if [ "$(id -u)" != 0 ]; then
     echo "unionmount: must run as root (the suite mounts filesystems)" >&2
@@ -96,6 +106,7 @@ fi
 TAG=$FS
 [ -n "$LAYERS" ] && TAG="$TAG-ov$LAYERS"
 [ "$XDEV" = 1 ] && TAG="$TAG-xdev"
+[ "$PASSTHROUGH" = 1 ] && TAG="$TAG-pt"
 OUT=${OUT:-/tmp/astrid-conformance/unionmount-$TAG}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -111,6 +122,7 @@ fi
 export UNIONMOUNT_BASEDIR=$BASE
 export UNIONMOUNT_MNTPOINT=$BASE/m
 unset UNIONMOUNT_LOWERDIR UNIONMOUNT_MNTOPTIONS
+[ "$PASSTHROUGH" = 1 ] && export UNIONMOUNT_MNTOPTIONS=rw,passthrough
 
 cleanup() {
     (cd "$SUITE" && ./run -c >/dev/null 2>&1)
@@ -155,7 +167,8 @@ EOF
 fi
 
 echo "unionmount-testsuite $(git -C "$SUITE" rev-parse --short HEAD 2>/dev/null || echo '?') :" \
-     "./run ${RUNARGS[*]} <test>  (base $BASE, logs $OUT)"
+     "./run ${RUNARGS[*]} <test>  (base $BASE, logs $OUT)" \
+     "${UNIONMOUNT_MNTOPTIONS:+options $UNIONMOUNT_MNTOPTIONS}"
 PASS=0
 FAIL=0
 FAILED=()
@@ -182,6 +195,7 @@ done
     echo "suite: unionmount-testsuite $(git -C "$SUITE" rev-parse HEAD 2>/dev/null || echo '?')"
     echo "fs: $FS"
     echo "command: ./run ${RUNARGS[*]} <test>"
+    [ "$PASSTHROUGH" = 1 ] && echo "mount options: $UNIONMOUNT_MNTOPTIONS (FUSE passthrough)"
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "passed: $PASS"
     echo "failed: $FAIL"
