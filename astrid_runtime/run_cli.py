@@ -157,7 +157,7 @@ def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
     kv_url = None if args.kv == "none" else (args.kv or "mem://")
     return RunOptions(home, lower, session, mount, lockfile, policy, kv_url,
                       args.reply_timeout, args.json, args.socket, not args.no_record,
-                      agent_provider.agent_options(args, home))
+                      agent_provider.agent_options(args, home, lockfile))
 
 
 # -- the mount --------------------------------------------------------------------

@@ -63,9 +63,10 @@ def add_arguments(p: Any) -> None:
                    f"$ASTRID_HOME/{SECRETS_FILE} if it exists)")
 
 
-def agent_options(args: argparse.Namespace, home: Path,
+def agent_options(args: argparse.Namespace, home: Path, lockfile: Path,
                   environ: Mapping[str, str] = os.environ) -> AgentOptions | None:
-    """The agent's options, or None without `--provider`; `ConfigError` for bad input."""
+    """The agent's options, or None without `--provider`; `ConfigError` for bad input
+    (checked before anything is mounted: the plugins pinned, the endpoint granted)."""
     provider = getattr(args, "provider", None)
     if provider is None:
         given = [f"--{n.replace('_', '-')}" for n in ("endpoint", "model", "api_key_env")
@@ -82,16 +83,13 @@ def agent_options(args: argparse.Namespace, home: Path,
             raise ConfigError("--api-key-env needs --endpoint (the host the key is for)")
         secrets = secrets.plus([from_env(f"{provider}-api-key", [target.hostport],
                                          [f"llm-{provider}"], args.api_key_env, environ)])
-    return AgentOptions(provider, args.endpoint, args.model, secrets)
+    agent = AgentOptions(provider, args.endpoint, args.model, secrets)
+    _check_pins(lockfile, agent)
+    return agent
 
 
-def boot_sources(lockfile: Path, agent: AgentOptions | None) -> tuple[Path, ...]:
-    """The pinned plugins `astrid run` boots (their directories, for `BootPlan`): without
-    the agent's, or with them and without the router. Blocking (reads the lockfile)."""
-    entries = load_lockfile(lockfile).entries
-    if agent is None:
-        return tuple(e.source for e in entries if not is_agent_plugin(e.name))
-    by_name = {e.name: e for e in entries}
+def _check_pins(lockfile: Path, agent: AgentOptions) -> None:
+    by_name = {e.name: e for e in load_lockfile(lockfile).entries}
     for needed in (ORCHESTRATOR, agent.plugin):
         if needed not in by_name:
             raise ConfigError(f"--provider {agent.provider}: plugin {needed} is not pinned in "
@@ -104,6 +102,14 @@ def boot_sources(lockfile: Path, agent: AgentOptions | None) -> tuple[Path, ...]
                 f"--endpoint {agent.endpoint}: host {target.hostport} is not in "
                 f"{agent.plugin}'s net.http grant ({', '.join(globs) or 'none'}); add "
                 f"`net.http:{target.host}` to its cap and reinstall it")
+
+
+def boot_sources(lockfile: Path, agent: AgentOptions | None) -> tuple[Path, ...]:
+    """The pinned plugins `astrid run` boots (their directories, for `BootPlan`): without
+    the agent's, or with them and without the router. Blocking (reads the lockfile)."""
+    entries = load_lockfile(lockfile).entries
+    if agent is None:
+        return tuple(e.source for e in entries if not is_agent_plugin(e.name))
     keep = [e for e in entries if e.name != ROUTER
             and (not is_agent_plugin(e.name) or e.name in (ORCHESTRATOR, agent.plugin))]
     return tuple(e.source for e in keep)
