@@ -24,7 +24,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fs as bench
+import fs_dataset
+import fs_legs
+import fs_workloads
 
 
 def stats(control: str) -> dict[str, int]:
@@ -50,7 +52,7 @@ def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 def counted(control: str, fn: Callable[[], None]) -> tuple[float, str]:
     """Run fn; its wall time and the requests it caused, most frequent first."""
     before = stats(control)
-    t = bench.timed(fn)
+    t = fs_workloads.timed(fn)
     d = delta(stats(control), before)
     return t, ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
 
@@ -65,12 +67,12 @@ def main() -> int:
         print("fs_requests.py: run as root", file=sys.stderr)
         return 2
     mode = "full" if args.full else "quick"
-    sizes = bench.FULL if args.full else bench.QUICK
+    sizes = fs_dataset.FULL if args.full else fs_dataset.QUICK
     data = args.base.resolve() / f"data-{mode}"
-    bench.build_dataset(data, sizes)
+    fs_dataset.build_dataset(data, sizes)
     scratch = args.base.resolve() / "scratch-requests"
     scratch.mkdir(parents=True, exist_ok=True)
-    leg = bench.Leg("astrid-fs", data, scratch)
+    leg = fs_legs.Leg("astrid-fs", data, scratch)
     try:
         with leg.view() as (root, wroot):
             state = json.loads(
@@ -78,24 +80,24 @@ def main() -> int:
             control = state["control"]
             tree = root / "tree"
             work: list[tuple[str, Callable[[], None]]] = [
-                ("read", lambda: bench.read_file(root / "big")),
-                ("find", bench.cmd(["find", str(tree), "-name", "nomatch*"])),
-                ("stat", bench.cmd(["find", str(tree), "-printf", "%s %m %U %T@\n"])),
-                ("grep", bench.cmd(["grep", "-r", bench.NEEDLE, str(tree)])),
-                ("git status", bench.git_status(root / "git")),
+                ("read", lambda: fs_workloads.read_file(root / "big")),
+                ("find", fs_workloads.cmd(["find", str(tree), "-name", "nomatch*"])),
+                ("stat", fs_workloads.cmd(["find", str(tree), "-printf", "%s %m %U %T@\n"])),
+                ("grep", fs_workloads.cmd(["grep", "-r", fs_dataset.NEEDLE, str(tree)])),
+                ("git status", fs_workloads.git_status(root / "git")),
             ]
             print(f"{'workload':<18} {'seconds':>8}  requests")
             for name, fn in work:
                 for temp in ("cold", "warm"):
                     if temp == "cold":
-                        bench.drop_caches()
+                        fs_dataset.drop_caches()
                     t, counts = counted(control, fn)
                     print(f"{name + ' ' + temp:<18} {t:8.3f}  {counts}")
             cu = wroot / "copyup" / "r0"
-            t, counts = counted(control, lambda: bench.append_each(cu))
+            t, counts = counted(control, lambda: fs_workloads.append_each(cu))
             print(f"{'copy-up':<18} {t:8.3f}  {counts}")
             t, counts = counted(
-                control, lambda: bench.write_file(wroot / "w", min(sizes.big_mib, 256)))
+                control, lambda: fs_workloads.write_file(wroot / "w", min(sizes.big_mib, 256)))
             print(f"{'write (<=256MiB)':<18} {t:8.3f}  {counts}")
             os.unlink(wroot / "w")
     finally:

@@ -198,8 +198,10 @@ _astrid_sessions = iter(range(1_000_000))
 
 
 @contextmanager
-def astrid_mount(server: S3Server, base: Path) -> Iterator[Path]:
-    """`astrid-fs mount --mounts` with the bucket at /mnt/s3; yields that directory."""
+def astrid_mount(server: S3Server, base: Path, passthrough: bool = False) -> Iterator[Path]:
+    """`astrid-fs mount --mounts` with the bucket at /mnt/s3; yields that directory.
+    With `passthrough` the mount has --passthrough (upper files; a remote file
+    stays on the daemon path)."""
     home, lower, mnt = base / "astrid-home", base / "astrid-lower", base / "mnt-astrid"
     for d in (home, lower, mnt):
         d.mkdir(exist_ok=True)
@@ -210,8 +212,9 @@ def astrid_mount(server: S3Server, base: Path) -> Iterator[Path]:
            "AWS_SECRET_ACCESS_KEY": SECRET}
     name = f"bench{next(_astrid_sessions)}-{os.getpid()}"
     cli = [sys.executable, "-m", "astrid_fs.cli"]
+    path = "--passthrough" if passthrough else "--no-passthrough"
     subprocess.run([*cli, "mount", "--lower", str(lower), "--session", name, "--mounts",
-                    str(table), str(mnt)], env=env, check=True, capture_output=True)
+                    str(table), path, str(mnt)], env=env, check=True, capture_output=True)
     try:
         yield mnt / "mnt" / "s3"
     finally:

@@ -1,0 +1,148 @@
+"""scripts/bench/fs.py, part 2: the legs, i.e. how each file system is mounted
+over the data set (native, kernel overlayfs, fuse-overlayfs, astrid-fs on its
+daemon path and with --passthrough), and whether a leg can run here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fs_dataset import is_mounted, log, run
+
+REPO = Path(__file__).resolve().parents[2]
+LEGS = ["native", "kernel", "fuse-overlayfs", "astrid-fs", "astrid-fs-pt"]
+ASTRID_LEGS = ("astrid-fs", "astrid-fs-pt")
+LEG_TITLE = {
+    "native": "native ext4",
+    "kernel": "kernel overlayfs",
+    "fuse-overlayfs": "fuse-overlayfs",
+    "astrid-fs": "astrid-fs (daemon path)",
+    "astrid-fs-pt": "astrid-fs --passthrough",
+}
+
+
+def astrid_fs_program() -> Path | None:
+    for cand in (Path(sys.executable).parent / "astrid-fs", REPO / ".venv" / "bin" / "astrid-fs"):
+        if cand.exists():
+            return cand
+    found = shutil.which("astrid-fs")
+    return Path(found) if found else None
+
+
+@dataclass
+class Leg:
+    name: str
+    data: Path
+    scratch: Path
+    counter: int = 0
+    mounted: list[Path] = field(default_factory=list)
+
+    def fresh_dirs(self) -> tuple[Path, Path, Path]:
+        self.counter += 1
+        d = self.scratch / f"{self.name}-{os.getpid()}-{self.counter}"
+        upper, work, mnt = d / "upper", d / "work", d / "mnt"
+        for p in (upper, work, mnt):
+            p.mkdir(parents=True)
+        return upper, work, mnt
+
+    def _mount(self, writable_copy: bool) -> Path:
+        """Mount a fresh view of the data set; return the directory to work in."""
+        upper, work, mnt = self.fresh_dirs()
+        opts = f"lowerdir={self.data},upperdir={upper},workdir={work}"
+        if self.name == "native":
+            # a writable native copy of what the workloads modify; reads use the data set
+            if writable_copy:
+                shutil.copytree(self.data / "copyup", mnt / "copyup", symlinks=True)
+            return mnt
+        if self.name == "kernel":
+            run(["mount", "-t", "overlay", "overlay", "-o", opts + ",redirect_dir=on", str(mnt)])
+        elif self.name == "fuse-overlayfs":
+            run(["fuse-overlayfs", "-o", opts, str(mnt)])
+        elif self.name in ASTRID_LEGS:
+            prog = astrid_fs_program()
+            if prog is None:
+                raise RuntimeError("no astrid-fs program found")
+            home = upper.parent / "home"
+            home.mkdir()
+            path = "--passthrough" if self.name == "astrid-fs-pt" else "--no-passthrough"
+            run([str(prog), "mount", "--lower", str(self.data), "--session",
+                 f"bench{self.counter}", path, str(mnt)],
+                env=dict(os.environ, ASTRID_HOME=str(home)))
+        else:
+            raise ValueError(self.name)
+        self.mounted.append(mnt)
+        return mnt
+
+    def _umount(self, mnt: Path) -> None:
+        if mnt in self.mounted:
+            self.mounted.remove(mnt)
+        if not is_mounted(mnt):
+            return
+        if self.name in ASTRID_LEGS:
+            prog = astrid_fs_program()
+            home = mnt.parent / "home"
+            run([str(prog), "umount", str(mnt)], env=dict(os.environ, ASTRID_HOME=str(home)))
+        else:
+            run(["umount", str(mnt)])
+
+    @contextmanager
+    def view(self, writable_copy: bool = True) -> Iterator[tuple[Path, Path]]:
+        """(read root, write root): the data set as this leg shows it, and where
+        this leg's writes go (the same mount for overlays, a native copy for native)."""
+        mnt = self._mount(writable_copy)
+        try:
+            yield (self.data if self.name == "native" else mnt), mnt
+        finally:
+            self._umount(mnt)
+
+    def cleanup(self) -> None:
+        for mnt in list(self.mounted):
+            try:
+                self._umount(mnt)
+            except RuntimeError as e:
+                log(f"warning: {e}; lazy unmount")
+                subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def probe(leg: Leg) -> str | None:
+    """None if the leg can mount here, else why not."""
+    if leg.name == "native":
+        return None
+    if leg.name == "fuse-overlayfs" and shutil.which("fuse-overlayfs") is None:
+        return "fuse-overlayfs not installed (apt-get install fuse-overlayfs)"
+    if leg.name in ASTRID_LEGS and astrid_fs_program() is None:
+        return "astrid-fs program not found"
+    try:
+        with leg.view(writable_copy=False) as (root, mnt):
+            if not (root / "big").exists():
+                return "mounted, but the data set is not visible through it"
+            if leg.name == "astrid-fs-pt":
+                return passthrough_refused(mnt)
+    except (RuntimeError, OSError) as e:
+        why = str(e).splitlines()[0]
+        if ": exit " in why:  # "argv: exit N: stderr" -> "exit N: stderr"
+            why = "exit " + why.split(": exit ", 1)[1]
+        return f"mount failed: {why[:200]}"
+    return None
+
+
+def passthrough_refused(mnt: Path) -> str | None:
+    """None if the astrid-fs mount at `mnt` serves files by passthrough."""
+    prog = astrid_fs_program()
+    env = dict(os.environ, ASTRID_HOME=str(mnt.parent / "home"))
+    (mnt / "big").open("rb").close()  # the daemon asks the kernel at the first open
+    proc = subprocess.run([str(prog), "status", "--json"], capture_output=True, text=True,
+                          env=env)
+    for row in json.loads(proc.stdout or "{}").get("sessions", []):
+        path = row.get("data_path") or {}
+        if path.get("data_path") == "passthrough":
+            return None
+        return str(path.get("reason", "no data path reported"))
+    return "no session reported"
