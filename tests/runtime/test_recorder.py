@@ -91,6 +91,13 @@ async def test_retention_bounds_the_store(kernel: Kernel, tmp_path: Path) -> Non
         seqs = [e.seq for e in rec.store.read().events]
     assert stats["events"] <= 10 + 5
     assert seqs == list(range(41 - len(seqs), 41)) and len(seqs) >= 10
+    # On disk too, as the next kernel or `astrid log` opens it: the dropped chunks are gone.
+    store = RecordingStore(f"surrealkv://{tmp_path / 'rec'}", max_events=10)
+    try:
+        assert [e.seq for e in store.read().events] == seqs
+        assert store.stats()["chunks"] == len(seqs) // 5
+    finally:
+        store.close()
 
 
 async def test_recording_switched_off_records_nothing(kernel: Kernel, tmp_path: Path) -> None:
