@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from astrid_fs.cli.daemonlink import DaemonLink
 from astrid_fs.cli.progress import Progress
 from astrid_fs.errors import ConflictError, UsageError
 from astrid_fs.review import diffview, journal
@@ -145,9 +146,9 @@ def open_and_recover(name: str, reading: bool = False) -> Session:
     session = open_session(name)
     try:
         with journal.locked(session):
-            for line in finish_interrupted(session, _say_waiting):
+            for line in finish_interrupted(session, _say_waiting, DaemonLink(session)):
                 print(f"astrid-fs: {line}", file=sys.stderr)
-            finish_rollback(session)
+            finish_rollback(session, DaemonLink(session))
     except journal.BusyError:
         if not reading:
             raise
@@ -168,7 +169,7 @@ def _warn(args: argparse.Namespace, text: str) -> None:
 def cmd_diff(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session, reading=True)
     with Progress("diff", args.quiet):
-        changes = session_changes(session)
+        changes = session_changes(session, DaemonLink(session))
         if args.paths:
             prefixes = resolve_paths(session, args.paths)
             changes = [c for c in changes if any(is_under(c.path, p) for p in prefixes)]
@@ -207,7 +208,8 @@ def cmd_commit(args: argparse.Namespace) -> int:
     try:
         with Progress("commit", args.quiet) as progress:
             result = commit(session, args.paths, force=args.force, dry_run=args.dry_run,
-                            steps=Steps.from_env(progress), on_wait=_say_waiting)
+                            steps=Steps.from_env(progress), on_wait=_say_waiting,
+                            mount=DaemonLink(session))
     except ConflictError as e:
         if args.json:  # scripts get the list; the one line still goes to stderr
             print(json.dumps({"committed": [], "conflicts": [
@@ -250,7 +252,7 @@ def cmd_discard(args: argparse.Namespace) -> int:
     if not args.paths and not args.all:
         raise UsageError("discard needs PATH... or --all (which drops every change)")
     with Progress("discard", args.quiet):
-        dropped = discard(session, [] if args.all else args.paths)
+        dropped = discard(session, [] if args.all else args.paths, mount=DaemonLink(session))
     if args.json:
         print(json.dumps({"discarded": [c.path for c in dropped]}))
     _say(args, f"discarded {len(dropped)} change(s)"
@@ -266,7 +268,7 @@ def _snapshot_json(s: SnapshotInfo) -> dict[str, object]:
 def cmd_snapshot(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
     with Progress("snapshot", args.quiet):
-        info = snapshot(session, args.name)
+        info = snapshot(session, args.name, mount=DaemonLink(session))
     if args.json:
         print(json.dumps(_snapshot_json(info)))
     label = f" ({info.name})" if info.name else ""
@@ -288,7 +290,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
     with Progress("rollback", args.quiet):
-        snap = rollback(session, args.snapshot)
+        snap = rollback(session, args.snapshot, mount=DaemonLink(session))
     if args.json:
         print(json.dumps({"rolled_back_to": _snapshot_json(snap)}))
     _say(args, f"rolled back session {session.name} to snapshot {snap.number} "
@@ -310,13 +312,13 @@ def _outcomes(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
-    return _outcomes(args, resolve(session, args.paths, args.side))
+    return _outcomes(args, resolve(session, args.paths, args.side, DaemonLink(session)))
 
 
 def cmd_update(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
     with Progress("update", args.quiet):
-        outcomes = update(session, args.paths)
+        outcomes = update(session, args.paths, DaemonLink(session))
     if not outcomes:
         if args.json:
             print(json.dumps({"resolved": []}))
@@ -327,7 +329,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 def cmd_undo(args: argparse.Namespace) -> int:
     session = open_and_recover(args.session)
-    snap = undo(session)
+    snap = undo(session, DaemonLink(session))
     if args.json:
         print(json.dumps({"undone_to": _snapshot_json(snap)}))
     _say(args, f"undid: session {session.name} is back at snapshot {snap.number} "

@@ -50,11 +50,13 @@ def wanted(st: os.stat_result | None) -> bool:
     return st is not None and stat.S_ISREG(st.st_mode) and st.st_size <= LIMIT
 
 
-def keep(tmp_dir: bytes, lower_rel: bytes, fill: Callable[[int], None], *,
+def keep(tmp_dir: bytes, lower_rel: bytes, fill: Callable[[int], None], mtime_ns: int, *,
          sync: bool) -> None:
     """Keep the base content of lower path `lower_rel` unless it is kept
-    already: `fill(fd)` writes the content into a fresh temp file, which is
-    then (fsync'd with `sync`) renamed into the store."""
+    already: `fill(fd)` writes the content into a fresh temp file, which
+    takes the lower file's `mtime_ns` (its size and mtime then tell which
+    version of the lower it holds) and is (fsync'd with `sync`) renamed
+    into the store."""
     store = store_for(tmp_dir)
     if store is None or not lower_rel:
         return
@@ -67,6 +69,7 @@ def keep(tmp_dir: bytes, lower_rel: bytes, fill: Callable[[int], None], *,
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             fill(fd)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
             if sync:
                 os.fsync(fd)
         finally:
@@ -102,4 +105,4 @@ def keep_local(tmp_dir: bytes, lower_rel: bytes, lower_path: bytes, *, sync: boo
     except OSError:
         return
     if wanted(st):
-        keep(tmp_dir, lower_rel, copy_from(lower_path), sync=sync)
+        keep(tmp_dir, lower_rel, copy_from(lower_path), st.st_mtime_ns, sync=sync)

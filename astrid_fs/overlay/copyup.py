@@ -120,7 +120,8 @@ def copy_up(lower_path: bytes, upper_path: bytes, tmp_dir: bytes, names: Overlay
         _copy_meta(lower_path, tmp, st, mode, names, rel_path, with_data)
         if basecontent.wanted(st):  # (what the project held: for merges)
             basecontent.keep(tmp_dir, rel_path,
-                             basecontent.copy_from(tmp if with_data else lower_path), sync=sync)
+                             basecontent.copy_from(tmp if with_data else lower_path),
+                             st.st_mtime_ns, sync=sync)
         os.rename(tmp, upper_path)
     except BaseException:
         _remove_quietly(tmp)
@@ -186,7 +187,8 @@ def copy_up_remote(tree: RemoteTree, rel: bytes, lower_rel: bytes, upper_path: b
         if with_data:
             os.utime(tmp, ns=(st.st_mtime_ns, st.st_mtime_ns))
             if stat.S_ISREG(st.st_mode) and st.st_size <= basecontent.LIMIT:
-                basecontent.keep(tmp_dir, lower_rel, basecontent.copy_from(tmp), sync=sync)
+                basecontent.keep(tmp_dir, lower_rel, basecontent.copy_from(tmp),
+                                 st.st_mtime_ns, sync=sync)
         os.rename(tmp, upper_path)
     except BaseException:
         _remove_quietly(tmp)

@@ -176,7 +176,7 @@ class Namespace(OverlayCore):
         st = tree.stat(rel)
         if st is not None and stat.S_ISREG(st.st_mode) and st.st_size <= basecontent.LIMIT:
             basecontent.keep(self.tmp, node.lower, lambda fd: tree.fetch_to(rel, fd),
-                             sync=self.sync_copy_up)
+                             st.st_mtime_ns, sync=self.sync_copy_up)
 
     def _replace_with_whiteout(self, upath: bytes, is_dir: bool) -> None:
         tmp = temp_name(self.tmp)

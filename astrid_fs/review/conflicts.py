@@ -19,19 +19,52 @@ from pathlib import Path
 from astrid_fs.overlay.layers import lstat_or_none
 from astrid_fs.overlay.whiteout import kind_of_mode
 from astrid_fs.review.bases import Base, BaseIndex, Unknown, same_local, walk_local
-from astrid_fs.review.changes import Change, file_blake3
+from astrid_fs.review.changes import Change, file_blake3, same_content
 
 
 def check_conflicts(changes: list[Change], lower: str | os.PathLike[str],
-                    index: BaseIndex | None = None) -> list[Change]:
+                    index: BaseIndex | None = None, kept: Path | None = None) -> list[Change]:
     """The same changes, each with `conflict` set when the lower entry it was
     based on (its origin fingerprint, else its row in the base `index`) has
     changed since. With neither the base is unknown and no conflict can be
-    seen (kernel overlayfs copy-ups, sessions older than the index)."""
+    seen (kernel overlayfs copy-ups, sessions older than the index).
+
+    No false alarms where nothing of the project's can be lost: a file the
+    session holds byte for byte as the project holds it now (only its time
+    differs: both made the same edit) never conflicts, and a project file
+    whose fingerprint moved while its bytes stayed those of the base
+    (`kept`: the base content dir, overlay/basecontent.py; a checkout or a
+    save of the same text) has not changed."""
     root = os.fspath(lower)
-    return [replace(c, conflict=conflict_of(c, root) or base_conflict(c, root, index),
+    return [replace(c, conflict=None if _holds_the_projects_bytes(c) else (
+        conflict_of(c, root, kept) or base_conflict(c, root, index, kept)),
                     index_base=_index_base(c, index))
             for c in changes]
+
+
+def _holds_the_projects_bytes(change: Change) -> bool:
+    """Is the session's file the project's current file but for its times?"""
+    return (change.kind == "file" and change.status in ("M", "U")
+            and change.lower_path is not None and set(change.flags) <= {"mtime"})
+
+
+def same_as_kept(kept: Path | None, path: str, base_size: int | None,
+                 base_mtime_ns: int | None, base_mode: int | None, lower_file: str,
+                 now: os.stat_result) -> bool:
+    """Does the lower file `lower_file` (stat `now`) hold the base's bytes
+    and mode, though its fingerprint moved? Only where the base content
+    kept for `path` is that base's version (same size and mtime)."""
+    if kept is None or base_size is None or not stat.S_ISREG(now.st_mode) \
+            or now.st_size != base_size or (base_mode is not None and now.st_mode != base_mode):
+        return False
+    copy = kept / path
+    try:
+        kst = os.stat(copy)
+    except OSError:
+        return False
+    if (kst.st_size, kst.st_mtime_ns) != (base_size, base_mtime_ns):
+        return False
+    return same_content(os.fspath(copy), lower_file)
 
 
 def _index_base(change: Change, index: BaseIndex | None) -> Base | None:
@@ -82,7 +115,8 @@ def _markers(path: Path) -> str | None:
     return None
 
 
-def base_conflict(change: Change, lower: str, index: BaseIndex | None) -> str | None:
+def base_conflict(change: Change, lower: str, index: BaseIndex | None,
+                  kept: Path | None = None) -> str | None:
     """Why the lower entry `change` replaces, deletes or hides (where its
     origin does not already vouch for it) differs from the session's base."""
     if index is None:
@@ -91,8 +125,10 @@ def base_conflict(change: Change, lower: str, index: BaseIndex | None) -> str | 
     if path is None or (change.origin is not None and change.origin.path == path):
         return None
     st = lstat_or_none(os.path.join(lower, path))
-    why = _differs(path, index.lookup(path), None if st is None else Base.of_stat(st))
-    if why is not None:
+    base = index.lookup(path)
+    why = _differs(path, base, None if st is None else Base.of_stat(st))
+    if why is not None and not (isinstance(base, Base) and st is not None and same_as_kept(
+            kept, path, base.size, base.mtime_ns, base.mode, os.path.join(lower, path), st)):
         return why
     if ((change.status == "D" and change.kind == "dir")
             or (change.status == "T" and change.old_kind == "dir")):
@@ -115,7 +151,7 @@ def _differs(path: str, base: Base | Unknown | None, now: Base | None) -> str | 
     return f"{path} changed in the project since the session began"
 
 
-def conflict_of(change: Change, lower: str) -> str | None:
+def conflict_of(change: Change, lower: str, kept: Path | None = None) -> str | None:
     """Why `change` conflicts with the lower layer as it is now, or None."""
     if change.status == "R" and change.kind == "dir" and change.lower_path is not None:
         st = lstat_or_none(os.path.join(lower, change.lower_path))
@@ -145,5 +181,8 @@ def conflict_of(change: Change, lower: str) -> str | None:
     if (origin.blake3 is not None and origin.kind == "file" and st.st_size == origin.size
             and file_blake3(os.path.join(lower, origin.path)) == origin.blake3
             and st.st_mode == origin.mode):
+        return None
+    if origin.kind == "file" and same_as_kept(kept, origin.path, origin.size, origin.mtime_ns,
+                                              origin.mode, os.path.join(lower, origin.path), st):
         return None
     return f"lower {origin.path} changed since the session copied it"

@@ -13,12 +13,12 @@ import os
 
 from astrid_fs.durable import remove_entry
 from astrid_fs.errors import UsageError
-from astrid_fs.fuse import control
 from astrid_fs.review import basecontent, journal
 from astrid_fs.review.bases import rebase_paths
 from astrid_fs.review.changes import Change
 from astrid_fs.review.commit import finish_interrupted, resolve_paths, session_changes
 from astrid_fs.review.entrycopy import copy_tree
+from astrid_fs.review.mountlink import MountLink, link_for
 from astrid_fs.review.selection import is_under
 from astrid_fs.review.snapshot import finish_rollback, take_snapshot
 from astrid_fs.session import Session
@@ -35,25 +35,29 @@ def _prune_parents(session: Session, rel: str) -> None:
         parent = parent.rpartition("/")[0]
 
 
-def discard(session: Session, paths: list[str],
-            steps: journal.Steps | None = None) -> list[Change]:
+def discard(session: Session, paths: list[str], steps: journal.Steps | None = None,
+            mount: MountLink | None = None) -> list[Change]:
     """Drop the changes under `paths` (everything if empty); returns them.
     Every path is checked before anything is dropped, and an automatic
     snapshot (`astrid-fs undo`) is taken first. The dropped paths' base
-    becomes the project as it is now: the session sees the project there."""
+    becomes the project as it is now: the session sees the project there.
+    `mount`: the session's mount (mountlink.py), flushed and told."""
+    link = link_for(session, mount)
     with journal.locked(session):
-        finish_interrupted(session)
-        finish_rollback(session)
-        return discard_locked(session, paths, steps=steps)
+        finish_interrupted(session, mount=link)
+        finish_rollback(session, link)
+        return discard_locked(session, paths, steps=steps, mount=link)
 
 
 def discard_locked(session: Session, paths: list[str], reason: str = "",
-                   steps: journal.Steps | None = None) -> list[Change]:
+                   steps: journal.Steps | None = None,
+                   mount: MountLink | None = None) -> list[Change]:
     """`discard` with the session lock held by the caller; `reason` names
     the automatic snapshot (default: "before discard PATHS"; "-": none,
     the caller took one). `steps` counts each removal (crash tests)."""
     steps = steps or journal.Steps.from_env()
-    changes = session_changes(session)  # (under mounted sources too)
+    link = link_for(session, mount)
+    changes = session_changes(session, link)  # (under mounted sources too)
     prefixes = resolve_paths(session, paths)
     hits = [(prefix, _hits(changes, prefix)) for prefix in prefixes]
     missing = [prefix for prefix, found in hits if not found]
@@ -64,7 +68,7 @@ def discard_locked(session: Session, paths: list[str], reason: str = "",
         return []
     if reason != "-":
         take_snapshot(session, reason=reason or "before discard " + (
-            " ".join(prefixes) if prefixes else "--all"), steps=steps)
+            " ".join(prefixes) if prefixes else "--all"), steps=steps, mount=link)
     steps.step()
     if not prefixes:
         for entry in sorted(os.listdir(session.upper)):
@@ -72,13 +76,13 @@ def discard_locked(session: Session, paths: list[str], reason: str = "",
             steps.step()
         _rebase(session, changes)
         basecontent.forget_all(session)
-        control.notify_changed(session, None)
+        link.changed(None)
         return changes
     dropped: list[Change] = []
     for prefix, found in hits:
         dropped += _discard_prefix(session, found, prefix, steps)
     _rebase(session, dropped)
-    control.notify_changed(session, sorted({c.path for c in dropped} | {
+    link.changed(sorted({c.path for c in dropped} | {
         c.lower_path for c in dropped if c.lower_path}))
     return dropped
 

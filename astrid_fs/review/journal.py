@@ -27,230 +27,45 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
-import json
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
-from astrid_fs.drivers.errors import DriverError
-from astrid_fs.durable import fsync_dir, write_atomic
+from astrid_fs.durable import fsync_dir
 from astrid_fs.errors import SessionError
-from astrid_fs.fuse.control import held_upper_inodes
-from astrid_fs.overlay.layers import lstat_or_none
 from astrid_fs.overlay.whiteout import OverlayXattrs, get_redirect, is_opaque
-from astrid_fs.review import basecontent
-from astrid_fs.review.bases import Base, BaseIndex, open_index, walk_local
 from astrid_fs.review.entrycopy import clone_or_copy, copy_entry, copy_meta
+from astrid_fs.review.landed import rebase_landed
 from astrid_fs.review.lowers import SessionLowers
-from astrid_fs.review.remote_commit import RemoteOp, apply_op
+from astrid_fs.review.mountlink import UNMOUNTED, MountLink
+from astrid_fs.review.records import (
+    Cleanup,
+    DirMeta,
+    Place,
+    Record,
+    Stage,
+    State,
+    Vacate,
+    forget,
+    load,
+    ops_path,
+    pending,
+    record_path,
+    save,
+    save_ops,
+)
+from astrid_fs.review.remote_commit import apply_op
+from astrid_fs.review.steps import CRASH_ENV, CRASH_EXIT, FAIL_ENV, BusyError, Steps, locked
 from astrid_fs.session import Session
 
-State = Literal["prepared", "vacating", "placing", "cleaning"]
-CRASH_ENV = "ASTRID_FS_CRASH_AT"  # "N": os._exit(CRASH_EXIT) at the N-th step
-FAIL_ENV = "ASTRID_FS_FAIL_AT"  # "N": raise ENOSPC at the N-th step (disk full)
-CRASH_EXIT = 99
-
-
-@dataclass(frozen=True)
-class Vacate:
-    """Move lower `path` (pre-commit lower path) to staging `slot`."""
-
-    path: str
-    slot: str
-
-
-@dataclass(frozen=True)
-class Place:
-    """Make session path `to` in the lower: `move`/`put` the staging `slot`
-    there, `mkdir` it, or `link` it to the already placed `source`."""
-
-    op: Literal["move", "put", "mkdir", "link"]
-    to: str
-    slot: str = ""
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class Stage:
-    """Copy upper entry `path` into staging `slot` (before the commit point);
-    with `link`, hard-link it instead (only for an unmounted session whose
-    upper shares the lower's filesystem: no data copied, none freed)."""
-
-    path: str
-    slot: str
-    link: bool = False
-
-
-@dataclass(frozen=True)
-class DirMeta:
-    """Metadata a committed lower dir gets, recorded from the upper at planning."""
-
-    path: str
-    mode: int
-    uid: int
-    gid: int
-    mtime_ns: int
-    xattrs: dict[str, str] = field(default_factory=dict)  # name -> hex value
-
-
-@dataclass(frozen=True)
-class Cleanup:
-    """Remove upper entry `path` if it is still the one planned (same inode,
-    mtime, size, mode: a write through the mount since then keeps it); a dir
-    loses the xattrs in `strip`, then goes if empty and plain."""
-
-    path: str
-    is_dir: bool
-    ino: int = 0
-    mtime_ns: int = 0
-    size: int = 0
-    mode: int = 0
-    strip: tuple[str, ...] = ()
-    remote: bool = False  # under a mounted source: no local lower dir to compare
-
-
-@dataclass(frozen=True)
-class Record:
-    txid: str
-    state: State
-    staging: str  # absolute path of the staging dir inside the lower fs
-    stage: tuple[Stage, ...] = ()
-    vacate: tuple[Vacate, ...] = ()
-    place: tuple[Place, ...] = ()
-    dirmeta: tuple[DirMeta, ...] = ()
-    cleanup: tuple[Cleanup, ...] = ()
-    paths: tuple[str, ...] = ()  # session paths touched (for mount invalidation)
-    remote: tuple[RemoteOp, ...] = ()  # write-back calls to mounted sources (placing)
-
-    def encode_ops(self) -> bytes:
-        """Everything but the state: written once, before the first state."""
-        return json.dumps({
-            "stage": [[x.path, x.slot, x.link] for x in self.stage],
-            "vacate": [[x.path, x.slot] for x in self.vacate],
-            "place": [[x.op, x.to, x.slot, x.source] for x in self.place],
-            "dirmeta": [[x.path, x.mode, x.uid, x.gid, x.mtime_ns, x.xattrs]
-                        for x in self.dirmeta],
-            "cleanup": [[x.path, x.is_dir, x.ino, x.mtime_ns, x.size, x.mode, list(x.strip),
-                         x.remote] for x in self.cleanup],
-            "paths": list(self.paths),
-            "remote": [[x.op, x.path, x.mode, x.mtime_ns, x.target] for x in self.remote],
-        }, separators=(",", ":")).encode()
-
-    def encode_state(self) -> bytes:
-        return json.dumps({"txid": self.txid, "state": self.state,
-                           "staging": self.staging}).encode()
-
-    @classmethod
-    def decode(cls, state: bytes, ops: bytes) -> Record:
-        head: dict[str, Any] = json.loads(state)
-        d: dict[str, Any] = json.loads(ops)
-        return cls(
-            txid=head["txid"], state=head["state"], staging=head["staging"],
-            stage=tuple(Stage(*x) for x in d["stage"]),
-            vacate=tuple(Vacate(*x) for x in d["vacate"]),
-            place=tuple(Place(*x) for x in d["place"]),
-            dirmeta=tuple(DirMeta(*x) for x in d["dirmeta"]),
-            cleanup=tuple(Cleanup(x[0], x[1], x[2], x[3], x[4], x[5], tuple(x[6]), x[7])
-                          for x in d["cleanup"]),
-            paths=tuple(d["paths"]),
-            remote=tuple(RemoteOp(*x) for x in d["remote"]),
-        )
-
-
-class BusyError(SessionError):
-    """Another commit, discard or rollback holds the session."""
-
-
-class Steps:
-    """Counts journal steps (for progress, and so that a test can make step N
-    crash with os._exit or fail with ENOSPC through the environment, read
-    once at construction). `on_step(count, total)` reports progress."""
-
-    def __init__(self, crash_at: int | None = None, fail_at: int | None = None,
-                 on_step: Callable[[int, int], None] | None = None) -> None:
-        self.count = 0
-        self.total = 0
-        self.crash_at = crash_at
-        self.fail_at = fail_at
-        self.on_step = on_step
-
-    @classmethod
-    def from_env(cls, on_step: Callable[[int, int], None] | None = None) -> Steps:
-        crash, fail = os.environ.get(CRASH_ENV), os.environ.get(FAIL_ENV)
-        return cls(int(crash) if crash else None, int(fail) if fail else None, on_step)
-
-    def expect(self, rec: Record) -> None:
-        """Set the total number of steps `rec` will take (for progress)."""
-        self.total = self.count + 10 + len(rec.stage) + len(rec.vacate) + len(rec.place) \
-            + len(rec.dirmeta) + len(rec.cleanup)
-
-    def step(self) -> None:
-        self.count += 1
-        if self.count == self.crash_at:
-            os._exit(CRASH_EXIT)
-        if self.count == self.fail_at:
-            raise OSError(errno.ENOSPC, "No space left on device (injected)")
-        if self.on_step is not None:
-            self.on_step(self.count, max(self.total, self.count))
-
-
-def record_path(session: Session, txid: str) -> Path:
-    """The small state file of a commit; its ops live in `ops_path`."""
-    return session.journal_dir / f"commit-{txid}.json"
-
-
-def ops_path(session: Session, txid: str) -> Path:
-    return session.journal_dir / f"ops-{txid}.json"
-
-
-def save_ops(session: Session, rec: Record) -> None:
-    write_atomic(ops_path(session, rec.txid), rec.encode_ops())
-
-
-def save(session: Session, rec: Record) -> None:
-    """Durably record `rec`'s state (its ops must be saved already)."""
-    write_atomic(record_path(session, rec.txid), rec.encode_state())
-
-
-def load(session: Session, txid: str) -> Record:
-    state = record_path(session, txid)
-    try:
-        return Record.decode(state.read_bytes(), ops_path(session, txid).read_bytes())
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        raise SessionError(f"session {session.name}: unreadable journal {state}: {e}") from e
-
-
-def forget(session: Session, txid: str) -> None:
-    """Delete a finished (or never started) commit's journal files."""
-    record_path(session, txid).unlink(missing_ok=True)
-    ops_path(session, txid).unlink(missing_ok=True)
-    fsync_dir(session.journal_dir)
-
-
-def pending(session: Session) -> list[Record]:
-    """Records left by commits that did not finish."""
-    return [load(session, path.name[len("commit-"):-len(".json")])
-            for path in sorted(session.journal_dir.glob("commit-*.json"))]
-@contextlib.contextmanager
-def locked(session: Session) -> Iterator[None]:
-    """Hold the session's journal lock: one commit/discard/rollback at a time."""
-    session.journal_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(session.journal_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BusyError(
-                f"session {session.name} is busy: another commit, discard or rollback "
-                "is running") from None
-        yield
-    finally:
-        os.close(fd)
+__all__ = [  # (the journal's records and steps are used through this module)
+    "CRASH_ENV", "CRASH_EXIT", "FAIL_ENV", "BusyError", "Cleanup", "DirMeta", "Place",
+    "Record", "Stage", "State", "Steps", "Vacate", "advance", "forget", "load", "locked",
+    "ops_path", "pending", "prune_dir", "record_path", "recover", "roll_back", "run", "save",
+    "save_ops", "sync_fs",
+]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -283,9 +98,10 @@ def advance(session: Session, rec: Record, state: State, steps: Steps) -> Record
     return rec
 
 
-def run(session: Session, rec: Record, steps: Steps) -> None:
+def run(session: Session, rec: Record, steps: Steps, mount: MountLink = UNMOUNTED) -> None:
     """Carry `rec` from its state to the end. A record in `prepared` is staged
-    here (only by the commit that wrote it; recovery rolls those back)."""
+    here (only by the commit that wrote it; recovery rolls those back).
+    `mount`: the session's mount, whose held upper files stay (cleaning)."""
     lower = str(session.lower)
     if rec.state == "prepared":
         _stage(session, rec, steps)
@@ -298,7 +114,7 @@ def run(session: Session, rec: Record, steps: Steps) -> None:
         sync_fs(lower)
         steps.step()
         rec = advance(session, rec, "cleaning", steps)
-    _clean(session, rec, steps)
+    _clean(session, rec, steps, mount)
 
 
 def _stage(session: Session, rec: Record, steps: Steps) -> None:
@@ -415,12 +231,12 @@ def _apply_dirmeta(path: str, meta: DirMeta, names: OverlayXattrs) -> None:
     os.utime(path, ns=(meta.mtime_ns, meta.mtime_ns))
 
 
-def _clean(session: Session, rec: Record, steps: Steps) -> None:
+def _clean(session: Session, rec: Record, steps: Steps, mount: MountLink) -> None:
     upper = str(session.upper)
     names = session.xattrs
     # Files the mount's kernel writes through passthrough stay (equal to the
     # lower now): removing them would orphan those writes.
-    held = held_upper_inodes(session)
+    held = mount.held_upper_inodes()
     for c in rec.cleanup:
         path = os.path.join(upper, c.path)
         try:
@@ -440,55 +256,10 @@ def _clean(session: Session, rec: Record, steps: Steps) -> None:
             os.unlink(path)
         steps.step()
     shutil.rmtree(rec.staging, ignore_errors=True)
-    _rebase(session, rec)
-    basecontent.forget(session, rec.paths)  # landed: the project holds them now
+    rebase_landed(session, rec)
     sync_fs(upper)
     steps.step()
     forget(session, rec.txid)
-
-
-def _rebase(session: Session, rec: Record) -> None:
-    """The landed entries are the session's new base (bases.py): without
-    this, the session's next change to them would conflict with its own
-    commit. Repeating it is harmless (it records what the lower holds now)."""
-    index = open_index(session.root)
-    if index is None:
-        return
-    try:
-        moved = {p.to for p in rec.place if p.op == "move"}
-        with index.batch():  # one database sync for the whole commit
-            for v in rec.vacate:
-                index.forget_tree(v.path)
-            rows: list[tuple[str, Base | None]] = []
-            for path in rec.paths:
-                if path in moved:
-                    index.forget_tree(path)
-                    index.put(walk_local(session.lower, path))
-                else:
-                    st = lstat_or_none(os.path.join(session.lower, path))
-                    rows.append((path, None if st is None else Base.of_stat(st)))
-            index.put(rows)
-            if rec.remote:
-                _rebase_remote(session, rec, index)
-    finally:
-        index.close()
-
-
-def _rebase_remote(session: Session, rec: Record, index: BaseIndex) -> None:
-    lowers = SessionLowers.open(session.root, session.lower)
-    try:
-        for op in rec.remote:
-            if op.op == "delete_tree":
-                index.forget_tree(op.path)
-                continue
-            r = lowers.resolve(op.path)
-            try:
-                now = r.driver.stat(r.rel)
-            except DriverError:
-                continue  # a stale base can only add a conflict, never hide one
-            index.put([(op.path, None if now is None else Base.of_entry(now))])
-    finally:
-        lowers.close()
 
 
 def prune_dir(session: Session, rel: str, names: OverlayXattrs) -> None:
@@ -519,7 +290,8 @@ def roll_back(session: Session, rec: Record) -> None:
     forget(session, rec.txid)
 
 
-def recover(session: Session, steps: Steps | None = None) -> list[tuple[str, Record]]:
+def recover(session: Session, steps: Steps | None = None,
+            mount: MountLink = UNMOUNTED) -> list[tuple[str, Record]]:
     """Finish or roll back every interrupted commit of `session`; returns
     what was done ("finished" / "rolled back", record)."""
     done: list[tuple[str, Record]] = []
@@ -536,7 +308,7 @@ def recover(session: Session, steps: Steps | None = None) -> list[tuple[str, Rec
                 f"session {session.name}: an interrupted commit needs lower "
                 f"{session.lower}, which is gone; restore it and run astrid-fs again")
         try:
-            run(session, rec, steps or Steps())
+            run(session, rec, steps or Steps(), mount)
         except OSError as e:
             raise SessionError(
                 f"session {session.name}: cannot finish interrupted commit {rec.txid}: "

@@ -7,7 +7,8 @@ the project has moved on from. Three ways out, per path, as git offers:
   now (so the commit will overwrite the project there, knowingly);
 - `theirs`: take the project's version: the session's change is discarded
   (with an automatic snapshot, like every discard);
-- `merge`: for text files, a three-way merge (merge3, git's conflict
+- `merge`: for text files (in the project dir or objects of a mounted
+  source, an S3 bucket), a three-way merge (merge3, git's conflict
   markers) of the session's version and the project's against the base
   content, where the base content was kept (`base-content/PATH` in the
   session dir); without it the base is empty and every difference is a
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,7 +36,6 @@ import merge3
 
 from astrid_fs.durable import write_atomic
 from astrid_fs.errors import UsageError
-from astrid_fs.fuse import control
 from astrid_fs.overlay.whiteout import Origin, get_origin, set_origin
 from astrid_fs.review import basecontent, journal
 from astrid_fs.review.bases import rebase_paths, rerecord
@@ -42,6 +43,7 @@ from astrid_fs.review.changes import Change
 from astrid_fs.review.commit import finish_interrupted, open_lowers, resolve_paths, session_changes
 from astrid_fs.review.conflicts import UNMERGED, unmerged_paths
 from astrid_fs.review.discard import discard_locked
+from astrid_fs.review.mountlink import MountLink, link_for
 from astrid_fs.review.selection import is_under
 from astrid_fs.review.snapshot import finish_rollback, take_snapshot
 from astrid_fs.session import Session
@@ -67,32 +69,34 @@ def _set_unmerged(session: Session, paths: set[str]) -> None:
     write_atomic(session.root / UNMERGED, json.dumps(sorted(paths)).encode())
 
 
-def resolve(session: Session, paths: list[str], side: Side) -> list[Outcome]:
+def resolve(session: Session, paths: list[str], side: Side,
+            mount: MountLink | None = None) -> list[Outcome]:
     """Resolve the conflicts at or under `paths` (all conflicts if empty)
     taking `side`; a path naming no conflict is a usage error (checked for
-    every path before anything is done)."""
+    every path before anything is done). `mount`: see mountlink.py."""
+    link = link_for(session, mount)
     with journal.locked(session):
-        finish_interrupted(session)
-        finish_rollback(session)
-        conflicts = _conflicts(session, paths)
+        finish_interrupted(session, mount=link)
+        finish_rollback(session, link)
+        conflicts = _conflicts(session, paths, link)
         if side == "theirs":
             take_snapshot(session, reason="before resolve --theirs " + " ".join(
-                c.path for c in conflicts))
-            discard_locked(session, [c.path for c in conflicts], reason="-")
+                c.path for c in conflicts), mount=link)
+            discard_locked(session, [c.path for c in conflicts], reason="-", mount=link)
             _forget_unmerged(session, {c.path for c in conflicts})
             return [Outcome(c.path, "theirs") for c in conflicts]
         take_snapshot(session, reason=f"before resolve --{side} " + " ".join(
-            c.path for c in conflicts))
+            c.path for c in conflicts), mount=link)
         if side == "ours":
             _take_ours(session, conflicts)
             return [Outcome(c.path, "ours") for c in conflicts]
         outcomes = [_merge(session, c) for c in conflicts]
-        control.notify_changed(session, [o.path for o in outcomes])
+        link.changed([o.path for o in outcomes])
         return outcomes
 
 
-def _conflicts(session: Session, paths: list[str]) -> list[Change]:
-    found = [c for c in session_changes(session) if c.conflict]
+def _conflicts(session: Session, paths: list[str], mount: MountLink) -> list[Change]:
+    found = [c for c in session_changes(session, mount) if c.conflict]
     prefixes = resolve_paths(session, paths)
     if not prefixes:
         if not found:
@@ -147,11 +151,32 @@ def _keep_base_content(session: Session, change: Change) -> None:
     """Keep the project's version of a text file the session changes as the
     base content of later merges (it is the base from now on)."""
     path = change.lower_path or change.path
+    body = _project_file(session, path) if change.kind == "file" else None
+    basecontent.replace(session, path, body)
+
+
+def _project_file(session: Session, path: str) -> bytes | None:
+    """The bytes of the project's regular file at `path` (in the lower dir,
+    or an object of a mounted source), or None: absent, not a regular file,
+    or over MERGE_LIMIT."""
+    lowers = open_lowers(session)
+    try:
+        if lowers is not None and lowers.is_remote(path):
+            entry = lowers.stat(path)
+            if entry is None or entry.kind != "file" or entry.size > MERGE_LIMIT:
+                return None
+            return lowers.read(path, MERGE_LIMIT)[0]
+    finally:
+        if lowers is not None:
+            lowers.close()
     low = session.lower / path
-    if change.kind != "file" or not low.is_file() or low.stat().st_size > MERGE_LIMIT:
-        basecontent.replace(session, path, None)
-        return
-    basecontent.replace(session, path, low.read_bytes())
+    try:
+        st = os.lstat(low)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MERGE_LIMIT:
+        return None
+    return low.read_bytes()
 
 
 def _is_text(body: bytes) -> bool:
@@ -161,12 +186,13 @@ def _is_text(body: bytes) -> bool:
 def _merge(session: Session, c: Change) -> Outcome:
     if c.path in unmerged(session):  # merged before: what is left is the markers
         return Outcome(c.path, "markers", "conflict markers written; edit them out")
-    up, low = session.upper / c.path, session.lower / (c.lower_path or c.path)
-    if c.kind != "file" or c.status not in ("M", "R") or not low.is_file() \
-            or (open_lowers(session) is not None and _remote(session, c.path)):
-        return Outcome(c.path, "kept", "only text files in the project dir are merged; "
-                       "use --ours or --theirs")
-    ours, theirs = up.read_bytes(), low.read_bytes()
+    up = session.upper / c.path
+    theirs = _project_file(session, c.lower_path or c.path) \
+        if c.kind == "file" and c.status in ("M", "R", "U") else None
+    if theirs is None:
+        return Outcome(c.path, "kept", "only files both sides changed are merged (not a "
+                       "deletion, a dir, a symlink, or over 8 MiB); use --ours or --theirs")
+    ours = up.read_bytes()
     base = basecontent.read(session, c.lower_path or c.path) or b""
     if max(len(ours), len(theirs), len(base)) > MERGE_LIMIT or not all(
             map(_is_text, (ours, theirs, base))):
@@ -181,16 +207,6 @@ def _merge(session: Session, c: Change) -> Outcome:
         return Outcome(c.path, "merged")
     _set_unmerged(session, unmerged(session) | {c.path})
     return Outcome(c.path, "markers", "conflict markers written; edit them out")
-
-
-def _remote(session: Session, path: str) -> bool:
-    lowers = open_lowers(session)
-    if lowers is None:
-        return False
-    try:
-        return lowers.is_remote(path)
-    finally:
-        lowers.close()
 
 
 def _write_upper(session: Session, path: str, body: bytes) -> None:
@@ -210,25 +226,27 @@ def _write_upper(session: Session, path: str, body: bytes) -> None:
     os.rename(tmp, up)
 
 
-def update(session: Session, paths: list[str]) -> list[Outcome]:
+def update(session: Session, paths: list[str],
+           mount: MountLink | None = None) -> list[Outcome]:
     """Bring the project's changes into the session: merge every conflicting
     text file (under `paths`), and make the project as it is now the base of
     every path the session has not changed. Returns what became of each
     conflict (those that cannot be merged stay, for --ours/--theirs)."""
+    link = link_for(session, mount)
     with journal.locked(session):
-        finish_interrupted(session)
-        finish_rollback(session)
-        changes = session_changes(session)
+        finish_interrupted(session, mount=link)
+        finish_rollback(session, link)
+        changes = session_changes(session, link)
         prefixes = resolve_paths(session, paths)
         chosen = [c for c in changes if c.conflict and (
             not prefixes or any(is_under(c.path, p) for p in prefixes))]
         if chosen:
-            take_snapshot(session, reason="before update")
+            take_snapshot(session, reason="before update", mount=link)
         outcomes = [_merge(session, c) for c in chosen]
         # The paths the session changed keep their base (merged ones were
         # rebased above); everything else takes the project as it is now.
         _rebase_untouched(session, changes)
-        control.notify_changed(session, None)
+        link.changed(None)
         return outcomes
 
 

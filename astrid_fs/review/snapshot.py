@@ -30,11 +30,11 @@ from pathlib import Path
 
 from astrid_fs.durable import fsync_dir, write_atomic
 from astrid_fs.errors import SessionError, UsageError
-from astrid_fs.fuse import control
-from astrid_fs.review import journal
+from astrid_fs.review import basecontent, journal
 from astrid_fs.review.changes import drop_landed_redirects, scan
 from astrid_fs.review.commit import finish_interrupted
 from astrid_fs.review.entrycopy import clone_or_copy, copy_entry, copy_meta, copy_tree
+from astrid_fs.review.mountlink import MountLink, link_for
 from astrid_fs.session import Session
 
 Signature = tuple[int, int, int]  # ino, ctime_ns, size
@@ -136,24 +136,27 @@ def _manifest(session: Session, snap: SnapshotInfo) -> dict[str, Signature]:
     return {k: (v[0], v[1], v[2]) for k, v in raw.items()}
 
 
-def snapshot(session: Session, name: str = "",
-             steps: journal.Steps | None = None) -> SnapshotInfo:
-    """Record the upper layer as it is now; returns the new snapshot."""
+def snapshot(session: Session, name: str = "", steps: journal.Steps | None = None,
+             mount: MountLink | None = None) -> SnapshotInfo:
+    """Record the upper layer as it is now; returns the new snapshot.
+    `mount`: the session's mount (mountlink.py), flushed first."""
     if name and (name.isdigit() or "/" in name):
         raise UsageError(f"snapshot name {name!r} must not be a number or contain '/'")
+    link = link_for(session, mount)
     with journal.locked(session):
-        finish_interrupted(session)
-        finish_rollback(session)
-        return take_snapshot(session, name, steps=steps)
+        finish_interrupted(session, mount=link)
+        finish_rollback(session, link)
+        return take_snapshot(session, name, steps=steps, mount=link)
 
 
 def take_snapshot(session: Session, name: str = "", reason: str = "",
-                  steps: journal.Steps | None = None) -> SnapshotInfo:
+                  steps: journal.Steps | None = None,
+                  mount: MountLink | None = None) -> SnapshotInfo:
     """`snapshot` with the session lock held by the caller; `reason` marks
     the automatic snapshot a destructive verb takes before it acts. `steps`
     counts each entry copied (crash tests); a crash leaves `.tmp-N`, which
     the next command removes: the snapshot exists whole or not at all."""
-    control.sync(session)
+    link_for(session, mount).sync()
     snaps = list_snapshots(session)
     if name and any(s.name == name for s in snaps):
         raise UsageError(f"session {session.name} already has a snapshot named {name!r}")
@@ -189,23 +192,24 @@ def _rollback_record(session: Session) -> Path:
 
 
 def rollback(session: Session, key: str, steps: journal.Steps | None = None,
-             why: str = "") -> SnapshotInfo:
+             why: str = "", mount: MountLink | None = None) -> SnapshotInfo:
     """Make the upper layer exactly what snapshot `key` recorded, after an
     automatic snapshot of the changes as they are (so `undo` brings them
-    back)."""
+    back). `mount`: the session's mount (mountlink.py), told afterwards."""
     steps = steps or journal.Steps.from_env()
+    link = link_for(session, mount)
     with journal.locked(session):
-        finish_interrupted(session)
-        finish_rollback(session)
+        finish_interrupted(session, mount=link)
+        finish_rollback(session, link)
         snap = find_snapshot(session, key)
-        take_snapshot(session, reason=why or f"before rollback to {snap.number}")
+        take_snapshot(session, reason=why or f"before rollback to {snap.number}", mount=link)
         write_atomic(_rollback_record(session), json.dumps({"snapshot": snap.number}).encode())
         steps.step()
-        _restore(session, snap, steps)
+        _restore(session, snap, steps, link)
         return snap
 
 
-def finish_rollback(session: Session) -> None:
+def finish_rollback(session: Session, mount: MountLink | None = None) -> None:
     """Finish a rollback that was interrupted and drop a snapshot that was
     being taken when a crash came (journal lock held by the caller)."""
     if session.snapshots_dir.is_dir():
@@ -214,10 +218,12 @@ def finish_rollback(session: Session) -> None:
     record = _rollback_record(session)
     if record.exists():
         number = json.loads(record.read_text())["snapshot"]
-        _restore(session, find_snapshot(session, str(number)), journal.Steps())
+        _restore(session, find_snapshot(session, str(number)), journal.Steps(),
+                 link_for(session, mount))
 
 
-def _restore(session: Session, snap: SnapshotInfo, steps: journal.Steps) -> None:
+def _restore(session: Session, snap: SnapshotInfo, steps: journal.Steps,
+             mount: MountLink) -> None:
     tree = session.snapshots_dir / snap.dirname / "tree"
     if not tree.is_dir():
         raise SessionError(f"snapshot {snap.number} of session {session.name} is damaged "
@@ -230,10 +236,13 @@ def _restore(session: Session, snap: SnapshotInfo, steps: journal.Steps) -> None
     if session.lower.is_dir():
         # A rollback across a commit brings back renames the lower has made.
         drop_landed_redirects(str(session.upper), str(session.lower), session.xattrs)
+        # The base content of what the snapshot no longer changes goes.
+        changes = scan(session.upper, session.lower, session.xattrs)
+        basecontent.prune(session, {p for c in changes for p in (c.path, c.lower_path) if p})
     journal.sync_fs(session.upper)
     _rollback_record(session).unlink(missing_ok=True)
     fsync_dir(session.journal_dir)
-    control.notify_changed(session, None)
+    mount.changed(None)
 
 
 class _Restorer:
@@ -312,18 +321,20 @@ def undo_target(session: Session) -> SnapshotInfo:
     return autos[-1]
 
 
-def undo(session: Session) -> SnapshotInfo:
+def undo(session: Session, mount: MountLink | None = None) -> SnapshotInfo:
     """Roll back to the newest automatic snapshot (git's `reset HEAD@{1}`);
     it takes its own, so a second undo redoes. Undoing a forced commit also
     puts the project's versions it overwrote back into the session, as
     changes: `commit` then restores them in the project."""
     target = undo_target(session)
-    snap = rollback(session, str(target.number), why=f"before undo (to {target.number})")
+    link = link_for(session, mount)
+    snap = rollback(session, str(target.number), why=f"before undo (to {target.number})",
+                    mount=link)
     listed = snapshot_dir(session, target) / "overwritten.json"
     if listed.exists():
         with journal.locked(session):
             restored = restore_overwritten(session, target, json.loads(listed.read_text()))
-        control.notify_changed(session, restored)
+        link.changed(restored)
     return snap
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from astrid_fs.cli.daemonlink import DaemonLink
 from astrid_fs.review.commit import commit
 from astrid_fs.review.journal import Steps
 from astrid_fs.review.projectlock import _plan, project_locked
@@ -78,7 +79,8 @@ def test_second_commit_waits_then_sees_conflicts(tmp_path: Path, mount_session: 
         line = proc.stderr.readline()  # returns once b is blocked on the lock
         assert "waiting for another commit" in line, line
 
-    commit(open_session(a.name), [], steps=Steps(on_step=start_b_mid_commit))
+    session = open_session(a.name)
+    commit(session, [], steps=Steps(on_step=start_b_mid_commit), mount=DaemonLink(session))
     _out, err = second[0].communicate(timeout=120)
     assert second[0].returncode == 3, err
     assert "20 conflict(s)" in err

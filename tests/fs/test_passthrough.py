@@ -249,12 +249,14 @@ def test_a_file_held_open_across_a_commit_stays_in_the_session(pt: MountedSessio
     # The kernel keeps writing to the upper file it was given: the commit
     # leaves that file in the upper (equal to the lower), so writes after
     # the commit show in the session and never reach the lower.
+    from astrid_fs.cli.daemonlink import DaemonLink
     from astrid_fs.review.commit import commit
     from astrid_fs.session import open_session
 
     (pt.mnt / "held.txt").write_text("one\n")
     with open(pt.mnt / "held.txt", "r+b") as writer:
-        commit(open_session(pt.name, pt.home), [])
+        session = open_session(pt.name, pt.home)
+        commit(session, [], mount=DaemonLink(session))
         assert (pt.lower / "held.txt").read_text() == "one\n"
         assert (pt.upper / "held.txt").read_text() == "one\n"
         writer.seek(0, os.SEEK_END)
@@ -266,11 +268,13 @@ def test_a_file_held_open_across_a_commit_stays_in_the_session(pt: MountedSessio
 
 
 def test_a_closed_file_leaves_the_upper_at_commit(pt: MountedSession) -> None:
+    from astrid_fs.cli.daemonlink import DaemonLink
     from astrid_fs.review.commit import commit
     from astrid_fs.session import open_session
 
     (pt.mnt / "done.txt").write_text("done\n")
-    commit(open_session(pt.name, pt.home), [])
+    session = open_session(pt.name, pt.home)
+    commit(session, [], mount=DaemonLink(session))
     assert (pt.lower / "done.txt").read_text() == "done\n"
     assert not (pt.upper / "done.txt").exists()
     assert (pt.mnt / "done.txt").read_text() == "done\n"

@@ -1,8 +1,9 @@
 """Issue 10, "Done when": a model test that drives two sessions and the
 project at once — edits, editor-style saves (temp file + rename), renames,
-deletes, snapshots, rollbacks, discards, `resolve --ours`, `update` and
-commits from both sessions — and
-checks after every commit that
+deletes, snapshots, rollbacks, discards, `resolve --ours`, `update`, and
+commits from both sessions, one after the other and both at once (two
+threads, the project's commit lock between them) — and checks after every
+commit that
 
 - no edit in the project was overwritten or deleted without a conflict being
   reported: every project file a commit changed held, just before, exactly
@@ -20,6 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from astrid_fs.cli.daemonlink import DaemonLink
 from astrid_fs.errors import ConflictError
 from astrid_fs.fuse import control
 from astrid_fs.review.bases import record_if_fresh
@@ -53,6 +56,7 @@ op = st.one_of(
     st.tuples(st.just("rollback"), side),
     st.tuples(st.just("discard"), side, file),
     st.tuples(st.just("commit"), side),
+    st.tuples(st.just("commit_both")),
     st.tuples(st.just("resolve_ours"), side),
     st.tuples(st.just("update"), side),
 )
@@ -80,6 +84,10 @@ class Side:
     @property
     def mnt(self) -> Path:
         return self.mounted.mnt
+
+    @property
+    def link(self) -> DaemonLink:
+        return DaemonLink(self.session)
 
     def touch(self, path: str, lower: Path) -> None:
         """Record what the project held when the session first changed `path`."""
@@ -139,7 +147,7 @@ def _session_op(s: Side, lower: Path, step: tuple[object, ...]) -> None:
 def _commit(s: Side, lower: Path) -> None:
     view, before = _files(s.mnt), _files(lower)
     try:
-        commit(s.session, [])
+        commit(s.session, [], mount=s.link)
     except ConflictError:
         return
     after = _files(lower)
@@ -154,10 +162,69 @@ def _commit(s: Side, lower: Path) -> None:
     s.based, s.snaps = {}, []
 
 
+def _commit_both(sides: list[Side], lower: Path) -> None:
+    """Both sessions commit at the same moment. The project's commit lock
+    lets one land first; the other then lands only what its base vouches
+    for (else it reports conflicts). Whichever order it was, some order of
+    the commits that landed must explain the project, each landing only
+    over what its session was based on."""
+    before = _files(lower)
+    views = [_files(s.mnt) for s in sides]
+    changed = [{c.path for c in session_changes(s.session, s.link)} & set(FILES)
+               for s in sides]
+    landed = [False, False]
+    errors: list[BaseException] = []
+
+    def land(i: int) -> None:
+        try:
+            commit(sides[i].session, [], mount=sides[i].link)
+            landed[i] = True
+        except ConflictError:
+            pass
+        except BaseException as e:  # (re-raised below, in the test's thread)
+            errors.append(e)
+
+    threads = [threading.Thread(target=land, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    after = _files(lower)
+    explained = [order for order in ((0, 1), (1, 0))
+                 if _replay(order, before, views, changed, landed, sides) == after]
+    assert explained, (f"no order of the commits explains the project: before {before}, "
+                       f"after {after}, landed {landed}, views {views}")
+    for i, s in enumerate(sides):
+        if landed[i]:
+            s.based, s.snaps = {}, []
+
+
+def _replay(order: tuple[int, int], before: dict[str, str | None],
+            views: list[dict[str, str | None]], changed: list[set[str]],
+            landed: list[bool], sides: list[Side]) -> dict[str, str | None] | None:
+    """The project after the landed commits in `order`, or None where one
+    would have overwritten a project edit its session was not based on."""
+    state = dict(before)
+    for i in order:
+        if not landed[i]:
+            continue
+        for path in changed[i]:
+            if views[i][path] == state[path]:
+                continue
+            if path not in sides[i].based or sides[i].based[path] != state[path]:
+                return None
+            state[path] = views[i][path]
+    return state
+
+
 def _run(sides: list[Side], lower: Path, steps: list[tuple[object, ...]]) -> None:
     for step in steps:
         kind = str(step[0])
-        if kind == "user_write":
+        if kind == "commit_both":
+            _commit_both(sides, lower)
+        elif kind == "user_write":
             (lower / str(step[1])).write_text(f"user {next(_words)}\n")
         elif kind == "user_rm":
             (lower / str(step[1])).unlink(missing_ok=True)
@@ -166,15 +233,15 @@ def _run(sides: list[Side], lower: Path, steps: list[tuple[object, ...]]) -> Non
         else:
             s = sides[int(str(step[1]))]
             if kind == "snapshot":
-                snapshot(s.session)
+                snapshot(s.session, mount=s.link)
                 s.snaps.append(dict(s.based))
             elif kind == "rollback" and s.snaps:
                 # (only to a snapshot taken since the session's last commit or discard)
-                rollback(s.session, str(_last_number(s.session, len(s.snaps))))
+                rollback(s.session, str(_last_number(s.session, len(s.snaps))), mount=s.link)
                 s.based = dict(s.snaps[-1])
             elif kind == "discard":
                 try:
-                    discard(s.session, [str(step[2])])
+                    discard(s.session, [str(step[2])], mount=s.link)
                 except Exception as e:  # no change there: a usage error, nothing done
                     assert "no change at" in str(e)
                     continue
@@ -187,9 +254,10 @@ def _run(sides: list[Side], lower: Path, steps: list[tuple[object, ...]]) -> Non
             elif kind == "resolve_ours":
                 # knowingly keep the session's versions: the project as it is
                 # now is what they are based on from here on
-                conflicts = [c.path for c in session_changes(s.session) if c.conflict]
+                conflicts = [c.path for c in session_changes(s.session, s.link)
+                             if c.conflict]
                 if conflicts:
-                    resolve(s.session, [], "ours")
+                    resolve(s.session, [], "ours", s.link)
                     now = _files(lower)
                     for p in conflicts:
                         if p in s.based:
@@ -197,7 +265,7 @@ def _run(sides: list[Side], lower: Path, steps: list[tuple[object, ...]]) -> Non
                     s.snaps = []
             elif kind == "update":
                 now = _files(lower)
-                merged = [o.path for o in update(s.session, [])
+                merged = [o.path for o in update(s.session, [], s.link)
                           if o.result in ("merged", "markers")]
                 for p in merged:
                     s.based[p] = now[p]

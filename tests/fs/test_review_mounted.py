@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from astrid_fs.cli.daemonlink import DaemonLink
 from astrid_fs.errors import ConflictError
 from astrid_fs.review import diffview
 from astrid_fs.review.commit import commit, session_changes
@@ -36,21 +37,21 @@ def test_commit_while_mounted(mount_session: MountFactory, tmp_path: Path) -> No
     mnt = mounted.mnt
     edit_through(mnt)
     want = tree_state(mnt, mtimes=True)
-    lines = set(diffview.porcelain(session_changes(session)).splitlines())
+    lines = set(diffview.porcelain(session_changes(session, DaemonLink(session))).splitlines())
     assert "R  mv_me.txt -> src/moved.txt" in lines  # origin turns add+delete into a rename
     assert "R  old -> renamed/" in lines
-    commit(session, ["src", "renamed"])
+    commit(session, ["src", "renamed"], mount=DaemonLink(session))
     assert_same_tree(tree_state(mnt, mtimes=True), want)
-    commit(session, [])
+    commit(session, [], mount=DaemonLink(session))
     assert_same_tree(tree_state(session.lower, mtimes=True), want)
     assert_same_tree(tree_state(mnt, mtimes=True), want)
-    assert session_changes(session) == []
+    assert session_changes(session, DaemonLink(session)) == []
     # the agent goes on working over the new lower
     (mnt / "renamed" / "x.txt").write_text("after commit\n")
-    assert [diffview.porcelain_line(c) for c in session_changes(session)] == [
+    assert [diffview.porcelain_line(c) for c in session_changes(session, DaemonLink(session))] == [
         "M  renamed/x.txt"]
     assert (session.lower / "renamed" / "x.txt").read_text() == "x changed\n"
-    commit(session, [])
+    commit(session, [], mount=DaemonLink(session))
     assert (mnt / "renamed" / "x.txt").read_text() == "after commit\n"
 
 
@@ -59,10 +60,10 @@ def test_conflict_seen_through_origin(mount_session: MountFactory, tmp_path: Pat
     with open(mounted.mnt / "src" / "util.py", "a") as f:
         f.write("# agent\n")
     (session.lower / "src" / "util.py").write_text("def f():\n    return 2\n")
-    changes = session_changes(session)
+    changes = session_changes(session, DaemonLink(session))
     assert [diffview.porcelain_line(c) for c in changes] == ["M! src/util.py"]
     with pytest.raises(ConflictError):
-        commit(session, [])
+        commit(session, [], mount=DaemonLink(session))
     assert (session.lower / "src" / "util.py").read_text() == "def f():\n    return 2\n"
 
 
@@ -71,17 +72,17 @@ def test_discard_and_rollback_while_mounted(mount_session: MountFactory,
     mounted, session = _mounted(mount_session, tmp_path)
     mnt = mounted.mnt
     (mnt / "src" / "main.py").write_text("v1\n")
-    snapshot(session, "v1")
+    snapshot(session, "v1", mount=DaemonLink(session))
     (mnt / "src" / "main.py").write_text("v2 longer\n")
     os.unlink(mnt / "gone.txt")
     (mnt / "extra.txt").write_text("extra\n")
-    rollback(session, "v1")
+    rollback(session, "v1", mount=DaemonLink(session))
     assert (mnt / "src" / "main.py").read_text() == "v1\n"
     assert (mnt / "gone.txt").read_text() == "delete me\n"
     assert not (mnt / "extra.txt").exists()
-    discard(session, ["src/main.py"])
+    discard(session, ["src/main.py"], mount=DaemonLink(session))
     assert (mnt / "src" / "main.py").read_text() == "print('hello')\n"
-    assert session_changes(session) == []
+    assert session_changes(session, DaemonLink(session)) == []
 
 
 def test_pure_file_rename_is_a_rename_in_the_lower(mount_session: MountFactory,
@@ -92,10 +93,10 @@ def test_pure_file_rename_is_a_rename_in_the_lower(mount_session: MountFactory,
     os.rename(mounted.mnt / "gone.txt", mounted.mnt / "docs" / "edited.txt")
     with open(mounted.mnt / "docs" / "edited.txt", "a") as f:
         f.write("more\n")
-    lines = [diffview.porcelain_line(c) for c in session_changes(session)]
+    lines = [diffview.porcelain_line(c) for c in session_changes(session, DaemonLink(session))]
     assert lines == ["R  gone.txt -> docs/edited.txt", "R  mv_me.txt -> docs/moved.txt"]
     want = tree_state(mounted.mnt, mtimes=True)
-    commit(session, [])
+    commit(session, [], mount=DaemonLink(session))
     assert os.stat(session.lower / "docs" / "moved.txt").st_ino == ino
     assert (session.lower / "docs" / "edited.txt").read_text() == "delete me\nmore\n"
     assert_same_tree(tree_state(session.lower, mtimes=True), want)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tests.fs.s3_fixture import ACCESS_KEY, S3Target, s3, s3_server  # noqa: F40
 from tests.support.mounts import MountedSession
 
 Mount = Callable[..., MountedSession]
+LINES = "".join(f"line {i}\n" for i in range(1, 8))
 
 
 @pytest.fixture
@@ -29,6 +31,8 @@ def mounted(s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     s3.put("data/edit.csv", b"a,b\n1,2\n")
     s3.put("data/gone.csv", b"x\ny\n")
     s3.put("data/old-name.csv", b"moved\n")
+    for key in ("data/saved.txt", "data/appended.txt", "data/both.txt"):
+        s3.put(key, LINES.encode())
     lower = tmp_path / "project"
     (lower / "mnt").mkdir(parents=True)
     table = tmp_path / "mounts.toml"
@@ -87,3 +91,52 @@ def test_a_symlink_under_s3_is_stored_as_rclone_does(mounted: MountedSession,
     os.unlink(data / "link")
     s.cli("commit", s.name, "mnt/s3/data/link")
     assert "data/link.rclonelink" not in set(s3.keys())
+
+
+def _conflicts(s: MountedSession) -> set[str]:
+    return {c["path"] for c in json.loads(s.cli("diff", s.name, "--json").stdout)
+            if c["conflict"]}
+
+
+def test_merge_and_update_against_the_bucket(mounted: MountedSession, s3: S3Target) -> None:
+    """Gap: S3 objects the session changed and the user changed in the
+    bucket merge three-way against the base object the overlay kept when
+    it copied them up (`resolve --merge`, `update`); the commit then writes
+    the merged objects. An editor's save over an object the mount never
+    fetched whole keeps no base (hiding never waits for the network): its
+    merge falls back to git's markers around both sides, losing nothing."""
+    s = mounted
+    data = s.mnt / "mnt" / "s3" / "data"
+    with open(data / "appended.txt", "a") as f:  # a copy-up
+        f.write("line 8 by the session\n")
+    with open(data / "both.txt", "r+") as f:  # a copy-up, rewritten in place
+        f.write(LINES.replace("line 2\n", "line 2 by the session\n"))
+    subprocess.run(["sed", "-i", "s/^line 1$/line 1 by the session/", str(data / "saved.txt")],
+                   check=True)
+    s3.put("data/appended.txt", LINES.replace("line 1\n", "line 1 by the user\n").encode())
+    s3.put("data/both.txt", LINES.replace("line 6\n", "line 6 by the user\n").encode())
+    s3.put("data/saved.txt", LINES.replace("line 7\n", "line 7 by the user\n").encode())
+    kept = s.root / "base-content" / "mnt" / "s3" / "data"
+    assert (kept / "appended.txt").read_text() == LINES
+    assert (kept / "both.txt").read_text() == LINES
+    assert {"mnt/s3/data/saved.txt", "mnt/s3/data/appended.txt",
+            "mnt/s3/data/both.txt"} <= _conflicts(s)
+    done = s.cli("resolve", s.name, "mnt/s3/data/both.txt", "--merge")
+    assert done.stdout.startswith("merged")
+    both = LINES.replace("line 2\n", "line 2 by the session\n").replace(
+        "line 6\n", "line 6 by the user\n")
+    assert (data / "both.txt").read_text() == both
+    done = s.cli("update", s.name, check=False)
+    assert done.returncode == 3  # saved.txt: markers
+    results = {line.split()[1].rstrip(":"): line.split()[0] for line in done.stdout.splitlines()}
+    assert results == {"mnt/s3/data/appended.txt": "merged", "mnt/s3/data/saved.txt": "markers"}
+    appended = LINES.replace("line 1\n", "line 1 by the user\n") + "line 8 by the session\n"
+    assert (data / "appended.txt").read_text() == appended
+    markers = (data / "saved.txt").read_text()
+    assert "line 1 by the session\n" in markers and "line 7 by the user\n" in markers
+    assert "<<<<<<< session\n" in markers
+    assert _conflicts(s) == {"mnt/s3/data/saved.txt"}
+    s.cli("commit", s.name, "mnt/s3/data/both.txt", "mnt/s3/data/appended.txt")
+    assert s3.get("data/both.txt") == both.encode()
+    assert s3.get("data/appended.txt") == appended.encode()
+    assert not (kept / "both.txt").exists()  # landed: its base content goes

@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import pytest
-
 from astrid_fs.errors import MountError
-from astrid_fs.fuse import control
 from astrid_fs.overlay.whiteout import make_whiteout
 from astrid_fs.review.commit import commit
 from astrid_fs.review.journal import CRASH_ENV, CRASH_EXIT
+from astrid_fs.review.mountlink import Unmounted
 from astrid_fs.session import Session
 from tests.support.mounts import MountedSession, run_cli
 
@@ -77,20 +75,23 @@ def test_interrupted_commit_is_named(session: Session, home: Path, lower: Path) 
                       env={CRASH_ENV: "6"})
     assert crashed.returncode == CRASH_EXIT
     row = _row(home)
-    assert row["interrupted"] and str(row["interrupted"][0]).startswith("commit ")
+    interrupted = row["interrupted"]
+    assert isinstance(interrupted, list) and str(interrupted[0]).startswith("commit ")
     assert "interrupted commit" in run_cli("status", home=home).stdout
     run_cli("diff", session.name, home=home)  # the next command finishes it
     assert _row(home)["interrupted"] == []
 
 
 def test_a_landed_commit_is_not_reported_failed_when_the_mount_cannot_be_told(
-        session: Session, lower: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        session: Session, lower: Path) -> None:
     (session.upper / "a.txt").write_text("a\n")
 
-    def no_answer(s: Session, paths: object = None) -> None:
-        raise MountError(f"session {s.name}: control socket: timed out")
+    class Silent(Unmounted):
+        """A mount whose daemon does not answer the invalidation."""
 
-    monkeypatch.setattr(control, "notify_changed", no_answer)
-    result = commit(session, [])
+        def changed(self, paths: Iterable[str] | None) -> None:
+            raise MountError(f"session {session.name}: control socket: timed out")
+
+    result = commit(session, [], mount=Silent())
     assert (lower / "a.txt").read_text() == "a\n"
     assert result.warning is not None and "committed, but" in result.warning

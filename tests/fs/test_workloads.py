@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from astrid_fs.cli.daemonlink import DaemonLink
 from astrid_fs.fuse.control import request
 from astrid_fs.review.commit import commit
 from astrid_fs.session import open_session
@@ -117,7 +118,7 @@ def test_open_files_survive_commit(mount_session: MountFactory, tmp_path: Path) 
     reader = open(mounted.mnt / "new.txt", "rb")  # noqa: SIM115
     writer = open(mounted.mnt / "old.txt", "r+b")  # noqa: SIM115
     try:
-        commit(session, [])
+        commit(session, [], mount=DaemonLink(session))
         assert (lower / "new.txt").read_text() == "new\n"
         assert (lower / "old.txt").read_text() == "old\nedited\n"
         # ENOENT on all three before the fix.
