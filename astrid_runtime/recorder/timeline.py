@@ -57,6 +57,7 @@ class Timeline:
     def snapshot(self, seq: int, plugin: str) -> str | None:
         """Snapshot the session now as `bus-SEQ` (`bus-SEQ-PLUGIN` when two plugins
         wrote for one event); its name, or None when astrid-fs refused (logged)."""
+        from astrid_fs.cli.daemonlink import DaemonLink
         from astrid_fs.errors import AstridFsError
         from astrid_fs.review.snapshot import snapshot
         from astrid_fs.session import open_session
@@ -66,7 +67,7 @@ class Timeline:
                 session = open_session(self.session, self.home)
                 for name in (f"bus-{seq}", f"bus-{seq}-{plugin}"):
                     try:
-                        return snapshot(session, name).name
+                        return snapshot(session, name, mount=DaemonLink(session)).name
                     except AstridFsError as e:
                         if "already has a snapshot" not in str(e):
                             raise

@@ -13,6 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from astrid_fs.cli.daemonlink import DaemonLink
 from astrid_fs.review.commit import commit, session_changes
 from astrid_fs.session import create_or_open_session, open_session
 from tests.fs.kernel_overlay import kernel_overlay, require_root
@@ -121,13 +122,14 @@ def test_random_edits_through_astrid_fs_then_commits_while_mounted(
                 apply(mnt, step)
             view = tree_state(mnt, mtimes=True)
             session = open_session("fm", root / "home")
-            paths = sorted({c.path for c in session_changes(session)})
+            link = DaemonLink(session)
+            paths = sorted({c.path for c in session_changes(session, link)})
             if paths:
                 part = data.draw(st.lists(st.sampled_from(paths), max_size=3, unique=True))
                 if part:
-                    commit(session, part)
+                    commit(session, part, mount=link)
                     assert_same_tree(tree_state(mnt, mtimes=True), view)
-            commit(session, [])
+            commit(session, [], mount=link)
             assert_same_tree(tree_state(mnt, mtimes=True), view)
             assert_same_tree(tree_state(lower, mtimes=True), view)
         finally:
