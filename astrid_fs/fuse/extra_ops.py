@@ -211,5 +211,10 @@ def register(ops: FuseOps) -> Registration | None:
     extra = ExtraOps(ops)
     callbacks = (LSEEK_CB(extra.lseek), FALLOCATE_CB(extra.fallocate),
                  COPY_CB(extra.copy_file_range))
-    ctypes.CDLL(None).astrid_fuse_set_extra_ops(*callbacks)
+    shim = ctypes.CDLL(None)
+    shim.astrid_fuse_set_extra_ops(*callbacks)
+    # O_TMPFILE (shim part 8): only with no_open, where the unnamed file's
+    # fd is the inode's own (FuseOps.create) rather than a handle.
+    if ops.no_open and hasattr(shim, "astrid_fuse_enable_tmpfile"):
+        shim.astrid_fuse_enable_tmpfile()
     return Registration(extra, callbacks)

@@ -37,7 +37,7 @@ from astrid_fs.fuse.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_INODE, FH_KEEP_CA
 from astrid_fs.overlay.files import OpenFiles
 from astrid_fs.overlay.inodes import Node
 from astrid_fs.overlay.layers import StatLike
-from astrid_fs.overlay.overlay import Overlay, SetAttr
+from astrid_fs.overlay.overlay import TMPFILE_NAME, Overlay, SetAttr
 
 log = logging.getLogger("astrid_fs.fuse")
 
@@ -162,8 +162,11 @@ class FuseOps(pyfuse3.Operations):
 
     @fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
-        await self._fetch(self.ov.fetch_for(self.table.get(inode), data=True))
-        return self._entry(*self.ov.link(inode, new_parent_inode, new_name))
+        node = self.table.get(inode)
+        await self._fetch(self.ov.fetch_for(node, data=True))
+        nameless = None if self.ov.has_name(node) else self.files.peek(inode)  # O_TMPFILE
+        source = nameless.fd if nameless is not None and nameless.in_upper else None
+        return self._entry(*self.ov.link(inode, new_parent_inode, new_name, source))
 
     def _keep_reachable(self, parent_inode: int, name: bytes) -> None:
         """Before an entry loses a name: if the kernel may hold the file
@@ -221,6 +224,11 @@ class FuseOps(pyfuse3.Operations):
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> Any:
+        if name == TMPFILE_NAME:  # open(dir, O_TMPFILE): shim part 8
+            node, st, fd = self.ov.tmpfile(parent_inode, mode, owner(ctx))
+            self.files.adopt(node, fd)
+            self.files.keep_reachable(node, st)  # its only name is this fd
+            return pyfuse3.FileInfo(fh=0), self._entry(node, st)
         node, st, fd = self.ov.create(parent_inode, name, mode, flags, owner(ctx))
         keep = self.cache.keep_pages(node.ino, st)
         if self.no_open:

@@ -110,6 +110,14 @@ class InodeTable:
                 node.links.insert(0, link)
         return node
 
+    def nameless(self, ino: int, st: StatLike) -> Node:
+        """A regular file that has no name yet (O_TMPFILE), looked up once
+        by the reply that hands it to the kernel."""
+        node = Node(ino, False, None, True, orphan_st=st)
+        self._nodes[ino] = node
+        node.lookups = 1
+        return node
+
     def add_lookup(self, node: Node, count: int = 1) -> None:
         node.lookups += count
 

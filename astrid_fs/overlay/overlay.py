@@ -12,12 +12,18 @@ import os
 import stat
 from dataclasses import dataclass
 
+from astrid_fs.overlay.copyup import temp_name
 from astrid_fs.overlay.core import STRIP_FLAGS, WRITE_FLAGS, err
-from astrid_fs.overlay.inodes import Node
+from astrid_fs.overlay.inodes import Node, upper_only_ino
 from astrid_fs.overlay.layers import Reader, StatLike
 from astrid_fs.overlay.namespace import Namespace, Owner
+from astrid_fs.overlay.syscalls import link_open_file
 
-__all__ = ["Overlay", "Owner", "SetAttr"]
+__all__ = ["TMPFILE_NAME", "Overlay", "Owner", "SetAttr"]
+
+#: The name a FUSE CREATE carries for open(dir, O_TMPFILE) (fuse_shim.c part
+#: 8): a tmpfile dentry is called "/", which no directory entry can be.
+TMPFILE_NAME = b"/"
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,44 @@ class SetAttr:
 
 class Overlay(Namespace):
     """Copy-on-write operations over `layers`, keyed by overlay inode number."""
+
+    # ---- O_TMPFILE ------------------------------------------------------------
+
+    def tmpfile(self, parent_ino: int, mode: int, owner: Owner) -> tuple[Node, StatLike, int]:
+        """open(dir, O_TMPFILE): an unnamed file in the upper copy of the
+        directory, returned with its (only) fd. It has no name until a
+        `link` from that fd; closed unlinked, it is gone, as on ext4."""
+        parent = self.table.get(parent_ino)
+        if not parent.is_dir:
+            raise err(errno.ENOTDIR)
+        pupper = self.copy_up(parent)
+        uid, gid, _ = self._owner_of_new(pupper, owner)
+        fd = os.open(pupper, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, stat.S_IMODE(mode))
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, stat.S_IMODE(mode))
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        node = self.table.nameless(upper_only_ino(st.st_ino), st)
+        return node, st, fd
+
+    def link(self, ino: int, parent_ino: int, name: bytes,
+             source_fd: int | None = None) -> tuple[Node, StatLike]:
+        """A new name for `ino`; `source_fd` is the open upper file of one
+        that has no name yet (O_TMPFILE), linked from its fd."""
+        if source_fd is None:
+            return super().link(ino, parent_ino, name)
+        parent = self.table.get(parent_ino)
+        upath, plan = self._new_entry_path(parent, name)
+        if plan.over_whiteout:
+            tmp = temp_name(self.tmp)
+            link_open_file(source_fd, tmp)
+            os.rename(tmp, upath)
+        else:
+            link_open_file(source_fd, upath)
+        return self._finish_new(parent_ino, name)
 
     # ---- attributes and data ----------------------------------------------
 

@@ -27,3 +27,15 @@ def renameat2(src: bytes, dst: bytes, flags: int) -> None:
     if _renameat2(AT_FDCWD, src, AT_FDCWD, dst, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), os.fsdecode(src), None, os.fsdecode(dst))
+
+
+def link_open_file(fd: int, dst: bytes) -> None:
+    """Give the open file `fd` the name `dst` (an O_TMPFILE file too):
+    linkat(2) of /proc/self/fd/FD with AT_SYMLINK_FOLLOW. (os.link calls
+    plain link(2), which would link the /proc symlink itself, unless a dir
+    fd is given: hence the one for "/", which absolute paths ignore.)"""
+    root = os.open("/", os.O_PATH | os.O_CLOEXEC)
+    try:
+        os.link(f"/proc/self/fd/{fd}", dst, src_dir_fd=root, follow_symlinks=True)
+    finally:
+        os.close(root)

@@ -1,5 +1,5 @@
 """Sparse files and modern I/O through the mount (issue 9, item 7): SEEK_DATA /
-SEEK_HOLE, fallocate modes, copy_file_range and O_TMPFILE, each compared with
+SEEK_HOLE, fallocate modes and copy_file_range (O_TMPFILE: test_tmpfile.py), each compared with
 what the upper filesystem (ext4, a plain directory beside the session) does.
 
 These need the FUSE shim at version 5 (scripts/setup.sh builds it): pyfuse3
@@ -372,22 +372,6 @@ def test_remote_files_have_no_holes_and_copy_through_the_kernel(
     assert (s.mnt / "copy").read_bytes() == body
     assert not (s.upper / "mnt" / "s3" / "data" / "blob").exists()
     assert s3.get("data/blob") == body
-
-
-# ---- O_TMPFILE ----------------------------------------------------------------
-
-
-def test_o_tmpfile_is_not_supported(mount_session: Mount) -> None:
-    # libfuse 3.14 (Debian 12) has no FUSE_TMPFILE op and answers ENOSYS,
-    # which the kernel turns into EOPNOTSUPP for the rest of the mount; see
-    # docs/astrid-fs.md. Callers (mkstemp-style code, systemd, some editors)
-    # fall back to a named temporary file on EOPNOTSUPP.
-    s = mount_session()
-    for _ in range(2):
-        with pytest.raises(OSError) as e:
-            os.open(s.mnt, os.O_TMPFILE | os.O_RDWR, 0o600)
-        assert e.value.errno == errno.EOPNOTSUPP
-    assert list(s.mnt.iterdir()) == []
 
 
 # ---- the callbacks without a mount ----------------------------------------------

@@ -876,3 +876,42 @@ struct fuse_session *fuse_session_new_versioned(struct fuse_args *args,
     return pt_session;
 }
 #endif
+
+/*
+ * 8. O_TMPFILE. The kernel sends open(dir, O_TMPFILE) as FUSE_TMPFILE
+ *    (opcode 51), a request laid out exactly as FUSE_CREATE (create_in,
+ *    then the name, which for a tmpfile dentry is "/") and answered exactly
+ *    as CREATE (entry_out + open_out). libfuse 3.14 has no handler for it,
+ *    so it would answer ENOSYS and the kernel would say EOPNOTSUPP for the
+ *    rest of the mount. Once the daemon says it understands (astrid_fuse_
+ *    enable_tmpfile, before it mounts), the wrapped fuse_session_process_buf
+ *    renames the opcode to CREATE; the daemon's create sees the name "/",
+ *    which no real entry can have, and makes an unnamed upper file
+ *    (overlay/namespace.py, Namespace.tmpfile). A later linkat(fd, "",
+ *    AT_EMPTY_PATH) arrives as an ordinary LINK of that inode.
+ */
+#define ASTRID_FUSE_TMPFILE 51
+#define ASTRID_FUSE_CREATE 35
+
+static volatile int tmpfile_on;
+
+void astrid_fuse_enable_tmpfile(void) { tmpfile_on = 1; }
+
+typedef void (*process_buf_fn)(struct fuse_session *, const struct fuse_buf *);
+
+void fuse_session_process_buf(struct fuse_session *se, const struct fuse_buf *buf)
+{
+    static process_buf_fn real;
+    if (!real)
+        real = (process_buf_fn)libfuse_symbol("fuse_session_process_buf");
+    if (tmpfile_on && !(buf->flags & FUSE_BUF_IS_FD) && buf->size >= 8) {
+        /* struct fuse_in_header: uint32_t len, then uint32_t opcode. */
+        uint32_t opcode;
+        memcpy(&opcode, (char *)buf->mem + 4, sizeof opcode);
+        if (opcode == ASTRID_FUSE_TMPFILE) {
+            opcode = ASTRID_FUSE_CREATE;
+            memcpy((char *)buf->mem + 4, &opcode, sizeof opcode);
+        }
+    }
+    real(se, buf);
+}
