@@ -30,6 +30,14 @@ the only globals a chunk may name are those three value classes, so a
 tampered store (a shared SurrealDB server) cannot make `astrid log` run
 code; anything else is refused as a corrupt chunk.
 
+The GIL. The SDK's blocking embedded connection holds the GIL for the whole
+of a query, commit and fsync included (measured: a Python thread beside a
+writer got half its work done, with stalls of 40-70 ms); every guest thread
+and the trio loop would stop for each flush. Its async connection runs the
+query on the engine's own threads and releases the GIL while it waits (the
+same thread did 3-4 times the work), so the store drives that one, with a
+private asyncio loop, from whichever thread calls it (one at a time: the lock).
+
 Layout: table `chunk`, record ids `chunk:[n]` (n counts writes), fields
 `n`, `ev_lo`/`ev_hi` (seq bounds of its events, -1 when none), `call_lo`/
 `call_hi` (of its calls), `events` (count) and `blob`: zlib(pickle((events,
@@ -38,6 +46,7 @@ calls))), rows as `Rows` describes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import fcntl
 import io
@@ -45,15 +54,23 @@ import os
 import pickle
 import threading
 import zlib
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from surrealdb import BlockingEmbeddedSurrealConnection, RecordID, Surreal
+from surrealdb import (
+    AsyncEmbeddedSurrealConnection,
+    AsyncSurreal,
+    AsyncWsSurrealConnection,
+    RecordID,
+)
 
 from astrid_runtime.abi.canon import Case, Err, Ok
 from astrid_runtime.errors import KernelError
 from astrid_runtime.recorder.values import encode
+
+_T = TypeVar("_T")
 
 _Q_META: Final = "SELECT n, ev_lo, ev_hi, call_lo, call_hi, events FROM chunk"
 _Q_WRITE: Final = ("CREATE $r CONTENT {n: $n, ev_lo: $ev_lo, ev_hi: $ev_hi, call_lo: $call_lo, "
@@ -210,13 +227,15 @@ class RecordingStore:
             os.environ["SURREAL_SYNC_DATA"] = "true"
         if scheme in ("surrealkv", "file"):
             self._lock_fd = _take_lock(Path(rest))
+        self._loop = asyncio.new_event_loop()
         try:
-            db: Any = Surreal(url)
-            if isinstance(db, BlockingEmbeddedSurrealConnection):
-                db.connect()
-            db.use("astrid", "recording")
-            rows = db.query(_Q_META) or []
+            db: Any = AsyncSurreal(url)
+            if isinstance(db, AsyncEmbeddedSurrealConnection | AsyncWsSurrealConnection):
+                self._run(db.connect())
+            self._run(db.use("astrid", "recording"))
+            rows = self._run(db.query(_Q_META)) or []
         except Exception as e:
+            self._loop.close()
             self._release()
             raise RecordingError(f"cannot open the recording {url}: {e}") from e
         self._db = db
@@ -292,17 +311,24 @@ class RecordingStore:
                 return
             self._closed = True
             try:
-                self._db.close()
+                self._run(self._db.close())
             finally:
+                self._loop.close()
                 self._release()
 
     def _check_open(self) -> None:
         if self._closed:
             raise RecordingError(f"the recording {self.url} is closed")
 
+    def _run(self, step: Coroutine[Any, Any, _T]) -> _T:
+        """Run one SDK call to its end in this thread, the GIL released while the
+        engine works (see the module docstring). Callers hold `_lock` (or own the
+        store, while opening it)."""
+        return self._loop.run_until_complete(step)
+
     def _query(self, text: str, params: dict[str, Any]) -> Any:
         try:
-            return self._db.query(text, params)
+            return self._run(self._db.query(text, params))
         except Exception as e:
             raise RecordingError(f"recording {self.url}: {type(e).__name__}: {e}") from e
 

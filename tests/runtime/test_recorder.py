@@ -119,9 +119,9 @@ def test_a_tampered_chunk_cannot_run_code(tmp_path: Path) -> None:
     store = RecordingStore(f"surrealkv://{tmp_path / 'rec'}")
     try:
         blob = zlib.compress(pickle.dumps(([(1, 0.0, "x", "c", None, b"", [])], [_Evil()])))
-        store._db.query("CREATE $r CONTENT {n: 1, ev_lo: 1, ev_hi: 1, call_lo: 1, "
-                        "call_hi: 1, events: 1, blob: $b}", {"r": RecordID("chunk", [1]),
-                                                             "b": blob})
+        store._query("CREATE $r CONTENT {n: 1, ev_lo: 1, ev_hi: 1, call_lo: 1, "
+                     "call_hi: 1, events: 1, blob: $b}", {"r": RecordID("chunk", [1]),
+                                                          "b": blob})
         with pytest.raises(RecordingError, match=r"may not name os\.getenv"):
             store.read()
     finally:
