@@ -37,10 +37,13 @@ from astrid_fs.drivers.base import (
 )
 from astrid_fs.drivers.readahead import MIB
 
-BLOCK = 256 * 1024  # small: a cold first read fetches little (read-ahead streams the rest)
+# Small: a cold first read fetches little (read-ahead streams the rest); a read
+# of many blocks is one inner read and one lock acquisition, not one per block.
+BLOCK = 64 * 1024
 # A cached block: a memoryview into the buffer one inner read returned (no
 # copy per block; the blocks of one read share it and account for all of it).
 Block = memoryview
+Key = tuple[str, str, int]  # (path, ETag, block index)
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,9 @@ class CachingDriver(DelegatingDriver):
         self._lock = threading.Lock()
         self._stats: OrderedDict[str, tuple[float, EntryStat | None]] = OrderedDict()
         self._lists: OrderedDict[str, tuple[float, _Listing]] = OrderedDict()
-        self._blocks: OrderedDict[tuple[str, str, int], Block] = OrderedDict()
+        self._blocks: OrderedDict[Key, Block] = OrderedDict()
         self._block_bytes = 0
-        self._inflight: dict[tuple[str, str, int], cf.Future[Block]] = {}
+        self._inflight: dict[Key, cf.Future[Block]] = {}
         self.counters = CacheStats()
 
     # ---- metadata -----------------------------------------------------------------
@@ -173,48 +176,50 @@ class CachingDriver(DelegatingDriver):
                                           else None)
         return _CachedReader(self, rel, st)
 
-    def _block_get(self, key: tuple[str, str, int]) -> Block | None:
+    def _lookup(self, keys: list[Key]) -> tuple[list[Block | cf.Future[Block]], list[int]]:
+        """For each key its cached block, or the future of its fetch; and the
+        indexes of the fetches the caller now owns (it must `_release` them).
+        One lock for all: a read of many blocks costs one acquisition."""
+        found: list[Block | cf.Future[Block]] = []
+        mine: list[int] = []
         with self._lock:
-            block = self._blocks.get(key)
-            if block is not None:
-                self._blocks.move_to_end(key)
-                self.counters.data_hits += 1
-            else:
+            for i, key in enumerate(keys):
+                block = self._blocks.get(key)
+                if block is not None:
+                    self._blocks.move_to_end(key)
+                    self.counters.data_hits += 1
+                    found.append(block)
+                    continue
                 self.counters.data_misses += 1
-            return block
+                running = self._inflight.get(key)
+                if running is None:
+                    running = cf.Future()
+                    self._inflight[key] = running
+                    mine.append(i)
+                found.append(running)
+        return found, mine
 
-    def _block_put(self, key: tuple[str, str, int], block: Block) -> None:
+    def _release(self, done: list[tuple[Key, cf.Future[Block], Block | None]],
+                 error: BaseException | None = None) -> None:
+        """Cache the fetched blocks (None: failed with `error`) and wake their waiters."""
         with self._lock:
-            old = self._blocks.pop(key, None)
-            if old is not None:
-                self._block_bytes -= len(old)
-            self._blocks[key] = block
-            self._block_bytes += len(block)
+            for key, _future, block in done:
+                self._inflight.pop(key, None)
+                if block is None:
+                    continue
+                old = self._blocks.pop(key, None)
+                if old is not None:
+                    self._block_bytes -= len(old)
+                self._blocks[key] = block
+                self._block_bytes += len(block)
             while self._block_bytes > self.config.data_bytes and self._blocks:
                 _, dropped = self._blocks.popitem(last=False)
                 self._block_bytes -= len(dropped)
-
-    def _claim(self, key: tuple[str, str, int]) -> tuple[bool, cf.Future[Block]]:
-        """(True, new future) if the caller must fetch `key`, else (False, the
-        future of the fetch already under way)."""
-        with self._lock:
-            running = self._inflight.get(key)
-            if running is not None:
-                return False, running
-            future: cf.Future[Block] = cf.Future()
-            self._inflight[key] = future
-            return True, future
-
-    def _release(self, key: tuple[str, str, int], future: cf.Future[Block],
-                 block: Block | None, error: BaseException | None) -> None:
-        if block is not None:
-            self._block_put(key, block)
-        with self._lock:
-            self._inflight.pop(key, None)
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(block if block is not None else memoryview(b""))
+        for _key, future, block in done:
+            if block is None:
+                future.set_exception(error or RuntimeError("block fetch failed"))
+            else:
+                future.set_result(block)
 
     # ---- invalidation --------------------------------------------------------------
 
@@ -306,28 +311,17 @@ class _CachedReader:
             return b""
         bs = self._cache.config.block_size
         first, last = offset // bs, (end - 1) // bs
-        got: dict[int, Block | cf.Future[Block]] = {}
-        mine: dict[int, cf.Future[Block]] = {}
-        for index in range(first, last + 1):
-            key = (self._rel, self._etag, index)
-            block = self._cache._block_get(key)
-            if block is not None:
-                got[index] = block
-                continue
-            # Single flight: concurrent reads of one block (the kernel's
-            # read-ahead sends several) wait for one fetch.
-            claimed, future = self._cache._claim(key)
-            got[index] = future
-            if claimed:
-                mine[index] = future
+        keys = [(self._rel, self._etag, i) for i in range(first, last + 1)]
+        # Single flight: concurrent reads of one block (the kernel's read-ahead
+        # sends several) wait for one fetch.
+        got, mine = self._cache._lookup(keys)
         if mine:
-            whole = self._fetch_runs(mine, got)
-            if (whole is not None and len(mine) == last - first + 1
+            whole = self._fetch_runs(keys, got, mine)
+            if (whole is not None and len(mine) == len(keys)
                     and first * bs == offset and len(whole) == end - offset):
                 return whole  # one miss that is exactly the read: no copy
         parts: list[Block] = []
-        for index in range(first, last + 1):
-            item = got[index]
+        for index, item in zip(range(first, last + 1), got, strict=True):
             block = item if isinstance(item, memoryview) else \
                 item.result(timeout=self._cache.config.wait_timeout_s)
             lo = max(offset - index * bs, 0)
@@ -337,33 +331,31 @@ class _CachedReader:
                 break
         return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
 
-    def _fetch_runs(self, mine: dict[int, cf.Future[Block]],
-                    got: dict[int, Block | cf.Future[Block]]) -> bytes | None:
-        """Fetch the claimed blocks, one inner read per contiguous run, cache
-        them and put them in `got`. Every claim is released, on error too.
-        Returns the buffer when there was a single run."""
+    def _fetch_runs(self, keys: list[Key], got: list[Block | cf.Future[Block]],
+                    mine: list[int]) -> bytes | None:
+        """Fetch the claimed blocks (`mine`, indexes into `keys`), one inner read
+        per contiguous run; cache them and put them in `got`. Every claim is
+        released, on error too. Returns the buffer when there was a single run."""
         bs = self._cache.config.block_size
-        indexes = sorted(mine)
-        runs: list[list[int]] = [[indexes[0]]]
-        for index in indexes[1:]:
-            if index == runs[-1][-1] + 1:
-                runs[-1].append(index)
+        runs: list[list[int]] = [[mine[0]]]
+        for i in mine[1:]:
+            if i == runs[-1][-1] + 1:
+                runs[-1].append(i)
             else:
-                runs.append([index])
-        pending = dict(mine)
+                runs.append([i])
+        pending = {i: f for i in mine if isinstance(f := got[i], cf.Future)}
         buffer: bytes | None = None
         try:
             for run in runs:
-                buffer = self._reader().pread(len(run) * bs, run[0] * bs)
+                buffer = self._reader().pread(len(run) * bs, keys[run[0]][2] * bs)
                 view = memoryview(buffer)
-                for i, index in enumerate(run):
-                    block = view[i * bs:(i + 1) * bs]
-                    got[index] = block
-                    self._cache._release((self._rel, self._etag, index),
-                                         pending.pop(index), block, None)
+                done: list[tuple[Key, cf.Future[Block], Block | None]] = []
+                for n, i in enumerate(run):
+                    block = got[i] = view[n * bs:(n + 1) * bs]
+                    done.append((keys[i], pending.pop(i), block))
+                self._cache._release(done)
         except BaseException as e:
-            for index, future in pending.items():
-                self._cache._release((self._rel, self._etag, index), future, None, e)
+            self._cache._release([(keys[i], f, None) for i, f in pending.items()], e)
             raise
         return buffer if len(runs) == 1 else None
 

@@ -8,9 +8,12 @@ large object streams while the caller consumes it. Reads within one window
 of the stream position count as sequential too (concurrent readers, like
 the kernel's read-ahead through FUSE, arrive slightly out of order). Any other read is random:
 it fetches only what it needs (rounded up to `min_fetch`) and resets the
-window, so first-byte latency stays one small request: a read that misses
-fetches its own range first and starts the read-ahead only after, so the
-first byte never queues behind prefetches at the server.
+window, so first-byte latency stays one small request. The first read of a
+reader is random too: read-ahead starts with the second read that follows
+on, so opening a file to read its head (file(1), a header, `git` probing
+objects) costs one small GET and leaves no prefetches behind to slow the
+next file's first byte. A read that misses fetches its own range first and
+starts the read-ahead only after it.
 
 Buffered ranges ("segments") never overlap; each is a Future, so two threads
 that need the same range wait for one fetch. At most `max_buffer` bytes stay
@@ -46,9 +49,10 @@ MIB = 1024 * KIB
 
 @dataclass(frozen=True)
 class ReadAheadConfig:
-    """Tuning; defaults measured against s3rver here (4 MiB x 2-4 in flight was fastest)."""
+    """Tuning; defaults measured against s3rver here (4 MiB x 2-4 in flight was
+    fastest; a 64 KiB GET answers in about half the time of a 256 KiB one)."""
 
-    min_fetch: int = 256 * KIB
+    min_fetch: int = 64 * KIB
     max_window: int = 8 * MIB
     depth: int = 3
     max_buffer: int = 64 * MIB
@@ -87,7 +91,7 @@ class ReadAheadReader:
         self._cfg = config or ReadAheadConfig()
         self._lock = threading.Lock()
         self._segs: list[_Segment] = []
-        self._last_end = 0
+        self._last_end = -1  # no read yet: the first is never sequential
         self._window = self._cfg.min_fetch
         self._closed = False
         self.stats = ReadStats()
@@ -107,7 +111,8 @@ class ReadAheadReader:
                 raise err
             # Near the stream position counts as sequential: the kernel's async
             # read-ahead sends neighbouring reads from several threads, out of order.
-            sequential = abs(offset - self._last_end) <= self._cfg.max_window
+            sequential = self._last_end >= 0 and \
+                abs(offset - self._last_end) <= self._cfg.max_window
             self._window = min(self._window * 2, self._cfg.max_window) if sequential \
                 else self._cfg.min_fetch
             self._last_end = max(self._last_end, end) if sequential else end
