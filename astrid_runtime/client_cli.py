@@ -10,6 +10,7 @@
     astrid log [PATTERN] / show SEQ  the recorded bus; replay PLUGIN re-runs it (log_cli.py)
     astrid run [--lower DIR]         an agent session over DIR, typed at (run_cli.py)
     astrid mcp --session NAME        a session's tools served over MCP on stdio (mcp/cli.py)
+    astrid dashboard --session NAME  a session's kernel with a web dashboard (dashboard/cli.py)
     astrid approvals                 asks waiting for a person, standing approvals
     astrid approve ID [--session|--always] / deny ID [REASON] / revoke GRANT
 
@@ -31,6 +32,7 @@ from typing import Any
 from astrid_runtime import approval_cli, audit_cli, log_cli, run_cli
 from astrid_runtime.config import default_socket, defaults, load_config
 from astrid_runtime.control import ControlClient
+from astrid_runtime.dashboard import cli as dashboard_cli
 from astrid_runtime.errors import KernelError, KernelUnreachable, VerifyError
 from astrid_runtime.grants import DEFAULT_POLICY
 from astrid_runtime.install import describe, plan_install, precompile, refusal, wildcard_refusal
@@ -95,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     log_cli.add_parsers(sub)
     run_cli.add_parser(sub)
     mcp_cli.add_parser(sub)
+    dashboard_cli.add_parser(sub)
     return p
 
 
@@ -258,6 +261,7 @@ COMMANDS = {"publish": cmd_publish, "tail": cmd_tail, "status": cmd_status,
             "plugin": cmd_plugin,
             "run": run_cli.verb(_lockfile),
             "mcp": mcp_cli.verb(_lockfile),
+            "dashboard": dashboard_cli.verb(_lockfile),
             "audit": audit_cli.verb(),
             **log_cli.verbs(_socket, _lockfile),
             **approval_cli.verbs(_client)}

@@ -1,0 +1,126 @@
+"""`astrid dashboard`: a session's kernel with its web dashboard, for a browser.
+
+    astrid dashboard --session NAME [--lower DIR] [--port N] [--policy FILE]
+
+Mounts the session and boots the kernel as `astrid run` does
+(run_cli.session_kernel), then the kernel listens on 127.0.0.1 (`--port`,
+default any free port) and prints a login URL carrying a fresh token (also
+written, mode 0600, to $ASTRID_HOME/dashboard-SESSION.url). The browser shows
+the sessions and their diffs, the plugins, the live bus, and the pending
+asks with buttons that answer them. Plugins are driven from elsewhere:
+`astrid --socket SOCK publish tools.fs 'write a.md hi'`, or `astrid mcp`
+sessions. Ctrl-C or SIGTERM stops and unmounts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import trio
+
+from astrid_runtime.approval.policy import MODES, POLICY_FILE
+from astrid_runtime.atomic import write_atomic
+from astrid_runtime.dashboard import http
+from astrid_runtime.dashboard.app import Dashboard
+from astrid_runtime.errors import first_kernel_error
+from astrid_runtime.run_cli import (
+    RunError,
+    RunOptions,
+    SessionKernel,
+    in_mounted_session,
+    options,
+    session_kernel,
+)
+
+HOST = "127.0.0.1"
+
+
+def add_parser(sub: Any) -> None:
+    """Register `astrid dashboard` on the client's subcommand parsers."""
+    p = sub.add_parser(
+        "dashboard", help="a session's kernel with a web dashboard on 127.0.0.1",
+        description="Mount session NAME over --lower, boot the kernel with the pinned "
+                    "plugins and serve the dashboard (sessions and diffs, the live bus, "
+                    "pending approvals answerable in the browser) behind a login token.",
+        epilog="example: astrid dashboard --session fix-bug --lower ~/project --port 8377\n"
+               "then open the printed http://127.0.0.1:8377/login?token=... URL",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--session", required=True, help="session name (created or reopened)")
+    p.add_argument("--lower", type=Path, default=Path("."),
+                   help="the project directory (default: the current directory)")
+    p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
+    p.add_argument("--mount", type=Path, help="mount point (default: $ASTRID_HOME/mnt/SESSION)")
+    p.add_argument("--policy", type=Path,
+                   help=f"approval policy TOML (default: $ASTRID_HOME/{POLICY_FILE} if it "
+                        "exists; otherwise every request is 'ask')")
+    p.add_argument("--mode", choices=tuple(MODES), help="approval mode (default: guided)")
+    p.add_argument("--kv", help="KV URL (default: mem://)")
+    p.add_argument("--socket", type=Path,
+                   help="control socket (default: $ASTRID_HOME/astridd.sock when free, else "
+                        "$ASTRID_HOME/run-SESSION.sock)")
+    p.set_defaults(json=False, no_record=False, reply_timeout=30.0)
+
+
+async def start_dashboard(booted: SessionKernel, opts: RunOptions, port: int,
+                          err: IO[str]) -> str:
+    """Serve the dashboard from the kernel's nursery (the kernel owns the socket); the
+    login URL, also printed on `err` and written to $ASTRID_HOME/dashboard-SESSION.url."""
+    token = secrets.token_urlsafe(32)
+    dashboard = Dashboard(booted.approvals, booted.kernel.bus, opts.home, opts.session,
+                          token, booted.kernel.status)
+    bound: list[int] = []
+
+    async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            try:
+                bound.append(await nursery.start(http.serve, dashboard.handle, HOST, port))
+            except OSError as e:
+                raise RunError(f"--port {port}: cannot listen on {HOST}: {e.strerror}") from None
+            task_status.started()
+
+    await booted.kernel.start_service(serve)
+    dashboard.hosts = frozenset({f"{HOST}:{bound[0]}", f"localhost:{bound[0]}"})
+    url = f"http://{HOST}:{bound[0]}/login?token={token}"
+    write_atomic(opts.home / f"dashboard-{opts.session}.url", (url + "\n").encode())
+    print(f"astrid: dashboard {url}", file=err, flush=True)
+    return url
+
+
+async def serve_dashboard(opts: RunOptions, port: int, err: IO[str]) -> None:
+    """Boot the session's kernel with its dashboard; run until a signal."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with session_kernel(opts, err) as booted:
+            await start_dashboard(booted, opts, port, err)
+            print(f"astrid: session {opts.session} mounted at {opts.mount}; control socket "
+                  f"{booted.socket}; Ctrl-C ends.", file=err, flush=True)
+            async for _ in signals:
+                break
+
+
+def cmd_dashboard(args: argparse.Namespace, lockfile: Path) -> int:
+    """The `astrid dashboard` verb."""
+    opts = options(args, lockfile)
+    try:
+        in_mounted_session(opts, sys.stderr,
+                           lambda: trio.run(serve_dashboard, opts, args.port, sys.stderr))
+    except BaseExceptionGroup as group:
+        first = first_kernel_error(group)
+        if first is None:
+            raise
+        raise first from None
+    return 0
+
+
+def verb(lockfile: Callable[[argparse.Namespace], Path]
+         ) -> Callable[[argparse.Namespace], int]:
+    """`astrid dashboard` for the client's command table."""
+    return lambda args: cmd_dashboard(args, lockfile(args).resolve())
+
+
+__all__ = ["add_parser", "cmd_dashboard", "start_dashboard", "verb"]
