@@ -25,9 +25,9 @@ from astrid_fs.cli import review as review_cli
 from astrid_fs.cli import status as status_cli
 from astrid_fs.drivers.errors import DriverError
 from astrid_fs.errors import AstridFsError, MountError, SessionError, UsageError
-from astrid_fs.fuse.daemon import DaemonConfig
+from astrid_fs.fuse.config import DaemonConfig
+from astrid_fs.fuse.config import requested as passthrough_requested
 from astrid_fs.fuse.mountinfo import fuse_mount_alive, is_mountpoint
-from astrid_fs.fuse.passthrough import requested as passthrough_requested
 from astrid_fs.fuse.shim import current_env_with_shim
 from astrid_fs.overlay.remote import prepare_session_mounts
 from astrid_fs.review.bases import record_if_fresh

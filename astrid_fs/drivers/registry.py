@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 
 from astrid_fs.drivers.base import DriverSpec, LowerDriver, Options
 from astrid_fs.drivers.errors import ConfigError
@@ -49,6 +48,10 @@ class Registry:
             self._add(reg)
 
     def _load(self) -> list[Registered]:
+        # Imported here: importlib.metadata is slow to import, and most CLI
+        # verbs never need a driver.
+        from importlib.metadata import entry_points
+
         found = []
         for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
             try:

@@ -20,13 +20,13 @@ import resource
 import shutil
 import signal
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pyfuse3
 import trio
 
+from astrid_fs.fuse.config import DaemonConfig
 from astrid_fs.fuse.extra_ops import register as register_extra_ops
 from astrid_fs.fuse.ops import FuseOps
 from astrid_fs.fuse.passthrough import Passthrough
@@ -36,44 +36,10 @@ from astrid_fs.overlay.layers import Layers, RemoteTree
 from astrid_fs.overlay.overlay import Overlay
 from astrid_fs.overlay.remote import build_remotes
 from astrid_fs.overlay.stack import LowerStack
-from astrid_fs.overlay.whiteout import OverlayXattrs, XattrNs
+from astrid_fs.overlay.whiteout import OverlayXattrs
 from astrid_fs.session import MountState, open_session
 
 log = logging.getLogger("astrid_fs.fuse.daemon")
-
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    """Everything the daemon needs; passed as JSON on its command line."""
-
-    lower: str
-    upper: str
-    tmp: str
-    xattr_ns: XattrNs
-    mountpoint: str
-    fsname: str
-    lower_ttl: float
-    log_file: str
-    session: str | None = None
-    astrid_home: str | None = None
-    control: str | None = None
-    # The session's recorded mount table (remote sources at virtual paths);
-    # credentials are never in it: drivers read their own chains.
-    mounts: str | None = None
-    # Further lower layers beneath `lower`, top first (lowerdir=A:B:C).
-    stack: tuple[str, ...] = ()
-    # FUSE passthrough for upper files where the kernel allows it
-    # (fuse/passthrough.py); else the daemon path.
-    passthrough: bool = False
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, raw: str) -> DaemonConfig:
-        fields = json.loads(raw)
-        fields["stack"] = tuple(fields.get("stack") or ())
-        return cls(**fields)
 
 
 def fuse_options(config: DaemonConfig) -> set[str]:

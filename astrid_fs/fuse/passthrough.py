@@ -77,7 +77,6 @@ MAX_STACK_DEPTH = 1
 # Idle backings kept registered (each holds one struct file in the kernel,
 # not an fd of ours): about the inode fd capacity of files.py.
 MAX_BACKINGS = 4096
-ENV = "ASTRID_FS_PASSTHROUGH"
 
 
 class DataPath(enum.IntEnum):
@@ -114,11 +113,6 @@ def choose(*, local: bool, in_upper: bool, writable: bool, live: Live) -> Choice
         return Choice.PASSTHROUGH
     return Choice.DAEMON
 
-
-def requested(env: dict[str, str] | None = None) -> bool:
-    """Whether ASTRID_FS_PASSTHROUGH asks for passthrough by default."""
-    value = (os.environ if env is None else env).get(ENV, "")
-    return value.lower() in ("1", "yes", "on", "true")
 
 
 class Passthrough:

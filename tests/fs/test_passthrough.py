@@ -18,7 +18,8 @@ from typing import Any, cast
 
 import pytest
 
-from astrid_fs.fuse.passthrough import Choice, Live, Passthrough, choose, requested
+from astrid_fs.fuse.config import requested
+from astrid_fs.fuse.passthrough import Choice, Live, Passthrough, choose
 from tests.support.mounts import MountedSession
 
 MountFactory = Callable[..., MountedSession]

@@ -1,0 +1,53 @@
+"""What the CLI hands the FUSE daemon, kept free of the daemon's own
+imports (pyfuse3, trio) so that `astrid-fs` verbs start quickly: the
+daemon's configuration, and whether passthrough is asked for by default."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+from astrid_fs.overlay.whiteout import XattrNs
+
+#: Environment variable asking for FUSE passthrough by default (passthrough.py).
+ENV = "ASTRID_FS_PASSTHROUGH"
+
+def requested(env: dict[str, str] | None = None) -> bool:
+    """Whether ASTRID_FS_PASSTHROUGH asks for passthrough by default."""
+    value = (os.environ if env is None else env).get(ENV, "")
+    return value.lower() in ("1", "yes", "on", "true")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything the daemon needs; passed as JSON on its command line."""
+
+    lower: str
+    upper: str
+    tmp: str
+    xattr_ns: XattrNs
+    mountpoint: str
+    fsname: str
+    lower_ttl: float
+    log_file: str
+    session: str | None = None
+    astrid_home: str | None = None
+    control: str | None = None
+    # The session's recorded mount table (remote sources at virtual paths);
+    # credentials are never in it: drivers read their own chains.
+    mounts: str | None = None
+    # Further lower layers beneath `lower`, top first (lowerdir=A:B:C).
+    stack: tuple[str, ...] = ()
+    # FUSE passthrough for upper files where the kernel allows it
+    # (fuse/passthrough.py); else the daemon path.
+    passthrough: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str) -> DaemonConfig:
+        fields = json.loads(raw)
+        fields["stack"] = tuple(fields.get("stack") or ())
+        return cls(**fields)
