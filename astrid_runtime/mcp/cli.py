@@ -24,6 +24,7 @@ from typing import IO, Any
 import trio
 
 from astrid_runtime.approval.policy import MODES, POLICY_FILE
+from astrid_runtime.dashboard.cli import start_dashboard
 from astrid_runtime.errors import first_kernel_error
 from astrid_runtime.kernel import Kernel
 from astrid_runtime.mcp.filetool import FileToolClient
@@ -66,12 +67,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--socket", type=Path,
                    help="control socket (default: $ASTRID_HOME/astridd.sock when free, else "
                         "$ASTRID_HOME/run-SESSION.sock)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="also serve the web dashboard on 127.0.0.1 (login URL on stderr), "
+                        "where a person answers the asks")
+    p.add_argument("--dashboard-port", type=int, default=0,
+                   help="the dashboard's port (default: any free port)")
     p.set_defaults(json=False, no_record=False)
 
 
-async def serve(opts: RunOptions, err: IO[str]) -> None:
+async def serve(opts: RunOptions, err: IO[str], dashboard_port: int | None = None) -> None:
     """Boot the session's kernel and serve MCP on stdio until the client leaves or a
-    signal comes."""
+    signal comes; with `dashboard_port`, the web dashboard too."""
     from astrid_runtime.mcp.server import SessionTools, build_server  # the SDK: ~2 s import
 
     clients: list[FileToolClient] = []
@@ -86,6 +92,8 @@ async def serve(opts: RunOptions, err: IO[str]) -> None:
                 raise RunError(f"the {TOOL_PLUGIN} plugin is not running (plugins up: "
                                f"{', '.join(up) or 'none'}); pin it with `astrid plugin "
                                f"install plugins/{TOOL_PLUGIN}`")
+            if dashboard_port is not None:
+                await start_dashboard(booted, opts, dashboard_port, err)
             tools = SessionTools(clients[0], opts.reply_timeout_s, opts.policy.ask_timeout_s)
             server = build_server(tools, opts.session)
             print(f"astrid: serving session {opts.session} ({opts.mount}) over MCP on stdio; "
@@ -111,7 +119,8 @@ def cmd_mcp(args: argparse.Namespace, lockfile: Path) -> int:
     """The `astrid mcp` verb."""
     opts = options(args, lockfile)
     try:
-        in_mounted_session(opts, sys.stderr, lambda: trio.run(serve, opts, sys.stderr))
+        port = args.dashboard_port if args.dashboard else None
+        in_mounted_session(opts, sys.stderr, lambda: trio.run(serve, opts, sys.stderr, port))
     except BaseExceptionGroup as group:
         first = first_kernel_error(group)
         if first is None:

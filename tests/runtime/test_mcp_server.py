@@ -5,9 +5,11 @@ mounts a real astrid-fs session (FUSE) and boots the real kernel with the
 pinned file tool (WebAssembly); the client lists the tools and calls them;
 the edits land in the session (`astrid-fs diff`), a path out of the
 workspace is refused by the kernel's VFS (and audited), and a commit waits
-for a person, who answers with the `astrid` CLI against the control socket.
+for a person, who answers with the `astrid` CLI against the control socket
+(a denial) and in the dashboard (the approval).
 Every wait is bounded (`trio.fail_after`, a subprocess timeout); the ask is
-awaited on the bus through `tail`, never by sleeping.
+awaited on the bus through `tail`, never by sleeping. With `--dashboard` the
+same kernel serves the web dashboard: the second ask is approved there.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import select
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +145,8 @@ async def test_mcp_client_edits_the_session_under_approvals(site: dict[str, Path
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "astrid_runtime.client_cli", "--lockfile", str(site["lock"]), "mcp",
-              "--session", SESSION, "--lower", str(project), "--socket", str(site["socket"])],
+              "--session", SESSION, "--lower", str(project), "--socket", str(site["socket"]),
+              "--dashboard"],
         env={**os.environ, "ASTRID_HOME": str(site["home"]), "PYTHONUNBUFFERED": "1"},
         cwd=str(REPO))
 
@@ -188,12 +192,14 @@ async def test_mcp_client_edits_the_session_under_approvals(site: dict[str, Path
         assert "docs/NOTES.md" in diff.stdout, diff.stdout
 
         # A commit asks a person; the call waits until they answer (first no, then yes).
-        ask, denied = await _commit_answered(client, site, "deny", "not yet")
+        ask, denied = await _commit_answered(client, site, _deny_with_cli(site))
         assert (ask["plugin"], ask["kind"], ask["resource"]) == (
             "filetool", "fs.commit", "workspace/docs/NOTES.md"), ask
         assert denied.is_error and "a person declined: not yet" in _text(denied), denied
         assert not (project / "docs" / "NOTES.md").exists()
-        _, approved = await _commit_answered(client, site, "approve")
+        login = next(line.removeprefix("astrid: dashboard ") for line in
+                     server_said().splitlines() if line.startswith("astrid: dashboard "))
+        _, approved = await _commit_answered(client, site, _approve_in_dashboard(login))
         assert not approved.is_error and "Committed session" in _text(approved), approved
         assert (project / "docs" / "NOTES.md").read_text() == "hello from MCP\n"
     # The client closed stdin (and, after its 2 s grace, killed the server's process
@@ -204,13 +210,13 @@ async def test_mcp_client_edits_the_session_under_approvals(site: dict[str, Path
     refused = [e for e in audit if e["event"] == "vfs.refused"]
     assert {e["plugin"] for e in refused} == {"filetool"} and len(refused) >= 2, refused
     decisions = [(e["decision"], e.get("by")) for e in audit if e["event"] == "cap.decision"]
-    assert decisions[-2:] == [("deny", "cli"), ("allow", "cli")], decisions
+    assert decisions[-2:] == [("deny", "cli"), ("allow", "dashboard")], decisions
 
 
 async def _commit_answered(client: ClientSession, site: dict[str, Path],
-                           *answer: str) -> tuple[Any, Any]:
-    """Call commit_session while a person waits for its ask and answers it with the CLI;
-    (the ask, the call's result)."""
+                           answer: Callable[[dict[str, Any]], None]) -> tuple[Any, Any]:
+    """Call commit_session while a person waits for its ask and answers it with `answer`
+    (run in a worker thread); (the ask, the call's result)."""
     listening = trio.Event()
     seen: dict[str, Any] = {}
 
@@ -218,9 +224,7 @@ async def _commit_answered(client: ClientSession, site: dict[str, Path],
         ask = await trio.to_thread.run_sync(_next_ask, site, listening, abandon_on_cancel=True)
         assert "result" not in seen, "the commit returned before a person answered"
         seen["ask"] = ask
-        verb, *reason = answer
-        done = await trio.to_thread.run_sync(_astrid, site, verb, ask["id"], *reason)
-        assert done.returncode == 0, done.stderr
+        await trio.to_thread.run_sync(answer, ask)
 
     with trio.fail_after(CALL_TIMEOUT_S):
         async with trio.open_nursery() as nursery:
@@ -229,3 +233,30 @@ async def _commit_answered(client: ClientSession, site: dict[str, Path],
             seen["result"] = await client.call_tool("commit_session",
                                                     {"paths": ["docs/NOTES.md"]})
     return seen["ask"], seen["result"]
+
+
+def _deny_with_cli(site: dict[str, Path]) -> Callable[[dict[str, Any]], None]:
+    def deny(ask: dict[str, Any]) -> None:
+        done = _astrid(site, "deny", ask["id"], "not yet")
+        assert done.returncode == 0, done.stderr
+    return deny
+
+
+def _approve_in_dashboard(login_url: str) -> Callable[[dict[str, Any]], None]:
+    """What the dashboard page's "Approve once" button sends (test_dashboard.py clicks it
+    in a real browser); here over plain HTTP, logged in with the printed token."""
+    base, token = login_url.split("/login?token=")
+    cookie = {"Cookie": f"astrid_dashboard={token}"}
+
+    def approve(ask: dict[str, Any]) -> None:
+        with urllib.request.urlopen(urllib.request.Request(
+                base + "/api/state", headers=cookie), timeout=CALL_TIMEOUT_S) as state:
+            pending = json.loads(state.read())["approvals"]["pending"]
+        assert [a["id"] for a in pending] == [ask["id"]], pending
+        request = urllib.request.Request(
+            f"{base}/api/approvals/{ask['id']}", data=b'{"answer": "once"}',
+            headers={**cookie, "Content-Type": "application/json",
+                     "X-Astrid-Dashboard": "1"})
+        with urllib.request.urlopen(request, timeout=CALL_TIMEOUT_S) as done:
+            assert json.loads(done.read()) == {"id": ask["id"], "answer": "once"}
+    return approve
