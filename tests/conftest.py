@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from tests.support.mounts import MountedSession, mounted_points, require_fuse
+from tests.support.warmhome import build_template
 
 _names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def shipped_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kernel home with every pinned plugin compiled (tests/support/warmhome.py):
+    seed test homes from it with `seed_home` so the run compiles each plugin once."""
+    return build_template(tmp_path_factory.mktemp("shipped-home"))
 
 
 @pytest.fixture

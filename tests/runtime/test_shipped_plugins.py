@@ -35,8 +35,9 @@ REPLY_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="session")
-def plugin_engine(tmp_path_factory: pytest.TempPathFactory) -> KernelEngine:
-    return KernelEngine(cache_dir=tmp_path_factory.mktemp("shipped-compile-cache"))
+def plugin_engine(shipped_home: Path) -> KernelEngine:
+    # The run's shared compile cache (tests/support/warmhome.py).
+    return KernelEngine(cache_dir=shipped_home / "cache")
 
 
 @pytest.fixture

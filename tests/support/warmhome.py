@@ -1,0 +1,50 @@
+"""One compile of the shipped plugins per test run.
+
+A cold boot of the pinned plugins compiles six ~18 MB Python components
+(about 13 s of CPU each). Tests that boot them each in a fresh
+$ASTRID_HOME would pay that again and again, so the first one to ask
+compiles every pin of `plugins.lock` into a template home, the way
+`astrid plugin install` does (`install.precompile`: the kernel's own
+authenticated cache, keyed by that home's kernel key), and every home
+after is seeded from it: the key copied, the cache entries hard-linked
+(the kernel only ever adds entries, by atomic rename, so sharing the
+inodes is safe). Tests about the cache itself do not use this.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from astrid_runtime.identity import KEY_FILE, load_or_create_key
+from astrid_runtime.install import precompile
+from astrid_runtime.lockfile import load_lockfile
+
+REPO = Path(__file__).resolve().parents[2]
+LOCKFILE = REPO / "plugins.lock"
+
+
+def build_template(home: Path, lockfile: Path = LOCKFILE) -> Path:
+    """Compile every pinned plugin into `home`'s compile cache; `home`."""
+    load_or_create_key(home)
+    cache = home / "cache"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    for entry in load_lockfile(lockfile, missing_ok=False).entries:
+        precompile(entry, cache)
+    return home
+
+
+def seed_home(home: Path, template: Path) -> Path:
+    """Make `home` a kernel home whose compile cache is already warm."""
+    home.mkdir(parents=True, exist_ok=True)
+    key = home / KEY_FILE
+    if not key.exists():
+        shutil.copy2(template / KEY_FILE, key)
+        os.chmod(key, 0o600)
+    cache = home / "cache"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    for entry in (template / "cache").iterdir():
+        if not (cache / entry.name).exists():
+            os.link(entry, cache / entry.name)
+    return home
