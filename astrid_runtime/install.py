@@ -1,7 +1,7 @@
 """`astrid plugin install`: what a plugin asks for, shown, checked, and pinned.
 
 Installing is the operator's approval. The pin records the manifest's asks
-(grants) and limits as they were shown; the kernel enforces the pin, never
+(grants), limits and config as they were shown; the kernel enforces the pin, never
 the manifest. Before anything is written:
 
 - the asks and every limit are shown (`describe`);
@@ -21,6 +21,7 @@ pinned at all.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def describe(entry: LockEntry) -> list[str]:
     limits = [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
               for key, value in entry.limits.to_toml().items() if value != default[key]]
     lines.append(f"  limits     {', '.join(limits) or 'the defaults'}")
+    config = entry.config if len(entry.config) <= 72 else entry.config[:71] + "…"
+    lines.append(f"  config     {json.dumps(config, ensure_ascii=False) if config else '-'}")
     return lines
 
 

@@ -156,13 +156,15 @@ class Kernel:
             if extra:
                 self.log.event("warning", "plugin.asks_more_than_granted", plugin=entry.name,
                                extra=extra)
+            if manifest.config != entry.config:  # the pin's is used; reinstall to change it
+                self.log.event("warning", "plugin.config_differs_from_pin", plugin=entry.name)
             ready.append((manifest, entry, compiled.component))
         self._boot_queue, self._boot_current = [], None
         # Links are resolved over every verified plugin, providers before importers.
         self.control_ops["links.swap"] = self.links.control_op(plan.lockfile, self.policy)
-        for manifest, entry, component in self.links.wire(ready, self.refuse):
+        for _manifest, entry, component in self.links.wire(ready, self.refuse):
             self.start(PluginSpec(entry.name, entry.version, component,
-                                  manifest.config, entry.grants, entry.limits))
+                                  entry.config, entry.grants, entry.limits))
         self.boot_stats = {"plugins": len(sources), "cache_hits": hits,
                            "seconds": round(time.perf_counter() - t0, 3)}
         self.log.event("info", "kernel.booted", **self.boot_stats, refused=len(self.refused))

@@ -107,7 +107,7 @@ class LinkRegistry:
                       imports: LinkImports | None) -> None:
         exports = self._exports_of(manifest, component)
         provider = LinkProvider(manifest.name, entry.version, self._engine, component,
-                                manifest.config, entry.limits,
+                                entry.config, entry.limits,
                                 {ref.name: str(ref) for ref in manifest.exports}, self._log,
                                 imports)
         self.providers[manifest.name] = provider
@@ -134,7 +134,7 @@ class LinkRegistry:
             if problem is not None:
                 raise LinkError(f"plugin {manifest.name}: cannot swap: {problem}")
         provider.swap(component, entry.version, {r.name: str(r) for r in manifest.exports},
-                      entry.limits, manifest.config)
+                      entry.limits, entry.config)
         self._log.event("info", "link.provider_swapped", plugin=manifest.name,
                         version=entry.version)
 

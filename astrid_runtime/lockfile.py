@@ -9,6 +9,7 @@
     source = "plugins/notes"                    # plugin dir, relative to this file
     component = "plugins/notes/build/notes.wasm" # relative to this file
     blake3 = "9f2c..."                          # of the component's bytes
+    config = ""                                 # handed to its init(), as approved
 
     [plugin.grants]                             # as the operator approved them
     publish = ["notes.>"]
@@ -23,12 +24,13 @@
     call_timeout_ms = 2000
     ...
 
-Grants and limits are what the kernel enforces: the manifest's `[limits]`
-and `[capabilities]` are read only by `astrid plugin install`, so editing
-them changes nothing until the plugin is installed again (and the kernel
-checks the pins against its own ceilings at every boot; `grants.GrantPolicy`).
-A pin written before limits were pinned has none: the kernel's defaults
-apply to it.
+Grants, limits and config are what the kernel uses: the manifest's
+`[limits]`, `[capabilities]` and `config` are read only by `astrid plugin
+install`, so editing them changes nothing until the plugin is installed
+again (and the kernel checks the pins against its own ceilings at every
+boot; `grants.GrantPolicy`). A pin written before limits were pinned has
+none: the kernel's defaults apply to it; one written before config was
+pinned has the empty config (the kernel warns when the manifest's differs).
 
 The kernel reads a component's bytes once, checks their blake3 against the
 pin, and compiles exactly those bytes: there is no window in which another
@@ -63,6 +65,8 @@ class LockEntry:
     blake3: str
     grants: Grants
     limits: Limits = DEFAULT_LIMITS
+    #: The string handed to the plugin's `init`, as approved at install.
+    config: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ def render(lock: Lockfile) -> str:
             f"source = {_q(_rel(e.source, base))}",
             f"component = {_q(_rel(e.component, base))}",
             f"blake3 = {_q(e.blake3)}",
+            f"config = {_q(e.config)}",
             "",
             "[plugin.grants]",
             f"publish = [{', '.join(map(_q, g.publish))}]",
@@ -150,8 +155,8 @@ def _parse_entry(doc: TomlDoc, table: object, i: int, base: Path) -> LockEntry:
     if not isinstance(table, dict):
         raise doc.fail("each [[plugin]] must be a table", "plugin", None, i)
     t = "plugin"
-    doc.unknown_keys(table, {"name", "version", "source", "component", "blake3", "grants",
-                             "limits"}, t, i)
+    doc.unknown_keys(table, {"name", "version", "source", "component", "blake3", "config",
+                             "grants", "limits"}, t, i)
     for key in ("name", "version", "component", "blake3"):
         if key not in table:
             raise doc.fail(f"[[plugin]] is missing {key!r}", t, None, i)
@@ -162,6 +167,7 @@ def _parse_entry(doc: TomlDoc, table: object, i: int, base: Path) -> LockEntry:
     component = doc.get(table, "component", str, None, table_name=t, index=i)
     pin = doc.get(table, "blake3", str, None, table_name=t, index=i,
                   check=lambda v: None if _HEX64.match(v) else "must be 64 lowercase hex digits")
+    config = doc.get(table, "config", str, "", table_name=t, index=i)
     gt = doc.get(table, "grants", dict, {}, table_name=t, index=i)
     gname = "plugin.grants"
     doc.unknown_keys(gt, {"publish", "subscribe", "kv", "vfs", "cap", "link"}, gname, i)
@@ -176,13 +182,15 @@ def _parse_entry(doc: TomlDoc, table: object, i: int, base: Path) -> LockEntry:
     limits = parse_limits(doc, doc.get(table, "limits", dict, {}, table_name=t, index=i),
                           "plugin.limits", DEFAULT_LIMITS, i)
     return LockEntry(name, version, (base / source).resolve(), (base / component).resolve(),
-                     pin, grants, limits)
+                     pin, grants, limits, config)
 
 
 def entry_for(manifest: Manifest, wasm: bytes) -> LockEntry:
-    """The pin `astrid plugin install` records: the asks and limits the operator approved."""
+    """The pin `astrid plugin install` records: the asks, limits and config the operator
+    approved."""
     return LockEntry(manifest.name, manifest.version, manifest.path.parent.resolve(),
-                     manifest.component, digest(wasm), manifest.asks, manifest.limits)
+                     manifest.component, digest(wasm), manifest.asks, manifest.limits,
+                     manifest.config)
 
 
 def read_verified(entry: LockEntry, component: Path | None = None) -> bytes:

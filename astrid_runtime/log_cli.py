@@ -210,7 +210,7 @@ def _target(args: argparse.Namespace, lockfile: Path) -> tuple[Any, Any]:
     _, home = _settings(args)
     engine = KernelEngine(cache_dir=home / "cache")
     compiled = engine.compile(wasm)
-    return engine, Target(entry.name, compiled.component, manifest.config, entry.grants,
+    return engine, Target(entry.name, compiled.component, entry.config, entry.grants,
                           entry.limits)
 
 

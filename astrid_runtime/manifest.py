@@ -3,7 +3,8 @@
     name = "notes"                 # [a-z0-9-], unique per kernel
     version = "0.1.0"
     component = "build/notes.wasm" # relative to this file
-    config = ""                    # string handed to the plugin's init()
+    config = ""                    # string handed to the plugin's init(); pinned
+                                   # in plugins.lock at install, like the limits
     exports = []                   # WIT interfaces it provides to other plugins
     imports = []                   # ... and calls: ["astrid:markdown/render@0.1.0"]
                                    # (links.py; an import is also an ask: grants.link)

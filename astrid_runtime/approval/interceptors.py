@@ -55,7 +55,6 @@ from astrid_runtime.approval.policy import InterceptorRule
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import KernelError
 from astrid_runtime.lockfile import load_lockfile, read_verified
-from astrid_runtime.manifest import load_manifest
 from astrid_runtime.sandbox import trap_reason
 
 #: The tightest limits any interceptor runs under (a pin may ask for less).
@@ -246,9 +245,7 @@ def load_interceptors(rules: tuple[InterceptorRule, ...], lockfile: Path,
             if "check" not in exports or "init" not in exports:
                 raise InterceptorError("not an astrid:kernel/interceptor component "
                                        "(exports init and check)")
-            config = rule.config
-            if config is None:
-                config = load_manifest(entry.source).config
+            config = entry.config if rule.config is None else rule.config
         except KernelError as e:
             stages.append(Unavailable(rule.name, str(e)))
             continue

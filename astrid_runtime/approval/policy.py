@@ -86,7 +86,7 @@ class InterceptorRule:
     """One `[[interceptor]]`: a pinned interceptor component to run, in file order."""
 
     name: str
-    #: Handed to its `init`; None: the `config` of its plugin.toml.
+    #: Handed to its `init`; None: the `config` pinned for it in plugins.lock.
     config: str | None = None
 
 

@@ -1,5 +1,5 @@
-"""Issue 12, holes 2 and 3: limits and grants are pinned at install, under the
-kernel's ceilings, and wildcard grants need the operator's consent.
+"""Issue 12, holes 2 and 3: limits, grants and config are pinned at install, under
+the kernel's ceilings, and wildcard grants need the operator's consent.
 
 The attacks: raise `call_timeout_ms`, fuel and `max_crashes` in `plugin.toml`
 after install (they used to be re-read at every boot); hand-edit the lock
@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from testkit import ExpectedLogs, MemoryKv, install, write_plugin
 
+from astrid_runtime.bus import Tap
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.grants import DEFAULT_CEILINGS, GrantPolicy, Limits
-from astrid_runtime.install import plan_install
+from astrid_runtime.install import describe, plan_install
 from astrid_runtime.kernel import BootPlan, open_kernel
 from astrid_runtime.lockfile import load_lockfile
 from astrid_runtime.supervisor import State
@@ -67,6 +68,42 @@ async def test_limits_raised_in_the_manifest_after_install_change_nothing(
         await sup.wait_for(lambda s: s.state is State.DISABLED)
         assert sup.crashes == 2  # the pinned max_crashes, not the manifest's 100
         assert "deadline exceeded" in (sup.last_error or "")
+
+
+def test_the_lock_pins_the_config_and_install_shows_it(
+        tmp_path: Path, component_paths: dict[str, Path]) -> None:
+    lock = tmp_path / "plugins.lock"
+    plugin = write_plugin(tmp_path, "relay", component_paths["relay"], config="a",
+                          subscribe=("a",), publish=("a.r",))
+    install(lock, plugin)
+    assert 'config = "a"' in lock.read_text()
+    assert load_lockfile(lock).entries[0].config == "a"
+    plan = plan_install(plugin, GrantPolicy())
+    assert '  config     "a"' in describe(plan.entry)
+
+
+async def test_config_changed_in_the_manifest_after_install_changes_nothing(
+        tmp_path: Path, engine: KernelEngine, component_paths: dict[str, Path],
+        expect_logs: ExpectedLogs) -> None:
+    """The relay subscribes to the pattern its config names: the manifest is edited to
+    point it at `b` (granted too), but the kernel hands init the pinned `a`."""
+    expect_logs.allow("plugin.config_differs_from_pin")
+    lock = tmp_path / "plugins.lock"
+    grants = {"subscribe": ("a", "b"), "publish": ("a.r", "b.r")}
+    install(lock, write_plugin(tmp_path, "relay", component_paths["relay"], config="a",
+                               **grants))
+    write_plugin(tmp_path, "relay", component_paths["relay"], config="b", **grants)
+    async with open_kernel(engine, MemoryKv()) as kernel:
+        await kernel.boot(BootPlan(lock))
+        sup = kernel.supervisors["relay"]
+        assert sup.spec.config == "a"
+        await sup.wait_for(lambda s: s.state is State.RUNNING)
+        relayed = Tap(kernel.bus, "*.r")
+        kernel.publish("b", b"1")  # would be relayed first if init had been given b
+        kernel.publish("a", b"2")
+        first = await relayed.receive()
+        assert (first.topic, first.payload) == ("a.r", b"2")
+        assert relayed.endpoint.depth() == 0
 
 
 async def test_a_lock_edited_past_the_ceilings_is_refused_at_boot(
