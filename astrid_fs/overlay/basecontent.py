@@ -17,6 +17,15 @@ of a session that records a base (`bases.sqlite`); a plain
 lower/upper/work mount keeps none. Keeping is best-effort: a copy that
 cannot be written (disk full) leaves no file, and the merge then takes an
 empty base (every difference becomes a conflict region; nothing is lost).
+
+A copy is renamed into place whole but not fsync'd (measured over 500
+appends to 4 KB files through a mount, on a busy 2-core box: a copy-up
+took 9.3 ms without keeping, 15.5 ms keeping with an fsync, 10.4 ms
+keeping without one). A crash can then leave a copy empty or short, not
+other bytes in place of its own (the kernel writes data before the size
+that exposes it: ext4's data=ordered, XFS): a merge over such a base puts
+markers where it cannot tell (nothing lost), and the review's same-bytes
+check (conflicts.py) needs the copy's size and mtime to equal the base's.
 """
 
 from __future__ import annotations
@@ -50,13 +59,12 @@ def wanted(st: os.stat_result | None) -> bool:
     return st is not None and stat.S_ISREG(st.st_mode) and st.st_size <= LIMIT
 
 
-def keep(tmp_dir: bytes, lower_rel: bytes, fill: Callable[[int], None], mtime_ns: int, *,
-         sync: bool) -> None:
+def keep(tmp_dir: bytes, lower_rel: bytes, fill: Callable[[int], None],
+         mtime_ns: int) -> None:
     """Keep the base content of lower path `lower_rel` unless it is kept
     already: `fill(fd)` writes the content into a fresh temp file, which
     takes the lower file's `mtime_ns` (its size and mtime then tell which
-    version of the lower it holds) and is (fsync'd with `sync`) renamed
-    into the store."""
+    version of the lower it holds) and is renamed into the store."""
     store = store_for(tmp_dir)
     if store is None or not lower_rel:
         return
@@ -70,8 +78,6 @@ def keep(tmp_dir: bytes, lower_rel: bytes, fill: Callable[[int], None], mtime_ns
         try:
             fill(fd)
             os.utime(fd, ns=(mtime_ns, mtime_ns))
-            if sync:
-                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, out)
@@ -98,11 +104,11 @@ def copy_from(path: bytes) -> Callable[[int], None]:
     return fill
 
 
-def keep_local(tmp_dir: bytes, lower_rel: bytes, lower_path: bytes, *, sync: bool) -> None:
+def keep_local(tmp_dir: bytes, lower_rel: bytes, lower_path: bytes) -> None:
     """Keep the base content of a local lower file about to be hidden."""
     try:
         st = os.lstat(lower_path)
     except OSError:
         return
     if wanted(st):
-        keep(tmp_dir, lower_rel, copy_from(lower_path), st.st_mtime_ns, sync=sync)
+        keep(tmp_dir, lower_rel, copy_from(lower_path), st.st_mtime_ns)

@@ -121,7 +121,7 @@ def copy_up(lower_path: bytes, upper_path: bytes, tmp_dir: bytes, names: Overlay
         if basecontent.wanted(st):  # (what the project held: for merges)
             basecontent.keep(tmp_dir, rel_path,
                              basecontent.copy_from(tmp if with_data else lower_path),
-                             st.st_mtime_ns, sync=sync)
+                             st.st_mtime_ns)
         os.rename(tmp, upper_path)
     except BaseException:
         _remove_quietly(tmp)
@@ -188,7 +188,7 @@ def copy_up_remote(tree: RemoteTree, rel: bytes, lower_rel: bytes, upper_path: b
             os.utime(tmp, ns=(st.st_mtime_ns, st.st_mtime_ns))
             if stat.S_ISREG(st.st_mode) and st.st_size <= basecontent.LIMIT:
                 basecontent.keep(tmp_dir, lower_rel, basecontent.copy_from(tmp),
-                                 st.st_mtime_ns, sync=sync)
+                                 st.st_mtime_ns)
         os.rename(tmp, upper_path)
     except BaseException:
         _remove_quietly(tmp)

@@ -167,8 +167,7 @@ class Namespace(OverlayCore):
             return
         remote = self.remote_of(node)
         if remote is None:
-            basecontent.keep_local(self.tmp, node.lower, self.layers.lower_path(node.lower),
-                                   sync=self.sync_copy_up)
+            basecontent.keep_local(self.tmp, node.lower, self.layers.lower_path(node.lower))
             return
         tree, rel = remote
         if not tree.is_warm(rel, data=True):
@@ -176,7 +175,7 @@ class Namespace(OverlayCore):
         st = tree.stat(rel)
         if st is not None and stat.S_ISREG(st.st_mode) and st.st_size <= basecontent.LIMIT:
             basecontent.keep(self.tmp, node.lower, lambda fd: tree.fetch_to(rel, fd),
-                             st.st_mtime_ns, sync=self.sync_copy_up)
+                             st.st_mtime_ns)
 
     def _replace_with_whiteout(self, upath: bytes, is_dir: bool) -> None:
         tmp = temp_name(self.tmp)

@@ -197,7 +197,8 @@ def _commit_both(sides: list[Side], lower: Path) -> None:
     assert explained, (f"no order of the commits explains the project: before {before}, "
                        f"after {after}, landed {landed}, views {views}")
     for i, s in enumerate(sides):
-        if landed[i]:
+        if landed[i]:  # all of it landed: the session now shows the project
+            assert _files(s.mnt) == after
             s.based, s.snaps = {}, []
 
 
