@@ -9,7 +9,7 @@ echo "== ruff"; ruff check astrid_fs astrid_runtime tests scripts
 echo "== mypy"; mypy
 echo "== pytest"
 set +e
-python -m pytest "$@"
+python -m pytest --durations=30 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi
