@@ -4,7 +4,8 @@
     llm.PROVIDER.chat {"id", "messages", "tools"} to the provider plugin
     llm.response     the model's message: tool calls, or the answer
     tools.fs         each `fs` tool call, as {"text": COMMAND, "id"}
-    agent.response   the file tool's result (matched by `in_reply_to`), and
+    agent.response   the file tool's result, or the kernel's for a commit
+                     (matched by `in_reply_to`), and
                      this plugin's answer to the person
 
 Everything the tools do goes through the kernel: the file tool edits only
@@ -146,7 +147,8 @@ def model_answered(msg: Message) -> None:
 @plugin.on("agent.response")
 def tool_answered(msg: Message) -> None:
     turn = STATE["turn"]
-    if turn is None or not msg.sent_by("filetool"):
+    # The file tool answers itself, except a commit: the kernel's commit path does.
+    if turn is None or not msg.sent_by("filetool", "kernel"):
         return
     reply = msg.json()
     request_id = reply.get("in_reply_to") if isinstance(reply, dict) else None

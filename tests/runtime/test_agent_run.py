@@ -1,0 +1,239 @@
+"""The LLM agent end to end: `astrid run --provider openai` over a real session.
+
+Real parts: `astrid run` in a subprocess mounts a real astrid-fs session
+(FUSE), boots the real kernel with the pinned orchestrator, llm-openai and
+file tool, and reads the person's lines from a pipe; the provider's requests
+leave through the kernel's HTTP capability to a real HTTP server on
+127.0.0.1. That server is a STAND-IN for the model (scripted replies,
+tests/fixtures/openai_standin.py): no model can be downloaded on this
+machine. Every wait has a bound (a queue read with a timeout,
+`Popen.wait(timeout)`), none is a sleep.
+
+The agent's three components are compiled once into the runtime tests' own
+cache (components/build/cwasm, kept across runs; test_http fills it for
+llm-openai too), and the run's home gets a copy of it and of the key its
+entries are MAC'd with, so `astrid run` loads them instead of compiling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from astrid_runtime.engine import KernelEngine
+from astrid_runtime.lockfile import Lockfile, load_lockfile, read_verified
+from tests.fixtures.openai_standin import Reply, StandIn, ToolCall, openai_standin
+from tests.support.mounts import mounted_points, require_fuse
+
+REPO = Path(__file__).resolve().parents[2]
+#: Bounds, not synchronisation: a cold boot compiles three ~18 MB components.
+BOOT_TIMEOUT_S = 400
+REPLY_TIMEOUT_S = 60
+KEY = "sk-standin-run-8b1f0c2e77"
+AGENT_PLUGINS = ("filetool", "llm-openai", "orchestrator")
+
+
+def _pump(stream: IO[str], into: queue.Queue[str | None]) -> None:
+    for line in stream:
+        into.put(line.rstrip("\n"))
+    into.put(None)
+
+
+def astrid_fs(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "astrid_fs.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, "ASTRID_HOME": str(home)},
+                          check=False, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def compiled_agent(engine: KernelEngine) -> list[Path]:
+    """The agent's pinned components compiled into the shared cache; their entries."""
+    pinned = load_lockfile(REPO / "plugins.lock", missing_ok=False)
+    out = []
+    for name in AGENT_PLUGINS:
+        entry = pinned.get(name)
+        assert entry is not None, f"{name} is not pinned"
+        engine.compile(read_verified(entry), entry.blake3)
+        path = engine.cache_path(entry.blake3)
+        assert path is not None and path.is_file()
+        out.append(path)
+    return out
+
+
+@pytest.fixture
+def home(tmp_path: Path, compiled_agent: list[Path]) -> Path:
+    require_fuse()
+    home = tmp_path / "home"
+    (home / "cache").mkdir(parents=True)
+    # The cache's entries are MAC'd under the key beside it (engine.py): both copied.
+    shutil.copy2(compiled_agent[0].parent.parent / "kernel.key", home / "kernel.key")
+    for path in compiled_agent:
+        shutil.copy2(path, home / "cache" / path.name)
+    return home
+
+
+@pytest.fixture
+def lockfile(tmp_path: Path) -> Path:
+    """The repository's pins of the agent's plugins only (the others need not compile)."""
+    pinned = load_lockfile(REPO / "plugins.lock", missing_ok=False)
+    path = tmp_path / "plugins.lock"
+    Lockfile(path, tuple(e for e in pinned.entries if e.name in AGENT_PLUGINS)).save()
+    return path
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    with openai_standin() as server:
+        yield server
+
+
+class Run:
+    """`astrid run --provider openai --json` in a subprocess; replies read by threads."""
+
+    def __init__(self, home: Path, lockfile: Path, lower: Path, *extra: str):
+        self.mount = home / "mnt" / "agent"
+        env = {**os.environ, "ASTRID_HOME": str(home), "PYTHONUNBUFFERED": "1",
+               "STANDIN_KEY": KEY}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "astrid_runtime.client_cli", "--lockfile", str(lockfile),
+             "run", "--lower", str(lower), "--session", "agent", "--json", *extra],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env, cwd=REPO)
+        self.out: queue.Queue[str | None] = queue.Queue()
+        self.err: queue.Queue[str | None] = queue.Queue()
+        self.lines: list[str] = []
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        for stream, into in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=_pump, args=(stream, into), daemon=True).start()
+
+    def wait_ready(self) -> str:
+        stderr: list[str] = []
+        while True:
+            line = self.err.get(timeout=BOOT_TIMEOUT_S)
+            assert line is not None, f"astrid run exited early: {stderr}"
+            stderr.append(line)
+            if " mounted at " in line:
+                return line
+
+    def say(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def next_event(self) -> dict[str, Any]:
+        line = self.out.get(timeout=REPLY_TIMEOUT_S)
+        assert line is not None, "astrid run exited"
+        self.lines.append(line)
+        event: dict[str, Any] = json.loads(line)
+        return event
+
+    def answer_from(self, plugin: str) -> dict[str, Any]:
+        """Responses until one from `plugin` (the file tool's results come first)."""
+        while True:
+            event = self.next_event()
+            response = event.get("response")
+            if response is not None and response.get("plugin") == plugin:
+                return dict(response)
+
+    def finish(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        code = self.proc.wait(timeout=BOOT_TIMEOUT_S)
+        while (line := self.out.get(timeout=REPLY_TIMEOUT_S)) is not None:
+            self.lines.append(line)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        if str(self.mount) in mounted_points():
+            astrid_fs(self.mount.parent.parent, "umount", str(self.mount))
+
+
+def test_the_model_edits_the_session_through_the_file_tool_and_a_person_commits(
+        home: Path, lockfile: Path, standin: StandIn, tmp_path: Path) -> None:
+    lower = tmp_path / "project"
+    lower.mkdir()
+    (lower / "README.md").write_text("# demo\n")
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[rule]]\nplugin = "llm-openai"\nkind = "net.http"\n'
+                      'decision = "allow"\n')
+    standin.script.extend([
+        Reply(tool_calls=(ToolCall("fs", {"command": "write hello.txt Hello from the model"},
+                                   "call_a"),)),
+        Reply("I wrote hello.txt."),
+        Reply(tool_calls=(ToolCall("fs", {"command": "commit"}, "call_b"),)),
+        Reply("Committed."),
+    ])
+    run = Run(home, lockfile, lower, "--policy", str(policy), "--provider", "openai",
+              "--endpoint", standin.base_url, "--model", "standin-model",
+              "--api-key-env", "STANDIN_KEY")
+    try:
+        ready = run.wait_ready()
+        assert "plugins: filetool, llm-openai, orchestrator." in ready, ready
+        run.say("please create hello.txt")
+        tool = run.answer_from("filetool")
+        assert tool["ok"] is True and "hello.txt" in tool["text"]
+        answer = run.answer_from("orchestrator")
+        assert answer == {**answer, "text": "I wrote hello.txt.", "ok": True}
+        # The edit is in the session, not yet in the project.
+        assert (run.mount / "hello.txt").read_text() == "Hello from the model\n"
+        assert not (lower / "hello.txt").exists()
+        # The second turn's commit is a side effect: the person approves it here.
+        run.say("commit it")
+        event = run.next_event()
+        assert event.get("approval") == "requested", event
+        assert event["ask"]["plugin"] == "filetool" and event["ask"]["kind"] == "fs.commit"
+        run.say("y")
+        assert run.answer_from("orchestrator")["text"] == "Committed."
+        assert run.finish() == 0
+    finally:
+        run.kill()
+    assert (lower / "hello.txt").read_text() == "Hello from the model\n"
+    # What the model was sent: the tool's result went back to it, with the kernel's key.
+    first, second = standin.received[0], standin.received[1]
+    assert first.body["model"] == "standin-model"
+    assert [t["function"]["name"] for t in first.body["tools"]] == ["fs"]
+    assert second.body["messages"][-1]["role"] == "tool"
+    assert second.body["messages"][-1]["tool_call_id"] == "call_a"
+    assert "hello.txt" in second.body["messages"][-1]["content"]
+    assert {r.headers["Authorization"] for r in standin.received} == {f"Bearer {KEY}"}
+    # The key is in no output and no file of the run's home (recording, audit, logs).
+    assert all(KEY not in line for line in run.lines)
+    for path in home.rglob("*"):
+        if path.is_file() and "cache" not in path.relative_to(home).parts:
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_provider_options_are_checked_before_anything_is_mounted(
+        home: Path, lockfile: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "ASTRID_HOME": str(home)}
+    cases = {
+        ("--endpoint", "http://127.0.0.1:9/v1"): "--endpoint needs --provider",
+        ("--provider", "openai", "--endpoint", "http://example.com/v1"):
+            "host example.com:80 is not in llm-openai's net.http grant",
+        ("--provider", "nope"): "plugin llm-nope is not pinned",
+        ("--provider", "openai", "--endpoint", "http://127.0.0.1:9/v1",
+         "--api-key-env", "UNSET_VAR_FOR_TEST"): "UNSET_VAR_FOR_TEST is not set",
+    }
+    for args, message in cases.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "astrid_runtime.client_cli", "--lockfile", str(lockfile),
+             "run", "--lower", str(tmp_path), "--session", "bad", *args],
+            capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False,
+            stdin=subprocess.DEVNULL)
+        assert done.returncode != 0, args
+        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not [m for m in mounted_points() if m.startswith(str(home))]
