@@ -144,15 +144,24 @@ def _toolchain_versions(language: Language) -> list[str]:
 
 
 def is_interceptor(plugin_dir: Path) -> bool:
-    """A C plugin that exports `check` is an `astrid:kernel/interceptor` component."""
-    return any('export_name("check")' in path.read_text(errors="replace")
-               for path in plugin_dir.glob("*.c"))
+    """A C plugin that exports `check` (itself, or through the shipped glue) is an
+    `astrid:kernel/interceptor` component."""
+    return uses_interceptor_sdk(plugin_dir) or any(
+        'export_name("check")' in path.read_text(errors="replace")
+        for path in plugin_dir.glob("*.c"))
 
 
 def uses_c_sdk(plugin_dir: Path) -> bool:
     """A C plugin that includes the shipped SDK header (and has no astrid.h of its own)."""
     return not (plugin_dir / "astrid.h").exists() and any(
         '#include "astrid.h"' in path.read_text(errors="replace")
+        for path in plugin_dir.glob("*.c"))
+
+
+def uses_interceptor_sdk(plugin_dir: Path) -> bool:
+    """An interceptor that includes the shipped interceptor glue (sdk/c/interceptor.h)."""
+    return not (plugin_dir / "interceptor.h").exists() and any(
+        '#include "interceptor.h"' in path.read_text(errors="replace")
         for path in plugin_dir.glob("*.c"))
 
 
@@ -173,6 +182,9 @@ def _source_files(plugin_dir: Path, language: Language) -> Iterator[tuple[str, P
         for path in sorted(C_SDK_DIR.glob("astrid.[ch]")):
             yield f"sdk/c/{path.name}", path
     if language is Language.C and is_interceptor(plugin_dir):
+        if uses_interceptor_sdk(plugin_dir):
+            for path in sorted(C_SDK_DIR.glob("interceptor.[ch]")):
+                yield f"sdk/c/{path.name}", path
         for path in sorted(INTERCEPTOR_WIT_DIR.glob("*.wit")):
             yield f"wit/interceptor/{path.name}", path
         return
@@ -254,6 +266,8 @@ def _build_c(plugin_dir: Path, work: Path, out: Path, name: str) -> None:
     sdk: list[str | Path] = []
     if uses_c_sdk(plugin_dir):  # the glue is shipped once, not copied into plugins
         sdk = ["-I", C_SDK_DIR, C_SDK_DIR / "astrid.c"]
+    elif uses_interceptor_sdk(plugin_dir):
+        sdk = ["-I", C_SDK_DIR, C_SDK_DIR / "interceptor.c"]
     _run([sys.executable, "-m", "ziglang", "cc", "-target", "wasm32-freestanding", "-O2",
           "-nostdlib", "-fno-builtin", "-Wl,--no-entry",
           "-Wl,--strip-all", "-I", plugin_dir, *sdk, "-o", core, *sources],

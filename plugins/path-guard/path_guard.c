@@ -11,7 +11,7 @@
  * are fnmatch-style (`*` also matches '/'). A commit of several paths has a
  * resource `workspace/P1,P2`: each path is also checked as `workspace/Pn`.
  */
-#include "icabi.h"
+#include "interceptor.h"
 
 #define MAX_RULES 64
 

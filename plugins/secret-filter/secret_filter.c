@@ -13,7 +13,7 @@
  * of denying; `-NAME` to switch a pattern off (e.g. `-email`). The reason
  * names the pattern and where it was found, never the secret itself.
  */
-#include "icabi.h"
+#include "interceptor.h"
 
 static enum verdict_tag on_match = VERDICT_DENY;
 static unsigned disabled; /* bit per pattern */

@@ -6,7 +6,7 @@
  * Words are runs of non-whitespace; lines count like `wc -l`, plus a final
  * line without a newline; characters are UTF-8 code points.
  */
-#include "cabi.h"
+#include "astrid.h"
 
 static const char TOPIC_IN[] = "tools.wordcount";
 static const char TOPIC_OUT[] = "agent.response";

@@ -7,7 +7,7 @@
  *   anything else: check allows; but an action whose resource is "trap"
  *   traps, so a test can check that the next call runs on a fresh instance.
  */
-#include "icabi.h"
+#include "interceptor.h"
 
 static str_t mode;
 

@@ -1,5 +1,5 @@
-/* The export side of the interceptor world and the bump arena (see icabi.h). */
-#include "icabi.h"
+/* The export side of the interceptor world and the bump arena (see interceptor.h). */
+#include "interceptor.h"
 
 extern unsigned char __heap_base;
 

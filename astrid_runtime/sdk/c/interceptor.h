@@ -11,8 +11,8 @@
  * config) is kept for the instance's life; what it passes to `check` is
  * dropped after each call (in its post-return).
  */
-#ifndef ASTRID_ICABI_H
-#define ASTRID_ICABI_H
+#ifndef ASTRID_INTERCEPTOR_H
+#define ASTRID_INTERCEPTOR_H
 
 #include <stddef.h>
 #include <stdint.h>
