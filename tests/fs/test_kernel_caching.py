@@ -4,9 +4,7 @@ counters), and changes made through the mount are never served stale."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +17,7 @@ Mount = Callable[..., MountedSession]
 
 
 def stats(s: MountedSession) -> dict[str, int]:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(s.root / "run" / "control.sock"))
-        sock.sendall(b'{"op": "stats"}\n')
-        buf = b""
-        while not buf.endswith(b"\n"):
-            buf += sock.recv(65536)
-    reply = json.loads(buf)
+    reply = s.control("stats")
     assert reply["cache_dirs"], "the FUSE reply shim is not loaded (scripts/setup.sh builds it)"
     counts: dict[str, int] = reply["requests"]
     return counts

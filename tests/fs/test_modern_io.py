@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
-import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -50,26 +48,16 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
     return 0 if _libc.fallocate(fd, mode, offset, length) == 0 else ctypes.get_errno()
 
 
-def control(s: MountedSession, op: str) -> dict[str, object]:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(s.root / "run" / "control.sock"))
-        sock.sendall(json.dumps({"op": op}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            buf += sock.recv(65536)
-    reply: dict[str, object] = json.loads(buf)
-    return reply
-
 
 def requests(s: MountedSession) -> dict[str, int]:
-    counts = control(s, "stats")["requests"]
+    counts = s.control("stats")["requests"]
     assert isinstance(counts, dict)
     return counts
 
 
 def daemon_read_bytes(s: MountedSession) -> int:
     """Bytes the daemon has read with read(2)-family calls so far (/proc/PID/io)."""
-    pid = control(s, "ping")["pid"]
+    pid = s.control("ping")["pid"]
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
         if line.startswith("rchar:"):
             return int(line.split()[1])

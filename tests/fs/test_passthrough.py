@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -64,25 +63,15 @@ def test_the_environment_asks_for_passthrough() -> None:
 
 # ---- against a mount ----------------------------------------------------------
 
-def control(s: MountedSession, op: str) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(s.root / "run" / "control.sock"))
-        sock.sendall(json.dumps({"op": op}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            buf += sock.recv(65536)
-    reply: dict[str, Any] = json.loads(buf)
-    return reply
-
 
 def data_path(s: MountedSession) -> dict[str, Any]:
-    path: dict[str, Any] = control(s, "stats")["data_path"]
+    path: dict[str, Any] = s.control("stats")["data_path"]
     return path
 
 
 def daemon_io(s: MountedSession) -> tuple[int, int]:
     """(rchar, wchar) of the daemon: what it moved with read/write calls."""
-    pid = control(s, "ping")["pid"]
+    pid = s.control("ping")["pid"]
     fields = dict(line.split(":") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
     return int(fields["rchar"]), int(fields["wchar"])
 

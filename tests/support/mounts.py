@@ -7,12 +7,15 @@ when not root or /dev/fuse is missing, because CI has both.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import socket
 import stat
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 ASTRID_FS = [sys.executable, "-m", "astrid_fs.cli"]
@@ -63,6 +66,17 @@ class MountedSession:
     def mount(self, *extra: str) -> None:
         self.cli("mount", "--lower", str(self.lower), "--session", self.name, *extra,
                  str(self.mnt))
+
+    def control(self, op: str) -> dict[str, Any]:
+        """One request to the mount's daemon over its control socket."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(self.root / "run" / "control.sock"))
+            sock.sendall(json.dumps({"op": op}).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                buf += sock.recv(65536)
+        reply: dict[str, Any] = json.loads(buf)
+        return reply
 
     def umount(self) -> None:
         if str(self.mnt) in mounted_points():
