@@ -12,9 +12,21 @@ part of what the kernel trusts and is guarded like the lockfile:
 - Each entry is keyed by the component's blake3 (the pin), the wasmtime
   version and the engine settings, and carries a MAC, under a key derived
   from the kernel secret (identity.py), over that key and the artifact's
-  bytes. An entry is read whole, its MAC checked, and only those bytes are
-  deserialized: an artifact written under another component's key, edited
-  machine code, or an entry from another kernel fails the MAC.
+  bytes: `artifact || MAC || CACHE_MAGIC` (the seal trails the artifact, so
+  wasmtime can map the file as it is: it reads the ELF image its header
+  describes and ignores what follows). An entry is opened once; its MAC is
+  checked over that open file, and wasmtime maps that same file (through
+  `/proc/self/fd`, so a rename in between cannot substitute another): an
+  artifact written under another component's key, edited machine code, or
+  an entry from another kernel fails the MAC. (Writing into the verified
+  file in place, between the check and the map, needs the kernel's own
+  uid, which can read the kernel key anyway.)
+- Mapped, not copied: the code of a Python plugin's CPython is ~40 MiB, of
+  which a plugin touches a fraction; the pages it never runs stay out of the
+  kernel's RSS, and the ones it does are page cache, not private memory
+  (docs/kernel.md, Memory).
+- One `Component` per pinned hash while any instance holds it: compiling
+  a component already loaded in this engine returns the same one.
 - The cache directory must be the kernel's own: owned by the kernel's user,
   not writable by group or others, not a symlink. Otherwise it is not used
   at all (every boot compiles) and the reason is reported.
@@ -28,8 +40,10 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import mmap
 import os
 import stat
+import weakref
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -43,9 +57,10 @@ from astrid_runtime.errors import CompileError
 from astrid_runtime.identity import CACHE_MAC_CONTEXT, derive, load_or_create_key
 
 WASMTIME_VERSION = version("wasmtime")
-#: Header of a cache entry: magic, then the 32-byte MAC, then wasmtime's artifact.
-CACHE_MAGIC = b"ASTRIDC1"
+#: Trailer of a cache entry: wasmtime's artifact, then the 32-byte MAC, then this magic.
+CACHE_MAGIC = b"ASTRIDC2"
 _MAC_BYTES = 32
+_TRAILER = _MAC_BYTES + len(CACHE_MAGIC)
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,9 @@ class KernelEngine:
         #: Why the cache directory is not used (None: it is used, or there is none).
         self.cache_refused: str | None = None
         self._mac_key = b""
+        #: Components loaded in this engine by digest, while something holds them.
+        self._loaded: weakref.WeakValueDictionary[str, Component] = (
+            weakref.WeakValueDictionary())
         if cache_dir is not None:
             self.cache_refused = check_cache_dir(cache_dir)
             if cache_secret is None:
@@ -135,7 +153,7 @@ class KernelEngine:
             return None
         return self.cache_dir / f"{self.cache_key(component_digest)}.cwasm"
 
-    def _mac(self, key: str, artifact: bytes) -> bytes:
+    def _mac(self, key: str, artifact: bytes | memoryview) -> bytes:
         hasher = blake3.blake3(key=self._mac_key)
         hasher.update(CACHE_MAGIC + key.encode() + b"\n")
         hasher.update(artifact)
@@ -144,14 +162,17 @@ class KernelEngine:
     def seal(self, component_digest: str, artifact: bytes) -> bytes:
         """A cache entry for `artifact` (wasmtime's serialized component)."""
         key = self.cache_key(component_digest)
-        return CACHE_MAGIC + self._mac(key, artifact) + artifact
+        return artifact + self._mac(key, artifact) + CACHE_MAGIC
 
-    def unseal(self, component_digest: str, entry: bytes) -> bytes | None:
+    def unseal(self, component_digest: str, entry: bytes | memoryview) -> bytes | None:
         """The artifact inside a cache entry, or None when its MAC does not verify."""
-        head = len(CACHE_MAGIC)
-        if len(entry) < head + _MAC_BYTES or entry[:head] != CACHE_MAGIC:
+        artifact = self._verified(component_digest, memoryview(entry))
+        return None if artifact is None else bytes(artifact)
+
+    def _verified(self, component_digest: str, entry: memoryview) -> memoryview | None:
+        if len(entry) < _TRAILER or entry[-len(CACHE_MAGIC):] != CACHE_MAGIC:
             return None
-        mac, artifact = entry[head:head + _MAC_BYTES], entry[head + _MAC_BYTES:]
+        artifact, mac = entry[:-_TRAILER], entry[-_TRAILER:-len(CACHE_MAGIC)]
         expected = self._mac(self.cache_key(component_digest), artifact)
         return artifact if hmac.compare_digest(mac, expected) else None
 
@@ -159,24 +180,40 @@ class KernelEngine:
                      component_digest: str) -> tuple[Component | None, str | None]:
         """A component from a verified cache entry, or (None, why it was rejected)."""
         try:
-            entry = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None, None
         except OSError as e:
             return None, f"cache entry {path.name} unreadable ({e.strerror}); recompiled"
-        artifact = self.unseal(component_digest, entry)
-        if artifact is None:
-            note = (f"cache entry {path.name} failed its MAC (altered, or not written by "
-                    "this kernel for this component); recompiled from the verified .wasm")
-        else:
-            try:
-                return Component.deserialize(self.engine, artifact), None
-            except wasmtime.WasmtimeError:
-                # Sealed by this kernel but from another wasmtime build: recompile.
-                note = f"cache entry {path.name} refused by wasmtime; recompiled"
+        try:
+            note = self._check_open_entry(fd, path, component_digest)
+            if note is None:
+                try:  # the very file just verified, mapped by wasmtime
+                    return Component.deserialize_file(self.engine, f"/proc/self/fd/{fd}"), None
+                except wasmtime.WasmtimeError:
+                    # Sealed by this kernel but from another wasmtime build: recompile.
+                    note = f"cache entry {path.name} refused by wasmtime; recompiled"
+        finally:
+            os.close(fd)
         with contextlib.suppress(OSError):
             path.unlink()
         return None, note
+
+    def _check_open_entry(self, fd: int, path: Path, component_digest: str) -> str | None:
+        """None when the open entry's MAC verifies, else why it is rejected."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < _TRAILER:
+            return f"cache entry {path.name} is not a sealed artifact; recompiled"
+        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                ok = self._verified(component_digest, view) is not None
+            finally:
+                view.release()
+        if ok:
+            return None
+        return (f"cache entry {path.name} failed its MAC (altered, or not written by "
+                "this kernel for this component); recompiled from the verified .wasm")
 
     def compile(self, wasm: bytes, component_digest: str | None = None) -> CompileResult:
         """Compile (or load from the cache) a component whose bytes were already verified.
@@ -185,11 +222,15 @@ class KernelEngine:
         valid component.
         """
         component_digest = component_digest or digest(wasm)
+        loaded = self._loaded.get(component_digest)
+        if loaded is not None:
+            return CompileResult(loaded, True)
         path = self.cache_path(component_digest) if self.cache_refused is None else None
         note = self.cache_refused
         if path is not None:
             cached, note = self._load_cached(path, component_digest)
             if cached is not None:
+                self._loaded[component_digest] = cached
                 return CompileResult(cached, True)
         try:
             component = Component(self.engine, wasm)
@@ -197,6 +238,7 @@ class KernelEngine:
             raise CompileError(f"not a valid component: {_first_line(str(e))}") from e
         if path is not None:
             write_atomic(path, self.seal(component_digest, bytes(component.serialize())))
+        self._loaded[component_digest] = component
         return CompileResult(component, False, note)
 
     def check_plugin_world(self, component: Component) -> None:

@@ -8,6 +8,7 @@ one cross-component call (a plugin calling another plugin's export).
     .venv/bin/python scripts/bench/kernel.py --quick    # fewer iterations
     .venv/bin/python scripts/bench/kernel.py --interceptors   # only the interceptor checks
     .venv/bin/python scripts/bench/kernel.py --links          # only the cross-component call
+    .venv/bin/python scripts/bench/kernel.py --rss            # kernel RSS per shipped plugin
 
 Numbers are medians (or p50/p99) of wall-clock time on this machine; trust
 ratios more than absolutes on a shared box. The test components are built
@@ -243,6 +244,61 @@ def bench_cold_start(comps_paths: dict[str, Path]) -> list[str]:
     return rows
 
 
+def _rss_mib() -> tuple[float, float, float]:
+    """This process's resident memory (total, anonymous, file-backed), in MiB."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["RssAnon"], fields["RssFile"]
+
+
+def bench_rss(home: Path) -> list[str]:
+    """Kernel RSS before and after each shipped bus plugin starts (its pin, its config, the
+    compile cache of `home` warm as after `astrid plugin install`; interceptors and link
+    plugins are left out). Compiling happens in a child process, as install does."""
+    import subprocess
+
+    from astrid_runtime.lockfile import load_lockfile, read_verified
+    from astrid_runtime.manifest import load_manifest
+
+    lock = load_lockfile(ROOT / "plugins.lock", missing_ok=False)
+    entries = [e for e in lock.entries  # link plugins need their peers: not here
+               if not (m := load_manifest(e.source)).exports and not m.imports]
+    warm = ("from pathlib import Path; from astrid_runtime.install import precompile; "
+            "from astrid_runtime.lockfile import load_lockfile; import sys; "
+            "lock = load_lockfile(Path(sys.argv[1])); "
+            "[precompile(lock.get(n), Path(sys.argv[2])) for n in sys.argv[3:]]")
+    subprocess.run([sys.executable, "-c", warm, str(ROOT / "plugins.lock"), str(home / "cache"),
+                    *(e.name for e in entries)], check=True)
+    engine = KernelEngine(cache_dir=home / "cache")
+    rows = []
+
+    async def run() -> None:
+        async with open_kernel(engine, MemoryKv()) as kernel:
+            before = _rss_mib()
+            rows.append(f"| kernel, no plugin | {before[0]:.0f} | {before[1]:.0f} | "
+                        f"{before[2]:.0f} | |")
+            for entry in entries:
+                wasm = read_verified(entry)
+                compiled = await trio.to_thread.run_sync(engine.compile, wasm, entry.blake3)
+                del wasm
+                if "on-message" not in compiled.component.type.exports(engine.engine):
+                    continue  # an interceptor: the approval pipeline runs it
+                sup = kernel.start(PluginSpec(entry.name, entry.version, compiled.component,
+                                              entry.config, entry.grants, entry.limits))
+                await sup.wait_for(lambda s: s.state is not State.STARTING)
+                after = _rss_mib()
+                rows.append(f"| + {entry.name} ({sup.state.name.lower()}, "
+                            f"cache hit {compiled.cache_hit}) | {after[0]:.0f} | "
+                            f"{after[1]:.0f} | {after[2]:.0f} | +{after[0] - before[0]:.0f} |")
+                before = after
+
+    trio.run(run)
+    return rows
+
+
 def bench_interceptors(quick: bool) -> list[str]:
     """One `check` of each shipped C interceptor, and a whole `cap.request` through both."""
     from astrid_runtime.approval.audit import AuditLog
@@ -341,8 +397,21 @@ def main() -> None:
                         help="only the cross-component call (seconds)")
     parser.add_argument("--recording", action="store_true",
                         help="only the bus, with recording off and on (issue 15)")
+    parser.add_argument("--rss", action="store_true",
+                        help="only the kernel's RSS per shipped plugin (issue 12)")
+    parser.add_argument("--home", type=Path, default=None,
+                        help="with --rss: the kernel home whose compile cache is used "
+                             "(default: a temporary one, compiled first)")
     args = parser.parse_args()
     logs.configure("error")
+    if args.rss:
+        with tempfile.TemporaryDirectory() as tmp:
+            home = args.home or Path(tmp)
+            rows = bench_rss(home)
+        print("| kernel RSS (MiB) | total | anonymous | file-backed | this plugin |\n"
+              "|---|---|---|---|---|")
+        print("\n".join(rows))
+        return
     if args.recording:
         bench_recording(args.quick)
         return

@@ -73,8 +73,31 @@ def test_an_unsealed_wasmtime_artifact_is_not_deserialized(
     assert entry is not None
     # What the cache held before it was sealed: wasmtime's bytes alone.
     entry.write_bytes(bytes(engine.compile(relay).component.serialize()))
-    assert not entry.read_bytes().startswith(CACHE_MAGIC)
+    assert not entry.read_bytes().endswith(CACHE_MAGIC)
     assert not engine.compile(relay).cache_hit
+
+
+def test_a_cached_artifact_is_mapped_from_its_file_not_copied(
+        tmp_path: Path, component_paths: dict[str, Path]) -> None:
+    """Memory (issue 12): the code pages a plugin never runs stay out of the kernel's RSS."""
+    relay = component_paths["relay"].read_bytes()
+    _engine(tmp_path).compile(relay)  # fills the cache
+    engine = _engine(tmp_path)  # a fresh kernel: nothing loaded yet
+    entry = engine.cache_path(digest(relay))
+    assert entry is not None
+    result = engine.compile(relay)
+    assert result.cache_hit
+    maps = Path("/proc/self/maps").read_text()
+    assert str(entry.resolve()) in maps
+
+
+def test_one_component_per_pinned_hash_while_it_is_held(
+        tmp_path: Path, component_paths: dict[str, Path]) -> None:
+    engine = _engine(tmp_path)
+    relay = component_paths["relay"].read_bytes()
+    first = engine.compile(relay)
+    again = engine.compile(relay, digest(relay))
+    assert again.component is first.component and again.cache_hit
 
 
 def test_an_entry_sealed_by_another_kernel_is_rejected(
