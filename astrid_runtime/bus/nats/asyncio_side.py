@@ -6,6 +6,23 @@ completions below (see bridge.py's docstring for the order and the limits).
 This half connects, drains the outbox in order into nats-py, taps
 subscriptions in arrival order, and judges each inbound message by the wire
 rules (wire.py) before it reaches the inbox.
+
+Order
+-----
+One FIFO outbox carries publishes AND control operations (subscribe,
+unsubscribe, flush, stop), and one asyncio task drains it in order into
+nats-py's write buffer, so nothing overtakes a queued publish: a flush is a
+PING queued behind the publishes, a stop sends them all first. (nats-py's own
+``flush()`` writes its PING ahead of its pending buffer; ``ordered_flush``
+pushes that buffer out first.) NATS keeps a
+publisher's order per connection. Inbound, nats-py would run one task per
+subscription (two overlapping patterns could then reorder one publisher's
+messages); instead each subscription's pending queue is replaced by a tap
+that hands messages on in the connection's arrival order (this uses
+nats-py's ``Subscription._pending_queue``; ``nats-py>=2.6,<3``, checked by
+the tests). A message matching several of our patterns arrives once per
+pattern; only the copy for the lowest matching pattern is delivered, so each
+message reaches trio exactly once.
 """
 
 from __future__ import annotations
@@ -25,6 +42,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from astrid_runtime.bus.nats import wire
+from astrid_runtime.bus.nats.handoff import FLUSH, PUB, STOP, SUB, UNSUB, Completion
 from astrid_runtime.bus.nats.values import (
     REMOTE_ORIGIN_PREFIX,
     BridgedMessage,
@@ -42,42 +60,6 @@ log = logging.getLogger("astrid_runtime.bus.nats.bridge")
 STOP_GRACE: Final = 5.0
 # Outbox items handed to nats-py between yields to its reader/flusher tasks.
 _OUTBOX_BATCH: Final = 256
-
-# Outbox item kinds; tuples keep the hot path allocation-light.
-PUB: Final = 0
-SUB: Final = 1
-UNSUB: Final = 2
-FLUSH: Final = 3
-STOP: Final = 4
-
-
-class Completion:
-    """A result that the asyncio thread hands to one waiting trio task."""
-
-    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
-        self._token = token
-        self._event = trio.Event()
-        self._error: BaseException | None = None
-
-    def complete(self, error: BaseException | None = None) -> None:
-        """Called from the asyncio thread."""
-        with suppress(trio.RunFinishedError):  # nobody is waiting any more
-            self._token.run_sync_soon(self._finish, error)
-
-    def _finish(self, error: BaseException | None) -> None:
-        self._error = error
-        self._event.set()
-
-    async def finished(self) -> None:
-        """Return once completed, with or without an error."""
-        await self._event.wait()
-
-    async def wait(self) -> None:
-        """Return once completed; raise the error it completed with."""
-        await self._event.wait()
-        if self._error is not None:
-            raise self._error
-
 
 class OrderedTap(asyncio.Queue[Msg]):
     """Stands in for a nats-py subscription's pending queue.

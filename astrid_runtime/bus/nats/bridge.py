@@ -37,20 +37,8 @@ Interface (trio side)
 
 Order
 -----
-One FIFO outbox carries publishes AND control operations (subscribe,
-unsubscribe, flush, stop), and one asyncio task drains it in order into
-nats-py's write buffer, so nothing overtakes a queued publish: a flush is a
-PING queued behind the publishes, a stop sends them all first. (nats-py's own
-``flush()`` writes its PING ahead of its pending buffer; ``_ordered_flush``
-pushes that buffer out first.) NATS keeps a
-publisher's order per connection. Inbound, nats-py would run one task per
-subscription (two overlapping patterns could then reorder one publisher's
-messages); instead each subscription's pending queue is replaced by a tap
-that hands messages on in the connection's arrival order (this uses
-nats-py's ``Subscription._pending_queue``; ``nats-py>=2.6,<3``, checked by
-the tests). A message matching several of our patterns arrives once per
-pattern; only the copy for the lowest matching pattern is delivered, so each
-message reaches trio exactly once.
+Nothing overtakes a queued publish, and inbound messages reach trio in the
+connection's arrival order, once each: see ``asyncio_side.py``.
 
 Authentication
 --------------
@@ -78,10 +66,6 @@ with a 32-character id halved its throughput here.) The connection uses
 arrived from NATS is delivered with origin ``nats:...``; ``publish`` refuses
 to send such a message back out, so a kernel that forwards every bus message
 to the bridge cannot create a loop.
-
-Layout: this module is the trio half; ``asyncio_side.py`` the thread's half
-(a mixin of this class); ``wire.py`` the pure rules (topics, headers,
-signatures, replay); ``values.py`` the errors, messages and counters.
 
 Failure and limits
 ------------------
@@ -114,16 +98,8 @@ import trio
 from nats.aio.subscription import Subscription
 
 from astrid_runtime.bus.nats import wire
-from astrid_runtime.bus.nats.asyncio_side import (
-    FLUSH,
-    PUB,
-    STOP,
-    STOP_GRACE,
-    SUB,
-    UNSUB,
-    AsyncioSide,
-    Completion,
-)
+from astrid_runtime.bus.nats.asyncio_side import STOP_GRACE, AsyncioSide
+from astrid_runtime.bus.nats.handoff import FLUSH, PUB, STOP, SUB, UNSUB, Completion
 from astrid_runtime.bus.nats.values import (
     REMOTE_ORIGIN_PREFIX,
     BridgedMessage,
