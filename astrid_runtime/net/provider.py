@@ -14,12 +14,15 @@ bearer token for the endpoint's host that only the provider's requests get).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import trio
 
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.errors import ConfigError
@@ -123,10 +126,25 @@ def _merged(config: str, changes: dict[str, Any]) -> str:
     return json.dumps({**(base if isinstance(base, dict) else {}), **changes})
 
 
+def _parker(kernel: Kernel) -> Callable[[int], None]:
+    """`park(by)` from a guest thread: move the kernel's guest-thread limit by `by`."""
+    token = trio.lowlevel.current_trio_token()
+    limiter = kernel.limiter
+
+    def adjust(by: int) -> None:
+        limiter.total_tokens = max(1, int(limiter.total_tokens) + by)
+
+    def park(by: int) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(adjust, by, trio_token=token)
+    return park
+
+
 def attach(kernel: Kernel, agent: AgentOptions) -> HttpService:
     """Give every plugin the kernel's HTTP service, and the agent's plugins their config;
-    call before `kernel.boot`. The service is closed when the kernel stops."""
-    service = HttpService(agent.secrets)
+    call before `kernel.boot`, in the trio thread. The service is closed when the
+    kernel stops."""
+    service = HttpService(agent.secrets, park=_parker(kernel))
     overrides: dict[str, dict[str, Any]] = {
         ORCHESTRATOR: {"provider": agent.provider},
         agent.plugin: {k: v for k, v in (("endpoint", agent.endpoint),

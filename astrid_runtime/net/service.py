@@ -15,13 +15,19 @@ a `net.http` action on the URL (policy, interceptors, budgets, a person) ->
 the kernel adds its secrets' headers -> the request goes out, and `send`
 returns once the status and headers arrived. The body is read chunk by
 chunk through `read`, as the server sends it (SSE streams included).
+
+While a guest thread waits on the network it does not count against the
+kernel's guest-thread limit (`park(+1)` before, `park(-1)` after, as a
+`cap.request` waiting for a person does; approval/person.py), so a model
+thinking for a minute does not starve the other plugins of threads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from itertools import count
 from typing import TYPE_CHECKING
@@ -81,6 +87,22 @@ class HttpService:
     _bodies: dict[tuple[str, int], _Body] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _reps: Iterator[int] = field(default_factory=lambda: count(1))
+    #: Raises (+1) and lowers (-1) the guest-thread limit around a network wait.
+    park: Callable[[int], None] | None = None
+
+    def _parked(self) -> AbstractContextManager[object]:
+        park = self.park
+        if park is None:
+            return nullcontext()
+
+        @contextlib.contextmanager
+        def parked() -> Iterator[None]:
+            park(1)
+            try:
+                yield
+            finally:
+                park(-1)
+        return parked()
 
     def send(self, plugin: str, cap_grants: Sequence[str],
              pipeline: ApprovalPipeline | None, req: HttpRequest) -> HttpHead:
@@ -128,7 +150,8 @@ class HttpService:
         try:
             request = self.client.build_request(req.method.upper(), req.url, headers=headers,
                                                 content=req.body)
-            response = self.client.send(request, stream=True)
+            with self._parked():
+                response = self.client.send(request, stream=True)
         except httpx.InvalidURL as e:
             raise Refusal("invalid", f"bad URL: {e}") from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
@@ -149,7 +172,8 @@ class HttpService:
             raise Refusal("closed", "this response body was closed")
         if not body.pending:
             try:
-                body.pending = next(body.chunks, b"")
+                with self._parked():
+                    body.pending = next(body.chunks, b"")
             except httpx.HTTPError as e:
                 raise Refusal("io", f"reading the response failed: {_say(e)}") from None
         chunk, body.pending = body.pending[:CHUNK], body.pending[CHUNK:]

@@ -11,6 +11,7 @@ Waits are bounded by `trio.fail_after`; none is a sleep.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,21 @@ async def test_an_exhausted_token_budget_stops_the_next_request(
                      if a.get("kind") == "net.http"]
         assert decisions == [("allow", "policy"), ("deny", "budget:tokens")]
     assert len(standin.received) == 1
+
+
+async def test_a_request_waiting_on_the_network_does_not_hold_a_guest_thread(
+        provider: Provider, standin: StandIn) -> None:
+    standin.gate = threading.Event()
+    standin.script.append(Reply("late"))
+    threads = provider.kernel.limiter.total_tokens
+    provider.kernel.publish("llm.openai.chat", json.dumps(
+        {"id": "r5", "messages": [{"role": "user", "content": "take your time"}]}).encode())
+    arrived = await trio.to_thread.run_sync(standin.arrived.wait, REPLY_TIMEOUT_S)
+    assert arrived
+    # The server holds its answer: the provider's thread waits, parked.
+    assert provider.kernel.limiter.total_tokens == threads + 1
+    standin.gate.set()
+    with trio.fail_after(REPLY_TIMEOUT_S):
+        reply = json.loads((await provider.replies.receive()).payload)
+    assert reply["message"]["content"] == "late"
+    assert provider.kernel.limiter.total_tokens == threads
