@@ -62,6 +62,7 @@ from astrid_runtime.control import ControlServer
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import ControlError, KernelError, Refusal, first_kernel_error
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
+from astrid_runtime.mcp import provider as mcp_provider
 from astrid_runtime.net import provider as agent_provider
 from astrid_runtime.recorder import recorder
 from astrid_runtime.recorder.settings import RecordingSettings
@@ -401,6 +402,7 @@ async def session_kernel(opts: RunOptions, err: IO[str],
             await kernel.start_service(commits.serve)
             socket = await _serve_control(kernel, approvals, opts)
             await _start_recording(kernel, opts, err)
+            await mcp_provider.start_providers(kernel, pipeline, home)  # mcp-servers.toml
             sources = await trio.to_thread.run_sync(agent_provider.boot_sources,
                                                       opts.lockfile, opts.agent)
             await kernel.boot(BootPlan(opts.lockfile, sources))
