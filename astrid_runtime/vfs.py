@@ -22,216 +22,32 @@ parent directory that way and then act on one plain name with the
 What it does not know: wasmtime, trio, the bus. Every failure is a
 `Refusal(kind, message)` whose kind is an `astrid:kernel/types.error` case.
 Methods block (filesystem calls); the ABI calls them from the plugin's
-guest thread.
+guest thread. The rules that need no file are in vfs_rules.py, the handle
+table in vfs_handles.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import stat as statmod
-import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from astrid_runtime.errors import Refusal
 from astrid_runtime.openat2 import RESOLVE_STRICT, openat2
-
-#: The longest path a plugin may name, and the longest single component (Linux's limits).
-MAX_PATH_BYTES = 4096
-MAX_NAME_BYTES = 255
-READ_ONLY_SUFFIX = ":ro"
+from astrid_runtime.vfs_handles import DirHandle as DirHandle
+from astrid_runtime.vfs_handles import FileHandle as FileHandle
+from astrid_runtime.vfs_handles import HandleTable as HandleTable
+from astrid_runtime.vfs_rules import EntryStat as EntryStat
+from astrid_runtime.vfs_rules import RootGrant as RootGrant
+from astrid_runtime.vfs_rules import VfsLimits as VfsLimits
+from astrid_runtime.vfs_rules import check_path as check_path
+from astrid_runtime.vfs_rules import entry_kind, stat_of
+from astrid_runtime.vfs_rules import refusal_for as refusal_for
+from astrid_runtime.vfs_rules import root_grants as root_grants
 
 #: (event, fields) -> None: where refusals are recorded (approval.audit.AuditLog.record).
 AuditSink = Callable[[str, dict[str, object]], None]
-
-_KIND_BY_FMT = {statmod.S_IFREG: "file", statmod.S_IFDIR: "directory",
-                statmod.S_IFLNK: "symlink"}
-
-
-@dataclass(frozen=True)
-class VfsLimits:
-    """Per-plugin VFS limits (documented in docs/abi.md)."""
-
-    #: Open `dir` + `file` handles at once.
-    max_handles: int = 64
-    #: Largest `read(len)` and `write(data)` in one call; read a big file in chunks.
-    max_io_bytes: int = 1024 * 1024
-    #: Entries one `list` returns.
-    max_list_entries: int = 10_000
-
-
-@dataclass(frozen=True)
-class RootGrant:
-    """One entry of a plugin's `vfs` grant: a root name, read-only or read-write."""
-
-    name: str
-    writable: bool
-
-    @classmethod
-    def parse(cls, text: str) -> RootGrant:
-        """`workspace` (read-write) or `workspace:ro` (read-only)."""
-        if text.endswith(READ_ONLY_SUFFIX):
-            return cls(text.removesuffix(READ_ONLY_SUFFIX), False)
-        return cls(text, True)
-
-
-def root_grants(entries: Iterable[str]) -> dict[str, RootGrant]:
-    """The plugin's `vfs` grant as root name -> grant; read-write wins over read-only."""
-    out: dict[str, RootGrant] = {}
-    for entry in entries:
-        grant = RootGrant.parse(entry)
-        if grant.name not in out or grant.writable:
-            out[grant.name] = grant
-    return out
-
-
-@dataclass(frozen=True)
-class EntryStat:
-    kind: str
-    size: int
-    mtime_ns: int
-    mode: int
-
-
-def entry_kind(mode: int) -> str:
-    return _KIND_BY_FMT.get(statmod.S_IFMT(mode), "other")
-
-
-def _stat_of(st: os.stat_result) -> EntryStat:
-    return EntryStat(entry_kind(st.st_mode), st.st_size, max(st.st_mtime_ns, 0),
-                     statmod.S_IMODE(st.st_mode))
-
-
-def check_path(path: str, *, allow_empty: bool = True) -> list[str]:
-    """The components of a plugin path, or `Refusal('invalid')`.
-
-    Empty and `.` components are dropped ("" and "." name the handle's own
-    directory when `allow_empty`); `..`, absolute paths, NUL bytes and
-    over-long paths or names are refused before any syscall.
-    """
-    if "\0" in path:
-        raise Refusal("invalid", "path contains a NUL byte")
-    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
-        raise Refusal("invalid", f"path longer than {MAX_PATH_BYTES} bytes")
-    if path.startswith("/"):
-        raise Refusal("invalid", f"absolute path {path[:80]!r}: paths are relative to a handle")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    for part in parts:
-        if part == "..":
-            raise Refusal("invalid", f"'..' in path {path[:80]!r}: paths cannot climb out")
-        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-            raise Refusal("invalid", f"path component longer than {MAX_NAME_BYTES} bytes")
-    if not parts and not allow_empty:
-        raise Refusal("invalid", "empty path: name an entry beneath the handle")
-    return parts
-
-
-def refusal_for(e: OSError, what: str) -> Refusal:
-    """An `OSError` from resolution or I/O as the ABI error a plugin can act on."""
-    code = e.errno
-    if code == errno.EXDEV:
-        return Refusal("denied", f"{what}: escapes its root (absolute or outward symlink)")
-    if code == errno.ELOOP:
-        return Refusal("denied", f"{what}: refused link (magic link, symlink loop, or a "
-                       "symlink as the final name)")
-    if code == errno.ENOENT:
-        return Refusal("not-found", f"{what}: no such file or directory")
-    if code in (errno.EEXIST, errno.ENOTEMPTY):
-        return Refusal("conflict", f"{what}: {os.strerror(code).lower()}")
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return Refusal("denied", f"{what}: {os.strerror(code).lower()}")
-    if code in (errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EINVAL):
-        return Refusal("invalid", f"{what}: {os.strerror(code).lower()}")
-    if code in (errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return Refusal("too-large", f"{what}: {os.strerror(code).lower()}")
-    return Refusal("io", f"{what}: {os.strerror(code or errno.EIO).lower()}")
-
-
-@dataclass
-class DirHandle:
-    fd: int
-    root: RootGrant
-    path: str
-
-    def label(self, rel: str) -> str:
-        joined = f"{self.path}/{rel}" if self.path and rel else (self.path or rel)
-        return f"{self.root.name}:{joined or '.'}"
-
-
-@dataclass
-class FileHandle:
-    fd: int
-    root: RootGrant
-    path: str
-    readable: bool
-    writable: bool
-
-
-Handle = DirHandle | FileHandle
-
-
-@dataclass
-class HandleTable:
-    """One plugin's open handles: rep -> handle. Thread-safe; reps are never reused.
-
-    A rep below `next_rep` that is not in the table was closed (`closed`);
-    one at or above it never existed (`not-found`).
-    """
-
-    limit: int
-    handles: dict[int, Handle] = field(default_factory=dict)
-    next_rep: int = 1
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def insert(self, handle: Handle) -> int:
-        with self._lock:
-            if len(self.handles) >= self.limit:
-                os.close(handle.fd)
-                raise Refusal("too-large", f"more than {self.limit} open vfs handles; "
-                              "drop some first")
-            rep = self.next_rep
-            self.next_rep += 1
-            self.handles[rep] = handle
-            return rep
-
-    def get(self, rep: int) -> Handle:
-        with self._lock:
-            handle = self.handles.get(rep)
-            if handle is None:
-                if 0 < rep < self.next_rep:
-                    raise Refusal("closed", f"handle {rep} was closed")
-                raise Refusal("not-found", f"no handle {rep}")
-            return handle
-
-    def close(self, rep: int) -> bool:
-        """Close one handle; False if it was not open. Never raises."""
-        with self._lock:
-            handle = self.handles.pop(rep, None)
-        if handle is None:
-            return False
-        _close_quietly(handle.fd)
-        return True
-
-    def close_all(self) -> int:
-        """Close every handle (the instance died or the plugin stopped); how many."""
-        with self._lock:
-            handles = list(self.handles.values())
-            self.handles.clear()
-        for handle in handles:
-            _close_quietly(handle.fd)
-        return len(handles)
-
-    def __len__(self) -> int:
-        return len(self.handles)
-
-
-def _close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
 
 #: Error kinds that are audit lines: attempts beyond the grant, hostile or broken input.
 AUDITED = frozenset({"denied", "invalid", "closed", "too-large"})
@@ -407,10 +223,10 @@ class PluginVfs:
         d = self._dir(rep)
         parts = check_path(path)
         if not parts:
-            return _stat_of(os.fstat(d.fd))
+            return stat_of(os.fstat(d.fd))
         fd, name, label = self._parent(d, path)
         try:
-            return _stat_of(os.stat(name, dir_fd=fd, follow_symlinks=False))
+            return stat_of(os.stat(name, dir_fd=fd, follow_symlinks=False))
         except OSError as e:
             raise refusal_for(e, label) from None
         finally:
@@ -496,7 +312,7 @@ class PluginVfs:
 
     def fstat(self, rep: int) -> EntryStat:
         f = self._file(rep)
-        return _stat_of(os.fstat(f.fd))
+        return stat_of(os.fstat(f.fd))
 
 
 def _scandir_kind(entry: os.DirEntry[str]) -> str:
