@@ -14,7 +14,7 @@ host calls like the rest: answered from the recording, no provider needed
 VFS handles (`root`, `open-dir`, `open-file`) that were opened when recorded
 are new handles of the replay's store naming no file: the calls made through
 them are answered from the recording like the rest. Not answered from the
-recording: WASI `monotonic-clock` and insecure randomness (wasmtime's). Each
+recording: WASI `monotonic-clock` (wasmtime's; docs/design/recorder.md). Each
 instance's `init` is answered from the recorded `init` before it (live, on a
 private bus with no KV or files, when none was recorded). A plugin's memory
 is rebuilt from the first replayed message: replaying from the middle

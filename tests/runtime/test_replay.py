@@ -116,6 +116,8 @@ async def test_clock_and_randomness_are_recorded_and_replayed(
                        [("chance", b""), ("chance", b"")])
     drawn = [(await tap.receive()).payload for _ in range(2)]
     assert drawn[0][:8] != drawn[1][:8]  # 64 random bits, twice
+    assert drawn[0][24:32] != drawn[1][24:32]  # 64 insecure random bits, twice
+    assert drawn[0][32:] != drawn[1][32:]  # the insecure seed, asked twice
     store = RecordingStore(rec.store.url)
     try:
         calls = store.read().calls
@@ -123,7 +125,9 @@ async def test_clock_and_randomness_are_recorded_and_replayed(
         store.close()
     assert [[h.name for h in c.host] for c in calls] == [
         ["bus.subscribe"],  # the init, recorded before the first call
-        *[["wasi:random.get-random-u64", "wasi:wall-clock.now", "bus.publish"]] * 2]
+        *[["wasi:random.get-random-u64", "wasi:wall-clock.now",
+           "wasi:insecure.get-insecure-random-u64", "wasi:insecure-seed.insecure-seed",
+           "bus.publish"]] * 2]
     report = await replay_of(engine, rec, "chance", chance, "chance", grants)
     assert report.identical, [str(d) for d in report.differences]
     assert len(report.calls) == 2

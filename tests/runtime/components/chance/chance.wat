@@ -1,9 +1,12 @@
-;; A plugin that reads WASI randomness and the wall clock (issue 15 tests).
+;; A plugin that reads WASI randomness (secure and insecure, and the insecure
+;; seed) and the wall clock (issue 15 tests).
 (module
   (import "astrid:kernel/bus@0.1.0" "subscribe" (func $subscribe (param i32 i32 i32)))
   (import "astrid:kernel/bus@0.1.0" "publish" (func $publish (param i32 i32 i32 i32 i32)))
   (import "wasi:random/random@0.2.9" "get-random-u64" (func $random (result i64)))
   (import "wasi:clocks/wall-clock@0.2.9" "now" (func $now (param i32)))
+  (import "wasi:random/insecure@0.2.9" "get-insecure-random-u64" (func $insecure (result i64)))
+  (import "wasi:random/insecure-seed@0.2.9" "insecure-seed" (func $seed (param i32)))
   (data (i32.const 16) "chance.out")
   (memory (export "memory") 2)
   (global $heap (mut i32) (i32.const 65536))
@@ -44,12 +47,15 @@
     (i32.store8 (i32.const 256) (i32.const 0))
     (i32.const 256))
 
-  ;; on-message: publish 8 random bytes and the wall clock (12 bytes) on chance.out.
+  ;; on-message: publish on chance.out 8 random bytes, the wall clock (16 bytes: seconds,
+  ;; nanoseconds, padding), 8 insecure random bytes and the insecure seed (16 bytes).
   (func (export "on-message")
     (param $tp i32) (param $tl i32) (param $pp i32) (param $pl i32) (result i32)
     (i64.store (i32.const 1024) (call $random))
     (call $now (i32.const 1032))
-    (call $publish (i32.const 16) (i32.const 10) (i32.const 1024) (i32.const 20) (i32.const 512))
+    (i64.store (i32.const 1048) (call $insecure))
+    (call $seed (i32.const 1056))
+    (call $publish (i32.const 16) (i32.const 10) (i32.const 1024) (i32.const 48) (i32.const 512))
     (global.set $heap (i32.const 65536))
     (i32.store8 (i32.const 256) (i32.const 0))
     (i32.const 256))
