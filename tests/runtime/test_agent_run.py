@@ -227,13 +227,15 @@ def test_provider_options_are_checked_before_anything_is_mounted(
         ("--provider", "openai", "--endpoint", "http://127.0.0.1:9/v1",
          "--api-key-env", "UNSET_VAR_FOR_TEST"): "UNSET_VAR_FOR_TEST is not set",
     }
-    for args, message in cases.items():
-        done = subprocess.run(
-            [sys.executable, "-m", "astrid_runtime.client_cli", "--lockfile", str(lockfile),
-             "run", "--lower", str(tmp_path), "--session", "bad", *args],
-            capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False,
-            stdin=subprocess.DEVNULL)
-        assert done.returncode != 0, args
-        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
-        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    # Started together (each is a CLI start-up; they share nothing but the home).
+    procs = {args: subprocess.Popen(
+        [sys.executable, "-m", "astrid_runtime.client_cli", "--lockfile", str(lockfile),
+         "run", "--lower", str(tmp_path), "--session", f"bad{i}", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        stdin=subprocess.DEVNULL) for i, args in enumerate(cases)}
+    for args, proc in procs.items():
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode != 0, args
+        assert cases[args] in stderr and "Traceback" not in stderr, (args, stderr)
+        assert len(stderr.strip().splitlines()) == 1, stderr
     assert not [m for m in mounted_points() if m.startswith(str(home))]
