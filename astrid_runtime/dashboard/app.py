@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -148,8 +149,6 @@ class Dashboard:
 
 
 def _env(home: Path) -> dict[str, str]:
-    import os
-
     return {**os.environ, "ASTRID_HOME": str(home)}
 
 

@@ -105,6 +105,8 @@ async def serve_dashboard(opts: RunOptions, port: int, err: IO[str]) -> None:
 
 def cmd_dashboard(args: argparse.Namespace, lockfile: Path) -> int:
     """The `astrid dashboard` verb."""
+    if not 0 <= args.port <= 65535:
+        raise RunError(f"--port {args.port}: not a TCP port (0-65535; 0: any free port)")
     opts = options(args, lockfile)
     try:
         in_mounted_session(opts, sys.stderr,

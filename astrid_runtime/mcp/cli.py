@@ -117,6 +117,8 @@ async def serve(opts: RunOptions, err: IO[str], dashboard_port: int | None = Non
 
 def cmd_mcp(args: argparse.Namespace, lockfile: Path) -> int:
     """The `astrid mcp` verb."""
+    if not 0 <= args.dashboard_port <= 65535:
+        raise RunError(f"--dashboard-port {args.dashboard_port}: not a TCP port (0-65535)")
     opts = options(args, lockfile)
     try:
         port = args.dashboard_port if args.dashboard else None

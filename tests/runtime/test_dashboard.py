@@ -270,3 +270,20 @@ def test_a_person_approves_a_commit_in_the_browser(dashboard: dict[str, Any]) ->
              (site["home"] / "audit.jsonl").read_text().splitlines()]
     decisions = [(e["decision"], e.get("by")) for e in audit if e["event"] == "cap.decision"]
     assert decisions[-1] == ("allow", "dashboard"), decisions
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["dashboard", "--session", "x", "--port", "70000"], "--port 70000: not a TCP port"),
+    (["dashboard", "--session", "../x"], "--session"),
+    (["mcp", "--session", "x", "--dashboard-port", "-1"], "--dashboard-port -1"),
+    (["mcp", "--session", "x", "--lower", "/no/such/dir"], "--lower /no/such/dir"),
+])
+def test_bad_input_is_one_line_before_mounting(tmp_path: Path, args: list[str],
+                                               message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "astrid_runtime.client_cli", "--lockfile",
+                           str(REPO / "plugins.lock"), *args], capture_output=True,
+                          text=True, check=False, timeout=WAIT_S, cwd=REPO,
+                          env={**os.environ, "ASTRID_HOME": str(tmp_path)})
+    assert done.returncode == 1, done
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert not (tmp_path / "mnt").exists()
