@@ -121,6 +121,14 @@ def base_conflict(change: Change, lower: str, index: BaseIndex | None,
     origin does not already vouch for it) differs from the session's base."""
     if index is None:
         return None
+    if change.status == "R" and change.path != change.lower_path:
+        # A rename lands over its target too: what the project held there
+        # (deleted or added since the base) is replaced as well.
+        tst = lstat_or_none(os.path.join(lower, change.path))
+        why = _differs(change.path, index.lookup(change.path),
+                       None if tst is None else Base.of_stat(tst))
+        if why is not None:
+            return why
     path = change.path if change.status == "A" else change.lower_path
     if path is None or (change.origin is not None and change.origin.path == path):
         return None

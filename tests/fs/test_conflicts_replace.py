@@ -88,6 +88,23 @@ def test_no_conflict_without_project_edits_and_none_after_own_commit(
     assert (project / "README.md").read_text() == "hey\n"
 
 
+def test_mv_over_a_file_the_user_deleted_conflicts(tmp_path: Path, mount_session: Mount) -> None:
+    """Found by the model test: `mv y.md x.md` in the session while the user
+    deleted x.md showed as a plain rename (x.md is absent from the project
+    now, so nothing was replaced) and the commit brought x.md back."""
+    project = _project(tmp_path / "project")
+    s = mount_session(project)
+    os.rename(s.mnt / "docs" / "y.md", s.mnt / "docs" / "x.md")
+    (project / "docs" / "x.md").unlink()
+    change = _diff_json(s)["docs/x.md"]
+    assert change["status"] == "R" and "deleted" in str(change["conflict"])
+    assert s.cli("commit", s.name, check=False).returncode == 3
+    assert not (project / "docs" / "x.md").exists() and (project / "docs" / "y.md").exists()
+    # a rename to a name the project never had is no conflict
+    os.rename(s.mnt / "scripts" / "run.sh", s.mnt / "scripts" / "start.sh")
+    assert _diff_json(s)["scripts/start.sh"]["conflict"] is None
+
+
 def test_add_add_second_session_sees_the_first(tmp_path: Path, mount_session: Mount) -> None:
     project = _project(tmp_path / "project")
     a = mount_session(project)

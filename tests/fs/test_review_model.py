@@ -170,8 +170,8 @@ def _commit_both(sides: list[Side], lower: Path) -> None:
     over what its session was based on."""
     before = _files(lower)
     views = [_files(s.mnt) for s in sides]
-    changed = [{c.path for c in session_changes(s.session, s.link)} & set(FILES)
-               for s in sides]
+    changed = [{p for c in session_changes(s.session, s.link) for p in (c.path, c.lower_path)
+                if p in FILES} for s in sides]  # (a rename changes its source too)
     landed = [False, False]
     errors: list[BaseException] = []
 
