@@ -77,6 +77,9 @@ bus.onmessage = (ev) => {
   li.dataset.topic = m.topic; $('bus').prepend(li);
   while ($('bus').children.length > 200) $('bus').lastChild.remove();
   if (m.topic.startsWith('approval.')) refresh();
+  // A tool's answer may follow an edit: show the session's diff as it is now.
+  if (m.topic === 'agent.response' && $('diff').dataset.session)
+    showDiff($('diff').dataset.session);
 };
 refresh().then(() => showDiff($('session').textContent));
 """

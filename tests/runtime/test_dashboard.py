@@ -247,6 +247,11 @@ def test_a_person_approves_a_commit_in_the_browser(dashboard: dict[str, Any]) ->
                                 ".includes('NOTES.md') && "
                                 "document.getElementById('diff').textContent")
         assert "+hello from the dashboard test" in diff, diff
+        # An edit while the page is open: the diff follows (the tool's answer on the bus).
+        _astrid(site, "publish", "tools.fs", "append NOTES.md a second line")
+        assert replies.next()["ok"] is True
+        assert browser.wait_for("document.getElementById('diff').textContent"
+                                ".includes('+a second line')")
         # An ask arrives while the page is open: the live bus brings it.
         _astrid(site, "publish", "tools.fs", "commit NOTES.md")
         asked = browser.wait_for("document.querySelector('.ask')?.textContent")
@@ -255,7 +260,8 @@ def test_a_person_approves_a_commit_in_the_browser(dashboard: dict[str, Any]) ->
         browser.evaluate("document.querySelector('.ask button[data-answer=once]').click()")
         committed = replies.next()
         assert committed["plugin"] == "kernel" and committed["ok"] is True, committed
-        assert (project / "NOTES.md").read_text() == "hello from the dashboard test\n"
+        assert (project / "NOTES.md").read_text() == ("hello from the dashboard test\n"
+                                                      "a second line\n")
         assert browser.wait_for("document.getElementById('answered').textContent"
                                 ".startsWith('answered')")
         topics = browser.wait_for(
