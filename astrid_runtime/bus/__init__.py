@@ -1,4 +1,5 @@
-"""The bus: topic router and mailboxes (`router`), the one topic matcher
+"""The bus: the topic router (`router`), what travels on it (`message`), a
+consumer's mailbox and a publisher's quota (`mailbox`), the one topic matcher
 (`topics`), and the bridge to NATS beneath it (`nats/`: `wire` holds its
 rules as pure functions, `bridge` the connection).
 

@@ -24,22 +24,30 @@ stopped reading refused every publish on the bus (issue 12). Publishers
 are limited by their own quota only (`publish_per_sec`, a token bucket,
 and `max_payload_bytes`). Taps (`astrid tail`) drop their oldest message
 instead, and report the gap.
+
+Messages and senders are in message.py, mailboxes, doorbells and the
+publish quota in mailbox.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
-import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
 import astrid_runtime.grants as _grants
+from astrid_runtime.bus.mailbox import Doorbell as Doorbell
+from astrid_runtime.bus.mailbox import Mailbox as Mailbox
+from astrid_runtime.bus.mailbox import MailboxStats as MailboxStats
+from astrid_runtime.bus.mailbox import TokenBucket as TokenBucket
+from astrid_runtime.bus.message import CLIENT as CLIENT
+from astrid_runtime.bus.message import KERNEL as KERNEL
+from astrid_runtime.bus.message import Message as Message
+from astrid_runtime.bus.message import Sender as Sender
 from astrid_runtime.bus.topics import match_tokens, validate_pattern, validate_topic
 from astrid_runtime.errors import BusError
 
@@ -47,139 +55,6 @@ if TYPE_CHECKING:
     # grants imports bus.topics, which runs this package's __init__: import the
     # module, not its names, so either may be imported first.
     from astrid_runtime.grants import Grants, Limits
-
-#: Publisher name used for messages that come from `astrid publish`.
-CLIENT = "client"
-#: Publisher name of messages the kernel itself publishes.
-KERNEL = "kernel"
-
-
-@dataclass(frozen=True, slots=True)
-class Sender:
-    """Who published a message, as the kernel saw it; nothing a plugin sends sets it.
-
-    `plugin` is the publishing plugin's name (`client` for `astrid publish`,
-    `kernel` for the kernel itself); `kernel` is None for a message published
-    on this kernel, else the hex ed25519 key of the kernel it came from, whose
-    signature the bridge verified.
-    """
-
-    plugin: str
-    kernel: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    topic: str
-    payload: bytes
-    #: A name unique across kernels: the plugin, `client` or `kernel` here, and
-    #: `nats:<kernel>/<plugin>` for a bridged message (never a local plugin's name).
-    publisher: str
-    #: The structured sender (`Sender`); None in messages made outside the bus.
-    sender: Sender | None = None
-    #: The bus sequence number, in delivery order (0 in messages made outside the bus).
-    seq: int = 0
-
-    @property
-    def who(self) -> Sender:
-        """The sender as the kernel saw it (a local publisher when unset)."""
-        return self.sender if self.sender is not None else Sender(self.publisher)
-
-
-class Doorbell:
-    """Wakes one trio task from any thread; rings coalesce."""
-
-    def __init__(self, token: trio.lowlevel.TrioToken, trio_thread: int):
-        self._token = token
-        self._trio_thread = trio_thread
-        self._send, self._recv = trio.open_memory_channel[None](1)
-
-    def _ring_here(self) -> None:
-        # WouldBlock: already rung; Closed: the consumer is gone.
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-            self._send.send_nowait(None)
-
-    def ring(self) -> None:
-        if threading.get_ident() == self._trio_thread:
-            self._ring_here()
-        else:
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(self._ring_here)
-
-    async def wait(self) -> None:
-        await self._recv.receive()
-
-
-@dataclass
-class MailboxStats:
-    delivered: int = 0
-    #: Messages this mailbox did not take because it was full (its owner's loss).
-    overflowed: int = 0
-    dropped: int = 0
-
-
-class Mailbox:
-    """A bounded FIFO of messages for one consumer. Guarded by the bus lock."""
-
-    def __init__(self, capacity: int, doorbell: Doorbell, *, drop_oldest: bool = False):
-        self.capacity = capacity
-        self.drop_oldest = drop_oldest
-        self.doorbell = doorbell
-        self._queue: deque[Message] = deque()
-        self._idle = True
-        self.stats = MailboxStats()
-        #: Called (outside the bus lock, in the publisher's thread) with the overflow
-        #: count at the first overflow and every 1000th: the owner logs it.
-        self.on_overflow: Callable[[int], None] | None = None
-        #: The endpoint's name (the recorder lists who received a message).
-        self.owner = ""
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def full(self) -> bool:
-        return len(self._queue) >= self.capacity
-
-    def _put(self, message: Message) -> bool:
-        """Enqueue (lock held); True when the consumer must be woken."""
-        if self.full():
-            self._queue.popleft()  # only reached for drop_oldest mailboxes
-            self.stats.dropped += 1
-        self._queue.append(message)
-        if self._idle:
-            self._idle = False
-            return True
-        return False
-
-    def _take(self) -> Message | None:
-        """Dequeue (lock held); None marks the consumer idle until the next put."""
-        if self._queue:
-            self.stats.delivered += 1
-            return self._queue.popleft()
-        self._idle = True
-        return None
-
-    def _clear(self) -> int:
-        n = len(self._queue)
-        self._queue.clear()
-        self.stats.dropped += n
-        return n
-
-
-@dataclass
-class TokenBucket:
-    rate: float
-    tokens: float
-    stamp: float = field(default_factory=time.monotonic)
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass
