@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import trio
 
 from astrid_runtime.bus import Bus, Tap
-from astrid_runtime.errors import KernelError
+from astrid_runtime.errors import BusError, KernelError
 
 REQUEST_TOPIC = "tools.fs"
 REPLY_TOPIC = "agent.response"
@@ -118,7 +118,14 @@ class FileToolClient:
         send, receive = trio.open_memory_channel[ToolReply](1)
         self._waiting[request_id] = send
         try:
-            self._publish(REQUEST_TOPIC, json.dumps({"text": text, "id": request_id}).encode())
+            try:
+                taken = self._publish(REQUEST_TOPIC,
+                                      json.dumps({"text": text, "id": request_id}).encode())
+            except BusError as e:
+                raise ToolRequestError(f"request refused by the bus: {e.message}") from None
+            if taken == 0:  # nobody subscribed, or its mailbox is full: no answer will come
+                raise ToolRequestError("the file tool did not take the request (not running, "
+                                       "or busy: its mailbox is full); try again")
             with trio.move_on_after(timeout_s):
                 return await receive.receive()
         finally:
