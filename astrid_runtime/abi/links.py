@@ -11,7 +11,7 @@ that calls the provider's export in the provider's Store:
 The shim does no conversion in Python: wasmtime hands it the arguments as
 C component values, and those same values are the parameters of the
 provider's export; the provider's result is written straight into the
-caller's result slot. The boot check (`check_link_types`) makes sure the
+caller's result slot. The boot check (`check_link_types`, link_types.py) makes sure the
 two sides have the same function types, and that every function returns
 `result<_, string>`, so that the shim can answer any failure as
 `err("link ...: why")` -- never a trap in the caller:
@@ -42,18 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wasmtime import Store, WasiConfig, WasmtimeError
-from wasmtime.component import (
-    Component,
-    Linker,
-    ListType,
-    OptionType,
-    RecordType,
-    ResultType,
-    String,
-    TupleType,
-    ValType,
-    VariantType,
-)
+from wasmtime.component import Component, Linker
 
 from astrid_runtime.abi.canon import STRING, Err, ResultCodec, Val
 from astrid_runtime.abi.capi import (
@@ -66,6 +55,11 @@ from astrid_runtime.abi.capi import (
     store_context_address,
 )
 from astrid_runtime.abi.hostfunc import _RAW_CALLBACK, _no_finalizer
+from astrid_runtime.abi.link_types import HOST_PACKAGES as HOST_PACKAGES
+from astrid_runtime.abi.link_types import check_link_types as check_link_types
+from astrid_runtime.abi.link_types import link_exports as link_exports
+from astrid_runtime.abi.link_types import link_imports as link_imports
+from astrid_runtime.abi.link_types import plain as plain
 from astrid_runtime.abi.world import INIT, lookup_export
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.grants import Limits
@@ -73,80 +67,12 @@ from astrid_runtime.links import InterfaceRef, LinkError, grant_covers, parse_in
 from astrid_runtime.logs import KernelLog
 from astrid_runtime.sandbox import trap_reason
 
-#: Imports the kernel itself serves (the Host ABI, WASI): never links.
-HOST_PACKAGES = ("astrid:kernel/", "wasi:")
-
 _ERR = ResultCodec(None, STRING)
 
 # The shim passes the addresses wasmtime gave it straight to func_call_raw, and
 # fuel and deadline are set before every call through the cached context pointer:
 # through wasmtime-py's Store methods that costs more than the call itself
 # (FIELD-NOTES: an export call is 12-20 us).
-
-
-def _interfaces(items: dict[str, Any], engine: KernelEngine) -> dict[str, dict[str, Any]]:
-    """Interface name -> {function name -> FuncType}, for linkable (non-host) items."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, item in items.items():
-        if name.startswith(HOST_PACKAGES):
-            continue
-        ty = item.ty
-        exports = getattr(ty, "exports", None)
-        if exports is None:  # a bare function or type: not an interface
-            out[name] = {}
-            continue
-        out[name] = {fn: ext.ty for fn, ext in exports(engine.engine).items()}
-    return out
-
-
-def link_imports(component: Component, engine: KernelEngine) -> dict[str, dict[str, Any]]:
-    """The interfaces `component` imports from other plugins (not the Host ABI or WASI)."""
-    return _interfaces(component.type.imports(engine.engine), engine)
-
-
-def link_exports(component: Component, engine: KernelEngine) -> dict[str, dict[str, Any]]:
-    """The interfaces `component` exports (candidates for other plugins' imports)."""
-    return _interfaces(component.type.exports(engine.engine), engine)
-
-
-def plain(ty: ValType | None) -> bool:
-    """Whether values of `ty` can cross between Stores: no resource handle (own/borrow),
-    stream, future or error-context anywhere inside (each belongs to one Store)."""
-    if ty is None or type(ty).__name__ in ("Bool", "U8", "U16", "U32", "U64", "S8", "S16",
-                                           "S32", "S64", "F32", "F64", "Char", "String",
-                                           "EnumType", "FlagsType"):
-        return True
-    if isinstance(ty, ListType):
-        return plain(ty.element)
-    if isinstance(ty, OptionType):
-        return plain(ty.payload)
-    if isinstance(ty, ResultType):
-        return plain(ty.ok) and plain(ty.err)
-    if isinstance(ty, RecordType):
-        return all(plain(t) for _, t in ty.fields)
-    if isinstance(ty, TupleType):
-        return all(plain(t) for t in ty.elements)
-    if isinstance(ty, VariantType):
-        return all(plain(t) for _, t in ty.cases)
-    return False  # own, borrow, stream, future, error-context
-
-
-def check_link_types(iface: str, wanted: dict[str, Any], offered: dict[str, Any]) -> str | None:
-    """Why functions `wanted` (an import) cannot be served by `offered` (an export), or None."""
-    for fn, fty in sorted(wanted.items()):
-        oty = offered.get(fn)
-        if oty is None:
-            return f"{iface} has no function {fn}"
-        if not all(plain(t) for _, t in fty.params) or not plain(fty.result):
-            return (f"{iface}.{fn} passes a resource, stream or future, which cannot cross "
-                    "between two plugins' Stores")
-        result = fty.result
-        if not (isinstance(result, ResultType) and isinstance(result.err, String)):
-            return (f"{iface}.{fn} must return result<_, string> (a failed link call is "
-                    "answered as err)")
-        if [t for _, t in fty.params] != [t for _, t in oty.params] or result != oty.result:
-            return f"{iface}.{fn} has another type in the importer than in the provider"
-    return None
 
 
 @dataclass
