@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from astrid_runtime import client_cli
 from astrid_runtime.control import ControlClient
 from astrid_runtime.identity import KEY_FILE
 from astrid_runtime.lockfile import Lockfile, load_lockfile
@@ -284,12 +285,12 @@ def test_a_person_approves_a_commit_in_the_browser(dashboard: dict[str, Any]) ->
     (["mcp", "--session", "x", "--dashboard-port", "-1"], "--dashboard-port -1"),
     (["mcp", "--session", "x", "--lower", "/no/such/dir"], "--lower /no/such/dir"),
 ])
-def test_bad_input_is_one_line_before_mounting(tmp_path: Path, args: list[str],
-                                               message: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "astrid_runtime.client_cli", "--lockfile",
-                           str(REPO / "plugins.lock"), *args], capture_output=True,
-                          text=True, check=False, timeout=WAIT_S, cwd=REPO,
-                          env={**os.environ, "ASTRID_HOME": str(tmp_path)})
-    assert done.returncode == 1, done
-    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+def test_bad_input_is_one_line_before_mounting(tmp_path: Path, args: list[str], message: str,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("ASTRID_HOME", str(tmp_path))
+    code = client_cli.main(["--lockfile", str(REPO / "plugins.lock"), *args])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "mnt").exists()
