@@ -51,10 +51,18 @@ function showAsks(pending) {
     box.appendChild(d);
   }
 }
+// One diff request at a time (each runs `astrid-fs diff`); a change meanwhile asks again.
+let diffBusy = false, diffAgain = false;
 async function showDiff(name) {
+  $('diff').dataset.session = name;
+  if (diffBusy) { diffAgain = true; return; }
+  diffBusy = true;
   try { $('diff').textContent = await api('/api/diff?session=' + encodeURIComponent(name)); }
   catch (e) { $('diff').textContent = e.message; }
-  $('diff').dataset.session = name;
+  finally {
+    diffBusy = false;
+    if (diffAgain) { diffAgain = false; showDiff($('diff').dataset.session); }
+  }
 }
 async function refresh() {
   const state = JSON.parse(await api('/api/state'));
