@@ -112,13 +112,8 @@ class Dashboard:
             check_name(name)
         except AstridFsError as e:
             return Response(400, str(e).encode())
-        argv = [sys.executable, "-m", "astrid_fs.cli", "diff", "--patch", "--", name]
-        done = await trio.to_thread.run_sync(lambda: subprocess.run(
-            argv, capture_output=True, text=True, check=False, timeout=120,
-            env=_env(self.home), stdin=subprocess.DEVNULL))
-        if done.returncode != 0:
-            return Response(404, (done.stderr.strip() or "no diff").encode())
-        return Response(200, (done.stdout or "(no changes)\n").encode())
+        ok, text = await trio.to_thread.run_sync(session_patch, self.home, name)
+        return Response(200 if ok else 404, text.encode())
 
     def _answer(self, ask_id: str, body: bytes) -> Response:
         try:
@@ -148,12 +143,20 @@ class Dashboard:
             tap.close()
 
 
-def _env(home: Path) -> dict[str, str]:
-    return {**os.environ, "ASTRID_HOME": str(home)}
+def session_patch(home: Path, name: str) -> tuple[bool, str]:
+    """(ok, text): `astrid-fs diff --patch NAME` of the session under `home`, or why not.
+    Blocking (a subprocess): run it in a worker thread."""
+    argv = [sys.executable, "-m", "astrid_fs.cli", "diff", "--patch", "--", name]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120,
+                          env={**os.environ, "ASTRID_HOME": str(home)},
+                          stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        return False, done.stderr.strip() or "no diff"
+    return True, done.stdout or "(no changes)\n"
 
 
 def _json(status: int, body: object) -> Response:
     return Response(status, json.dumps(body).encode(), "application/json")
 
 
-__all__ = ["COOKIE", "Dashboard"]
+__all__ = ["COOKIE", "Dashboard", "session_patch"]

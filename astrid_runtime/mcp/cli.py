@@ -94,7 +94,8 @@ async def serve(opts: RunOptions, err: IO[str], dashboard_port: int | None = Non
                                f"install plugins/{TOOL_PLUGIN}`")
             if dashboard_port is not None:
                 await start_dashboard(booted, opts, dashboard_port, err)
-            tools = SessionTools(clients[0], opts.reply_timeout_s, opts.policy.ask_timeout_s)
+            tools = SessionTools(clients[0], opts.reply_timeout_s, opts.policy.ask_timeout_s,
+                                 opts.session, opts.home)
             server = build_server(tools, opts.session)
             print(f"astrid: serving session {opts.session} ({opts.mount}) over MCP on stdio; "
                   f"approvals: astrid --socket {booted.socket} approvals; mode "

@@ -11,9 +11,13 @@ plugin, its vfs grant (paths resolved beneath the workspace by the kernel,
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import trio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
+from astrid_runtime.dashboard.app import session_patch
 from astrid_runtime.mcp.filetool import FileToolClient, ToolRequestError, command
 
 INSTRUCTIONS = (
@@ -25,8 +29,11 @@ INSTRUCTIONS = (
 class SessionTools:
     """The tool functions, bound to one file tool client and its time limits."""
 
-    def __init__(self, files: FileToolClient, reply_timeout_s: float, ask_timeout_s: float):
+    def __init__(self, files: FileToolClient, reply_timeout_s: float, ask_timeout_s: float,
+                 session: str, home: Path):
         self.files = files
+        self.session = session
+        self.home = home
         self.reply_timeout_s = reply_timeout_s
         #: A commit may wait for a person for as long as the policy lets an ask wait.
         self.commit_timeout_s = ask_timeout_s + reply_timeout_s
@@ -63,6 +70,14 @@ class SessionTools:
         end with '/'."""
         return await self._run("ls", path)
 
+    async def session_diff(self) -> str:
+        """What the session changed so far, as a unified diff against the project (what
+        commit_session would land)."""
+        ok, text = await trio.to_thread.run_sync(session_patch, self.home, self.session)
+        if not ok:
+            raise ToolError(text)
+        return text
+
     async def commit_session(self, paths: list[str] | None = None) -> str:
         """Ask a person to land the session's changes (only `paths`, or all) in the
         project; waits for their answer (approval `fs.commit`)."""
@@ -74,7 +89,7 @@ def build_server(tools: SessionTools, session: str) -> MCPServer:
     server: MCPServer = MCPServer(f"astrid-{session}", instructions=INSTRUCTIONS,
                                   log_level="WARNING")
     for fn in (tools.read_file, tools.write_file, tools.append_file, tools.replace_in_file,
-               tools.list_directory, tools.commit_session):
+               tools.list_directory, tools.session_diff, tools.commit_session):
         server.add_tool(fn, structured_output=False)
     return server
 

@@ -165,7 +165,7 @@ async def test_mcp_client_edits_the_session_under_approvals(site: dict[str, Path
             listed = await client.list_tools()
         names = {t.name for t in listed.tools}
         assert names == {"read_file", "write_file", "append_file", "replace_in_file",
-                         "list_directory", "commit_session"}, names
+                         "list_directory", "session_diff", "commit_session"}, names
         schema = next(t for t in listed.tools if t.name == "write_file").input_schema
         assert set(schema["required"]) == {"path", "content"}, schema
 
@@ -190,6 +190,9 @@ async def test_mcp_client_edits_the_session_under_approvals(site: dict[str, Path
         assert not (project / "docs" / "NOTES.md").exists()
         diff = run_cli("diff", "--stat", SESSION, home=site["home"])
         assert "docs/NOTES.md" in diff.stdout, diff.stdout
+        with trio.fail_after(CALL_TIMEOUT_S):
+            patch = _text(await client.call_tool("session_diff", {}))
+        assert "docs/NOTES.md" in patch and "+hello from MCP" in patch, patch
 
         # A commit asks a person; the call waits until they answer (first no, then yes).
         ask, denied = await _commit_answered(client, site, _deny_with_cli(site))
