@@ -105,8 +105,8 @@ class LinkProvider:
         self._linker.add_wasip2()
         # What the provider itself imports from further providers (link order).
         self._imports = imports
-        if imports is not None:
-            imports.define(self._linker)
+        if imports is not None:  # not observed: its own calls are no bus delivery's
+            imports.define(self._linker, observed=False)
         self._fuel = ((limits.fuel_per_call or 2**63 - 1) if engine.settings.consume_fuel
                       else 0)
         self._ticks = math.ceil(limits.call_timeout_ms / engine.epoch_tick_ms) + 1
@@ -272,15 +272,16 @@ class LinkImports:
         #: Read at each call, so it may be set after `define`.
         self.tap: LinkTap | None = None
 
-    def define(self, linker: Linker) -> None:
-        """Add every shim to `linker` (a plugin's or a provider's)."""
+    def define(self, linker: Linker, *, observed: bool = True) -> None:
+        """Add every shim to `linker` (a plugin's or, not `observed` by `tap`, a
+        provider's)."""
         with linker.root() as root:
             for shim in self.shims:
                 with root.add_instance(shim.import_name) as inst:
                     for fn in shim.functions:
-                        self._add(inst, shim, fn)
+                        self._add(inst, shim, fn, observed)
 
-    def _add(self, inst: Any, shim: Shim, fn: str) -> None:
+    def _add(self, inst: Any, shim: Shim, fn: str, observed: bool) -> None:
         where = f"link {shim.interface}.{fn}"
         provider, denied, report = shim.provider, shim.denied, self._report_bug
         lower_err = _ERR.lower
@@ -295,7 +296,7 @@ class LinkImports:
         def trampoline(_env: int | None, _ctx: int | None, _ty: int | None, args: int | None,
                        nargs: int, results: int | None, _nresults: int) -> int:
             try:
-                tap, at, out = imports.tap, args or 0, results or 0
+                tap, at, out = imports.tap if observed else None, args or 0, results or 0
                 why = (serve(at, nargs, out) if tap is None
                        else tap(shim, fn, lambda: serve(at, nargs, out), at, out))
                 if why is not None:
