@@ -32,10 +32,9 @@ import pytest
 
 from astrid_runtime import client_cli
 from astrid_runtime.control import ControlClient
-from astrid_runtime.identity import KEY_FILE
 from astrid_runtime.lockfile import Lockfile, load_lockfile
-from tests.runtime.test_mcp_server import _copy_cache, _kept_home
 from tests.support.mounts import mounted_points, require_fuse, run_cli
+from tests.support.warmhome import seed_home
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "scripts" / "demo" / "sample-project"
@@ -148,16 +147,13 @@ class Tail:
 
 
 @pytest.fixture(scope="module")
-def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def dashboard(tmp_path_factory: pytest.TempPathFactory,
+              shipped_home: Path) -> Iterator[dict[str, Any]]:
     """`astrid dashboard` over a copy of the sample project, pinning only the file tool."""
     require_fuse()
     root = tmp_path_factory.mktemp("dash")
     home, project = root / "home", root / "project"
-    kept = _kept_home()
-    home.mkdir()
-    shutil.copy2(kept / KEY_FILE, home / KEY_FILE)
-    if (kept / "cache").is_dir():
-        _copy_cache(kept / "cache", home / "cache")
+    seed_home(home, shipped_home)  # the run's compile cache (tests/support/warmhome.py)
     shutil.copytree(SAMPLE, project)
     entry = load_lockfile(REPO / "plugins.lock", missing_ok=False).get("filetool")
     assert entry is not None
@@ -193,8 +189,6 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=BOOT_TIMEOUT_S)
-        if (home / "cache").is_dir():
-            _copy_cache(home / "cache", kept / "cache")
         mount = str(home / "mnt" / SESSION)
         if mount in mounted_points():
             run_cli("umount", mount, home=home, check=False)

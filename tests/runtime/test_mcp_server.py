@@ -26,54 +26,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import testcomponents  # tests/runtime/components, on sys.path by conftest.py
 import trio
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from astrid_fs.session import open_session
 from astrid_runtime.control import ControlClient
-from astrid_runtime.identity import KEY_FILE, load_or_create_key
 from astrid_runtime.lockfile import Lockfile, load_lockfile
 from astrid_runtime.mcp.filetool import ToolRequestError, command
 from tests.support.mounts import mounted_points, require_fuse, run_cli
+from tests.support.warmhome import seed_home
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "scripts" / "demo" / "sample-project"
 #: Bounds, not synchronisation: a first boot compiles the file tool (4-8 s alone, over
-#: a minute with other jobs on the machine's two cores); later runs load it (_kept_home).
+#: a minute with other jobs on the machine's two cores); the run compiles it once
+#: (tests/support/warmhome.py).
 BOOT_TIMEOUT_S = 300
 CALL_TIMEOUT_S = 60
 SESSION = "mcp-e2e"
 
 
-def _kept_home() -> Path:
-    """A kernel key and compile cache kept between test runs (git-ignored, next to the
-    test components), so only a first run compiles the file tool."""
-    kept = testcomponents.BUILD / "mcp-home"
-    kept.mkdir(parents=True, exist_ok=True)
-    load_or_create_key(kept)
-    return kept
-
-
-def _copy_cache(src: Path, dst: Path) -> None:
-    # The kernel refuses a symlinked cache directory: copy (a few files).
-    dst.mkdir(mode=0o700, exist_ok=True)
-    for entry in src.iterdir():
-        if entry.is_file() and not (dst / entry.name).exists():
-            shutil.copy2(entry, dst / entry.name)
-
-
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+def site(tmp_path_factory: pytest.TempPathFactory, shipped_home: Path) -> Iterator[dict[str, Path]]:
     """A home, a project and a lockfile pinning only the file tool."""
     require_fuse()
     root = tmp_path_factory.mktemp("mcp")
     home, project = root / "home", root / "project"
-    kept = _kept_home()
-    home.mkdir()
-    shutil.copy2(kept / KEY_FILE, home / KEY_FILE)
-    if (kept / "cache").is_dir():
-        _copy_cache(kept / "cache", home / "cache")
+    seed_home(home, shipped_home)  # the run's compile cache (tests/support/warmhome.py)
     shutil.copytree(SAMPLE, project)
     repo_lock = load_lockfile(REPO / "plugins.lock", missing_ok=False)
     entry = repo_lock.get("filetool")
@@ -82,8 +61,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     lock.save()
     yield {"root": root, "home": home, "project": project, "lock": lock.path,
            "socket": root / "ctl.sock", "mount": home / "mnt" / SESSION}
-    if (home / "cache").is_dir():
-        _copy_cache(home / "cache", kept / "cache")
     if str(home / "mnt" / SESSION) in mounted_points():
         run_cli("umount", str(home / "mnt" / SESSION), home=home, check=False)
     assert str(home / "mnt" / SESSION) not in mounted_points(), "mount left behind"
