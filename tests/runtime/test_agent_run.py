@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import threading
@@ -30,10 +29,10 @@ from typing import IO, Any
 
 import pytest
 
-from astrid_runtime.engine import KernelEngine
-from astrid_runtime.lockfile import Lockfile, load_lockfile, read_verified
+from astrid_runtime.lockfile import Lockfile, load_lockfile
 from tests.fixtures.openai_standin import Reply, StandIn, ToolCall, openai_standin
 from tests.support.mounts import mounted_points, require_fuse
+from tests.support.warmhome import seed_home
 
 REPO = Path(__file__).resolve().parents[2]
 #: Bounds, not synchronisation: a cold boot compiles three ~18 MB components.
@@ -55,31 +54,11 @@ def astrid_fs(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           check=False, timeout=120)
 
 
-@pytest.fixture(scope="session")
-def compiled_agent(engine: KernelEngine) -> list[Path]:
-    """The agent's pinned components compiled into the shared cache; their entries."""
-    pinned = load_lockfile(REPO / "plugins.lock", missing_ok=False)
-    out = []
-    for name in AGENT_PLUGINS:
-        entry = pinned.get(name)
-        assert entry is not None, f"{name} is not pinned"
-        engine.compile(read_verified(entry), entry.blake3)
-        path = engine.cache_path(entry.blake3)
-        assert path is not None and path.is_file()
-        out.append(path)
-    return out
-
-
 @pytest.fixture
-def home(tmp_path: Path, compiled_agent: list[Path]) -> Path:
+def home(tmp_path: Path, shipped_home: Path) -> Path:
+    """A kernel home whose compile cache is the run's (tests/support/warmhome.py)."""
     require_fuse()
-    home = tmp_path / "home"
-    (home / "cache").mkdir(parents=True)
-    # The cache's entries are MAC'd under the key beside it (engine.py): both copied.
-    shutil.copy2(compiled_agent[0].parent.parent / "kernel.key", home / "kernel.key")
-    for path in compiled_agent:
-        shutil.copy2(path, home / "cache" / path.name)
-    return home
+    return seed_home(tmp_path / "home", shipped_home)
 
 
 @pytest.fixture

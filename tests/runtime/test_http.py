@@ -87,6 +87,12 @@ class Provider:
             return self.seen
 
 
+@pytest.fixture(scope="session")
+def engine(shipped_home: Path) -> KernelEngine:
+    """Overrides conftest's: the pinned plugins, compiled once per run (warmhome.py)."""
+    return KernelEngine(cache_dir=shipped_home / "cache")
+
+
 async def boot_provider(engine: KernelEngine, tmp_path: Path, endpoint: str,
                         limit: int = 1_000_000) -> AsyncIterator[Provider]:
     policy_path = tmp_path / "policy.toml"
