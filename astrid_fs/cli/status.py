@@ -8,6 +8,7 @@ import argparse
 import json
 from typing import Any
 
+from astrid_fs.cli.daemonlink import DaemonLink
 from astrid_fs.drivers.errors import DriverError
 from astrid_fs.errors import AstridFsError, MountError
 from astrid_fs.fuse import control
@@ -15,7 +16,7 @@ from astrid_fs.fuse.mountinfo import fuse_mount_alive, is_mountpoint
 from astrid_fs.mounttable import MountTable
 from astrid_fs.review import journal
 from astrid_fs.review.changes import Change
-from astrid_fs.review.commit import session_changes
+from astrid_fs.review.changeset import session_changes
 from astrid_fs.session import Session, list_sessions, sessions_dir
 
 
@@ -25,7 +26,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = session.mount_state()
         alive = state is not None and state.alive() and is_mountpoint(state.mountpoint) \
             and fuse_mount_alive(state.mountpoint)
-        changes = _changes(session)
+        changes = _changes(session, alive)
         rows.append({
             "name": session.name,
             "lower": str(session.lower),
@@ -76,11 +77,13 @@ def _data_path(session: Session) -> dict[str, Any] | None:
     return path if isinstance(path, dict) else None
 
 
-def _changes(session: Session) -> list[Change] | None:
+def _changes(session: Session, mounted: bool) -> list[Change] | None:
     """The changes `astrid-fs diff` lists, by the same scan, local and under
-    mounted sources (None if the session's layers cannot be read now, e.g.
-    the lower vanished or a source is unreachable)."""
+    mounted sources, after flushing a live mount (None if the session's layers
+    cannot be read now, e.g. the lower vanished or a source is unreachable)."""
     try:
+        if mounted:
+            return session_changes(session, DaemonLink(session))
         return session_changes(session)
     except (OSError, AstridFsError, DriverError):
         return None

@@ -192,8 +192,10 @@ class FuseOps(pyfuse3.Operations):
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any) -> None:
         self._keep_reachable(parent_inode_new, name_new)
-        await self._fetch(self.ov.fetch_for_child(self.table.get(parent_inode_old), name_old,
-                                                  data=True))
+        # Both ends' data: the source moves, the destination's content is
+        # kept as the base of a later merge (overlay/basecontent.py).
+        for parent, name in ((parent_inode_old, name_old), (parent_inode_new, name_new)):
+            await self._fetch(self.ov.fetch_for_child(self.table.get(parent), name, data=True))
         self.ov.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     # ---- files ------------------------------------------------------------

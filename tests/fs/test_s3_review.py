@@ -102,9 +102,9 @@ def test_merge_and_update_against_the_bucket(mounted: MountedSession, s3: S3Targ
     """Gap: S3 objects the session changed and the user changed in the
     bucket merge three-way against the base object the overlay kept when
     it copied them up (`resolve --merge`, `update`); the commit then writes
-    the merged objects. An editor's save over an object the mount never
-    fetched whole keeps no base (hiding never waits for the network): its
-    merge falls back to git's markers around both sides, losing nothing."""
+    the merged objects. An editor's save (`sed -i`: temp file + rename over
+    the object) keeps the base too: a rename fetches its destination before
+    hiding it."""
     s = mounted
     data = s.mnt / "mnt" / "s3" / "data"
     with open(data / "appended.txt", "a") as f:  # a copy-up
@@ -119,6 +119,7 @@ def test_merge_and_update_against_the_bucket(mounted: MountedSession, s3: S3Targ
     kept = s.root / "base-content" / "mnt" / "s3" / "data"
     assert (kept / "appended.txt").read_text() == LINES
     assert (kept / "both.txt").read_text() == LINES
+    assert (kept / "saved.txt").read_text() == LINES
     assert {"mnt/s3/data/saved.txt", "mnt/s3/data/appended.txt",
             "mnt/s3/data/both.txt"} <= _conflicts(s)
     done = s.cli("resolve", s.name, "mnt/s3/data/both.txt", "--merge")
@@ -126,16 +127,14 @@ def test_merge_and_update_against_the_bucket(mounted: MountedSession, s3: S3Targ
     both = LINES.replace("line 2\n", "line 2 by the session\n").replace(
         "line 6\n", "line 6 by the user\n")
     assert (data / "both.txt").read_text() == both
-    done = s.cli("update", s.name, check=False)
-    assert done.returncode == 3  # saved.txt: markers
+    done = s.cli("update", s.name)
     results = {line.split()[1].rstrip(":"): line.split()[0] for line in done.stdout.splitlines()}
-    assert results == {"mnt/s3/data/appended.txt": "merged", "mnt/s3/data/saved.txt": "markers"}
+    assert results == {"mnt/s3/data/appended.txt": "merged", "mnt/s3/data/saved.txt": "merged"}
     appended = LINES.replace("line 1\n", "line 1 by the user\n") + "line 8 by the session\n"
     assert (data / "appended.txt").read_text() == appended
-    markers = (data / "saved.txt").read_text()
-    assert "line 1 by the session\n" in markers and "line 7 by the user\n" in markers
-    assert "<<<<<<< session\n" in markers
-    assert _conflicts(s) == {"mnt/s3/data/saved.txt"}
+    assert (data / "saved.txt").read_text() == LINES.replace(
+        "line 1\n", "line 1 by the session\n").replace("line 7\n", "line 7 by the user\n")
+    assert _conflicts(s) == set()
     s.cli("commit", s.name, "mnt/s3/data/both.txt", "mnt/s3/data/appended.txt")
     assert s3.get("data/both.txt") == both.encode()
     assert s3.get("data/appended.txt") == appended.encode()
