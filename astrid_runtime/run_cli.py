@@ -33,12 +33,9 @@ import argparse
 import dataclasses
 import json
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,59 +43,23 @@ import trio
 
 from astrid_fs.errors import AstridFsError
 from astrid_fs.session import check_name
-from astrid_runtime import logs
-from astrid_runtime.abi.context import KvBackend, PluginContext
 from astrid_runtime.approval.asks import Ask
-from astrid_runtime.approval.audit import AuditLog
 from astrid_runtime.approval.person import ANSWERED, REQUESTED
-from astrid_runtime.approval.pipeline import ApprovalPipeline
-from astrid_runtime.approval.policy import MODES, POLICY_FILE, Policy, home_policy, load_policy
-from astrid_runtime.approval.service import AUDIT_FILE, Approvals, start_approvals
+from astrid_runtime.approval.policy import MODES, POLICY_FILE, home_policy, load_policy
+from astrid_runtime.approval.service import Approvals
 from astrid_runtime.approval_cli import describe, shown
 from astrid_runtime.bus import Message, Tap
-from astrid_runtime.commit_service import CommitService
-from astrid_runtime.config import default_home, default_socket
-from astrid_runtime.control import ControlServer
-from astrid_runtime.engine import KernelEngine
-from astrid_runtime.errors import ControlError, KernelError, Refusal, first_kernel_error
-from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
-from astrid_runtime.mcp import provider as mcp_provider
+from astrid_runtime.config import default_home
+from astrid_runtime.errors import KernelError, Refusal, first_kernel_error
+from astrid_runtime.kernel import Kernel
 from astrid_runtime.net import provider as agent_provider
-from astrid_runtime.recorder import recorder
-from astrid_runtime.recorder.settings import RecordingSettings
-from astrid_runtime.recorder.store import RecordingBusy
-from astrid_runtime.recorder.timeline import Timeline
-from astrid_runtime.supervisor import State
-from astrid_runtime.vfs import PluginVfs
-
-ASTRID_FS = (sys.executable, "-m", "astrid_fs.cli")
-#: How long to wait for plugins to come up (a cold compile of a Python plugin is 4-8 s).
-BOOT_TIMEOUT_S = 120.0
-
-
-class RunError(KernelError):
-    """`astrid run` could not set up or tear down a part (one line for the person)."""
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    home: Path
-    lower: Path
-    session: str
-    mount: Path
-    lockfile: Path
-    #: Loaded before anything is mounted: a bad policy file is bad input.
-    policy: Policy
-    kv_url: str | None
-    reply_timeout_s: float
-    json: bool
-    #: Control socket (`astrid status / approvals / approve`); None: the default
-    #: socket if no kernel serves it, else $ASTRID_HOME/run-SESSION.sock.
-    socket: Path | None = None
-    #: Record the bus, tied to the session's snapshots (`--no-record`: False).
-    record: bool = True
-    #: `--provider`: the LLM agent instead of the keyword router (net/provider.py).
-    agent: agent_provider.AgentOptions | None = None
+from astrid_runtime.session_kernel import (
+    RunError,
+    RunOptions,
+    in_mounted_session,
+    running_plugins,
+    session_kernel,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -159,44 +120,6 @@ def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
     return RunOptions(home, lower, session, mount, lockfile, policy, kv_url,
                       args.reply_timeout, args.json, args.socket, not args.no_record,
                       agent_provider.agent_options(args, home, lockfile))
-
-
-# -- the mount --------------------------------------------------------------------
-
-def _astrid_fs(*argv: str) -> subprocess.CompletedProcess[str]:
-    # Its own session: a signal to our process group (a second Ctrl-C, an MCP client
-    # killing `astrid mcp`'s group after its grace period) cannot stop an unmount halfway.
-    return subprocess.run([*ASTRID_FS, *argv], capture_output=True, text=True, check=False,
-                          stdin=subprocess.DEVNULL, timeout=300, start_new_session=True)
-
-
-def _last_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = (done.stderr.strip() or done.stdout.strip() or "failed").splitlines()
-    return lines[-1].removeprefix("astrid-fs: ")
-
-
-def mount(opts: RunOptions) -> None:
-    opts.mount.mkdir(parents=True, exist_ok=True)
-    done = _astrid_fs("mount", "--lower", str(opts.lower), "--session", opts.session,
-                      str(opts.mount))
-    if done.returncode != 0:
-        raise RunError(f"cannot mount session {opts.session}: {_last_line(done)}")
-
-
-def umount(opts: RunOptions) -> str | None:
-    """Unmount; None on success, else the reason."""
-    done = _astrid_fs("umount", str(opts.mount))
-    return None if done.returncode == 0 else _last_line(done)
-
-
-# -- the kernel ----------------------------------------------------------------------
-
-def _open_kv(url: str | None) -> KvBackend | None:
-    if url is None:
-        return None
-    from astrid_runtime.kv import KvStore
-
-    return KvStore(url)
 
 
 class Console:
@@ -281,30 +204,6 @@ def terminal_answer(text: str) -> tuple[str, str] | None:
     return answer, rest.strip()
 
 
-def _hook(opts: RunOptions, pipeline: ApprovalPipeline,
-          made: list[PluginVfs]) -> Callable[[PluginContext], None]:
-    def hook(ctx: PluginContext) -> None:
-        vfs = PluginVfs(ctx.name, ctx.grants.vfs, {"workspace": opts.mount},
-                        audit=pipeline.audit.record)
-        made.append(vfs)
-        ctx.vfs = vfs
-    return hook
-
-
-async def _serve_control(kernel: Kernel, approvals: Approvals, opts: RunOptions) -> Path:
-    """Serve the control socket; the path it listens on."""
-    first = opts.socket or default_socket(opts.home)
-    try:
-        await kernel.start_service(ControlServer(kernel, first, approvals).serve)
-        return first
-    except ControlError:
-        if opts.socket is not None:
-            raise RunError(f"--socket {opts.socket}: another kernel listens there") from None
-    second = opts.home / f"run-{opts.session}.sock"
-    await kernel.start_service(ControlServer(kernel, second, approvals).serve)
-    return second
-
-
 def _answer_inline(approvals: Approvals, text: str, out: IO[str]) -> Ask | None:
     """Answer the oldest waiting ask from a line typed in the terminal; the ask, or None."""
     pending = approvals.queue.pending()
@@ -316,26 +215,6 @@ def _answer_inline(approvals: Approvals, text: str, out: IO[str]) -> Ask | None:
     except Refusal as e:  # answered elsewhere or expired a moment ago
         print(f"astrid: {e.message}", file=out, flush=True)
         return None
-
-
-async def _start_recording(kernel: Kernel, opts: RunOptions, err: IO[str]) -> None:
-    """Record the bus on one timeline with the session's files (before the plugins boot,
-    so their first messages are recorded); not when another kernel records this home."""
-    if not opts.record:
-        return
-    timeline = Timeline(opts.session, opts.home)  # astrid-fs shares $ASTRID_HOME
-    try:
-        await kernel.start_service(recorder.serve, kernel, RecordingSettings(), opts.home,
-                                   timeline)
-    except RecordingBusy as e:
-        print(f"astrid: not recording: {e}", file=err, flush=True)
-
-
-async def _wait_running(kernel: Kernel) -> None:
-    with trio.move_on_after(BOOT_TIMEOUT_S):
-        for sup in kernel.supervisors.values():
-            await sup.wait_for(lambda s: s.state in (State.RUNNING, State.DISABLED,
-                                                     State.STOPPED))
 
 
 async def _read_lines(stdin: IO[str], kernel: Kernel, console: Console, opts: RunOptions,
@@ -362,68 +241,6 @@ async def _read_lines(stdin: IO[str], kernel: Kernel, console: Console, opts: Ru
             await console.next_reply()
         if scope.cancelled_caught:
             print(f"astrid: no reply within {opts.reply_timeout_s:g}s", file=err, flush=True)
-
-
-@dataclass(frozen=True)
-class SessionKernel:
-    """A kernel over a mounted session, as `astrid run` and `astrid mcp` boot it."""
-
-    kernel: Kernel
-    approvals: Approvals
-    #: The control socket it serves (`astrid approvals / approve / deny`).
-    socket: Path
-
-
-@asynccontextmanager
-async def session_kernel(opts: RunOptions, err: IO[str],
-                         before_boot: Callable[[Kernel], None] | None = None
-                         ) -> AsyncIterator[SessionKernel]:
-    """The kernel on the mounted session: approvals, the commit path, the control socket,
-    the recorder and the pinned plugins running (refusals reported on `err`).
-    `before_boot` runs once the bus exists, before any plugin starts (to attach taps
-    that must see everything). Plugins are stopped when the block ends normally; their
-    handles are closed either way."""
-    home = opts.home
-    audit = AuditLog(home / AUDIT_FILE)
-    engine = KernelEngine(cache_dir=home / "cache")
-    kv = await trio.to_thread.run_sync(_open_kv, opts.kv_url)
-    made: list[PluginVfs] = []
-    try:
-        async with open_kernel(engine, kv) as kernel:
-            approvals = await start_approvals(kernel, home, opts.policy, audit=audit,
-                                              session=opts.session, lockfile=opts.lockfile)
-            pipeline = approvals.pipeline
-            kernel.context_hooks.append(_hook(opts, pipeline, made))
-            if opts.agent is not None:
-                agent_provider.attach(kernel, opts.agent)
-            if before_boot is not None:
-                before_boot(kernel)
-            commits = CommitService(kernel.bus, pipeline, opts.session)
-            await kernel.start_service(commits.serve)
-            socket = await _serve_control(kernel, approvals, opts)
-            await _start_recording(kernel, opts, err)
-            await mcp_provider.start_providers(kernel, pipeline, home)  # mcp-servers.toml
-            sources = await trio.to_thread.run_sync(agent_provider.boot_sources,
-                                                      opts.lockfile, opts.agent)
-            await kernel.boot(BootPlan(opts.lockfile, sources))
-            await _wait_running(kernel)
-            for refused in kernel.refused.values():
-                print(f"astrid: plugin {refused.name} refused: {refused.reason}",
-                      file=err, flush=True)
-            yield SessionKernel(kernel, approvals, socket)
-            await kernel.stop()
-    finally:
-        for vfs in made:  # an open fd on the mount would keep it busy
-            vfs.close_all()
-        close = getattr(kv, "close", None)
-        if close is not None:
-            await trio.to_thread.run_sync(close)
-        audit.close()
-
-
-def running_plugins(kernel: Kernel) -> list[str]:
-    """Names of the plugins up, sorted."""
-    return sorted(n for n, s in kernel.supervisors.items() if s.state is State.RUNNING)
 
 
 async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[str]) -> str:
@@ -469,38 +286,6 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
     return ended
 
 
-def _review_hint(opts: RunOptions) -> str:
-    name = opts.session
-    return (f"Session '{name}' kept for review:\n"
-            f"  astrid-fs diff --stat {name}      # what changed\n"
-            f"  astrid-fs diff --patch {name}     # the diffs\n"
-            f"  astrid-fs commit {name}           # land it in {opts.lower}\n"
-            f"  astrid-fs discard {name}          # or throw it away")
-
-
-def in_mounted_session(opts: RunOptions, err: IO[str], body: Callable[[], object]) -> None:
-    """Mount the session, call `body` (which runs the kernel), unmount, print how to
-    review. Kernel logs go to $ASTRID_HOME/logs/run-SESSION.log. Raises `RunError`."""
-    opts.home.mkdir(parents=True, exist_ok=True)
-    log_dir = opts.home / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"run-{opts.session}.log"
-    mount(opts)
-    problem: str | None = None
-    try:
-        # The handler keeps the file for the life of the process (late log lines).
-        logs.configure("info", stream=open(log_path, "a", encoding="utf-8"))  # noqa: SIM115
-        print(f"astrid: kernel log {log_path}, audit {opts.home / 'audit.jsonl'}",
-              file=err, flush=True)
-        body()
-    finally:
-        problem = umount(opts)
-    if problem is not None:
-        raise RunError(f"could not unmount {opts.mount}: {problem}; the session is kept; "
-                       f"run `astrid-fs umount {opts.mount}`")
-    print(f"astrid: unmounted {opts.mount}.\n{_review_hint(opts)}", file=err, flush=True)
-
-
 def run(opts: RunOptions, stdin: IO[str] = sys.stdin, out: IO[str] = sys.stdout,
         err: IO[str] = sys.stderr) -> int:
     """Mount, talk, unmount. Raises `KernelError` (one line) on bad input."""
@@ -527,5 +312,4 @@ def verb(lockfile: Callable[[argparse.Namespace], Path]
 
 
 
-__all__ = ["RunError", "RunOptions", "SessionKernel", "add_parser", "cmd_run",
-           "in_mounted_session", "run", "running_plugins", "session_kernel", "verb"]
+__all__ = ["add_parser", "cmd_run", "options", "run", "session_loop", "verb"]

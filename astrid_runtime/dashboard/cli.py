@@ -3,7 +3,7 @@
     astrid dashboard --session NAME [--lower DIR] [--port N] [--policy FILE]
 
 Mounts the session and boots the kernel as `astrid run` does
-(run_cli.session_kernel), then the kernel listens on 127.0.0.1 (`--port`,
+(session_kernel.session_kernel), then the kernel listens on 127.0.0.1 (`--port`,
 default any free port) and prints a login URL carrying a fresh token (also
 written, mode 0600, to $ASTRID_HOME/dashboard-SESSION.url). The browser shows
 the sessions and their diffs, the plugins, the live bus, and the pending
@@ -29,12 +29,12 @@ from astrid_runtime.atomic import write_atomic
 from astrid_runtime.dashboard import http
 from astrid_runtime.dashboard.app import Dashboard
 from astrid_runtime.errors import first_kernel_error
-from astrid_runtime.run_cli import (
+from astrid_runtime.run_cli import options
+from astrid_runtime.session_kernel import (
     RunError,
     RunOptions,
     SessionKernel,
     in_mounted_session,
-    options,
     session_kernel,
 )
 

@@ -3,7 +3,7 @@
     astrid mcp --session NAME [--lower DIR] [--policy FILE] [--mode MODE]
 
 Mounts the session and boots the kernel over it exactly as `astrid run`
-does (run_cli.session_kernel: pinned plugins, approvals, audit, commit
+does (session_kernel.session_kernel: pinned plugins, approvals, audit, commit
 path, control socket), then speaks MCP on stdin/stdout instead of reading
 lines: an MCP client (a coding agent) lists and calls the file tool's
 operations (server.py). Asks that need a person are answered from another
@@ -28,11 +28,11 @@ from astrid_runtime.dashboard.cli import start_dashboard
 from astrid_runtime.errors import first_kernel_error
 from astrid_runtime.kernel import Kernel
 from astrid_runtime.mcp.filetool import FileToolClient
-from astrid_runtime.run_cli import (
+from astrid_runtime.run_cli import options
+from astrid_runtime.session_kernel import (
     RunError,
     RunOptions,
     in_mounted_session,
-    options,
     running_plugins,
     session_kernel,
 )

@@ -13,7 +13,7 @@ import trio
 from astrid_runtime.approval.policy import Policy
 from astrid_runtime.kernel import Kernel
 from astrid_runtime.recorder.store import RecordingStore, default_url
-from astrid_runtime.run_cli import RunOptions, _start_recording
+from astrid_runtime.session_kernel import RunOptions, _start_recording
 
 
 def options(home: Path, *, record: bool = True) -> RunOptions:
