@@ -50,13 +50,13 @@ from astrid_runtime.approval.service import Approvals
 from astrid_runtime.approval_cli import describe, shown
 from astrid_runtime.bus import Message, Tap
 from astrid_runtime.config import default_home
-from astrid_runtime.errors import KernelError, Refusal, first_kernel_error
+from astrid_runtime.errors import KernelError, Refusal
 from astrid_runtime.kernel import Kernel
 from astrid_runtime.net import provider as agent_provider
 from astrid_runtime.session_kernel import (
     RunError,
     RunOptions,
-    in_mounted_session,
+    run_in_session,
     running_plugins,
     session_kernel,
 )
@@ -289,19 +289,12 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
 def run(opts: RunOptions, stdin: IO[str] = sys.stdin, out: IO[str] = sys.stdout,
         err: IO[str] = sys.stderr) -> int:
     """Mount, talk, unmount. Raises `KernelError` (one line) on bad input."""
-    in_mounted_session(opts, err, lambda: trio.run(session_loop, opts, stdin, out, err))
-    return 0
+    return run_in_session(opts, err, lambda: trio.run(session_loop, opts, stdin, out, err))
 
 
 def cmd_run(args: argparse.Namespace, lockfile: Path) -> int:
     """The `astrid run` verb (client_cli dispatches here)."""
-    try:
-        return run(options(args, lockfile))
-    except BaseExceptionGroup as group:
-        first = first_kernel_error(group)
-        if first is None:
-            raise
-        raise first from None
+    return run(options(args, lockfile))
 
 
 def verb(lockfile: Callable[[argparse.Namespace], Path]

@@ -31,7 +31,7 @@ from astrid_runtime.commit_service import CommitService
 from astrid_runtime.config import default_socket
 from astrid_runtime.control import ControlServer
 from astrid_runtime.engine import KernelEngine
-from astrid_runtime.errors import ControlError, KernelError
+from astrid_runtime.errors import ControlError, KernelError, first_kernel_error
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
 from astrid_runtime.mcp import provider as mcp_provider
 from astrid_runtime.net import provider as agent_provider
@@ -246,3 +246,16 @@ def in_mounted_session(opts: RunOptions, err: IO[str], body: Callable[[], object
         raise RunError(f"could not unmount {opts.mount}: {problem}; the session is kept; "
                        f"run `astrid-fs umount {opts.mount}`")
     print(f"astrid: unmounted {opts.mount}.\n{_review_hint(opts)}", file=err, flush=True)
+
+
+def run_in_session(opts: RunOptions, err: IO[str], main: Callable[[], object]) -> int:
+    """`in_mounted_session`, with an error from inside the kernel's nurseries
+    unwrapped to its first `KernelError` (one line for the person); 0."""
+    try:
+        in_mounted_session(opts, err, main)
+    except BaseExceptionGroup as group:
+        first = first_kernel_error(group)
+        if first is None:
+            raise
+        raise first from None
+    return 0

@@ -28,13 +28,12 @@ from astrid_runtime.approval.policy import MODES, POLICY_FILE
 from astrid_runtime.atomic import write_atomic
 from astrid_runtime.dashboard import http
 from astrid_runtime.dashboard.app import Dashboard
-from astrid_runtime.errors import first_kernel_error
 from astrid_runtime.run_cli import options
 from astrid_runtime.session_kernel import (
     RunError,
     RunOptions,
     SessionKernel,
-    in_mounted_session,
+    run_in_session,
     session_kernel,
 )
 
@@ -108,15 +107,8 @@ def cmd_dashboard(args: argparse.Namespace, lockfile: Path) -> int:
     if not 0 <= args.port <= 65535:
         raise RunError(f"--port {args.port}: not a TCP port (0-65535; 0: any free port)")
     opts = options(args, lockfile)
-    try:
-        in_mounted_session(opts, sys.stderr,
-                           lambda: trio.run(serve_dashboard, opts, args.port, sys.stderr))
-    except BaseExceptionGroup as group:
-        first = first_kernel_error(group)
-        if first is None:
-            raise
-        raise first from None
-    return 0
+    return run_in_session(opts, sys.stderr,
+                          lambda: trio.run(serve_dashboard, opts, args.port, sys.stderr))
 
 
 def verb(lockfile: Callable[[argparse.Namespace], Path]

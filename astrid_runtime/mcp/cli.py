@@ -25,14 +25,13 @@ import trio
 
 from astrid_runtime.approval.policy import MODES, POLICY_FILE
 from astrid_runtime.dashboard.cli import start_dashboard
-from astrid_runtime.errors import first_kernel_error
 from astrid_runtime.kernel import Kernel
 from astrid_runtime.mcp.filetool import FileToolClient
 from astrid_runtime.run_cli import options
 from astrid_runtime.session_kernel import (
     RunError,
     RunOptions,
-    in_mounted_session,
+    run_in_session,
     running_plugins,
     session_kernel,
 )
@@ -121,15 +120,8 @@ def cmd_mcp(args: argparse.Namespace, lockfile: Path) -> int:
     if not 0 <= args.dashboard_port <= 65535:
         raise RunError(f"--dashboard-port {args.dashboard_port}: not a TCP port (0-65535)")
     opts = options(args, lockfile)
-    try:
-        port = args.dashboard_port if args.dashboard else None
-        in_mounted_session(opts, sys.stderr, lambda: trio.run(serve, opts, sys.stderr, port))
-    except BaseExceptionGroup as group:
-        first = first_kernel_error(group)
-        if first is None:
-            raise
-        raise first from None
-    return 0
+    port = args.dashboard_port if args.dashboard else None
+    return run_in_session(opts, sys.stderr, lambda: trio.run(serve, opts, sys.stderr, port))
 
 
 def verb(lockfile: Callable[[argparse.Namespace], Path]
