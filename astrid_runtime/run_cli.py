@@ -45,7 +45,7 @@ from astrid_fs.errors import AstridFsError
 from astrid_fs.session import check_name
 from astrid_runtime.approval.asks import Ask
 from astrid_runtime.approval.person import ANSWERED, REQUESTED
-from astrid_runtime.approval.policy import MODES, POLICY_FILE, home_policy, load_policy
+from astrid_runtime.approval.policy import home_policy, load_policy
 from astrid_runtime.approval.service import Approvals
 from astrid_runtime.approval_cli import describe, shown
 from astrid_runtime.bus import Message, Tap
@@ -56,6 +56,7 @@ from astrid_runtime.net import provider as agent_provider
 from astrid_runtime.session_kernel import (
     RunError,
     RunOptions,
+    add_session_arguments,
     run_in_session,
     running_plugins,
     session_kernel,
@@ -73,24 +74,11 @@ def add_parser(sub: Any) -> None:
         epilog="example: astrid run --lower ~/project --session fix-bug\n"
                "         echo 'write notes.txt hello' | astrid run --lower .",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lower", type=Path, default=Path("."),
-                   help="the project directory (default: the current directory)")
-    p.add_argument("--session", help="session name (default: run-YYYYMMDD-HHMMSS)")
-    p.add_argument("--mount", type=Path,
-                   help="mount point (default: $ASTRID_HOME/mnt/SESSION)")
-    p.add_argument("--policy", type=Path,
-                   help=f"approval policy TOML (default: $ASTRID_HOME/{POLICY_FILE} if it "
-                        "exists; otherwise every request is 'ask', hence denied)")
-    p.add_argument("--kv", help="KV URL (default: mem://, nothing kept across runs)")
+    add_session_arguments(p, session_required=False)
     p.add_argument("--reply-timeout", type=float, default=30.0,
                    help="seconds to wait for a reply before reading the next line")
     p.add_argument("--json", action="store_true",
                    help="print each agent.response as one JSON line")
-    p.add_argument("--mode", choices=tuple(MODES),
-                   help="approval mode, overriding the policy file's (default: guided)")
-    p.add_argument("--socket", type=Path,
-                   help="control socket (default: $ASTRID_HOME/astridd.sock when no kernel "
-                        "serves it, else $ASTRID_HOME/run-SESSION.sock)")
     p.add_argument("--no-record", action="store_true",
                    help="do not record the bus (astrid log / show / replay, and the "
                         "session's bus-SEQ snapshots)")

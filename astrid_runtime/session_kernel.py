@@ -11,6 +11,7 @@ session's snapshots, and the configured MCP tool providers. The verbs around it
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +26,7 @@ from astrid_runtime import logs
 from astrid_runtime.abi.context import KvBackend, PluginContext
 from astrid_runtime.approval.audit import AuditLog
 from astrid_runtime.approval.pipeline import ApprovalPipeline
-from astrid_runtime.approval.policy import Policy
+from astrid_runtime.approval.policy import MODES, POLICY_FILE, Policy
 from astrid_runtime.approval.service import AUDIT_FILE, Approvals, start_approvals
 from astrid_runtime.commit_service import CommitService
 from astrid_runtime.config import default_socket
@@ -259,3 +260,24 @@ def run_in_session(opts: RunOptions, err: IO[str], main: Callable[[], object]) -
             raise
         raise first from None
     return 0
+
+
+def add_session_arguments(p: argparse.ArgumentParser, *, session_required: bool) -> None:
+    """The options of every verb that boots a kernel over a session (run, mcp,
+    dashboard): which session, over what, mounted where, under which policy."""
+    if session_required:
+        p.add_argument("--session", required=True, help="session name (created or reopened)")
+    else:
+        p.add_argument("--session", help="session name (default: run-YYYYMMDD-HHMMSS)")
+    p.add_argument("--lower", type=Path, default=Path("."),
+                   help="the project directory (default: the current directory)")
+    p.add_argument("--mount", type=Path, help="mount point (default: $ASTRID_HOME/mnt/SESSION)")
+    p.add_argument("--policy", type=Path,
+                   help=f"approval policy TOML (default: $ASTRID_HOME/{POLICY_FILE} if it "
+                        "exists; otherwise every request is 'ask', hence denied)")
+    p.add_argument("--mode", choices=tuple(MODES),
+                   help="approval mode, overriding the policy file's (default: guided)")
+    p.add_argument("--kv", help="KV URL (default: mem://, nothing kept across runs)")
+    p.add_argument("--socket", type=Path,
+                   help="control socket (default: $ASTRID_HOME/astridd.sock when no kernel "
+                        "serves it, else $ASTRID_HOME/run-SESSION.sock)")

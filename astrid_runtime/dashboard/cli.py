@@ -24,7 +24,6 @@ from typing import IO, Any
 
 import trio
 
-from astrid_runtime.approval.policy import MODES, POLICY_FILE
 from astrid_runtime.atomic import write_atomic
 from astrid_runtime.dashboard import http
 from astrid_runtime.dashboard.app import Dashboard
@@ -33,6 +32,7 @@ from astrid_runtime.session_kernel import (
     RunError,
     RunOptions,
     SessionKernel,
+    add_session_arguments,
     run_in_session,
     session_kernel,
 )
@@ -50,19 +50,8 @@ def add_parser(sub: Any) -> None:
         epilog="example: astrid dashboard --session fix-bug --lower ~/project --port 8377\n"
                "then open the printed http://127.0.0.1:8377/login?token=... URL",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--session", required=True, help="session name (created or reopened)")
-    p.add_argument("--lower", type=Path, default=Path("."),
-                   help="the project directory (default: the current directory)")
+    add_session_arguments(p, session_required=True)
     p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
-    p.add_argument("--mount", type=Path, help="mount point (default: $ASTRID_HOME/mnt/SESSION)")
-    p.add_argument("--policy", type=Path,
-                   help=f"approval policy TOML (default: $ASTRID_HOME/{POLICY_FILE} if it "
-                        "exists; otherwise every request is 'ask')")
-    p.add_argument("--mode", choices=tuple(MODES), help="approval mode (default: guided)")
-    p.add_argument("--kv", help="KV URL (default: mem://)")
-    p.add_argument("--socket", type=Path,
-                   help="control socket (default: $ASTRID_HOME/astridd.sock when free, else "
-                        "$ASTRID_HOME/run-SESSION.sock)")
     p.set_defaults(json=False, no_record=False, reply_timeout=30.0)
 
 

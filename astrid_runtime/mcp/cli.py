@@ -23,7 +23,6 @@ from typing import IO, Any
 
 import trio
 
-from astrid_runtime.approval.policy import MODES, POLICY_FILE
 from astrid_runtime.dashboard.cli import start_dashboard
 from astrid_runtime.kernel import Kernel
 from astrid_runtime.mcp.filetool import FileToolClient
@@ -31,6 +30,7 @@ from astrid_runtime.run_cli import options
 from astrid_runtime.session_kernel import (
     RunError,
     RunOptions,
+    add_session_arguments,
     run_in_session,
     running_plugins,
     session_kernel,
@@ -51,21 +51,10 @@ def add_parser(sub: Any) -> None:
                "  astrid --lockfile /path/plugins.lock mcp --session fix-bug --lower ~/project\n"
                "answer its asks from a shell: astrid approvals; astrid approve ID",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--session", required=True, help="session name (created or reopened)")
-    p.add_argument("--lower", type=Path, default=Path("."),
-                   help="the project directory (default: the current directory)")
-    p.add_argument("--mount", type=Path, help="mount point (default: $ASTRID_HOME/mnt/SESSION)")
-    p.add_argument("--policy", type=Path,
-                   help=f"approval policy TOML (default: $ASTRID_HOME/{POLICY_FILE} if it "
-                        "exists; otherwise every request is 'ask')")
-    p.add_argument("--mode", choices=tuple(MODES), help="approval mode (default: guided)")
-    p.add_argument("--kv", help="KV URL (default: mem://)")
+    add_session_arguments(p, session_required=True)
     p.add_argument("--reply-timeout", type=float, default=30.0,
                    help="seconds a tool call waits for the file tool (a commit also waits "
                         "for as long as the policy lets an ask wait)")
-    p.add_argument("--socket", type=Path,
-                   help="control socket (default: $ASTRID_HOME/astridd.sock when free, else "
-                        "$ASTRID_HOME/run-SESSION.sock)")
     p.add_argument("--dashboard", action="store_true",
                    help="also serve the web dashboard on 127.0.0.1 (login URL on stderr), "
                         "where a person answers the asks")
