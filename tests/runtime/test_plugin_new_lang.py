@@ -5,7 +5,6 @@ componentize-js; each installs and answers in a kernel."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from astrid_runtime.manifest import load_manifest
 from astrid_runtime.scaffold import ScaffoldError, scaffold_plugin
 from astrid_runtime.scaffold.build import BuildError, _js_tool, build_inputs, build_plugin
 from astrid_runtime.supervisor import State
+from tests.support.mounts import missing_part
 
 
 async def test_c_plugin_from_the_template_builds_installs_and_answers(
@@ -69,10 +69,7 @@ def _js_tool_or_skip() -> None:
     try:
         _js_tool()
     except BuildError as e:
-        # CI installs componentize-js (scripts/setup.d/45-js.sh): missing there is a failure.
-        if os.environ.get("CI"):
-            pytest.fail(f"JavaScript toolchain missing in CI: {e}")
-        pytest.skip(str(e))
+        missing_part(f"JavaScript toolchain: {e}")  # CI installs it (setup.d/45-js.sh)
 
 
 async def test_js_plugin_from_the_template_builds_installs_and_answers(

@@ -15,7 +15,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ASTRID_FS = [sys.executable, "-m", "astrid_fs.cli"]
@@ -24,6 +26,14 @@ ASTRID_FS = [sys.executable, "-m", "astrid_fs.cli"]
 def require_fuse() -> None:
     assert os.geteuid() == 0, "these tests mount FUSE file systems and need root (CI runs as root)"
     assert os.path.exists("/dev/fuse"), "/dev/fuse is missing: FUSE tests cannot run"
+
+
+def missing_part(why: str) -> NoReturn:
+    """A part this test needs is absent: skip on a developer's machine, fail in CI
+    (`CI` set), where set-up installs it and the kernel and user provide it."""
+    if os.environ.get("CI"):
+        pytest.fail(f"missing in CI: {why}")
+    pytest.skip(why)
 
 
 def run_cli(*args: str, home: Path, check: bool = True,
