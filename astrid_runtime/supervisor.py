@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from wasmtime.component import Component
@@ -40,6 +40,8 @@ from astrid_runtime.errors import CompileError, PluginCrash, PluginError
 from astrid_runtime.grants import Grants, Limits
 from astrid_runtime.logs import KernelLog
 from astrid_runtime.sandbox import PluginInstance
+
+T = TypeVar("T")
 
 
 class State(enum.Enum):
@@ -89,6 +91,14 @@ class Supervisor:
         self._crash_times: deque[float] = deque()
         self._stopping = threading.Event()
         self._delay_reset = False
+        #: The live instance while RUNNING; `call_guest` (a frontend's HTTP calls,
+        #: dashboard/frontend.py) uses it between deliveries.
+        self.instance: PluginInstance | None = None
+        #: Held around every guest call on the live instance, so mail and outside
+        #: calls take turns and its Store is never entered from two threads.
+        self.guest_lock = threading.Lock()
+        #: A trap in an outside call: the instance is dead; `_serve` raises it.
+        self._outside_crash: PluginCrash | None = None
         self._changed = trio.Event()
 
     # -- observation ---------------------------------------------------------
@@ -157,8 +167,7 @@ class Supervisor:
                 delay = min(delay * 2, limits.backoff_max_s)
                 self.restarts += 1
         finally:
-            if self.context.vfs is not None:  # a stopped or disabled plugin holds no handles
-                self.context.vfs.close_all()
+            self.context.release_handles()  # a stopped or disabled plugin holds none
             if self.state is not State.DISABLED:
                 self._set_state(State.STOPPED)
 
@@ -199,8 +208,7 @@ class Supervisor:
         def build() -> PluginInstance:
             if self._linker is None:
                 self._linker = PluginLinker(self._engine.engine, self.context)
-            if self.context.vfs is not None:  # handles die with the instance that held them
-                self.context.vfs.close_all()
+            self.context.release_handles()  # handles die with the instance that held them
             instance = PluginInstance(self.name, self._engine, self.spec.component,
                                       self._linker, self.spec.limits)
             self._bus.begin_renewal(self.endpoint)
@@ -214,17 +222,46 @@ class Supervisor:
 
     async def _serve(self, instance: PluginInstance) -> None:
         """Deliver mail until stopped; raises `PluginCrash` when the guest dies."""
+        self._outside_crash = None
+        self.instance = instance
         self._set_state(State.RUNNING)
         self._log.event("info", "plugin.running", plugin=self.name, restarts=self.restarts)
         self._delay_reset = True
-        while not self._stopping.is_set():
-            try:
-                await trio.to_thread.run_sync(self._drain, instance, limiter=self._limiter)
-            finally:
-                self._notify()
-            if self._stopping.is_set():
-                return
-            await self._doorbell.wait()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await trio.to_thread.run_sync(self._drain, instance, limiter=self._limiter)
+                finally:
+                    self._notify()
+                if self._stopping.is_set():
+                    return
+                await self._doorbell.wait()
+                self._raise_outside_crash()
+        finally:
+            self.instance = None
+
+    def _raise_outside_crash(self) -> None:
+        crash, self._outside_crash = self._outside_crash, None
+        if crash is not None:
+            raise crash
+
+    async def call_guest(self, fn: Callable[[PluginInstance], T]) -> T:
+        """Run `fn(instance)` on the live instance, in a worker thread between two
+        deliveries. A trap (`PluginCrash`, re-raised) discards the instance: the
+        supervisor restarts it as after a crash in `on-message`. `PluginError` when the
+        plugin is not running."""
+        def run() -> T:
+            with self.guest_lock:
+                instance = self.instance
+                if instance is None or self._outside_crash is not None:
+                    raise PluginError(f"plugin {self.name} is {self.state.value}")
+                try:
+                    return fn(instance)
+                except PluginCrash as e:
+                    self.instance, self._outside_crash = None, e
+                    self._doorbell.ring()
+                    raise
+        return await trio.to_thread.run_sync(run, limiter=self._limiter)
 
     def _drain(self, instance: PluginInstance) -> None:
         """Worker thread: hand queued messages to the guest, one at a time, in order."""
@@ -238,7 +275,9 @@ class Supervisor:
             if observer is not None:
                 observer.begin(message)
             try:
-                instance.on_message(message.topic, message.payload)
+                with self.guest_lock:
+                    self._raise_outside_crash()  # an outside call killed the instance
+                    instance.on_message(message.topic, message.payload)
             except PluginError as e:
                 outcome, detail = "error", str(e)
                 self.errors += 1

@@ -17,6 +17,7 @@ from astrid_runtime.grants import Grants, Limits
 if TYPE_CHECKING:
     from astrid_runtime.abi.links import LinkImports
     from astrid_runtime.approval.pipeline import ApprovalPipeline
+    from astrid_runtime.dashboard.host import FrontendData
     from astrid_runtime.net.service import HttpService
     from astrid_runtime.vfs import PluginVfs
 
@@ -68,6 +69,21 @@ class PluginContext:
     observer: CallObserver | None = None
     #: Outbound HTTP (`astrid:kernel/http`, net/); None answers `unavailable`.
     http: HttpService | None = None
+    #: What a frontend is told (`astrid:kernel/dashboard`, dashboard/host.py); None
+    #: answers `unavailable`.
+    frontend: FrontendData | None = None
+
+    def release_handles(self) -> None:
+        """Close what the plugin's instance held open (VFS handles, HTTP bodies).
+
+        Handles live as long as the instance that holds them: a dropped Store does
+        not run the guest's resource destructors, so the supervisor calls this when
+        an instance is replaced (crash, restart) or the plugin stops. Never raises.
+        """
+        if self.vfs is not None:
+            self.vfs.close_all()
+        if self.http is not None:
+            self.http.close_plugin(self.name)
 
 
 #: Called with each plugin's context before its first instance starts: how the
