@@ -82,6 +82,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-record", action="store_true",
                    help="do not record the bus (astrid log / show / replay, and the "
                         "session's bus-SEQ snapshots)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="also serve the web dashboard on 127.0.0.1 (login URL on stderr), "
+                        "where a person answers the asks (docs/dashboard.md)")
+    p.add_argument("--dashboard-port", type=int, default=0,
+                   help="the dashboard's port (default: any free port)")
     agent_provider.add_arguments(p)
 
 
@@ -105,9 +110,12 @@ def options(args: argparse.Namespace, lockfile: Path) -> RunOptions:
         raise RunError(f"{lockfile}: no such lockfile (run from the repository, or pass "
                        "--lockfile)")
     kv_url = None if args.kv == "none" else (args.kv or "mem://")
+    port: int | None = args.dashboard_port if getattr(args, "dashboard", False) else None
+    if port is not None and not 0 <= port <= 65535:
+        raise RunError(f"--dashboard-port {port}: not a TCP port (0-65535; 0: any free port)")
     return RunOptions(home, lower, session, mount, lockfile, policy, kv_url,
                       args.reply_timeout, args.json, args.socket, not args.no_record,
-                      agent_provider.agent_options(args, home, lockfile))
+                      agent_provider.agent_options(args, home, lockfile), port)
 
 
 class Console:
@@ -247,6 +255,10 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with session_kernel(opts, err, attach) as booted:
             kernel, approvals, tap = booted.kernel, booted.approvals, taps[0]
+            if opts.dashboard_port is not None:
+                from astrid_runtime.dashboard.cli import start_dashboard  # imports run_cli
+
+                await start_dashboard(booted, opts, opts.dashboard_port, err)
             print(f"astrid: control socket {booted.socket} (astrid status / approvals / "
                   f"approve ID); approval mode {opts.policy.mode}", file=err, flush=True)
             print(f"astrid: session {opts.session} mounted at {opts.mount}; plugins: "

@@ -17,11 +17,13 @@ Every method here blocks (guest code runs); call them through
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from wasmtime import Store, WasiConfig, WasmtimeError
 from wasmtime.component import Component
 
 from astrid_runtime.abi.canon import Err
+from astrid_runtime.abi.hostfunc import Signature
 from astrid_runtime.abi.world import INIT, ON_MESSAGE, GuestFunc, PluginLinker, lookup_export
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import CompileError, PluginCrash, PluginError
@@ -76,6 +78,8 @@ class PluginInstance:
                                "(exports init and on-message are missing)")
         self._init: GuestFunc = init
         self._on_message: GuestFunc = on_message
+        self._instance = instance
+        self._exports: dict[tuple[str, str], GuestFunc | None] = {}
 
     def _arm(self) -> None:
         """Fuel and epoch deadline for the next guest call."""
@@ -92,6 +96,27 @@ class PluginInstance:
             raise PluginCrash(self.name, trap_reason(e)) from e
         if isinstance(result, Err):
             raise PluginError(f"plugin {self.name}: {result.value}")
+
+    def export(self, interface: str, name: str, sig: Signature) -> GuestFunc | None:
+        """Function `name` of the exported `interface` (e.g. a frontend's
+        `astrid:kernel/http-handler@0.1.0`), called with `sig`; None if not exported."""
+        key = (interface, name)
+        if key not in self._exports:
+            idx = self._instance.get_export_index(self.store, interface)
+            fidx = None if idx is None else self._instance.get_export_index(
+                self.store, name, idx)
+            func = None if fidx is None else self._instance.get_func(self.store, fidx)
+            self._exports[key] = None if func is None else GuestFunc(func, sig)
+        return self._exports[key]
+
+    def call(self, func: GuestFunc, *args: object) -> Any:
+        """Call an export of this instance under the plugin's fuel and deadline; its
+        result. `PluginCrash` on a trap."""
+        self._arm()
+        try:
+            return func(self.store, *args)
+        except WasmtimeError as e:
+            raise PluginCrash(self.name, trap_reason(e)) from e
 
     def init(self, config: str) -> None:
         """Call the plugin's `init`; `PluginCrash` on a trap, `PluginError` on `err`."""

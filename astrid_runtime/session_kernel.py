@@ -31,6 +31,7 @@ from astrid_runtime.approval.service import AUDIT_FILE, Approvals, start_approva
 from astrid_runtime.commit_service import CommitService
 from astrid_runtime.config import default_socket
 from astrid_runtime.control import ControlServer
+from astrid_runtime.dashboard.app import DEFAULT_FRONTEND
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import ControlError, KernelError, first_kernel_error
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
@@ -71,6 +72,9 @@ class RunOptions:
     record: bool = True
     #: `--provider`: the LLM agent instead of the keyword router (net/provider.py).
     agent: agent_provider.AgentOptions | None = None
+    #: The web dashboard's port (0: any free one); None: no dashboard, and its
+    #: frontend plugin is not booted.
+    dashboard_port: int | None = None
 
 
 # -- the mount --------------------------------------------------------------------
@@ -196,6 +200,8 @@ async def session_kernel(opts: RunOptions, err: IO[str],
             await mcp_provider.start_providers(kernel, pipeline, home)  # mcp-servers.toml
             sources = await trio.to_thread.run_sync(agent_provider.boot_sources,
                                                       opts.lockfile, opts.agent)
+            if opts.dashboard_port is None:  # a plugin dir is named for its plugin
+                sources = tuple(s for s in sources if s.name != DEFAULT_FRONTEND)
             await kernel.boot(BootPlan(opts.lockfile, sources))
             await _wait_running(kernel)
             for refused in kernel.refused.values():

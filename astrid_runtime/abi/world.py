@@ -20,10 +20,12 @@ from astrid_runtime.abi.canon import (
 )
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.abi.hostfunc import HostFuncs, Signature
+from astrid_runtime.dashboard import host as dashboard
 from astrid_runtime.net import http
 
-#: `http` is not in the `plugin` world; defining it lets worlds that import it link.
-INTERFACES = (log, bus, kv, vfs, cap, http)
+#: `http` and `dashboard` are not in the `plugin` world; defining them lets worlds that
+#: import them link.
+INTERFACES = (log, bus, kv, vfs, cap, http, dashboard)
 
 #: `export init: func(config: string) -> result<_, string>`
 INIT = Signature((STRING,), ResultCodec(None, STRING))

@@ -1,6 +1,14 @@
-"""The dashboard's routes: login by token, the state, a session's diff, the live bus,
-and answering an ask. Everything the browser can change goes through `Approvals.answer`,
-the path `astrid approve` and the terminal take (by "dashboard")."""
+"""The kernel's side of the dashboard: who may ask (the Host header, the login token
+and its cookie, the POST header), where a request goes, and the live bus.
+
+The routes and pages are not here: `/plugin/NAME/...` is handed to the frontend
+plugin NAME (frontend.py), whose pinned grant names `http.serve`; `/` sends the
+browser to the default frontend, `dashboard`. What the plugin may learn comes
+through `astrid:kernel/dashboard` (`KernelView`, host.py); it answers an ask by
+publishing on `approval.answer`, the bus path any frontend plugin takes
+(docs/approval.md). The live bus stays a kernel-served event stream,
+`/kernel/bus`: a plugin call answers once, it cannot stream.
+"""
 
 from __future__ import annotations
 
@@ -22,27 +30,63 @@ from astrid_fs.errors import AstridFsError
 from astrid_fs.session import check_name, list_sessions
 from astrid_runtime.approval.service import Approvals
 from astrid_runtime.bus import Bus, Tap
+from astrid_runtime.dashboard.frontend import CSP, hand_off, serves_http
 from astrid_runtime.dashboard.http import Request, Response
-from astrid_runtime.dashboard.page import PAGE, SCRIPT
 from astrid_runtime.errors import Refusal
+from astrid_runtime.supervisor import Supervisor
 
 COOKIE = "astrid_dashboard"
 #: A bus payload is shown up to this many characters.
 SHOWN_PAYLOAD = 2000
-ANSWERS = ("once", "session", "always", "deny")
-CSP = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+#: The frontend plugin `/` leads to.
+DEFAULT_FRONTEND = "dashboard"
+PLUGIN_PREFIX = "/plugin/"
+BUS_PATH = "/kernel/bus"
+
+
+@dataclass
+class KernelView:
+    """`FrontendData` for a kernel over one session: what `astrid:kernel/dashboard`
+    answers. Called in a guest's worker thread; kernel state is read in the trio
+    thread."""
+
+    approvals: Approvals
+    home: Path
+    session: str
+    status: Callable[[], dict[str, Any]]
+    trio_token: trio.lowlevel.TrioToken
+
+    def _snapshot(self) -> dict[str, Any]:
+        plugins = [{"name": p["name"], "state": p["state"]}
+                   for p in self.status().get("plugins", [])]
+        return {"session": self.session, "plugins": plugins,
+                "approvals": self.approvals.listing()}
+
+    def state(self) -> str:
+        body = trio.from_thread.run_sync(self._snapshot, trio_token=self.trio_token)
+        body["sessions"] = [{"name": s.name, "lower": str(s.lower)}
+                            for s in list_sessions(self.home)]
+        return json.dumps(body)
+
+    def diff(self, session: str) -> str:
+        try:
+            check_name(session)
+        except AstridFsError as e:
+            raise Refusal("invalid", str(e)) from None
+        ok, text = session_patch(self.home, session)
+        if not ok:
+            raise Refusal("not-found", text)
+        return text
 
 
 @dataclass
 class Dashboard:
-    """The dashboard of one kernel over one session."""
+    """The kernel's HTTP front door over one session (see the module)."""
 
-    approvals: Approvals
     bus: Bus
-    home: Path
-    session: str
     token: str
-    status: Callable[[], dict[str, Any]]
+    #: The running plugins by name (the kernel's supervisors).
+    plugins: Callable[[], dict[str, Supervisor]]
     #: `host:port` values a request may name (DNS rebinding: any other Host is refused).
     hosts: frozenset[str] = frozenset()
 
@@ -65,69 +109,36 @@ class Dashboard:
         return Response(303, b"", headers=(("Location", "/"), ("Set-Cookie", cookie)))
 
     async def handle(self, request: Request) -> Response:
-        """Answer one request (every path but /login needs the login cookie)."""
+        """Answer one request: every path but /login needs the login cookie, and nothing
+        reaches a plugin before the checks."""
         if self.hosts and request.headers.get("host") not in self.hosts:
             return Response(421, b"unknown host")
         url = urlsplit(request.target)
-        query = parse_qs(url.query)
         if request.method == "GET" and url.path == "/login":
-            return self._login(query)
+            return self._login(parse_qs(url.query))
         if not self._logged_in(request):
             return Response(401, b"log in with the URL astrid printed (/login?token=...)")
-        if request.method == "POST":
-            # A custom header cannot be sent cross-site without a preflight we never allow.
-            if request.headers.get("x-astrid-dashboard") != "1":
-                return Response(403, b"missing X-Astrid-Dashboard header")
-            if url.path.startswith("/api/approvals/"):
-                return self._answer(url.path.removeprefix("/api/approvals/"), request.body)
-            return Response(404, b"no such action")
-        routes = {"/": self._page, "/app.js": self._script, "/api/state": self._state}
-        if url.path in routes:
-            return routes[url.path]()
-        if url.path == "/api/diff":
-            return await self._diff((query.get("session") or [""])[0])
-        if url.path == "/api/bus":
-            return Response(200, content_type="text/event-stream", stream=self._bus_events)
+        if request.method not in ("GET", "POST"):
+            return Response(405, b"GET or POST only")
+        # A custom header cannot be sent cross-site without a preflight we never allow.
+        if request.method == "POST" and request.headers.get("x-astrid-dashboard") != "1":
+            return Response(403, b"missing X-Astrid-Dashboard header")
+        if url.path == "/":
+            return Response(303, b"", headers=(
+                ("Location", f"{PLUGIN_PREFIX}{DEFAULT_FRONTEND}/"),))
+        if url.path == BUS_PATH and request.method == "GET":
+            return Response(200, content_type="text/event-stream", stream=self._bus_events,
+                            headers=(("Content-Security-Policy", CSP),))
+        if url.path.startswith(PLUGIN_PREFIX):
+            name, slash, rest = url.path.removeprefix(PLUGIN_PREFIX).partition("/")
+            sup = self.plugins().get(name)
+            if sup is None or not serves_http(sup):
+                return Response(404, f"no frontend plugin {name!r}".encode())
+            if not slash:  # the page's relative links need the slash
+                return Response(308, b"", headers=(("Location", f"{url.path}/"),))
+            return await hand_off(sup, request.method, "/" + rest, url.query,
+                                  request.headers, request.body)
         return Response(404, b"not found")
-
-    # -- pages ---------------------------------------------------------------------
-
-    def _page(self) -> Response:
-        return Response(200, PAGE, "text/html; charset=utf-8",
-                        headers=(("Content-Security-Policy", CSP),))
-
-    def _script(self) -> Response:
-        return Response(200, SCRIPT, "text/javascript; charset=utf-8")
-
-    def _state(self) -> Response:
-        sessions = [{"name": s.name, "lower": str(s.lower)} for s in list_sessions(self.home)]
-        plugins = [{"name": p["name"], "state": p["state"]}
-                   for p in self.status().get("plugins", [])]
-        body = {"session": self.session, "sessions": sessions, "plugins": plugins,
-                "approvals": self.approvals.listing()}
-        return _json(200, body)
-
-    async def _diff(self, name: str) -> Response:
-        try:
-            check_name(name)
-        except AstridFsError as e:
-            return Response(400, str(e).encode())
-        ok, text = await trio.to_thread.run_sync(session_patch, self.home, name)
-        return Response(200 if ok else 404, text.encode())
-
-    def _answer(self, ask_id: str, body: bytes) -> Response:
-        try:
-            sent = json.loads(body)
-            how, reason = sent["answer"], str(sent.get("reason", ""))
-        except (ValueError, KeyError, TypeError):
-            return Response(400, b'want JSON {"answer": "once|session|always|deny"}')
-        if how not in ANSWERS:
-            return Response(400, b"answer must be once, session, always or deny")
-        try:
-            ask = self.approvals.answer(ask_id, how, reason, "dashboard")
-        except Refusal as e:
-            return Response(409, e.message.encode())
-        return _json(200, {"id": ask.id, "answer": how})
 
     async def _bus_events(self) -> AsyncIterator[bytes]:
         tap = Tap(self.bus, ">")
@@ -155,8 +166,4 @@ def session_patch(home: Path, name: str) -> tuple[bool, str]:
     return True, done.stdout or "(no changes)\n"
 
 
-def _json(status: int, body: object) -> Response:
-    return Response(status, json.dumps(body).encode(), "application/json")
-
-
-__all__ = ["COOKIE", "Dashboard", "session_patch"]
+__all__ = ["BUS_PATH", "COOKIE", "Dashboard", "KernelView", "session_patch"]

@@ -3,11 +3,13 @@
     astrid dashboard --session NAME [--lower DIR] [--port N] [--policy FILE]
 
 Mounts the session and boots the kernel as `astrid run` does
-(session_kernel.session_kernel), then the kernel listens on 127.0.0.1 (`--port`,
-default any free port) and prints a login URL carrying a fresh token (also
-written, mode 0600, to $ASTRID_HOME/dashboard-SESSION.url). The browser shows
-the sessions and their diffs, the plugins, the live bus, and the pending
-asks with buttons that answer them. Plugins are driven from elsewhere:
+(session_kernel.session_kernel), with the frontend plugin `dashboard`; then the
+kernel listens on 127.0.0.1 (`--port`, default any free port) and prints a login
+URL carrying a fresh token (also written, mode 0600, to
+$ASTRID_HOME/dashboard-SESSION.url). The kernel checks every request (app.py) and
+hands the logged-in ones to the plugin, which serves the pages: the sessions and
+their diffs, the plugins, the live bus, and the pending asks with buttons that
+answer them. Plugins are driven from elsewhere:
 `astrid --socket SOCK publish tools.fs 'write a.md hi'`, or `astrid mcp`
 sessions. Ctrl-C or SIGTERM stops and unmounts.
 """
@@ -26,7 +28,7 @@ import trio
 
 from astrid_runtime.atomic import write_atomic
 from astrid_runtime.dashboard import http
-from astrid_runtime.dashboard.app import Dashboard
+from astrid_runtime.dashboard.app import DEFAULT_FRONTEND, Dashboard, KernelView
 from astrid_runtime.run_cli import options
 from astrid_runtime.session_kernel import (
     RunError,
@@ -52,7 +54,7 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_session_arguments(p, session_required=True)
     p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
-    p.set_defaults(json=False, no_record=False, reply_timeout=30.0)
+    p.set_defaults(json=False, no_record=False, reply_timeout=30.0, dashboard=True)
 
 
 async def start_dashboard(booted: SessionKernel, opts: RunOptions, port: int,
@@ -60,8 +62,12 @@ async def start_dashboard(booted: SessionKernel, opts: RunOptions, port: int,
     """Serve the dashboard from the kernel's nursery (the kernel owns the socket); the
     login URL, also printed on `err` and written to $ASTRID_HOME/dashboard-SESSION.url."""
     token = secrets.token_urlsafe(32)
-    dashboard = Dashboard(booted.approvals, booted.kernel.bus, opts.home, opts.session,
-                          token, booted.kernel.status)
+    kernel = booted.kernel
+    view = KernelView(booted.approvals, opts.home, opts.session, kernel.status,
+                      trio.lowlevel.current_trio_token())
+    for sup in kernel.supervisors.values():  # answered only under a dashboard.read grant
+        sup.context.frontend = view
+    dashboard = Dashboard(kernel.bus, token, lambda: kernel.supervisors)
     bound: list[int] = []
 
     async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -77,6 +83,10 @@ async def start_dashboard(booted: SessionKernel, opts: RunOptions, port: int,
     url = f"http://{HOST}:{bound[0]}/login?token={token}"
     write_atomic(opts.home / f"dashboard-{opts.session}.url", (url + "\n").encode())
     print(f"astrid: dashboard {url}", file=err, flush=True)
+    if DEFAULT_FRONTEND not in kernel.supervisors:
+        print(f"astrid: the {DEFAULT_FRONTEND} plugin is not running (pin it with `astrid "
+              f"plugin install plugins/{DEFAULT_FRONTEND}`): {url.split('/login')[0]}/ has "
+              "no pages", file=err, flush=True)
     return url
 
 
@@ -95,6 +105,7 @@ def cmd_dashboard(args: argparse.Namespace, lockfile: Path) -> int:
     """The `astrid dashboard` verb."""
     if not 0 <= args.port <= 65535:
         raise RunError(f"--port {args.port}: not a TCP port (0-65535; 0: any free port)")
+    args.dashboard_port = args.port
     opts = options(args, lockfile)
     return run_in_session(opts, sys.stderr,
                           lambda: trio.run(serve_dashboard, opts, args.port, sys.stderr))
