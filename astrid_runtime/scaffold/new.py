@@ -17,6 +17,7 @@ from pathlib import Path
 
 from astrid_runtime.errors import KernelError
 from astrid_runtime.manifest import NAME_RE
+from astrid_runtime.scaffold.build import JS_TOOL_PACKAGE
 
 #: template file -> name in the new plugin directory
 TEMPLATES = {"plugin.toml": "plugin.toml", "app.py": "app.py", "gitignore": ".gitignore"}
@@ -66,3 +67,14 @@ def scaffold_plugin(name: str, dest: Path, lang: str = "python") -> Path:
         (plugin_dir / target.replace("{{name}}", name)).write_text(render(template, name),
                                                                  encoding="utf-8")
     return plugin_dir
+
+
+def build_hint(plugin_dir: Path, lang: str) -> str:
+    """What `astrid plugin new` prints: how to build and install `plugin_dir`, with the
+    installed package alone (no script of this repository), anywhere."""
+    hint = (f"created {plugin_dir} (build it with `astrid plugin build {plugin_dir}`, then "
+            f"`astrid plugin install {plugin_dir}`)")
+    if lang == "js":  # the one toolchain pip does not bring
+        hint += (f"\nthe build needs componentize-js from npm, e.g. `npm install --prefix "
+                 f"{plugin_dir.parent} {JS_TOOL_PACKAGE}`")
+    return hint

@@ -61,7 +61,7 @@ def test_cli_scaffolds_in_c_and_prints_a_hint_that_works_anywhere(tmp_path: Path
                        capture_output=True, text=True, check=False, timeout=60)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "greeter" / "greeter.c").is_file()
-    assert "python -m astrid_runtime.scaffold.build" in r.stdout
+    assert "`astrid plugin build " in r.stdout  # run outside: test_plugin_new_outside.py
     assert "scripts/" not in r.stdout
 
 
