@@ -1,22 +1,28 @@
-"""`astrid dashboard`: a person approves a commit in a real headless browser.
+"""`astrid dashboard`: a person approves a commit in a real headless browser, on
+pages the frontend plugin serves.
 
 Real parts only: `astrid dashboard` in a subprocess mounts a real astrid-fs
-session (FUSE) and boots the real kernel with the pinned file tool
-(WebAssembly); the kernel listens on 127.0.0.1. Debian's `chromium`, headless
-and driven over the DevTools protocol on a pipe, logs in with the printed
-token, shows the session's diff and the live bus, and clicks "Approve once"
-on the file tool's `fs.commit` ask; the commit lands in the project. Waits
-are bounded reads (a queue, a pipe with a timeout, a MutationObserver in the
-page), never sleeps.
+session (FUSE) and boots the real kernel with the pinned file tool and the
+pinned `dashboard` frontend plugin (WebAssembly); the kernel listens on
+127.0.0.1, checks the login and hands the pages' requests to the plugin.
+Debian's `chromium`, headless and driven over the DevTools protocol on a pipe
+(tests/support/chromium.py), logs in with the printed token, shows the
+session's diff and the live bus, and clicks "Approve once" on the file tool's
+`fs.commit` ask; the plugin publishes the answer and the commit lands in the
+project. Waits are bounded reads (a queue, a pipe with a timeout, a
+MutationObserver in the page), never sleeps.
+
+The in-process tests boot a kernel with the real dashboard component under
+altered pins (no grant, tiny fuel) and call the kernel's front door
+(`Dashboard.handle`) directly: what the kernel does around the plugin.
 """
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import json
 import os
 import queue
-import select
 import shutil
 import signal
 import subprocess
@@ -24,15 +30,23 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+from testkit import ExpectedLogs
 
 from astrid_runtime import client_cli
-from astrid_runtime.control import ControlClient
-from astrid_runtime.lockfile import Lockfile, load_lockfile
+from astrid_runtime.dashboard.app import Dashboard
+from astrid_runtime.dashboard.http import MAX_BODY, Request, Response
+from astrid_runtime.engine import KernelEngine
+from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
+from astrid_runtime.lockfile import LockEntry, Lockfile, load_lockfile
+from astrid_runtime.supervisor import State
+from tests.support.bustail import Tail
+from tests.support.chromium import Chromium
 from tests.support.mounts import mounted_points, require_fuse, run_cli
 from tests.support.warmhome import seed_home
 
@@ -43,121 +57,20 @@ WAIT_S = 60
 SESSION = "dash-e2e"
 
 
-class Chromium:
-    """Headless chromium driven over --remote-debugging-pipe (fd 3 in, fd 4 out)."""
-
-    def __init__(self, profile: Path):
-        exe = shutil.which("chromium")
-        assert exe, "Debian's chromium is missing: scripts/setup.d/50-chromium.sh installs it"
-        to_chrome, self._commands = os.pipe()
-        self._replies, from_chrome = os.pipe()
-
-        def wire() -> None:
-            os.dup2(to_chrome, 3)
-            os.dup2(from_chrome, 4)
-
-        # close_fds=False: the two dup2'd descriptors must survive into chromium; ours
-        # are close-on-exec (PEP 446), so nothing else leaks.
-        self.proc = subprocess.Popen(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"],
-            preexec_fn=wire, close_fds=False, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        os.close(to_chrome)
-        os.close(from_chrome)
-        self._buffer = b""
-        self._next_id = 0
-        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.page = self.send("Target.attachToTarget", {"targetId": target,
-                                                        "flatten": True})["sessionId"]
-
-    def send(self, method: str, params: dict[str, Any], session: str | None = None,
-             timeout_s: float = WAIT_S) -> dict[str, Any]:
-        self._next_id += 1
-        wanted = self._next_id
-        command: dict[str, Any] = {"id": wanted, "method": method, "params": params}
-        if session:
-            command["sessionId"] = session
-        os.write(self._commands, json.dumps(command).encode() + b"\0")
-        while True:
-            while b"\0" not in self._buffer:
-                ready, _, _ = select.select([self._replies], [], [], timeout_s)
-                assert ready, f"chromium did not answer {method} within {timeout_s}s"
-                chunk = os.read(self._replies, 1 << 16)
-                assert chunk, "chromium closed its pipe"
-                self._buffer += chunk
-            raw, self._buffer = self._buffer.split(b"\0", 1)
-            reply = json.loads(raw)
-            if reply.get("id") == wanted:
-                assert "error" not in reply, reply
-                result: dict[str, Any] = reply["result"]
-                return result
-
-    def evaluate(self, script: str) -> Any:
-        """Run `script` (an expression, awaited if a promise) in the page; its value."""
-        done = self.send("Runtime.evaluate", {"expression": script, "awaitPromise": True,
-                                              "returnByValue": True}, self.page)
-        assert "exceptionDetails" not in done, done
-        return done["result"].get("value")
-
-    def wait_for(self, predicate: str) -> Any:
-        """Wait until the JS expression `predicate` is truthy (checked on each DOM change,
-        bounded by WAIT_S); its value."""
-        return self.evaluate(f"""new Promise((resolve, reject) => {{
-            const check = () => {{ try {{ const v = ({predicate}); if (v) {{
-                observer.disconnect(); clearTimeout(timer); resolve(v); }} }}
-                catch (e) {{}} }};
-            const observer = new MutationObserver(check);
-            const timer = setTimeout(() => {{ observer.disconnect();
-                reject(new Error('timed out: ' + {json.dumps(predicate)})); }},
-                {WAIT_S * 1000});
-            observer.observe(document, {{subtree: true, childList: true, attributes: true,
-                                         characterData: true}});
-            check(); }})""")
-
-    def navigate(self, url: str) -> None:
-        self.send("Page.navigate", {"url": url}, self.page)
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-        os.close(self._commands)
-        os.close(self._replies)
-
-
-class Tail:
-    """`tail PATTERN` on the control socket, read by a thread into a queue."""
-
-    def __init__(self, socket: Path, pattern: str):
-        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
-        started = threading.Event()
-
-        def read() -> None:
-            for event in ControlClient(socket).stream({"op": "tail", "pattern": pattern}):
-                if event.get("ok"):
-                    started.set()
-                    continue
-                self.messages.put(json.loads(base64.b64decode(event["payload"])))
-
-        threading.Thread(target=read, daemon=True).start()
-        assert started.wait(WAIT_S), "tail did not start"
-
-    def next(self) -> dict[str, Any]:
-        return self.messages.get(timeout=WAIT_S)
-
-
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory: pytest.TempPathFactory,
               shipped_home: Path) -> Iterator[dict[str, Any]]:
-    """`astrid dashboard` over a copy of the sample project, pinning only the file tool."""
+    """`astrid dashboard` over a copy of the sample project, pinning the file tool and the
+    dashboard plugin."""
     require_fuse()
     root = tmp_path_factory.mktemp("dash")
     home, project = root / "home", root / "project"
     seed_home(home, shipped_home)  # the run's compile cache (tests/support/warmhome.py)
     shutil.copytree(SAMPLE, project)
-    entry = load_lockfile(REPO / "plugins.lock", missing_ok=False).get("filetool")
-    assert entry is not None
-    lock = Lockfile(root / "plugins.lock", (entry,))
+    pins = load_lockfile(REPO / "plugins.lock", missing_ok=False)
+    lock = Lockfile(root / "plugins.lock",
+                    tuple(e for e in pins.entries if e.name in ("filetool", "dashboard")))
+    assert len(lock.entries) == 2
     lock.save()
     socket = root / "ctl.sock"
     proc = subprocess.Popen(
@@ -203,28 +116,51 @@ def _astrid(site: dict[str, Any], *args: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def _http(url: str, *, headers: dict[str, str] | None = None,
-          body: bytes | None = None) -> int:
+          body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one request; redirects are not followed."""
     request = urllib.request.Request(url, data=body, headers=headers or {})
+    opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with urllib.request.urlopen(request, timeout=WAIT_S) as answer:
-            return int(answer.status)
+        with opener.open(request, timeout=WAIT_S) as answer:
+            return int(answer.status), dict(answer.headers.items()), answer.read()
     except urllib.error.HTTPError as e:
-        return e.code
+        return e.code, dict(e.headers.items()), e.read()
 
 
-def test_without_the_token_nothing_is_served(dashboard: dict[str, Any]) -> None:
+def test_the_kernel_checks_every_request_before_the_plugin_sees_it(
+        dashboard: dict[str, Any]) -> None:
     base = dashboard["url"].split("/login")[0]
-    assert _http(base + "/api/state") == 401
-    assert _http(base + "/") == 401
-    assert _http(base + "/login?token=wrong") == 403
+    api = base + "/plugin/dashboard/api"
+    assert _http(api + "/state")[0] == 401
+    assert _http(base + "/")[0] == 401
+    assert _http(base + "/kernel/bus")[0] == 401
+    assert _http(base + "/login?token=wrong")[0] == 403
     cookie = {"Cookie": "astrid_dashboard=" + dashboard["url"].split("token=")[1]}
-    assert _http(base + "/api/state", headers=cookie) == 200
+    status, headers, body = _http(api + "/state", headers=cookie)
+    assert status == 200 and headers["Content-Type"] == "application/json", (status, body)
+    assert json.loads(body)["session"] == SESSION
+    assert headers["Content-Security-Policy"].startswith("default-src 'self'"), headers
+    # `/` leads to the default frontend; a plugin that is not a frontend is not served.
+    status, headers, _ = _http(base + "/", headers=cookie)
+    assert (status, headers["Location"]) == (303, "/plugin/dashboard/")
+    assert _http(base + "/plugin/filetool/", headers=cookie)[0] == 404
     # Logged in, but another site's page cannot post (no custom header) ...
-    assert _http(base + "/api/approvals/x", headers=cookie, body=b'{"answer":"once"}') == 403
+    assert _http(api + "/approvals/x", headers=cookie, body=b"answer=once")[0] == 403
+    # ... a body over the bound never reaches the plugin ...
+    big = {**cookie, "X-Astrid-Dashboard": "1"}
+    assert _http(api + "/approvals/x", headers=big, body=b"r" * (MAX_BODY + 1))[0] == 413
     # ... and a rebinding DNS name is not this dashboard.
-    assert _http(base + "/api/state", headers={**cookie, "Host": "evil.example:80"}) == 421
-    assert _http(base + "/api/diff?session=../x", headers=cookie) == 400
+    assert _http(api + "/state", headers={**cookie, "Host": "evil.example:80"})[0] == 421
+    # The plugin's own refusals: a bad session name (the kernel's `invalid`), a bad answer.
+    status, _, body = _http(api + "/diff?session=../x", headers=cookie)
+    assert status == 400 and b"invalid session name" in body, body
+    assert _http(api + "/approvals/x", headers=big, body=b"answer=maybe")[0] == 400
 
 
 def test_a_person_approves_a_commit_in_the_browser(dashboard: dict[str, Any]) -> None:
@@ -234,7 +170,7 @@ def test_a_person_approves_a_commit_in_the_browser(dashboard: dict[str, Any]) ->
     assert replies.next()["ok"] is True
     browser = Chromium(site["root"] / "chromium-profile")
     try:
-        browser.navigate(site["url"])
+        browser.navigate(site["url"])  # login -> / -> /plugin/dashboard/
         assert browser.wait_for("document.body && document.body.dataset.ready === '1'")
         assert browser.evaluate("document.getElementById('session').textContent") == SESSION
         # The session's diff, shown for the current session at load.
@@ -257,8 +193,11 @@ def test_a_person_approves_a_commit_in_the_browser(dashboard: dict[str, Any]) ->
         assert committed["plugin"] == "kernel" and committed["ok"] is True, committed
         assert (project / "NOTES.md").read_text() == ("hello from the dashboard test\n"
                                                       "a second line\n")
-        assert browser.wait_for("document.getElementById('answered').textContent"
-                                ".startsWith('answered')")
+        answered = browser.wait_for("document.getElementById('answered').textContent"
+                                    ".startsWith('answered') && "
+                                    "document.getElementById('answered').textContent")
+        assert answered.endswith(": once by plugin:dashboard"), answered
+        assert browser.evaluate("location.pathname") == "/plugin/dashboard/"
         topics = browser.wait_for(
             "[...document.querySelectorAll('#bus li')].map(li => li.dataset.topic)"
             ".filter(t => t === 'approval.answered').length && "
@@ -270,7 +209,7 @@ def test_a_person_approves_a_commit_in_the_browser(dashboard: dict[str, Any]) ->
     audit = [json.loads(line) for line in
              (site["home"] / "audit.jsonl").read_text().splitlines()]
     decisions = [(e["decision"], e.get("by")) for e in audit if e["event"] == "cap.decision"]
-    assert decisions[-1] == ("allow", "dashboard"), decisions
+    assert decisions[-1] == ("allow", "plugin:dashboard"), decisions
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -288,3 +227,100 @@ def test_bad_input_is_one_line_before_mounting(tmp_path: Path, args: list[str], 
     assert code == 1, err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "mnt").exists()
+
+
+# -- the kernel around the plugin, in process -------------------------------------
+
+TOKEN = "t0ken"
+HOST = "127.0.0.1:8377"
+
+
+def _pin(**changes: Any) -> LockEntry:
+    entry = load_lockfile(REPO / "plugins.lock", missing_ok=False).get("dashboard")
+    assert entry is not None
+    limits = changes.pop("limits", {})
+    grants = changes.pop("grants", {})
+    return dataclasses.replace(entry, limits=dataclasses.replace(entry.limits, **limits),
+                               grants=dataclasses.replace(entry.grants, **grants))
+
+
+@pytest.fixture
+async def front(tmp_path: Path, request: pytest.FixtureRequest, expect_logs: ExpectedLogs
+                ) -> AsyncIterator[tuple[Kernel, Dashboard]]:
+    """A kernel running the real dashboard component under the pin the test names
+    (`@pytest.mark.parametrize("front", [{...}], indirect=True)`), and its front door."""
+    expect_logs.allow("plugin.asks_more_than_granted")  # the pin is narrower on purpose
+    lock = Lockfile(tmp_path / "plugins.lock", (_pin(**request.param),))
+    lock.save()
+    engine = KernelEngine(cache_dir=tmp_path / "cache")
+    async with open_kernel(engine) as kernel:
+        await kernel.boot(BootPlan(lock.path, (REPO / "plugins" / "dashboard",)))
+        sup = kernel.supervisors["dashboard"]
+        with trio.fail_after(WAIT_S):
+            await sup.wait_for(lambda s: s.state is State.RUNNING)
+        yield kernel, Dashboard(kernel.bus, TOKEN, lambda: kernel.supervisors,
+                                frozenset({HOST}))
+
+
+async def _get(door: Dashboard, target: str, method: str = "GET",
+               body: bytes = b"") -> Response:
+    headers = {"host": HOST, "cookie": f"astrid_dashboard={TOKEN}",
+               "x-astrid-dashboard": "1"}
+    return await door.handle(Request(method, target, headers, body))
+
+
+@pytest.mark.parametrize("front", [{"limits": {"fuel_per_call": 2_000_000}}], indirect=True)
+async def test_a_trap_is_a_500_for_that_request_and_the_plugin_restarts(
+        front: tuple[Kernel, Dashboard], expect_logs: ExpectedLogs) -> None:
+    expect_logs.allow("plugin.crashed")
+    kernel, door = front
+    sup = kernel.supervisors["dashboard"]
+    page = await _get(door, "/plugin/dashboard/")
+    assert page.status == 200 and b"<title>Astrid</title>" in page.body
+    assert dict(page.headers)["Content-Security-Policy"].startswith("default-src 'self'")
+    # Decoding and escaping a 60 KiB answer reason takes more than 2M fuel: the guest traps.
+    reason = b"%41" * (60 * 1024 // 3)
+    crashed = await _get(door, "/plugin/dashboard/api/approvals/abc", "POST",
+                         b"answer=deny&reason=" + reason)
+    assert crashed.status == 500 and b"fuel exhausted" in crashed.body, crashed
+    with trio.fail_after(WAIT_S):
+        await sup.wait_for(lambda s: s.state is State.RUNNING and s.restarts == 1)
+    assert sup.crashes == 1
+    again = await _get(door, "/plugin/dashboard/app.js")
+    assert again.status == 200 and b"EventSource('/kernel/bus')" in again.body
+    # Without a dashboard service the plugin's host call is refused, and it says so.
+    state = await _get(door, "/plugin/dashboard/api/state")
+    assert state.status == 503 and b"serves no dashboard" in state.body, state
+
+
+@pytest.mark.parametrize("front", [{"grants": {"cap": ("dashboard.read",)}}], indirect=True)
+async def test_without_the_http_serve_grant_nothing_reaches_the_plugin(
+        front: tuple[Kernel, Dashboard]) -> None:
+    kernel, door = front
+    answer = await _get(door, "/plugin/dashboard/")
+    assert answer.status == 404 and b"no frontend plugin 'dashboard'" in answer.body
+    assert kernel.supervisors["dashboard"].state is State.RUNNING
+
+
+@pytest.mark.parametrize("front", [{"grants": {"cap": ("http.serve",)}}], indirect=True)
+async def test_without_the_read_grant_the_kernel_tells_the_plugin_nothing(
+        front: tuple[Kernel, Dashboard], tmp_path: Path) -> None:
+    kernel, door = front
+    sup = kernel.supervisors["dashboard"]
+    # A view that would answer: the grant alone stops it (it is never called).
+    sup.context.frontend = _Unreachable()
+    answer = await _get(door, "/plugin/dashboard/api/state")
+    assert answer.status == 403 and b"dashboard.read is not in plugin dashboard's cap grant" \
+        in answer.body, answer
+    answer = await _get(door, "/plugin/dashboard/api/diff?session=x")
+    assert answer.status == 403
+
+
+class _Unreachable:
+    """A `FrontendData` that fails the test when the kernel consults it."""
+
+    def state(self) -> str:
+        raise AssertionError("state() called without the dashboard.read grant")
+
+    def diff(self, session: str) -> str:
+        raise AssertionError("diff() called without the dashboard.read grant")

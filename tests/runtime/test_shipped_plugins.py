@@ -93,7 +93,7 @@ async def test_every_shipped_plugin_boots_from_the_lock(kernel: Kernel) -> None:
     states = {name: sup.state for name, sup in kernel.supervisors.items()}
     assert states == {"router": State.RUNNING, "notes": State.RUNNING,
                       "wordcount": State.RUNNING, "filetool": State.RUNNING,
-                      "mdview": State.RUNNING}
+                      "mdview": State.RUNNING, "dashboard": State.RUNNING}
     # markdown is a link provider (no bus instance): mdview calls it.
     assert [p["name"] for p in kernel.status()["links"]] == ["markdown"]
 
