@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from linkkit import MARKDOWN_DIR, PluginDir, compose, write_tree
+
 from astrid_runtime.bus import Tap
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.kernel import BootPlan, Kernel
