@@ -2,7 +2,8 @@
 """Kernel benchmarks: host-import round trip, export call, list<u8> marshaling
 (ours vs stock wasmtime-py), bus latency and throughput between two plugins,
 cold start with and without the compile cache, one WASM interceptor check,
-one cross-component call (a plugin calling another plugin's export).
+one cross-component call (a plugin calling another plugin's export;
+kernel_links.py).
 
     .venv/bin/python scripts/bench/kernel.py            # print a markdown report
     .venv/bin/python scripts/bench/kernel.py --quick    # fewer iterations
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "runtime" / "components"))
 
 import testcomponents  # noqa: E402
+from kernel_links import bench_links  # noqa: E402  (beside this script)
 from kernel_rss import bench_rss  # noqa: E402  (beside this script)
 from testkit import MemoryKv  # noqa: E402
 
@@ -280,58 +282,6 @@ def bench_interceptors(quick: bool) -> list[str]:
     rows.append(f"| `cap.request` pipeline, both interceptors | "
                 f"{us(timed(lambda: pipeline.request(action, grant), repeat))} |")
     return rows
-
-
-def bench_links(engine: KernelEngine, quick: bool) -> list[str]:
-    """A WAT importer calling `astrid:markdown/render.to-html("*hi*")` in the C provider
-    (plugins/markdown): 4 bytes in, 20 out, through the host shim (abi/links.py)."""
-    from linkkit import MARKDOWN_DIR, RENDER, build_caller
-
-    from astrid_runtime.abi.canon import STRING, ResultCodec
-    from astrid_runtime.abi.hostfunc import Signature
-    from astrid_runtime.abi.links import LinkImports, LinkProvider, Shim
-    from astrid_runtime.abi.world import GuestFunc
-
-    markdown = engine.compile((MARKDOWN_DIR / "markdown.wasm").read_bytes()).component
-    caller = engine.compile(build_caller().read_bytes()).component
-    log = KernelLog()
-    provider = LinkProvider("markdown", "0.1.0", engine, markdown, "",
-                            Limits(memory_bytes=4 * 1024 * KIB), {RENDER.split("@")[0]: RENDER},
-                            log)
-    shim = Shim("mdcaller", RENDER, RENDER.split("@")[0], ("to-html",), provider)
-    grants = Grants(publish=("md.ok", "md.err"), subscribe=("in.*",))
-    bus = Bus()
-    bell = Doorbell(trio.lowlevel.current_trio_token(), threading.get_ident())
-    limits = Limits(mailbox=100_000, publish_per_sec=10**9)
-    ctx = PluginContext("mdcaller", grants, limits, bus.attach("mdcaller", grants, limits, bell),
-                        None, log.plugin_line, log.host_bug)
-    ctx.links = LinkImports([shim], lambda fn, e: log.host_bug("mdcaller", fn, e))
-    inst = PluginInstance("mdcaller", engine, caller, PluginLinker(engine.engine, ctx), limits)
-    inst.init("in.*")
-    calls = 2000 if quick else 20000
-    # A payload of N bytes makes N calls in one on-message: the difference of two
-    # such messages is the calls alone, without the export call around them.
-    few = cpu_timed(lambda: inst.on_message("in.bench", b"x" * 100), 7 if quick else 15)
-    many = cpu_timed(lambda: inst.on_message("in.bench", b"x" * calls), 7 if quick else 15)
-    per_call = (many - few) / (calls - 100)
-    assert provider.crashes == 0 and provider.calls > calls
-    # Baseline in the same run: the same export called straight from the host.
-    store = Store(engine.engine)
-    store.set_epoch_deadline(10**9)
-    exported = Linker(engine.engine).instantiate(store, markdown)
-    to_html = exported.get_func(store, exported.get_export_index(
-        store, "to-html", exported.get_export_index(store, RENDER)))
-    direct = GuestFunc(to_html, Signature((STRING,), ResultCodec(STRING, STRING)))
-    store.set_fuel(2**62)
-
-    def exports() -> None:
-        for _ in range(calls):
-            direct(store, "*hi*")
-
-    export = cpu_timed(exports, 7 if quick else 15) / calls
-    return [f"| cross-component call `to-html(\"*hi*\")` (WAT -> C, own Stores) | "
-            f"{us(per_call)} |",
-            f"| baseline (same run): that export called from the host | {us(export)} |"]
 
 
 def main() -> None:
