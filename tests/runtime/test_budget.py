@@ -1,5 +1,6 @@
-"""Budgets: declared costs reserved when asked, refunded on deny, charged on allow,
-kept in KV (the real embedded SurrealDB) across a kernel restart, shown by `astrid status`.
+"""Budgets: declared costs reserved when asked, refunded on deny, expiry or cancel,
+charged on allow, kept in KV (the real embedded SurrealDB) across a kernel restart,
+shown by `astrid status`.
 
 The kernel tests run the `pyecho` component asking `cap.request` with a
 `cost.usd` detail; a person answers through the `astrid` CLI.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,44 @@ async def test_budget_in_the_kernel_refunds_on_deny_and_survives_a_restart(
             await kernel.stop()
     finally:
         await trio.to_thread.run_sync(kv.close)
+
+
+async def test_a_reservation_is_refunded_when_its_ask_expires_or_is_cancelled(
+        engine: KernelEngine, components: dict[str, Component], tmp_path: Path) -> None:
+    # Nobody answers: the ask's deadline passes (a deadline already past, not a
+    # sleep), then an ask still waiting is cancelled by the kernel stopping.
+    policy_path = tmp_path / "policy.toml"
+    policy_path.write_text(POLICY)
+    policy = replace(load_policy(policy_path), ask_timeout_s=0.001)
+    audit = AuditLog(None)
+    async with open_kernel(engine, None) as kernel:
+        approvals = await start_approvals(kernel, tmp_path / "home", policy, audit=audit,
+                                          session="s1")
+        await running(kernel, spec(components, "pyecho", "asker",
+                                   config="subscribe=echo.ask", grants=ASKER))
+        results = Tap(kernel.bus, "echo.ask.*")
+
+        def spend() -> tuple[float, float]:
+            row = next(r for r in approvals.budget_status() if r["budget"] == "spend")
+            return row["spent"], row["reserved"]
+
+        body = json.dumps({"kind": "net.http", "resource": URL, "hint": "",
+                           "details": {"cost.usd": "0.6", "cost.requests": "1"}}).encode()
+        kernel.publish("echo.ask", body)
+        with trio.fail_after(30):
+            message = await results.receive()
+        assert message.topic == "echo.ask.err" and b"no answer within" in message.payload
+        assert spend() == (0, 0)  # expired: refunded
+        approvals.queue.timeout_s = 3600
+        asks = Tap(kernel.bus, "approval.requested")  # after the first ask's announcement
+        kernel.publish("echo.ask", body)
+        with trio.fail_after(30):
+            await asks.receive()
+        assert spend() == (0, 0.6)  # reserved while it waits
+        with trio.fail_after(30):
+            await kernel.stop()
+    assert spend() == (0, 0)  # cancelled by the kernel stopping: refunded
+    answers = [(a["by"], a["reason"]) for a in audit.lines if a["event"] == "cap.answer"]
+    assert answers[-1] == ("kernel", "the kernel is stopping")
+    assert [d["stage"] for d in audit.lines if d["event"] == "cap.decision"] == [
+        "approval", "approval"]

@@ -195,10 +195,16 @@ async def test_interceptors_in_the_kernel_run_in_order_before_policy_and_fail_cl
     topic, text = await ask("trap")
     assert topic == "echo.ask.err" and "interceptor bad failed" in text
     assert await ask("https://api.example/") == ("echo.ask.ok", "https://api.example/")
+    # ... and spins on this one: its fuel (or deadline) ends it, denied; the kernel,
+    # the asker and the next check carry on.
+    topic, text = await ask("loop")
+    assert topic == "echo.ask.err" and "interceptor bad failed" in text, text
+    assert "fuel exhausted" in text or "deadline exceeded" in text, text
+    assert await ask("https://api.example/") == ("echo.ask.ok", "https://api.example/")
     assert asker.state is State.RUNNING and asker.crashes == 0
     status = kernel.status()
     assert [(i["name"], i["failures"]) for i in status["interceptors"]] == [
-        ("secret-filter", 0), ("path-guard", 0), ("bad", 1)]
+        ("secret-filter", 0), ("path-guard", 0), ("bad", 2)]
     assert "bad" not in kernel.supervisors  # pinned, but not booted as a plugin
 
 

@@ -166,8 +166,9 @@ async def test_cli_answers_once_session_always_and_deny(
     ask = json.loads(payload)
     assert topic == "approval.requested" and ask["plugin"] == "asker"
     # Nobody has answered yet: the ask waits, visible, for an approver arriving late.
-    listing = json.loads((await desk.acli("approvals", "--json")).stdout)
-    assert [a["id"] for a in listing["pending"]] == [ask["id"]]
+    listed = await desk.acli("approvals", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [a["id"] for a in json.loads(listed.stdout)["pending"]] == [ask["id"]]
     flags = {"once": [], "session": ["--session"], "always": ["--always"]}[scope]
     done = await desk.acli("approve", ask["id"], *flags)
     assert done.returncode == 0 and f"approved ({scope})" in done.stdout, done.stderr

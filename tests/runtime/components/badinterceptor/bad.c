@@ -5,7 +5,8 @@
  *   init      init refuses
  *   ask       check asks ("the test asks")
  *   anything else: check allows; but an action whose resource is "trap"
- *   traps, so a test can check that the next call runs on a fresh instance.
+ *   traps and one whose resource is "loop" spins, so a test can check that
+ *   the next call runs on a fresh instance.
  */
 #include "interceptor.h"
 
@@ -23,7 +24,7 @@ verdict_t interceptor_check(str_t plugin, str_t kind, str_t resource, const deta
     (void)details;
     (void)n_details;
     if (str_eq(mode, "trap") || str_eq(resource, "trap")) __builtin_trap();
-    if (str_eq(mode, "loop")) {
+    if (str_eq(mode, "loop") || str_eq(resource, "loop")) {
         volatile unsigned n = 0;
         for (;;) n++;
     }
