@@ -17,9 +17,16 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${missing[*]}"
-    sudo_cmd apt-get update -qq
-    sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    sudo_cmd apt-get -o DPkg::Lock::Timeout=600 update -qq
+    sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The node half of set-up (scripts/setup.d/4*.sh: s3rver, componentize-js; npm
+# downloads) runs beside the Python half, which is mostly downloads too; its
+# output is shown, and its failure fails set-up, once both are done.
+node_log=$(mktemp)
+( for part in scripts/setup.d/4*.sh; do bash "$part" || exit 1; done ) >"$node_log" 2>&1 &
+node_pid=$!
 
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
@@ -28,7 +35,10 @@ fi
 stamp=.venv/.astrid-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
     echo "setup: installing astrid (editable) into .venv"
-    .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+    # uv downloads in parallel and keeps a cache that outlives the venv (pip here
+    # caches nothing between fresh clones); pip only installs uv itself.
+    [ -x .venv/bin/uv ] || .venv/bin/pip install -q --disable-pip-version-check "uv>=0.5,<1"
+    .venv/bin/uv pip install -q --python .venv/bin/python -e ".[test]"
     touch "$stamp"
 fi
 
@@ -46,8 +56,13 @@ fi
 # have an idempotent script here.
 for part in scripts/setup.d/*.sh; do
     [ -e "$part" ] || continue
+    case "$part" in scripts/setup.d/4*.sh) continue ;; esac  # the node half, above
     bash "$part"
 done
+node_rc=0
+wait "$node_pid" || node_rc=$?
+cat "$node_log"; rm -f "$node_log"
+if [ "$node_rc" -ne 0 ]; then echo "setup: the node half (scripts/setup.d/4*.sh) failed" >&2; exit 1; fi
 
 # mount(8) -> mount.fuse3 runs the program named after "fuse." with a fixed
 # PATH that does not include our venv; a link in /usr/local/sbin and /usr/sbin

@@ -3,23 +3,83 @@ astrid-fs mounts that are always unmounted afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _pytest.pathlib import make_numbered_dir_with_cleanup
 
 from tests.support.mounts import MountedSession, mounted_points, require_fuse
-from tests.support.warmhome import build_template
+from tests.support.warmhome import build_template_once
 
 _names = itertools.count()
 
+#: Where each run's temp dirs go: short, because control sockets live in them and
+#: an AF_UNIX path holds at most 107 bytes. pytest's own default
+#: (/tmp/pytest-of-root/pytest-N, plus popen-gwN/ under pytest-xdist) left too
+#: little room for a test's name, $ASTRID_HOME/sessions/NAME/run/control.sock.
+SHORT_TEMP_ROOT = Path("/tmp/astrid-t")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the run a short --basetemp unless one was given (xdist workers are
+    handed theirs, under the controller's): /tmp/astrid-t/rN/t, numbered and
+    pruned to the last three runs like pytest's own, each locked while it runs."""
+    if config.option.basetemp or hasattr(config, "workerinput"):
+        return
+    SHORT_TEMP_ROOT.mkdir(mode=0o700, exist_ok=True)
+    at_end = contextlib.ExitStack()
+    config.add_cleanup(at_end.close)
+    run = make_numbered_dir_with_cleanup(root=SHORT_TEMP_ROOT, prefix="r", mode=0o700, keep=3,
+                                         lock_timeout=3 * 24 * 3600, register=at_end.callback)
+    # pytest empties a given basetemp; a subdirectory keeps the run's lock file.
+    config.option.basetemp = str(run / "t")
+
+
+#: The template build a pytest-xdist worker started in the background (see below).
+_template_build: threading.Thread | None = None
+
+
+def _shared_template(config: pytest.Config) -> Path:
+    """Where the workers of one xdist run keep the template: beside their basetemps."""
+    return Path(config.option.basetemp).parent / "shipped-home"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, start compiling the template home as soon as the run is
+    known to need it (in a thread: wasmtime releases the GIL while it compiles;
+    one worker builds, the others wait on its file lock) and run the tests that
+    need it last, so the compile overlaps the tests that do not."""
+    global _template_build
+    if not hasattr(config, "workerinput"):
+        return
+    needs = [item for item in items if "shipped_home" in getattr(item, "fixturenames", ())]
+    if not needs:
+        return
+    # Stable: every worker must collect the same order.
+    items.sort(key=lambda item: "shipped_home" in getattr(item, "fixturenames", ()))
+    _template_build = threading.Thread(target=build_template_once,
+                                       args=(_shared_template(config),),
+                                       name="shipped-home build", daemon=True)
+    _template_build.start()
+
 
 @pytest.fixture(scope="session")
-def shipped_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shipped_home(tmp_path_factory: pytest.TempPathFactory,
+                 pytestconfig: pytest.Config) -> Path:
     """A kernel home with every pinned plugin compiled (tests/support/warmhome.py):
-    seed test homes from it with `seed_home` so the run compiles each plugin once."""
-    return build_template(tmp_path_factory.mktemp("shipped-home"))
+    seed test homes from it with `seed_home` so the run compiles each plugin once
+    (once for all pytest-xdist workers: they share the controller's basetemp)."""
+    if hasattr(pytestconfig, "workerinput"):
+        if _template_build is not None:
+            _template_build.join()
+        # Built (or its failure raised) here if the background build did not finish it.
+        return build_template_once(_shared_template(pytestconfig))
+    return build_template_once(tmp_path_factory.getbasetemp() / "shipped-home")
 
 
 @pytest.fixture

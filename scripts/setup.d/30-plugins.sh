@@ -35,7 +35,8 @@ done
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup(plugins): installing ${missing[*]}"
-    .venv/bin/pip install -q --disable-pip-version-check "${missing[@]}"
+    if [ -x .venv/bin/uv ]; then .venv/bin/uv pip install -q --python .venv/bin/python "${missing[@]}"
+    else .venv/bin/pip install -q --disable-pip-version-check "${missing[@]}"; fi
 fi
 
 # The shipped components are committed and pinned; say so if they do not verify

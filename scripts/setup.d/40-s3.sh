@@ -12,8 +12,8 @@ sudo_cmd() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "setup(s3): installing nodejs and npm"
-    sudo_cmd apt-get update -qq
-    sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    sudo_cmd apt-get -o DPkg::Lock::Timeout=600 update -qq
+    sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq nodejs npm >/dev/null
 fi
 
 have=$(node -e "try{console.log(require('./$DIR/node_modules/s3rver/package.json').version)}catch(e){}" 2>/dev/null || true)
@@ -29,6 +29,6 @@ for p in s3fs rclone; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup(s3): installing Debian packages: ${missing[*]}"
-    sudo_cmd apt-get update -qq
-    sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    sudo_cmd apt-get -o DPkg::Lock::Timeout=600 update -qq
+    sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
 fi

@@ -11,6 +11,6 @@ if ! command -v apt-get >/dev/null 2>&1; then
     exit 1
 fi
 echo "setup(chromium): installing Debian's chromium"
-DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null \
-    || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive \
-         apt-get install -y --no-install-recommends chromium >/dev/null; }
+DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends chromium >/dev/null \
+    || { apt-get -o DPkg::Lock::Timeout=600 update >/dev/null && DEBIAN_FRONTEND=noninteractive \
+         apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends chromium >/dev/null; }

@@ -13,6 +13,7 @@ inodes is safe). Tests about the cache itself do not use this.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -32,6 +33,22 @@ def build_template(home: Path, lockfile: Path = LOCKFILE) -> Path:
     cache.mkdir(mode=0o700, exist_ok=True)
     for entry in load_lockfile(lockfile, missing_ok=False).entries:
         precompile(entry, cache)
+    return home
+
+
+def build_template_once(home: Path, lockfile: Path = LOCKFILE) -> Path:
+    """`build_template(home)` once for every process that asks (pytest-xdist
+    workers share one template): the first builds it behind a file lock, the
+    others wait for that lock and reuse the result; `home`."""
+    done = home.with_name(home.name + ".done")
+    with open(home.with_name(home.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            if home.exists():  # a build that died half way
+                shutil.rmtree(home)
+            home.mkdir(parents=True)
+            build_template(home, lockfile)
+            done.touch()
     return home
 
 
