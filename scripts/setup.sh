@@ -38,7 +38,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
     # uv downloads in parallel and keeps a cache that outlives the venv (pip here
     # caches nothing between fresh clones); pip only installs uv itself.
     [ -x .venv/bin/uv ] || .venv/bin/pip install -q --disable-pip-version-check "uv>=0.5,<1"
-    .venv/bin/uv pip install -q --python .venv/bin/python -e ".[test]"
+    .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python -e ".[test]"
     touch "$stamp"
 fi
 

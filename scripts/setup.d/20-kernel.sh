@@ -27,6 +27,6 @@ except PackageNotFoundError:
 done
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup(kernel): installing ${need[*]}"
-    if [ -x .venv/bin/uv ]; then .venv/bin/uv pip install -q --python .venv/bin/python "${need[@]}"
+    if [ -x .venv/bin/uv ]; then .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python "${need[@]}"
     else .venv/bin/pip install -q --disable-pip-version-check "${need[@]}"; fi
 fi

@@ -35,7 +35,7 @@ done
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup(plugins): installing ${missing[*]}"
-    if [ -x .venv/bin/uv ]; then .venv/bin/uv pip install -q --python .venv/bin/python "${missing[@]}"
+    if [ -x .venv/bin/uv ]; then .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python "${missing[@]}"
     else .venv/bin/pip install -q --disable-pip-version-check "${missing[@]}"; fi
 fi
 
