@@ -66,10 +66,18 @@ E = TypeVar("E")
 class Ok(Generic[T]):
     value: T
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The recorder pickles every host call's answer; a slotted dataclass's default
+        # reduction costs ~4x this (copyreg, __getstate__).
+        return (Ok, (self.value,))
+
 
 @dataclass(frozen=True, slots=True)
 class Err(Generic[E]):
     value: E
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Err, (self.value,))
 
 
 #: `ok(())`, shared: building a frozen dataclass per call costs more than the call.
@@ -82,6 +90,9 @@ class Case:
 
     tag: str
     payload: Any = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Case, (self.tag, self.payload))
 
 
 class Codec:

@@ -4,9 +4,20 @@ Thread model. The bus calls `on_delivery` in the publisher's thread (a guest
 worker thread or the trio thread) and each plugin's `CallCapture` runs in its
 guest's thread; both only append a tuple to a `deque` (thread-safe, no lock,
 no I/O), so recording adds a few microseconds to a publish and nothing that
-waits. Encoding and the SurrealDB write happen in one worker thread per flush
-(`flush`, every `flush_ms` and on `sync`), under a limiter of one: writes are
-never concurrent and chunks are stored in order.
+waits. The SurrealDB write happens in one worker thread per flush (`flush`,
+every `flush_ms` and on `sync`), under a limiter of one: writes are never
+concurrent and chunks are stored in order.
+
+The garbage collector. What waits for a flush is made of objects the cyclic
+GC never has to look at twice: an event is one flat tuple of ints, floats,
+strings and bytes (not the `Message`, its `Sender` and the receivers' list),
+a call one such tuple whose host calls are already pickled (`bytes`; their
+argument lists and `Ok`/`Err` values are containers). Such tuples are
+untracked at the first young collection, so they never reach the older
+generations. Keeping the containers themselves (as before) added ~17
+long-lived containers per relayed message: ~20 young collections a second
+and a full collection (~40-130 ms, every thread stopped: the GIL) every few
+seconds: measured, most of what recording cost (docs/design/recorder.md).
 
 Bounds. At most `max_pending` events wait for a flush; past that (a store
 slower than the bus for a long time) new events are counted in `lost`, never
@@ -19,6 +30,7 @@ what was gathered since the last flush (at most `flush_ms` of traffic).
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 from collections import deque
@@ -39,10 +51,16 @@ from astrid_runtime.recorder.timeline import Timeline, files_written
 if TYPE_CHECKING:
     from astrid_runtime.kernel import Kernel
 
-_RawEvent = tuple[Message, float, list[str]]
-#: seq, plugin, version, outcome, detail, host calls, files written, snapshot
-_RawCall = tuple[int, str, str, str, str, list[tuple[str, list[Any], Any]], list[str],
-                 str | None]
+#: seq, time, topic, sender plugin, sender kernel, payload, *receivers (a store row)
+_RawEvent = tuple[Any, ...]
+#: seq, plugin, version, outcome, detail, host calls (pickled), files written, snapshot
+_RawCall = tuple[int, str, str, str, str, bytes, tuple[str, ...], str | None]
+_HostCall = tuple[str, list[Any], Any]
+
+
+def _pickled(host: list[_HostCall]) -> bytes:
+    """A call's host calls as the store keeps them (see "The garbage collector")."""
+    return pickle.dumps(host, protocol=5)
 
 
 class CallCapture:
@@ -68,8 +86,8 @@ class CallCapture:
             # of outcome `init` at the same seq (before it): a replay answers its own
             # `init` from it.
             init, self._init = self._init, []
-            self._recorder.on_call((message.seq, self.plugin, self.version, "init", "", init,
-                                    [], None), ended=False)
+            self._recorder.on_call((message.seq, self.plugin, self.version, "init", "",
+                                    _pickled(init), (), None), ended=False)
         self._seq = message.seq
         self._host = []
         self._vfs = False
@@ -95,8 +113,8 @@ class CallCapture:
             # Now, in the plugin's thread, before its next message: the files as this
             # event left them (one timeline; recorder/timeline.py).
             snapshot = timeline.snapshot(self._seq, self.plugin)
-        self._on_call((self._seq, self.plugin, self.version, outcome, detail, host, wrote,
-                       snapshot))
+        self._on_call((self._seq, self.plugin, self.version, outcome, detail, _pickled(host),
+                       tuple(wrote), snapshot))
 
 
 class Recorder:
@@ -127,7 +145,13 @@ class Recorder:
         if len(self._events) >= self._max_pending:
             self.lost += 1
             return
-        self._events.append((message, time.time(), receivers))
+        sender = message.sender  # `message.who`, without building a Sender
+        if sender is None:
+            plugin, kernel = message.publisher, None
+        else:
+            plugin, kernel = sender.plugin, sender.kernel
+        self._events.append((message.seq, time.time(), message.topic, plugin, kernel,
+                             message.payload, *receivers))
 
     def on_call(self, raw: _RawCall, *, ended: bool = True) -> None:
         """Gather a plugin call (`ended`: one delivery's, counted by `wait_calls`; else
@@ -159,18 +183,8 @@ class Recorder:
 
     # -- the writer ---------------------------------------------------------
 
-    def _encode(self, events: list[_RawEvent], calls: list[_RawCall]) -> Rows:
-        """The flush thread: raw tuples to the store's rows (no encoding here: this is
-        the recorder's CPU cost per message; see store.py)."""
-        rows = Rows(calls=list(calls))
-        for message, t, receivers in events:
-            who = message.who
-            rows.events.append((message.seq, t, message.topic, who.plugin, who.kernel,
-                                message.payload, receivers))
-        return rows
-
     def _write(self, events: list[_RawEvent], calls: list[_RawCall]) -> None:
-        self.store.write(self._encode(events, calls))
+        self.store.write(Rows(events, calls))
 
     async def flush(self) -> int:
         """Write everything gathered so far; returns the highest durable seq."""
@@ -181,7 +195,7 @@ class Recorder:
                 await trio.to_thread.run_sync(self._write, events, calls,
                                               limiter=self._limiter)
                 self.written += len(events)
-                self.durable_seq = max([self.durable_seq, *(m.seq for m, _, _ in events),
+                self.durable_seq = max([self.durable_seq, *(e[0] for e in events),
                                         *(c[0] for c in calls)])
             return self.durable_seq
 

@@ -160,6 +160,8 @@ class Call:
     def from_row(cls, row: tuple[Any, ...]) -> Call:
         """From a stored row (`Rows`): the host calls' values encoded now."""
         seq, plugin, version, outcome, detail, host, wrote, snapshot = row
+        if isinstance(host, bytes):  # pickled by the recorder (older chunks: a list)
+            host = _unpickle(host)
         return cls(seq, plugin, version, outcome, detail,
                    tuple(HostCall(name, encode(args), encode(value))
                          for name, args, value in host), tuple(wrote), snapshot)
@@ -184,9 +186,12 @@ class Chunk:
 @dataclass
 class Rows:
     """What one `write` stores, raw (encoding happens on reading, which is rare):
-    events `(seq, time, topic, sender, sender_kernel, payload, receivers)` and calls
-    `(seq, plugin, version, outcome, detail, [(name, args, result)...], wrote,
-    snapshot)` with the host calls' ABI values as the host functions saw them."""
+    events `(seq, time, topic, sender, sender_kernel, payload, *receivers)` and calls
+    `(seq, plugin, version, outcome, detail, host, wrote, snapshot)`, `host` being
+    `[(name, args, result)...]` with the ABI values as the host functions saw them,
+    pickled (`bytes`). Both are flat so that the garbage collector untracks them
+    (recorder.py). Chunks written before 2026-12-01 16:00 hold the receivers as one
+    list and the host calls as the list itself; both are still read."""
 
     events: list[tuple[Any, ...]] = field(default_factory=list)
     calls: list[tuple[Any, ...]] = field(default_factory=list)
@@ -201,12 +206,29 @@ class _Rows(pickle.Unpickler):
         raise pickle.UnpicklingError(f"a recording chunk may not name {module}.{name}")
 
 
-def _load(blob: bytes) -> tuple[list[Any], list[Any]]:
+def _receivers(row: tuple[Any, ...]) -> tuple[str, ...]:
+    """An event row's receivers: the rest of the row (older chunks: one list)."""
+    if len(row) == 7 and isinstance(row[6], list):
+        return tuple(row[6])
+    return tuple(row[6:])
+
+
+def _unpickle(blob: bytes) -> Any:
     try:
-        events, calls = _Rows(io.BytesIO(zlib.decompress(blob))).load()
+        return _Rows(io.BytesIO(blob)).load()
     except Exception as e:
         raise RecordingError(f"a corrupt recording chunk: {e}") from e
-    return events, calls
+
+
+def _load(blob: bytes) -> tuple[list[Any], list[Any]]:
+    try:
+        raw = zlib.decompress(blob)
+    except zlib.error as e:
+        raise RecordingError(f"a corrupt recording chunk: {e}") from e
+    rows = _unpickle(raw)
+    if not (isinstance(rows, tuple) and len(rows) == 2):
+        raise RecordingError("a corrupt recording chunk: not (events, calls)")
+    return rows[0], rows[1]
 
 
 def default_url(home: Path) -> str:
@@ -290,7 +312,7 @@ class RecordingStore:
         out = Chunk()
         for row in rows:
             events, calls = _load(row["blob"])
-            out.events += [Event(e[0], e[1], e[2], e[3], e[4], e[5], tuple(e[6]))
+            out.events += [Event(e[0], e[1], e[2], e[3], e[4], e[5], _receivers(e))
                            for e in events if lo <= e[0] <= hi]
             out.calls += [Call.from_row(c) for c in calls if lo <= c[0] <= hi]
         out.events.sort(key=lambda e: e.seq)

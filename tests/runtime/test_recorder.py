@@ -3,6 +3,7 @@ switching it off, and a recording that survives kill -9 of the kernel."""
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import zlib
@@ -14,6 +15,7 @@ from surrealdb import RecordID
 from testkit import MemoryKv, running, spec
 from wasmtime.component import Component
 
+from astrid_runtime.abi.canon import Err, Ok
 from astrid_runtime.bus import Tap
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.grants import Grants
@@ -140,3 +142,44 @@ def test_log_finds_the_newest_matches_however_far_back(tmp_path: Path) -> None:
         store.close()
     assert [e["seq"] for e in rare] == [2, 3]
     assert [e["seq"] for e in newest] == [5998, 5999, 6000]
+
+
+async def test_what_waits_for_a_flush_leaves_the_garbage_collector_alone(
+        kernel: Kernel, components: dict[str, Component], tmp_path: Path) -> None:
+    # Long-lived containers waiting for a flush were most of what recording cost (young
+    # collections, then full ones with every thread stopped): every pending row must be
+    # a tuple the collector untracks at its first look (recorder.py, "The garbage
+    # collector").
+    async with recording(kernel, settings(tmp_path, flush_ms=3_600_000), tmp_path) as rec:
+        assert rec is not None
+        await running(kernel, spec(components, "relay", "first", config="chain", grants=RELAY))
+        tap = Tap(kernel.bus, "chain.r")
+        for n in range(5):
+            kernel.publish("chain", bytes([n]))
+        for _ in range(5):
+            await tap.receive()
+        await rec.wait_calls(5)
+        pending = [*rec._events, *rec._calls]  # before any flush (flush_ms: an hour)
+        gc.collect(0)
+        tracked = [row for row in pending if gc.is_tracked(row)]
+        assert len(pending) == 10 + 6 and tracked == []  # 10 events; 5 calls and the init
+        await rec.flush()
+        calls = rec.store.read().calls
+    assert [(c.outcome, [h.name for h in c.host]) for c in calls[:2]] == [
+        ("init", ["bus.subscribe"]), ("ok", ["bus.publish"])]
+
+
+def test_chunks_holding_host_calls_as_lists_still_read(tmp_path: Path) -> None:
+    # Chunks written before the recorder pickled each call's host calls hold the list.
+    store = RecordingStore(f"surrealkv://{tmp_path / 'rec'}")
+    try:
+        store.write(Rows(calls=[(1, "p", "0", "ok", "", [("kv.get", ["k"], Ok(b"v"))], [],
+                                 None)]))
+        store.write(Rows(calls=[(2, "p", "0", "ok", "", pickle.dumps([("kv.get", ["k"],
+                                                                        Err("gone"))]),
+                                 (), None)]))
+        calls = store.read().calls
+    finally:
+        store.close()
+    assert [(c.seq, c.host[0].name, c.host[0].result) for c in calls] == [
+        (1, "kv.get", {"ok": {"b": "dg=="}}), (2, "kv.get", {"err": "gone"})]
