@@ -36,7 +36,9 @@ def _clean(value: str) -> bool:
     return value.isprintable() and value.isascii()
 
 
-def _headers(given: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+def kept_headers(given: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The plugin's headers the browser may see: `content-type`, and `location` when it
+    stays on this site; nothing with control or non-ASCII characters."""
     kept: list[tuple[str, str]] = []
     for name, value in given:
         name = name.lower()
@@ -68,11 +70,11 @@ async def hand_off(sup: Supervisor, method: str, path: str, query: str,
     if len(answer) > MAX_ANSWER:
         return Response(502, f"plugin {sup.name} answered {len(answer)} bytes, over "
                              f"{MAX_ANSWER}".encode())
-    kept = _headers(given)
+    kept = kept_headers(given)
     content_type = next((v for k, v in kept if k == "content-type"), "application/octet-stream")
     extra = tuple((k, v) for k, v in kept if k != "content-type")
     return Response(status, answer, content_type,
                     headers=(("Content-Security-Policy", CSP), *extra))
 
 
-__all__ = ["CSP", "MAX_ANSWER", "hand_off", "serves_http"]
+__all__ = ["CSP", "MAX_ANSWER", "hand_off", "kept_headers", "serves_http"]

@@ -40,6 +40,7 @@ from testkit import ExpectedLogs
 
 from astrid_runtime import client_cli
 from astrid_runtime.dashboard.app import Dashboard
+from astrid_runtime.dashboard.frontend import kept_headers
 from astrid_runtime.dashboard.http import MAX_BODY, Request, Response
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
@@ -314,6 +315,15 @@ async def test_without_the_read_grant_the_kernel_tells_the_plugin_nothing(
         in answer.body, answer
     answer = await _get(door, "/plugin/dashboard/api/diff?session=x")
     assert answer.status == 403
+
+
+def test_the_plugin_sets_only_content_type_and_a_same_site_location() -> None:
+    kept = kept_headers([
+        ("Set-Cookie", "astrid_dashboard=forged"), ("Content-Security-Policy", "default-src *"),
+        ("Location", "//evil.example/"), ("location", "https://evil.example/"),
+        ("Content-Type", "text/html\r\nX-Injected: 1"), ("Location", "/plugin/dashboard/"),
+        ("content-type", "text/plain"), ("Access-Control-Allow-Origin", "*")])
+    assert kept == (("location", "/plugin/dashboard/"), ("content-type", "text/plain"))
 
 
 class _Unreachable:
