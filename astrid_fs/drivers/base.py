@@ -88,12 +88,22 @@ class Capabilities:
 class Reader(Protocol):
     """An open file. `pread` may be called from several threads at once."""
 
-    def pread(self, size: int, offset: int) -> bytes:
-        """Up to `size` bytes at `offset`; fewer only at end of file."""
+    def pread(self, size: int, offset: int) -> bytes | memoryview:
+        """Up to `size` bytes at `offset`; fewer only at end of file. A
+        memoryview is read-only and stays valid (it holds its buffer)."""
         ...
 
     def close(self) -> None:
         """Release the reader; idempotent."""
+        ...
+
+
+@runtime_checkable
+class TryReader(Protocol):
+    """A reader that can answer from what it already holds, without I/O."""
+
+    def try_pread(self, size: int, offset: int) -> bytes | memoryview | None:
+        """What `pread` would return, if that needs no I/O and no wait; else None."""
         ...
 
 

@@ -14,13 +14,21 @@ Consistency (what a reader through the cache may see):
 - `fingerprint` is never cached (commit's conflict check needs the truth).
 
 Bounds: at most `max_entries` metadata entries and `data_bytes` of blocks,
-least recently used dropped first. One lock guards both maps; no I/O happens
-under it.
+least recently used dropped first. A block is a view into the buffer an inner
+read returned, which may be larger than the blocks cut from it (a read-ahead
+segment): the bound counts each such buffer whole, for as long as any block
+holds it. One lock guards both maps; no I/O happens under it.
+
+Copies: a read whose blocks lie side by side in one buffer returns a view of
+it (the FUSE reply is written from it); other reads join their blocks (one
+copy). `try_pread` answers from cached blocks, or from what the inner reader
+already holds, without I/O (the FUSE thread calls it; see fuse/ops.py).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -33,6 +41,7 @@ from astrid_fs.drivers.base import (
     EntryStat,
     LowerDriver,
     Reader,
+    TryReader,
     parent_rel,
 )
 from astrid_fs.drivers.readahead import MIB
@@ -40,10 +49,47 @@ from astrid_fs.drivers.readahead import MIB
 # Small: a cold first read fetches little (read-ahead streams the rest); a read
 # of many blocks is one inner read and one lock acquisition, not one per block.
 BLOCK = 64 * 1024
-# A cached block: a memoryview into the buffer one inner read returned (no
-# copy per block; the blocks of one read share it and account for all of it).
-Block = memoryview
 Key = tuple[str, str, int]  # (path, ETag, block index)
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A cached block: bytes [lo, hi) of the buffer one inner read returned
+    (no copy per block; the blocks of one read share `run`)."""
+
+    run: memoryview
+    lo: int
+    hi: int
+
+
+def _owner(block: Block) -> object:
+    """The object whose memory `block` keeps alive."""
+    return block.run.obj if block.run.obj is not None else block.run
+
+
+def _assemble(blocks: list[Block], lo: int, hi: int) -> bytes | memoryview:
+    """Bytes [lo, hi) of the concatenated `blocks`: a view when they lie side
+    by side in one buffer, else one copy."""
+    first, last = blocks[0], blocks[-1]
+    if all(b.run is first.run and b.lo == a.hi for a, b in itertools.pairwise(blocks)):
+        return first.run[first.lo + lo:min(first.lo + hi, last.hi)]
+    parts: list[memoryview] = []
+    pos = 0
+    for b in blocks:
+        size = b.hi - b.lo
+        a, z = max(lo - pos, 0), min(hi - pos, size)
+        if a < z:
+            parts.append(b.run[b.lo + a:b.lo + z])
+        pos += size
+    return b"".join(parts)
+
+
+def _blocks_of(buffer: bytes | memoryview, count: int, bs: int) -> list[Block]:
+    """`count` blocks of `bs` bytes cut from `buffer` (the last ones short or
+    empty where it is short: the end of the object)."""
+    run = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+    size = len(run)
+    return [Block(run, min(n * bs, size), min((n + 1) * bs, size)) for n in range(count)]
 
 
 @dataclass(frozen=True)
@@ -89,7 +135,8 @@ class CachingDriver(DelegatingDriver):
         self._stats: OrderedDict[str, tuple[float, EntryStat | None]] = OrderedDict()
         self._lists: OrderedDict[str, tuple[float, _Listing]] = OrderedDict()
         self._blocks: OrderedDict[Key, Block] = OrderedDict()
-        self._block_bytes = 0
+        self._block_bytes = 0  # the buffers blocks hold, each counted once
+        self._owners: dict[int, list[int]] = {}  # id(buffer) -> [blocks, bytes]
         self._inflight: dict[Key, cf.Future[Block]] = {}
         self.counters = CacheStats()
 
@@ -199,22 +246,62 @@ class CachingDriver(DelegatingDriver):
                 found.append(running)
         return found, mine
 
+    def _peek(self, keys: list[Key]) -> tuple[list[Block] | None, bool]:
+        """(the cached blocks of all `keys` or None, whether any is being
+        fetched); counts hits only when all are cached. Never waits."""
+        with self._lock:
+            found = [self._blocks.get(key) for key in keys]
+            if any(b is None for b in found):
+                return None, any(key in self._inflight for key in keys)
+            for key in keys:
+                self._blocks.move_to_end(key)
+            self.counters.data_hits += len(keys)
+            return [b for b in found if b is not None], False
+
+    def _put(self, keys: list[Key], buffer: bytes | memoryview) -> list[Block]:
+        """Cache the blocks of `keys` cut from `buffer` (read from block
+        `keys[0]` on) and return them."""
+        blocks = _blocks_of(buffer, len(keys), self.config.block_size)
+        with self._lock:
+            self.counters.data_misses += len(keys)
+            self._store(list(zip(keys, blocks, strict=True)))
+        return blocks
+
+    def _hold(self, block: Block) -> None:
+        owner = _owner(block)
+        held = self._owners.get(id(owner))
+        if held is None:
+            held = self._owners[id(owner)] = [0, memoryview(owner).nbytes]  # type: ignore[arg-type]
+            self._block_bytes += held[1]
+        held[0] += 1
+
+    def _drop(self, block: Block) -> None:
+        key = id(_owner(block))
+        held = self._owners[key]
+        held[0] -= 1
+        if held[0] == 0:
+            del self._owners[key]
+            self._block_bytes -= held[1]
+
+    def _store(self, blocks: list[tuple[Key, Block]]) -> None:
+        """Cache `blocks` and trim to the bound (call with the lock held)."""
+        for key, block in blocks:
+            old = self._blocks.pop(key, None)
+            if old is not None:
+                self._drop(old)
+            self._blocks[key] = block
+            self._hold(block)
+        while self._block_bytes > self.config.data_bytes and self._blocks:
+            _, dropped = self._blocks.popitem(last=False)
+            self._drop(dropped)
+
     def _release(self, done: list[tuple[Key, cf.Future[Block], Block | None]],
                  error: BaseException | None = None) -> None:
         """Cache the fetched blocks (None: failed with `error`) and wake their waiters."""
         with self._lock:
-            for key, _future, block in done:
+            for key, _future, _block in done:
                 self._inflight.pop(key, None)
-                if block is None:
-                    continue
-                old = self._blocks.pop(key, None)
-                if old is not None:
-                    self._block_bytes -= len(old)
-                self._blocks[key] = block
-                self._block_bytes += len(block)
-            while self._block_bytes > self.config.data_bytes and self._blocks:
-                _, dropped = self._blocks.popitem(last=False)
-                self._block_bytes -= len(dropped)
+            self._store([(key, block) for key, _f, block in done if block is not None])
         for _key, future, block in done:
             if block is None:
                 future.set_exception(error or RuntimeError("block fetch failed"))
@@ -234,7 +321,7 @@ class CachingDriver(DelegatingDriver):
                 self._lists.pop(parent_rel(rel), None)
                 self._stats.pop(parent_rel(rel), None)
             for key in [k for k in self._blocks if _under(k[0], rel)]:
-                self._block_bytes -= len(self._blocks.pop(key))
+                self._drop(self._blocks.pop(key))
 
     def put_file(self, rel: str, local_path: Path, mode: int, mtime_ns: int) -> str | None:
         try:
@@ -305,7 +392,7 @@ class _CachedReader:
                 self._inner = self._cache.inner.open_reader(self._rel, self._st)
             return self._inner
 
-    def pread(self, size: int, offset: int) -> bytes:
+    def pread(self, size: int, offset: int) -> bytes | memoryview:
         end = min(offset + size, self._st.size)
         if offset >= end:
             return b""
@@ -316,26 +403,43 @@ class _CachedReader:
         # sends several) wait for one fetch.
         got, mine = self._cache._lookup(keys)
         if mine:
-            whole = self._fetch_runs(keys, got, mine)
-            if (whole is not None and len(mine) == len(keys)
-                    and first * bs == offset and len(whole) == end - offset):
-                return whole  # one miss that is exactly the read: no copy
-        parts: list[Block] = []
-        for index, item in zip(range(first, last + 1), got, strict=True):
-            block = item if isinstance(item, memoryview) else \
+            self._fetch_runs(keys, got, mine)
+        blocks: list[Block] = []
+        for item in got:
+            block = item if isinstance(item, Block) else \
                 item.result(timeout=self._cache.config.wait_timeout_s)
-            lo = max(offset - index * bs, 0)
-            hi = min(end - index * bs, len(block))
-            parts.append(block[lo:hi])
-            if len(block) < bs:
-                break
-        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+            blocks.append(block)
+            if block.hi - block.lo < bs:
+                break  # end of the object
+        return _assemble(blocks, offset - first * bs, end - first * bs)
+
+    def try_pread(self, size: int, offset: int) -> bytes | memoryview | None:
+        """`pread` from cached blocks, or from what the inner reader already
+        fetched (read-ahead); None when that would need I/O or a wait."""
+        end = min(offset + size, self._st.size)
+        if offset >= end:
+            return None
+        bs = self._cache.config.block_size
+        first, last = offset // bs, (end - 1) // bs
+        keys = [(self._rel, self._etag, i) for i in range(first, last + 1)]
+        blocks, fetching = self._cache._peek(keys)
+        if blocks is None:
+            inner = self._inner
+            if fetching or not isinstance(inner, TryReader):
+                return None
+            buffer = inner.try_pread(len(keys) * bs, first * bs)
+            if buffer is None:
+                return None
+            blocks = self._cache._put(keys, buffer)
+        if any(b.hi - b.lo < bs for b in blocks[:-1]):
+            return None  # the object ended early: pread sorts that out
+        return _assemble(blocks, offset - first * bs, end - first * bs)
 
     def _fetch_runs(self, keys: list[Key], got: list[Block | cf.Future[Block]],
-                    mine: list[int]) -> bytes | None:
+                    mine: list[int]) -> None:
         """Fetch the claimed blocks (`mine`, indexes into `keys`), one inner read
         per contiguous run; cache them and put them in `got`. Every claim is
-        released, on error too. Returns the buffer when there was a single run."""
+        released, on error too."""
         bs = self._cache.config.block_size
         runs: list[list[int]] = [[mine[0]]]
         for i in mine[1:]:
@@ -344,20 +448,18 @@ class _CachedReader:
             else:
                 runs.append([i])
         pending = {i: f for i in mine if isinstance(f := got[i], cf.Future)}
-        buffer: bytes | None = None
         try:
             for run in runs:
-                buffer = self._reader().pread(len(run) * bs, keys[run[0]][2] * bs)
-                view = memoryview(buffer)
+                view = _blocks_of(self._reader().pread(len(run) * bs, keys[run[0]][2] * bs),
+                                  len(run), bs)
                 done: list[tuple[Key, cf.Future[Block], Block | None]] = []
-                for n, i in enumerate(run):
-                    block = got[i] = view[n * bs:(n + 1) * bs]
+                for block, i in zip(view, run, strict=True):
+                    got[i] = block
                     done.append((keys[i], pending.pop(i), block))
                 self._cache._release(done)
         except BaseException as e:
             self._cache._release([(keys[i], f, None) for i, f in pending.items()], e)
             raise
-        return buffer if len(runs) == 1 else None
 
     def close(self) -> None:
         with self._lock:

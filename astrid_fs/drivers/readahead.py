@@ -22,8 +22,13 @@ dropped, so the next read tries again; a wait never outlasts
 `wait_timeout_s` — no read hangs on a dead connection.
 
 Copies: a fetch may return any bytes-like buffer (obstore's `Bytes`, which
-the Rust side filled); segments keep a memoryview of it, and a read copies
-only the bytes it returns, once.
+the Rust side filled); segments keep a memoryview of it. A read within one
+segment returns a memoryview of it (no copy: the FUSE reply is written from
+it); a read across segments copies the bytes it returns, once.
+
+`try_pread` is `pread` for a caller that must not wait (the FUSE thread): it
+answers only from segments already fetched, else None, and then changes
+nothing (the caller's `pread` in a worker thread does the bookkeeping).
 
 Locking: one lock guards the segment list and the window; fetches and waits
 happen outside it.
@@ -60,6 +65,8 @@ class ReadAheadConfig:
 
 
 Fetch = Callable[[int, int], "bytes | memoryview"]
+# What a read returns: bytes, or a read-only view of a fetched buffer.
+Buffer = bytes | memoryview
 
 
 @dataclass
@@ -98,7 +105,7 @@ class ReadAheadReader:
 
     # ---- public ----------------------------------------------------------------
 
-    def pread(self, size: int, offset: int) -> bytes:
+    def pread(self, size: int, offset: int) -> Buffer:
         if offset < 0 or size < 0:
             raise DriverError(f"invalid read of {size} bytes at {offset}")
         end = min(offset + size, self.size)
@@ -109,13 +116,7 @@ class ReadAheadReader:
                 err = DriverError("read from a closed reader")
                 err.errno = errno.EBADF
                 raise err
-            # Near the stream position counts as sequential: the kernel's async
-            # read-ahead sends neighbouring reads from several threads, out of order.
-            sequential = self._last_end >= 0 and \
-                abs(offset - self._last_end) <= self._cfg.max_window
-            self._window = min(self._window * 2, self._cfg.max_window) if sequential \
-                else self._cfg.min_fetch
-            self._last_end = max(self._last_end, end) if sequential else end
+            sequential = self._advance(offset, end)
             mine: list[_Segment] = []
             covering = self._cover(offset, end, mine)
             self._evict(offset)
@@ -129,6 +130,24 @@ class ReadAheadReader:
                     self._schedule_ahead(end)
         return self._assemble(covering, offset, end)
 
+    def try_pread(self, size: int, offset: int) -> Buffer | None:
+        """`pread` from segments already fetched, or None (nothing changed)
+        when that would wait for a fetch. Never blocks on I/O."""
+        end = min(offset + size, self.size)
+        if offset < 0 or offset >= end:
+            return None
+        with self._lock:
+            if self._closed:
+                return None
+            covering = self._fetched(offset, end)
+            if covering is None:
+                return None
+            sequential = self._advance(offset, end)
+            self._evict(offset)
+            if sequential:
+                self._schedule_ahead(end)
+        return self._assemble(covering, offset, end)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -137,6 +156,34 @@ class ReadAheadReader:
             self._segs.clear()
 
     # ---- segments (call with the lock held) -------------------------------------
+
+    def _advance(self, offset: int, end: int) -> bool:
+        """Record a read of [offset, end); True if it follows the stream."""
+        # Near the stream position counts as sequential: the kernel's async
+        # read-ahead sends neighbouring reads from several threads, out of order.
+        sequential = self._last_end >= 0 and \
+            abs(offset - self._last_end) <= self._cfg.max_window
+        self._window = min(self._window * 2, self._cfg.max_window) if sequential \
+            else self._cfg.min_fetch
+        self._last_end = max(self._last_end, end) if sequential else end
+        return sequential
+
+    def _fetched(self, offset: int, end: int) -> list[_Segment] | None:
+        """Segments covering [offset, end) whose fetches all succeeded, or None."""
+        out: list[_Segment] = []
+        pos = offset
+        i = self._index(pos)
+        while pos < end:
+            seg = self._segs[i] if i < len(self._segs) else None
+            if seg is None or seg.start > pos or not seg.future.done() \
+                    or seg.future.cancelled() or seg.future.exception() is not None:
+                return None
+            if len(seg.future.result()) < min(end, seg.end) - seg.start:
+                return None  # a short fetch: let pread sort out the end of the object
+            out.append(seg)
+            pos = seg.end
+            i += 1
+        return out
 
     def _index(self, pos: int) -> int:
         """Index of the first segment whose end is beyond `pos`."""
@@ -231,7 +278,7 @@ class ReadAheadReader:
         except BaseException as e:
             seg.future.set_exception(e)
 
-    def _assemble(self, covering: list[_Segment], offset: int, end: int) -> bytes:
+    def _assemble(self, covering: list[_Segment], offset: int, end: int) -> Buffer:
         parts: list[memoryview] = []
         for seg in covering:
             try:
@@ -259,4 +306,5 @@ class ReadAheadReader:
                 parts.append(data[lo:])
                 break
             parts.append(data[lo:hi])
-        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+        # One segment: its view, no copy (the reply is written from it).
+        return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -36,7 +36,7 @@ from astrid_fs.fuse.replies import (
 from astrid_fs.fuse.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_INODE, FH_KEEP_CACHE, shim_version
 from astrid_fs.overlay.files import OpenFiles
 from astrid_fs.overlay.inodes import Node
-from astrid_fs.overlay.layers import StatLike
+from astrid_fs.overlay.layers import Reader, StatLike
 from astrid_fs.overlay.overlay import TMPFILE_NAME, Overlay, SetAttr
 
 log = logging.getLogger("astrid_fs.fuse")
@@ -243,7 +243,19 @@ class FuseOps(pyfuse3.Operations):
         return (pyfuse3.FileInfo(fh=self.files.add_handle(node, fd), keep_cache=keep),
                 self._entry(node, st))
 
-    async def _read_inode(self, ino: int, off: int, size: int) -> bytes:
+    async def _remote_read(self, reader: Reader, size: int, off: int) -> bytes | memoryview:
+        """A READ of a remote file: answered on this (the FUSE) thread when the
+        driver already holds the bytes (its block cache or a finished read-ahead
+        fetch), else in one worker-thread hop (the read may wait on the network).
+        A memoryview goes to pyfuse3 as it is: the reply is written from it."""
+        data = reader.try_pread(size, off)
+        if data is not None:
+            self._count("remote_read_inline")
+            return data
+        self._count("remote_read_thread")
+        return await trio.to_thread.run_sync(reader.pread, size, off)
+
+    async def _read_inode(self, ino: int, off: int, size: int) -> bytes | memoryview:
         node = self.table.get(ino)
         if self.ov.remote_of(node) is not None:
             reader = self.files.inode_reader(node)
@@ -252,11 +264,12 @@ class FuseOps(pyfuse3.Operations):
                 reader = self.ov.open_remote(ino, os.O_RDONLY)
                 assert reader is not None
                 self.files.set_inode_reader(node, reader)
-            return await trio.to_thread.run_sync(reader.pread, size, off)
+            return await self._remote_read(reader, size, off)
         return self.files.pread(node, size, off)
 
     @fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(  # type: ignore[override]  # pyfuse3 takes any buffer (PyObject_GetBuffer)
+            self, fh: int, off: int, size: int) -> bytes | memoryview:
         if fh == 0:
             log.error("read with file handle 0: FUSE shim mismatch")
             raise pyfuse3.FUSEError(errno.EIO)
@@ -264,7 +277,7 @@ class FuseOps(pyfuse3.Operations):
             return await self._read_inode(fh ^ FH_INODE, off, size)
         reader = self.files.reader(fh)
         if reader is not None:
-            return await trio.to_thread.run_sync(reader.pread, size, off)
+            return await self._remote_read(reader, size, off)
         return os.pread(fh, size, off)
 
     @fuse_errors

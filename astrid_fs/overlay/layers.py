@@ -93,9 +93,12 @@ def synthetic_ino(rel: bytes) -> int:
 
 
 class Reader(Protocol):
-    """An open remote file: positional reads, safe to call from a worker thread."""
+    """An open remote file: positional reads, safe to call from a worker thread;
+    `try_pread` answers without I/O (from its cache) or says None, so the
+    FUSE thread may call it."""
 
-    def pread(self, size: int, offset: int) -> bytes: ...
+    def pread(self, size: int, offset: int) -> bytes | memoryview: ...
+    def try_pread(self, size: int, offset: int) -> bytes | memoryview | None: ...
     def close(self) -> None: ...
 
 

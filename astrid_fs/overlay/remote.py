@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from astrid_fs.drivers.base import EntryStat, LowerDriver, Reader
+from astrid_fs.drivers.base import EntryStat, LowerDriver, Reader, TryReader
 from astrid_fs.drivers.cache import CacheConfig, CachingDriver
 from astrid_fs.drivers.errors import DriverError
 from astrid_fs.drivers.readahead import MIB
@@ -69,9 +69,16 @@ class _OsReader:
     def __init__(self, inner: Reader) -> None:
         self._inner = inner
 
-    def pread(self, size: int, offset: int) -> bytes:
+    def pread(self, size: int, offset: int) -> bytes | memoryview:
         with _as_oserror():
             return self._inner.pread(size, offset)
+
+    def try_pread(self, size: int, offset: int) -> bytes | memoryview | None:
+        """What the cache already holds, without I/O (see drivers/cache.py)."""
+        if not isinstance(self._inner, TryReader):
+            return None
+        with _as_oserror():
+            return self._inner.try_pread(size, offset)
 
     def close(self) -> None:
         with _as_oserror():

@@ -80,7 +80,7 @@ class SessionLowers:
             return None, entry.mode
         reader = r.driver.open_reader(r.rel, entry)
         try:
-            chunks: list[bytes] = []
+            chunks: list[bytes | memoryview] = []
             offset, want = 0, min(entry.size, limit + 1)
             while offset < want:
                 chunk = reader.pread(min(1 << 20, want - offset), offset)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from astrid_fs.drivers.base import LowerDriver, Reader
+from astrid_fs.drivers.base import LowerDriver, Reader, TryReader
 from astrid_fs.drivers.cache import CacheConfig, CachingDriver
 from astrid_fs.drivers.errors import Stale
 from astrid_fs.drivers.readahead import KIB, MIB, ReadAheadConfig, ReadAheadReader
@@ -122,6 +122,51 @@ def test_data_cache_serves_a_second_read_without_requests(s3: S3Target) -> None:
         assert got == body
     assert drv.counters.data_misses == misses  # the second pass fetched nothing
     assert drv.counters.data_hits >= 6
+
+
+def test_try_pread_answers_only_from_what_was_fetched(s3: S3Target) -> None:
+    # The FUSE thread calls try_pread (fuse/ops.py): it must never fetch or
+    # wait, answer exactly what pread would once the bytes are there, and
+    # hand back a view of the fetched buffer rather than a copy.
+    body = _blob(6 * MIB, seed=14)
+    s3.put("t.bin", body)
+    drv = s3.driver()
+    reader = drv.open_reader("t.bin", drv.stat("t.bin"))
+    assert isinstance(reader, ReadAheadReader)
+    assert reader.try_pread(MIB, 0) is None and reader.stats.fetches == 0
+    assert bytes(reader.pread(64 * KIB, 0)) == body[:64 * KIB]
+    assert bytes(reader.pread(64 * KIB, 64 * KIB)) == body[64 * KIB:128 * KIB]  # read-ahead starts
+    cf.wait([seg.future for seg in reader._segs])
+    fetches = reader.stats.fetches
+    got = reader.try_pread(128 * KIB, 128 * KIB)
+    assert isinstance(got, memoryview) and bytes(got) == body[128 * KIB:256 * KIB]
+    assert reader.stats.fetches >= fetches  # (it may start more read-ahead, never wait)
+    assert reader.try_pread(MIB, 5 * MIB) is None  # far ahead: not fetched
+    reader.close()
+    assert reader.try_pread(64 * KIB, 0) is None
+
+
+def test_cached_reads_are_views_and_the_bound_counts_whole_buffers(s3: S3Target) -> None:
+    body = _blob(12 * MIB + 5, seed=15)
+    s3.put("v.bin", body)
+    bound = 3 * MIB
+    drv = CachingDriver(s3.driver(read_window_mib=2), CacheConfig(data_bytes=bound))
+    reader = drv.open_reader("v.bin")
+    assert isinstance(reader, TryReader)
+    got = []
+    for off in range(0, len(body), MIB):
+        got.append(bytes(reader.pread(MIB, off)))
+        # Blocks keep their read-ahead segment alive: counted whole, bounded.
+        assert drv._block_bytes <= bound
+        assert drv._block_bytes == sum(n for _, n in drv._owners.values())
+    assert b"".join(got) == body
+    # The last blocks are cached: try_pread answers from them, as one view
+    # when they lie side by side in one buffer, across blocks too.
+    tail = len(body) - MIB - 5
+    hit = reader.try_pread(MIB, tail)
+    assert hit is not None and bytes(hit) == body[tail:tail + MIB]
+    assert reader.try_pread(MIB, 0) is None  # evicted long ago; never fetched here
+    reader.close()
 
 
 
