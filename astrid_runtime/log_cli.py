@@ -29,7 +29,7 @@ from astrid_runtime.control import ControlClient
 from astrid_runtime.errors import ControlError, KernelError, KernelUnreachable
 from astrid_runtime.recorder.query import answer
 from astrid_runtime.recorder.settings import RecordingSettings
-from astrid_runtime.recorder.store import Call, Event, RecordingStore, default_url
+from astrid_runtime.recorder.store import Call, Event, default_url, open_store
 from astrid_runtime.recorder.values import readable
 
 EXIT_DIFFERS = 4
@@ -90,7 +90,7 @@ def fetch(args: argparse.Namespace, socket: Path, request: dict[str, Any]) -> di
     url = settings.url or default_url(home)
     if url.startswith("surrealkv://") and not Path(url.removeprefix("surrealkv://")).exists():
         raise KernelError(f"no recording at {url.removeprefix('surrealkv://')}")
-    store = RecordingStore(url, max_events=settings.max_events)
+    store = open_store(settings, home)
     try:
         return answer(store, request)
     finally:

@@ -45,7 +45,7 @@ from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.bus import Message
 from astrid_runtime.recorder.linkcalls import observe_links
 from astrid_runtime.recorder.settings import RecordingSettings
-from astrid_runtime.recorder.store import RecordingStore, Rows, default_url
+from astrid_runtime.recorder.store import RecordingStore, Rows, open_store
 from astrid_runtime.recorder.timeline import Timeline, files_written
 
 if TYPE_CHECKING:
@@ -253,9 +253,7 @@ async def recording(kernel: Kernel, settings: RecordingSettings, home: Path,
     if not settings.enabled:
         yield None
         return
-    url = settings.url or default_url(home)
-    store = await trio.to_thread.run_sync(
-        lambda: RecordingStore(url, max_events=settings.max_events))
+    store = await trio.to_thread.run_sync(open_store, settings, home)
     try:
         recorder = Recorder(store, settings)
         recorder.timeline = timeline

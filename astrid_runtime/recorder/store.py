@@ -68,9 +68,20 @@ from surrealdb import (
 
 from astrid_runtime.abi.canon import Case, Err, Ok
 from astrid_runtime.errors import KernelError
+from astrid_runtime.identity import read_secret
+from astrid_runtime.recorder.settings import (
+    EMBEDDED_SCHEMES,
+    SERVER_SCHEMES,
+    RecordingSettings,
+    scheme_problem,
+)
 from astrid_runtime.recorder.values import encode
 
 _T = TypeVar("_T")
+
+#: How long a SurrealDB server may take to open (connect, sign in, answer the first
+#: query) before the open fails: a kernel starting up should say so, not hang.
+SERVER_TIMEOUT_S: Final = 10.0
 
 _Q_META: Final = "SELECT n, ev_lo, ev_hi, call_lo, call_hi, events FROM chunk"
 _Q_WRITE: Final = ("CREATE $r CONTENT {n: $n, ev_lo: $ev_lo, ev_hi: $ev_hi, call_lo: $call_lo, "
@@ -235,16 +246,34 @@ def default_url(home: Path) -> str:
     return f"surrealkv://{home / 'recording'}"
 
 
+def open_store(settings: RecordingSettings, home: Path) -> RecordingStore:
+    """The store `settings` name (`surrealkv://HOME/recording` by default), signed in
+    with its credentials when it is a server. Blocking."""
+    password = None
+    if settings.password_file is not None:
+        try:
+            password = read_secret(settings.password_file)
+        except KernelError as e:
+            raise RecordingError(f"the recording's password_file {e}") from None
+    return RecordingStore(settings.url or default_url(home), max_events=settings.max_events,
+                          username=settings.username, password=password)
+
+
 class RecordingStore:
     """The recording in SurrealDB (see the module docstring). Blocking."""
 
-    def __init__(self, url: str, *, max_events: int = 100_000) -> None:
+    def __init__(self, url: str, *, max_events: int = 100_000, username: str | None = None,
+                 password: str | None = None, server_timeout: float = SERVER_TIMEOUT_S) -> None:
         self.url = url
         self.max_events = max_events
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
+        problem = scheme_problem(url)
+        if problem is not None:
+            raise RecordingError(f"cannot open the recording {url}: the url {problem}")
         scheme, _, rest = url.partition("://")
-        if scheme in ("surrealkv", "file", "mem", "memory"):
+        scheme = scheme.lower()
+        if scheme in EMBEDDED_SCHEMES:
             # Read by the engine once per process, at its first start (as kv.py).
             os.environ["SURREAL_SYNC_DATA"] = "true"
         if scheme in ("surrealkv", "file"):
@@ -252,18 +281,30 @@ class RecordingStore:
         self._loop = asyncio.new_event_loop()
         try:
             db: Any = AsyncSurreal(url)
-            if isinstance(db, AsyncEmbeddedSurrealConnection | AsyncWsSurrealConnection):
-                self._run(db.connect())
-            self._run(db.use("astrid", "recording"))
-            rows = self._run(db.query(_Q_META)) or []
+            opening = self._open(db, username, password)
+            if scheme in SERVER_SCHEMES:  # a server that never answers fails the open
+                opening = asyncio.wait_for(opening, server_timeout)
+            rows = self._run(opening)
         except Exception as e:
             self._loop.close()
             self._release()
-            raise RecordingError(f"cannot open the recording {url}: {e}") from e
+            why = (f"no answer in {server_timeout:g} s" if isinstance(e, TimeoutError)
+                   else " ".join(str(e).split()) or type(e).__name__)
+            raise RecordingError(f"cannot open the recording {url}: {why}") from e
         self._db = db
         self._chunks = sorted((_ChunkMeta(r["n"], r["ev_hi"], r["call_hi"], r["events"])
                                for r in rows), key=lambda c: c.n)
         self._closed = False
+
+    @staticmethod
+    async def _open(db: Any, username: str | None, password: str | None) -> Any:
+        """Connect, sign in (a server), choose the database, read the chunks' bounds."""
+        if isinstance(db, AsyncEmbeddedSurrealConnection | AsyncWsSurrealConnection):
+            await db.connect()
+        if username is not None:
+            await db.signin({"username": username, "password": password or ""})
+        await db.use("astrid", "recording")
+        return await db.query(_Q_META) or []
 
     # -- writing -----------------------------------------------------------
 

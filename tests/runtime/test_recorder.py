@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import socket
 import zlib
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from wasmtime.component import Component
 
 from astrid_runtime.abi.canon import Err, Ok
 from astrid_runtime.bus import Tap
+from astrid_runtime.config import load_config
 from astrid_runtime.engine import KernelEngine
+from astrid_runtime.errors import ConfigError
 from astrid_runtime.grants import Grants
 from astrid_runtime.kernel import Kernel, open_kernel
 from astrid_runtime.recorder.query import answer
@@ -183,3 +186,38 @@ def test_chunks_holding_host_calls_as_lists_still_read(tmp_path: Path) -> None:
         store.close()
     assert [(c.seq, c.host[0].name, c.host[0].result) for c in calls] == [
         (1, "kv.get", {"ok": {"b": "dg=="}}), (2, "kv.get", {"err": "gone"})]
+
+
+def test_the_config_takes_a_server_url_and_names_the_line_of_a_bad_one(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(f'home = "{tmp_path / "home"}"\n[recording]\nurl = "ws://db.example:8000"\n'
+                    'username = "astrid"\npassword_file = "rec.password"\n')
+    settings = load_config(good).recording
+    assert (settings.url, settings.username) == ("ws://db.example:8000", "astrid")
+    assert settings.password_file == tmp_path / "home" / "rec.password"  # relative to home
+    for body, line, why in (('url = "foo://x"', 3, "must be surrealkv://PATH"),
+                            ('url = "ws://"', 3, "names no server"),
+                            ('url = "mem://"\nusername = "u"\npassword_file = "p"', 4,
+                             "username is for a SurrealDB server"),
+                            ('url = "http://h:1"\nusername = "u"', 4, "go together")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(f"# astridd\n[recording]\n{body}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_config(bad)
+        assert str(caught.value).startswith(f"{bad}:{line}: ") and why in str(caught.value)
+        assert "\n" not in str(caught.value)
+
+
+def test_an_unreachable_or_silent_server_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as closed, socket.socket() as silent:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: the connection is refused
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # never accepted: the handshake gets no answer
+        for url, kw, why in ((f"ws://127.0.0.1:{closed.getsockname()[1]}", {}, "refused|failed"),
+                             (f"http://127.0.0.1:{closed.getsockname()[1]}", {}, "connect"),
+                             (f"ws://127.0.0.1:{silent.getsockname()[1]}",
+                              {"server_timeout": 0.2}, "no answer in 0.2 s")):
+            with pytest.raises(RecordingError, match=why) as caught:
+                RecordingStore(url, **kw)  # type: ignore[arg-type]
+            assert str(caught.value).startswith(f"cannot open the recording {url}: ")
+            assert "\n" not in str(caught.value)
