@@ -10,6 +10,7 @@ kernel_links.py).
     .venv/bin/python scripts/bench/kernel.py --interceptors   # only the interceptor checks
     .venv/bin/python scripts/bench/kernel.py --links          # only the cross-component call
     .venv/bin/python scripts/bench/kernel.py --rss            # kernel RSS per shipped plugin
+    .venv/bin/python scripts/bench/kernel.py --recording --sets 3   # bus, recording off/on
 
 Numbers are medians (or p50/p99) of wall-clock time on this machine; trust
 ratios more than absolutes on a shared box. The test components are built
@@ -19,12 +20,15 @@ from tests/runtime/components (cached).
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +164,36 @@ def bench_bytes(engine: KernelEngine, comps: dict[str, Component], quick: bool) 
     return rows
 
 
+@dataclass(frozen=True)
+class BusRun:
+    """One run of `bench_bus` (seconds)."""
+
+    first_p50: float
+    first_p99: float
+    a_to_b_p50: float
+    a_to_b_p99: float
+    rate: float
+    cpu_per_msg: float
+    #: Garbage collections (all generations) during the throughput run.
+    collections: int
+
+    def rows(self) -> list[str]:
+        return [
+            f"| client publish → plugin A → A's publish seen | {us(self.first_p50)} | "
+            f"{us(self.first_p99)} |",
+            f"| plugin A publish → plugin B `on-message` → B's publish seen | "
+            f"{us(self.a_to_b_p50)} | {us(self.a_to_b_p99)} |",
+            f"| throughput client → A → B → tap (64 B payloads) | {self.rate:,.0f} msg/s | |",
+            f"| kernel CPU per message of that run (3 deliveries) | {us(self.cpu_per_msg)} | |",
+        ]
+
+
+def _collections() -> int:
+    return sum(g["collections"] for g in gc.get_stats())
+
+
 async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bool,
-                    record: Path | None = None) -> list[str]:
+                    record: Path | None = None) -> BusRun:
     limits = Limits(mailbox=10_000, publish_per_sec=10**9)
     async with open_kernel(engine, MemoryKv()) as kernel:
         if record is not None:  # the recorded bus (issue 15), its store under `record`
@@ -187,6 +219,7 @@ async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bo
         # Pipelined, with a window of messages in flight so that no mailbox
         # overflows (a refused publish inside the chain would lose a message).
         total, window = (5000 if quick else 50000), 128
+        collections = _collections()
         t = time.perf_counter()
         cpu = time.process_time()
         sent = got = 0
@@ -199,30 +232,40 @@ async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bo
             got += 1
         rate = total / (time.perf_counter() - t)
         cpu_per_msg = (time.process_time() - cpu) / total
+        collections = _collections() - collections
 
     def pct(xs: list[float], q: float) -> float:
         return sorted(xs)[int(q * (len(xs) - 1))]
 
-    return [
-        f"| client publish → plugin A → A's publish seen | {us(pct(first, .5))} | "
-        f"{us(pct(first, .99))} |",
-        f"| plugin A publish → plugin B `on-message` → B's publish seen | "
-        f"{us(pct(a_to_b, .5))} | {us(pct(a_to_b, .99))} |",
-        f"| throughput client → A → B → tap (64 B payloads) | {rate:,.0f} msg/s | |",
-        f"| kernel CPU per message of that run (3 deliveries) | {us(cpu_per_msg)} | |",
-    ]
+    return BusRun(pct(first, .5), pct(first, .99), pct(a_to_b, .5), pct(a_to_b, .99), rate,
+                  cpu_per_msg, collections)
 
 
-def bench_recording(quick: bool) -> None:
-    """Bus latency and throughput with the recorder off, on, off, on (same engine)."""
+def bench_recording(quick: bool, sets: int) -> None:
+    """Bus latency and throughput with the recorder off and on, interleaved (off, on,
+    off, on, ...; one engine), each run with the load average at its end; then the
+    medians of each setting and their ratio."""
     engine = KernelEngine(EngineSettings())
     comps = {"relay": engine.compile(testcomponents.build_wat("relay").read_bytes()).component}
-    print("| recording | stage | p50 | p99 |\n|---|---|---|---|")
-    for run in range(4):
+    print("| run | recording | msg/s | A → B p50 | A → B p99 | CPU per message | GC runs | "
+          "load (1 min) |\n|---|---|---|---|---|---|---|---|", flush=True)
+    runs: dict[str, list[BusRun]] = {"off": [], "on": []}
+    for n in range(2 * sets):
+        label = "on" if n % 2 else "off"
         with tempfile.TemporaryDirectory() as home:
-            rows = trio.run(bench_bus, engine, comps, quick, Path(home) if run % 2 else None)
-        label = "on" if run % 2 else "off"
-        print("\n".join(f"| {label} {row[1:]}" for row in rows))
+            run = trio.run(bench_bus, engine, comps, quick, Path(home) if n % 2 else None)
+        runs[label].append(run)
+        print(f"| {n + 1} | {label} | {run.rate:,.0f} | {us(run.a_to_b_p50)} | "
+              f"{us(run.a_to_b_p99)} | {us(run.cpu_per_msg)} | {run.collections} | "
+              f"{os.getloadavg()[0]:.2f} |", flush=True)
+    med = {label: (statistics.median(r.rate for r in rs),
+                   statistics.median(r.a_to_b_p50 for r in rs),
+                   statistics.median(r.cpu_per_msg for r in rs)) for label, rs in runs.items()}
+    for label, (rate, p50, cpu) in med.items():
+        print(f"| median | {label} | {rate:,.0f} | {us(p50)} | | {us(cpu)} | | |")
+    print(f"\nthroughput on/off {med['on'][0] / med['off'][0]:.3f}, "
+          f"p50 on/off {med['on'][1] / med['off'][1]:.3f}, "
+          f"CPU per message on/off {med['on'][2] / med['off'][2]:.3f} ({sets} sets)")
 
 
 def bench_cold_start(comps_paths: dict[str, Path]) -> list[str]:
@@ -292,7 +335,9 @@ def main() -> None:
     parser.add_argument("--links", action="store_true",
                         help="only the cross-component call (seconds)")
     parser.add_argument("--recording", action="store_true",
-                        help="only the bus, with recording off and on (issue 15)")
+                        help="only the bus, with recording off and on, interleaved (issue 15)")
+    parser.add_argument("--sets", type=int, default=3,
+                        help="with --recording: how many off/on pairs (default 3)")
     parser.add_argument("--rss", action="store_true",
                         help="only the kernel's RSS per shipped plugin (issue 12)")
     parser.add_argument("--home", type=Path, default=None,
@@ -309,7 +354,7 @@ def main() -> None:
         print("\n".join(rows))
         return
     if args.recording:
-        bench_recording(args.quick)
+        bench_recording(args.quick, args.sets)
         return
     if args.links:
 
@@ -345,7 +390,7 @@ def main() -> None:
         return bench_links(engine, args.quick)
 
     links = trio.run(link_rows)
-    bus = trio.run(bench_bus, engine, comps, args.quick)
+    bus = trio.run(bench_bus, engine, comps, args.quick).rows()
     cold = bench_cold_start(paths)
     print("| call | astrid | stock wasmtime-py |\n|---|---|---|")
     print("\n".join(calls))
