@@ -2,6 +2,7 @@
 
 - A cycle of imports among real plugins is refused at boot, one line per plugin,
   and so is a plugin that imports from one of them; the kernel boots the rest.
+- A callee runs on its own pinned fuel, not its caller's.
 - Hot swap under load: a host thread calling the provider without pause and the
   importer working through its mailbox while the operator's new pin is swapped
   in. Every call is counted and answered exactly once, by the old version
@@ -31,7 +32,7 @@ from wasmtime import _ffi as ffi
 from astrid_runtime.abi.canon import STRING, Err, Ok, ResultCodec, Val
 from astrid_runtime.abi.links import LinkProvider
 from astrid_runtime.bus import Tap
-from astrid_runtime.grants import Grants
+from astrid_runtime.grants import Grants, Limits
 from astrid_runtime.kernel import BootPlan, Kernel
 from astrid_runtime.lockfile import entry_for, load_lockfile
 from astrid_runtime.manifest import load_manifest
@@ -68,6 +69,31 @@ async def test_a_link_cycle_is_refused_at_boot_in_one_line_each(
     }
     assert kernel.supervisors == {} and kernel.links.providers == {}
     assert kernel.status()["links"] == []
+
+
+async def test_the_callee_runs_on_its_own_fuel(
+        kernel: Kernel, tmp_path: Path, expect_logs: ExpectedLogs) -> None:
+    """The provider's pin allows 1 M fuel per call and 5 s: its loop runs out of
+    its own fuel (not the deadline), an err for the caller, whose own budget is untouched."""
+    expect_logs.allow("link.provider_crashed")
+    lean = Limits(fuel_per_call=1_000_000, call_timeout_ms=5_000)
+    await boot(kernel, tmp_path, [
+        PluginDir("hostile", build_hostile(), provider_manifest(), None, lean),
+        PluginDir("mdcaller", build_caller(), CALLER_MANIFEST, CALLER_GRANTS)])
+    assert kernel.refused == {}
+    tap = Tap(kernel.bus, "md.*")
+    kernel.publish("in.md", b"loop")
+    kernel.publish("in.md", b"after")
+    crashed, after = await tap.receive(), await tap.receive()
+    assert crashed.topic == "md.err"
+    assert crashed.payload.startswith(b"link astrid:markdown/render.to-html: provider hostile "
+                                      b"crashed (")
+    assert b"fuel" in crashed.payload
+    assert (after.topic, after.payload) == ("md.ok", b"<p>after</p>")
+    hostile = kernel.links.providers["hostile"]
+    assert (hostile.crashes, hostile.restarts) == (1, 1)
+    assert kernel.supervisors["mdcaller"].state is State.RUNNING
+    assert kernel.supervisors["mdcaller"].crashes == 0
 
 
 def call_render(provider: LinkProvider, text: str) -> Ok[str] | Err[str]:
