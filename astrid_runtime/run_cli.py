@@ -248,8 +248,11 @@ async def session_loop(opts: RunOptions, stdin: IO[str], out: IO[str], err: IO[s
     def attach(kernel: Kernel) -> None:
         tap = Tap(kernel.bus, "agent.response")
         # One mailbox for replies and approval events: shown in the order they
-        # happened (an answer before the reply it unblocked).
-        tap.endpoint.subscribe("approval.*")
+        # happened (an answer before the reply it unblocked). Not `approval.*`: a
+        # frontend plugin's `approval.answer` / `approval.pending` are requests to
+        # the kernel, not events (they were printed as replies).
+        tap.endpoint.subscribe(REQUESTED)
+        tap.endpoint.subscribe(ANSWERED)
         taps.append(tap)
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
