@@ -55,9 +55,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, shipped_home: Path) -> Iterat
     seed_home(home, shipped_home)  # the run's compile cache (tests/support/warmhome.py)
     shutil.copytree(SAMPLE, project)
     repo_lock = load_lockfile(REPO / "plugins.lock", missing_ok=False)
-    entry = repo_lock.get("filetool")
-    assert entry is not None, "the repository's plugins.lock pins no filetool"
-    lock = Lockfile(root / "plugins.lock", (entry,))
+    entries = tuple(e for e in repo_lock.entries if e.name in ("filetool", "dashboard"))
+    assert len(entries) == 2, "the repository's plugins.lock pins no filetool or dashboard"
+    lock = Lockfile(root / "plugins.lock", entries)
     lock.save()
     yield {"root": root, "home": home, "project": project, "lock": lock.path,
            "socket": root / "ctl.sock", "mount": home / "mnt" / SESSION}
@@ -190,7 +190,7 @@ async def test_mcp_client_edits_the_session_under_approvals(site: dict[str, Path
     refused = [e for e in audit if e["event"] == "vfs.refused"]
     assert {e["plugin"] for e in refused} == {"filetool"} and len(refused) >= 2, refused
     decisions = [(e["decision"], e.get("by")) for e in audit if e["event"] == "cap.decision"]
-    assert decisions[-2:] == [("deny", "cli"), ("allow", "dashboard")], decisions
+    assert decisions[-2:] == [("deny", "cli"), ("allow", "plugin:dashboard")], decisions
 
 
 async def _commit_answered(client: ClientSession, site: dict[str, Path],
@@ -224,8 +224,10 @@ def _deny_with_cli(site: dict[str, Path]) -> Callable[[dict[str, Any]], None]:
 
 def _approve_in_dashboard(login_url: str) -> Callable[[dict[str, Any]], None]:
     """What the dashboard page's "Approve once" button sends (test_dashboard.py clicks it
-    in a real browser); here over plain HTTP, logged in with the printed token."""
-    base, token = login_url.split("/login?token=")
+    in a real browser) to the dashboard plugin; here over plain HTTP, logged in with the
+    printed token."""
+    origin, token = login_url.split("/login?token=")
+    base = origin + "/plugin/dashboard"
     cookie = {"Cookie": f"astrid_dashboard={token}"}
 
     def approve(ask: dict[str, Any]) -> None:
@@ -234,8 +236,8 @@ def _approve_in_dashboard(login_url: str) -> Callable[[dict[str, Any]], None]:
             pending = json.loads(state.read())["approvals"]["pending"]
         assert [a["id"] for a in pending] == [ask["id"]], pending
         request = urllib.request.Request(
-            f"{base}/api/approvals/{ask['id']}", data=b'{"answer": "once"}',
-            headers={**cookie, "Content-Type": "application/json",
+            f"{base}/api/approvals/{ask['id']}", data=b"answer=once",
+            headers={**cookie, "Content-Type": "application/x-www-form-urlencoded",
                      "X-Astrid-Dashboard": "1"})
         with urllib.request.urlopen(request, timeout=CALL_TIMEOUT_S) as done:
             assert json.loads(done.read()) == {"id": ask["id"], "answer": "once"}
