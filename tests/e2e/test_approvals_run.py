@@ -104,8 +104,8 @@ def _audit(home: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (home / "audit.jsonl").read_text().splitlines()]
 
 
-def test_terminal_answers_deny_then_session(home: Path, project: Path,
-                                            runs: list[PersonRun]) -> None:
+def test_terminal_answers_deny_session_once_always(home: Path, project: Path,
+                                                   runs: list[PersonRun]) -> None:
     run = _start(home, project, "inline", runs)
     run.send("write NOTES.md hello")
     assert run.reply()["ok"] is True
@@ -131,12 +131,40 @@ def test_terminal_answers_deny_then_session(home: Path, project: Path,
     run.send("commit NOTES.md")
     assert run.reply()["ok"] is True
     assert (project / "NOTES.md").read_text() == "hello\nagain\n"
+    # `y`: allowed once; the next commit of that path asks again, and `a` allows it always.
+    run.send("write ONCE.md one")
+    assert run.reply()["ok"] is True
+    run.send("commit ONCE.md")
+    assert run.asked()["resource"] == "workspace/ONCE.md"
+    run.send("y")
+    assert (run.answered()["answer"], run.reply()["ok"]) == ("once", True)
+    assert (project / "ONCE.md").read_text() == "one\n"
+    run.send("append ONCE.md two")
+    assert run.reply()["ok"] is True
+    run.send("commit ONCE.md")
+    assert run.asked()["resource"] == "workspace/ONCE.md"  # once means once
+    run.send("a")
+    assert (run.answered()["answer"], run.reply()["ok"]) == ("always", True)
+    assert (project / "ONCE.md").read_text() == "one\ntwo\n"
+    standing = json.loads(run.cli("approvals", "--json").stdout)["standing"]
+    assert sorted((g["scope"], g["resource"], g["by"]) for g in standing) == [
+        ("always", "workspace/ONCE.md", "terminal"),
+        ("session", "workspace/NOTES.md", "terminal")]
     assert run.finish("eof") == 0, run.stderr
-    lines = _audit(home)
-    decisions = [(e["decision"], e.get("by", "")) for e in lines
-                 if e["event"] == "cap.decision"]
-    assert decisions[-3][:2] == ("deny", "terminal") and decisions[-2] == ("allow", "terminal")
-    assert decisions[-1][0] == "allow" and decisions[-1][1].startswith("session approval ")
+    # The run is over: "always" is kept (listed from $ASTRID_HOME), "session" is gone.
+    kept = json.loads(run.cli("approvals", "--json").stdout)["standing"]
+    assert [(g["scope"], g["resource"]) for g in kept] == [("always", "workspace/ONCE.md")]
+    # ... and revocable with no kernel running (the e2e tests share this home).
+    assert run.cli("revoke", kept[0]["id"]).returncode == 0
+    assert json.loads(run.cli("approvals", "--json").stdout)["standing"] == []
+    decisions = [(e["resource"], e["decision"], e.get("by", ""), e.get("answer", ""))
+                 for e in _audit(home) if e["event"] == "cap.decision"]
+    notes = [d for d in decisions if d[0] == "workspace/NOTES.md"]
+    assert notes[0][1:] == ("deny", "terminal", "")
+    assert notes[1][1:] == ("allow", "terminal", "session")
+    assert notes[2][1] == "allow" and notes[2][2].startswith("session approval ")
+    assert [d[1:] for d in decisions if d[0] == "workspace/ONCE.md"] == [
+        ("allow", "terminal", "once"), ("allow", "terminal", "always")]
 
 
 def test_cli_against_astrid_run_once_always_revoke(home: Path, project: Path,
@@ -145,6 +173,23 @@ def test_cli_against_astrid_run_once_always_revoke(home: Path, project: Path,
     assert any("control socket" in line for line in run.stderr), run.stderr
     run.send("write a.md alpha")
     assert run.reply()["ok"] is True
+    # `astrid tail` and `astrid publish` reach astrid run's kernel too: a request
+    # published from another shell is answered, and the answer is tailed.
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "astrid_runtime.client_cli", "tail", "agent.response",
+         "--count", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "ASTRID_HOME": str(home)}, cwd=REPO)
+    try:
+        assert tail.stderr is not None and "tailing" in tail.stderr.readline()
+        published = run.cli("publish", "user.input", "cat a.md")
+        assert published.returncode == 0, published.stderr
+        assert "alpha" in run.reply()["text"]
+        tailed, _ = tail.communicate(timeout=60)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.wait()
+    assert tailed.startswith("agent.response ") and "alpha" in tailed, tailed
     run.send("commit")
     ask = run.asked()
     # The approver arrives late: the ask is still pending, listed, and answerable.
