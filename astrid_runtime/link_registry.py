@@ -90,7 +90,8 @@ class LinkRegistry:
         if not shims:
             return None
         name = manifest.name
-        return LinkImports(shims, lambda fn, e: self._log.host_bug(name, fn, e))
+        return LinkImports(shims, lambda fn, e: self._log.host_bug(name, fn, e),
+                           answer_cap=entry.limits.memory_bytes // 2)
 
     def _exports_of(self, manifest: Manifest, component: Component) -> dict[str, dict[str, Any]]:
         """Declared export name -> its functions' types; `LinkError` if one is missing."""

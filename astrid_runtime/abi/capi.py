@@ -28,6 +28,12 @@ KINDS: dict[str, int] = {
     for name in ("BOOL", "U8", "U32", "U64", "S64", "STRING", "LIST", "TUPLE", "VARIANT",
                  "ENUM", "OPTION", "RESULT", "RECORD", "RESOURCE")
 }
+#: Where nested values sit (abi/link_answer.py walks them): a record entry is a name
+#: then an inline value; a variant's and a result's payload is a value pointer.
+RECORD_ENTRY_SIZE = ctypes.sizeof(ffi.wasmtime_component_valrecord_entry_t)
+RECORD_ENTRY_VAL: int = ffi.wasmtime_component_valrecord_entry_t.val.offset
+VARIANT_VAL: int = getattr(ffi.wasmtime_component_valvariant_t, "val").offset  # noqa: B009
+RESULT_VAL: int = getattr(ffi.wasmtime_component_valresult_t, "val").offset  # noqa: B009
 RECORD_KIND = KINDS["RECORD"]
 RESOURCE_KIND = KINDS["RESOURCE"]
 S64_KIND = KINDS["S64"]

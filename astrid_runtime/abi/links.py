@@ -21,7 +21,10 @@ two sides have the same function types, and that every function returns
   builds a new instance (a restart); `max_crashes` within `crash_window_s`
   disables it until the kernel restarts or it is swapped;
 - the caller's grant does not name the interface: `denied`;
-- the provider is disabled or cannot be instantiated.
+- the provider is disabled or cannot be instantiated;
+- its answer is over the caller's cap (half the caller's memory limit): wasmtime
+  would copy it into the caller's memory, and a caller that cannot hold it
+  traps (link_answer.py).
 
 Threads: shims run in the caller's guest thread. A provider's Store is
 entered by one thread at a time (its lock); a call waits for the one in
@@ -44,7 +47,7 @@ from typing import Any
 from wasmtime import Store, WasiConfig, WasmtimeError
 from wasmtime.component import Component, Linker
 
-from astrid_runtime.abi.canon import STRING, Err, ResultCodec, Val
+from astrid_runtime.abi.canon import STRING, Err, ResultCodec, Val, val_delete
 from astrid_runtime.abi.capi import (
     add_raw_func,
     error_from,
@@ -55,6 +58,7 @@ from astrid_runtime.abi.capi import (
     store_context_address,
 )
 from astrid_runtime.abi.hostfunc import _RAW_CALLBACK, _no_finalizer
+from astrid_runtime.abi.link_answer import answer_bytes
 from astrid_runtime.abi.link_types import HOST_PACKAGES as HOST_PACKAGES
 from astrid_runtime.abi.link_types import check_link_types as check_link_types
 from astrid_runtime.abi.link_types import link_exports as link_exports
@@ -265,9 +269,12 @@ LinkTap = Callable[[Shim, str, Callable[[], "str | None"], int, int], "str | Non
 class LinkImports:
     """The shims of one importer; keeps their ctypes callbacks alive with it."""
 
-    def __init__(self, shims: Iterable[Shim], report_bug: Callable[[str, BaseException], None]):
+    def __init__(self, shims: Iterable[Shim], report_bug: Callable[[str, BaseException], None],
+                 answer_cap: int | None = None):
         self.shims = tuple(shims)
         self._report_bug = report_bug
+        #: The largest answer (abi/link_answer.py) handed to the importer; None: any.
+        self.answer_cap = answer_cap
         self._keepalive: list[Any] = []
         #: Read at each call, so it may be set after `define`.
         self.tap: LinkTap | None = None
@@ -288,10 +295,17 @@ class LinkImports:
         from_address = Val.from_address
         imports = self
 
+        cap = self.answer_cap
+
         def serve(args: int, nargs: int, results: int) -> str | None:
-            if denied is None and provider is not None:
-                return provider.call(shim.interface, fn, args, nargs, results)
-            return denied
+            if denied is not None or provider is None:
+                return denied
+            why = provider.call(shim.interface, fn, args, nargs, results)
+            if why is None and cap is not None and (size := answer_bytes(results)) > cap:
+                val_delete(Val.from_address(results))  # the answer never reaches the caller
+                return (f"the answer of {size} bytes is over plugin {shim.importer}'s cap of "
+                        f"{cap} (half its memory limit)")
+            return why
 
         def trampoline(_env: int | None, _ctx: int | None, _ty: int | None, args: int | None,
                        nargs: int, results: int | None, _nresults: int) -> int:

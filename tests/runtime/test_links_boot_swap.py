@@ -3,6 +3,7 @@
 - A cycle of imports among real plugins is refused at boot, one line per plugin,
   and so is a plugin that imports from one of them; the kernel boots the rest.
 - A callee runs on its own pinned fuel, not its caller's.
+- A callee cannot crash its caller with an answer too big for the caller's memory.
 - Hot swap under load: a host thread calling the provider without pause and the
   importer working through its mailbox while the operator's new pin is swapped
   in. Every call is counted and answered exactly once, by the old version
@@ -15,9 +16,11 @@ import ctypes
 import threading
 from pathlib import Path
 
+import pytest
 import trio
 from linkkit import (
     CALLER_MANIFEST,
+    MARKDOWN_DIR,
     RENDER,
     PluginDir,
     build_caller,
@@ -29,7 +32,21 @@ from linkkit import (
 from testkit import ExpectedLogs
 from wasmtime import _ffi as ffi
 
-from astrid_runtime.abi.canon import STRING, Err, Ok, ResultCodec, Val
+from astrid_runtime.abi.canon import (
+    BYTES,
+    STRING,
+    U32,
+    Codec,
+    Err,
+    ListCodec,
+    Ok,
+    OptionCodec,
+    ResultCodec,
+    TupleCodec,
+    Val,
+    val_delete,
+)
+from astrid_runtime.abi.link_answer import answer_bytes
 from astrid_runtime.abi.links import LinkProvider
 from astrid_runtime.bus import Tap
 from astrid_runtime.grants import Grants, Limits
@@ -94,6 +111,49 @@ async def test_the_callee_runs_on_its_own_fuel(
     assert (hostile.crashes, hostile.restarts) == (1, 1)
     assert kernel.supervisors["mdcaller"].state is State.RUNNING
     assert kernel.supervisors["mdcaller"].crashes == 0
+
+
+async def test_an_answer_too_big_for_the_caller_is_an_err_not_a_crash(
+        kernel: Kernel, tmp_path: Path) -> None:
+    """The C renderer may use 16 MiB; the caller 1 MiB (its cap: 512 KiB). An answer the
+    caller could not hold is refused before wasmtime copies it into the caller."""
+    await boot(kernel, tmp_path, [
+        PluginDir("markdown", MARKDOWN_DIR / "markdown.wasm", provider_manifest(), None,
+                  Limits(memory_bytes=16 * 1024 * 1024)),
+        PluginDir("mdcaller", build_caller(), CALLER_MANIFEST, CALLER_GRANTS,
+                  Limits(memory_bytes=1024 * 1024))])
+    assert kernel.refused == {}
+    tap = Tap(kernel.bus, "md.*")
+    for text in (b"a" * 300_000, b"b" * 600_000, b"small"):
+        kernel.publish("in.md", text)
+    with trio.fail_after(60):  # a crashed caller never answers: fail, do not hang
+        fits, over, small = [await tap.receive() for _ in range(3)]
+    assert (fits.topic, fits.payload) == ("md.ok", b"<p>" + b"a" * 300_000 + b"</p>\n")
+    assert (over.topic, over.payload) == (
+        "md.err", b"link astrid:markdown/render.to-html: the answer of 600009 bytes is over "
+                  b"plugin mdcaller's cap of 524288 (half its memory limit)")
+    assert (small.topic, small.payload) == ("md.ok", b"<p>small</p>\n")
+    importer = kernel.supervisors["mdcaller"]
+    assert importer.crashes == 0 and importer.state is State.RUNNING
+    assert kernel.links.providers["markdown"].crashes == 0
+
+
+@pytest.mark.parametrize(("codec", "value", "size"), [
+    (STRING, "héllo", 6),  # UTF-8 bytes
+    (ResultCodec(STRING, STRING), Ok("abc"), 4),
+    (ResultCodec(None, STRING), Ok(None), 1),
+    (ListCodec(STRING), ["ab", "cde", ""], 5),
+    (BYTES, b"x" * 1000, 1000),  # a list of scalars: a byte each, not walked
+    (OptionCodec(TupleCodec(STRING, U32)), ("ab", 7), 1 + 2 + 8),
+])
+def test_answer_bytes_counts_what_the_caller_must_allocate(
+        codec: Codec, value: object, size: int) -> None:
+    out = Val()
+    codec.lower(value, out)
+    try:
+        assert answer_bytes(ctypes.addressof(out)) == size
+    finally:
+        val_delete(out)
 
 
 def call_render(provider: LinkProvider, text: str) -> Ok[str] | Err[str]:
