@@ -243,6 +243,29 @@ async def test_a_plugin_cannot_answer_its_own_ask(
     desk.approvals.answer(ask["id"], "deny", "", "test")
 
 
+async def test_a_frontend_without_the_grant_cannot_answer(
+        kernel: Kernel, components: dict[str, Component], tmp_path: Path,
+        expect_logs: ExpectedLogs) -> None:
+    # pyecho does not catch the refusal: its on-message fails (an error or a trap).
+    expect_logs.allow("plugin.refused_message", "plugin.crashed")
+    desk = await _desk(kernel, tmp_path)
+    await running(kernel, spec(components, "pyecho", "asker", config="subscribe=echo.ask",
+                               grants=ASKER))
+    # It sees the asks (subscribe grant) but may not publish on approval.answer.
+    nosy = await running(kernel, spec(components, "pyecho", "nosy",
+                                      config="subscribe=approval.requested",
+                                      grants=Grants(subscribe=("approval.requested",))))
+    asks, answers = Tap(kernel.bus, "approval.requested"), Tap(kernel.bus, "approval.answer")
+    _ask(kernel, "once")
+    ask = json.loads((await _next(asks))[1])
+    with trio.fail_after(30):  # it took the ask, and its publish was refused
+        await nosy.wait_for(lambda s: s.errors + s.crashes >= 1)
+    assert answers.endpoint.depth() == 0  # nothing reached approval.answer
+    assert [a.id for a in desk.approvals.queue.pending()] == [ask["id"]]
+    assert desk.events("cap.answer") == []
+    desk.approvals.answer(ask["id"], "deny", "", "test")
+
+
 async def test_a_waiting_ask_blocks_no_other_plugin_and_costs_no_call_time(
         engine: KernelEngine, components: dict[str, Component], tmp_path: Path) -> None:
     # One guest thread for the whole kernel, and a 200 ms call timeout for the asker:
