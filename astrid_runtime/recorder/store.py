@@ -178,8 +178,8 @@ class Call:
         if isinstance(host, bytes):  # pickled by the recorder (older chunks: a list)
             host = _unpickle(host)
         return cls(seq, plugin, version, outcome, detail,
-                   tuple(HostCall(name, encode(args), encode(value))
-                         for name, args, value in host), tuple(wrote), snapshot)
+                   tuple(HostCall(h[0], encode(h[1]), encode(_answer(h))) for h in host),
+                   tuple(wrote), snapshot)
 
 
 @dataclass
@@ -203,8 +203,8 @@ class Rows:
     """What one `write` stores, raw (encoding happens on reading, which is rare):
     events `(seq, time, topic, sender, sender_kernel, payload, *receivers)` and calls
     `(seq, plugin, version, outcome, detail, host, wrote, snapshot)`, `host` being
-    `[(name, args, result)...]` with the ABI values as the host functions saw them,
-    pickled (`bytes`). Both are flat so that the garbage collector untracks them
+    `[(name, args, kind, answer)...]` (`_answer`) with the ABI values as the host
+    functions saw them, pickled (`bytes`). Both are flat so that the garbage collector untracks them
     (recorder.py). Chunks written before 2026-12-01 16:00 hold the receivers as one
     list and the host calls as the list itself; both are still read."""
 
@@ -219,6 +219,26 @@ class _Rows(pickle.Unpickler):
         if module == "astrid_runtime.abi.canon" and name in ("Ok", "Err", "Case"):
             return {"Ok": Ok, "Err": Err, "Case": Case}[name]
         raise pickle.UnpicklingError(f"a recording chunk may not name {module}.{name}")
+
+
+#: How a stored host call's answer was kept: `(name, args, HOST_OK, x)` is `Ok(x)`
+#: (recorder.py `_pickled`); older rows are `(name, args, answer)`.
+HOST_PLAIN: Final = 0
+HOST_OK: Final = 1
+HOST_ERR: Final = 2
+
+
+def _answer(host_call: tuple[Any, ...]) -> Any:
+    if len(host_call) == 3:
+        return host_call[2]
+    _name, _args, kind, value = host_call
+    if kind == HOST_OK:
+        return Ok(value)
+    if kind == HOST_ERR:
+        return Err(value)
+    if kind == HOST_PLAIN:
+        return value
+    raise RecordingError(f"a corrupt recording chunk: host answer kind {kind!r}")
 
 
 def _receivers(row: tuple[Any, ...]) -> tuple[str, ...]:
