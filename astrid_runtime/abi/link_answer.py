@@ -16,6 +16,7 @@ options and results. It reads the C values in place (layouts: abi/capi.py).
 from __future__ import annotations
 
 import ctypes
+import struct
 
 from astrid_runtime.abi.capi import (
     KINDS,
@@ -32,15 +33,24 @@ _LIST, _TUPLE, _RECORD = KINDS["LIST"], KINDS["TUPLE"], KINDS["RECORD"]
 _VARIANT, _OPTION, _RESULT = KINDS["VARIANT"], KINDS["OPTION"], KINDS["RESULT"]
 #: Kinds whose values hold other values or bytes elsewhere; the rest are scalars.
 _COMPOUND = {_STRING, _ENUM, _LIST, _TUPLE, _RECORD, _VARIANT, _OPTION, _RESULT}
+#: Where, in the payload, the pointer to the one nested value is.
+_POINTER_AT = {_VARIANT: VARIANT_VAL, _OPTION: 0, _RESULT: RESULT_VAL}
+
+
+# Reads through one byte view of the address space, as abi/canon.py does: a
+# struct unpack per field instead of a ctypes object (this runs on every link call).
+_MEM = memoryview((ctypes.c_char * (1 << 47)).from_address(0)).cast("B")
+_Q = struct.Struct("<Q")
 
 
 def _u64(address: int) -> int:
-    return int(ctypes.c_uint64.from_address(address).value)
+    value: int = _Q.unpack_from(_MEM, address)[0]
+    return value
 
 
 def answer_bytes(address: int) -> int:
     """Bytes of data the C component value at `address` holds (see the module doc)."""
-    kind = ctypes.c_uint8.from_address(address).value
+    kind = _MEM[address]
     payload = address + PAYLOAD_OFFSET
     if kind == _STRING:
         return _u64(payload)
@@ -50,14 +60,14 @@ def answer_bytes(address: int) -> int:
         n, data = _u64(payload), _u64(payload + 8)
         if n == 0:
             return 0
-        if kind == _LIST and ctypes.c_uint8.from_address(data).value not in _COMPOUND:
+        if kind == _LIST and _MEM[data] not in _COMPOUND:
             return n  # one type for every element: scalars, at least a byte each
         return sum(answer_bytes(data + i * VAL_SIZE) for i in range(n))
     if kind == _RECORD:
         n, data = _u64(payload), _u64(payload + 8)
         return sum(answer_bytes(data + i * RECORD_ENTRY_SIZE + RECORD_ENTRY_VAL)
                    for i in range(n))
-    inner = {_VARIANT: VARIANT_VAL, _OPTION: 0, _RESULT: RESULT_VAL}.get(kind)
+    inner = _POINTER_AT.get(kind)
     if inner is None:
         return 8  # a scalar
     pointer = _u64(payload + inner)

@@ -5,7 +5,8 @@ A WAT importer (tests/runtime/components/links/caller) calls
 (plugins/markdown): 4 bytes in, 20 out. Three ways, in the same run:
 
 - through the host shim (abi/links.py): two Stores, the provider's fuel and
-  deadline armed per call: what the kernel does;
+  deadline armed per call, the answer measured against the caller's cap:
+  what the kernel does;
 - the same two components fused by `wasm-tools compose`: one Store, a plain
   call between the two modules (the static trade in docs/plugins.md);
 - baseline: the provider's export called from the host (Python codecs).
@@ -89,7 +90,8 @@ def bench_links(engine: KernelEngine, quick: bool) -> list[str]:
                             Limits(memory_bytes=4 * 1024 * 1024),
                             {RENDER.split("@")[0]: RENDER}, log)
     shim = Shim("mdcaller", RENDER, RENDER.split("@")[0], ("to-html",), provider)
-    links = LinkImports([shim], lambda fn, e: log.host_bug("mdcaller", fn, e))
+    links = LinkImports([shim], lambda fn, e: log.host_bug("mdcaller", fn, e),
+                        answer_cap=LIMITS.memory_bytes // 2)  # as the kernel wires it
     calls, repeat = (2000, 7) if quick else (20000, 15)
     linked = _per_call(_importer(engine, caller, links, log), calls, repeat)
     assert provider.crashes == 0 and provider.calls > calls
