@@ -11,7 +11,6 @@ deadline when it returns (approval/person.py).
 
 from __future__ import annotations
 
-import math
 import time
 
 from wasmtime.component import LinkerInstance
@@ -26,13 +25,13 @@ from astrid_runtime.abi.canon import (
     ListCodec,
     ResultCodec,
     TupleCodec,
-    set_epoch_deadline,
 )
 from astrid_runtime.abi.capi import record_delete
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.abi.hostfunc import HostFuncs, Signature
 from astrid_runtime.abi.outcome import call, error
 from astrid_runtime.abi.resource import RecordCodec
+from astrid_runtime.abi.waits import rearm
 from astrid_runtime.approval.pipeline import Action
 
 INTERFACE = "astrid:kernel/cap@0.1.0"
@@ -68,12 +67,6 @@ TOKEN = RecordCodec((("token", STRING), ("kind", STRING), ("resource", STRING),
                      ("expires-at-ms", U64)))
 
 
-def _rearm(store_context: int, ctx: PluginContext, tick_ms: int) -> None:
-    """A fresh call deadline after a wait for a person (the wait is not the plugin's time)."""
-    ticks = math.ceil(ctx.limits.call_timeout_ms / tick_ms) + 1
-    set_epoch_deadline(store_context, ticks)
-
-
 def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
     def request(store_context: int, action: tuple[str, str, list[tuple[str, str]]]) -> object:
         kind, resource, details = action
@@ -91,7 +84,7 @@ def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
                                          ctx.grants.cap)
             finally:
                 if time.monotonic() - started > pipeline.epoch_tick_ms / 1000:
-                    _rearm(store_context, ctx, pipeline.epoch_tick_ms)
+                    rearm(store_context, ctx, pipeline.epoch_tick_ms)
             return (token.token, token.kind, token.resource, token.expires_at_ms)
 
         return call(run)

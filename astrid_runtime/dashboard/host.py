@@ -20,9 +20,6 @@ not the guest's time, so the guest gets a fresh call deadline afterwards, as
 from __future__ import annotations
 
 import ctypes
-import math
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from wasmtime.component import LinkerInstance
@@ -36,12 +33,12 @@ from astrid_runtime.abi.canon import (
     ListCodec,
     ResultCodec,
     TupleCodec,
-    set_epoch_deadline,
     val_delete,
 )
 from astrid_runtime.abi.hostfunc import HostFuncs, Signature
 from astrid_runtime.abi.outcome import call
 from astrid_runtime.abi.resource import RecordCodec
+from astrid_runtime.abi.waits import waited
 from astrid_runtime.errors import Refusal
 
 if TYPE_CHECKING:
@@ -53,8 +50,6 @@ HANDLER = "astrid:kernel/http-handler@0.1.0"
 #: The `cap` grant entries: be handed HTTP requests; read the kernel's view.
 SERVE_GRANT = "http.serve"
 READ_GRANT = "dashboard.read"
-#: The epoch tick when the kernel has no pipeline to say (engine.py's default).
-TICK_MS = 10
 
 
 class FrontendData(Protocol):
@@ -100,17 +95,6 @@ def call_handler(instance: PluginInstance, request: Request) -> Answer:
     return answer
 
 
-def _fresh_deadline(store_context: int, ctx: PluginContext, fn: Callable[[], str]) -> str:
-    tick_ms = ctx.approvals.epoch_tick_ms if ctx.approvals is not None else TICK_MS
-    started = time.monotonic()
-    try:
-        return fn()
-    finally:
-        if time.monotonic() - started > tick_ms / 1000:
-            set_epoch_deadline(store_context,
-                               math.ceil(ctx.limits.call_timeout_ms / tick_ms) + 1)
-
-
 def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
     def source() -> FrontendData:
         if ctx.frontend is None:
@@ -121,10 +105,10 @@ def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
         return ctx.frontend
 
     def state(c: int) -> object:
-        return call(lambda: _fresh_deadline(c, ctx, lambda: source().state()))
+        return call(lambda: waited(c, ctx, lambda: source().state()))
 
     def diff(c: int, session: str) -> object:
-        return call(lambda: _fresh_deadline(c, ctx, lambda: source().diff(session)))
+        return call(lambda: waited(c, ctx, lambda: source().diff(session)))
 
     result = ResultCodec(STRING, ERROR)
     funcs.add(inst, "state", Signature((), result), state, with_context=True)

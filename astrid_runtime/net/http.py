@@ -14,9 +14,6 @@ the client's timeouts (service.TIMEOUT).
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
 from typing import Any
 
 from wasmtime.component import LinkerInstance, ResourceType
@@ -29,35 +26,22 @@ from astrid_runtime.abi.canon import (
     ListCodec,
     ResultCodec,
     TupleCodec,
-    set_epoch_deadline,
 )
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.abi.hostfunc import HostFuncs, Signature
 from astrid_runtime.abi.outcome import call
 from astrid_runtime.abi.resource import RESOURCE, RecordCodec, ResourceError, own, rep_of
+from astrid_runtime.abi.waits import waited
 from astrid_runtime.errors import Refusal
 from astrid_runtime.net.service import HttpRequest, HttpService
 
 INTERFACE = "astrid:kernel/http@0.1.0"
 BODY = 3
-#: The epoch tick when the kernel has no pipeline to say (engine.py's default).
-TICK_MS = 10
 
 _PAIRS = ListCodec(TupleCodec(STRING, STRING))
 REQUEST = RecordCodec((("method", STRING), ("url", STRING), ("headers", _PAIRS),
                        ("body", BYTES), ("details", _PAIRS)))
 RESPONSE = RecordCodec((("status", U32), ("headers", _PAIRS), ("body", RESOURCE)))
-
-
-def _waited(store_context: int, ctx: PluginContext, fn: Callable[[], Any]) -> Any:
-    tick_ms = ctx.approvals.epoch_tick_ms if ctx.approvals is not None else TICK_MS
-    started = time.monotonic()
-    try:
-        return fn()
-    finally:
-        if time.monotonic() - started > tick_ms / 1000:
-            set_epoch_deadline(store_context,
-                               math.ceil(ctx.limits.call_timeout_ms / tick_ms) + 1)
 
 
 def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
@@ -80,7 +64,7 @@ def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
 
         def run() -> tuple[int, list[tuple[str, str]], int]:
             req = HttpRequest(method, url, tuple(headers), body, tuple(details))
-            head = _waited(c, ctx, lambda: service().send(ctx.name, ctx.grants.cap,
+            head = waited(c, ctx, lambda: service().send(ctx.name, ctx.grants.cap,
                                                           ctx.approvals, req))
             try:
                 handle = own(c, head.rep, BODY)
@@ -96,7 +80,7 @@ def define(funcs: HostFuncs, inst: LinkerInstance, ctx: PluginContext) -> None:
                 rep = rep_of(c, b, BODY)
             except ResourceError as e:
                 raise Refusal("invalid", f"bad handle: {e}") from None
-            chunk: bytes = _waited(c, ctx, lambda: service().read(ctx.name, rep))
+            chunk: bytes = waited(c, ctx, lambda: service().read(ctx.name, rep))
             return chunk
         return call(run)
 
