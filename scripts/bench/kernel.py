@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests" / "runtime" / "components"))
 import testcomponents  # noqa: E402
 from kernel_links import bench_links  # noqa: E402  (beside this script)
 from kernel_rss import bench_rss  # noqa: E402  (beside this script)
+from kernel_timing import timed, us  # noqa: E402  (beside this script)
 from testkit import MemoryKv  # noqa: E402
 
 from astrid_runtime import logs  # noqa: E402
@@ -58,31 +58,6 @@ from astrid_runtime.sandbox import PluginInstance  # noqa: E402
 from astrid_runtime.supervisor import PluginSpec, State  # noqa: E402
 
 KIB = 1024
-
-
-def timed(fn: Callable[[], Any], repeat: int) -> float:
-    """Median seconds per call of `fn` over `repeat` runs."""
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
-
-
-def cpu_timed(fn: Callable[[], Any], repeat: int) -> float:
-    """Median CPU seconds of this thread per call of `fn`: on a shared, loaded box a long
-    loop's wall-clock time counts the other processes' turns, its CPU time does not."""
-    samples = []
-    for _ in range(repeat):
-        t = time.thread_time()
-        fn()
-        samples.append(time.thread_time() - t)
-    return statistics.median(samples)
-
-
-def us(seconds: float) -> str:
-    return f"{seconds * 1e6:,.1f} µs" if seconds < 1e-3 else f"{seconds * 1e3:,.2f} ms"
 
 
 def instance(engine: KernelEngine, component: Component, name: str,

@@ -19,13 +19,10 @@ is the calls alone, without the export call around them.
 
 from __future__ import annotations
 
-import statistics
 import threading
-import time
-from collections.abc import Callable
-from typing import Any
 
 import trio
+from kernel_timing import cpu_timed, us
 from linkkit import MARKDOWN_DIR, RENDER, build_caller, compose
 from wasmtime import Store
 from wasmtime.component import Component, Linker
@@ -43,20 +40,6 @@ from astrid_runtime.sandbox import PluginInstance
 
 GRANTS = Grants(publish=("md.ok", "md.err"), subscribe=("in.*",))
 LIMITS = Limits(mailbox=100_000, publish_per_sec=10**9)
-
-
-def cpu_timed(fn: Callable[[], Any], repeat: int) -> float:
-    """Median CPU seconds of this thread per call of `fn`."""
-    samples = []
-    for _ in range(repeat):
-        t = time.thread_time()
-        fn()
-        samples.append(time.thread_time() - t)
-    return statistics.median(samples)
-
-
-def us(seconds: float) -> str:
-    return f"{seconds * 1e6:,.1f} µs"
 
 
 def _importer(engine: KernelEngine, component: Component, links: LinkImports | None,
