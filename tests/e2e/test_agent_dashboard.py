@@ -24,12 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from astrid_runtime.lockfile import Lockfile, load_lockfile
 from tests.fixtures.openai_standin import Reply, StandIn, ToolCall, openai_standin
 from tests.support.agentrun import Run
 from tests.support.chromium import Chromium
 from tests.support.mounts import mounted_points, require_fuse
-from tests.support.warmhome import seed_home
+from tests.support.warmhome import pinned_subset, seed_home
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = ("dashboard", "filetool", "llm-openai", "orchestrator")
@@ -45,10 +44,7 @@ def agent_home(tmp_path: Path, shipped_home: Path) -> Path:
 @pytest.fixture
 def lockfile(tmp_path: Path) -> Path:
     """The repository's pins of the agent's plugins and the dashboard only."""
-    pinned = load_lockfile(REPO / "plugins.lock", missing_ok=False)
-    path = tmp_path / "plugins.lock"
-    Lockfile(path, tuple(e for e in pinned.entries if e.name in PLUGINS)).save()
-    return path
+    return pinned_subset(tmp_path / "plugins.lock", PLUGINS)
 
 
 @pytest.fixture

@@ -25,11 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from astrid_runtime.lockfile import Lockfile, load_lockfile
 from tests.fixtures.openai_standin import Reply, StandIn, ToolCall, openai_standin
 from tests.support.agentrun import Run
 from tests.support.mounts import mounted_points, require_fuse
-from tests.support.warmhome import seed_home
+from tests.support.warmhome import pinned_subset, seed_home
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "sk-standin-run-8b1f0c2e77"
@@ -46,10 +45,7 @@ def home(tmp_path: Path, shipped_home: Path) -> Path:
 @pytest.fixture
 def lockfile(tmp_path: Path) -> Path:
     """The repository's pins of the agent's plugins only (the others need not compile)."""
-    pinned = load_lockfile(REPO / "plugins.lock", missing_ok=False)
-    path = tmp_path / "plugins.lock"
-    Lockfile(path, tuple(e for e in pinned.entries if e.name in AGENT_PLUGINS)).save()
-    return path
+    return pinned_subset(tmp_path / "plugins.lock", AGENT_PLUGINS)
 
 
 @pytest.fixture

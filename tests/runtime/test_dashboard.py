@@ -49,7 +49,7 @@ from astrid_runtime.supervisor import State
 from tests.support.bustail import Tail
 from tests.support.chromium import Chromium
 from tests.support.mounts import mounted_points, require_fuse, run_cli
-from tests.support.warmhome import seed_home
+from tests.support.warmhome import pinned_subset, seed_home
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "scripts" / "demo" / "sample-project"
@@ -68,11 +68,8 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory,
     home, project = root / "home", root / "project"
     seed_home(home, shipped_home)  # the run's compile cache (tests/support/warmhome.py)
     shutil.copytree(SAMPLE, project)
-    pins = load_lockfile(REPO / "plugins.lock", missing_ok=False)
-    lock = Lockfile(root / "plugins.lock",
-                    tuple(e for e in pins.entries if e.name in ("filetool", "dashboard")))
-    assert len(lock.entries) == 2
-    lock.save()
+    lock = load_lockfile(pinned_subset(root / "plugins.lock", ("filetool", "dashboard")),
+                         missing_ok=False)
     socket = root / "ctl.sock"
     proc = subprocess.Popen(
         [sys.executable, "-m", "astrid_runtime.client_cli", "--lockfile", str(lock.path),

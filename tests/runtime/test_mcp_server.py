@@ -31,10 +31,9 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from astrid_fs.session import open_session
 from astrid_runtime.control import ControlClient
-from astrid_runtime.lockfile import Lockfile, load_lockfile
 from astrid_runtime.mcp.filetool import ToolRequestError, command
 from tests.support.mounts import mounted_points, require_fuse, run_cli
-from tests.support.warmhome import seed_home
+from tests.support.warmhome import pinned_subset, seed_home
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "scripts" / "demo" / "sample-project"
@@ -54,12 +53,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, shipped_home: Path) -> Iterat
     home, project = root / "home", root / "project"
     seed_home(home, shipped_home)  # the run's compile cache (tests/support/warmhome.py)
     shutil.copytree(SAMPLE, project)
-    repo_lock = load_lockfile(REPO / "plugins.lock", missing_ok=False)
-    entries = tuple(e for e in repo_lock.entries if e.name in ("filetool", "dashboard"))
-    assert len(entries) == 2, "the repository's plugins.lock pins no filetool or dashboard"
-    lock = Lockfile(root / "plugins.lock", entries)
-    lock.save()
-    yield {"root": root, "home": home, "project": project, "lock": lock.path,
+    lock = pinned_subset(root / "plugins.lock", ("filetool", "dashboard"))
+    yield {"root": root, "home": home, "project": project, "lock": lock,
            "socket": root / "ctl.sock", "mount": home / "mnt" / SESSION}
     if str(home / "mnt" / SESSION) in mounted_points():
         run_cli("umount", str(home / "mnt" / SESSION), home=home, check=False)

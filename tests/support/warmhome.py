@@ -20,7 +20,7 @@ from pathlib import Path
 
 from astrid_runtime.identity import KEY_FILE, load_or_create_key
 from astrid_runtime.install import precompile
-from astrid_runtime.lockfile import load_lockfile
+from astrid_runtime.lockfile import Lockfile, load_lockfile
 
 REPO = Path(__file__).resolve().parents[2]
 LOCKFILE = REPO / "plugins.lock"
@@ -65,3 +65,14 @@ def seed_home(home: Path, template: Path) -> Path:
         if not (cache / entry.name).exists():
             os.link(entry, cache / entry.name)
     return home
+
+
+def pinned_subset(path: Path, names: tuple[str, ...], lockfile: Path = LOCKFILE) -> Path:
+    """A lockfile at `path` holding the repository's pins of `names` only (a kernel
+    booted from it runs just those plugins, so the others need not compile)."""
+    pinned = load_lockfile(lockfile, missing_ok=False)
+    entries = tuple(e for e in pinned.entries if e.name in names)
+    missing = set(names) - {e.name for e in entries}
+    assert not missing, f"{lockfile} pins no {', '.join(sorted(missing))}"
+    Lockfile(path, entries).save()
+    return path
