@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -86,8 +87,11 @@ def _offline_standing() -> list[dict[str, Any]]:
 def cmd_approvals(args: argparse.Namespace, client: ControlClient) -> int:
     try:
         reply = client.request({"op": "approvals"})
-    except KernelUnreachable:
+    except KernelUnreachable as e:
         # Nothing can be waiting without a kernel; "always" approvals are on disk.
+        # Said on stderr, so a mistyped --socket is not read as "nothing waits".
+        print(f"astrid: {e}; listing the always approvals kept in {default_home()}",
+              file=sys.stderr)
         reply = {"pending": [], "standing": _offline_standing()}
     if args.json:
         print(json.dumps({"pending": reply["pending"], "standing": reply["standing"]},

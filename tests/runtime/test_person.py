@@ -168,7 +168,8 @@ async def test_cli_answers_once_session_always_and_deny(
     # Nobody has answered yet: the ask waits, visible, for an approver arriving late.
     listed = await desk.acli("approvals", "--json")
     assert listed.returncode == 0, listed.stderr
-    assert [a["id"] for a in json.loads(listed.stdout)["pending"]] == [ask["id"]]
+    assert [a["id"] for a in json.loads(listed.stdout)["pending"]] == [ask["id"]], \
+        listed.stderr
     flags = {"once": [], "session": ["--session"], "always": ["--always"]}[scope]
     done = await desk.acli("approve", ask["id"], *flags)
     assert done.returncode == 0 and f"approved ({scope})" in done.stdout, done.stderr
@@ -413,6 +414,8 @@ def test_revoke_and_list_always_approvals_with_no_kernel(tmp_path: Path) -> None
         text=True, timeout=60, env={**os.environ, "ASTRID_HOME": str(home)})
     listed = env_run("approvals")
     assert listed.returncode == 0 and grant.id in listed.stdout, listed.stderr
+    # a missing kernel is said, not read as "nothing waits" (a mistyped --socket)
+    assert "no kernel at" in listed.stderr and str(home) in listed.stderr
     assert env_run("revoke", grant.id).returncode == 0
     assert StandingGrants(home, load_or_create_key(home)).listing() == []
 
