@@ -157,8 +157,8 @@ def test_cached_reads_are_views_and_the_bound_counts_whole_buffers(s3: S3Target)
     for off in range(0, len(body), MIB):
         got.append(bytes(reader.pread(MIB, off)))
         # Blocks keep their read-ahead segment alive: counted whole, bounded.
-        assert drv._block_bytes <= bound
-        assert drv._block_bytes == sum(n for _, n in drv._owners.values())
+        assert drv.blocks._block_bytes <= bound
+        assert drv.blocks._block_bytes == sum(n for _, n in drv.blocks._owners.values())
     assert b"".join(got) == body
     # The last blocks are cached: try_pread answers from them, as one view
     # when they lie side by side in one buffer, across blocks too.
