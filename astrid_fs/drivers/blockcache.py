@@ -211,13 +211,21 @@ class CachedReader:
                 self._inner = self._open_inner()
             return self._inner
 
-    def pread(self, size: int, offset: int) -> bytes | memoryview:
+    def _span(self, size: int, offset: int) -> tuple[int, int, list[Key]]:
+        """(end of the read, its first block, the keys of its blocks); no keys past
+        the object's end."""
         end = min(offset + size, self._st.size)
         if offset >= end:
-            return b""
+            return end, 0, []
         bs = self._cache.block_size
         first, last = offset // bs, (end - 1) // bs
-        keys = [(self._rel, self._etag, i) for i in range(first, last + 1)]
+        return end, first, [(self._rel, self._etag, i) for i in range(first, last + 1)]
+
+    def pread(self, size: int, offset: int) -> bytes | memoryview:
+        end, first, keys = self._span(size, offset)
+        if not keys:
+            return b""
+        bs = self._cache.block_size
         # Single flight: concurrent reads of one block (the kernel's read-ahead
         # sends several) wait for one fetch.
         got, mine = self._cache.lookup(keys)
@@ -235,12 +243,10 @@ class CachedReader:
     def try_pread(self, size: int, offset: int) -> bytes | memoryview | None:
         """`pread` from cached blocks, or from what the inner reader already
         fetched (read-ahead); None when that would need I/O or a wait."""
-        end = min(offset + size, self._st.size)
-        if offset >= end:
+        end, first, keys = self._span(size, offset)
+        if not keys:
             return None
         bs = self._cache.block_size
-        first, last = offset // bs, (end - 1) // bs
-        keys = [(self._rel, self._etag, i) for i in range(first, last + 1)]
         blocks, fetching = self._cache.peek(keys)
         if blocks is None:
             inner = self._inner
