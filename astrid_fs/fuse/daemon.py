@@ -153,7 +153,9 @@ class Daemon:
         if op == "stats":
             return {"ok": True, "requests": dict(self.ops.requests),
                     "cache_dirs": self.ops.cache_dirs, "nodes": len(self.overlay.table),
-                    "fds": self.ops.files.counts(), "data_path": self._data_path()}
+                    "fds": self.ops.files.counts(), "data_path": self._data_path(),
+                    "shim_writes": None if self.ops.write_table is None
+                    else self.ops.write_table.stats()}
         if op == "invalidate":
             inodes, entries = self.ops.invalidate_all()
             await trio.to_thread.run_sync(_invalidate_kernel, inodes, entries)

@@ -34,6 +34,7 @@ from astrid_fs.fuse.replies import (
     statvfs_reply,
 )
 from astrid_fs.fuse.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_INODE, FH_KEEP_CACHE, shim_version
+from astrid_fs.fuse.write_table import ShimWriteTable
 from astrid_fs.overlay.files import OpenFiles
 from astrid_fs.overlay.inodes import Node
 from astrid_fs.overlay.layers import Reader, StatLike
@@ -58,7 +59,9 @@ class FuseOps(pyfuse3.Operations):
         self.no_opendir = version >= 3
         self.ov = overlay
         self.table = overlay.table
-        self.files = OpenFiles(overlay)
+        # Shim version 7: WRITEs of upper files answered in C (write_table.py).
+        self.write_table = ShimWriteTable.load() if self.no_open else None
+        self.files = OpenFiles(overlay, write_table=self.write_table)
         self.cache = KernelCache(lower_ttl)
         self.requests: dict[str, int] = {}
         self._dirs: dict[int, tuple[Node, list[bytes] | None]] = {}

@@ -18,6 +18,10 @@ Three kinds, each with its own end of life:
 
 Invariants: an fd is in exactly one of these maps; every close goes
 through this module; a lookup never returns an fd this module has closed.
+A `WriteTable` (the FUSE shim's, fuse/write_table.py), when given, names
+exactly the writable inode fds on upper files (and pinned ones): WRITEs of
+those inodes are served from it without this module, so an entry is taken
+out of it before its fd closes or is replaced.
 The daemon's fd count is bounded by `capacity` + pinned files + handles the
 kernel holds open.
 
@@ -31,6 +35,7 @@ import os
 import stat
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 from astrid_fs.overlay.inodes import ROOT_INO, Node
 from astrid_fs.overlay.layers import Reader
@@ -44,6 +49,14 @@ _FIRST_READER_FH = 1 << 40
 DEFAULT_CAPACITY = 1024
 
 
+class WriteTable(Protocol):
+    """Where by-inode WRITEs may go without this module (fuse/write_table.py)."""
+
+    def add(self, ino: int, fd: int) -> None: ...
+
+    def remove(self, ino: int) -> None: ...
+
+
 @dataclass
 class InodeFd:
     fd: int
@@ -55,9 +68,11 @@ class InodeFd:
 class OpenFiles:
     """Inode fds, pinned fds and open handles of one mounted overlay."""
 
-    def __init__(self, overlay: Overlay, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, overlay: Overlay, capacity: int = DEFAULT_CAPACITY,
+                 write_table: WriteTable | None = None) -> None:
         self.ov = overlay
         self.capacity = capacity
+        self.write_table = write_table
         self._by_ino: OrderedDict[int, InodeFd] = OrderedDict()
         self._pinned = 0
         self._handles: dict[int, Node] = {}
@@ -144,6 +159,8 @@ class OpenFiles:
     def _put(self, ino: int, entry: InodeFd) -> int:
         old = self._by_ino.pop(ino, None)
         if old is not None:
+            if self.write_table is not None:
+                self.write_table.remove(ino)
             if old.pinned:
                 self._pinned -= 1
             if old.fd != entry.fd:
@@ -151,6 +168,8 @@ class OpenFiles:
         if entry.pinned:
             self._pinned += 1
         self._by_ino[ino] = entry
+        if self.write_table is not None and entry.writable and (entry.in_upper or entry.pinned):
+            self.write_table.add(ino, entry.fd)
         self._evict(keep=ino)
         return entry.fd
 
@@ -168,6 +187,8 @@ class OpenFiles:
     def _close(self, ino: int) -> None:
         entry = self._by_ino.pop(ino, None)
         if entry is not None:
+            if self.write_table is not None:
+                self.write_table.remove(ino)
             if entry.pinned:
                 self._pinned -= 1
             os.close(entry.fd)

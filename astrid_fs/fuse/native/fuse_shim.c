@@ -64,6 +64,15 @@
  *    it is open for cached I/O: the live-open counts here let the daemon
  *    keep to that.
  *
+ * 9. Writes in C. The daemon registers the read-write fd it keeps on an
+ *    upper file (overlay/files.py: only once the file is in the upper layer,
+ *    or is an unnamed copy that only the fd reaches) with astrid_wf_set();
+ *    a by-inode WRITE of such an inode is then written here, straight from
+ *    libfuse's buffer to the fd (fuse_buf_copy), and answered without Python.
+ *    The daemon takes the entry back (astrid_wf_set(ino, -1)) before it
+ *    closes or replaces that fd; anything not in the table (a lower file's
+ *    first write, which copies it up; a remote file) goes to Python as before.
+ *
  * 7. Read-ahead. The kernel caps a FUSE mount's read-ahead at the minimum of
  *    its default (128 KiB) and the INIT reply's max_readahead, so every
  *    sequential read reaches the daemon as 128 KiB requests. Only the bdi's
@@ -97,7 +106,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 6; }
+int astrid_fuse_shim_loaded(void) { return 7; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -686,10 +695,111 @@ static void shim_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t s
     orig_write(req, ino, buf, size, off, fi);
 }
 
+/* ---- 9. writes in C ------------------------------------------------------- */
+
+struct wf_entry { struct wf_entry *next; uint64_t ino; int fd; };
+#define WF_BUCKETS 4096
+static struct wf_entry *wf_table[WF_BUCKETS];
+/* The daemon changes the table from its trio thread, where libfuse also
+ * calls the WRITE handler; the lock keeps that true if it ever is not:
+ * a write holds it, so an fd is never closed under a write. */
+static pthread_mutex_t wf_lock = PTHREAD_MUTEX_INITIALIZER;
+static int64_t wf_stats[2]; /* WRITEs answered here, bytes written */
+
+static struct wf_entry **wf_slot(uint64_t ino)
+{
+    struct wf_entry **p = &wf_table[(ino * UINT64_C(0x9E3779B97F4A7C15)) >> 52];
+    while (*p && (*p)->ino != ino)
+        p = &(*p)->next;
+    return p;
+}
+
+/* `fd` >= 0: WRITEs of `ino` go to `fd` from now on; `fd` < 0: they go to
+ * the daemon again (call before closing the fd). 0 or -ENOMEM. */
+int astrid_wf_set(uint64_t ino, int fd)
+{
+    int res = 0;
+    pthread_mutex_lock(&wf_lock);
+    struct wf_entry **slot = wf_slot(ino);
+    if (fd < 0) {
+        struct wf_entry *e = *slot;
+        if (e) {
+            *slot = e->next;
+            free(e);
+        }
+    } else if (*slot) {
+        (*slot)->fd = fd;
+    } else {
+        struct wf_entry *e = calloc(1, sizeof *e);
+        if (e) {
+            e->ino = ino;
+            e->fd = fd;
+            *slot = e;
+        } else {
+            res = -ENOMEM;
+        }
+    }
+    pthread_mutex_unlock(&wf_lock);
+    return res;
+}
+
+/* out: WRITEs answered here, bytes they wrote. */
+void astrid_wf_stats(int64_t *out)
+{
+    pthread_mutex_lock(&wf_lock);
+    memcpy(out, wf_stats, sizeof wf_stats);
+    pthread_mutex_unlock(&wf_lock);
+}
+
+/* A by-inode WRITE of a registered inode: written and answered here.
+ * Returns 0 when it was not (the caller hands it to the daemon). */
+static int wf_write(fuse_req_t req, struct fuse_bufvec *bufv, off_t off,
+                    const struct fuse_file_info *fi)
+{
+    static ssize_t (*buf_copy)(struct fuse_bufvec *, struct fuse_bufvec *,
+                               enum fuse_buf_copy_flags);
+    static size_t (*buf_size)(const struct fuse_bufvec *);
+    static int (*reply_write)(fuse_req_t, size_t);
+    if (!fi || !(fi->fh & ASTRID_FH_INODE) || (fi->fh & ASTRID_FH_OPEN_REPLY))
+        return 0;
+    if (!buf_size)
+        buf_size = (size_t (*)(const struct fuse_bufvec *))libfuse_symbol("fuse_buf_size");
+    if (!buf_copy)
+        buf_copy = (ssize_t (*)(struct fuse_bufvec *, struct fuse_bufvec *,
+                                enum fuse_buf_copy_flags))libfuse_symbol("fuse_buf_copy");
+    if (!reply_write)
+        reply_write = (int (*)(fuse_req_t, size_t))libfuse_symbol("fuse_reply_write");
+    if (!buf_copy || !buf_size || !reply_write)
+        return 0;
+    pthread_mutex_lock(&wf_lock);
+    struct wf_entry *e = *wf_slot(fi->fh & ASTRID_FH_INO_MASK);
+    if (!e) {
+        pthread_mutex_unlock(&wf_lock);
+        return 0;
+    }
+    struct fuse_bufvec dst = FUSE_BUFVEC_INIT(buf_size(bufv));
+    dst.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+    dst.buf[0].fd = e->fd;
+    dst.buf[0].pos = off;
+    ssize_t res = buf_copy(&dst, bufv, 0);
+    if (res >= 0) {
+        wf_stats[0]++;
+        wf_stats[1] += res;
+    }
+    pthread_mutex_unlock(&wf_lock);
+    if (res < 0)
+        send_err(req, (int)-res);
+    else
+        reply_write(req, (size_t)res);
+    return 1;
+}
+
 static void shim_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv,
                            off_t off, struct fuse_file_info *fi)
 {
     mark(ino, fi);
+    if (wf_write(req, bufv, off, fi))
+        return;
     orig_write_buf(req, ino, bufv, off, fi);
 }
 

@@ -1,0 +1,157 @@
+"""WRITEs answered in C (fuse/write_table.py, shim part 9).
+
+The shim writes a by-inode WRITE straight to the fd the daemon registered
+for that inode. Its one danger is a stale entry: an fd number the daemon
+closed (and the kernel may hand out again for another file) still in the
+table. So the table must name exactly the writable inode fds on upper files
+(or pinned ones), and an entry must leave it before its fd closes. Checked
+twice: on the operations without a mount (a recording table, after every
+step), and through a real mount (writes after the daemon closed and reused
+fds land in the right files; size and mtime seen through the mount are the
+upper file's).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from astrid_fs.fuse.shim import FH_INODE
+from astrid_fs.overlay.files import OpenFiles
+from tests.fs.test_ops_api import CTX, make_ops
+from tests.support.mounts import MountedSession
+
+
+class RecordingTable:
+    """A write table that checks the fd it is told about is open."""
+
+    def __init__(self) -> None:
+        self.fds: dict[int, int] = {}
+
+    def add(self, ino: int, fd: int) -> None:
+        os.fstat(fd)  # open now
+        self.fds[ino] = fd
+
+    def remove(self, ino: int) -> None:
+        fd = self.fds.pop(ino, None)
+        if fd is not None:
+            os.fstat(fd)  # still open: removed before the close
+
+
+def expected(files: OpenFiles) -> dict[int, int]:
+    return {ino: e.fd for ino, e in files._by_ino.items()
+            if e.writable and (e.in_upper or e.pinned)}
+
+
+@pytest.fixture
+def layers(tmp_path: Path) -> tuple[Path, Path, Path]:
+    lower, upper, work = tmp_path / "lower", tmp_path / "upper", tmp_path / "work"
+    for d in (lower, upper, work):
+        d.mkdir()
+    (lower / "README.md").write_text("hello\n")
+    return lower, upper, work
+
+
+async def test_table_names_exactly_the_writable_upper_fds(
+        layers: tuple[Path, Path, Path]) -> None:
+    ops = make_ops(layers, no_open=True)
+    table = RecordingTable()
+    ops.files.write_table = table
+    ops.files.capacity = 3
+
+    def check() -> None:
+        assert table.fds == expected(ops.files)
+
+    readme = await ops.lookup(1, b"README.md", CTX)
+    assert await ops.read(FH_INODE | readme.st_ino, 0, 5) == b"hello"
+    check()
+    assert readme.st_ino not in table.fds  # a read-only fd on the lower file
+    await ops.write(FH_INODE | readme.st_ino, 6, b"more")  # copy-up, reopen
+    check()
+    assert readme.st_ino in table.fds
+    created = []
+    for i in range(6):  # beyond the capacity: evictions
+        _, entry = await ops.create(1, b"n%d" % i, 0o644, os.O_RDWR, CTX)
+        await ops.write(FH_INODE | entry.st_ino, 0, b"n")
+        created.append(entry.st_ino)
+        check()
+    await ops.unlink(1, b"n5", CTX)  # pinned: still the file's only way in
+    check()
+    assert created[-1] in table.fds
+    ops.invalidate_all()  # unpinned fds close, the pinned one stays
+    check()
+    assert list(table.fds) == [created[-1]]
+    await ops.forget([(created[-1], 1)])
+    check()
+    assert table.fds == {}
+
+
+@pytest.fixture
+def s(tmp_path: Path, mount_session: object) -> MountedSession:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    for i in range(3):
+        (lower / f"f{i}").write_bytes(b"lower %d\n" % i)
+    return mount_session(lower)  # type: ignore[operator, no-any-return]
+
+
+def shim_writes(s: MountedSession) -> int:
+    reply = s.control("stats")
+    if reply.get("shim_writes") is None:
+        pytest.fail("the FUSE shim has no write table (scripts/setup.sh builds it)")
+    return int(reply["shim_writes"]["writes"])
+
+
+def append(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        assert os.write(fd, data) == len(data)
+    finally:
+        os.close(fd)
+
+
+def test_writes_to_upper_files_are_answered_in_c_and_seen_whole(s: MountedSession) -> None:
+    append(s.mnt / "f0", b"first\n")  # copy-up: the daemon's Python path
+    before = shim_writes(s)
+    for i in range(5):
+        append(s.mnt / "f0", b"again %d\n" % i)
+    assert shim_writes(s) - before == 5
+    expected = b"lower 0\nfirst\n" + b"".join(b"again %d\n" % i for i in range(5))
+    assert (s.upper / "f0").read_bytes() == expected
+    assert (s.mnt / "f0").read_bytes() == expected
+    up, seen = os.stat(s.upper / "f0"), os.stat(s.mnt / "f0")
+    assert (seen.st_size, seen.st_mtime_ns) == (up.st_size, up.st_mtime_ns)
+    assert (s.lower / "f0").read_bytes() == b"lower 0\n"  # never written
+
+
+def test_writes_after_the_daemon_closed_and_reused_fds_land_in_their_files(
+        s: MountedSession) -> None:
+    # f0 and f1 get registered fds; `invalidate` closes them (layers
+    # changed); new files then reuse those fd numbers. A stale table entry
+    # would send f0's next write into one of the new files.
+    append(s.mnt / "f0", b"a\n")
+    append(s.mnt / "f1", b"b\n")
+    s.control("invalidate")
+    for i in range(4):
+        (s.mnt / f"new{i}").write_bytes(b"new\n")
+    append(s.mnt / "f0", b"c\n")
+    append(s.mnt / "f1", b"d\n")
+    assert (s.mnt / "f0").read_bytes() == b"lower 0\na\nc\n"
+    assert (s.mnt / "f1").read_bytes() == b"lower 1\nb\nd\n"
+    for i in range(4):
+        assert (s.mnt / f"new{i}").read_bytes() == b"new\n"
+
+
+def test_write_to_a_removed_open_file_goes_to_its_data(s: MountedSession) -> None:
+    append(s.mnt / "f2", b"x\n")  # in the upper, fd registered
+    fd = os.open(s.mnt / "f2", os.O_RDWR | os.O_APPEND)
+    try:
+        os.unlink(s.mnt / "f2")
+        (s.mnt / "f2").write_bytes(b"another file\n")
+        assert os.write(fd, b"y\n") == 2
+        assert os.pread(fd, 100, 0) == b"lower 2\nx\ny\n"
+    finally:
+        os.close(fd)
+    assert (s.mnt / "f2").read_bytes() == b"another file\n"
