@@ -32,6 +32,8 @@ from astrid_fs.fuse.ops import FuseOps
 from astrid_fs.fuse.passthrough import Passthrough
 from astrid_fs.fuse.shim import request_read_ahead
 from astrid_fs.mounttable import MountTable
+from astrid_fs.overlay import unsynced
+from astrid_fs.overlay.copyup import copy_up
 from astrid_fs.overlay.layers import Layers, RemoteTree
 from astrid_fs.overlay.overlay import Overlay
 from astrid_fs.overlay.remote import build_remotes
@@ -84,6 +86,7 @@ class Daemon:
 
     def mount(self) -> None:
         _clean_tmp(Path(self.config.tmp))
+        self._copy_ups_without_fsync()
         # Per-inode fds (no-open I/O) and open files need more than 1024.
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -95,6 +98,36 @@ class Daemon:
                                                                       self.ops.files)
         pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
         request_read_ahead(self.config.mountpoint)  # 1 MiB, set after INIT (shim.py)
+
+    def _copy_ups_without_fsync(self) -> None:
+        """Check what a crash during the last mount may have torn, then arm
+        the marker that lets copy-ups skip their fsync (overlay/unsynced.py)."""
+        work = os.path.dirname(os.fsencode(self.config.tmp))
+        layers = self.overlay.layers
+        boot = unsynced.boot_id()
+        since = unsynced.crashed(work, boot)
+        if since is not None:
+            def lower_path(rel: bytes) -> bytes | None:
+                return None if layers.remote_for(rel) is not None else layers.lower_path(rel)
+
+            def recopy(lower: bytes, rel: bytes, dest: bytes) -> None:
+                copy_up(lower, dest, self.overlay.tmp, layers.names, rel, sync=True)
+
+            checked = unsynced.check_upper(layers.upper, layers.names, since, lower_path,
+                                           recopy)
+            for rel in checked.restored:
+                log.warning("after a crash: %s was a torn copy-up; copied up again",
+                            os.fsdecode(rel))
+            for rel in checked.suspect:
+                log.warning("after a crash: %s was written in the crashed mount; its "
+                            "data may be torn (it was never fsync'd)", os.fsdecode(rel))
+        unsynced.arm(work, boot)
+        self.overlay.sync_copy_up = False
+
+    def unmounted(self) -> None:
+        """After a clean unmount: copy-ups durable, the marker gone."""
+        unsynced.disarm(os.path.dirname(os.fsencode(self.config.tmp)),
+                        self.overlay.layers.upper)
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -231,6 +264,7 @@ def run(config: DaemonConfig, ready_fd: int | None) -> int:
         trio.run(daemon.serve)
     finally:
         pyfuse3.close(unmount=True)
+        daemon.unmounted()
         if session is not None:
             session.clear_mount_state()
         log.info("unmounted %s", config.mountpoint)

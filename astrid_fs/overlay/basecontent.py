@@ -73,18 +73,29 @@ def keep(tmp_dir: bytes, lower_rel: bytes, fill: Callable[[int], None],
         return
     tmp = b"%s/base-%d-%d" % (tmp_dir, os.getpid(), next(_counter))
     try:
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fill(fd)
             os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fd)
-        os.rename(tmp, out)
+        try:
+            os.rename(tmp, out)
+        except FileNotFoundError:  # the first copy in its directory
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            os.rename(tmp, out)
     except OSError:
         # Best-effort (see the module docstring): no copy is a safe outcome.
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def write_bytes(content: bytes) -> Callable[[int], None]:
+    """A `fill` that writes `content` (already read, at most LIMIT bytes)."""
+    def fill(fd: int) -> None:
+        if content:
+            os.pwrite(fd, content, 0)
+    return fill
 
 
 def copy_from(path: bytes) -> Callable[[int], None]:

@@ -22,8 +22,9 @@ _counter = itertools.count()
 _CHUNK = 1 << 20
 
 
-def copy_xattrs(src: bytes, dst: bytes, names: OverlayXattrs) -> None:
-    """Copy every xattr of `src` to `dst` except the overlay's private ones."""
+def copy_xattrs(src: bytes, dst: bytes | int, names: OverlayXattrs) -> None:
+    """Copy every xattr of `src` to `dst` (a path, or an fd) except the
+    overlay's private ones."""
     try:
         keys = os.listxattr(src, follow_symlinks=False)
     except OSError as e:
@@ -35,7 +36,10 @@ def copy_xattrs(src: bytes, dst: bytes, names: OverlayXattrs) -> None:
             continue
         try:
             value = os.getxattr(src, key, follow_symlinks=False)
-            os.setxattr(dst, key, value, follow_symlinks=False)
+            if isinstance(dst, int):
+                os.setxattr(dst, key, value)
+            else:
+                os.setxattr(dst, key, value, follow_symlinks=False)
         except OSError as e:
             # user.* is not allowed on symlinks and special files on most
             # filesystems; security.* may be refused: skip what cannot land.
@@ -46,16 +50,19 @@ def copy_xattrs(src: bytes, dst: bytes, names: OverlayXattrs) -> None:
 _SMALL = 1 << 20
 
 
-def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy `size` bytes, keeping holes (SEEK_DATA/SEEK_HOLE) where possible."""
+def copy_data(src_fd: int, dst_fd: int, size: int) -> bytes | None:
+    """Copy `size` bytes, keeping holes (SEEK_DATA/SEEK_HOLE) where possible.
+    Returns the bytes copied when the file was small enough to copy in one
+    read (so a caller can keep them too), else None."""
     if size <= _SMALL:
         # Small files (most copy-ups): one read and one write beat
         # copy_file_range, whose in-kernel copy also makes the fsync slower.
         chunk = os.pread(src_fd, size, 0)
         if chunk:
             os.pwrite(dst_fd, chunk, 0)
-        os.ftruncate(dst_fd, size)
-        return
+        if len(chunk) != size:
+            os.ftruncate(dst_fd, size)
+        return chunk
     offset = 0
     while offset < size:
         try:
@@ -80,6 +87,7 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
             pos += done
         offset = hole_start
     os.ftruncate(dst_fd, size)
+    return None
 
 
 def temp_name(tmp_dir: bytes) -> bytes:
@@ -87,46 +95,66 @@ def temp_name(tmp_dir: bytes) -> bytes:
 
 
 def copy_up(lower_path: bytes, upper_path: bytes, tmp_dir: bytes, names: OverlayXattrs,
-            rel_path: bytes, *, with_data: bool = True, sync: bool = True) -> os.stat_result:
-    """Copy the lower entry at `lower_path` to `upper_path` (whose parent exists).
+            rel_path: bytes, *, with_data: bool = True, sync: bool = True,
+            st: os.stat_result | None = None) -> None:
+    """Copy the lower entry at `lower_path` (whose lstat is `st`, if the
+    caller has it) to `upper_path` (whose parent exists).
 
-    Returns the lstat of the new upper entry. `with_data=False` makes an empty
-    regular file (for opens with O_TRUNC). Directories are copied without
-    their children.
+    `with_data=False` makes an empty regular file (for opens with O_TRUNC).
+    Directories are copied without their children.
     """
-    st = os.lstat(lower_path)
+    if st is None:
+        st = os.lstat(lower_path)
     tmp = temp_name(tmp_dir)
-    mode = stat.S_IMODE(st.st_mode)
     try:
         if stat.S_ISREG(st.st_mode):
-            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                if with_data and st.st_size:
-                    src = os.open(lower_path, os.O_RDONLY)
-                    try:
-                        copy_data(src, dst, st.st_size)
-                    finally:
-                        os.close(src)
-                if sync:
-                    os.fsync(dst)
-            finally:
-                os.close(dst)
-        elif stat.S_ISDIR(st.st_mode):
-            os.mkdir(tmp, 0o700)
-        elif stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(lower_path), tmp)
+            _copy_file(lower_path, tmp, tmp_dir, st, names, rel_path, with_data, sync)
         else:
-            os.mknod(tmp, st.st_mode, st.st_rdev)
-        _copy_meta(lower_path, tmp, st, mode, names, rel_path, with_data)
-        if basecontent.wanted(st):  # (what the project held: for merges)
-            basecontent.keep(tmp_dir, rel_path,
-                             basecontent.copy_from(tmp if with_data else lower_path),
-                             st.st_mtime_ns)
+            if stat.S_ISDIR(st.st_mode):
+                os.mkdir(tmp, 0o700)
+            elif stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(lower_path), tmp)
+            else:
+                os.mknod(tmp, st.st_mode, st.st_rdev)
+            _copy_meta(lower_path, tmp, st, stat.S_IMODE(st.st_mode), names, rel_path,
+                       with_data)
         os.rename(tmp, upper_path)
     except BaseException:
         _remove_quietly(tmp)
         raise
-    return os.lstat(upper_path)
+
+
+def _copy_file(lower_path: bytes, tmp: bytes, tmp_dir: bytes, st: os.stat_result,
+               names: OverlayXattrs, rel_path: bytes, with_data: bool, sync: bool) -> None:
+    """The temp copy of a regular file, every attribute set through its fd
+    (no path walks): data, owner, mode, xattrs, origin, then times."""
+    dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        content: bytes | None = b""
+        if with_data and st.st_size:
+            src = os.open(lower_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                content = copy_data(src, dst, st.st_size)
+            finally:
+                os.close(src)
+        if sync:
+            os.fsync(dst)
+        os.fchown(dst, st.st_uid, st.st_gid)
+        os.fchmod(dst, stat.S_IMODE(st.st_mode))
+        copy_xattrs(lower_path, dst, names)
+        try:
+            os.setxattr(dst, names.origin, Origin.of_stat(os.fsdecode(rel_path), st).encode())
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP):  # (as _copy_meta)
+                raise
+        if with_data:
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        os.close(dst)
+    if basecontent.wanted(st):  # (what the project held: for merges)
+        fill = basecontent.copy_from(lower_path) if content is None or not with_data \
+            else basecontent.write_bytes(content)
+        basecontent.keep(tmp_dir, rel_path, fill, st.st_mtime_ns)
 
 
 def _copy_meta(src: bytes, tmp: bytes, st: os.stat_result, mode: int, names: OverlayXattrs,

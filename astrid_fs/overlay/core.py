@@ -260,8 +260,10 @@ class OverlayCore(RemoteFetches):
         lst: StatLike | None = self.layers.lower_stat(node.lower) if self.layers.remotes \
             else None
         if remote is not None:
+            # (always fsync'd: the crash check has no lower to compare with,
+            # overlay/unsynced.py)
             copy_up_remote(remote[0], remote[1], node.lower, upath, self.tmp, self.layers.names,
-                           with_data=with_data, sync=self.sync_copy_up)
+                           with_data=with_data, sync=True)
         elif isinstance(lst, SyntheticStat):
             # A directory that exists only above a remote mount point (`mnt`
             # for /mnt/s3): nothing to copy, just make it, keeping its inode.
@@ -316,7 +318,7 @@ class OverlayCore(RemoteFetches):
         lst = os.lstat(lower_path)
         if not LinkIndex.applies(lst):
             copy_up(lower_path, upath, self.tmp, self.layers.names, lower_rel,
-                    with_data=with_data, sync=self.sync_copy_up)
+                    with_data=with_data, sync=self.sync_copy_up, st=lst)
             return lst
         # A hard-linked lower file: one copy for all its names (hardlinks.py).
         index = self.index.live(lst.st_dev, lst.st_ino)
@@ -324,7 +326,7 @@ class OverlayCore(RemoteFetches):
             self.index.link_up(index, upath)
             return lst
         copy_up(lower_path, upath, self.tmp, self.layers.names, lower_rel,
-                with_data=with_data, sync=self.sync_copy_up)
+                with_data=with_data, sync=self.sync_copy_up, st=lst)
         self.index.add(upath, lst.st_dev, lst.st_ino, lst.st_nlink)
         return lst
 

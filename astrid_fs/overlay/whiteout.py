@@ -13,7 +13,7 @@ import errno
 import json
 import os
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 XattrNs = Literal["trusted", "user"]
@@ -74,7 +74,11 @@ class Origin:
     blake3: str | None = None
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        # (a dict by hand: dataclasses.asdict deep-copies, ~0.1 ms a copy-up)
+        return json.dumps({"blake3": self.blake3, "dev": self.dev, "ino": self.ino,
+                           "kind": self.kind, "mode": self.mode, "mtime_ns": self.mtime_ns,
+                           "path": self.path, "size": self.size},
+                          sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Origin:
