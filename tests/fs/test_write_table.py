@@ -1,4 +1,4 @@
-"""WRITEs answered in C (fuse/write_table.py, shim part 9).
+"""WRITEs answered in C (fuse/write_table.py, shim parts 9 and 10).
 
 The shim writes a by-inode WRITE straight to the fd the daemon registered
 for that inode. Its one danger is a stale entry: an fd number the daemon
@@ -97,11 +97,16 @@ def s(tmp_path: Path, mount_session: object) -> MountedSession:
     return mount_session(lower)  # type: ignore[operator, no-any-return]
 
 
-def shim_writes(s: MountedSession) -> int:
+def shim_counts(s: MountedSession) -> dict[str, int]:
     reply = s.control("stats")
     if reply.get("shim_writes") is None:
         pytest.fail("the FUSE shim has no write table (scripts/setup.sh builds it)")
-    return int(reply["shim_writes"]["writes"])
+    counts: dict[str, int] = reply["shim_writes"]
+    return counts
+
+
+def shim_writes(s: MountedSession) -> int:
+    return shim_counts(s)["writes"]
 
 
 def append(path: Path, data: bytes) -> None:
@@ -118,6 +123,9 @@ def test_writes_to_upper_files_are_answered_in_c_and_seen_whole(s: MountedSessio
     for i in range(5):
         append(s.mnt / "f0", b"again %d\n" % i)
     assert shim_writes(s) - before == 5
+    # Shim part 10: the probes and WRITEs of a stream of appends are answered
+    # inside the receive call (each append: a GETXATTR, then its WRITE).
+    assert shim_counts(s)["drained"] >= 5
     expected = b"lower 0\nfirst\n" + b"".join(b"again %d\n" % i for i in range(5))
     assert (s.upper / "f0").read_bytes() == expected
     assert (s.mnt / "f0").read_bytes() == expected

@@ -73,6 +73,15 @@
  *    closes or replaces that fd; anything not in the table (a lower file's
  *    first write, which copies it up; a remote file) goes to Python as before.
  *
+ *    Part 10 keeps such WRITEs (and the xattr probes of part 4) inside C
+ *    altogether: the wrapped fuse_session_receive_buf answers every request
+ *    it can answer here as it arrives, and waits a moment (DRAIN_WAIT_US)
+ *    for the next one before handing control back, so a stream of them costs
+ *    no turn of pyfuse3's trio loop each (no epoll_ctl, no epoll_wait, no
+ *    Python). Anything else is returned to pyfuse3 as it would have been;
+ *    "nothing came" is returned as -EINTR, which pyfuse3 answers by waiting
+ *    for the fd again.
+ *
  * 7. Read-ahead. The kernel caps a FUSE mount's read-ahead at the minimum of
  *    its default (128 KiB) and the INIT reply's max_readahead, so every
  *    sequential read reaches the daemon as 128 KiB requests. Only the bdi's
@@ -106,7 +115,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 7; }
+int astrid_fuse_shim_loaded(void) { return 8; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -753,23 +762,30 @@ void astrid_wf_stats(int64_t *out)
 
 /* A by-inode WRITE of a registered inode: written and answered here.
  * Returns 0 when it was not (the caller hands it to the daemon). */
+static ssize_t (*wf_buf_copy)(struct fuse_bufvec *, struct fuse_bufvec *,
+                              enum fuse_buf_copy_flags);
+static size_t (*wf_buf_size)(const struct fuse_bufvec *);
+static int (*wf_reply_write)(fuse_req_t, size_t);
+
+/* The libfuse functions a write here needs (looked up once): 1 if found. */
+static int wf_ready(void)
+{
+    if (!wf_buf_size)
+        wf_buf_size = (size_t (*)(const struct fuse_bufvec *))libfuse_symbol("fuse_buf_size");
+    if (!wf_buf_copy)
+        wf_buf_copy = (ssize_t (*)(struct fuse_bufvec *, struct fuse_bufvec *,
+                                   enum fuse_buf_copy_flags))libfuse_symbol("fuse_buf_copy");
+    if (!wf_reply_write)
+        wf_reply_write = (int (*)(fuse_req_t, size_t))libfuse_symbol("fuse_reply_write");
+    return wf_buf_copy && wf_buf_size && wf_reply_write;
+}
+
 static int wf_write(fuse_req_t req, struct fuse_bufvec *bufv, off_t off,
                     const struct fuse_file_info *fi)
 {
-    static ssize_t (*buf_copy)(struct fuse_bufvec *, struct fuse_bufvec *,
-                               enum fuse_buf_copy_flags);
-    static size_t (*buf_size)(const struct fuse_bufvec *);
-    static int (*reply_write)(fuse_req_t, size_t);
     if (!fi || !(fi->fh & ASTRID_FH_INODE) || (fi->fh & ASTRID_FH_OPEN_REPLY))
         return 0;
-    if (!buf_size)
-        buf_size = (size_t (*)(const struct fuse_bufvec *))libfuse_symbol("fuse_buf_size");
-    if (!buf_copy)
-        buf_copy = (ssize_t (*)(struct fuse_bufvec *, struct fuse_bufvec *,
-                                enum fuse_buf_copy_flags))libfuse_symbol("fuse_buf_copy");
-    if (!reply_write)
-        reply_write = (int (*)(fuse_req_t, size_t))libfuse_symbol("fuse_reply_write");
-    if (!buf_copy || !buf_size || !reply_write)
+    if (!wf_ready())
         return 0;
     pthread_mutex_lock(&wf_lock);
     struct wf_entry *e = *wf_slot(fi->fh & ASTRID_FH_INO_MASK);
@@ -777,11 +793,11 @@ static int wf_write(fuse_req_t req, struct fuse_bufvec *bufv, off_t off,
         pthread_mutex_unlock(&wf_lock);
         return 0;
     }
-    struct fuse_bufvec dst = FUSE_BUFVEC_INIT(buf_size(bufv));
+    struct fuse_bufvec dst = FUSE_BUFVEC_INIT(wf_buf_size(bufv));
     dst.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
     dst.buf[0].fd = e->fd;
     dst.buf[0].pos = off;
-    ssize_t res = buf_copy(&dst, bufv, 0);
+    ssize_t res = wf_buf_copy(&dst, bufv, 0);
     if (res >= 0) {
         wf_stats[0]++;
         wf_stats[1] += res;
@@ -790,7 +806,7 @@ static int wf_write(fuse_req_t req, struct fuse_bufvec *bufv, off_t off,
     if (res < 0)
         send_err(req, (int)-res);
     else
-        reply_write(req, (size_t)res);
+        wf_reply_write(req, (size_t)res);
     return 1;
 }
 
@@ -1024,4 +1040,101 @@ void fuse_session_process_buf(struct fuse_session *se, const struct fuse_buf *bu
         }
     }
     real(se, buf);
+}
+
+/*
+ * 10. Draining what C answers (see part 9). Only requests whose answer here
+ *     is certain are drained: GETXATTR of the names shim_getxattr answers,
+ *     and by-inode WRITEs of inodes in the write table (the table cannot
+ *     change meanwhile: only the daemon's trio thread changes it, and that
+ *     thread is here). Kernel ABI: struct fuse_in_header (40 bytes: len,
+ *     opcode, unique, nodeid, uid, gid, pid, extlen, padding), then
+ *     fuse_getxattr_in (8 bytes) and the name, or fuse_write_in (40 bytes:
+ *     fh, offset, size, write_flags, lock_owner, flags, padding).
+ */
+#include <poll.h>
+#define DRAIN_GETXATTR 22
+#define DRAIN_WRITE 16
+#define DRAIN_IN_HEADER 40
+/* How long to wait for the next request before returning to pyfuse3: about
+ * one client round trip (a process appending to many files sends GETXATTR,
+ * WRITE, then the next file's GETXATTR within ~20-50 us); short enough that
+ * the trio tasks it delays (a control request, a finished worker thread)
+ * never notice. */
+#define DRAIN_WAIT_US 200
+static int64_t drain_stats[2]; /* requests answered while draining, returns with -EINTR */
+static volatile int drain_on;
+
+void astrid_drain_enable(int on) { drain_on = on; }
+
+void astrid_drain_stats(int64_t *out)
+{
+    memcpy(out, drain_stats, sizeof drain_stats);
+}
+
+static int drain_answerable(const struct fuse_buf *buf)
+{
+    if (buf->flags & FUSE_BUF_IS_FD || buf->size < DRAIN_IN_HEADER + 8)
+        return 0;
+    const char *mem = buf->mem;
+    uint32_t len, opcode;
+    uint64_t nodeid;
+    memcpy(&len, mem, 4);
+    memcpy(&opcode, mem + 4, 4);
+    memcpy(&nodeid, mem + 16, 8);
+    if (len > buf->size)
+        return 0;
+    if (opcode == DRAIN_GETXATTR && orig_getxattr) {
+        const char *name = mem + DRAIN_IN_HEADER + 8;
+        size_t room = len - DRAIN_IN_HEADER - 8;
+        if (!memchr(name, 0, room))
+            return 0;
+        return strcmp(name, "security.capability") == 0
+               || strcmp(name, "security.selinux") == 0
+               || strncmp(name, "system.posix_acl_", 17) == 0;
+    }
+    if (opcode == DRAIN_WRITE && orig_write_buf && len >= DRAIN_IN_HEADER + 40) {
+        uint64_t fh;
+        memcpy(&fh, mem + DRAIN_IN_HEADER, 8);
+        if (fh != 0 && (!(fh & ASTRID_FH_INODE) || (fh & ASTRID_FH_OPEN_REPLY)))
+            return 0;
+        if (!wf_ready())
+            return 0;
+        pthread_mutex_lock(&wf_lock);
+        int known = *wf_slot(fh ? (fh & ASTRID_FH_INO_MASK) : nodeid) != NULL;
+        pthread_mutex_unlock(&wf_lock);
+        return known;
+    }
+    return 0;
+}
+
+typedef int (*receive_buf_fn)(struct fuse_session *, struct fuse_buf *);
+
+int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
+{
+    static receive_buf_fn real;
+    static process_buf_fn process;
+    static int (*session_fd)(struct fuse_session *);
+    if (!real) {
+        real = (receive_buf_fn)libfuse_symbol("fuse_session_receive_buf");
+        process = (process_buf_fn)libfuse_symbol("fuse_session_process_buf");
+        session_fd = (int (*)(struct fuse_session *))libfuse_symbol("fuse_session_fd");
+    }
+    if (!real)
+        return -ENOSYS;
+    int res = real(se, buf);
+    if (!drain_on || !process || !session_fd)
+        return res;
+    while (res > 0 && drain_answerable(buf)) {
+        fuse_session_process_buf(se, buf); /* (ours: part 8's opcode rename first) */
+        drain_stats[0]++;
+        struct pollfd p = { .fd = session_fd(se), .events = POLLIN };
+        struct timespec wait = { 0, DRAIN_WAIT_US * 1000 };
+        if (ppoll(&p, 1, &wait, NULL) <= 0 || !(p.revents & POLLIN)) {
+            drain_stats[1]++;
+            return -EINTR; /* pyfuse3: wait for the fd again */
+        }
+        res = real(se, buf);
+    }
+    return res;
 }
