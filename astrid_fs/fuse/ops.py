@@ -97,7 +97,9 @@ class FuseOps(pyfuse3.Operations):
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> Any:
         self._count("lookup")
-        await self._fetch(self.ov.fetch_for_child(self.table.get(parent_inode), name))
+        job = self.ov.fetch_for_child(self.table.get(parent_inode), name)
+        if job is not None:  # (no await at all for a local lower: per-request cost)
+            await self._fetch(job)
         try:
             node, st = self.ov.lookup(parent_inode, name)
         except FileNotFoundError:

@@ -94,10 +94,41 @@ class OverlayCore(RemoteFetches):
         if name == b"..":
             up = self.table.get(parent.links[0][0]) if parent.links else parent
             return up, self.stat(up)
+        lower_dir = self._lower_only(parent)
+        if lower_dir is not None:
+            hit = self._lower_child(parent, lower_dir, name)
+            if hit is not None:
+                return hit
         r = self._resolve(parent, name)
         if r is None:
             raise err(errno.ENOENT)
         return self._interned(parent, name, r)
+
+    def _lower_only(self, parent: Node) -> bytes | None:
+        """The lower directory of `parent` when it alone shows `parent`'s
+        children: no upper directory (so no whiteout, opaque, redirect or
+        origin to read), one local lower layer, no remote tree, not the
+        lower root (commit staging names are hidden there). Then a child is
+        what one lstat of its lower entry says: the cold-walk fast path."""
+        if parent.in_upper or not parent.lower or self.layers.remotes \
+                or self.layers.stack is not None:
+            return None
+        return parent.lower
+
+    def _lower_child(self, parent: Node, lower_dir: bytes,
+                     name: bytes) -> tuple[Node, StatLike] | None:
+        """`name` in a `_lower_only` directory, resolved with one lstat
+        (ENOENT if absent); None when the general path must decide (a
+        hard-linked file: another of its names may have been copied up)."""
+        lrel = lower_dir + b"/" + name
+        st = lstat_or_none(self.layers.lower_path(lrel))
+        if st is None:
+            raise err(errno.ENOENT)
+        if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+            return None
+        node = self.table.intern(self.tags.lower_ino(st.st_dev, st.st_ino),
+                                 stat.S_ISDIR(st.st_mode), lrel, False, parent.ino, name)
+        return node, st
 
     def _interned(self, parent: Node, name: bytes, r: Resolved) -> tuple[Node, StatLike]:
         """The node for a resolved entry; a lower name of a hard-linked file
@@ -134,6 +165,7 @@ class OverlayCore(RemoteFetches):
         counting lookups; names that vanished meanwhile are skipped."""
         parent = self.table.get(parent_ino)
         parent_path = self.path(parent)
+        lower_dir = self._lower_only(parent)
         for index in range(start, len(names)):
             name = names[index]
             try:
@@ -141,6 +173,11 @@ class OverlayCore(RemoteFetches):
                     node, st = self.peek(parent_ino, name)
                     yield index, name, node, st
                     continue
+                if lower_dir is not None:
+                    hit = self._lower_child(parent, lower_dir, name)
+                    if hit is not None:
+                        yield index, name, hit[0], hit[1]
+                        continue
                 r = resolve_child(self.layers, parent_path, parent.in_upper, parent.lower, name)
             except OSError:
                 continue

@@ -177,12 +177,16 @@ class OpenFiles:
         excess = len(self._by_ino) - self._pinned - self.capacity
         if excess <= 0:
             return
-        for ino in list(self._by_ino):
-            if excess <= 0:
+        # Oldest first, stopping at the first victims found: copying the
+        # whole table each time cost a cold `grep -r` ~10 % of the daemon.
+        victims: list[int] = []
+        for ino, entry in self._by_ino.items():
+            if len(victims) >= excess:
                 break
-            if ino != keep and not self._by_ino[ino].pinned:
-                self._close(ino)
-                excess -= 1
+            if ino != keep and not entry.pinned:
+                victims.append(ino)
+        for ino in victims:
+            self._close(ino)
 
     def _close(self, ino: int) -> None:
         entry = self._by_ino.pop(ino, None)

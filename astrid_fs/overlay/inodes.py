@@ -26,7 +26,7 @@ ROOT_INO = 1
 _DEV_SHIFT = 48
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """One overlay inode as the daemon knows it.
 
