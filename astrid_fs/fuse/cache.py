@@ -35,7 +35,9 @@ class KernelCache:
         self._kernel_wrote: set[int] = set()
         self._dir_sig: dict[int, tuple[int, int]] = {}
         self._merged_lower_mtime: dict[int, int] = {}
-        self._listings: OrderedDict[int, list[bytes]] = OrderedDict()
+        # (names, the ones sent by name only with their inode and type)
+        self._listings: OrderedDict[int, tuple[list[bytes], dict[bytes, tuple[int, int]]]] \
+            = OrderedDict()
 
     def ttl(self, node: Node, merged: bool) -> float:
         """Entry and attribute timeout for `node`."""
@@ -79,13 +81,15 @@ class KernelCache:
             return True
         return False
 
-    def listing(self, ino: int) -> list[bytes] | None:
+    def listing(self, ino: int) -> tuple[list[bytes], dict[bytes, tuple[int, int]]] | None:
         return self._listings.get(ino)
 
-    def put_listing(self, ino: int, names: list[bytes]) -> None:
+    def put_listing(self, ino: int, names: list[bytes],
+                    name_only: dict[bytes, tuple[int, int]]) -> None:
         """A listing taken for no-opendir readdir, until the next rewind
-        (bounded: the kernel caches it itself once read through)."""
-        self._listings[ino] = names
+        (bounded: the kernel caches it itself once read through), with the
+        names it sends by name only (fuse/name_only.py)."""
+        self._listings[ino] = (names, name_only)
         self._listings.move_to_end(ino)
         while len(self._listings) > _LISTINGS:
             self._listings.popitem(last=False)

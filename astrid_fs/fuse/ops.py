@@ -24,16 +24,25 @@ import pyfuse3
 import trio
 
 from astrid_fs.fuse.cache import KernelCache
+from astrid_fs.fuse.name_only import NameOnlyListings
 from astrid_fs.fuse.passthrough import Passthrough
 from astrid_fs.fuse.replies import (
     entry_reply,
     fuse_errors,
     invalidate_later,
+    name_only_entry,
     negative_entry,
     owner,
     statvfs_reply,
 )
-from astrid_fs.fuse.shim import FH_CACHE_DIR, FH_FLAG_MASK, FH_INODE, FH_KEEP_CACHE, shim_version
+from astrid_fs.fuse.shim import (
+    FH_CACHE_DIR,
+    FH_FLAG_MASK,
+    FH_INODE,
+    FH_KEEP_CACHE,
+    name_only_dirents,
+    shim_version,
+)
 from astrid_fs.fuse.write_table import ShimWriteTable
 from astrid_fs.overlay.files import OpenFiles
 from astrid_fs.overlay.inodes import Node
@@ -57,6 +66,9 @@ class FuseOps(pyfuse3.Operations):
         self.no_open = version >= 2
         # Version 3: OPENDIR answers ENOSYS too; listings come by inode.
         self.no_opendir = version >= 3
+        # Shim part 11: READDIRPLUS entries without attributes (name_only.py).
+        self.name_only = self.no_opendir and name_only_dirents()
+        self.name_only_policy = NameOnlyListings()
         self.ov = overlay
         self.table = overlay.table
         # Shim version 7: WRITEs of upper files answered in C (write_table.py).
@@ -97,6 +109,7 @@ class FuseOps(pyfuse3.Operations):
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> Any:
         self._count("lookup")
+        self.name_only_policy.looked_up(parent_inode, name)
         job = self.ov.fetch_for_child(self.table.get(parent_inode), name)
         if job is not None:  # (no await at all for a local lower: per-request cost)
             await self._fetch(job)
@@ -111,6 +124,7 @@ class FuseOps(pyfuse3.Operations):
             self.table.forget(ino, count)
             if ino not in self.table:
                 self.cache.forget(ino)
+                self.name_only_policy.forget(ino)
                 if self.passthrough is not None:
                     self.passthrough.forget(ino)
                 reader = self.files.forget(ino)
@@ -346,25 +360,47 @@ class FuseOps(pyfuse3.Operations):
         keep = self.cache.keep_listing(inode, self.ov.dir_signature(node))
         return fh | FH_CACHE_DIR | (FH_KEEP_CACHE if keep else 0)
 
+    async def _take_listing(self, node: Node) -> tuple[list[bytes], dict[bytes, tuple[int, int]]]:
+        """A directory's names at offset 0, and those to send by name only."""
+        await self._fetch(self.ov.fetch_for(node))
+        if not self.name_only:
+            return [b".", b"..", *self.ov.list_dir(node)], {}
+        names, typed = self.ov.list_dir_typed(node)
+        if not self.name_only_policy.listing(node.ino, typed, len(typed)):
+            typed = {}
+        elif typed:
+            self._count("listing_name_only")
+        return [b".", b"..", *names], typed
+
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         self._count("readdir")
         by_inode = bool(fh & FH_INODE)
+        name_only: dict[bytes, tuple[int, int]] = {}
         if by_inode:
             node = self.table.get(fh ^ FH_INODE)
-            names = self.cache.listing(node.ino) if start_id else None
+            listing = self.cache.listing(node.ino) if start_id else None
+            names = None if listing is None else listing[0]
+            if listing is not None:
+                name_only = listing[1]
         else:
             node, names = self._dirs[fh & ~FH_FLAG_MASK]
         if names is None or start_id == 0:
-            await self._fetch(self.ov.fetch_for(node))
-            names = [b".", b"..", *self.ov.list_dir(node)]
+            names, name_only = await self._take_listing(node)
             if by_inode:
-                self.cache.put_listing(node.ino, names)
+                self.cache.put_listing(node.ino, names, name_only)
             else:
                 self._dirs[fh & ~FH_FLAG_MASK] = (node, names)
+                name_only = {}  # (listings by handle are never name-only)
         # Lazily: resolve only what fits in the kernel's buffer; count a
-        # lookup for each entry the kernel accepted.
-        for index, name, child, st in self.ov.children(node.ino, names, start_id):
+        # lookup for each entry the kernel accepted (none for a name-only
+        # entry: the kernel makes no inode of it).
+        for index, name, child, st in self.ov.children(node.ino, names, start_id, name_only):
+            if child is None or st is None:
+                ino, mode = name_only[name]
+                if not pyfuse3.readdir_reply(token, name, name_only_entry(ino, mode), index + 1):
+                    break
+                continue
             dot = name == b"." or name == b".."
             if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
                 if not dot:

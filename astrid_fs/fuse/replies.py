@@ -13,6 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from astrid_fs.fuse.shim import GEN_NAME_ONLY
 from astrid_fs.overlay.layers import StatLike
 from astrid_fs.overlay.overlay import Owner
 
@@ -64,6 +65,16 @@ def entry_reply(ino: int, st: StatLike, *, ttl: float, nlink: int) -> pyfuse3.En
     e.st_atime_ns = st.st_atime_ns
     e.st_mtime_ns = st.st_mtime_ns
     e.st_ctime_ns = st.st_ctime_ns
+    return e
+
+
+def name_only_entry(ino: int, mode: int) -> pyfuse3.EntryAttributes:
+    """A READDIRPLUS entry without attributes (shim part 11): the kernel
+    lists it with d_ino `ino` and the type of `mode`, and makes no dentry."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = ino
+    e.st_mode = mode
+    e.generation = GEN_NAME_ONLY
     return e
 
 

@@ -92,3 +92,19 @@ def request_read_ahead(mountpoint: str, kib: int = READ_AHEAD_KIB) -> bool:
         return False
     setter.argtypes = [ctypes.c_char_p, ctypes.c_uint]
     return int(setter(f"/sys/class/bdi/{device}/read_ahead_kb".encode(), kib)) == 0
+
+
+# Name-only READDIRPLUS entries (shim part 11): an entry with this generation
+# goes to the kernel with nodeid 0, i.e. listed, no dentry, no lookup to count.
+GEN_NAME_ONLY = (1 << 64) - 1
+
+
+def name_only_dirents() -> bool:
+    """True if the preloaded shim turns GEN_NAME_ONLY entries into nodeid 0
+    (without it such an entry would hand the kernel an inode it never
+    counted: never send one then)."""
+    try:
+        ctypes.CDLL(None).astrid_fuse_name_only_dirents  # noqa: B018
+    except AttributeError:
+        return False
+    return True

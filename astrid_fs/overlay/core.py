@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 
 from astrid_fs.overlay.copyup import (
     copy_data,
@@ -159,15 +159,20 @@ class OverlayCore(RemoteFetches):
         shown = self.index.shown_nlink(st, origin.dev, origin.ino)
         return st if shown == st.st_nlink else relinked(st, shown)
 
-    def children(self, parent_ino: int, names: Sequence[bytes],
-                 start: int) -> Iterator[tuple[int, bytes, Node, StatLike]]:
+    def children(self, parent_ino: int, names: Sequence[bytes], start: int,
+                 unresolved: Container[bytes] = ()
+                 ) -> Iterator[tuple[int, bytes, Node | None, StatLike | None]]:
         """Resolve `names[start:]` of one directory (for readdirplus), without
-        counting lookups; names that vanished meanwhile are skipped."""
+        counting lookups; names that vanished meanwhile are skipped, names
+        in `unresolved` come back unresolved (None, None)."""
         parent = self.table.get(parent_ino)
         parent_path = self.path(parent)
         lower_dir = self._lower_only(parent)
         for index in range(start, len(names)):
             name = names[index]
+            if name in unresolved:
+                yield index, name, None, None
+                continue
             try:
                 if name == b"." or name == b"..":
                     node, st = self.peek(parent_ino, name)
@@ -255,6 +260,32 @@ class OverlayCore(RemoteFetches):
 
     def list_dir(self, node: Node) -> list[bytes]:
         return merged_names(self.layers, self.path(node), node.in_upper, node.lower)
+
+    def list_dir_typed(self, node: Node) -> tuple[list[bytes], dict[bytes, tuple[int, int]]]:
+        """`list_dir`, and for a `_lower_only` directory the overlay inode
+        number and file type of its regular files and symlinks, read from
+        the listing itself (d_ino, d_type: no lstat). A non-directory is on
+        its directory's device (only a directory can be a mount point; a
+        file bind-mounted over a lower file would show its own st_ino).
+        The inode number is the one a lookup gives: the lower one, tagged,
+        also for a hard-linked file copied up under another name."""
+        lower_dir = self._lower_only(node)
+        if lower_dir is None:
+            return self.list_dir(node), {}
+        path = self.layers.lower_path(lower_dir)
+        tag = self.tags.lower_ino(os.lstat(path).st_dev, 0)
+        names: list[bytes] = []
+        typed: dict[bytes, tuple[int, int]] = {}
+        with os.scandir(path) as it:
+            for entry in it:
+                name = os.fsencode(entry.name)
+                names.append(name)
+                if entry.is_symlink():
+                    typed[name] = (tag | entry.inode(), stat.S_IFLNK)
+                elif entry.is_file(follow_symlinks=False):
+                    typed[name] = (tag | entry.inode(), stat.S_IFREG)
+        names.sort()
+        return names, typed
 
     def lower_mtime_ns(self, node: Node) -> int:
         """mtime of the lower entry merged into `node` (0 if none)."""

@@ -583,6 +583,37 @@ int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
     return real(req, fi);
 }
 
+/*
+ * Part 11. Name-only READDIRPLUS entries. An entry whose nodeid is 0 tells
+ * the kernel "no attributes for this one": it lists the name with d_ino and
+ * d_type and creates no dentry (fs/fuse/readdir.c, fuse_direntplus_link),
+ * as a plain READDIR would, so the daemon needs no lstat and keeps no node
+ * for it. pyfuse3 sets nodeid and st_ino together, so the daemon marks
+ * such an entry with generation ASTRID_GEN_NAME_ONLY and this wrapper
+ * clears nodeid (and the timeouts) while keeping st_ino and st_mode.
+ */
+#define ASTRID_GEN_NAME_ONLY UINT64_MAX
+
+int astrid_fuse_name_only_dirents(void) { return 1; }
+
+size_t fuse_add_direntry_plus(fuse_req_t req, char *buf, size_t bufsize, const char *name,
+                              const struct fuse_entry_param *e, off_t off)
+{
+    typedef size_t (*add_plus_fn)(fuse_req_t, char *, size_t, const char *,
+                                  const struct fuse_entry_param *, off_t);
+    static add_plus_fn real;
+    if (!real && !(real = (add_plus_fn)libfuse_symbol("fuse_add_direntry_plus")))
+        return 0;
+    if (e != NULL && e->generation == ASTRID_GEN_NAME_ONLY) {
+        struct fuse_entry_param copy = *e;
+        copy.ino = 0;
+        copy.generation = 0;
+        copy.entry_timeout = copy.attr_timeout = 0;
+        return real(req, buf, bufsize, name, &copy, off);
+    }
+    return real(req, buf, bufsize, name, e, off);
+}
+
 static int send_err(fuse_req_t req, int err);
 static struct fuse_lowlevel_ops patched;
 static void (*orig_init)(void *, struct fuse_conn_info *);
