@@ -16,7 +16,7 @@ from typing import Any
 
 from astrid_runtime.bus.topics import match_tokens, validate_pattern, validate_topic
 from astrid_runtime.errors import ControlError
-from astrid_runtime.recorder.store import Call, RecordingStore
+from astrid_runtime.recorder.store import Call, Store
 
 
 def _int(request: dict[str, Any], key: str, default: int | None) -> int | None:
@@ -33,7 +33,7 @@ def _call_json(call: Call, host: bool) -> dict[str, Any]:
     return body
 
 
-def answer(store: RecordingStore, request: dict[str, Any]) -> dict[str, Any]:
+def answer(store: Store, request: dict[str, Any]) -> dict[str, Any]:
     """Blocking: the events matching `request` (see the module docstring)."""
     lo = _int(request, "from", 0) or 0
     hi = _int(request, "to", None)
@@ -53,7 +53,7 @@ def answer(store: RecordingStore, request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "events": out, "stats": store.stats()}
 
 
-def _matching(store: RecordingStore, request: dict[str, Any], lo: int,
+def _matching(store: Store, request: dict[str, Any], lo: int,
               hi: int) -> list[dict[str, Any]]:
     since, until = request.get("since"), request.get("until")
     pattern = request.get("topic")

@@ -50,11 +50,11 @@ from astrid_runtime.recorder.store import (
     HOST_ERR,
     HOST_OK,
     HOST_PLAIN,
-    RecordingStore,
     Rows,
-    open_store,
+    Store,
 )
 from astrid_runtime.recorder.timeline import Timeline, files_written
+from astrid_runtime.recorder.writer import StoreProcess
 
 if TYPE_CHECKING:
     from astrid_runtime.kernel import Kernel
@@ -138,9 +138,9 @@ class CallCapture:
 
 
 class Recorder:
-    """Gathers events and calls and writes them to a `RecordingStore` in chunks."""
+    """Gathers events and calls and writes them to a `Store` in chunks."""
 
-    def __init__(self, store: RecordingStore, settings: RecordingSettings):
+    def __init__(self, store: Store, settings: RecordingSettings):
         self.store = store
         self.settings = settings
         self._events: deque[_RawEvent] = deque()
@@ -232,9 +232,12 @@ class Recorder:
                 await self.flush()
 
     def status(self) -> dict[str, Any]:
-        return {"store": self.store.url, "durable_seq": self.durable_seq,
-                "pending": len(self._events), "written": self.written, "lost": self.lost,
-                "max_events": self.store.max_events}
+        status = {"store": self.store.url, "durable_seq": self.durable_seq,
+                  "pending": len(self._events), "written": self.written, "lost": self.lost,
+                  "max_events": self.store.max_events}
+        if isinstance(self.store, StoreProcess):
+            status["writer_pid"] = self.store.pid
+        return status
 
     # -- wiring -------------------------------------------------------------
 
@@ -273,7 +276,8 @@ async def recording(kernel: Kernel, settings: RecordingSettings, home: Path,
     if not settings.enabled:
         yield None
         return
-    store = await trio.to_thread.run_sync(open_store, settings, home)
+    # The store in its own process (writer.py): its SurrealDB work off the kernel's GIL.
+    store = await trio.to_thread.run_sync(StoreProcess, settings, home)
     try:
         recorder = Recorder(store, settings)
         recorder.timeline = timeline
@@ -289,7 +293,10 @@ async def recording(kernel: Kernel, settings: RecordingSettings, home: Path,
                 kernel.bus.on_record = None
                 nursery.cancel_scope.cancel()
     finally:
-        await trio.to_thread.run_sync(store.close)
+        # Shielded: the kernel stops its services by cancelling them, and a cancelled
+        # `to_thread.run_sync` returns before running: the store was never closed.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)
 
 
 async def serve(kernel: Kernel, settings: RecordingSettings, home: Path,

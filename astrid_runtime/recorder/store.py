@@ -53,12 +53,13 @@ import io
 import os
 import pickle
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 from surrealdb import (
     AsyncEmbeddedSurrealConnection,
@@ -212,6 +213,41 @@ class Rows:
     calls: list[tuple[Any, ...]] = field(default_factory=list)
 
 
+class Packed(NamedTuple):
+    """A chunk ready to store: its rows pickled, and their seq bounds (-1: none)."""
+
+    raw: bytes
+    ev_lo: int
+    ev_hi: int
+    call_lo: int
+    call_hi: int
+    events: int
+
+
+def pack(chunk: Rows) -> Packed | None:
+    """`chunk` as `write_packed` takes it (None when it is empty)."""
+    if not chunk.events and not chunk.calls:
+        return None
+    raw = pickle.dumps((chunk.events, chunk.calls), protocol=5)
+    ev = [e[0] for e in chunk.events] or [-1]
+    ca = [c[0] for c in chunk.calls] or [-1]
+    return Packed(raw, min(ev), max(ev), min(ca), max(ca), len(chunk.events))
+
+
+class Store(Protocol):
+    """What the recorder and the queries use: a `RecordingStore`, or the same in the
+    writer process (`writer.StoreProcess`)."""
+
+    url: str
+    max_events: int
+
+    def last_seq(self) -> int: ...
+    def write(self, chunk: Rows) -> None: ...
+    def read(self, lo: int = 0, hi: int = 2**62) -> Chunk: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+
 class _Rows(pickle.Unpickler):
     """Unpickles a chunk and nothing else (see the module docstring)."""
 
@@ -273,21 +309,30 @@ def default_url(home: Path) -> str:
 def open_store(settings: RecordingSettings, home: Path) -> RecordingStore:
     """The store `settings` name (`surrealkv://HOME/recording` by default), signed in
     with its credentials when it is a server. Blocking."""
+    url, password = store_target(settings, home)
+    return RecordingStore(url, max_events=settings.max_events, username=settings.username,
+                          password=password)
+
+
+def store_target(settings: RecordingSettings, home: Path) -> tuple[str, str | None]:
+    """The store's URL and the password to sign in with (read from its file)."""
     password = None
     if settings.password_file is not None:
         try:
             password = read_secret(settings.password_file)
         except KernelError as e:
             raise RecordingError(f"the recording's password_file {e}") from None
-    return RecordingStore(settings.url or default_url(home), max_events=settings.max_events,
-                          username=settings.username, password=password)
+    return settings.url or default_url(home), password
 
 
 class RecordingStore:
     """The recording in SurrealDB (see the module docstring). Blocking."""
 
     def __init__(self, url: str, *, max_events: int = 100_000, username: str | None = None,
-                 password: str | None = None, server_timeout: float = SERVER_TIMEOUT_S) -> None:
+                 password: str | None = None, server_timeout: float = SERVER_TIMEOUT_S,
+                 principal: int | None = None) -> None:
+        """`principal`: the pid this recording belongs to, written in its lock file (by
+        default this process; the writer process names its kernel)."""
         self.url = url
         self.max_events = max_events
         self._lock = threading.Lock()
@@ -301,7 +346,7 @@ class RecordingStore:
             # Read by the engine once per process, at its first start (as kv.py).
             os.environ["SURREAL_SYNC_DATA"] = "true"
         if scheme in ("surrealkv", "file"):
-            self._lock_fd = _take_lock(Path(rest))
+            self._lock_fd = _take_lock(Path(rest), principal or os.getpid())
         self._loop = asyncio.new_event_loop()
         try:
             db: Any = AsyncSurreal(url)
@@ -342,21 +387,24 @@ class RecordingStore:
     def write(self, chunk: Rows) -> None:
         """Store `chunk` in one transaction (durable when this returns), then apply
         retention."""
-        if not chunk.events and not chunk.calls:
-            return
+        packed = pack(chunk)
+        if packed is not None:
+            self.write_packed(packed)
+
+    def write_packed(self, packed: Packed) -> None:
+        """`write` of a chunk `pack` made (the writer process gets chunks this way)."""
         # zlib level 1 costs less CPU than the engine spends writing the bytes it saves
         # (and releases the GIL while it works).
-        blob = zlib.compress(pickle.dumps((chunk.events, chunk.calls), protocol=5), 1)
-        ev = [e[0] for e in chunk.events] or [-1]
-        ca = [c[0] for c in chunk.calls] or [-1]
+        blob = zlib.compress(packed.raw, 1)
         with self._lock:
             self._check_open()
             n = self._chunks[-1].n + 1 if self._chunks else 1
-            self._query(_Q_WRITE.format(n=int(n), ev_lo=int(min(ev)), ev_hi=int(max(ev)),
-                                        call_lo=int(min(ca)), call_hi=int(max(ca)),
-                                        events=len(chunk.events)), {"blob": blob})
-            self._chunks.append(_ChunkMeta(n, max(ev), max(ca), len(chunk.events)))
-            self._events += len(chunk.events)
+            self._query(_Q_WRITE.format(n=int(n), ev_lo=int(packed.ev_lo),
+                                        ev_hi=int(packed.ev_hi), call_lo=int(packed.call_lo),
+                                        call_hi=int(packed.call_hi),
+                                        events=int(packed.events)), {"blob": blob})
+            self._chunks.append(_ChunkMeta(n, packed.ev_hi, packed.call_hi, packed.events))
+            self._events += packed.events
             self._retain()
 
     def _retain(self) -> None:
@@ -428,7 +476,11 @@ class RecordingStore:
             self._lock_fd = None
 
 
-def _take_lock(path: Path) -> int:
+def _take_lock(path: Path, principal: int) -> int:
+    """The store's `flock`, its file naming `principal` (the pid whose recording this
+    is: a kernel, or the CLI reading it). A holder whose principal is gone is a writer
+    process finishing the chunks of a kernel killed with -9 (writer.py): wait for it,
+    up to `ORPHAN_WAIT_S`. Any other holder: `RecordingBusy` at once."""
     path = path.expanduser()
     lock_path = path.with_name(path.name + ".lock")
     try:
@@ -436,9 +488,42 @@ def _take_lock(path: Path) -> int:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise RecordingError(f"cannot open the recording at {path}: {e}") from e
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RecordingBusy(f"the recording at {path} is held by a running kernel") from None
+    deadline: float | None = None
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = _principal(fd)
+            if deadline is None:
+                deadline = time.monotonic() + ORPHAN_WAIT_S
+            if holder is None or _alive(holder) or time.monotonic() > deadline:
+                os.close(fd)
+                raise RecordingBusy(f"the recording at {path} is held by a running kernel"
+                                    ) from None
+            time.sleep(0.01)  # a lock has no wait-with-timeout; the writer is finishing
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{principal}\n".encode(), 0)
     return fd
+
+
+#: How long an opener waits for the writer process of a kernel that died (its last
+#: chunks: normally milliseconds; a slow disk's fsync at most).
+ORPHAN_WAIT_S: Final = 30.0
+
+
+def _principal(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None  # being written, or an older kernel's empty lock file
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -76,9 +78,19 @@ def test_log_show_and_replay_survive_kill_9(setup: tuple[Path, Path]) -> None:
         assert len(live.stdout.splitlines()) == 20
         for n in range(5):  # maybe durable, maybe not: the kill decides
             kernel.publish("demo", f"late{n}".encode())
+        # The store lives in a writer process (recorder/writer.py), not the kernel.
+        status = ControlClient(kernel.socket).request({"op": "status"})["status"]
+        writer = status["recording"]["writer_pid"]
+        assert writer != kernel.proc.pid
+        writer_fd = os.pidfd_open(writer)
     finally:
         kernel.proc.kill()  # SIGKILL: no flush, no close
         kernel.proc.wait()
+    # The writer stores what the kernel had sent, sees end of file and exits by itself.
+    try:
+        assert select.select([writer_fd], [], [], 60)[0], "the writer outlived its kernel"
+    finally:
+        os.close(writer_fd)
     logged = kernel.astrid("log", "--limit", "0", "--json")
     assert logged.returncode == 0, logged.stderr
     events = [json.loads(line) for line in logged.stdout.splitlines()]
