@@ -44,7 +44,8 @@ def shim_version() -> int:
     3: no-opendir; 4: xattrs answered in C; 5: LSEEK, FALLOCATE and
     COPY_FILE_RANGE forwarded to callbacks (extra_ops.py); 6: FUSE
     passthrough on request (passthrough.py); 7: WRITEs of upper files
-    answered in C (write_table.py)."""
+    answered in C (write_table.py); 8: requests C answers drained inside the
+    receive call (write_table.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:
