@@ -1113,7 +1113,7 @@ static int drain_answerable(const struct fuse_buf *buf)
     memcpy(&len, mem, 4);
     memcpy(&opcode, mem + 4, 4);
     memcpy(&nodeid, mem + 16, 8);
-    if (len > buf->size)
+    if (len > buf->size || len < DRAIN_IN_HEADER + 8)
         return 0;
     if (opcode == DRAIN_GETXATTR && orig_getxattr) {
         const char *name = mem + DRAIN_IN_HEADER + 8;
