@@ -122,13 +122,23 @@ class Daemon:
             for rel in checked.suspect:
                 log.warning("after a crash: %s was written in the crashed mount; its "
                             "data may be torn (it was never fsync'd)", os.fsdecode(rel))
-        unsynced.arm(work, boot)
+        try:
+            unsynced.arm(work, boot)
+        except OSError as e:  # then every copy-up keeps its fsync
+            log.warning("cannot arm %s (%s): copy-ups are fsync'd one by one",
+                        os.fsdecode(unsynced.marker_path(work)), e)
+            return
         self.overlay.sync_copy_up = False
 
     def unmounted(self) -> None:
         """After a clean unmount: copy-ups durable, the marker gone."""
-        unsynced.disarm(os.path.dirname(os.fsencode(self.config.tmp)),
-                        self.overlay.layers.upper)
+        if self.overlay.sync_copy_up:
+            return  # not armed
+        try:
+            unsynced.disarm(os.path.dirname(os.fsencode(self.config.tmp)),
+                            self.overlay.layers.upper)
+        except OSError as e:  # the marker stays: the next mount checks the upper
+            log.warning("cannot sync the upper at unmount: %s", e)
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:

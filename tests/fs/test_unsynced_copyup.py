@@ -124,3 +124,22 @@ def test_kill_9_keeps_unsynced_copy_ups_and_power_loss_restores_torn_ones(
     assert "a was a torn copy-up" in log and "b was written in the crashed mount" in log
     s.umount()
     assert not _marker(s).exists()  # clean unmount: synced, disarmed
+
+
+def test_a_marker_that_cannot_be_written_keeps_the_fsync_per_copy_up(
+        tmp_path: Path, mount_session: object) -> None:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "a").write_bytes(b"project a\n")
+    s: MountedSession = mount_session(lower)  # type: ignore[operator]
+    s.umount()
+    (s.root / "work" / (os.fsdecode(unsynced.MARKER) + ".tmp")).mkdir()  # EISDIR for arm
+    s.mount()
+    with open(s.mnt / "a", "ab") as f:
+        f.write(b"session\n")
+    assert (s.mnt / "a").read_bytes() == b"project a\nsession\n"
+    assert not _marker(s).exists()
+    log = (s.root / "run" / "daemon.log").read_text()
+    assert "copy-ups are fsync'd one by one" in log
+    s.umount()
+    assert not _marker(s).exists()
