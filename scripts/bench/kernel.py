@@ -20,6 +20,7 @@ from tests/runtime/components (cached).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import statistics
@@ -168,7 +169,9 @@ def _collections() -> int:
 
 
 async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bool,
-                    record: Path | None = None) -> BusRun:
+                    record: Path | None = None, *, pings: int | None = None,
+                    total: int | None = None) -> BusRun:
+    """`pings` sequential round trips (latency), then `total` pipelined messages."""
     limits = Limits(mailbox=10_000, publish_per_sec=10**9)
     async with open_kernel(engine, MemoryKv()) as kernel:
         if record is not None:  # the recorded bus (issue 15), its store under `record`
@@ -180,7 +183,7 @@ async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bo
         hop = Tap(kernel.bus, "lat.r")
         end = Tap(kernel.bus, "lat.r.r")
         first, both = [], []
-        for _ in range(300 if quick else 3000):
+        for _ in range(pings or (300 if quick else 3000)):
             t = time.perf_counter()
             kernel.publish("lat", b"ping")
             await hop.receive()
@@ -193,7 +196,7 @@ async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bo
         a_to_b = [b - a for a, b in zip(first, both, strict=True)]
         # Pipelined, with a window of messages in flight so that no mailbox
         # overflows (a refused publish inside the chain would lose a message).
-        total, window = (5000 if quick else 50000), 128
+        total, window = total or (5000 if quick else 50000), 128
         collections = _collections()
         t = time.perf_counter()
         cpu = time.process_time()
@@ -216,20 +219,33 @@ async def bench_bus(engine: KernelEngine, comps: dict[str, Component], quick: bo
                   cpu_per_msg, collections)
 
 
-def bench_recording(quick: bool, sets: int) -> None:
-    """Bus latency and throughput with the recorder off and on, interleaved (off, on,
-    off, on, ...; one engine), each run with the load average at its end; then the
-    medians of each setting and their ratio."""
+def bench_recording(quick: bool, sets: int, messages: int | None) -> None:
+    """Bus latency and throughput with the recorder off and on, interleaved in ABBA
+    order (off, on, on, off, ...; one engine), each run with the load average at its
+    end; then the medians of each setting, their ratio, and the median of the ratios
+    of adjacent off/on runs. This machine's speed drifts by 2x within minutes (the
+    same "off" run: 1,700-4,300 msg/s, 2026-12-01 19:25 UTC), so the adjacent pairs
+    are the number to read: many short runs beat few long ones."""
     engine = KernelEngine(EngineSettings())
     comps = {"relay": engine.compile(testcomponents.build_wat("relay").read_bytes()).component}
     print("| run | recording | msg/s | A → B p50 | A → B p99 | CPU per message | GC runs | "
           "load (1 min) |\n|---|---|---|---|---|---|---|---|", flush=True)
     runs: dict[str, list[BusRun]] = {"off": [], "on": []}
-    for n in range(2 * sets):
-        label = "on" if n % 2 else "off"
+    order = ["off", "on", "on", "off"] * ((sets + 1) // 2)
+    rate_pairs: list[float] = []
+    cpu_pairs: list[float] = []
+    prev: BusRun | None = None
+    for n, label in enumerate(order[:2 * sets]):
         with tempfile.TemporaryDirectory() as home:
-            run = trio.run(bench_bus, engine, comps, quick, Path(home) if n % 2 else None)
+            run = trio.run(functools.partial(
+                bench_bus, engine, comps, quick, Path(home) if label == "on" else None,
+                pings=300 if messages else None, total=messages))
         runs[label].append(run)
+        if n % 2 and prev is not None:
+            on, off = (run, prev) if label == "on" else (prev, run)
+            rate_pairs.append(on.rate / off.rate)
+            cpu_pairs.append(on.cpu_per_msg / off.cpu_per_msg)
+        prev = run
         print(f"| {n + 1} | {label} | {run.rate:,.0f} | {us(run.a_to_b_p50)} | "
               f"{us(run.a_to_b_p99)} | {us(run.cpu_per_msg)} | {run.collections} | "
               f"{os.getloadavg()[0]:.2f} |", flush=True)
@@ -241,6 +257,79 @@ def bench_recording(quick: bool, sets: int) -> None:
     print(f"\nthroughput on/off {med['on'][0] / med['off'][0]:.3f}, "
           f"p50 on/off {med['on'][1] / med['off'][1]:.3f}, "
           f"CPU per message on/off {med['on'][2] / med['off'][2]:.3f} ({sets} sets)")
+    print(f"adjacent pairs: throughput on/off median {statistics.median(rate_pairs):.3f} "
+          f"(quartiles {_quartiles(rate_pairs)}), CPU per message on/off median "
+          f"{statistics.median(cpu_pairs):.3f} ({len(rate_pairs)} pairs)")
+    blocks = 4 * max(10, sets)
+    offs, ons = trio.run(bench_recording_blocks, engine, comps, blocks, messages or 2000)
+    # offs[k] and ons[k] are adjacent blocks (ABBA: off on | on off | off on ...)
+    pairs = [b / a for a, b in zip(offs, ons, strict=True)]
+    print(f"one kernel, switched between blocks of {messages or 2000:,} messages "
+          f"({blocks} blocks, ABBA): off {statistics.median(offs):,.0f} msg/s, on "
+          f"{statistics.median(ons):,.0f} msg/s; on/off of the medians "
+          f"{statistics.median(ons) / statistics.median(offs):.3f}, adjacent blocks' median "
+          f"{statistics.median(pairs):.3f} (quartiles {_quartiles(pairs)}), load "
+          f"{os.getloadavg()[0]:.2f}")
+
+
+async def bench_recording_blocks(engine: KernelEngine, comps: dict[str, Component],
+                                 blocks: int, block: int) -> tuple[list[float], list[float]]:
+    """One recording kernel, recording switched off and on between blocks of `block`
+    pipelined messages (ABBA order): the machine's drift, minutes long, cancels out
+    between adjacent blocks a second apart. Switching off takes out exactly what
+    recording adds per message (the bus's `on_record`, each plugin's observer and
+    host-call tap); what stays is the recorder's idle flush loop and its idle writer
+    process. Returns the throughput of the off blocks and of the on blocks, in order."""
+    limits = Limits(mailbox=10_000, publish_per_sec=10**9)
+    with tempfile.TemporaryDirectory() as home:
+        async with open_kernel(engine, MemoryKv()) as kernel:
+            await kernel.start_service(recorder.serve, kernel, RecordingSettings(), Path(home))
+            hooks = []
+            for name, sub in (("a", "lat"), ("b", "lat.r")):
+                sup = kernel.start(PluginSpec(name, "0", comps["relay"], sub,
+                                              Grants(publish=("lat.>",), subscribe=(sub,)),
+                                              limits))
+                await sup.wait_for(lambda s: s.state is State.RUNNING)
+                assert sup.instance is not None
+                funcs = sup.instance._linker.funcs  # bench only: the linker's host-call tap
+                hooks.append((sup.context, sup.context.observer, funcs, funcs.tap))
+            record = kernel.bus.on_record
+            end = Tap(kernel.bus, "lat.r.r")
+
+            def switch(on: bool) -> None:
+                kernel.bus.on_record = record if on else None
+                for ctx, observer, funcs, tap in hooks:
+                    ctx.observer = observer if on else None
+                    funcs.tap = tap if on else None
+
+            async def run_block() -> float:
+                sent = got = 0
+                t = time.perf_counter()
+                while got < block:
+                    if sent < block and sent - got < 128:
+                        kernel.publish("lat", b"x" * 64)
+                        sent += 1
+                        continue
+                    await end.receive()
+                    got += 1
+                return block / (time.perf_counter() - t)
+
+            await run_block()  # warm up
+            rates: dict[bool, list[float]] = {False: [], True: []}
+            for n in range(blocks):
+                on = n % 4 in (1, 2)
+                switch(on)
+                rates[on].append(await run_block())
+            switch(True)
+            end.close()
+    return rates[False], rates[True]
+
+
+def _quartiles(xs: list[float]) -> str:
+    if len(xs) < 4:
+        return " / ".join(f"{x:.2f}" for x in sorted(xs))
+    q = statistics.quantiles(xs, n=4)
+    return f"{q[0]:.2f} / {q[2]:.2f}"
 
 
 def bench_cold_start(comps_paths: dict[str, Path]) -> list[str]:
@@ -315,6 +404,9 @@ def main() -> None:
                         help="only the bus, with recording off and on, interleaved (issue 15)")
     parser.add_argument("--sets", type=int, default=3,
                         help="with --recording: how many off/on pairs (default 3)")
+    parser.add_argument("--messages", type=int, default=None,
+                        help="with --recording: pipelined messages a run (default 50,000; "
+                             "fewer and more --sets measure better on a drifting machine)")
     parser.add_argument("--rss", action="store_true",
                         help="only the kernel's RSS per shipped plugin (issue 12)")
     parser.add_argument("--home", type=Path, default=None,
@@ -331,7 +423,7 @@ def main() -> None:
         print("\n".join(rows))
         return
     if args.recording:
-        bench_recording(args.quick, args.sets)
+        bench_recording(args.quick, args.sets, args.messages)
         return
     if args.links:
 
