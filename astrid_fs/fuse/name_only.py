@@ -28,7 +28,10 @@ class NameOnlyListings:
     """
 
     MAX_ENTRIES = 256
-    FULL_AFTER_LOOKUPS = 32
+    # A stat-like walk of the bench tree (421 directories) pays one probe
+    # (~50 LOOKUPs) per this many listings; a wrong 'full' costs only what
+    # every listing cost before name-only entries.
+    FULL_AFTER_LOOKUPS = 128
     _WATCHED = 8  # the last name-only listings whose lookups are counted
 
     def __init__(self) -> None:
