@@ -217,10 +217,15 @@ def _walk_dir(walk: _Walk, rel: str, base: str | None, hide: bool) -> None:
     for entry in entries:
         path = _join(rel, entry.name)
         natural = None if base is None else _join(base, entry.name)
-        _visit(walk, path, natural, entry.stat(follow_symlinks=False))
+        _visit(walk, path, natural, entry.stat(follow_symlinks=False),
+               hidden_below=hide and base is not None)
 
 
-def _visit(walk: _Walk, path: str, natural: str | None, ust: os.stat_result) -> None:
+def _visit(walk: _Walk, path: str, natural: str | None, ust: os.stat_result,
+           hidden_below: bool = False) -> None:
+    """`hidden_below`: the parent is opaque, so nothing of the lower shows below
+    `path` either: a dir here hides its lower namesake's children as an opaque one
+    does (`rm -r d; mkdir d; mkdir d/sub` leaves `d/sub` without the xattr)."""
     up = os.path.join(walk.upper, path)
     names = walk.names
     nat_st = None if natural is None else lstat_or_none(os.path.join(walk.lower, natural))
@@ -235,7 +240,7 @@ def _visit(walk: _Walk, path: str, natural: str | None, ust: os.stat_result) -> 
     kind = kind_of_mode(ust.st_mode)
     origin = get_origin(up, names)
     if kind == "dir":
-        _visit_dir(walk, path, natural, nat_st, ust, origin)
+        _visit_dir(walk, path, natural, nat_st, ust, origin, hidden_below)
         return
     link_to = None
     if kind == "file" and ust.st_nlink > 1:
@@ -264,10 +269,10 @@ def _redirect_target(raw: str, natural: str | None) -> str:
 
 
 def _visit_dir(walk: _Walk, path: str, natural: str | None, nat_st: os.stat_result | None,
-               ust: os.stat_result, origin: Origin | None) -> None:
+               ust: os.stat_result, origin: Origin | None, hidden_below: bool = False) -> None:
     up = os.path.join(walk.upper, path)
     names = walk.names
-    opaque = is_opaque(up, names)
+    opaque = hidden_below or is_opaque(up, names)
     raw_redirect = get_redirect(up, names)
     base: str | None = natural
     if raw_redirect is not None and _rename_landed(walk, natural, nat_st, raw_redirect,

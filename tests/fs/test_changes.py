@@ -135,3 +135,26 @@ def test_discarding_a_rename_restores_the_old_name(session: Session, lower: Path
     assert diffview.porcelain(session_changes(session)) == "R  a.txt -> z.txt\n"
     discard(session, ["a.txt"])  # named by its old path
     assert os.listdir(session.upper) == []
+
+
+def test_dir_recreated_inside_an_opaque_dir_hides_its_lower_namesake(
+        session: Session, lower: Path, overlay: OverlayFactory) -> None:
+    """`rm -r d2; mkdir d2; mkdir d2/sub`: only d2 gets the opaque xattr, yet nothing
+    of the lower d2/sub shows through it, so committing must remove d2/sub/w (found
+    by test_commit_model's random edits; the commit used to keep it)."""
+    (lower / "d2" / "sub").mkdir(parents=True)
+    (lower / "d2" / "sub" / "w").write_text("w")
+    (lower / "d2" / "z").write_text("z")
+    with overlay(session) as mnt:
+        for child in ("sub/w", "z"):
+            (mnt / "d2" / child).unlink()
+        (mnt / "d2" / "sub").rmdir()
+        (mnt / "d2").rmdir()
+        (mnt / "d2").mkdir()
+        (mnt / "d2" / "sub").mkdir()
+        assert os.listdir(mnt / "d2" / "sub") == []
+    paths = {c.path: c.status for c in session_changes(session)}
+    assert paths.get("d2/sub/w") == "D" and paths.get("d2/z") == "D"
+    commit(session, [])
+    assert sorted(p.name for p in (lower / "d2").iterdir()) == ["sub"]
+    assert list((lower / "d2" / "sub").iterdir()) == []
