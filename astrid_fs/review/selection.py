@@ -1,7 +1,7 @@
 """Which changes a command acts on: user paths to session paths, and the
 changes under them plus what they cannot land without (structural
 ancestors, the rename that frees a path, the deletion at a rename target,
-the changes whose copied-up base a deletion removes).
+the changes whose copied-up base a deletion or replacement changes).
 """
 
 from __future__ import annotations
@@ -83,10 +83,11 @@ def select(changes: list[Change], prefixes: list[str]) -> list[Change]:
             r = renames.get(c.path)
             if r is not None and c.status != "D":
                 chosen[id(r)] = r
-            # a deletion lands with the changes based on what it deletes
-            if c.status == "D":
-                for dep in based_on.get(c.path, []):
-                    chosen[id(dep)] = dep
+            # a change to the lower entry at c.path (deleting it, replacing it, changing
+            # its type or content) lands with the changes based on that entry: after it
+            # they would find their base changed and be refused as conflicts
+            for dep in based_on.get(c.path, []):
+                chosen[id(dep)] = dep
         grown = len(chosen) != before
     picked = set(chosen)
     # A deletion of the lower entry at a path that something is placed on

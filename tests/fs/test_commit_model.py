@@ -134,3 +134,31 @@ def test_random_edits_through_astrid_fs_then_commits_while_mounted(
             assert_same_tree(tree_state(lower, mtimes=True), view)
         finally:
             mounted.umount()
+
+
+def test_committing_the_path_a_rename_came_from_takes_the_rename_along() -> None:
+    """Found by the model test above: `mv b a` (b a symlink, a a file), a new file
+    `b`, then commit `b` alone. That replaced the lower b the renamed `a` is based
+    on, so the next commit refused `a` ("lower b changed type"). Committing a path
+    now takes along the changes based on its lower entry."""
+    require_fuse()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        lower, mnt = root / "lower", root / "mnt"
+        lower.mkdir()
+        mnt.mkdir()
+        build_lower(lower)
+        mounted = MountedSession("fb", root / "home", lower, mnt)
+        mounted.mount()
+        try:
+            os.rename(mnt / "b", mnt / "a")
+            (mnt / "b").write_bytes(b"new")
+            view = tree_state(mnt, mtimes=True)
+            session = open_session("fb", root / "home")
+            link = DaemonLink(session)
+            commit(session, ["b"], mount=link)
+            assert_same_tree(tree_state(mnt, mtimes=True), view)
+            commit(session, [], mount=link)
+            assert_same_tree(tree_state(lower, mtimes=True), view)
+        finally:
+            mounted.umount()
