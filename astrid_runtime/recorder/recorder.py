@@ -11,8 +11,8 @@ concurrent and chunks are stored in order.
 The garbage collector. What waits for a flush is made of objects the cyclic
 GC never has to look at twice: an event is one flat tuple of ints, floats,
 strings and bytes (not the `Message`, its `Sender` and the receivers' list),
-a call one such tuple whose host calls are already pickled (`bytes`; their
-argument lists and `Ok`/`Err` values are containers). Such tuples are
+a call one such tuple with its host calls laid out in it (`_call_row`; a
+call whose values hold containers keeps its host calls pickled, `bytes`). Such tuples are
 untracked at the first young collection, so they never reach the older
 generations. Keeping the containers themselves (as before) added ~17
 long-lived containers per relayed message: ~20 young collections a second
@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -47,6 +47,7 @@ from astrid_runtime.bus import Message
 from astrid_runtime.recorder.linkcalls import observe_links
 from astrid_runtime.recorder.settings import RecordingSettings
 from astrid_runtime.recorder.store import (
+    FLAT_ROW,
     HOST_ERR,
     HOST_OK,
     HOST_PLAIN,
@@ -61,16 +62,16 @@ if TYPE_CHECKING:
 
 #: seq, time, topic, sender plugin, sender kernel, payload, *receivers (a store row)
 _RawEvent = tuple[Any, ...]
-#: seq, plugin, version, outcome, detail, host calls (pickled), files written, snapshot
-_RawCall = tuple[int, str, str, str, str, bytes, tuple[str, ...], str | None]
+#: a call as the store keeps it (`_call_row`)
+_RawCall = tuple[Any, ...]
 _HostCall = tuple[str, list[Any], Any]
 
 
 def _pickled(host: list[_HostCall]) -> bytes:
-    """A call's host calls as the store keeps them (see "The garbage collector"):
-    `(name, args, HOST_OK, x)` for an answer `Ok(x)`, `HOST_ERR` for `Err(x)`,
-    `HOST_PLAIN` for any other. Pickling an `Ok` itself costs ~2 us more a call (the
-    pickler imports the class's module to check it), most of what a call cost."""
+    """A call's host calls pickled, as the store keeps a call that `_call_row` cannot
+    lay flat: `(name, args, HOST_OK, x)` for an answer `Ok(x)`, `HOST_ERR` for
+    `Err(x)`, `HOST_PLAIN` for any other. Pickling an `Ok` itself costs ~2 us more a
+    call (the pickler imports the class's module to check it)."""
     rows = []
     for name, args, value in host:
         kind = type(value)
@@ -81,6 +82,39 @@ def _pickled(host: list[_HostCall]) -> bytes:
         else:
             rows.append((name, args, HOST_PLAIN, value))
     return pickle.dumps(rows, protocol=5)
+
+
+def _call_row(seq: int, plugin: str, version: str, outcome: str, detail: str,
+              host: list[_HostCall], wrote: list[str], snapshot: str | None) -> _RawCall:
+    """A call as the store keeps it (see "The garbage collector"): one flat tuple of
+    plain values, `(seq, plugin, version, outcome, detail, FLAT_ROW, snapshot,
+    len(wrote), *wrote, *host)`, each host call laid out as `name, kind, answer,
+    len(args), *args` (`kind` HOST_OK for `Ok(x)`, kept as x; HOST_ERR; HOST_PLAIN).
+    The collector untracks it at its first look. A call whose arguments or answers
+    hold containers (lists, records, variants) is kept with its host calls pickled
+    (`_pickled`) instead. Until 2026-12-01 20:45 every call was pickled in the guest's
+    thread: measured in place with `time.thread_time`, ~10 us of CPU a call, a third
+    of what recording cost the bus. (Nested tuples were tried: their outer levels
+    survive young collections and reach the oldest generation.)"""
+    flat: list[Any] = [seq, plugin, version, outcome, detail, FLAT_ROW, snapshot,
+                       len(wrote), *wrote]
+    for name, args, value in host:
+        kind = type(value)
+        if kind is Ok:
+            code, value = HOST_OK, value.value
+        elif kind is Err:
+            code, value = HOST_ERR, value.value
+        else:
+            code = HOST_PLAIN
+        if type(value) not in _PLAIN or any(type(a) not in _PLAIN for a in args):
+            return (seq, plugin, version, outcome, detail, _pickled(host), tuple(wrote),
+                    snapshot)
+        flat += (name, code, value, len(args), *args)
+    return tuple(flat)
+
+
+#: Values a flat call row holds as they are (immutable, no references).
+_PLAIN: Final = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 class CallCapture:
@@ -96,7 +130,8 @@ class CallCapture:
         self._seq = 0
         self._host: list[tuple[str, list[Any], Any]] | None = None
         self._vfs = False  # a VFS call in this delivery: look for files written
-        self._on_call = recorder.on_call
+        #: Calls of deliveries ended (`Recorder.calls_seen`).
+        self.ended = 0
         #: Host calls made outside a delivery: the instance's `init`.
         self._init: list[tuple[str, list[Any], Any]] = []
 
@@ -106,8 +141,8 @@ class CallCapture:
             # of outcome `init` at the same seq (before it): a replay answers its own
             # `init` from it.
             init, self._init = self._init, []
-            self._recorder.on_call((message.seq, self.plugin, self.version, "init", "",
-                                    _pickled(init), (), None), ended=False)
+            self._recorder.on_call(_call_row(message.seq, self.plugin, self.version,
+                                             "init", "", init, [], None), ended=False)
         self._seq = message.seq
         self._host = []
         self._vfs = False
@@ -133,8 +168,16 @@ class CallCapture:
             # Now, in the plugin's thread, before its next message: the files as this
             # event left them (one timeline; recorder/timeline.py).
             snapshot = timeline.snapshot(self._seq, self.plugin)
-        self._on_call((self._seq, self.plugin, self.version, outcome, detail, _pickled(host),
-                       tuple(wrote), snapshot))
+        recorder = self._recorder
+        calls = recorder._calls
+        if len(calls) >= recorder._max_pending:
+            recorder.lost += 1
+        else:
+            calls.append(_call_row(self._seq, self.plugin, self.version, outcome, detail,
+                                   host, wrote, snapshot))
+        self.ended += 1  # this thread only: `Recorder.calls_seen` sums them
+        if recorder._calls_event is not None:
+            recorder.wake_waiter()
 
 
 class Recorder:
@@ -153,8 +196,9 @@ class Recorder:
         self.written = 0
         #: Snapshots the session after each call that wrote files (one timeline).
         self.timeline: Timeline | None = None
-        #: Plugin calls ended so far (`wait_calls`).
-        self.calls_seen = 0
+        #: Every capture made (`calls_seen` sums their counts; one per plugin instance).
+        self._captures: list[CallCapture] = []
+        self._ended_elsewhere = 0
         self._seen_lock = threading.Lock()
         self._calls_event: trio.Event | None = None
         self._token = trio.lowlevel.current_trio_token()
@@ -174,16 +218,24 @@ class Recorder:
                              message.payload, *receivers))
 
     def on_call(self, raw: _RawCall, *, ended: bool = True) -> None:
-        """Gather a plugin call (`ended`: one delivery's, counted by `wait_calls`; else
-        an instance's `init`)."""
+        """Gather a plugin call made outside `CallCapture.end` (an instance's `init`,
+        with `ended` False); `end` appends its own inline, without a lock (the hot
+        path: this lock and call were ~5 us of CPU a call in place)."""
         if len(self._calls) >= self._max_pending:
             self.lost += 1
         else:
             self._calls.append(raw)
-        if not ended:
-            return
-        with self._seen_lock:  # plugins' threads end calls concurrently
-            self.calls_seen += 1
+        if ended:
+            with self._seen_lock:
+                self._ended_elsewhere += 1
+            self.wake_waiter()
+
+    @property
+    def calls_seen(self) -> int:
+        """Plugin calls ended so far (each capture counts its own, lock-free)."""
+        return self._ended_elsewhere + sum(c.ended for c in list(self._captures))
+
+    def wake_waiter(self) -> None:
         event = self._calls_event
         if event is not None:
             self._token.run_sync_soon(event.set)
@@ -199,7 +251,9 @@ class Recorder:
         self._calls_event = None
 
     def observer(self, plugin: str, version: str) -> CallCapture:
-        return CallCapture(self, plugin, version)
+        capture = CallCapture(self, plugin, version)
+        self._captures.append(capture)
+        return capture
 
     # -- the writer ---------------------------------------------------------
 

@@ -175,12 +175,36 @@ class Call:
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Call:
         """From a stored row (`Rows`): the host calls' values encoded now."""
+        if type(row[5]) is int and row[5] == FLAT_ROW:
+            return cls._from_flat(row)
         seq, plugin, version, outcome, detail, host, wrote, snapshot = row
         if isinstance(host, bytes):  # pickled by the recorder (older chunks: a list)
             host = _unpickle(host)
         return cls(seq, plugin, version, outcome, detail,
                    tuple(HostCall(h[0], encode(h[1]), encode(_answer(h))) for h in host),
                    tuple(wrote), snapshot)
+
+
+    @classmethod
+    def _from_flat(cls, row: tuple[Any, ...]) -> Call:
+        """From a flat row (recorder.py `_call_row`)."""
+        try:
+            seq, plugin, version, outcome, detail, _flat, snapshot, n_wrote = row[:8]
+            at = 8 + n_wrote
+            wrote = row[8:at]
+            calls = []
+            while at < len(row):
+                name, kind, value, n_args = row[at:at + 4]
+                args = list(row[at + 4:at + 4 + n_args])
+                if len(args) != n_args:
+                    raise ValueError("short host call")
+                at += 4 + n_args
+                calls.append(HostCall(name, encode(args),
+                                      encode(_answer((name, args, kind, value)))))
+        except (TypeError, ValueError) as e:
+            raise RecordingError(f"a corrupt recording chunk: a call row: {e}") from e
+        return cls(seq, plugin, version, outcome, detail, tuple(calls), tuple(wrote),
+                   snapshot)
 
 
 @dataclass
@@ -203,6 +227,7 @@ class Chunk:
 class Rows:
     """What one `write` stores, raw (encoding happens on reading, which is rare):
     events `(seq, time, topic, sender, sender_kernel, payload, *receivers)` and calls
+    laid out flat (recorder.py `_call_row`, since 2026-12-01 20:45) or
     `(seq, plugin, version, outcome, detail, host, wrote, snapshot)`, `host` being
     `[(name, args, kind, answer)...]` (`_answer`) with the ABI values as the host
     functions saw them, pickled (`bytes`). Both are flat so that the garbage collector untracks them
@@ -256,6 +281,10 @@ class _Rows(pickle.Unpickler):
             return {"Ok": Ok, "Err": Err, "Case": Case}[name]
         raise pickle.UnpicklingError(f"a recording chunk may not name {module}.{name}")
 
+
+#: The sixth field of a call row laid out flat (recorder.py `_call_row`); a row with its
+#: host calls pickled has `bytes` there (a list before 2026-12-01 16:00).
+FLAT_ROW: Final = -1
 
 #: How a stored host call's answer was kept: `(name, args, HOST_OK, x)` is `Ok(x)`
 #: (recorder.py `_pickled`); older rows are `(name, args, answer)`.

@@ -221,3 +221,34 @@ def test_an_unreachable_or_silent_server_is_one_line(tmp_path: Path) -> None:
                 RecordingStore(url, **kw)  # type: ignore[arg-type]
             assert str(caught.value).startswith(f"cannot open the recording {url}: ")
             assert "\n" not in str(caught.value)
+
+
+def test_call_rows_flat_when_plain_pickled_when_not(tmp_path: Path) -> None:
+    """A call whose host calls hold plain values is one flat tuple (nothing for the
+    collector to track); one holding containers keeps them pickled; both read back
+    the same, and a truncated flat row is a corrupt chunk, not a crash."""
+    from astrid_runtime.recorder.recorder import _call_row
+    from astrid_runtime.recorder.store import FLAT_ROW, Call
+
+    plain = _call_row(3, "p", "1", "ok", "", [("kv.get", ["k"], Ok(b"v")),
+                                               ("bus.publish", ["t", b"x"], Ok(None))],
+                      ["f.txt"], "bus-3")
+    nested = _call_row(4, "p", "1", "error", "no", [("vfs.readdir", [7], Ok(["a", "b"]))],
+                       [], None)
+    assert plain[5] == FLAT_ROW
+    gc.collect(0)
+    assert not gc.is_tracked(plain)
+    assert isinstance(nested[5], bytes)
+    store = RecordingStore(f"surrealkv://{tmp_path / 'rec'}")
+    try:
+        store.write(Rows(calls=[plain, nested]))
+        calls = store.read().calls
+    finally:
+        store.close()
+    assert [(c.seq, c.outcome, c.wrote, c.snapshot) for c in calls] == [
+        (3, "ok", ("f.txt",), "bus-3"), (4, "error", (), None)]
+    assert [h.name for h in calls[0].host] == ["kv.get", "bus.publish"]
+    assert calls[0].host == Call.from_row(plain).host
+    assert calls[1].host[0].name == "vfs.readdir"
+    with pytest.raises(RecordingError, match="corrupt"):
+        Call.from_row(plain[:-1])
