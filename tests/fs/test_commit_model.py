@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 
 from astrid_fs.cli.daemonlink import DaemonLink
 from astrid_fs.review.commit import commit, session_changes
-from astrid_fs.session import create_or_open_session, open_session
+from astrid_fs.session import Session, create_or_open_session, open_session
 from tests.fs.kernel_overlay import kernel_overlay, require_root
 from tests.fs.treecompare import assert_same_tree, tree_state
 from tests.support.mounts import MountedSession, require_fuse
@@ -108,6 +110,24 @@ def test_random_edits_through_astrid_fs_then_commits_while_mounted(
         ops: list[tuple[object, ...]], data: st.DataObject) -> None:
     """The same through the astrid-fs mount itself, committing while it is
     mounted: the mount must show the same tree after every commit."""
+    with mounted_model("fm") as (session, link, lower, mnt):
+        for step in ops:
+            apply(mnt, step)
+        view = tree_state(mnt, mtimes=True)
+        paths = sorted({c.path for c in session_changes(session, link)})
+        if paths:
+            part = data.draw(st.lists(st.sampled_from(paths), max_size=3, unique=True))
+            if part:
+                commit(session, part, mount=link)
+                assert_same_tree(tree_state(mnt, mtimes=True), view)
+        commit(session, [], mount=link)
+        assert_same_tree(tree_state(mnt, mtimes=True), view)
+        assert_same_tree(tree_state(lower, mtimes=True), view)
+
+
+@contextmanager
+def mounted_model(name: str) -> Iterator[tuple[Session, DaemonLink, Path, Path]]:
+    """The model's lower tree mounted through astrid-fs as session `name`."""
     require_fuse()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -115,23 +135,11 @@ def test_random_edits_through_astrid_fs_then_commits_while_mounted(
         lower.mkdir()
         mnt.mkdir()
         build_lower(lower)
-        mounted = MountedSession("fm", root / "home", lower, mnt)
+        mounted = MountedSession(name, root / "home", lower, mnt)
         mounted.mount()
         try:
-            for step in ops:
-                apply(mnt, step)
-            view = tree_state(mnt, mtimes=True)
-            session = open_session("fm", root / "home")
-            link = DaemonLink(session)
-            paths = sorted({c.path for c in session_changes(session, link)})
-            if paths:
-                part = data.draw(st.lists(st.sampled_from(paths), max_size=3, unique=True))
-                if part:
-                    commit(session, part, mount=link)
-                    assert_same_tree(tree_state(mnt, mtimes=True), view)
-            commit(session, [], mount=link)
-            assert_same_tree(tree_state(mnt, mtimes=True), view)
-            assert_same_tree(tree_state(lower, mtimes=True), view)
+            session = open_session(name, root / "home")
+            yield session, DaemonLink(session), lower, mnt
         finally:
             mounted.umount()
 
@@ -141,24 +149,11 @@ def test_committing_the_path_a_rename_came_from_takes_the_rename_along() -> None
     `b`, then commit `b` alone. That replaced the lower b the renamed `a` is based
     on, so the next commit refused `a` ("lower b changed type"). Committing a path
     now takes along the changes based on its lower entry."""
-    require_fuse()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        lower, mnt = root / "lower", root / "mnt"
-        lower.mkdir()
-        mnt.mkdir()
-        build_lower(lower)
-        mounted = MountedSession("fb", root / "home", lower, mnt)
-        mounted.mount()
-        try:
-            os.rename(mnt / "b", mnt / "a")
-            (mnt / "b").write_bytes(b"new")
-            view = tree_state(mnt, mtimes=True)
-            session = open_session("fb", root / "home")
-            link = DaemonLink(session)
-            commit(session, ["b"], mount=link)
-            assert_same_tree(tree_state(mnt, mtimes=True), view)
-            commit(session, [], mount=link)
-            assert_same_tree(tree_state(lower, mtimes=True), view)
-        finally:
-            mounted.umount()
+    with mounted_model("fb") as (session, link, lower, mnt):
+        os.rename(mnt / "b", mnt / "a")
+        (mnt / "b").write_bytes(b"new")
+        view = tree_state(mnt, mtimes=True)
+        commit(session, ["b"], mount=link)
+        assert_same_tree(tree_state(mnt, mtimes=True), view)
+        commit(session, [], mount=link)
+        assert_same_tree(tree_state(lower, mtimes=True), view)
