@@ -277,6 +277,18 @@ def lstat_or_none(path: str | bytes) -> os.stat_result | None:
         return None
 
 
+def same_content(a: str | bytes, b: str | bytes) -> bool:
+    """Byte-for-byte equality of two regular files (the review's change scan, the
+    crash check of unsynced copy-ups)."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            ca, cb = fa.read(1 << 20), fb.read(1 << 20)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
+
+
 def lower_dir_for(layers: Layers, upper_path: bytes, parent_lower: bytes | None,
                   name: bytes) -> bytes | None:
     """The lower directory an upper directory merges with, or None."""

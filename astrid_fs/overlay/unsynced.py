@@ -50,13 +50,13 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from astrid_fs.overlay.layers import same_content
 from astrid_fs.overlay.whiteout import Origin, OverlayXattrs, get_origin
 
 log = logging.getLogger("astrid_fs.overlay.unsynced")
 
 MARKER = b"astrid-unsynced"
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
-_CHUNK = 1 << 20
 
 
 def boot_id() -> str:
@@ -161,19 +161,10 @@ def _verdict(path: bytes, st: os.stat_result, origin: Origin,
         # a sure sign of a torn copy.
         return "suspect" if st.st_size != origin.size else None
     assert lower is not None
-    return None if _same_bytes(path, lower, st.st_size, lst.st_size) else "restore"
+    same = st.st_size == lst.st_size and same_content(path, lower)
+    return None if same else "restore"
 
 
-def _same_bytes(a: bytes, b: bytes, size_a: int, size_b: int) -> bool:
-    if size_a != size_b:
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            ca, cb = fa.read(_CHUNK), fb.read(_CHUNK)
-            if ca != cb:
-                return False
-            if not ca:
-                return True
 
 
 def _upper_files(upper: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:

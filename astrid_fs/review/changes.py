@@ -21,7 +21,7 @@ from typing import Literal
 
 import blake3
 
-from astrid_fs.overlay.layers import lstat_or_none
+from astrid_fs.overlay.layers import lstat_or_none, same_content
 from astrid_fs.overlay.whiteout import (
     Origin,
     OverlayXattrs,
@@ -109,17 +109,6 @@ def user_xattrs(path: str, names: OverlayXattrs) -> dict[str, bytes]:
         except OSError:
             continue
     return found
-
-
-def same_content(a: str, b: str) -> bool:
-    """Byte-for-byte equality of two regular files."""
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            ca, cb = fa.read(_CHUNK), fb.read(_CHUNK)
-            if ca != cb:
-                return False
-            if not ca:
-                return True
 
 
 def file_blake3(path: str) -> str:

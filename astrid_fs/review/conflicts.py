@@ -16,10 +16,10 @@ import stat
 from dataclasses import replace
 from pathlib import Path
 
-from astrid_fs.overlay.layers import lstat_or_none
+from astrid_fs.overlay.layers import lstat_or_none, same_content
 from astrid_fs.overlay.whiteout import kind_of_mode
 from astrid_fs.review.bases import Base, BaseIndex, Unknown, same_local, walk_local
-from astrid_fs.review.changes import Change, file_blake3, same_content
+from astrid_fs.review.changes import Change, file_blake3
 
 
 def check_conflicts(changes: list[Change], lower: str | os.PathLike[str],
