@@ -31,7 +31,6 @@ what was gathered since the last flush (at most `flush_ms` of traffic).
 from __future__ import annotations
 
 import pickle
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -142,7 +141,7 @@ class CallCapture:
             # `init` from it.
             init, self._init = self._init, []
             self._recorder.on_call(_call_row(message.seq, self.plugin, self.version,
-                                             "init", "", init, [], None), ended=False)
+                                             "init", "", init, [], None))
         self._seq = message.seq
         self._host = []
         self._vfs = False
@@ -198,8 +197,6 @@ class Recorder:
         self.timeline: Timeline | None = None
         #: Every capture made (`calls_seen` sums their counts; one per plugin instance).
         self._captures: list[CallCapture] = []
-        self._ended_elsewhere = 0
-        self._seen_lock = threading.Lock()
         self._calls_event: trio.Event | None = None
         self._token = trio.lowlevel.current_trio_token()
 
@@ -217,23 +214,18 @@ class Recorder:
         self._events.append((message.seq, time.time(), message.topic, plugin, kernel,
                              message.payload, *receivers))
 
-    def on_call(self, raw: _RawCall, *, ended: bool = True) -> None:
-        """Gather a plugin call made outside `CallCapture.end` (an instance's `init`,
-        with `ended` False); `end` appends its own inline, without a lock (the hot
-        path: this lock and call were ~5 us of CPU a call in place)."""
+    def on_call(self, raw: _RawCall) -> None:
+        """Gather an instance's `init`, recorded as a call that no delivery ended
+        (`CallCapture.end` appends a delivery's call itself, inline: the hot path)."""
         if len(self._calls) >= self._max_pending:
             self.lost += 1
         else:
             self._calls.append(raw)
-        if ended:
-            with self._seen_lock:
-                self._ended_elsewhere += 1
-            self.wake_waiter()
 
     @property
     def calls_seen(self) -> int:
         """Plugin calls ended so far (each capture counts its own, lock-free)."""
-        return self._ended_elsewhere + sum(c.ended for c in list(self._captures))
+        return sum(c.ended for c in list(self._captures))
 
     def wake_waiter(self) -> None:
         event = self._calls_event

@@ -8,25 +8,21 @@ from collections.abc import Callable
 from typing import Any
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> float:
-    """Median seconds per call of `fn` over `repeat` runs."""
+def timed(fn: Callable[[], Any], repeat: int,
+          clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median seconds per call of `fn` over `repeat` runs, by `clock`."""
     samples = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        samples.append(time.perf_counter() - t)
+        samples.append(clock() - t)
     return statistics.median(samples)
 
 
 def cpu_timed(fn: Callable[[], Any], repeat: int) -> float:
     """Median CPU seconds of this thread per call of `fn`: on a shared, loaded box a long
     loop's wall-clock time counts the other processes' turns, its CPU time does not."""
-    samples = []
-    for _ in range(repeat):
-        t = time.thread_time()
-        fn()
-        samples.append(time.thread_time() - t)
-    return statistics.median(samples)
+    return timed(fn, repeat, time.thread_time)
 
 
 def us(seconds: float) -> str:

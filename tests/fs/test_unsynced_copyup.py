@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 from astrid_fs.overlay import unsynced
@@ -41,6 +40,19 @@ def _tear(path: bytes) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def _until_the_clock_passes(path: bytes, scratch: bytes) -> None:
+    """Return once a file written now gets a later time than `path`'s ctime, so the
+    marker armed next is newer than it (waits on that condition, not a sleep)."""
+    ctime = os.lstat(path).st_ctime_ns
+    probe = scratch + b"/clock-probe"
+    while True:
+        with open(probe, "wb"):
+            pass
+        if os.lstat(probe).st_mtime_ns > ctime:
+            os.unlink(probe)
+            return
+
+
 def test_torn_copies_from_a_crashed_boot_are_copied_up_again(tmp_path: Path) -> None:
     lower, upper, work, tmp = _layers(tmp_path)
     for name in (b"torn", b"whole", b"written", b"old"):
@@ -49,7 +61,7 @@ def test_torn_copies_from_a_crashed_boot_are_copied_up_again(tmp_path: Path) -> 
     copy_up(lower + b"/old", upper + b"/old", tmp, NAMES, b"old", sync=True)
     _tear(upper + b"/old")  # before the crashed mount armed: not looked at
     os.utime(upper + b"/old", ns=(1, get_origin(upper + b"/old", NAMES).mtime_ns))  # type: ignore[union-attr]
-    time.sleep(0.05)  # (file times are coarse: ticks of a few ms)
+    _until_the_clock_passes(upper + b"/old", tmp)  # file times are coarse (ms ticks)
     unsynced.arm(work, "boot-before")
     for name in (b"torn", b"whole", b"written"):
         copy_up(lower + b"/" + name, upper + b"/" + name, tmp, NAMES, name, sync=False)
