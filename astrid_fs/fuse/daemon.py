@@ -29,6 +29,7 @@ import trio
 
 from astrid_fs.fuse.config import DaemonConfig
 from astrid_fs.fuse.extra_ops import register as register_extra_ops
+from astrid_fs.fuse.lookup_table import ShimLookups
 from astrid_fs.fuse.ops import FuseOps
 from astrid_fs.fuse.passthrough import Passthrough
 from astrid_fs.fuse.shim import request_read_ahead
@@ -97,6 +98,9 @@ class Daemon:
         if self.config.passthrough and self.ops.no_open:
             self.ops.passthrough, self.data_path = Passthrough.enable(self.overlay,
                                                                       self.ops.files)
+        if self.ops.passthrough is None:  # (passthrough primes OPENs at lookup)
+            self.ops.lookups = ShimLookups.enable(self.overlay, self.ops.name_only_policy,
+                                                  self.config.lower_ttl)
         pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
         request_read_ahead(self.config.mountpoint)  # 1 MiB, set after INIT (shim.py)
 
@@ -191,6 +195,8 @@ class Daemon:
                 log.info("control client left before the reply: %s", e)
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.ops.lookups is not None:
+            self.ops.lookups.absorb()  # the table whole, as for a FUSE request
         op = request.get("op")
         if op == "ping":
             return {"ok": True, "pid": os.getpid(), "nodes": len(self.overlay.table)}
@@ -199,7 +205,9 @@ class Daemon:
                     "cache_dirs": self.ops.cache_dirs, "nodes": len(self.overlay.table),
                     "fds": self.ops.files.counts(), "data_path": self._data_path(),
                     "shim_writes": None if self.ops.write_table is None
-                    else self.ops.write_table.stats()}
+                    else self.ops.write_table.stats(),
+                    "shim_lookups": None if self.ops.lookups is None
+                    else self.ops.lookups.stats()}
         if op == "invalidate":
             inodes, entries = self.ops.invalidate_all()
             await trio.to_thread.run_sync(_invalidate_kernel, inodes, entries)

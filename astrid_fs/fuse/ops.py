@@ -24,6 +24,7 @@ import pyfuse3
 import trio
 
 from astrid_fs.fuse.cache import KernelCache
+from astrid_fs.fuse.lookup_table import ShimLookups
 from astrid_fs.fuse.name_only import NameOnlyListings
 from astrid_fs.fuse.passthrough import Passthrough
 from astrid_fs.fuse.replies import (
@@ -81,6 +82,9 @@ class FuseOps(pyfuse3.Operations):
         # Set by the daemon when the mount asked for passthrough
         # (passthrough.py); None: the daemon path only.
         self.passthrough: Passthrough | None = None
+        # Set by the daemon: LOOKUPs of lower-only directories answered in C
+        # (lookup_table.py); None: all in Python.
+        self.lookups: ShimLookups | None = None
 
     # ---- replies ----------------------------------------------------------
 

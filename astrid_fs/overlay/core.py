@@ -94,7 +94,7 @@ class OverlayCore(RemoteFetches):
         if name == b"..":
             up = self.table.get(parent.links[0][0]) if parent.links else parent
             return up, self.stat(up)
-        lower_dir = self._lower_only(parent)
+        lower_dir = self.lower_only(parent)
         if lower_dir is not None:
             hit = self._lower_child(parent, lower_dir, name)
             if hit is not None:
@@ -104,7 +104,7 @@ class OverlayCore(RemoteFetches):
             raise err(errno.ENOENT)
         return self._interned(parent, name, r)
 
-    def _lower_only(self, parent: Node) -> bytes | None:
+    def lower_only(self, parent: Node) -> bytes | None:
         """The lower directory of `parent` when it alone shows `parent`'s
         children: no upper directory (so no whiteout, opaque, redirect or
         origin to read), one local lower layer, no remote tree, not the
@@ -117,7 +117,7 @@ class OverlayCore(RemoteFetches):
 
     def _lower_child(self, parent: Node, lower_dir: bytes,
                      name: bytes) -> tuple[Node, StatLike] | None:
-        """`name` in a `_lower_only` directory, resolved with one lstat
+        """`name` in a `lower_only` directory, resolved with one lstat
         (ENOENT if absent); None when the general path must decide (a
         hard-linked file: another of its names may have been copied up)."""
         lrel = lower_dir + b"/" + name
@@ -167,7 +167,7 @@ class OverlayCore(RemoteFetches):
         in `unresolved` come back unresolved (None, None)."""
         parent = self.table.get(parent_ino)
         parent_path = self.path(parent)
-        lower_dir = self._lower_only(parent)
+        lower_dir = self.lower_only(parent)
         for index in range(start, len(names)):
             name = names[index]
             if name in unresolved:
@@ -262,14 +262,14 @@ class OverlayCore(RemoteFetches):
         return merged_names(self.layers, self.path(node), node.in_upper, node.lower)
 
     def list_dir_typed(self, node: Node) -> tuple[list[bytes], dict[bytes, tuple[int, int]]]:
-        """`list_dir`, and for a `_lower_only` directory the overlay inode
+        """`list_dir`, and for a `lower_only` directory the overlay inode
         number and file type of its regular files and symlinks, read from
         the listing itself (d_ino, d_type: no lstat). A non-directory is on
         its directory's device (only a directory can be a mount point; a
         file bind-mounted over a lower file would show its own st_ino).
         The inode number is the one a lookup gives: the lower one, tagged,
         also for a hard-linked file copied up under another name."""
-        lower_dir = self._lower_only(node)
+        lower_dir = self.lower_only(node)
         if lower_dir is None:
             return self.list_dir(node), {}
         path = self.layers.lower_path(lower_dir)
@@ -342,6 +342,7 @@ class OverlayCore(RemoteFetches):
         node.in_upper = True
         if not node.is_dir:
             node.lower = None
+        self.table.state_changed(node)
         if remote is None and lst is not None and LinkIndex.applies(lst) and len(node.links) > 1:
             self._link_up_known_names(node, rel, lst)
         return upath
@@ -447,6 +448,8 @@ class OverlayCore(RemoteFetches):
                 continue  # gone from both layers: open fds still reach the data
             node.in_upper = r.in_upper
             node.lower = r.lower
+        for node in self.table.nodes():
+            self.table.state_changed(node)
         self.index.prune()
         inodes: list[int] = []
         entries: set[tuple[int, bytes]] = set()

@@ -17,6 +17,7 @@ Invariants (the FUSE protocol's, and ours):
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from astrid_fs.overlay.layers import StatLike
@@ -55,10 +56,20 @@ class DeviceTags:
 
     def __init__(self, root_dev: int) -> None:
         self._tags: dict[int, int] = {root_dev: 0}
+        # Told of each new tag (the shim's LOOKUP table, fuse/lookup_table.py).
+        self.on_new: Callable[[int, int], None] | None = None
 
     def lower_ino(self, dev: int, ino: int) -> int:
-        tag = self._tags.setdefault(dev, len(self._tags))
+        tag = self._tags.get(dev)
+        if tag is None:
+            tag = self._tags[dev] = len(self._tags)
+            if self.on_new is not None:
+                self.on_new(dev, tag)
         return (tag << _DEV_SHIFT) | ino
+
+    def items(self) -> list[tuple[int, int]]:
+        """(device, tag) pairs seen so far."""
+        return list(self._tags.items())
 
 
 def upper_only_ino(upper_ino: int) -> int:
@@ -74,6 +85,10 @@ class InodeTable:
         # Paths of directories, dropped whole whenever any directory's name
         # changes (rare): most requests name a child of a known directory.
         self._dir_paths: dict[int, bytes] = {}
+        # Told when a directory node's layer state may have changed, and when
+        # one is dropped (the shim's LOOKUP table, fuse/lookup_table.py).
+        self.dir_watch: Callable[[Node], None] | None = None
+        self.drop_watch: Callable[[int], None] | None = None
 
     def __contains__(self, ino: int) -> bool:
         return ino in self._nodes
@@ -108,7 +123,15 @@ class InodeTable:
                 self._dir_paths.clear()
             else:
                 node.links.insert(0, link)
+        if is_dir and self.dir_watch is not None:
+            self.dir_watch(node)
         return node
+
+    def state_changed(self, node: Node) -> None:
+        """`node.in_upper` or `node.lower` was just changed (copy-up, a
+        directory move, the layers re-read)."""
+        if node.is_dir and self.dir_watch is not None:
+            self.dir_watch(node)
 
     def nameless(self, ino: int, st: StatLike) -> Node:
         """A regular file that has no name yet (O_TMPFILE), looked up once
@@ -141,6 +164,8 @@ class InodeTable:
             self._nodes.pop(node.ino, None)
             if node.is_dir:
                 self._dir_paths.pop(node.ino, None)
+                if self.drop_watch is not None:
+                    self.drop_watch(node.ino)
 
     def unlink(self, node: Node, parent: int, name: bytes, st: StatLike | None = None) -> None:
         """Remove one name of `node` (after unlink, rmdir or rename-over);

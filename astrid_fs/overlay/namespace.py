@@ -311,6 +311,7 @@ class Namespace(OverlayCore):
             self._copy_up_tree(src)
             set_opaque(upath, self.layers.names)
             src.lower = None
+            self.table.state_changed(src)
             return
         set_redirect(upath, self.layers.names, "/" + os.fsdecode(src.lower))
 
@@ -324,6 +325,7 @@ class Namespace(OverlayCore):
                 if child.lower is not None:
                     set_opaque(self.layers.upper_path(self.path(child)), self.layers.names)
                     child.lower = None
+                    self.table.state_changed(child)
 
     def _clear_target(self, new_upper: bytes, dst: Node | None) -> None:
         """Make the upper path at a rename target replaceable by rename(2)."""

@@ -1139,6 +1139,9 @@ static int drain_answerable(const struct fuse_buf *buf)
     return 0;
 }
 
+static int lk_try(const struct fuse_buf *buf, int fuse_fd); /* part 12 */
+static void lk_absorb_pending(void);
+
 typedef int (*receive_buf_fn)(struct fuse_session *, struct fuse_buf *);
 
 int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
@@ -1154,11 +1157,20 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
     if (!real)
         return -ENOSYS;
     int res = real(se, buf);
-    if (!drain_on || !process || !session_fd)
+    if (!process || !session_fd)
         return res;
-    while (res > 0 && drain_answerable(buf)) {
-        fuse_session_process_buf(se, buf); /* (ours: part 8's opcode rename first) */
-        drain_stats[0]++;
+    for (;;) {
+        if (res <= 0)
+            return res;
+        if (lk_try(buf, session_fd(se))) {
+            /* part 12: answered here */
+        } else if (drain_on && drain_answerable(buf)) {
+            fuse_session_process_buf(se, buf); /* (ours: part 8's opcode rename first) */
+            drain_stats[0]++;
+        } else {
+            lk_absorb_pending(); /* part 12: Python sees a whole inode table */
+            return res;
+        }
         struct pollfd p = { .fd = session_fd(se), .events = POLLIN };
         struct timespec wait = { 0, DRAIN_WAIT_US * 1000 };
         if (ppoll(&p, 1, &wait, NULL) <= 0 || !(p.revents & POLLIN)) {
@@ -1168,4 +1180,289 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
         res = real(se, buf);
     }
     return res;
+}
+
+/*
+ * 12. LOOKUPs answered in C, in directories only the local lower layer shows.
+ *     In such a directory (no upper directory, one local lower layer, no
+ *     remote tree: overlay/core.py `lower_only`) a child is what one lstat
+ *     of its lower entry says, and its overlay inode number is the lower
+ *     one tagged by device (overlay/inodes.py). The daemon names those
+ *     directories here (astrid_lk_dir: inode -> lower path relative to the
+ *     lower root) and the devices it has tagged (astrid_lk_dev); the wrapped
+ *     fuse_session_receive_buf then answers a LOOKUP in one of them itself:
+ *     fstatat, and the entry (or a negative entry) written to /dev/fuse,
+ *     with the lower TTL, exactly what the daemon's fast path would send.
+ *     A directory found so is named here at once (its own children follow
+ *     in the same burst). Anything else (a hard-linked file, an untagged
+ *     device, an errno other than ENOENT, a name too long) goes to the
+ *     daemon unchanged.
+ *     The daemon must count every lookup it did not see: each answered
+ *     entry is queued (parent, inode, type, name), and the queue is handed
+ *     to the daemon's absorb callback before any request goes to pyfuse3,
+ *     so the daemon's inode table is whole whenever Python runs a request.
+ *     (Its own trio tasks, the control socket, absorb first themselves.)
+ *     Only the trio thread runs this and changes the tables: no locks.
+ *     Kernel ABI: fuse_in_header (40 bytes) then the name; the reply is
+ *     fuse_out_header (16) + fuse_entry_out (40 + fuse_attr 88).
+ */
+#include <sys/stat.h>
+#define LK_OPCODE_LOOKUP 1
+#define LK_IN_HEADER 40
+#define LK_BUCKETS 4096
+#define LK_DEV_SHIFT 48
+#define LK_QUEUE_MAX (64u << 20)
+
+struct lk_attr {
+    uint64_t ino, size, blocks, atime, mtime, ctime;
+    uint32_t atimensec, mtimensec, ctimensec, mode, nlink, uid, gid, rdev, blksize, flags;
+};
+struct lk_reply {
+    uint32_t len; int32_t error; uint64_t unique;             /* fuse_out_header */
+    uint64_t nodeid, generation, entry_valid, attr_valid;     /* fuse_entry_out */
+    uint32_t entry_valid_nsec, attr_valid_nsec;
+    struct lk_attr attr;
+};
+struct lk_dir { struct lk_dir *next; uint64_t ino; size_t len; char path[]; };
+struct lk_dev { uint64_t dev, tag; };
+
+static int lk_on;
+static int lk_root = -1;
+static uint64_t lk_ttl_sec;
+static uint32_t lk_ttl_nsec;
+static struct lk_dev lk_devs[64];
+static int lk_ndevs;
+static struct lk_dir *lk_dirs[LK_BUCKETS];
+static char *lk_queue;
+static size_t lk_qlen, lk_qcap;
+static void (*lk_absorb_cb)(void);
+static int64_t lk_stats[3]; /* entries answered here, negative entries, declined */
+
+static struct lk_dir **lk_slot(uint64_t ino)
+{
+    struct lk_dir **p = &lk_dirs[(ino * UINT64_C(0x9E3779B97F4A7C15)) >> 52];
+    while (*p && (*p)->ino != ino)
+        p = &(*p)->next;
+    return p;
+}
+
+/* Serve LOOKUPs from `root_fd` (an O_PATH fd of the lower root, kept by the
+ * caller), entries valid for `ttl` seconds; `absorb` is called, on the trio
+ * thread, whenever answered entries are queued and a request goes to Python. */
+int astrid_lk_enable(int root_fd, double ttl, void (*absorb)(void))
+{
+    if (root_fd < 0 || ttl < 0 || !absorb)
+        return -EINVAL;
+    lk_root = root_fd;
+    lk_ttl_sec = (uint64_t)ttl;
+    lk_ttl_nsec = (uint32_t)((ttl - (double)lk_ttl_sec) * 1e9);
+    lk_absorb_cb = absorb;
+    lk_on = 1;
+    return 0;
+}
+
+void astrid_lk_disable(void) { lk_on = 0; }
+
+/* The daemon tagged lower device `dev` with `tag` (inodes.py DeviceTags). */
+int astrid_lk_dev(uint64_t dev, uint64_t tag)
+{
+    for (int i = 0; i < lk_ndevs; i++)
+        if (lk_devs[i].dev == dev) {
+            lk_devs[i].tag = tag;
+            return 0;
+        }
+    if (lk_ndevs == (int)(sizeof lk_devs / sizeof lk_devs[0]))
+        return -ENOSPC; /* then that device's entries go to the daemon */
+    lk_devs[lk_ndevs].dev = dev;
+    lk_devs[lk_ndevs].tag = tag;
+    lk_ndevs++;
+    return 0;
+}
+
+static int lk_dir_set(uint64_t ino, const char *path, size_t len)
+{
+    struct lk_dir **slot = lk_slot(ino);
+    struct lk_dir *old = *slot;
+    if (old && path && old->len == len && memcmp(old->path, path, len) == 0)
+        return 0;
+    if (old) {
+        *slot = old->next;
+        free(old);
+    }
+    if (!path)
+        return 0;
+    struct lk_dir *d = malloc(sizeof *d + len + 1);
+    if (!d)
+        return -ENOMEM; /* left out: its LOOKUPs go to the daemon */
+    d->ino = ino;
+    d->len = len;
+    memcpy(d->path, path, len);
+    d->path[len] = 0;
+    d->next = *slot;
+    *slot = d;
+    return 0;
+}
+
+/* `path` (lower-relative, `len` bytes) non-NULL: LOOKUPs in directory `ino`
+ * are answered here from now on; NULL: they go to the daemon again. */
+int astrid_lk_dir(uint64_t ino, const char *path, size_t len)
+{
+    return lk_dir_set(ino, path, len);
+}
+
+/* Every directory goes to the daemon again (the layers changed). */
+void astrid_lk_clear(void)
+{
+    for (int i = 0; i < LK_BUCKETS; i++)
+        while (lk_dirs[i]) {
+            struct lk_dir *d = lk_dirs[i];
+            lk_dirs[i] = d->next;
+            free(d);
+        }
+}
+
+/* Bytes of queued entries; astrid_lk_take copies them out (whole, if `cap`
+ * allows) and empties the queue. Record: parent u64, inode u64, type u8
+ * (0 file, 1 directory, 2 other), name length u8, the name. */
+size_t astrid_lk_pending(void) { return lk_qlen; }
+
+size_t astrid_lk_take(char *out, size_t cap)
+{
+    if (cap < lk_qlen)
+        return 0;
+    size_t n = lk_qlen;
+    memcpy(out, lk_queue, n);
+    lk_qlen = 0;
+    return n;
+}
+
+void astrid_lk_stats(int64_t *out) { memcpy(out, lk_stats, sizeof lk_stats); }
+
+static int lk_queue_entry(uint64_t parent, uint64_t ino, uint8_t type, const char *name,
+                          size_t nlen)
+{
+    size_t need = 18 + nlen;
+    if (lk_qlen + need > lk_qcap) {
+        size_t cap = lk_qcap ? lk_qcap * 2 : 65536;
+        while (cap < lk_qlen + need)
+            cap *= 2;
+        if (cap > LK_QUEUE_MAX)
+            return -1;
+        char *q = realloc(lk_queue, cap);
+        if (!q)
+            return -1;
+        lk_queue = q;
+        lk_qcap = cap;
+    }
+    char *p = lk_queue + lk_qlen;
+    memcpy(p, &parent, 8);
+    memcpy(p + 8, &ino, 8);
+    p[16] = (char)type;
+    p[17] = (char)nlen;
+    memcpy(p + 18, name, nlen);
+    lk_qlen += need;
+    return 0;
+}
+
+/* Before a request goes to Python: the daemon counts what was answered here. */
+static void lk_absorb_pending(void)
+{
+    if (lk_qlen && lk_absorb_cb)
+        lk_absorb_cb();
+}
+
+static int lk_decline(void)
+{
+    lk_stats[2]++;
+    return 0;
+}
+
+/* A LOOKUP in a named directory: answered here (1), or left to the daemon. */
+static int lk_try(const struct fuse_buf *buf, int fuse_fd)
+{
+    if (!lk_on || (buf->flags & FUSE_BUF_IS_FD) || buf->size <= LK_IN_HEADER)
+        return 0;
+    const char *mem = buf->mem;
+    uint32_t len, opcode;
+    uint64_t unique, parent;
+    memcpy(&opcode, mem + 4, 4);
+    if (opcode != LK_OPCODE_LOOKUP)
+        return 0;
+    memcpy(&len, mem, 4);
+    memcpy(&unique, mem + 8, 8);
+    memcpy(&parent, mem + 16, 8);
+    if (len > buf->size || len <= LK_IN_HEADER)
+        return 0;
+    struct lk_dir *d = *lk_slot(parent);
+    if (!d)
+        return 0;
+    const char *name = mem + LK_IN_HEADER;
+    size_t nlen = strnlen(name, len - LK_IN_HEADER);
+    if (nlen == len - LK_IN_HEADER || nlen == 0 || nlen > 255
+        || (name[0] == '.' && (nlen == 1 || (nlen == 2 && name[1] == '.'))))
+        return lk_decline();
+    char path[4096];
+    if (d->len + 1 + nlen + 1 > sizeof path)
+        return lk_decline();
+    memcpy(path, d->path, d->len);
+    path[d->len] = '/';
+    memcpy(path + d->len + 1, name, nlen + 1);
+    size_t plen = d->len + 1 + nlen;
+
+    struct lk_reply r;
+    memset(&r, 0, sizeof r);
+    r.len = sizeof r;
+    r.unique = unique;
+    r.entry_valid = r.attr_valid = lk_ttl_sec;
+    r.entry_valid_nsec = r.attr_valid_nsec = lk_ttl_nsec;
+    struct stat st;
+    if (fstatat(lk_root, path, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno != ENOENT)
+            return lk_decline();
+        r.attr_valid = r.attr_valid_nsec = 0; /* a negative entry: nodeid 0 */
+        if (write(fuse_fd, &r, sizeof r) < 0 && errno != ENOENT)
+            return lk_decline(); /* (ENOENT: the request was interrupted) */
+        lk_stats[1]++;
+        return 1;
+    }
+    if (S_ISREG(st.st_mode) && st.st_nlink > 1)
+        return lk_decline(); /* another name may have been copied up */
+    int tagged = -1;
+    for (int i = 0; i < lk_ndevs; i++)
+        if (lk_devs[i].dev == (uint64_t)st.st_dev)
+            tagged = i;
+    if (tagged < 0)
+        return lk_decline();
+    uint64_t ino = (lk_devs[tagged].tag << LK_DEV_SHIFT) | (uint64_t)st.st_ino;
+    uint8_t type = S_ISDIR(st.st_mode) ? 1 : S_ISREG(st.st_mode) ? 0 : 2;
+    /* Queue first: an entry the daemon could not be told of is never sent. */
+    size_t mark = lk_qlen;
+    if (lk_queue_entry(parent, ino, type, name, nlen) < 0)
+        return lk_decline();
+    r.nodeid = ino;
+    r.attr.ino = ino;
+    r.attr.size = (uint64_t)st.st_size;
+    r.attr.blocks = (uint64_t)st.st_blocks;
+    r.attr.atime = (uint64_t)st.st_atim.tv_sec;
+    r.attr.mtime = (uint64_t)st.st_mtim.tv_sec;
+    r.attr.ctime = (uint64_t)st.st_ctim.tv_sec;
+    r.attr.atimensec = (uint32_t)st.st_atim.tv_nsec;
+    r.attr.mtimensec = (uint32_t)st.st_mtim.tv_nsec;
+    r.attr.ctimensec = (uint32_t)st.st_ctim.tv_nsec;
+    r.attr.mode = st.st_mode;
+    r.attr.nlink = (uint32_t)st.st_nlink;
+    r.attr.uid = st.st_uid;
+    r.attr.gid = st.st_gid;
+    r.attr.rdev = (uint32_t)st.st_rdev;
+    r.attr.blksize = (uint32_t)st.st_blksize;
+    if (write(fuse_fd, &r, sizeof r) < 0) {
+        lk_qlen = mark; /* not delivered: nothing to count */
+        if (errno != ENOENT)
+            return lk_decline(); /* the daemon answers it */
+        return 1; /* ENOENT: the request was interrupted, no answer wanted */
+    }
+    if (type == 1)
+        lk_dir_set(ino, path, plen);
+    lk_stats[0]++;
+    return 1;
 }

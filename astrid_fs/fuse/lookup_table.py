@@ -1,0 +1,168 @@
+"""The shim's LOOKUP table (native/fuse_shim.c, part 12): LOOKUPs answered in C.
+
+In a directory only the local lower layer shows (overlay/core.py
+`lower_only`), a child is what one lstat of its lower entry says, and its
+inode number is derived from that lstat (overlay/inodes.py). The shim can
+do that itself: this module names those directories to it (inode -> lower
+path) and the devices tagged so far, and the shim answers LOOKUPs in them
+inside pyfuse3's receive call: no Python, no trio turn, no pyfuse3 request.
+A cold `git status` (one LOOKUP per tracked file) or a `stat` walk lives on
+this path.
+
+The daemon must still count every lookup the kernel holds (FORGET comes to
+Python), so the shim queues each entry it sent and calls `absorb` before it
+hands any request to pyfuse3: Python then interns the nodes and counts the
+lookups in one batch, as its own lookup would have. So whenever Python runs
+a request, its inode table is whole. Python's own tasks that are not FUSE
+requests (the control socket) call `absorb` first themselves.
+
+What the shim must not answer stays with Python: a directory stops being
+named here the moment it gets an upper directory (copy-up: whiteouts,
+new entries), loses its lower directory (a directory move), or is dropped;
+after commit, discard or rollback every directory is named again from its
+re-read state. A hard-linked regular file, a device the daemon has not
+tagged yet, an errno other than ENOENT go to Python (the shim declines).
+
+Off with passthrough (its OPENs are primed at lookup, passthrough.py), with
+remote trees or stacked lowers (no directory is `lower_only` there), without
+a shim that has part 12, or with `ASTRID_FS_C_LOOKUP=0` (for benchmarks).
+
+Threading: the shim calls `absorb` on pyfuse3's trio thread, synchronously,
+in the middle of the FUSE loop: it never awaits and never raises.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import struct
+from typing import Any
+
+from astrid_fs.fuse.name_only import NameOnlyListings
+from astrid_fs.overlay.core import OverlayCore
+from astrid_fs.overlay.inodes import Node
+
+log = logging.getLogger("astrid_fs.fuse.lookup_table")
+
+ENV = "ASTRID_FS_C_LOOKUP"
+ABSORB_CB = ctypes.CFUNCTYPE(None)
+# One queued entry: parent inode, inode, type (0 file, 1 directory, 2 other),
+# name length; then the name.
+_RECORD = struct.Struct("<QQBB")
+_DIR = 1
+
+
+class ShimLookups:
+    """The Python side of the shim's LOOKUP table."""
+
+    def __init__(self, lib: Any, overlay: OverlayCore, policy: NameOnlyListings,
+                 lower_ttl: float) -> None:
+        self._lib = lib
+        self.ov = overlay
+        self.policy = policy
+        self.absorbed = 0
+        lib.astrid_lk_enable.argtypes = [ctypes.c_int, ctypes.c_double, ABSORB_CB]
+        lib.astrid_lk_enable.restype = ctypes.c_int
+        lib.astrid_lk_dev.argtypes = [ctypes.c_uint64, ctypes.c_uint64]
+        lib.astrid_lk_dev.restype = ctypes.c_int
+        lib.astrid_lk_dir.argtypes = [ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
+        lib.astrid_lk_dir.restype = ctypes.c_int
+        lib.astrid_lk_pending.argtypes = []
+        lib.astrid_lk_pending.restype = ctypes.c_size_t
+        lib.astrid_lk_take.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        lib.astrid_lk_take.restype = ctypes.c_size_t
+        lib.astrid_lk_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+        lib.astrid_lk_stats.restype = None
+        self._root_fd = os.open(overlay.layers.lower, os.O_PATH | os.O_DIRECTORY)
+        self._callback = ABSORB_CB(self._absorb_from_shim)  # kept: the shim holds it
+        tags = overlay.tags
+        for dev, tag in tags.items():
+            lib.astrid_lk_dev(dev, tag)
+        tags.on_new = self._tagged
+        table = overlay.table
+        table.dir_watch = self.dir_changed
+        table.drop_watch = self.dropped
+        for node in table.nodes():
+            self.dir_changed(node)
+        if lib.astrid_lk_enable(self._root_fd, lower_ttl, self._callback) != 0:
+            raise OSError("astrid_lk_enable refused")
+
+    @classmethod
+    def enable(cls, overlay: OverlayCore, policy: NameOnlyListings,
+               lower_ttl: float) -> ShimLookups | None:
+        """Answer LOOKUPs of lower-only directories in the preloaded shim;
+        None where it cannot or must not (see the module's docstring)."""
+        layers = overlay.layers
+        if os.environ.get(ENV) == "0" or layers.remotes or layers.stack is not None:
+            return None
+        lib = ctypes.CDLL(None)
+        if not hasattr(lib, "astrid_lk_enable"):
+            return None
+        return cls(lib, overlay, policy, lower_ttl)
+
+    # ---- what the shim may answer -------------------------------------------
+
+    def dir_changed(self, node: Node) -> None:
+        """Name `node` to the shim, or take it back, as its state says now."""
+        if not node.is_dir:
+            return
+        lower = self.ov.lower_only(node)
+        if lower is None or lower.startswith(b"/"):
+            self._lib.astrid_lk_dir(node.ino, None, 0)
+        else:
+            self._lib.astrid_lk_dir(node.ino, lower, len(lower))
+
+    def dropped(self, ino: int) -> None:
+        self._lib.astrid_lk_dir(ino, None, 0)
+
+    def _tagged(self, dev: int, tag: int) -> None:
+        self._lib.astrid_lk_dev(dev, tag)
+
+    # ---- what the shim answered ---------------------------------------------
+
+    def absorb(self) -> None:
+        """Count the lookups the shim answered since the last call, as the
+        daemon's own lookup would have: intern the node, one lookup each."""
+        size = self._lib.astrid_lk_pending()
+        if not size:
+            return
+        buf = ctypes.create_string_buffer(size)
+        got = self._lib.astrid_lk_take(buf, size)
+        data = buf.raw[:got]
+        table = self.ov.table
+        looked_up = self.policy.looked_up
+        unpack = _RECORD.unpack_from
+        off = 0
+        count = 0
+        while off < got:
+            parent_ino, ino, kind, length = unpack(data, off)
+            off += _RECORD.size
+            name = data[off:off + length]
+            off += length
+            count += 1
+            if parent_ino not in table:
+                # Cannot happen: a directory is dropped only at a FORGET,
+                # which comes after its children's entries were absorbed.
+                log.error("shim lookup in unknown directory %d (%r)", parent_ino, name)
+                continue
+            parent = table.get(parent_ino)
+            lower = parent.lower
+            node = table.intern(ino, kind == _DIR, (lower or b"") + b"/" + name, False,
+                                parent_ino, name)
+            table.add_lookup(node)
+            looked_up(parent_ino, name)
+        self.absorbed += count
+
+    def _absorb_from_shim(self) -> None:
+        try:
+            self.absorb()
+        except Exception:  # never into C: the lookup counts are then short
+            log.exception("absorbing the shim's lookups failed")
+
+    def stats(self) -> dict[str, int]:
+        """LOOKUPs answered in C (entries, negative entries), declined to Python."""
+        out = (ctypes.c_int64 * 3)()
+        self._lib.astrid_lk_stats(out)
+        return {"entries": int(out[0]), "negative": int(out[1]), "declined": int(out[2]),
+                "absorbed": self.absorbed}

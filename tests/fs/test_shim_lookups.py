@@ -1,0 +1,132 @@
+"""LOOKUPs answered in C (shim part 12, fuse/lookup_table.py), through a real
+mount: in directories only the lower layer shows, the shim's answer is the
+lower entry the daemon's own lookup would give; a directory stops being
+answered there the moment it gets an upper directory; and the daemon's
+inode table counts every lookup the shim answered (nodes come and go with
+the kernel's FORGETs, nothing leaks, nothing goes stale)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.mounts import MountedSession
+
+Mount = Callable[..., MountedSession]
+
+
+def lower_tree(root: Path) -> list[str]:
+    """A few levels of files, symlinks and a hard-linked pair; the paths."""
+    paths = []
+    for d in ("proj/src/deep", "proj/docs"):
+        (root / d).mkdir(parents=True)
+        for i in range(12):
+            (root / d / f"f{i}.txt").write_text(f"{d} {i}\n" * (i + 1))
+            paths.append(f"{d}/f{i}.txt")
+        (root / d / "ln").symlink_to("f1.txt")
+        paths += [d, f"{d}/ln"]
+    os.link(root / "proj/src/deep/f0.txt", root / "proj/docs/hard")
+    paths.append("proj/docs/hard")
+    return paths
+
+
+def shim_lookups(s: MountedSession) -> dict[str, int]:
+    stats = s.control("stats").get("shim_lookups")
+    assert stats is not None, "LOOKUPs not answered in C: is the FUSE shim (part 12) loaded?"
+    return dict(stats)
+
+
+def dirty_dentries() -> None:
+    """Make the kernel forget every unused dentry and inode (FORGETs)."""
+    Path("/proc/sys/vm/drop_caches").write_text("2\n")
+
+
+def test_lookups_answered_in_c_are_the_lower_entries(tmp_path: Path,
+                                                     mount_session: Mount) -> None:
+    lower = tmp_path / "lower"
+    paths = lower_tree(lower)
+    s = mount_session(lower, None, "--lower-ttl", "0")
+    for rel in paths:
+        seen, real = os.lstat(s.mnt / rel), os.lstat(lower / rel)
+        assert (seen.st_ino, seen.st_mode, seen.st_size, seen.st_mtime_ns, seen.st_nlink,
+                seen.st_uid) == (real.st_ino, real.st_mode, real.st_size, real.st_mtime_ns,
+                                 real.st_nlink, real.st_uid), rel
+        if stat.S_ISREG(real.st_mode):
+            assert (s.mnt / rel).read_bytes() == (lower / rel).read_bytes(), rel
+    with pytest.raises(FileNotFoundError):
+        os.lstat(s.mnt / "proj/src/deep/missing")
+    counts = shim_lookups(s)
+    # Everything below proj/ but the hard link (the lower root's own children
+    # always go to the daemon: commit staging names are hidden there).
+    assert counts["entries"] >= len(paths) - 2, counts
+    assert counts["negative"] >= 1 and counts["declined"] >= 1, counts
+    hard, first = os.lstat(s.mnt / "proj/docs/hard"), os.lstat(s.mnt / "proj/src/deep/f0.txt")
+    assert hard.st_ino == first.st_ino
+
+
+def test_a_directory_that_gets_an_upper_directory_is_answered_by_the_daemon(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """Whiteouts and new entries live in the upper directory, which the
+    shim never reads: once a directory has one, its lookups must go to the
+    daemon. The directory is held open (so the kernel keeps its inode and
+    the daemon its node) while the kernel forgets the names in it."""
+    lower = tmp_path / "lower"
+    lower_tree(lower)
+    s = mount_session(lower)
+    deep = s.mnt / "proj/src/deep"
+    held = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert os.lstat("f3.txt", dir_fd=held).st_size > 0  # answered in C
+        answered = shim_lookups(s)["entries"]
+        os.unlink(deep / "f3.txt")  # deep gets an upper directory and a whiteout
+        (deep / "new").write_text("new\n")
+        dirty_dentries()
+        with pytest.raises(FileNotFoundError):
+            os.lstat("f3.txt", dir_fd=held)
+        assert os.lstat("new", dir_fd=held).st_size == 4
+        assert os.lstat("f4.txt", dir_fd=held).st_size > 0
+        assert shim_lookups(s)["entries"] == answered, "the shim answered in a merged directory"
+    finally:
+        os.close(held)
+    assert sorted(os.listdir(deep)) == sorted(
+        {f"f{i}.txt" for i in range(12)} - {"f3.txt"} | {"ln", "new"})
+    # A directory moved away keeps its children; its old name is gone.
+    os.rename(s.mnt / "proj/docs", s.mnt / "proj/manual")
+    dirty_dentries()
+    assert (s.mnt / "proj/manual/f2.txt").read_text().startswith("proj/docs 2")
+    with pytest.raises(FileNotFoundError):
+        os.lstat(s.mnt / "proj/docs/f2.txt")
+    assert (lower / "proj/src/deep/f3.txt").exists()  # the lower never changes
+
+
+def test_files_found_in_c_are_written_and_forgotten_like_any_other(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """The daemon learns of the shim's entries before any request of its own:
+    a write (copy-up) needs the node's path; and the kernel's FORGETs drop
+    exactly the nodes it looked up, however many LOOKUPs the shim answered."""
+    lower = tmp_path / "lower"
+    (lower / "d" / "e").mkdir(parents=True)
+    for i in range(2000):
+        (lower / "d" / "e" / f"n{i}").write_text(str(i))
+    s = mount_session(lower, None, "--lower-ttl", "0")
+    e = s.mnt / "d" / "e"
+    for _ in range(2):  # a zero TTL: each round LOOKUPs every name again
+        for i in range(2000):
+            os.lstat(e / f"n{i}")
+    before = s.control("stats")["nodes"]
+    assert before >= 2000, before
+    with open(e / "n7", "a") as f:  # copy-up of a node only the shim saw
+        f.write("+")
+    assert (s.upper / "d" / "e" / "n7").read_text() == "7+"
+    assert (lower / "d" / "e" / "n7").read_text() == "7"
+    dirty_dentries()
+    after = s.control("stats")["nodes"]
+    assert after < 50, f"{after} nodes left after the kernel forgot them (lookups overcounted)"
+    for i in (0, 7, 1999):
+        assert (e / f"n{i}").read_text() == (f"{i}+" if i == 7 else str(i))
+    counts = shim_lookups(s)
+    assert counts["entries"] >= 4000 and counts["absorbed"] == counts["entries"], counts
