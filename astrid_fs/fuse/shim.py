@@ -45,7 +45,8 @@ def shim_version() -> int:
     COPY_FILE_RANGE forwarded to callbacks (extra_ops.py); 6: FUSE
     passthrough on request (passthrough.py); 7: WRITEs of upper files
     answered in C (write_table.py); 8: requests C answers drained inside the
-    receive call (write_table.py)."""
+    receive call (write_table.py); 9: READs answered (and drained) in C too
+    (write_table.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

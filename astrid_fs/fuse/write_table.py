@@ -1,22 +1,29 @@
-"""The shim's write table (native/fuse_shim.c, part 9): WRITEs answered in C.
+"""The shim's fd table (native/fuse_shim.c, parts 9 and 10): READs and WRITEs
+answered in C.
 
-A by-inode WRITE (the kernel's no_open mode) of an inode the table names is
-written by the shim straight from libfuse's buffer to the fd it names, and
-answered without Python: no bytes object, no trio task, no handler. The
-table holds exactly the read-write fds `overlay/files.py` keeps on upper
-files (or on the unnamed copy of a file removed while open); files.py adds
-an entry when it opens such an fd and takes it back before it closes or
-replaces one, so the shim never writes to a closed (or reused) fd number.
-What is not in the table, a lower file's first write (which copies it up)
-above all, goes to Python as before.
+A by-inode READ or WRITE (the kernel's no_open mode) of an inode the table
+names is served by the shim from the fd it names and answered without
+Python: no bytes object, no trio task, no handler. A READ is one pread into
+the shim's buffer (short only at EOF, as the daemon's own), a WRITE goes
+straight from libfuse's buffer to the fd. The table holds the inode fds
+`overlay/files.py` keeps, each marked with whether WRITEs may go there (a
+read-write fd on an upper file, or on the unnamed copy of a file removed
+while open); files.py adds an entry when it opens an fd and takes it back
+before it closes or replaces one (and before a lower file's copy-up), so the
+shim never touches a closed (or reused) fd number and a reader follows a
+copy-up. What is not in the table goes to Python as before: a file's first
+READ (which opens its fd), a lower file's first write (which copies it up),
+remote files (read through `Reader`s, never an inode fd).
 
-Shim version 8 also drains (part 10): while requests keep coming that C
-answers (these WRITEs, the kernel's `security.capability` probe before each
-write), the shim answers them inside pyfuse3's receive call, waiting up to
-200 us for the next, so an append to an upper file costs no trio turn.
+Versions: 7 has the write table, 8 also drains (part 10: while requests keep
+coming that C answers, the shim answers them inside pyfuse3's receive call,
+waiting up to 200 us for the next, so a stream of them costs no trio turn),
+9 also holds read-only fds and answers (and drains) READs. With 7 or 8 only
+the writable fds are added.
 
-Threading: libfuse calls the WRITE handler on pyfuse3's trio thread, which
-is also the only thread that changes the table; the shim locks anyway.
+Threading: libfuse calls the READ and WRITE handlers on pyfuse3's trio
+thread, which is also the only thread that changes the table; the shim
+locks anyway.
 """
 
 from __future__ import annotations
@@ -26,17 +33,25 @@ from typing import Any
 
 from astrid_fs.fuse.shim import shim_version
 
-# The shim version that has astrid_wf_set; the one that also drains.
+# The shim version that has astrid_wf_set; the one that also drains; the one
+# whose table also serves READs (astrid_fd_set, astrid_fd_stats).
 WRITE_TABLE_VERSION = 7
 DRAIN_VERSION = 8
+READ_TABLE_VERSION = 9
 
 
 class ShimWriteTable:
-    """The Python side of the shim's ino -> fd write table."""
+    """The Python side of the shim's ino -> fd table."""
 
-    def __init__(self, lib: Any, *, drains: bool) -> None:
+    def __init__(self, lib: Any, *, drains: bool, serves_reads: bool) -> None:
         self._lib = lib
         self.drains = drains
+        self.serves_reads = serves_reads
+        if serves_reads:
+            self._lib.astrid_fd_set.argtypes = [ctypes.c_uint64, ctypes.c_int, ctypes.c_int]
+            self._lib.astrid_fd_set.restype = ctypes.c_int
+            self._lib.astrid_fd_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+            self._lib.astrid_fd_stats.restype = None
         self._lib.astrid_wf_set.argtypes = [ctypes.c_uint64, ctypes.c_int]
         self._lib.astrid_wf_set.restype = ctypes.c_int
         self._lib.astrid_wf_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
@@ -53,23 +68,35 @@ class ShimWriteTable:
         version = shim_version()
         if version < WRITE_TABLE_VERSION:
             return None
-        return cls(ctypes.CDLL(None), drains=version >= DRAIN_VERSION)
+        return cls(ctypes.CDLL(None), drains=version >= DRAIN_VERSION,
+                   serves_reads=version >= READ_TABLE_VERSION)
 
-    def add(self, ino: int, fd: int) -> None:
-        """WRITEs of `ino` go to `fd` (read-write, on its upper file)."""
-        # -ENOMEM leaves the inode out: its writes then go to Python.
-        self._lib.astrid_wf_set(ino, fd)
+    def add(self, ino: int, fd: int, *, writes: bool) -> None:
+        """READs of `ino` are read from `fd`, and WRITEs written there if
+        `writes` (read-write, on its upper file)."""
+        # -ENOMEM leaves the inode out: its I/O then goes to Python.
+        if self.serves_reads:
+            self._lib.astrid_fd_set(ino, fd, int(writes))
+        elif writes:
+            self._lib.astrid_wf_set(ino, fd)
 
     def remove(self, ino: int) -> None:
-        """WRITEs of `ino` go to the daemon again (before its fd closes)."""
+        """READs and WRITEs of `ino` go to the daemon again (before its fd
+        closes)."""
         self._lib.astrid_wf_set(ino, -1)
 
     def stats(self) -> dict[str, int]:
-        """WRITEs the shim answered and the bytes they wrote; requests it
-        answered while draining, and how often it then found nothing more."""
-        out = (ctypes.c_int64 * 2)()
-        self._lib.astrid_wf_stats(out)
+        """WRITEs the shim answered and the bytes they wrote (READs and the
+        bytes they read, from version 9); requests it answered while
+        draining, and how often it then found nothing more."""
+        out = (ctypes.c_int64 * 4)()
+        if self.serves_reads:
+            self._lib.astrid_fd_stats(out)
+        else:
+            self._lib.astrid_wf_stats(out)
         counts = {"writes": int(out[0]), "bytes": int(out[1])}
+        if self.serves_reads:
+            counts |= {"reads": int(out[2]), "read_bytes": int(out[3])}
         if self.drains:
             self._lib.astrid_drain_stats(out)
             counts |= {"drained": int(out[0]), "drain_idle": int(out[1])}

@@ -18,10 +18,14 @@ Three kinds, each with its own end of life:
 
 Invariants: an fd is in exactly one of these maps; every close goes
 through this module; a lookup never returns an fd this module has closed.
-A `WriteTable` (the FUSE shim's, fuse/write_table.py), when given, names
-exactly the writable inode fds on upper files (and pinned ones): WRITEs of
-those inodes are served from it without this module, so an entry is taken
-out of it before its fd closes or is replaced.
+A `WriteTable` (the FUSE shim's fd table, fuse/write_table.py), when given,
+names exactly the inode fds (all of them, if it `serves_reads`; else only
+the writable ones on upper files and pinned ones), each marked with whether
+WRITEs may go there: READs and WRITEs of those inodes are served from it
+without this module, so an entry is taken out of it before its fd closes or
+is replaced, and an entry on a lower file before that file is copied up
+(the overlay tells us, `Overlay.on_copy_up`): a reader then reads the upper
+copy, as it would here.
 The daemon's fd count is bounded by `capacity` + pinned files + handles the
 kernel holds open.
 
@@ -50,9 +54,13 @@ DEFAULT_CAPACITY = 1024
 
 
 class WriteTable(Protocol):
-    """Where by-inode WRITEs may go without this module (fuse/write_table.py)."""
+    """Where by-inode READs (and WRITEs, where `writes`) may go without this
+    module (fuse/write_table.py)."""
 
-    def add(self, ino: int, fd: int) -> None: ...
+    #: Whether read-only fds are worth adding (READs served from them).
+    serves_reads: bool
+
+    def add(self, ino: int, fd: int, *, writes: bool) -> None: ...
 
     def remove(self, ino: int) -> None: ...
 
@@ -79,6 +87,7 @@ class OpenFiles:
         self._readers: dict[int, tuple[Node, Reader]] = {}
         self._ino_readers: dict[int, Reader] = {}
         self._next_reader_fh = _FIRST_READER_FH
+        overlay.on_copy_up(self._copied_up)
 
     # ---- inode fds ----------------------------------------------------------
 
@@ -168,10 +177,19 @@ class OpenFiles:
         if entry.pinned:
             self._pinned += 1
         self._by_ino[ino] = entry
-        if self.write_table is not None and entry.writable and (entry.in_upper or entry.pinned):
-            self.write_table.add(ino, entry.fd)
+        writes = entry.writable and (entry.in_upper or entry.pinned)
+        if self.write_table is not None and (writes or self.write_table.serves_reads):
+            self.write_table.add(ino, entry.fd, writes=writes)
         self._evict(keep=ino)
         return entry.fd
+
+    def _copied_up(self, node: Node) -> None:
+        # An fd on the lower file no longer shows the file: close it (and
+        # take it out of the shim's table) now, not at the next read here,
+        # since the shim reads without asking.
+        entry = self._by_ino.get(node.ino)
+        if entry is not None and not entry.in_upper and not entry.pinned:
+            self._close(node.ino)
 
     def _evict(self, keep: int) -> None:
         excess = len(self._by_ino) - self._pinned - self.capacity

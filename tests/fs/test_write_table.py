@@ -1,14 +1,15 @@
 """WRITEs answered in C (fuse/write_table.py, shim parts 9 and 10).
 
 The shim writes a by-inode WRITE straight to the fd the daemon registered
-for that inode. Its one danger is a stale entry: an fd number the daemon
-closed (and the kernel may hand out again for another file) still in the
-table. So the table must name exactly the writable inode fds on upper files
-(or pinned ones), and an entry must leave it before its fd closes. Checked
-twice: on the operations without a mount (a recording table, after every
-step), and through a real mount (writes after the daemon closed and reused
-fds land in the right files; size and mtime seen through the mount are the
-upper file's).
+for that inode (and reads READs from it: test_read_table.py). Its one danger
+is a stale entry: an fd number the daemon closed (and the kernel may hand out
+again for another file) still in the table, or an fd on a lower file after a
+copy-up. So the table must name exactly the inode fds the daemon holds,
+writable exactly where WRITEs may go (on upper files, or pinned ones), and
+an entry must leave it before its fd closes. Checked twice: on the operations
+without a mount (a recording table, after every step), and through a real
+mount (writes after the daemon closed and reused fds land in the right files;
+size and mtime seen through the mount are the upper file's).
 """
 
 from __future__ import annotations
@@ -20,29 +21,36 @@ import pytest
 
 from astrid_fs.fuse.shim import FH_INODE
 from astrid_fs.overlay.files import OpenFiles
+from astrid_fs.overlay.overlay import SetAttr
 from tests.fs.test_ops_api import CTX, make_ops
 from tests.support.mounts import MountedSession
 
 
 class RecordingTable:
-    """A write table that checks the fd it is told about is open."""
+    """An fd table that checks the fd it is told about is open."""
+
+    serves_reads = True
 
     def __init__(self) -> None:
-        self.fds: dict[int, int] = {}
+        self.fds: dict[int, tuple[int, bool]] = {}
 
-    def add(self, ino: int, fd: int) -> None:
+    def add(self, ino: int, fd: int, *, writes: bool) -> None:
         os.fstat(fd)  # open now
-        self.fds[ino] = fd
+        self.fds[ino] = (fd, writes)
 
     def remove(self, ino: int) -> None:
-        fd = self.fds.pop(ino, None)
-        if fd is not None:
-            os.fstat(fd)  # still open: removed before the close
+        entry = self.fds.pop(ino, None)
+        if entry is not None:
+            os.fstat(entry[0])  # still open: removed before the close
 
 
-def expected(files: OpenFiles) -> dict[int, int]:
-    return {ino: e.fd for ino, e in files._by_ino.items()
-            if e.writable and (e.in_upper or e.pinned)}
+def expected(files: OpenFiles) -> dict[int, tuple[int, bool]]:
+    return {ino: (e.fd, e.writable and (e.in_upper or e.pinned))
+            for ino, e in files._by_ino.items()}
+
+
+def writable(table: RecordingTable) -> set[int]:
+    return {ino for ino, (_, writes) in table.fds.items() if writes}
 
 
 @pytest.fixture
@@ -51,10 +59,12 @@ def layers(tmp_path: Path) -> tuple[Path, Path, Path]:
     for d in (lower, upper, work):
         d.mkdir()
     (lower / "README.md").write_text("hello\n")
+    for i in range(4):
+        (lower / f"l{i}").write_text(f"lower {i}\n")
     return lower, upper, work
 
 
-async def test_table_names_exactly_the_writable_upper_fds(
+async def test_table_names_exactly_the_inode_fds_and_which_take_writes(
         layers: tuple[Path, Path, Path]) -> None:
     ops = make_ops(layers, no_open=True)
     table = RecordingTable()
@@ -67,10 +77,23 @@ async def test_table_names_exactly_the_writable_upper_fds(
     readme = await ops.lookup(1, b"README.md", CTX)
     assert await ops.read(FH_INODE | readme.st_ino, 0, 5) == b"hello"
     check()
-    assert readme.st_ino not in table.fds  # a read-only fd on the lower file
+    assert table.fds[readme.st_ino][1] is False  # read-only, on the lower file
     await ops.write(FH_INODE | readme.st_ino, 6, b"more")  # copy-up, reopen
     check()
-    assert readme.st_ino in table.fds
+    assert table.fds[readme.st_ino][1] is True
+    # A lower file copied up by a chmod, not by a write through its fd: its
+    # read-only lower fd leaves the table (its readers must read the copy).
+    l0 = await ops.lookup(1, b"l0", CTX)
+    assert await ops.read(FH_INODE | l0.st_ino, 0, 5) == b"lower"
+    assert l0.st_ino in table.fds
+    ops.ov.setattr(l0.st_ino, SetAttr(mode=0o600), None)
+    check()
+    assert l0.st_ino not in table.fds
+    for i in range(1, 4):  # read-only fds count against the capacity too
+        entry = await ops.lookup(1, b"l%d" % i, CTX)
+        assert await ops.read(FH_INODE | entry.st_ino, 0, 7) == b"lower %d" % i
+        check()
+    assert len(table.fds) == 3 and not writable(table)
     created = []
     for i in range(6):  # beyond the capacity: evictions
         _, entry = await ops.create(1, b"n%d" % i, 0o644, os.O_RDWR, CTX)
@@ -79,7 +102,7 @@ async def test_table_names_exactly_the_writable_upper_fds(
         check()
     await ops.unlink(1, b"n5", CTX)  # pinned: still the file's only way in
     check()
-    assert created[-1] in table.fds
+    assert created[-1] in writable(table)
     ops.invalidate_all()  # unpinned fds close, the pinned one stays
     check()
     assert list(table.fds) == [created[-1]]

@@ -64,17 +64,22 @@
  *    it is open for cached I/O: the live-open counts here let the daemon
  *    keep to that.
  *
- * 9. Writes in C. The daemon registers the read-write fd it keeps on an
- *    upper file (overlay/files.py: only once the file is in the upper layer,
- *    or is an unnamed copy that only the fd reaches) with astrid_wf_set();
- *    a by-inode WRITE of such an inode is then written here, straight from
- *    libfuse's buffer to the fd (fuse_buf_copy), and answered without Python.
- *    The daemon takes the entry back (astrid_wf_set(ino, -1)) before it
- *    closes or replaces that fd; anything not in the table (a lower file's
- *    first write, which copies it up; a remote file) goes to Python as before.
+ * 9. Reads and writes in C. The daemon registers every inode fd it keeps
+ *    (overlay/files.py) with astrid_fd_set(), marked writable for the
+ *    read-write fd on an upper file (only once the file is in the upper
+ *    layer, or is an unnamed copy that only the fd reaches). A by-inode READ
+ *    of a registered inode is then read here (one pread, as the daemon
+ *    would) and answered without Python; a by-inode WRITE of a writable one
+ *    is written here, straight from libfuse's buffer to the fd
+ *    (fuse_buf_copy). The daemon takes the entry back (astrid_wf_set(ino,
+ *    -1)) before it closes or replaces that fd, and before it copies a lower
+ *    file up (so its readers then read the upper copy); anything not in the
+ *    table (a file's first READ, which opens the fd; a lower file's first
+ *    write, which copies it up; a remote file) goes to Python as before.
+ *    Versions 7 and 8 held only the writable fds (astrid_wf_set).
  *
- *    Part 10 keeps such WRITEs (and the xattr probes of part 4) inside C
- *    altogether: the wrapped fuse_session_receive_buf answers every request
+ *    Part 10 keeps such READs and WRITEs (and the xattr probes of part 4)
+ *    inside C altogether: the wrapped fuse_session_receive_buf answers every request
  *    it can answer here as it arrives, and waits a moment (DRAIN_WAIT_US)
  *    for the next one before handing control back, so a stream of them costs
  *    no turn of pyfuse3's trio loop each (no epoll_ctl, no epoll_wait, no
@@ -115,7 +120,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 8; }
+int astrid_fuse_shim_loaded(void) { return 9; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -721,10 +726,14 @@ static void shim_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
     orig_setattr(req, ino, attr, to_set, fi);
 }
 
+static int rf_read(fuse_req_t req, size_t size, off_t off, const struct fuse_file_info *fi);
+
 static void shim_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                       struct fuse_file_info *fi)
 {
     mark(ino, fi);
+    if (rf_read(req, size, off, fi))
+        return;
     orig_read(req, ino, size, off, fi);
 }
 
@@ -735,16 +744,18 @@ static void shim_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t s
     orig_write(req, ino, buf, size, off, fi);
 }
 
-/* ---- 9. writes in C ------------------------------------------------------- */
+/* ---- 9. reads and writes in C ---------------------------------------------- */
 
-struct wf_entry { struct wf_entry *next; uint64_t ino; int fd; };
+/* Version 9: every inode fd the daemon keeps is here (reads go to any of
+ * them); `writable` says whether WRITEs may go there too. */
+struct wf_entry { struct wf_entry *next; uint64_t ino; int fd; int writable; };
 #define WF_BUCKETS 4096
 static struct wf_entry *wf_table[WF_BUCKETS];
 /* The daemon changes the table from its trio thread, where libfuse also
- * calls the WRITE handler; the lock keeps that true if it ever is not:
- * a write holds it, so an fd is never closed under a write. */
+ * calls the READ and WRITE handlers; the lock keeps that true if it ever is
+ * not: a read or write holds it, so an fd is never closed under one. */
 static pthread_mutex_t wf_lock = PTHREAD_MUTEX_INITIALIZER;
-static int64_t wf_stats[2]; /* WRITEs answered here, bytes written */
+static int64_t wf_stats[4]; /* WRITEs answered here, bytes written; READs, bytes read */
 
 static struct wf_entry **wf_slot(uint64_t ino)
 {
@@ -754,9 +765,10 @@ static struct wf_entry **wf_slot(uint64_t ino)
     return p;
 }
 
-/* `fd` >= 0: WRITEs of `ino` go to `fd` from now on; `fd` < 0: they go to
- * the daemon again (call before closing the fd). 0 or -ENOMEM. */
-int astrid_wf_set(uint64_t ino, int fd)
+/* `fd` >= 0: READs of `ino` are read from `fd` from now on, and WRITEs
+ * written there if `writable`; `fd` < 0: both go to the daemon again (call
+ * before closing the fd). 0 or -ENOMEM. */
+int astrid_fd_set(uint64_t ino, int fd, int writable)
 {
     int res = 0;
     pthread_mutex_lock(&wf_lock);
@@ -769,11 +781,13 @@ int astrid_wf_set(uint64_t ino, int fd)
         }
     } else if (*slot) {
         (*slot)->fd = fd;
+        (*slot)->writable = writable;
     } else {
         struct wf_entry *e = calloc(1, sizeof *e);
         if (e) {
             e->ino = ino;
             e->fd = fd;
+            e->writable = writable;
             *slot = e;
         } else {
             res = -ENOMEM;
@@ -783,8 +797,23 @@ int astrid_wf_set(uint64_t ino, int fd)
     return res;
 }
 
+/* Versions 7 and 8: a writable entry (their table held only those). */
+int astrid_wf_set(uint64_t ino, int fd)
+{
+    return astrid_fd_set(ino, fd, 1);
+}
+
 /* out: WRITEs answered here, bytes they wrote. */
 void astrid_wf_stats(int64_t *out)
+{
+    pthread_mutex_lock(&wf_lock);
+    memcpy(out, wf_stats, 2 * sizeof wf_stats[0]);
+    pthread_mutex_unlock(&wf_lock);
+}
+
+/* out: WRITEs answered here, bytes they wrote, READs answered here, bytes
+ * they read. */
+void astrid_fd_stats(int64_t *out)
 {
     pthread_mutex_lock(&wf_lock);
     memcpy(out, wf_stats, sizeof wf_stats);
@@ -820,7 +849,7 @@ static int wf_write(fuse_req_t req, struct fuse_bufvec *bufv, off_t off,
         return 0;
     pthread_mutex_lock(&wf_lock);
     struct wf_entry *e = *wf_slot(fi->fh & ASTRID_FH_INO_MASK);
-    if (!e) {
+    if (!e || !e->writable) {
         pthread_mutex_unlock(&wf_lock);
         return 0;
     }
@@ -838,6 +867,63 @@ static int wf_write(fuse_req_t req, struct fuse_bufvec *bufv, off_t off,
         send_err(req, (int)-res);
     else
         wf_reply_write(req, (size_t)res);
+    return 1;
+}
+
+/* A by-inode READ of an inode in the table: read and answered here, from
+ * the fd the daemon would read (one pread, as the daemon does: short only at
+ * EOF). Returns 0 when it was not (the caller hands it to the daemon).
+ * Why pread into a buffer kept for the next READ, then fuse_reply_buf:
+ * reading 1 GiB of page-cached lower file through a fresh mount (1 MiB
+ * READs) took 490-580 ms that way, 780-1030 ms with fuse_reply_data of an
+ * fd buffer (libfuse mallocs a buffer per reply) and 850-1800 ms with that
+ * plus the splice-write capability (minimum of 5, three rounds, load 2). */
+static int (*rf_reply_buf)(fuse_req_t, const char *, size_t);
+
+static int rf_ready(void)
+{
+    if (!rf_reply_buf)
+        rf_reply_buf = (int (*)(fuse_req_t, const char *, size_t))libfuse_symbol("fuse_reply_buf");
+    return rf_reply_buf != NULL;
+}
+
+/* libfuse calls handlers on pyfuse3's one thread; per thread all the same. */
+static __thread char *rf_buf;
+static __thread size_t rf_room;
+
+static int rf_read(fuse_req_t req, size_t size, off_t off, const struct fuse_file_info *fi)
+{
+    if (!fi || !(fi->fh & ASTRID_FH_INODE) || (fi->fh & ASTRID_FH_OPEN_REPLY))
+        return 0;
+    if (!rf_ready())
+        return 0;
+    if (size > rf_room) {
+        char *grown = realloc(rf_buf, size);
+        if (!grown)
+            return 0;
+        rf_buf = grown;
+        rf_room = size;
+    }
+    pthread_mutex_lock(&wf_lock);
+    struct wf_entry *e = *wf_slot(fi->fh & ASTRID_FH_INO_MASK);
+    if (!e) {
+        pthread_mutex_unlock(&wf_lock);
+        return 0;
+    }
+    ssize_t got;
+    do
+        got = pread(e->fd, rf_buf, size, off);
+    while (got < 0 && errno == EINTR);
+    int err = got < 0 ? errno : 0;
+    if (got >= 0) {
+        wf_stats[2]++;
+        wf_stats[3] += got;
+    }
+    pthread_mutex_unlock(&wf_lock);
+    if (got < 0)
+        send_err(req, err);
+    else
+        rf_reply_buf(req, rf_buf, (size_t)got);
     return 1;
 }
 
@@ -1076,16 +1162,18 @@ void fuse_session_process_buf(struct fuse_session *se, const struct fuse_buf *bu
 /*
  * 10. Draining what C answers (see part 9). Only requests whose answer here
  *     is certain are drained: GETXATTR of the names shim_getxattr answers,
- *     and by-inode WRITEs of inodes in the write table (the table cannot
- *     change meanwhile: only the daemon's trio thread changes it, and that
- *     thread is here). Kernel ABI: struct fuse_in_header (40 bytes: len,
- *     opcode, unique, nodeid, uid, gid, pid, extlen, padding), then
- *     fuse_getxattr_in (8 bytes) and the name, or fuse_write_in (40 bytes:
- *     fh, offset, size, write_flags, lock_owner, flags, padding).
+ *     by-inode READs of inodes in the fd table and WRITEs of writable ones
+ *     (the table cannot change meanwhile: only the daemon's trio thread
+ *     changes it, and that thread is here). Kernel ABI: struct
+ *     fuse_in_header (40 bytes: len, opcode, unique, nodeid, uid, gid, pid,
+ *     extlen, padding), then fuse_getxattr_in (8 bytes) and the name, or
+ *     fuse_write_in / fuse_read_in (40 bytes each: fh, offset, size,
+ *     write_flags / read_flags, lock_owner, flags, padding).
  */
 #include <poll.h>
 #define DRAIN_GETXATTR 22
 #define DRAIN_WRITE 16
+#define DRAIN_READ 15
 #define DRAIN_IN_HEADER 40
 /* How long to wait for the next request before returning to pyfuse3: about
  * one client round trip (a process appending to many files sends GETXATTR,
@@ -1130,6 +1218,21 @@ static int drain_answerable(const struct fuse_buf *buf)
         if (fh != 0 && (!(fh & ASTRID_FH_INODE) || (fh & ASTRID_FH_OPEN_REPLY)))
             return 0;
         if (!wf_ready())
+            return 0;
+        pthread_mutex_lock(&wf_lock);
+        struct wf_entry *e = *wf_slot(fh ? (fh & ASTRID_FH_INO_MASK) : nodeid);
+        int known = e != NULL && e->writable;
+        pthread_mutex_unlock(&wf_lock);
+        return known;
+    }
+    if (opcode == DRAIN_READ && orig_read && len >= DRAIN_IN_HEADER + 40) {
+        /* struct fuse_read_in: fh, offset, size, read_flags, lock_owner,
+         * flags, padding (40 bytes) */
+        uint64_t fh;
+        memcpy(&fh, mem + DRAIN_IN_HEADER, 8);
+        if (fh != 0 && (!(fh & ASTRID_FH_INODE) || (fh & ASTRID_FH_OPEN_REPLY)))
+            return 0;
+        if (!rf_ready())
             return 0;
         pthread_mutex_lock(&wf_lock);
         int known = *wf_slot(fh ? (fh & ASTRID_FH_INO_MASK) : nodeid) != NULL;

@@ -1,0 +1,166 @@
+"""READs answered in C (fuse/write_table.py, shim parts 9 and 10), through a
+real mount.
+
+Once the daemon holds an inode fd for a file (its first READ opens it), the
+shim reads that file's READs from the fd itself. What could go wrong: bytes
+at the end of a file (a short read must be exactly the file's tail), a
+reader that keeps reading the lower file after it was copied up, and an fd
+number the daemon closed (evicted, layers changed) that the table still
+names while the kernel hands it out for another file. The kernel's page
+cache would hide most of that, so every read here first drops the file's
+cached pages (POSIX_FADV_DONTNEED), which makes the kernel send READs again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from astrid_fs.overlay.files import DEFAULT_CAPACITY
+from tests.fs.test_write_table import shim_counts
+from tests.support.mounts import MountedSession
+
+# Not a multiple of the page size or of the largest READ (1 MiB): the last
+# READ is short.
+BIG = 3 * 1024 * 1024 + 4321
+
+
+def content(size: int, seed: int) -> bytes:
+    """`size` bytes that differ at every offset and between seeds."""
+    block = bytes((i * 7 + seed) % 251 for i in range(251))
+    return (block * (size // len(block) + 1))[:size]
+
+
+def uncached_pread(path: Path, size: int, offset: int) -> bytes:
+    """pread through a fresh open, after dropping the file's cached pages."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def uncached_read(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def shim_reads(s: MountedSession) -> int:
+    counts = shim_counts(s)
+    if "reads" not in counts:
+        pytest.fail("the FUSE shim answers no READs (version 9; scripts/setup.sh builds it)")
+    return counts["reads"]
+
+
+@pytest.fixture
+def s(tmp_path: Path, mount_session: object) -> MountedSession:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "big").write_bytes(content(BIG, 1))
+    (lower / "small").write_bytes(b"lower small\n")
+    return mount_session(lower)  # type: ignore[operator, no-any-return]
+
+
+def test_reads_answered_in_c_are_byte_exact_to_the_end(s: MountedSession) -> None:
+    expected = content(BIG, 1)
+    assert uncached_read(s.mnt / "big") == expected  # the first READ opens the fd
+    before = shim_counts(s)
+    assert uncached_read(s.mnt / "big") == expected
+    for offset, size in [(0, 10), (4095, 2), (1 << 20, 1 << 20), (BIG - 5, 100),
+                         (BIG - 1, 1), (BIG, 10), (BIG + 4096, 10)]:
+        assert uncached_pread(s.mnt / "big", size, offset) == expected[offset:offset + size]
+    after = shim_counts(s)
+    assert after["reads"] - before["reads"] >= 5
+    assert after["read_bytes"] - before["read_bytes"] >= BIG
+    # Draining (part 10): a sequential read's READs were answered inside the
+    # receive call, not one trio turn each.
+    assert after["drained"] > before["drained"]
+
+
+def test_upper_file_reads_see_what_was_written(s: MountedSession) -> None:
+    data = content(BIG, 2)
+    (s.mnt / "new").write_bytes(data)  # the fd stays open, writable
+    before = shim_reads(s)
+    assert uncached_read(s.mnt / "new") == data
+    with open(s.mnt / "new", "r+b") as f:
+        f.seek(BIG - 3)
+        f.write(b"TAIL!")  # grows the file by 2 bytes, through the same fd
+    assert uncached_pread(s.mnt / "new", 100, BIG - 10) == data[-10:-3] + b"TAIL!"
+    assert shim_reads(s) - before >= 2
+
+
+def test_a_reader_follows_a_copy_up_done_elsewhere(s: MountedSession) -> None:
+    # A reader of the lower file has its fd in the table. A chmod copies the
+    # file up without writing through that fd; after it, an edit of the
+    # lower file behind the mount must not show (the upper copy is the file
+    # now), and a write through another fd must.
+    path = s.mnt / "small"
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(reader, 100, 0) == b"lower small\n"
+        before = shim_reads(s)
+        os.posix_fadvise(reader, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(reader, 100, 0) == b"lower small\n"
+        assert shim_reads(s) - before == 1  # from the lower fd, in C
+        os.chmod(path, 0o600)  # copy-up
+        (s.lower / "small").write_bytes(b"LOWER SMALL\n")  # in place, same size
+        os.posix_fadvise(reader, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(reader, 100, 0) == b"lower small\n"
+        writer = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(writer, b"upper", 0)
+        finally:
+            os.close(writer)
+        os.posix_fadvise(reader, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(reader, 100, 0) == b"upper small\n"
+    finally:
+        os.close(reader)
+    assert (s.upper / "small").read_bytes() == b"upper small\n"
+
+
+def test_reads_after_fds_were_evicted_and_reused_come_from_their_files(
+        tmp_path: Path, mount_session: object) -> None:
+    # More files than the daemon keeps fds for: reading them all evicts the
+    # first ones, and their fd numbers are reused for later files. A table
+    # entry left behind would answer an early file with a later one's bytes.
+    lower = tmp_path / "many"
+    lower.mkdir()
+    count = DEFAULT_CAPACITY + 100
+    for i in range(count):
+        (lower / f"f{i}").write_bytes(b"file %d\n" % i * (i % 7 + 1))
+    s: MountedSession = mount_session(lower)  # type: ignore[operator]
+    for i in range(count):
+        assert uncached_read(s.mnt / f"f{i}") == b"file %d\n" % i * (i % 7 + 1)
+    assert s.control("stats")["fds"]["inode_fds"] <= DEFAULT_CAPACITY
+    before = shim_reads(s)
+    for i in [*range(0, 150), *range(count - 50, count)]:  # evicted, then kept
+        assert uncached_read(s.mnt / f"f{i}") == b"file %d\n" % i * (i % 7 + 1)
+    assert shim_reads(s) - before >= 50  # the kept ones, at least, in C
+    s.control("invalidate")  # every fd closes; new files take their numbers
+    for i in range(20):
+        (s.mnt / f"new{i}").write_bytes(b"new %d\n" % i)
+    for i in range(count - 20, count):
+        assert uncached_read(s.mnt / f"f{i}") == b"file %d\n" % i * (i % 7 + 1)
+
+
+def test_a_file_removed_while_open_reads_through_its_pinned_fd(s: MountedSession) -> None:
+    # Pinned fds are in the table too: the removed file's data, not ENOENT.
+    path = s.mnt / "small"
+    (s.mnt / "small").write_bytes(b"upper\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.unlink(path)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(fd, 100, 0) == b"upper\n"
+    finally:
+        os.close(fd)
