@@ -130,29 +130,21 @@ class ShimLookups:
         buf = ctypes.create_string_buffer(size)
         got = self._lib.astrid_lk_take(buf, size)
         data = buf.raw[:got]
-        table = self.ov.table
-        looked_up = self.policy.looked_up
+        found: list[tuple[int, int, bool, bytes]] = []
         unpack = _RECORD.unpack_from
+        head = _RECORD.size
         off = 0
-        count = 0
         while off < got:
             parent_ino, ino, kind, length = unpack(data, off)
-            off += _RECORD.size
-            name = data[off:off + length]
-            off += length
-            count += 1
-            if parent_ino not in table:
-                # Cannot happen: a directory is dropped only at a FORGET,
-                # which comes after its children's entries were absorbed.
-                log.error("shim lookup in unknown directory %d (%r)", parent_ino, name)
-                continue
-            parent = table.get(parent_ino)
-            lower = parent.lower
-            node = table.intern(ino, kind == _DIR, (lower or b"") + b"/" + name, False,
-                                parent_ino, name)
-            table.add_lookup(node)
-            looked_up(parent_ino, name)
-        self.absorbed += count
+            off += head + length
+            found.append((parent_ino, ino, kind == _DIR, data[off - length:off]))
+        counted = self.ov.table.add_lower_lookups(found)
+        if counted != len(found):
+            # Cannot happen: a directory is dropped only at a FORGET, which
+            # comes after its children's entries were absorbed.
+            log.error("%d shim lookups in unknown directories", len(found) - counted)
+        self.policy.looked_up_many(found)
+        self.absorbed += len(found)
 
     def _absorb_from_shim(self) -> None:
         try:

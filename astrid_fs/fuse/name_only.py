@@ -14,7 +14,7 @@ no syscalls.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Container
+from collections.abc import Container, Iterable
 
 
 class NameOnlyListings:
@@ -64,6 +64,14 @@ class NameOnlyListings:
         if counts[1] >= 2 and counts[1] * 4 >= counts[0]:
             self._full_left = self.FULL_AFTER_LOOKUPS
             self._watched.clear()
+
+    def looked_up_many(self, found: Iterable[tuple[int, int, bool, bytes]]) -> None:
+        """`looked_up` for each (directory inode, _, _, name) of `found`."""
+        if not self._watched:
+            return
+        for dir_ino, _ino, _is_dir, name in found:
+            if dir_ino in self._watched:
+                self.looked_up(dir_ino, name)
 
     def forget(self, dir_ino: int) -> None:
         self._watched.pop(dir_ino, None)

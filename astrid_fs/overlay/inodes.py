@@ -17,7 +17,7 @@ Invariants (the FUSE protocol's, and ours):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from astrid_fs.overlay.layers import StatLike
@@ -126,6 +126,39 @@ class InodeTable:
         if is_dir and self.dir_watch is not None:
             self.dir_watch(node)
         return node
+
+    def add_lower_lookups(self, found: Iterable[tuple[int, int, bool, bytes]]) -> int:
+        """Count one lookup each of entries found in directories only the
+        lower layer shows — (parent inode, inode, is a directory, name), the
+        node's lower path being its parent's plus the name — as `intern` and
+        `add_lookup` would, in one pass and without the directory watch (the
+        finder, the FUSE shim, already knows). Entries under an unknown
+        parent are skipped; returns how many were counted."""
+        nodes = self._nodes
+        counted = 0
+        for parent_ino, ino, is_dir, name in found:
+            parent = nodes.get(parent_ino)
+            if parent is None:
+                continue
+            lower = (parent.lower or b"") + b"/" + name
+            link = (parent_ino, name)
+            node = nodes.get(ino)
+            if node is None or node.is_dir != is_dir:
+                nodes[ino] = Node(ino, is_dir, lower, False, [link], 1)
+                if is_dir:
+                    self._dir_paths.pop(ino, None)
+            else:
+                node.lower = lower
+                node.in_upper = False
+                if link not in node.links:
+                    if is_dir:
+                        node.links[:] = [link]
+                        self._dir_paths.clear()
+                    else:
+                        node.links.insert(0, link)
+                node.lookups += 1
+            counted += 1
+        return counted
 
     def state_changed(self, node: Node) -> None:
         """`node.in_upper` or `node.lower` was just changed (copy-up, a

@@ -130,3 +130,30 @@ def test_files_found_in_c_are_written_and_forgotten_like_any_other(
         assert (e / f"n{i}").read_text() == (f"{i}+" if i == 7 else str(i))
     counts = shim_lookups(s)
     assert counts["entries"] >= 4000 and counts["absorbed"] == counts["entries"], counts
+
+
+def test_counting_a_batch_is_counting_each_lookup() -> None:
+    """The absorb path (`add_lower_lookups`) leaves the table exactly as
+    `intern` + `add_lookup` would for the same lookups."""
+    from astrid_fs.overlay.inodes import ROOT_INO, InodeTable, Node
+
+    def table() -> InodeTable:
+        t = InodeTable(Node(ROOT_INO, True, b"", True))
+        t.intern(10, True, b"src", False, ROOT_INO, b"src")
+        t.intern(11, False, b"src/a", False, 10, b"a")  # known already, once
+        return t
+
+    found = [(10, 11, False, b"a"), (10, 12, True, b"d"), (12, 13, False, b"x"),
+             (10, 11, False, b"b"), (12, 13, False, b"x"), (99, 14, False, b"orphan")]
+    one_by_one, batch = table(), table()
+    for parent, ino, is_dir, name in found:
+        if parent in one_by_one:
+            lower = one_by_one.get(parent).lower
+            one_by_one.add_lookup(one_by_one.intern(ino, is_dir, (lower or b"") + b"/" + name,
+                                                    False, parent, name))
+    assert batch.add_lower_lookups(found) == len(found) - 1
+    assert [(n.ino, n.is_dir, n.lower, n.in_upper, n.links, n.lookups)
+            for n in batch.nodes()] == \
+        [(n.ino, n.is_dir, n.lower, n.in_upper, n.links, n.lookups)
+         for n in one_by_one.nodes()]
+    assert batch.path_of(batch.get(13)) == b"src/d/x"
