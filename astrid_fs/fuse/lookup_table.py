@@ -16,6 +16,13 @@ lookups in one batch, as its own lookup would have. So whenever Python runs
 a request, its inode table is whole. Python's own tasks that are not FUSE
 requests (the control socket) call `absorb` first themselves.
 
+A regular file the shim found is also read by the shim: its first READ
+(the daemon's fd table, part 9, has no fd for it yet) opens the lower file
+in C, keeps that fd in part 9's table marked as the shim's own (at most 256;
+the daemon's own fd for the inode replaces it), and answers. So a cold
+`grep -r` over a lower-only tree reads without Python. A copy-up takes the
+file back (`node_changed`, below), as does the kernel's FORGET.
+
 What the shim must not answer stays with Python: a directory stops being
 named here the moment it gets an upper directory (copy-up: whiteouts,
 new entries), loses its lower directory (a directory move), or is dropped;
@@ -72,6 +79,8 @@ class ShimLookups:
         lib.astrid_lk_pending.restype = ctypes.c_size_t
         lib.astrid_lk_take.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         lib.astrid_lk_take.restype = ctypes.c_size_t
+        lib.astrid_lk_file_drop.argtypes = [ctypes.c_uint64]
+        lib.astrid_lk_file_drop.restype = None
         lib.astrid_lk_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
         lib.astrid_lk_stats.restype = None
         self._root_fd = os.open(overlay.layers.lower, os.O_PATH | os.O_DIRECTORY)
@@ -81,10 +90,10 @@ class ShimLookups:
             lib.astrid_lk_dev(dev, tag)
         tags.on_new = self._tagged
         table = overlay.table
-        table.dir_watch = self.dir_changed
+        table.watch = self.node_changed
         table.drop_watch = self.dropped
         for node in table.nodes():
-            self.dir_changed(node)
+            self.node_changed(node)
         if lib.astrid_lk_enable(self._root_fd, lower_ttl, self._callback) != 0:
             raise OSError("astrid_lk_enable refused")
 
@@ -103,9 +112,11 @@ class ShimLookups:
 
     # ---- what the shim may answer -------------------------------------------
 
-    def dir_changed(self, node: Node) -> None:
-        """Name `node` to the shim, or take it back, as its state says now."""
+    def node_changed(self, node: Node) -> None:
+        """Name directory `node` to the shim, or take it back, as its state
+        says now; a file's READs go to the daemon again (copied up)."""
         if not node.is_dir:
+            self._lib.astrid_lk_file_drop(node.ino)
             return
         lower = self.ov.lower_only(node)
         if lower is None or lower.startswith(b"/"):
@@ -153,8 +164,9 @@ class ShimLookups:
             log.exception("absorbing the shim's lookups failed")
 
     def stats(self) -> dict[str, int]:
-        """LOOKUPs answered in C (entries, negative entries), declined to Python."""
-        out = (ctypes.c_int64 * 3)()
+        """LOOKUPs answered in C (entries, negative entries), declined to
+        Python; files the shim opened to answer their first READ."""
+        out = (ctypes.c_int64 * 4)()
         self._lib.astrid_lk_stats(out)
         return {"entries": int(out[0]), "negative": int(out[1]), "declined": int(out[2]),
-                "absorbed": self.absorbed}
+                "absorbed": self.absorbed, "files_opened": int(out[3])}

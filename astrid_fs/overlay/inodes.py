@@ -85,9 +85,10 @@ class InodeTable:
         # Paths of directories, dropped whole whenever any directory's name
         # changes (rare): most requests name a child of a known directory.
         self._dir_paths: dict[int, bytes] = {}
-        # Told when a directory node's layer state may have changed, and when
-        # one is dropped (the shim's LOOKUP table, fuse/lookup_table.py).
-        self.dir_watch: Callable[[Node], None] | None = None
+        # Told when a node's layer state may have changed (by `intern`: of
+        # directories only), and when a directory is dropped (the shim's
+        # LOOKUP table, fuse/lookup_table.py).
+        self.watch: Callable[[Node], None] | None = None
         self.drop_watch: Callable[[int], None] | None = None
 
     def __contains__(self, ino: int) -> bool:
@@ -123,8 +124,8 @@ class InodeTable:
                 self._dir_paths.clear()
             else:
                 node.links.insert(0, link)
-        if is_dir and self.dir_watch is not None:
-            self.dir_watch(node)
+        if is_dir and self.watch is not None:
+            self.watch(node)
         return node
 
     def add_lower_lookups(self, found: Iterable[tuple[int, int, bool, bytes]]) -> int:
@@ -163,8 +164,8 @@ class InodeTable:
     def state_changed(self, node: Node) -> None:
         """`node.in_upper` or `node.lower` was just changed (copy-up, a
         directory move, the layers re-read)."""
-        if node.is_dir and self.dir_watch is not None:
-            self.dir_watch(node)
+        if self.watch is not None:
+            self.watch(node)
 
     def nameless(self, ino: int, st: StatLike) -> Node:
         """A regular file that has no name yet (O_TMPFILE), looked up once

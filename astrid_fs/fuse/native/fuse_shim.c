@@ -727,6 +727,8 @@ static void shim_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 }
 
 static int rf_read(fuse_req_t req, size_t size, off_t off, const struct fuse_file_info *fi);
+static struct wf_entry *lk_read_entry(uint64_t ino); /* part 12 */
+static int lk_file_known(uint64_t ino);
 
 static void shim_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                       struct fuse_file_info *fi)
@@ -748,7 +750,13 @@ static void shim_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t s
 
 /* Version 9: every inode fd the daemon keeps is here (reads go to any of
  * them); `writable` says whether WRITEs may go there too. */
-struct wf_entry { struct wf_entry *next; uint64_t ino; int fd; int writable; };
+struct wf_entry {
+    struct wf_entry *next;
+    uint64_t ino;
+    int fd;
+    int writable;
+    int owned; /* opened by the shim itself (part 12), closed by it */
+};
 #define WF_BUCKETS 4096
 static struct wf_entry *wf_table[WF_BUCKETS];
 /* The daemon changes the table from its trio thread, where libfuse also
@@ -773,17 +781,20 @@ int astrid_fd_set(uint64_t ino, int fd, int writable)
     int res = 0;
     pthread_mutex_lock(&wf_lock);
     struct wf_entry **slot = wf_slot(ino);
+    struct wf_entry *e = *slot;
+    if (e && e->owned && e->fd != fd)
+        close(e->fd); /* the shim's own read-only fd (part 12): the daemon's now */
     if (fd < 0) {
-        struct wf_entry *e = *slot;
         if (e) {
             *slot = e->next;
             free(e);
         }
-    } else if (*slot) {
-        (*slot)->fd = fd;
-        (*slot)->writable = writable;
+    } else if (e) {
+        e->fd = fd;
+        e->writable = writable;
+        e->owned = 0;
     } else {
-        struct wf_entry *e = calloc(1, sizeof *e);
+        e = calloc(1, sizeof *e);
         if (e) {
             e->ino = ino;
             e->fd = fd;
@@ -906,6 +917,8 @@ static int rf_read(fuse_req_t req, size_t size, off_t off, const struct fuse_fil
     }
     pthread_mutex_lock(&wf_lock);
     struct wf_entry *e = *wf_slot(fi->fh & ASTRID_FH_INO_MASK);
+    if (!e)
+        e = lk_read_entry(fi->fh & ASTRID_FH_INO_MASK); /* a file part 12 found */
     if (!e) {
         pthread_mutex_unlock(&wf_lock);
         return 0;
@@ -1234,16 +1247,18 @@ static int drain_answerable(const struct fuse_buf *buf)
             return 0;
         if (!rf_ready())
             return 0;
+        uint64_t ino = fh ? (fh & ASTRID_FH_INO_MASK) : nodeid;
         pthread_mutex_lock(&wf_lock);
-        int known = *wf_slot(fh ? (fh & ASTRID_FH_INO_MASK) : nodeid) != NULL;
+        int known = *wf_slot(ino) != NULL;
         pthread_mutex_unlock(&wf_lock);
-        return known;
+        return known || lk_file_known(ino);
     }
     return 0;
 }
 
 static int lk_try(const struct fuse_buf *buf, int fuse_fd); /* part 12 */
 static void lk_absorb_pending(void);
+static void lk_forgotten(const struct fuse_buf *buf);
 
 typedef int (*receive_buf_fn)(struct fuse_session *, struct fuse_buf *);
 
@@ -1272,6 +1287,7 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
             drain_stats[0]++;
         } else {
             lk_absorb_pending(); /* part 12: Python sees a whole inode table */
+            lk_forgotten(buf);
             return res;
         }
         struct pollfd p = { .fd = session_fd(se), .events = POLLIN };
@@ -1339,7 +1355,7 @@ static struct lk_dir *lk_dirs[LK_BUCKETS];
 static char *lk_queue;
 static size_t lk_qlen, lk_qcap;
 static void (*lk_absorb_cb)(void);
-static int64_t lk_stats[3]; /* entries answered here, negative entries, declined */
+static int64_t lk_stats[4]; /* entries answered here, negative entries, declined; files opened for READ */
 
 static struct lk_dir **lk_slot(uint64_t ino)
 {
@@ -1406,6 +1422,138 @@ static int lk_dir_set(uint64_t ino, const char *path, size_t len)
     return 0;
 }
 
+/* Regular files the shim found (one name, lower only), by inode: their first
+ * READ is answered here too, from an fd the shim opens itself and keeps in
+ * part 9's table marked `owned` (at most LK_OWNED of them; the daemon's own
+ * fd for the inode replaces it, and its copy-up, a FORGET or a layer change
+ * closes it), so a cold `grep -r` reads files without Python. */
+#define LK_OWNED 256
+static struct lk_dir *lk_files[LK_BUCKETS];
+static uint64_t lk_owned_ring[LK_OWNED];
+static int lk_owned_next;
+
+static struct lk_dir **lk_file_slot(uint64_t ino)
+{
+    struct lk_dir **p = &lk_files[(ino * UINT64_C(0x9E3779B97F4A7C15)) >> 52];
+    while (*p && (*p)->ino != ino)
+        p = &(*p)->next;
+    return p;
+}
+
+static void lk_file_set(uint64_t ino, const char *path, size_t len)
+{
+    struct lk_dir **slot = lk_file_slot(ino);
+    struct lk_dir *old = *slot;
+    if (old && old->len == len && memcmp(old->path, path, len) == 0)
+        return;
+    if (old) {
+        *slot = old->next;
+        free(old);
+    }
+    struct lk_dir *f = malloc(sizeof *f + len + 1);
+    if (!f)
+        return; /* its READs go to the daemon */
+    f->ino = ino;
+    f->len = len;
+    memcpy(f->path, path, len);
+    f->path[len] = 0;
+    f->next = *slot;
+    *slot = f;
+}
+
+static int lk_file_known(uint64_t ino)
+{
+    return lk_on && *lk_file_slot(ino) != NULL;
+}
+
+/* wf_lock held: close the shim's own fd of `ino`, if that is what the table has. */
+static void lk_owned_close(uint64_t ino)
+{
+    struct wf_entry **slot = wf_slot(ino);
+    struct wf_entry *e = *slot;
+    if (e && e->owned) {
+        *slot = e->next;
+        close(e->fd);
+        free(e);
+    }
+}
+
+/* wf_lock held, `ino` not in part 9's table: open the file part 12 found. */
+static struct wf_entry *lk_read_entry(uint64_t ino)
+{
+    if (!lk_on)
+        return NULL;
+    struct lk_dir *f = *lk_file_slot(ino);
+    if (!f)
+        return NULL;
+    int fd = openat(lk_root, f->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return NULL; /* the daemon answers (and decides the errno) */
+    uint64_t victim = lk_owned_ring[lk_owned_next];
+    if (victim)
+        lk_owned_close(victim);
+    lk_owned_ring[lk_owned_next] = ino;
+    lk_owned_next = (lk_owned_next + 1) % LK_OWNED;
+    struct wf_entry *e = calloc(1, sizeof *e);
+    if (!e) {
+        close(fd);
+        return NULL;
+    }
+    e->ino = ino;
+    e->fd = fd;
+    e->owned = 1;
+    struct wf_entry **slot = wf_slot(ino);
+    e->next = *slot;
+    *slot = e;
+    lk_stats[3]++;
+    return e;
+}
+
+/* The daemon copied file `ino` up (or it changed otherwise): its READs are
+ * the daemon's again. */
+void astrid_lk_file_drop(uint64_t ino)
+{
+    struct lk_dir **slot = lk_file_slot(ino);
+    struct lk_dir *f = *slot;
+    if (f) {
+        *slot = f->next;
+        free(f);
+    }
+    pthread_mutex_lock(&wf_lock);
+    lk_owned_close(ino);
+    pthread_mutex_unlock(&wf_lock);
+}
+
+/* A FORGET or BATCH_FORGET on its way to the daemon: the kernel dropped
+ * those inodes, so drop what part 12 keeps of them. */
+static void lk_forgotten(const struct fuse_buf *buf)
+{
+    if (!lk_on || (buf->flags & FUSE_BUF_IS_FD) || buf->size < LK_IN_HEADER)
+        return;
+    const char *mem = buf->mem;
+    uint32_t len, opcode;
+    memcpy(&len, mem, 4);
+    memcpy(&opcode, mem + 4, 4);
+    if (len > buf->size)
+        return;
+    if (opcode == 2) { /* FUSE_FORGET */
+        uint64_t nodeid;
+        memcpy(&nodeid, mem + 16, 8);
+        if (*lk_file_slot(nodeid))
+            astrid_lk_file_drop(nodeid);
+    } else if (opcode == 42 && len >= LK_IN_HEADER + 8) { /* FUSE_BATCH_FORGET */
+        uint32_t count;
+        memcpy(&count, mem + LK_IN_HEADER, 4);
+        const char *one = mem + LK_IN_HEADER + 8;
+        for (uint32_t i = 0; i < count && one + 16 <= mem + len; i++, one += 16) {
+            uint64_t nodeid;
+            memcpy(&nodeid, one, 8);
+            if (*lk_file_slot(nodeid))
+                astrid_lk_file_drop(nodeid);
+        }
+    }
+}
+
 /* `path` (lower-relative, `len` bytes) non-NULL: LOOKUPs in directory `ino`
  * are answered here from now on; NULL: they go to the daemon again. */
 int astrid_lk_dir(uint64_t ino, const char *path, size_t len)
@@ -1413,15 +1561,18 @@ int astrid_lk_dir(uint64_t ino, const char *path, size_t len)
     return lk_dir_set(ino, path, len);
 }
 
-/* Every directory goes to the daemon again (the layers changed). */
+/* Every directory and file goes to the daemon again (the layers changed). */
 void astrid_lk_clear(void)
 {
-    for (int i = 0; i < LK_BUCKETS; i++)
+    for (int i = 0; i < LK_BUCKETS; i++) {
         while (lk_dirs[i]) {
             struct lk_dir *d = lk_dirs[i];
             lk_dirs[i] = d->next;
             free(d);
         }
+        while (lk_files[i])
+            astrid_lk_file_drop(lk_files[i]->ino);
+    }
 }
 
 /* Bytes of queued entries; astrid_lk_take copies them out (whole, if `cap`
@@ -1566,6 +1717,8 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
     }
     if (type == 1)
         lk_dir_set(ino, path, plen);
+    else if (type == 0)
+        lk_file_set(ino, path, plen);
     lk_stats[0]++;
     return 1;
 }
