@@ -58,6 +58,8 @@ ABSORB_CB = ctypes.CFUNCTYPE(None)
 # name length; then the name.
 _RECORD = struct.Struct("<QQBB")
 _DIR = 1
+# One listed file: inode, path length; then the lower path.
+_FILE = struct.Struct("<QH")
 
 
 class ShimLookups:
@@ -79,6 +81,8 @@ class ShimLookups:
         lib.astrid_lk_pending.restype = ctypes.c_size_t
         lib.astrid_lk_take.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         lib.astrid_lk_take.restype = ctypes.c_size_t
+        lib.astrid_lk_files.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        lib.astrid_lk_files.restype = None
         lib.astrid_lk_file_drop.argtypes = [ctypes.c_uint64]
         lib.astrid_lk_file_drop.restype = None
         lib.astrid_lk_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
@@ -123,6 +127,14 @@ class ShimLookups:
             self._lib.astrid_lk_dir(node.ino, None, 0)
         else:
             self._lib.astrid_lk_dir(node.ino, lower, len(lower))
+
+    def files_listed(self, files: list[tuple[int, bytes]]) -> None:
+        """Regular files (inode, lower path) a full listing just handed the
+        kernel, each still only in the lower layer with one name: the shim
+        reads them as it reads the files it found itself."""
+        if files:
+            blob = b"".join(_FILE.pack(ino, len(path)) + path for ino, path in files)
+            self._lib.astrid_lk_files(blob, len(blob))
 
     def dropped(self, ino: int) -> None:
         self._lib.astrid_lk_dir(ino, None, 0)

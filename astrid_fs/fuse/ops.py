@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -398,7 +399,9 @@ class FuseOps(pyfuse3.Operations):
                 name_only = {}  # (listings by handle are never name-only)
         # Lazily: resolve only what fits in the kernel's buffer; count a
         # lookup for each entry the kernel accepted (none for a name-only
-        # entry: the kernel makes no inode of it).
+        # entry: the kernel makes no inode of it). Lower files listed in
+        # full are named to the shim, which then reads them (lookup_table.py).
+        lower_files: list[tuple[int, bytes]] | None = [] if self.lookups is not None else None
         for index, name, child, st in self.ov.children(node.ino, names, start_id, name_only):
             if child is None or st is None:
                 ino, mode = name_only[name]
@@ -412,6 +415,12 @@ class FuseOps(pyfuse3.Operations):
                 break
             if not dot:
                 self.table.add_lookup(child)
+                if lower_files is not None and not child.in_upper and child.lower \
+                        and st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
+                    lower_files.append((child.ino, child.lower))
+        if lower_files:
+            assert self.lookups is not None
+            self.lookups.files_listed(lower_files)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh & ~FH_FLAG_MASK, None)

@@ -219,3 +219,25 @@ def test_first_reads_of_files_found_in_c_are_read_in_c_and_follow_a_copy_up(
     assert settles(lambda: lower_fds(pid, lower), lambda n: n == 0) == 0
     assert (lower / "d" / "e" / "f5").read_bytes() == b"5 " * 6
     assert (lower / "d" / "e" / "f6").read_bytes() == b"6 " * 7
+
+
+def test_files_listed_in_full_are_read_in_c(tmp_path: Path, mount_session: Mount) -> None:
+    """A big directory is listed in full (READDIRPLUS with attributes: the
+    kernel then needs no LOOKUP); its lower files are still read by the shim."""
+    lower = tmp_path / "lower"
+    (lower / "d" / "big").mkdir(parents=True)
+    for i in range(400):  # more than a name-only listing may hold
+        (lower / "d" / "big" / f"f{i}").write_bytes(b"%d\n" % i)
+    s = mount_session(lower)
+    big = s.mnt / "d" / "big"
+    assert len(os.listdir(big)) == 400
+    before = shim_lookups(s)
+    for i in range(400):
+        assert (big / f"f{i}").read_bytes() == b"%d\n" % i
+    after = shim_lookups(s)
+    assert after["entries"] == before["entries"], "the listing should have spared the lookups"
+    assert after["files_opened"] - before["files_opened"] == 400, after
+    with open(big / "f1", "ab") as f:  # and a copy-up still takes a file back
+        f.write(b"+")
+    assert (big / "f1").read_bytes() == b"1\n+"
+    assert (lower / "d" / "big" / "f1").read_bytes() == b"1\n"

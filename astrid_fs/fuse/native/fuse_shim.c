@@ -1461,6 +1461,26 @@ static void lk_file_set(uint64_t ino, const char *path, size_t len)
     *slot = f;
 }
 
+/* Files the daemon listed in full (READDIRPLUS) that the shim may read as it
+ * reads the ones it found: `len` bytes of records, each inode u64, path
+ * length u16, the lower-relative path. */
+void astrid_lk_files(const char *records, size_t len)
+{
+    size_t off = 0;
+    while (off + 10 <= len) {
+        uint64_t ino;
+        uint16_t plen;
+        memcpy(&ino, records + off, 8);
+        memcpy(&plen, records + off + 8, 2);
+        off += 10;
+        if (off + plen > len)
+            break;
+        if (plen > 0 && records[off] != '/')
+            lk_file_set(ino, records + off, plen);
+        off += plen;
+    }
+}
+
 static int lk_file_known(uint64_t ino)
 {
     return lk_on && *lk_file_slot(ino) != NULL;
