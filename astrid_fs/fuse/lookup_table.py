@@ -75,7 +75,8 @@ class ShimLookups:
         lib.astrid_lk_enable.restype = ctypes.c_int
         lib.astrid_lk_dev.argtypes = [ctypes.c_uint64, ctypes.c_uint64]
         lib.astrid_lk_dev.restype = ctypes.c_int
-        lib.astrid_lk_dir.argtypes = [ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
+        lib.astrid_lk_dir.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_char_p,
+                                       ctypes.c_size_t]
         lib.astrid_lk_dir.restype = ctypes.c_int
         lib.astrid_lk_pending.argtypes = []
         lib.astrid_lk_pending.restype = ctypes.c_size_t
@@ -85,6 +86,8 @@ class ShimLookups:
         lib.astrid_lk_files.restype = None
         lib.astrid_lk_file_drop.argtypes = [ctypes.c_uint64]
         lib.astrid_lk_file_drop.restype = None
+        lib.astrid_lk_full.argtypes = [ctypes.c_int64]
+        lib.astrid_lk_full.restype = None
         lib.astrid_lk_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
         lib.astrid_lk_stats.restype = None
         self._root_fd = os.open(overlay.layers.lower, os.O_PATH | os.O_DIRECTORY)
@@ -96,6 +99,7 @@ class ShimLookups:
         table = overlay.table
         table.watch = self.node_changed
         table.drop_watch = self.dropped
+        policy.full_hook = lib.astrid_lk_full
         for node in table.nodes():
             self.node_changed(node)
         if lib.astrid_lk_enable(self._root_fd, lower_ttl, self._callback) != 0:
@@ -124,9 +128,10 @@ class ShimLookups:
             return
         lower = self.ov.lower_only(node)
         if lower is None or lower.startswith(b"/"):
-            self._lib.astrid_lk_dir(node.ino, None, 0)
+            self._lib.astrid_lk_dir(node.ino, 0, None, 0)
         else:
-            self._lib.astrid_lk_dir(node.ino, lower, len(lower))
+            parent = node.links[0][0] if node.links else node.ino
+            self._lib.astrid_lk_dir(node.ino, parent, lower, len(lower))
 
     def files_listed(self, files: list[tuple[int, bytes]]) -> None:
         """Regular files (inode, lower path) a full listing just handed the
@@ -137,7 +142,7 @@ class ShimLookups:
             self._lib.astrid_lk_files(blob, len(blob))
 
     def dropped(self, ino: int) -> None:
-        self._lib.astrid_lk_dir(ino, None, 0)
+        self._lib.astrid_lk_dir(ino, 0, None, 0)
 
     def _tagged(self, dev: int, tag: int) -> None:
         self._lib.astrid_lk_dev(dev, tag)
@@ -177,8 +182,10 @@ class ShimLookups:
 
     def stats(self) -> dict[str, int]:
         """LOOKUPs answered in C (entries, negative entries), declined to
-        Python; files the shim opened to answer their first READ."""
-        out = (ctypes.c_int64 * 4)()
+        Python; files the shim opened to answer their first READ; listings
+        (READDIRPLUS) it answered."""
+        out = (ctypes.c_int64 * 5)()
         self._lib.astrid_lk_stats(out)
         return {"entries": int(out[0]), "negative": int(out[1]), "declined": int(out[2]),
-                "absorbed": self.absorbed, "files_opened": int(out[3])}
+                "absorbed": self.absorbed, "files_opened": int(out[3]),
+                "listings": int(out[4])}

@@ -14,7 +14,7 @@ no syscalls.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 
 
 class NameOnlyListings:
@@ -36,6 +36,9 @@ class NameOnlyListings:
 
     def __init__(self) -> None:
         self._full_left = 0
+        # Told when full listings are asked for (the FUSE shim lists lower-only
+        # directories itself then: fuse/lookup_table.py).
+        self.full_hook: Callable[[int], None] | None = None
         self._watched: OrderedDict[int, tuple[Container[bytes], list[int]]] = OrderedDict()
 
     def listing(self, dir_ino: int, names: Container[bytes], candidates: int) -> bool:
@@ -64,6 +67,8 @@ class NameOnlyListings:
         if counts[1] >= 2 and counts[1] * 4 >= counts[0]:
             self._full_left = self.FULL_AFTER_LOOKUPS
             self._watched.clear()
+            if self.full_hook is not None:
+                self.full_hook(self.FULL_AFTER_LOOKUPS)
 
     def looked_up_many(self, found: Iterable[tuple[int, int, bool, bytes]]) -> None:
         """`looked_up` for each (directory inode, _, _, name) of `found`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -241,3 +242,38 @@ def test_files_listed_in_full_are_read_in_c(tmp_path: Path, mount_session: Mount
         f.write(b"+")
     assert (big / "f1").read_bytes() == b"1\n+"
     assert (lower / "d" / "big" / "f1").read_bytes() == b"1\n"
+
+
+def test_listings_answered_in_c_agree_with_the_lower(tmp_path: Path,
+                                                     mount_session: Mount) -> None:
+    """A reader that stats what it lists (find -printf, ls -l) gets full
+    listings; the shim answers those in lower-only directories: the same
+    names, inode numbers and attributes as the lower, dots included; a
+    directory changed through the mount meanwhile is listed by the daemon."""
+    lower = tmp_path / "lower"
+    dirs = [f"t/d{i:02}" for i in range(30)]
+    for d in dirs:
+        (lower / d / "sub").mkdir(parents=True)
+        for j in range(20):
+            (lower / d / f"f{j}").write_text("x" * j)
+        (lower / d / "ln").symlink_to("f1")
+    s = mount_session(lower)
+    (s.mnt / "t/d20/f3").write_text("changed")  # d20 gets an upper directory
+    for d in dirs:
+        for entry in os.scandir(s.mnt / d):
+            st = entry.stat(follow_symlinks=False)
+            real = os.lstat(lower / d / entry.name)
+            want_size = 7 if (d, entry.name) == ("t/d20", "f3") else real.st_size
+            assert (entry.inode(), st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns
+                    if entry.name != "f3" or d != "t/d20" else real.st_mtime_ns) == \
+                (real.st_ino, real.st_ino, real.st_mode, want_size, real.st_mtime_ns), \
+                (d, entry.name)
+        assert sorted(os.listdir(s.mnt / d)) == sorted(os.listdir(lower / d))
+    counts = shim_lookups(s)
+    assert counts["listings"] >= 20, counts
+    out = subprocess.run(["ls", "-ai", str(s.mnt / "t/d29")], check=True, text=True,
+                         capture_output=True).stdout.split()
+    listed = dict(zip(out[1::2], (int(n) for n in out[0::2]), strict=True))
+    assert listed["."] == os.stat(s.mnt / "t/d29").st_ino
+    assert listed[".."] == os.stat(s.mnt / "t").st_ino
+    assert listed["f5"] == os.lstat(lower / "t/d29/f5").st_ino

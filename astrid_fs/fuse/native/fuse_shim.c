@@ -1342,7 +1342,7 @@ struct lk_reply {
     uint32_t entry_valid_nsec, attr_valid_nsec;
     struct lk_attr attr;
 };
-struct lk_dir { struct lk_dir *next; uint64_t ino; size_t len; char path[]; };
+struct lk_dir { struct lk_dir *next; uint64_t ino, parent; size_t len; char path[]; };
 struct lk_dev { uint64_t dev, tag; };
 
 static int lk_on;
@@ -1355,7 +1355,8 @@ static struct lk_dir *lk_dirs[LK_BUCKETS];
 static char *lk_queue;
 static size_t lk_qlen, lk_qcap;
 static void (*lk_absorb_cb)(void);
-static int64_t lk_stats[4]; /* entries answered here, negative entries, declined; files opened for READ */
+static int64_t lk_stats[5]; /* entries answered here, negative entries, declined; files
+                               opened for READ; listings answered here */
 
 static struct lk_dir **lk_slot(uint64_t ino)
 {
@@ -1398,12 +1399,14 @@ int astrid_lk_dev(uint64_t dev, uint64_t tag)
     return 0;
 }
 
-static int lk_dir_set(uint64_t ino, const char *path, size_t len)
+static int lk_dir_set(uint64_t ino, uint64_t parent, const char *path, size_t len)
 {
     struct lk_dir **slot = lk_slot(ino);
     struct lk_dir *old = *slot;
-    if (old && path && old->len == len && memcmp(old->path, path, len) == 0)
+    if (old && path && old->len == len && memcmp(old->path, path, len) == 0) {
+        old->parent = parent;
         return 0;
+    }
     if (old) {
         *slot = old->next;
         free(old);
@@ -1414,6 +1417,7 @@ static int lk_dir_set(uint64_t ino, const char *path, size_t len)
     if (!d)
         return -ENOMEM; /* left out: its LOOKUPs go to the daemon */
     d->ino = ino;
+    d->parent = parent;
     d->len = len;
     memcpy(d->path, path, len);
     d->path[len] = 0;
@@ -1576,9 +1580,9 @@ static void lk_forgotten(const struct fuse_buf *buf)
 
 /* `path` (lower-relative, `len` bytes) non-NULL: LOOKUPs in directory `ino`
  * are answered here from now on; NULL: they go to the daemon again. */
-int astrid_lk_dir(uint64_t ino, const char *path, size_t len)
+int astrid_lk_dir(uint64_t ino, uint64_t parent, const char *path, size_t len)
 {
-    return lk_dir_set(ino, path, len);
+    return lk_dir_set(ino, parent, path, len);
 }
 
 /* Every directory and file goes to the daemon again (the layers changed). */
@@ -1611,6 +1615,8 @@ size_t astrid_lk_take(char *out, size_t cap)
 }
 
 void astrid_lk_stats(int64_t *out) { memcpy(out, lk_stats, sizeof lk_stats); }
+
+static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd);
 
 static int lk_queue_entry(uint64_t parent, uint64_t ino, uint8_t type, const char *name,
                           size_t nlen)
@@ -1660,9 +1666,11 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
     uint32_t len, opcode;
     uint64_t unique, parent;
     memcpy(&opcode, mem + 4, 4);
+    memcpy(&len, mem, 4);
+    if (opcode == 44 && len <= buf->size) /* READDIRPLUS (below) */
+        return lk_readdirplus(mem, len, fuse_fd);
     if (opcode != LK_OPCODE_LOOKUP)
         return 0;
-    memcpy(&len, mem, 4);
     memcpy(&unique, mem + 8, 8);
     memcpy(&parent, mem + 16, 8);
     if (len > buf->size || len <= LK_IN_HEADER)
@@ -1736,9 +1744,248 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
         return 1; /* ENOENT: the request was interrupted, no answer wanted */
     }
     if (type == 1)
-        lk_dir_set(ino, path, plen);
+        lk_dir_set(ino, parent, path, plen);
     else if (type == 0)
         lk_file_set(ino, path, plen);
     lk_stats[0]++;
     return 1;
+}
+
+/*
+ * Part 12, listings: a READDIRPLUS of a directory the shim may answer LOOKUPs
+ * in is answered here too, with full entries (attributes, the lower TTL),
+ * while the daemon's name-only policy (fuse/name_only.py) has asked for full
+ * listings (astrid_lk_full: it counts them down); otherwise the daemon lists
+ * (names only, to probe the reader). The listing is the lower directory's
+ * names, sorted, behind "." and "..", offsets index + 1, as the daemon lists;
+ * taken at offset 0 and kept for the calls that follow. Each full entry sent
+ * is queued like a LOOKUP's (the kernel counts a lookup for it). A hard-linked
+ * file, an untagged device or an errno other than ENOENT in the part asked
+ * for: the whole request goes to the daemon.
+ * ABI: fuse_read_in after the header (fh, offset, size, ...); the reply is a
+ * run of fuse_direntplus: fuse_entry_out (128), fuse_dirent (ino, off,
+ * namelen, type: 24) and the name, padded to 8 bytes.
+ */
+#include <dirent.h>
+#define LK_OPCODE_READDIRPLUS 44
+
+struct lk_listing { uint64_t ino; size_t n; char **names; };
+static struct lk_listing lk_list;
+static int64_t lk_full_left;
+
+void astrid_lk_full(int64_t listings) { lk_full_left = listings; }
+
+static void lk_list_free(void)
+{
+    for (size_t i = 0; i < lk_list.n; i++)
+        free(lk_list.names[i]);
+    free(lk_list.names);
+    memset(&lk_list, 0, sizeof lk_list);
+}
+
+static int lk_name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The lower directory's names, sorted, as lk_list; 0 or -1. */
+static int lk_list_take(uint64_t ino, const char *path)
+{
+    lk_list_free();
+    int fd = openat(lk_root, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    DIR *dir = fdopendir(fd);
+    if (!dir) {
+        close(fd);
+        return -1;
+    }
+    size_t cap = 0;
+    struct dirent *d;
+    int bad = 0;
+    while ((d = readdir(dir)) != NULL) {
+        if (d->d_name[0] == '.' && (!d->d_name[1] || (d->d_name[1] == '.' && !d->d_name[2])))
+            continue;
+        if (lk_list.n == cap) {
+            cap = cap ? cap * 2 : 64;
+            char **grown = realloc(lk_list.names, cap * sizeof *grown);
+            if (!grown) {
+                bad = 1;
+                break;
+            }
+            lk_list.names = grown;
+        }
+        if (!(lk_list.names[lk_list.n] = strdup(d->d_name))) {
+            bad = 1;
+            break;
+        }
+        lk_list.n++;
+    }
+    closedir(dir);
+    if (bad) {
+        lk_list_free();
+        return -1;
+    }
+    qsort(lk_list.names, lk_list.n, sizeof *lk_list.names, lk_name_cmp);
+    lk_list.ino = ino;
+    return 0;
+}
+
+static void lk_fill_attr(struct lk_attr *a, uint64_t ino, const struct stat *st)
+{
+    a->ino = ino;
+    a->size = (uint64_t)st->st_size;
+    a->blocks = (uint64_t)st->st_blocks;
+    a->atime = (uint64_t)st->st_atim.tv_sec;
+    a->mtime = (uint64_t)st->st_mtim.tv_sec;
+    a->ctime = (uint64_t)st->st_ctim.tv_sec;
+    a->atimensec = (uint32_t)st->st_atim.tv_nsec;
+    a->mtimensec = (uint32_t)st->st_mtim.tv_nsec;
+    a->ctimensec = (uint32_t)st->st_ctim.tv_nsec;
+    a->mode = st->st_mode;
+    a->nlink = (uint32_t)st->st_nlink;
+    a->uid = st->st_uid;
+    a->gid = st->st_gid;
+    a->rdev = (uint32_t)st->st_rdev;
+    a->blksize = (uint32_t)st->st_blksize;
+    a->flags = 0;
+}
+
+struct lk_entry_out {
+    uint64_t nodeid, generation, entry_valid, attr_valid;
+    uint32_t entry_valid_nsec, attr_valid_nsec;
+    struct lk_attr attr;
+};
+struct lk_dirent { uint64_t ino, off; uint32_t namelen, type; };
+
+/* Append one fuse_direntplus at *used; 0, or -1 when it does not fit. */
+static int lk_put(char *out, size_t room, size_t *used, const struct lk_entry_out *e,
+                  uint64_t ino, uint64_t off, const char *name, size_t nlen, uint32_t type)
+{
+    size_t need = sizeof *e + sizeof(struct lk_dirent) + ((nlen + 7) & ~(size_t)7);
+    if (*used + need > room)
+        return -1;
+    char *p = out + *used;
+    memset(p, 0, need);
+    memcpy(p, e, sizeof *e);
+    struct lk_dirent d = { ino, off, (uint32_t)nlen, type };
+    memcpy(p + sizeof *e, &d, sizeof d);
+    memcpy(p + sizeof *e + sizeof d, name, nlen);
+    *used += need;
+    return 0;
+}
+
+static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd)
+{
+    uint64_t unique, dir_ino, offset;
+    uint32_t size;
+    if (len < LK_IN_HEADER + 40)
+        return 0;
+    memcpy(&unique, mem + 8, 8);
+    memcpy(&dir_ino, mem + 16, 8);
+    memcpy(&offset, mem + LK_IN_HEADER + 8, 8);
+    memcpy(&size, mem + LK_IN_HEADER + 16, 4);
+    struct lk_dir *d = *lk_slot(dir_ino);
+    if (!d)
+        return 0;
+    if (offset == 0) {
+        if (lk_full_left <= 0 || lk_list_take(dir_ino, d->path) < 0)
+            return 0;
+    } else if (lk_list.ino != dir_ino || !lk_list.names) {
+        return 0; /* the daemon lists (it took the listing at offset 0) */
+    }
+    static char *out;
+    static size_t out_room;
+    size_t room = size;
+    if (room > (1u << 20))
+        room = 1u << 20;
+    if (16 + room > out_room) {
+        char *grown = realloc(out, 16 + room);
+        if (!grown)
+            return 0;
+        out = grown;
+        out_room = 16 + room;
+    }
+    char *body = out + 16;
+    size_t used = 0;
+    size_t mark = lk_qlen;
+    struct lk_entry_out e;
+    size_t total = lk_list.n + 2;
+    char path[4096];
+    for (uint64_t i = offset; i < total; i++) {
+        memset(&e, 0, sizeof e);
+        if (i < 2) { /* "." and "..": listed, no dentry (nodeid 0) */
+            uint64_t ino = i == 0 ? dir_ino : d->parent;
+            if (lk_put(body, room, &used, &e, ino, i + 1, i == 0 ? "." : "..", i + 1, DT_DIR) < 0)
+                break;
+            continue;
+        }
+        const char *name = lk_list.names[i - 2];
+        size_t nlen = strlen(name);
+        if (d->len + 1 + nlen + 1 > sizeof path)
+            goto decline;
+        memcpy(path, d->path, d->len);
+        path[d->len] = '/';
+        memcpy(path + d->len + 1, name, nlen + 1);
+        struct stat st;
+        if (fstatat(lk_root, path, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            if (errno == ENOENT)
+                continue; /* gone since the listing: skipped, as the daemon does */
+            goto decline;
+        }
+        if (S_ISREG(st.st_mode) && st.st_nlink > 1)
+            goto decline;
+        int tagged = -1;
+        for (int t = 0; t < lk_ndevs; t++)
+            if (lk_devs[t].dev == (uint64_t)st.st_dev)
+                tagged = t;
+        if (tagged < 0)
+            goto decline;
+        uint64_t ino = (lk_devs[tagged].tag << LK_DEV_SHIFT) | (uint64_t)st.st_ino;
+        e.nodeid = ino;
+        e.entry_valid = e.attr_valid = lk_ttl_sec;
+        e.entry_valid_nsec = e.attr_valid_nsec = lk_ttl_nsec;
+        lk_fill_attr(&e.attr, ino, &st);
+        if (lk_put(body, room, &used, &e, ino, i + 1, name, nlen, (st.st_mode & S_IFMT) >> 12) < 0)
+            break;
+        uint8_t type = S_ISDIR(st.st_mode) ? 1 : S_ISREG(st.st_mode) ? 0 : 2;
+        if (lk_queue_entry(dir_ino, ino, type, name, nlen) < 0)
+            goto decline;
+    }
+    uint32_t reply_len = (uint32_t)(16 + used);
+    int32_t zero = 0;
+    memcpy(out, &reply_len, 4);
+    memcpy(out + 4, &zero, 4);
+    memcpy(out + 8, &unique, 8);
+    if (write(fuse_fd, out, reply_len) < 0) {
+        lk_qlen = mark;
+        return errno == ENOENT ? 1 : lk_decline();
+    }
+    /* Name what was sent, as a LOOKUP would. */
+    for (size_t off = mark; off < lk_qlen;) {
+        uint64_t ino;
+        memcpy(&ino, lk_queue + off + 8, 8);
+        uint8_t type = (uint8_t)lk_queue[off + 16];
+        size_t nlen = (uint8_t)lk_queue[off + 17];
+        if (type != 2 && d->len + 1 + nlen + 1 <= sizeof path) {
+            memcpy(path, d->path, d->len);
+            path[d->len] = '/';
+            memcpy(path + d->len + 1, lk_queue + off + 18, nlen);
+            path[d->len + 1 + nlen] = 0;
+            if (type == 1)
+                lk_dir_set(ino, dir_ino, path, d->len + 1 + nlen);
+            else
+                lk_file_set(ino, path, d->len + 1 + nlen);
+        }
+        off += 18 + nlen;
+    }
+    if (offset == 0)
+        lk_full_left--;
+    lk_stats[4]++;
+    return 1;
+decline:
+    lk_qlen = mark;
+    if (offset == 0)
+        lk_list_free();
+    return lk_decline();
 }
