@@ -117,13 +117,7 @@ class InodeTable:
         else:
             node.lower = lower
             node.in_upper = in_upper
-        link = (parent, name)
-        if link not in node.links:
-            if is_dir:
-                node.links[:] = [link]
-                self._dir_paths.clear()
-            else:
-                node.links.insert(0, link)
+        self._link(node, (parent, name))
         if is_dir and self.watch is not None:
             self.watch(node)
         return node
@@ -151,12 +145,7 @@ class InodeTable:
             else:
                 node.lower = lower
                 node.in_upper = False
-                if link not in node.links:
-                    if is_dir:
-                        node.links[:] = [link]
-                        self._dir_paths.clear()
-                    else:
-                        node.links.insert(0, link)
+                self._link(node, link)
                 node.lookups += 1
             counted += 1
         return counted
@@ -166,6 +155,16 @@ class InodeTable:
         directory move, the layers re-read)."""
         if self.watch is not None:
             self.watch(node)
+
+    def _link(self, node: Node, link: tuple[int, bytes]) -> None:
+        """Record the (parent, name) `node` was reached by: a directory has
+        one name, a file its latest first."""
+        if link not in node.links:
+            if node.is_dir:
+                node.links[:] = [link]
+                self._dir_paths.clear()
+            else:
+                node.links.insert(0, link)
 
     def nameless(self, ino: int, st: StatLike) -> Node:
         """A regular file that has no name yet (O_TMPFILE), looked up once

@@ -1336,11 +1336,14 @@ struct lk_attr {
     uint64_t ino, size, blocks, atime, mtime, ctime;
     uint32_t atimensec, mtimensec, ctimensec, mode, nlink, uid, gid, rdev, blksize, flags;
 };
-struct lk_reply {
-    uint32_t len; int32_t error; uint64_t unique;             /* fuse_out_header */
-    uint64_t nodeid, generation, entry_valid, attr_valid;     /* fuse_entry_out */
+struct lk_entry_out {
+    uint64_t nodeid, generation, entry_valid, attr_valid;
     uint32_t entry_valid_nsec, attr_valid_nsec;
     struct lk_attr attr;
+};
+struct lk_reply {
+    uint32_t len; int32_t error; uint64_t unique;             /* fuse_out_header */
+    struct lk_entry_out entry;
 };
 struct lk_dir { struct lk_dir *next; uint64_t ino, parent; size_t len; char path[]; };
 struct lk_dev { uint64_t dev, tag; };
@@ -1651,6 +1654,68 @@ static void lk_absorb_pending(void)
         lk_absorb_cb();
 }
 
+/* A full entry for `st` (overlay inode `ino`), valid for the lower TTL. */
+static void lk_fill_entry(struct lk_entry_out *e, uint64_t ino, const struct stat *st)
+{
+    memset(e, 0, sizeof *e);
+    e->nodeid = ino;
+    e->entry_valid = e->attr_valid = lk_ttl_sec;
+    e->entry_valid_nsec = e->attr_valid_nsec = lk_ttl_nsec;
+    struct lk_attr *a = &e->attr;
+    a->ino = ino;
+    a->size = (uint64_t)st->st_size;
+    a->blocks = (uint64_t)st->st_blocks;
+    a->atime = (uint64_t)st->st_atim.tv_sec;
+    a->mtime = (uint64_t)st->st_mtim.tv_sec;
+    a->ctime = (uint64_t)st->st_ctim.tv_sec;
+    a->atimensec = (uint32_t)st->st_atim.tv_nsec;
+    a->mtimensec = (uint32_t)st->st_mtim.tv_nsec;
+    a->ctimensec = (uint32_t)st->st_ctim.tv_nsec;
+    a->mode = st->st_mode;
+    a->nlink = (uint32_t)st->st_nlink;
+    a->uid = st->st_uid;
+    a->gid = st->st_gid;
+    a->rdev = (uint32_t)st->st_rdev;
+    a->blksize = (uint32_t)st->st_blksize;
+}
+
+/* `d`'s lower path, "/", `name` into `path` (LK_PATH bytes): its length, or
+ * 0 when it does not fit. */
+#define LK_PATH 4096
+static size_t lk_child_path(char *path, const struct lk_dir *d, const char *name, size_t nlen)
+{
+    if (d->len + 1 + nlen + 1 > LK_PATH)
+        return 0;
+    memcpy(path, d->path, d->len);
+    path[d->len] = '/';
+    memcpy(path + d->len + 1, name, nlen);
+    path[d->len + 1 + nlen] = 0;
+    return d->len + 1 + nlen;
+}
+
+/* The lower entry at `path` as the daemon's fast path takes it (core.py
+ * `_lower_child`): 1 with its overlay inode number, 0 if it is not there,
+ * -1 when the daemon must decide (a hard-linked file: another of its names
+ * may have been copied up; a device not tagged yet; another errno). */
+static int lk_stat_child(const char *path, struct stat *st, uint64_t *ino)
+{
+    if (fstatat(lk_root, path, st, AT_SYMLINK_NOFOLLOW) != 0)
+        return errno == ENOENT ? 0 : -1;
+    if (S_ISREG(st->st_mode) && st->st_nlink > 1)
+        return -1;
+    for (int i = 0; i < lk_ndevs; i++)
+        if (lk_devs[i].dev == (uint64_t)st->st_dev) {
+            *ino = (lk_devs[i].tag << LK_DEV_SHIFT) | (uint64_t)st->st_ino;
+            return 1;
+        }
+    return -1;
+}
+
+static uint8_t lk_type(mode_t mode)
+{
+    return S_ISDIR(mode) ? 1 : S_ISREG(mode) ? 0 : 2;
+}
+
 static int lk_decline(void)
 {
     lk_stats[2]++;
@@ -1683,60 +1748,33 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
     if (nlen == len - LK_IN_HEADER || nlen == 0 || nlen > 255
         || (name[0] == '.' && (nlen == 1 || (nlen == 2 && name[1] == '.'))))
         return lk_decline();
-    char path[4096];
-    if (d->len + 1 + nlen + 1 > sizeof path)
+    char path[LK_PATH];
+    size_t plen = lk_child_path(path, d, name, nlen);
+    if (!plen)
         return lk_decline();
-    memcpy(path, d->path, d->len);
-    path[d->len] = '/';
-    memcpy(path + d->len + 1, name, nlen + 1);
-    size_t plen = d->len + 1 + nlen;
-
     struct lk_reply r;
     memset(&r, 0, sizeof r);
     r.len = sizeof r;
     r.unique = unique;
-    r.entry_valid = r.attr_valid = lk_ttl_sec;
-    r.entry_valid_nsec = r.attr_valid_nsec = lk_ttl_nsec;
     struct stat st;
-    if (fstatat(lk_root, path, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-        if (errno != ENOENT)
-            return lk_decline();
-        r.attr_valid = r.attr_valid_nsec = 0; /* a negative entry: nodeid 0 */
+    uint64_t ino = 0;
+    int found = lk_stat_child(path, &st, &ino);
+    if (found < 0)
+        return lk_decline();
+    if (!found) { /* a negative entry: nodeid 0, the lower TTL */
+        r.entry.entry_valid = lk_ttl_sec;
+        r.entry.entry_valid_nsec = lk_ttl_nsec;
         if (write(fuse_fd, &r, sizeof r) < 0 && errno != ENOENT)
             return lk_decline(); /* (ENOENT: the request was interrupted) */
         lk_stats[1]++;
         return 1;
     }
-    if (S_ISREG(st.st_mode) && st.st_nlink > 1)
-        return lk_decline(); /* another name may have been copied up */
-    int tagged = -1;
-    for (int i = 0; i < lk_ndevs; i++)
-        if (lk_devs[i].dev == (uint64_t)st.st_dev)
-            tagged = i;
-    if (tagged < 0)
-        return lk_decline();
-    uint64_t ino = (lk_devs[tagged].tag << LK_DEV_SHIFT) | (uint64_t)st.st_ino;
-    uint8_t type = S_ISDIR(st.st_mode) ? 1 : S_ISREG(st.st_mode) ? 0 : 2;
+    uint8_t type = lk_type(st.st_mode);
     /* Queue first: an entry the daemon could not be told of is never sent. */
     size_t mark = lk_qlen;
     if (lk_queue_entry(parent, ino, type, name, nlen) < 0)
         return lk_decline();
-    r.nodeid = ino;
-    r.attr.ino = ino;
-    r.attr.size = (uint64_t)st.st_size;
-    r.attr.blocks = (uint64_t)st.st_blocks;
-    r.attr.atime = (uint64_t)st.st_atim.tv_sec;
-    r.attr.mtime = (uint64_t)st.st_mtim.tv_sec;
-    r.attr.ctime = (uint64_t)st.st_ctim.tv_sec;
-    r.attr.atimensec = (uint32_t)st.st_atim.tv_nsec;
-    r.attr.mtimensec = (uint32_t)st.st_mtim.tv_nsec;
-    r.attr.ctimensec = (uint32_t)st.st_ctim.tv_nsec;
-    r.attr.mode = st.st_mode;
-    r.attr.nlink = (uint32_t)st.st_nlink;
-    r.attr.uid = st.st_uid;
-    r.attr.gid = st.st_gid;
-    r.attr.rdev = (uint32_t)st.st_rdev;
-    r.attr.blksize = (uint32_t)st.st_blksize;
+    lk_fill_entry(&r.entry, ino, &st);
     if (write(fuse_fd, &r, sizeof r) < 0) {
         lk_qlen = mark; /* not delivered: nothing to count */
         if (errno != ENOENT)
@@ -1831,31 +1869,7 @@ static int lk_list_take(uint64_t ino, const char *path)
     return 0;
 }
 
-static void lk_fill_attr(struct lk_attr *a, uint64_t ino, const struct stat *st)
-{
-    a->ino = ino;
-    a->size = (uint64_t)st->st_size;
-    a->blocks = (uint64_t)st->st_blocks;
-    a->atime = (uint64_t)st->st_atim.tv_sec;
-    a->mtime = (uint64_t)st->st_mtim.tv_sec;
-    a->ctime = (uint64_t)st->st_ctim.tv_sec;
-    a->atimensec = (uint32_t)st->st_atim.tv_nsec;
-    a->mtimensec = (uint32_t)st->st_mtim.tv_nsec;
-    a->ctimensec = (uint32_t)st->st_ctim.tv_nsec;
-    a->mode = st->st_mode;
-    a->nlink = (uint32_t)st->st_nlink;
-    a->uid = st->st_uid;
-    a->gid = st->st_gid;
-    a->rdev = (uint32_t)st->st_rdev;
-    a->blksize = (uint32_t)st->st_blksize;
-    a->flags = 0;
-}
 
-struct lk_entry_out {
-    uint64_t nodeid, generation, entry_valid, attr_valid;
-    uint32_t entry_valid_nsec, attr_valid_nsec;
-    struct lk_attr attr;
-};
 struct lk_dirent { uint64_t ino, off; uint32_t namelen, type; };
 
 /* Append one fuse_direntplus at *used; 0, or -1 when it does not fit. */
@@ -1911,7 +1925,7 @@ static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd)
     size_t mark = lk_qlen;
     struct lk_entry_out e;
     size_t total = lk_list.n + 2;
-    char path[4096];
+    char path[LK_PATH];
     for (uint64_t i = offset; i < total; i++) {
         memset(&e, 0, sizeof e);
         if (i < 2) { /* "." and "..": listed, no dentry (nodeid 0) */
@@ -1922,33 +1936,19 @@ static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd)
         }
         const char *name = lk_list.names[i - 2];
         size_t nlen = strlen(name);
-        if (d->len + 1 + nlen + 1 > sizeof path)
+        if (!lk_child_path(path, d, name, nlen))
             goto decline;
-        memcpy(path, d->path, d->len);
-        path[d->len] = '/';
-        memcpy(path + d->len + 1, name, nlen + 1);
         struct stat st;
-        if (fstatat(lk_root, path, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-            if (errno == ENOENT)
-                continue; /* gone since the listing: skipped, as the daemon does */
+        uint64_t ino = 0;
+        int found = lk_stat_child(path, &st, &ino);
+        if (found < 0)
             goto decline;
-        }
-        if (S_ISREG(st.st_mode) && st.st_nlink > 1)
-            goto decline;
-        int tagged = -1;
-        for (int t = 0; t < lk_ndevs; t++)
-            if (lk_devs[t].dev == (uint64_t)st.st_dev)
-                tagged = t;
-        if (tagged < 0)
-            goto decline;
-        uint64_t ino = (lk_devs[tagged].tag << LK_DEV_SHIFT) | (uint64_t)st.st_ino;
-        e.nodeid = ino;
-        e.entry_valid = e.attr_valid = lk_ttl_sec;
-        e.entry_valid_nsec = e.attr_valid_nsec = lk_ttl_nsec;
-        lk_fill_attr(&e.attr, ino, &st);
+        if (!found)
+            continue; /* gone since the listing: skipped, as the daemon does */
+        lk_fill_entry(&e, ino, &st);
         if (lk_put(body, room, &used, &e, ino, i + 1, name, nlen, (st.st_mode & S_IFMT) >> 12) < 0)
             break;
-        uint8_t type = S_ISDIR(st.st_mode) ? 1 : S_ISREG(st.st_mode) ? 0 : 2;
+        uint8_t type = lk_type(st.st_mode);
         if (lk_queue_entry(dir_ino, ino, type, name, nlen) < 0)
             goto decline;
     }
@@ -1967,16 +1967,11 @@ static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd)
         memcpy(&ino, lk_queue + off + 8, 8);
         uint8_t type = (uint8_t)lk_queue[off + 16];
         size_t nlen = (uint8_t)lk_queue[off + 17];
-        if (type != 2 && d->len + 1 + nlen + 1 <= sizeof path) {
-            memcpy(path, d->path, d->len);
-            path[d->len] = '/';
-            memcpy(path + d->len + 1, lk_queue + off + 18, nlen);
-            path[d->len + 1 + nlen] = 0;
-            if (type == 1)
-                lk_dir_set(ino, dir_ino, path, d->len + 1 + nlen);
-            else
-                lk_file_set(ino, path, d->len + 1 + nlen);
-        }
+        size_t plen = type == 2 ? 0 : lk_child_path(path, d, lk_queue + off + 18, nlen);
+        if (plen && type == 1)
+            lk_dir_set(ino, dir_ino, path, plen);
+        else if (plen)
+            lk_file_set(ino, path, plen);
         off += 18 + nlen;
     }
     if (offset == 0)
