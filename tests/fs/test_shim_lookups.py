@@ -191,8 +191,10 @@ def test_first_reads_of_files_found_in_c_are_read_in_c_and_follow_a_copy_up(
     file, and never read again once the file is copied up."""
     lower = tmp_path / "lower"
     (lower / "d" / "e").mkdir(parents=True)
-    for i in range(300):  # more than the shim keeps open
+    for i in range(301):  # more than the shim keeps open
         (lower / "d" / "e" / f"f{i}").write_bytes(b"%d " % i * (i + 1))
+    (lower / "d" / "g").mkdir()  # (a copy-up in e gives e an upper directory)
+    (lower / "d" / "g" / "f301").write_bytes(b"301 " * 302)
     s = mount_session(lower)
     pid = s.control("ping")["pid"]
     e = s.mnt / "d" / "e"
@@ -200,26 +202,26 @@ def test_first_reads_of_files_found_in_c_are_read_in_c_and_follow_a_copy_up(
         assert (e / f"f{i}").read_bytes() == b"%d " % i * (i + 1)
     assert shim_lookups(s)["files_opened"] >= 300
     assert lower_fds(pid, lower) <= 256
-    for name, first in (("f5", b"5 "), ("f6", b"6 ")):
-        with open(e / name, "rb") as reader:  # opened and read before the copy-up
-            os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    # Files not read yet (nothing cached: their first READ reaches the shim).
+    for name, first in (("e/f300", b"300 "), ("g/f301", b"301 ")):
+        with open(s.mnt / "d" / name, "rb") as reader:  # opened and read before the copy-up
             opened = shim_lookups(s)["files_opened"]
-            assert reader.read(2) == first
-            assert shim_lookups(s)["files_opened"] == opened + 1  # read by the shim
-            if name == "f5":  # a WRITE: the daemon's fd replaces the shim's
-                with open(e / name, "ab") as writer:
+            assert reader.read(4) == first
+            assert shim_lookups(s)["files_opened"] == opened + 1, name  # read by the shim
+            if name == "e/f300":  # a WRITE: the daemon's fd replaces the shim's
+                with open(s.mnt / "d" / name, "ab") as writer:
                     writer.write(b"+")
-                want = b"5 " * 6 + b"+"
-            else:  # a copy-up by SETATTR alone: the daemon opens no fd
-                os.truncate(e / name, 0)
-                os.truncate(e / name, 5)
+                want = b"300 " * 301 + b"+"
+            else:  # a copy-up by SETATTR alone (the daemon opens no fd; the
+                # kernel drops the pages, so the read below is a READ)
+                os.truncate(s.mnt / "d" / name, 0)
+                os.truncate(s.mnt / "d" / name, 5)
                 want = bytes(5)
-            os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-            assert os.pread(reader.fileno(), 100, 0) == want, name
+            assert os.pread(reader.fileno(), 2000, 0) == want, name
     dirty_dentries()  # FORGETs: the shim closes its fds
     assert settles(lambda: lower_fds(pid, lower), lambda n: n == 0) == 0
-    assert (lower / "d" / "e" / "f5").read_bytes() == b"5 " * 6
-    assert (lower / "d" / "e" / "f6").read_bytes() == b"6 " * 7
+    assert (lower / "d" / "e" / "f300").read_bytes() == b"300 " * 301
+    assert (lower / "d" / "g" / "f301").read_bytes() == b"301 " * 302
 
 
 def test_files_listed_in_full_are_read_in_c(tmp_path: Path, mount_session: Mount) -> None:
