@@ -97,7 +97,7 @@ class ShimLookups:
             lib.astrid_lk_dev(dev, tag)
         tags.on_new = self._tagged
         table = overlay.table
-        table.watch = self.node_changed
+        table.watch(self.node_changed)
         table.drop_watch = self.dropped
         policy.full_hook = lib.astrid_lk_full
         for node in table.nodes():

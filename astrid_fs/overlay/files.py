@@ -24,8 +24,8 @@ the writable ones on upper files and pinned ones), each marked with whether
 WRITEs may go there: READs and WRITEs of those inodes are served from it
 without this module, so an entry is taken out of it before its fd closes or
 is replaced, and an entry on a lower file before that file is copied up
-(the overlay tells us, `Overlay.on_copy_up`): a reader then reads the upper
-copy, as it would here.
+(the inode table tells us, `InodeTable.watch`): a reader then reads the
+upper copy, as it would here.
 The daemon's fd count is bounded by `capacity` + pinned files + handles the
 kernel holds open.
 
@@ -87,7 +87,7 @@ class OpenFiles:
         self._readers: dict[int, tuple[Node, Reader]] = {}
         self._ino_readers: dict[int, Reader] = {}
         self._next_reader_fh = _FIRST_READER_FH
-        overlay.on_copy_up(self._copied_up)
+        overlay.table.watch(self._layer_changed)
 
     # ---- inode fds ----------------------------------------------------------
 
@@ -183,12 +183,12 @@ class OpenFiles:
         self._evict(keep=ino)
         return entry.fd
 
-    def _copied_up(self, node: Node) -> None:
-        # An fd on the lower file no longer shows the file: close it (and
-        # take it out of the shim's table) now, not at the next read here,
-        # since the shim reads without asking.
+    def _layer_changed(self, node: Node) -> None:
+        # Copied up: an fd on the lower file no longer shows the file: close
+        # it (and take it out of the shim's table) now, not at the next read
+        # here, since the shim reads without asking.
         entry = self._by_ino.get(node.ino)
-        if entry is not None and not entry.in_upper and not entry.pinned:
+        if entry is not None and node.in_upper and not entry.in_upper and not entry.pinned:
             self._close(node.ino)
 
     def _evict(self, keep: int) -> None:

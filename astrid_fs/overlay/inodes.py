@@ -85,10 +85,10 @@ class InodeTable:
         # Paths of directories, dropped whole whenever any directory's name
         # changes (rare): most requests name a child of a known directory.
         self._dir_paths: dict[int, bytes] = {}
-        # Told when a node's layer state may have changed (by `intern`: of
-        # directories only), and when a directory is dropped (the shim's
-        # LOOKUP table, fuse/lookup_table.py).
-        self.watch: Callable[[Node], None] | None = None
+        # Told when a node's layer state may have changed (`watch`), and
+        # when a directory is dropped (the shim's tables, fuse/lookup_table.py,
+        # and the inode fds, files.py).
+        self._watchers: tuple[Callable[[Node], None], ...] = ()
         self.drop_watch: Callable[[int], None] | None = None
 
     def __contains__(self, ino: int) -> bool:
@@ -118,8 +118,9 @@ class InodeTable:
             node.lower = lower
             node.in_upper = in_upper
         self._link(node, (parent, name))
-        if is_dir and self.watch is not None:
-            self.watch(node)
+        if is_dir:
+            for watcher in self._watchers:
+                watcher(node)
         return node
 
     def add_lower_lookups(self, found: Iterable[tuple[int, int, bool, bytes]]) -> int:
@@ -150,11 +151,17 @@ class InodeTable:
             counted += 1
         return counted
 
+    def watch(self, watcher: Callable[[Node], None]) -> None:
+        """Call `watcher(node)` whenever `node`'s layer state may have
+        changed: a copy-up, a directory move, the layers re-read, and a
+        directory reached by `intern` (which may be its first sight)."""
+        self._watchers = (*self._watchers, watcher)
+
     def state_changed(self, node: Node) -> None:
         """`node.in_upper` or `node.lower` was just changed (copy-up, a
         directory move, the layers re-read)."""
-        if self.watch is not None:
-            self.watch(node)
+        for watcher in self._watchers:
+            watcher(node)
 
     def _link(self, node: Node, link: tuple[int, bytes]) -> None:
         """Record the (parent, name) `node` was reached by: a directory has

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from astrid_fs.overlay.copyup import temp_name
@@ -41,21 +40,6 @@ class SetAttr:
 
 class Overlay(Namespace):
     """Copy-on-write operations over `layers`, keyed by overlay inode number."""
-
-    _copy_up_listeners: tuple[Callable[[Node], None], ...] = ()
-
-    def on_copy_up(self, listener: Callable[[Node], None]) -> None:
-        """Call `listener(node)` right after each copy-up of `node` (files.py:
-        an fd on its lower file must stop serving its reads)."""
-        self._copy_up_listeners = (*self._copy_up_listeners, listener)
-
-    def copy_up(self, node: Node, *, with_data: bool = True) -> bytes:
-        if node.in_upper:
-            return super().copy_up(node, with_data=with_data)
-        upath = super().copy_up(node, with_data=with_data)
-        for listener in self._copy_up_listeners:
-            listener(node)
-        return upath
 
     # ---- O_TMPFILE ------------------------------------------------------------
 
