@@ -255,8 +255,9 @@ def _run(sides: list[Side], lower: Path, steps: list[tuple[object, ...]]) -> Non
             elif kind == "resolve_ours":
                 # knowingly keep the session's versions: the project as it is
                 # now is what they are based on from here on
-                conflicts = [c.path for c in session_changes(s.session, s.link)
-                             if c.conflict]
+                # (a conflicting rename keeps its source's removal too)
+                conflicts = [p for c in session_changes(s.session, s.link) if c.conflict
+                             for p in (c.path, c.lower_path) if p]
                 if conflicts:
                     resolve(s.session, [], "ours", s.link)
                     now = _files(lower)
@@ -266,8 +267,13 @@ def _run(sides: list[Side], lower: Path, steps: list[tuple[object, ...]]) -> Non
                     s.snaps = []
             elif kind == "update":
                 now = _files(lower)
-                merged = [o.path for o in update(s.session, [], s.link)
-                          if o.result in ("merged", "markers")]
+                sources = {c.path: c.lower_path for c in session_changes(s.session, s.link)
+                           if c.lower_path and c.lower_path != c.path}
+                # (a merged rename carries the project's change of its source
+                # to its new name: the source's removal is then based on it)
+                merged = [p for o in update(s.session, [], s.link)
+                          if o.result in ("merged", "markers")
+                          for p in (o.path, sources.get(o.path)) if p]
                 for p in merged:
                     s.based[p] = now[p]
                 if merged:

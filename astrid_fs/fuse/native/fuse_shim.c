@@ -1310,7 +1310,7 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
  *     directories here (astrid_lk_dir: inode -> lower path relative to the
  *     lower root) and the devices it has tagged (astrid_lk_dev); the wrapped
  *     fuse_session_receive_buf then answers a LOOKUP in one of them itself:
- *     fstatat, and the entry (or a negative entry) written to /dev/fuse,
+ *     lstat of its lower path, and the entry (or a negative entry) written to /dev/fuse,
  *     with the lower TTL, exactly what the daemon's fast path would send.
  *     A directory found so is named here at once (its own children follow
  *     in the same burst). Anything else (a hard-linked file, an untagged
@@ -1349,7 +1349,11 @@ struct lk_dir { struct lk_dir *next; uint64_t ino, parent; size_t len; char path
 struct lk_dev { uint64_t dev, tag; };
 
 static int lk_on;
-static int lk_root = -1;
+/* The lower root's path: every path here is resolved from it afresh, as the
+ * daemon's are (a root replaced meanwhile, rm -r and recreated, is followed). */
+#define LK_PATH 4096
+static char lk_root[LK_PATH];
+static size_t lk_root_len;
 static uint64_t lk_ttl_sec;
 static uint32_t lk_ttl_nsec;
 static struct lk_dev lk_devs[64];
@@ -1361,6 +1365,20 @@ static void (*lk_absorb_cb)(void);
 static int64_t lk_stats[5]; /* entries answered here, negative entries, declined; files
                                opened for READ; listings answered here */
 
+/* The lower root, "/", `rel` (`len` bytes) into `out` (LK_PATH bytes): its
+ * length, or 0 when it does not fit (the daemon's long paths then). The
+ * lower-relative part starts at out + lk_root_len + 1. */
+static size_t lk_abs(char *out, const char *rel, size_t len)
+{
+    if (lk_root_len + 1 + len + 1 > LK_PATH)
+        return 0;
+    memcpy(out, lk_root, lk_root_len);
+    out[lk_root_len] = '/';
+    memcpy(out + lk_root_len + 1, rel, len);
+    out[lk_root_len + 1 + len] = 0;
+    return lk_root_len + 1 + len;
+}
+
 static struct lk_dir **lk_slot(uint64_t ino)
 {
     struct lk_dir **p = &lk_dirs[(ino * UINT64_C(0x9E3779B97F4A7C15)) >> 52];
@@ -1369,14 +1387,16 @@ static struct lk_dir **lk_slot(uint64_t ino)
     return p;
 }
 
-/* Serve LOOKUPs from `root_fd` (an O_PATH fd of the lower root, kept by the
- * caller), entries valid for `ttl` seconds; `absorb` is called, on the trio
- * thread, whenever answered entries are queued and a request goes to Python. */
-int astrid_lk_enable(int root_fd, double ttl, void (*absorb)(void))
+/* Serve LOOKUPs from the lower layer at `root` (an absolute path), entries
+ * valid for `ttl` seconds; `absorb` is called, on the trio thread, whenever
+ * answered entries are queued and a request goes to Python. */
+int astrid_lk_enable(const char *root, double ttl, void (*absorb)(void))
 {
-    if (root_fd < 0 || ttl < 0 || !absorb)
+    size_t len = root ? strlen(root) : 0;
+    if (!len || root[0] != '/' || len + 2 > LK_PATH || ttl < 0 || !absorb)
         return -EINVAL;
-    lk_root = root_fd;
+    memcpy(lk_root, root, len + 1);
+    lk_root_len = len;
     lk_ttl_sec = (uint64_t)ttl;
     lk_ttl_nsec = (uint32_t)((ttl - (double)lk_ttl_sec) * 1e9);
     lk_absorb_cb = absorb;
@@ -1513,7 +1533,10 @@ static struct wf_entry *lk_read_entry(uint64_t ino)
     struct lk_dir *f = *lk_file_slot(ino);
     if (!f)
         return NULL;
-    int fd = openat(lk_root, f->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    char path[LK_PATH];
+    if (!lk_abs(path, f->path, f->len))
+        return NULL;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return NULL; /* the daemon answers (and decides the errno) */
     uint64_t victim = lk_owned_ring[lk_owned_next];
@@ -1679,18 +1702,20 @@ static void lk_fill_entry(struct lk_entry_out *e, uint64_t ino, const struct sta
     a->blksize = (uint32_t)st->st_blksize;
 }
 
-/* `d`'s lower path, "/", `name` into `path` (LK_PATH bytes): its length, or
- * 0 when it does not fit. */
-#define LK_PATH 4096
+/* The lower root, "/", `d`'s lower path, "/", `name` into `path` (LK_PATH
+ * bytes): its length, or 0 when it does not fit. The child's lower-relative
+ * path is LK_REL(path), LK_REL_LEN(length) bytes. */
+#define LK_REL(path) ((path) + lk_root_len + 1)
+#define LK_REL_LEN(len) ((len) - lk_root_len - 1)
 static size_t lk_child_path(char *path, const struct lk_dir *d, const char *name, size_t nlen)
 {
-    if (d->len + 1 + nlen + 1 > LK_PATH)
+    size_t dlen = lk_abs(path, d->path, d->len);
+    if (!dlen || dlen + 1 + nlen + 1 > LK_PATH)
         return 0;
-    memcpy(path, d->path, d->len);
-    path[d->len] = '/';
-    memcpy(path + d->len + 1, name, nlen);
-    path[d->len + 1 + nlen] = 0;
-    return d->len + 1 + nlen;
+    path[dlen] = '/';
+    memcpy(path + dlen + 1, name, nlen);
+    path[dlen + 1 + nlen] = 0;
+    return dlen + 1 + nlen;
 }
 
 /* The lower entry at `path` as the daemon's fast path takes it (core.py
@@ -1699,7 +1724,7 @@ static size_t lk_child_path(char *path, const struct lk_dir *d, const char *name
  * may have been copied up; a device not tagged yet; another errno). */
 static int lk_stat_child(const char *path, struct stat *st, uint64_t *ino)
 {
-    if (fstatat(lk_root, path, st, AT_SYMLINK_NOFOLLOW) != 0)
+    if (lstat(path, st) != 0)
         return errno == ENOENT ? 0 : -1;
     if (S_ISREG(st->st_mode) && st->st_nlink > 1)
         return -1;
@@ -1782,9 +1807,9 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
         return 1; /* ENOENT: the request was interrupted, no answer wanted */
     }
     if (type == 1)
-        lk_dir_set(ino, parent, path, plen);
+        lk_dir_set(ino, parent, LK_REL(path), LK_REL_LEN(plen));
     else if (type == 0)
-        lk_file_set(ino, path, plen);
+        lk_file_set(ino, LK_REL(path), LK_REL_LEN(plen));
     lk_stats[0]++;
     return 1;
 }
@@ -1827,10 +1852,13 @@ static int lk_name_cmp(const void *a, const void *b)
 }
 
 /* The lower directory's names, sorted, as lk_list; 0 or -1. */
-static int lk_list_take(uint64_t ino, const char *path)
+static int lk_list_take(uint64_t ino, const struct lk_dir *listed)
 {
     lk_list_free();
-    int fd = openat(lk_root, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    char path[LK_PATH];
+    if (!lk_abs(path, listed->path, listed->len))
+        return -1;
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return -1;
     DIR *dir = fdopendir(fd);
@@ -1903,7 +1931,7 @@ static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd)
     if (!d)
         return 0;
     if (offset == 0) {
-        if (lk_full_left <= 0 || lk_list_take(dir_ino, d->path) < 0)
+        if (lk_full_left <= 0 || lk_list_take(dir_ino, d) < 0)
             return 0;
     } else if (lk_list.ino != dir_ino || !lk_list.names) {
         return 0; /* the daemon lists (it took the listing at offset 0) */
@@ -1969,9 +1997,9 @@ static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd)
         size_t nlen = (uint8_t)lk_queue[off + 17];
         size_t plen = type == 2 ? 0 : lk_child_path(path, d, lk_queue + off + 18, nlen);
         if (plen && type == 1)
-            lk_dir_set(ino, dir_ino, path, plen);
+            lk_dir_set(ino, dir_ino, LK_REL(path), LK_REL_LEN(plen));
         else if (plen)
-            lk_file_set(ino, path, plen);
+            lk_file_set(ino, LK_REL(path), LK_REL_LEN(plen));
         off += 18 + nlen;
     }
     if (offset == 0)
