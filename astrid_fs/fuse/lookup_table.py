@@ -71,7 +71,7 @@ class ShimLookups:
         self.ov = overlay
         self.policy = policy
         self.absorbed = 0
-        lib.astrid_lk_enable.argtypes = [ctypes.c_int, ctypes.c_double, ABSORB_CB]
+        lib.astrid_lk_enable.argtypes = [ctypes.c_char_p, ctypes.c_double, ABSORB_CB]
         lib.astrid_lk_enable.restype = ctypes.c_int
         lib.astrid_lk_dev.argtypes = [ctypes.c_uint64, ctypes.c_uint64]
         lib.astrid_lk_dev.restype = ctypes.c_int
@@ -90,7 +90,6 @@ class ShimLookups:
         lib.astrid_lk_full.restype = None
         lib.astrid_lk_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
         lib.astrid_lk_stats.restype = None
-        self._root_fd = os.open(overlay.layers.lower, os.O_PATH | os.O_DIRECTORY)
         self._callback = ABSORB_CB(self._absorb_from_shim)  # kept: the shim holds it
         tags = overlay.tags
         for dev, tag in tags.items():
@@ -102,7 +101,10 @@ class ShimLookups:
         policy.full_hook = lib.astrid_lk_full
         for node in table.nodes():
             self.node_changed(node)
-        if lib.astrid_lk_enable(self._root_fd, lower_ttl, self._callback) != 0:
+        # (a path, not an fd: a lower root replaced meanwhile is followed, as
+        # the daemon's own paths follow it)
+        root = os.path.abspath(overlay.layers.lower)
+        if lib.astrid_lk_enable(root, lower_ttl, self._callback) != 0:
             raise OSError("astrid_lk_enable refused")
 
     @classmethod
