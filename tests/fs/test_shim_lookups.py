@@ -277,3 +277,39 @@ def test_listings_answered_in_c_agree_with_the_lower(tmp_path: Path,
     assert listed["."] == os.stat(s.mnt / "t/d29").st_ino
     assert listed[".."] == os.stat(s.mnt / "t").st_ino
     assert listed["f5"] == os.lstat(lower / "t/d29/f5").st_ino
+
+
+def test_tens_of_thousands_of_files_walked_read_and_forgotten_with_bounded_fds(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """What an agent's build does to a big project: walk it (names, then
+    attributes), grep it, read it; the daemon's fds stay bounded (its own
+    1,024 + the shim's 256), every answer equals the lower, and once the
+    kernel lets go the daemon holds almost nothing."""
+    lower = tmp_path / "big"
+    want: dict[str, bytes] = {}
+    for d in range(120):
+        sub = lower / f"pkg{d:03}" / "src"
+        sub.mkdir(parents=True)
+        for f in range(250):
+            body = b"pkg %d file %d\n" % (d, f)
+            (sub / f"m{f:03}.py").write_bytes(body)
+            want[f"pkg{d:03}/src/m{f:03}.py"] = body
+    s = mount_session(lower)
+    pid = s.control("ping")["pid"]
+    names = {str(p.relative_to(s.mnt)) for p in s.mnt.rglob("*.py")}
+    assert names == set(want)
+    for rel in sorted(want)[::7]:  # attributes of a sample, through the mount
+        assert os.lstat(s.mnt / rel).st_ino == os.lstat(lower / rel).st_ino
+    found = subprocess.run(["grep", "-rl", "file 249", str(s.mnt)], check=True,
+                           capture_output=True, text=True).stdout.split()
+    assert len(found) == 120
+    for rel, body in want.items():
+        assert (s.mnt / rel).read_bytes() == body
+    daemon_fds = len(os.listdir(f"/proc/{pid}/fd"))
+    assert daemon_fds < 1024 + 256 + 64, daemon_fds
+    counts = shim_lookups(s)
+    assert counts["files_opened"] > 0 and counts["entries"] + counts["listings"] > 0, counts
+    forget_all(s)
+    left = settles(lambda: int(s.control("stats")["nodes"]), lambda n: n < 50)
+    assert left < 50, left
+    assert settles(lambda: lower_fds(pid, lower), lambda n: n == 0) == 0
