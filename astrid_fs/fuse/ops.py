@@ -418,8 +418,7 @@ class FuseOps(pyfuse3.Operations):
                 if lower_files is not None and not child.in_upper and child.lower \
                         and st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
                     lower_files.append((child.ino, child.lower))
-        if lower_files:
-            assert self.lookups is not None
+        if self.lookups is not None and lower_files:
             self.lookups.files_listed(lower_files)
 
     async def releasedir(self, fh: int) -> None:

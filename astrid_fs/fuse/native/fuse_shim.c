@@ -1225,33 +1225,20 @@ static int drain_answerable(const struct fuse_buf *buf)
                || strcmp(name, "security.selinux") == 0
                || strncmp(name, "system.posix_acl_", 17) == 0;
     }
-    if (opcode == DRAIN_WRITE && orig_write_buf && len >= DRAIN_IN_HEADER + 40) {
+    /* WRITE and READ: fuse_write_in / fuse_read_in start with fh (40 bytes). */
+    int writing = opcode == DRAIN_WRITE && orig_write_buf && wf_ready();
+    int reading = opcode == DRAIN_READ && orig_read && rf_ready();
+    if ((writing || reading) && len >= DRAIN_IN_HEADER + 40) {
         uint64_t fh;
         memcpy(&fh, mem + DRAIN_IN_HEADER, 8);
         if (fh != 0 && (!(fh & ASTRID_FH_INODE) || (fh & ASTRID_FH_OPEN_REPLY)))
-            return 0;
-        if (!wf_ready())
-            return 0;
-        pthread_mutex_lock(&wf_lock);
-        struct wf_entry *e = *wf_slot(fh ? (fh & ASTRID_FH_INO_MASK) : nodeid);
-        int known = e != NULL && e->writable;
-        pthread_mutex_unlock(&wf_lock);
-        return known;
-    }
-    if (opcode == DRAIN_READ && orig_read && len >= DRAIN_IN_HEADER + 40) {
-        /* struct fuse_read_in: fh, offset, size, read_flags, lock_owner,
-         * flags, padding (40 bytes) */
-        uint64_t fh;
-        memcpy(&fh, mem + DRAIN_IN_HEADER, 8);
-        if (fh != 0 && (!(fh & ASTRID_FH_INODE) || (fh & ASTRID_FH_OPEN_REPLY)))
-            return 0;
-        if (!rf_ready())
             return 0;
         uint64_t ino = fh ? (fh & ASTRID_FH_INO_MASK) : nodeid;
         pthread_mutex_lock(&wf_lock);
-        int known = *wf_slot(ino) != NULL;
+        struct wf_entry *e = *wf_slot(ino);
+        int known = e != NULL && (reading || e->writable);
         pthread_mutex_unlock(&wf_lock);
-        return known || lk_file_known(ino);
+        return known || (reading && lk_file_known(ino));
     }
     return 0;
 }
@@ -1327,6 +1314,7 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
  */
 #include <sys/stat.h>
 #define LK_OPCODE_LOOKUP 1
+#define LK_OPCODE_READDIRPLUS 44
 #define LK_IN_HEADER 40
 #define LK_BUCKETS 4096
 #define LK_DEV_SHIFT 48
@@ -1379,13 +1367,47 @@ static size_t lk_abs(char *out, const char *rel, size_t len)
     return lk_root_len + 1 + len;
 }
 
-static struct lk_dir **lk_slot(uint64_t ino)
+/* Inode -> lower path tables (directories, files): the slot of `ino`. */
+static struct lk_dir **lk_find(struct lk_dir **table, uint64_t ino)
 {
-    struct lk_dir **p = &lk_dirs[(ino * UINT64_C(0x9E3779B97F4A7C15)) >> 52];
+    struct lk_dir **p = &table[(ino * UINT64_C(0x9E3779B97F4A7C15)) >> 52];
     while (*p && (*p)->ino != ino)
         p = &(*p)->next;
     return p;
 }
+
+/* `ino` -> `path` (`len` bytes; `parent` kept for ".."), or with a NULL path
+ * out of `table`. 0, or -ENOMEM (left out: its requests go to the daemon). */
+static int lk_path_put(struct lk_dir **table, uint64_t ino, uint64_t parent, const char *path,
+                       size_t len)
+{
+    struct lk_dir **slot = lk_find(table, ino);
+    struct lk_dir *old = *slot;
+    if (old && path && old->len == len && memcmp(old->path, path, len) == 0) {
+        old->parent = parent;
+        return 0;
+    }
+    if (old) {
+        *slot = old->next;
+        free(old);
+    }
+    if (!path)
+        return 0;
+    struct lk_dir *d = malloc(sizeof *d + len + 1);
+    if (!d)
+        return -ENOMEM;
+    d->ino = ino;
+    d->parent = parent;
+    d->len = len;
+    memcpy(d->path, path, len);
+    d->path[len] = 0;
+    d->next = *slot;
+    *slot = d;
+    return 0;
+}
+
+#define lk_slot(ino) lk_find(lk_dirs, (ino))
+#define lk_dir_set(ino, parent, path, len) lk_path_put(lk_dirs, (ino), (parent), (path), (len))
 
 /* Serve LOOKUPs from the lower layer at `root` (an absolute path), entries
  * valid for `ttl` seconds; `absorb` is called, on the trio thread, whenever
@@ -1422,32 +1444,6 @@ int astrid_lk_dev(uint64_t dev, uint64_t tag)
     return 0;
 }
 
-static int lk_dir_set(uint64_t ino, uint64_t parent, const char *path, size_t len)
-{
-    struct lk_dir **slot = lk_slot(ino);
-    struct lk_dir *old = *slot;
-    if (old && path && old->len == len && memcmp(old->path, path, len) == 0) {
-        old->parent = parent;
-        return 0;
-    }
-    if (old) {
-        *slot = old->next;
-        free(old);
-    }
-    if (!path)
-        return 0;
-    struct lk_dir *d = malloc(sizeof *d + len + 1);
-    if (!d)
-        return -ENOMEM; /* left out: its LOOKUPs go to the daemon */
-    d->ino = ino;
-    d->parent = parent;
-    d->len = len;
-    memcpy(d->path, path, len);
-    d->path[len] = 0;
-    d->next = *slot;
-    *slot = d;
-    return 0;
-}
 
 /* Regular files the shim found (one name, lower only), by inode: their first
  * READ is answered here too, from an fd the shim opens itself and keeps in
@@ -1459,34 +1455,9 @@ static struct lk_dir *lk_files[LK_BUCKETS];
 static uint64_t lk_owned_ring[LK_OWNED];
 static int lk_owned_next;
 
-static struct lk_dir **lk_file_slot(uint64_t ino)
-{
-    struct lk_dir **p = &lk_files[(ino * UINT64_C(0x9E3779B97F4A7C15)) >> 52];
-    while (*p && (*p)->ino != ino)
-        p = &(*p)->next;
-    return p;
-}
+#define lk_file_slot(ino) lk_find(lk_files, (ino))
 
-static void lk_file_set(uint64_t ino, const char *path, size_t len)
-{
-    struct lk_dir **slot = lk_file_slot(ino);
-    struct lk_dir *old = *slot;
-    if (old && old->len == len && memcmp(old->path, path, len) == 0)
-        return;
-    if (old) {
-        *slot = old->next;
-        free(old);
-    }
-    struct lk_dir *f = malloc(sizeof *f + len + 1);
-    if (!f)
-        return; /* its READs go to the daemon */
-    f->ino = ino;
-    f->len = len;
-    memcpy(f->path, path, len);
-    f->path[len] = 0;
-    f->next = *slot;
-    *slot = f;
-}
+#define lk_file_set(ino, path, len) lk_path_put(lk_files, (ino), 0, (path), (len))
 
 /* Files the daemon listed in full (READDIRPLUS) that the shim may read as it
  * reads the ones it found: `len` bytes of records, each inode u64, path
@@ -1563,12 +1534,7 @@ static struct wf_entry *lk_read_entry(uint64_t ino)
  * the daemon's again. */
 void astrid_lk_file_drop(uint64_t ino)
 {
-    struct lk_dir **slot = lk_file_slot(ino);
-    struct lk_dir *f = *slot;
-    if (f) {
-        *slot = f->next;
-        free(f);
-    }
+    lk_file_set(ino, NULL, 0);
     pthread_mutex_lock(&wf_lock);
     lk_owned_close(ino);
     pthread_mutex_unlock(&wf_lock);
@@ -1757,7 +1723,7 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
     uint64_t unique, parent;
     memcpy(&opcode, mem + 4, 4);
     memcpy(&len, mem, 4);
-    if (opcode == 44 && len <= buf->size) /* READDIRPLUS (below) */
+    if (opcode == LK_OPCODE_READDIRPLUS && len <= buf->size) /* (below) */
         return lk_readdirplus(mem, len, fuse_fd);
     if (opcode != LK_OPCODE_LOOKUP)
         return 0;
@@ -1830,7 +1796,6 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
  * namelen, type: 24) and the name, padded to 8 bytes.
  */
 #include <dirent.h>
-#define LK_OPCODE_READDIRPLUS 44
 
 struct lk_listing { uint64_t ino; size_t n; char **names; };
 static struct lk_listing lk_list;
