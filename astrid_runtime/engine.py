@@ -32,6 +32,10 @@ part of what the kernel trusts and is guarded like the lockfile:
   at all (every boot compiles) and the reason is reported.
 - A rejected entry is deleted and the component recompiled from the
   verified `.wasm`; `CompileResult.cache_note` says why, for the kernel log.
+- Processes sharing a cache compile an entry once: a miss takes an exclusive
+  lock on that entry (`flock` of `.KEY.lock` beside it), looks again, and only
+  then compiles; the others wait and load what it wrote (a kernel booting
+  while `astrid plugin install` precompiles the same pin).
 
 Blocking: `compile` hashes and compiles; call it from a worker thread.
 """
@@ -39,11 +43,13 @@ Blocking: `compile` hashes and compiles; call it from a worker thread.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hmac
 import mmap
 import os
 import stat
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -226,12 +232,19 @@ class KernelEngine:
         if loaded is not None:
             return CompileResult(loaded, True)
         path = self.cache_path(component_digest) if self.cache_refused is None else None
-        note = self.cache_refused
-        if path is not None:
-            cached, note = self._load_cached(path, component_digest)
-            if cached is not None:
-                self._loaded[component_digest] = cached
-                return CompileResult(cached, True)
+        if path is None:
+            return self._compile(wasm, component_digest, None, self.cache_refused)
+        cached, note = self._load_cached(path, component_digest)
+        if cached is None:
+            with _entry_lock(path):  # another process may be compiling it: wait, look again
+                cached, again = self._load_cached(path, component_digest)
+                if cached is None:
+                    return self._compile(wasm, component_digest, path, note or again)
+        self._loaded[component_digest] = cached
+        return CompileResult(cached, True)
+
+    def _compile(self, wasm: bytes, component_digest: str, path: Path | None,
+                 note: str | None) -> CompileResult:
         try:
             component = Component(self.engine, wasm)
         except wasmtime.WasmtimeError as e:
@@ -252,6 +265,25 @@ class KernelEngine:
     def increment_epoch(self) -> None:
         """Advance the engine's epoch by one tick (thread-safe in wasmtime)."""
         self.engine.increment_epoch()
+
+
+@contextlib.contextmanager
+def _entry_lock(entry: Path) -> Iterator[None]:
+    """Hold `entry`'s compile against other processes sharing the cache directory
+    (`flock`, released when the lock file closes, also if the process dies). A cache
+    directory that refuses the lock file compiles unlocked: the entry is written
+    atomically either way, a race only costs a second compile."""
+    try:
+        fd = os.open(entry.with_name(f".{entry.stem}.lock"),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _first_line(text: str) -> str:

@@ -196,3 +196,54 @@ async def test_install_compiles_so_the_first_boot_is_warm_and_status_shows_progr
         assert {p["state"] for p in kernel.status()["plugins"]} <= {"starting", "running"}
     assert snapshots == [{"alpha": "compiling", "beta": "queued"},
                          {"alpha": "compiled", "beta": "compiling"}]
+
+
+def _waiting_for_flock(pid: int) -> bool:
+    """Is process `pid` blocked on a flock (a `->` line of /proc/locks)?"""
+    with open("/proc/locks") as f:
+        return any("->" in line and "FLOCK" in line and f" {pid} " in line for line in f)
+
+
+def test_a_compile_another_process_is_doing_is_waited_for_not_repeated(
+        tmp_path: Path, component_paths: dict[str, Path]) -> None:
+    """Kernels sharing a cache (a boot while `astrid plugin install` precompiles the
+    same pin; pytest-xdist workers) compile an entry once: a miss locks the entry,
+    and whoever waited on that lock loads what the first one wrote."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    from wasmtime.component import Component
+
+    from astrid_runtime.atomic import write_atomic
+
+    engine = _engine(tmp_path)
+    wasm = component_paths["relay"]
+    entry = engine.cache_path(digest(wasm.read_bytes()))
+    assert entry is not None
+    # This test is the process compiling it: it holds the entry's lock...
+    with open(entry.with_name(f".{entry.stem}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        other = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys; from pathlib import Path; "
+             "from astrid_runtime.engine import KernelEngine; "
+             "e = KernelEngine(cache_dir=Path(sys.argv[1]), epoch_tick_ms=5); "
+             "print(e.compile(Path(sys.argv[2]).read_bytes()).cache_hit)",
+             str(tmp_path / "cache"), str(wasm)],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60  # a bound, not synchronisation
+            while not _waiting_for_flock(other.pid):
+                assert other.poll() is None, "the second compile did not wait for the first"
+                assert time.monotonic() < deadline, "the second compile never took the lock"
+                time.sleep(0.01)
+            # ...and writes the entry while the other process waits.
+            artifact = Component(engine.engine, wasm.read_bytes()).serialize()
+            write_atomic(entry, engine.seal(digest(wasm.read_bytes()), bytes(artifact)))
+        except BaseException:
+            other.kill()
+            raise
+    out, _ = other.communicate(timeout=60)
+    assert other.returncode == 0 and out.strip() == "True"  # loaded, not compiled again
