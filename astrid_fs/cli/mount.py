@@ -10,9 +10,11 @@ return once the mount is live (or with the daemon's one-line error).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -32,6 +34,7 @@ from astrid_fs.fuse.shim import current_env_with_shim
 from astrid_fs.overlay.remote import prepare_session_mounts
 from astrid_fs.review.bases import record_if_fresh
 from astrid_fs.session import (
+    MountState,
     Session,
     astrid_home,
     check_lower,
@@ -264,7 +267,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if session is not None:
         state = session.mount_state()
         if state is not None:
-            _wait_exit(state.pid)
+            _wait_exit(state)
         session.clear_mount_state()
     if getattr(args, "json", False):
         print(json.dumps({"unmounted": path, "session": None if session is None
@@ -274,16 +277,30 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_exit(pid: int) -> None:
-    """Give the daemon time to finish after the unmount; then stop it."""
-    deadline = time.monotonic() + UMOUNT_WAIT_S
-    while time.monotonic() < deadline:
+def _wait_exit(state: MountState) -> None:
+    """Give the daemon time to finish after the unmount; then stop it.
+
+    It has finished once it has exited: a zombie its parent has not reaped yet
+    counts (a detached daemon's parent is init, which may reap it seconds later).
+    A pidfd says so the moment it happens; without one, poll."""
+    try:
+        pidfd = os.pidfd_open(state.pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # no pidfd here
+        deadline = time.monotonic() + UMOUNT_WAIT_S
+        while time.monotonic() < deadline:
+            if not state.alive():
+                return
+            time.sleep(0.05)
+    else:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGTERM)
+            if select.select([pidfd], [], [], UMOUNT_WAIT_S)[0]:
+                return
+        finally:
+            os.close(pidfd)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(state.pid, signal.SIGTERM)
 
 
 # ---- mount.fuse3 helper form ----------------------------------------------

@@ -151,6 +151,34 @@ def _proc_state(pid: int) -> str:
         return "zombie"
 
 
+def test_umount_returns_once_the_daemon_has_exited_though_not_yet_reaped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A detached daemon's parent is init, which may reap it seconds after it exits
+    (this machine's init: ~1.5 s, every umount): umount waits for the exit, not the
+    reaping. The daemon here is a child this test does not reap: a zombie."""
+    import threading
+
+    from astrid_fs.cli import mount as mount_cli
+    from astrid_fs.session import MountState
+
+    monkeypatch.setattr(mount_cli, "UMOUNT_WAIT_S", 3600.0)
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, kept unreaped
+        returned: list[bool] = []
+
+        def wait() -> None:
+            mount_cli._wait_exit(MountState(zombie.pid, "/nowhere", ""))
+            returned.append(True)
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        waiter.join(timeout=60)  # a bound: it waited for the reaping (an hour) if alive
+        assert returned == [True], "umount waits for the daemon to be reaped"
+    finally:
+        zombie.wait()
+
+
 def test_umount_of_unmounted_target(dirs: tuple[Path, Path, Path]) -> None:
     home, _, mnt = dirs
     one_line_error(run_cli("umount", str(mnt), home=home, check=False), "not mounted")
