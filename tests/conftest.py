@@ -44,11 +44,6 @@ def pytest_configure(config: pytest.Config) -> None:
 _template_build: threading.Thread | None = None
 
 
-def _shared_template(config: pytest.Config) -> Path:
-    """Where the workers of one xdist run keep the template: beside their basetemps."""
-    return Path(config.option.basetemp).parent / "shipped-home"
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist, start compiling the template home as soon as the run is
     known to need it (in a thread: wasmtime releases the GIL while it compiles;
@@ -57,29 +52,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     global _template_build
     if not hasattr(config, "workerinput"):
         return
+    _name_xdist_groups(config, items)
     needs = [item for item in items if "shipped_home" in getattr(item, "fixturenames", ())]
     if not needs:
         return
     # Stable: every worker must collect the same order.
     items.sort(key=lambda item: "shipped_home" in getattr(item, "fixturenames", ()))
     _template_build = threading.Thread(target=build_template_once,
-                                       args=(_shared_template(config),),
                                        name="shipped-home build", daemon=True)
     _template_build.start()
 
 
+def _name_xdist_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`--dist loadgroup` for pytest 9: pytest-xdist (3.8) names a test's group by
+    appending `@GROUP` to `item._nodeid`, which pytest 9 no longer reads (a node's id
+    is `item._id`), so every group was silently spread over all workers. Append it
+    where pytest 9 reads it; a pytest-xdist that does it itself is left alone."""
+    if not config.getvalue("loadgroup"):
+        return
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        groups = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                         for mark in item.iter_markers("xdist_group")})
+        if groups and hasattr(item, "_id") and "@" not in item.nodeid.rpartition("]")[2]:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")
+
+
 @pytest.fixture(scope="session")
-def shipped_home(tmp_path_factory: pytest.TempPathFactory,
-                 pytestconfig: pytest.Config) -> Path:
+def shipped_home() -> Path:
     """A kernel home with every pinned plugin compiled (tests/support/warmhome.py):
     seed test homes from it with `seed_home` so the run compiles each plugin once
-    (once for all pytest-xdist workers: they share the controller's basetemp)."""
-    if hasattr(pytestconfig, "workerinput"):
-        if _template_build is not None:
-            _template_build.join()
-        # Built (or its failure raised) here if the background build did not finish it.
-        return build_template_once(_shared_template(pytestconfig))
-    return build_template_once(tmp_path_factory.getbasetemp() / "shipped-home")
+    (once for all pytest-xdist workers, and once with the tests' own engine)."""
+    if _template_build is not None:
+        _template_build.join()
+    # Built (or its failure raised) here if the background build did not finish it.
+    return build_template_once()
 
 
 @pytest.fixture

@@ -25,8 +25,9 @@ from testkit import ExpectedLogs, MemoryKv
 @pytest.fixture(scope="session")
 def engine() -> KernelEngine:
     # The compile cache persists next to the built components (git-ignored), so
-    # a second test run deserializes the 18 MiB Python component in ms.
-    return KernelEngine(cache_dir=testcomponents.BUILD / "cwasm", epoch_tick_ms=5)
+    # a second test run deserializes the 18 MiB Python component in ms; it is also
+    # the template home's cache (tests/support/warmhome.py): one compile per pin.
+    return KernelEngine(cache_dir=testcomponents.BUILD / "cache", epoch_tick_ms=5)
 
 
 @pytest.fixture(scope="session")

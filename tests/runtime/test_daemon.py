@@ -20,6 +20,8 @@ from typing import IO, Any
 import pytest
 from testkit import write_plugin
 
+from tests.support.warmhome import TEMPLATE, seed_home
+
 BIN = Path(sys.executable).parent
 ASTRIDD = [str(BIN / "astridd")]
 ASTRID = [str(BIN / "astrid")]
@@ -179,18 +181,14 @@ def test_plugin_install_verify_list(tmp_path: Path, component_paths: dict[str, P
     assert [p["name"] for p in json.loads(astrid("plugin", "list", "--json").stdout)] == ["relay"]
 
 
+@pytest.mark.usefixtures("components")  # pyecho compiled into the tests' cache
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
 def test_kv_written_through_a_plugin_survives_the_daemon(
         tmp_path: Path, component_paths: dict[str, Path], stop: str) -> None:
     from astrid_runtime.kv import KvStore
 
-    home = tmp_path / "home"
-    # Reuse the tests' compile cache (same engine settings, same key): no 18 MiB recompile.
-    # Its entries are sealed with the test build's kernel secret, so the home shares it.
-    (home / "cache").mkdir(parents=True)
-    for cached in (component_paths["pyecho"].parent / "cwasm").glob("*.cwasm"):
-        os.link(cached, home / "cache" / cached.name)
-    os.link(component_paths["pyecho"].parent / "kernel.key", home / "kernel.key")
+    # The tests' compile cache (pyecho is in it): no 18 MiB recompile.
+    home = seed_home(tmp_path / "home", TEMPLATE)
     plugin = write_plugin(tmp_path / "plugins", "pyecho", component_paths["pyecho"],
                           publish=("echo.>",), subscribe=("echo.>",), kv=True)
     lock = tmp_path / "plugins.lock"

@@ -38,6 +38,7 @@ from astrid_runtime.errors import Refusal
 from astrid_runtime.grants import Grants, Limits
 from astrid_runtime.kernel import Kernel, open_kernel
 from astrid_runtime.supervisor import State
+from tests.support.warmhome import TEMPLATE, seed_home
 
 ASTRID = [str(Path(sys.executable).parent / "astrid")]
 KEY = b"k" * 32
@@ -333,6 +334,7 @@ def _tail(sock: Path, pattern: str) -> subprocess.Popen[str]:
     return tail
 
 
+@pytest.mark.usefixtures("components")  # pyecho compiled into the tests' cache
 def test_astridd_asks_wait_for_astrid_approve(tmp_path: Path,
                                               component_paths: dict[str, Path]) -> None:
     from testkit import write_plugin
@@ -341,12 +343,13 @@ def test_astridd_asks_wait_for_astrid_approve(tmp_path: Path,
                           config="subscribe=echo.ask", publish=("echo.>",),
                           subscribe=("echo.ask",), extra='cap = ["net.http"]\n')
     lock = tmp_path / "plugins.lock"
-    # --no-compile: the 18 MiB component compiles at the kernel's boot, as before
+    # --no-compile: the kernel's boot loads the component from its cache, which
+    # shares the one the tests compiled it into (no 18 MiB compile here)
     done = subprocess.run([*ASTRID, "--lockfile", str(lock), "plugin", "install",
                            "--allow-wildcards", "--no-compile", str(plugin)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    home = tmp_path / "home"
+    home = seed_home(tmp_path / "home", TEMPLATE)
     config = tmp_path / "astridd.toml"
     config.write_text(f'home = "{home}"\nlockfile = "plugins.lock"\nkv = "none"\n')
     sock = home / "astridd.sock"

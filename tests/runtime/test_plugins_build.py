@@ -60,6 +60,11 @@ INIT = "export init: func(config: string) -> result<_, string>;"
 ON_MESSAGE = "export on-message: func(topic: string, payload: list<u8>) -> result<_, string>;"
 
 
+#: The tests that use `fresh_builds` run on one pytest-xdist worker: the builds are
+#: minutes of CPU, and each worker would otherwise make its own.
+FRESH_GROUP = pytest.mark.xdist_group("fresh-plugin-builds")
+
+
 @pytest.fixture(scope="session")
 def fresh_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BuildResult]:
     out = tmp_path_factory.mktemp("plugin-builds")
@@ -83,6 +88,7 @@ def test_the_three_shipped_plugins_are_there() -> None:
     assert {"router", "notes", "wordcount"} <= set(SHIPPED)
 
 
+@FRESH_GROUP
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_component_is_a_plugin_world_component(
         name: str, fresh_builds: dict[str, BuildResult]) -> None:
@@ -108,6 +114,7 @@ def test_component_is_a_plugin_world_component(
         assert all(i.startswith("astrid:kernel/") for i in imports)
 
 
+@FRESH_GROUP
 def test_c_plugin_build_is_reproducible_and_matches_the_pin(
         fresh_builds: dict[str, BuildResult]) -> None:
     fresh = fresh_builds["wordcount"].component.read_bytes()
@@ -137,6 +144,7 @@ def test_committed_component_verifies_against_plugins_lock(name: str) -> None:
     assert entry.component == manifest.component
 
 
+@FRESH_GROUP
 def test_unchanged_inputs_are_not_rebuilt(fresh_builds: dict[str, BuildResult]) -> None:
     first = fresh_builds["wordcount"]
     again = build_plugin(SHIPPED["wordcount"], out=first.component,

@@ -1,4 +1,4 @@
-"""One compile of the shipped plugins per test run.
+"""One compile of the shipped plugins per test run, shared with the tests' engine.
 
 A cold boot of the pinned plugins compiles six ~18 MB Python components
 (about 13 s of CPU each). Tests that boot them each in a fresh
@@ -9,6 +9,14 @@ authenticated cache, keyed by that home's kernel key), and every home
 after is seeded from it: the key copied, the cache entries hard-linked
 (the kernel only ever adds entries, by atomic rename, so sharing the
 inodes is safe). Tests about the cache itself do not use this.
+
+The template is the test components' build directory (`TEMPLATE`), whose
+`cache` is also the compile cache of the tests' own engine
+(tests/runtime/conftest.py): a shipped plugin a test boots in that engine
+(mdview, filetool) and the same pin in the template are one compile, not
+two, and pytest-xdist workers wait for each other's compiles (the engine
+locks each entry) instead of repeating them. On a developer's machine the
+directory outlives the run, so a second run compiles nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from astrid_runtime.lockfile import Lockfile, load_lockfile
 
 REPO = Path(__file__).resolve().parents[2]
 LOCKFILE = REPO / "plugins.lock"
+#: The template home: the test components' build directory (git-ignored).
+TEMPLATE = REPO / "tests" / "runtime" / "components" / "build"
 
 
 def build_template(home: Path, lockfile: Path = LOCKFILE) -> Path:
@@ -36,19 +46,14 @@ def build_template(home: Path, lockfile: Path = LOCKFILE) -> Path:
     return home
 
 
-def build_template_once(home: Path, lockfile: Path = LOCKFILE) -> Path:
-    """`build_template(home)` once for every process that asks (pytest-xdist
-    workers share one template): the first builds it behind a file lock, the
-    others wait for that lock and reuse the result; `home`."""
-    done = home.with_name(home.name + ".done")
-    with open(home.with_name(home.name + ".lock"), "w") as lock:
+def build_template_once(home: Path = TEMPLATE, lockfile: Path = LOCKFILE) -> Path:
+    """`build_template(home)` for every process that asks (pytest-xdist workers share
+    one template): the first compiles behind a file lock, the others wait for that
+    lock and then find every entry in the cache; `home`."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".template.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            if home.exists():  # a build that died half way
-                shutil.rmtree(home)
-            home.mkdir(parents=True)
-            build_template(home, lockfile)
-            done.touch()
+        build_template(home, lockfile)
     return home
 
 
@@ -61,7 +66,7 @@ def seed_home(home: Path, template: Path) -> Path:
         os.chmod(key, 0o600)
     cache = home / "cache"
     cache.mkdir(mode=0o700, exist_ok=True)
-    for entry in (template / "cache").iterdir():
+    for entry in (template / "cache").glob("*.cwasm"):
         if not (cache / entry.name).exists():
             os.link(entry, cache / entry.name)
     return home

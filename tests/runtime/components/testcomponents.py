@@ -12,6 +12,7 @@ Used by tests and by `scripts/bench/`.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -63,17 +64,22 @@ def build_wat(name: str) -> Path:
 
 
 def build_python(name: str) -> Path:
-    """The component for the componentize-py app in `NAME/app.py`."""
+    """The component for the componentize-py app in `NAME/app.py` (built once for
+    all pytest-xdist workers: the first holds the build's lock, the others wait)."""
     src = HERE / name
     out = BUILD / f"{name}-{_key(*_inputs(src))}.wasm"
     if out.exists():
         return out
     BUILD.mkdir(exist_ok=True)
-    tmp = BUILD / f".{name}.{os.getpid()}.wasm"
-    subprocess.run([str(BIN / "componentize-py"), "-d", str(WIT), "-w", "plugin",
-                    "componentize", "-p", str(src), "app", "-o", str(tmp)],
-                   check=True, capture_output=True, cwd=BUILD)
-    return _publish(tmp, out)
+    with open(BUILD / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():
+            return out
+        tmp = BUILD / f".{name}.{os.getpid()}.wasm"
+        subprocess.run([str(BIN / "componentize-py"), "-d", str(WIT), "-w", "plugin",
+                        "componentize", "-p", str(src), "app", "-o", str(tmp)],
+                       check=True, capture_output=True, cwd=BUILD)
+        return _publish(tmp, out)
 
 
 def build_wrong_world() -> Path:
