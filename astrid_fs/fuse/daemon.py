@@ -29,6 +29,7 @@ import trio
 
 from astrid_fs.fuse.config import DaemonConfig
 from astrid_fs.fuse.extra_ops import register as register_extra_ops
+from astrid_fs.fuse.killpriv import ShimKills
 from astrid_fs.fuse.lookup_table import ShimLookups
 from astrid_fs.fuse.ops import FuseOps
 from astrid_fs.fuse.passthrough import Passthrough
@@ -101,6 +102,8 @@ class Daemon:
         if self.ops.passthrough is None:  # (passthrough primes OPENs at lookup)
             self.ops.lookups = ShimLookups.enable(self.overlay, self.ops.name_only_policy,
                                                   self.config.lower_ttl)
+            if self.ops.no_open:  # suid/sgid killed here: no probe per write
+                self.ops.kills = ShimKills.enable()
         pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
         request_read_ahead(self.config.mountpoint)  # 1 MiB, set after INIT (shim.py)
 
@@ -207,7 +210,8 @@ class Daemon:
                     "shim_writes": None if self.ops.write_table is None
                     else self.ops.write_table.stats(),
                     "shim_lookups": None if self.ops.lookups is None
-                    else self.ops.lookups.stats()}
+                    else self.ops.lookups.stats(),
+                    "killpriv": None if self.ops.kills is None else self.ops.kills.stats()}
         if op == "invalidate":
             inodes, entries = self.ops.invalidate_all()
             await trio.to_thread.run_sync(_invalidate_kernel, inodes, entries)

@@ -25,6 +25,7 @@ import pyfuse3
 import trio
 
 from astrid_fs.fuse.cache import KernelCache
+from astrid_fs.fuse.killpriv import Caller, ShimKills, killed_mode
 from astrid_fs.fuse.lookup_table import ShimLookups
 from astrid_fs.fuse.name_only import NameOnlyListings
 from astrid_fs.fuse.passthrough import Passthrough
@@ -86,6 +87,9 @@ class FuseOps(pyfuse3.Operations):
         # Set by the daemon: LOOKUPs of lower-only directories answered in C
         # (lookup_table.py); None: all in Python.
         self.lookups: ShimLookups | None = None
+        # Set by the daemon: suid/sgid killed here, not by the kernel
+        # (killpriv.py); None: the kernel kills (and probes before each write).
+        self.kills: ShimKills | None = None
 
     # ---- replies ----------------------------------------------------------
 
@@ -156,12 +160,21 @@ class FuseOps(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
+        flagged = self.kills is not None and self.kills.take(inode) is not None
         node = self.table.get(inode)
         await self._fetch(self.ov.fetch_for(node, data=True))
         fd = fh if fh is not None and self.files.handle_node(fh) is not None else None
         if fd is None and not self.ov.has_name(node):
             fd = self.files.inode_fd(node, write=True)  # removed, still open
+        gid = self.ov.stat_open(node, self.files.fstat(inode)).st_gid if flagged else 0
         st = self.ov.setattr(inode, change, fd)
+        if flagged:  # a truncate or chown whose caller may not keep suid/sgid
+            # (a chown is flagged whoever asks: root's keeps what root may)
+            chown = change.uid is not None or change.gid is not None
+            caller = Caller(ctx.uid if chown else None, ctx.gid, ctx.pid)
+            mode = killed_mode(st.st_mode, gid, caller)
+            if mode != st.st_mode:
+                st = self.ov.setattr(inode, SetAttr(mode=stat.S_IMODE(mode)), fd)
         self.cache.wrote(inode)
         return self._entry(node, st)
 
@@ -313,13 +326,28 @@ class FuseOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO)
         if fh & FH_INODE:
             node = self.table.get(fh ^ FH_INODE)
+            caller = None if self.kills is None else self.kills.take(node.ino)
             await self._fetch(self.ov.fetch_for(node, data=True))
-            return self.files.pwrite(node, buf, off)
+            written = self.files.pwrite(node, buf, off)
+            if caller is not None:
+                self._kill_after_write(node, caller)
+            return written
         n = os.pwrite(fh, buf, off)
         opened = self.files.handle_node(fh)
         if opened is not None:
             self.cache.wrote(opened.ino)
         return n
+
+    def _kill_after_write(self, node: Node, caller: Caller) -> None:
+        """The WRITE's caller may not keep suid/sgid (killpriv.py): clear them,
+        and drop the kernel's cached mode (a WRITE's reply carries none)."""
+        st = self.ov.stat_open(node, self.files.fstat(node.ino))
+        mode = killed_mode(st.st_mode, st.st_gid, caller)
+        if mode != st.st_mode:
+            fd = None if self.ov.has_name(node) else self.files.inode_fd(node, write=True)
+            self.ov.setattr(node.ino, SetAttr(mode=stat.S_IMODE(mode)), fd)
+            assert self.kills is not None
+            self.kills.invalidate(node.ino)
 
     async def flush(self, fh: int) -> None:
         # Nothing is buffered here: ENOSYS tells the kernel to stop sending

@@ -46,7 +46,8 @@ def shim_version() -> int:
     passthrough on request (passthrough.py); 7: WRITEs of upper files
     answered in C (write_table.py); 8: requests C answers drained inside the
     receive call (write_table.py); 9: READs answered (and drained) in C too
-    (write_table.py)."""
+    (write_table.py); 10: suid/sgid killed by the daemon, no capability probe
+    per write (killpriv.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

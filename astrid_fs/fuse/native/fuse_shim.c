@@ -87,6 +87,22 @@
  *    "nothing came" is returned as -EINTR, which pyfuse3 answers by waiting
  *    for the fd again.
  *
+ * 13. FUSE_HANDLE_KILLPRIV_V2 (version 10; daemon-path mounts, when the
+ *    daemon calls astrid_kp_enable() before it mounts). Without it the
+ *    kernel asks GETXATTR security.capability before every write (FUSE
+ *    clears SB_NOSEC, so file_remove_privs checks each time): a round trip
+ *    per append. With it the superblock has SB_NOSEC, so once a write found
+ *    a file without suid/sgid/caps the inode is marked S_NOSEC and later
+ *    writes ask nothing until its attributes are next refreshed. In exchange
+ *    the file system kills suid/sgid itself, where the kernel flags it: a
+ *    WRITE with FUSE_WRITE_KILL_SUIDGID, a SETATTR with FATTR_KILL_SUIDGID (a
+ *    truncate by a caller without CAP_FSETID, a chown of a non-directory).
+ *    libfuse 3.14 passes neither flag on, so the wrapped
+ *    fuse_session_process_buf reads it from the raw request; a WRITE
+ *    answered here (part 9) kills on its fd first and drops the kernel's
+ *    cached attributes; any other such request leaves its inode in a table
+ *    the daemon's write and setattr handlers take from (astrid_kp_take).
+ *
  * 7. Read-ahead. The kernel caps a FUSE mount's read-ahead at the minimum of
  *    its default (128 KiB) and the INIT reply's max_readahead, so every
  *    sequential read reaches the daemon as 128 KiB requests. Only the bdi's
@@ -120,7 +136,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 9; }
+int astrid_fuse_shim_loaded(void) { return 10; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -221,6 +237,17 @@ static struct fuse_session *pt_session;
 static int64_t pt_stats[4]; /* opens answered here: passthrough, daemon; releases here; backings */
 static __thread int pt_patch_armed;
 static __thread struct pt_open_out pt_patch;
+
+/* Part 13 (see the top): state the INIT patch and the handlers share. */
+#define KP_INIT_FLAG  (UINT32_C(1) << 28) /* FUSE_HANDLE_KILLPRIV_V2 (init flags) */
+#define KP_WRITE_KILL (UINT32_C(1) << 2)  /* FUSE_WRITE_KILL_SUIDGID (write_flags) */
+#define KP_FATTR_KILL (UINT32_C(1) << 11) /* FATTR_KILL_SUIDGID (setattr valid) */
+static int kp_enabled;
+static int kp_init_armed;
+static __thread int kp_kills; /* the request being dispatched asks for a kill */
+static __thread uint32_t kp_caller[2]; /* and its caller's gid and pid */
+/* kills asked for; done here; handed to the daemon; security.capability probes */
+static int64_t kp_stats[4];
 
 static struct pt_entry **pt_slot(uint64_t ino)
 {
@@ -539,13 +566,24 @@ ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
         ra_apply();
         return res;
     }
-    if (!(pt_init_armed || pt_patch_armed) || iovcnt < 2 || iovcnt > 8 || fd != pt_fd())
+    if (!(pt_init_armed || pt_patch_armed || kp_init_armed) || iovcnt < 2 || iovcnt > 8
+        || fd != pt_fd())
         return real(fd, iov, iovcnt);
     struct iovec copy[8];
     unsigned char payload[256];
     const struct iovec *last = &iov[iovcnt - 1];
     memcpy(copy, iov, sizeof copy[0] * (size_t)iovcnt);
-    if (pt_init_armed && last->iov_len >= PT_INIT_OUT_MIN && last->iov_len <= sizeof payload) {
+    if (kp_init_armed && last->iov_len >= 16 && last->iov_len <= sizeof payload) {
+        /* part 13: fuse_init_out flags @12 */
+        kp_init_armed = 0;
+        memcpy(payload, last->iov_base, last->iov_len);
+        uint32_t flags;
+        memcpy(&flags, payload + 12, 4);
+        flags |= KP_INIT_FLAG;
+        memcpy(payload + 12, &flags, 4);
+        copy[iovcnt - 1].iov_base = payload;
+    } else if (pt_init_armed && last->iov_len >= PT_INIT_OUT_MIN
+               && last->iov_len <= sizeof payload) {
         /* fuse_init_out: flags @12, flags2 @32, max_stack_depth @36 */
         pt_init_armed = 0;
         memcpy(payload, last->iov_base, last->iov_len);
@@ -652,6 +690,8 @@ static void shim_init(void *userdata, struct fuse_conn_info *conn)
     conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
     if (ra_file[0])
         ra_armed = 1; /* libfuse sends the INIT reply right after this */
+    if (kp_enabled && !pt_enabled)
+        kp_init_armed = 1; /* part 13 (the INIT reply is patched in writev) */
     if (pt_enabled) {
 #ifdef FUSE_CAP_PASSTHROUGH
         /* libfuse 3.16+: ask through the API as well (the writev() patch
@@ -717,12 +757,19 @@ static void shim_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
     orig_release(req, ino, fi);
 }
 
+static void kp_pend(uint64_t ino);
+static void kp_kill_fd(int fd, uint64_t ino);
+
 /* SETATTR: the handle, if any, as the daemon knows it. */
 static void shim_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
                          struct fuse_file_info *fi)
 {
     if (fi && (fi->fh & ASTRID_FH_INODE))
         fi->fh &= ~ASTRID_FH_PT_OPEN;
+    if (kp_kills) {
+        kp_kills = 0;
+        kp_pend(ino);
+    }
     orig_setattr(req, ino, attr, to_set, fi);
 }
 
@@ -743,6 +790,10 @@ static void shim_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t s
                        off_t off, struct fuse_file_info *fi)
 {
     mark(ino, fi);
+    if (kp_kills) {
+        kp_kills = 0;
+        kp_pend(ino);
+    }
     orig_write(req, ino, buf, size, off, fi);
 }
 
@@ -864,6 +915,10 @@ static int wf_write(fuse_req_t req, struct fuse_bufvec *bufv, off_t off,
         pthread_mutex_unlock(&wf_lock);
         return 0;
     }
+    if (kp_kills) {
+        kp_kills = 0;
+        kp_kill_fd(e->fd, fi->fh & ASTRID_FH_INO_MASK);
+    }
     struct fuse_bufvec dst = FUSE_BUFVEC_INIT(wf_buf_size(bufv));
     dst.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
     dst.buf[0].fd = e->fd;
@@ -946,6 +1001,10 @@ static void shim_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *b
     mark(ino, fi);
     if (wf_write(req, bufv, off, fi))
         return;
+    if (kp_kills) {
+        kp_kills = 0;
+        kp_pend(ino);
+    }
     orig_write_buf(req, ino, bufv, off, fi);
 }
 
@@ -977,6 +1036,7 @@ static void shim_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size
     if (!reply_err)
         reply_err = (int (*)(fuse_req_t, int))libfuse_symbol("fuse_reply_err");
     if (reply_err && strcmp(name, "security.capability") == 0) {
+        kp_stats[3]++;
         reply_err(req, ENODATA);  /* no file capabilities here */
         return;
     }
@@ -1060,6 +1120,8 @@ static void patch_ops(const struct fuse_lowlevel_ops *op, size_t op_size)
         patched.open = shim_open;
         orig_release = patched.release;
         patched.release = shim_release;
+    }
+    if ((pt_enabled || kp_enabled) && patched.setattr) {
         orig_setattr = patched.setattr;
         patched.setattr = shim_setattr;
     }
@@ -1134,6 +1196,159 @@ struct fuse_session *fuse_session_new_versioned(struct fuse_args *args,
 #endif
 
 /*
+ * 13. FUSE_HANDLE_KILLPRIV_V2 (see the top). Kernel ABI: fuse_in_header
+ *     (40 bytes: len, opcode, ...), then fuse_write_in (write_flags @20) or
+ *     fuse_setattr_in (valid @0).
+ */
+#define KP_OP_SETATTR 4
+#define KP_OP_WRITE 16
+static pthread_mutex_t kp_lock = PTHREAD_MUTEX_INITIALIZER;
+struct kp_pending { uint64_t ino; uint32_t caller[2]; };
+static struct kp_pending *kp_pending; /* inodes whose daemon handler must kill */
+static size_t kp_npending, kp_room;
+
+/* Called by the daemon before it mounts (daemon-path mounts only). */
+int astrid_kp_enable(void)
+{
+    kp_enabled = 1;
+    return 0;
+}
+
+void astrid_kp_stats(int64_t *out)
+{
+    memcpy(out, kp_stats, sizeof kp_stats);
+}
+
+/* Does the raw request `buf` ask the file system to kill suid/sgid? */
+static int kp_asks(const struct fuse_buf *buf)
+{
+    if (!kp_enabled || (buf->flags & FUSE_BUF_IS_FD) || buf->size < 40 + 24)
+        return 0;
+    const char *mem = buf->mem;
+    uint32_t opcode, word;
+    memcpy(&opcode, mem + 4, 4);
+    if (opcode == KP_OP_WRITE)
+        memcpy(&word, mem + 40 + 20, 4);
+    else if (opcode == KP_OP_SETATTR)
+        memcpy(&word, mem + 40, 4);
+    else
+        return 0;
+    int asks = (word & (opcode == KP_OP_WRITE ? KP_WRITE_KILL : KP_FATTR_KILL)) != 0;
+    if (asks) {
+        kp_stats[0]++;
+        memcpy(kp_caller, mem + 28, 8); /* fuse_in_header: gid @28, pid @32 */
+    }
+    return asks;
+}
+
+/* The daemon's handler for `ino` must kill (its request was flagged). The
+ * kernel holds the inode's lock across such a WRITE or SETATTR, so an inode
+ * is here at most once; the table grows rather than lose a kill. */
+static void kp_pend(uint64_t ino)
+{
+    pthread_mutex_lock(&kp_lock);
+    if (kp_npending == kp_room) {
+        size_t room = kp_room ? 2 * kp_room : 16;
+        struct kp_pending *grown = realloc(kp_pending, room * sizeof *grown);
+        if (grown) {
+            kp_pending = grown;
+            kp_room = room;
+        }
+    }
+    if (kp_npending < kp_room) {
+        kp_pending[kp_npending].ino = ino;
+        memcpy(kp_pending[kp_npending].caller, kp_caller, sizeof kp_caller);
+        kp_npending++;
+        kp_stats[2]++;
+    }
+    pthread_mutex_unlock(&kp_lock);
+}
+
+/* 1 if a request for `ino` asked for a kill the daemon has not done yet
+ * (taken: the daemon then kills once its write or setattr is done); its
+ * caller's gid and pid in `caller`. */
+int astrid_kp_take(uint64_t ino, uint32_t *caller)
+{
+    int found = 0;
+    pthread_mutex_lock(&kp_lock);
+    for (size_t i = 0; i < kp_npending; i++)
+        if (kp_pending[i].ino == ino) {
+            memcpy(caller, kp_pending[i].caller, sizeof kp_pending[i].caller);
+            kp_pending[i] = kp_pending[--kp_npending];
+            found = 1;
+            break;
+        }
+    pthread_mutex_unlock(&kp_lock);
+    return found;
+}
+
+/* Drop the kernel's cached attributes of `ino` (not its pages): after a kill
+ * the daemon did outside a reply that carries attributes. Safe inside a
+ * request: the kernel takes no inode lock for it. 0 or -errno. */
+int astrid_kp_inval(uint64_t ino)
+{
+    static int (*notify)(struct fuse_session *, fuse_ino_t, off_t, off_t);
+    if (!notify)
+        notify = (int (*)(struct fuse_session *, fuse_ino_t, off_t, off_t))
+            libfuse_symbol("fuse_lowlevel_notify_inval_inode");
+    if (!notify || !pt_session)
+        return -ENOSYS;
+    return notify(pt_session, ino, -1, 0);
+}
+
+/* Is process `pid` (fs gid `caller_gid`) in group `gid`? Its supplementary
+ * groups from /proc (a process already gone: no). */
+static int kp_in_group(uint32_t pid, uint32_t caller_gid, uint32_t gid)
+{
+    if (caller_gid == gid)
+        return 1;
+    char path[32], line[512];
+    snprintf(path, sizeof path, "/proc/%u/status", pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f))
+        if (strncmp(line, "Groups:", 7) == 0) {
+            char *p = line + 7, *end;
+            for (unsigned long g = strtoul(p, &end, 10); end != p;
+                 p = end, g = strtoul(p, &end, 10))
+                if (g == gid) {
+                    found = 1;
+                    break;
+                }
+            break;
+        }
+    fclose(f);
+    return found;
+}
+
+/* What the kernel does to a file's mode when its writer may not keep
+ * privileges (setattr_should_drop_suidgid): suid goes; sgid goes if the
+ * group may execute, or if the writer is not in the file's group. */
+static mode_t kp_killed(mode_t mode, uint32_t file_gid)
+{
+    mode &= ~(mode_t)S_ISUID;
+    if ((mode & S_ISGID)
+        && ((mode & S_IXGRP) || !kp_in_group(kp_caller[1], kp_caller[0], file_gid)))
+        mode &= ~(mode_t)S_ISGID;
+    return mode;
+}
+
+/* A flagged WRITE answered here: kill on the upper file's fd first. */
+static void kp_kill_fd(int fd, uint64_t ino)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return;
+    mode_t mode = kp_killed(st.st_mode, st.st_gid);
+    if (mode != st.st_mode && fchmod(fd, mode & 07777) == 0) {
+        kp_stats[1]++;
+        astrid_kp_inval(ino);
+    }
+}
+
+/*
  * 8. O_TMPFILE. The kernel sends open(dir, O_TMPFILE) as FUSE_TMPFILE
  *    (opcode 51), a request laid out exactly as FUSE_CREATE (create_in,
  *    then the name, which for a tmpfile dentry is "/") and answered exactly
@@ -1160,6 +1375,7 @@ void fuse_session_process_buf(struct fuse_session *se, const struct fuse_buf *bu
     static process_buf_fn real;
     if (!real)
         real = (process_buf_fn)libfuse_symbol("fuse_session_process_buf");
+    kp_kills = kp_asks(buf);
     if (tmpfile_on && !(buf->flags & FUSE_BUF_IS_FD) && buf->size >= 8) {
         /* struct fuse_in_header: uint32_t len, then uint32_t opcode. */
         uint32_t opcode;
@@ -1170,6 +1386,7 @@ void fuse_session_process_buf(struct fuse_session *se, const struct fuse_buf *bu
         }
     }
     real(se, buf);
+    kp_kills = 0;
 }
 
 /*

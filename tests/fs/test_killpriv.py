@@ -1,0 +1,147 @@
+"""suid/sgid killed by the daemon (fuse/killpriv.py, shim part 13).
+
+The mount asks for FUSE_HANDLE_KILLPRIV_V2: the kernel then stops probing
+`security.capability` before every write (one round trip per append saved),
+and in exchange the daemon clears suid/sgid where the kernel flags that the
+caller may not keep them. Each test does the same thing to a plain directory
+and through a mount, as root and as another user, and the modes must agree:
+after writes answered in C (an upper file's fd in the shim's table) and in
+Python (a lower file's first write, which copies it up), truncates and chowns.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.mounts import MountedSession
+
+Mount = Callable[..., MountedSession]
+NOBODY = 65534
+#: Modes a file starts with; every one lets others write, so `nobody` can.
+MODES = {"suid": 0o4777, "suid-sgid": 0o6777, "sgid-gx": 0o2777, "sgid-no-gx": 0o2767,
+         "sgid-no-gx-ours": 0o2767, "plain": 0o0777}
+#: Files of nobody's group (the rest are root's): its sgid without group
+#: execute stays when nobody writes, that of root's group goes.
+OURS = ("sgid-no-gx-ours",)
+
+
+def killpriv(s: MountedSession) -> dict[str, int]:
+    stats = s.control("stats").get("killpriv")
+    assert stats is not None, "suid/sgid not killed by the daemon: is the FUSE shim (v10) loaded?"
+    return dict(stats)
+
+
+def as_nobody(cwd: Path, *argv: str) -> None:
+    """argv as uid/gid 65534 in `cwd` (entered before the switch: the test's
+    temp dirs are root's, 0700)."""
+    subprocess.run(argv, cwd=cwd, user=NOBODY, group=NOBODY, extra_groups=[], check=True,
+                   capture_output=True)
+
+
+def modes(d: Path) -> dict[str, str]:
+    return {name: oct(stat.S_IMODE(os.stat(d / name).st_mode)) for name in MODES}
+
+
+def fill(d: Path) -> None:
+    for name, mode in MODES.items():
+        (d / name).write_text("x\n")
+        if name in OURS:
+            os.chown(d / name, 0, NOBODY)
+        os.chmod(d / name, mode)
+
+
+def reset(d: Path) -> None:
+    for name, mode in MODES.items():
+        os.chmod(d / name, mode)
+
+
+@pytest.mark.parametrize("start", ["lower", "upper"])
+def test_writes_clear_suid_and_sgid_as_on_a_plain_filesystem(
+        tmp_path: Path, mount_session: Mount, start: str) -> None:
+    plain, lower = tmp_path / "plain", tmp_path / "lower"
+    plain.mkdir()
+    lower.mkdir()
+    fill(plain)
+    if start == "lower":
+        fill(lower)  # the first write copies up (Python)
+    s = mount_session(lower)
+    if start == "upper":
+        fill(s.mnt)
+    for d in (plain, s.mnt):
+        for name in MODES:
+            as_nobody(d, "sh", "-c", f"printf y >> {name}")
+    assert modes(s.mnt) == modes(plain)
+    assert modes(s.root / "upper") == modes(plain)
+    assert modes(plain)["suid-sgid"] == "0o777" and modes(plain)["sgid-no-gx"] == "0o767"
+    assert modes(plain)["sgid-no-gx-ours"] == "0o2767"
+    # Again on files now in the upper layer, whose fds the shim holds: C.
+    before = killpriv(s)["killed_in_c"]
+    for d in (plain, s.mnt):
+        reset(d)
+        for name in MODES:
+            as_nobody(d, "sh", "-c", f"printf z >> {name}")
+    assert modes(s.mnt) == modes(plain)
+    assert killpriv(s)["killed_in_c"] > before
+    # Root keeps them (CAP_FSETID), here as there.
+    for d in (plain, s.mnt):
+        reset(d)
+        for name in MODES:
+            with open(d / name, "a") as f:
+                f.write("r")
+    assert modes(s.mnt) == modes(plain) == {n: oct(m) for n, m in MODES.items()}
+    assert (s.mnt / "suid").read_text() == (plain / "suid").read_text() == "x\nyzr"
+
+
+@pytest.mark.parametrize("start", ["lower", "upper"])
+def test_truncate_and_chown_clear_them_as_on_a_plain_filesystem(
+        tmp_path: Path, mount_session: Mount, start: str) -> None:
+    plain, lower = tmp_path / "plain", tmp_path / "lower"
+    plain.mkdir()
+    lower.mkdir()
+    fill(plain)
+    if start == "lower":
+        fill(lower)
+    s = mount_session(lower)
+    if start == "upper":
+        fill(s.mnt)
+    for d in (plain, s.mnt):
+        for name in MODES:
+            as_nobody(d, "truncate", "-s", "1", name)
+    assert modes(s.mnt) == modes(plain)
+    assert modes(plain)["suid"] == "0o777"
+    for d in (plain, s.mnt):
+        reset(d)
+        for name in MODES:
+            os.chown(d / name, NOBODY, NOBODY)  # root: suid goes all the same
+    assert modes(s.mnt) == modes(plain)
+    assert modes(plain)["suid"] == "0o777"
+    for d in (plain, s.mnt):  # a truncate by root keeps them
+        reset(d)
+        for name in MODES:
+            os.truncate(d / name, 0)
+    assert modes(s.mnt) == modes(plain) == {n: oct(m) for n, m in MODES.items()}
+
+
+def test_appending_to_an_upper_file_probes_for_capabilities_once(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """The point of it all: the kernel asked GETXATTR security.capability
+    before every WRITE; now once, until the file's attributes are refreshed."""
+    s = mount_session()
+    log = s.mnt / "log"
+    log.write_text("")
+    before = killpriv(s)["capability_probes"]
+    for i in range(200):
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"%d\n" % i)
+        finally:
+            os.close(fd)
+    assert killpriv(s)["capability_probes"] - before <= 2
+    assert log.read_text().splitlines() == [str(i) for i in range(200)]
+    assert (s.root / "upper" / "log").read_text() == log.read_text()
