@@ -14,7 +14,7 @@ import itertools
 import os
 import stat
 
-from astrid_fs.overlay import basecontent
+from astrid_fs.overlay import basecontent, tmpfile
 from astrid_fs.overlay.layers import RemoteTree, SyntheticStat
 from astrid_fs.overlay.whiteout import Origin, OverlayXattrs, kind_of_mode
 
@@ -22,11 +22,12 @@ _counter = itertools.count()
 _CHUNK = 1 << 20
 
 
-def copy_xattrs(src: bytes, dst: bytes | int, names: OverlayXattrs) -> None:
-    """Copy every xattr of `src` to `dst` (a path, or an fd) except the
+def copy_xattrs(src: bytes | int, dst: bytes | int, names: OverlayXattrs) -> None:
+    """Copy every xattr of `src` to `dst` (each a path, or an fd) except the
     overlay's private ones."""
     try:
-        keys = os.listxattr(src, follow_symlinks=False)
+        keys = os.listxattr(src) if isinstance(src, int) \
+            else os.listxattr(src, follow_symlinks=False)
     except OSError as e:
         if e.errno in (errno.ENOTSUP, errno.EPERM):
             return
@@ -35,7 +36,8 @@ def copy_xattrs(src: bytes, dst: bytes | int, names: OverlayXattrs) -> None:
         if names.is_private(key):
             continue
         try:
-            value = os.getxattr(src, key, follow_symlinks=False)
+            value = os.getxattr(src, key) if isinstance(src, int) \
+                else os.getxattr(src, key, follow_symlinks=False)
             if isinstance(dst, int):
                 os.setxattr(dst, key, value)
             else:
@@ -98,17 +100,28 @@ def copy_up(lower_path: bytes, upper_path: bytes, tmp_dir: bytes, names: Overlay
             rel_path: bytes, *, with_data: bool = True, sync: bool = True,
             st: os.stat_result | None = None) -> None:
     """Copy the lower entry at `lower_path` (whose lstat is `st`, if the
-    caller has it) to `upper_path` (whose parent exists).
+    caller has it) to `upper_path` (whose parent exists; an entry there is
+    replaced).
 
     `with_data=False` makes an empty regular file (for opens with O_TRUNC).
     Directories are copied without their children.
     """
     if st is None:
         st = os.lstat(lower_path)
+    if stat.S_ISREG(st.st_mode):
+        fd = tmpfile.open_unnamed(tmp_dir)
+        if fd is not None:
+            _copy_file_unnamed(fd, lower_path, upper_path, tmp_dir, st, names, rel_path,
+                               with_data, sync)
+            return
     tmp = temp_name(tmp_dir)
     try:
         if stat.S_ISREG(st.st_mode):
-            _copy_file(lower_path, tmp, tmp_dir, st, names, rel_path, with_data, sync)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                _fill_file(fd, lower_path, tmp_dir, st, names, rel_path, with_data, sync)
+            finally:
+                os.close(fd)
         else:
             if stat.S_ISDIR(st.st_mode):
                 os.mkdir(tmp, 0o700)
@@ -124,37 +137,62 @@ def copy_up(lower_path: bytes, upper_path: bytes, tmp_dir: bytes, names: Overlay
         raise
 
 
-def _copy_file(lower_path: bytes, tmp: bytes, tmp_dir: bytes, st: os.stat_result,
-               names: OverlayXattrs, rel_path: bytes, with_data: bool, sync: bool) -> None:
-    """The temp copy of a regular file, every attribute set through its fd
-    (no path walks): data, owner, mode, xattrs, origin, then times."""
-    dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+def _copy_file_unnamed(fd: int, lower_path: bytes, upper_path: bytes, tmp_dir: bytes,
+                       st: os.stat_result, names: OverlayXattrs, rel_path: bytes,
+                       with_data: bool, sync: bool) -> None:
+    """The copy of a regular file built in the unnamed file `fd` (closed
+    here), then linked at `upper_path`: a daemon killed before the link
+    leaves nothing (tmpfile.py)."""
     try:
-        content: bytes | None = b""
-        if with_data and st.st_size:
-            src = os.open(lower_path, os.O_RDONLY | os.O_CLOEXEC)
+        _fill_file(fd, lower_path, tmp_dir, st, names, rel_path, with_data, sync)
+        try:
+            tmpfile.link(fd, upper_path)
+        except FileExistsError:
+            # A copy made again over an upper copy (unsynced.py's re-copy
+            # of a torn one): a link cannot replace, a rename can.
+            tmp = temp_name(tmp_dir)
+            tmpfile.link(fd, tmp)
             try:
-                content = copy_data(src, dst, st.st_size)
-            finally:
-                os.close(src)
+                os.rename(tmp, upper_path)
+            except BaseException:
+                _remove_quietly(tmp)
+                raise
+    finally:
+        os.close(fd)
+
+
+def _fill_file(dst: int, lower_path: bytes, tmp_dir: bytes, st: os.stat_result,
+               names: OverlayXattrs, rel_path: bytes, with_data: bool, sync: bool) -> None:
+    """Make `dst` (a new file) the copy of a regular lower file, every
+    attribute set through the fd (no path walks): data, owner, mode,
+    xattrs, origin, then times; and keep its base content (for merges)."""
+    content: bytes | None = b""
+    src = os.open(lower_path, os.O_RDONLY | os.O_CLOEXEC) if with_data and st.st_size \
+        else None
+    try:
+        if src is not None:
+            content = copy_data(src, dst, st.st_size)
         if sync:
             os.fsync(dst)
         os.fchown(dst, st.st_uid, st.st_gid)
         os.fchmod(dst, stat.S_IMODE(st.st_mode))
-        copy_xattrs(lower_path, dst, names)
-        try:
-            os.setxattr(dst, names.origin, Origin.of_stat(os.fsdecode(rel_path), st).encode())
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.ENOTSUP):  # (as _copy_meta)
-                raise
-        if with_data:
-            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+        copy_xattrs(lower_path if src is None else src, dst, names)
     finally:
-        os.close(dst)
+        if src is not None:
+            os.close(src)
+    try:
+        os.setxattr(dst, names.origin, Origin.of_stat(os.fsdecode(rel_path), st).encode())
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP):  # (as _copy_meta)
+            raise
+    if with_data:
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
     if basecontent.wanted(st):  # (what the project held: for merges)
-        fill = basecontent.copy_from(lower_path) if content is None or not with_data \
-            else basecontent.write_bytes(content)
-        basecontent.keep(tmp_dir, rel_path, fill, st.st_mtime_ns)
+        if content is None or not with_data:
+            basecontent.keep(tmp_dir, rel_path, basecontent.copy_from(lower_path),
+                             st.st_mtime_ns)
+        else:
+            basecontent.keep_bytes(tmp_dir, rel_path, content, st.st_mtime_ns)
 
 
 def _copy_meta(src: bytes, tmp: bytes, st: os.stat_result, mode: int, names: OverlayXattrs,
