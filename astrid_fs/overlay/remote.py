@@ -68,6 +68,10 @@ class _OsReader:
 
     def __init__(self, inner: Reader) -> None:
         self._inner = inner
+        # Decided once: `isinstance` against a runtime-checkable Protocol
+        # walks the protocol's attributes each time (~40 us here), and
+        # try_pread runs on the FUSE thread for every READ.
+        self._try = inner.try_pread if isinstance(inner, TryReader) else None
 
     def pread(self, size: int, offset: int) -> bytes | memoryview:
         with _as_oserror():
@@ -75,10 +79,10 @@ class _OsReader:
 
     def try_pread(self, size: int, offset: int) -> bytes | memoryview | None:
         """What the cache already holds, without I/O (see drivers/cache.py)."""
-        if not isinstance(self._inner, TryReader):
+        if self._try is None:
             return None
         with _as_oserror():
-            return self._inner.try_pread(size, offset)
+            return self._try(size, offset)
 
     def close(self) -> None:
         with _as_oserror():
