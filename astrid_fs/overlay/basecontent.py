@@ -32,6 +32,7 @@ check (conflicts.py) needs the copy's size and mtime to equal the base's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import stat
@@ -48,13 +49,22 @@ _counter = itertools.count()
 def store_for(tmp_dir: bytes) -> bytes | None:
     """`SESSION/base-content` when `tmp_dir` is a session's copy-up dir
     (`SESSION/work/astrid`) and the session records a base; else None."""
+    paths = _session_paths(tmp_dir)
+    if paths is None or not os.path.exists(paths[0]):
+        return None
+    return paths[1]
+
+
+@functools.lru_cache(maxsize=16)
+def _session_paths(tmp_dir: bytes) -> tuple[bytes, bytes] | None:
+    """(`SESSION/bases.sqlite`, `SESSION/base-content`) if `tmp_dir` is
+    named as a session's copy-up dir (path arithmetic only: asked on every
+    copy-up, by a daemon that has one work dir)."""
     work = os.path.dirname(tmp_dir)
     if os.path.basename(work) != b"work":
         return None
     root = os.path.dirname(work)
-    if not os.path.exists(root + b"/" + _INDEX_NAME):
-        return None
-    return root + b"/" + DIR_NAME
+    return root + b"/" + _INDEX_NAME, root + b"/" + DIR_NAME
 
 
 def wanted(st: os.stat_result | None) -> bool:
