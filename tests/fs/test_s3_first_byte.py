@@ -1,0 +1,100 @@
+"""The first byte of a remote file through a mount (issue 11: "first byte no
+slower than rclone's"): opening an object not read before and reading its head
+costs one ranged GET of at most the read-ahead's first fetch (64 KiB), no HEAD
+and no second GET, and one READ in the daemon -- on a default (no_open) mount
+exactly as on a --passthrough mount, where OPEN reaches the FUSE layer (the
+shim answers it). Counted at a real s3rver (its log has a line per request)
+and in the daemon's request counters; never timed."""
+# ruff: noqa: F811  (fixtures imported from s3_fixture are parameters here)
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from astrid_fs.drivers.readahead import KIB
+from astrid_fs.fuse.shim import shim_path
+from tests.fs.s3_fixture import ACCESS_KEY, S3Target, s3, s3_server  # noqa: F401
+from tests.fs.test_read_ahead import control
+from tests.support.mounts import MountedSession, missing_part
+
+MountFactory = Callable[..., MountedSession]
+OBJECTS = 4
+LOG_WAIT_S = 10.0  # a bound, not a pause: the wait ends when the line arrives
+_SIZE = re.compile(r" 206 \S+ ([\d.]+)(b|kb|mb)\b")
+_UNITS = {"b": 1, "kb": KIB, "mb": KIB * KIB}
+
+
+@pytest.fixture(autouse=True)
+def _root_and_shim() -> None:
+    if os.geteuid() != 0 or shim_path() is None:
+        missing_part("root and the built shim")
+
+
+def _lines_for(s3: S3Target, key: str, since: int = 0) -> list[str]:
+    """The server's log lines for requests of `key`, from line `since` on."""
+    rx = re.compile(re.escape(f"{s3.prefix}/{key}") + r" ")
+    return [line for line in list(s3.server.log)[since:] if rx.search(line)]
+
+
+def _settle_log(s3: S3Target) -> int:
+    """Return once every request made so far is in the server's log (and the
+    log's length then): s3rver logs a request when its response is done, in
+    order, and a pump thread appends the lines; a GET of the 1-byte sentinel
+    made now is logged after all of them."""
+    gets = len([line for line in _lines_for(s3, "sentinel") if " 1b" in line])
+    s3.get("sentinel")
+    deadline = time.monotonic() + LOG_WAIT_S
+    while len([line for line in _lines_for(s3, "sentinel") if " 1b" in line]) <= gets:
+        assert time.monotonic() < deadline, "s3rver never logged the sentinel GET"
+        time.sleep(0.01)
+    return len(s3.server.log)
+
+
+@pytest.mark.parametrize("extra", [(), ("--passthrough",)], ids=["no_open", "passthrough"])
+def test_first_read_of_an_object_is_one_small_ranged_get(
+        s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        mount_session: MountFactory, extra: tuple[str, ...]) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "S3RVER")
+    bodies = {f"fb/obj{i}": os.urandom(1 << 20) for i in range(OBJECTS)}
+    for key, body in bodies.items():
+        s3.put(key, body)
+    s3.put("sentinel", b"s")
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    table = tmp_path / "mounts.toml"
+    table.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{s3.source}"\n'
+                     f'endpoint = "{s3.server.endpoint}"\nregion = "us-east-1"\n')
+    s = mount_session(lower, None, "--mounts", str(table), *extra)
+    root = s.mnt / "mnt" / "s3"
+    with open(root / "fb" / "obj0", "rb", buffering=0) as f:  # lookups, listings warmed
+        assert f.read(4096) == bodies["fb/obj0"][:4096]
+    mark = _settle_log(s3)
+    before = control(s, "stats")["requests"]
+    for i in range(1, OBJECTS):
+        with open(root / "fb" / f"obj{i}", "rb", buffering=0) as f:
+            assert f.read(4096) == bodies[f"fb/obj{i}"][:4096]
+    after = control(s, "stats")["requests"]
+    _settle_log(s3)
+
+    for i in range(1, OBJECTS):
+        lines = _lines_for(s3, f"fb/obj{i}", mark)
+        # One request for the object (no HEAD: the listing gave size and
+        # ETag), a ranged GET of the read-ahead's first fetch, no more.
+        assert len(lines) == 1, lines
+        got = _SIZE.search(lines[0])
+        assert got is not None, lines
+        assert float(got[1]) * _UNITS[got[2]] <= 64 * KIB, lines
+    # One READ in the daemon per object (the kernel's first read-ahead
+    # window), no further request of it in Python: no OPEN on either path
+    # (no_open mode sends none; passthrough's is answered by the shim).
+    reads = sum(after.get(k, 0) - before.get(k, 0)
+                for k in ("remote_read_thread", "remote_read_inline"))
+    assert reads == OBJECTS - 1, (before, after)
+    assert after.get("open", 0) == before.get("open", 0), (before, after)
