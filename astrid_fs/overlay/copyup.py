@@ -2,9 +2,12 @@
 
 The copy is built in the session's work dir (same filesystem as the upper
 layer): data (holes kept), owner, mode, times and xattrs, plus the origin
-fingerprint; then one rename puts it in place. A crash leaves either no
-upper entry (the lower still shows) or the complete copy, never a torn one.
-Only the copied entry is created: callers copy up parents first.
+fingerprint; then one step puts it in place: a regular file is built as an
+unnamed file and linked at its name (tmpfile.py), anything else (or a file
+where the filesystem has no unnamed files) is built under a temp name and
+renamed. A crash leaves either no upper entry (the lower still shows) or the
+complete copy, never a torn one. Only the copied entry is created: callers
+copy up parents first.
 """
 
 from __future__ import annotations
