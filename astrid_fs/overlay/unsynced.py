@@ -1,13 +1,15 @@
 """Copy-ups without an fsync each, and the check that makes that safe.
 
-A copy-up (copyup.py) builds its copy in the work dir and renames it into
-the upper layer. The rename is atomic for the running system: a daemon
-killed with -9 leaves either no upper copy (a temp file, removed at the next
-mount) or a whole one, with or without an fsync, because the page cache
-outlives the process. Only a crash of the machine (power loss, kernel
-panic) can lose data the daemon wrote; on ext4 (data=ordered, delayed
-allocation) the rename may then reach the disk before the copy's data, and
-the upper copy comes back empty, short or zero-filled. Kernel overlayfs
+A copy-up (copyup.py) builds its copy in the work dir, a regular file as
+an unnamed (O_TMPFILE) file linked into the upper layer once whole, anything
+else as a temp file renamed there. The link (or rename) is atomic for the
+running system: a daemon killed with -9 leaves either no upper copy (at most
+a temp file, removed at the next mount) or a whole one, with or without an
+fsync, because the page cache outlives the process. Only a crash of the
+machine (power loss, kernel panic) can lose data the daemon wrote; on ext4
+(data=ordered, delayed allocation) the link or rename may then reach the
+disk before the copy's data, and the upper copy comes back empty, short or
+zero-filled. Kernel overlayfs
 fsyncs each copy-up against that (unless mounted `volatile`, which instead
 refuses to mount again after a crash); an fsync costs 0.2-0.4 ms here, half
 of a copy-up.
@@ -18,7 +20,7 @@ serves, `arm` writes `WORK/astrid-unsynced` holding the boot id, durably;
 marker found at mount time says the last mount did not end cleanly:
 
 - same boot id: the daemon died but the machine did not, so every copy it
-  renamed is whole (page cache): nothing to check;
+  put in place is whole (page cache): nothing to check;
 - another boot id: the machine went down while copy-ups may not have been
   on disk. `check_upper` then looks at every upper regular file whose
   origin xattr names a local lower file:
