@@ -13,7 +13,7 @@ import pytest
 from _pytest.pathlib import make_numbered_dir_with_cleanup
 
 from tests.support.mounts import MountedSession, mounted_points, require_fuse
-from tests.support.warmhome import build_template_once
+from tests.support.warmhome import build_template_once, warm_everything
 
 _names = itertools.count()
 
@@ -44,22 +44,31 @@ def pytest_configure(config: pytest.Config) -> None:
 _template_build: threading.Thread | None = None
 
 
+#: Fixtures whose tests compile components (the template home, pyecho, anything
+#: through the tests' engine): they run after the rest.
+COMPILING = ("shipped_home", "components", "engine")
+
+
+def _compiles(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return any(name in names for name in COMPILING)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, start compiling the template home as soon as the run is
-    known to need it (in a thread: wasmtime releases the GIL while it compiles;
-    one worker builds, the others wait on its file lock) and run the tests that
-    need it last, so the compile overlaps the tests that do not."""
+    """Under pytest-xdist, start compiling the template home and the test
+    components as soon as the run is known to need them (in a thread: wasmtime
+    releases the GIL while it compiles; one worker builds, the others wait on its
+    file locks) and run the tests that compile last, so the compile overlaps the
+    tests that do not."""
     global _template_build
     if not hasattr(config, "workerinput"):
         return
     _name_xdist_groups(config, items)
-    needs = [item for item in items if "shipped_home" in getattr(item, "fixturenames", ())]
-    if not needs:
+    if not any(_compiles(item) for item in items):
         return
-    # Stable: every worker must collect the same order.
-    items.sort(key=lambda item: "shipped_home" in getattr(item, "fixturenames", ()))
-    _template_build = threading.Thread(target=build_template_once,
-                                       name="shipped-home build", daemon=True)
+    items.sort(key=_compiles)  # stable: every worker must collect the same order
+    _template_build = threading.Thread(target=warm_everything, name="template build",
+                                       daemon=True)
     _template_build.start()
 
 

@@ -61,18 +61,26 @@ def reset(d: Path) -> None:
         os.chmod(d / name, mode)
 
 
-@pytest.mark.parametrize("start", ["lower", "upper"])
-def test_writes_clear_suid_and_sgid_as_on_a_plain_filesystem(
-        tmp_path: Path, mount_session: Mount, start: str) -> None:
+def plain_and_mount(tmp_path: Path, mount_session: Mount,
+                    start: str) -> tuple[Path, MountedSession]:
+    """The same files in a plain directory and in a mount: in its lower layer
+    (the first write copies up, in Python) or in its upper one."""
     plain, lower = tmp_path / "plain", tmp_path / "lower"
     plain.mkdir()
     lower.mkdir()
     fill(plain)
     if start == "lower":
-        fill(lower)  # the first write copies up (Python)
+        fill(lower)
     s = mount_session(lower)
     if start == "upper":
         fill(s.mnt)
+    return plain, s
+
+
+@pytest.mark.parametrize("start", ["lower", "upper"])
+def test_writes_clear_suid_and_sgid_as_on_a_plain_filesystem(
+        tmp_path: Path, mount_session: Mount, start: str) -> None:
+    plain, s = plain_and_mount(tmp_path, mount_session, start)
     for d in (plain, s.mnt):
         for name in MODES:
             as_nobody(d, "sh", "-c", f"printf y >> {name}")
@@ -101,15 +109,7 @@ def test_writes_clear_suid_and_sgid_as_on_a_plain_filesystem(
 @pytest.mark.parametrize("start", ["lower", "upper"])
 def test_truncate_and_chown_clear_them_as_on_a_plain_filesystem(
         tmp_path: Path, mount_session: Mount, start: str) -> None:
-    plain, lower = tmp_path / "plain", tmp_path / "lower"
-    plain.mkdir()
-    lower.mkdir()
-    fill(plain)
-    if start == "lower":
-        fill(lower)
-    s = mount_session(lower)
-    if start == "upper":
-        fill(s.mnt)
+    plain, s = plain_and_mount(tmp_path, mount_session, start)
     for d in (plain, s.mnt):
         for name in MODES:
             as_nobody(d, "truncate", "-s", "1", name)

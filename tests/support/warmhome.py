@@ -24,8 +24,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sys
 from pathlib import Path
 
+from astrid_runtime.engine import KernelEngine
 from astrid_runtime.identity import KEY_FILE, load_or_create_key
 from astrid_runtime.install import precompile
 from astrid_runtime.lockfile import Lockfile, load_lockfile
@@ -44,6 +46,26 @@ def build_template(home: Path, lockfile: Path = LOCKFILE) -> Path:
     for entry in load_lockfile(lockfile, missing_ok=False).entries:
         precompile(entry, cache)
     return home
+
+
+def warm_test_components() -> None:
+    """pyecho, the component most kernel tests run, built and compiled into the
+    tests' engine cache (`TEMPLATE/cache`, same key and settings as the `engine`
+    fixture's) once per run: in the background, so the tests that need it
+    find it ready (or wait on its build and compile locks, never repeat them)."""
+    components = str(TEMPLATE.parent)
+    if components not in sys.path:
+        sys.path.insert(0, components)
+    import testcomponents
+
+    wasm = testcomponents.build_python("pyecho")
+    KernelEngine(cache_dir=TEMPLATE / "cache").compile(wasm.read_bytes())
+
+
+def warm_everything() -> None:
+    """What a pytest-xdist worker compiles in the background (tests/conftest.py)."""
+    build_template_once()
+    warm_test_components()
 
 
 def build_template_once(home: Path = TEMPLATE, lockfile: Path = LOCKFILE) -> Path:
