@@ -36,6 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from astrid_fs.fuse.shim import shim_version
+from astrid_fs.overlay.inodes import Node
+from astrid_fs.overlay.layers import StatLike
+from astrid_fs.overlay.overlay import Overlay, SetAttr
 
 KILLPRIV_VERSION = 10
 ENV = "ASTRID_FS_KILLPRIV_V2"
@@ -66,6 +69,17 @@ def killed_mode(mode: int, gid: int, caller: Caller) -> int:
             caller.uid == 0 or in_group(caller.pid, caller.gid, gid))):
         mode &= ~stat.S_ISGID
     return mode
+
+
+def drop(ov: Overlay, node: Node, st: StatLike, gid: int, caller: Caller,
+         fd: int | None) -> StatLike:
+    """Clear what `caller` may not keep of `node`'s suid/sgid (`st` its stat,
+    `gid` its group before the request changed it); the stat after (`st`
+    itself when nothing had to go)."""
+    mode = killed_mode(st.st_mode, gid, caller)
+    if mode == st.st_mode:
+        return st
+    return ov.setattr(node.ino, SetAttr(mode=stat.S_IMODE(mode)), fd)
 
 
 @dataclass(frozen=True)

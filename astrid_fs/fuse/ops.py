@@ -25,7 +25,8 @@ import pyfuse3
 import trio
 
 from astrid_fs.fuse.cache import KernelCache
-from astrid_fs.fuse.killpriv import Caller, ShimKills, killed_mode
+from astrid_fs.fuse.killpriv import Caller, ShimKills
+from astrid_fs.fuse.killpriv import drop as drop_privileges
 from astrid_fs.fuse.lookup_table import ShimLookups
 from astrid_fs.fuse.name_only import NameOnlyListings
 from astrid_fs.fuse.passthrough import Passthrough
@@ -171,10 +172,8 @@ class FuseOps(pyfuse3.Operations):
         if flagged:  # a truncate or chown whose caller may not keep suid/sgid
             # (a chown is flagged whoever asks: root's keeps what root may)
             chown = change.uid is not None or change.gid is not None
-            caller = Caller(ctx.uid if chown else None, ctx.gid, ctx.pid)
-            mode = killed_mode(st.st_mode, gid, caller)
-            if mode != st.st_mode:
-                st = self.ov.setattr(inode, SetAttr(mode=stat.S_IMODE(mode)), fd)
+            st = drop_privileges(self.ov, node, st, gid,
+                                 Caller(ctx.uid if chown else None, ctx.gid, ctx.pid), fd)
         self.cache.wrote(inode)
         return self._entry(node, st)
 
@@ -329,25 +328,18 @@ class FuseOps(pyfuse3.Operations):
             caller = None if self.kills is None else self.kills.take(node.ino)
             await self._fetch(self.ov.fetch_for(node, data=True))
             written = self.files.pwrite(node, buf, off)
-            if caller is not None:
-                self._kill_after_write(node, caller)
+            if caller is not None:  # killpriv.py; a WRITE's reply carries no mode
+                st = self.ov.stat_open(node, self.files.fstat(node.ino))
+                fd = None if self.ov.has_name(node) else self.files.inode_fd(node, write=True)
+                if drop_privileges(self.ov, node, st, st.st_gid, caller, fd) is not st:
+                    assert self.kills is not None
+                    self.kills.invalidate(node.ino)
             return written
         n = os.pwrite(fh, buf, off)
         opened = self.files.handle_node(fh)
         if opened is not None:
             self.cache.wrote(opened.ino)
         return n
-
-    def _kill_after_write(self, node: Node, caller: Caller) -> None:
-        """The WRITE's caller may not keep suid/sgid (killpriv.py): clear them,
-        and drop the kernel's cached mode (a WRITE's reply carries none)."""
-        st = self.ov.stat_open(node, self.files.fstat(node.ino))
-        mode = killed_mode(st.st_mode, st.st_gid, caller)
-        if mode != st.st_mode:
-            fd = None if self.ov.has_name(node) else self.files.inode_fd(node, write=True)
-            self.ov.setattr(node.ino, SetAttr(mode=stat.S_IMODE(mode)), fd)
-            assert self.kills is not None
-            self.kills.invalidate(node.ino)
 
     async def flush(self, fh: int) -> None:
         # Nothing is buffered here: ENOSYS tells the kernel to stop sending
