@@ -32,8 +32,8 @@ from astrid_fs.fuse.extra_ops import register as register_extra_ops
 from astrid_fs.fuse.killpriv import ShimKills
 from astrid_fs.fuse.lookup_table import ShimLookups
 from astrid_fs.fuse.ops import FuseOps
-from astrid_fs.fuse.passthrough import Passthrough
-from astrid_fs.fuse.shim import request_read_ahead
+from astrid_fs.fuse.passthrough import PRIMED_IN_C, Passthrough
+from astrid_fs.fuse.shim import request_read_ahead, shim_version
 from astrid_fs.mounttable import MountTable
 from astrid_fs.overlay import unsynced
 from astrid_fs.overlay.copyup import copy_up
@@ -99,11 +99,12 @@ class Daemon:
         if self.config.passthrough and self.ops.no_open:
             self.ops.passthrough, self.data_path = Passthrough.enable(self.overlay,
                                                                       self.ops.files)
-        if self.ops.passthrough is None:  # (passthrough primes OPENs at lookup)
+        if self.ops.passthrough is None or shim_version() >= PRIMED_IN_C:
+            # (with passthrough, the shim's lookups prime OPENs as the daemon's do)
             self.ops.lookups = ShimLookups.enable(self.overlay, self.ops.name_only_policy,
                                                   self.config.lower_ttl)
-            if self.ops.no_open:  # suid/sgid killed here: no probe per write
-                self.ops.kills = ShimKills.enable()
+        if self.ops.passthrough is None and self.ops.no_open:
+            self.ops.kills = ShimKills.enable()  # suid/sgid killed here: no probe per write
         pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
         request_read_ahead(self.config.mountpoint)  # 1 MiB, set after INIT (shim.py)
 

@@ -30,7 +30,10 @@ after commit, discard or rollback every directory is named again from its
 re-read state. A hard-linked regular file, a device the daemon has not
 tagged yet, an errno other than ENOENT go to Python (the shim declines).
 
-Off with passthrough (its OPENs are primed at lookup, passthrough.py), with
+With passthrough (shim version 11 on) a regular file the shim sends also
+primes the passthrough table, as the daemon's own lookup does (passthrough.py
+`prime`), so its read-only OPENs are answered in C as well; an older shim
+leaves lookups to Python under passthrough. Off with
 remote trees or stacked lowers (no directory is `lower_only` there), without
 a shim that has part 12, or with `ASTRID_FS_C_LOOKUP=0` (for benchmarks).
 

@@ -70,6 +70,9 @@ log = logging.getLogger("astrid_fs.fuse.passthrough")
 
 # The shim version that has astrid_pt_*.
 PASSTHROUGH_VERSION = 6
+# The shim version whose own LOOKUP answers (part 12) prime the table as
+# `prime` does, and whose drain answers the table's OPENs and RELEASEs.
+PRIMED_IN_C = 11
 # Our file system's stack depth is this; the upper must be below it (an
 # upper on overlayfs, depth 1, would need 2, and then nothing could stack
 # on astrid-fs). 1: upper on a plain file system.

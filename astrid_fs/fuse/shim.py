@@ -47,7 +47,9 @@ def shim_version() -> int:
     answered in C (write_table.py); 8: requests C answers drained inside the
     receive call (write_table.py); 9: READs answered (and drained) in C too
     (write_table.py); 10: suid/sgid killed by the daemon, no capability probe
-    per write (killpriv.py)."""
+    per write (killpriv.py); 11: with passthrough, the table's OPENs and
+    RELEASEs answered in the drain and the shim's lookups priming it
+    (passthrough.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

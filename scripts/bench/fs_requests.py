@@ -6,8 +6,9 @@ Run as root, after fs.py has built its data set (same --base, --quick/--full):
     .venv/bin/python scripts/bench/fs_requests.py --quick
 
 For every workload it prints the wall time and the requests the daemon counted
-(`{"op": "stats"}` on the session's control socket) during one cold run (after
-drop_caches) and one warm run. A warm workload that still sends LOOKUP, GETATTR,
+(`{"op": "stats"}` on the session's control socket; the shim's own counters as
+`c.*`) during one cold run (after drop_caches) and one warm run; `--leg
+astrid-fs-pt` counts a --passthrough mount. A warm workload that still sends LOOKUP, GETATTR,
 READ or READDIR requests is one the kernel's caches do not cover.
 """
 
@@ -30,6 +31,7 @@ import fs_workloads
 
 
 def stats(control: str) -> dict[str, int]:
+    """The daemon's request counters, with the shim's own (prefixed c.)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(10)
         s.connect(control)
@@ -41,7 +43,11 @@ def stats(control: str) -> dict[str, int]:
                 break
             buf += chunk
     reply: dict[str, Any] = json.loads(buf)
-    requests: dict[str, int] = reply.get("requests", {})
+    requests: dict[str, int] = dict(reply.get("requests", {}))
+    for part in ("shim_writes", "shim_lookups", "killpriv"):
+        for k, v in (reply.get(part) or {}).items():
+            if isinstance(v, int):
+                requests[f"c.{k}"] = v
     return requests
 
 
@@ -62,6 +68,7 @@ def main() -> int:
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--base", type=Path, default=Path("/tmp/astrid-bench"))
+    ap.add_argument("--leg", choices=fs_legs.ASTRID_LEGS, default="astrid-fs")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("fs_requests.py: run as root", file=sys.stderr)
@@ -72,7 +79,7 @@ def main() -> int:
     fs_dataset.build_dataset(data, sizes)
     scratch = args.base.resolve() / "scratch-requests"
     scratch.mkdir(parents=True, exist_ok=True)
-    leg = fs_legs.Leg("astrid-fs", data, scratch)
+    leg = fs_legs.Leg(args.leg, data, scratch)
     try:
         with leg.view() as (root, wroot):
             state = json.loads(
@@ -96,6 +103,8 @@ def main() -> int:
             cu = wroot / "copyup" / "r0"
             t, counts = counted(control, lambda: fs_workloads.append_each(cu))
             print(f"{'copy-up':<18} {t:8.3f}  {counts}")
+            t, counts = counted(control, lambda: fs_workloads.append_each(cu))
+            print(f"{'append upper':<18} {t:8.3f}  {counts}")
             t, counts = counted(
                 control, lambda: fs_workloads.write_file(wroot / "w", min(sizes.big_mib, 256)))
             print(f"{'write (<=256MiB)':<18} {t:8.3f}  {counts}")

@@ -136,7 +136,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 10; }
+int astrid_fuse_shim_loaded(void) { return 11; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -231,6 +231,7 @@ struct pt_entry {
 static struct pt_entry *pt_table[PT_BUCKETS];
 static pthread_mutex_t pt_lock = PTHREAD_MUTEX_INITIALIZER;
 static int pt_enabled;
+static int pt_usable; /* the probe found passthrough negotiated: OPENs come */
 static uint32_t pt_stack_depth = 1;
 static int pt_init_armed;
 static struct fuse_session *pt_session;
@@ -306,7 +307,10 @@ int astrid_pt_probe(void)
         return ENOTCONN;
     if (ioctl(fd, PT_IOC_BACKING_OPEN, &map) >= 0)
         return EIO; /* cannot happen: fd -1 */
-    return errno == EBADF ? 0 : errno;
+    if (errno != EBADF)
+        return errno;
+    pt_usable = 1;
+    return 0;
 }
 
 /* Register `fd` as a backing file: its id (> 0) or -errno. */
@@ -508,6 +512,95 @@ static void pt_undo(uint64_t fh)
     pthread_mutex_unlock(&pt_lock);
 }
 
+/* Whether the table answers an OPEN of entry `e` itself (caller holds
+ * pt_lock): a passthrough entry no daemon-path open holds, or a daemon-path
+ * entry for a read-only open while no passthrough open holds it. */
+static int pt_answers(const struct pt_entry *e, int writable)
+{
+    return e && !e->stale
+           && ((e->mode == PT_PASSTHROUGH && e->backing_id > 0 && !e->daemon_opens)
+               || (e->mode == PT_DAEMON && !writable && !e->pt_opens));
+}
+
+/* The RELEASE of handle `fh` the table gave out: one live open less. */
+static void pt_released(uint64_t fh)
+{
+    pthread_mutex_lock(&pt_lock);
+    struct pt_entry **slot = pt_slot(fh & ASTRID_FH_INO_MASK);
+    struct pt_entry *e = *slot;
+    if (e) {
+        if (fh & ASTRID_FH_PT_OPEN) {
+            if (e->pt_opens > 0)
+                e->pt_opens--;
+        } else if (e->daemon_opens > 0) {
+            e->daemon_opens--;
+        }
+        if (e->stale && !e->pt_opens && !e->daemon_opens)
+            pt_remove(slot);
+    }
+    pt_stats[2]++;
+    pthread_mutex_unlock(&pt_lock);
+}
+
+/*
+ * Part 6 in the drain (version 11): an OPEN the table answers and the
+ * RELEASE of a handle it gave out are answered straight from the raw
+ * request (the reply written to /dev/fuse here, as part 12 does), so with
+ * passthrough an open(2) costs no libfuse dispatch and no turn of pyfuse3's
+ * loop while requests keep coming. Check and count happen under one lock:
+ * a request the table cannot answer is left for libfuse (and the daemon).
+ * Kernel ABI: fuse_open_in {flags, open_flags} and fuse_release_in {fh,
+ * flags, release_flags, lock_owner} after the 40-byte header; the replies
+ * are fuse_out_header (16), then fuse_open_out (16) for OPEN.
+ */
+#define PT_OPCODE_OPEN 14
+#define PT_OPCODE_RELEASE 18
+struct pt_open_reply { uint32_t len; int32_t error; uint64_t unique; struct pt_open_out open; };
+
+static int pt_drain_buf(const struct fuse_buf *buf, int fuse_fd)
+{
+    const char *mem = buf->mem;
+    uint32_t len;
+    memcpy(&len, mem, 4);
+    if (len > buf->size || !pt_usable || fuse_fd < 0 || len < 40 + 8)
+        return 0;
+    uint32_t opcode;
+    uint64_t unique, nodeid;
+    memcpy(&opcode, mem + 4, 4);
+    memcpy(&unique, mem + 8, 8);
+    memcpy(&nodeid, mem + 16, 8);
+    if (opcode == PT_OPCODE_RELEASE && len >= 40 + 24) {
+        uint64_t fh;
+        memcpy(&fh, mem + 40, 8);
+        if (!(fh & ASTRID_FH_INODE))
+            return 0; /* a handle of the daemon's own (CREATE without the table) */
+        pt_released(fh);
+        struct pt_open_reply r = { .len = 16, .unique = unique };
+        (void)!write(fuse_fd, &r, 16); /* (ENOENT: interrupted; nothing waits on it) */
+        return 1;
+    }
+    if (opcode != PT_OPCODE_OPEN)
+        return 0;
+    uint32_t flags;
+    memcpy(&flags, mem + 40, 4);
+    int writable = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+    pthread_mutex_lock(&pt_lock);
+    if (!pt_answers(*pt_slot(nodeid), writable)) {
+        pthread_mutex_unlock(&pt_lock);
+        return 0;
+    }
+    struct pt_open_reply r = { .len = sizeof r, .unique = unique,
+                               .open = pt_reply_for(nodeid, PT_FOPEN_KEEP_CACHE) };
+    pt_stats[r.open.backing_id > 0 ? 0 : 1]++;
+    pthread_mutex_unlock(&pt_lock);
+    if (write(fuse_fd, &r, sizeof r) < 0) {
+        int err = errno;
+        pt_undo(r.open.fh); /* not opened (ENOENT: interrupted; else libfuse answers) */
+        return err == ENOENT;
+    }
+    return 1;
+}
+
 static uint32_t pt_daemon_flags(const struct fuse_file_info *fi)
 {
     return (fi->keep_cache ? PT_FOPEN_KEEP_CACHE : 0) | (fi->direct_io ? PT_FOPEN_DIRECT_IO : 0);
@@ -571,6 +664,7 @@ ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
         return real(fd, iov, iovcnt);
     struct iovec copy[8];
     unsigned char payload[256];
+    int pt_init = 0;
     const struct iovec *last = &iov[iovcnt - 1];
     memcpy(copy, iov, sizeof copy[0] * (size_t)iovcnt);
     if (kp_init_armed && last->iov_len >= 16 && last->iov_len <= sizeof payload) {
@@ -597,6 +691,7 @@ ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
         memcpy(payload + 32, &flags2, 4);
         memcpy(payload + 36, &pt_stack_depth, 4);
         copy[iovcnt - 1].iov_base = payload;
+        pt_init = 1;
     } else if (pt_patch_armed && last->iov_len >= sizeof pt_patch && last->iov_len <= sizeof payload) {
         /* CREATE: fuse_entry_out then fuse_open_out, last in the message */
         pt_patch_armed = 0;
@@ -604,7 +699,10 @@ ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
         memcpy(payload + last->iov_len - sizeof pt_patch, &pt_patch, sizeof pt_patch);
         copy[iovcnt - 1].iov_base = payload;
     }
-    return real(fd, copy, iovcnt);
+    ssize_t res = real(fd, copy, iovcnt);
+    if (pt_init && res >= 0)
+        astrid_pt_probe(); /* the kernel processed INIT inside that write */
+    return res;
 }
 
 int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
@@ -714,10 +812,7 @@ static void shim_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         int answered = 0;
         struct pt_open_out out = { 0 };
         pthread_mutex_lock(&pt_lock);
-        struct pt_entry *e = *pt_slot(ino);
-        if (e && !e->stale
-            && ((e->mode == PT_PASSTHROUGH && e->backing_id > 0 && !e->daemon_opens)
-                || (e->mode == PT_DAEMON && !writable && !e->pt_opens))) {
+        if (pt_answers(*pt_slot(ino), writable)) {
             out = pt_reply_for(ino, PT_FOPEN_KEEP_CACHE);
             answered = 1;
             pt_stats[out.backing_id > 0 ? 0 : 1]++;
@@ -736,21 +831,7 @@ static void shim_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void shim_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     if (pt_enabled && fi && (fi->fh & ASTRID_FH_INODE)) {
-        pthread_mutex_lock(&pt_lock);
-        struct pt_entry **slot = pt_slot(fi->fh & ASTRID_FH_INO_MASK);
-        struct pt_entry *e = *slot;
-        if (e) {
-            if (fi->fh & ASTRID_FH_PT_OPEN) {
-                if (e->pt_opens > 0)
-                    e->pt_opens--;
-            } else if (e->daemon_opens > 0) {
-                e->daemon_opens--;
-            }
-            if (e->stale && !e->pt_opens && !e->daemon_opens)
-                pt_remove(slot);
-        }
-        pt_stats[2]++;
-        pthread_mutex_unlock(&pt_lock);
+        pt_released(fi->fh);
         send_err(req, 0);
         return;
     }
@@ -1486,6 +1567,9 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
             return res;
         if (lk_try(buf, session_fd(se))) {
             /* part 12: answered here */
+        } else if (pt_enabled && !(buf->flags & FUSE_BUF_IS_FD) && buf->size >= 40
+                   && pt_drain_buf(buf, session_fd(se))) {
+            drain_stats[0]++; /* part 6: an OPEN or RELEASE from the table */
         } else if (drain_on && drain_answerable(buf)) {
             fuse_session_process_buf(se, buf); /* (ours: part 8's opcode rename first) */
             drain_stats[0]++;
@@ -1924,6 +2008,16 @@ static uint8_t lk_type(mode_t mode)
     return S_ISDIR(mode) ? 1 : S_ISREG(mode) ? 0 : 2;
 }
 
+/* A regular file sent to the kernel here: read here too (above), and with
+ * passthrough its read-only OPENs answered from part 6's table, as the
+ * daemon's own lookup primes them (passthrough.py `prime`). */
+static void lk_file_sent(uint64_t ino, const char *path, size_t len)
+{
+    lk_file_set(ino, path, len);
+    if (pt_usable)
+        astrid_pt_prime(ino);
+}
+
 static int lk_decline(void)
 {
     lk_stats[2]++;
@@ -1992,7 +2086,7 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
     if (type == 1)
         lk_dir_set(ino, parent, LK_REL(path), LK_REL_LEN(plen));
     else if (type == 0)
-        lk_file_set(ino, LK_REL(path), LK_REL_LEN(plen));
+        lk_file_sent(ino, LK_REL(path), LK_REL_LEN(plen));
     lk_stats[0]++;
     return 1;
 }
@@ -2181,7 +2275,7 @@ static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd)
         if (plen && type == 1)
             lk_dir_set(ino, dir_ino, LK_REL(path), LK_REL_LEN(plen));
         else if (plen)
-            lk_file_set(ino, LK_REL(path), LK_REL_LEN(plen));
+            lk_file_sent(ino, LK_REL(path), LK_REL_LEN(plen));
         off += 18 + nlen;
     }
     if (offset == 0)
