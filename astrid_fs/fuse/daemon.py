@@ -29,6 +29,7 @@ import trio
 
 from astrid_fs.fuse.config import DaemonConfig
 from astrid_fs.fuse.extra_ops import register as register_extra_ops
+from astrid_fs.fuse.first_write import FirstWrites
 from astrid_fs.fuse.killpriv import ShimKills
 from astrid_fs.fuse.lookup_table import ShimLookups
 from astrid_fs.fuse.ops import FuseOps
@@ -86,6 +87,7 @@ class Daemon:
                                redirects=config.xattr_ns == "trusted")
         self.ops = FuseOps(self.overlay, lower_ttl=config.lower_ttl)
         self.data_path = "daemon path (passthrough not requested)"
+        self.first_writes: FirstWrites | None = None
 
     def mount(self) -> None:
         _clean_tmp(Path(self.config.tmp))
@@ -105,6 +107,9 @@ class Daemon:
                                                   self.config.lower_ttl)
         if self.ops.passthrough is None and self.ops.no_open:
             self.ops.kills = ShimKills.enable()  # suid/sgid killed here: no probe per write
+        if self.ops.write_table is not None and self.ops.write_table.drains:
+            # a file's first WRITE (its copy-up) answered in C too
+            self.first_writes = FirstWrites.enable(self.overlay, self.ops.files)
         pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
         request_read_ahead(self.config.mountpoint)  # 1 MiB, set after INIT (shim.py)
 
@@ -212,7 +217,9 @@ class Daemon:
                     else self.ops.write_table.stats(),
                     "shim_lookups": None if self.ops.lookups is None
                     else self.ops.lookups.stats(),
-                    "killpriv": None if self.ops.kills is None else self.ops.kills.stats()}
+                    "killpriv": None if self.ops.kills is None else self.ops.kills.stats(),
+                    "first_writes": None if self.first_writes is None
+                    else self.first_writes.stats()}
         if op == "invalidate":
             inodes, entries = self.ops.invalidate_all()
             await trio.to_thread.run_sync(_invalidate_kernel, inodes, entries)

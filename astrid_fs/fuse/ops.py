@@ -318,6 +318,7 @@ class FuseOps(pyfuse3.Operations):
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        self._count("write")
         if fh == 0:
             # No-open I/O whose inode the shim did not fill in: never let a
             # write land on fd 0. (Cannot happen with a matching shim.)

@@ -49,7 +49,8 @@ def shim_version() -> int:
     (write_table.py); 10: suid/sgid killed by the daemon, no capability probe
     per write (killpriv.py); 11: with passthrough, the table's OPENs and
     RELEASEs answered in the drain and the shim's lookups priming it
-    (passthrough.py)."""
+    (passthrough.py); 12: a file's first WRITE prepared by a callback and
+    answered in C (first_write.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

@@ -87,6 +87,10 @@
  *    "nothing came" is returned as -EINTR, which pyfuse3 answers by waiting
  *    for the fd again.
  *
+ * 14. A lower file's first WRITE (its copy-up) prepared by a daemon
+ *    callback inside the drain and then answered in C (version 12; below,
+ *    before drain_answerable).
+ *
  * 13. FUSE_HANDLE_KILLPRIV_V2 (version 10; daemon-path mounts, when the
  *    daemon calls astrid_kp_enable() before it mounts). Without it the
  *    kernel asks GETXATTR security.capability before every write (FUSE
@@ -136,7 +140,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 11; }
+int astrid_fuse_shim_loaded(void) { return 12; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -1502,6 +1506,46 @@ void astrid_drain_stats(int64_t *out)
     memcpy(out, drain_stats, sizeof drain_stats);
 }
 
+/*
+ * 14. A file's first WRITE without a turn of pyfuse3's loop (version 12).
+ *     A by-inode WRITE of an inode with no writable fd in part 9's table is
+ *     a lower file's first write (it copies the file up) or an upper file's
+ *     whose fd went (the fd LRU). The daemon registers a callback
+ *     (astrid_cu_set) that prepares such an inode, synchronously, on the
+ *     trio thread, inside the drain: the copy-up, the read-write fd put in
+ *     part 9's table, exactly what its write handler does first. The WRITE is
+ *     then answered here like any other (its suid/sgid kill, part 13,
+ *     included). The callback returns 0 when the inode is ready and anything
+ *     else to leave the request to the write handler (a remote file, whose
+ *     fetch must not block the loop; any error, which the handler reports).
+ *     The daemon counts what the shim answered before its callback runs
+ *     (part 12's absorb), as before any request Python sees.
+ */
+typedef int (*astrid_cu_cb)(uint64_t ino);
+static astrid_cu_cb cu_cb;
+static int64_t cu_stats[2]; /* inodes prepared for a WRITE answered here; left to Python */
+static void lk_absorb_pending(void);
+
+void astrid_cu_set(astrid_cu_cb cb) { cu_cb = cb; }
+
+void astrid_cu_stats(int64_t *out) { memcpy(out, cu_stats, sizeof cu_stats); }
+
+static int cu_prepare(uint64_t ino)
+{
+    if (!cu_cb)
+        return 0;
+    lk_absorb_pending();
+    int ready = cu_cb(ino) == 0;
+    if (ready) {
+        pthread_mutex_lock(&wf_lock);
+        struct wf_entry *e = *wf_slot(ino);
+        ready = e != NULL && e->writable;
+        pthread_mutex_unlock(&wf_lock);
+    }
+    cu_stats[ready ? 0 : 1]++;
+    return ready;
+}
+
 static int drain_answerable(const struct fuse_buf *buf)
 {
     if (buf->flags & FUSE_BUF_IS_FD || buf->size < DRAIN_IN_HEADER + 8)
@@ -1536,6 +1580,8 @@ static int drain_answerable(const struct fuse_buf *buf)
         struct wf_entry *e = *wf_slot(ino);
         int known = e != NULL && (reading || e->writable);
         pthread_mutex_unlock(&wf_lock);
+        if (!known && writing)
+            return cu_prepare(ino); /* part 14 */
         return known || (reading && lk_file_known(ino));
     }
     return 0;
