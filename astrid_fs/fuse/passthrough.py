@@ -41,6 +41,13 @@ What it does not do (documented limits):
   the removed copy, as it would on the daemon path.
 - Writes through a shared writable mmap reach the upper file but not the
   mount's cached mtime until the attribute timeout.
+- suid/sgid are killed by the kernel's FUSE client (the daemon path's
+  FUSE_HANDLE_KILLPRIV_V2, fuse/killpriv.py, is not asked for: a
+  passthrough write sends no WRITE to kill on, and the kernel would then
+  leave suid in place). FUSE's rule keeps sgid on a file without group
+  execute when a caller outside its group writes or truncates it, where a
+  plain file system clears it; suid always goes
+  (tests/fs/test_killpriv.py, the passthrough test).
 
 Where passthrough cannot be had (not root, a kernel without it, the shim
 too old) the mount falls back to the daemon path for the whole mount (the

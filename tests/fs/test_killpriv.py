@@ -61,17 +61,19 @@ def reset(d: Path) -> None:
         os.chmod(d / name, mode)
 
 
-def plain_and_mount(tmp_path: Path, mount_session: Mount,
-                    start: str) -> tuple[Path, MountedSession]:
+def plain_and_mount(tmp_path: Path, mount_session: Mount, start: str,
+                    *extra: str) -> tuple[Path, MountedSession]:
     """The same files in a plain directory and in a mount: in its lower layer
-    (the first write copies up, in Python) or in its upper one."""
+    (the first write copies up) or in its upper one. The daemon path (part
+    13) unless `extra` asks for another."""
+    extra = extra or ("--no-passthrough",)
     plain, lower = tmp_path / "plain", tmp_path / "lower"
     plain.mkdir()
     lower.mkdir()
     fill(plain)
     if start == "lower":
         fill(lower)
-    s = mount_session(lower)
+    s = mount_session(lower, None, *extra)
     if start == "upper":
         fill(s.mnt)
     return plain, s
@@ -132,7 +134,7 @@ def test_appending_to_an_upper_file_probes_for_capabilities_once(
         tmp_path: Path, mount_session: Mount) -> None:
     """The point of it all: the kernel asked GETXATTR security.capability
     before every WRITE; now once, until the file's attributes are refreshed."""
-    s = mount_session()
+    s = mount_session(None, None, "--no-passthrough")
     log = s.mnt / "log"
     log.write_text("")
     before = killpriv(s)["capability_probes"]
@@ -145,3 +147,26 @@ def test_appending_to_an_upper_file_probes_for_capabilities_once(
     assert killpriv(s)["capability_probes"] - before <= 2
     assert log.read_text().splitlines() == [str(i) for i in range(200)]
     assert (s.root / "upper" / "log").read_text() == log.read_text()
+
+
+def test_under_passthrough_suid_goes_and_sgid_follows_fuses_own_rule(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """Passthrough mounts do not ask for KILLPRIV_V2: their writes reach the
+    backing file without a WRITE the daemon could kill on, so the kernel's
+    FUSE client kills through SETATTR itself (fs/fuse/dir.c). Its rule
+    differs in one case: an sgid file without group execute keeps sgid when
+    a caller outside its group writes or truncates it (a plain file system,
+    and the daemon path, clear it). suid goes in every case."""
+    plain, s = plain_and_mount(tmp_path, mount_session, "upper", "--passthrough")
+    path = s.control("stats")["data_path"]
+    if path["data_path"] != "passthrough":
+        pytest.fail(f"passthrough: {path['reason']}")  # root, CONFIG_FUSE_PASSTHROUGH here
+    for argv in (("sh", "-c", "printf y >> {}"), ("truncate", "-s", "1", "{}")):
+        for d in (plain, s.mnt):
+            reset(d)
+            for name in MODES:
+                as_nobody(d, *(a.format(name) for a in argv))
+        want = modes(plain) | {"sgid-no-gx": oct(MODES["sgid-no-gx"])}
+        assert modes(plain)["sgid-no-gx"] == "0o767"
+        assert modes(s.mnt) == modes(s.root / "upper") == want
+        assert want["suid"] == want["suid-sgid"] == "0o777"

@@ -68,7 +68,8 @@ def s(tmp_path: Path, mount_session: object) -> MountedSession:
     lower.mkdir()
     (lower / "big").write_bytes(content(BIG, 1))
     (lower / "small").write_bytes(b"lower small\n")
-    return mount_session(lower)  # type: ignore[operator, no-any-return]
+    # the daemon path (parts 9-12) whatever ASTRID_FS_PASSTHROUGH says
+    return mount_session(lower, None, "--no-passthrough")  # type: ignore[operator, no-any-return]
 
 
 def test_reads_answered_in_c_are_byte_exact_to_the_end(s: MountedSession) -> None:
@@ -138,7 +139,7 @@ def test_reads_after_fds_were_evicted_and_reused_come_from_their_files(
     count = DEFAULT_CAPACITY + 100
     for i in range(count):
         (lower / f"f{i}").write_bytes(b"file %d\n" % i * (i % 7 + 1))
-    s: MountedSession = mount_session(lower)  # type: ignore[operator]
+    s: MountedSession = mount_session(lower, None, "--no-passthrough")  # type: ignore[operator]
     for i in range(count):
         assert uncached_read(s.mnt / f"f{i}") == b"file %d\n" % i * (i % 7 + 1)
     assert s.control("stats")["fds"]["inode_fds"] <= DEFAULT_CAPACITY

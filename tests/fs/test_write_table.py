@@ -117,7 +117,8 @@ def s(tmp_path: Path, mount_session: object) -> MountedSession:
     lower.mkdir()
     for i in range(3):
         (lower / f"f{i}").write_bytes(b"lower %d\n" % i)
-    return mount_session(lower)  # type: ignore[operator, no-any-return]
+    # the daemon path (parts 9-14) whatever ASTRID_FS_PASSTHROUGH says
+    return mount_session(lower, None, "--no-passthrough")  # type: ignore[operator, no-any-return]
 
 
 def shim_counts(s: MountedSession) -> dict[str, int]:
@@ -198,7 +199,7 @@ def test_first_writes_copy_up_and_are_answered_in_c(tmp_path: Path,
     for i in range(40):
         (lower / "d" / f"f{i}").write_bytes(b"lower %d\n" % i)
     os.chmod(lower / "d" / "f0", 0o4755)  # a suid file: the write kills suid
-    s: MountedSession = mount_session(lower)  # type: ignore[operator]
+    s: MountedSession = mount_session(lower, None, "--no-passthrough")  # type: ignore[operator]
     before = s.control("stats")
     if before.get("first_writes") is None:
         pytest.fail("the FUSE shim has no part 14 (scripts/setup.sh builds it)")
