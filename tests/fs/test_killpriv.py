@@ -5,8 +5,9 @@ The mount asks for FUSE_HANDLE_KILLPRIV_V2: the kernel then stops probing
 and in exchange the daemon clears suid/sgid where the kernel flags that the
 caller may not keep them. Each test does the same thing to a plain directory
 and through a mount, as root and as another user, and the modes must agree:
-after writes answered in C (an upper file's fd in the shim's table) and in
-Python (a lower file's first write, which copies it up), truncates and chowns.
+after writes answered in C (an upper file's fd in the shim's table; a lower
+file's first write, copied up by the daemon's callback first: part 14),
+truncates and chowns.
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def append(path: Path, data: bytes) -> None:
 
 
 def test_writes_to_upper_files_are_answered_in_c_and_seen_whole(s: MountedSession) -> None:
-    append(s.mnt / "f0", b"first\n")  # copy-up: the daemon's Python path
+    append(s.mnt / "f0", b"first\n")  # copy-up (the daemon's callback, part 14)
     before = shim_writes(s)
     for i in range(5):
         append(s.mnt / "f0", b"again %d\n" % i)
