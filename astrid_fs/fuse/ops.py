@@ -306,6 +306,7 @@ class FuseOps(pyfuse3.Operations):
     @fuse_errors
     async def read(  # type: ignore[override]  # pyfuse3 takes any buffer (PyObject_GetBuffer)
             self, fh: int, off: int, size: int) -> bytes | memoryview:
+        self._count("read")
         if fh == 0:
             log.error("read with file handle 0: FUSE shim mismatch")
             raise pyfuse3.FUSEError(errno.EIO)

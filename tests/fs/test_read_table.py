@@ -165,3 +165,31 @@ def test_a_file_removed_while_open_reads_through_its_pinned_fd(s: MountedSession
         assert os.pread(fd, 100, 0) == b"upper\n"
     finally:
         os.close(fd)
+
+
+def test_first_reads_outside_the_shims_lookups_are_answered_in_c(
+        tmp_path: Path, mount_session: object) -> None:
+    # Shim part 14, version 13: in a directory with upper entries the
+    # LOOKUPs are Python's, so the shim does not know the files; their first
+    # READ is prepared by the daemon's callback (the fd opened) inside the
+    # receive call and read in C: no read handler in Python.
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    for i in range(40):
+        (lower / "d" / f"f{i}").write_bytes(b"lower %d\n" % i * (i + 1))
+    s: MountedSession = mount_session(lower, None, "--no-passthrough")  # type: ignore[operator]
+    (s.mnt / "d" / "new").write_bytes(b"an upper file\n")  # d/ is in the upper now
+    before = s.control("stats")
+    if before.get("first_writes") is None:
+        pytest.fail("the FUSE shim has no part 14 (scripts/setup.sh builds it)")
+    for i in range(40):
+        assert (s.mnt / "d" / f"f{i}").read_bytes() == b"lower %d\n" % i * (i + 1)
+    assert (s.mnt / "d" / "new").read_bytes() == b"an upper file\n"  # its fd: the write's
+    after = s.control("stats")
+    prepared = after["first_writes"]["reads_prepared"] - before["first_writes"]["reads_prepared"]
+    assert prepared == 40
+    assert after["first_writes"]["reads_left"] == before["first_writes"]["reads_left"]
+    assert after["requests"].get("read", 0) == before["requests"].get("read", 0)
+    assert after["shim_writes"]["reads"] - before["shim_writes"]["reads"] >= 41
+    # Nothing was copied up by reading.
+    assert sorted(p.name for p in (s.upper / "d").iterdir()) == ["new"]

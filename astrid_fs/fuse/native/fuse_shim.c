@@ -87,9 +87,9 @@
  *    "nothing came" is returned as -EINTR, which pyfuse3 answers by waiting
  *    for the fd again.
  *
- * 14. A lower file's first WRITE (its copy-up) prepared by a daemon
- *    callback inside the drain and then answered in C (version 12; below,
- *    before drain_answerable).
+ * 14. A file's first WRITE (a lower file's copy-up; version 12) and first
+ *    READ (its fd opened; 13) prepared by a daemon callback inside the drain
+ *    and then answered in C (below, before drain_answerable).
  *
  * 13. FUSE_HANDLE_KILLPRIV_V2 (version 10; daemon-path mounts, when the
  *    daemon calls astrid_kp_enable() before it mounts). Without it the
@@ -140,7 +140,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 12; }
+int astrid_fuse_shim_loaded(void) { return 13; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -1507,7 +1507,8 @@ void astrid_drain_stats(int64_t *out)
 }
 
 /*
- * 14. A file's first WRITE without a turn of pyfuse3's loop (version 12).
+ * 14. A file's first WRITE (version 12) and first READ (13) without a turn
+ *     of pyfuse3's loop.
  *     A by-inode WRITE of an inode with no writable fd in part 9's table is
  *     a lower file's first write (it copies the file up) or an upper file's
  *     whose fd went (the fd LRU). The daemon registers a callback
@@ -1520,29 +1521,35 @@ void astrid_drain_stats(int64_t *out)
  *     fetch must not block the loop; any error, which the handler reports).
  *     The daemon counts what the shim answered before its callback runs
  *     (part 12's absorb), as before any request Python sees.
+ *     Version 13: a by-inode READ of an inode with no fd in the table (a
+ *     file part 12 did not find: one in a directory with upper entries, an
+ *     upper file, a file whose fd the LRU closed) is prepared the same way:
+ *     the callback opens the inode's fd (`inode_fd(node, write=False)`, as
+ *     the read handler does) and the shim reads.
  */
-typedef int (*astrid_cu_cb)(uint64_t ino);
+typedef int (*astrid_cu_cb)(uint64_t ino, int write);
 static astrid_cu_cb cu_cb;
-static int64_t cu_stats[2]; /* inodes prepared for a WRITE answered here; left to Python */
+static int64_t cu_stats[4]; /* inodes prepared for a WRITE answered here, WRITEs left to
+                              * Python; the same for READs (version 13) */
 static void lk_absorb_pending(void);
 
 void astrid_cu_set(astrid_cu_cb cb) { cu_cb = cb; }
 
 void astrid_cu_stats(int64_t *out) { memcpy(out, cu_stats, sizeof cu_stats); }
 
-static int cu_prepare(uint64_t ino)
+static int cu_prepare(uint64_t ino, int write)
 {
     if (!cu_cb)
         return 0;
     lk_absorb_pending();
-    int ready = cu_cb(ino) == 0;
+    int ready = cu_cb(ino, write) == 0;
     if (ready) {
         pthread_mutex_lock(&wf_lock);
         struct wf_entry *e = *wf_slot(ino);
-        ready = e != NULL && e->writable;
+        ready = e != NULL && (e->writable || !write);
         pthread_mutex_unlock(&wf_lock);
     }
-    cu_stats[ready ? 0 : 1]++;
+    cu_stats[(write ? 0 : 2) + (ready ? 0 : 1)]++;
     return ready;
 }
 
@@ -1580,9 +1587,9 @@ static int drain_answerable(const struct fuse_buf *buf)
         struct wf_entry *e = *wf_slot(ino);
         int known = e != NULL && (reading || e->writable);
         pthread_mutex_unlock(&wf_lock);
-        if (!known && writing)
-            return cu_prepare(ino); /* part 14 */
-        return known || (reading && lk_file_known(ino));
+        if (known || (reading && lk_file_known(ino)))
+            return 1;
+        return cu_prepare(ino, writing); /* part 14 */
     }
     return 0;
 }
