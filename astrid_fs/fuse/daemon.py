@@ -108,7 +108,7 @@ class Daemon:
         if self.ops.passthrough is None and self.ops.no_open:
             self.ops.kills = ShimKills.enable()  # suid/sgid killed here: no probe per write
         if self.ops.write_table is not None and self.ops.write_table.drains:
-            # a file's first WRITE (its copy-up) answered in C too
+            # a file's first WRITE (its copy-up) and first READ answered in C too
             self.first_writes = FirstWrites.enable(self.overlay, self.ops.files)
         pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
         request_read_ahead(self.config.mountpoint)  # 1 MiB, set after INIT (shim.py)
