@@ -80,6 +80,10 @@ PASSTHROUGH_VERSION = 6
 # The shim version whose own LOOKUP answers (part 12) prime the table as
 # `prime` does, and whose drain answers the table's OPENs and RELEASEs.
 PRIMED_IN_C = 11
+# The shim version that asks `decide` (inside its drain) about an OPEN the
+# table cannot answer, instead of handing it to the open handler.
+DECIDED_IN_DRAIN = 14
+OPEN_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, ctypes.c_uint32)
 # Our file system's stack depth is this; the upper must be below it (an
 # upper on overlayfs, depth 1, would need 2, and then nothing could stack
 # on astrid-fs). 1: upper on a plain file system.
@@ -140,6 +144,8 @@ class Passthrough:
         self._lib.astrid_pt_backing_open.argtypes = [ctypes.c_int]
         self._lib.astrid_pt_live.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_int]
         self._lib.astrid_pt_prime.argtypes = [ctypes.c_uint64]
+        self._open_cb = OPEN_CB(self.decide)  # referenced for as long as the mount lives
+        self.decides = False  # the shim asks `decide` (version 14)
         self.available: bool | None = None  # None: not probed yet (before INIT)
         self.reason = "not yet negotiated (no file opened yet)"
         self.counts = {"passthrough": 0, "daemon": 0, "fallbacks": 0}
@@ -155,6 +161,10 @@ class Passthrough:
             return None, f"daemon path: the FUSE shim is version {version}, passthrough needs 6"
         pt = cls(overlay, files)
         pt._lib.astrid_pt_enable(MAX_STACK_DEPTH)
+        if version >= DECIDED_IN_DRAIN:
+            pt._lib.astrid_pt_open_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+            pt._lib.astrid_pt_set_open_cb(pt._open_cb)
+            pt.decides = True
         return pt, ""
 
     # ---- the kernel's answer ------------------------------------------------
@@ -198,6 +208,25 @@ class Passthrough:
         else:
             self.counts["passthrough"] += 1
         return pyfuse3.FileInfo(fh=FH_OPEN_REPLY | node.ino, keep_cache=True)
+
+    def decide(self, ino: int, flags: int) -> int:
+        """`open` for an OPEN the shim's table could not answer, called by the
+        shim inside its receive call (shim version 14): 0 when decided (the
+        table now says the reply, which the shim sends), 1 to leave the OPEN
+        to the open handler (a remote file, whose fetch runs off the loop; any
+        error, which the handler meets again and reports). Runs on the trio
+        thread, synchronously; never raises (ctypes would answer 0)."""
+        try:
+            if not self.usable():
+                return 1
+            node = self.ov.table.get(ino)
+            if self.ov.fetch_for(node, data=self.ov.is_write_open(flags)) is not None:
+                return 1
+            self.open(node, flags)
+        except Exception as e:
+            log.debug("open of inode %d left to the handler: %r", ino, e)
+            return 1
+        return 0
 
     def create(self, node: Node) -> pyfuse3.FileInfo:
         """The open part of a CREATE answer (the file's fd is the inode's)."""
@@ -271,7 +300,11 @@ class Passthrough:
         """For the control socket's `stats` and `astrid-fs status`."""
         out = (ctypes.c_int64 * 4)()
         self._lib.astrid_pt_stats(out)
+        decided = (ctypes.c_int64 * 2)()
+        if self.decides:
+            self._lib.astrid_pt_open_stats(decided)
         return {"data_path": "passthrough" if self.available else "daemon",
+                "decided_in_drain": int(decided[0]), "left_to_handler": int(decided[1]),
                 "reason": self.reason,
                 "opens_in_c": {"passthrough": out[0], "daemon": out[1]},
                 "opens_in_python": dict(self.counts),

@@ -50,7 +50,9 @@ def shim_version() -> int:
     per write (killpriv.py); 11: with passthrough, the table's OPENs and
     RELEASEs answered in the drain and the shim's lookups priming it
     (passthrough.py); 12: a file's first WRITE prepared by a callback and
-    answered in C (first_write.py); 13: its first READ too."""
+    answered in C (first_write.py); 13: its first READ too; 14: with
+    passthrough, an OPEN the table cannot answer decided by a callback inside
+    the drain (passthrough.py `decide`)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

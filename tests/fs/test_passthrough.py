@@ -295,3 +295,22 @@ def test_a_closed_file_leaves_the_upper_at_commit(pt: MountedSession) -> None:
     assert (pt.lower / "done.txt").read_text() == "done\n"
     assert not (pt.upper / "done.txt").exists()
     assert (pt.mnt / "done.txt").read_text() == "done\n"
+
+
+def test_first_open_for_writing_is_decided_inside_the_receive_call(pt: MountedSession) -> None:
+    # Shim version 14: an OPEN the table cannot answer (here a lower file's
+    # first open for writing: copy-up, then a backing on the copy) is decided
+    # by the daemon's callback inside the drain; the open handler never runs.
+    before = pt.control("stats")
+    with open(pt.mnt / "docs" / "more.md", "a") as f:
+        f.write("appended\n")
+    after = pt.control("stats")
+    decided = after["data_path"]["decided_in_drain"] - before["data_path"]["decided_in_drain"]
+    assert decided == 1
+    assert after["data_path"]["left_to_handler"] == before["data_path"]["left_to_handler"]
+    assert after["requests"].get("open", 0) == before["requests"].get("open", 0)
+    opened = after["data_path"]["opens_in_python"]["passthrough"]
+    assert opened == before["data_path"]["opens_in_python"]["passthrough"] + 1
+    assert (pt.mnt / "docs" / "more.md").read_text() == "more\nappended\n"
+    assert (pt.upper / "docs" / "more.md").read_text() == "more\nappended\n"
+    assert (pt.lower / "docs" / "more.md").read_text() == "more\n"

@@ -140,7 +140,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 13; }
+int astrid_fuse_shim_loaded(void) { return 14; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -559,6 +559,18 @@ static void pt_released(uint64_t fh)
  */
 #define PT_OPCODE_OPEN 14
 #define PT_OPCODE_RELEASE 18
+/* Version 14: the daemon's open decision, called here for an OPEN the
+ * table cannot answer (a first open for writing: copy-up and backing; a file
+ * no lookup primed). 0: decided, the table says the reply; else the open
+ * handler answers. Runs on the trio thread, synchronously. */
+typedef int (*astrid_pt_open_cb)(uint64_t ino, uint32_t flags);
+static astrid_pt_open_cb pt_open_cb;
+static int64_t pt_open_stats[2]; /* decided by the callback; left to the handler */
+static void lk_absorb_pending(void);
+
+void astrid_pt_set_open_cb(astrid_pt_open_cb cb) { pt_open_cb = cb; }
+
+void astrid_pt_open_stats(int64_t *out) { memcpy(out, pt_open_stats, sizeof pt_open_stats); }
 struct pt_open_reply { uint32_t len; int32_t error; uint64_t unique; struct pt_open_out open; };
 
 static int pt_drain_buf(const struct fuse_buf *buf, int fuse_fd)
@@ -591,7 +603,18 @@ static int pt_drain_buf(const struct fuse_buf *buf, int fuse_fd)
     pthread_mutex_lock(&pt_lock);
     if (!pt_answers(*pt_slot(nodeid), writable)) {
         pthread_mutex_unlock(&pt_lock);
-        return 0;
+        /* Version 14: the daemon decides here what its open handler would
+         * (copy-up, backing), then the reply is the table's, as for the
+         * handler's FH_OPEN_REPLY answer (pt_reply_open). */
+        if (!pt_open_cb)
+            return 0;
+        lk_absorb_pending();
+        if (pt_open_cb(nodeid, flags) != 0) {
+            pt_open_stats[1]++;
+            return 0;
+        }
+        pt_open_stats[0]++;
+        pthread_mutex_lock(&pt_lock);
     }
     struct pt_open_reply r = { .len = sizeof r, .unique = unique,
                                .open = pt_reply_for(nodeid, PT_FOPEN_KEEP_CACHE) };
