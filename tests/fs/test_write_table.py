@@ -15,12 +15,14 @@ size and mtime seen through the mount are the upper file's).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from astrid_fs.fuse.shim import FH_INODE
-from astrid_fs.overlay.files import OpenFiles
+from astrid_fs.overlay.files import DEFAULT_CAPACITY, OpenFiles
 from astrid_fs.overlay.overlay import SetAttr
 from tests.fs.test_ops_api import CTX, make_ops
 from tests.support.mounts import MountedSession
@@ -219,3 +221,38 @@ def test_first_writes_copy_up_and_are_answered_in_c(tmp_path: Path,
     # copy keeps its mode like the lower file.
     assert os.stat(s.upper / "d" / "f0").st_mode & 0o7777 == 0o4755
     assert os.stat(lower / "d" / "f0").st_mode & 0o7777 == 0o4755
+
+
+def test_concurrent_first_writes_past_the_fd_bound_all_land(tmp_path: Path,
+                                                          mount_session: object) -> None:
+    # What an agent's build does: several processes each append to many
+    # project files at once, more files than the daemon keeps fds for, so
+    # part 14's callback copies up and registers fds while the LRU closes
+    # others (whose numbers the next copy-up reuses) inside the same drain.
+    # Every append must land in its own file's copy; the project is never written.
+    count, workers = DEFAULT_CAPACITY + 476, 3
+    lower = tmp_path / "lower"
+    for w in range(workers):
+        (lower / f"w{w}").mkdir(parents=True)
+        for i in range(count // workers):
+            (lower / f"w{w}" / f"f{i}").write_bytes(b"%d/%d\n" % (w, i))
+    s: MountedSession = mount_session(lower, None, "--no-passthrough")  # type: ignore[operator]
+    script = ("import os, sys\n"
+              "d = sys.argv[1]\n"
+              "for rnd in (b'a', b'b'):\n"
+              "    for n in sorted(os.listdir(d), key=lambda n: int(n[1:])):\n"
+              "        fd = os.open(os.path.join(d, n), os.O_WRONLY | os.O_APPEND)\n"
+              "        os.write(fd, rnd + n.encode() + b'\\n')\n"
+              "        os.close(fd)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(s.mnt / f"w{w}")])
+             for w in range(workers)]
+    assert [p.wait(timeout=600) for p in procs] == [0] * workers
+    stats = s.control("stats")
+    assert stats["first_writes"]["prepared"] >= count - workers
+    assert stats["fds"]["inode_fds"] <= DEFAULT_CAPACITY
+    for w in range(workers):
+        for i in range(count // workers):
+            want = b"%d/%d\naf%d\nbf%d\n" % (w, i, i, i)
+            assert (s.mnt / f"w{w}" / f"f{i}").read_bytes() == want
+            assert (s.upper / f"w{w}" / f"f{i}").read_bytes() == want
+            assert (lower / f"w{w}" / f"f{i}").read_bytes() == b"%d/%d\n" % (w, i)
