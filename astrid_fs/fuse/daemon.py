@@ -36,7 +36,7 @@ from astrid_fs.fuse.ops import FuseOps
 from astrid_fs.fuse.passthrough import PRIMED_IN_C, Passthrough
 from astrid_fs.fuse.shim import request_read_ahead, shim_version
 from astrid_fs.mounttable import MountTable
-from astrid_fs.overlay import basecontent, unsynced
+from astrid_fs.overlay import unsynced
 from astrid_fs.overlay.copyup import copy_up
 from astrid_fs.overlay.layers import Layers, RemoteTree
 from astrid_fs.overlay.overlay import Overlay
@@ -300,7 +300,6 @@ def run(config: DaemonConfig, ready_fd: int | None) -> int:
     finally:
         pyfuse3.close(unmount=True)
         daemon.unmounted()
-        basecontent.close_all()
         if session is not None:
             session.clear_mount_state()
         log.info("unmounted %s", config.mountpoint)

@@ -199,7 +199,13 @@ class DriverTree:
             raise FileNotFoundError(2, "remote entry vanished", r)
         path = _guard(lambda: self._spool(r, st))
         with open(path, "rb") as src:
-            _copy_all(src.fileno(), fd)
+            size = os.fstat(src.fileno()).st_size
+            copied = 0
+            while copied < size:
+                n = os.copy_file_range(src.fileno(), fd, size - copied)
+                if n == 0:
+                    break
+                copied += n
         with self._lock:
             self._spooled.pop(r, None)
         path.unlink(missing_ok=True)
@@ -284,24 +290,3 @@ def prepare_session_mounts(mounts: str | None, session_root: Path, lower: Path,
     if not recorded.exists():
         table.write(recorded)
     return str(recorded)
-
-
-def _copy_all(src: int, dst: int) -> None:
-    """Copy `src` from its start to `dst` at its position: in the kernel
-    where both are on one file system type, else through a buffer (a
-    memfd, overlay/basecontent.py; copy_file_range across types: EXDEV)."""
-    size = os.fstat(src).st_size
-    copied = 0
-    try:
-        while copied < size:
-            n = os.copy_file_range(src, dst, size - copied)
-            if n == 0:
-                return
-            copied += n
-        return
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise
-    while chunk := os.pread(src, 1 << 20, copied):
-        copied += os.write(dst, chunk)
-

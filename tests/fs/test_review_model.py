@@ -32,7 +32,6 @@ from hypothesis import strategies as st
 from astrid_fs.cli.daemonlink import DaemonLink
 from astrid_fs.errors import ConflictError
 from astrid_fs.fuse import control
-from astrid_fs.review import basecontent
 from astrid_fs.review.bases import record_if_fresh
 from astrid_fs.review.commit import commit, session_changes
 from astrid_fs.review.discard import discard
@@ -98,8 +97,12 @@ class Side:
 def _reset(sides: list[Side], lower: Path) -> None:
     for s in sides:
         control.sync(s.session)
-        (s.session.root / "unmerged.json").unlink(missing_ok=True)
-        basecontent.forget_all(s.session)
+        for leftover in ("unmerged.json", "base-content"):
+            path = s.session.root / leftover
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
         for entry in os.scandir(s.session.upper):  # (what discard --all does)
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
