@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -48,7 +47,18 @@ import time
 from pathlib import Path
 
 import fs_s3
-from fs_dataset import FULL, QUICK, Sizes, build_dataset, fs_type, is_mounted, log
+from fs_dataset import (
+    FULL,
+    QUICK,
+    Sizes,
+    build_dataset,
+    fs_type,
+    is_mounted,
+    journal_less_ext4,
+    log,
+    removed,
+    settle,
+)
 from fs_legs import LEG_TITLE, LEGS, REPO, Leg, probe
 from fs_report import SECTION, markdown, table, write_section
 from fs_workloads import WORKLOADS, run_leg
@@ -74,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma list of {','.join(ALL_LEGS)}")
     ap.add_argument("--workloads", default="", help="comma list (default: all)")
     ap.add_argument("--json", type=Path, help="write raw times here")
+    ap.add_argument("--no-settle", action="store_true",
+                    help="do not wait out ext4's recently-deleted window (journal-less "
+                    "ext4: creates, copy-up above all, then measure slower)")
     ap.add_argument("--from-json", type=Path, metavar="FILE",
                     help="measure nothing: print (and --write-md) the table of a saved --json")
     ap.add_argument("--write-md", nargs="?", const=REPO / "docs" / "benchmarks.md", type=Path,
@@ -124,14 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     data = base / f"data-{mode}"
     scratch = base / "scratch"
     base.mkdir(parents=True, exist_ok=True)
-    log(f"native file system under {base}: {fs_type(base)}")
+    no_journal = " without a journal" if journal_less_ext4(base) else ""
+    log(f"native file system under {base}: {fs_type(base)}{no_journal}")
     build_dataset(data, sizes)
     if scratch.exists():
         leftovers = [m for m in scratch.glob("*/mnt") if is_mounted(m)]
         if leftovers:
             print(f"fs.py: still mounted from an earlier run: {leftovers}", file=sys.stderr)
             return 1
-        shutil.rmtree(scratch)
+        removed(base, scratch)
+    if not args.no_settle:
+        settle(base)
     scratch.mkdir()
 
     def on_term(signum: int, frame: object) -> None:
@@ -160,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for leg in active:
             leg.cleanup()
-        shutil.rmtree(scratch, ignore_errors=True)
+        removed(base, scratch)
 
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (1-minute)"
