@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-APT_PACKAGES=(gcc fuse3 libfuse3-dev pkg-config attr fuse-overlayfs rsync git sqlite3 hyperfine)
+APT_PACKAGES=(gcc python3-dev python3-venv fuse3 libfuse3-dev pkg-config attr fuse-overlayfs rsync git sqlite3 hyperfine)
 
 sudo_cmd() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -23,10 +23,15 @@ fi
 
 # The node half of set-up (scripts/setup.d/4*.sh: s3rver, componentize-js; npm
 # downloads) runs beside the Python half, which is mostly downloads too; its
-# output is shown, and its failure fails set-up, once both are done.
+# output is shown, and its failure fails set-up, once both are done. It runs
+# in its own process group, stopped whole if the Python half fails: an npm
+# left running would collide with the next set-up's (a half-written install).
 node_log=$(mktemp)
+set -m  # (job control for this one job: its own process group, id $!)
 ( for part in scripts/setup.d/4*.sh; do bash "$part" || exit 1; done ) >"$node_log" 2>&1 &
 node_pid=$!
+set +m
+trap 'kill -- -"$node_pid" 2>/dev/null || true; rm -f "$node_log"' EXIT
 
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
@@ -61,6 +66,7 @@ for part in scripts/setup.d/*.sh; do
 done
 node_rc=0
 wait "$node_pid" || node_rc=$?
+trap - EXIT
 cat "$node_log"; rm -f "$node_log"
 if [ "$node_rc" -ne 0 ]; then echo "setup: the node half (scripts/setup.d/4*.sh) failed" >&2; exit 1; fi
 

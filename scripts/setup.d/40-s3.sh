@@ -16,7 +16,9 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq nodejs npm >/dev/null
 fi
 
-have=$(node -e "try{console.log(require('./$DIR/node_modules/s3rver/package.json').version)}catch(e){}" 2>/dev/null || true)
+# Loading the package (not only reading its package.json) finds a half-written
+# install (an aborted npm): its dependencies are missing, and it is redone.
+have=$(node -e "try{require('./$DIR/node_modules/s3rver');console.log(require('./$DIR/node_modules/s3rver/package.json').version)}catch(e){}" 2>/dev/null || true)
 if [ "$have" != "$S3RVER_VERSION" ]; then
     echo "setup(s3): installing s3rver $S3RVER_VERSION into $DIR"
     mkdir -p "$DIR"

@@ -189,7 +189,12 @@ static void ra_apply(void)
 static void *libfuse_symbol(const char *name)
 {
     void *sym = NULL;
+    /* pyfuse3's extension module (and so libfuse) is loaded RTLD_LOCAL,
+     * where RTLD_NEXT does not look: find the loaded library by soname.
+     * libfuse 3.17.1+ is libfuse3.so.4 (Debian 13), earlier ones .so.3. */
     void *lib = dlopen("libfuse3.so.3", RTLD_NOW | RTLD_NOLOAD);
+    if (!lib)
+        lib = dlopen("libfuse3.so.4", RTLD_NOW | RTLD_NOLOAD);
     if (lib)
         sym = dlvsym(lib, name, "FUSE_3.0");
     if (!sym && lib)
@@ -819,11 +824,13 @@ static void shim_init(void *userdata, struct fuse_conn_info *conn)
         kp_init_armed = 1; /* part 13 (the INIT reply is patched in writev) */
     if (pt_enabled) {
 #ifdef FUSE_CAP_PASSTHROUGH
-        /* libfuse 3.16+: ask through the API as well (the writev() patch
-         * below sets the same bits, so either way the kernel sees them). */
+        /* libfuse 3.17+: ask through the API as well (the writev() patch
+         * below sets the same bits, so either way the kernel sees them).
+         * libfuse sends max_backing_stack_depth + 1 (its own layer
+         * included): pt_stack_depth counts that layer already. */
         if (conn->capable & FUSE_CAP_PASSTHROUGH) {
             conn->want |= FUSE_CAP_PASSTHROUGH;
-            conn->max_backing_stack_depth = pt_stack_depth;
+            conn->max_backing_stack_depth = pt_stack_depth - 1;
         }
 #endif
         conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
@@ -1270,6 +1277,15 @@ static void patch_ops(const struct fuse_lowlevel_ops *op, size_t op_size)
     patched.copy_file_range = shim_copy_file_range;
 }
 
+#ifdef fuse_session_new
+/* libfuse 3.17+: the header's fuse_session_new is a macro over an inline
+ * wrapper of fuse_session_new_versioned (wrapped below); the library still
+ * exports the 3.0 function, which programs built against older headers
+ * call. Define that one. */
+#undef fuse_session_new
+struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_lowlevel_ops *op,
+                                      size_t op_size, void *userdata);
+#endif
 struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_lowlevel_ops *op,
                                       size_t op_size, void *userdata)
 {
