@@ -143,8 +143,9 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path, mount_session: Mount) -
     s = mount_session(_project(tmp_path / "project"))
     for i in range(30):
         (s.mnt / f"n{i}.txt").write_text(f"{i}\n")
+    # (a real terminal type: under the TERM=dumb some CIs set, no bar is drawn)
     env = {**os.environ, "ASTRID_HOME": str(s.home), "ASTRID_FS_PROGRESS_DELAY": "0",
-           "COLUMNS": "100"}
+           "COLUMNS": "100", "TERM": "xterm-256color"}
     main, sub = pty.openpty()
     proc = subprocess.Popen([*ASTRID_FS, "commit", s.name], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=sub, env=env, cwd="/")
