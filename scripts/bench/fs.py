@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     data = base / f"data-{mode}"
     scratch = base / "scratch"
     base.mkdir(parents=True, exist_ok=True)
-    no_journal = " without a journal" if journal_less_ext4(base) else ""
-    log(f"native file system under {base}: {fs_type(base)}{no_journal}")
+    no_journal = journal_less_ext4(base)
+    log(f"native file system under {base}: {fs_type(base)}"
+        f"{' without a journal' if no_journal else ''}")
     build_dataset(data, sizes)
     if scratch.exists():
         leftovers = [m for m in scratch.glob("*/mnt") if is_mounted(m)]
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fs.py: still mounted from an earlier run: {leftovers}", file=sys.stderr)
             return 1
         removed(base, scratch)
-    if not args.no_settle:
+    if no_journal and not args.no_settle:
         settle(base)
     scratch.mkdir()
 

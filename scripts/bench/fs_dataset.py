@@ -69,7 +69,7 @@ def fs_type(path: Path) -> str:
 # is dirty): fs/ext4/ialloc.c, recently_deleted(). After a bench's cleanup
 # removed tens of thousands of files, each create scans past them: 1,000
 # copy-ups cost ~75 ms of system time on a quiet disk and 0.9-1 s right
-# after (perf: 70 % of it in recently_deleted). So the bench waits out the
+# after (perf: about half of all samples under recently_deleted). So the bench waits out the
 # window after its own deletions (`settle`); deletions by others (a test
 # suite running meanwhile) it cannot see.
 RECENTLY_DELETED_S = 360
@@ -97,10 +97,8 @@ def removed(base: Path, tree: Path) -> None:
 
 
 def settle(base: Path) -> None:
-    """On journal-less ext4, wait until the bench's last mass deletion under
-    `base` is out of the recently-deleted window."""
-    if not journal_less_ext4(base):
-        return
+    """Wait until the bench's last mass deletion under `base` is out of
+    the recently-deleted window (call it on journal-less ext4 only)."""
     try:
         since = time.time() - float((base / _DELETED_STAMP).read_text())
     except (OSError, ValueError):
