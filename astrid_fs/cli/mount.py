@@ -29,6 +29,7 @@ from astrid_fs.drivers.errors import DriverError
 from astrid_fs.errors import AstridFsError, MountError, SessionError, UsageError
 from astrid_fs.fuse.config import DaemonConfig
 from astrid_fs.fuse.config import requested as passthrough_requested
+from astrid_fs.fuse.io_uring import requested as io_uring_requested
 from astrid_fs.fuse.mountinfo import fuse_mount_alive, is_mountpoint
 from astrid_fs.fuse.shim import current_env_with_shim
 from astrid_fs.overlay.remote import prepare_session_mounts
@@ -73,6 +74,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    default=passthrough_requested(),
                    help="let the kernel read and write upper files itself (FUSE passthrough; "
                         "Linux 6.9+, root; default: $ASTRID_FS_PASSTHROUGH)")
+    p.add_argument("--io-uring", action=argparse.BooleanOptionalAction,
+                   default=io_uring_requested(),
+                   help="serve FUSE requests over io_uring, on the CPU that sent each "
+                        "(Linux 6.14+; default: $ASTRID_FS_IO_URING)")
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_mount)
 
@@ -171,6 +176,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         mounts=_prepare_mounts(args.mounts, session, existed),
         stack=tuple(str(p) for p in session.stack),
         passthrough=bool(args.passthrough),
+        io_uring=bool(args.io_uring),
     )
     _record_base(session, existed)
     if args.foreground:
@@ -356,6 +362,7 @@ def run_mount_helper(argv: list[str]) -> int:
         log_file=str(work / "astrid-fs.log"),
         stack=tuple(str(d) for d in lowers[1:]),
         passthrough="passthrough" in opts or passthrough_requested(),
+        io_uring="io_uring" in opts or io_uring_requested(),
     )
     tmp.mkdir(exist_ok=True)
     _spawn(config)

@@ -57,6 +57,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"(lower {r['lower']})")
         if r["data_path"]:
             print(f"{'':<{width}}    data: {r['data_path']['reason']}")
+            if r["data_path"].get("transport"):
+                print(f"{'':<{width}}    requests: {r['data_path']['transport']}")
         for what in r["interrupted"]:
             print(f"{'':<{width}}    interrupted {what}: the next astrid-fs command on "
                   "this session finishes it")

@@ -42,6 +42,8 @@ class DaemonConfig:
     # FUSE passthrough for upper files where the kernel allows it
     # (fuse/passthrough.py); else the daemon path.
     passthrough: bool = False
+    # FUSE over io_uring where the kernel offers it (fuse/io_uring.py).
+    io_uring: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -30,6 +30,7 @@ import trio
 from astrid_fs.fuse.config import DaemonConfig
 from astrid_fs.fuse.extra_ops import register as register_extra_ops
 from astrid_fs.fuse.first_write import FirstWrites
+from astrid_fs.fuse.io_uring import IoUring
 from astrid_fs.fuse.killpriv import ShimKills
 from astrid_fs.fuse.lookup_table import ShimLookups
 from astrid_fs.fuse.ops import FuseOps
@@ -88,6 +89,8 @@ class Daemon:
         self.ops = FuseOps(self.overlay, lower_ttl=config.lower_ttl)
         self.data_path = "daemon path (passthrough not requested)"
         self.first_writes: FirstWrites | None = None
+        self.io_uring: IoUring | None = None
+        self.transport = "/dev/fuse (io_uring not requested)"
 
     def mount(self) -> None:
         _clean_tmp(Path(self.config.tmp))
@@ -110,6 +113,10 @@ class Daemon:
         if self.ops.write_table is not None and self.ops.write_table.drains:
             # a file's first WRITE (its copy-up) and first READ answered in C too
             self.first_writes = FirstWrites.enable(self.overlay, self.ops.files)
+        if self.config.io_uring:
+            self.io_uring, why = IoUring.enable()
+            if self.io_uring is None:
+                self.transport = f"/dev/fuse ({why})"
         pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
         request_read_ahead(self.config.mountpoint)  # 1 MiB, set after INIT (shim.py)
 
@@ -219,7 +226,9 @@ class Daemon:
                     else self.ops.lookups.stats(),
                     "killpriv": None if self.ops.kills is None else self.ops.kills.stats(),
                     "first_writes": None if self.first_writes is None
-                    else self.first_writes.stats()}
+                    else self.first_writes.stats(),
+                    "transport": self._transport(),
+                    "io_uring": None if self.io_uring is None else self.io_uring.stats()}
         if op == "invalidate":
             inodes, entries = self.ops.invalidate_all()
             await trio.to_thread.run_sync(_invalidate_kernel, inodes, entries)
@@ -238,11 +247,20 @@ class Daemon:
         return {"ok": False, "error": f"unknown op {op!r}"}
 
 
+    def _transport(self) -> str:
+        if self.io_uring is None:
+            return self.transport
+        if self.io_uring.active():
+            return "io_uring"
+        return "/dev/fuse (the kernel did not offer io_uring at INIT)"
+
     def _data_path(self) -> dict[str, Any]:
         if self.ops.passthrough is None:
-            return {"data_path": "daemon", "reason": self.data_path}
-        self.ops.passthrough.usable()  # INIT is done once the mount serves
-        return self.ops.passthrough.status()
+            path = {"data_path": "daemon", "reason": self.data_path}
+        else:
+            self.ops.passthrough.usable()  # INIT is done once the mount serves
+            path = self.ops.passthrough.status()
+        return {**path, "transport": self._transport()}
 
 
 def _invalidate_kernel(inodes: list[int], entries: list[tuple[int, bytes]]) -> None:

@@ -52,7 +52,8 @@ def shim_version() -> int:
     (passthrough.py); 12: a file's first WRITE prepared by a callback and
     answered in C (first_write.py); 13: its first READ too; 14: with
     passthrough, an OPEN the table cannot answer decided by a callback inside
-    the drain (passthrough.py `decide`)."""
+    the drain (passthrough.py `decide`); 15: FUSE over io_uring on request,
+    a pinned queue thread per CPU (io_uring.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:
