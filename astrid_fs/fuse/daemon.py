@@ -250,9 +250,11 @@ class Daemon:
     def _transport(self) -> str:
         if self.io_uring is None:
             return self.transport
-        if self.io_uring.active():
-            return "io_uring"
-        return "/dev/fuse (the kernel did not offer io_uring at INIT)"
+        if not self.io_uring.active():
+            return "/dev/fuse (the kernel did not offer io_uring at INIT)"
+        if self.io_uring.stats()["ring_failures"]:
+            return "/dev/fuse (a ring could not be set up; see the shim's ring_failures)"
+        return "io_uring"
 
     def _data_path(self) -> dict[str, Any]:
         if self.ops.passthrough is None:

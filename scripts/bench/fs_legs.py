@@ -17,15 +17,19 @@ from pathlib import Path
 from fs_dataset import is_mounted, log, run
 
 REPO = Path(__file__).resolve().parents[2]
-LEGS = ["native", "kernel", "fuse-overlayfs", "astrid-fs", "astrid-fs-pt"]
-ASTRID_LEGS = ("astrid-fs", "astrid-fs-pt")
+LEGS = ["native", "kernel", "fuse-overlayfs", "astrid-fs", "astrid-fs-pt", "astrid-fs-uring"]
+ASTRID_LEGS = ("astrid-fs", "astrid-fs-pt", "astrid-fs-uring")
 LEG_TITLE = {
     "native": "native ext4",
     "kernel": "kernel overlayfs",
     "fuse-overlayfs": "fuse-overlayfs",
     "astrid-fs": "astrid-fs (daemon path)",
     "astrid-fs-pt": "astrid-fs --passthrough",
+    "astrid-fs-uring": "astrid-fs --io-uring",
 }
+# What each astrid-fs leg is called in the table's "met?" columns.
+LEG_PATH = {"astrid-fs": "daemon path", "astrid-fs-pt": "passthrough",
+            "astrid-fs-uring": "io_uring"}
 
 
 def astrid_fs_program() -> Path | None:
@@ -72,8 +76,9 @@ class Leg:
             home = upper.parent / "home"
             home.mkdir()
             path = "--passthrough" if self.name == "astrid-fs-pt" else "--no-passthrough"
+            ring = "--io-uring" if self.name == "astrid-fs-uring" else "--no-io-uring"
             run([str(prog), "mount", "--lower", str(self.data), "--session",
-                 f"bench{self.counter}", path, str(mnt)],
+                 f"bench{self.counter}", path, ring, str(mnt)],
                 env=dict(os.environ, ASTRID_HOME=str(home)))
         else:
             raise ValueError(self.name)
@@ -125,6 +130,8 @@ def probe(leg: Leg) -> str | None:
                 return "mounted, but the data set is not visible through it"
             if leg.name == "astrid-fs-pt":
                 return passthrough_refused(mnt)
+            if leg.name == "astrid-fs-uring":
+                return io_uring_refused(mnt)
     except (RuntimeError, OSError) as e:
         why = str(e).splitlines()[0]
         if ": exit " in why:  # "argv: exit N: stderr" -> "exit N: stderr"
@@ -145,4 +152,16 @@ def passthrough_refused(mnt: Path) -> str | None:
         if path.get("data_path") == "passthrough":
             return None
         return str(path.get("reason", "no data path reported"))
+    return "no session reported"
+
+
+def io_uring_refused(mnt: Path) -> str | None:
+    """None if the astrid-fs mount at `mnt` takes requests over io_uring."""
+    prog = astrid_fs_program()
+    env = dict(os.environ, ASTRID_HOME=str(mnt.parent / "home"))
+    proc = subprocess.run([str(prog), "status", "--json"], capture_output=True, text=True,
+                          env=env)
+    for row in json.loads(proc.stdout or "{}").get("sessions", []):
+        transport = str((row.get("data_path") or {}).get("transport", "no transport reported"))
+        return None if transport == "io_uring" else transport
     return "no session reported"

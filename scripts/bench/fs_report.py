@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from fs_dataset import Sizes, fs_type
-from fs_legs import ASTRID_LEGS, LEG_TITLE, LEGS
+from fs_legs import ASTRID_LEGS, LEG_PATH, LEG_TITLE, LEGS
 from fs_workloads import WORKLOADS
 
 TIMES = "\u00d7"  # multiplication sign
@@ -71,8 +71,7 @@ def table(medians: dict[str, dict[str, float]], unavailable: dict[str, str]) -> 
     legs = [leg for leg in LEGS if leg in medians or leg in unavailable]
     checked = [leg for leg in ASTRID_LEGS if leg in medians]
     head = ["workload"] + [LEG_TITLE[leg] for leg in legs] + ["target (astrid-fs)"] + \
-        [f"met? ({'passthrough' if leg == 'astrid-fs-pt' else 'daemon path'})"
-         for leg in checked]
+        [f"met? ({LEG_PATH[leg]})" for leg in checked]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     native = medians.get("native", {})
     for w in WORKLOADS:

@@ -2,13 +2,14 @@
 # Run an already-built pjdfstest (github pjd/pjdfstest) inside a mounted filesystem.
 #
 #   scripts/conformance/pjdfstest.sh PJD_DIR MOUNTED_DIR [--out DIR] [--keep] [--timeout SECS]
-#                                    [--mount [--passthrough]] [TEST_PATH...]
+#                                    [--mount [--passthrough] [--io-uring]] [TEST_PATH...]
 #
 # --mount: MOUNTED_DIR is an empty directory; mount a fresh astrid-fs there first (the
 # mount helper, `mount -t fuse.astrid-fs`, over an empty lower in a temporary
 # directory) and unmount it afterwards. --passthrough adds `-o passthrough` (FUSE
 # passthrough for upper files) and fails unless the daemon's log says the kernel
-# serves them.
+# serves them. --io-uring adds `-o io_uring` (FUSE over io_uring) and fails unless
+# the daemon's ring threads (`astrid-ring*`) run.
 #
 # PJD_DIR is a pjdfstest work tree where `make pjdfstest` has already been run (this
 # script neither fetches nor builds it). The suite runs as root with `prove -rv
@@ -40,6 +41,7 @@ OUT=
 KEEP=0
 MOUNT=0
 PASSTHROUGH=0
+IO_URING=0
 TIMEOUT=1800
 SELECTED=()
 while [ $# -gt 0 ]; do
@@ -48,6 +50,7 @@ while [ $# -gt 0 ]; do
         --keep) KEEP=1; shift ;;
         --mount) MOUNT=1; shift ;;
         --passthrough) PASSTHROUGH=1; shift ;;
+        --io-uring) IO_URING=1; shift ;;
         --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
         -h|--help) usage ;;
         -*) echo "pjdfstest: unknown option $1" >&2; exit 2 ;;
@@ -61,8 +64,9 @@ done
 }
 [ "$(id -u)" = 0 ] || { echo "pjdfstest: must run as root" >&2; exit 2; }
 command -v prove >/dev/null || { echo "pjdfstest: prove (perl) not found" >&2; exit 2; }
-[ "$PASSTHROUGH" = 0 ] || [ "$MOUNT" = 1 ] || {
-    echo "pjdfstest: --passthrough needs --mount (it mounts astrid-fs itself)" >&2; exit 2; }
+[ "$PASSTHROUGH$IO_URING" = 00 ] || [ "$MOUNT" = 1 ] || {
+    echo "pjdfstest: --passthrough and --io-uring need --mount (it mounts astrid-fs itself)" >&2
+    exit 2; }
 
 LAYERS=
 DATA_PATH=
@@ -72,6 +76,7 @@ if [ "$MOUNT" = 1 ]; then
     mkdir -p "$LAYERS/lower" "$LAYERS/upper" "$LAYERS/work"
     OPTS="lowerdir=$LAYERS/lower,upperdir=$LAYERS/upper,workdir=$LAYERS/work"
     [ "$PASSTHROUGH" = 1 ] && OPTS="$OPTS,passthrough"
+    [ "$IO_URING" = 1 ] && OPTS="$OPTS,io_uring"
     mount -t fuse.astrid-fs astrid-fs "$MNT" -o "$OPTS" || {
         echo "pjdfstest: mount -t fuse.astrid-fs failed (is astrid-fs on mount.fuse3's PATH?)" >&2
         rm -rf "$LAYERS"; exit 1; }
@@ -86,6 +91,17 @@ if [ "$MOUNT" = 1 ]; then
             umount "$MNT"; rm -rf "$LAYERS"; exit 1
         fi
     fi
+fi
+
+if [ "$IO_URING" = 1 ]; then
+    # FUSE over io_uring: the daemon's ring threads run once INIT asked for it
+    ls "$MNT" >/dev/null
+    pid=$(pgrep -f "astrid_fs.fuse.daemon.*\"mountpoint\": \"$MNT\"" | head -1)
+    if [ -z "$pid" ] || ! grep -qs '^astrid-ring' /proc/"$pid"/task/*/comm; then
+        echo "pjdfstest: the mount does not take requests over io_uring" >&2
+        umount "$MNT"; rm -rf "$LAYERS"; exit 1
+    fi
+    DATA_PATH="$DATA_PATH, io_uring"
 fi
 
 FSTYPE=$(stat -f -c %T "$MNT" 2>/dev/null || echo unknown)

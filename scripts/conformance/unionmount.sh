@@ -3,7 +3,8 @@
 # test by test against kernel overlayfs, fuse-overlayfs or astrid-fs.
 #
 #   scripts/conformance/unionmount.sh SUITE_DIR [--fs astrid-fs|fuse-overlayfs|kernel] [--xdev]
-#                                     [--ov=N] [--passthrough] [--out DIR] [--timeout SECS]
+#                                     [--ov=N] [--passthrough] [--io-uring] [--out DIR]
+#                                     [--timeout SECS]
 #                                     [TEST...]
 #
 # This script neither fetches nor builds the suite: SUITE_DIR is a work tree you made.
@@ -25,6 +26,8 @@
 # --passthrough (astrid-fs only): every mount gets `-o passthrough` (through the suite's
 # UNIONMOUNT_MNTOPTIONS), so upper files are served by FUSE passthrough
 # (fuse/passthrough.py); the daemon falls back to its own path where the kernel refuses.
+# --io-uring (astrid-fs only): every mount gets `-o io_uring` the same way (FUSE over
+# io_uring, fuse/io_uring.py); /dev/fuse where the kernel does not offer it.
 # mount.fuse3 runs NAME from a fixed PATH, so for astrid-fs an `astrid-fs` program
 # must be reachable in /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin.
 #
@@ -49,6 +52,7 @@ shift
 FS=astrid-fs
 XDEV=0
 PASSTHROUGH=0
+IO_URING=0
 LAYERS=
 OUT=
 TIMEOUT=
@@ -59,6 +63,7 @@ while [ $# -gt 0 ]; do
         --fs=*) FS=${1#--fs=}; shift ;;
         --xdev) XDEV=1; shift ;;
         --passthrough) PASSTHROUGH=1; shift ;;
+        --io-uring) IO_URING=1; shift ;;
         --ov=*) LAYERS=${1#--ov=}; shift ;;
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
@@ -84,8 +89,8 @@ case "$FS" in
 esac
 RUNARGS+=(--samefs)
 [ "$XDEV" = 1 ] && RUNARGS+=(--xdev)
-if [ "$PASSTHROUGH" = 1 ] && [ "$FS" != astrid-fs ]; then
-    echo "unionmount: --passthrough is an astrid-fs option (got --fs $FS)" >&2
+if [ "$PASSTHROUGH$IO_URING" != 00 ] && [ "$FS" != astrid-fs ]; then
+    echo "unionmount: --passthrough and --io-uring are astrid-fs options (got --fs $FS)" >&2
     exit 2
 fi
 
@@ -107,6 +112,7 @@ TAG=$FS
 [ -n "$LAYERS" ] && TAG="$TAG-ov$LAYERS"
 [ "$XDEV" = 1 ] && TAG="$TAG-xdev"
 [ "$PASSTHROUGH" = 1 ] && TAG="$TAG-pt"
+[ "$IO_URING" = 1 ] && TAG="$TAG-uring"
 OUT=${OUT:-/tmp/astrid-conformance/unionmount-$TAG}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -122,7 +128,10 @@ fi
 export UNIONMOUNT_BASEDIR=$BASE
 export UNIONMOUNT_MNTPOINT=$BASE/m
 unset UNIONMOUNT_LOWERDIR UNIONMOUNT_MNTOPTIONS
-[ "$PASSTHROUGH" = 1 ] && export UNIONMOUNT_MNTOPTIONS=rw,passthrough
+OPTS=rw
+[ "$PASSTHROUGH" = 1 ] && OPTS="$OPTS,passthrough"
+[ "$IO_URING" = 1 ] && OPTS="$OPTS,io_uring"
+[ "$OPTS" = rw ] || export UNIONMOUNT_MNTOPTIONS=$OPTS
 
 cleanup() {
     (cd "$SUITE" && ./run -c >/dev/null 2>&1)
@@ -195,7 +204,7 @@ done
     echo "suite: unionmount-testsuite $(git -C "$SUITE" rev-parse HEAD 2>/dev/null || echo '?')"
     echo "fs: $FS"
     echo "command: ./run ${RUNARGS[*]} <test>"
-    [ "$PASSTHROUGH" = 1 ] && echo "mount options: $UNIONMOUNT_MNTOPTIONS (FUSE passthrough)"
+    [ -n "${UNIONMOUNT_MNTOPTIONS:-}" ] && echo "mount options: $UNIONMOUNT_MNTOPTIONS"
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "passed: $PASS"
     echo "failed: $FAIL"

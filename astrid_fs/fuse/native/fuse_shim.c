@@ -2524,7 +2524,8 @@ static struct ur_queue *ur_queues[UR_MAX_QUEUES];
 static pthread_mutex_t ur_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ur_ent *ur_fwd_head, *ur_fwd_tail;
 /* requests from the rings; answered by a queue thread; forwarded; replies
- * committed for the trio thread; queues whose rings failed */
+ * committed for the trio thread; failures (a queue not set up, a ring call
+ * refused, an entry the kernel turned down) */
 static int64_t ur_stats[5];
 
 int astrid_ur_enable(void) { ur_wanted = 1; return 0; }
@@ -2780,6 +2781,9 @@ static void *ur_thread(void *arg)
     CPU_ZERO(&set);
     CPU_SET(u->q, &set);
     pthread_setaffinity_np(pthread_self(), sizeof set, &set); /* (an offline CPU: unpinned) */
+    char name[16];
+    snprintf(name, sizeof name, "astrid-ring%d", u->q);
+    pthread_setname_np(pthread_self(), name); /* (ps -L, and the conformance scripts) */
     for (int i = 0; i < UR_ENTRIES; i++)
         ur_cmd(u, UR_CMD_REGISTER, &u->ents[i], 0);
     ur_arm_ev(u);
@@ -2809,17 +2813,19 @@ static void *ur_thread(void *arg)
             }
             if (c->user_data >= UR_ENTRIES)
                 continue;
-            if (c->res < 0) { /* the connection went (ENOTCONN), or no ring here */
-                gone = 1;
+            if (c->res < 0) {
+                if (c->res == -ENOTCONN || c->res == -ENODEV || c->res == -ECANCELED)
+                    gone = 1; /* the connection went (unmounted, aborted) */
+                else
+                    ur_count(4); /* this entry is lost (a refused REGISTER: no ring
+                                  * here, and requests keep using /dev/fuse) */
                 continue;
             }
             ur_arrived(u, &u->ents[c->user_data]);
         }
         __atomic_store_n(u->cq_head, head, __ATOMIC_RELEASE);
-        if (gone) {
-            ur_count(4);
+        if (gone)
             return NULL;
-        }
     }
 }
 
