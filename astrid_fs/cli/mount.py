@@ -27,9 +27,8 @@ from astrid_fs.cli import review as review_cli
 from astrid_fs.cli import status as status_cli
 from astrid_fs.drivers.errors import DriverError
 from astrid_fs.errors import AstridFsError, MountError, SessionError, UsageError
-from astrid_fs.fuse.config import DaemonConfig
+from astrid_fs.fuse.config import DaemonConfig, io_uring_requested
 from astrid_fs.fuse.config import requested as passthrough_requested
-from astrid_fs.fuse.io_uring import requested as io_uring_requested
 from astrid_fs.fuse.mountinfo import fuse_mount_alive, is_mountpoint
 from astrid_fs.fuse.shim import current_env_with_shim
 from astrid_fs.overlay.remote import prepare_session_mounts

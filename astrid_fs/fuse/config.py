@@ -1,6 +1,7 @@
 """What the CLI hands the FUSE daemon, kept free of the daemon's own
 imports (pyfuse3, trio) so that `astrid-fs` verbs start quickly: the
-daemon's configuration, and whether passthrough is asked for by default."""
+daemon's configuration, and whether passthrough or io_uring is asked for by
+default."""
 
 from __future__ import annotations
 
@@ -12,11 +13,23 @@ from astrid_fs.overlay.whiteout import XattrNs
 
 #: Environment variable asking for FUSE passthrough by default (passthrough.py).
 ENV = "ASTRID_FS_PASSTHROUGH"
+#: Environment variable asking for FUSE over io_uring by default (io_uring.py).
+IO_URING_ENV = "ASTRID_FS_IO_URING"
+
+
+def _env_flag(name: str, env: dict[str, str] | None) -> bool:
+    value = (os.environ if env is None else env).get(name, "")
+    return value.lower() in ("1", "yes", "on", "true")
+
 
 def requested(env: dict[str, str] | None = None) -> bool:
     """Whether ASTRID_FS_PASSTHROUGH asks for passthrough by default."""
-    value = (os.environ if env is None else env).get(ENV, "")
-    return value.lower() in ("1", "yes", "on", "true")
+    return _env_flag(ENV, env)
+
+
+def io_uring_requested(env: dict[str, str] | None = None) -> bool:
+    """Whether ASTRID_FS_IO_URING asks for FUSE over io_uring by default."""
+    return _env_flag(IO_URING_ENV, env)
 
 
 @dataclass(frozen=True)

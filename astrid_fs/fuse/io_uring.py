@@ -33,14 +33,6 @@ log = logging.getLogger("astrid_fs.fuse.io_uring")
 IO_URING_VERSION = 15
 #: The fuse module's switch that lets servers ask for io_uring.
 ENABLE_FILE = Path("/sys/module/fuse/parameters/enable_uring")
-#: Environment variable asking for io_uring by default.
-ENV = "ASTRID_FS_IO_URING"
-
-
-def requested(env: dict[str, str] | None = None) -> bool:
-    """Whether ASTRID_FS_IO_URING asks for io_uring by default."""
-    value = (os.environ if env is None else env).get(ENV, "")
-    return value.lower() in ("1", "yes", "on", "true")
 
 
 def kernel_switch(enable_file: Path = ENABLE_FILE, *, turn_on: bool) -> str | None:

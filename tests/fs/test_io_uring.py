@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from astrid_fs.fuse.io_uring import kernel_switch, requested
+from astrid_fs.fuse.config import io_uring_requested
+from astrid_fs.fuse.io_uring import kernel_switch
 from tests.support.mounts import MountedSession, missing_part, run_cli
 
 MountFactory = Callable[..., MountedSession]
@@ -27,9 +28,9 @@ EXIT_WAIT_S = 30
 
 
 def test_the_environment_asks_for_io_uring() -> None:
-    assert requested({"ASTRID_FS_IO_URING": "1"})
-    assert not requested({"ASTRID_FS_IO_URING": "0"})
-    assert not requested({})
+    assert io_uring_requested({"ASTRID_FS_IO_URING": "1"})
+    assert not io_uring_requested({"ASTRID_FS_IO_URING": "0"})
+    assert not io_uring_requested({})
 
 
 def test_the_kernel_switch_is_turned_on_only_when_allowed(tmp_path: Path) -> None:
