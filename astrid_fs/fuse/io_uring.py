@@ -8,8 +8,9 @@ appends to upper files cost 100 us each through /dev/fuse and 30 us with the
 client and the daemon pinned to one CPU. Over io_uring (Linux 6.14+) the
 kernel queues a request on the ring of its caller's CPU; the shim runs one
 thread per CPU, pinned there, which answers in C what needs only the fd table
-(READs, WRITEs, the xattr probes) and forwards the rest to pyfuse3's trio
-thread unchanged, so every other part and every handler sees the requests
+(READs, WRITEs, the xattr probes) or part 12's tables (LOOKUPs and listings in
+lower-only directories) and forwards the rest to pyfuse3's trio thread
+unchanged, so every other part and every handler sees the requests
 as before.
 
 The kernel offers it only while `/sys/module/fuse/parameters/enable_uring`

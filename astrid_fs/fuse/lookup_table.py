@@ -157,11 +157,15 @@ class ShimLookups:
     def absorb(self) -> None:
         """Count the lookups the shim answered since the last call, as the
         daemon's own lookup would have: intern the node, one lookup each."""
-        size = self._lib.astrid_lk_pending()
-        if not size:
-            return
-        buf = ctypes.create_string_buffer(size)
-        got = self._lib.astrid_lk_take(buf, size)
+        got = 0
+        while not got:
+            # (over io_uring the queue threads may add entries between the two
+            # calls: take then copies nothing, and we ask again)
+            size = self._lib.astrid_lk_pending()
+            if not size:
+                return
+            buf = ctypes.create_string_buffer(size + 65536)
+            got = self._lib.astrid_lk_take(buf, size + 65536)
         data = buf.raw[:got]
         found: list[tuple[int, int, bool, bytes]] = []
         unpack = _RECORD.unpack_from

@@ -109,7 +109,8 @@
  *
  * 15. FUSE over io_uring (version 15; on request): a ring per CPU, served by
  *    a thread pinned to that CPU, which answers READs, WRITEs and xattr probes
- *    from part 9's table and forwards the rest to pyfuse3 (at the end).
+ *    from part 9's table and part 12's LOOKUPs and listings, and forwards the
+ *    rest to pyfuse3 (at the end).
  *
  * 7. Read-ahead. The kernel caps a FUSE mount's read-ahead at the minimum of
  *    its default (128 KiB) and the INIT reply's max_readahead, so every
@@ -145,6 +146,10 @@ static void ur_start(void);
 static ssize_t ur_take_reply(int fd, const struct iovec *iov, int iovcnt);
 static ssize_t dev_write(int fd, const void *buf, size_t len);
 static int ur_pop(struct fuse_buf *buf);
+/* Set while a queue thread runs part 12 for a ring request: its reply goes to
+ * that entry (lk_send) instead of /dev/fuse. */
+static __thread int ur_target_set;
+static ssize_t ur_target_reply(const void *buf, size_t len);
 
 #define ASTRID_FH_CACHE_DIR  (UINT64_C(1) << 63)
 #define ASTRID_FH_KEEP_CACHE (UINT64_C(1) << 62)
@@ -1798,6 +1803,12 @@ static struct lk_dir *lk_dirs[LK_BUCKETS];
 static char *lk_queue;
 static size_t lk_qlen, lk_qcap;
 static void (*lk_absorb_cb)(void);
+/* Part 15: part 12's tables are also read and changed by the io_uring queue
+ * threads (their LOOKUPs and listings), so every entry point holds this lock
+ * (recursive: the entry points call each other). It is never held while
+ * Python runs (the absorb callback). Lock order where both are taken: wf_lock,
+ * then lk_lock; a queue thread takes only one of them. */
+static pthread_mutex_t lk_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static int64_t lk_stats[5]; /* entries answered here, negative entries, declined; files
                                opened for READ; listings answered here */
 
@@ -1877,7 +1888,7 @@ int astrid_lk_enable(const char *root, double ttl, void (*absorb)(void))
 void astrid_lk_disable(void) { lk_on = 0; }
 
 /* The daemon tagged lower device `dev` with `tag` (inodes.py DeviceTags). */
-int astrid_lk_dev(uint64_t dev, uint64_t tag)
+static int astrid_lk_dev_unlocked(uint64_t dev, uint64_t tag)
 {
     for (int i = 0; i < lk_ndevs; i++)
         if (lk_devs[i].dev == dev) {
@@ -1890,6 +1901,14 @@ int astrid_lk_dev(uint64_t dev, uint64_t tag)
     lk_devs[lk_ndevs].tag = tag;
     lk_ndevs++;
     return 0;
+}
+
+int astrid_lk_dev(uint64_t dev, uint64_t tag)
+{
+    pthread_mutex_lock(&lk_lock);
+    int res = astrid_lk_dev_unlocked(dev, tag);
+    pthread_mutex_unlock(&lk_lock);
+    return res;
 }
 
 
@@ -1910,7 +1929,7 @@ static int lk_owned_next;
 /* Files the daemon listed in full (READDIRPLUS) that the shim may read as it
  * reads the ones it found: `len` bytes of records, each inode u64, path
  * length u16, the lower-relative path. */
-void astrid_lk_files(const char *records, size_t len)
+static void astrid_lk_files_unlocked(const char *records, size_t len)
 {
     size_t off = 0;
     while (off + 10 <= len) {
@@ -1927,9 +1946,24 @@ void astrid_lk_files(const char *records, size_t len)
     }
 }
 
-static int lk_file_known(uint64_t ino)
+void astrid_lk_files(const char *records, size_t len)
+{
+    pthread_mutex_lock(&lk_lock);
+    astrid_lk_files_unlocked(records, len);
+    pthread_mutex_unlock(&lk_lock);
+}
+
+static int lk_file_known_unlocked(uint64_t ino)
 {
     return lk_on && *lk_file_slot(ino) != NULL;
+}
+
+static int lk_file_known(uint64_t ino)
+{
+    pthread_mutex_lock(&lk_lock);
+    int res = lk_file_known_unlocked(ino);
+    pthread_mutex_unlock(&lk_lock);
+    return res;
 }
 
 /* wf_lock held: close the shim's own fd of `ino`, if that is what the table has. */
@@ -1945,7 +1979,7 @@ static void lk_owned_close(uint64_t ino)
 }
 
 /* wf_lock held, `ino` not in part 9's table: open the file part 12 found. */
-static struct wf_entry *lk_read_entry(uint64_t ino)
+static struct wf_entry *lk_read_entry_unlocked(uint64_t ino)
 {
     if (!lk_on)
         return NULL;
@@ -1978,9 +2012,17 @@ static struct wf_entry *lk_read_entry(uint64_t ino)
     return e;
 }
 
+static struct wf_entry *lk_read_entry(uint64_t ino)
+{
+    pthread_mutex_lock(&lk_lock);
+    struct wf_entry *res = lk_read_entry_unlocked(ino);
+    pthread_mutex_unlock(&lk_lock);
+    return res;
+}
+
 /* The daemon copied file `ino` up (or it changed otherwise): its READs are
  * the daemon's again. */
-void astrid_lk_file_drop(uint64_t ino)
+static void astrid_lk_file_drop_unlocked(uint64_t ino)
 {
     lk_file_set(ino, NULL, 0);
     pthread_mutex_lock(&wf_lock);
@@ -1988,9 +2030,16 @@ void astrid_lk_file_drop(uint64_t ino)
     pthread_mutex_unlock(&wf_lock);
 }
 
+void astrid_lk_file_drop(uint64_t ino)
+{
+    pthread_mutex_lock(&lk_lock);
+    astrid_lk_file_drop_unlocked(ino);
+    pthread_mutex_unlock(&lk_lock);
+}
+
 /* A FORGET or BATCH_FORGET on its way to the daemon: the kernel dropped
  * those inodes, so drop what part 12 keeps of them. */
-static void lk_forgotten(const struct fuse_buf *buf)
+static void lk_forgotten_unlocked(const struct fuse_buf *buf)
 {
     if (!lk_on || (buf->flags & FUSE_BUF_IS_FD) || buf->size < LK_IN_HEADER)
         return;
@@ -2018,15 +2067,30 @@ static void lk_forgotten(const struct fuse_buf *buf)
     }
 }
 
+static void lk_forgotten(const struct fuse_buf *buf)
+{
+    pthread_mutex_lock(&lk_lock);
+    lk_forgotten_unlocked(buf);
+    pthread_mutex_unlock(&lk_lock);
+}
+
 /* `path` (lower-relative, `len` bytes) non-NULL: LOOKUPs in directory `ino`
  * are answered here from now on; NULL: they go to the daemon again. */
-int astrid_lk_dir(uint64_t ino, uint64_t parent, const char *path, size_t len)
+static int astrid_lk_dir_unlocked(uint64_t ino, uint64_t parent, const char *path, size_t len)
 {
     return lk_dir_set(ino, parent, path, len);
 }
 
+int astrid_lk_dir(uint64_t ino, uint64_t parent, const char *path, size_t len)
+{
+    pthread_mutex_lock(&lk_lock);
+    int res = astrid_lk_dir_unlocked(ino, parent, path, len);
+    pthread_mutex_unlock(&lk_lock);
+    return res;
+}
+
 /* Every directory and file goes to the daemon again (the layers changed). */
-void astrid_lk_clear(void)
+static void astrid_lk_clear_unlocked(void)
 {
     for (int i = 0; i < LK_BUCKETS; i++) {
         while (lk_dirs[i]) {
@@ -2039,12 +2103,25 @@ void astrid_lk_clear(void)
     }
 }
 
+void astrid_lk_clear(void)
+{
+    pthread_mutex_lock(&lk_lock);
+    astrid_lk_clear_unlocked();
+    pthread_mutex_unlock(&lk_lock);
+}
+
 /* Bytes of queued entries; astrid_lk_take copies them out (whole, if `cap`
  * allows) and empties the queue. Record: parent u64, inode u64, type u8
  * (0 file, 1 directory, 2 other), name length u8, the name. */
-size_t astrid_lk_pending(void) { return lk_qlen; }
+size_t astrid_lk_pending(void)
+{
+    pthread_mutex_lock(&lk_lock);
+    size_t n = lk_qlen;
+    pthread_mutex_unlock(&lk_lock);
+    return n;
+}
 
-size_t astrid_lk_take(char *out, size_t cap)
+static size_t astrid_lk_take_unlocked(char *out, size_t cap)
 {
     if (cap < lk_qlen)
         return 0;
@@ -2054,7 +2131,20 @@ size_t astrid_lk_take(char *out, size_t cap)
     return n;
 }
 
-void astrid_lk_stats(int64_t *out) { memcpy(out, lk_stats, sizeof lk_stats); }
+size_t astrid_lk_take(char *out, size_t cap)
+{
+    pthread_mutex_lock(&lk_lock);
+    size_t res = astrid_lk_take_unlocked(out, cap);
+    pthread_mutex_unlock(&lk_lock);
+    return res;
+}
+
+void astrid_lk_stats(int64_t *out)
+{
+    pthread_mutex_lock(&lk_lock);
+    memcpy(out, lk_stats, sizeof lk_stats);
+    pthread_mutex_unlock(&lk_lock);
+}
 
 static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd);
 
@@ -2171,8 +2261,15 @@ static int lk_decline(void)
     return 0;
 }
 
+/* A reply of part 12: to /dev/fuse, or to the ring entry a queue thread is
+ * answering (part 15). */
+static ssize_t lk_send(int fuse_fd, const void *buf, size_t len)
+{
+    return ur_target_set ? ur_target_reply(buf, len) : dev_write(fuse_fd, buf, len);
+}
+
 /* A LOOKUP in a named directory: answered here (1), or left to the daemon. */
-static int lk_try(const struct fuse_buf *buf, int fuse_fd)
+static int lk_try_unlocked(const struct fuse_buf *buf, int fuse_fd)
 {
     if (!lk_on || (buf->flags & FUSE_BUF_IS_FD) || buf->size <= LK_IN_HEADER)
         return 0;
@@ -2213,7 +2310,7 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
     if (!found) { /* a negative entry: nodeid 0, the lower TTL */
         r.entry.entry_valid = lk_ttl_sec;
         r.entry.entry_valid_nsec = lk_ttl_nsec;
-        if (dev_write(fuse_fd, &r, sizeof r) < 0 && errno != ENOENT)
+        if (lk_send(fuse_fd, &r, sizeof r) < 0 && errno != ENOENT)
             return lk_decline(); /* (ENOENT: the request was interrupted) */
         lk_stats[1]++;
         return 1;
@@ -2224,7 +2321,7 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
     if (lk_queue_entry(parent, ino, type, name, nlen) < 0)
         return lk_decline();
     lk_fill_entry(&r.entry, ino, &st);
-    if (dev_write(fuse_fd, &r, sizeof r) < 0) {
+    if (lk_send(fuse_fd, &r, sizeof r) < 0) {
         lk_qlen = mark; /* not delivered: nothing to count */
         if (errno != ENOENT)
             return lk_decline(); /* the daemon answers it */
@@ -2236,6 +2333,14 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
         lk_file_sent(ino, LK_REL(path), LK_REL_LEN(plen));
     lk_stats[0]++;
     return 1;
+}
+
+static int lk_try(const struct fuse_buf *buf, int fuse_fd)
+{
+    pthread_mutex_lock(&lk_lock);
+    int res = lk_try_unlocked(buf, fuse_fd);
+    pthread_mutex_unlock(&lk_lock);
+    return res;
 }
 
 /*
@@ -2259,7 +2364,12 @@ struct lk_listing { uint64_t ino; size_t n; char **names; };
 static struct lk_listing lk_list;
 static int64_t lk_full_left;
 
-void astrid_lk_full(int64_t listings) { lk_full_left = listings; }
+void astrid_lk_full(int64_t listings)
+{
+    pthread_mutex_lock(&lk_lock);
+    lk_full_left = listings;
+    pthread_mutex_unlock(&lk_lock);
+}
 
 static void lk_list_free(void)
 {
@@ -2408,7 +2518,7 @@ static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd)
     memcpy(out, &reply_len, 4);
     memcpy(out + 4, &zero, 4);
     memcpy(out + 8, &unique, 8);
-    if (dev_write(fuse_fd, out, reply_len) < 0) {
+    if (lk_send(fuse_fd, out, reply_len) < 0) {
         lk_qlen = mark;
         return errno == ENOENT ? 1 : lk_decline();
     }
@@ -2454,10 +2564,12 @@ decline:
  *     payload size) and a payload buffer. Once every queue has entries the
  *     kernel sends all requests but FORGET and INTERRUPT there.
  *     A queue thread answers in C what needs no daemon state but the locked
- *     fd table (part 9): the xattr probes (part 4), READs of inodes in the
- *     table and WRITEs of writable ones (not a WRITE that asks for a
- *     suid/sgid kill, part 13). It commits the answer and fetches the next
- *     request in one submission (FUSE_IO_URING_CMD_COMMIT_AND_FETCH).
+ *     fd table (part 9) and part 12's locked tables: the xattr probes (part
+ *     4), READs of inodes in the table and WRITEs of writable ones (not a
+ *     WRITE that asks for a suid/sgid kill, part 13), part 12's LOOKUPs and
+ *     listings (their entries queued for the daemon's absorb before the
+ *     reply goes). It commits the answer and fetches the next request in one
+ *     submission (FUSE_IO_URING_CMD_COMMIT_AND_FETCH).
  *     Everything else is forwarded to pyfuse3's trio thread unchanged: the
  *     request is rebuilt as /dev/fuse would have delivered it and queued;
  *     pyfuse3 waits on an epoll fd (the wrapped fuse_session_fd) that
@@ -2641,6 +2753,24 @@ static void ur_reply_err(struct ur_queue *u, struct ur_ent *e, uint64_t unique, 
     ur_commit(u, e, 0);
 }
 
+static __thread struct ur_queue *ur_target_q;
+static __thread struct ur_ent *ur_target_e;
+
+/* Part 12's reply (a whole message: out header first) into the entry being
+ * answered, committed with the next fetch. */
+static ssize_t ur_target_reply(const void *buf, size_t len)
+{
+    struct ur_ent *e = ur_target_e;
+    if (len < 16 || len - 16 > ur_payload) {
+        errno = EIO;
+        return -1; /* (part 12 then declines: the request is forwarded) */
+    }
+    memcpy(e->hdr.in_out, buf, 16);
+    memcpy(e->mem + UR_PREFIX, (const char *)buf + 16, len - 16);
+    ur_commit(ur_target_q, e, (uint32_t)(len - 16));
+    return (ssize_t)len;
+}
+
 /* Answer `e`'s request here if nothing but the fd table is needed: 1 if
  * committed. `req` is the rebuilt request (fuse_in_header first). */
 static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint32_t len)
@@ -2650,6 +2780,20 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
     memcpy(&opcode, req + 4, 4);
     memcpy(&unique, req + 8, 8);
     memcpy(&nodeid, req + 16, 8);
+    if (opcode == LK_OPCODE_LOOKUP || opcode == LK_OPCODE_READDIRPLUS) {
+        /* Part 12 under its lock; its reply goes to this entry. A request it
+         * declines is forwarded (the trio thread's part 12 declines it too). */
+        struct fuse_buf fb;
+        memset(&fb, 0, sizeof fb);
+        fb.mem = (void *)req;
+        fb.size = len;
+        ur_target_q = u;
+        ur_target_e = e;
+        ur_target_set = 1;
+        int done = lk_try(&fb, ur_devfd);
+        ur_target_set = 0;
+        return done;
+    }
     if (opcode == DRAIN_GETXATTR && len > 48 && orig_getxattr) {
         const char *name = req + 48;
         if (!memchr(name, 0, len - 48))
