@@ -72,6 +72,7 @@ def ur(mount_session: MountFactory, tmp_path: Path) -> MountedSession:
     for i in range(FILES):
         (lower / "d" / f"f{i:03}").write_text("line\n")
     s = mount_session(lower, None, "--io-uring")
+    os.stat(s.mnt / "d")  # any request waits for INIT, where the rings start
     transport = s.control("stats")["transport"]
     if transport != "io_uring":
         # CI runs as root on a kernel with FUSE over io_uring (6.14+).
