@@ -164,8 +164,8 @@ class ShimLookups:
             size = self._lib.astrid_lk_pending()
             if not size:
                 return
-            buf = ctypes.create_string_buffer(size + 65536)
-            got = self._lib.astrid_lk_take(buf, size + 65536)
+            buf = ctypes.create_string_buffer(size)
+            got = self._lib.astrid_lk_take(buf, size)
         data = buf.raw[:got]
         found: list[tuple[int, int, bool, bytes]] = []
         unpack = _RECORD.unpack_from
