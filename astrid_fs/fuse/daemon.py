@@ -20,6 +20,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -160,10 +161,25 @@ class Daemon:
         except OSError as e:  # the marker stays: the next mount checks the upper
             log.warning("cannot sync the upper at unmount: %s", e)
 
-    async def serve(self) -> None:
+    def bind_control(self) -> socket.socket | None:
+        """The control socket, bound and listening: before the CLI is told the
+        mount is ready, so a command run right after `mount` finds it."""
+        path = self.config.control
+        if not path:
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        os.chmod(path, 0o600)
+        listener.listen(16)
+        return listener
+
+    async def serve(self, listener: socket.socket | None = None) -> None:
         async with trio.open_nursery() as nursery:
-            if self.config.control:
-                await nursery.start(self._control_server, self.config.control)
+            if listener is not None:
+                nursery.start_soon(self._control_server,
+                                   trio.socket.from_stdlib_socket(listener))
             nursery.start_soon(self._signals)
             await pyfuse3.main(min_tasks=1, max_tasks=8)
             nursery.cancel_scope.cancel()
@@ -175,16 +191,7 @@ class Daemon:
                 pyfuse3.terminate()
                 return
 
-    async def _control_server(self, path: str,
-                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                              ) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        await sock.bind(path)
-        os.chmod(path, 0o600)
-        sock.listen(16)
-        task_status.started()
+    async def _control_server(self, sock: trio.socket.SocketType) -> None:
         async with trio.open_nursery() as nursery:
             while True:
                 conn, _ = await sock.accept()
@@ -307,6 +314,7 @@ def run(config: DaemonConfig, ready_fd: int | None) -> int:
         _report(ready_fd, f"error: cannot mount {config.mountpoint}: {e}")
         return 1
     try:
+        listener = daemon.bind_control()
         if session is not None:
             session.write_mount_state(MountState(os.getpid(), config.mountpoint,
                                                  config.control or ""))
@@ -316,7 +324,7 @@ def run(config: DaemonConfig, ready_fd: int | None) -> int:
         # the daemon: keep it out of the collector's full passes, which a
         # walk that adds 20,000 inodes would otherwise trigger repeatedly.
         gc.freeze()
-        trio.run(daemon.serve)
+        trio.run(daemon.serve, listener)
     finally:
         pyfuse3.close(unmount=True)
         daemon.unmounted()
