@@ -140,28 +140,34 @@ def probe(leg: Leg) -> str | None:
     return None
 
 
-def passthrough_refused(mnt: Path) -> str | None:
-    """None if the astrid-fs mount at `mnt` serves files by passthrough."""
+def _data_path(mnt: Path) -> dict[str, object] | None:
+    """What `astrid-fs status --json` says of the mount at `mnt` (data path
+    and transport), or None when it reports no session."""
     prog = astrid_fs_program()
     env = dict(os.environ, ASTRID_HOME=str(mnt.parent / "home"))
-    (mnt / "big").open("rb").close()  # the daemon asks the kernel at the first open
     proc = subprocess.run([str(prog), "status", "--json"], capture_output=True, text=True,
                           env=env)
     for row in json.loads(proc.stdout or "{}").get("sessions", []):
-        path = row.get("data_path") or {}
-        if path.get("data_path") == "passthrough":
-            return None
-        return str(path.get("reason", "no data path reported"))
-    return "no session reported"
+        path: dict[str, object] = row.get("data_path") or {}
+        return path
+    return None
+
+
+def passthrough_refused(mnt: Path) -> str | None:
+    """None if the astrid-fs mount at `mnt` serves files by passthrough."""
+    (mnt / "big").open("rb").close()  # the daemon asks the kernel at the first open
+    path = _data_path(mnt)
+    if path is None:
+        return "no session reported"
+    if path.get("data_path") == "passthrough":
+        return None
+    return str(path.get("reason", "no data path reported"))
 
 
 def io_uring_refused(mnt: Path) -> str | None:
     """None if the astrid-fs mount at `mnt` takes requests over io_uring."""
-    prog = astrid_fs_program()
-    env = dict(os.environ, ASTRID_HOME=str(mnt.parent / "home"))
-    proc = subprocess.run([str(prog), "status", "--json"], capture_output=True, text=True,
-                          env=env)
-    for row in json.loads(proc.stdout or "{}").get("sessions", []):
-        transport = str((row.get("data_path") or {}).get("transport", "no transport reported"))
-        return None if transport == "io_uring" else transport
-    return "no session reported"
+    path = _data_path(mnt)
+    if path is None:
+        return "no session reported"
+    transport = str(path.get("transport", "no transport reported"))
+    return None if transport == "io_uring" else transport

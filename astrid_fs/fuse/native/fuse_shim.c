@@ -137,11 +137,11 @@
 #include <fuse_lowlevel.h>
 
 /* Part 15 (FUSE over io_uring, at the end): what the earlier parts call. */
-static int ur_wanted, ur_armed, ur_offered;
+static int ur_wanted, ur_armed;
 static volatile int ur_active;       /* the INIT reply asked for it */
 static int ur_devfd = -1, ur_fwd_ev = -1, ur_epfd = -1;
 static void ur_note_init(const struct fuse_buf *buf);
-static void ur_patch_init(unsigned char *payload, size_t len);
+static void ur_patch_init(unsigned char *payload);
 static void ur_start(void);
 static ssize_t ur_take_reply(int fd, const struct iovec *iov, int iovcnt);
 static ssize_t dev_write(int fd, const void *buf, size_t len);
@@ -719,7 +719,7 @@ ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
         unsigned char init[256];
         struct iovec c[8];
         memcpy(init, iov[iovcnt - 1].iov_base, iov[iovcnt - 1].iov_len);
-        ur_patch_init(init, iov[iovcnt - 1].iov_len);
+        ur_patch_init(init);
         memcpy(c, iov, sizeof c[0] * (size_t)iovcnt);
         c[iovcnt - 1].iov_base = init;
         ssize_t res = writev(fd, c, iovcnt); /* parts 6 and 13 patch it too */
@@ -2610,7 +2610,7 @@ struct ur_header {
 };
 struct ur_cmd_req { uint64_t flags, commit_id; uint16_t qid; uint8_t padding[6]; };
 
-enum { UR_FREE, UR_FORWARDED, UR_REPLIED };
+enum { UR_FREE, UR_FORWARDED };
 struct ur_ent {
     struct ur_header hdr;            /* iov[0] */
     char *mem;                       /* UR_PREFIX bytes, then the payload (iov[1]) */
@@ -2665,10 +2665,9 @@ static void ur_note_init(const struct fuse_buf *buf)
         return;
     memcpy(&minor, mem + 40 + 4, 4);
     memcpy(&flags, mem + 40 + 12, 4);
-    if (minor >= 36 && (flags & UR_INIT_EXT) && buf->size >= 40 + 20)
+    if (minor >= 36 && (flags & UR_INIT_EXT))
         memcpy(&flags2, mem + 40 + 16, 4);
-    ur_offered = (flags2 & UR_FLAG2) != 0;
-    ur_armed = ur_offered;
+    ur_armed = (flags2 & UR_FLAG2) != 0;
 }
 
 /* ---- the ring of one queue (raw io_uring: no liburing here) ---- */
@@ -3025,7 +3024,7 @@ fail:
 
 /* The INIT reply (ur_armed): ask for io_uring; note the payload size the
  * kernel will insist on (max(8 KiB, max_write, max_pages pages)). */
-static void ur_patch_init(unsigned char *payload, size_t len)
+static void ur_patch_init(unsigned char *payload)
 {
     uint32_t flags, flags2, max_write;
     uint16_t max_pages;
@@ -3037,7 +3036,6 @@ static void ur_patch_init(unsigned char *payload, size_t len)
     flags2 |= UR_FLAG2;
     memcpy(payload + 12, &flags, 4);
     memcpy(payload + 32, &flags2, 4);
-    (void)len;
     size_t pages = (size_t)max_pages * 4096;
     ur_payload = max_write > pages ? max_write : pages;
     if (ur_payload < 8192)
@@ -3071,7 +3069,7 @@ static ssize_t ur_take_reply(int fd, const struct iovec *iov, int iovcnt)
         pthread_mutex_unlock(&ur_lock);
         return -1;
     }
-    e->state = UR_REPLIED;
+    e->state = UR_FREE; /* (its queue thread waits for the commit below) */
     pthread_mutex_unlock(&ur_lock);
     /* out header (16 bytes), then the payload, wherever the iovecs split */
     size_t total = 0, at = 0;
@@ -3104,7 +3102,6 @@ static ssize_t ur_take_reply(int fd, const struct iovec *iov, int iovcnt)
     }
     e->hdr.payload_sz = n;
     pthread_mutex_lock(&ur_lock);
-    e->state = UR_FREE;
     e->next = u->commits;
     u->commits = e;
     pthread_mutex_unlock(&ur_lock);
