@@ -109,8 +109,8 @@ class Daemon:
             # (with passthrough, the shim's lookups prime OPENs as the daemon's do)
             self.ops.lookups = ShimLookups.enable(self.overlay, self.ops.name_only_policy,
                                                   self.config.lower_ttl)
-        if self.ops.passthrough is None and self.ops.no_open:
-            self.ops.kills = ShimKills.enable()  # suid/sgid killed here: no probe per write
+        if self.ops.no_open:  # suid/sgid killed here: no probe per write
+            self.ops.kills = ShimKills.enable(passthrough=self.ops.passthrough is not None)
         if self.ops.write_table is not None and self.ops.write_table.drains:
             # a file's first WRITE (its copy-up) and first READ answered in C too
             self.first_writes = FirstWrites.enable(self.overlay, self.ops.files)

@@ -21,8 +21,18 @@ table) is killed there; for any other flagged request the shim leaves the
 inode in a table that the daemon's write and setattr handlers take from
 (`ShimKills.take`) before they act, and they kill after.
 
-Daemon-path mounts only: a passthrough mount's writes go to the backing file
-without a WRITE to flag (and without the probe), so nothing changes there.
+Passthrough mounts ask for it too (shim version 16): their writes go to the
+backing file without a WRITE to flag, but the kernel still probed before each
+one (`backing_file_write_iter` calls `file_remove_privs` on the FUSE file: a
+round trip per 1 MiB of a large write). So a file with suid or sgid is kept
+off passthrough (passthrough.py `choose`): its WRITEs reach the daemon,
+flagged as on a daemon-path mount. A file that gains suid/sgid while a
+passthrough open holds it (a chmod by another process) keeps that open's
+backing, which the kernel writes under the credentials it was registered
+with: the shim registers backings without CAP_FSETID, so the upper's file
+system clears the bits on such a write, judging as root without CAP_FSETID
+would (suid always; sgid when the group may execute or root is not in the
+file's group) where the kernel would judge the writer.
 `ASTRID_FS_KILLPRIV_V2=0` turns it off (the kernel then probes and kills as
 before), for A/B benchmarks.
 """
@@ -41,6 +51,7 @@ from astrid_fs.overlay.layers import StatLike
 from astrid_fs.overlay.overlay import Overlay, SetAttr
 
 KILLPRIV_VERSION = 10
+KILLPRIV_PASSTHROUGH_VERSION = 16
 ENV = "ASTRID_FS_KILLPRIV_V2"
 
 
@@ -105,10 +116,12 @@ class ShimKills:
         lib.astrid_kp_stats.restype = None
 
     @classmethod
-    def enable(cls) -> ShimKills | None:
-        """Ask for KILLPRIV_V2 at INIT (call before mounting); None without a
-        shim that has it, or when switched off."""
-        if shim_version() < KILLPRIV_VERSION or os.environ.get(ENV, "1") == "0":
+    def enable(cls, passthrough: bool) -> ShimKills | None:
+        """Ask for KILLPRIV_V2 at INIT (call before mounting, after
+        passthrough is enabled); None without a shim that has it (for a
+        passthrough mount, version 16), or when switched off."""
+        need = KILLPRIV_PASSTHROUGH_VERSION if passthrough else KILLPRIV_VERSION
+        if shim_version() < need or os.environ.get(ENV, "1") == "0":
             return None
         lib = ctypes.CDLL(None)
         lib.astrid_kp_enable()

@@ -174,6 +174,8 @@ class FuseOps(pyfuse3.Operations):
             chown = change.uid is not None or change.gid is not None
             st = drop_privileges(self.ov, node, st, gid,
                                  Caller(ctx.uid if chown else None, ctx.gid, ctx.pid), fd)
+        if self.passthrough is not None and (change.mode is not None or flagged):
+            self.passthrough.reconsider(inode)  # suid/sgid came or went
         self.cache.wrote(inode)
         return self._entry(node, st)
 
@@ -274,7 +276,7 @@ class FuseOps(pyfuse3.Operations):
             # inode's own (bounded, closed at forget) and hand out none.
             self.files.adopt(node, fd)
             if self.passthrough is not None and self.passthrough.usable():
-                return self.passthrough.create(node), self._entry(node, st)
+                return self.passthrough.create(node, st.st_mode), self._entry(node, st)
             return pyfuse3.FileInfo(fh=0, keep_cache=keep), self._entry(node, st)
         return (pyfuse3.FileInfo(fh=self.files.add_handle(node, fd), keep_cache=keep),
                 self._entry(node, st))

@@ -12,7 +12,10 @@ What it knows:
 - **Which path a file gets** (`choose`): a file in the upper layer, or one
   opened for writing (copied up first), gets passthrough on its upper file;
   a lower file opened read-only stays on the daemon path (by-inode reads,
-  page cache kept, as in no_open mode), and so does a file in a remote tree.
+  page cache kept, as in no_open mode), and so does a file in a remote tree,
+  and a file with suid or sgid (its WRITEs must reach the daemon, which
+  kills those bits: fuse/killpriv.py). A chmod makes the table forget the
+  file's entry (`reconsider`), so its next open is decided again.
   Lower files stay on the daemon path because of a kernel rule: every open
   of an inode that is open for passthrough must name the *same* backing
   file, and none may use cached I/O meanwhile. A reader on a lower backing
@@ -41,13 +44,11 @@ What it does not do (documented limits):
   the removed copy, as it would on the daemon path.
 - Writes through a shared writable mmap reach the upper file but not the
   mount's cached mtime until the attribute timeout.
-- suid/sgid are killed by the kernel's FUSE client (the daemon path's
-  FUSE_HANDLE_KILLPRIV_V2, fuse/killpriv.py, is not asked for: a
-  passthrough write sends no WRITE to kill on, and the kernel would then
-  leave suid in place). FUSE's rule keeps sgid on a file without group
-  execute when a caller outside its group writes or truncates it, where a
-  plain file system clears it; suid always goes
-  (tests/fs/test_killpriv.py, the passthrough test).
+- suid/sgid: killed by the daemon as on the daemon path (files that have
+  them are not on passthrough), except for a file that gains them while a
+  passthrough open holds it: writes through that open are judged as root
+  without CAP_FSETID would be, not as the writer (fuse/killpriv.py;
+  tests/fs/test_killpriv.py).
 
 Where passthrough cannot be had (not root, a kernel without it, the shim
 too old) the mount falls back to the daemon path for the whole mount (the
@@ -117,11 +118,17 @@ class Choice(enum.Enum):
     REUSE = "reuse"  # the backing live opens already use
 
 
-def choose(*, local: bool, in_upper: bool, writable: bool, live: Live) -> Choice:
+def privileged(mode: int) -> bool:
+    """suid or sgid: writes must reach the daemon, which kills them."""
+    return bool(mode & (stat.S_ISUID | stat.S_ISGID))
+
+
+def choose(*, local: bool, in_upper: bool, writable: bool, live: Live,
+           privileged: bool = False) -> Choice:
     """The data path of one OPEN (see the module docstring)."""
     if live.pt_opens > 0 and live.backing_id > 0:
         return Choice.REUSE
-    if live.daemon_opens > 0 or not local:
+    if live.daemon_opens > 0 or not local or privileged:
         return Choice.DAEMON
     if in_upper or writable:
         return Choice.PASSTHROUGH
@@ -139,6 +146,7 @@ class Passthrough:
         self._lib.astrid_pt_query.argtypes = [ctypes.c_uint64, ctypes.POINTER(ctypes.c_int32)]
         self._lib.astrid_pt_set.argtypes = [ctypes.c_uint64, ctypes.c_int32, ctypes.c_int32]
         self._lib.astrid_pt_forget.argtypes = [ctypes.c_uint64]
+        self._lib.astrid_pt_reconsider.argtypes = [ctypes.c_uint64]
         self._lib.astrid_pt_trim.argtypes = [ctypes.c_int64]
         self._lib.astrid_pt_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
         self._lib.astrid_pt_backing_open.argtypes = [ctypes.c_int]
@@ -196,8 +204,10 @@ class Passthrough:
         any remote fetch, with no await before the reply goes out (the live
         counts must not change in between)."""
         writable = self.ov.is_write_open(flags)
-        choice = choose(local=self.ov.remote_of(node) is None, in_upper=node.in_upper,
-                        writable=writable, live=self._live(node.ino))
+        local = self.ov.remote_of(node) is None
+        mode = self.ov.stat_open(node, self.files.fstat(node.ino)).st_mode if local else 0
+        choice = choose(local=local, in_upper=node.in_upper, writable=writable,
+                        live=self._live(node.ino), privileged=privileged(mode))
         if choice is Choice.PASSTHROUGH and not self._register(node):
             choice = Choice.DAEMON
         if choice is Choice.DAEMON:
@@ -228,10 +238,12 @@ class Passthrough:
             return 1
         return 0
 
-    def create(self, node: Node) -> pyfuse3.FileInfo:
-        """The open part of a CREATE answer (the file's fd is the inode's)."""
+    def create(self, node: Node, mode: int) -> pyfuse3.FileInfo:
+        """The open part of a CREATE answer (the file's fd is the inode's;
+        `mode` the new file's)."""
         live = self._live(node.ino)
-        if live.pt_opens == 0 and live.daemon_opens == 0 and self._register(node):
+        if (live.pt_opens == 0 and live.daemon_opens == 0 and not privileged(mode)
+                and self._register(node)):
             self.counts["passthrough"] += 1
         else:
             self._lib.astrid_pt_set(node.ino, DataPath.DAEMON, 0)
@@ -290,6 +302,11 @@ class Passthrough:
 
     def forget(self, ino: int) -> None:
         self._lib.astrid_pt_forget(ino)
+
+    def reconsider(self, ino: int) -> None:
+        """`ino`'s mode changed: its next open is decided again (`choose`),
+        once no open holds its current data path."""
+        self._lib.astrid_pt_reconsider(ino)
 
     def layers_changed(self) -> int:
         """After a commit, discard or rollback: idle entries go; entries

@@ -53,7 +53,9 @@ def shim_version() -> int:
     answered in C (first_write.py); 13: its first READ too; 14: with
     passthrough, an OPEN the table cannot answer decided by a callback inside
     the drain (passthrough.py `decide`); 15: FUSE over io_uring on request,
-    a pinned queue thread per CPU (io_uring.py)."""
+    a pinned queue thread per CPU (io_uring.py); 16: suid/sgid killed by the
+    daemon on passthrough mounts too, backings registered without CAP_FSETID
+    (killpriv.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

@@ -150,24 +150,102 @@ def test_appending_to_an_upper_file_probes_for_capabilities_once(
     assert (s.root / "upper" / "log").read_text() == log.read_text()
 
 
-def test_under_passthrough_suid_goes_and_sgid_follows_fuses_own_rule(
-        tmp_path: Path, mount_session: Mount) -> None:
-    """Passthrough mounts do not ask for KILLPRIV_V2: their writes reach the
-    backing file without a WRITE the daemon could kill on, so the kernel's
-    FUSE client kills through SETATTR itself (fs/fuse/dir.c). Its rule
-    differs in one case: an sgid file without group execute keeps sgid when
-    a caller outside its group writes or truncates it (a plain file system,
-    and the daemon path, clear it). suid goes in every case."""
+def passthrough_mount(tmp_path: Path, mount_session: Mount) -> tuple[Path, MountedSession]:
     plain, s = plain_and_mount(tmp_path, mount_session, "upper", "--passthrough")
     path = s.control("stats")["data_path"]
     if path["data_path"] != "passthrough":
         pytest.fail(f"passthrough: {path['reason']}")  # root, CONFIG_FUSE_PASSTHROUGH here
-    for argv in (("sh", "-c", "printf y >> {}"), ("truncate", "-s", "1", "{}")):
+    return plain, s
+
+
+def on_passthrough(s: MountedSession, name: str) -> bool:
+    """Does the kernel hold `name` (an upper file) open for passthrough?"""
+    ino = os.stat(s.root / "upper" / name).st_ino
+    return ino in s.control("held")["upper_inodes"]
+
+
+def test_under_passthrough_suid_and_sgid_go_as_on_a_plain_filesystem(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """Passthrough mounts ask for KILLPRIV_V2 too (shim version 16): a file
+    with suid or sgid is kept off passthrough, so its WRITEs reach the daemon
+    flagged and it kills by the kernel's own rule (the FUSE client's rule,
+    used before, kept sgid on a file without group execute when a caller
+    outside its group wrote it)."""
+    plain, s = passthrough_mount(tmp_path, mount_session)
+    for argv in (("sh", "-c", "printf y >> {}"), ("truncate", "-s", "1", "{}"),
+                 ("sh", "-c", ": > {}")):
         for d in (plain, s.mnt):
             reset(d)
             for name in MODES:
                 as_nobody(d, *(a.format(name) for a in argv))
-        want = modes(plain) | {"sgid-no-gx": oct(MODES["sgid-no-gx"])}
+        assert modes(s.mnt) == modes(s.root / "upper") == modes(plain), argv
         assert modes(plain)["sgid-no-gx"] == "0o767"
-        assert modes(s.mnt) == modes(s.root / "upper") == want
-        assert want["suid"] == want["suid-sgid"] == "0o777"
+        assert modes(plain)["sgid-no-gx-ours"] == "0o2767"
+    for d in (plain, s.mnt):  # root keeps them (CAP_FSETID)
+        reset(d)
+        for name in MODES:
+            with open(d / name, "a") as f:
+                f.write("r")
+    assert modes(s.mnt) == modes(plain) == {n: oct(m) for n, m in MODES.items()}
+    # Without the bits the file is on passthrough again after a chmod.
+    with open(s.mnt / "suid", "a") as f:
+        assert not on_passthrough(s, "suid")
+    os.chmod(s.mnt / "suid", 0o777)
+    with open(s.mnt / "suid", "a") as f:
+        assert on_passthrough(s, "suid")
+        f.write("p")
+    assert (s.root / "upper" / "suid").read_text().endswith("rp")
+
+
+def test_under_passthrough_a_large_write_probes_for_capabilities_once(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """The kernel probed GETXATTR security.capability before every write to
+    a passthrough file (backing_file_write_iter calls file_remove_privs on
+    the FUSE file): one round trip per 1 MiB of a large write."""
+    _plain, s = passthrough_mount(tmp_path, mount_session)
+    before = killpriv(s)["capability_probes"]
+    chunk = os.urandom(64 << 10)
+    fd = os.open(s.mnt / "big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        assert on_passthrough(s, "big")
+        for _ in range(256):
+            os.write(fd, chunk)
+    finally:
+        os.close(fd)
+    assert killpriv(s)["capability_probes"] - before <= 2
+    assert (s.root / "upper" / "big").read_bytes() == chunk * 256
+
+
+#: A writer as nobody that opens its file, says so, and writes one byte when
+#: told (its fd opened before the chmod it races with).
+HOLDER = ("import os, sys\n"
+          "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)\n"
+          "print('open', flush=True)\n"
+          "sys.stdin.readline()\n"
+          "os.write(fd, b'w')\n")
+
+
+@pytest.mark.parametrize("mode", [0o4777, 0o2777, 0o6777], ids=["suid", "sgid", "suid-sgid"])
+def test_under_passthrough_a_file_made_suid_while_open_loses_it_on_write(
+        tmp_path: Path, mount_session: Mount, mode: int) -> None:
+    """A file opened for writing through passthrough, then made suid/sgid
+    by root, then written through the older fd: its open keeps the backing,
+    which the kernel writes with the credentials the shim registered it
+    with (no CAP_FSETID), so the upper's file system clears the bits, as a
+    plain file system does for this writer."""
+    plain, s = passthrough_mount(tmp_path, mount_session)
+    for d in (plain, s.mnt):
+        holder = subprocess.Popen(["/usr/bin/python3", "-c", HOLDER, "plain"], cwd=d,
+                                  user=NOBODY, group=NOBODY, extra_groups=[],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == b"open\n"
+        if d == s.mnt:
+            assert on_passthrough(s, "plain")
+        os.chmod(d / "plain", mode)
+        holder.stdin.write(b"go\n")
+        holder.stdin.close()
+        assert holder.wait() == 0
+    assert modes(plain)["plain"] == "0o777"
+    assert modes(s.mnt)["plain"] == modes(s.root / "upper")["plain"] == "0o777"
+    assert (s.mnt / "plain").read_text() == (plain / "plain").read_text() == "x\nw"

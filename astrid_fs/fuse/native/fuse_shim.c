@@ -106,6 +106,14 @@
  *    answered here (part 9) kills on its fd first and drops the kernel's
  *    cached attributes; any other such request leaves its inode in a table
  *    the daemon's write and setattr handlers take from (astrid_kp_take).
+ *    Version 16: passthrough mounts ask for it too (their writes reach the
+ *    backing file with no WRITE to flag, but the kernel still probed before
+ *    each one: backing_file_write_iter calls file_remove_privs on the FUSE
+ *    file). The daemon keeps files with suid/sgid off passthrough, so their
+ *    WRITEs come flagged; for a file that gains them while a passthrough
+ *    open holds it, backings are registered without CAP_FSETID in the
+ *    credentials the kernel writes them with, so the upper's own file
+ *    system kills on write (see astrid_pt_backing_open).
  *
  * 15. FUSE over io_uring (version 15; on request): a ring per CPU, served by
  *    a thread pinned to that CPU, which answers READs, WRITEs and xattr probes
@@ -132,7 +140,9 @@
 #include <pthread.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+#include <linux/capability.h>
 #define FUSE_USE_VERSION 35
 #include <fuse_lowlevel.h>
 
@@ -160,7 +170,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 15; }
+int astrid_fuse_shim_loaded(void) { return 16; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -342,14 +352,35 @@ int astrid_pt_probe(void)
     return 0;
 }
 
-/* Register `fd` as a backing file: its id (> 0) or -errno. */
+/* Register `fd` as a backing file: its id (> 0) or -errno.
+ *
+ * The kernel keeps the caller's credentials with the backing and does every
+ * passthrough read and write under them. They are taken here without
+ * CAP_FSETID (dropped from this thread's effective set for the ioctl only;
+ * capset acts on the calling thread), so a write to an upper file that has
+ * suid or sgid makes the upper's file system clear them, as a writer
+ * without CAP_FSETID would: the daemon keeps such files off passthrough,
+ * but one may gain the bits while a passthrough open holds it (part 13,
+ * version 16). */
 int astrid_pt_backing_open(int fd)
 {
     struct pt_backing_map map = { .fd = fd };
     int dev = pt_fd();
     if (dev < 0)
         return -ENOTCONN;
+    struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+    struct __user_cap_data_struct caps[2], without[2];
+    int dropped = 0;
+    if (syscall(SYS_capget, &hdr, caps) == 0 && (caps[0].effective & (1u << CAP_FSETID))) {
+        memcpy(without, caps, sizeof caps);
+        without[0].effective &= ~(1u << CAP_FSETID);
+        dropped = syscall(SYS_capset, &hdr, without) == 0;
+    }
     int id = ioctl(dev, PT_IOC_BACKING_OPEN, &map);
+    int saved = errno;
+    if (dropped)
+        syscall(SYS_capset, &hdr, caps);
+    errno = saved;
     if (id <= 0)
         return id == 0 ? -EIO : -errno;
     pthread_mutex_lock(&pt_lock);
@@ -417,6 +448,22 @@ int astrid_pt_query(uint64_t ino, int32_t *out)
     }
     pthread_mutex_unlock(&pt_lock);
     return e ? 0 : -1;
+}
+
+/* `ino`'s mode changed (suid/sgid may have come or gone): its entry goes,
+ * or, while opens hold it, turns stale (the daemon decides its next OPENs;
+ * it goes at its last RELEASE). */
+void astrid_pt_reconsider(uint64_t ino)
+{
+    pthread_mutex_lock(&pt_lock);
+    struct pt_entry **slot = pt_slot(ino);
+    if (*slot) {
+        if ((*slot)->pt_opens || (*slot)->daemon_opens)
+            (*slot)->stale = 1;
+        else
+            pt_remove(slot);
+    }
+    pthread_mutex_unlock(&pt_lock);
 }
 
 /* The kernel forgot `ino`: drop its entry (no open can hold it). */
@@ -760,6 +807,8 @@ ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
         flags |= PT_FUSE_INIT_EXT;
         flags &= ~PT_FUSE_WRITEBACK_CACHE; /* the kernel refuses passthrough with it */
         flags2 |= PT_FUSE_PASSTHROUGH_HI;
+        if (kp_enabled)
+            flags |= KP_INIT_FLAG; /* part 13 (version 16) */
         memcpy(payload + 12, &flags, 4);
         memcpy(payload + 32, &flags2, 4);
         memcpy(payload + 36, &pt_stack_depth, 4);
