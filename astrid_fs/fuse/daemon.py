@@ -38,7 +38,7 @@ from astrid_fs.fuse.ops import FuseOps
 from astrid_fs.fuse.passthrough import PRIMED_IN_C, Passthrough
 from astrid_fs.fuse.shim import request_read_ahead, shim_version
 from astrid_fs.mounttable import MountTable
-from astrid_fs.overlay import unsynced
+from astrid_fs.overlay import tmpfile, unsynced
 from astrid_fs.overlay.copyup import copy_up
 from astrid_fs.overlay.layers import Layers, RemoteTree
 from astrid_fs.overlay.overlay import Overlay
@@ -57,6 +57,10 @@ def fuse_options(config: DaemonConfig) -> set[str]:
         # the kernel still checks permissions (default_permissions).
         opts |= {"allow_other", "dev", "suid"}
     return opts
+
+
+#: "0": copy-ups make their unnamed files themselves (overlay/tmpfile.py).
+MAKE_AHEAD_ENV = "ASTRID_FS_MAKE_AHEAD"
 
 
 def _clean_tmp(tmp: Path) -> None:
@@ -92,10 +96,14 @@ class Daemon:
         self.first_writes: FirstWrites | None = None
         self.io_uring: IoUring | None = None
         self.transport = "/dev/fuse (io_uring not requested)"
+        self.unnamed: tmpfile.Ahead | None = None
 
     def mount(self) -> None:
         _clean_tmp(Path(self.config.tmp))
         self._copy_ups_without_fsync()
+        if os.environ.get(MAKE_AHEAD_ENV) != "0":  # (0: for A/B benchmarks)
+            # copy-ups take unnamed files made by a thread beforehand
+            self.unnamed = tmpfile.make_ahead(os.fsencode(self.config.tmp))
         # Per-inode fds (no-open I/O) and open files need more than 1024.
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -153,6 +161,7 @@ class Daemon:
 
     def unmounted(self) -> None:
         """After a clean unmount: copy-ups durable, the marker gone."""
+        tmpfile.stop_ahead(os.fsencode(self.config.tmp))
         if self.overlay.sync_copy_up:
             return  # not armed
         try:
@@ -235,7 +244,8 @@ class Daemon:
                     "first_writes": None if self.first_writes is None
                     else self.first_writes.stats(),
                     "transport": self._transport(),
-                    "io_uring": None if self.io_uring is None else self.io_uring.stats()}
+                    "io_uring": None if self.io_uring is None else self.io_uring.stats(),
+                    "unnamed_ahead": None if self.unnamed is None else self.unnamed.stats()}
         if op == "invalidate":
             inodes, entries = self.ops.invalidate_all()
             await trio.to_thread.run_sync(_invalidate_kernel, inodes, entries)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from astrid_fs.overlay import basecontent, copyup, tmpfile
 from astrid_fs.overlay.whiteout import OverlayXattrs, get_origin
+from tests.support.mounts import MountedSession
 
 NAMES = OverlayXattrs("trusted" if os.geteuid() == 0 else "user")
 
@@ -124,3 +127,117 @@ def test_keep_bytes_outside_a_session_keeps_nothing(tmp_path: Path) -> None:
     basecontent.keep_bytes(os.fsencode(work), b"a", b"content", 1)
     assert sorted(os.listdir(tmp_path)) == ["work"]
     assert os.listdir(work) == []
+
+
+def test_files_made_ahead_are_fresh_unnamed_files_each(tmp_path: Path) -> None:
+    """make_ahead (the daemon's): a thread keeps AHEAD unnamed files open;
+    open_unnamed hands them out, each once, and makes its own when none
+    waits. Stopping closes what was not taken."""
+    d = os.fsencode(tmp_path)
+    ahead = tmpfile.make_ahead(d, size=4)
+    try:
+        assert ahead.wait_full(timeout=30)
+        fds = [tmpfile.open_unnamed(d) for _ in range(12)]
+        assert all(fd is not None for fd in fds)
+        sts = [os.fstat(fd) for fd in fds if fd is not None]
+        assert len({st.st_ino for st in sts}) == 12
+        assert all(st.st_nlink == 0 and st.st_size == 0 for st in sts)
+        assert {stat.S_IMODE(st.st_mode) for st in sts} <= {0o600 & ~_umask()}
+        counts = ahead.stats()
+        assert counts["taken"] >= 4 and counts["taken"] + counts["made_on_request"] == 12
+        assert fds[0] is not None
+        os.write(fds[0], b"linked")
+        tmpfile.link(fds[0], os.fsencode(tmp_path / "named"))
+        for fd in fds:
+            assert fd is not None
+            os.close(fd)
+        assert ahead.wait_full(timeout=30)
+        waiting = list(ahead.ready)
+    finally:
+        tmpfile.stop_ahead(d)
+    assert not ahead.thread.is_alive()
+    for fd in waiting:
+        with pytest.raises(OSError) as e:
+            os.fstat(fd)
+        assert e.value.errno == errno.EBADF
+    assert os.listdir(tmp_path) == ["named"]
+    assert (tmp_path / "named").read_bytes() == b"linked"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_copies_from_files_made_ahead_look_made_now(tmp_path: Path) -> None:
+    """A file made ahead may wait long: the copy-up sets what a fresh copy
+    has (owner, mode, times, origin), and its ctime is that of the copy-up,
+    not of the making."""
+    lower, upper, tmp, session = _session(tmp_path)
+    for i in range(20):
+        (lower / f"f{i}").write_bytes(b"project %d\n" % i)
+        os.chmod(lower / f"f{i}", 0o640 + (i % 2))
+        os.utime(lower / f"f{i}", ns=(1_000_000_000, 2_000_000_000 + i))
+    ahead = tmpfile.make_ahead(os.fsencode(tmp), size=8)
+    try:
+        assert ahead.wait_full(timeout=30)
+        made = max(os.fstat(fd).st_ctime_ns for fd in list(ahead.ready))
+        probe = os.open(tmp_path, os.O_TMPFILE | os.O_WRONLY, 0o600)
+        try:  # until the (coarse) clock ctimes come from has moved on
+            while os.fstat(probe).st_ctime_ns <= made:
+                os.fchmod(probe, 0o600)
+        finally:
+            os.close(probe)
+        for i in range(20):
+            _copy_up(lower, upper, tmp, f"f{i}")
+        assert ahead.stats()["taken"] >= 8
+    finally:
+        tmpfile.stop_ahead(os.fsencode(tmp))
+    for i in range(20):
+        st, lst = os.lstat(upper / f"f{i}"), os.lstat(lower / f"f{i}")
+        assert (upper / f"f{i}").read_bytes() == b"project %d\n" % i
+        assert (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_nlink) == \
+            (lst.st_mode, lst.st_uid, lst.st_gid, lst.st_mtime_ns, 1)
+        assert st.st_ctime_ns > made
+        assert get_origin(os.fsencode(upper / f"f{i}"), NAMES) is not None
+        assert (session / "base-content" / f"f{i}").read_bytes() == b"project %d\n" % i
+    assert os.listdir(tmp) == []
+
+
+def test_without_unnamed_files_the_thread_stops_and_copies_still_land(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lower, upper, tmp, session = _session(tmp_path)
+    (lower / "a").write_bytes(b"project\n")
+
+    def refuse(dir_path: bytes) -> int:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(tmpfile, "_make", refuse)
+    ahead = tmpfile.make_ahead(os.fsencode(tmp), size=4)
+    try:
+        assert not ahead.wait_full(timeout=30)
+        assert ahead.stats()["stopped"] == os.strerror(errno.EOPNOTSUPP)
+        _copy_up(lower, upper, tmp, "a")
+    finally:
+        tmpfile.stop_ahead(os.fsencode(tmp))
+    assert (upper / "a").read_bytes() == b"project\n"
+    assert (session / "base-content" / "a").read_bytes() == b"project\n"
+    assert os.listdir(tmp) == []
+
+
+def test_copy_ups_through_a_mount_take_files_made_ahead(
+        tmp_path: Path, mount_session: Callable[..., MountedSession]) -> None:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    for i in range(50):
+        (lower / f"f{i}").write_bytes(b"project %d\n" % i)
+    s = mount_session(lower, None)
+    for i in range(50):
+        with open(s.mnt / f"f{i}", "ab") as f:
+            f.write(b"session\n")
+    ahead = s.control("stats")["unnamed_ahead"]
+    assert ahead["taken"] > 0, ahead
+    for i in range(50):
+        assert (s.root / "upper" / f"f{i}").read_bytes() == b"project %d\nsession\n" % i
+        assert (s.root / "base-content" / f"f{i}").read_bytes() == b"project %d\n" % i
