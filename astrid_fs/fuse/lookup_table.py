@@ -51,7 +51,7 @@ from typing import Any
 
 from astrid_fs.fuse.name_only import NameOnlyListings
 from astrid_fs.overlay.core import OverlayCore
-from astrid_fs.overlay.inodes import Node
+from astrid_fs.overlay.inodes import ROOT_INO, Node
 
 log = logging.getLogger("astrid_fs.fuse.lookup_table")
 
@@ -127,7 +127,14 @@ class ShimLookups:
 
     def node_changed(self, node: Node) -> None:
         """Name directory `node` to the shim, or take it back, as its state
-        says now; a file's READs go to the daemon again (copied up)."""
+        says now; a file's READs and GETATTRs go to the daemon again (copied
+        up). A node whose last name went (open, removed) is the daemon's."""
+        if not node.links and node.ino != ROOT_INO:
+            if node.is_dir:
+                self._lib.astrid_lk_dir(node.ino, 0, None, 0)
+            else:
+                self._lib.astrid_lk_file_drop(node.ino)
+            return
         if not node.is_dir:
             self._lib.astrid_lk_file_drop(node.ino)
             return
@@ -192,9 +199,9 @@ class ShimLookups:
     def stats(self) -> dict[str, int]:
         """LOOKUPs answered in C (entries, negative entries), declined to
         Python; files the shim opened to answer their first READ; listings
-        (READDIRPLUS) it answered."""
-        out = (ctypes.c_int64 * 5)()
+        (READDIRPLUS) and GETATTRs it answered."""
+        out = (ctypes.c_int64 * 6)()
         self._lib.astrid_lk_stats(out)
         return {"entries": int(out[0]), "negative": int(out[1]), "declined": int(out[2]),
                 "absorbed": self.absorbed, "files_opened": int(out[3]),
-                "listings": int(out[4])}
+                "listings": int(out[4]), "getattrs": int(out[5])}

@@ -55,7 +55,8 @@ def shim_version() -> int:
     the drain (passthrough.py `decide`); 15: FUSE over io_uring on request,
     a pinned queue thread per CPU (io_uring.py); 16: suid/sgid killed by the
     daemon on passthrough mounts too, backings registered without CAP_FSETID
-    (killpriv.py)."""
+    (killpriv.py); 17: GETATTRs of what part 12 found answered in C
+    (lookup_table.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

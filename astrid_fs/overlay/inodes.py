@@ -153,8 +153,9 @@ class InodeTable:
 
     def watch(self, watcher: Callable[[Node], None]) -> None:
         """Call `watcher(node)` whenever `node`'s layer state may have
-        changed: a copy-up, a directory move, the layers re-read, and a
-        directory reached by `intern` (which may be its first sight)."""
+        changed: a copy-up, a directory move, the layers re-read, its last
+        name removed, and a directory reached by `intern` (which may be its
+        first sight)."""
         self._watchers = (*self._watchers, watcher)
 
     def state_changed(self, node: Node) -> None:
@@ -214,6 +215,7 @@ class InodeTable:
             node.links.remove((parent, name))
         if not node.links:
             node.orphan_st = st
+            self.state_changed(node)  # (what answers for it without the daemon stops)
         if node.is_dir:
             self._dir_paths.clear()
 

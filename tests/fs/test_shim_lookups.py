@@ -222,6 +222,66 @@ def test_first_reads_of_files_found_in_c_are_read_in_c_and_follow_a_copy_up(
     assert (lower / "d" / "g" / "f301").read_bytes() == b"301 " * 302
 
 
+def requests(s: MountedSession, op: str) -> int:
+    return int(s.control("stats")["requests"].get(op, 0))
+
+
+def test_getattrs_after_reads_are_answered_in_c_from_the_lower(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """A READ makes the kernel drop a file's cached atime, so the next stat
+    of it is a GETATTR: for every file of a `grep -r` run again. For what
+    part 12 found, the shim answers it with the lower entry, read afresh (a
+    project edit shows), as the daemon would."""
+    lower = tmp_path / "lower"
+    (lower / "p" / "q").mkdir(parents=True)
+    for i in range(200):
+        (lower / "p" / "q" / f"f{i}").write_bytes(b"%d\n" % i)
+    (lower / "p" / "q" / "g").write_bytes(b"g\n")
+    s = mount_session(lower)
+    q = s.mnt / "p" / "q"
+    for i in range(200):
+        assert (q / f"f{i}").read_bytes() == b"%d\n" % i
+    before, in_python = shim_lookups(s)["getattrs"], requests(s, "getattr")
+    for i in range(200):
+        seen, real = os.stat(q / f"f{i}"), os.stat(lower / "p" / "q" / f"f{i}")
+        assert (seen.st_mode, seen.st_size, seen.st_mtime_ns, seen.st_nlink, seen.st_uid,
+                seen.st_gid) == (real.st_mode, real.st_size, real.st_mtime_ns, real.st_nlink,
+                                 real.st_uid, real.st_gid)
+    assert shim_lookups(s)["getattrs"] - before >= 190
+    assert requests(s, "getattr") - in_python <= 10
+    # The project changes a file the kernel knows but has not read: its
+    # first READ, then the GETATTR after it, show the change.
+    assert os.stat(q / "g").st_size == 2
+    os.utime(lower / "p" / "q" / "g", ns=(5_000_000_000, 6_000_000_000))
+    assert (q / "g").read_bytes() == b"g\n"
+    assert os.stat(q / "g").st_mtime_ns == 6_000_000_000
+
+
+def test_a_removed_open_file_or_directory_is_the_daemons_again(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """Removed through the mount but still open: nlink 0, as on a plain file
+    system, though the lower entry (which the shim would lstat) is there."""
+    lower = tmp_path / "lower"
+    (lower / "p" / "q" / "sub").mkdir(parents=True)
+    (lower / "p" / "q" / "f").write_bytes(b"data\n")
+    s = mount_session(lower)
+    q = s.mnt / "p" / "q"
+    fd = os.open(q / "f", os.O_RDONLY)
+    dfd = os.open(q / "sub", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert os.read(fd, 5) == b"data\n"
+        os.unlink(q / "f")
+        os.rmdir(q / "sub")
+        os.pread(fd, 5, 0)  # a READ: the kernel asks for the attributes again
+        assert os.fstat(fd).st_nlink == 0
+        assert os.fstat(dfd).st_nlink == 0
+    finally:
+        os.close(fd)
+        os.close(dfd)
+    assert (lower / "p" / "q" / "f").read_bytes() == b"data\n"
+    assert (lower / "p" / "q" / "sub").is_dir()
+
+
 def test_files_listed_in_full_are_read_in_c(tmp_path: Path, mount_session: Mount) -> None:
     """A big directory is listed in full (READDIRPLUS with attributes: the
     kernel then needs no LOOKUP); its lower files are still read by the shim."""

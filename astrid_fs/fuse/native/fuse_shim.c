@@ -170,7 +170,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 16; }
+int astrid_fuse_shim_loaded(void) { return 17; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -1813,10 +1813,19 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
  *     Only the trio thread runs this and changes the tables: no locks.
  *     Kernel ABI: fuse_in_header (40 bytes) then the name; the reply is
  *     fuse_out_header (16) + fuse_entry_out (40 + fuse_attr 88).
+ *     Version 17: a GETATTR of a directory named here or of a file found
+ *     here (below) is answered the same way, from one lstat of its lower
+ *     path: the kernel asks one after every READ (a read invalidates the
+ *     cached atime), so a `grep -r` right after another sent one per file
+ *     to Python. The daemon takes the inode back when its last name goes
+ *     (an open file removed: its nlink is 0 then) or it is copied up; a
+ *     lower entry that is now another one, hard-linked, or of another type
+ *     goes to the daemon. Reply: fuse_out_header + fuse_attr_out (16 + 88).
  */
 #include <sys/stat.h>
 #define LK_OPCODE_LOOKUP 1
 #define LK_OPCODE_READDIRPLUS 44
+#define LK_OPCODE_GETATTR 3
 #define LK_IN_HEADER 40
 #define LK_BUCKETS 4096
 #define LK_DEV_SHIFT 48
@@ -1858,8 +1867,8 @@ static void (*lk_absorb_cb)(void);
  * Python runs (the absorb callback). Lock order where both are taken: wf_lock,
  * then lk_lock; a queue thread takes only one of them. */
 static pthread_mutex_t lk_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
-static int64_t lk_stats[5]; /* entries answered here, negative entries, declined; files
-                               opened for READ; listings answered here */
+static int64_t lk_stats[6]; /* entries answered here, negative entries, declined; files
+                               opened for READ; listings answered here; GETATTRs */
 
 /* The lower root, "/", `rel` (`len` bytes) into `out` (LK_PATH bytes): its
  * length, or 0 when it does not fit (the daemon's long paths then). The
@@ -2317,6 +2326,46 @@ static ssize_t lk_send(int fuse_fd, const void *buf, size_t len)
     return ur_target_set ? ur_target_reply(buf, len) : dev_write(fuse_fd, buf, len);
 }
 
+/* Version 17: a GETATTR of a directory named here or a file found here,
+ * answered from one lstat of its lower path (1), or left to the daemon. */
+struct lk_attr_reply {
+    uint32_t len; int32_t error; uint64_t unique;             /* fuse_out_header */
+    uint64_t attr_valid; uint32_t attr_valid_nsec, dummy;     /* fuse_attr_out */
+    struct lk_attr attr;
+};
+
+static int lk_getattr(const char *mem, int fuse_fd)
+{
+    uint64_t unique, nodeid;
+    memcpy(&unique, mem + 8, 8);
+    memcpy(&nodeid, mem + 16, 8);
+    const struct lk_dir *known = *lk_slot(nodeid);
+    int dir = known != NULL;
+    if (!known)
+        known = *lk_file_slot(nodeid);
+    char path[LK_PATH];
+    if (!known || !lk_abs(path, known->path, known->len))
+        return 0;
+    struct stat st;
+    uint64_t ino = 0;
+    if (lk_stat_child(path, &st, &ino) != 1 || ino != nodeid
+        || (dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode)))
+        return 0; /* gone, replaced, hard-linked: the daemon decides */
+    struct lk_entry_out e;
+    lk_fill_entry(&e, nodeid, &st);
+    struct lk_attr_reply r;
+    memset(&r, 0, sizeof r);
+    r.len = sizeof r;
+    r.unique = unique;
+    r.attr_valid = e.attr_valid;
+    r.attr_valid_nsec = e.attr_valid_nsec;
+    r.attr = e.attr;
+    if (lk_send(fuse_fd, &r, sizeof r) < 0)
+        return errno == ENOENT; /* ENOENT: interrupted, no answer wanted */
+    lk_stats[5]++;
+    return 1;
+}
+
 /* A LOOKUP in a named directory: answered here (1), or left to the daemon. */
 static int lk_try_unlocked(const struct fuse_buf *buf, int fuse_fd)
 {
@@ -2329,6 +2378,8 @@ static int lk_try_unlocked(const struct fuse_buf *buf, int fuse_fd)
     memcpy(&len, mem, 4);
     if (opcode == LK_OPCODE_READDIRPLUS && len <= buf->size) /* (below) */
         return lk_readdirplus(mem, len, fuse_fd);
+    if (opcode == LK_OPCODE_GETATTR && len <= buf->size)
+        return lk_getattr(mem, fuse_fd);
     if (opcode != LK_OPCODE_LOOKUP)
         return 0;
     memcpy(&unique, mem + 8, 8);
