@@ -56,7 +56,8 @@ def shim_version() -> int:
     a pinned queue thread per CPU (io_uring.py); 16: suid/sgid killed by the
     daemon on passthrough mounts too, backings registered without CAP_FSETID
     (killpriv.py); 17: GETATTRs of what part 12 found answered in C
-    (lookup_table.py)."""
+    (lookup_table.py); 18: the drain's wait for the next request spins
+    first (write_table.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

@@ -88,7 +88,9 @@ class ShimWriteTable:
     def stats(self) -> dict[str, int]:
         """WRITEs the shim answered and the bytes they wrote (READs and the
         bytes they read, from version 9); requests it answered while
-        draining, and how often it then found nothing more."""
+        draining, and how often it then found nothing more; how often the
+        wait for the next one found it while spinning, and did not (shim
+        version 18)."""
         out = (ctypes.c_int64 * 4)()
         if self.serves_reads:
             self._lib.astrid_fd_stats(out)
@@ -99,5 +101,6 @@ class ShimWriteTable:
             counts |= {"reads": int(out[2]), "read_bytes": int(out[3])}
         if self.drains:
             self._lib.astrid_drain_stats(out)
-            counts |= {"drained": int(out[0]), "drain_idle": int(out[1])}
+            counts |= {"drained": int(out[0]), "drain_idle": int(out[1]),
+                       "spin_hits": int(out[2]), "spin_misses": int(out[3])}
         return counts

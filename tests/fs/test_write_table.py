@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,9 @@ from astrid_fs.overlay.files import DEFAULT_CAPACITY, OpenFiles
 from astrid_fs.overlay.overlay import SetAttr
 from tests.fs.test_ops_api import CTX, make_ops
 from tests.support.mounts import MountedSession
+
+#: fuse_shim.c DRAIN_SPIN_MISSES
+DRAIN_SPIN_MISSES = 8
 
 
 class RecordingTable:
@@ -261,3 +266,38 @@ def test_concurrent_first_writes_past_the_fd_bound_all_land(tmp_path: Path,
             assert (s.mnt / f"w{w}" / f"f{i}").read_bytes() == want
             assert (s.upper / f"w{w}" / f"f{i}").read_bytes() == want
             assert (lower / f"w{w}" / f"f{i}").read_bytes() == b"%d/%d\n" % (w, i)
+
+
+def test_the_drain_stops_spinning_for_a_client_whose_requests_come_apart(
+        s: MountedSession) -> None:
+    """Shim version 18: after a request answered in C the drain polls for
+    the next one without sleeping for a moment, so a stream of requests
+    finds the thread running; a client whose requests come further apart
+    than that makes it stop after a few empty spins (CPU is spent only on
+    streams), until requests come close together again."""
+    append(s.mnt / "f0", b"first\n")
+    before = shim_counts(s)
+    for i in range(100):
+        append(s.mnt / "f0", b"%d\n" % i)
+        time.sleep(0.002)  # a slow client (pacing, not synchronisation)
+    after = shim_counts(s)
+    hits = after["spin_hits"] - before["spin_hits"]
+    misses = after["spin_misses"] - before["spin_misses"]
+    assert misses <= DRAIN_SPIN_MISSES * (hits + 1), (hits, misses)
+    assert after["drained"] - before["drained"] >= 100
+    want = b"lower 0\nfirst\n" + b"".join(b"%d\n" % i for i in range(100))
+    assert (s.upper / "f0").read_bytes() == want
+
+
+def test_drain_spinning_can_be_turned_off(tmp_path: Path, mount_session: Any,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASTRID_FS_DRAIN_SPIN_US", "0")
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "f").write_bytes(b"")
+    s = mount_session(lower, None, "--no-passthrough")
+    for i in range(200):
+        append(s.mnt / "f", b"%d\n" % i)
+    counts = shim_counts(s)
+    assert counts["drained"] >= 200
+    assert counts["spin_hits"] == counts["spin_misses"] == 0
