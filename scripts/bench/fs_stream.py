@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,21 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fs_dataset
 import fs_legs
+import fs_requests
 import fs_workloads
 
 APPENDS = 500
 
 
 def spin_counts(control: str) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(control)
-        s.sendall(b'{"op": "stats"}\n')
-        buf = b""
-        while not buf.endswith(b"\n"):
-            buf += s.recv(1 << 20)
-    writes = json.loads(buf).get("shim_writes") or {}
-    return f"spin hits {writes.get('spin_hits', '-')}, misses {writes.get('spin_misses', '-')}"
+    counts = fs_requests.stats(control)
+    return f"spin hits {counts.get('c.spin_hits', '-')}, misses {counts.get('c.spin_misses', '-')}"
 
 
 def steps(root: Path, wroot: Path) -> list[tuple[str, Callable[[], None]]]:
