@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -290,5 +292,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def entry() -> None:
+    """The `astrid` program: `main`, then out. A process that ran the embedded
+    SurrealDB engine (`astrid log` reads the recording itself when no kernel answers)
+    leaves without the interpreter's finalization: the engine's threads outlive the
+    store's close, and one calling back into a finalizing Python aborts the process
+    now and then ("panic in a function that cannot unwind", exit -6, after the output
+    was written: Debian 13's run of test_log_show_and_replay_survive_kill_9 hit it).
+    recorder/writer.py leaves the same way for the same reason."""
+    code = main()
+    if "surrealdb" not in sys.modules:
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        # (a reader gone, `astrid log | head`: nothing more to say)
+        with contextlib.suppress(OSError):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
