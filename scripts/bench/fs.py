@@ -55,6 +55,7 @@ from fs_dataset import (
     Sizes,
     build_dataset,
     fs_type,
+    idle_policy,
     is_mounted,
     journal_less_ext4,
     log,
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.write_md:
             base = Path(saved.get("base", args.base))
             section = markdown(medians, saved["unavailable"], sizes, saved["mode"], base,
-                               saved.get("when"), saved.get("load"))
+                               saved.get("when"), saved.get("load"), saved.get("idle"))
             if s3:
                 section = with_s3(section, fs_s3.markdown(s3["medians"], s3["unavailable"],
                                                           sizes))
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     base.mkdir(parents=True, exist_ok=True)
     no_journal = journal_less_ext4(base)
     log(f"native file system under {base}: {fs_type(base)}"
-        f"{' without a journal' if no_journal else ''}")
+        f"{' without a journal' if no_journal else ''}; idle CPUs: {idle_policy()}")
     build_dataset(data, sizes)
     if scratch.exists():
         leftovers = [m for m in scratch.glob("*/mnt") if is_mounted(m)]
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (1-minute)"
+    idle = idle_policy()
     medians = {leg: {w: statistics.median(t) for w, t in r.items()} for leg, r in results.items()}
     print(table(medians, unavailable))
     for name, why in unavailable.items():
@@ -194,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         saved = {"sizes": sizes.__dict__, "mode": mode, "times": results,
                  "unavailable": unavailable, "base": str(base), "when": when, "load": load,
-                 "native_fs": fs_type(base)}
+                 "native_fs": fs_type(base), "idle": idle}
         if s3_leg:
             saved["s3"] = {"medians": s3_medians, "unavailable": s3_unavailable}
         args.json.write_text(json.dumps(saved, indent=1))
     if args.write_md:
-        section = markdown(medians, unavailable, sizes, mode, base, when, load)
+        section = markdown(medians, unavailable, sizes, mode, base, when, load, idle)
         write_section(args.write_md, with_s3(section, s3_md) if s3_md else section)
         log(f"wrote section '{SECTION}' of {args.write_md}")
     return 0

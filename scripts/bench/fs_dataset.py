@@ -58,6 +58,26 @@ def is_mounted(path: Path) -> bool:
         return any(line.split()[1] == target for line in f)
 
 
+def idle_policy() -> str:
+    """How this machine's idle CPUs wait: a round trip between two processes costs
+    the wake-up of an idle CPU, ~30 µs each way on a VM whose vCPUs halt without
+    polling and ten times less with halt polling (docs/benchmarks.md, "What a round trip
+    costs here"), so every FUSE ratio depends on it."""
+    def read(path: str) -> str | None:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return None
+
+    driver = read("/sys/devices/system/cpu/cpuidle/current_driver") or "?"
+    governor = read("/sys/devices/system/cpu/cpuidle/current_governor") or "?"
+    out = f"cpuidle driver {driver}, governor {governor}"
+    poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    if poll is not None:
+        out += f", guest halt polling {poll} ns"
+    return out
+
+
 def fs_type(path: Path) -> str:
     proc = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(path)],
                           capture_output=True, text=True)

@@ -96,7 +96,7 @@ def table(medians: dict[str, dict[str, float]], unavailable: dict[str, str]) -> 
 
 def markdown(medians: dict[str, dict[str, float]], unavailable: dict[str, str],
              sizes: Sizes, mode: str, base: Path, when: str | None = None,
-             load: str | None = None) -> str:
+             load: str | None = None, idle: str | None = None) -> str:
     when = when or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = [
         SECTION,
@@ -108,7 +108,8 @@ def markdown(medians: dict[str, dict[str, float]], unavailable: dict[str, str],
         "layer with a fresh upper; kernel overlayfs with `redirect_dir=on`. "
         "Cold = after `echo 3 > /proc/sys/vm/drop_caches`; git status first = on a "
         "fresh mount, after dropping caches."
-        + (f" Load average during the run: {load}." if load else ""),
+        + (f" Load average during the run: {load}." if load else "")
+        + (f" Idle CPUs: {idle}." if idle else ""),
         "",
         table(medians, unavailable),
         "",
