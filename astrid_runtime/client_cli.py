@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
-import logging
 import os
 import sys
 import time
@@ -42,6 +40,7 @@ from astrid_runtime.lockfile import load_lockfile, read_verified
 from astrid_runtime.mcp import cli as mcp_cli
 from astrid_runtime.scaffold import build_hint, scaffold_plugin
 from astrid_runtime.scaffold.build import main as build_plugins
+from astrid_runtime.surreal_exit import leave
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_MISMATCH = 1, 2, 3, 4
 
@@ -293,22 +292,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The `astrid` program: `main`, then out. A process that ran the embedded
-    SurrealDB engine (`astrid log` reads the recording itself when no kernel answers)
-    leaves without the interpreter's finalization: the engine's threads outlive the
-    store's close, and one calling back into a finalizing Python aborts the process
-    now and then ("panic in a function that cannot unwind", exit -6, after the output
-    was written: Debian 13's run of test_log_show_and_replay_survive_kill_9 hit it).
-    recorder/writer.py leaves the same way for the same reason."""
+    """The `astrid` program: `main`, then out; without the interpreter's
+    finalization when this process ran the embedded SurrealDB engine (`astrid
+    log` reads the recording itself when no kernel answers): surreal_exit.py."""
     code = main()
     if "surrealdb" not in sys.modules:
         sys.exit(code)
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        # (a reader gone, `astrid log | head`: nothing more to say)
-        with contextlib.suppress(OSError):
-            stream.flush()
-    os._exit(code)
+    leave(code)
 
 
 if __name__ == "__main__":

@@ -129,16 +129,10 @@ class ShimLookups:
         """Name directory `node` to the shim, or take it back, as its state
         says now; a file's READs and GETATTRs go to the daemon again (copied
         up). A node whose last name went (open, removed) is the daemon's."""
-        if not node.links and node.ino != ROOT_INO:
-            if node.is_dir:
-                self._lib.astrid_lk_dir(node.ino, 0, None, 0)
-            else:
-                self._lib.astrid_lk_file_drop(node.ino)
-            return
         if not node.is_dir:
             self._lib.astrid_lk_file_drop(node.ino)
             return
-        lower = self.ov.lower_only(node)
+        lower = self.ov.lower_only(node) if node.links or node.ino == ROOT_INO else None
         if lower is None or lower.startswith(b"/"):
             self._lib.astrid_lk_dir(node.ino, 0, None, 0)
         else:

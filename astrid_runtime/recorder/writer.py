@@ -53,6 +53,7 @@ from astrid_runtime.recorder.store import (
     pack,
     store_target,
 )
+from astrid_runtime.surreal_exit import leave
 
 
 class StoreProcess:
@@ -201,13 +202,7 @@ def serve(conn: Connection) -> None:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel closes us (module docstring)
     serve(Connection(int(sys.argv[1])))
-    # Not through the interpreter's finalization: the SurrealDB engine's threads outlive
-    # `close` and one of them, calling back into a finalizing Python, panicked and
-    # aborted the process now and then ("panic in a function that cannot unwind" on the
-    # kernel's stderr). Everything is written and the store closed by now.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave(0)  # everything is written and the store closed by now (surreal_exit.py)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,13 @@ LEG_PATH = {"astrid-fs": "daemon path", "astrid-fs-pt": "passthrough",
             "astrid-fs-uring": "io_uring"}
 
 
+def control_socket(mnt: Path) -> str:
+    """The control socket of the astrid-fs session a leg mounted at `mnt`."""
+    state = json.loads(next((mnt.parent / "home" / "sessions").glob("*/run/state.json"))
+                       .read_text())
+    return str(state["control"])
+
+
 def astrid_fs_program() -> Path | None:
     for cand in (Path(sys.executable).parent / "astrid-fs", REPO / ".venv" / "bin" / "astrid-fs"):
         if cand.exists():

@@ -82,9 +82,7 @@ def main() -> int:
     leg = fs_legs.Leg(args.leg, data, scratch)
     try:
         with leg.view() as (root, wroot):
-            state = json.loads(
-                next((root.parent / "home" / "sessions").glob("*/run/state.json")).read_text())
-            control = state["control"]
+            control = fs_legs.control_socket(root)
             tree = root / "tree"
             work: list[tuple[str, Callable[[], None]]] = [
                 ("read", lambda: fs_workloads.read_file(root / "big")),

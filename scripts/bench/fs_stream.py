@@ -18,7 +18,6 @@ drain found the next request while spinning.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -74,11 +73,7 @@ def measure(leg: fs_legs.Leg) -> tuple[dict[str, float], str]:
             t = fs_workloads.timed(fn)
             if name != "prepare":
                 times[name] = t * 1000
-        counts = ""
-        if leg.name != "native":
-            state = json.loads(
-                next((wroot.parent / "home" / "sessions").glob("*/run/state.json")).read_text())
-            counts = spin_counts(state["control"])
+        counts = "" if leg.name == "native" else spin_counts(fs_legs.control_socket(wroot))
     return times, counts
 
 

@@ -452,19 +452,26 @@ int astrid_pt_query(uint64_t ino, int32_t *out)
     return e ? 0 : -1;
 }
 
-/* `ino`'s mode changed (suid/sgid may have come or gone): its entry goes,
- * or, while opens hold it, turns stale (the daemon decides its next OPENs;
- * it goes at its last RELEASE). */
+/* The entry at `slot` goes, or, while opens hold it, turns stale (the daemon
+ * decides its next OPENs; it goes at its last RELEASE). 1 if it stayed.
+ * Caller holds pt_lock. */
+static int pt_retire(struct pt_entry **slot)
+{
+    if ((*slot)->pt_opens || (*slot)->daemon_opens) {
+        (*slot)->stale = 1;
+        return 1;
+    }
+    pt_remove(slot);
+    return 0;
+}
+
+/* `ino`'s mode changed (suid/sgid may have come or gone): its entry retires. */
 void astrid_pt_reconsider(uint64_t ino)
 {
     pthread_mutex_lock(&pt_lock);
     struct pt_entry **slot = pt_slot(ino);
-    if (*slot) {
-        if ((*slot)->pt_opens || (*slot)->daemon_opens)
-            (*slot)->stale = 1;
-        else
-            pt_remove(slot);
-    }
+    if (*slot)
+        pt_retire(slot);
     pthread_mutex_unlock(&pt_lock);
 }
 
@@ -488,12 +495,9 @@ int astrid_pt_layers_changed(void)
     for (int b = 0; b < PT_BUCKETS; b++) {
         struct pt_entry **p = &pt_table[b];
         while (*p) {
-            if ((*p)->pt_opens || (*p)->daemon_opens) {
-                (*p)->stale = 1;
+            if (pt_retire(p)) {
                 kept++;
                 p = &(*p)->next;
-            } else {
-                pt_remove(p);
             }
         }
     }
@@ -1684,9 +1688,12 @@ static int drain_wait(struct pollfd *p, nfds_t n)
         if (drain_spin_us < 0 || drain_spin_us > DRAIN_WAIT_US)
             drain_spin_us = DRAIN_SPIN_US;
     }
+    struct timespec wait = { 0, DRAIN_WAIT_US * 1000L };
+    if (!drain_spin_us)
+        return ppoll(p, n, &wait, NULL);
     struct timespec t0, zero = { 0, 0 };
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (drain_spin_us > 0 && drain_spin_misses < DRAIN_SPIN_MISSES) {
+    if (drain_spin_misses < DRAIN_SPIN_MISSES) {
         do {
             int got = ppoll(p, n, &zero, NULL);
             if (got != 0) {
@@ -1699,9 +1706,8 @@ static int drain_wait(struct pollfd *p, nfds_t n)
         drain_spin_misses++;
         drain_stats[3]++;
     }
-    struct timespec wait = { 0, DRAIN_WAIT_US * 1000L };
     int got = ppoll(p, n, &wait, NULL);
-    if (got > 0 && drain_spin_us > 0 && drain_us_since(&t0) < drain_spin_us)
+    if (got > 0 && drain_us_since(&t0) < drain_spin_us)
         drain_spin_misses = 0; /* requests close together again */
     return got;
 }
@@ -2306,14 +2312,9 @@ static void lk_absorb_pending(void)
         lk_absorb_cb();
 }
 
-/* A full entry for `st` (overlay inode `ino`), valid for the lower TTL. */
-static void lk_fill_entry(struct lk_entry_out *e, uint64_t ino, const struct stat *st)
+/* `st` as the attributes of overlay inode `ino` (`a` zeroed by the caller). */
+static void lk_fill_attr(struct lk_attr *a, uint64_t ino, const struct stat *st)
 {
-    memset(e, 0, sizeof *e);
-    e->nodeid = ino;
-    e->entry_valid = e->attr_valid = lk_ttl_sec;
-    e->entry_valid_nsec = e->attr_valid_nsec = lk_ttl_nsec;
-    struct lk_attr *a = &e->attr;
     a->ino = ino;
     a->size = (uint64_t)st->st_size;
     a->blocks = (uint64_t)st->st_blocks;
@@ -2329,6 +2330,16 @@ static void lk_fill_entry(struct lk_entry_out *e, uint64_t ino, const struct sta
     a->gid = st->st_gid;
     a->rdev = (uint32_t)st->st_rdev;
     a->blksize = (uint32_t)st->st_blksize;
+}
+
+/* A full entry for `st` (overlay inode `ino`), valid for the lower TTL. */
+static void lk_fill_entry(struct lk_entry_out *e, uint64_t ino, const struct stat *st)
+{
+    memset(e, 0, sizeof *e);
+    e->nodeid = ino;
+    e->entry_valid = e->attr_valid = lk_ttl_sec;
+    e->entry_valid_nsec = e->attr_valid_nsec = lk_ttl_nsec;
+    lk_fill_attr(&e->attr, ino, st);
 }
 
 /* The lower root, "/", `d`'s lower path, "/", `name` into `path` (LK_PATH
@@ -2418,15 +2429,13 @@ static int lk_getattr(const char *mem, int fuse_fd)
     if (lk_stat_child(path, &st, &ino) != 1 || ino != nodeid
         || (dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode)))
         return 0; /* gone, replaced, hard-linked: the daemon decides */
-    struct lk_entry_out e;
-    lk_fill_entry(&e, nodeid, &st);
     struct lk_attr_reply r;
     memset(&r, 0, sizeof r);
     r.len = sizeof r;
     r.unique = unique;
-    r.attr_valid = e.attr_valid;
-    r.attr_valid_nsec = e.attr_valid_nsec;
-    r.attr = e.attr;
+    r.attr_valid = lk_ttl_sec; /* as a LOOKUP's entry */
+    r.attr_valid_nsec = lk_ttl_nsec;
+    lk_fill_attr(&r.attr, nodeid, &st);
     if (lk_send(fuse_fd, &r, sizeof r) < 0)
         return errno == ENOENT; /* ENOENT: interrupted, no answer wanted */
     lk_stats[5]++;
