@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="small sizes (default)")
     size.add_argument("--full", action="store_true", help="1 GiB, 20k files, 10k-file repo")
     ap.add_argument("--runs", type=int, help="repetitions per workload (default 5 full, 3 quick)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every leg this many times, legs interleaved (native, kernel, "
+                    "..., native, kernel, ...); medians over all rounds' runs (default 1)")
     ap.add_argument("--base", type=Path, default=Path("/tmp/astrid-bench"),
                     help="where the data set and mounts live (default /tmp/astrid-bench)")
     ap.add_argument("--legs", default=",".join(ALL_LEGS),
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.write_md:
             base = Path(saved.get("base", args.base))
             section = markdown(medians, saved["unavailable"], sizes, saved["mode"], base,
-                               saved.get("when"), saved.get("load"), saved.get("idle"))
+                               saved.get("when"), saved.get("load"), saved.get("idle"),
+                               saved.get("rounds", 1))
             if s3:
                 section = with_s3(section, fs_s3.markdown(s3["medians"], s3["unavailable"],
                                                           sizes))
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = [x for x in legs if x not in ALL_LEGS]
     s3_leg = "s3" in legs
     legs = [x for x in legs if x != "s3"]
+    if args.rounds < 1:
+        print("fs.py: --rounds must be at least 1", file=sys.stderr)
+        return 2
     if bad or "native" not in legs:
         print(f"fs.py: --legs must include native and be among {ALL_LEGS}", file=sys.stderr)
         return 2
@@ -172,9 +179,14 @@ def main(argv: list[str] | None = None) -> int:
             if why:
                 log(f"{name}: not available: {why}")
                 unavailable[name] = why
-                continue
-            log(f"{name}:")
-            results[name] = run_leg(leg, sizes, only)
+        for rnd in range(args.rounds):
+            for leg in active:
+                name = leg.name
+                if name in unavailable:
+                    continue
+                log(f"{name}:" if args.rounds == 1 else f"{name} (round {rnd + 1}/{args.rounds}):")
+                for w, times in run_leg(leg, sizes, only).items():
+                    results.setdefault(name, {}).setdefault(w, []).extend(times)
         if s3_leg:
             s3_medians, s3_unavailable = fs_s3.run_s3(base, sizes, "astrid-fs-pt" in legs)
     finally:
@@ -194,14 +206,15 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + fs_s3.table(s3_medians, s3_unavailable))
         s3_md = fs_s3.markdown(s3_medians, s3_unavailable, sizes)
     if args.json:
-        saved = {"sizes": sizes.__dict__, "mode": mode, "times": results,
+        saved = {"sizes": sizes.__dict__, "mode": mode, "rounds": args.rounds, "times": results,
                  "unavailable": unavailable, "base": str(base), "when": when, "load": load,
                  "native_fs": fs_type(base), "idle": idle}
         if s3_leg:
             saved["s3"] = {"medians": s3_medians, "unavailable": s3_unavailable}
         args.json.write_text(json.dumps(saved, indent=1))
     if args.write_md:
-        section = markdown(medians, unavailable, sizes, mode, base, when, load, idle)
+        section = markdown(medians, unavailable, sizes, mode, base, when, load, idle,
+                           args.rounds)
         write_section(args.write_md, with_s3(section, s3_md) if s3_md else section)
         log(f"wrote section '{SECTION}' of {args.write_md}")
     return 0

@@ -96,12 +96,15 @@ def table(medians: dict[str, dict[str, float]], unavailable: dict[str, str]) -> 
 
 def markdown(medians: dict[str, dict[str, float]], unavailable: dict[str, str],
              sizes: Sizes, mode: str, base: Path, when: str | None = None,
-             load: str | None = None, idle: str | None = None) -> str:
+             load: str | None = None, idle: str | None = None, rounds: int = 1) -> str:
     when = when or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rounds_note = (f" in each of {rounds} rounds, the legs interleaved (native, kernel "
+                   "overlayfs, ..., native, ...)" if rounds > 1 else "")
     out = [
         SECTION,
         "",
-        f"`scripts/bench/fs.py --{mode}` on {when}: {sizes.label}; median of the runs, "
+        f"`scripts/bench/fs.py --{mode}` on {when}: {sizes.label}{rounds_note}; "
+        "median of the runs, "
         f"ratio to native in brackets. Native is {fs_type(base)} under `{base}`; "
         f"kernel {platform.release()}, {os.cpu_count()} cores, a shared machine "
         "(trust ratios more than absolutes). Overlays mount the data set as their lower "
