@@ -193,9 +193,12 @@ class ShimLookups:
     def stats(self) -> dict[str, int]:
         """LOOKUPs answered in C (entries, negative entries), declined to
         Python; files the shim opened to answer their first READ; listings
-        (READDIRPLUS) and GETATTRs it answered."""
-        out = (ctypes.c_int64 * 6)()
+        (READDIRPLUS) and GETATTRs it answered; files it listed by name only
+        because the kernel held them already, and absorbs a queue thread asked
+        for (shim version 19)."""
+        out = (ctypes.c_int64 * 8)()
         self._lib.astrid_lk_stats(out)
         return {"entries": int(out[0]), "negative": int(out[1]), "declined": int(out[2]),
                 "absorbed": self.absorbed, "files_opened": int(out[3]),
-                "listings": int(out[4]), "getattrs": int(out[5])}
+                "listings": int(out[4]), "getattrs": int(out[5]), "held": int(out[6]),
+                "absorbs_asked": int(out[7])}

@@ -57,7 +57,9 @@ def shim_version() -> int:
     daemon on passthrough mounts too, backings registered without CAP_FSETID
     (killpriv.py); 17: GETATTRs of what part 12 found answered in C
     (lookup_table.py); 18: the drain's wait for the next request spins
-    first (write_table.py)."""
+    first (write_table.py); 19: part 12 lets its lock go for the lstat (two
+    queue threads stat side by side), queue threads answer GETATTRs too and
+    run under SCHED_IDLE (io_uring.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

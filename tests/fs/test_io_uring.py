@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import select
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,19 +66,23 @@ def ring(s: MountedSession) -> dict[str, int]:
     return counts
 
 
+def ring_mount(mount_session: MountFactory, lower: Path) -> MountedSession:
+    s = mount_session(lower, None, "--io-uring")
+    os.stat(s.mnt)  # any request waits for INIT, where the rings start
+    transport = s.control("stats")["transport"]
+    if transport != "io_uring":
+        # CI runs as root on a kernel with FUSE over io_uring (6.14+).
+        missing_part(f"io_uring: {transport}")
+    return s
+
+
 @pytest.fixture
 def ur(mount_session: MountFactory, tmp_path: Path) -> MountedSession:
     lower = tmp_path / "lower"
     (lower / "d").mkdir(parents=True)
     for i in range(FILES):
         (lower / "d" / f"f{i:03}").write_text("line\n")
-    s = mount_session(lower, None, "--io-uring")
-    os.stat(s.mnt / "d")  # any request waits for INIT, where the rings start
-    transport = s.control("stats")["transport"]
-    if transport != "io_uring":
-        # CI runs as root on a kernel with FUSE over io_uring (6.14+).
-        missing_part(f"io_uring: {transport}")
-    return s
+    return ring_mount(mount_session, lower)
 
 
 def test_each_cpus_requests_are_answered_and_forwarded(ur: MountedSession) -> None:
@@ -162,3 +167,164 @@ def test_status_names_the_transport_and_unmount_ends_the_daemon(
         assert ready, f"the daemon outlived its mount by {EXIT_WAIT_S}s"
     finally:
         os.close(pidfd)
+
+
+# ---- queue threads under SCHED_IDLE (shim version 19) --------------------------
+
+
+def ring_policies(s: MountedSession) -> dict[str, int]:
+    """The scheduling policy of each of the daemon's queue threads, by name."""
+    pid = s.control("ping")["pid"]
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        if name.startswith("astrid-ring"):
+            out[name] = os.sched_getscheduler(int(tid))
+    return out
+
+
+def test_queue_threads_run_when_their_cpu_is_otherwise_idle(ur: MountedSession) -> None:
+    """SCHED_IDLE: the scheduler then wakes a caller on the CPU of the queue
+    thread that answered it (that CPU counts as idle), instead of on the
+    other, halted one."""
+    policies = ring_policies(ur)
+    assert policies and set(policies.values()) == {os.SCHED_IDLE}, policies
+
+
+def test_the_switch_keeps_queue_threads_ordinary(mount_session: MountFactory, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASTRID_FS_RING_IDLE", "0")
+    (tmp_path / "lower").mkdir()
+    s = ring_mount(mount_session, tmp_path / "lower")
+    policies = ring_policies(s)
+    assert policies and set(policies.values()) == {os.SCHED_OTHER}, policies
+
+
+def test_callers_are_served_while_every_cpu_is_busy(ur: MountedSession) -> None:
+    """A SCHED_IDLE thread runs only when its CPU has nothing else to run: with
+    a busy loop on every CPU (a build on all cores), appends (answered by
+    queue threads) and creates (forwarded to Python, committed by them) still
+    go through, each with its data."""
+    cpus = sorted(os.sched_getaffinity(0))
+    names = sorted(os.listdir(ur.mnt / "d"))
+    before = ring(ur)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in cpus]
+    try:
+        for hog, cpu in zip(hogs, cpus, strict=True):
+            os.sched_setaffinity(hog.pid, {cpu})
+        for k, cpu in enumerate(cpus):
+            with on_cpu(cpu):
+                for name in names:
+                    with open(ur.mnt / "d" / name, "ab") as f:
+                        f.write(b"%d" % k)
+                for i in range(20):
+                    (ur.mnt / f"new{k}-{i}").write_bytes(b"%d" % i)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    after = ring(ur)
+    want = b"line\n" + b"".join(b"%d" % k for k in range(len(cpus)))
+    for name in names:
+        assert (ur.mnt / "d" / name).read_bytes() == want
+    for k in range(len(cpus)):
+        for i in range(20):
+            assert (ur.upper / f"new{k}-{i}").read_bytes() == b"%d" % i
+    assert after["ring_failures"] == 0
+    assert after["ring_answered_in_c"] - before["ring_answered_in_c"] >= FILES
+
+
+def test_getattrs_of_what_part_12_found_are_answered_by_queue_threads(
+        ur: MountedSession) -> None:
+    """A READ drops the file's cached atime, so a stat after it is a GETATTR:
+    answered on the ring from the lower entry, not forwarded."""
+    d = ur.mnt / "d"
+    names = sorted(os.listdir(d))
+    for name in names:
+        assert (d / name).read_bytes() == b"line\n"
+    before, counts = ring(ur), ur.control("stats")["shim_lookups"]["getattrs"]
+    for name in names:
+        seen, real = os.stat(d / name), os.stat(ur.lower / "d" / name)
+        assert (seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_mode) == \
+            (real.st_ino, real.st_size, real.st_mtime_ns, real.st_mode)
+    after = ring(ur)
+    assert ur.control("stats")["shim_lookups"]["getattrs"] - counts >= FILES - 10
+    assert after["ring_forwarded"] - before["ring_forwarded"] <= 10
+
+
+def test_lookups_answered_on_rings_are_absorbed_as_they_go(
+        mount_session: MountFactory, tmp_path: Path) -> None:
+    """The daemon counts each lookup a queue thread answered: over io_uring the
+    trio thread does so while the rings go on (a queue thread rings for it),
+    not all at once before the next request for Python (git's index refresh:
+    10,000 LOOKUPs, then the index.lock create waited for their absorb)."""
+    lower = tmp_path / "lower"
+    (lower / "many").mkdir(parents=True)
+    for i in range(3000):
+        (lower / "many" / f"file{i:05}").write_bytes(b"")
+    s = ring_mount(mount_session, lower)
+    for i in range(3000):
+        assert os.stat(s.mnt / "many" / f"file{i:05}").st_size == 0
+    counts = s.control("stats")["shim_lookups"]
+    assert counts["entries"] >= 2900, counts
+    assert counts["absorbs_asked"] >= 1, counts
+    assert counts["absorbed"] >= 3000, counts
+
+
+def test_rings_look_up_side_by_side_while_the_table_changes(
+        mount_session: MountFactory, tmp_path: Path) -> None:
+    """Part 12 lets its lock go for each lstat (version 19), so two queue
+    threads stat cold lower inodes at once. Walkers on every CPU stat a
+    lower-only tree over and over while the daemon's table changes under
+    them (directories renamed, copied up, the kernel told to forget): every
+    answer is the lower entry, as the daemon's own lookup would give."""
+    lower = tmp_path / "lower"
+    for i in range(8):
+        for j in range(60):
+            p = lower / "t" / f"d{i}" / f"f{j}"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"z" * j)
+    (lower / "churn").mkdir()
+    s = ring_mount(mount_session, lower)
+    cpus = sorted(os.sched_getaffinity(0))
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def walker(cpu: int) -> None:
+        try:
+            with on_cpu(cpu):
+                for _ in range(6):
+                    for i in range(8):
+                        for j in range(60):
+                            seen = os.stat(s.mnt / "t" / f"d{i}" / f"f{j}")
+                            real = os.stat(lower / "t" / f"d{i}" / f"f{j}")
+                            assert (seen.st_ino, seen.st_size, seen.st_mtime_ns) == \
+                                (real.st_ino, real.st_size, real.st_mtime_ns), (i, j)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    def churner() -> None:
+        try:
+            k = 0
+            while not done.is_set():
+                (s.mnt / "churn" / f"x{k}").mkdir()
+                os.rename(s.mnt / "churn" / f"x{k}", s.mnt / "churn" / f"y{k}")
+                (s.mnt / "t" / f"d{k % 8}" / "new").mkdir(exist_ok=True)  # gets an upper dir
+                if k % 10 == 0:
+                    s.control("invalidate")
+                k += 1
+        except BaseException as e:
+            errors.append(e)
+
+    walkers = [threading.Thread(target=walker, args=(cpu,)) for cpu in cpus]
+    churn = threading.Thread(target=churner)
+    churn.start()
+    for w in walkers:
+        w.start()
+    for w in walkers:
+        w.join()
+    done.set()
+    churn.join()
+    assert errors == []
+    assert ring(s)["ring_failures"] == 0
+    assert not (lower / "churn" / "y0").exists()

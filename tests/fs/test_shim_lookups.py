@@ -339,6 +339,52 @@ def test_listings_answered_in_c_agree_with_the_lower(tmp_path: Path,
     assert listed["f5"] == os.lstat(lower / "t/d29/f5").st_ino
 
 
+def test_files_the_kernel_holds_are_listed_by_name_only(tmp_path: Path,
+                                                       mount_session: Mount) -> None:
+    """git status looks up every tracked file (its index refresh), then lists
+    every directory (the untracked-file scan). A full listing (READDIRPLUS
+    with attributes) of files the kernel holds already gives it nothing new
+    and costs the daemon a lookup to count each: the shim sends those by name
+    (and inode number and type) only. What a reader sees is the same; a file
+    the kernel forgot is listed in full again."""
+    lower = tmp_path / "lower"
+    dirs = [f"w/d{i}" for i in range(6)]
+    for d in [*dirs, "w/probe"]:
+        (lower / d).mkdir(parents=True)
+        for j in range(30):
+            (lower / d / f"f{j}").write_text("y" * j)
+        (lower / d / "sub").mkdir()
+    s = mount_session(lower)
+    for d in dirs:  # the index refresh: one LOOKUP each, answered in C
+        for j in range(30):
+            assert os.stat(s.mnt / d / f"f{j}").st_size == j
+    # A reader that stats what it lists turns full listings on (name_only.py).
+    for entry in os.scandir(s.mnt / "w/probe"):
+        entry.stat(follow_symlinks=False)
+    before = shim_lookups(s)
+    for d in dirs:
+        listed = {e.name: (e.inode(), e.is_file(), e.is_dir()) for e in os.scandir(s.mnt / d)}
+        assert listed == {e.name: (e.inode(), e.is_file(), e.is_dir())
+                          for e in os.scandir(lower / d)}, d
+        for j in range(30):
+            seen, real = os.stat(s.mnt / d / f"f{j}"), os.stat(lower / d / f"f{j}")
+            assert (seen.st_ino, seen.st_size, seen.st_mtime_ns) == \
+                (real.st_ino, real.st_size, real.st_mtime_ns)
+    after = shim_lookups(s)
+    assert after["listings"] - before["listings"] >= len(dirs), (before, after)
+    assert after["held"] - before["held"] == 30 * len(dirs), (before, after)
+    # Only the subdirectories were sent in full (one counted lookup each).
+    assert after["absorbed"] - before["absorbed"] <= 2 * len(dirs), (before, after)
+    forget_all(s)
+    settles(lambda: s.control("stats")["nodes"], lambda n: n < 20)
+    before = shim_lookups(s)
+    for entry in os.scandir(s.mnt / "w/probe"):  # full listings again
+        entry.stat(follow_symlinks=False)
+    assert len(os.listdir(s.mnt / dirs[0])) == 31
+    after = shim_lookups(s)
+    assert after["held"] == before["held"], "forgotten files must come with attributes"
+
+
 def test_tens_of_thousands_of_files_walked_read_and_forgotten_with_bounded_fds(
         tmp_path: Path, mount_session: Mount) -> None:
     """What an agent's build does to a big project: walk it (names, then

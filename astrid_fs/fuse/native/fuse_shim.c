@@ -172,7 +172,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 18; }
+int astrid_fuse_shim_loaded(void) { return 19; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -1802,6 +1802,7 @@ static int drain_answerable(const struct fuse_buf *buf)
 
 static int lk_try(const struct fuse_buf *buf, int fuse_fd); /* part 12 */
 static void lk_absorb_pending(void);
+static void lk_absorb_asked(void);
 static void lk_forgotten(const struct fuse_buf *buf);
 
 typedef int (*receive_buf_fn)(struct fuse_session *, struct fuse_buf *);
@@ -1823,8 +1824,10 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
         /* pyfuse3 woke for the eventfd, or /dev/fuse (FORGET, INTERRUPT;
          * an error once unmounted, which libfuse must see to end the loop) */
         struct pollfd d = { .fd = ur_devfd, .events = POLLIN };
-        if (poll(&d, 1, 0) <= 0)
+        if (poll(&d, 1, 0) <= 0) {
+            lk_absorb_asked(); /* part 12: a queue thread may have asked */
             return -EINTR;
+        }
     }
     if (!res)
         res = real(se, buf);
@@ -1934,14 +1937,23 @@ static struct lk_dir *lk_dirs[LK_BUCKETS];
 static char *lk_queue;
 static size_t lk_qlen, lk_qcap;
 static void (*lk_absorb_cb)(void);
+static int lk_bell_rung; /* (under lk_lock) LK_ABSORB_EAGER's doorbell rang since the last take */
 /* Part 15: part 12's tables are also read and changed by the io_uring queue
  * threads (their LOOKUPs and listings), so every entry point holds this lock
  * (recursive: the entry points call each other). It is never held while
  * Python runs (the absorb callback). Lock order where both are taken: wf_lock,
  * then lk_lock; a queue thread takes only one of them. */
 static pthread_mutex_t lk_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
-static int64_t lk_stats[6]; /* entries answered here, negative entries, declined; files
-                               opened for READ; listings answered here; GETATTRs */
+/* Bumped (under lk_lock) whenever something an answer rests on is taken back
+ * or changed: a directory's or file's path replaced or dropped, the tables
+ * cleared, a device re-tagged. A LOOKUP or GETATTR lets the lock go for its
+ * lstat (version 19: two queue threads then stat cold lower inodes side by
+ * side) and declines when this moved meanwhile. */
+static uint64_t lk_gen;
+static int64_t lk_stats[8]; /* entries answered here, negative entries, declined; files
+                               opened for READ; listings answered here; GETATTRs;
+                               listed by name only, the kernel holding them;
+                               absorbs a queue thread's doorbell asked for */
 
 /* The lower root, "/", `rel` (`len` bytes) into `out` (LK_PATH bytes): its
  * length, or 0 when it does not fit (the daemon's long paths then). The
@@ -1980,6 +1992,7 @@ static int lk_path_put(struct lk_dir **table, uint64_t ino, uint64_t parent, con
     if (old) {
         *slot = old->next;
         free(old);
+        lk_gen++;
     }
     if (!path)
         return 0;
@@ -2023,6 +2036,8 @@ static int astrid_lk_dev_unlocked(uint64_t dev, uint64_t tag)
 {
     for (int i = 0; i < lk_ndevs; i++)
         if (lk_devs[i].dev == dev) {
+            if (lk_devs[i].tag != tag)
+                lk_gen++;
             lk_devs[i].tag = tag;
             return 0;
         }
@@ -2223,6 +2238,7 @@ int astrid_lk_dir(uint64_t ino, uint64_t parent, const char *path, size_t len)
 /* Every directory and file goes to the daemon again (the layers changed). */
 static void astrid_lk_clear_unlocked(void)
 {
+    lk_gen++;
     for (int i = 0; i < LK_BUCKETS; i++) {
         while (lk_dirs[i]) {
             struct lk_dir *d = lk_dirs[i];
@@ -2259,6 +2275,7 @@ static size_t astrid_lk_take_unlocked(char *out, size_t cap)
     size_t n = lk_qlen;
     memcpy(out, lk_queue, n);
     lk_qlen = 0;
+    lk_bell_rung = 0;
     return n;
 }
 
@@ -2278,6 +2295,13 @@ void astrid_lk_stats(int64_t *out)
 }
 
 static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd);
+
+/* Over io_uring (version 19) a queue thread that has queued this many bytes
+ * of entries rings the trio thread's doorbell once, and the trio thread
+ * absorbs them while the queue threads go on answering (fuse_session_receive_buf):
+ * git's index refresh is 10,000 LOOKUPs before its first request for Python,
+ * whose absorb (~3 us of Python each) ran only then, on the critical path. */
+#define LK_ABSORB_EAGER 8192
 
 static int lk_queue_entry(uint64_t parent, uint64_t ino, uint8_t type, const char *name,
                           size_t nlen)
@@ -2302,6 +2326,11 @@ static int lk_queue_entry(uint64_t parent, uint64_t ino, uint8_t type, const cha
     p[17] = (char)nlen;
     memcpy(p + 18, name, nlen);
     lk_qlen += need;
+    if (ur_target_set && lk_qlen >= LK_ABSORB_EAGER && !lk_bell_rung) {
+        uint64_t one = 1;
+        lk_bell_rung = 1;
+        (void)!write(ur_fwd_ev, &one, sizeof one);
+    }
     return 0;
 }
 
@@ -2310,6 +2339,19 @@ static void lk_absorb_pending(void)
 {
     if (lk_qlen && lk_absorb_cb)
         lk_absorb_cb();
+}
+
+/* The trio thread woke with nothing for Python: absorb now if a queue thread
+ * rang for it (LK_ABSORB_EAGER). */
+static void lk_absorb_asked(void)
+{
+    pthread_mutex_lock(&lk_lock);
+    int asked = lk_bell_rung && lk_qlen;
+    if (asked)
+        lk_stats[7]++;
+    pthread_mutex_unlock(&lk_lock);
+    if (asked)
+        lk_absorb_pending();
 }
 
 /* `st` as the attributes of overlay inode `ino` (`a` zeroed by the caller). */
@@ -2362,10 +2404,10 @@ static size_t lk_child_path(char *path, const struct lk_dir *d, const char *name
  * `_lower_child`): 1 with its overlay inode number, 0 if it is not there,
  * -1 when the daemon must decide (a hard-linked file: another of its names
  * may have been copied up; a device not tagged yet; another errno). */
-static int lk_stat_child(const char *path, struct stat *st, uint64_t *ino)
+static int lk_classify(int err, const struct stat *st, uint64_t *ino)
 {
-    if (lstat(path, st) != 0)
-        return errno == ENOENT ? 0 : -1;
+    if (err)
+        return err == ENOENT ? 0 : -1;
     if (S_ISREG(st->st_mode) && st->st_nlink > 1)
         return -1;
     for (int i = 0; i < lk_ndevs; i++)
@@ -2374,6 +2416,20 @@ static int lk_stat_child(const char *path, struct stat *st, uint64_t *ino)
             return 1;
         }
     return -1;
+}
+
+/* lk_classify of `path`'s lstat, taken with part 12's lock let go (the
+ * caller holds it, maybe more than once: then it stays held); -1 when what
+ * the answer rests on changed meanwhile (lk_gen, lk_on): the daemon decides. */
+static int lk_stat_child(const char *path, struct stat *st, uint64_t *ino)
+{
+    uint64_t gen = lk_gen;
+    pthread_mutex_unlock(&lk_lock);
+    int err = lstat(path, st) == 0 ? 0 : errno;
+    pthread_mutex_lock(&lk_lock);
+    if (gen != lk_gen || !lk_on)
+        return -1;
+    return lk_classify(err, st, ino);
 }
 
 static uint8_t lk_type(mode_t mode)
@@ -2535,8 +2591,13 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
  * namelen, type: 24) and the name, padded to 8 bytes.
  */
 #include <dirent.h>
+#include <stddef.h>
 
 struct lk_listing { uint64_t ino; size_t n; char **names; };
+/* Each of a listing's names is the `name` of one of these: getdents' inode
+ * number and type beside it (version 19, below). */
+struct lk_name { uint64_t d_ino; unsigned char d_type; char name[]; };
+#define LK_NAME_OF(p) ((struct lk_name *)((char *)(p) - offsetof(struct lk_name, name)))
 static struct lk_listing lk_list;
 static int64_t lk_full_left;
 
@@ -2550,7 +2611,7 @@ void astrid_lk_full(int64_t listings)
 static void lk_list_free(void)
 {
     for (size_t i = 0; i < lk_list.n; i++)
-        free(lk_list.names[i]);
+        free(LK_NAME_OF(lk_list.names[i]));
     free(lk_list.names);
     memset(&lk_list, 0, sizeof lk_list);
 }
@@ -2590,11 +2651,16 @@ static int lk_list_take(uint64_t ino, const struct lk_dir *listed)
             }
             lk_list.names = grown;
         }
-        if (!(lk_list.names[lk_list.n] = strdup(d->d_name))) {
+        size_t nlen = strlen(d->d_name);
+        struct lk_name *rec = malloc(sizeof *rec + nlen + 1);
+        if (!rec) {
             bad = 1;
             break;
         }
-        lk_list.n++;
+        rec->d_ino = (uint64_t)d->d_ino;
+        rec->d_type = d->d_type;
+        memcpy(rec->name, d->d_name, nlen + 1);
+        lk_list.names[lk_list.n++] = rec->name;
     }
     closedir(dir);
     if (bad) {
@@ -2624,6 +2690,21 @@ static int lk_put(char *out, size_t room, size_t *used, const struct lk_entry_ou
     memcpy(p + sizeof *e + sizeof d, name, nlen);
     *used += need;
     return 0;
+}
+
+#define LK_INO_MASK ((UINT64_C(1) << LK_DEV_SHIFT) - 1)
+
+/* Whether listed regular file `n` at `path` (`plen` bytes) in `dir_ino` is
+ * one the shim sent the kernel and the kernel has not forgotten: part 12's
+ * file table has its inode (the directory's device tag over getdents' inode
+ * number: a file is on its directory's device) under this very path. */
+static int lk_held_file(uint64_t dir_ino, const struct lk_name *n, const char *path,
+                        size_t plen)
+{
+    if (n->d_type != DT_REG || n->d_ino > LK_INO_MASK)
+        return 0;
+    const struct lk_dir *f = *lk_file_slot((dir_ino & ~LK_INO_MASK) | n->d_ino);
+    return f && f->len == LK_REL_LEN(plen) && memcmp(f->path, LK_REL(path), f->len) == 0;
 }
 
 static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd)
@@ -2673,11 +2754,23 @@ static int lk_readdirplus(const char *mem, uint32_t len, int fuse_fd)
         }
         const char *name = lk_list.names[i - 2];
         size_t nlen = strlen(name);
-        if (!lk_child_path(path, d, name, nlen))
+        size_t plen = lk_child_path(path, d, name, nlen);
+        if (!plen)
             goto decline;
+        if (lk_held_file(dir_ino, LK_NAME_OF(name), path, plen)) {
+            /* The kernel holds this file already (the shim's own LOOKUP sent
+             * it, e.g. git's index refresh before its untracked-file scan):
+             * a name-only entry, no lstat, nothing for the daemon to count. */
+            uint64_t ino = (dir_ino & ~LK_INO_MASK) | LK_NAME_OF(name)->d_ino;
+            if (lk_put(body, room, &used, &e, ino, i + 1, name, nlen, DT_REG) < 0)
+                break;
+            lk_stats[6]++;
+            continue;
+        }
         struct stat st;
         uint64_t ino = 0;
-        int found = lk_stat_child(path, &st, &ino);
+        /* (under the lock: the listing and `d` are shared) */
+        int found = lk_classify(lstat(path, &st) == 0 ? 0 : errno, &st, &ino);
         if (found < 0)
             goto decline;
         if (!found)
@@ -2955,7 +3048,8 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
     memcpy(&opcode, req + 4, 4);
     memcpy(&unique, req + 8, 8);
     memcpy(&nodeid, req + 16, 8);
-    if (opcode == LK_OPCODE_LOOKUP || opcode == LK_OPCODE_READDIRPLUS) {
+    if (opcode == LK_OPCODE_LOOKUP || opcode == LK_OPCODE_READDIRPLUS
+        || opcode == LK_OPCODE_GETATTR) {
         /* Part 12 under its lock; its reply goes to this entry. A request it
          * declines is forwarded (the trio thread's part 12 declines it too). */
         struct fuse_buf fb;
@@ -3093,6 +3187,26 @@ static void ur_arrived(struct ur_queue *u, struct ur_ent *e)
     (void)!write(ur_fwd_ev, &one, sizeof one);
 }
 
+/*
+ * Version 19: the queue threads run under SCHED_IDLE (`ASTRID_FS_RING_IDLE=0`:
+ * SCHED_OTHER). Why: the kernel wakes a FUSE caller from the thread that
+ * commits its reply, and the scheduler puts a woken task on the waker's CPU
+ * only when that CPU is idle or runs nothing but SCHED_IDLE tasks
+ * (select_idle_sibling, sched_idle_cpu); otherwise it takes the idle CPU,
+ * which on these VMs is halted: an IPI and a vCPU wake-up per reply, and the
+ * caller's next request lands on the other ring. Under SCHED_IDLE the caller
+ * stays on its CPU, which then serves it: a pipe ping-pong here costs 3 us
+ * so against 11-16 us across CPUs, 1,000 appends 11-18 ms against 21-48 ms.
+ * The thread runs whenever its CPU has nothing else to run, which is when
+ * its caller waits; under CPU hogs on every CPU, writes measured the same
+ * latencies (median 11-13 us, worst 5-12 ms) as SCHED_OTHER queue threads.
+ */
+static int ur_idle_policy(void)
+{
+    const char *env = getenv("ASTRID_FS_RING_IDLE");
+    return !env || strcmp(env, "0") != 0;
+}
+
 static void *ur_thread(void *arg)
 {
     struct ur_queue *u = arg;
@@ -3103,6 +3217,10 @@ static void *ur_thread(void *arg)
     char name[16];
     snprintf(name, sizeof name, "astrid-ring%d", u->q);
     pthread_setname_np(pthread_self(), name); /* (ps -L, and the conformance scripts) */
+    if (ur_idle_policy()) {
+        struct sched_param none = { 0 };
+        pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
+    }
     for (int i = 0; i < UR_ENTRIES; i++)
         ur_cmd(u, UR_CMD_REGISTER, &u->ents[i], 0);
     ur_arm_ev(u);
