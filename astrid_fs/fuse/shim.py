@@ -59,7 +59,9 @@ def shim_version() -> int:
     (lookup_table.py); 18: the drain's wait for the next request spins
     first (write_table.py); 19: part 12 lets its lock go for the lstat (two
     queue threads stat side by side), queue threads answer GETATTRs too and
-    run under SCHED_IDLE (io_uring.py)."""
+    run under SCHED_IDLE (io_uring.py); 20: with passthrough over io_uring,
+    queue threads answer the OPENs and RELEASEs the table answers
+    (passthrough.py, io_uring.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

@@ -29,7 +29,8 @@ The astrid-fs leg reports "not available" (and why) when `astrid-fs mount` fails
 The astrid-fs-pt leg mounts with `--passthrough` (FUSE passthrough for upper files,
 fuse/passthrough.py); it reports "not available" when the kernel refuses passthrough.
 The astrid-fs-uring leg mounts with `--io-uring` (FUSE over io_uring, fuse/io_uring.py);
-it reports "not available" when the kernel does not offer it.
+it reports "not available" when the kernel does not offer it. The astrid-fs-pt-uring
+leg mounts with both.
 The s3 leg (fs_s3.py) reads one object through astrid-fs, s3fs-fuse and rclone mount
 against one local s3rver (installing s3fs and rclone with apt-get if missing).
 

@@ -17,8 +17,11 @@ from pathlib import Path
 from fs_dataset import is_mounted, log, run
 
 REPO = Path(__file__).resolve().parents[2]
-LEGS = ["native", "kernel", "fuse-overlayfs", "astrid-fs", "astrid-fs-pt", "astrid-fs-uring"]
-ASTRID_LEGS = ("astrid-fs", "astrid-fs-pt", "astrid-fs-uring")
+LEGS = ["native", "kernel", "fuse-overlayfs", "astrid-fs", "astrid-fs-pt", "astrid-fs-uring",
+        "astrid-fs-pt-uring"]
+ASTRID_LEGS = ("astrid-fs", "astrid-fs-pt", "astrid-fs-uring", "astrid-fs-pt-uring")
+PASSTHROUGH_LEGS = ("astrid-fs-pt", "astrid-fs-pt-uring")
+IO_URING_LEGS = ("astrid-fs-uring", "astrid-fs-pt-uring")
 LEG_TITLE = {
     "native": "native ext4",
     "kernel": "kernel overlayfs",
@@ -26,10 +29,11 @@ LEG_TITLE = {
     "astrid-fs": "astrid-fs (daemon path)",
     "astrid-fs-pt": "astrid-fs --passthrough",
     "astrid-fs-uring": "astrid-fs --io-uring",
+    "astrid-fs-pt-uring": "astrid-fs --passthrough --io-uring",
 }
 # What each astrid-fs leg is called in the table's "met?" columns.
 LEG_PATH = {"astrid-fs": "daemon path", "astrid-fs-pt": "passthrough",
-            "astrid-fs-uring": "io_uring"}
+            "astrid-fs-uring": "io_uring", "astrid-fs-pt-uring": "passthrough + io_uring"}
 
 
 def control_socket(mnt: Path) -> str:
@@ -82,8 +86,8 @@ class Leg:
                 raise RuntimeError("no astrid-fs program found")
             home = upper.parent / "home"
             home.mkdir()
-            path = "--passthrough" if self.name == "astrid-fs-pt" else "--no-passthrough"
-            ring = "--io-uring" if self.name == "astrid-fs-uring" else "--no-io-uring"
+            path = "--passthrough" if self.name in PASSTHROUGH_LEGS else "--no-passthrough"
+            ring = "--io-uring" if self.name in IO_URING_LEGS else "--no-io-uring"
             run([str(prog), "mount", "--lower", str(self.data), "--session",
                  f"bench{self.counter}", path, ring, str(mnt)],
                 env=dict(os.environ, ASTRID_HOME=str(home)))
@@ -135,9 +139,9 @@ def probe(leg: Leg) -> str | None:
         with leg.view(writable_copy=False) as (root, mnt):
             if not (root / "big").exists():
                 return "mounted, but the data set is not visible through it"
-            if leg.name == "astrid-fs-pt":
-                return passthrough_refused(mnt)
-            if leg.name == "astrid-fs-uring":
+            if leg.name in PASSTHROUGH_LEGS and (why := passthrough_refused(mnt)):
+                return why
+            if leg.name in IO_URING_LEGS:
                 return io_uring_refused(mnt)
     except (RuntimeError, OSError) as e:
         why = str(e).splitlines()[0]
