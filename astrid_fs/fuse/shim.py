@@ -61,7 +61,8 @@ def shim_version() -> int:
     queue threads stat side by side), queue threads answer GETATTRs too and
     run under SCHED_IDLE (io_uring.py); 20: with passthrough over io_uring,
     queue threads answer the OPENs and RELEASEs the table answers
-    (passthrough.py, io_uring.py)."""
+    (passthrough.py, io_uring.py); 21: queue threads open the lower files part
+    12 found for their first READs, and IOCTLs are answered ENOTTY in C."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

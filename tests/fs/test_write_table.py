@@ -14,9 +14,12 @@ size and mtime seen through the mount are the upper file's).
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -151,6 +154,26 @@ def append(path: Path, data: bytes) -> None:
         assert os.write(fd, data) == len(data)
     finally:
         os.close(fd)
+
+
+def test_ioctls_are_answered_enotty_without_a_trio_turn(s: MountedSession) -> None:
+    """The daemon implements no ioctl; every Python open() asks one (isatty:
+    TCGETS). The shim answers ENOTTY itself (version 21), as libfuse's
+    ENOSYS became before, on /dev/fuse and on the rings."""
+    before = shim_counts(s)["drained"]
+    for _ in range(40):
+        for i in range(3):
+            with open(s.mnt / f"f{i}") as f:  # (default buffering: isatty)
+                assert f.read() == f"lower {i}\n"
+                assert not f.isatty()
+    fd = os.open(s.mnt / "f0", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as caught:
+            fcntl.ioctl(fd, termios.TCGETS, bytes(64))
+        assert caught.value.errno == errno.ENOTTY
+    finally:
+        os.close(fd)
+    assert shim_counts(s)["drained"] - before >= 120
 
 
 def test_writes_to_upper_files_are_answered_in_c_and_seen_whole(s: MountedSession) -> None:

@@ -173,7 +173,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 20; }
+int astrid_fuse_shim_loaded(void) { return 21; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -1629,6 +1629,12 @@ void fuse_session_process_buf(struct fuse_session *se, const struct fuse_buf *bu
 #define DRAIN_GETXATTR 22
 #define DRAIN_WRITE 16
 #define DRAIN_READ 15
+/* FUSE_IOCTL (version 21). The daemon implements no ioctl, so libfuse
+ * answered ENOSYS (the kernel turns it into ENOTTY) after a turn of pyfuse3's
+ * loop, and over io_uring after a forward to the trio thread. Every Python
+ * open() with default buffering asks (isatty: TCGETS), once per file: it is
+ * answered ENOTTY here, on /dev/fuse and on the rings alike. */
+#define DRAIN_IOCTL 39
 #define DRAIN_IN_HEADER 40
 /* How long to wait for the next request before returning to pyfuse3: about
  * one client round trip (a process appending to many files sends GETXATTR,
@@ -1808,6 +1814,21 @@ static void lk_forgotten(const struct fuse_buf *buf);
 
 typedef int (*receive_buf_fn)(struct fuse_session *, struct fuse_buf *);
 
+/* An IOCTL: answered ENOTTY (above, DRAIN_IOCTL). */
+static int drain_ioctl(const struct fuse_buf *buf, int fuse_fd)
+{
+    if ((buf->flags & FUSE_BUF_IS_FD) || buf->size < DRAIN_IN_HEADER)
+        return 0;
+    uint32_t opcode;
+    uint64_t unique;
+    memcpy(&opcode, (const char *)buf->mem + 4, 4);
+    memcpy(&unique, (const char *)buf->mem + 8, 8);
+    if (opcode != DRAIN_IOCTL)
+        return 0;
+    struct { uint32_t len; int32_t error; uint64_t unique; } r = { 16, -ENOTTY, unique };
+    return dev_write(fuse_fd, &r, sizeof r) >= 0 || errno == ENOENT;
+}
+
 int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
 {
     static receive_buf_fn real;
@@ -1839,6 +1860,8 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
             return res;
         if (lk_try(buf, session_fd(se))) {
             /* part 12: answered here */
+        } else if (drain_ioctl(buf, session_fd(se))) {
+            drain_stats[0]++;
         } else if (pt_enabled && !(buf->flags & FUSE_BUF_IS_FD) && buf->size >= 40
                    && pt_drain_buf(buf, session_fd(se), 1)) {
             drain_stats[0]++; /* part 6: an OPEN or RELEASE from the table */
@@ -1995,7 +2018,7 @@ static int lk_path_put(struct lk_dir **table, uint64_t ino, uint64_t parent, con
     if (old) {
         *slot = old->next;
         free(old);
-        lk_gen++;
+        __atomic_add_fetch(&lk_gen, 1, __ATOMIC_RELEASE);
     }
     if (!path)
         return 0;
@@ -2040,7 +2063,7 @@ static int astrid_lk_dev_unlocked(uint64_t dev, uint64_t tag)
     for (int i = 0; i < lk_ndevs; i++)
         if (lk_devs[i].dev == dev) {
             if (lk_devs[i].tag != tag)
-                lk_gen++;
+                __atomic_add_fetch(&lk_gen, 1, __ATOMIC_RELEASE);
             lk_devs[i].tag = tag;
             return 0;
         }
@@ -2127,20 +2150,10 @@ static void lk_owned_close(uint64_t ino)
     }
 }
 
-/* wf_lock held, `ino` not in part 9's table: open the file part 12 found. */
-static struct wf_entry *lk_read_entry_unlocked(uint64_t ino)
+/* wf_lock held, `ino` not in part 9's table: `fd` (the file part 12 found)
+ * put there as the shim's own, or NULL (and `fd` closed). */
+static struct wf_entry *lk_owned_put(uint64_t ino, int fd)
 {
-    if (!lk_on)
-        return NULL;
-    struct lk_dir *f = *lk_file_slot(ino);
-    if (!f)
-        return NULL;
-    char path[LK_PATH];
-    if (!lk_abs(path, f->path, f->len))
-        return NULL;
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return NULL; /* the daemon answers (and decides the errno) */
     uint64_t victim = lk_owned_ring[lk_owned_next];
     if (victim)
         lk_owned_close(victim);
@@ -2157,8 +2170,61 @@ static struct wf_entry *lk_read_entry_unlocked(uint64_t ino)
     struct wf_entry **slot = wf_slot(ino);
     e->next = *slot;
     *slot = e;
-    lk_stats[3]++;
+    __atomic_add_fetch(&lk_stats[3], 1, __ATOMIC_RELAXED);
     return e;
+}
+
+/* wf_lock held, `ino` not in part 9's table: open the file part 12 found. */
+static struct wf_entry *lk_read_entry_unlocked(uint64_t ino)
+{
+    if (!lk_on)
+        return NULL;
+    struct lk_dir *f = *lk_file_slot(ino);
+    if (!f)
+        return NULL;
+    char path[LK_PATH];
+    if (!lk_abs(path, f->path, f->len))
+        return NULL;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return NULL; /* the daemon answers (and decides the errno) */
+    return lk_owned_put(ino, fd);
+}
+
+/* lk_read_entry for a queue thread (version 21), which holds neither lock:
+ * the path is read under part 12's lock, the file opened with no lock held,
+ * and put in part 9's table under its lock unless part 12 took anything back
+ * meanwhile (lk_gen: a copy-up's astrid_lk_file_drop bumps it before it takes
+ * wf_lock to close the shim's fd, so that fd is never put back after it).
+ * Returns the entry with wf_lock held, or NULL with no lock held. */
+static struct wf_entry *lk_read_entry_ring(uint64_t ino)
+{
+    char path[LK_PATH];
+    pthread_mutex_lock(&lk_lock);
+    const struct lk_dir *f = lk_on ? *lk_file_slot(ino) : NULL;
+    int named = f != NULL && lk_abs(path, f->path, f->len) > 0;
+    uint64_t gen = lk_gen;
+    pthread_mutex_unlock(&lk_lock);
+    if (!named)
+        return NULL;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return NULL; /* the daemon answers (and decides the errno) */
+    pthread_mutex_lock(&wf_lock);
+    struct wf_entry *e = *wf_slot(ino);
+    if (e) { /* another thread put an fd there meanwhile */
+        close(fd);
+        return e;
+    }
+    if (__atomic_load_n(&lk_gen, __ATOMIC_ACQUIRE) != gen) {
+        pthread_mutex_unlock(&wf_lock);
+        close(fd);
+        return NULL;
+    }
+    if ((e = lk_owned_put(ino, fd)) != NULL)
+        return e;
+    pthread_mutex_unlock(&wf_lock); /* (lk_owned_put closed it) */
+    return NULL;
 }
 
 static struct wf_entry *lk_read_entry(uint64_t ino)
@@ -2241,7 +2307,7 @@ int astrid_lk_dir(uint64_t ino, uint64_t parent, const char *path, size_t len)
 /* Every directory and file goes to the daemon again (the layers changed). */
 static void astrid_lk_clear_unlocked(void)
 {
-    lk_gen++;
+    __atomic_add_fetch(&lk_gen, 1, __ATOMIC_RELEASE);
     for (int i = 0; i < LK_BUCKETS; i++) {
         while (lk_dirs[i]) {
             struct lk_dir *d = lk_dirs[i];
@@ -2838,7 +2904,9 @@ decline:
  *     A queue thread answers in C what needs no daemon state but the locked
  *     fd table (part 9) and part 12's locked tables: the xattr probes (part
  *     4), READs of inodes in the table and WRITEs of writable ones (not a
- *     WRITE that asks for a suid/sgid kill, part 13), part 12's LOOKUPs and
+ *     WRITE that asks for a suid/sgid kill, part 13), the first READ of a
+ *     file part 12 found (version 21: opened here, lk_read_entry_ring), IOCTLs
+ *     (ENOTTY), part 12's LOOKUPs and
  *     listings (their entries queued for the daemon's absorb before the
  *     reply goes), and with passthrough (version 20) part 6's OPENs its
  *     table answers and the RELEASEs of the handles it gave out, so an
@@ -3070,6 +3138,10 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
         ur_target_set = 0;
         return done;
     }
+    if (opcode == DRAIN_IOCTL) {
+        ur_reply_err(u, e, unique, ENOTTY);
+        return 1;
+    }
     if ((opcode == PT_OPCODE_OPEN || opcode == PT_OPCODE_RELEASE) && pt_enabled) {
         /* Part 6 from its table (version 20); an OPEN the table cannot answer
          * (the daemon decides: copy-up, a backing) is forwarded, for the
@@ -3121,7 +3193,15 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
     char *payload = e->mem + UR_PREFIX;
     pthread_mutex_lock(&wf_lock); /* held across the I/O: the fd stays open */
     struct wf_entry *w = *wf_slot(ino);
-    if (!w || (writing && !w->writable) || w->owned) {
+    if (!w && reading) {
+        /* A file part 12 found (version 21): its first READ opens it here,
+         * as the drain does, instead of going to the trio thread (a cold
+         * `grep -r` sent it 20,000 first READs). */
+        pthread_mutex_unlock(&wf_lock);
+        if (!(w = lk_read_entry_ring(ino)))
+            return 0;
+    }
+    if (!w || (writing && (!w->writable || w->owned))) {
         pthread_mutex_unlock(&wf_lock);
         return 0;
     }
