@@ -131,6 +131,10 @@ def markdown(medians: dict[str, dict[str, float]], unavailable: dict[str, str],
                    "round trip (answered in C from the shim's table, but still one turn of "
                    "the daemon's request loop each), where the daemon path runs in no_open "
                    "mode and sends none: open-heavy reads (grep, git status) pay for that.")
+        if "astrid-fs-pt-uring" in medians:
+            out[-1] += (" `--passthrough --io-uring` serves requests over io_uring as well: "
+                        "the shim's queue thread on the caller's CPU answers those OPENs "
+                        "and RELEASEs, so each costs a round trip on one CPU.")
         out.append("")
     out.append("Run it: `sudo .venv/bin/python scripts/bench/fs.py --full --write-md` "
                "(`--quick` for small sizes).")
