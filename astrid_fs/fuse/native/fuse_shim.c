@@ -3114,6 +3114,23 @@ static ssize_t ur_target_reply(const void *buf, size_t len)
     return (ssize_t)len;
 }
 
+/* Part 6's (`part` 6) or part 12's (12) answer to `req`, its reply written
+ * into entry `e` (dev_reply): 1 if committed, 0 to forward. */
+static int ur_targeted(struct ur_queue *u, struct ur_ent *e, const char *req, uint32_t len,
+                       int part)
+{
+    struct fuse_buf fb;
+    memset(&fb, 0, sizeof fb);
+    fb.mem = (void *)req;
+    fb.size = len;
+    ur_target_q = u;
+    ur_target_e = e;
+    ur_target_set = 1;
+    int done = part == 6 ? pt_drain_buf(&fb, ur_devfd, 0) : lk_try(&fb, ur_devfd);
+    ur_target_set = 0;
+    return done;
+}
+
 /* Answer `e`'s request here if nothing but the fd table is needed: 1 if
  * committed. `req` is the rebuilt request (fuse_in_header first). */
 static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint32_t len)
@@ -3127,16 +3144,7 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
         || opcode == LK_OPCODE_GETATTR) {
         /* Part 12 under its lock; its reply goes to this entry. A request it
          * declines is forwarded (the trio thread's part 12 declines it too). */
-        struct fuse_buf fb;
-        memset(&fb, 0, sizeof fb);
-        fb.mem = (void *)req;
-        fb.size = len;
-        ur_target_q = u;
-        ur_target_e = e;
-        ur_target_set = 1;
-        int done = lk_try(&fb, ur_devfd);
-        ur_target_set = 0;
-        return done;
+        return ur_targeted(u, e, req, len, 12);
     }
     if (opcode == DRAIN_IOCTL) {
         ur_reply_err(u, e, unique, ENOTTY);
@@ -3146,16 +3154,7 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
         /* Part 6 from its table (version 20); an OPEN the table cannot answer
          * (the daemon decides: copy-up, a backing) is forwarded, for the
          * trio thread's drain to decide (its callback runs Python). */
-        struct fuse_buf fb;
-        memset(&fb, 0, sizeof fb);
-        fb.mem = (void *)req;
-        fb.size = len;
-        ur_target_q = u;
-        ur_target_e = e;
-        ur_target_set = 1;
-        int done = pt_drain_buf(&fb, ur_devfd, 0);
-        ur_target_set = 0;
-        return done;
+        return ur_targeted(u, e, req, len, 6);
     }
     if (opcode == DRAIN_GETXATTR && len > 48 && orig_getxattr) {
         const char *name = req + 48;
