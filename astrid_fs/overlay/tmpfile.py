@@ -25,6 +25,11 @@ through a mount took 598 and 854 ms against 1,126 and 1,913 ms without it
 link sets its ctime. Held unnamed files cost nothing on disk but an inode
 each, freed when the daemon exits (after a machine crash: by fsck or, with
 a journal, at the next mount, as for any unnamed file).
+
+A thread that cannot make a file stops for good where the file system has no
+unnamed files; where it is full (ENOSPC, EDQUOT, out of inodes or fds) it
+waits, and the next file a copy-up makes itself (`open_unnamed`, space back)
+sets it going again.
 """
 
 from __future__ import annotations
@@ -75,9 +80,23 @@ class Ahead:
                 with self.cond:
                     self.failed = e
                     self.cond.notify_all()
-                return
+                    if e.errno in _UNSUPPORTED:
+                        return
+                    # full: until a copy-up made a file itself (`resume`)
+                    while self.failed is not None and not self.stopped:
+                        self.cond.wait()
+                continue
             with self.cond:
                 self.ready.append(fd)
+                self.cond.notify_all()
+
+    def resume(self) -> None:
+        """A file was made on request: a thread that stopped because the file
+        system was full makes files again."""
+        with self.cond:
+            if self.failed is not None and self.failed.errno not in _UNSUPPORTED:
+                self.failed = None
+                self.counts["resumed"] = self.counts.get("resumed", 0) + 1
                 self.cond.notify_all()
 
     def take(self) -> int | None:
@@ -139,11 +158,14 @@ def open_unnamed(dir_path: bytes) -> int | None:
         if fd is not None:
             return fd
     try:
-        return _make(dir_path)
+        fd = _make(dir_path)
     except OSError as e:
         if e.errno in _UNSUPPORTED:
             return None
         raise
+    if ahead is not None:
+        ahead.resume()
+    return fd
 
 
 def link(fd: int, path: bytes) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -224,6 +225,46 @@ def test_without_unnamed_files_the_thread_stops_and_copies_still_land(
     assert (upper / "a").read_bytes() == b"project\n"
     assert (session / "base-content" / "a").read_bytes() == b"project\n"
     assert os.listdir(tmp) == []
+
+
+def test_after_a_full_disk_the_thread_makes_files_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC stops the thread (copy-ups make their own files, or fail as the
+    disk does); the first file a copy-up then makes itself sets it going
+    again, where it used to stay stopped until the next mount."""
+    lower, upper, tmp, session = _session(tmp_path)
+    for name in ("a", "b"):
+        (lower / name).write_bytes(b"project\n")
+    real = tmpfile._make
+    full = threading.Event()
+    full.set()
+
+    def make(dir_path: bytes) -> int:
+        if full.is_set():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(dir_path)
+
+    monkeypatch.setattr(tmpfile, "_make", make)
+    ahead = tmpfile.make_ahead(os.fsencode(tmp), size=4)
+    try:
+        assert not ahead.wait_full(timeout=30)
+        assert ahead.stats()["stopped"] == os.strerror(errno.ENOSPC)
+        with pytest.raises(OSError) as caught:  # the disk is full for copy-ups too
+            _copy_up(lower, upper, tmp, "a")
+        assert caught.value.errno == errno.ENOSPC
+        assert not (upper / "a").exists()
+        full.clear()  # space again
+        _copy_up(lower, upper, tmp, "b")  # makes its own files: the thread resumes
+        assert ahead.wait_full(timeout=30)
+        stats = ahead.stats()
+        assert "stopped" not in stats and stats["resumed"] >= 1 and stats["ready"] == 4
+        fd = tmpfile.open_unnamed(os.fsencode(tmp))  # taken from the pool
+        assert fd is not None and ahead.stats()["taken"] >= 1
+        os.close(fd)
+    finally:
+        tmpfile.stop_ahead(os.fsencode(tmp))
+    assert (upper / "b").read_bytes() == b"project\n"
+    assert (session / "base-content" / "b").read_bytes() == b"project\n"
 
 
 def test_copy_ups_through_a_mount_take_files_made_ahead(
