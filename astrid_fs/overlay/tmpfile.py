@@ -64,7 +64,7 @@ class Ahead:
         self.cond = threading.Condition()
         self.stopped = False
         self.failed: OSError | None = None  # why the thread stopped making
-        self.counts = {"taken": 0, "made_on_request": 0}
+        self.counts = {"taken": 0, "made_on_request": 0, "resumed": 0}
         self.thread = threading.Thread(target=self._run, name="astrid-unnamed", daemon=True)
 
     def _run(self) -> None:
@@ -96,7 +96,7 @@ class Ahead:
         with self.cond:
             if self.failed is not None and self.failed.errno not in _UNSUPPORTED:
                 self.failed = None
-                self.counts["resumed"] = self.counts.get("resumed", 0) + 1
+                self.counts["resumed"] += 1
                 self.cond.notify_all()
 
     def take(self) -> int | None:
@@ -163,7 +163,7 @@ def open_unnamed(dir_path: bytes) -> int | None:
         if e.errno in _UNSUPPORTED:
             return None
         raise
-    if ahead is not None:
+    if ahead is not None and ahead.failed is not None:  # (read unlocked: resume checks)
         ahead.resume()
     return fd
 

@@ -988,7 +988,7 @@ static void shim_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 }
 
 static int rf_read(fuse_req_t req, size_t size, off_t off, const struct fuse_file_info *fi);
-static struct wf_entry *lk_read_entry(uint64_t ino); /* part 12 */
+static struct wf_entry *lk_read_entry(uint64_t ino); /* part 12; returns with wf_lock held */
 static int lk_file_known(uint64_t ino);
 
 static void shim_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -1186,11 +1186,11 @@ static int rf_read(fuse_req_t req, size_t size, off_t off, const struct fuse_fil
     }
     pthread_mutex_lock(&wf_lock);
     struct wf_entry *e = *wf_slot(fi->fh & ASTRID_FH_INO_MASK);
-    if (!e)
-        e = lk_read_entry(fi->fh & ASTRID_FH_INO_MASK); /* a file part 12 found */
     if (!e) {
         pthread_mutex_unlock(&wf_lock);
-        return 0;
+        e = lk_read_entry(fi->fh & ASTRID_FH_INO_MASK); /* a file part 12 found */
+        if (!e)
+            return 0;
     }
     ssize_t got;
     do
@@ -1967,8 +1967,10 @@ static int lk_bell_rung; /* (under lk_lock) LK_ABSORB_EAGER's doorbell rang sinc
 /* Part 15: part 12's tables are also read and changed by the io_uring queue
  * threads (their LOOKUPs and listings), so every entry point holds this lock
  * (recursive: the entry points call each other). It is never held while
- * Python runs (the absorb callback). Lock order where both are taken: wf_lock,
- * then lk_lock; a queue thread takes only one of them. */
+ * Python runs (the absorb callback). Where both are held, lk_lock is taken
+ * first (astrid_lk_file_drop closing the shim's fd); a READ that opens a file
+ * part 12 found (lk_read_entry) holds one at a time, and a queue thread never
+ * holds both. */
 static pthread_mutex_t lk_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 /* Bumped (under lk_lock) whenever something an answer rests on is taken back
  * or changed: a directory's or file's path replaced or dropped, the tables
@@ -2174,30 +2176,14 @@ static struct wf_entry *lk_owned_put(uint64_t ino, int fd)
     return e;
 }
 
-/* wf_lock held, `ino` not in part 9's table: open the file part 12 found. */
-static struct wf_entry *lk_read_entry_unlocked(uint64_t ino)
-{
-    if (!lk_on)
-        return NULL;
-    struct lk_dir *f = *lk_file_slot(ino);
-    if (!f)
-        return NULL;
-    char path[LK_PATH];
-    if (!lk_abs(path, f->path, f->len))
-        return NULL;
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return NULL; /* the daemon answers (and decides the errno) */
-    return lk_owned_put(ino, fd);
-}
-
-/* lk_read_entry for a queue thread (version 21), which holds neither lock:
- * the path is read under part 12's lock, the file opened with no lock held,
- * and put in part 9's table under its lock unless part 12 took anything back
- * meanwhile (lk_gen: a copy-up's astrid_lk_file_drop bumps it before it takes
- * wf_lock to close the shim's fd, so that fd is never put back after it).
- * Returns the entry with wf_lock held, or NULL with no lock held. */
-static struct wf_entry *lk_read_entry_ring(uint64_t ino)
+/* Open the file part 12 found for its first READ (the drain's or, version
+ * 21, a queue thread's), the caller holding neither lock: the path is read
+ * under part 12's lock, the file opened with no lock held, and put in part
+ * 9's table under its lock unless part 12 took anything back meanwhile
+ * (lk_gen: a copy-up's astrid_lk_file_drop bumps it before it takes wf_lock
+ * to close the shim's fd, so that fd is never put back after it). Returns
+ * the entry with wf_lock held, or NULL with no lock held. */
+static struct wf_entry *lk_read_entry(uint64_t ino)
 {
     char path[LK_PATH];
     pthread_mutex_lock(&lk_lock);
@@ -2225,14 +2211,6 @@ static struct wf_entry *lk_read_entry_ring(uint64_t ino)
         return e;
     pthread_mutex_unlock(&wf_lock); /* (lk_owned_put closed it) */
     return NULL;
-}
-
-static struct wf_entry *lk_read_entry(uint64_t ino)
-{
-    pthread_mutex_lock(&lk_lock);
-    struct wf_entry *res = lk_read_entry_unlocked(ino);
-    pthread_mutex_unlock(&lk_lock);
-    return res;
 }
 
 /* The daemon copied file `ino` up (or it changed otherwise): its READs are
@@ -2905,7 +2883,7 @@ decline:
  *     fd table (part 9) and part 12's locked tables: the xattr probes (part
  *     4), READs of inodes in the table and WRITEs of writable ones (not a
  *     WRITE that asks for a suid/sgid kill, part 13), the first READ of a
- *     file part 12 found (version 21: opened here, lk_read_entry_ring), IOCTLs
+ *     file part 12 found (version 21: opened here, lk_read_entry), IOCTLs
  *     (ENOTTY), part 12's LOOKUPs and
  *     listings (their entries queued for the daemon's absorb before the
  *     reply goes), and with passthrough (version 20) part 6's OPENs its
@@ -3114,10 +3092,17 @@ static ssize_t ur_target_reply(const void *buf, size_t len)
     return (ssize_t)len;
 }
 
-/* Part 6's (`part` 6) or part 12's (12) answer to `req`, its reply written
- * into entry `e` (dev_reply): 1 if committed, 0 to forward. */
+/* Part 6 from its table alone: an OPEN it cannot answer is not decided
+ * here (the decision runs Python: the trio thread's drain makes it). */
+static int pt_table_buf(const struct fuse_buf *buf, int fuse_fd)
+{
+    return pt_drain_buf(buf, fuse_fd, 0);
+}
+
+/* `answer`'s (part 6's or part 12's) answer to `req`, its reply written into
+ * entry `e` (dev_reply): 1 if committed, 0 to forward. */
 static int ur_targeted(struct ur_queue *u, struct ur_ent *e, const char *req, uint32_t len,
-                       int part)
+                       int (*answer)(const struct fuse_buf *, int))
 {
     struct fuse_buf fb;
     memset(&fb, 0, sizeof fb);
@@ -3126,7 +3111,7 @@ static int ur_targeted(struct ur_queue *u, struct ur_ent *e, const char *req, ui
     ur_target_q = u;
     ur_target_e = e;
     ur_target_set = 1;
-    int done = part == 6 ? pt_drain_buf(&fb, ur_devfd, 0) : lk_try(&fb, ur_devfd);
+    int done = answer(&fb, ur_devfd);
     ur_target_set = 0;
     return done;
 }
@@ -3144,7 +3129,7 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
         || opcode == LK_OPCODE_GETATTR) {
         /* Part 12 under its lock; its reply goes to this entry. A request it
          * declines is forwarded (the trio thread's part 12 declines it too). */
-        return ur_targeted(u, e, req, len, 12);
+        return ur_targeted(u, e, req, len, lk_try);
     }
     if (opcode == DRAIN_IOCTL) {
         ur_reply_err(u, e, unique, ENOTTY);
@@ -3154,7 +3139,7 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
         /* Part 6 from its table (version 20); an OPEN the table cannot answer
          * (the daemon decides: copy-up, a backing) is forwarded, for the
          * trio thread's drain to decide (its callback runs Python). */
-        return ur_targeted(u, e, req, len, 6);
+        return ur_targeted(u, e, req, len, pt_table_buf);
     }
     if (opcode == DRAIN_GETXATTR && len > 48 && orig_getxattr) {
         const char *name = req + 48;
@@ -3197,7 +3182,7 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
          * as the drain does, instead of going to the trio thread (a cold
          * `grep -r` sent it 20,000 first READs). */
         pthread_mutex_unlock(&wf_lock);
-        if (!(w = lk_read_entry_ring(ino)))
+        if (!(w = lk_read_entry(ino)))
             return 0;
     }
     if (!w || (writing && (!w->writable || w->owned))) {
