@@ -56,6 +56,13 @@ if [ ! -f "$shim" ] || [ astrid_fs/fuse/native/fuse_shim.c -nt "$shim" ]; then
     gcc -O2 -shared -fPIC $(pkg-config --cflags fuse3) -o "$shim.tmp" astrid_fs/fuse/native/fuse_shim.c -ldl
     mv "$shim.tmp" "$shim"
 fi
+# Copy-up's threads in C (astrid_fs/overlay/native/copyup_threads.c; cthreads.py).
+threads=astrid_fs/overlay/native/libastrid_copyup_threads.so
+if [ ! -f "$threads" ] || [ astrid_fs/overlay/native/copyup_threads.c -nt "$threads" ]; then
+    echo "setup: building $threads"
+    gcc -O2 -shared -fPIC -pthread -o "$threads.tmp" astrid_fs/overlay/native/copyup_threads.c
+    mv "$threads.tmp" "$threads"
+fi
 
 # Parts that need more than the above (plugin toolchains, test servers) each
 # have an idempotent script here.

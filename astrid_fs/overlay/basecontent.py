@@ -27,6 +27,20 @@ other bytes in place of its own (the kernel writes data before the size
 that exposes it: ext4's data=ordered, XFS): a merge over such a base puts
 markers where it cannot tell (nothing lost), and the review's same-bytes
 check (conflicts.py) needs the copy's size and mtime to equal the base's.
+
+**Written off the request path** (`start_writer`, by the mount's daemon): a
+copy-up has the base content in hand (it read the file to copy it), so it
+hands the bytes to a C thread that writes the copy (`keep_bytes`;
+native/copyup_threads.c, where built: cthreads.py), and the request is
+answered without a second unnamed file and link. Only while making a file
+is slow (after mass deletions): on a quick disk the copy-up writes its copy
+itself, cheaper than any thread beside it (tmpfile.py has the numbers). The bytes are the ones the copy-up read, so a
+project file changed meanwhile cannot slip in. A path whose copy is queued
+counts as kept (the first copy stands); the review's `sync` request makes
+the daemon wait for the queue (`flush`) before it reads the store, and a
+clean unmount waits for it too. A daemon killed with copies queued loses
+them: the merge then takes an empty base, as for any copy not kept. At most
+`PENDING_BYTES` wait; beyond that a copy-up writes its copy itself.
 """
 
 from __future__ import annotations
@@ -37,10 +51,12 @@ import itertools
 import os
 import stat
 from collections.abc import Callable
+from typing import Any
 
-from astrid_fs.overlay import tmpfile
+from astrid_fs.overlay import cthreads, tmpfile
 
 LIMIT = 8 << 20  # larger files are not merged, so their base is not kept
+PENDING_BYTES = 64 << 20  # most base content queued for the writer thread
 DIR_NAME = b"base-content"
 _INDEX_NAME = b"bases.sqlite"  # (review/bases.py)
 _counter = itertools.count()
@@ -82,6 +98,9 @@ def keep(tmp_dir: bytes, lower_rel: bytes, fill: Callable[[int], None],
     if store is None or not lower_rel:
         return
     out = store + b"/" + lower_rel
+    writer = _writers.get(tmp_dir)
+    if writer is not None and writer.queued(out):
+        return  # the first copy stands
     if os.path.lexists(out):  # (before `fill`, which may read a big file)
         return
     _put(tmp_dir, out, fill, mtime_ns)
@@ -89,11 +108,16 @@ def keep(tmp_dir: bytes, lower_rel: bytes, fill: Callable[[int], None],
 
 def keep_bytes(tmp_dir: bytes, lower_rel: bytes, content: bytes, mtime_ns: int) -> None:
     """`keep` with the content in hand (a copy-up read it): no look first,
-    a copy kept already makes the link fail and stands."""
+    a copy kept already makes the link fail and stands. Written by the
+    mount's writer thread where one runs (and has room), else here."""
     store = store_for(tmp_dir)
     if store is None or not lower_rel:
         return
-    _put(tmp_dir, store + b"/" + lower_rel, write_bytes(content), mtime_ns)
+    out = store + b"/" + lower_rel
+    writer = _writers.get(tmp_dir)
+    if writer is not None and writer.put(out, content, mtime_ns):
+        return
+    _put(tmp_dir, out, write_bytes(content), mtime_ns)
 
 
 def _put(tmp_dir: bytes, out: bytes, fill: Callable[[int], None], mtime_ns: int) -> None:
@@ -177,3 +201,72 @@ def keep_local(tmp_dir: bytes, lower_rel: bytes, lower_path: bytes) -> None:
         return
     if wanted(st):
         keep(tmp_dir, lower_rel, copy_from(lower_path), st.st_mtime_ns)
+
+
+class Writer:
+    """Base content written by a C thread (native/copyup_threads.c), in the
+    order it was handed over (module docstring)."""
+
+    def __init__(self, so: Any, handle: int) -> None:
+        self.so = so
+        self.handle = handle
+
+    @classmethod
+    def start(cls, tmp_dir: bytes, limit: int) -> Writer | None:
+        so = cthreads.lib()
+        handle = so.astrid_base_start(tmp_dir, limit) if so is not None else None
+        return cls(so, handle) if handle else None
+
+    def put(self, out: bytes, content: bytes, mtime_ns: int) -> bool:
+        """Queue a copy of `content` for `out` (a copy queued for it already
+        stands); False: not taken (full, stopped), the caller writes it."""
+        return int(self.so.astrid_base_put(self.handle, out, content, len(content),
+                                           mtime_ns)) >= 0
+
+    def queued(self, out: bytes) -> bool:
+        return bool(self.so.astrid_base_queued(self.handle, out))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every copy handed over so far is written (False on
+        timeout)."""
+        return bool(self.so.astrid_base_flush(
+            self.handle, -1 if timeout is None else int(timeout * 1000)))
+
+    def stop(self) -> None:
+        """Write what is queued, then end the thread."""
+        self.so.astrid_base_stop(self.handle)
+
+    def stats(self) -> dict[str, int]:
+        keys = ("queued", "written", "written_inline", "dropped", "pending", "pending_bytes")
+        return dict(zip(keys, cthreads.counters(self.so.astrid_base_stats, self.handle, 6),
+                        strict=True))
+
+
+_writers: dict[bytes, Writer] = {}
+
+
+def start_writer(tmp_dir: bytes, limit: int = PENDING_BYTES) -> Writer | None:
+    """Start the thread that writes base content for the copy-ups of work
+    dir `tmp_dir`; None where `tmp_dir` keeps no base content (not a
+    session's) or the library is not built (copy-ups then write it)."""
+    if store_for(tmp_dir) is None:
+        return None
+    writer = _writers.get(tmp_dir)
+    if writer is None:
+        writer = Writer.start(tmp_dir, limit)
+        if writer is not None:
+            _writers[tmp_dir] = writer
+    return writer
+
+
+def flush(tmp_dir: bytes) -> None:
+    """Wait for the copies queued for `tmp_dir` (no-op without a writer)."""
+    writer = _writers.get(tmp_dir)
+    if writer is not None:
+        writer.flush()
+
+
+def stop_writer(tmp_dir: bytes) -> None:
+    writer = _writers.pop(tmp_dir, None)
+    if writer is not None:
+        writer.stop()

@@ -1,13 +1,18 @@
 """Fixtures for the review/commit tests: an $ASTRID_HOME per test, sessions
-over a scratch lower dir, and kernel overlayfs as a writer of upper layers."""
+over a scratch lower dir, and kernel overlayfs as a writer of upper layers;
+for the copy-up tests, which thread makes unnamed files ahead."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from astrid_fs.overlay import cthreads
 from astrid_fs.session import Session, create_or_open_session
 from tests.fs.kernel_overlay import OverlayFactory, kernel_overlay
 
@@ -38,3 +43,37 @@ def overlay(tmp_path: Path) -> OverlayFactory:
     def make(session: Session) -> AbstractContextManager[Path]:
         return kernel_overlay(session, tmp_path / "mnt")
     return make
+
+
+@pytest.fixture(params=["C", "python"])
+def native(request: pytest.FixtureRequest) -> bool:
+    """Files made ahead by the C thread (cthreads.py) or the Python one."""
+    if request.param == "C":
+        request.getfixturevalue("threads_always")
+    return bool(request.param == "C")
+
+
+@pytest.fixture
+def threads_always() -> Iterator[Any]:
+    """The C copy-up threads working however quick making a file is (they
+    rest while it is quick: copyup_threads.c); the library, loaded."""
+    so = cthreads.lib()
+    assert so is not None, "the copy-up threads library is not built: run scripts/setup.sh"
+    so.astrid_copyup_mode(1)
+    try:
+        yield so
+    finally:
+        so.astrid_copyup_mode(0)
+
+
+def unnamed_fds(d: Path) -> list[int]:
+    """This process's fds on unnamed files of directory `d`."""
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith(f"{d}/#") and target.endswith(" (deleted)"):
+            out.append(int(name))
+    return out

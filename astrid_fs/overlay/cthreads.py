@@ -1,0 +1,77 @@
+"""The copy-up threads library (native/copyup_threads.c), loaded with ctypes.
+
+Two jobs a copy-up hands off, unnamed files made ahead (tmpfile.py) and base
+content written (basecontent.py), run in C threads that never take the
+GIL: as Python threads they cost the thread answering requests more in
+GIL hand-overs than they saved (docs/benchmarks.md). They work only while
+making a file is slow (the library's header says why and how that is
+told). scripts/setup.sh builds the library; without it (or with
+`ASTRID_FS_COPYUP_THREADS=0`) files are made ahead by a Python thread and
+base content is written by the copy-up itself; `=always` keeps the C
+threads working however quick the disk is (tests, A/B runs).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+LIB = Path(__file__).with_name("native") / "libastrid_copyup_threads.so"
+ENV = "ASTRID_FS_COPYUP_THREADS"
+_I64P = ctypes.POINTER(ctypes.c_int64)
+
+
+@functools.lru_cache(maxsize=1)
+def lib() -> Any | None:
+    """The loaded library, or None (not built, older than its source, or
+    turned off)."""
+    if os.environ.get(ENV) == "0":
+        return None
+    source = LIB.with_name("copyup_threads.c")
+    if not LIB.is_file() or (source.exists()
+                             and LIB.stat().st_mtime < source.stat().st_mtime):
+        return None  # (setup.sh builds it)
+    try:
+        so = ctypes.CDLL(str(LIB))
+    except OSError:
+        return None
+    so.astrid_ahead_start.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    so.astrid_ahead_start.restype = ctypes.c_void_p
+    for name in ("astrid_ahead_take", "astrid_ahead_resume", "astrid_ahead_stop"):
+        getattr(so, name).argtypes = [ctypes.c_void_p]
+    so.astrid_ahead_wait_full.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    so.astrid_ahead_stats.argtypes = [ctypes.c_void_p, _I64P]
+    so.astrid_base_start.argtypes = [ctypes.c_char_p, ctypes.c_int64]
+    so.astrid_base_start.restype = ctypes.c_void_p
+    so.astrid_base_put.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p,
+                                   ctypes.c_int64, ctypes.c_int64]
+    so.astrid_base_queued.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    so.astrid_base_flush.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    so.astrid_base_stats.argtypes = [ctypes.c_void_p, _I64P]
+    so.astrid_base_stop.argtypes = [ctypes.c_void_p]
+    so.astrid_make_note.argtypes = [ctypes.c_int64]
+    so.astrid_make_stats.argtypes = [_I64P]
+    so.astrid_copyup_mode.argtypes = [ctypes.c_int]
+    so.astrid_copyup_mode(1 if os.environ.get(ENV) == "always" else 0)
+    return so
+
+
+def make_stats() -> dict[str, Any]:
+    """The moving average of making an unnamed file (us) and whether the
+    threads work now."""
+    so = lib()
+    if so is None:
+        return {}
+    out = (ctypes.c_int64 * 2)()
+    so.astrid_make_stats(out)
+    return {"make_us": round(out[0] / 1000, 1), "threads_working": bool(out[1])}
+
+
+def counters(fn: Any, handle: int, n: int) -> list[int]:
+    """The `n` int64 counters a stats function fills."""
+    out = (ctypes.c_int64 * n)()
+    fn(handle, out)
+    return [int(v) for v in out]
