@@ -32,15 +32,16 @@ check (conflicts.py) needs the copy's size and mtime to equal the base's.
 copy-up has the base content in hand (it read the file to copy it), so it
 hands the bytes to a C thread that writes the copy (`keep_bytes`;
 native/copyup_threads.c, where built: cthreads.py), and the request is
-answered without a second unnamed file and link. Only while making a file
-is slow (after mass deletions): on a quick disk the copy-up writes its copy
-itself, cheaper than any thread beside it (tmpfile.py has the numbers).
-The bytes are the ones the copy-up read, so a project file changed
-meanwhile cannot slip in. A path whose copy is queued counts as kept (the first copy stands); the review's `sync` request makes
-the daemon wait for the queue (`flush`) before it reads the store, and a
-clean unmount waits for it too. A daemon killed with copies queued loses
-them: the merge then takes an empty base, as for any copy not kept. At most
-`PENDING_BYTES` wait; beyond that a copy-up writes its copy itself.
+answered without a second unnamed file and link. Only while making a file is
+slow (after mass deletions): on a quick disk the copy-up writes its copy
+itself, cheaper than any thread beside it (tmpfile.py has the numbers). The
+bytes are the ones the copy-up read, so a project file changed meanwhile
+cannot slip in. A path whose copy is queued counts as kept (the first copy
+stands); the review's `sync` request makes the daemon wait for the queue
+(`flush`) before it reads the store, and a clean unmount waits for it too. A
+daemon killed with copies queued loses them: the merge then takes an empty
+base, as for any copy not kept. At most `PENDING_BYTES` wait; beyond that a
+copy-up writes its copy itself.
 """
 
 from __future__ import annotations
