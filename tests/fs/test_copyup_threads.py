@@ -24,15 +24,20 @@ from tests.support.mounts import MountedSession
 NAMES = OverlayXattrs("trusted" if os.geteuid() == 0 else "user")
 
 
-@pytest.fixture
-def session_work(tmp_path: Path, threads_always: Any) -> Iterator[tuple[bytes, Path]]:
-    """(work dir, session dir) of a session that keeps bases, its writer
-    thread running (stopped at the end)."""
+def _session(tmp_path: Path) -> tuple[bytes, Path]:
+    """(work dir, session dir) of a session that keeps bases."""
     session = tmp_path / "session"
     work = session / "work" / "astrid"
     work.mkdir(parents=True)
     (session / "bases.sqlite").write_bytes(b"")
-    tmp = os.fsencode(work)
+    return os.fsencode(work), session
+
+
+@pytest.fixture
+def session_work(tmp_path: Path, threads_always: Any) -> Iterator[tuple[bytes, Path]]:
+    """(work dir, session dir) of a session that keeps bases, its writer
+    thread running (stopped at the end)."""
+    tmp, session = _session(tmp_path)
     assert basecontent.start_writer(tmp) is not None
     try:
         yield tmp, session
@@ -127,11 +132,7 @@ def test_the_first_copy_of_a_path_stands(session_work: tuple[bytes, Path]) -> No
 
 def test_more_than_the_limit_is_written_by_the_copy_up_itself(tmp_path: Path,
                                                                threads_always: Any) -> None:
-    session = tmp_path / "session"
-    work = session / "work" / "astrid"
-    work.mkdir(parents=True)
-    (session / "bases.sqlite").write_bytes(b"")
-    tmp = os.fsencode(work)
+    tmp, session = _session(tmp_path)
     writer = basecontent.start_writer(tmp, limit=10)
     assert writer is not None
     try:
@@ -144,11 +145,7 @@ def test_more_than_the_limit_is_written_by_the_copy_up_itself(tmp_path: Path,
 
 
 def test_stopping_writes_what_is_queued(tmp_path: Path, threads_always: Any) -> None:
-    session = tmp_path / "session"
-    work = session / "work" / "astrid"
-    work.mkdir(parents=True)
-    (session / "bases.sqlite").write_bytes(b"")
-    tmp = os.fsencode(work)
+    tmp, session = _session(tmp_path)
     assert basecontent.start_writer(tmp) is not None
     for i in range(200):
         basecontent.keep_bytes(tmp, b"d%d/f" % (i % 7) + b"%d" % i, b"%d" % i, 1)
@@ -217,11 +214,7 @@ def test_the_threads_work_only_while_making_a_file_is_slow(
     so = threads_always
     so.astrid_copyup_mode(0)
     monkeypatch.setattr(tmpfile.NativeAhead, "note", lambda self, ns: None)
-    session = tmp_path / "session"
-    work = session / "work" / "astrid"
-    work.mkdir(parents=True)
-    (session / "bases.sqlite").write_bytes(b"")
-    tmp = os.fsencode(work)
+    tmp, session = _session(tmp_path)
     for _ in range(64):
         so.astrid_make_note(5_000)  # 5 us a file
     ahead = tmpfile.make_ahead(tmp, size=4)
