@@ -102,6 +102,10 @@ class ShimLookups:
         table.watch(self.node_changed)
         table.drop_watch = self.dropped
         policy.full_hook = lib.astrid_lk_full
+        if hasattr(lib, "astrid_lk_full_take"):  # (shim version 22)
+            lib.astrid_lk_full_take.argtypes = []
+            lib.astrid_lk_full_take.restype = ctypes.c_int
+            policy.full_take = lib.astrid_lk_full_take
         for node in table.nodes():
             self.node_changed(node)
         # (a path, not an fd: a lower root replaced meanwhile is followed, as

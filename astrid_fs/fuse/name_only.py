@@ -25,6 +25,10 @@ class NameOnlyListings:
       listings are full, and the one after probes with names again.
     - A directory with more than `MAX_ENTRIES` candidates is listed in full:
       a wrong guess costs at most that many lookups.
+    - Where the FUSE shim lists lower-only directories itself, its listings
+      and the daemon's count down one count (`full_take`): the shim's own
+      would otherwise be followed by as many full listings in Python before
+      the next probe.
     """
 
     MAX_ENTRIES = 256
@@ -39,6 +43,9 @@ class NameOnlyListings:
         # Told when full listings are asked for (the FUSE shim lists lower-only
         # directories itself then: fuse/lookup_table.py).
         self.full_hook: Callable[[int], None] | None = None
+        # Where the shim lists, its count is the one count: this takes one full
+        # listing from it (1) or says none is left (0). Else `_full_left` counts.
+        self.full_take: Callable[[], int] | None = None
         self._watched: OrderedDict[int, tuple[Container[bytes], list[int]]] = OrderedDict()
 
     def listing(self, dir_ino: int, names: Container[bytes], candidates: int) -> bool:
@@ -46,7 +53,10 @@ class NameOnlyListings:
         there are `candidates`) by name only."""
         if candidates == 0 or candidates > self.MAX_ENTRIES:
             return False
-        if self._full_left > 0:
+        if self.full_take is not None:
+            if self.full_take():
+                return False
+        elif self._full_left > 0:
             self._full_left -= 1
             return False
         self._watched[dir_ino] = (names, [candidates, 0])

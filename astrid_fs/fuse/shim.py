@@ -62,7 +62,9 @@ def shim_version() -> int:
     run under SCHED_IDLE (io_uring.py); 20: with passthrough over io_uring,
     queue threads answer the OPENs and RELEASEs the table answers
     (passthrough.py, io_uring.py); 21: queue threads open the lower files part
-    12 found for their first READs, and IOCTLs are answered ENOTTY in C."""
+    12 found for their first READs, and IOCTLs are answered ENOTTY in C;
+    22: the daemon's full listings count down the shim's count
+    (`astrid_lk_full_take`, lookup_table.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

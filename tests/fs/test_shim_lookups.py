@@ -339,6 +339,32 @@ def test_listings_answered_in_c_agree_with_the_lower(tmp_path: Path,
     assert listed["f5"] == os.lstat(lower / "t/d29/f5").st_ino
 
 
+def test_a_stat_walk_of_many_directories_is_listed_in_c(tmp_path: Path,
+                                                       mount_session: Mount) -> None:
+    """`find -printf` over a tree of more directories than one run of full
+    listings (name_only.py, 128): the shim lists them, the daemon only the
+    few name-only probes between runs. Before the shim's count was shared
+    (version 22), each run the shim listed was followed by as many full
+    listings in Python: twice the daemon's listings this test allows."""
+    lower = tmp_path / "lower"
+    dirs = [f"t/d{i:03}" for i in range(300)]
+    for d in dirs:
+        (lower / d).mkdir(parents=True)
+        for j in range(6):
+            (lower / d / f"f{j}").write_text("z" * j)
+    s = mount_session(lower)
+    before, asked = shim_lookups(s), s.control("stats")["requests"].get("readdir", 0)
+    out = subprocess.run(["find", str(s.mnt / "t"), "-printf", "%P %s %i\n"], check=True,
+                         text=True, capture_output=True).stdout.splitlines()
+    want = subprocess.run(["find", str(lower / "t"), "-printf", "%P %s %i\n"], check=True,
+                          text=True, capture_output=True).stdout.splitlines()
+    assert sorted(out) == sorted(want)
+    in_python = s.control("stats")["requests"].get("readdir", 0) - asked
+    in_c = shim_lookups(s)["listings"] - before["listings"]
+    assert in_c >= 2 * 260, (in_c, in_python)  # (offset 0 and the empty end)
+    assert in_python <= 40, (in_c, in_python)
+
+
 def test_files_the_kernel_holds_are_listed_by_name_only(tmp_path: Path,
                                                        mount_session: Mount) -> None:
     """git status looks up every tracked file (its index refresh), then lists

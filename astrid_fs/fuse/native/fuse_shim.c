@@ -173,7 +173,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 21; }
+int astrid_fuse_shim_loaded(void) { return 22; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -2653,6 +2653,21 @@ void astrid_lk_full(int64_t listings)
     pthread_mutex_lock(&lk_lock);
     lk_full_left = listings;
     pthread_mutex_unlock(&lk_lock);
+}
+
+/* One full listing taken from the same count (version 22), for a listing the
+ * daemon takes itself (a directory not named here, or the shim declined):
+ * 1 if the count allowed a full one, else 0. One count for both, so that once
+ * the shim has listed its share the daemon probes with names, instead of
+ * listing in Python as many full ones again by a count of its own. */
+int astrid_lk_full_take(void)
+{
+    pthread_mutex_lock(&lk_lock);
+    int full = lk_full_left > 0;
+    if (full)
+        lk_full_left--;
+    pthread_mutex_unlock(&lk_lock);
+    return full;
 }
 
 static void lk_list_free(void)
