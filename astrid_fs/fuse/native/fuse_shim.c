@@ -2626,7 +2626,8 @@ static int lk_try(const struct fuse_buf *buf, int fuse_fd)
  * Part 12, listings: a READDIRPLUS of a directory the shim may answer LOOKUPs
  * in is answered here too, with full entries (attributes, the lower TTL),
  * while the daemon's name-only policy (fuse/name_only.py) has asked for full
- * listings (astrid_lk_full: it counts them down); otherwise the daemon lists
+ * listings (astrid_lk_full: it counts them down, and so do the daemon's own
+ * full listings since version 22, astrid_lk_full_take); otherwise the daemon lists
  * (names only, to probe the reader). The listing is the lower directory's
  * names, sorted, behind "." and "..", offsets index + 1, as the daemon lists;
  * taken at offset 0 and kept for the calls that follow. Each full entry sent
