@@ -19,9 +19,15 @@ from astrid_fs.overlay.copyup import copy_up
 from astrid_fs.overlay.whiteout import Origin, OverlayXattrs, get_origin
 
 
-def test_origin_json_is_what_it_was() -> None:
-    o = Origin(path="src/a.py", kind="file", ino=12, dev=34, size=56, mtime_ns=78,
-               mode=0o100644, blake3=None)
+@pytest.mark.parametrize("path,blake3", [
+    ("src/a.py", None),
+    ('we"ird\\name\twith\nctl', "ab" * 32),  # quotes, backslashes, controls
+    ("caf\u00e9/\u6f22\u5b57/\U0001f600", None),  # non-ASCII (escaped, as json.dumps does)
+    (os.fsdecode(b"raw/\xff\xfe"), None),  # undecodable bytes (lone surrogates)
+])
+def test_origin_json_is_what_it_was(path: str, blake3: str | None) -> None:
+    o = Origin(path=path, kind="file", ino=12, dev=34, size=56, mtime_ns=78,
+               mode=0o100644, blake3=blake3)
     assert o.encode() == json.dumps(asdict(o), sort_keys=True, separators=(",", ":")).encode()
     assert Origin.decode(o.encode()) == o
 
