@@ -30,7 +30,7 @@ from astrid_fs.errors import AstridFsError, MountError, SessionError, UsageError
 from astrid_fs.fuse.config import DaemonConfig, io_uring_requested
 from astrid_fs.fuse.config import requested as passthrough_requested
 from astrid_fs.fuse.mountinfo import fuse_mount_alive, is_mountpoint
-from astrid_fs.fuse.shim import current_env_with_shim
+from astrid_fs.fuse.shim import current_env_with_shim, shim_stale
 from astrid_fs.overlay.remote import prepare_session_mounts
 from astrid_fs.review.bases import record_if_fresh
 from astrid_fs.session import (
@@ -178,6 +178,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         io_uring=bool(args.io_uring),
     )
     _record_base(session, existed)
+    stale = shim_stale()
+    if stale:
+        print(f"astrid-fs: warning: {stale}", file=sys.stderr)
     if args.foreground:
         print(f"session {name}: mounting on {mountpoint} (Ctrl-C to unmount)", flush=True)
         os.execve(sys.executable,

@@ -39,6 +39,18 @@ def shim_path() -> Path | None:
     return None
 
 
+def shim_stale() -> str | None:
+    """Why the built shim is not used although it is there, or None: it is
+    older than its source (edited, not rebuilt). Mounts then run without it,
+    slower, so the mount command warns (`ASTRID_FS_SHIM` overrides)."""
+    source = SHIM.with_name("fuse_shim.c")
+    if os.environ.get(SHIM_ENV) or not SHIM.is_file() or not source.exists() \
+            or SHIM.stat().st_mtime >= source.stat().st_mtime:
+        return None
+    return (f"{SHIM} is older than {source.name}: mounting without the FUSE shim "
+            "(rebuild it: bash scripts/setup.sh)")
+
+
 def shim_version() -> int:
     """0 without the shim; 1: cached listings; 2: also no-open file I/O;
     3: no-opendir; 4: xattrs answered in C; 5: LSEEK, FALLOCATE and
