@@ -33,21 +33,24 @@ def shim_path() -> Path | None:
     override = os.environ.get(SHIM_ENV)
     if override:
         return Path(override) if Path(override).is_file() else None
-    source = SHIM.with_name("fuse_shim.c")
-    if SHIM.is_file() and (not source.exists() or SHIM.stat().st_mtime >= source.stat().st_mtime):
+    if SHIM.is_file() and not _older_than_source():
         return SHIM
     return None
+
+
+def _older_than_source() -> bool:
+    """The built shim (which exists) is older than fuse_shim.c beside it."""
+    source = SHIM.with_name("fuse_shim.c")
+    return source.exists() and SHIM.stat().st_mtime < source.stat().st_mtime
 
 
 def shim_stale() -> str | None:
     """Why the built shim is not used although it is there, or None: it is
     older than its source (edited, not rebuilt). Mounts then run without it,
     slower, so the mount command warns (`ASTRID_FS_SHIM` overrides)."""
-    source = SHIM.with_name("fuse_shim.c")
-    if os.environ.get(SHIM_ENV) or not SHIM.is_file() or not source.exists() \
-            or SHIM.stat().st_mtime >= source.stat().st_mtime:
+    if os.environ.get(SHIM_ENV) or not SHIM.is_file() or not _older_than_source():
         return None
-    return (f"{SHIM} is older than {source.name}: mounting without the FUSE shim "
+    return (f"{SHIM} is older than fuse_shim.c: mounting without the FUSE shim "
             "(rebuild it: bash scripts/setup.sh)")
 
 
