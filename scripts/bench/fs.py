@@ -6,6 +6,10 @@ Run as root (mounts, drop_caches):
     .venv/bin/python scripts/bench/fs.py --quick            # small sizes, ~2 minutes
     .venv/bin/python scripts/bench/fs.py --full --write-md  # the numbers in docs/benchmarks.md
     .venv/bin/python scripts/bench/fs.py --legs native,astrid-fs --workloads "read cold"
+    # an A/B of two builds of the FUSE shim in one run, legs interleaved (one command):
+    .venv/bin/python scripts/bench/fs.py --full --legs native,fuse-overlayfs,astrid-fs
+        --variant shim21=astrid-fs,ASTRID_FS_SHIM=/tmp/shim21.so --workloads "stat cold"
+        --rounds 4
 
 Workloads (each leg sees the same data as its lower layer; native reads it directly):
 
@@ -63,7 +67,7 @@ from fs_dataset import (
     removed,
     settle,
 )
-from fs_legs import LEG_TITLE, LEGS, REPO, Leg, probe
+from fs_legs import LEG_TITLE, LEGS, REPO, Leg, add_variant, probe
 from fs_report import SECTION, markdown, table, write_section
 from fs_workloads import WORKLOADS, run_leg
 
@@ -89,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the data set and mounts live (default /tmp/astrid-bench)")
     ap.add_argument("--legs", default=",".join(ALL_LEGS),
                     help=f"comma list of {','.join(ALL_LEGS)}")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=LEG[,VAR=VALUE...]",
+                    help="one more astrid-fs leg, mounted with VAR=VALUE in its environment, "
+                    "e.g. shim21=astrid-fs,ASTRID_FS_SHIM=/tmp/shim21.so (an A/B in one run; "
+                    "repeatable)")
     ap.add_argument("--workloads", default="", help="comma list (default: all)")
     ap.add_argument("--json", type=Path, help="write raw times here")
     ap.add_argument("--no-settle", action="store_true",
@@ -103,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
+        for spec in saved.get("variants", []):
+            add_variant(spec)
         sizes = Sizes(**saved["sizes"])
         medians = {leg: {w: statistics.median(t) for w, t in r.items()}
                    for leg, r in saved["times"].items()}
@@ -138,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if bad or "native" not in legs:
         print(f"fs.py: --legs must include native and be among {ALL_LEGS}", file=sys.stderr)
+        return 2
+    try:
+        legs += [add_variant(spec) for spec in args.variant]
+    except ValueError as e:
+        print(f"fs.py: {e}", file=sys.stderr)
         return 2
     only = {w for w in args.workloads.split(",") if w}
     if only - set(WORKLOADS):
@@ -208,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         s3_md = fs_s3.markdown(s3_medians, s3_unavailable, sizes)
     if args.json:
         saved = {"sizes": sizes.__dict__, "mode": mode, "rounds": args.rounds, "times": results,
+                 "variants": args.variant,
                  "unavailable": unavailable, "base": str(base), "when": when, "load": load,
                  "native_fs": fs_type(base), "idle": idle}
         if s3_leg:

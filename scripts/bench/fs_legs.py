@@ -19,9 +19,11 @@ from fs_dataset import is_mounted, log, run
 REPO = Path(__file__).resolve().parents[2]
 LEGS = ["native", "kernel", "fuse-overlayfs", "astrid-fs", "astrid-fs-pt", "astrid-fs-uring",
         "astrid-fs-pt-uring"]
-ASTRID_LEGS = ("astrid-fs", "astrid-fs-pt", "astrid-fs-uring", "astrid-fs-pt-uring")
-PASSTHROUGH_LEGS = ("astrid-fs-pt", "astrid-fs-pt-uring")
-IO_URING_LEGS = ("astrid-fs-uring", "astrid-fs-pt-uring")
+# (lists: `add_variant` adds its legs to them)
+ASTRID_LEGS = ["astrid-fs", "astrid-fs-pt", "astrid-fs-uring", "astrid-fs-pt-uring"]
+PASSTHROUGH_LEGS = ["astrid-fs-pt", "astrid-fs-pt-uring"]
+IO_URING_LEGS = ["astrid-fs-uring", "astrid-fs-pt-uring"]
+BUILT_IN_ASTRID_LEGS = tuple(ASTRID_LEGS)
 LEG_TITLE = {
     "native": "native ext4",
     "kernel": "kernel overlayfs",
@@ -34,6 +36,41 @@ LEG_TITLE = {
 # What each astrid-fs leg is called in the table's "met?" columns.
 LEG_PATH = {"astrid-fs": "daemon path", "astrid-fs-pt": "passthrough",
             "astrid-fs-uring": "io_uring", "astrid-fs-pt-uring": "passthrough + io_uring"}
+
+
+# Extra astrid-fs legs for an A/B in one run: NAME -> environment of its mounts.
+VARIANT_ENV: dict[str, dict[str, str]] = {}
+
+
+def add_variant(spec: str) -> str:
+    """Register `NAME=LEG[,VAR=VALUE...]`: an astrid-fs leg (LEG one of
+    ASTRID_LEGS) mounted with VAR=VALUE in the mount command's environment,
+    e.g. `shim21=astrid-fs,ASTRID_FS_SHIM=/tmp/shim21.so` to compare two builds
+    of the FUSE shim, or `nothreads=astrid-fs,ASTRID_FS_COPYUP_THREADS=0`.
+    Returns NAME; ValueError with a one-line reason if the spec is bad."""
+    name, sep, rest = spec.partition("=")
+    base, *pairs = rest.split(",")
+    if not sep or not name or name in LEG_TITLE or "," in name:
+        raise ValueError(f"bad variant {spec!r}: want NAME=LEG[,VAR=VALUE...] with a new NAME")
+    if base not in BUILT_IN_ASTRID_LEGS:
+        raise ValueError(f"bad variant {spec!r}: LEG must be one of "
+                         f"{', '.join(BUILT_IN_ASTRID_LEGS)}")
+    env = {}
+    for pair in pairs:
+        var, eq, value = pair.partition("=")
+        if not eq or not var:
+            raise ValueError(f"bad variant {spec!r}: {pair!r} is not VAR=VALUE")
+        env[var] = value
+    VARIANT_ENV[name] = env
+    ASTRID_LEGS.append(name)
+    if base in PASSTHROUGH_LEGS:
+        PASSTHROUGH_LEGS.append(name)
+    if base in IO_URING_LEGS:
+        IO_URING_LEGS.append(name)
+    shown = " ".join(f"{k}={v}" for k, v in env.items())
+    LEG_TITLE[name] = f"{name}: {LEG_TITLE[base]}" + (f" {shown}" if shown else "")
+    LEG_PATH[name] = f"{LEG_PATH[base]}, {name}"
+    return name
 
 
 def control_socket(mnt: Path) -> str:
@@ -90,7 +127,7 @@ class Leg:
             ring = "--io-uring" if self.name in IO_URING_LEGS else "--no-io-uring"
             run([str(prog), "mount", "--lower", str(self.data), "--session",
                  f"bench{self.counter}", path, ring, str(mnt)],
-                env=dict(os.environ, ASTRID_HOME=str(home)))
+                env=dict(os.environ, ASTRID_HOME=str(home), **VARIANT_ENV.get(self.name, {})))
         else:
             raise ValueError(self.name)
         self.mounted.append(mnt)

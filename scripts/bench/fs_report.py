@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from fs_dataset import Sizes, fs_type
-from fs_legs import ASTRID_LEGS, LEG_PATH, LEG_TITLE, LEGS
+from fs_legs import ASTRID_LEGS, LEG_PATH, LEG_TITLE, LEGS, VARIANT_ENV
 from fs_workloads import WORKLOADS
 
 TIMES = "\u00d7"  # multiplication sign
@@ -68,7 +68,7 @@ def verdict(w: str, medians: dict[str, dict[str, float]], leg: str = "astrid-fs"
 
 
 def table(medians: dict[str, dict[str, float]], unavailable: dict[str, str]) -> str:
-    legs = [leg for leg in LEGS if leg in medians or leg in unavailable]
+    legs = [leg for leg in (*LEGS, *VARIANT_ENV) if leg in medians or leg in unavailable]
     checked = [leg for leg in ASTRID_LEGS if leg in medians]
     head = ["workload"] + [LEG_TITLE[leg] for leg in legs] + ["target (astrid-fs)"] + \
         [f"met? ({LEG_PATH[leg]})" for leg in checked]
