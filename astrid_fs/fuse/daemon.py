@@ -273,7 +273,6 @@ class Daemon:
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
-
     def _sync(self) -> None:
         basecontent.flush(os.fsencode(self.config.tmp))
         os.sync()

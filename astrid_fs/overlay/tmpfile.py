@@ -104,6 +104,8 @@ class Ahead:
     def resume(self) -> None:
         """A file was made on request: a thread that stopped because the file
         system was full makes files again."""
+        if self.failed is None:  # (read unlocked: every made-on-request file asks)
+            return
         with self.cond:
             if self.failed is not None and self.failed.errno not in _UNSUPPORTED:
                 self.failed = None
