@@ -61,8 +61,6 @@ def fuse_options(config: DaemonConfig) -> set[str]:
 
 #: "0": copy-ups make their unnamed files themselves (overlay/tmpfile.py).
 MAKE_AHEAD_ENV = "ASTRID_FS_MAKE_AHEAD"
-#: "0": copy-ups write their base content themselves (overlay/basecontent.py).
-BASE_WRITER_ENV = "ASTRID_FS_BASE_WRITER"
 
 
 def _clean_tmp(tmp: Path) -> None:
@@ -99,7 +97,6 @@ class Daemon:
         self.io_uring: IoUring | None = None
         self.transport = "/dev/fuse (io_uring not requested)"
         self.unnamed: tmpfile.Ahead | tmpfile.NativeAhead | None = None
-        self.base_writer: basecontent.Writer | None = None
 
     def mount(self) -> None:
         _clean_tmp(Path(self.config.tmp))
@@ -107,9 +104,6 @@ class Daemon:
         if os.environ.get(MAKE_AHEAD_ENV) != "0":  # (0: for A/B benchmarks)
             # copy-ups take unnamed files made by a thread beforehand
             self.unnamed = tmpfile.make_ahead(os.fsencode(self.config.tmp))
-        if os.environ.get(BASE_WRITER_ENV) != "0":  # (0: for A/B benchmarks)
-            # base content written by a thread, off the copy-up's request
-            self.base_writer = basecontent.start_writer(os.fsencode(self.config.tmp))
         # Per-inode fds (no-open I/O) and open files need more than 1024.
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -167,7 +161,7 @@ class Daemon:
 
     def unmounted(self) -> None:
         """After a clean unmount: copy-ups durable, the marker gone."""
-        basecontent.stop_writer(os.fsencode(self.config.tmp))  # (writes what is queued)
+        basecontent.close_packs()
         tmpfile.stop_ahead(os.fsencode(self.config.tmp))
         if self.overlay.sync_copy_up:
             return  # not armed
@@ -252,9 +246,7 @@ class Daemon:
                     else self.first_writes.stats(),
                     "transport": self._transport(),
                     "io_uring": None if self.io_uring is None else self.io_uring.stats(),
-                    "unnamed_ahead": None if self.unnamed is None else self.unnamed.stats(),
-                    "base_content": None if self.base_writer is None
-                    else self.base_writer.stats()}
+                    "unnamed_ahead": None if self.unnamed is None else self.unnamed.stats()}
         if op == "invalidate":
             inodes, entries = self.ops.invalidate_all()
             await trio.to_thread.run_sync(_invalidate_kernel, inodes, entries)
@@ -267,15 +259,11 @@ class Daemon:
             return {"ok": True, "upper_inodes": held}
         if op == "sync":
             # Nothing is buffered in the daemon (no writeback cache): data is
-            # in the upper files once write() returned; make it durable, with
-            # the base content queued so far (the review reads it next).
-            await trio.to_thread.run_sync(self._sync)
+            # in the upper files once write() returned, and base content in
+            # its pack once kept (overlay/basecontent.py); make it durable.
+            await trio.to_thread.run_sync(os.sync)
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
-
-    def _sync(self) -> None:
-        basecontent.flush(os.fsencode(self.config.tmp))
-        os.sync()
 
     def _transport(self) -> str:
         if self.io_uring is None:

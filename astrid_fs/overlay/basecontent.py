@@ -4,84 +4,120 @@ A three-way merge of a conflict (review/resolve.py) needs the project's
 version the session started from, but the lower layer only keeps the
 newest one. So when the overlay first replaces a regular lower file of at
 most `LIMIT` bytes (a copy-up, an `rm`, an editor's rename over it), it
-keeps that file's content as `SESSION/base-content/PATH` (PATH: the lower
-path, as the review names it). The first copy stands: a later hide of the
-same path (the session deleted, then re-created it) keeps it. The review
-removes the copies of paths that land or are discarded.
+keeps that file's content in the session's base-content pack
+(`SESSION/base-content.pack`, basepack.py) under the lower path (as the
+review names it). The first copy stands: a later hide of the same path (the
+session deleted, then re-created it) keeps it. The review drops the content
+of paths that land or are discarded (review/basecontent.py).
 
-Knows: where the copies live, and how to write one atomically (an unnamed
-file in the work dir, same filesystem, linked into place: tmpfile.py; the
-link fails where a copy stands). Does not know: when a path is hidden
-(copyup.py, namespace.py call `keep`) nor how merges use the copy.
-Only session mounts keep base content: the work dir is `SESSION/work/astrid`
-of a session that records a base (`bases.sqlite`); a plain
-lower/upper/work mount keeps none. Keeping is best-effort: a copy that
-cannot be written (disk full) leaves no file, and the merge then takes an
-empty base (every difference becomes a conflict region; nothing is lost).
+Knows: which sessions keep base content and how a copy-up hands it over.
+Does not know: when a path is hidden (copyup.py, namespace.py call `keep`)
+nor how merges use the copy. Only session mounts keep base content: the work
+dir is `SESSION/work/astrid` of a session that records a base
+(`bases.sqlite`); a plain lower/upper/work mount keeps none. Keeping is
+best-effort: content that cannot be written (disk full) is not kept, and
+the merge then takes an empty base (every difference becomes a conflict
+region; nothing is lost).
 
-A copy is linked into place whole but not fsync'd (measured over 500
-appends to 4 KB files through a mount, on a busy 2-core box: a copy-up
-took 9.3 ms without keeping, 15.5 ms keeping with an fsync, 10.4 ms
-keeping without one). A crash can then leave a copy empty or short, not
-other bytes in place of its own (the kernel writes data before the size
-that exposes it: ext4's data=ordered, XFS): a merge over such a base puts
-markers where it cannot tell (nothing lost), and the review's same-bytes
-check (conflicts.py) needs the copy's size and mtime to equal the base's.
-
-**Written off the request path** (`start_writer`, by the mount's daemon): a
-copy-up has the base content in hand (it read the file to copy it), so it
-hands the bytes to a C thread that writes the copy (`keep_bytes`;
-native/copyup_threads.c, where built: cthreads.py), and the request is
-answered without a second unnamed file and link. Only while making a file is
-slow (after mass deletions): on a quick disk the copy-up writes its copy
-itself, cheaper than any thread beside it (tmpfile.py has the numbers). The
-bytes are the ones the copy-up read, so a project file changed meanwhile
-cannot slip in. A path whose copy is queued counts as kept (the first copy
-stands); the review's `sync` request makes the daemon wait for the queue
-(`flush`) before it reads the store, and a clean unmount waits for it too. A
-daemon killed with copies queued loses them: the merge then takes an empty
-base, as for any copy not kept. At most `PENDING_BYTES` wait; beyond that a
-copy-up writes its copy itself.
+**One append per copy-up.** Until 2026-12-03 each base was a file of its
+own (`SESSION/base-content/PATH`, an unnamed file linked into place, written
+by a C thread while making files was slow): a copy-up then made two files
+where kernel overlayfs makes one, and on this project's machines a file
+create costs ext4 hundreds of µs (docs/benchmarks.md). Now a copy-up, which
+has the content in hand (it read the file to copy it), appends it to the
+pack the mount keeps open: no inode, no link, no thread. Records are not
+fsync'd, as copy-ups are not (unsynced.py): a crash can lose the last ones,
+which then read as not kept. A session made before keeps its files: the
+first pack opened for it takes them in (`open_pack`) and removes the dir.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import itertools
 import os
+import shutil
 import stat
 from collections.abc import Callable
-from typing import Any
 
-from astrid_fs.overlay import cthreads, tmpfile
+from astrid_fs.overlay.basepack import PACK_NAME, Pack
 
 LIMIT = 8 << 20  # larger files are not merged, so their base is not kept
-PENDING_BYTES = 64 << 20  # most base content queued for the writer thread
-DIR_NAME = b"base-content"
+DIR_NAME = b"base-content"  # the per-file store of sessions made before the pack
 _INDEX_NAME = b"bases.sqlite"  # (review/bases.py)
-_counter = itertools.count()
 
 
 def store_for(tmp_dir: bytes) -> bytes | None:
-    """`SESSION/base-content` when `tmp_dir` is a session's copy-up dir
+    """`SESSION` when `tmp_dir` is a session's copy-up dir
     (`SESSION/work/astrid`) and the session records a base; else None."""
-    paths = _session_paths(tmp_dir)
-    if paths is None or not os.path.exists(paths[0]):
+    root = _session_root(tmp_dir)
+    if root is None or not os.path.exists(root + b"/" + _INDEX_NAME):
         return None
-    return paths[1]
+    return root
 
 
 @functools.lru_cache(maxsize=16)
-def _session_paths(tmp_dir: bytes) -> tuple[bytes, bytes] | None:
-    """(`SESSION/bases.sqlite`, `SESSION/base-content`) if `tmp_dir` is
-    named as a session's copy-up dir (path arithmetic only: asked on every
-    copy-up, by a daemon that has one work dir)."""
+def _session_root(tmp_dir: bytes) -> bytes | None:
+    """`SESSION` if `tmp_dir` is named as a session's copy-up dir (path
+    arithmetic only: asked on every copy-up, by a daemon that has one work
+    dir)."""
     work = os.path.dirname(tmp_dir)
     if os.path.basename(work) != b"work":
         return None
-    root = os.path.dirname(work)
-    return root + b"/" + _INDEX_NAME, root + b"/" + DIR_NAME
+    return os.path.dirname(work)
+
+
+def open_pack(session_root: bytes, sync: bool, create: bool = True) -> Pack | None:
+    """The session's pack (None: none yet and not `create`d), with the files
+    of the per-file store taken in first where a session still has them."""
+    pack = Pack.open(session_root + b"/" + PACK_NAME, sync=sync,
+                     create=create or os.path.isdir(session_root + b"/" + DIR_NAME))
+    if pack is not None:
+        _take_in_files(pack, session_root + b"/" + DIR_NAME)
+    return pack
+
+
+def _take_in_files(pack: Pack, old: bytes) -> None:
+    """Move the per-file store's copies into `pack` (as kept first: a path
+    the pack has stands), then remove the dir. Repeating it after a crash
+    in between takes nothing twice."""
+    if not os.path.isdir(old):
+        return
+    for here, _dirs, files in os.walk(old):
+        for name in files:
+            full = os.path.join(here, name)
+            try:
+                st = os.lstat(full)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > LIMIT:
+                    continue
+                with open(full, "rb") as f:
+                    body = f.read()
+            except OSError:
+                continue
+            pack.keep(os.path.relpath(full, old), body, st.st_mtime_ns)
+    os.fsync(pack.fd)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+_packs: dict[bytes, Pack] = {}  # the mount's, by session dir
+
+
+def _pack_for(tmp_dir: bytes) -> Pack | None:
+    root = store_for(tmp_dir)
+    if root is None:
+        return None
+    pack = _packs.get(root)
+    if pack is None:
+        pack = open_pack(root, sync=False)
+        if pack is not None:
+            _packs[root] = pack
+    return pack
+
+
+def close_packs() -> None:
+    """Close the packs this process keeps open (at unmount)."""
+    for pack in _packs.values():
+        pack.close()
+    _packs.clear()
 
 
 def wanted(st: os.stat_result | None) -> bool:
@@ -89,109 +125,62 @@ def wanted(st: os.stat_result | None) -> bool:
     return st is not None and stat.S_ISREG(st.st_mode) and st.st_size <= LIMIT
 
 
-def keep(tmp_dir: bytes, lower_rel: bytes, fill: Callable[[int], None],
+def keep(tmp_dir: bytes, lower_rel: bytes, read: Callable[[], bytes],
          mtime_ns: int) -> None:
-    """Keep the base content of lower path `lower_rel` unless it is kept
-    already: `fill(fd)` writes the content into a fresh temp file, which
-    takes the lower file's `mtime_ns` (its size and mtime then tell which
-    version of the lower it holds) and is linked into the store."""
-    store = store_for(tmp_dir)
-    if store is None or not lower_rel:
-        return
-    out = store + b"/" + lower_rel
-    writer = _writers.get(tmp_dir)
-    if writer is not None and writer.queued(out):
-        return  # the first copy stands
-    if os.path.lexists(out):  # (before `fill`, which may read a big file)
-        return
-    _put(tmp_dir, out, fill, mtime_ns)
-
-
-def keep_bytes(tmp_dir: bytes, lower_rel: bytes, content: bytes, mtime_ns: int) -> None:
-    """`keep` with the content in hand (a copy-up read it): no look first,
-    a copy kept already makes the link fail and stands. Written by the
-    mount's writer thread where one runs (and has room), else here."""
-    store = store_for(tmp_dir)
-    if store is None or not lower_rel:
-        return
-    out = store + b"/" + lower_rel
-    writer = _writers.get(tmp_dir)
-    if writer is not None and writer.put(out, content, mtime_ns):
-        return
-    _put(tmp_dir, out, write_bytes(content), mtime_ns)
-
-
-def _put(tmp_dir: bytes, out: bytes, fill: Callable[[int], None], mtime_ns: int) -> None:
-    """Write the copy at `out` unless a copy is there (best-effort)."""
+    """Keep the base content of lower path `lower_rel` (what `read()`
+    returns; the lower file's `mtime_ns` tells which version it is) unless
+    some is kept already (asked before `read`, which may fetch a big file)."""
     try:
-        fd = tmpfile.open_unnamed(tmp_dir)
-        if fd is None:
-            _put_named(tmp_dir, out, fill, mtime_ns)
+        pack = _pack_for(tmp_dir)
+        if pack is None or not lower_rel or pack.has(lower_rel):
             return
-        try:
-            fill(fd)
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
-            try:
-                tmpfile.link(fd, out)
-            except FileNotFoundError:  # the first copy in its directory
-                os.makedirs(os.path.dirname(out), exist_ok=True)
-                tmpfile.link(fd, out)
-        finally:
-            os.close(fd)
-    except FileExistsError:
-        pass  # the first copy stands
+        pack.keep(lower_rel, read(), mtime_ns)
     except OSError:
         pass  # best-effort (see the module docstring): no copy is a safe outcome
 
 
-def _put_named(tmp_dir: bytes, out: bytes, fill: Callable[[int], None],
-               mtime_ns: int) -> None:
-    """`_put` where the work dir's file system has no unnamed files: a named
-    temp file, renamed into place unless a copy is there."""
-    if os.path.lexists(out):
-        return
-    tmp = b"%s/base-%d-%d" % (tmp_dir, os.getpid(), next(_counter))
+def keep_bytes(tmp_dir: bytes, lower_rel: bytes, content: bytes, mtime_ns: int) -> None:
+    """`keep` with the content in hand (a copy-up read it)."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        pack = _pack_for(tmp_dir)
+        if pack is not None and lower_rel:
+            pack.keep(lower_rel, content, mtime_ns)
+    except OSError:
+        pass  # best-effort, as `keep`
+
+
+def copy_from(path: bytes) -> Callable[[], bytes]:
+    """A `read` for the regular file at `path` (up to LIMIT bytes)."""
+    def read() -> bytes:
+        with open(path, "rb") as f:
+            return f.read(LIMIT + 1)[:LIMIT]
+    return read
+
+
+def via_fd(tmp_dir: bytes, fill: Callable[[int], None]) -> Callable[[], bytes]:
+    """A `read` for content that `fill(fd)` writes into a file (a remote
+    tree's `fetch_to`, which copies with copy_file_range: so a scratch file
+    on the work dir's file system, not memory), read back."""
+    def read() -> bytes:
+        fd = _scratch(tmp_dir)
         try:
             fill(fd)
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            return os.pread(fd, LIMIT, 0)
         finally:
             os.close(fd)
-        try:
-            os.rename(tmp, out)
-        except FileNotFoundError:  # the first copy in its directory
-            os.makedirs(os.path.dirname(out), exist_ok=True)
-            os.rename(tmp, out)
+    return read
+
+
+def _scratch(tmp_dir: bytes) -> int:
+    """An unnamed read-write file of `tmp_dir` (a named one, unlinked at once,
+    where the file system has no unnamed files)."""
+    try:
+        return os.open(tmp_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_bytes(content: bytes) -> Callable[[int], None]:
-    """A `fill` that writes `content` (already read, at most LIMIT bytes)."""
-    def fill(fd: int) -> None:
-        if content:
-            os.pwrite(fd, content, 0)
-    return fill
-
-
-def copy_from(path: bytes) -> Callable[[int], None]:
-    """A `fill` that copies the regular file at `path` (up to LIMIT bytes)."""
-    def fill(fd: int) -> None:
-        src = os.open(path, os.O_RDONLY)
-        try:
-            offset = 0
-            while offset <= LIMIT:
-                chunk = os.pread(src, 1 << 20, offset)
-                if not chunk:
-                    break
-                os.pwrite(fd, chunk, offset)
-                offset += len(chunk)
-        finally:
-            os.close(src)
-    return fill
+        path = b"%s/base-%d" % (tmp_dir, os.getpid())
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.unlink(path)
+        return fd
 
 
 def keep_local(tmp_dir: bytes, lower_rel: bytes, lower_path: bytes) -> None:
@@ -202,72 +191,3 @@ def keep_local(tmp_dir: bytes, lower_rel: bytes, lower_path: bytes) -> None:
         return
     if wanted(st):
         keep(tmp_dir, lower_rel, copy_from(lower_path), st.st_mtime_ns)
-
-
-class Writer:
-    """Base content written by a C thread (native/copyup_threads.c), in the
-    order it was handed over (module docstring)."""
-
-    def __init__(self, so: Any, handle: int) -> None:
-        self.so = so
-        self.handle = handle
-
-    @classmethod
-    def start(cls, tmp_dir: bytes, limit: int) -> Writer | None:
-        so = cthreads.lib()
-        handle = so.astrid_base_start(tmp_dir, limit) if so is not None else None
-        return cls(so, handle) if handle else None
-
-    def put(self, out: bytes, content: bytes, mtime_ns: int) -> bool:
-        """Queue a copy of `content` for `out` (a copy queued for it already
-        stands); False: not taken (full, stopped), the caller writes it."""
-        return int(self.so.astrid_base_put(self.handle, out, content, len(content),
-                                           mtime_ns)) >= 0
-
-    def queued(self, out: bytes) -> bool:
-        return bool(self.so.astrid_base_queued(self.handle, out))
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every copy handed over so far is written (False on
-        timeout)."""
-        return bool(self.so.astrid_base_flush(
-            self.handle, -1 if timeout is None else int(timeout * 1000)))
-
-    def stop(self) -> None:
-        """Write what is queued, then end the thread."""
-        self.so.astrid_base_stop(self.handle)
-
-    def stats(self) -> dict[str, int]:
-        keys = ("queued", "written", "written_inline", "dropped", "pending", "pending_bytes")
-        return dict(zip(keys, cthreads.counters(self.so.astrid_base_stats, self.handle, 6),
-                        strict=True))
-
-
-_writers: dict[bytes, Writer] = {}
-
-
-def start_writer(tmp_dir: bytes, limit: int = PENDING_BYTES) -> Writer | None:
-    """Start the thread that writes base content for the copy-ups of work
-    dir `tmp_dir`; None where `tmp_dir` keeps no base content (not a
-    session's) or the library is not built (copy-ups then write it)."""
-    if store_for(tmp_dir) is None:
-        return None
-    writer = _writers.get(tmp_dir)
-    if writer is None:
-        writer = Writer.start(tmp_dir, limit)
-        if writer is not None:
-            _writers[tmp_dir] = writer
-    return writer
-
-
-def flush(tmp_dir: bytes) -> None:
-    """Wait for the copies queued for `tmp_dir` (no-op without a writer)."""
-    writer = _writers.get(tmp_dir)
-    if writer is not None:
-        writer.flush()
-
-
-def stop_writer(tmp_dir: bytes) -> None:
-    writer = _writers.pop(tmp_dir, None)
-    if writer is not None:
-        writer.stop()

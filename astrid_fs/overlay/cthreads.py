@@ -1,14 +1,13 @@
 """The copy-up threads library (native/copyup_threads.c), loaded with ctypes.
 
-Two jobs a copy-up hands off, unnamed files made ahead (tmpfile.py) and base
-content written (basecontent.py), run in C threads that never take the
-GIL: as Python threads they cost the thread answering requests more in
-GIL hand-overs than they saved (docs/benchmarks.md). They work only while
-making a file is slow (the library's header says why and how that is
-told). scripts/setup.sh builds the library; without it (or with
-`ASTRID_FS_COPYUP_THREADS=0`) files are made ahead by a Python thread and
-base content is written by the copy-up itself; `=always` keeps the C
-threads working however quick the disk is (tests, A/B runs).
+The job a copy-up hands off, unnamed files made ahead (tmpfile.py), runs
+in a C thread that never takes the GIL: as a Python thread it cost the
+thread answering requests more in GIL hand-overs than it saved
+(docs/benchmarks.md). It works only while making a file is slow (the
+library's header says why and how that is told). scripts/setup.sh builds
+the library; without it (or with `ASTRID_FS_COPYUP_THREADS=0`) files are
+made ahead by a Python thread; `=always` keeps the C thread working however
+quick the disk is (tests, A/B runs).
 """
 
 from __future__ import annotations
@@ -44,14 +43,6 @@ def lib() -> Any | None:
         getattr(so, name).argtypes = [ctypes.c_void_p]
     so.astrid_ahead_wait_full.argtypes = [ctypes.c_void_p, ctypes.c_int]
     so.astrid_ahead_stats.argtypes = [ctypes.c_void_p, _I64P]
-    so.astrid_base_start.argtypes = [ctypes.c_char_p, ctypes.c_int64]
-    so.astrid_base_start.restype = ctypes.c_void_p
-    so.astrid_base_put.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p,
-                                   ctypes.c_int64, ctypes.c_int64]
-    so.astrid_base_queued.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    so.astrid_base_flush.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    so.astrid_base_stats.argtypes = [ctypes.c_void_p, _I64P]
-    so.astrid_base_stop.argtypes = [ctypes.c_void_p]
     so.astrid_make_note.argtypes = [ctypes.c_int64]
     so.astrid_make_stats.argtypes = [_I64P]
     so.astrid_copyup_mode.argtypes = [ctypes.c_int]

@@ -174,8 +174,8 @@ class Namespace(OverlayCore):
             return
         st = tree.stat(rel)
         if st is not None and stat.S_ISREG(st.st_mode) and st.st_size <= basecontent.LIMIT:
-            basecontent.keep(self.tmp, node.lower, lambda fd: tree.fetch_to(rel, fd),
-                             st.st_mtime_ns)
+            fetch = basecontent.via_fd(self.tmp, lambda fd: tree.fetch_to(rel, fd))
+            basecontent.keep(self.tmp, node.lower, fetch, st.st_mtime_ns)
 
     def _replace_with_whiteout(self, upath: bytes, is_dir: bool) -> None:
         tmp = temp_name(self.tmp)

@@ -3,95 +3,70 @@ reading the project's version a session started from, replacing it when
 the base moves (resolve --ours, a merge, update), and forgetting it when a
 path leaves the session (commit, discard, rollback).
 
-Keys are lower (project) paths, as the overlay writes them.
+Keys are lower (project) paths, as the overlay writes them; the content
+lives in the session's pack (overlay/basepack.py), whose records the review
+appends with an fsync each.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 from collections.abc import Iterable
-from pathlib import Path
 
-from astrid_fs.durable import write_atomic
-from astrid_fs.overlay.basecontent import DIR_NAME, LIMIT
+from astrid_fs.overlay.basecontent import LIMIT, open_pack
+from astrid_fs.overlay.basepack import Pack
 from astrid_fs.session import Session
 
-__all__ = ["LIMIT", "forget", "forget_all", "path_of", "prune", "read", "replace"]
+__all__ = ["LIMIT", "forget", "forget_all", "open_kept", "prune", "read", "replace"]
 
 
-def store(session: Session) -> Path:
-    return session.root / os.fsdecode(DIR_NAME)
-
-
-def path_of(session: Session, lower_path: str) -> Path:
-    return store(session) / lower_path
+def open_kept(session: Session, create: bool = False) -> Pack | None:
+    """The session's pack of kept content (None: nothing was ever kept);
+    the caller closes it."""
+    return open_pack(os.fsencode(session.root), sync=True, create=create)
 
 
 def read(session: Session, lower_path: str) -> bytes | None:
     """The kept base content of `lower_path`, or None if none was kept."""
-    try:
-        return path_of(session, lower_path).read_bytes()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+    pack = open_kept(session)
+    if pack is None:
         return None
+    with pack:
+        found = pack.read(os.fsencode(lower_path))
+    return None if found is None else found[1]
 
 
 def replace(session: Session, lower_path: str, body: bytes | None) -> None:
     """Make `body` the base content of `lower_path` (None: keep none)."""
-    out = path_of(session, lower_path)
     if body is None or len(body) > LIMIT:
-        _remove(out)
+        forget(session, [lower_path])
         return
-    with contextlib.suppress(FileExistsError):
-        out.parent.mkdir(parents=True, exist_ok=True)
-    if out.is_dir() and not out.is_symlink():
-        shutil.rmtree(out)
-    write_atomic(out, body)
+    pack = open_kept(session, create=True)
+    assert pack is not None
+    with pack:
+        pack.put(os.fsencode(lower_path), body)
 
 
 def forget(session: Session, paths: Iterable[str]) -> None:
     """Drop the kept content at and below each of `paths` (they left the
-    session: landed, or discarded). Repeating it is harmless."""
-    root = store(session)
-    if not root.is_dir():
+    session: landed, or discarded; "": everything). Repeating it is harmless."""
+    pack = open_kept(session)
+    if pack is None:
         return
-    for path in paths:
-        if path:
-            _remove(root / path)
-        else:
-            forget_all(session)
-            return
+    with pack:
+        pack.drop(os.fsencode(p) for p in paths)
 
 
 def forget_all(session: Session) -> None:
-    shutil.rmtree(store(session), ignore_errors=True)
+    forget(session, [""])
 
 
 def prune(session: Session, keep: Iterable[str]) -> None:
-    """Drop every kept file whose path is not in `keep` (the lower paths
+    """Drop the content kept for every path not in `keep` (the lower paths
     the session still changes), e.g. after a rollback dropped changes."""
-    root = store(session)
-    if not root.is_dir():
+    pack = open_kept(session)
+    if pack is None:
         return
-    wanted = set(keep)
-    for here, dirs, files in os.walk(root, topdown=False):
-        rel = os.path.relpath(here, root)
-        for name in files:
-            path = name if rel == "." else f"{rel}/{name}"
-            if path not in wanted:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(here, name))
-        for name in dirs:
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(here, name))
-
-
-def _remove(path: Path) -> None:
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    except (FileNotFoundError, NotADirectoryError):
-        pass
+    wanted = {os.fsencode(p) for p in keep}
+    with pack:
+        pack.drop(p for p in pack.paths() if p not in wanted)

@@ -69,7 +69,7 @@ def session_changes(session: Session, mount: MountLink = UNMOUNTED) -> list[Chan
     local = scan(session.upper, session.lower, session.xattrs)
     index = open_index(session.root)
     lowers = open_lowers(session)
-    kept = basecontent.store(session)
+    kept = basecontent.open_kept(session)
     try:
         if lowers is None:
             found = check_conflicts(local, session.lower, index, kept)
@@ -81,6 +81,8 @@ def session_changes(session: Session, mount: MountLink = UNMOUNTED) -> list[Chan
                            key=lambda c: c.path)
         return check_markers(found, session.root, session.upper)
     finally:
+        if kept is not None:
+            kept.close()
         if lowers is not None:
             lowers.close()
         if index is not None:

@@ -16,14 +16,15 @@ import stat
 from dataclasses import replace
 from pathlib import Path
 
-from astrid_fs.overlay.layers import lstat_or_none, same_content
+from astrid_fs.overlay.basepack import Pack
+from astrid_fs.overlay.layers import lstat_or_none
 from astrid_fs.overlay.whiteout import kind_of_mode
 from astrid_fs.review.bases import Base, BaseIndex, Unknown, same_local, walk_local
 from astrid_fs.review.changes import Change, file_blake3
 
 
 def check_conflicts(changes: list[Change], lower: str | os.PathLike[str],
-                    index: BaseIndex | None = None, kept: Path | None = None) -> list[Change]:
+                    index: BaseIndex | None = None, kept: Pack | None = None) -> list[Change]:
     """The same changes, each with `conflict` set when the lower entry it was
     based on (its origin fingerprint, else its row in the base `index`) has
     changed since. With neither the base is unknown and no conflict can be
@@ -33,7 +34,7 @@ def check_conflicts(changes: list[Change], lower: str | os.PathLike[str],
     session holds byte for byte as the project holds it now (only its time
     differs: both made the same edit) never conflicts, and a project file
     whose fingerprint moved while its bytes stayed those of the base
-    (`kept`: the base content dir, overlay/basecontent.py; a checkout or a
+    (`kept`: the session's base-content pack, overlay/basepack.py; a checkout or a
     save of the same text) has not changed."""
     root = os.fspath(lower)
     return [replace(c, conflict=None if _holds_the_projects_bytes(c) else (
@@ -48,7 +49,7 @@ def _holds_the_projects_bytes(change: Change) -> bool:
             and change.lower_path is not None and set(change.flags) <= {"mtime"})
 
 
-def same_as_kept(kept: Path | None, path: str, base_size: int | None,
+def same_as_kept(kept: Pack | None, path: str, base_size: int | None,
                  base_mtime_ns: int | None, base_mode: int | None, lower_file: str,
                  now: os.stat_result) -> bool:
     """Does the lower file `lower_file` (stat `now`) hold the base's bytes
@@ -57,14 +58,14 @@ def same_as_kept(kept: Path | None, path: str, base_size: int | None,
     if kept is None or base_size is None or not stat.S_ISREG(now.st_mode) \
             or now.st_size != base_size or (base_mode is not None and now.st_mode != base_mode):
         return False
-    copy = kept / path
+    found = kept.read(os.fsencode(path))
+    if found is None or (found[0].size, found[0].mtime_ns) != (base_size, base_mtime_ns):
+        return False
     try:
-        kst = os.stat(copy)
+        with open(lower_file, "rb") as f:
+            return f.read(base_size + 1) == found[1]
     except OSError:
         return False
-    if (kst.st_size, kst.st_mtime_ns) != (base_size, base_mtime_ns):
-        return False
-    return same_content(os.fspath(copy), lower_file)
 
 
 def _index_base(change: Change, index: BaseIndex | None) -> Base | None:
@@ -116,7 +117,7 @@ def _markers(path: Path) -> str | None:
 
 
 def base_conflict(change: Change, lower: str, index: BaseIndex | None,
-                  kept: Path | None = None) -> str | None:
+                  kept: Pack | None = None) -> str | None:
     """Why the lower entry `change` replaces, deletes or hides (where its
     origin does not already vouch for it) differs from the session's base."""
     if index is None:
@@ -159,7 +160,7 @@ def _differs(path: str, base: Base | Unknown | None, now: Base | None) -> str | 
     return f"{path} changed in the project since the session began"
 
 
-def conflict_of(change: Change, lower: str, kept: Path | None = None) -> str | None:
+def conflict_of(change: Change, lower: str, kept: Pack | None = None) -> str | None:
     """Why `change` conflicts with the lower layer as it is now, or None."""
     if change.status == "R" and change.kind == "dir" and change.lower_path is not None:
         st = lstat_or_none(os.path.join(lower, change.lower_path))

@@ -1,6 +1,7 @@
 """Fixtures for the review/commit tests: an $ASTRID_HOME per test, sessions
 over a scratch lower dir, and kernel overlayfs as a writer of upper layers;
-for the copy-up tests, which thread makes unnamed files ahead."""
+for the copy-up tests, which thread makes unnamed files ahead; and a look
+into a session's base-content pack (overlay/basepack.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from astrid_fs.overlay import cthreads
+from astrid_fs.overlay.basepack import PACK_NAME, Pack
 from astrid_fs.session import Session, create_or_open_session
 from tests.fs.kernel_overlay import OverlayFactory, kernel_overlay
 
@@ -77,3 +79,32 @@ def unnamed_fds(d: Path) -> list[int]:
         if target.startswith(f"{d}/#") and target.endswith(" (deleted)"):
             out.append(int(name))
     return out
+
+
+def kept_base(session_dir: Path, path: str) -> tuple[bytes, int] | None:
+    """(content, mtime_ns) the session keeps as the base of lower `path`
+    (its pack, as the review reads it), or None: none kept."""
+    pack = Pack.open(session_dir / os.fsdecode(PACK_NAME), create=False)
+    if pack is None:
+        return None
+    with pack:
+        found = pack.read(os.fsencode(path))
+    return None if found is None else (found[1], found[0].mtime_ns)
+
+
+def kept_body(session_dir: Path, path: str) -> bytes | None:
+    found = kept_base(session_dir, path)
+    return None if found is None else found[0]
+
+
+def kept_text(session_dir: Path, path: str) -> str | None:
+    body = kept_body(session_dir, path)
+    return None if body is None else body.decode()
+
+
+def drop_kept(session_dir: Path, path: str = "") -> None:
+    """Lose the base kept for `path` and below ("": all), as a review does."""
+    pack = Pack.open(session_dir / os.fsdecode(PACK_NAME), sync=True, create=False)
+    if pack is not None:
+        with pack:
+            pack.drop([os.fsencode(path)])

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from astrid_fs.overlay import basecontent
 from astrid_fs.overlay.copyup import copy_up
 from astrid_fs.overlay.whiteout import Origin, OverlayXattrs, get_origin
+from tests.fs.conftest import kept_base
 
 
 @pytest.mark.parametrize("path,blake3", [
@@ -60,7 +60,5 @@ def test_copy_up_keeps_every_attribute_and_the_base(tmp_path: Path) -> None:
     assert ust.st_mtime_ns == 2_000_000_000
     assert os.getxattr(up, "user.note") == b"kept"
     assert get_origin(os.fsencode(up), names) == Origin.of_stat("d/tool", lst)
-    base = session / os.fsdecode(basecontent.DIR_NAME) / "d" / "tool"
-    assert base.read_bytes() == b"#!/bin/sh\necho hi\n"
-    assert os.lstat(base).st_mtime_ns == 2_000_000_000
+    assert kept_base(session, "d/tool") == (b"#!/bin/sh\necho hi\n", 2_000_000_000)
     assert os.listdir(tmp) == []  # nothing left in the work dir

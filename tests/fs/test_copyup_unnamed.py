@@ -1,9 +1,9 @@
 """A regular file's copy-up built as an unnamed file (O_TMPFILE) and linked
 into place (copyup.py, tmpfile.py), and its base content the same way
-(basecontent.py): a copy that fails halfway leaves nothing in the work dir,
-a copy made again over an upper copy replaces it whole, a base copy kept
-already stands, and the named-temp path still works where a file system
-has no unnamed files."""
+kept in the session's pack (basecontent.py): a copy that fails halfway
+leaves nothing in the work dir, a copy made again over an upper copy
+replaces it whole, a base kept already stands, and the named-temp path
+still works where a file system has no unnamed files."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 from astrid_fs.overlay import basecontent, copyup, cthreads, tmpfile
 from astrid_fs.overlay.whiteout import OverlayXattrs, get_origin
-from tests.fs.conftest import unnamed_fds
+from tests.fs.conftest import kept_base, kept_body, unnamed_fds
 from tests.support.mounts import MountedSession
 
 NAMES = OverlayXattrs("trusted" if os.geteuid() == 0 else "user")
@@ -64,8 +64,7 @@ def test_copy_up_links_a_whole_copy_and_leaves_no_temp(tmp_path: Path) -> None:
     assert os.lstat(upper / "a").st_nlink == 1
     origin = get_origin(os.fsencode(upper / "a"), NAMES)
     assert origin is not None and origin.path == "a"
-    assert (session / "base-content" / "a").read_bytes() == b"project\n"
-    assert os.lstat(session / "base-content" / "a").st_mtime_ns == 2_000_000_000
+    assert kept_base(session, "a") == (b"project\n", 2_000_000_000)
     assert os.listdir(tmp) == []
 
 
@@ -103,7 +102,7 @@ def test_a_kept_base_stands(tmp_path: Path) -> None:
     (lower / "a").write_bytes(b"second\n")
     _copy_up(lower, upper, tmp, "a")
     assert (upper / "a").read_bytes() == b"second\n"
-    assert (session / "base-content" / "a").read_bytes() == b"first\n"
+    assert kept_body(session, "a") == b"first\n"
     assert os.listdir(tmp) == []
 
 
@@ -117,7 +116,7 @@ def test_without_unnamed_files_a_named_temp_does(tmp_path: Path,
     _copy_up(lower, upper, tmp, "d/a")
     assert (upper / "d" / "a").read_bytes() == b"project\n"
     assert get_origin(os.fsencode(upper / "d" / "a"), NAMES) is not None
-    assert (session / "base-content" / "d" / "a").read_bytes() == b"project\n"
+    assert kept_body(session, "d/a") == b"project\n"
     _copy_up(lower, upper, tmp, "d/a")  # again, over it: replaced
     assert (upper / "d" / "a").read_bytes() == b"project\n"
     assert os.listdir(tmp) == []
@@ -205,7 +204,7 @@ def test_copies_from_files_made_ahead_look_made_now(tmp_path: Path, native: bool
             (lst.st_mode, lst.st_uid, lst.st_gid, lst.st_mtime_ns, 1)
         assert st.st_ctime_ns > made
         assert get_origin(os.fsencode(upper / f"f{i}"), NAMES) is not None
-        assert (session / "base-content" / f"f{i}").read_bytes() == b"project %d\n" % i
+        assert kept_body(session, f"f{i}") == b"project %d\n" % i
     assert os.listdir(tmp) == []
 
 
@@ -226,7 +225,7 @@ def test_without_unnamed_files_the_thread_stops_and_copies_still_land(
     finally:
         tmpfile.stop_ahead(os.fsencode(tmp))
     assert (upper / "a").read_bytes() == b"project\n"
-    assert (session / "base-content" / "a").read_bytes() == b"project\n"
+    assert kept_body(session, "a") == b"project\n"
     assert os.listdir(tmp) == []
 
 
@@ -268,7 +267,7 @@ def test_after_a_full_disk_the_thread_makes_files_again(
     finally:
         tmpfile.stop_ahead(os.fsencode(tmp))
     assert (upper / "b").read_bytes() == b"project\n"
-    assert (session / "base-content" / "b").read_bytes() == b"project\n"
+    assert kept_body(session, "b") == b"project\n"
 
 
 def test_copy_ups_through_a_mount_take_files_made_ahead(
@@ -285,7 +284,6 @@ def test_copy_ups_through_a_mount_take_files_made_ahead(
             f.write(b"session\n")
     ahead = s.control("stats")["unnamed_ahead"]
     assert ahead["taken"] > 0 and ahead["thread"] == "C", ahead
-    s.control("sync")  # (base content is written by a thread: the review syncs first)
     for i in range(50):
         assert (s.root / "upper" / f"f{i}").read_bytes() == b"project %d\nsession\n" % i
-        assert (s.root / "base-content" / f"f{i}").read_bytes() == b"project %d\n" % i
+        assert kept_body(s.root, f"f{i}") == b"project %d\n" % i

@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.fs.conftest import drop_kept, kept_base, kept_text
 from tests.support.mounts import MountedSession
 
 Mount = Callable[..., MountedSession]
@@ -54,7 +55,7 @@ def test_ours_and_theirs_per_path(tmp_path: Path, mount_session: Mount) -> None:
 def test_merge_with_a_kept_base_is_clean(tmp_path: Path, mount_session: Mount) -> None:
     s, project = _setup(tmp_path, mount_session)
     # the overlay kept the project's version the session's `sed -i` replaced
-    assert (s.root / "base-content" / "a.txt").read_text() == LINES
+    assert kept_text(s.root, "a.txt") == LINES
     done = s.cli("resolve", s.name, "a.txt", "--merge")
     assert done.stdout.startswith("merged")
     merged = LINES.replace("line 1\n", "line 1 by the session\n").replace(
@@ -68,7 +69,7 @@ def test_merge_with_a_kept_base_is_clean(tmp_path: Path, mount_session: Mount) -
 def test_merge_without_a_base_writes_markers_and_stays_in_conflict(
         tmp_path: Path, mount_session: Mount) -> None:
     s, project = _setup(tmp_path, mount_session)
-    (s.root / "base-content" / "c.txt").unlink()  # (lost: the merge falls back to no base)
+    drop_kept(s.root, "c.txt")  # (lost: the merge falls back to no base)
     done = s.cli("resolve", s.name, "c.txt", "--merge", check=False)
     assert done.returncode == 3 and done.stdout.startswith("markers")
     body = (s.mnt / "c.txt").read_text()
@@ -83,7 +84,7 @@ def test_merge_without_a_base_writes_markers_and_stays_in_conflict(
 
 def test_update_takes_the_projects_changes_in(tmp_path: Path, mount_session: Mount) -> None:
     s, project = _setup(tmp_path, mount_session)
-    (s.root / "base-content" / "c.txt").unlink()  # only c.txt has no kept base
+    drop_kept(s.root, "c.txt")  # only c.txt has no kept base
     (project / "untouched.txt").write_text("changed by the user before the session saw it\n")
     done = s.cli("update", s.name, check=False)
     assert done.returncode == 3  # c.txt has no kept base: markers
@@ -108,7 +109,6 @@ def test_the_overlay_keeps_what_it_hides_until_the_path_leaves(
         (project / name).write_text(f"{name} v0\n")
     (project / "big.bin").write_bytes(b"x" * ((8 << 20) + 1))
     s = mount_session(project)
-    kept = s.root / "base-content"
     with open(s.mnt / "append.txt", "a") as f:
         f.write("by the session\n")
     subprocess.run(["sed", "-i", "s/v0/v1/", str(s.mnt / "saved.txt")], check=True)
@@ -117,20 +117,19 @@ def test_the_overlay_keeps_what_it_hides_until_the_path_leaves(
     (s.mnt / "d" / "moved.txt").rename(s.mnt / "d" / "renamed.txt")
     with open(s.mnt / "big.bin", "ab") as f:
         f.write(b"y")
-    s.control("sync")  # (a copy-up's base is written by a thread: reviews sync first)
     for name in names:
-        assert (kept / name).read_text() == f"{name} v0\n", name
-    assert not (kept / "big.bin").exists()
+        assert kept_text(s.root, name) == f"{name} v0\n", name
+    assert kept_base(s.root, "big.bin") is None
     # once kept, a path's base stands: the project's later versions are not it
     (project / "append.txt").write_text("append.txt v9\n")
     (s.mnt / "append.txt").unlink()
-    assert (kept / "append.txt").read_text() == "append.txt v0\n"
+    assert kept_text(s.root, "append.txt") == "append.txt v0\n"
     s.cli("discard", s.name, "gone.txt", "append.txt")
-    assert not (kept / "gone.txt").exists() and not (kept / "append.txt").exists()
+    assert kept_base(s.root, "gone.txt") is None and kept_base(s.root, "append.txt") is None
     s.cli("commit", s.name, "saved.txt", "over.txt", "d/src.txt")
-    assert not (kept / "saved.txt").exists() and not (kept / "over.txt").exists()
-    assert not (kept / "d" / "src.txt").exists()
-    assert (kept / "d" / "moved.txt").exists()  # still a change of the session
+    assert kept_base(s.root, "saved.txt") is None and kept_base(s.root, "over.txt") is None
+    assert kept_base(s.root, "d/src.txt") is None
+    assert kept_base(s.root, "d/moved.txt") is not None  # still a change of the session
     s.umount()
     s.cli("rm", s.name, "--force")
     assert not s.root.exists()

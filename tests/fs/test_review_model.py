@@ -38,6 +38,7 @@ from astrid_fs.review.discard import discard
 from astrid_fs.review.resolve import resolve, update
 from astrid_fs.review.snapshot import rollback, snapshot
 from astrid_fs.session import Session, open_session
+from tests.fs.conftest import drop_kept
 from tests.support.mounts import MountedSession
 
 Mount = Callable[..., MountedSession]
@@ -97,12 +98,8 @@ class Side:
 def _reset(sides: list[Side], lower: Path) -> None:
     for s in sides:
         control.sync(s.session)
-        for leftover in ("unmerged.json", "base-content"):
-            path = s.session.root / leftover
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+        (s.session.root / "unmerged.json").unlink(missing_ok=True)
+        drop_kept(s.session.root)  # (the daemon holds the pack: a review's drop)
         for entry in os.scandir(s.session.upper):  # (what discard --all does)
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fs.conftest import kept_text
 from tests.fs.s3_fixture import ACCESS_KEY, S3Target, s3, s3_server  # noqa: F401
 from tests.support.mounts import MountedSession
 
@@ -116,10 +117,8 @@ def test_merge_and_update_against_the_bucket(mounted: MountedSession, s3: S3Targ
     s3.put("data/appended.txt", LINES.replace("line 1\n", "line 1 by the user\n").encode())
     s3.put("data/both.txt", LINES.replace("line 6\n", "line 6 by the user\n").encode())
     s3.put("data/saved.txt", LINES.replace("line 7\n", "line 7 by the user\n").encode())
-    kept = s.root / "base-content" / "mnt" / "s3" / "data"
-    assert (kept / "appended.txt").read_text() == LINES
-    assert (kept / "both.txt").read_text() == LINES
-    assert (kept / "saved.txt").read_text() == LINES
+    for name in ("appended.txt", "both.txt", "saved.txt"):
+        assert kept_text(s.root, f"mnt/s3/data/{name}") == LINES
     assert {"mnt/s3/data/saved.txt", "mnt/s3/data/appended.txt",
             "mnt/s3/data/both.txt"} <= _conflicts(s)
     done = s.cli("resolve", s.name, "mnt/s3/data/both.txt", "--merge")
@@ -138,4 +137,4 @@ def test_merge_and_update_against_the_bucket(mounted: MountedSession, s3: S3Targ
     s.cli("commit", s.name, "mnt/s3/data/both.txt", "mnt/s3/data/appended.txt")
     assert s3.get("data/both.txt") == both.encode()
     assert s3.get("data/appended.txt") == appended.encode()
-    assert not (kept / "both.txt").exists()  # landed: its base content goes
+    assert kept_text(s.root, "mnt/s3/data/both.txt") is None  # landed: its base content goes

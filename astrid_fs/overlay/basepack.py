@@ -1,0 +1,241 @@
+"""The base-content pack: a session's kept base content in one append-only file.
+
+`SESSION/base-content.pack` holds what basecontent.py keeps (the project's
+version of a file the session hid, for three-way merges) as records, so
+that keeping one is a write to an open file rather than a file of its own:
+on this project's machines a file create costs ext4 hundreds of µs of system
+time, and a copy-up made two (its copy and the base's), where kernel
+overlayfs makes one (docs/benchmarks.md, "Base content in one pack").
+
+A record is a header (`_HEAD`: magic, kind, lengths, the lower file's
+mtime, a CRC-32 of the body and one of the header and path), the path (a
+lower path, as the review names it) and the body. Read in order they give
+the live content:
+
+- KEEP (the mount's): the path's content, unless it has content already
+  (the first copy stands);
+- PUT (the review's): the path's content from now on;
+- DROP (the review's): nothing at the path or below it (b"": nothing at all).
+
+Knows: the file format, the lock, and how to make the file end at a record
+boundary again. Does not know when content is kept or what merges do with it
+(basecontent.py, review/basecontent.py).
+
+**Writers** append one record (or one batch) per write(2), under an
+exclusive `flock` of the file, after catching up with what others appended
+(`_catch_up`): the mount keeps its index of the live paths in memory and
+reads only the records others added since. Whoever holds the lock first
+cuts off a tail that does not check out (a writer killed inside its write,
+a machine crash before the data reached the disk): its header fails its
+CRC or its lengths run past the end. Records after a torn one are lost with
+it; a lost base makes a merge take an empty base (every difference a
+conflict region; nothing of the session's or the project's is lost), as for
+any content not kept. The mount does not fsync its records (copy-ups do not
+either: unsynced.py); the review fsyncs its own, since a DROP that a crash
+undid would bring back a base that no longer is one. A body whose CRC fails
+when it is read (a crash tore it, its header survived) reads as not kept.
+
+The file only grows; a session's discard of everything appends one DROP.
+Its size is that of the content kept since the session began, as the
+per-file store it replaces was until the review removed files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+PACK_NAME = b"base-content.pack"
+MAGIC = b"ABP1"
+KEEP, PUT, DROP = 1, 2, 3
+# magic, kind, (pad), path length, body length, mtime_ns, body CRC, head CRC
+_HEAD = struct.Struct("<4sB3xIQqII")
+_MAX_PATH = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """Where a live body is in the pack, and what it claims."""
+
+    offset: int  # of the body
+    size: int
+    mtime_ns: int
+    crc: int
+
+
+def record(kind: int, path: bytes, body: bytes = b"", mtime_ns: int = 0) -> bytes:
+    """One record's bytes."""
+    body_crc = zlib.crc32(body)
+    head = _HEAD.pack(MAGIC, kind, len(path), len(body), mtime_ns, body_crc, 0)
+    head_crc = zlib.crc32(path, zlib.crc32(head[:-4]))
+    return head[:-4] + struct.pack("<I", head_crc) + path + body
+
+
+def _under(path: bytes, prefix: bytes) -> bool:
+    return not prefix or path == prefix or path.startswith(prefix + b"/")
+
+
+class Pack:
+    """One open pack and the live paths read from it so far."""
+
+    def __init__(self, fd: int, sync: bool) -> None:
+        self.fd = fd
+        self.sync = sync  # fsync each append (the review's)
+        self.end = 0  # how far this pack has been read: a record boundary
+        self.live: dict[bytes, Kept] = {}
+
+    @classmethod
+    def open(cls, path: bytes | str | os.PathLike[str], sync: bool = False,
+             create: bool = True) -> Pack | None:
+        """The pack at `path` (made empty if `create`; else None if absent)."""
+        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        return cls(fd, sync)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Pack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the pack's lock, caught up with every record others appended."""
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            self._catch_up()
+            yield
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    # ---- reading ----------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        size = os.fstat(self.fd).st_size
+        if size == self.end:
+            return
+        if size < self.end:  # (not done by any writer: start over)
+            self.end = 0
+            self.live.clear()
+        with open(f"/proc/self/fd/{self.fd}", "rb", buffering=1 << 16) as f:
+            f.seek(self.end)
+            good = self._apply(f, size)
+        if good < size:
+            os.ftruncate(self.fd, good)  # a torn tail (we hold the lock)
+        self.end = good
+
+    def _apply(self, f: BinaryIO, size: int) -> int:
+        """Apply the records from `f`'s position; return where the last whole
+        one ends."""
+        pos = f.tell()
+        while pos + _HEAD.size <= size:
+            head = f.read(_HEAD.size)
+            magic, kind, plen, blen, mtime_ns, body_crc, head_crc = _HEAD.unpack(head)
+            body_at = pos + _HEAD.size + plen
+            if magic != MAGIC or kind not in (KEEP, PUT, DROP) or plen > _MAX_PATH \
+                    or body_at + blen > size:
+                break
+            path = f.read(plen)
+            if zlib.crc32(path, zlib.crc32(head[:-4])) != head_crc:
+                break
+            f.seek(blen, io.SEEK_CUR)
+            self._take(kind, path, Kept(body_at, blen, mtime_ns, body_crc))
+            pos = body_at + blen
+        return pos
+
+    def _take(self, kind: int, path: bytes, kept: Kept) -> None:
+        if kind == KEEP:
+            self.live.setdefault(path, kept)
+        elif kind == PUT:
+            self.live[path] = kept
+        elif not path:
+            self.live.clear()
+        else:
+            for p in [p for p in self.live if _under(p, path)]:
+                del self.live[p]
+
+    def read(self, path: bytes) -> tuple[Kept, bytes] | None:
+        """The live content of `path` with what it claims, or None (none
+        kept, or its body did not survive a crash)."""
+        with self.locked():
+            kept = self.live.get(path)
+        if kept is None:
+            return None
+        body = os.pread(self.fd, kept.size, kept.offset)
+        if len(body) != kept.size or zlib.crc32(body) != kept.crc:
+            return None
+        return kept, body
+
+    def paths(self) -> list[bytes]:
+        with self.locked():
+            return list(self.live)
+
+    # ---- writing ----------------------------------------------------------
+
+    def has(self, path: bytes) -> bool:
+        with self.locked():
+            return path in self.live
+
+    def keep(self, path: bytes, body: bytes, mtime_ns: int) -> bool:
+        """Append `body` as `path`'s content unless it has some (the first
+        copy stands); False if it had."""
+        rec = record(KEEP, path, body, mtime_ns)
+        with self.locked():
+            if path in self.live:
+                return False
+            self._append(rec)
+            self._take(KEEP, path, Kept(self.end - len(rec) + _HEAD.size + len(path),
+                                        len(body), mtime_ns, zlib.crc32(body)))
+        return True
+
+    def put(self, path: bytes, body: bytes, mtime_ns: int = 0) -> None:
+        """Make `body` the content of `path`."""
+        rec = record(PUT, path, body, mtime_ns)
+        with self.locked():
+            self._append(rec)
+            self._take(PUT, path, Kept(self.end - len(rec) + _HEAD.size + len(path),
+                                       len(body), mtime_ns, zlib.crc32(body)))
+
+    def drop(self, paths: Iterable[bytes]) -> None:
+        """Keep nothing at or below each of `paths` (b"": nothing at all);
+        one append for all of them, none for paths with nothing kept."""
+        with self.locked():
+            wanted = [p for p in paths
+                      if not p or any(_under(q, p) for q in self.live)]
+            if not wanted:
+                return
+            self._append(b"".join(record(DROP, p) for p in wanted))
+            for p in wanted:
+                self._take(DROP, p, Kept(0, 0, 0, 0))
+
+    def _append(self, data: bytes) -> None:
+        """One write at the end (O_APPEND); a short or failed one is cut
+        off again, so the file still ends at a record boundary."""
+        try:
+            n = os.write(self.fd, data)
+            if n != len(data):
+                raise OSError(f"short write to the base-content pack ({n} of {len(data)})")
+            if self.sync:
+                os.fsync(self.fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self.end)
+            raise
+        self.end += len(data)
