@@ -1,6 +1,6 @@
 """Unnamed files (O_TMPFILE) in the work dir, named once they are whole.
 
-A copy (copy-up, base content) is built as an unnamed file on the upper's
+A copy (a copy-up's) is built as an unnamed file on the upper's
 file system and then linked under its name: one linkat, which like a rename
 shows readers no copy or a whole one, but never replaces an entry (a taken
 name is `FileExistsError`) and leaves nothing behind when the daemon dies
@@ -16,7 +16,8 @@ fall back to a named temp file.
 mass deletions making the file is most of a copy-up's cost, since it
 allocates an inode, which on ext4 without a journal (this project's
 machines: see scripts/bench/fs_dataset.py) scans past every inode freed in
-the last minutes, and a copy-up makes two (the copy and its base content).
+the last minutes (a copy-up makes one: its base content is an append to
+the session's pack, basecontent.py).
 So a thread keeps `AHEAD` unnamed files open for the work dir and
 `open_unnamed` hands one out, while the thread makes the next on the other
 CPU. It is a C thread where native/copyup_threads.c is built (cthreads.py),
