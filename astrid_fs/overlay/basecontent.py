@@ -98,18 +98,18 @@ def _take_in_files(pack: Pack, old: bytes) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-_packs: dict[bytes, Pack] = {}  # the mount's, by session dir
+_packs: dict[bytes, Pack] = {}  # the mount's, by work dir
 
 
 def _pack_for(tmp_dir: bytes) -> Pack | None:
-    root = store_for(tmp_dir)
-    if root is None:
-        return None
-    pack = _packs.get(root)
+    pack = _packs.get(tmp_dir)
     if pack is None:
+        root = store_for(tmp_dir)
+        if root is None:
+            return None
         pack = open_pack(root, sync=False)
         if pack is not None:
-            _packs[root] = pack
+            _packs[tmp_dir] = pack
     return pack
 
 

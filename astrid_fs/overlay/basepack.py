@@ -57,6 +57,7 @@ MAGIC = b"ABP1"
 KEEP, PUT, DROP = 1, 2, 3
 # magic, kind, (pad), path length, body length, mtime_ns, body CRC, head CRC
 _HEAD = struct.Struct("<4sB3xIQqII")
+_HEAD_START, _CRC = struct.Struct("<4sB3xIQqI"), struct.Struct("<I")  # (_HEAD in two)
 _MAX_PATH = 1 << 16
 
 
@@ -72,10 +73,14 @@ class Kept:
 
 def record(kind: int, path: bytes, body: bytes = b"", mtime_ns: int = 0) -> bytes:
     """One record's bytes."""
+    return b"".join(_record(kind, path, body, mtime_ns)[0])
+
+
+def _record(kind: int, path: bytes, body: bytes, mtime_ns: int) -> tuple[list[bytes], int]:
+    """A record as the pieces one writev(2) writes, and its body's CRC."""
     body_crc = zlib.crc32(body)
-    head = _HEAD.pack(MAGIC, kind, len(path), len(body), mtime_ns, body_crc, 0)
-    head_crc = zlib.crc32(path, zlib.crc32(head[:-4]))
-    return head[:-4] + struct.pack("<I", head_crc) + path + body
+    head = _HEAD_START.pack(MAGIC, kind, len(path), len(body), mtime_ns, body_crc)
+    return [head, _CRC.pack(zlib.crc32(path, zlib.crc32(head))), path, body], body_crc
 
 
 def _under(path: bytes, prefix: bytes) -> bool:
@@ -153,7 +158,7 @@ class Pack:
                     or body_at + blen > size:
                 break
             path = f.read(plen)
-            if zlib.crc32(path, zlib.crc32(head[:-4])) != head_crc:
+            if zlib.crc32(path, zlib.crc32(head[:-_CRC.size])) != head_crc:
                 break
             f.seek(blen, io.SEEK_CUR)
             self._take(kind, path, Kept(body_at, blen, mtime_ns, body_crc))
@@ -195,23 +200,26 @@ class Pack:
 
     def keep(self, path: bytes, body: bytes, mtime_ns: int) -> bool:
         """Append `body` as `path`'s content unless it has some (the first
-        copy stands); False if it had."""
-        rec = record(KEEP, path, body, mtime_ns)
-        with self.locked():
+        copy stands); False if it had. (Once per copy-up: the lock is taken
+        by hand, not through `locked`.)"""
+        pieces, crc = _record(KEEP, path, body, mtime_ns)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            self._catch_up()
             if path in self.live:
                 return False
-            self._append(rec)
-            self._take(KEEP, path, Kept(self.end - len(rec) + _HEAD.size + len(path),
-                                        len(body), mtime_ns, zlib.crc32(body)))
+            self._append(pieces)
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.live[path] = Kept(self.end - len(body), len(body), mtime_ns, crc)
         return True
 
     def put(self, path: bytes, body: bytes, mtime_ns: int = 0) -> None:
         """Make `body` the content of `path`."""
-        rec = record(PUT, path, body, mtime_ns)
+        pieces, crc = _record(PUT, path, body, mtime_ns)
         with self.locked():
-            self._append(rec)
-            self._take(PUT, path, Kept(self.end - len(rec) + _HEAD.size + len(path),
-                                       len(body), mtime_ns, zlib.crc32(body)))
+            self._append(pieces)
+            self.live[path] = Kept(self.end - len(body), len(body), mtime_ns, crc)
 
     def drop(self, paths: Iterable[bytes]) -> None:
         """Keep nothing at or below each of `paths` (b"": nothing at all);
@@ -221,21 +229,22 @@ class Pack:
                       if not p or any(_under(q, p) for q in self.live)]
             if not wanted:
                 return
-            self._append(b"".join(record(DROP, p) for p in wanted))
+            self._append([piece for p in wanted for piece in _record(DROP, p, b"", 0)[0]])
             for p in wanted:
                 self._take(DROP, p, Kept(0, 0, 0, 0))
 
-    def _append(self, data: bytes) -> None:
+    def _append(self, pieces: list[bytes]) -> None:
         """One write at the end (O_APPEND); a short or failed one is cut
         off again, so the file still ends at a record boundary."""
+        want = sum(map(len, pieces))
         try:
-            n = os.write(self.fd, data)
-            if n != len(data):
-                raise OSError(f"short write to the base-content pack ({n} of {len(data)})")
+            n = os.writev(self.fd, pieces)
+            if n != want:
+                raise OSError(f"short write to the base-content pack ({n} of {want})")
             if self.sync:
                 os.fsync(self.fd)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, self.end)
             raise
-        self.end += len(data)
+        self.end += want
