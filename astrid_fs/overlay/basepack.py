@@ -54,11 +54,15 @@ from typing import BinaryIO
 
 PACK_NAME = b"base-content.pack"
 MAGIC = b"ABP1"
-KEEP, PUT, DROP = 1, 2, 3
+KEEP, PUT, DROP, MOVED = 1, 2, 3, 4
+#: A review compacts a pack whose file is this much more than its live
+#: records and more than twice them (`compact`).
+COMPACT_SLACK = 16 << 20
 # magic, kind, (pad), path length, body length, mtime_ns, body CRC, head CRC
 _HEAD = struct.Struct("<4sB3xIQqII")
 _HEAD_START, _CRC = struct.Struct("<4sB3xIQqI"), struct.Struct("<I")  # (_HEAD in two)
 _MAX_PATH = 1 << 16
+_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +94,11 @@ def _under(path: bytes, prefix: bytes) -> bool:
 class Pack:
     """One open pack and the live paths read from it so far."""
 
-    def __init__(self, fd: int, sync: bool) -> None:
+    def __init__(self, path: bytes, fd: int, sync: bool) -> None:
+        self.path = path
         self.fd = fd
         self.sync = sync  # fsync each append (the review's)
+        self._moved = False  # a MOVED record was read
         self.end = 0  # how far this pack has been read: a record boundary
         self.live: dict[bytes, Kept] = {}
 
@@ -100,14 +106,13 @@ class Pack:
     def open(cls, path: bytes | str | os.PathLike[str], sync: bool = False,
              create: bool = True) -> Pack | None:
         """The pack at `path` (made empty if `create`; else None if absent)."""
-        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
         try:
-            fd = os.open(path, flags, 0o600)
+            fd = os.open(path, _FLAGS | (os.O_CREAT if create else 0), 0o600)
         except FileNotFoundError:
             if create:
                 raise
             return None
-        return cls(fd, sync)
+        return cls(os.fsencode(path), fd, sync)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -145,6 +150,27 @@ class Pack:
         if good < size:
             os.ftruncate(self.fd, good)  # a torn tail (we hold the lock)
         self.end = good
+        if self._moved:
+            self._moved = False
+            self._follow()
+
+    def _follow(self) -> None:
+        """After a MOVED record: take the lock of the file now at our path
+        and read it from the start. (If the path still names this file, the
+        compaction died before its rename: the record is void.)"""
+        try:
+            fd = os.open(self.path, _FLAGS)
+        except FileNotFoundError:
+            return  # (the session went: stay on the old file)
+        if os.fstat(fd).st_ino == os.fstat(self.fd).st_ino:
+            os.close(fd)
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd, self.end = fd, 0
+        self.live.clear()
+        self._catch_up()
 
     def _apply(self, f: BinaryIO, size: int) -> int:
         """Apply the records from `f`'s position; return where the last whole
@@ -154,7 +180,7 @@ class Pack:
             head = f.read(_HEAD.size)
             magic, kind, plen, blen, mtime_ns, body_crc, head_crc = _HEAD.unpack(head)
             body_at = pos + _HEAD.size + plen
-            if magic != MAGIC or kind not in (KEEP, PUT, DROP) or plen > _MAX_PATH \
+            if magic != MAGIC or kind not in (KEEP, PUT, DROP, MOVED) or plen > _MAX_PATH \
                     or body_at + blen > size:
                 break
             path = f.read(plen)
@@ -170,6 +196,8 @@ class Pack:
             self.live.setdefault(path, kept)
         elif kind == PUT:
             self.live[path] = kept
+        elif kind == MOVED:
+            self._moved = True
         elif not path:
             self.live.clear()
         else:
@@ -232,6 +260,47 @@ class Pack:
             self._append([piece for p in wanted for piece in _record(DROP, p, b"", 0)[0]])
             for p in wanted:
                 self._take(DROP, p, Kept(0, 0, 0, 0))
+
+    def compact(self, slack: int = COMPACT_SLACK) -> bool:
+        """Rewrite the pack as its live content only, when the file is more
+        than twice that and `slack` more (dropped content piles up
+        over a long session's commits). Under the lock: the whole new file
+        is written and fsync'd beside the pack, a MOVED record is appended
+        to the old one, the new one is renamed over it; holders of the old
+        file (the mount) read MOVED when they next take the lock and follow
+        the path. A body that fails its CRC is left out (it reads as not
+        kept either way). Returns whether it compacted."""
+        with self.locked():
+            live_bytes = sum(_HEAD.size + len(p) + k.size for p, k in self.live.items())
+            if self.end <= 2 * live_bytes + slack:
+                return False
+            new_path = self.path + b".new"
+            fd = os.open(new_path, _FLAGS | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                for path, kept in self.live.items():
+                    body = os.pread(self.fd, kept.size, kept.offset)
+                    if len(body) == kept.size and zlib.crc32(body) == kept.crc:
+                        os.writev(fd, _record(KEEP, path, body, kept.mtime_ns)[0])
+                os.fsync(fd)
+                self._append(_record(MOVED, b"", b"", 0)[0])
+                os.rename(new_path, self.path)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(new_path)
+                raise
+            dfd = os.open(os.path.dirname(self.path) or b".", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd, self.end = fd, 0
+            self.live.clear()
+            self._catch_up()
+        return True
 
     def _append(self, pieces: list[bytes]) -> None:
         """One write at the end (O_APPEND); a short or failed one is cut

@@ -5,7 +5,8 @@ path leaves the session (commit, discard, rollback).
 
 Keys are lower (project) paths, as the overlay writes them; the content
 lives in the session's pack (overlay/basepack.py), whose records the review
-appends with an fsync each.
+appends with an fsync each, and which it compacts when what it dropped
+makes up most of the file.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def forget(session: Session, paths: Iterable[str]) -> None:
         return
     with pack:
         pack.drop(os.fsencode(p) for p in paths)
+        pack.compact()
 
 
 def forget_all(session: Session) -> None:
@@ -70,3 +72,4 @@ def prune(session: Session, keep: Iterable[str]) -> None:
     wanted = {os.fsencode(p) for p in keep}
     with pack:
         pack.drop(p for p in pack.paths() if p not in wanted)
+        pack.compact()

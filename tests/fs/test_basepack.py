@@ -4,7 +4,8 @@ path stands, the review's PUT replaces and DROP forgets; a pack open in one
 process follows what another appends; a tail cut at any byte (a writer
 killed inside its write, a crash) is cut off and nothing before it is lost;
 a writer really killed -9 in a loop leaves a pack that reads and takes new
-records; a session made before the pack has its per-file copies taken in;
+records; compaction keeps the live content and a mount holding the old file
+follows it; a session made before the pack has its per-file copies taken in;
 and copy-ups through a mount keep their bases in the pack, no file each,
 across a kill -9 of the daemon."""
 
@@ -20,6 +21,8 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from astrid_fs.overlay import basecontent
 from astrid_fs.overlay.basepack import PACK_NAME, Pack, record
@@ -149,6 +152,60 @@ def test_garbage_after_the_last_record_and_a_torn_body(tmp_path: Path) -> None:
         found = pack.read(b"a")
         assert found is not None and found[1] == b"alpha\n"
     assert _records(path) == 2
+
+
+def test_compaction_keeps_the_live_content_and_a_mount_follows_it(tmp_path: Path) -> None:
+    """Dropped content piles up over a long session's commits: a review
+    rewrites the pack as its live content once the file is mostly dead. The
+    mount, holding the old file open, reads the MOVED record at its next
+    keep and goes on in the new file, where a fresh reader finds it all."""
+    path = tmp_path / os.fsdecode(PACK_NAME)
+    mount, review = _pack(tmp_path), _pack(tmp_path, sync=True)
+    try:
+        for i in range(20):
+            mount.keep(b"big/f%d" % i, os.urandom(64 << 10), i)
+        mount.keep(b"small", b"live\n", 99)
+        assert not review.compact(slack=256 << 10)  # nothing dead yet
+        review.drop([b"big"])  # they landed
+        before = os.path.getsize(path)
+        assert review.compact(slack=256 << 10)
+        assert os.path.getsize(path) < before // 10
+        assert mount.keep(b"after", b"kept after\n", 100)  # follows the path
+        assert not mount.keep(b"small", b"again\n", 101)  # the first copy still stands
+    finally:
+        mount.close()
+        review.close()
+    assert kept_base(tmp_path, "small") == (b"live\n", 99)
+    assert kept_base(tmp_path, "after") == (b"kept after\n", 100)
+    assert kept_base(tmp_path, "big/f3") is None
+    assert _records(path) == 2
+    assert not (tmp_path / (os.fsdecode(PACK_NAME) + ".new")).exists()
+
+
+def test_a_compaction_that_dies_before_its_rename_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review killed between the MOVED record and the rename: the path
+    still names the old file, so MOVED is void and the mount stays on it."""
+    mount, review = _pack(tmp_path), _pack(tmp_path, sync=True)
+    try:
+        mount.keep(b"dead", os.urandom(1 << 20), 1)
+        mount.keep(b"live", b"live\n", 2)
+        review.drop([b"dead"])
+
+        def killed(src: object, dst: object) -> None:
+            raise OSError("killed before the rename")
+
+        monkeypatch.setattr(os, "rename", killed)
+        with pytest.raises(OSError):
+            review.compact(slack=0)
+        monkeypatch.undo()
+        assert mount.keep(b"later", b"later\n", 3)
+    finally:
+        mount.close()
+        review.close()
+    assert kept_body(tmp_path, "later") == b"later\n"
+    assert kept_body(tmp_path, "live") == b"live\n"
+    assert not (tmp_path / (os.fsdecode(PACK_NAME) + ".new")).exists()
 
 
 _WRITER = textwrap.dedent("""
