@@ -15,7 +15,8 @@ the live content:
 - KEEP (the mount's): the path's content, unless it has content already
   (the first copy stands);
 - PUT (the review's): the path's content from now on;
-- DROP (the review's): nothing at the path or below it (b"": nothing at all).
+- DROP (the review's): nothing at the path or below it (b"": nothing at all);
+- MOVED (a compaction's, last in the file it left): reopen the path.
 
 Knows: the file format, the lock, and how to make the file end at a record
 boundary again. Does not know when content is kept or what merges do with it
@@ -35,9 +36,13 @@ either: unsynced.py); the review fsyncs its own, since a DROP that a crash
 undid would bring back a base that no longer is one. A body whose CRC fails
 when it is read (a crash tore it, its header survived) reads as not kept.
 
-The file only grows; a session's discard of everything appends one DROP.
-Its size is that of the content kept since the session began, as the
-per-file store it replaces was until the review removed files.
+**Compaction** (`compact`, by the review after it drops content): once the
+file is more than twice its live records and COMPACT_SLACK more, the live
+records are written to `PACK.new`, fsync'd, a MOVED record is appended to
+the old file and the new one renamed over it, all under the old file's
+lock. A holder of the old file (the mount) reads MOVED at its next lock and
+follows the path; if the path still names the old file, the compaction
+died before its rename and the record is void.
 """
 
 from __future__ import annotations
@@ -165,6 +170,10 @@ class Pack:
         if os.fstat(fd).st_ino == os.fstat(self.fd).st_ino:
             os.close(fd)
             return
+        self._switch_to(fd)
+
+    def _switch_to(self, fd: int) -> None:
+        """Hold `fd`'s file (locked, read from the start) instead of ours."""
         fcntl.flock(fd, fcntl.LOCK_EX)
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
@@ -294,12 +303,7 @@ class Pack:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd, self.end = fd, 0
-            self.live.clear()
-            self._catch_up()
+            self._switch_to(fd)
         return True
 
     def _append(self, pieces: list[bytes]) -> None:
