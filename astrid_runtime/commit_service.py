@@ -73,7 +73,7 @@ class CommitService:
     """Serves `kernel.fs.commit` for one mounted session."""
 
     def __init__(self, bus: Bus, pipeline: ApprovalPipeline, session: str, *,
-                 astrid_fs: tuple[str, ...] = (sys.executable, "-m", "astrid_fs.cli"),
+                 astrid_fs: tuple[str, ...] = (sys.executable, "-P", "-m", "astrid_fs.cli"),
                  env: dict[str, str] | None = None):
         self.bus = bus
         self.pipeline = pipeline

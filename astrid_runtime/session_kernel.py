@@ -44,7 +44,7 @@ from astrid_runtime.recorder.timeline import Timeline
 from astrid_runtime.supervisor import State
 from astrid_runtime.vfs import PluginVfs
 
-ASTRID_FS = (sys.executable, "-m", "astrid_fs.cli")
+ASTRID_FS = (sys.executable, "-P", "-m", "astrid_fs.cli")
 #: How long to wait for plugins to come up (a cold compile of a Python plugin is 4-8 s).
 BOOT_TIMEOUT_S = 120.0
 

@@ -121,11 +121,13 @@ def _default_name(lower: Path) -> str:
 
 
 def _spawn(config: DaemonConfig) -> None:
-    """Start the daemon and wait for its "ok" or its one-line error."""
+    """Start the daemon and wait for its "ok" or its one-line error. (`-P`:
+    the directory astrid-fs runs in, maybe a project an agent wrote, is not
+    on the root daemon's import path.)"""
     read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "astrid_fs.fuse.daemon", config.to_json(), str(write_fd)],
+            [sys.executable, "-P", "-m", "astrid_fs.fuse.daemon", config.to_json(), str(write_fd)],
             pass_fds=(write_fd,), start_new_session=True, env=current_env_with_shim(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -184,7 +186,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground:
         print(f"session {name}: mounting on {mountpoint} (Ctrl-C to unmount)", flush=True)
         os.execve(sys.executable,
-                  [sys.executable, "-m", "astrid_fs.fuse.daemon", config.to_json(), "-"],
+                  [sys.executable, "-P", "-m", "astrid_fs.fuse.daemon", config.to_json(), "-"],
                   current_env_with_shim())
     try:
         _spawn(config)

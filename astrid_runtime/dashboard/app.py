@@ -157,7 +157,7 @@ class Dashboard:
 def session_patch(home: Path, name: str) -> tuple[bool, str]:
     """(ok, text): `astrid-fs diff --patch NAME` of the session under `home`, or why not.
     Blocking (a subprocess): run it in a worker thread."""
-    argv = [sys.executable, "-m", "astrid_fs.cli", "diff", "--patch", "--", name]
+    argv = [sys.executable, "-P", "-m", "astrid_fs.cli", "diff", "--patch", "--", name]
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120,
                           env={**os.environ, "ASTRID_HOME": str(home)},
                           stdin=subprocess.DEVNULL)

@@ -68,7 +68,8 @@ class StoreProcess:
         ours, theirs = socket.socketpair()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "astrid_runtime.recorder.writer", str(theirs.fileno())],
+                [sys.executable, "-P", "-m", "astrid_runtime.recorder.writer",
+                 str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         except OSError as e:
             ours.close()

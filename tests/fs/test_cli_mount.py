@@ -201,3 +201,33 @@ def test_mount_helper_form(tmp_path: Path) -> None:
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
     assert str(mnt) not in mounted_points()
+
+
+def test_mount_from_a_project_holding_an_astrid_fs_package_runs_the_installed_daemon(
+        dirs: tuple[Path, Path, Path], astrid_home: Path) -> None:
+    """An agent's tree can hold an `astrid_fs/` package, and a user runs
+    `astrid-fs mount` (as root) from the project dir. The daemon is started
+    with `python -P -m`, so the directory it is started from is not on its
+    import path: the installed daemon runs, the planted one never does."""
+    require_fuse()
+    _, lower, mnt = dirs
+    planted = lower / "astrid_fs"
+    (planted / "fuse").mkdir(parents=True)
+    marker = lower.parent / "planted-code-ran"
+    (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (planted / "fuse" / "__init__.py").write_text("")
+    (planted / "fuse" / "daemon.py").write_text("raise SystemExit('planted daemon')\n")
+    program = Path(sys.executable).parent / "astrid-fs"
+    env = {**os.environ, "ASTRID_HOME": str(astrid_home)}
+    done = subprocess.run([str(program), "mount", "--lower", str(lower), "--session", "p",
+                           str(mnt)], cwd=lower, env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL,
+                          timeout=120, check=False)
+    try:
+        log = astrid_home / "sessions" / "p" / "run" / "daemon.log"
+        assert done.returncode == 0, done.stderr + (log.read_text() if log.exists() else "")
+        assert str(mnt) in mounted_points()
+        assert (mnt / "astrid_fs" / "fuse" / "daemon.py").exists()  # served, not run
+    finally:
+        run_cli("umount", str(mnt), home=astrid_home, check=False)
+    assert not marker.exists()
