@@ -120,6 +120,20 @@ def _default_name(lower: Path) -> str:
     return f"{base.lstrip('.-') or 'session'}-{stamp}"
 
 
+#: The longest path a Unix socket can be bound at (sun_path, with its NUL).
+_SOCKET_PATH_MAX = 107
+
+
+def _check_socket_path(path: Path) -> None:
+    """The session's control socket (Session.control_socket) must fit in a
+    Unix socket address, or the daemon could not listen on it."""
+    n = len(os.fsencode(path))
+    if n > _SOCKET_PATH_MAX:
+        raise MountError(f"the session's control socket {path} would be {n} bytes long, over "
+                         f"the {_SOCKET_PATH_MAX} a Unix socket allows: use a shorter "
+                         "ASTRID_HOME or session name")
+
+
 def _spawn(config: DaemonConfig) -> None:
     """Start the daemon and wait for its "ok" or its one-line error. (`-P`:
     the directory astrid-fs runs in, maybe a project an agent wrote, is not
@@ -160,6 +174,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.lower_ttl < 0:
         raise UsageError("--lower-ttl must be >= 0")
     home = astrid_home()
+    _check_socket_path(sessions_dir(home) / name / "run" / "control.sock")
     existed = (sessions_dir(home) / name / "session.toml").exists()
     if existed:
         _check_not_mounted(open_session(name, home))

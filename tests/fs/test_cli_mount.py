@@ -231,3 +231,20 @@ def test_mount_from_a_project_holding_an_astrid_fs_package_runs_the_installed_da
     finally:
         run_cli("umount", str(mnt), home=astrid_home, check=False)
     assert not marker.exists()
+
+
+def test_a_control_socket_path_too_long_is_one_line_before_anything_is_made(
+        dirs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """A deep ASTRID_HOME puts the session's control socket past what a Unix
+    socket address holds: the daemon could not listen there. Before this
+    check it exited 1 pointing at a log that the cleanup had removed."""
+    _, lower, mnt = dirs
+    home = tmp_path / ("h" * 80)
+    home.mkdir()
+    done = run_cli("mount", "--lower", str(lower), "--session", "s", str(mnt), home=home,
+                   check=False)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Unix socket" in lines[0] and "ASTRID_HOME" in lines[0], lines
+    assert str(mnt) not in mounted_points()
+    assert not (home / "sessions" / "s").exists()
