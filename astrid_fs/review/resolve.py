@@ -10,8 +10,8 @@ the project has moved on from. Three ways out, per path, as git offers:
 - `merge`: for text files (in the project dir or objects of a mounted
   source, an S3 bucket), a three-way merge (merge3, git's conflict
   markers) of the session's version and the project's against the base
-  content, where the base content was kept (`base-content/PATH` in the
-  session dir); without it the base is empty and every difference is a
+  content, where the base content was kept (the session's
+  `base-content.pack`); without it the base is empty and every difference is a
   conflict region. A clean merge resolves the path; one with markers leaves
   it in conflict ("has merge conflict markers") until the markers are gone.
 
