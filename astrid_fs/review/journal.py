@@ -35,7 +35,8 @@ from typing import Any
 
 from astrid_fs.durable import fsync_dir
 from astrid_fs.errors import SessionError
-from astrid_fs.overlay.whiteout import OverlayXattrs, get_redirect, is_opaque
+from astrid_fs.overlay.layers import lstat_or_none
+from astrid_fs.overlay.whiteout import Origin, OverlayXattrs, get_redirect, is_opaque
 from astrid_fs.review.entrycopy import clone_or_copy, copy_entry, copy_meta
 from astrid_fs.review.landed import rebase_landed
 from astrid_fs.review.lowers import SessionLowers
@@ -231,6 +232,24 @@ def _apply_dirmeta(path: str, meta: DirMeta, names: OverlayXattrs) -> None:
     os.utime(path, ns=(meta.mtime_ns, meta.mtime_ns))
 
 
+def _repoint_siblings(session: Session, rel: str, path: str, st: os.stat_result,
+                      names: OverlayXattrs) -> None:
+    """A landed upper file with other names in the session (a hard link):
+    they are the same inode, so their content is now the lower's `rel`, and
+    that is their base from now on. Its origin (one xattr of the inode)
+    still named the lower entry it was copied from, which the landing may
+    have moved away (`ln z d3; mv z x; commit d3` moved z to d3: x then read
+    as a conflict with a deleted z). Idempotent: recovery replays it. Not
+    where the landing moved the inode itself into the lower (an unmounted
+    same-fs commit): the xattr would then be written on the project's file."""
+    lst = lstat_or_none(os.path.join(session.lower, rel))
+    if lst is None or not stat.S_ISREG(lst.st_mode) or lst.st_ino == st.st_ino:
+        return
+    with contextlib.suppress(OSError):
+        os.setxattr(path, names.origin, Origin.of_stat(rel, lst).encode(),
+                    follow_symlinks=False)
+
+
 def _clean(session: Session, rec: Record, steps: Steps, mount: MountLink) -> None:
     upper = str(session.upper)
     names = session.xattrs
@@ -253,6 +272,8 @@ def _clean(session: Session, rec: Record, steps: Steps, mount: MountLink) -> Non
                 os.rmdir(path)
         elif (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode) == (
                 c.ino, c.mtime_ns, c.size, c.mode) and st.st_ino not in held:
+            if st.st_nlink > 1 and not c.remote:
+                _repoint_siblings(session, c.path, path, st, names)
             os.unlink(path)
         steps.step()
     shutil.rmtree(rec.staging, ignore_errors=True)

@@ -157,3 +157,29 @@ def test_committing_the_path_a_rename_came_from_takes_the_rename_along() -> None
         assert_same_tree(tree_state(mnt, mtimes=True), view)
         commit(session, [], mount=link)
         assert_same_tree(tree_state(lower, mtimes=True), view)
+
+
+def test_committing_one_name_of_a_hard_linked_copy_leaves_the_other_committable() -> None:
+    """Found by the random test above: `ln d2/z d3; mv d2/z d1/x`, then
+    commit d3 alone. d3 lands as the move of the lower d2/z; d1/x is the same
+    upper inode, whose origin still named d2/z, so the next commit refused it
+    as a conflict with a deleted d2/z. The landing now makes the lower d3 the
+    origin of the names left (journal._repoint_siblings)."""
+    ops: list[tuple[object, ...]] = [("write", "d2/sub/w", b""), ("rm", "b"),
+                                      ("link", "d2/z", "d3"), ("rename", "d2/z", "d1/x")]
+    with mounted_model("fm") as (session, link, lower, mnt):
+        for step in ops:
+            apply(mnt, step)
+        view = tree_state(mnt, mtimes=True)
+        commit(session, ["d3"], mount=link)
+        assert_same_tree(tree_state(mnt, mtimes=True), view)
+        assert [c.conflict for c in session_changes(session, link)] == [None] * len(
+            session_changes(session, link))
+        commit(session, [], mount=link)
+        assert_same_tree(tree_state(mnt, mtimes=True), view)
+        assert_same_tree(tree_state(lower, mtimes=True), view)
+        for here, _dirs, files in os.walk(lower):  # no overlay xattr reached the project
+            for name in files:
+                full = os.path.join(here, name)
+                assert not [k for k in os.listxattr(full, follow_symlinks=False)
+                            if "overlay" in k], full
