@@ -299,3 +299,17 @@ def test_copy_ups_through_a_mount_keep_bases_in_the_pack_across_a_kill_9(
         assert (s.mnt / "d" / f"f{i}").read_bytes() == b"project %d\nsession\n" % i
     assert _records(s.root / os.fsdecode(PACK_NAME)) == 300
     s.umount()
+
+
+def test_a_commit_of_thousands_of_paths_drops_them_in_one_append(tmp_path: Path) -> None:
+    """A commit forgets every path it landed: 5,000 DROPs in one write
+    (more than writev takes as pieces), and a fresh reader replays them."""
+    paths = [b"src/d%d/f%d" % (i % 50, i) for i in range(6000)]
+    with _pack(tmp_path) as mount, _pack(tmp_path, sync=True) as review:
+        for p in paths:
+            mount.keep(p, b"x", 1)
+        review.drop(paths[:5000])
+        review.drop([b"src/d7"])  # a directory: everything below it
+        assert sorted(mount.paths()) == sorted(p for p in paths[5000:]
+                                               if not p.startswith(b"src/d7/"))
+    assert _records(tmp_path / os.fsdecode(PACK_NAME)) == 980
