@@ -141,6 +141,25 @@ def test_unmounted_same_fs_commit_moves_inodes_without_copying(session: Session,
     assert os.listxattr(lower / "big") == ["user.keep"]
 
 
+def test_unmounted_same_fs_commit_of_one_hard_linked_name_copies(session: Session,
+                                                                 lower: Path) -> None:
+    """A same-fs commit moves an upper inode into the lower only when the
+    upper gives it up entirely: committing one name of a hard-linked pair
+    must copy, or the name left in the session would share the project's
+    inode and every write through it would change the lower in place."""
+    (session.upper / "a").write_text("shared\n")
+    os.link(session.upper / "a", session.upper / "b")
+    commit(session, ["a"])
+    assert (lower / "a").read_text() == "shared\n"
+    assert os.stat(lower / "a").st_ino != os.stat(session.upper / "b").st_ino
+    (session.upper / "b").write_text("changed by the session\n")
+    assert (lower / "a").read_text() == "shared\n"
+    assert not (lower / "b").exists()
+    commit(session, [])
+    assert (lower / "b").read_text() == "changed by the session\n"
+    assert (lower / "a").read_text() == "shared\n"
+
+
 def test_filesystem_mounted_inside_the_lower(session: Session, lower: Path) -> None:
     require_root()
     inner = lower / "inner"
