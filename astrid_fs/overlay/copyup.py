@@ -101,13 +101,15 @@ def temp_name(tmp_dir: bytes) -> bytes:
 
 def copy_up(lower_path: bytes, upper_path: bytes, tmp_dir: bytes, names: OverlayXattrs,
             rel_path: bytes, *, with_data: bool = True, sync: bool = True,
-            st: os.stat_result | None = None) -> None:
+            st: os.stat_result | None = None, held: list[int] | None = None) -> None:
     """Copy the lower entry at `lower_path` (whose lstat is `st`, if the
     caller has it) to `upper_path` (whose parent exists; an entry there is
     replaced).
 
     `with_data=False` makes an empty regular file (for opens with O_TRUNC).
-    Directories are copied without their children.
+    Directories are copied without their children. With `held`, a regular
+    file's copy made as an unnamed file keeps its read-write fd open and
+    appends it there (the caller's to close) instead of closing it.
     """
     if st is None:
         st = os.lstat(lower_path)
@@ -115,7 +117,7 @@ def copy_up(lower_path: bytes, upper_path: bytes, tmp_dir: bytes, names: Overlay
         fd = tmpfile.open_unnamed(tmp_dir)
         if fd is not None:
             _copy_file_unnamed(fd, lower_path, upper_path, tmp_dir, st, names, rel_path,
-                               with_data, sync)
+                               with_data, sync, held)
             return
     tmp = temp_name(tmp_dir)
     try:
@@ -142,10 +144,11 @@ def copy_up(lower_path: bytes, upper_path: bytes, tmp_dir: bytes, names: Overlay
 
 def _copy_file_unnamed(fd: int, lower_path: bytes, upper_path: bytes, tmp_dir: bytes,
                        st: os.stat_result, names: OverlayXattrs, rel_path: bytes,
-                       with_data: bool, sync: bool) -> None:
+                       with_data: bool, sync: bool, held: list[int] | None) -> None:
     """The copy of a regular file built in the unnamed file `fd` (closed
-    here), then linked at `upper_path`: a daemon killed before the link
-    leaves nothing (tmpfile.py)."""
+    here, or once linked handed to `held`), then linked at `upper_path`: a
+    daemon killed before the link leaves nothing (tmpfile.py)."""
+    keep = False
     try:
         _fill_file(fd, lower_path, tmp_dir, st, names, rel_path, with_data, sync)
         try:
@@ -160,8 +163,12 @@ def _copy_file_unnamed(fd: int, lower_path: bytes, upper_path: bytes, tmp_dir: b
             except BaseException:
                 _remove_quietly(tmp)
                 raise
+        keep = held is not None
     finally:
-        os.close(fd)
+        if keep and held is not None:
+            held.append(fd)
+        else:
+            os.close(fd)
 
 
 def _fill_file(dst: int, lower_path: bytes, tmp_dir: bytes, st: os.stat_result,

@@ -121,7 +121,7 @@ class OpenFiles:
             fd = self.ov.anonymous_copy(node, None)
             return self._put(node.ino, InodeFd(fd, True, True, pinned=True))
         if write:
-            fd = os.open(self.ov.copy_up(node), os.O_RDWR | os.O_NOFOLLOW)
+            fd = self.ov.copy_up_open(node)
         else:
             fd = os.open(self.ov.real_path(node), os.O_RDONLY | os.O_NOFOLLOW)
         return self._put(node.ino, InodeFd(fd, write, node.in_upper))

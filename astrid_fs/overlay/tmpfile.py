@@ -63,7 +63,9 @@ AHEAD = 32
 
 
 def _make(dir_path: bytes) -> int:
-    return os.open(dir_path, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    # (read-write: a copy-up's file becomes the inode fd the daemon reads
+    # and writes the copy through, OverlayCore.copy_up_open)
+    return os.open(dir_path, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
 
 
 class Ahead:
@@ -212,7 +214,7 @@ def stop_ahead(dir_path: bytes) -> None:
 
 
 def open_unnamed(dir_path: bytes) -> int | None:
-    """A write-only fd of a new unnamed regular file (mode 0600) on the file
+    """A read-write fd of a new unnamed regular file (mode 0600) on the file
     system of `dir_path`; None where that file system cannot make one."""
     ahead = _ahead.get(dir_path)
     if ahead is not None:

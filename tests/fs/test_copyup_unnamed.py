@@ -8,6 +8,7 @@ still works where a file system has no unnamed files."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import threading
@@ -17,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from astrid_fs.overlay import basecontent, copyup, cthreads, tmpfile
+from astrid_fs.overlay.inodes import ROOT_INO
+from astrid_fs.overlay.layers import Layers
+from astrid_fs.overlay.overlay import Overlay
 from astrid_fs.overlay.whiteout import OverlayXattrs, get_origin
 from tests.fs.conftest import kept_base, kept_body, unnamed_fds
 from tests.support.mounts import MountedSession
@@ -122,6 +126,62 @@ def test_without_unnamed_files_a_named_temp_does(tmp_path: Path,
     assert os.listdir(tmp) == []
 
 
+def test_a_copy_can_hand_over_its_fd(tmp_path: Path) -> None:
+    """`held`: the unnamed copy's fd stays open once linked, read-write, on
+    the upper file itself (OverlayCore.copy_up_open makes it the inode fd
+    instead of opening the copy again by path)."""
+    lower, upper, tmp, session = _session(tmp_path)
+    (lower / "a").write_bytes(b"project\n")
+    held: list[int] = []
+    copyup.copy_up(os.fsencode(lower / "a"), os.fsencode(upper / "a"), os.fsencode(tmp), NAMES,
+                   b"a", sync=False, held=held)
+    assert len(held) == 1
+    fd = held[0]
+    try:
+        assert os.fstat(fd).st_ino == os.lstat(upper / "a").st_ino
+        assert os.pread(fd, 100, 0) == b"project\n"
+        os.pwrite(fd, b"agent\n", 8)
+    finally:
+        os.close(fd)
+    assert (upper / "a").read_bytes() == b"project\nagent\n"
+    assert (lower / "a").read_bytes() == b"project\n"
+    assert kept_body(session, "a") == b"project\n"
+    held.clear()  # a copy that is not an unnamed file hands over nothing
+    (lower / "d").mkdir()
+    copyup.copy_up(os.fsencode(lower / "d"), os.fsencode(upper / "d"), os.fsencode(tmp), NAMES,
+                   b"d", sync=False, held=held)
+    assert held == [] and (upper / "d").is_dir()
+
+
+def test_copy_up_open_gives_a_read_write_fd_on_the_upper_copy(tmp_path: Path) -> None:
+    """The first write's inode fd (files.py): the copy's own fd for a plain
+    file, one opened by path for a hard-linked lower file (its copy is the
+    link index's) and for a file already copied up; every one read-write on
+    the upper file, the lower untouched."""
+    lower, upper, tmp, _ = _session(tmp_path)
+    (lower / "a").write_bytes(b"one\n")
+    (lower / "h1").write_bytes(b"two\n")
+    os.link(lower / "h1", lower / "h2")
+    ov = Overlay(Layers(os.fsencode(lower), os.fsencode(upper), NAMES), os.fsencode(tmp),
+                 redirects=True)
+    for name, want in (("a", b"one\n"), ("h1", b"two\n"), ("a", b"one\n!")):
+        node, _ = ov.lookup(ROOT_INO, os.fsencode(name))
+        fd = ov.copy_up_open(node)
+        try:
+            assert node.in_upper
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+            assert os.fstat(fd).st_ino == os.lstat(upper / name).st_ino
+            assert os.pread(fd, 100, 0) == want
+            os.pwrite(fd, b"!", len(want))
+        finally:
+            os.close(fd)
+    assert (upper / "a").read_bytes() == b"one\n!!"
+    assert (upper / "h1").read_bytes() == b"two\n!"
+    assert [(lower / n).read_bytes() for n in ("a", "h1", "h2")] == [b"one\n", b"two\n",
+                                                                    b"two\n"]
+    assert unnamed_fds(tmp) == []
+
+
 def test_keep_bytes_outside_a_session_keeps_nothing(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -144,6 +204,9 @@ def test_files_made_ahead_are_fresh_unnamed_files_each(tmp_path: Path, native: b
         sts = [os.fstat(fd) for fd in fds if fd is not None]
         assert len({st.st_ino for st in sts}) == 12
         assert all(st.st_nlink == 0 and st.st_size == 0 for st in sts)
+        # read-write, made ahead or not: a copy's fd becomes the inode fd
+        assert {fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE for fd in fds
+                if fd is not None} == {os.O_RDWR}
         assert {stat.S_IMODE(st.st_mode) for st in sts} <= {0o600 & ~_umask()}
         counts = ahead.stats()
         assert counts["taken"] >= 4 and counts["taken"] + counts["made_on_request"] == 12

@@ -140,7 +140,7 @@ static void *ahead_run(void *arg)
             break;
         a->filling = 1;
         pthread_mutex_unlock(&a->lock);
-        int fd = make_timed(a->dir, O_WRONLY);
+        int fd = make_timed(a->dir, O_RDWR); /* (tmpfile.py `_make`) */
         int e = errno;
         pthread_mutex_lock(&a->lock);
         if (fd < 0) {
