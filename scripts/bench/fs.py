@@ -45,6 +45,7 @@ Parts: fs_dataset.py (sizes, data set), fs_legs.py (mounting), fs_workloads.py
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
@@ -64,8 +65,10 @@ from fs_dataset import (
     is_mounted,
     journal_less_ext4,
     log,
+    mount_ext4_image,
     removed,
     settle,
+    unmount_ext4_image,
 )
 from fs_legs import LEG_TITLE, LEGS, REPO, Leg, add_variant, probe
 from fs_report import SECTION, markdown, table, write_section
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-settle", action="store_true",
                     help="do not wait out ext4's recently-deleted window (journal-less "
                     "ext4: creates, copy-up above all, then measure slower)")
+    ap.add_argument("--ext4-image", type=Path, metavar="FILE",
+                    help="run on the ext4 file system in FILE (made if missing: a sparse "
+                    "image, mkfs.ext4 defaults, so with a journal), loop-mounted at --base "
+                    "for the run; see 'Copy-up on ext4 with a journal' in docs/benchmarks.md")
     ap.add_argument("--from-json", type=Path, metavar="FILE",
                     help="measure nothing: print (and --write-md) the table of a saved --json")
     ap.add_argument("--write-md", nargs="?", const=REPO / "docs" / "benchmarks.md", type=Path,
@@ -160,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     base = args.base.resolve()
+    if args.ext4_image:
+        try:
+            mount_ext4_image(args.ext4_image.resolve(), base)
+        except (OSError, RuntimeError) as e:
+            print(f"fs.py: --ext4-image: {e}", file=sys.stderr)
+            return 1
+        atexit.register(unmount_ext4_image, base)
     data = base / f"data-{mode}"
     scratch = base / "scratch"
     base.mkdir(parents=True, exist_ok=True)

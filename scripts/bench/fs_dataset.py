@@ -110,6 +110,28 @@ def journal_less_ext4(path: Path) -> bool:
     return task.strip() == "<none>"
 
 
+IMAGE_GIB = 24
+
+
+def mount_ext4_image(image: Path, base: Path) -> None:
+    """Loop-mount the ext4 file system in `image` at `base`; make it first
+    if `image` does not exist (a sparse IMAGE_GIB GiB file, mkfs.ext4's
+    defaults: with a journal). For `fs.py --ext4-image`."""
+    if is_mounted(base):
+        raise RuntimeError(f"{base} is a mount point already")
+    if not image.exists():
+        image.parent.mkdir(parents=True, exist_ok=True)
+        with open(image, "wb") as f:
+            f.truncate(IMAGE_GIB << 30)
+        run(["mkfs.ext4", "-q", "-F", str(image)])
+    base.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-o", "loop", str(image), str(base)])
+
+
+def unmount_ext4_image(base: Path) -> None:
+    subprocess.run(["umount", str(base)], check=False)
+
+
 def removed(base: Path, tree: Path) -> None:
     """Remove `tree` and note when (for `settle`)."""
     shutil.rmtree(tree, ignore_errors=True)
