@@ -318,8 +318,8 @@ class OverlayCore(RemoteFetches):
 
     def copy_up_open(self, node: Node) -> int:
         """`copy_up`, then a read-write fd on the upper file: the copy's own
-        where this copied a regular file (no second open by path: ~10 % of a
-        first write's copy-up), else opened by path."""
+        where this copied a regular file (no second path walk and open), else
+        opened by path."""
         held: list[int] = []
         try:
             upath = self._copy_up(node, True, held)

@@ -10,6 +10,9 @@ Run as root (mounts, drop_caches):
     .venv/bin/python scripts/bench/fs.py --full --legs native,fuse-overlayfs,astrid-fs
         --variant shim21=astrid-fs,ASTRID_FS_SHIM=/tmp/shim21.so --workloads "stat cold"
         --rounds 4
+    # on ext4 with a journal, in a loop-mounted image (this VM's root ext4 has none):
+    .venv/bin/python scripts/bench/fs.py --full --ext4-image /tmp/ext4j.img
+        --base /tmp/astrid-bench-j
 
 Workloads (each leg sees the same data as its lower layer; native reads it directly):
 
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ext4-image", type=Path, metavar="FILE",
                     help="run on the ext4 file system in FILE (made if missing: a sparse "
                     "image, mkfs.ext4 defaults, so with a journal), loop-mounted at --base "
-                    "for the run; see 'Copy-up on ext4 with a journal' in docs/benchmarks.md")
+                    "for the run; see 'On ext4 with a journal' in docs/benchmarks.md")
     ap.add_argument("--from-json", type=Path, metavar="FILE",
                     help="measure nothing: print (and --write-md) the table of a saved --json")
     ap.add_argument("--write-md", nargs="?", const=REPO / "docs" / "benchmarks.md", type=Path,
