@@ -20,13 +20,16 @@ from typing import Any
 
 LIB = Path(__file__).with_name("native") / "libastrid_copyup_threads.so"
 ENV = "ASTRID_FS_COPYUP_THREADS"
+# The library version this code needs: 3 makes its files read-write (an older
+# one's write-only files would fail the first READ through the inode fd).
+VERSION = 3
 _I64P = ctypes.POINTER(ctypes.c_int64)
 
 
 @functools.lru_cache(maxsize=1)
 def lib() -> Any | None:
-    """The loaded library, or None (not built, older than its source, or
-    turned off)."""
+    """The loaded library, or None (not built, older than its source, of
+    another version, or turned off)."""
     if os.environ.get(ENV) == "0":
         return None
     source = LIB.with_name("copyup_threads.c")
@@ -36,6 +39,9 @@ def lib() -> Any | None:
     try:
         so = ctypes.CDLL(str(LIB))
     except OSError:
+        return None
+    so.astrid_copyup_threads_version.restype = ctypes.c_int
+    if so.astrid_copyup_threads_version() != VERSION:
         return None
     so.astrid_ahead_start.argtypes = [ctypes.c_char_p, ctypes.c_int]
     so.astrid_ahead_start.restype = ctypes.c_void_p

@@ -60,7 +60,8 @@ def threads_always() -> Iterator[Any]:
     """The C copy-up threads working however quick making a file is (they
     rest while it is quick: copyup_threads.c); the library, loaded."""
     so = cthreads.lib()
-    assert so is not None, "the copy-up threads library is not built: run scripts/setup.sh"
+    assert so is not None, \
+        "the copy-up threads library is not built or stale: run scripts/setup.sh"
     so.astrid_copyup_mode(1)
     try:
         yield so

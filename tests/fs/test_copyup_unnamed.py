@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -180,6 +181,25 @@ def test_copy_up_open_gives_a_read_write_fd_on_the_upper_copy(tmp_path: Path) ->
     assert [(lower / n).read_bytes() for n in ("a", "h1", "h2")] == [b"one\n", b"two\n",
                                                                     b"two\n"]
     assert unnamed_fds(tmp) == []
+
+
+def test_a_threads_library_of_another_version_is_not_loaded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Version 2 of copyup_threads.c made its files write-only, which the
+    first write's inode fd cannot read through: such a build (one not
+    rebuilt since) is not loaded, and files are made in Python instead."""
+    src = tmp_path / "copyup_threads.c"
+    src.write_text("int astrid_copyup_threads_version(void) { return 2; }\n")
+    lib = tmp_path / "libastrid_copyup_threads.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    monkeypatch.setattr(cthreads, "LIB", lib)
+    cthreads.lib.cache_clear()
+    try:
+        assert cthreads.lib() is None
+    finally:
+        monkeypatch.undo()
+        cthreads.lib.cache_clear()
+    assert cthreads.lib() is not None  # this tree's own build, version 3
 
 
 def test_keep_bytes_outside_a_session_keeps_nothing(tmp_path: Path) -> None:

@@ -40,7 +40,9 @@
 #include <time.h>
 #include <unistd.h>
 
-int astrid_copyup_threads_version(void) { return 2; }
+/* 3: files made ahead are O_RDWR (a copy-up's file becomes the inode fd the
+ * daemon reads through: overlay/core.py copy_up_open); 2 made them O_WRONLY. */
+int astrid_copyup_threads_version(void) { return 3; }
 
 static int unsupported(int e) { return e == EOPNOTSUPP || e == EISDIR || e == EINVAL; }
 
