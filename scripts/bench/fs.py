@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     base.mkdir(parents=True, exist_ok=True)
     no_journal = journal_less_ext4(base)
     log(f"native file system under {base}: {fs_type(base)}"
-        f"{' without a journal' if no_journal else ''}; idle CPUs: {idle_policy()}")
+        f"{' without a journal (--ext4-image gives one with a journal)' if no_journal else ''}; "
+        f"idle CPUs: {idle_policy()}")
     build_dataset(data, sizes)
     if scratch.exists():
         leftovers = [m for m in scratch.glob("*/mnt") if is_mounted(m)]
