@@ -37,6 +37,12 @@ def sessions_dir(home: Path | None = None) -> Path:
     return (home or astrid_home()) / "sessions"
 
 
+def control_socket_in(root: Path) -> Path:
+    """Where the daemon of the session whose directory is `root` listens
+    (`Session.control_socket`; for checks made before the session exists)."""
+    return root / "run" / "control.sock"
+
+
 def check_name(name: str) -> str:
     """Return `name` if it is a valid session name, else raise UsageError."""
     if not _NAME_RE.match(name) or name in (".", ".."):
@@ -119,7 +125,7 @@ class Session:
 
     @property
     def control_socket(self) -> Path:
-        return self.run_dir / "control.sock"
+        return control_socket_in(self.root)
 
     @property
     def xattrs(self) -> OverlayXattrs:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from astrid_fs.pyexec import python_module
 from astrid_runtime.approval.pipeline import ApprovalPipeline
 from astrid_runtime.bus import Bus, Message, Tap
 from astrid_runtime.errors import BusError, Refusal
@@ -73,7 +73,7 @@ class CommitService:
     """Serves `kernel.fs.commit` for one mounted session."""
 
     def __init__(self, bus: Bus, pipeline: ApprovalPipeline, session: str, *,
-                 astrid_fs: tuple[str, ...] = (sys.executable, "-P", "-m", "astrid_fs.cli"),
+                 astrid_fs: tuple[str, ...] = tuple(python_module("astrid_fs.cli")),
                  env: dict[str, str] | None = None):
         self.bus = bus
         self.pipeline = pipeline

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import IO
 
 import trio
 
+from astrid_fs.pyexec import python_module
 from astrid_runtime import logs
 from astrid_runtime.abi.context import KvBackend, PluginContext
 from astrid_runtime.approval.audit import AuditLog
@@ -44,7 +44,7 @@ from astrid_runtime.recorder.timeline import Timeline
 from astrid_runtime.supervisor import State
 from astrid_runtime.vfs import PluginVfs
 
-ASTRID_FS = (sys.executable, "-P", "-m", "astrid_fs.cli")
+ASTRID_FS = tuple(python_module("astrid_fs.cli"))
 #: How long to wait for plugins to come up (a cold compile of a Python plugin is 4-8 s).
 BOOT_TIMEOUT_S = 120.0
 

@@ -32,6 +32,7 @@ from astrid_fs.fuse.config import requested as passthrough_requested
 from astrid_fs.fuse.mountinfo import fuse_mount_alive, is_mountpoint
 from astrid_fs.fuse.shim import current_env_with_shim, shim_stale
 from astrid_fs.overlay.remote import prepare_session_mounts
+from astrid_fs.pyexec import python_module
 from astrid_fs.review.bases import record_if_fresh
 from astrid_fs.session import (
     MountState,
@@ -39,6 +40,7 @@ from astrid_fs.session import (
     astrid_home,
     check_lower,
     check_name,
+    control_socket_in,
     create_or_open_session,
     list_sessions,
     open_session,
@@ -135,13 +137,11 @@ def _check_socket_path(path: Path) -> None:
 
 
 def _spawn(config: DaemonConfig) -> None:
-    """Start the daemon and wait for its "ok" or its one-line error. (`-P`:
-    the directory astrid-fs runs in, maybe a project an agent wrote, is not
-    on the root daemon's import path.)"""
+    """Start the daemon and wait for its "ok" or its one-line error."""
     read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "astrid_fs.fuse.daemon", config.to_json(), str(write_fd)],
+            python_module("astrid_fs.fuse.daemon", config.to_json(), str(write_fd)),
             pass_fds=(write_fd,), start_new_session=True, env=current_env_with_shim(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -174,7 +174,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.lower_ttl < 0:
         raise UsageError("--lower-ttl must be >= 0")
     home = astrid_home()
-    _check_socket_path(sessions_dir(home) / name / "run" / "control.sock")
+    _check_socket_path(control_socket_in(sessions_dir(home) / name))
     existed = (sessions_dir(home) / name / "session.toml").exists()
     if existed:
         _check_not_mounted(open_session(name, home))
@@ -201,7 +201,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground:
         print(f"session {name}: mounting on {mountpoint} (Ctrl-C to unmount)", flush=True)
         os.execve(sys.executable,
-                  [sys.executable, "-P", "-m", "astrid_fs.fuse.daemon", config.to_json(), "-"],
+                  python_module("astrid_fs.fuse.daemon", config.to_json(), "-"),
                   current_env_with_shim())
     try:
         _spawn(config)

@@ -148,7 +148,7 @@ def _copy_file_unnamed(fd: int, lower_path: bytes, upper_path: bytes, tmp_dir: b
     """The copy of a regular file built in the unnamed file `fd` (closed
     here, or once linked handed to `held`), then linked at `upper_path`: a
     daemon killed before the link leaves nothing (tmpfile.py)."""
-    keep = False
+    linked = False
     try:
         _fill_file(fd, lower_path, tmp_dir, st, names, rel_path, with_data, sync)
         try:
@@ -163,9 +163,9 @@ def _copy_file_unnamed(fd: int, lower_path: bytes, upper_path: bytes, tmp_dir: b
             except BaseException:
                 _remove_quietly(tmp)
                 raise
-        keep = held is not None
+        linked = True
     finally:
-        if keep and held is not None:
+        if linked and held is not None:
             held.append(fd)
         else:
             os.close(fd)

@@ -16,7 +16,6 @@ import hmac
 import json
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -27,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 
 from astrid_fs.errors import AstridFsError
+from astrid_fs.pyexec import python_module
 from astrid_fs.session import check_name, list_sessions
 from astrid_runtime.approval.service import Approvals
 from astrid_runtime.bus import Bus, Tap
@@ -157,7 +157,7 @@ class Dashboard:
 def session_patch(home: Path, name: str) -> tuple[bool, str]:
     """(ok, text): `astrid-fs diff --patch NAME` of the session under `home`, or why not.
     Blocking (a subprocess): run it in a worker thread."""
-    argv = [sys.executable, "-P", "-m", "astrid_fs.cli", "diff", "--patch", "--", name]
+    argv = python_module("astrid_fs.cli", "diff", "--patch", "--", name)
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120,
                           env={**os.environ, "ASTRID_HOME": str(home)},
                           stdin=subprocess.DEVNULL)

@@ -43,6 +43,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from astrid_fs.pyexec import python_module
 from astrid_runtime.recorder.settings import RecordingSettings
 from astrid_runtime.recorder.store import (
     Chunk,
@@ -68,8 +69,7 @@ class StoreProcess:
         ours, theirs = socket.socketpair()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "astrid_runtime.recorder.writer",
-                 str(theirs.fileno())],
+                python_module("astrid_runtime.recorder.writer", str(theirs.fileno())),
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         except OSError as e:
             ours.close()

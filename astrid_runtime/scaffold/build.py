@@ -49,6 +49,7 @@ from pathlib import Path
 
 import blake3
 
+from astrid_fs.pyexec import python_module
 from astrid_runtime.atomic import write_atomic
 from astrid_runtime.errors import KernelError
 from astrid_runtime.manifest import load_manifest
@@ -282,7 +283,7 @@ def _build_c(plugin_dir: Path, work: Path, out: Path, name: str) -> None:
         sdk = ["-I", C_SDK_DIR, C_SDK_DIR / "astrid.c"]
     elif uses_interceptor_sdk(plugin_dir):
         sdk = ["-I", C_SDK_DIR, C_SDK_DIR / "interceptor.c"]
-    _run([sys.executable, "-P", "-m", "ziglang", "cc", "-target", "wasm32-freestanding", "-O2",
+    _run([*python_module("ziglang"), "cc", "-target", "wasm32-freestanding", "-O2",
           "-nostdlib", "-fno-builtin", "-Wl,--no-entry",
           "-Wl,--strip-all", "-I", plugin_dir, *sdk, "-o", core, *sources],
          cwd=work, what=f"zig cc ({name})")
