@@ -120,7 +120,7 @@ class FuseOps(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> Any:
         self._count("lookup")
         self.name_only_policy.looked_up(parent_inode, name)
-        job = self.ov.fetch_for_child(self.table.get(parent_inode), name)
+        job = self.ov.fetch_for_lookup(self.table.get(parent_inode), name)
         if job is not None:  # (no await at all for a local lower: per-request cost)
             await self._fetch(job)
         try:
@@ -224,6 +224,8 @@ class FuseOps(pyfuse3.Operations):
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        # A remote directory's listing (is it empty?), which its lookup did not fetch.
+        await self._fetch(self.ov.fetch_for_child(self.table.get(parent_inode), name))
         self.ov.rmdir(parent_inode, name)
 
     @fuse_errors

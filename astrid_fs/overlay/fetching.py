@@ -44,9 +44,22 @@ class RemoteFetches:
             return None
         return self.fetch_lower(node.lower, data and not node.in_upper)
 
+    def fetch_for_lookup(self, parent: Node, name: bytes) -> Callable[[], None] | None:
+        """What to fetch before a LOOKUP of `name` in `parent`: the entry's
+        stat only (RemoteTree.warm_lookup says when that lists the parent)."""
+        if parent.lower is None or not self.layers.remotes:
+            return None
+        hit = self.layers.remote_for(parent.lower + b"/" + name if parent.lower else name)
+        if hit is None or hit[0].is_known(hit[1]):
+            return None
+        tree, rel = hit
+        return lambda: tree.warm_lookup(rel)
+
     def fetch_for_child(self, parent: Node, name: bytes, data: bool = False
                         ) -> Callable[[], None] | None:
-        """What to fetch before resolving `name` in `parent`."""
+        """What to fetch before changing `name` in `parent` (rename, rmdir):
+        the parent's listing and the entry (a directory's listing; with
+        `data`, a file's content)."""
         if parent.lower is None or not self.layers.remotes:
             return None
         jobs = [j for j in (self.fetch_lower(parent.lower),

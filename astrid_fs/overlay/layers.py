@@ -118,10 +118,13 @@ class RemoteTree(Protocol):
     Paths are relative to the tree's root, as bytes. `stat`, `names` and
     `readlink` are called from the FUSE thread and must only use cached
     metadata: the adapter calls `warm` in a worker thread first whenever
-    `is_warm` says the metadata (or, with `data=True`, the whole content,
-    for copy-up) is not cached. `open_reader` readers are used from worker
-    threads. `fetch_to` writes the whole content into a local fd (copy-up;
-    called after `warm(rel, data=True)`).
+    `is_warm` says the metadata (a directory's: its listing; with
+    `data=True`, the whole content, for copy-up) is not cached. A LOOKUP
+    needs less, only the entry's own stat: `is_known` / `warm_lookup` (which
+    may list the parent instead, when that is cheaper for what follows).
+    `open_reader` readers are used from worker threads. `fetch_to` writes
+    the whole content into a local fd (copy-up; called after `warm(rel,
+    data=True)`).
     """
 
     dev: int
@@ -129,6 +132,8 @@ class RemoteTree(Protocol):
     def invalidate(self) -> None: ...
     def is_warm(self, rel: bytes, data: bool = False) -> bool: ...
     def warm(self, rel: bytes, data: bool = False) -> None: ...
+    def is_known(self, rel: bytes) -> bool: ...
+    def warm_lookup(self, rel: bytes) -> None: ...
     def stat(self, rel: bytes) -> StatLike | None: ...
     def names(self, rel: bytes) -> list[bytes]: ...
     def readlink(self, rel: bytes) -> bytes: ...

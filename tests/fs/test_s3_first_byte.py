@@ -9,6 +9,7 @@ and in the daemon's request counters; never timed."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import time
@@ -98,3 +99,67 @@ def test_first_read_of_an_object_is_one_small_ranged_get(
                 for k in ("remote_read_thread", "remote_read_inline"))
     assert reads == OBJECTS - 1, (before, after)
     assert after.get("open", 0) == before.get("open", 0), (before, after)
+
+
+def _listings_of(s3: S3Target, directory: str, since: int) -> int:
+    """LISTs of `directory`'s entries (with the delimiter: a directory listing,
+    not the one-key probe that tells a directory from a missing name)."""
+    rx = re.compile(r'Fetched bucket .*"delimiter":"/".*"prefix":"'
+                    + re.escape(f"{s3.prefix}/{directory}") + '"')
+    return sum(1 for line in list(s3.server.log)[since:] if rx.search(line))
+
+
+def _heads_of(s3: S3Target, key: str, since: int) -> int:
+    """Requests of `key` answered 200 (not 206): HEADs, as the mount never GETs
+    a whole object to read it."""
+    rx = re.compile(re.escape(f"{s3.prefix}/{key}") + r" 200 ")
+    return sum(1 for line in list(s3.server.log)[since:] if rx.search(line))
+
+
+def test_opening_one_object_does_not_list_its_directory(
+        s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        mount_session: MountFactory) -> None:
+    """A LOOKUP stats the name alone the first time in a directory not yet
+    listed (one HEAD), and lists the directory from its second lookup on: a
+    LIST of a large prefix (or of a server that lists by walking the bucket,
+    as s3rver does) is not in the path of opening one file."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "S3RVER")
+    bodies = {f"big/obj{i}": os.urandom(4096) for i in range(3)}
+    for key, body in bodies.items():
+        s3.put(key, body)
+    s3.put("other/k", b"k")
+    s3.put("sentinel", b"s")
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    table = tmp_path / "mounts.toml"
+    table.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{s3.source}"\n'
+                     f'endpoint = "{s3.server.endpoint}"\nregion = "us-east-1"\n')
+    s = mount_session(lower, None, "--mounts", str(table))
+    root = s.mnt / "mnt" / "s3"
+    mark = _settle_log(s3)  # (a new session lists the whole source once: its base)
+
+    with open(root / "big" / "obj0", "rb", buffering=0) as f:
+        assert f.read(4096) == bodies["big/obj0"]
+    _settle_log(s3)
+    assert _listings_of(s3, "", mark) == 0  # the bucket root: "big" was stat'ed
+    assert _listings_of(s3, "big/", mark) == 0
+    assert _heads_of(s3, "big/obj0", mark) == 1
+
+    # The directory's second lookup lists it; that listing answers the rest.
+    mark = _settle_log(s3)
+    for i in (1, 2):
+        with open(root / "big" / f"obj{i}", "rb", buffering=0) as f:
+            assert f.read(4096) == bodies[f"big/obj{i}"]
+    assert not (root / "big" / "missing").exists()
+    _settle_log(s3)
+    assert _listings_of(s3, "big/", mark) == 1
+    assert _heads_of(s3, "big/obj1", mark) == _heads_of(s3, "big/obj2", mark) == 0
+    assert _heads_of(s3, "big/missing", mark) == 0  # 404s are not 200s: checked below too
+    assert not [line for line in list(s3.server.log)[mark:] if "big/missing" in line]
+
+    # rmdir of a directory only looked up fetches its listing: not empty.
+    with pytest.raises(OSError) as info:
+        os.rmdir(root / "other")
+    assert info.value.errno == errno.ENOTEMPTY
+    assert s3.get("other/k") == b"k"
