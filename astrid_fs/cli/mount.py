@@ -30,7 +30,7 @@ from astrid_fs.errors import AstridFsError, MountError, SessionError, UsageError
 from astrid_fs.fuse.config import DaemonConfig, io_uring_requested
 from astrid_fs.fuse.config import requested as passthrough_requested
 from astrid_fs.fuse.mountinfo import fuse_mount_alive, is_mountpoint
-from astrid_fs.fuse.shim import current_env_with_shim, shim_stale
+from astrid_fs.fuse.shim import daemon_env, shim_stale
 from astrid_fs.overlay.remote import prepare_session_mounts
 from astrid_fs.pyexec import python_module
 from astrid_fs.review.bases import record_if_fresh
@@ -142,7 +142,7 @@ def _spawn(config: DaemonConfig) -> None:
     try:
         proc = subprocess.Popen(
             python_module("astrid_fs.fuse.daemon", config.to_json(), str(write_fd)),
-            pass_fds=(write_fd,), start_new_session=True, env=current_env_with_shim(),
+            pass_fds=(write_fd,), start_new_session=True, env=daemon_env(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
     finally:
@@ -202,7 +202,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         print(f"session {name}: mounting on {mountpoint} (Ctrl-C to unmount)", flush=True)
         os.execve(sys.executable,
                   python_module("astrid_fs.fuse.daemon", config.to_json(), "-"),
-                  current_env_with_shim())
+                  daemon_env())
     try:
         _spawn(config)
     except MountError:
