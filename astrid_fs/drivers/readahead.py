@@ -54,13 +54,15 @@ MIB = 1024 * KIB
 
 @dataclass(frozen=True)
 class ReadAheadConfig:
-    """Tuning; defaults measured against s3rver here (4 MiB x 2-4 in flight was
-    fastest; a 64 KiB GET answers in about half the time of a 256 KiB one)."""
+    """Tuning; defaults measured against s3rver here (a 64 KiB GET answers in
+    about half the time of a 256 KiB one; 16 MiB windows, 4 in flight, read a
+    stream fastest: docs/benchmarks.md, "S3 read-ahead windows"). AWS advises
+    ranged GETs of 8-16 MiB."""
 
     min_fetch: int = 64 * KIB
-    max_window: int = 8 * MIB
-    depth: int = 3
-    max_buffer: int = 64 * MIB
+    max_window: int = 16 * MIB
+    depth: int = 4
+    max_buffer: int = 128 * MIB
     wait_timeout_s: float = 60.0
 
 

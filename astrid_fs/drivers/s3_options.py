@@ -26,8 +26,8 @@ class S3Options:
     retry_deadline_s: float = 20.0
     multipart_threshold_mib: int = 64
     part_size_mib: int = 8
-    read_window_mib: int = 8
-    read_depth: int = 3
+    read_window_mib: int = 16
+    read_depth: int = 4
     threads: int = 8
     file_mode: int = 0o644
     dir_mode: int = 0o755
