@@ -11,8 +11,9 @@ import stat
 from dataclasses import dataclass
 
 from astrid_fs.overlay import basecontent, syscalls
+from astrid_fs.overlay.copying import err
 from astrid_fs.overlay.copyup import temp_name
-from astrid_fs.overlay.core import STRIP_FLAGS, OverlayCore, err
+from astrid_fs.overlay.core import STRIP_FLAGS, OverlayCore
 from astrid_fs.overlay.inodes import Node
 from astrid_fs.overlay.layers import StatLike, lower_has, lstat_or_none, upper_whiteouts
 from astrid_fs.overlay.rules import (

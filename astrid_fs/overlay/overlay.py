@@ -1,7 +1,7 @@
 """The overlay: FUSE-shaped operations on a lower and an upper layer.
 
 `Overlay` is the whole surface the FUSE adapter uses: resolution and
-copy-up (`core.py`), the namespace (`namespace.py`), and here attributes,
+copy-up (`core.py`, `copying.py`), the namespace (`namespace.py`), and here attributes,
 opens, links and xattrs. Nothing here ever writes the lower layer.
 """
 
@@ -12,8 +12,9 @@ import os
 import stat
 from dataclasses import dataclass
 
+from astrid_fs.overlay.copying import err
 from astrid_fs.overlay.copyup import temp_name
-from astrid_fs.overlay.core import STRIP_FLAGS, WRITE_FLAGS, err
+from astrid_fs.overlay.core import STRIP_FLAGS, WRITE_FLAGS
 from astrid_fs.overlay.inodes import Node, upper_only_ino
 from astrid_fs.overlay.layers import Reader, StatLike
 from astrid_fs.overlay.namespace import Namespace, Owner
