@@ -17,6 +17,7 @@ import pytest
 from astrid_fs.overlay.copyup import copy_up
 from astrid_fs.overlay.whiteout import Origin, OverlayXattrs, get_origin
 from tests.fs.conftest import kept_base
+from tests.support.mounts import missing_part
 
 
 @pytest.mark.parametrize("path,blake3", [
@@ -32,8 +33,9 @@ def test_origin_json_is_what_it_was(path: str, blake3: str | None) -> None:
     assert Origin.decode(o.encode()) == o
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown and trusted.* xattrs need root")
 def test_copy_up_keeps_every_attribute_and_the_base(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        missing_part("root (chown and trusted.* xattrs)")
     session = tmp_path / "session"
     lower, upper, tmp = tmp_path / "lower", session / "upper", session / "work" / "astrid"
     for d in (lower, upper, tmp):

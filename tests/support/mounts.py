@@ -29,10 +29,13 @@ def require_fuse() -> None:
 
 
 def missing_part(why: str) -> NoReturn:
-    """A part this test needs is absent: skip on a developer's machine, fail in CI
-    (`CI` set), where set-up installs it and the kernel and user provide it."""
-    if os.environ.get("CI"):
-        pytest.fail(f"missing in CI: {why}")
+    """A part this test needs is absent: skip under a bare `pytest` on a
+    developer's machine; fail under scripts/test.sh (the README's test
+    command, which CI runs: it sets ASTRID_REQUIRE_PARTS) or wherever `CI` is
+    set, since there set-up installs every part and the machine provides the
+    rest (root, /dev/fuse, the kernel's features)."""
+    if os.environ.get("CI") or os.environ.get("ASTRID_REQUIRE_PARTS"):
+        pytest.fail(f"missing where every part must be present: {why}")
     pytest.skip(why)
 
 
