@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     unavailable: dict[str, str] = {}
     s3_medians: dict[str, dict[str, float]] = {}
     s3_unavailable: dict[str, str] = {}
+    s3_samples: fs_s3.Samples = {}
     active: list[Leg] = []
     try:
         for name in legs:
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                 for w, times in run_leg(leg, sizes, only).items():
                     results.setdefault(name, {}).setdefault(w, []).extend(times)
         if s3_leg:
-            s3_medians, s3_unavailable = fs_s3.run_s3(base, sizes, "astrid-fs-pt" in legs)
+            s3_medians, s3_unavailable, s3_samples = fs_s3.run_s3(base, sizes,
+                                                                  "astrid-fs-pt" in legs)
     finally:
         for leg in active:
             leg.cleanup()
@@ -245,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                  "unavailable": unavailable, "base": str(base), "when": when, "load": load,
                  "native_fs": fs_type(base), "idle": idle}
         if s3_leg:
-            saved["s3"] = {"medians": s3_medians, "unavailable": s3_unavailable}
+            saved["s3"] = {"medians": s3_medians, "unavailable": s3_unavailable,
+                           "samples": s3_samples}
         args.json.write_text(json.dumps(saved, indent=1))
     if args.write_md:
         section = markdown(medians, unavailable, sizes, mode, base, when, load, idle,

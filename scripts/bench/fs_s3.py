@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -49,31 +50,45 @@ def ensure_peers() -> dict[str, str]:
             for prog in PEERS if shutil.which(prog) is None}
 
 
+Samples = dict[str, list[dict[str, float]]]
+
+
 def run_s3(base: Path, sizes: Sizes, with_pt: bool
-           ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """Medians per leg, and the legs that could not run (with why)."""
+           ) -> tuple[dict[str, dict[str, float]], dict[str, str], Samples]:
+    """Medians per leg, the legs that could not run (with why), and each
+    round's numbers per leg. The legs are interleaved: each of `sizes.runs`
+    rounds runs every leg once (a fresh mount per read, as s3.py does), so a
+    host that slows down during the run slows every leg alike."""
     big_mib, keys = s3_sizes(sizes)
     unavailable = ensure_peers()
     s3base = base / "s3"
     s3base.mkdir(parents=True, exist_ok=True)
     server = s3bench.S3Server(s3base / "s3rver-data", buckets=(s3bench.BUCKET,), quiet=True)
     server.start()
-    results: dict[str, dict[str, float]] = {}
+    samples: Samples = {}
     try:
         s3bench.seed(server, big_mib, keys)
-        for leg, (_title, mount) in LEGS.items():
-            if leg in unavailable or (leg == "astrid-fs-pt" and not with_pt):
-                continue
-            log(f"s3: {leg}")
-            try:
-                results[leg] = s3bench.fuse_leg(mount, server, s3base, big_mib, keys,
-                                                sizes.runs)
-            except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
-                # a peer that cannot mount must not lose the other numbers
-                unavailable[leg] = str(e).splitlines()[0][:200]
+        for rnd in range(sizes.runs):
+            for leg, (_title, mount) in LEGS.items():
+                if leg in unavailable or (leg == "astrid-fs-pt" and not with_pt):
+                    continue
+                log(f"s3: {leg} (round {rnd + 1}/{sizes.runs})")
+                try:
+                    samples.setdefault(leg, []).append(
+                        s3bench.fuse_leg(mount, server, s3base, big_mib, keys, 1))
+                except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+                    # a peer that cannot mount must not lose the other numbers
+                    unavailable[leg] = str(e).splitlines()[0][:200]
+                    samples.pop(leg, None)
     finally:
         server.stop()
-    return results, unavailable
+    return medians_of(samples), unavailable, samples
+
+
+def medians_of(samples: Samples) -> dict[str, dict[str, float]]:
+    """Per leg, the median over its rounds of each number."""
+    return {leg: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+            for leg, rounds in samples.items() if rounds}
 
 
 def _fmt(key: str, value: float) -> str:
@@ -116,7 +131,8 @@ def markdown(results: dict[str, dict[str, float]], unavailable: dict[str, str],
         "### S3 (the same run)",
         "",
         f"One {big_mib} MiB object and a prefix of {keys:,} keys on s3rver 3.7.1 "
-        "(127.0.0.1, disk-backed), median of the runs; each leg reads through a fresh "
+        "(127.0.0.1, disk-backed), median of the rounds (every leg once a round, the "
+        "legs interleaved); each leg reads through a fresh "
         "mount with caches dropped (128 KiB reads; the mount's own read-ahead decides "
         "what reaches the daemon). First byte: open and read 4 KiB of an object not "
         "read before (median of 20). astrid-fs reads the bucket at /mnt/s3 of a "
