@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from astrid_fs.drivers.base import EntryStat, Reader, TryReader
+from astrid_fs.drivers.base import EntryStat, Reader, TryPread, try_pread_of
 
 # Small: a cold first read fetches little (read-ahead streams the rest); a read
 # of many blocks is one inner read and one lock acquisition, not one per block.
@@ -203,17 +203,16 @@ class CachedReader:
         self._st = st
         self._etag = st.etag or ""
         self._inner: Reader | None = None
-        # The inner reader's try_pread, set with it (decided once: isinstance
-        # against a runtime-checkable Protocol costs ~40 us, and try_pread
+        # The inner reader's try_pread, set with it (decided once: try_pread
         # runs on the FUSE thread for every READ).
-        self._inner_try: Callable[[int, int], bytes | memoryview | None] | None = None
+        self._inner_try: TryPread | None = None
         self._lock = threading.Lock()
 
     def _reader(self) -> Reader:
         with self._lock:
             if self._inner is None:
                 inner = self._open_inner()
-                self._inner_try = inner.try_pread if isinstance(inner, TryReader) else None
+                self._inner_try = try_pread_of(inner)
                 self._inner = inner
             return self._inner
 

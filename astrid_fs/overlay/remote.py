@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from astrid_fs.drivers.base import EntryStat, LowerDriver, Reader, TryReader, parent_rel
+from astrid_fs.drivers.base import EntryStat, LowerDriver, Reader, parent_rel, try_pread_of
 from astrid_fs.drivers.cache import CacheConfig, CachingDriver
 from astrid_fs.drivers.errors import DriverError
 from astrid_fs.drivers.readahead import MIB
@@ -70,10 +70,8 @@ class _OsReader:
 
     def __init__(self, inner: Reader) -> None:
         self._inner = inner
-        # Decided once: `isinstance` against a runtime-checkable Protocol
-        # walks the protocol's attributes each time (~40 us here), and
-        # try_pread runs on the FUSE thread for every READ.
-        self._try = inner.try_pread if isinstance(inner, TryReader) else None
+        # Decided once: try_pread runs on the FUSE thread for every READ.
+        self._try = try_pread_of(inner)
 
     def pread(self, size: int, offset: int) -> bytes | memoryview:
         with _as_oserror():
