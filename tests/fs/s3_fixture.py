@@ -119,6 +119,15 @@ class S3Server:
         return sum(1 for line in list(self.log) if rx.search(line))
 
 
+def s3_mount_table(directory: Path, source: str, endpoint: str, extra: str = "") -> Path:
+    """A mounts.toml in `directory` with `source` at /mnt/s3 (`extra`: more
+    lines of the entry)."""
+    path = directory / "mounts.toml"
+    path.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{source}"\n'
+                    f'endpoint = "{endpoint}"\nregion = "us-east-1"\n{extra}')
+    return path
+
+
 def s3_env(home: Path, secret: str = "any-secret") -> dict[str, str]:
     """An environment with only what the AWS chain should see (no ~/.aws of the host)."""
     return {"HOME": str(home), "AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -175,6 +184,10 @@ class S3Target:
 
     def keys(self) -> list[str]:
         return sorted(m["path"] for m in obstore.list(self.store(), None).collect())
+
+    def mount_table(self, directory: Path) -> Path:
+        """A mounts.toml in `directory` with this target at /mnt/s3."""
+        return s3_mount_table(directory, self.source, self.server.endpoint)
 
     def close(self) -> None:
         for drv in self.drivers:

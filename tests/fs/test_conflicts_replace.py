@@ -130,9 +130,7 @@ def test_editor_save_and_rm_conflict_on_s3(
     s3.put("data/calm.csv", b"c\n")
     lower = tmp_path / "project"
     (lower / "mnt").mkdir(parents=True)
-    table = tmp_path / "mounts.toml"
-    table.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{s3.source}"\n'
-                     f'endpoint = "{s3.server.endpoint}"\nregion = "us-east-1"\n')
+    table = s3.mount_table(tmp_path)
     s = mount_session(lower, None, "--mounts", str(table))
     data = s.mnt / "mnt" / "s3" / "data"
     subprocess.run(["sed", "-i", "s/a/A/", str(data / "edit.csv")], check=True)

@@ -55,9 +55,7 @@ def test_remote_read_buffers_are_huge_pages(
     s3.put("big.bin", body)
     lower = tmp_path / "lower"
     lower.mkdir()
-    table = tmp_path / "mounts.toml"
-    table.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{s3.source}"\n'
-                     f'endpoint = "{s3.server.endpoint}"\nregion = "us-east-1"\n')
+    table = s3.mount_table(tmp_path)
     s = mount_session(lower, None, "--mounts", str(table))
     pid = int(s.control("ping")["pid"])
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

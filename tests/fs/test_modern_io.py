@@ -333,9 +333,7 @@ def test_remote_files_have_no_holes_and_copy_through_the_kernel(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     body = os.urandom(100000)
     s3.put("data/blob", body)
-    table = tmp_path / "mounts.toml"
-    table.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{s3.source}"\n'
-                     f'endpoint = "{s3.server.endpoint}"\nregion = "us-east-1"\n')
+    table = s3.mount_table(tmp_path)
     lower = tmp_path / "project"
     lower.mkdir()
     s = mount_session(lower, None, "--mounts", str(table))

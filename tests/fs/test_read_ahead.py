@@ -86,9 +86,7 @@ def test_remote_reads_held_by_the_driver_need_no_worker_thread(
     s3.put("big.bin", body)
     lower = tmp_path / "lower"
     lower.mkdir()
-    table = tmp_path / "mounts.toml"
-    table.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{s3.source}"\n'
-                     f'endpoint = "{s3.server.endpoint}"\nregion = "us-east-1"\n')
+    table = s3.mount_table(tmp_path)
     s = mount_session(lower, None, "--mounts", str(table))
     path = s.mnt / "mnt" / "s3" / "big.bin"
     with open(path, "rb", buffering=0) as f:

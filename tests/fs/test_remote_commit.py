@@ -134,9 +134,7 @@ def test_commit_to_s3_through_a_real_mount(
     s3.put("data/old.csv", b"old\n")
     lower = tmp_path / "project"
     (lower / "mnt").mkdir(parents=True)  # (the overlay needs a real dir above a mount point)
-    table = tmp_path / "mounts.toml"
-    table.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{s3.source}"\n'
-                     f'endpoint = "{s3.server.endpoint}"\nregion = "us-east-1"\n')
+    table = s3.mount_table(tmp_path)
     mounted = mount_session(lower, None, "--mounts", str(table))
     data = mounted.mnt / "mnt" / "s3" / "data"
     with open(data / "file.csv", "a") as f:

@@ -26,6 +26,7 @@ from tests.fs.s3_fixture import (  # noqa: F401
     free_port,
     own_s3_server,
     s3,
+    s3_mount_table,
     s3_server,
 )
 from tests.support.mounts import MountedSession, run_cli
@@ -40,13 +41,6 @@ def aws_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-
-
-def _table(tmp_path: Path, source: str, endpoint: str, extra: str = "") -> Path:
-    path = tmp_path / "mounts.toml"
-    path.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{source}"\n'
-                    f'endpoint = "{endpoint}"\nregion = "us-east-1"\n{extra}')
-    return path
 
 
 def test_driver_tree_warms_then_answers_from_cache(s3: S3Target, tmp_path: Path) -> None:
@@ -88,7 +82,7 @@ def test_s3_under_mnt_through_a_real_mount(
     lower = tmp_path / "project"
     lower.mkdir()
     (lower / "README").write_text("project\n")
-    table = _table(tmp_path, s3.source, s3.server.endpoint)
+    table = s3_mount_table(tmp_path, s3.source, s3.server.endpoint)
 
     session = mount_session(lower, None, "--mounts", str(table))
     mnt = session.mnt
@@ -144,14 +138,14 @@ def test_unreachable_source_fails_the_mount_with_one_line(
     lower.mkdir()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    table = _table(tmp_path, s3.source, f"http://127.0.0.1:{free_port()}", "retries = 0\n")
+    table = s3_mount_table(tmp_path, s3.source, f"http://127.0.0.1:{free_port()}", "retries = 0\n")
     result = run_cli("mount", "--lower", str(lower), "--session", "x", "--mounts", str(table),
                      str(mnt), home=astrid_home, check=False)
     assert result.returncode != 0
     line = result.stderr.strip()
     assert "\n" not in line and "connection refused" in line and "/mnt/s3" in line
     assert not (astrid_home / "sessions" / "x").exists()  # nothing half-made
-    missing = _table(tmp_path, "s3://no-such-bucket", s3.server.endpoint)
+    missing = s3_mount_table(tmp_path, "s3://no-such-bucket", s3.server.endpoint)
     result = run_cli("mount", "--lower", str(lower), "--session", "y", "--mounts",
                      str(missing), str(mnt), home=astrid_home, check=False)
     assert result.returncode != 0 and "bucket does not exist" in result.stderr
@@ -169,7 +163,7 @@ def test_session_lowers_resolve_virtual_paths_to_drivers(
     (lower / "src").mkdir(parents=True)
     session_root = tmp_path / "session"
     session_root.mkdir()
-    table = _table(tmp_path, s3.source, s3.server.endpoint)
+    table = s3_mount_table(tmp_path, s3.source, s3.server.endpoint)
     recorded = prepare_session_mounts(str(table), session_root, lower)
     assert recorded == str(session_root / "mounts.toml")
     lowers = SessionLowers.open(session_root, lower)
@@ -204,7 +198,7 @@ def test_server_killed_mid_read_is_eio_through_the_mount(
     target.put("big.bin", body)
     lower = tmp_path / "project"
     lower.mkdir()
-    table = _table(tmp_path, target.source, own_s3_server.endpoint,
+    table = s3_mount_table(tmp_path, target.source, own_s3_server.endpoint,
                    "retries = 0\ntimeout_s = 5\n")
     session = mount_session(lower, None, "--mounts", str(table))
     with open(session.mnt / "mnt" / "s3" / "big.bin", "rb", buffering=0) as f:

@@ -69,9 +69,7 @@ def test_first_read_of_an_object_is_one_small_ranged_get(
     s3.put("sentinel", b"s")
     lower = tmp_path / "lower"
     lower.mkdir()
-    table = tmp_path / "mounts.toml"
-    table.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{s3.source}"\n'
-                     f'endpoint = "{s3.server.endpoint}"\nregion = "us-east-1"\n')
+    table = s3.mount_table(tmp_path)
     s = mount_session(lower, None, "--mounts", str(table), *extra)
     root = s.mnt / "mnt" / "s3"
     with open(root / "fb" / "obj0", "rb", buffering=0) as f:  # lookups, listings warmed
@@ -132,9 +130,7 @@ def test_opening_one_object_does_not_list_its_directory(
     s3.put("sentinel", b"s")
     lower = tmp_path / "lower"
     lower.mkdir()
-    table = tmp_path / "mounts.toml"
-    table.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{s3.source}"\n'
-                     f'endpoint = "{s3.server.endpoint}"\nregion = "us-east-1"\n')
+    table = s3.mount_table(tmp_path)
     s = mount_session(lower, None, "--mounts", str(table))
     root = s.mnt / "mnt" / "s3"
     mark = _settle_log(s3)  # (a new session lists the whole source once: its base)

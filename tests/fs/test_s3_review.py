@@ -36,9 +36,7 @@ def mounted(s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         s3.put(key, LINES.encode())
     lower = tmp_path / "project"
     (lower / "mnt").mkdir(parents=True)
-    table = tmp_path / "mounts.toml"
-    table.write_text(f'[[mount]]\npath = "/mnt/s3"\nsource = "{s3.source}"\n'
-                     f'endpoint = "{s3.server.endpoint}"\nregion = "us-east-1"\n')
+    table = s3.mount_table(tmp_path)
     s = mount_session(lower, None, "--mounts", str(table))
     data = s.mnt / "mnt" / "s3" / "data"
     with open(data / "edit.csv", "a") as f:
