@@ -56,7 +56,8 @@ MIB = 1024 * KIB
 class ReadAheadConfig:
     """Tuning; defaults measured against s3rver here (a 64 KiB GET answers in
     about half the time of a 256 KiB one; 16 MiB windows, 4 in flight, read a
-    stream fastest: docs/benchmarks.md, "S3 read-ahead windows"). AWS advises
+    stream fastest: docs/benchmarks.md, "S3: the open that listed the bucket,
+    huge pages, read-ahead windows"). AWS advises
     ranged GETs of 8-16 MiB."""
 
     min_fetch: int = 64 * KIB

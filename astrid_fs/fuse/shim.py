@@ -105,7 +105,7 @@ def env_with_shim(env: dict[str, str]) -> dict[str, str]:
 
 # glibc (2.35 and later; older ones ignore it) madvises its large allocations
 # for transparent huge pages. A remote file's read-ahead fetches windows of up
-# to 8 MiB into new buffers that the block cache keeps (256 MiB by default):
+# to 16 MiB into new buffers that the block cache keeps (256 MiB by default):
 # with 4 KiB pages every page of them is a fault, zeroing and a memcg charge,
 # a fifth of the daemon's CPU in `perf` of a 256 MiB S3 read; on this 2-CPU
 # host the daemon then takes CPU the server needs. Measured (four interleaved
