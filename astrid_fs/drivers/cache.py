@@ -16,11 +16,14 @@ Consistency (what a reader through the cache may see):
 Bounds: at most `max_entries` metadata entries and `data_bytes` of blocks,
 least recently used dropped first (the blocks: drivers/blockcache.py, which
 also says how buffers are counted and when a read is a view, not a copy).
-Each cache has its own lock; no I/O happens under either.
+Each cache has its own lock; no I/O happens under either. Callers listing
+the same uncached directory at once share one LIST (as blocks share one
+fetch).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import threading
 import time
 from collections import OrderedDict
@@ -36,6 +39,7 @@ from astrid_fs.drivers.base import (
     parent_rel,
 )
 from astrid_fs.drivers.blockcache import BLOCK, BlockCache, CachedReader, CacheStats, is_under
+from astrid_fs.drivers.errors import Timeout
 from astrid_fs.drivers.readahead import MIB
 
 
@@ -67,6 +71,8 @@ class CachingDriver(DelegatingDriver):
         self._lock = threading.Lock()
         self._stats: OrderedDict[str, tuple[float, EntryStat | None]] = OrderedDict()
         self._lists: OrderedDict[str, tuple[float, _Listing]] = OrderedDict()
+        # LISTs running now, each a future its other callers wait on.
+        self._listing: dict[str, cf.Future[list[tuple[str, EntryStat]]]] = {}
         self.counters = CacheStats()
         self.blocks = BlockCache(self.config.data_bytes, self.config.block_size,
                                  self.counters)
@@ -101,17 +107,37 @@ class CachingDriver(DelegatingDriver):
         return found
 
     def list_dir(self, rel: str) -> list[tuple[str, EntryStat]]:
+        """The listing of `rel`, from the cache or one LIST: callers that
+        ask for the same uncached directory at once (parallel lookups in it,
+        DriverTree.warm_lookup) wait for the first one's LIST."""
         with self._lock:
             listing = self._fresh_list(rel, self._clock())
             if listing is not None:
                 self.counters.meta_hits += 1
                 return list(listing.entries)
             self.counters.meta_misses += 1
-        entries = self.inner.list_dir(rel)
+            running = self._listing.get(rel)
+            mine = running is None
+            if running is None:
+                running = self._listing[rel] = cf.Future()
+        if not mine:
+            try:
+                return list(running.result(timeout=self.config.wait_timeout_s))
+            except cf.TimeoutError:
+                raise Timeout(f"listing {rel or '/'} timed out") from None
+        try:
+            entries = self.inner.list_dir(rel)
+        except BaseException as e:
+            with self._lock:
+                self._listing.pop(rel, None)
+            running.set_exception(e)
+            raise
         with self._lock:
             self._lists[rel] = (self._clock() + self.config.metadata_ttl_s,
                                 _Listing(entries, dict(entries)))
             self._trim_meta()
+            self._listing.pop(rel, None)
+        running.set_result(entries)
         return list(entries)
 
     def _trim_meta(self) -> None:
