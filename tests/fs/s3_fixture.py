@@ -25,13 +25,14 @@ import pytest
 from obstore.store import S3Store
 
 from astrid_fs.drivers.s3 import S3Driver, S3Options
-from tests.support.servers import wait_ready
+from tests.support.servers import LogLines, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 S3RVER = ROOT / "tests" / ".s3rver" / "node_modules" / ".bin" / "s3rver"
 BUCKET = "astrid-test"
 ACCESS_KEY = "S3RVER"
 READY_TIMEOUT = 30.0
+LOG_WAIT_S = 10.0  # a bound, not a pause: a wait on the log ends when its line arrives
 STOP_TIMEOUT = 10.0
 
 
@@ -52,7 +53,7 @@ class S3Server:
         self.port = port or free_port()
         self.quiet = quiet
         self.process: subprocess.Popen[str] | None = None
-        self.log: list[str] = []
+        self.log = LogLines()
 
     @property
     def endpoint(self) -> str:
@@ -144,6 +145,7 @@ class S3Target:
         self.home = home
         self.prefix = f"t{next(self._ids)}-{os.getpid()}"
         self.drivers: list[S3Driver] = []
+        self._sentinel = False
 
     @property
     def source(self) -> str:
@@ -184,6 +186,40 @@ class S3Target:
 
     def keys(self) -> list[str]:
         return sorted(m["path"] for m in obstore.list(self.store(), None).collect())
+
+    # ---- the server's log (s3rver writes a line per request it answered) ----
+
+    def lines_for(self, key: str, since: int = 0) -> list[str]:
+        """The log's lines for requests of `key`, from line `since` on."""
+        rx = re.compile(re.escape(f"{self.prefix}/{key}") + r" ")
+        return [line for line in list(self.server.log)[since:] if rx.search(line)]
+
+    def listings_of(self, directory: str, since: int = 0) -> int:
+        """LISTs of `directory`'s entries (with the delimiter: a directory
+        listing, not the one-key probe that tells a directory from a missing
+        name), from line `since` on; `directory` ends in "/" ("" for the root)."""
+        rx = re.compile(r'Fetched bucket .*"delimiter":"/".*"prefix":"'
+                        + re.escape(f"{self.prefix}/{directory}") + '"')
+        return sum(1 for line in list(self.server.log)[since:] if rx.search(line))
+
+    def settle_log(self) -> int:
+        """Return once every request made so far is in the log (and the log's
+        length then): s3rver logs a request when its response is done, in
+        order, and a pump thread appends the lines; a GET of a 1-byte
+        sentinel object made now is logged after all of them."""
+
+        def sentinel_gets(lines: list[str]) -> int:
+            rx = re.compile(re.escape(f"{self.prefix}/sentinel") + r" ")
+            return sum(1 for line in lines if rx.search(line) and " 1b" in line)
+
+        if not self._sentinel:
+            self.put("sentinel", b"s")
+            self._sentinel = True
+        gets = sentinel_gets(list(self.server.log))
+        self.get("sentinel")
+        assert self.server.log.wait_until(lambda lines: sentinel_gets(lines) > gets,
+                                          LOG_WAIT_S), "s3rver never logged the sentinel GET"
+        return len(self.server.log)
 
     def mount_table(self, directory: Path) -> Path:
         """A mounts.toml in `directory` with this target at /mnt/s3."""

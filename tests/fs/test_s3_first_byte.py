@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from tests.support.mounts import MountedSession, missing_part
 
 MountFactory = Callable[..., MountedSession]
 OBJECTS = 4
-LOG_WAIT_S = 10.0  # a bound, not a pause: the wait ends when the line arrives
 _SIZE = re.compile(r" 206 \S+ ([\d.]+)(b|kb|mb)\b")
 _UNITS = {"b": 1, "kb": KIB, "mb": KIB * KIB}
 
@@ -35,26 +33,6 @@ _UNITS = {"b": 1, "kb": KIB, "mb": KIB * KIB}
 def _root_and_shim() -> None:
     if os.geteuid() != 0 or shim_path() is None:
         missing_part("root and the built shim")
-
-
-def _lines_for(s3: S3Target, key: str, since: int = 0) -> list[str]:
-    """The server's log lines for requests of `key`, from line `since` on."""
-    rx = re.compile(re.escape(f"{s3.prefix}/{key}") + r" ")
-    return [line for line in list(s3.server.log)[since:] if rx.search(line)]
-
-
-def _settle_log(s3: S3Target) -> int:
-    """Return once every request made so far is in the server's log (and the
-    log's length then): s3rver logs a request when its response is done, in
-    order, and a pump thread appends the lines; a GET of the 1-byte sentinel
-    made now is logged after all of them."""
-    gets = len([line for line in _lines_for(s3, "sentinel") if " 1b" in line])
-    s3.get("sentinel")
-    deadline = time.monotonic() + LOG_WAIT_S
-    while len([line for line in _lines_for(s3, "sentinel") if " 1b" in line]) <= gets:
-        assert time.monotonic() < deadline, "s3rver never logged the sentinel GET"
-        time.sleep(0.01)
-    return len(s3.server.log)
 
 
 @pytest.mark.parametrize("extra", [(), ("--passthrough",)], ids=["no_open", "passthrough"])
@@ -66,7 +44,6 @@ def test_first_read_of_an_object_is_one_small_ranged_get(
     bodies = {f"fb/obj{i}": os.urandom(1 << 20) for i in range(OBJECTS)}
     for key, body in bodies.items():
         s3.put(key, body)
-    s3.put("sentinel", b"s")
     lower = tmp_path / "lower"
     lower.mkdir()
     table = s3.mount_table(tmp_path)
@@ -74,16 +51,16 @@ def test_first_read_of_an_object_is_one_small_ranged_get(
     root = s.mnt / "mnt" / "s3"
     with open(root / "fb" / "obj0", "rb", buffering=0) as f:  # lookups, listings warmed
         assert f.read(4096) == bodies["fb/obj0"][:4096]
-    mark = _settle_log(s3)
+    mark = s3.settle_log()
     before = control(s, "stats")["requests"]
     for i in range(1, OBJECTS):
         with open(root / "fb" / f"obj{i}", "rb", buffering=0) as f:
             assert f.read(4096) == bodies[f"fb/obj{i}"][:4096]
     after = control(s, "stats")["requests"]
-    _settle_log(s3)
+    s3.settle_log()
 
     for i in range(1, OBJECTS):
-        lines = _lines_for(s3, f"fb/obj{i}", mark)
+        lines = s3.lines_for(f"fb/obj{i}", mark)
         # One request for the object (no HEAD: the listing gave size and
         # ETag), a ranged GET of the read-ahead's first fetch, no more.
         assert len(lines) == 1, lines
@@ -99,19 +76,10 @@ def test_first_read_of_an_object_is_one_small_ranged_get(
     assert after.get("open", 0) == before.get("open", 0), (before, after)
 
 
-def _listings_of(s3: S3Target, directory: str, since: int) -> int:
-    """LISTs of `directory`'s entries (with the delimiter: a directory listing,
-    not the one-key probe that tells a directory from a missing name)."""
-    rx = re.compile(r'Fetched bucket .*"delimiter":"/".*"prefix":"'
-                    + re.escape(f"{s3.prefix}/{directory}") + '"')
-    return sum(1 for line in list(s3.server.log)[since:] if rx.search(line))
-
-
 def _heads_of(s3: S3Target, key: str, since: int) -> int:
     """Requests of `key` answered 200 (not 206): HEADs, as the mount never GETs
     a whole object to read it."""
-    rx = re.compile(re.escape(f"{s3.prefix}/{key}") + r" 200 ")
-    return sum(1 for line in list(s3.server.log)[since:] if rx.search(line))
+    return sum(1 for line in s3.lines_for(key, since) if " 200 " in line)
 
 
 def test_opening_one_object_does_not_list_its_directory(
@@ -127,29 +95,28 @@ def test_opening_one_object_does_not_list_its_directory(
     for key, body in bodies.items():
         s3.put(key, body)
     s3.put("other/k", b"k")
-    s3.put("sentinel", b"s")
     lower = tmp_path / "lower"
     lower.mkdir()
     table = s3.mount_table(tmp_path)
     s = mount_session(lower, None, "--mounts", str(table))
     root = s.mnt / "mnt" / "s3"
-    mark = _settle_log(s3)  # (a new session lists the whole source once: its base)
+    mark = s3.settle_log()  # (a new session lists the whole source once: its base)
 
     with open(root / "big" / "obj0", "rb", buffering=0) as f:
         assert f.read(4096) == bodies["big/obj0"]
-    _settle_log(s3)
-    assert _listings_of(s3, "", mark) == 0  # the bucket root: "big" was stat'ed
-    assert _listings_of(s3, "big/", mark) == 0
+    s3.settle_log()
+    assert s3.listings_of("", mark) == 0  # the bucket root: "big" was stat'ed
+    assert s3.listings_of("big/", mark) == 0
     assert _heads_of(s3, "big/obj0", mark) == 1
 
     # The directory's second lookup lists it; that listing answers the rest.
-    mark = _settle_log(s3)
+    mark = s3.settle_log()
     for i in (1, 2):
         with open(root / "big" / f"obj{i}", "rb", buffering=0) as f:
             assert f.read(4096) == bodies[f"big/obj{i}"]
     assert not (root / "big" / "missing").exists()
-    _settle_log(s3)
-    assert _listings_of(s3, "big/", mark) == 1
+    s3.settle_log()
+    assert s3.listings_of("big/", mark) == 1
     assert _heads_of(s3, "big/obj1", mark) == _heads_of(s3, "big/obj2", mark) == 0
     assert _heads_of(s3, "big/missing", mark) == 0  # 404s are not 200s: checked below too
     assert not [line for line in list(s3.server.log)[mark:] if "big/missing" in line]

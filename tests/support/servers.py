@@ -8,7 +8,27 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from typing import IO, Literal
+
+
+class LogLines(list[str]):
+    """A server's log lines, which a test can wait on: `wait_until` returns
+    when a predicate over the lines holds (each appended line wakes it), not
+    after a sleep."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._changed = threading.Condition()
+
+    def append(self, line: str) -> None:
+        with self._changed:
+            super().append(line)
+            self._changed.notify_all()
+
+    def wait_until(self, holds: Callable[[list[str]], bool], timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: holds(list(self)), timeout)
 
 
 def wait_ready(stream: IO[str], log: list[str], marker: str, name: str,
