@@ -22,7 +22,7 @@ from astrid_fs.overlay.copyup import (
 from astrid_fs.overlay.fetching import RemoteFetches
 from astrid_fs.overlay.hardlinks import LinkIndex
 from astrid_fs.overlay.inodes import InodeTable, Node
-from astrid_fs.overlay.layers import StatLike, SyntheticStat, lstat_or_none
+from astrid_fs.overlay.layers import StatLike, SyntheticStat, join, lstat_or_none
 
 
 def err(code: int) -> OSError:
@@ -106,8 +106,7 @@ class CopyUps(RemoteFetches):
             if parent_ino not in self.table:
                 continue
             parent = self.table.get(parent_ino)
-            parent_rel = self.table.path_of(parent)
-            rel = parent_rel + b"/" + name if parent_rel else name
+            rel = join(self.table.path_of(parent), name)
             if rel == done or lstat_or_none(self.layers.upper_path(rel)) is not None:
                 continue
             self._link_up(parent, name, index)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from astrid_fs.overlay.inodes import Node
-from astrid_fs.overlay.layers import Layers, RemoteTree
+from astrid_fs.overlay.layers import Layers, RemoteTree, join
 
 
 class RemoteFetches:
@@ -49,7 +49,7 @@ class RemoteFetches:
         stat only (RemoteTree.warm_lookup says when that lists the parent)."""
         if parent.lower is None or not self.layers.remotes:
             return None
-        hit = self.layers.remote_for(parent.lower + b"/" + name if parent.lower else name)
+        hit = self.layers.remote_for(join(parent.lower, name))
         if hit is None or hit[0].is_known(hit[1]):
             return None
         tree, rel = hit
@@ -63,8 +63,8 @@ class RemoteFetches:
         if parent.lower is None or not self.layers.remotes:
             return None
         jobs = [j for j in (self.fetch_lower(parent.lower),
-                            self.fetch_lower(parent.lower + b"/" + name if parent.lower
-                                             else name, data)) if j is not None]
+                            self.fetch_lower(join(parent.lower, name), data))
+                if j is not None]
         if not jobs:
             return None
 
