@@ -4,6 +4,7 @@ session that is not mounted makes them no-ops)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 from astrid_fs.fuse import control
@@ -17,7 +18,16 @@ class DaemonLink:
         self.session = session
 
     def sync(self) -> None:
-        control.sync(self.session)
+        told = False
+
+        def waiting(points: list[str], entries: int) -> None:
+            nonlocal told
+            if not told:
+                print(f"astrid-fs: waiting for the session's base of {', '.join(points)} "
+                      f"({entries:,} entries walked so far)", file=sys.stderr, flush=True)
+                told = True
+
+        control.sync(self.session, waiting)
 
     def changed(self, paths: Iterable[str] | None) -> None:
         control.notify_changed(self.session, paths)

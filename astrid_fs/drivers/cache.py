@@ -12,6 +12,10 @@ Consistency (what a reader through the cache may see):
   parent listings and every cached key under a renamed or deleted tree: a
   session reads its own commit at once.
 - `fingerprint` is never cached (commit's conflict check needs the truth).
+- An `observer` (set by the mount daemon) is told every stat and listing
+  fetched from the driver, before any caller sees it: what the session saw
+  of the source, first (review/remotebase.py records the session's base
+  from it).
 
 Bounds: at most `max_entries` metadata entries and `data_bytes` of blocks,
 least recently used dropped first (the blocks: drivers/blockcache.py, which
@@ -30,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from astrid_fs.drivers.base import (
     DelegatingDriver,
@@ -60,6 +65,13 @@ class _Listing:
     by_name: dict[str, EntryStat]
 
 
+class Observer(Protocol):
+    """Told what the driver answered, as it answered (any thread)."""
+
+    def saw_stat(self, rel: str, found: EntryStat | None) -> None: ...
+    def saw_listing(self, rel: str, entries: list[tuple[str, EntryStat]]) -> None: ...
+
+
 class CachingDriver(DelegatingDriver):
     """Wraps a driver with a metadata cache (TTL) and a block data cache (LRU)."""
 
@@ -76,6 +88,7 @@ class CachingDriver(DelegatingDriver):
         self.counters = CacheStats()
         self.blocks = BlockCache(self.config.data_bytes, self.config.block_size,
                                  self.counters)
+        self.observer: Observer | None = None
 
     # ---- metadata -----------------------------------------------------------------
 
@@ -101,6 +114,8 @@ class CachingDriver(DelegatingDriver):
                     return listing.by_name.get(rel.rpartition("/")[2])
             self.counters.meta_misses += 1
         found = self.inner.stat(rel)
+        if self.observer is not None:
+            self.observer.saw_stat(rel, found)
         with self._lock:
             self._stats[rel] = (self._clock() + self.config.metadata_ttl_s, found)
             self._trim_meta()
@@ -132,6 +147,8 @@ class CachingDriver(DelegatingDriver):
                 self._listing.pop(rel, None)
             running.set_exception(e)
             raise
+        if self.observer is not None:
+            self.observer.saw_listing(rel, entries)
         with self._lock:
             self._lists[rel] = (self._clock() + self.config.metadata_ttl_s,
                                 _Listing(entries, dict(entries)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from astrid_fs.errors import MountError
@@ -63,7 +63,16 @@ def held_upper_inodes(session: Session) -> frozenset[int]:
     return frozenset(reply.get("upper_inodes", ()) if reply else ())
 
 
-def sync(session: Session) -> None:
+def sync(session: Session, waiting: Callable[[list[str], int], None] | None = None) -> None:
     """Ask a mounted session's daemon to make the upper layer current on disk
-    (flushes data the kernel still caches) before it is read directly."""
-    request(session, {"op": "sync"})
+    (flushes data the kernel still caches) before it is read directly, and
+    to finish recording the base of its mounted sources (asked again while
+    the daemon says some are pending; `waiting(points, entries walked)` is
+    told each time). A walk that failed raises MountError."""
+    while True:
+        reply = request(session, {"op": "sync"})
+        pending = [] if reply is None else reply.get("base_pending") or []
+        if reply is None or not pending:
+            return
+        if waiting is not None:
+            waiting(pending, int(reply.get("base_entries") or 0))

@@ -6,7 +6,9 @@ Started by `astrid-fs mount` (or by mount.fuse3 through the helper form) as
 system is unmounted or on SIGTERM/SIGINT/SIGHUP (then it unmounts itself).
 While serving it answers JSON-line requests on a control socket:
 `{"op": "ping"}`, `{"op": "stats"}` (request counters), `{"op": "invalidate",
-"paths": null}`, `{"op": "sync"}`.
+"paths": null}`, `{"op": "sync"}` (which also waits, up to `BASE_WAIT_S`, for
+the background walk that records the base of mounted sources,
+review/remotebase.py, and says what is still pending).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from astrid_fs.overlay.overlay import Overlay
 from astrid_fs.overlay.remote import build_remotes
 from astrid_fs.overlay.stack import LowerStack
 from astrid_fs.overlay.whiteout import OverlayXattrs
+from astrid_fs.review.remotebase import BaseWalker
 from astrid_fs.session import MountState, open_session
 
 log = logging.getLogger("astrid_fs.fuse.daemon")
@@ -58,6 +61,15 @@ def fuse_options(config: DaemonConfig) -> set[str]:
         opts |= {"allow_other", "dev", "suid"}
     return opts
 
+
+#: How long one `sync` request waits for the base walk before it answers
+#: "pending" (the client asks again: control.py).
+BASE_WAIT_S = 10.0
+
+#: "on-demand": the base walk starts only when a review verb asks (a
+#: session that is discarded never walks; tests order sights and walk with
+#: it); default: in the background from the mount on.
+BASE_WALK_ENV = "ASTRID_FS_BASE_WALK"
 
 #: "0": copy-ups make their unnamed files themselves (overlay/tmpfile.py).
 MAKE_AHEAD_ENV = "ASTRID_FS_MAKE_AHEAD"
@@ -97,9 +109,16 @@ class Daemon:
         self.io_uring: IoUring | None = None
         self.transport = "/dev/fuse (io_uring not requested)"
         self.unnamed: tmpfile.Ahead | tmpfile.NativeAhead | None = None
+        # The base of mounted sources, walked in the background; observing
+        # from before the first request (review/remotebase.py).
+        root = basecontent.store_for(os.fsencode(config.tmp))
+        self.base_walker = BaseWalker.attach(None if root is None else Path(os.fsdecode(root)),
+                                             remotes)
 
     def mount(self) -> None:
         _clean_tmp(Path(self.config.tmp))
+        if self.base_walker is not None and os.environ.get(BASE_WALK_ENV) != "on-demand":
+            self.base_walker.start()
         self._copy_ups_without_fsync()
         if os.environ.get(MAKE_AHEAD_ENV) != "0":  # (0: for A/B benchmarks)
             # copy-ups take unnamed files made by a thread beforehand
@@ -163,6 +182,8 @@ class Daemon:
         """After a clean unmount: copy-ups durable, the marker gone."""
         basecontent.close_packs()
         tmpfile.stop_ahead(os.fsencode(self.config.tmp))
+        if self.base_walker is not None:
+            self.base_walker.stop()  # (a point not walked stays pending)
         if self.overlay.sync_copy_up:
             return  # not armed
         try:
@@ -262,7 +283,13 @@ class Daemon:
             # in the upper files once write() returned, and base content in
             # its pack once kept (overlay/basecontent.py); make it durable.
             await trio.to_thread.run_sync(os.sync)
-            return {"ok": True}
+            if self.base_walker is None:
+                return {"ok": True}
+            state = await trio.to_thread.run_sync(self.base_walker.wait, BASE_WAIT_S)
+            if state.error is not None:
+                return {"ok": False, "error": f"cannot record the session's base of "
+                        f"{', '.join(state.pending)}: {state.error}"}
+            return {"ok": True, "base_pending": state.pending, "base_entries": state.entries}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def _transport(self) -> str:

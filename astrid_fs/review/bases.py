@@ -11,6 +11,15 @@ per project entry (kind, inode, size, mtime, mode; the ETag for an object of
 a mounted source), recorded when the session starts, refreshed for the
 entries a commit lands and for those `update` takes in.
 
+A mounted source is not walked when the session mounts: listing a bucket
+of a million keys would hold the mount for minutes. `astrid-fs mount`
+records its mount point as *pending* and the daemon walks it in the
+background (review/remotebase.py), taking for every entry the session saw
+before the walk got there what the session saw. Until then the base under
+that point is UNKNOWN; `session_changes` (every review verb) waits for the
+daemon's walk, or walks itself when no daemon is there
+(`remotebase.complete_pending`).
+
 Knows: how to record and look up fingerprints, and when an entry differs
 from its base. Does not know: which changes need a base (conflicts.py) or
 when to record one (cli, commit, update). The index lives in the session
@@ -38,6 +47,7 @@ if TYPE_CHECKING:
 
 INDEX_NAME = "bases.sqlite"
 _XDEV = "xdev"  # another filesystem mounted inside the lower: its contents are unknown
+PENDING = "pending"  # a mounted source not walked yet (remotebase.py): unknown until it is
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS base (path TEXT PRIMARY KEY, kind TEXT NOT NULL, "
            "ino INTEGER, size INTEGER, mtime_ns INTEGER, mode INTEGER, etag TEXT)")
 
@@ -127,7 +137,7 @@ class BaseIndex:
         project when the session began) or UNKNOWN."""
         if self._xdev is None:
             self._xdev = [r[0] for r in self.db.execute(
-                "SELECT path FROM base WHERE kind = ?", (_XDEV,))]
+                "SELECT path FROM base WHERE kind IN (?, ?)", (_XDEV, PENDING))]
         if any(path == x or path.startswith(x + "/") for x in self._xdev):
             return UNKNOWN
         row = self.db.execute("SELECT kind, ino, size, mtime_ns, mode, etag FROM base "
@@ -230,8 +240,10 @@ def walk_remote(driver: LowerDriver, point: str, rel: str = "") -> Iterator[tupl
 
 
 def record(session_root: Path, lower: Path,
-           remotes: Iterable[tuple[str, LowerDriver]] = ()) -> None:
-    """Record the whole base afresh (the lower tree, then each mounted source),
+           remotes: Iterable[tuple[str, LowerDriver]] = (),
+           pending: Iterable[str] = ()) -> None:
+    """Record the whole base afresh (the lower tree, then each mounted source;
+    each of the `pending` mount points is only marked, for a later walk),
     replacing any earlier index at once (built aside, then renamed)."""
     final = index_path(session_root)
     tmp = final.with_name(final.name + ".tmp")
@@ -241,6 +253,7 @@ def record(session_root: Path, lower: Path,
         index.put(walk_local(lower))
         for point, driver in remotes:
             index.put(walk_remote(driver, point))
+        index.put((point, Base(PENDING)) for point in pending)
     finally:
         index.close()
     os.replace(tmp, final)
@@ -249,16 +262,20 @@ def record(session_root: Path, lower: Path,
 def record_if_fresh(session_root: Path, lower: Path, upper: Path) -> bool:
     """Record the base when the session has none yet or holds no change (an
     empty upper): what the session starts from is the project as it is now.
-    An index under changes is kept: those changes were made against it."""
+    An index under changes is kept: those changes were made against it.
+    Mounted sources are left pending, for the daemon to walk (remotebase.py)."""
     if index_path(session_root).exists() and any(os.scandir(upper)):
         return False
-    # Imported here: the lowers open drivers, which only this step needs.
+    from astrid_fs.review.lowers import recorded_table
 
-    _record_all(session_root, lower)
+    table = recorded_table(session_root)
+    record(session_root, lower, pending=[] if table is None else
+           [e.path.strip("/") for e in table.entries if e.path != "/"])
     return True
 
 
 def _record_all(session_root: Path, lower: Path) -> None:
+    # Imported here: the lowers open drivers, which only this step needs.
     from astrid_fs.review.lowers import SessionLowers
 
     lowers = SessionLowers.open(session_root, lower)

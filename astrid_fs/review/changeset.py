@@ -17,6 +17,7 @@ from astrid_fs.review.conflicts import check_conflicts, check_markers
 from astrid_fs.review.lowers import SessionLowers
 from astrid_fs.review.mountlink import UNMOUNTED, MountLink
 from astrid_fs.review.remote_commit import mount_points, scan_remote
+from astrid_fs.review.remotebase import complete_pending
 from astrid_fs.review.selection import is_under, normalize_path
 from astrid_fs.session import Session
 
@@ -64,8 +65,9 @@ def check_lower_usable(session: Session) -> None:
 def session_changes(session: Session, mount: MountLink = UNMOUNTED) -> list[Change]:
     """Every change of `session`, with conflicts marked. Flushes the mount
     first (`mount`; without one the upper is read as it is on disk)."""
-    mount.sync()
+    mount.sync()  # (a mounted session's daemon finishes its base walk here)
     check_lower_usable(session)
+    complete_pending(session.root, session.lower)  # (a walk no daemon finished)
     local = scan(session.upper, session.lower, session.xattrs)
     index = open_index(session.root)
     lowers = open_lowers(session)

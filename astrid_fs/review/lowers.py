@@ -36,6 +36,12 @@ class Resolved:
         return f"{base}/{self.rel}" if self.rel else base
 
 
+def recorded_table(session_root: Path, registry: Registry | None = None) -> MountTable | None:
+    """The mount table the session recorded, or None (no mounted sources)."""
+    recorded = session_root / SESSION_TABLE
+    return MountTable.load(recorded, registry) if recorded.exists() else None
+
+
 class SessionLowers:
     """The opened drivers of one session's mount table."""
 
@@ -47,9 +53,7 @@ class SessionLowers:
     @classmethod
     def open(cls, session_root: Path, lower: Path,
              registry: Registry | None = None) -> SessionLowers:
-        recorded = session_root / SESSION_TABLE
-        table = MountTable.load(recorded, registry) if recorded.exists() \
-            else MountTable(())
+        table = recorded_table(session_root, registry) or MountTable(())
         return cls(table.with_root(lower), registry)
 
     def resolve(self, vrel: str) -> Resolved:

@@ -1,0 +1,297 @@
+"""The base of a mounted source, recorded by the mount daemon in the background.
+
+Walking a source to record its base (review/bases.py) takes one LIST per
+directory page: seconds for ten thousand keys, minutes for a million. So
+`astrid-fs mount` marks each mount point *pending* and serves at once; the
+daemon walks the pending points in a thread (`BaseWalker`) and writes each
+point's rows in one transaction when its walk ends.
+
+The session may meanwhile look at entries the walk has not reached, and the
+project may change them. What the session's changes were made against is
+what it saw, so that is the base: every stat and listing the daemon's cache
+fetched (`FirstSeen`, the `CachingDriver.observer`) is kept, first sight
+first, and wins over the walk's rows (`merge`):
+- an entry the session saw present has the base it saw, even if the walk
+  found another version or nothing (a conflict then shows at commit);
+- an entry the session saw absent (a failed stat, a listing without it, or
+  under a directory seen absent) is absent from the base;
+- an entry the session never saw has what the walk found.
+Sights after a point's walk ended are not needed: the base is then written.
+
+A daemon killed (or unmounted) before its walk ended leaves the point
+pending; the next review verb walks it (`complete_pending`), without
+what the session saw, which died with the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from astrid_fs.drivers.base import EntryStat, LowerDriver, join_rel, parent_rel
+from astrid_fs.drivers.cache import CachingDriver
+from astrid_fs.drivers.errors import DriverError
+from astrid_fs.review.bases import PENDING, Base, open_index, walk_remote
+
+log = logging.getLogger("astrid_fs.remotebase")
+
+_MISSING = object()  # never seen
+
+
+def pending_points(session_root: Path) -> list[str]:
+    """The mount points whose base is still to be walked."""
+    index = open_index(session_root)
+    if index is None:
+        return []
+    try:
+        return [r[0] for r in index.db.execute(
+            "SELECT path FROM base WHERE kind = ? ORDER BY path", (PENDING,))]
+    finally:
+        index.close()
+
+
+def complete_point(session_root: Path, point: str,
+                   rows: Iterable[tuple[str, Base]]) -> bool:
+    """Put the walked base of mount point `point` in place of its pending
+    mark, in one transaction; False (nothing written) when the point is no
+    longer pending (someone else completed or re-recorded it meanwhile)."""
+    index = open_index(session_root)
+    if index is None:
+        return False
+    try:
+        with index.batch():
+            still = index.db.execute("SELECT kind FROM base WHERE path = ?",
+                                     (point,)).fetchone()
+            if still is None or still[0] != PENDING:
+                return False
+            index.forget_tree(point)
+            index.put(rows)
+        return True
+    finally:
+        index.close()
+
+
+def complete_pending(session_root: Path, lower: Path) -> list[str]:
+    """Walk, here and now, every mount point still pending (no daemon walked
+    it: a mount killed or unmounted before its walk ended). Returns those
+    points. The walk sees the source as it is now; what the session saw
+    before is lost with its daemon."""
+    points = pending_points(session_root)
+    if not points:
+        return []
+    from astrid_fs.review.lowers import SessionLowers
+
+    lowers = SessionLowers.open(session_root, lower)
+    try:
+        for point in points:
+            r = lowers.resolve(point)
+            complete_point(session_root, point, walk_remote(r.driver, point, r.rel))
+    finally:
+        lowers.close()
+    return points
+
+
+class FirstSeen:
+    """What the session saw of one source, first sight of each path kept.
+    Thread-safe; never raises (it is called inside the cache's fetches)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._closed = False
+        # path -> (when, stat or None: seen absent)
+        self.stats: dict[str, tuple[int, EntryStat | None]] = {}
+        # dir -> (when, the names its first listing had)
+        self.listed: dict[str, tuple[int, frozenset[str]]] = {}
+
+    def saw_stat(self, rel: str, found: EntryStat | None) -> None:
+        with self._lock:
+            if not self._closed:
+                self._seq += 1
+                self.stats.setdefault(rel, (self._seq, found))
+
+    def saw_listing(self, rel: str, entries: list[tuple[str, EntryStat]]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._seq += 1
+            self.listed.setdefault(rel, (self._seq, frozenset(n for n, _ in entries)))
+            for name, st in entries:
+                self.stats.setdefault(join_rel(rel, name), (self._seq, st))
+
+    def close(self) -> None:
+        """Stop recording (the walk is about to be merged)."""
+        with self._lock:
+            self._closed = True
+
+    def first(self, rel: str) -> object:
+        """What the session first saw at `rel`: an EntryStat, None (absent)
+        or `_MISSING` (never seen)."""
+        sights = []
+        stat = self.stats.get(rel)
+        if stat is not None:
+            sights.append(stat)
+        if rel:
+            listing = self.listed.get(parent_rel(rel))
+            if listing is not None and rel.rpartition("/")[2] not in listing[1]:
+                sights.append((listing[0], None))
+        return min(sights, key=lambda s: s[0])[1] if sights else _MISSING
+
+    def under_absent(self, rel: str) -> bool:
+        """Was a directory above `rel` first seen absent?"""
+        while rel:
+            rel = parent_rel(rel)
+            if rel and self.first(rel) is None:
+                return True
+        return False
+
+
+Entries = Iterator[tuple[str, EntryStat]]
+
+
+def merge(walked: Iterable[tuple[str, EntryStat]], seen: FirstSeen) -> Entries:
+    """The base of one source: the walk's entries (paths in the source),
+    with what the session saw first in their place (module docstring)."""
+    done: set[str] = set()
+    for rel, st in walked:
+        done.add(rel)
+        first = seen.first(rel)
+        if first is _MISSING:
+            if not seen.under_absent(rel):
+                yield rel, st
+        elif isinstance(first, EntryStat):
+            yield rel, first
+    for rel in sorted(seen.stats):
+        if rel and rel not in done:
+            first = seen.first(rel)
+            if isinstance(first, EntryStat):
+                yield rel, first  # seen, then gone before the walk got there
+
+
+def walk(driver: LowerDriver, stop: threading.Event | None = None) -> Entries:
+    """Every entry of a source (paths in it), one listing per directory;
+    ends early once `stop` is set."""
+    todo = [""]
+    while todo:
+        if stop is not None and stop.is_set():
+            return
+        here = todo.pop()
+        for name, entry in driver.list_dir(here):
+            rel = join_rel(here, name)
+            yield rel, entry
+            if entry.is_dir:
+                todo.append(rel)
+
+
+@dataclass
+class _Point:
+    point: str  # where the source is mounted in the session ("mnt/s3")
+    driver: LowerDriver  # the source itself, not the cache (the walk is not a sight)
+    seen: FirstSeen
+    done: bool = False
+
+
+@dataclass
+class WalkState:
+    """What `BaseWalker.wait` reports (and the control socket passes on)."""
+
+    pending: list[str] = field(default_factory=list)
+    entries: int = 0
+    error: str | None = None
+
+
+class BaseWalker:
+    """The background walk of one session's pending mount points."""
+
+    def __init__(self, session_root: Path, points: list[_Point]) -> None:
+        self.session_root = session_root
+        self._points = points
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._finished = threading.Event()
+        self._entries = 0
+        self._error: str | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def attach(cls, session_root: Path | None,
+               remotes: Iterable[tuple[bytes, object]]) -> BaseWalker | None:
+        """For a daemon about to serve: a walker for the session's pending
+        points, each point's cache already observed (so that no sight is
+        missed); None when nothing is pending."""
+        if session_root is None:
+            return None
+        pending = set(pending_points(session_root))
+        points = []
+        for rel, tree in remotes:
+            point = rel.decode()
+            cache = getattr(tree, "cache", None)
+            if point in pending and isinstance(cache, CachingDriver):
+                seen = FirstSeen()
+                cache.observer = seen
+                points.append(_Point(point, cache.inner, seen))
+        return cls(session_root, points) if points else None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._error = None
+            self._finished.clear()
+            self._thread = threading.Thread(target=self._run, name="base-walk", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """At unmount: end the walk at the next directory (its point stays
+        pending)."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        try:
+            for p in self._points:
+                if p.done:
+                    continue
+                self._walk_one(p)
+                if self._stop.is_set():
+                    return
+        except (DriverError, OSError) as e:
+            with self._lock:
+                self._error = str(e)
+            log.warning("cannot record the session's base: %s", e)
+        except Exception as e:  # a bug: reported as the walk's error, not lost
+            log.exception("the base walk failed")
+            with self._lock:
+                self._error = f"{type(e).__name__}: {e}"
+        finally:
+            self._finished.set()
+
+    def _walk_one(self, p: _Point) -> None:
+        walked = []
+        for rel, entry in walk(p.driver, self._stop):
+            walked.append((rel, entry))
+            with self._lock:
+                self._entries += 1
+        if self._stop.is_set():
+            return
+        p.seen.close()
+        rows = ((f"{p.point}/{rel}", Base.of_entry(st)) for rel, st in merge(walked, p.seen))
+        if not complete_point(self.session_root, p.point, rows):
+            log.info("base of %s recorded by someone else meanwhile", p.point)
+        p.done = True
+        log.info("recorded the session's base of %s (%d entries walked)", p.point, len(walked))
+
+    def wait(self, timeout: float) -> WalkState:
+        """Wait up to `timeout` s for the walk; one not started yet (walks on
+        demand) or that failed is started first (a commit asking is a retry)."""
+        with self._lock:
+            idle = self._thread is None or (self._error is not None
+                                            and self._finished.is_set())
+        if idle:
+            self.start()
+        self._finished.wait(timeout)
+        with self._lock:
+            return WalkState([p.point for p in self._points if not p.done], self._entries,
+                             self._error if self._finished.is_set() else None)
