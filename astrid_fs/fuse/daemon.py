@@ -66,9 +66,10 @@ def fuse_options(config: DaemonConfig) -> set[str]:
 #: "pending" (the client asks again: control.py).
 BASE_WAIT_S = 10.0
 
-#: "on-demand": the base walk starts only when a review verb asks (a
-#: session that is discarded never walks; tests order sights and walk with
-#: it); default: in the background from the mount on.
+#: "background": the base walk of mounted sources starts at the mount and
+#: lists whenever the session leaves the source alone for a second; default
+#: ("on-demand"): when a review verb asks, or once the session has seen
+#: `remotebase.MAX_SIGHTS` entries (review/remotebase.py says why).
 BASE_WALK_ENV = "ASTRID_FS_BASE_WALK"
 
 #: "0": copy-ups make their unnamed files themselves (overlay/tmpfile.py).
@@ -117,7 +118,7 @@ class Daemon:
 
     def mount(self) -> None:
         _clean_tmp(Path(self.config.tmp))
-        if self.base_walker is not None and os.environ.get(BASE_WALK_ENV) != "on-demand":
+        if self.base_walker is not None and os.environ.get(BASE_WALK_ENV) == "background":
             self.base_walker.start()
         self._copy_ups_without_fsync()
         if os.environ.get(MAKE_AHEAD_ENV) != "0":  # (0: for A/B benchmarks)

@@ -68,12 +68,14 @@ def _guard(fn: Callable[[], T]) -> T:
 class _OsReader:
     """A driver Reader whose errors are OSErrors (what fuse_ops catches)."""
 
-    def __init__(self, inner: Reader) -> None:
+    def __init__(self, inner: Reader, touch: Callable[[], None]) -> None:
         self._inner = inner
+        self._touch = touch
         # Decided once: try_pread runs on the FUSE thread for every READ.
         self._try = try_pread_of(inner)
 
     def pread(self, size: int, offset: int) -> bytes | memoryview:
+        self._touch()
         with _as_oserror():
             return self._inner.pread(size, offset)
 
@@ -101,6 +103,12 @@ class DriverTree:
         self._spooled: dict[str, tuple[Path, str | None]] = {}
         # Directories a lookup was warmed in (by a stat alone), until when.
         self._looked_in: dict[str, float] = {}
+        # When the session last made this tree fetch (or read) something:
+        # the base walk waits for a quiet source (review/remotebase.py).
+        self.last_used = 0.0
+
+    def _touch(self) -> None:
+        self.last_used = time.monotonic()
 
     # ---- stat helpers --------------------------------------------------------------
 
@@ -134,6 +142,7 @@ class DriverTree:
         return True
 
     def warm(self, rel: bytes, data: bool = False) -> None:
+        self._touch()
         r = os.fsdecode(rel)
         with _as_oserror():
             st = self.cache.stat(r)
@@ -159,6 +168,7 @@ class DriverTree:
         0.46-0.56 s on s3rver, which lists by walking every key, against
         s3fs' 20-29 ms), and a burst of lookups (a compiler's probes, `stat`
         of many names) still costs one LIST."""
+        self._touch()
         r = os.fsdecode(rel)
         with _as_oserror():
             if r and self._looked_in_before(parent_rel(r)):
@@ -227,9 +237,10 @@ class DriverTree:
         return os.fsencode(_guard(lambda: self.cache.readlink(os.fsdecode(rel))))
 
     def open_reader(self, rel: bytes) -> _OsReader:
+        self._touch()
         r = os.fsdecode(rel)
         st = self._entry(r)
-        return _OsReader(_guard(lambda: self.cache.open_reader(r, st)))
+        return _OsReader(_guard(lambda: self.cache.open_reader(r, st)), self._touch)
 
     def fetch_to(self, rel: bytes, fd: int) -> None:
         r = os.fsdecode(rel)

@@ -18,6 +18,21 @@ first, and wins over the walk's rows (`merge`):
 - an entry the session never saw has what the walk found.
 Sights after a point's walk ended are not needed: the base is then written.
 
+When the walk runs: it competes with the session's own requests (on
+s3rver, which lists by walking every key, a walk right after the mount took
+the S3 bench's first byte from 5 to 120 ms; one that waits, before each
+directory, for the session to leave the source alone for `QUIET_S` still
+cost a quarter of the read throughput, as a directory's LIST pages cannot
+be paused). So by default it starts when a review verb first waits for it
+(`wait`), or once the session has seen `MAX_SIGHTS` entries, which bounds
+the memory the sights take; the daemon's `ASTRID_FS_BASE_WALK=background`
+starts it at the mount, pausing for a quiet source (`QUIET_S`). A verb
+waiting makes it walk without pauses. For entries the session never saw,
+the base is then the source as the walk finds it, later than the mount:
+changes the project made to those meanwhile are not conflicts; they cannot
+be, as the session did not change what it never saw (a LOOKUP, hence a
+sight, comes before any change).
+
 A daemon killed (or unmounted) before its walk ended leaves the point
 pending; the next review verb walks it (`complete_pending`), without
 what the session saw, which died with the daemon.
@@ -27,7 +42,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +55,8 @@ from astrid_fs.review.bases import PENDING, Base, open_index, walk_remote
 log = logging.getLogger("astrid_fs.remotebase")
 
 _MISSING = object()  # never seen
+QUIET_S = 1.0  # the walk lists a directory once the session left the source alone this long
+MAX_SIGHTS = 200_000  # sights kept before the walk starts anyway (~200 bytes each)
 
 
 def pending_points(session_root: Path) -> list[str]:
@@ -98,10 +116,11 @@ class FirstSeen:
     """What the session saw of one source, first sight of each path kept.
     Thread-safe; never raises (it is called inside the cache's fetches)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_full: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._seq = 0
         self._closed = False
+        self._on_full = on_full  # called once MAX_SIGHTS paths were seen
         # path -> (when, stat or None: seen absent)
         self.stats: dict[str, tuple[int, EntryStat | None]] = {}
         # dir -> (when, the names its first listing had)
@@ -112,6 +131,7 @@ class FirstSeen:
             if not self._closed:
                 self._seq += 1
                 self.stats.setdefault(rel, (self._seq, found))
+        self._check_full()
 
     def saw_listing(self, rel: str, entries: list[tuple[str, EntryStat]]) -> None:
         with self._lock:
@@ -121,11 +141,23 @@ class FirstSeen:
             self.listed.setdefault(rel, (self._seq, frozenset(n for n, _ in entries)))
             for name, st in entries:
                 self.stats.setdefault(join_rel(rel, name), (self._seq, st))
+        self._check_full()
+
+    def _check_full(self) -> None:
+        if self._on_full is not None and len(self.stats) >= MAX_SIGHTS:
+            on_full, self._on_full = self._on_full, None
+            on_full()
 
     def close(self) -> None:
         """Stop recording (the walk is about to be merged)."""
         with self._lock:
             self._closed = True
+
+    def clear(self) -> None:
+        """Drop the sights (merged into the base)."""
+        with self._lock:
+            self.stats.clear()
+            self.listed.clear()
 
     def first(self, rel: str) -> object:
         """What the session first saw at `rel`: an EntryStat, None (absent)
@@ -171,11 +203,14 @@ def merge(walked: Iterable[tuple[str, EntryStat]], seen: FirstSeen) -> Entries:
                 yield rel, first  # seen, then gone before the walk got there
 
 
-def walk(driver: LowerDriver, stop: threading.Event | None = None) -> Entries:
-    """Every entry of a source (paths in it), one listing per directory;
-    ends early once `stop` is set."""
+def walk(driver: LowerDriver, stop: threading.Event | None = None,
+         pace: Callable[[], None] | None = None) -> Entries:
+    """Every entry of a source (paths in it), one listing per directory
+    (`pace` called before each); ends early once `stop` is set."""
     todo = [""]
     while todo:
+        if pace is not None:
+            pace()
         if stop is not None and stop.is_set():
             return
         here = todo.pop()
@@ -186,11 +221,17 @@ def walk(driver: LowerDriver, stop: threading.Event | None = None) -> Entries:
                 todo.append(rel)
 
 
+def _last_used_of(tree: object) -> Callable[[], float]:
+    """When the session last used `tree` (a DriverTree's `last_used`)."""
+    return lambda: float(getattr(tree, "last_used", 0.0))
+
+
 @dataclass
 class _Point:
     point: str  # where the source is mounted in the session ("mnt/s3")
     driver: LowerDriver  # the source itself, not the cache (the walk is not a sight)
     seen: FirstSeen
+    last_used: Callable[[], float]  # when the session last used the source (monotonic)
     done: bool = False
 
 
@@ -211,6 +252,9 @@ class BaseWalker:
         self._points = points
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._urgent = False  # a review verb waits: no more pauses
+        self._wake = threading.Event()  # set on stop() and once urgent
+        self.paused = threading.Event()  # set once the walk waited for a quiet source
         self._finished = threading.Event()
         self._entries = 0
         self._error: str | None = None
@@ -225,15 +269,15 @@ class BaseWalker:
         if session_root is None:
             return None
         pending = set(pending_points(session_root))
-        points = []
+        walker = cls(session_root, [])
         for rel, tree in remotes:
             point = rel.decode()
             cache = getattr(tree, "cache", None)
             if point in pending and isinstance(cache, CachingDriver):
-                seen = FirstSeen()
+                seen = FirstSeen(on_full=walker.start)
                 cache.observer = seen
-                points.append(_Point(point, cache.inner, seen))
-        return cls(session_root, points) if points else None
+                walker._points.append(_Point(point, cache.inner, seen, _last_used_of(tree)))
+        return walker if walker._points else None
 
     def start(self) -> None:
         with self._lock:
@@ -248,6 +292,17 @@ class BaseWalker:
         """At unmount: end the walk at the next directory (its point stays
         pending)."""
         self._stop.set()
+        self._wake.set()
+
+    def _quiet(self, p: _Point) -> None:
+        """Return once the session has left `p`'s source alone for
+        QUIET_S (at once when urgent or stopping)."""
+        while not self._urgent and not self._stop.is_set():
+            left = p.last_used() + QUIET_S - time.monotonic()
+            if left <= 0:
+                return
+            self.paused.set()
+            self._wake.wait(left)
 
     def _run(self) -> None:
         try:
@@ -270,7 +325,7 @@ class BaseWalker:
 
     def _walk_one(self, p: _Point) -> None:
         walked = []
-        for rel, entry in walk(p.driver, self._stop):
+        for rel, entry in walk(p.driver, self._stop, lambda: self._quiet(p)):
             walked.append((rel, entry))
             with self._lock:
                 self._entries += 1
@@ -280,12 +335,15 @@ class BaseWalker:
         rows = ((f"{p.point}/{rel}", Base.of_entry(st)) for rel, st in merge(walked, p.seen))
         if not complete_point(self.session_root, p.point, rows):
             log.info("base of %s recorded by someone else meanwhile", p.point)
+        p.seen.clear()
         p.done = True
         log.info("recorded the session's base of %s (%d entries walked)", p.point, len(walked))
 
     def wait(self, timeout: float) -> WalkState:
         """Wait up to `timeout` s for the walk; one not started yet (walks on
         demand) or that failed is started first (a commit asking is a retry)."""
+        self._urgent = True
+        self._wake.set()
         with self._lock:
             idle = self._thread is None or (self._error is not None
                                             and self._finished.is_set())

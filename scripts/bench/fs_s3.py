@@ -28,7 +28,7 @@ LEGS = {
     "s3fs": ("s3fs-fuse", s3bench.s3fs_mount),
     "rclone": ("rclone mount", s3bench.rclone_mount),
 }
-COLUMNS = ["read MB/s", "first byte ms", "list cold s", "list warm s"]
+COLUMNS = ["read MB/s", "first byte ms", "list cold s", "list warm s", "mount s"]
 
 
 def s3_sizes(sizes: Sizes) -> tuple[int, int]:
@@ -112,14 +112,15 @@ def verdicts(results: dict[str, dict[str, float]], leg: str) -> tuple[str, str]:
 
 
 def table(results: dict[str, dict[str, float]], unavailable: dict[str, str]) -> str:
-    rows = ["| leg | read MB/s | first byte (ms) | `ls -l` cold | `ls -l` warm "
-            "| read ≥ s3fs? | first byte ≤ rclone? |", "|---|---|---|---|---|---|---|"]
+    rows = ["| leg | read MB/s | first byte (ms) | `ls -l` cold | `ls -l` warm | mount "
+            "| read ≥ s3fs? | first byte ≤ rclone? |", "|---|---|---|---|---|---|---|---|"]
     for leg, (title, _mount) in LEGS.items():
         if leg in unavailable:
-            rows.append(f"| {title} | n/a ({unavailable[leg]}) | | | | | |")
+            rows.append(f"| {title} | n/a ({unavailable[leg]}) | | | | | | |")
         elif leg in results:
             read, first = verdicts(results, leg) if leg.startswith("astrid") else ("", "")
-            cells = [_fmt(k, results[leg][k]) for k in COLUMNS]
+            cells = [_fmt(k, results[leg][k]) if k in results[leg] else "n/a"
+                     for k in COLUMNS]
             rows.append(f"| {title} | " + " | ".join(cells) + f" | {read} | {first} |")
     return "\n".join(rows)
 
@@ -135,7 +136,9 @@ def markdown(results: dict[str, dict[str, float]], unavailable: dict[str, str],
         "legs interleaved); each leg reads through a fresh "
         "mount with caches dropped (128 KiB reads; the mount's own read-ahead decides "
         "what reaches the daemon). First byte: open and read 4 KiB of an object not "
-        "read before (median of 20). astrid-fs reads the bucket at /mnt/s3 of a "
+        "read before (median of 20). Mount: from the mount command until the mount "
+        "point is there (astrid-fs: a new session, whose base of the bucket is walked "
+        "after the mount). astrid-fs reads the bucket at /mnt/s3 of a "
         "session (`--mounts`); a remote file is on the daemon path with or without "
         "--passthrough.",
         "",

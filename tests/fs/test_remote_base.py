@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,8 +19,9 @@ from types import SimpleNamespace
 import obstore
 import pytest
 
+from astrid_fs.drivers.base import EntryStat
 from astrid_fs.drivers.cache import CachingDriver
-from astrid_fs.review import bases
+from astrid_fs.review import bases, remotebase
 from astrid_fs.review.bases import Base
 from astrid_fs.review.remotebase import BaseWalker, complete_point, pending_points
 from tests.fs.s3_fixture import ACCESS_KEY, S3Server, S3Target, own_s3_server, s3, s3_server  # noqa: F401
@@ -90,6 +92,47 @@ def test_the_base_is_what_the_session_saw_first(s3: S3Target, tmp_path: Path) ->
     assert _lookup(root, "mnt/s3/data/new.csv") is None
 
 
+def test_the_walk_waits_for_a_quiet_source_unless_a_verb_waits_for_it(
+        s3: S3Target, tmp_path: Path) -> None:
+    """While the session uses the source the walk lists nothing (a LIST
+    would compete with the session's reads); a review verb waiting for the
+    walk makes it go at once."""
+    s3.put("d/a.csv", b"a\n")
+    root, lower = tmp_path / "session", tmp_path / "project"
+    root.mkdir()
+    lower.mkdir()
+    bases.record(root, lower, pending=["mnt/s3"])
+    busy = SimpleNamespace(cache=CachingDriver(s3.driver()),
+                           last_used=time.monotonic() + 3600)  # in use for the next hour
+    walker = BaseWalker.attach(root, [(b"mnt/s3", busy)])
+    assert walker is not None
+    since = s3.settle_log()
+    walker.start()
+    assert walker.paused.wait(10)
+    s3.settle_log()
+    assert s3.listings_of("", since) == 0 and pending_points(root) == ["mnt/s3"]
+    state = walker.wait(60)
+    assert (state.pending, state.error) == ([], None)
+    assert s3.listings_of("", since) == 1 and _lookup(root, "mnt/s3/d/a.csv") is not None
+
+
+def test_a_session_that_saw_many_entries_starts_the_walk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sights are bounded: at MAX_SIGHTS paths the walk is started (its
+    merge then drops them), once."""
+    monkeypatch.setattr(remotebase, "MAX_SIGHTS", 4)
+    started: list[int] = []
+    seen = remotebase.FirstSeen(on_full=lambda: started.append(1))
+    entry = EntryStat("file", 1, 0, 0o100644, 1, "e")
+    seen.saw_listing("d", [(f"f{i}", entry) for i in range(3)])
+    assert started == []
+    seen.saw_stat("other", None)
+    seen.saw_listing("e", [("g", entry)])
+    assert started == [1]
+    seen.clear()
+    assert seen.stats == {} and seen.listed == {}
+
+
 def test_a_point_recorded_meanwhile_is_left_as_it_is(tmp_path: Path) -> None:
     """A walk that ends after someone else recorded the point (a review
     verb's own walk, `update`'s re-record) writes nothing."""
@@ -136,8 +179,8 @@ def s3_env(s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "astrid-base-secret")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    # The daemon walks when a review verb asks: the test decides what the
-    # session sees before the walk.
+    # The daemon walks when a review verb asks (the default, said here as
+    # the tests rely on it): the test decides what the session sees first.
     monkeypatch.setenv("ASTRID_FS_BASE_WALK", "on-demand")
 
 
