@@ -4,6 +4,7 @@ Semantics live in `astrid_fs.overlay` (`Overlay` for the namespace,
 `OpenFiles` for every fd); cache choices in `fuse.cache`. This module
 decodes handles, runs remote fetches in worker threads, and turns
 `OSError`s into `FUSEError(errno)` at this one boundary (`@fuse_errors`).
+The directory requests are in dir_ops.py (`DirectoryOps`, mixed in).
 
 Handles (see fuse/native/fuse_shim.c): with the shim's no_open and
 no_opendir modes, OPEN and OPENDIR answer ENOSYS and I/O arrives with
@@ -17,7 +18,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +25,7 @@ import pyfuse3
 import trio
 
 from astrid_fs.fuse.cache import KernelCache
+from astrid_fs.fuse.dir_ops import DirectoryOps
 from astrid_fs.fuse.killpriv import Caller, ShimKills
 from astrid_fs.fuse.killpriv import drop as drop_privileges
 from astrid_fs.fuse.lookup_table import ShimLookups
@@ -34,16 +35,12 @@ from astrid_fs.fuse.replies import (
     entry_reply,
     fuse_errors,
     invalidate_later,
-    name_only_entry,
     negative_entry,
     owner,
     statvfs_reply,
 )
 from astrid_fs.fuse.shim import (
-    FH_CACHE_DIR,
-    FH_FLAG_MASK,
     FH_INODE,
-    FH_KEEP_CACHE,
     name_only_dirents,
     shim_version,
 )
@@ -55,7 +52,7 @@ from astrid_fs.overlay.overlay import TMPFILE_NAME, Overlay, SetAttr
 
 log = logging.getLogger("astrid_fs.fuse")
 
-class FuseOps(pyfuse3.Operations):
+class FuseOps(DirectoryOps, pyfuse3.Operations):
     """Adapter from pyfuse3 requests to `Overlay` and `OpenFiles` calls."""
 
     supports_dot_lookup = True
@@ -373,90 +370,6 @@ class FuseOps(pyfuse3.Operations):
             self.files.fsync_inode(ino, datasync)
         else:
             (os.fdatasync if datasync else os.fsync)(fh)
-
-    # ---- directories ------------------------------------------------------
-
-    @fuse_errors
-    async def opendir(self, inode: int, ctx: Any) -> int:
-        self._count("opendir")
-        node = self.table.get(inode)
-        if self.no_opendir:
-            # ENOSYS turns on the kernel's no_opendir mode (this one succeeds).
-            raise pyfuse3.FUSEError(errno.ENOSYS)
-        fh = self._next_dir_fh
-        self._next_dir_fh += 1
-        self._dirs[fh] = (node, None)
-        if not self.cache_dirs:
-            return fh
-        keep = self.cache.keep_listing(inode, self.ov.dir_signature(node))
-        return fh | FH_CACHE_DIR | (FH_KEEP_CACHE if keep else 0)
-
-    async def _take_listing(self, node: Node) -> tuple[list[bytes], dict[bytes, tuple[int, int]]]:
-        """A directory's names at offset 0, and those to send by name only."""
-        await self._fetch(self.ov.fetch_for(node))
-        if not self.name_only:
-            return [b".", b"..", *self.ov.list_dir(node)], {}
-        names, typed = self.ov.list_dir_typed(node)
-        if not self.name_only_policy.listing(node.ino, typed, len(typed)):
-            typed = {}
-        elif typed:
-            self._count("listing_name_only")
-        return [b".", b"..", *names], typed
-
-    @fuse_errors
-    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        self._count("readdir")
-        by_inode = bool(fh & FH_INODE)
-        name_only: dict[bytes, tuple[int, int]] = {}
-        if by_inode:
-            node = self.table.get(fh ^ FH_INODE)
-            listing = self.cache.listing(node.ino) if start_id else None
-            names = None if listing is None else listing[0]
-            if listing is not None:
-                name_only = listing[1]
-        else:
-            node, names = self._dirs[fh & ~FH_FLAG_MASK]
-        if names is None or start_id == 0:
-            names, name_only = await self._take_listing(node)
-            if by_inode:
-                self.cache.put_listing(node.ino, names, name_only)
-            else:
-                self._dirs[fh & ~FH_FLAG_MASK] = (node, names)
-                name_only = {}  # (listings by handle are never name-only)
-        # Lazily: resolve only what fits in the kernel's buffer; count a
-        # lookup for each entry the kernel accepted (none for a name-only
-        # entry: the kernel makes no inode of it). Lower files listed in
-        # full are named to the shim, which then reads them (lookup_table.py).
-        lower_files: list[tuple[int, bytes]] | None = [] if self.lookups is not None else None
-        for index, name, child, st in self.ov.children(node.ino, names, start_id, name_only):
-            if child is None or st is None:
-                ino, mode = name_only[name]
-                if not pyfuse3.readdir_reply(token, name, name_only_entry(ino, mode), index + 1):
-                    break
-                continue
-            dot = name == b"." or name == b".."
-            if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
-                if not dot:
-                    self.table.forget(child.ino, 0)
-                break
-            if not dot:
-                self.table.add_lookup(child)
-                if lower_files is not None and not child.in_upper and child.lower \
-                        and st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
-                    lower_files.append((child.ino, child.lower))
-        if self.lookups is not None and lower_files:
-            self.lookups.files_listed(lower_files)
-
-    async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh & ~FH_FLAG_MASK, None)
-
-    @fuse_errors
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        if fh & FH_INODE:
-            node = self.table.get(fh ^ FH_INODE)
-        else:
-            node, _ = self._dirs[fh & ~FH_FLAG_MASK]
-        self.ov.fsync_dir(node)
 
     # ---- xattrs and statfs ------------------------------------------------
 
