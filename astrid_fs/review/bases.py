@@ -33,12 +33,14 @@ import contextlib
 import os
 import sqlite3
 import stat
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from astrid_fs.drivers.base import EntryStat, LowerDriver
+from astrid_fs.drivers.errors import NotADirectory, NotFound
 from astrid_fs.overlay.layers import COMMIT_STAGING_PREFIX, lstat_or_none
 from astrid_fs.overlay.whiteout import kind_of_mode
 
@@ -226,17 +228,37 @@ def walk_local(lower: Path, rel: str = "") -> Iterator[tuple[str, Base]]:
                 stack.append(path)
 
 
+def walk_source(driver: LowerDriver, rel: str = "", stop: threading.Event | None = None,
+                pace: Callable[[], None] | None = None) -> Iterator[tuple[str, EntryStat]]:
+    """(path in the source, entry) for everything below `rel`, one listing
+    per directory (`pace` called before each), ending early once `stop` is
+    set. A directory gone between its parent's listing and its own is
+    skipped (it is not in the source any more)."""
+    todo = [rel]
+    while todo:
+        if pace is not None:
+            pace()
+        if stop is not None and stop.is_set():
+            return
+        here = todo.pop()
+        try:
+            entries = driver.list_dir(here)
+        except (NotFound, NotADirectory):
+            if here == rel:
+                raise
+            continue
+        for name, entry in entries:
+            sub = f"{here}/{name}" if here else name
+            yield sub, entry
+            if entry.is_dir:
+                todo.append(sub)
+
+
 def walk_remote(driver: LowerDriver, point: str, rel: str = "") -> Iterator[tuple[str, Base]]:
     """(session path, Base) for every entry of a mounted source below `rel`
     (`point`: where the source is mounted in the session, "mnt/s3")."""
-    stack = [rel]
-    while stack:
-        here = stack.pop()
-        for name, entry in driver.list_dir(here):
-            sub = f"{here}/{name}" if here else name
-            yield f"{point}/{sub}", Base.of_entry(entry)
-            if entry.is_dir:
-                stack.append(sub)
+    for sub, entry in walk_source(driver, rel):
+        yield f"{point}/{sub}", Base.of_entry(entry)
 
 
 def record(session_root: Path, lower: Path,

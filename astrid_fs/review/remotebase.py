@@ -50,7 +50,7 @@ from pathlib import Path
 from astrid_fs.drivers.base import EntryStat, LowerDriver, join_rel, parent_rel
 from astrid_fs.drivers.cache import CachingDriver
 from astrid_fs.drivers.errors import DriverError
-from astrid_fs.review.bases import PENDING, Base, open_index, walk_remote
+from astrid_fs.review.bases import PENDING, Base, open_index, walk_remote, walk_source
 
 log = logging.getLogger("astrid_fs.remotebase")
 
@@ -203,24 +203,6 @@ def merge(walked: Iterable[tuple[str, EntryStat]], seen: FirstSeen) -> Entries:
                 yield rel, first  # seen, then gone before the walk got there
 
 
-def walk(driver: LowerDriver, stop: threading.Event | None = None,
-         pace: Callable[[], None] | None = None) -> Entries:
-    """Every entry of a source (paths in it), one listing per directory
-    (`pace` called before each); ends early once `stop` is set."""
-    todo = [""]
-    while todo:
-        if pace is not None:
-            pace()
-        if stop is not None and stop.is_set():
-            return
-        here = todo.pop()
-        for name, entry in driver.list_dir(here):
-            rel = join_rel(here, name)
-            yield rel, entry
-            if entry.is_dir:
-                todo.append(rel)
-
-
 def _last_used_of(tree: object) -> Callable[[], float]:
     """When the session last used `tree` (a DriverTree's `last_used`)."""
     return lambda: float(getattr(tree, "last_used", 0.0))
@@ -325,7 +307,7 @@ class BaseWalker:
 
     def _walk_one(self, p: _Point) -> None:
         walked = []
-        for rel, entry in walk(p.driver, self._stop, lambda: self._quiet(p)):
+        for rel, entry in walk_source(p.driver, "", self._stop, lambda: self._quiet(p)):
             walked.append((rel, entry))
             with self._lock:
                 self._entries += 1

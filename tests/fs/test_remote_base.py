@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ import pytest
 
 from astrid_fs.drivers.base import EntryStat
 from astrid_fs.drivers.cache import CachingDriver
+from astrid_fs.drivers.errors import NotFound
+from astrid_fs.drivers.local import LocalDriver
 from astrid_fs.review import bases, remotebase
 from astrid_fs.review.bases import Base
 from astrid_fs.review.remotebase import BaseWalker, complete_point, pending_points
@@ -131,6 +134,29 @@ def test_a_session_that_saw_many_entries_starts_the_walk(
     assert started == [1]
     seen.clear()
     assert seen.stats == {} and seen.listed == {}
+
+
+def test_a_directory_removed_during_the_walk_is_skipped(tmp_path: Path) -> None:
+    """A directory listed by its parent and gone before its own listing is
+    not in the source any more: the walk goes on without it (it used to
+    fail the whole walk, so every commit, on a busy source)."""
+    src = tmp_path / "source"
+    for d in ("gone/deep", "keep"):
+        (src / d).mkdir(parents=True)
+    (src / "keep" / "k.csv").write_text("k\n")
+    (src / "gone" / "deep" / "g.csv").write_text("g\n")
+    listed: list[int] = []
+
+    def remove_gone_after_the_root() -> None:
+        listed.append(1)
+        if len(listed) == 2:
+            shutil.rmtree(src / "gone")
+
+    found = sorted(rel for rel, _ in bases.walk_source(LocalDriver(src),
+                                                         pace=remove_gone_after_the_root))
+    assert found == ["gone", "keep", "keep/k.csv"]
+    with pytest.raises(NotFound):
+        list(bases.walk_source(LocalDriver(src), "gone"))
 
 
 def test_a_point_recorded_meanwhile_is_left_as_it_is(tmp_path: Path) -> None:
