@@ -81,6 +81,9 @@ def complete_point(session_root: Path, point: str,
         return False
     try:
         with index.batch():
+            # (the check and the write in one write transaction: a verb's own
+            # walk and the daemon's cannot both write)
+            index.db.execute("BEGIN IMMEDIATE")
             still = index.db.execute("SELECT kind FROM base WHERE path = ?",
                                      (point,)).fetchone()
             if still is None or still[0] != PENDING:
