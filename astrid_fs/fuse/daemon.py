@@ -23,6 +23,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,11 @@ class Daemon:
         basecontent.close_packs()
         tmpfile.stop_ahead(os.fsencode(self.config.tmp))
         if self.base_walker is not None:
-            self.base_walker.stop()  # (a point not walked stays pending)
+            self.base_walker.stop()  # (a point not walked stays pending ...)
+            try:
+                self.base_walker.save()  # (... and keeps what the session saw)
+            except (OSError, sqlite3.Error) as e:
+                log.warning("cannot keep what the session saw of its mounted sources: %s", e)
         if self.overlay.sync_copy_up:
             return  # not armed
         try:

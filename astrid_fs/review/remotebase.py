@@ -24,7 +24,7 @@ the S3 bench's first byte from 5 to 120 ms; one that waits, before each
 directory, for the session to leave the source alone for `QUIET_S` still
 cost a quarter of the read throughput, as a directory's LIST pages cannot
 be paused). So by default it starts when a review verb first waits for it
-(`wait`), or once the session has seen `MAX_SIGHTS` entries, which bounds
+(`wait`), or once the session has seen `sights.MAX_SIGHTS` entries, which bounds
 the memory the sights take; the daemon's `ASTRID_FS_BASE_WALK=background`
 starts it at the mount, pausing for a quiet source (`QUIET_S`). A verb
 waiting makes it walk without pauses. For entries the session never saw,
@@ -33,9 +33,10 @@ changes the project made to those meanwhile are not conflicts; they cannot
 be, as the session did not change what it never saw (a LOOKUP, hence a
 sight, comes before any change).
 
-A daemon killed (or unmounted) before its walk ended leaves the point
-pending; the next review verb walks it (`complete_pending`), without
-what the session saw, which died with the daemon.
+A daemon unmounted before its walk keeps the sights in the index
+(sights.py) and leaves the point pending; the next review verb walks it
+(`complete_pending`) with them. A daemon killed outright loses them: that
+verb's walk has only the source as it is then.
 """
 
 from __future__ import annotations
@@ -47,16 +48,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from astrid_fs.drivers.base import EntryStat, LowerDriver, join_rel, parent_rel
+from astrid_fs.drivers.base import EntryStat, LowerDriver
 from astrid_fs.drivers.cache import CachingDriver
 from astrid_fs.drivers.errors import DriverError
-from astrid_fs.review.bases import PENDING, Base, open_index, walk_remote, walk_source
+from astrid_fs.review.bases import PENDING, Base, open_index, walk_source
+from astrid_fs.review.sights import MISSING, FirstSeen, forget_sights, load_sights, save_sights
 
 log = logging.getLogger("astrid_fs.remotebase")
 
-_MISSING = object()  # never seen
 QUIET_S = 1.0  # the walk lists a directory once the session left the source alone this long
-MAX_SIGHTS = 200_000  # sights kept before the walk starts anyway (~200 bytes each)
 
 
 def pending_points(session_root: Path) -> list[str]:
@@ -90,6 +90,7 @@ def complete_point(session_root: Path, point: str,
                 return False
             index.forget_tree(point)
             index.put(rows)
+            forget_sights(index.db, point)
         return True
     finally:
         index.close()
@@ -97,9 +98,9 @@ def complete_point(session_root: Path, point: str,
 
 def complete_pending(session_root: Path, lower: Path) -> list[str]:
     """Walk, here and now, every mount point still pending (no daemon walked
-    it: a mount killed or unmounted before its walk ended). Returns those
-    points. The walk sees the source as it is now; what the session saw
-    before is lost with its daemon."""
+    it: a mount unmounted, or killed, before its walk). Returns those points.
+    What the session saw wins, as in the daemon's walk: its daemon kept the
+    sights at unmount (sights.py); a killed daemon's are lost."""
     points = pending_points(session_root)
     if not points:
         return []
@@ -109,79 +110,13 @@ def complete_pending(session_root: Path, lower: Path) -> list[str]:
     try:
         for point in points:
             r = lowers.resolve(point)
-            complete_point(session_root, point, walk_remote(r.driver, point, r.rel))
+            seen = load_sights(session_root, point)
+            complete_point(session_root, point,
+                           ((f"{point}/{rel}", Base.of_entry(st))
+                            for rel, st in merge(walk_source(r.driver, r.rel), seen)))
     finally:
         lowers.close()
     return points
-
-
-class FirstSeen:
-    """What the session saw of one source, first sight of each path kept.
-    Thread-safe; never raises (it is called inside the cache's fetches)."""
-
-    def __init__(self, on_full: Callable[[], None] | None = None) -> None:
-        self._lock = threading.Lock()
-        self._seq = 0
-        self._closed = False
-        self._on_full = on_full  # called once MAX_SIGHTS paths were seen
-        # path -> (when, stat or None: seen absent)
-        self.stats: dict[str, tuple[int, EntryStat | None]] = {}
-        # dir -> (when, the names its first listing had)
-        self.listed: dict[str, tuple[int, frozenset[str]]] = {}
-
-    def saw_stat(self, rel: str, found: EntryStat | None) -> None:
-        with self._lock:
-            if not self._closed:
-                self._seq += 1
-                self.stats.setdefault(rel, (self._seq, found))
-        self._check_full()
-
-    def saw_listing(self, rel: str, entries: list[tuple[str, EntryStat]]) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._seq += 1
-            self.listed.setdefault(rel, (self._seq, frozenset(n for n, _ in entries)))
-            for name, st in entries:
-                self.stats.setdefault(join_rel(rel, name), (self._seq, st))
-        self._check_full()
-
-    def _check_full(self) -> None:
-        if self._on_full is not None and len(self.stats) >= MAX_SIGHTS:
-            on_full, self._on_full = self._on_full, None
-            on_full()
-
-    def close(self) -> None:
-        """Stop recording (the walk is about to be merged)."""
-        with self._lock:
-            self._closed = True
-
-    def clear(self) -> None:
-        """Drop the sights (merged into the base)."""
-        with self._lock:
-            self.stats.clear()
-            self.listed.clear()
-
-    def first(self, rel: str) -> object:
-        """What the session first saw at `rel`: an EntryStat, None (absent)
-        or `_MISSING` (never seen)."""
-        sights = []
-        stat = self.stats.get(rel)
-        if stat is not None:
-            sights.append(stat)
-        if rel:
-            listing = self.listed.get(parent_rel(rel))
-            if listing is not None and rel.rpartition("/")[2] not in listing[1]:
-                sights.append((listing[0], None))
-        return min(sights, key=lambda s: s[0])[1] if sights else _MISSING
-
-    def under_absent(self, rel: str) -> bool:
-        """Was a directory above `rel` first seen absent?"""
-        while rel:
-            rel = parent_rel(rel)
-            if rel and self.first(rel) is None:
-                return True
-        return False
 
 
 Entries = Iterator[tuple[str, EntryStat]]
@@ -194,7 +129,7 @@ def merge(walked: Iterable[tuple[str, EntryStat]], seen: FirstSeen) -> Entries:
     for rel, st in walked:
         done.add(rel)
         first = seen.first(rel)
-        if first is _MISSING:
+        if first is MISSING:
             if not seen.under_absent(rel):
                 yield rel, st
         elif isinstance(first, EntryStat):
@@ -259,7 +194,7 @@ class BaseWalker:
             point = rel.decode()
             cache = getattr(tree, "cache", None)
             if point in pending and isinstance(cache, CachingDriver):
-                seen = FirstSeen(on_full=walker.start)
+                seen = load_sights(session_root, point, on_full=walker.start)
                 cache.observer = seen
                 walker._points.append(_Point(point, cache.inner, seen, _last_used_of(tree)))
         return walker if walker._points else None
@@ -278,6 +213,14 @@ class BaseWalker:
         pending)."""
         self._stop.set()
         self._wake.set()
+
+    def save(self) -> None:
+        """At unmount, after `stop`: keep the sights of every point still
+        pending, for whoever walks it (sights.py)."""
+        pending = set(pending_points(self.session_root))
+        for p in self._points:
+            if p.point in pending:
+                save_sights(self.session_root, p.point, p.seen)
 
     def _quiet(self, p: _Point) -> None:
         """Return once the session has left `p`'s source alone for

@@ -24,7 +24,7 @@ from astrid_fs.drivers.base import EntryStat
 from astrid_fs.drivers.cache import CachingDriver
 from astrid_fs.drivers.errors import NotFound
 from astrid_fs.drivers.local import LocalDriver
-from astrid_fs.review import bases, remotebase
+from astrid_fs.review import bases, sights
 from astrid_fs.review.bases import Base
 from astrid_fs.review.remotebase import BaseWalker, complete_point, pending_points
 from tests.fs.s3_fixture import ACCESS_KEY, S3Server, S3Target, own_s3_server, s3, s3_server  # noqa: F401
@@ -123,9 +123,9 @@ def test_a_session_that_saw_many_entries_starts_the_walk(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The sights are bounded: at MAX_SIGHTS paths the walk is started (its
     merge then drops them), once."""
-    monkeypatch.setattr(remotebase, "MAX_SIGHTS", 4)
+    monkeypatch.setattr(sights, "MAX_SIGHTS", 4)
     started: list[int] = []
-    seen = remotebase.FirstSeen(on_full=lambda: started.append(1))
+    seen = sights.FirstSeen(on_full=lambda: started.append(1))
     entry = EntryStat("file", 1, 0, 0o100644, 1, "e")
     seen.saw_listing("d", [(f"f{i}", entry) for i in range(3)])
     assert started == []
@@ -243,6 +243,27 @@ def test_mount_does_not_walk_and_a_delete_of_an_object_changed_meanwhile_conflic
     assert done.returncode != 0 and "x.csv" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert s3.get("data/x.csv") == b"v2, by the user\n"
+
+
+def test_what_the_session_saw_outlives_an_unmount_before_the_walk(
+        s3: S3Target, s3_env: None, tmp_path: Path, mount_session: Mount) -> None:
+    """The usual day: the agent works, the mount goes, the user reviews
+    later. The daemon never walked (on demand), so it keeps its sights at
+    unmount, and the verb that walks uses them: the agent's delete of an
+    object the user replaced after the agent saw it is still a conflict."""
+    v1 = s3.put("data/x.csv", b"v1\n")
+    s = _mount(s3, tmp_path, mount_session)
+    x = s.mnt / "mnt" / "s3" / "data" / "x.csv"
+    assert x.read_bytes() == b"v1\n"
+    x.unlink()
+    s.umount()
+    assert pending_points(s.root) == ["mnt/s3"]
+    s3.put("data/x.csv", b"v2, by the user\n")
+    diff = s.cli("diff", s.name)
+    assert "D! mnt/s3/data/x.csv" in diff.stdout.splitlines()
+    assert pending_points(s.root) == []
+    assert _etag(_lookup(s.root, "mnt/s3/data/x.csv")) == v1
+    assert sights.load_sights(s.root, "mnt/s3").stats == {}  # merged, then dropped
 
 
 def test_a_walk_the_daemon_never_ended_is_done_by_the_next_review_verb(
