@@ -160,15 +160,17 @@ class BaseIndex:
     def _txn(self) -> contextlib.AbstractContextManager[object]:
         return contextlib.nullcontext() if self._in_batch else self.db
 
-    def put(self, rows: Iterable[tuple[str, Base | None]]) -> None:
-        """Record (or, for None, forget) the base of each path, in one transaction."""
+    def put(self, rows: Iterable[tuple[str, Base | None]], replace: bool = True) -> None:
+        """Record (or, for None, forget) the base of each path, in one
+        transaction; with `replace=False` a path that has a row keeps it."""
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         with self._txn():
             for path, base in rows:
                 if base is None:
                     self.db.execute("DELETE FROM base WHERE path = ?", (path,))
                 else:
                     self.db.execute(
-                        "INSERT OR REPLACE INTO base VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        f"{verb} INTO base VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (path, base.kind, base.ino, base.size, base.mtime_ns, base.mode,
                          base.etag))
         self._xdev = None

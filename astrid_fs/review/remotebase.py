@@ -41,6 +41,7 @@ verb's walk has only the source as it is then.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -55,6 +56,11 @@ from astrid_fs.review.bases import PENDING, Base, open_index, walk_source
 from astrid_fs.review.sights import MISSING, FirstSeen, forget_sights, load_sights, save_sights
 
 log = logging.getLogger("astrid_fs.remotebase")
+
+_STAGE = ("CREATE TABLE IF NOT EXISTS walk_rows (point TEXT NOT NULL, path TEXT NOT NULL, "
+          "kind TEXT NOT NULL, ino INTEGER, size INTEGER, mtime_ns INTEGER, mode INTEGER, "
+          "etag TEXT)")
+_BATCH = 5000
 
 QUIET_S = 1.0  # the walk lists a directory once the session left the source alone this long
 
@@ -71,11 +77,36 @@ def pending_points(session_root: Path) -> list[str]:
         index.close()
 
 
-def complete_point(session_root: Path, point: str,
-                   rows: Iterable[tuple[str, Base]]) -> bool:
-    """Put the walked base of mount point `point` in place of its pending
-    mark, in one transaction; False (nothing written) when the point is no
-    longer pending (someone else completed or re-recorded it meanwhile)."""
+def stage_rows(session_root: Path, point: str, rows: Iterable[tuple[str, Base]]) -> int:
+    """Write a walk's rows for `point` aside (the `walk_rows` table), in
+    short transactions of `_BATCH` rows: a walk of a big source holds
+    neither its rows in memory nor the index's write lock. Returns how many."""
+    index = open_index(session_root)
+    if index is None:
+        return 0
+    count = 0
+    try:
+        with index.db:
+            index.db.execute(_STAGE)
+            index.db.execute("DELETE FROM walk_rows WHERE point = ?", (point,))
+        left = iter(rows)
+        while batch := [(point, path, b.kind, b.ino, b.size, b.mtime_ns, b.mode, b.etag)
+                        for path, b in itertools.islice(left, _BATCH)]:
+            with index.db:
+                index.db.executemany("INSERT INTO walk_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                     batch)
+            count += len(batch)
+        return count
+    finally:
+        index.close()
+
+
+def finish_point(session_root: Path, point: str, seen: FirstSeen | None = None) -> bool:
+    """Put the staged rows of `point`, and every entry `seen` shows present
+    that the walk did not find (seen, then gone before the walk got there),
+    in place of its pending mark, in one transaction; False (nothing
+    written) when the point is no longer pending (someone else completed
+    or re-recorded it meanwhile)."""
     index = open_index(session_root)
     if index is None:
         return False
@@ -84,16 +115,29 @@ def complete_point(session_root: Path, point: str,
             # (the check and the write in one write transaction: a verb's own
             # walk and the daemon's cannot both write)
             index.db.execute("BEGIN IMMEDIATE")
+            index.db.execute(_STAGE)
             still = index.db.execute("SELECT kind FROM base WHERE path = ?",
                                      (point,)).fetchone()
-            if still is None or still[0] != PENDING:
-                return False
-            index.forget_tree(point)
-            index.put(rows)
-            forget_sights(index.db, point)
-        return True
+            if still is not None and still[0] == PENDING:
+                index.forget_tree(point)
+                index.db.execute(
+                    "INSERT OR REPLACE INTO base SELECT path, kind, ino, size, mtime_ns, mode, "
+                    "etag FROM walk_rows WHERE point = ?", (point,))
+                if seen is not None:
+                    index.put(((f"{point}/{rel}", Base.of_entry(st)) for rel, st in seen.present()),
+                              replace=False)
+                forget_sights(index.db, point)
+            index.db.execute("DELETE FROM walk_rows WHERE point = ?", (point,))
+        return still is not None and still[0] == PENDING
     finally:
         index.close()
+
+
+def complete_point(session_root: Path, point: str, rows: Iterable[tuple[str, Base]],
+                   seen: FirstSeen | None = None) -> bool:
+    """`stage_rows`, then `finish_point`."""
+    stage_rows(session_root, point, rows)
+    return finish_point(session_root, point, seen)
 
 
 def complete_pending(session_root: Path, lower: Path) -> list[str]:
@@ -113,7 +157,7 @@ def complete_pending(session_root: Path, lower: Path) -> list[str]:
             seen = load_sights(session_root, point)
             complete_point(session_root, point,
                            ((f"{point}/{rel}", Base.of_entry(st))
-                            for rel, st in merge(walk_source(r.driver, r.rel), seen)))
+                            for rel, st in merge(walk_source(r.driver, r.rel), seen)), seen)
     finally:
         lowers.close()
     return points
@@ -123,22 +167,16 @@ Entries = Iterator[tuple[str, EntryStat]]
 
 
 def merge(walked: Iterable[tuple[str, EntryStat]], seen: FirstSeen) -> Entries:
-    """The base of one source: the walk's entries (paths in the source),
-    with what the session saw first in their place (module docstring)."""
-    done: set[str] = set()
+    """The walk's entries (paths in the source), each as the session first
+    saw it if it did (module docstring); streamed. What the session saw and
+    the walk did not find is added by `finish_point` (`seen.present()`)."""
     for rel, st in walked:
-        done.add(rel)
         first = seen.first(rel)
         if first is MISSING:
             if not seen.under_absent(rel):
                 yield rel, st
         elif isinstance(first, EntryStat):
             yield rel, first
-    for rel in sorted(seen.stats):
-        if rel and rel not in done:
-            first = seen.first(rel)
-            if isinstance(first, EntryStat):
-                yield rel, first  # seen, then gone before the walk got there
 
 
 def _last_used_of(tree: object) -> Callable[[], float]:
@@ -252,20 +290,24 @@ class BaseWalker:
             self._finished.set()
 
     def _walk_one(self, p: _Point) -> None:
-        walked = []
-        for rel, entry in walk_source(p.driver, "", self._stop, lambda: self._quiet(p)):
-            walked.append((rel, entry))
-            with self._lock:
-                self._entries += 1
+        def counted(entries: Entries) -> Entries:
+            for item in entries:
+                with self._lock:
+                    self._entries += 1
+                yield item
+
+        walked = counted(walk_source(p.driver, "", self._stop, lambda: self._quiet(p)))
+        staged = stage_rows(self.session_root, p.point,
+                            ((f"{p.point}/{rel}", Base.of_entry(st))
+                             for rel, st in merge(walked, p.seen)))
         if self._stop.is_set():
-            return
+            return  # (a partial walk: the staged rows are dropped by the next one)
         p.seen.close()
-        rows = ((f"{p.point}/{rel}", Base.of_entry(st)) for rel, st in merge(walked, p.seen))
-        if not complete_point(self.session_root, p.point, rows):
+        if not finish_point(self.session_root, p.point, p.seen):
             log.info("base of %s recorded by someone else meanwhile", p.point)
         p.seen.clear()
         p.done = True
-        log.info("recorded the session's base of %s (%d entries walked)", p.point, len(walked))
+        log.info("recorded the session's base of %s (%d rows)", p.point, staged)
 
     def wait(self, timeout: float) -> WalkState:
         """Wait up to `timeout` s for the walk; one not started yet (walks on

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from astrid_fs.drivers.base import EntryStat, join_rel, parent_rel
@@ -84,6 +84,13 @@ class FirstSeen:
             if listing is not None and rel.rpartition("/")[2] not in listing[1]:
                 sights.append((listing[0], None))
         return min(sights, key=lambda s: s[0])[1] if sights else MISSING
+
+    def present(self) -> Iterator[tuple[str, EntryStat]]:
+        """Every path the session first saw present (the root excepted)."""
+        for rel in list(self.stats):
+            first = self.first(rel)
+            if rel and isinstance(first, EntryStat):
+                yield rel, first
 
     def under_absent(self, rel: str) -> bool:
         """Was a directory above `rel` first seen absent?"""

@@ -26,7 +26,7 @@ from astrid_fs.drivers.errors import NotFound
 from astrid_fs.drivers.local import LocalDriver
 from astrid_fs.review import bases, sights
 from astrid_fs.review.bases import Base
-from astrid_fs.review.remotebase import BaseWalker, complete_point, pending_points
+from astrid_fs.review.remotebase import BaseWalker, complete_point, pending_points, stage_rows
 from tests.fs.s3_fixture import ACCESS_KEY, S3Server, S3Target, own_s3_server, s3, s3_server  # noqa: F401
 from tests.support.mounts import MountedSession, mounted_points
 
@@ -170,6 +170,23 @@ def test_a_point_recorded_meanwhile_is_left_as_it_is(tmp_path: Path) -> None:
     assert complete_point(root, "mnt/s3", first)
     assert not complete_point(root, "mnt/s3", [("mnt/s3/a", Base("file", size=2, etag="two"))])
     assert _etag(_lookup(root, "mnt/s3/a")) == "one"
+
+
+def test_rows_a_stopped_walk_staged_are_not_the_base(tmp_path: Path) -> None:
+    """A walk writes its rows aside as it goes (not all in memory, not under
+    the index's lock); a walk stopped halfway (unmount, kill) leaves them
+    there, and they never become the base: the next walk replaces them."""
+    root, lower = tmp_path / "session", tmp_path / "project"
+    root.mkdir()
+    lower.mkdir()
+    bases.record(root, lower, pending=["mnt/s3"])
+    assert stage_rows(root, "mnt/s3", [(f"mnt/s3/old{i}", Base("file", etag="old"))
+                                       for i in range(12_000)]) == 12_000
+    assert pending_points(root) == ["mnt/s3"]
+    assert isinstance(_lookup(root, "mnt/s3/old1"), bases.Unknown)
+    assert complete_point(root, "mnt/s3", [("mnt/s3/new", Base("file", etag="new"))])
+    assert _lookup(root, "mnt/s3/old1") is None
+    assert _etag(_lookup(root, "mnt/s3/new")) == "new"
 
 
 def test_a_failed_walk_fails_the_commit_and_is_retried(
