@@ -27,7 +27,15 @@ from astrid_fs.drivers.local import LocalDriver
 from astrid_fs.review import bases, sights
 from astrid_fs.review.bases import Base
 from astrid_fs.review.remotebase import BaseWalker, complete_point, pending_points, stage_rows
-from tests.fs.s3_fixture import ACCESS_KEY, S3Server, S3Target, own_s3_server, s3, s3_server  # noqa: F401
+from tests.fs.s3_fixture import (  # noqa: F401
+    ACCESS_KEY,
+    S3Server,
+    S3Target,
+    own_s3_server,
+    s3,
+    s3_mount_table,
+    s3_server,
+)
 from tests.support.mounts import MountedSession, mounted_points
 
 Mount = Callable[..., MountedSession]
@@ -300,3 +308,33 @@ def test_a_walk_the_daemon_never_ended_is_done_by_the_next_review_verb(
     assert pending_points(s.root) == []
     assert _lookup(s.root, "mnt/s3/data/a.csv") is not None
     assert _lookup(s.root, "mnt/s3/data/b.csv") is None
+
+
+def test_a_walk_that_fails_fails_the_verb_in_one_line_and_is_retried(
+        own_s3_server: S3Server, s3_env: None, tmp_path: Path, mount_session: Mount) -> None:
+    """The source is down when a verb needs the base: the verb fails in one
+    line naming the point, nothing is recorded; the next verb, with the
+    source back, walks and works."""
+    (tmp_path / "home").mkdir(exist_ok=True)
+    target = S3Target(own_s3_server, tmp_path / "home")
+    try:
+        target.put("data/a.csv", b"a\n")
+        lower = tmp_path / "project"
+        (lower / "mnt").mkdir(parents=True)
+        table = s3_mount_table(tmp_path, target.source, own_s3_server.endpoint,
+                               "retries = 0\nretry_deadline_s = 1.0\nconnect_timeout_s = 1.0\n")
+        s = mount_session(lower, None, "--mounts", str(table))
+        (s.mnt / "mnt" / "s3" / "data" / "b.csv").write_text("b\n")
+        own_s3_server.kill()
+        done = s.cli("diff", s.name, check=False)
+        assert done.returncode != 0, done.stdout
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "base of mnt/s3" in done.stderr and "Traceback" not in done.stderr
+        assert pending_points(s.root) == ["mnt/s3"]
+        own_s3_server.start()
+        assert s.cli("diff", s.name).stdout.splitlines() == ["A  mnt/s3/data/b.csv"]
+        assert pending_points(s.root) == []
+        assert _lookup(s.root, "mnt/s3/data/a.csv") is not None
+    finally:
+        target.close()
+
