@@ -13,8 +13,8 @@ entries a commit lands and for those `update` takes in.
 
 A mounted source is not walked when the session mounts: listing a bucket
 of a million keys would hold the mount for minutes. `astrid-fs mount`
-records its mount point as *pending* and the daemon walks it in the
-background (review/remotebase.py), taking for every entry the session saw
+records its mount point as *pending* and the daemon walks it later
+(review/remotebase.py says when), taking for every entry the session saw
 before the walk got there what the session saw. Until then the base under
 that point is UNKNOWN; `session_changes` (every review verb) waits for the
 daemon's walk, or walks itself when no daemon is there
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from astrid_fs.drivers.base import EntryStat, LowerDriver
+from astrid_fs.drivers.base import EntryStat, LowerDriver, join_rel
 from astrid_fs.drivers.errors import NotADirectory, NotFound
 from astrid_fs.overlay.layers import COMMIT_STAGING_PREFIX, lstat_or_none
 from astrid_fs.overlay.whiteout import kind_of_mode
@@ -122,7 +122,7 @@ class BaseIndex:
         self.path = path
         self.db = sqlite3.connect(path)
         self.db.execute(_SCHEMA)
-        self._xdev: list[str] | None = None
+        self._unknown: list[str] | None = None
         self._in_batch = False
 
     def close(self) -> None:
@@ -137,10 +137,10 @@ class BaseIndex:
     def lookup(self, path: str) -> Found:
         """The base of session path `path`: a Base, None (absent from the
         project when the session began) or UNKNOWN."""
-        if self._xdev is None:
-            self._xdev = [r[0] for r in self.db.execute(
+        if self._unknown is None:
+            self._unknown = [r[0] for r in self.db.execute(
                 "SELECT path FROM base WHERE kind IN (?, ?)", (_XDEV, PENDING))]
-        if any(path == x or path.startswith(x + "/") for x in self._xdev):
+        if any(path == x or path.startswith(x + "/") for x in self._unknown):
             return UNKNOWN
         row = self.db.execute("SELECT kind, ino, size, mtime_ns, mode, etag FROM base "
                               "WHERE path = ?", (path,)).fetchone()
@@ -173,14 +173,14 @@ class BaseIndex:
                         f"{verb} INTO base VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (path, base.kind, base.ino, base.size, base.mtime_ns, base.mode,
                          base.etag))
-        self._xdev = None
+        self._unknown = None
 
     def forget_tree(self, path: str) -> None:
         """Drop the rows of `path` and everything below it."""
         with self._txn():
             self.db.execute("DELETE FROM base WHERE path = ? OR substr(path, 1, ?) = ?",
                             (path, len(path) + 1, path + "/"))
-        self._xdev = None
+        self._unknown = None
 
 
 def index_path(session_root: Path) -> Path:
@@ -250,7 +250,7 @@ def walk_source(driver: LowerDriver, rel: str = "", stop: threading.Event | None
                 raise
             continue
         for name, entry in entries:
-            sub = f"{here}/{name}" if here else name
+            sub = join_rel(here, name)
             yield sub, entry
             if entry.is_dir:
                 todo.append(sub)
@@ -294,7 +294,7 @@ def record_if_fresh(session_root: Path, lower: Path, upper: Path) -> bool:
 
     table = recorded_table(session_root)
     record(session_root, lower, pending=[] if table is None else
-           [e.path.strip("/") for e in table.entries if e.path != "/"])
+           [e.rel for e in table.remotes()])
     return True
 
 
@@ -304,8 +304,8 @@ def _record_all(session_root: Path, lower: Path) -> None:
 
     lowers = SessionLowers.open(session_root, lower)
     try:
-        record(session_root, lower, [(e.path.strip("/"), lowers.drivers[e.path])
-                                     for e in lowers.table.entries if e.path != "/"])
+        record(session_root, lower, [(e.rel, lowers.drivers[e.path])
+                                     for e in lowers.table.remotes()])
     finally:
         lowers.close()
 

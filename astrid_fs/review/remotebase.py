@@ -45,13 +45,14 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from astrid_fs.drivers.base import EntryStat, LowerDriver
-from astrid_fs.drivers.cache import CachingDriver
+from astrid_fs.drivers.base import EntryStat
 from astrid_fs.drivers.errors import DriverError
+from astrid_fs.overlay.layers import RemoteTree
+from astrid_fs.overlay.remote import DriverTree
 from astrid_fs.review.bases import PENDING, Base, open_index, walk_source
 from astrid_fs.review.sights import MISSING, FirstSeen, forget_sights, load_sights, save_sights
 
@@ -155,9 +156,8 @@ def complete_pending(session_root: Path, lower: Path) -> list[str]:
         for point in points:
             r = lowers.resolve(point)
             seen = load_sights(session_root, point)
-            complete_point(session_root, point,
-                           ((f"{point}/{rel}", Base.of_entry(st))
-                            for rel, st in merge(walk_source(r.driver, r.rel), seen)), seen)
+            complete_point(session_root, point, _rows(point, walk_source(r.driver, r.rel), seen),
+                           seen)
     finally:
         lowers.close()
     return points
@@ -179,17 +179,17 @@ def merge(walked: Iterable[tuple[str, EntryStat]], seen: FirstSeen) -> Entries:
             yield rel, first
 
 
-def _last_used_of(tree: object) -> Callable[[], float]:
-    """When the session last used `tree` (a DriverTree's `last_used`)."""
-    return lambda: float(getattr(tree, "last_used", 0.0))
+def _rows(point: str, walked: Iterable[tuple[str, EntryStat]], seen: FirstSeen
+          ) -> Iterator[tuple[str, Base]]:
+    """`merge` as base rows of mount point `point`."""
+    return ((f"{point}/{rel}", Base.of_entry(st)) for rel, st in merge(walked, seen))
 
 
 @dataclass
 class _Point:
     point: str  # where the source is mounted in the session ("mnt/s3")
-    driver: LowerDriver  # the source itself, not the cache (the walk is not a sight)
+    tree: DriverTree  # its cache is observed; the walk lists its driver (not a sight)
     seen: FirstSeen
-    last_used: Callable[[], float]  # when the session last used the source (monotonic)
     done: bool = False
 
 
@@ -220,7 +220,7 @@ class BaseWalker:
 
     @classmethod
     def attach(cls, session_root: Path | None,
-               remotes: Iterable[tuple[bytes, object]]) -> BaseWalker | None:
+               remotes: Iterable[tuple[bytes, RemoteTree]]) -> BaseWalker | None:
         """For a daemon about to serve: a walker for the session's pending
         points, each point's cache already observed (so that no sight is
         missed); None when nothing is pending."""
@@ -230,11 +230,10 @@ class BaseWalker:
         walker = cls(session_root, [])
         for rel, tree in remotes:
             point = rel.decode()
-            cache = getattr(tree, "cache", None)
-            if point in pending and isinstance(cache, CachingDriver):
+            if point in pending and isinstance(tree, DriverTree):
                 seen = load_sights(session_root, point, on_full=walker.start)
-                cache.observer = seen
-                walker._points.append(_Point(point, cache.inner, seen, _last_used_of(tree)))
+                tree.cache.observer = seen
+                walker._points.append(_Point(point, tree, seen))
         return walker if walker._points else None
 
     def start(self) -> None:
@@ -264,7 +263,7 @@ class BaseWalker:
         """Return once the session has left `p`'s source alone for
         QUIET_S (at once when urgent or stopping)."""
         while not self._urgent and not self._stop.is_set():
-            left = p.last_used() + QUIET_S - time.monotonic()
+            left = p.tree.last_used + QUIET_S - time.monotonic()
             if left <= 0:
                 return
             self.paused.set()
@@ -292,19 +291,18 @@ class BaseWalker:
     def _walk_one(self, p: _Point) -> None:
         def counted(entries: Entries) -> Entries:
             for item in entries:
-                with self._lock:
-                    self._entries += 1
+                self._entries += 1  # (this thread alone writes it)
                 yield item
 
-        walked = counted(walk_source(p.driver, "", self._stop, lambda: self._quiet(p)))
-        staged = stage_rows(self.session_root, p.point,
-                            ((f"{p.point}/{rel}", Base.of_entry(st))
-                             for rel, st in merge(walked, p.seen)))
+        walked = counted(walk_source(p.tree.cache.inner, "", self._stop,
+                                     lambda: self._quiet(p)))
+        staged = stage_rows(self.session_root, p.point, _rows(p.point, walked, p.seen))
         if self._stop.is_set():
             return  # (a partial walk: the staged rows are dropped by the next one)
         p.seen.close()
         if not finish_point(self.session_root, p.point, p.seen):
             log.info("base of %s recorded by someone else meanwhile", p.point)
+        p.tree.cache.observer = None  # (sights are no longer needed)
         p.seen.clear()
         p.done = True
         log.info("recorded the session's base of %s (%d rows)", p.point, staged)

@@ -15,7 +15,6 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import obstore
 import pytest
@@ -24,6 +23,7 @@ from astrid_fs.drivers.base import EntryStat
 from astrid_fs.drivers.cache import CachingDriver
 from astrid_fs.drivers.errors import NotFound
 from astrid_fs.drivers.local import LocalDriver
+from astrid_fs.overlay.remote import REMOTE_DEV_BASE, DriverTree
 from astrid_fs.review import bases, sights
 from astrid_fs.review.bases import Base
 from astrid_fs.review.remotebase import BaseWalker, complete_point, pending_points, stage_rows
@@ -50,6 +50,11 @@ def _lookup(root: Path, path: str) -> bases.Found:
         index.close()
 
 
+def _tree(cache: CachingDriver, tmp_path: Path) -> DriverTree:
+    """The daemon's tree over `cache` (what the walker observes and lists)."""
+    return DriverTree(cache, REMOTE_DEV_BASE, tmp_path / "spool")
+
+
 def _etag(found: bases.Found) -> str | None:
     assert isinstance(found, Base), found
     return found.etag
@@ -72,7 +77,7 @@ def test_the_base_is_what_the_session_saw_first(s3: S3Target, tmp_path: Path) ->
     assert pending_points(root) == ["mnt/s3"]
     assert isinstance(_lookup(root, "mnt/s3/data/x.csv"), bases.Unknown)  # not walked yet
     cache = CachingDriver(s3.driver())
-    walker = BaseWalker.attach(root, [(b"mnt/s3", SimpleNamespace(cache=cache))])
+    walker = BaseWalker.attach(root, [(b"mnt/s3", _tree(cache, tmp_path))])
     assert walker is not None
 
     # the session looks (the daemon's cache fetches) ...
@@ -113,8 +118,8 @@ def test_the_walk_waits_for_a_quiet_source_unless_a_verb_waits_for_it(
     root.mkdir()
     lower.mkdir()
     bases.record(root, lower, pending=["mnt/s3"])
-    busy = SimpleNamespace(cache=CachingDriver(s3.driver()),
-                           last_used=time.monotonic() + 3600)  # in use for the next hour
+    busy = _tree(CachingDriver(s3.driver()), tmp_path)
+    busy.last_used = time.monotonic() + 3600  # in use for the next hour
     walker = BaseWalker.attach(root, [(b"mnt/s3", busy)])
     assert walker is not None
     since = s3.settle_log()
@@ -208,7 +213,7 @@ def test_a_failed_walk_fails_the_commit_and_is_retried(
     lower.mkdir()
     bases.record(root, lower, pending=["mnt/s3"])
     cache = CachingDriver(target.driver(retries=0, retry_deadline_s=0.5, timeout_s=2.0))
-    walker = BaseWalker.attach(root, [(b"mnt/s3", SimpleNamespace(cache=cache))])
+    walker = BaseWalker.attach(root, [(b"mnt/s3", _tree(cache, tmp_path))])
     assert walker is not None
     try:
         own_s3_server.kill()
