@@ -11,8 +11,10 @@ code, and also accepts the argument form that mount.fuse3 uses
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from astrid_fs import __version__
 from astrid_fs.cli import drivers as drivers_cli
@@ -35,6 +37,45 @@ exit codes:
   3  conflicts: the project changed where the session did (see diff, resolve)
 """
 EXIT_USAGE = 2
+# What a shell reports for a program that SIGPIPE ended: a verb cut short
+# because what read its output went away (see _Output).
+EXIT_OUTPUT_GONE = 128 + 13
+
+
+class _Output:
+    """stdout for `astrid-fs diff | head`: once the reader of stdout is gone,
+    what is left to print goes nowhere and the verb runs to its end (a commit
+    is not cut short by its own output), with its own exit code and no
+    traceback, here or at exit."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            _reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            _reader_gone()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _reader_gone() -> None:
+    """Point fd 1 at /dev/null: what stdout still holds (and the interpreter's
+    flush at exit) then has somewhere to go."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, sys.__stdout__.fileno() if sys.__stdout__ else 1)
+    finally:
+        os.close(null)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +135,16 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    stdout = sys.stdout
+    out = sys.stdout = _Output(stdout)
+    try:
+        return _run(args_list)
+    finally:
+        out.flush()  # here, not at exit: a reader gone by now is ours to hide
+        sys.stdout = stdout
+
+
+def _run(args_list: list[str]) -> int:
     try:
         parser = build_parser()
         if mount_cli.is_mount_helper_form(args_list, set(_subparsers(parser))):
@@ -107,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("astrid-fs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # written past _Output (a binary write): cut short
+        _reader_gone()
+        return EXIT_OUTPUT_GONE
 
 
 if __name__ == "__main__":

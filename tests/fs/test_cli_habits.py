@@ -164,3 +164,33 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path, mount_session: Mount) -
     assert b"commit" in seen and b"/" in seen, seen[-400:]  # the bar: "commit ... 12/48"
     off_tty = s.cli("commit", s.name)  # nothing left; and never a bar off a terminal
     assert "\x1b[" not in off_tty.stderr
+
+
+def _closed_reader_run(s: MountedSession, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`astrid-fs ARGV | true`, the reader already gone: every write to
+    stdout meets EPIPE."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run([*ASTRID_FS, *argv], stdout=w, stderr=subprocess.PIPE,
+                              env={**os.environ, "ASTRID_HOME": str(s.home)}, text=True,
+                              check=False, timeout=120)
+    finally:
+        os.close(w)
+
+
+def test_a_reader_that_goes_away_cuts_no_verb_short(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """`astrid-fs diff | head` and `astrid-fs commit | head -1`: once the
+    reader is gone, no traceback (neither from a print nor from the flush at
+    exit) and the verb still does its work, with its own exit code."""
+    s = mount_session(_project(tmp_path / "project"))
+    for i in range(2000):  # a diff bigger than a pipe holds
+        (s.mnt / "src" / f"new{i}.py").write_text(f"x = {i}\n")
+    (s.mnt / "README.md").write_text("changed\n")
+    for argv in (("diff", s.name), ("diff", s.name, "--json"), ("status",)):
+        done = _closed_reader_run(s, *argv)
+        assert (done.returncode, done.stderr) == (0, ""), argv
+    done = _closed_reader_run(s, "commit", s.name, "README.md")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert (s.lower / "README.md").read_text() == "changed\n"
