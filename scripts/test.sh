@@ -6,6 +6,11 @@
 # wait on mounts, daemons and servers, so three keep two cores busy; `-n 0` in
 # the arguments runs them in this process). mypy checks beside it and reports
 # after it; any of ruff, mypy or pytest failing fails the run.
+#
+# Mounts serve FUSE over io_uring by default where the kernel offers it, so
+# the default run (no arguments) then runs tests/fs a second time with
+# ASTRID_FS_IO_URING=0: the /dev/fuse transport, which machines without it
+# use, stays tested.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -25,6 +30,12 @@ export ASTRID_REQUIRE_PARTS=1
 set +e
 python -m pytest -n "${ASTRID_TEST_WORKERS:-3}" --dist loadgroup --durations=30 "$@"
 rc=$?
+if [ "$#" -eq 0 ]; then
+  echo "== pytest tests/fs over /dev/fuse (ASTRID_FS_IO_URING=0)"
+  ASTRID_FS_IO_URING=0 python -m pytest -n "${ASTRID_TEST_WORKERS:-3}" --dist loadgroup tests/fs
+  devfuse_rc=$?
+  if [ "$rc" -eq 0 ]; then rc=$devfuse_rc; fi
+fi
 wait "$mypy_pid"
 mypy_rc=$?
 set -e

@@ -78,7 +78,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--io-uring", action=argparse.BooleanOptionalAction,
                    default=io_uring_requested(),
                    help="serve FUSE requests over io_uring, on the CPU that sent each "
-                        "(Linux 6.14+; default: $ASTRID_FS_IO_URING)")
+                        "(default: on where the kernel offers it, Linux 6.14+, else /dev/fuse; "
+                        "ASTRID_FS_IO_URING=0 turns the default off)")
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_mount)
 
@@ -381,7 +382,7 @@ def run_mount_helper(argv: list[str]) -> int:
         log_file=str(work / "astrid-fs.log"),
         stack=tuple(str(d) for d in lowers[1:]),
         passthrough="passthrough" in opts or passthrough_requested(),
-        io_uring="io_uring" in opts or io_uring_requested(),
+        io_uring="no_io_uring" not in opts and ("io_uring" in opts or io_uring_requested()),
     )
     tmp.mkdir(exist_ok=True)
     _spawn(config)

@@ -1,7 +1,8 @@
 """What the CLI hands the FUSE daemon, kept free of the daemon's own
 imports (pyfuse3, trio) so that `astrid-fs` verbs start quickly: the
 daemon's configuration, and whether passthrough or io_uring is asked for by
-default."""
+default (passthrough: no, unless ASTRID_FS_PASSTHROUGH says so; io_uring:
+yes, where the kernel offers it, unless ASTRID_FS_IO_URING=0)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from astrid_fs.overlay.whiteout import XattrNs
 
 #: Environment variable asking for FUSE passthrough by default (passthrough.py).
 ENV = "ASTRID_FS_PASSTHROUGH"
-#: Environment variable asking for FUSE over io_uring by default (io_uring.py).
+#: Environment variable turning FUSE over io_uring off by default (io_uring.py).
 IO_URING_ENV = "ASTRID_FS_IO_URING"
+_OFF = ("0", "no", "off", "false")
 
 
 def _env_flag(name: str, env: dict[str, str] | None) -> bool:
@@ -28,8 +30,11 @@ def requested(env: dict[str, str] | None = None) -> bool:
 
 
 def io_uring_requested(env: dict[str, str] | None = None) -> bool:
-    """Whether ASTRID_FS_IO_URING asks for FUSE over io_uring by default."""
-    return _env_flag(IO_URING_ENV, env)
+    """Whether a mount asks for FUSE over io_uring by default: yes, unless
+    ASTRID_FS_IO_URING says 0/no/off/false. (Asking is safe: where the kernel
+    has no io_uring for FUSE the mount serves /dev/fuse and says why.)"""
+    value = (os.environ if env is None else env).get(IO_URING_ENV, "")
+    return value.strip().lower() not in _OFF
 
 
 @dataclass(frozen=True)

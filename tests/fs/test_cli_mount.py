@@ -184,20 +184,43 @@ def test_umount_of_unmounted_target(dirs: tuple[Path, Path, Path]) -> None:
     one_line_error(run_cli("umount", str(mnt), home=home, check=False), "not mounted")
 
 
-def test_mount_helper_form(tmp_path: Path) -> None:
+def _ring_threads(mnt: Path) -> list[str]:
+    """The io_uring queue threads of the daemon serving `mnt` (its command
+    line carries the mount point)."""
+    names = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if str(mnt).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+                if name.startswith("astrid-ring"):
+                    names.append(name)
+        except OSError:
+            continue
+    return names
+
+
+@pytest.mark.parametrize("extra", ["", ",no_io_uring"])
+def test_mount_helper_form(tmp_path: Path, extra: str, monkeypatch: pytest.MonkeyPatch) -> None:
     require_fuse()
+    monkeypatch.delenv("ASTRID_FS_IO_URING", raising=False)
     lower, upper, work, mnt = (tmp_path / n for n in ("l", "u", "w", "m"))
     for d in (lower, upper, work, mnt):
         d.mkdir()
     (lower / "f").write_text("lower")
     subprocess.run(["mount", "-t", "fuse.astrid-fs", "astrid-fs", str(mnt), "-o",
-                    f"lowerdir={lower},upperdir={upper},workdir={work}"],
+                    f"lowerdir={lower},upperdir={upper},workdir={work}{extra}"],
                    check=True, timeout=60)
     try:
         assert (mnt / "f").read_text() == "lower"
         (mnt / "f").write_text("upper")
         assert (upper / "f").read_text() == "upper"
         assert (lower / "f").read_text() == "lower"
+        if extra:
+            assert _ring_threads(mnt) == []
+        elif Path("/sys/module/fuse/parameters/enable_uring").exists():
+            assert _ring_threads(mnt), "no io_uring queue threads by default"
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
     assert str(mnt) not in mounted_points()

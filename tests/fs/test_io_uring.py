@@ -28,10 +28,11 @@ FILES = 120
 EXIT_WAIT_S = 30
 
 
-def test_the_environment_asks_for_io_uring() -> None:
+def test_io_uring_is_asked_for_unless_the_environment_says_no() -> None:
+    assert io_uring_requested({})
     assert io_uring_requested({"ASTRID_FS_IO_URING": "1"})
-    assert not io_uring_requested({"ASTRID_FS_IO_URING": "0"})
-    assert not io_uring_requested({})
+    for off in ("0", "no", "OFF", "false"):
+        assert not io_uring_requested({"ASTRID_FS_IO_URING": off})
 
 
 def test_the_kernel_switch_is_turned_on_only_when_allowed(tmp_path: Path) -> None:
@@ -167,6 +168,26 @@ def test_status_names_the_transport_and_unmount_ends_the_daemon(
         assert ready, f"the daemon outlived its mount by {EXIT_WAIT_S}s"
     finally:
         os.close(pidfd)
+
+
+def test_a_mount_serves_io_uring_by_default_and_dev_fuse_when_told(
+        mount_session: MountFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default transport is io_uring where the kernel offers it; the
+    environment and --no-io-uring turn it off."""
+    (tmp_path / "lower").mkdir()
+    monkeypatch.delenv("ASTRID_FS_IO_URING", raising=False)
+    plain = mount_session(tmp_path / "lower")
+    os.stat(plain.mnt)
+    transport = plain.control("stats")["transport"]
+    if transport != "io_uring":
+        missing_part(f"io_uring: {transport}")  # CI's kernel has it (6.14+)
+    told = mount_session(tmp_path / "lower", None, "--no-io-uring")
+    os.stat(told.mnt)
+    assert told.control("stats")["transport"] == "/dev/fuse (io_uring not requested)"
+    monkeypatch.setenv("ASTRID_FS_IO_URING", "0")
+    env_off = mount_session(tmp_path / "lower")
+    os.stat(env_off.mnt)
+    assert env_off.control("stats")["transport"] == "/dev/fuse (io_uring not requested)"
 
 
 # ---- queue threads under SCHED_IDLE (shim version 19) --------------------------
