@@ -17,7 +17,7 @@ class DaemonLink:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def sync(self) -> None:
+    def sync(self, bases: bool = True) -> None:
         told = False
 
         def waiting(points: list[str], entries: int) -> None:
@@ -27,7 +27,7 @@ class DaemonLink:
                       f"({entries:,} entries walked so far)", file=sys.stderr, flush=True)
                 told = True
 
-        control.sync(self.session, waiting)
+        control.sync(self.session, waiting, bases=bases)
 
     def changed(self, paths: Iterable[str] | None) -> None:
         control.notify_changed(self.session, paths)

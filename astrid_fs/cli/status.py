@@ -1,11 +1,17 @@
 """`astrid-fs status`: every session, whether its mount is alive, its
 change and conflict counts, interrupted work, recorded remote mounts and
-the data path its daemon serves files by."""
+the data path its daemon serves files by.
+
+Quick by design: it never walks a mounted source to record the session's
+base (a bucket of a million keys is minutes of LISTs) nor waits for the
+daemon's walk; such a point is listed as pending, and conflicts under it
+show once a review verb (`diff`) took its base."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 from typing import Any
 
 from astrid_fs.cli.daemonlink import DaemonLink
@@ -17,6 +23,7 @@ from astrid_fs.mounttable import MountTable
 from astrid_fs.review import journal
 from astrid_fs.review.changes import Change
 from astrid_fs.review.changeset import session_changes
+from astrid_fs.review.remotebase import pending_points
 from astrid_fs.session import Session, list_sessions, sessions_dir
 
 
@@ -39,6 +46,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "conflicts": None if changes is None else sum(1 for c in changes if c.conflict),
             "interrupted": _interrupted(session),
             "mounts": _recorded_mounts(session),
+            "base_pending": _base_pending(session),
             "data_path": _data_path(session) if alive else None,
         })
     if args.json:
@@ -65,6 +73,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for m in r["mounts"]:
             flags = " (read-only)" if m["read_only"] else ""
             print(f"{'':<{width}}    {m['path']} <- {m['source']}{flags}")
+        for point in r["base_pending"]:
+            print(f"{'':<{width}}    base of {point} not taken yet: conflicts there show "
+                  "once `astrid-fs diff` takes it")
     return 0
 
 
@@ -85,10 +96,18 @@ def _changes(session: Session, mounted: bool) -> list[Change] | None:
     cannot be read now, e.g. the lower vanished or a source is unreachable)."""
     try:
         if mounted:
-            return session_changes(session, DaemonLink(session))
-        return session_changes(session)
+            return session_changes(session, DaemonLink(session), bases=False)
+        return session_changes(session, bases=False)
     except (OSError, AstridFsError, DriverError):
         return None
+
+
+def _base_pending(session: Session) -> list[str]:
+    """Mount points whose base no walk has recorded yet (review/remotebase.py)."""
+    try:
+        return pending_points(session.root)
+    except sqlite3.Error:
+        return []  # (its change count reads "?": the scan needs the index too)
 
 
 def _interrupted(session: Session) -> list[str]:

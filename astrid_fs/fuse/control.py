@@ -63,14 +63,15 @@ def held_upper_inodes(session: Session) -> frozenset[int]:
     return frozenset(reply.get("upper_inodes", ()) if reply else ())
 
 
-def sync(session: Session, waiting: Callable[[list[str], int], None] | None = None) -> None:
+def sync(session: Session, waiting: Callable[[list[str], int], None] | None = None,
+         bases: bool = True) -> None:
     """Ask a mounted session's daemon to make the upper layer current on disk
     (flushes data the kernel still caches) before it is read directly, and
-    to finish recording the base of its mounted sources (asked again while
-    the daemon says some are pending; `waiting(points, entries walked)` is
-    told each time). A walk that failed raises MountError."""
+    with `bases` to finish recording the base of its mounted sources (asked
+    again while the daemon says some are pending; `waiting(points, entries
+    walked)` is told each time). A walk that failed raises MountError."""
     while True:
-        reply = request(session, {"op": "sync"})
+        reply = request(session, {"op": "sync", "bases": bases})
         pending = [] if reply is None else reply.get("base_pending") or []
         if reply is None or not pending:
             return

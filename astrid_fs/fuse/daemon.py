@@ -8,7 +8,8 @@ While serving it answers JSON-line requests on a control socket:
 `{"op": "ping"}`, `{"op": "stats"}` (request counters), `{"op": "invalidate",
 "paths": null}`, `{"op": "sync"}` (which also waits, up to `BASE_WAIT_S`, for
 the background walk that records the base of mounted sources,
-review/remotebase.py, and says what is still pending).
+review/remotebase.py, and says what is still pending; not with `"bases":
+false`).
 """
 
 from __future__ import annotations
@@ -289,8 +290,8 @@ class Daemon:
             # in the upper files once write() returned, and base content in
             # its pack once kept (overlay/basecontent.py); make it durable.
             await trio.to_thread.run_sync(os.sync)
-            if self.base_walker is None:
-                return {"ok": True}
+            if self.base_walker is None or not request.get("bases", True):
+                return {"ok": True}  # (`astrid-fs status` neither walks nor waits)
             state = await trio.to_thread.run_sync(self.base_walker.wait, BASE_WAIT_S)
             if state.error is not None:
                 return {"ok": False, "error": f"cannot record the session's base of "

@@ -62,12 +62,17 @@ def check_lower_usable(session: Session) -> None:
                            "(no such directory); nothing was changed")
 
 
-def session_changes(session: Session, mount: MountLink = UNMOUNTED) -> list[Change]:
+def session_changes(session: Session, mount: MountLink = UNMOUNTED,
+                    bases: bool = True) -> list[Change]:
     """Every change of `session`, with conflicts marked. Flushes the mount
-    first (`mount`; without one the upper is read as it is on disk)."""
-    mount.sync()  # (a mounted session's daemon finishes its base walk here)
+    first (`mount`; without one the upper is read as it is on disk). Without
+    `bases` the base of a mounted source not walked yet stays so (no walk, no
+    wait: `astrid-fs status`), and no conflict is known under it but those
+    a copy-up's origin shows."""
+    mount.sync(bases)  # (a mounted session's daemon finishes its base walk here)
     check_lower_usable(session)
-    complete_pending(session.root, session.lower)  # (a walk no daemon finished)
+    if bases:
+        complete_pending(session.root, session.lower)  # (a walk no daemon finished)
     local = scan(session.upper, session.lower, session.xattrs)
     index = open_index(session.root)
     lowers = open_lowers(session)

@@ -24,8 +24,10 @@ from astrid_fs.session import Session
 class MountLink(Protocol):
     """The mount of one session, as the review verbs use it."""
 
-    def sync(self) -> None:
-        """Make the upper layer current on disk (no-op when not mounted)."""
+    def sync(self, bases: bool = True) -> None:
+        """Make the upper layer current on disk (no-op when not mounted),
+        and with `bases` wait until the base of every mounted source is
+        recorded (review/remotebase.py)."""
 
     def changed(self, paths: Iterable[str] | None) -> None:
         """The layers changed at these session paths (None: anywhere): drop
@@ -38,7 +40,7 @@ class MountLink(Protocol):
 class Unmounted:
     """The link of a session nobody mounts: nothing to flush or tell."""
 
-    def sync(self) -> None:
+    def sync(self, bases: bool = True) -> None:
         return None
 
     def changed(self, paths: Iterable[str] | None) -> None:

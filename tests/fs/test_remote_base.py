@@ -343,3 +343,37 @@ def test_a_walk_that_fails_fails_the_verb_in_one_line_and_is_retried(
     finally:
         target.close()
 
+
+
+def test_status_neither_walks_nor_waits_for_a_pending_base(
+        s3: S3Target, s3_env: None, tmp_path: Path, mount_session: Mount) -> None:
+    """`astrid-fs status` is what a user runs casually: it lists the
+    session's changes and says which bases are pending, but lists no
+    directory of the bucket (a walk of a big one is minutes of LISTs),
+    mounted or not. The next `diff` walks as before."""
+    s3.put("data/x.csv", b"v1\n")
+    s3.put_many([f"data/many/k{i:03d}" for i in range(50)])
+    s = _mount(s3, tmp_path, mount_session)
+    (s.mnt / "mnt" / "s3" / "data" / "new.csv").write_text("new\n")
+
+    def listings(since: int) -> int:
+        return sum(s3.listings_of(d, since) for d in ("", "data/", "data/many/"))
+
+    for mounted in (True, False):
+        since = s3.settle_log()
+        rows = json.loads(s.cli("status", "--json").stdout)["sessions"]
+        row = next(r for r in rows if r["name"] == s.name)
+        assert (row["mounted"], row["changes"], row["base_pending"]) == (mounted, 1, ["mnt/s3"])
+        text = s.cli("status").stdout
+        assert "base of mnt/s3 not taken yet" in text
+        s3.settle_log()
+        assert listings(since) == 0
+        assert pending_points(s.root) == ["mnt/s3"]
+        if mounted:
+            s.umount()
+    since = s3.settle_log()
+    assert "A  mnt/s3/data/new.csv" in s.cli("diff", s.name).stdout.splitlines()
+    s3.settle_log()
+    assert listings(since) > 0 and pending_points(s.root) == []
+    row = json.loads(s.cli("status", "--json").stdout)["sessions"][0]
+    assert row["base_pending"] == []
