@@ -2,14 +2,15 @@
 # Run an already-built pjdfstest (github pjd/pjdfstest) inside a mounted filesystem.
 #
 #   scripts/conformance/pjdfstest.sh PJD_DIR MOUNTED_DIR [--out DIR] [--keep] [--timeout SECS]
-#                                    [--mount [--passthrough] [--io-uring]] [TEST_PATH...]
+#                                    [--mount [--passthrough] [--io-uring|--no-io-uring]] [TEST_PATH...]
 #
 # --mount: MOUNTED_DIR is an empty directory; mount a fresh astrid-fs there first (the
 # mount helper, `mount -t fuse.astrid-fs`, over an empty lower in a temporary
 # directory) and unmount it afterwards. --passthrough adds `-o passthrough` (FUSE
 # passthrough for upper files) and fails unless the daemon's log says the kernel
-# serves them. --io-uring adds `-o io_uring` (FUSE over io_uring) and fails unless
-# the daemon's ring threads (`astrid-ring*`) run.
+# serves them. --io-uring adds `-o io_uring` (FUSE over io_uring, also the mount's
+# default where the kernel offers it) and fails unless the daemon's ring threads
+# (`astrid-ring*`) run; --no-io-uring adds `-o no_io_uring` (/dev/fuse).
 #
 # PJD_DIR is a pjdfstest work tree where `make pjdfstest` has already been run (this
 # script neither fetches nor builds it). The suite runs as root with `prove -rv
@@ -51,6 +52,7 @@ while [ $# -gt 0 ]; do
         --mount) MOUNT=1; shift ;;
         --passthrough) PASSTHROUGH=1; shift ;;
         --io-uring) IO_URING=1; shift ;;
+        --no-io-uring) IO_URING=2; shift ;;
         --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
         -h|--help) usage ;;
         -*) echo "pjdfstest: unknown option $1" >&2; exit 2 ;;
@@ -77,6 +79,7 @@ if [ "$MOUNT" = 1 ]; then
     OPTS="lowerdir=$LAYERS/lower,upperdir=$LAYERS/upper,workdir=$LAYERS/work"
     [ "$PASSTHROUGH" = 1 ] && OPTS="$OPTS,passthrough"
     [ "$IO_URING" = 1 ] && OPTS="$OPTS,io_uring"
+    [ "$IO_URING" = 2 ] && OPTS="$OPTS,no_io_uring"
     mount -t fuse.astrid-fs astrid-fs "$MNT" -o "$OPTS" || {
         echo "pjdfstest: mount -t fuse.astrid-fs failed (is astrid-fs on mount.fuse3's PATH?)" >&2
         rm -rf "$LAYERS"; exit 1; }

@@ -3,7 +3,7 @@
 # test by test against kernel overlayfs, fuse-overlayfs or astrid-fs.
 #
 #   scripts/conformance/unionmount.sh SUITE_DIR [--fs astrid-fs|fuse-overlayfs|kernel] [--xdev]
-#                                     [--ov=N] [--passthrough] [--io-uring] [--out DIR]
+#                                     [--ov=N] [--passthrough] [--io-uring|--no-io-uring] [--out DIR]
 #                                     [--timeout SECS]
 #                                     [TEST...]
 #
@@ -27,7 +27,9 @@
 # UNIONMOUNT_MNTOPTIONS), so upper files are served by FUSE passthrough
 # (fuse/passthrough.py); the daemon falls back to its own path where the kernel refuses.
 # --io-uring (astrid-fs only): every mount gets `-o io_uring` the same way (FUSE over
-# io_uring, fuse/io_uring.py); /dev/fuse where the kernel does not offer it.
+# io_uring, fuse/io_uring.py); /dev/fuse where the kernel does not offer it. That is
+# also the default without the option; --no-io-uring (`-o no_io_uring`) asks for
+# /dev/fuse.
 # mount.fuse3 runs NAME from a fixed PATH, so for astrid-fs an `astrid-fs` program
 # must be reachable in /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin.
 #
@@ -64,6 +66,7 @@ while [ $# -gt 0 ]; do
         --xdev) XDEV=1; shift ;;
         --passthrough) PASSTHROUGH=1; shift ;;
         --io-uring) IO_URING=1; shift ;;
+        --no-io-uring) IO_URING=2; shift ;;
         --ov=*) LAYERS=${1#--ov=}; shift ;;
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
@@ -113,6 +116,7 @@ TAG=$FS
 [ "$XDEV" = 1 ] && TAG="$TAG-xdev"
 [ "$PASSTHROUGH" = 1 ] && TAG="$TAG-pt"
 [ "$IO_URING" = 1 ] && TAG="$TAG-uring"
+[ "$IO_URING" = 2 ] && TAG="$TAG-devfuse"
 OUT=${OUT:-/tmp/astrid-conformance/unionmount-$TAG}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -131,6 +135,7 @@ unset UNIONMOUNT_LOWERDIR UNIONMOUNT_MNTOPTIONS
 OPTS=rw
 [ "$PASSTHROUGH" = 1 ] && OPTS="$OPTS,passthrough"
 [ "$IO_URING" = 1 ] && OPTS="$OPTS,io_uring"
+[ "$IO_URING" = 2 ] && OPTS="$OPTS,no_io_uring"
 [ "$OPTS" = rw ] || export UNIONMOUNT_MNTOPTIONS=$OPTS
 
 cleanup() {
