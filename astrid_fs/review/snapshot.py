@@ -155,8 +155,10 @@ def take_snapshot(session: Session, name: str = "", reason: str = "",
     """`snapshot` with the session lock held by the caller; `reason` marks
     the automatic snapshot a destructive verb takes before it acts. `steps`
     counts each entry copied (crash tests); a crash leaves `.tmp-N`, which
-    the next command removes: the snapshot exists whole or not at all."""
-    link_for(session, mount).sync()
+    the next command removes: the snapshot exists whole or not at all.
+    Takes the upper only: a mounted source's base is not waited for (the
+    recorder snapshots after every event that changed files)."""
+    link_for(session, mount).sync(bases=False)
     snaps = list_snapshots(session)
     if name and any(s.name == name for s in snaps):
         raise UsageError(f"session {session.name} already has a snapshot named {name!r}")

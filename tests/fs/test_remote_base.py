@@ -377,3 +377,19 @@ def test_status_neither_walks_nor_waits_for_a_pending_base(
     assert listings(since) > 0 and pending_points(s.root) == []
     row = json.loads(s.cli("status", "--json").stdout)["sessions"][0]
     assert row["base_pending"] == []
+
+
+def test_a_snapshot_does_not_wait_for_the_base(
+        s3: S3Target, s3_env: None, tmp_path: Path, mount_session: Mount) -> None:
+    """The kernel's recorder snapshots the session after every event that
+    changed files: a snapshot takes the upper only, so it neither makes the
+    daemon walk the bucket nor waits for it."""
+    s3.put_many([f"data/many/k{i:03d}" for i in range(50)])
+    s = _mount(s3, tmp_path, mount_session)
+    (s.mnt / "mnt" / "s3" / "data" / "new.csv").write_text("new\n")
+    since = s3.settle_log()
+    s.cli("snapshot", s.name, "--name", "bus-1")
+    s3.settle_log()
+    assert sum(s3.listings_of(d, since) for d in ("", "data/", "data/many/")) == 0
+    assert pending_points(s.root) == ["mnt/s3"]
+    assert "bus-1" in s.cli("log", s.name).stdout
