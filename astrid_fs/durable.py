@@ -6,10 +6,27 @@ new one at `path`, never a torn mix, and the rename itself is on disk.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import stat
 from pathlib import Path
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sync_fs(path: str | os.PathLike[str]) -> None:
+    """syncfs(2) the filesystem holding directory `path`: every write to it
+    so far is durable (and no other filesystem is waited for, as sync(2)
+    would). One call replaces an fsync per staged file (same guarantee
+    before a rename)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), os.fspath(path))
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

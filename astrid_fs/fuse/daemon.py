@@ -32,6 +32,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from astrid_fs.durable import sync_fs
 from astrid_fs.fuse.config import DaemonConfig
 from astrid_fs.fuse.extra_ops import register as register_extra_ops
 from astrid_fs.fuse.first_write import FirstWrites
@@ -288,8 +289,11 @@ class Daemon:
         if op == "sync":
             # Nothing is buffered in the daemon (no writeback cache): data is
             # in the upper files once write() returned, and base content in
-            # its pack once kept (overlay/basecontent.py); make it durable.
-            await trio.to_thread.run_sync(os.sync)
+            # its pack once kept (overlay/basecontent.py, in the work dir on
+            # the upper's file system); make it durable. syncfs, not sync:
+            # a review verb must not wait for every other file system's
+            # dirty pages (a big copy to a slow disk elsewhere).
+            await trio.to_thread.run_sync(self._sync_layers)
             if self.base_walker is None or not request.get("bases", True):
                 return {"ok": True}  # (`astrid-fs status` neither walks nor waits)
             state = await trio.to_thread.run_sync(self.base_walker.wait, BASE_WAIT_S)
@@ -298,6 +302,16 @@ class Daemon:
                         f"{', '.join(state.pending)}: {state.error}"}
             return {"ok": True, "base_pending": state.pending, "base_entries": state.entries}
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def _sync_layers(self) -> None:
+        """syncfs of the file systems holding the upper and the work dir
+        (the session's base-content pack is beside them)."""
+        seen = set()
+        for path in (self.config.upper, self.config.tmp):
+            dev = os.stat(path).st_dev
+            if dev not in seen:
+                seen.add(dev)
+                sync_fs(path)
 
     def _transport(self) -> str:
         if self.io_uring is None:

@@ -25,7 +25,6 @@ every record past `prepared` and rolls back the others.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import shutil
@@ -33,7 +32,7 @@ import stat
 from dataclasses import replace
 from typing import Any
 
-from astrid_fs.durable import fsync_dir
+from astrid_fs.durable import fsync_dir, sync_fs
 from astrid_fs.errors import SessionError
 from astrid_fs.overlay.layers import lstat_or_none
 from astrid_fs.overlay.whiteout import Origin, OverlayXattrs, get_redirect, is_opaque
@@ -67,21 +66,6 @@ __all__ = [  # (the journal's records and steps are used through this module)
     "ops_path", "pending", "prune_dir", "record_path", "recover", "roll_back", "run", "save",
     "save_ops", "sync_fs",
 ]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def sync_fs(path: str | os.PathLike[str]) -> None:
-    """syncfs(2) the filesystem holding `path`: every write so far is durable.
-    One call replaces an fsync per staged file (same guarantee before rename)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), os.fspath(path))
-    finally:
-        os.close(fd)
 
 
 def _exists(path: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from astrid_fs.review.commit import commit
 from astrid_fs.review.journal import CRASH_ENV, CRASH_EXIT
 from astrid_fs.review.mountlink import Unmounted
 from astrid_fs.session import Session
-from tests.support.mounts import MountedSession, run_cli
+from tests.support.mounts import MountedSession, missing_part, run_cli
 
 Mount = Callable[..., MountedSession]
 
@@ -95,3 +96,44 @@ def test_a_landed_commit_is_not_reported_failed_when_the_mount_cannot_be_told(
     result = commit(session, [], mount=Silent())
     assert (lower / "a.txt").read_text() == "a\n"
     assert result.warning is not None and "committed, but" in result.warning
+
+
+def _sectors_written(device: str) -> int:
+    """Sectors written to block device /dev/NAME so far (its stat file)."""
+    fields = Path(f"/sys/block/{Path(device).name}/stat").read_text().split()
+    return int(fields[6])
+
+
+def test_review_verbs_flush_the_sessions_file_system_not_every_one(
+        mount_session: Mount, tmp_path: Path) -> None:
+    """The daemon makes the upper durable before a review verb reads it with
+    syncfs of the upper's file system, not sync(2): `status`, `diff` or a
+    snapshot (the kernel's recorder takes one per event) must not wait for
+    another file system's dirty pages, say a big copy to a slow disk. Dirty
+    data on a second file system (a loop-mounted ext4 without a journal, so
+    no commit of its own flushes it) stays unwritten across them."""
+    s = mount_session()
+    (s.mnt / "new.txt").write_text("new\n")
+    image, other = tmp_path / "other.img", tmp_path / "other"
+    other.mkdir()
+    with image.open("wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], check=True,
+                   capture_output=True)
+    done = subprocess.run(["mount", "-o", "loop", str(image), str(other)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        missing_part(f"loop devices: {done.stderr.strip()}")
+    try:
+        device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(other)], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        (other / "dirty").write_bytes(os.urandom(8 << 20))
+        before = _sectors_written(device)
+        assert _row(s.home)["changes"] == 1
+        assert s.cli("diff", s.name).stdout == "A  new.txt\n"
+        s.cli("snapshot", s.name)
+        assert _sectors_written(device) == before  # sync(2) would write 16,384 and more
+        os.sync()
+        assert _sectors_written(device) >= before + (8 << 20) // 512  # (the probe works)
+    finally:
+        subprocess.run(["umount", str(other)], check=False)
