@@ -79,7 +79,8 @@ def shim_version() -> int:
     (passthrough.py, io_uring.py); 21: queue threads open the lower files part
     12 found for their first READs, and IOCTLs are answered ENOTTY in C;
     22: the daemon's full listings count down the shim's count
-    (`astrid_lk_full_take`, lookup_table.py)."""
+    (`astrid_lk_full_take`, lookup_table.py); 23: queue threads under
+    SCHED_OTHER unless ASTRID_FS_RING_IDLE=1 (io_uring.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

@@ -22,6 +22,7 @@ WORKLOADS = [
     "stat warm",
     "grep cold",
     "grep warm",
+    "grep busy",
     "copy-up",
     "append upper",
     "git status first",
@@ -83,6 +84,24 @@ def measure(fn: Callable[[], None], runs: int, cold: bool,
     return out
 
 
+def busy_cold(fn: Callable[[], None], runs: int) -> list[float]:
+    """`fn` timed after dropping caches, with a busy loop on every CPU (a
+    build beside the agent's reads): a daemon thread that waited on the disk
+    then competes with them for its CPU."""
+    out = []
+    for _ in range(runs):
+        drop_caches()
+        hogs = [subprocess.Popen(["sh", "-c", "while :; do :; done"])
+                for _ in range(os.cpu_count() or 1)]
+        try:
+            out.append(timed(fn))
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+    return out
+
+
 def git_status(repo: Path) -> Callable[[], None]:
     argv = ["git", "-c", f"safe.directory={repo}", "-C", str(repo), "status", "--porcelain"]
     return cmd(argv)
@@ -110,6 +129,7 @@ def run_leg(leg: Leg, sizes: Sizes, only: set[str]) -> dict[str, list[float]]:
             ("stat warm", lambda: measure(stat_all, runs, cold=False)),
             ("grep cold", lambda: measure(grep, runs, cold=True)),
             ("grep warm", lambda: measure(grep, runs, cold=False)),
+            ("grep busy", lambda: busy_cold(grep, runs)),
             ("git status warm",
              lambda: measure(git_status(root / "git"), runs, cold=False)),
         ]

@@ -173,7 +173,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 22; }
+int astrid_fuse_shim_loaded(void) { return 23; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -3302,11 +3302,19 @@ static void ur_arrived(struct ur_queue *u, struct ur_ent *e)
  * The thread runs whenever its CPU has nothing else to run, which is when
  * its caller waits; under CPU hogs on every CPU, writes measured the same
  * latencies (median 11-13 us, worst 5-12 ms) as SCHED_OTHER queue threads.
+ *
+ * Version 23: SCHED_OTHER again by default (`ASTRID_FS_RING_IDLE=1` asks for
+ * SCHED_IDLE). Appends do not show it, but a request whose answer waits on
+ * the disk does: the queue thread wakes from the read into a CPU a busy task
+ * holds, and under SCHED_IDLE waits out that task's slice. A cold `grep -r`
+ * over 20,000 files with a busy loop on every CPU (a build beside the agent's
+ * reads) took 50-58 s under SCHED_IDLE, 2.3 s under SCHED_OTHER, 5.0 s over
+ * /dev/fuse and 2.0 s native (2026-12-03 23:19, benchmarks.md "Busy CPUs").
  */
 static int ur_idle_policy(void)
 {
     const char *env = getenv("ASTRID_FS_RING_IDLE");
-    return !env || strcmp(env, "0") != 0;
+    return env && strcmp(env, "1") == 0;
 }
 
 static void *ur_thread(void *arg)
