@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-APT_PACKAGES=(gcc python3-dev python3-venv fuse3 libfuse3-dev pkg-config attr fuse-overlayfs rsync git sqlite3 hyperfine)
+APT_PACKAGES=(gcc python3-dev python3-venv fuse3 libfuse3-dev pkg-config attr fuse-overlayfs rsync git sqlite3 hyperfine e2fsprogs mount)
 
 sudo_cmd() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
