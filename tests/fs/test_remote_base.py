@@ -345,6 +345,12 @@ def test_a_walk_that_fails_fails_the_verb_in_one_line_and_is_retried(
 
 
 
+def _walk_listings(s3: S3Target, since: int) -> int:
+    """Directory LISTs of the bucket's tree (what a base walk makes) since log
+    line `since`."""
+    return sum(s3.listings_of(d, since) for d in ("", "data/", "data/many/"))
+
+
 def test_status_neither_walks_nor_waits_for_a_pending_base(
         s3: S3Target, s3_env: None, tmp_path: Path, mount_session: Mount) -> None:
     """`astrid-fs status` is what a user runs casually: it lists the
@@ -355,10 +361,6 @@ def test_status_neither_walks_nor_waits_for_a_pending_base(
     s3.put_many([f"data/many/k{i:03d}" for i in range(50)])
     s = _mount(s3, tmp_path, mount_session)
     (s.mnt / "mnt" / "s3" / "data" / "new.csv").write_text("new\n")
-
-    def listings(since: int) -> int:
-        return sum(s3.listings_of(d, since) for d in ("", "data/", "data/many/"))
-
     for mounted in (True, False):
         since = s3.settle_log()
         rows = json.loads(s.cli("status", "--json").stdout)["sessions"]
@@ -367,14 +369,14 @@ def test_status_neither_walks_nor_waits_for_a_pending_base(
         text = s.cli("status").stdout
         assert "base of mnt/s3 not taken yet" in text
         s3.settle_log()
-        assert listings(since) == 0
+        assert _walk_listings(s3, since) == 0
         assert pending_points(s.root) == ["mnt/s3"]
         if mounted:
             s.umount()
     since = s3.settle_log()
     assert "A  mnt/s3/data/new.csv" in s.cli("diff", s.name).stdout.splitlines()
     s3.settle_log()
-    assert listings(since) > 0 and pending_points(s.root) == []
+    assert _walk_listings(s3, since) > 0 and pending_points(s.root) == []
     row = json.loads(s.cli("status", "--json").stdout)["sessions"][0]
     assert row["base_pending"] == []
 
@@ -390,6 +392,6 @@ def test_a_snapshot_does_not_wait_for_the_base(
     since = s3.settle_log()
     s.cli("snapshot", s.name, "--name", "bus-1")
     s3.settle_log()
-    assert sum(s3.listings_of(d, since) for d in ("", "data/", "data/many/")) == 0
+    assert _walk_listings(s3, since) == 0
     assert pending_points(s.root) == ["mnt/s3"]
     assert "bus-1" in s.cli("log", s.name).stdout
