@@ -295,7 +295,7 @@ class Daemon:
             # dirty pages (a big copy to a slow disk elsewhere).
             await trio.to_thread.run_sync(self._sync_layers)
             if self.base_walker is None or not request.get("bases", True):
-                return {"ok": True}  # (`astrid-fs status` neither walks nor waits)
+                return {"ok": True}  # (status and snapshot: no walk, no wait)
             state = await trio.to_thread.run_sync(self.base_walker.wait, BASE_WAIT_S)
             if state.error is not None:
                 return {"ok": False, "error": f"cannot record the session's base of "
