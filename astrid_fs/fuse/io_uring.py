@@ -17,6 +17,8 @@ The kernel offers it only while `/sys/module/fuse/parameters/enable_uring`
 is Y. That switch only lets FUSE servers ask; it changes nothing for a server
 that does not. A root daemon asked for io_uring sets it (and says so in its
 log); anyone else gets /dev/fuse, with the reason in `astrid-fs status`.
+Mounts ask for it by default (fuse/config.py `io_uring_requested`;
+`--no-io-uring` or ASTRID_FS_IO_URING=0 do not).
 """
 
 from __future__ import annotations
