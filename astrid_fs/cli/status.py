@@ -23,6 +23,7 @@ from astrid_fs.mounttable import MountTable
 from astrid_fs.review import journal
 from astrid_fs.review.changes import Change
 from astrid_fs.review.changeset import session_changes
+from astrid_fs.review.mountlink import UNMOUNTED
 from astrid_fs.review.remotebase import pending_points
 from astrid_fs.session import Session, list_sessions, sessions_dir
 
@@ -95,9 +96,8 @@ def _changes(session: Session, mounted: bool) -> list[Change] | None:
     mounted sources, after flushing a live mount (None if the session's layers
     cannot be read now, e.g. the lower vanished or a source is unreachable)."""
     try:
-        if mounted:
-            return session_changes(session, DaemonLink(session), bases=False)
-        return session_changes(session, bases=False)
+        return session_changes(session, DaemonLink(session) if mounted else UNMOUNTED,
+                               bases=False)
     except (OSError, AstridFsError, DriverError):
         return None
 

@@ -16,25 +16,24 @@ from astrid_fs.overlay.whiteout import XattrNs
 ENV = "ASTRID_FS_PASSTHROUGH"
 #: Environment variable turning FUSE over io_uring off by default (io_uring.py).
 IO_URING_ENV = "ASTRID_FS_IO_URING"
+_ON = ("1", "yes", "on", "true")
 _OFF = ("0", "no", "off", "false")
 
 
-def _env_flag(name: str, env: dict[str, str] | None) -> bool:
-    value = (os.environ if env is None else env).get(name, "")
-    return value.lower() in ("1", "yes", "on", "true")
+def _env_word(name: str, env: dict[str, str] | None) -> str:
+    return (os.environ if env is None else env).get(name, "").strip().lower()
 
 
 def requested(env: dict[str, str] | None = None) -> bool:
     """Whether ASTRID_FS_PASSTHROUGH asks for passthrough by default."""
-    return _env_flag(ENV, env)
+    return _env_word(ENV, env) in _ON
 
 
 def io_uring_requested(env: dict[str, str] | None = None) -> bool:
     """Whether a mount asks for FUSE over io_uring by default: yes, unless
     ASTRID_FS_IO_URING says 0/no/off/false. (Asking is safe: where the kernel
     has no io_uring for FUSE the mount serves /dev/fuse and says why.)"""
-    value = (os.environ if env is None else env).get(IO_URING_ENV, "")
-    return value.strip().lower() not in _OFF
+    return _env_word(IO_URING_ENV, env) not in _OFF
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from fs_dataset import MIB, NEEDLE, Sizes, drop_caches, log
@@ -71,7 +73,11 @@ def timed(fn: Callable[[], None]) -> float:
 
 
 def measure(fn: Callable[[], None], runs: int, cold: bool,
-            before: Callable[[], None] | None = None) -> list[float]:
+            before: Callable[[], None] | None = None,
+            during: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+            ) -> list[float]:
+    """`runs` times of `fn` (after a warm-up run unless `cold`, which drops
+    the caches before each); `during()` is entered around each timed run."""
     out = []
     if not cold:
         fn()  # warm-up
@@ -80,26 +86,23 @@ def measure(fn: Callable[[], None], runs: int, cold: bool,
             before()
         if cold:
             drop_caches()
-        out.append(timed(fn))
-    return out
-
-
-def busy_cold(fn: Callable[[], None], runs: int) -> list[float]:
-    """`fn` timed after dropping caches, with a busy loop on every CPU (a
-    build beside the agent's reads): a daemon thread that waited on the disk
-    then competes with them for its CPU."""
-    out = []
-    for _ in range(runs):
-        drop_caches()
-        hogs = [subprocess.Popen(["sh", "-c", "while :; do :; done"])
-                for _ in range(os.cpu_count() or 1)]
-        try:
+        with during():
             out.append(timed(fn))
-        finally:
-            for hog in hogs:
-                hog.kill()
-                hog.wait()
     return out
+
+
+@contextlib.contextmanager
+def busy_cpus() -> Iterator[None]:
+    """A busy loop on every CPU (a build beside the agent's reads): a daemon
+    thread that waited on the disk then competes with them for its CPU."""
+    hogs = [subprocess.Popen(["sh", "-c", "while :; do :; done"])
+            for _ in range(os.cpu_count() or 1)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 def git_status(repo: Path) -> Callable[[], None]:
@@ -129,7 +132,7 @@ def run_leg(leg: Leg, sizes: Sizes, only: set[str]) -> dict[str, list[float]]:
             ("stat warm", lambda: measure(stat_all, runs, cold=False)),
             ("grep cold", lambda: measure(grep, runs, cold=True)),
             ("grep warm", lambda: measure(grep, runs, cold=False)),
-            ("grep busy", lambda: busy_cold(grep, runs)),
+            ("grep busy", lambda: measure(grep, runs, cold=True, during=busy_cpus)),
             ("git status warm",
              lambda: measure(git_status(root / "git"), runs, cold=False)),
         ]

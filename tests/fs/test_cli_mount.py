@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.mounts import MountedSession, mounted_points, require_fuse, run_cli
+from tests.support.mounts import (
+    MountedSession,
+    mounted_points,
+    require_fuse,
+    ring_threads,
+    run_cli,
+)
 
 Mount = Callable[..., MountedSession]
 
@@ -187,15 +193,11 @@ def test_umount_of_unmounted_target(dirs: tuple[Path, Path, Path]) -> None:
 def _ring_threads(mnt: Path) -> list[str]:
     """The io_uring queue threads of the daemon serving `mnt` (its command
     line carries the mount point)."""
-    names = []
+    names: list[str] = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if str(mnt).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-                if name.startswith("astrid-ring"):
-                    names.append(name)
+            if str(mnt).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                names += ring_threads(int(pid))
         except OSError:
             continue
     return names

@@ -21,7 +21,7 @@ import pytest
 
 from astrid_fs.fuse.config import io_uring_requested
 from astrid_fs.fuse.io_uring import kernel_switch
-from tests.support.mounts import MountedSession, missing_part, run_cli
+from tests.support.mounts import MountedSession, missing_part, ring_threads, run_cli
 
 MountFactory = Callable[..., MountedSession]
 FILES = 120
@@ -195,13 +195,7 @@ def test_a_mount_serves_io_uring_by_default_and_dev_fuse_when_told(
 
 def ring_policies(s: MountedSession) -> dict[str, int]:
     """The scheduling policy of each of the daemon's queue threads, by name."""
-    pid = s.control("ping")["pid"]
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-        if name.startswith("astrid-ring"):
-            out[name] = os.sched_getscheduler(int(tid))
-    return out
+    return ring_threads(s.control("ping")["pid"])
 
 
 def test_queue_threads_are_ordinary_threads_by_default(ur: MountedSession) -> None:

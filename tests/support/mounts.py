@@ -51,6 +51,17 @@ def run_cli(*args: str, home: Path, check: bool = True,
     return result
 
 
+def ring_threads(pid: int) -> dict[str, int]:
+    """The io_uring queue threads (`astrid-ring<CPU>`) of daemon `pid`:
+    name -> scheduling policy."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        if name.startswith("astrid-ring"):
+            out[name] = os.sched_getscheduler(int(tid))
+    return out
+
+
 def mounted_points() -> set[str]:
     with open("/proc/self/mountinfo") as f:
         return {line.split()[4] for line in f}
