@@ -80,7 +80,10 @@ def shim_version() -> int:
     12 found for their first READs, and IOCTLs are answered ENOTTY in C;
     22: the daemon's full listings count down the shim's count
     (`astrid_lk_full_take`, lookup_table.py); 23: queue threads under
-    SCHED_OTHER unless ASTRID_FS_RING_IDLE=1 (io_uring.py)."""
+    SCHED_OTHER unless ASTRID_FS_RING_IDLE=1 (io_uring.py); 24: several queue
+    threads per CPU (ASTRID_FS_RING_THREADS), and part 9's lock a
+    reader-writer lock, so reads that wait on the disk run side by side
+    (io_uring.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

@@ -23,6 +23,9 @@ Workloads (each leg sees the same data as its lower layer; native reads it direc
     find cold / warm    `find TREE -name NOMATCH` over ~20k files
     stat cold / warm    `find TREE -printf '%s %m %U %T@'` (lstat of every entry)
     grep cold / warm    `grep -r NEEDLE TREE`
+    grep busy           grep cold with a busy loop on every CPU (a build beside it)
+    read parallel cold  every file of TREE read by 8 processes at once
+                        (`find | xargs -0 -P 8 cat`: a parallel build's reads)
     copy-up             append 1 byte to each of 1,000 lower files (first write)
     append upper        append 1 byte to each of those 1,000 files again (now upper)
     git status first    `git status` in a ~10k-file repository on a fresh mount and

@@ -25,6 +25,7 @@ TARGETS: dict[str, tuple[str, float | str]] = {
     "copy-up": ("at-most", "kernel"),
     "git status first": ("abs", 2.0),
     "grep cold": ("below", "fuse-overlayfs"),
+    "read parallel cold": ("below", "fuse-overlayfs"),
     "find cold": ("below", "fuse-overlayfs"),
     "stat cold": ("below", "fuse-overlayfs"),
     "find warm": ("abs", 1.2),

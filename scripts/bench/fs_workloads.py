@@ -25,6 +25,7 @@ WORKLOADS = [
     "grep cold",
     "grep warm",
     "grep busy",
+    "read parallel cold",
     "copy-up",
     "append upper",
     "git status first",
@@ -123,6 +124,10 @@ def run_leg(leg: Leg, sizes: Sizes, only: set[str]) -> dict[str, list[float]]:
         find = cmd(["find", str(tree), "-name", "nomatch*"])
         stat_all = cmd(["find", str(tree), "-printf", "%s %m %U %T@\n"])
         grep = cmd(["grep", "-r", NEEDLE, str(tree)])
+        # every file of the tree read by 8 processes at once (a parallel
+        # build's or ripgrep's reads: several requests waiting on the disk)
+        read_parallel = cmd(["sh", "-c", 'find "$1" -type f -print0 | '
+                             'xargs -0 -P 8 -n 100 cat > /dev/null', "sh", str(tree)])
         steps: list[tuple[str, Callable[[], list[float]]]] = [
             ("read cold", lambda: measure(lambda: read_file(big), runs, cold=True)),
             ("read warm", lambda: measure(lambda: read_file(big), runs, cold=False)),
@@ -133,6 +138,7 @@ def run_leg(leg: Leg, sizes: Sizes, only: set[str]) -> dict[str, list[float]]:
             ("grep cold", lambda: measure(grep, runs, cold=True)),
             ("grep warm", lambda: measure(grep, runs, cold=False)),
             ("grep busy", lambda: measure(grep, runs, cold=True, during=busy_cpus)),
+            ("read parallel cold", lambda: measure(read_parallel, runs, cold=True)),
             ("git status warm",
              lambda: measure(git_status(root / "git"), runs, cold=False)),
         ]

@@ -190,17 +190,17 @@ def test_umount_of_unmounted_target(dirs: tuple[Path, Path, Path]) -> None:
     one_line_error(run_cli("umount", str(mnt), home=home, check=False), "not mounted")
 
 
-def _ring_threads(mnt: Path) -> list[str]:
+def _ring_threads(mnt: Path) -> list[int]:
     """The io_uring queue threads of the daemon serving `mnt` (its command
     line carries the mount point)."""
-    names: list[str] = []
+    tids: list[int] = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if str(mnt).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                names += ring_threads(int(pid))
+                tids += ring_threads(int(pid))
         except OSError:
             continue
-    return names
+    return tids
 
 
 @pytest.mark.parametrize("extra", ["", ",no_io_uring"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from astrid_fs.review.commit import commit
 from astrid_fs.review.journal import CRASH_ENV, CRASH_EXIT
 from astrid_fs.review.mountlink import Unmounted
 from astrid_fs.session import Session
-from tests.support.mounts import MountedSession, missing_part, run_cli
+from tests.support.mounts import MountedSession, loop_ext4, run_cli
 
 Mount = Callable[..., MountedSession]
 
@@ -114,20 +113,8 @@ def test_review_verbs_flush_the_sessions_file_system_not_every_one(
     no commit of its own flushes it) stays unwritten across them."""
     s = mount_session()
     (s.mnt / "new.txt").write_text("new\n")
-    image, other = tmp_path / "other.img", tmp_path / "other"
-    other.mkdir()
-    with image.open("wb") as f:
-        f.truncate(64 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], check=True,
-                   capture_output=True)
-    done = subprocess.run(["mount", "-o", "loop", str(image), str(other)], capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
-        missing_part(f"loop devices: {done.stderr.strip()}")
-    try:
-        device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(other)], check=True,
-                                capture_output=True, text=True).stdout.strip()
-        (other / "dirty").write_bytes(os.urandom(8 << 20))
+    with loop_ext4(tmp_path / "other.img", tmp_path / "other") as device:
+        (tmp_path / "other" / "dirty").write_bytes(os.urandom(8 << 20))
         before = _sectors_written(device)
         assert _row(s.home)["changes"] == 1
         assert s.cli("diff", s.name).stdout == "A  new.txt\n"
@@ -135,5 +122,3 @@ def test_review_verbs_flush_the_sessions_file_system_not_every_one(
         assert _sectors_written(device) == before  # sync(2) would write 16,384 and more
         os.sync()
         assert _sectors_written(device) >= before + (8 << 20) // 512  # (the probe works)
-    finally:
-        subprocess.run(["umount", str(other)], check=False)

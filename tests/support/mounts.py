@@ -13,6 +13,8 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -51,15 +53,36 @@ def run_cli(*args: str, home: Path, check: bool = True,
     return result
 
 
-def ring_threads(pid: int) -> dict[str, int]:
-    """The io_uring queue threads (`astrid-ring<CPU>`) of daemon `pid`:
-    name -> scheduling policy."""
+def ring_threads(pid: int) -> dict[int, int]:
+    """The io_uring queue threads (`astrid-ring<CPU>`, several per CPU) of
+    daemon `pid`: thread id -> scheduling policy."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
         if name.startswith("astrid-ring"):
-            out[name] = os.sched_getscheduler(int(tid))
+            out[int(tid)] = os.sched_getscheduler(int(tid))
     return out
+
+
+@contextmanager
+def loop_ext4(image: Path, where: Path, mib: int = 64) -> Iterator[str]:
+    """A fresh ext4 without a journal in file `image`, loop-mounted at `where`
+    (a file system of the test's own, to freeze or to watch the writes of);
+    yields its block device. Unmounted at the end."""
+    where.mkdir(exist_ok=True)
+    with image.open("wb") as f:
+        f.truncate(mib << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], check=True,
+                   capture_output=True)
+    done = subprocess.run(["mount", "-o", "loop", str(image), str(where)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        missing_part(f"loop devices: {done.stderr.strip()}")
+    try:
+        yield subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(where)], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
 
 
 def mounted_points() -> set[str]:

@@ -173,7 +173,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 23; }
+int astrid_fuse_shim_loaded(void) { return 24; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -988,7 +988,7 @@ static void shim_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 }
 
 static int rf_read(fuse_req_t req, size_t size, off_t off, const struct fuse_file_info *fi);
-static struct wf_entry *lk_read_entry(uint64_t ino); /* part 12; returns with wf_lock held */
+static struct wf_entry *lk_read_entry(uint64_t ino); /* part 12; returns a wf_get reference */
 static int lk_file_known(uint64_t ino);
 
 static void shim_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -1021,14 +1021,27 @@ struct wf_entry {
     int fd;
     int writable;
     int owned; /* opened by the shim itself (part 12), closed by it */
+    int refs;  /* reads and writes using `fd` now (wf_get) */
+    int gone;  /* out of the table: the last wf_put frees it (and closes an owned fd) */
 };
 #define WF_BUCKETS 4096
 static struct wf_entry *wf_table[WF_BUCKETS];
-/* The daemon changes the table from its trio thread, where libfuse also
- * calls the READ and WRITE handlers; the lock keeps that true if it ever is
- * not: a read or write holds it, so an fd is never closed under one. */
+/* The daemon changes the table from its trio thread; the trio thread's
+ * drain and the queue threads (part 15) read and write through it. The lock
+ * is held only to look an entry up or change the table: a read or write takes
+ * a reference (wf_get) and does its I/O with no lock held, so any number of
+ * threads read and write side by side, and a first READ's new entry never
+ * waits for another thread's read (version 24: the lock was held across the
+ * I/O, and a queue thread's READ that waited on the disk held every other
+ * thread's READ and first READ behind it). An entry taken out of the table
+ * while in use is `gone`: the shim's own fd is closed by its last user; for
+ * the daemon's fd, astrid_fd_set waits for its users (wf_idle), since the
+ * daemon closes that fd as soon as the call returns. */
 static pthread_mutex_t wf_lock = PTHREAD_MUTEX_INITIALIZER;
-static int64_t wf_stats[4]; /* WRITEs answered here, bytes written; READs, bytes read */
+static pthread_cond_t wf_idle = PTHREAD_COND_INITIALIZER;
+static int64_t wf_stats[4]; /* WRITEs answered here, bytes written; READs, bytes read (atomic) */
+
+static void wf_count(int64_t *at, int64_t n) { __atomic_add_fetch(at, n, __ATOMIC_RELAXED); }
 
 static struct wf_entry **wf_slot(uint64_t ino)
 {
@@ -1038,28 +1051,78 @@ static struct wf_entry **wf_slot(uint64_t ino)
     return p;
 }
 
+/* wf_lock held: `ino`'s entry with a reference taken, or NULL. */
+static struct wf_entry *wf_get_locked(uint64_t ino)
+{
+    struct wf_entry *e = *wf_slot(ino);
+    if (e)
+        e->refs++;
+    return e;
+}
+
+static struct wf_entry *wf_get(uint64_t ino)
+{
+    pthread_mutex_lock(&wf_lock);
+    struct wf_entry *e = wf_get_locked(ino);
+    pthread_mutex_unlock(&wf_lock);
+    return e;
+}
+
+/* wf_lock held, `e` out of the table and unused: its end. */
+static void wf_free(struct wf_entry *e)
+{
+    if (e->owned)
+        close(e->fd);
+    free(e);
+}
+
+/* Done with wf_get's entry. */
+static void wf_put(struct wf_entry *e)
+{
+    pthread_mutex_lock(&wf_lock);
+    if (--e->refs == 0 && e->gone) {
+        if (e->owned)
+            wf_free(e);
+        else
+            pthread_cond_broadcast(&wf_idle); /* astrid_fd_set frees it */
+    }
+    pthread_mutex_unlock(&wf_lock);
+}
+
+/* wf_lock held: take the entry at `slot` out of the table. The shim's own
+ * fd is closed now or by its last user; the daemon's is not in use when this
+ * returns (the lock was let go meanwhile if it was). */
+static void wf_remove(struct wf_entry **slot)
+{
+    struct wf_entry *e = *slot;
+    *slot = e->next;
+    if (e->refs == 0) {
+        wf_free(e);
+        return;
+    }
+    e->gone = 1;
+    if (e->owned)
+        return;
+    while (e->refs > 0)
+        pthread_cond_wait(&wf_idle, &wf_lock);
+    free(e);
+}
+
 /* `fd` >= 0: READs of `ino` are read from `fd` from now on, and WRITEs
  * written there if `writable`; `fd` < 0: both go to the daemon again (call
- * before closing the fd). 0 or -ENOMEM. */
+ * before closing the fd). When this returns no read or write uses the fd
+ * it replaced. 0 or -ENOMEM. */
 int astrid_fd_set(uint64_t ino, int fd, int writable)
 {
     int res = 0;
     pthread_mutex_lock(&wf_lock);
-    struct wf_entry **slot = wf_slot(ino);
-    struct wf_entry *e = *slot;
-    if (e && e->owned && e->fd != fd)
-        close(e->fd); /* the shim's own read-only fd (part 12): the daemon's now */
-    if (fd < 0) {
-        if (e) {
-            *slot = e->next;
-            free(e);
-        }
-    } else if (e) {
-        e->fd = fd;
-        e->writable = writable;
-        e->owned = 0;
-    } else {
-        e = calloc(1, sizeof *e);
+    struct wf_entry **slot;
+    /* (a loop: while wf_remove waited, a queue thread may have put the
+     * shim's own fd there, and the daemon's replaces that too) */
+    while (*(slot = wf_slot(ino)))
+        wf_remove(slot);
+    if (fd >= 0) {
+        struct wf_entry *e = calloc(1, sizeof *e);
         if (e) {
             e->ino = ino;
             e->fd = fd;
@@ -1082,18 +1145,16 @@ int astrid_wf_set(uint64_t ino, int fd)
 /* out: WRITEs answered here, bytes they wrote. */
 void astrid_wf_stats(int64_t *out)
 {
-    pthread_mutex_lock(&wf_lock);
-    memcpy(out, wf_stats, 2 * sizeof wf_stats[0]);
-    pthread_mutex_unlock(&wf_lock);
+    for (int i = 0; i < 2; i++)
+        out[i] = __atomic_load_n(&wf_stats[i], __ATOMIC_RELAXED);
 }
 
 /* out: WRITEs answered here, bytes they wrote, READs answered here, bytes
  * they read. */
 void astrid_fd_stats(int64_t *out)
 {
-    pthread_mutex_lock(&wf_lock);
-    memcpy(out, wf_stats, sizeof wf_stats);
-    pthread_mutex_unlock(&wf_lock);
+    for (int i = 0; i < 4; i++)
+        out[i] = __atomic_load_n(&wf_stats[i], __ATOMIC_RELAXED);
 }
 
 /* A by-inode WRITE of a registered inode: written and answered here.
@@ -1123,12 +1184,13 @@ static int wf_write(fuse_req_t req, struct fuse_bufvec *bufv, off_t off,
         return 0;
     if (!wf_ready())
         return 0;
-    pthread_mutex_lock(&wf_lock);
-    struct wf_entry *e = *wf_slot(fi->fh & ASTRID_FH_INO_MASK);
-    if (!e || !e->writable) {
-        pthread_mutex_unlock(&wf_lock);
-        return 0;
+    struct wf_entry *e = wf_get(fi->fh & ASTRID_FH_INO_MASK);
+    if (e && !e->writable) {
+        wf_put(e);
+        e = NULL;
     }
+    if (!e)
+        return 0;
     if (kp_kills) {
         kp_kills = 0;
         kp_kill_fd(e->fd, fi->fh & ASTRID_FH_INO_MASK);
@@ -1139,10 +1201,10 @@ static int wf_write(fuse_req_t req, struct fuse_bufvec *bufv, off_t off,
     dst.buf[0].pos = off;
     ssize_t res = wf_buf_copy(&dst, bufv, 0);
     if (res >= 0) {
-        wf_stats[0]++;
-        wf_stats[1] += res;
+        wf_count(&wf_stats[0], 1);
+        wf_count(&wf_stats[1], res);
     }
-    pthread_mutex_unlock(&wf_lock);
+    wf_put(e);
     if (res < 0)
         send_err(req, (int)-res);
     else
@@ -1184,24 +1246,19 @@ static int rf_read(fuse_req_t req, size_t size, off_t off, const struct fuse_fil
         rf_buf = grown;
         rf_room = size;
     }
-    pthread_mutex_lock(&wf_lock);
-    struct wf_entry *e = *wf_slot(fi->fh & ASTRID_FH_INO_MASK);
-    if (!e) {
-        pthread_mutex_unlock(&wf_lock);
-        e = lk_read_entry(fi->fh & ASTRID_FH_INO_MASK); /* a file part 12 found */
-        if (!e)
-            return 0;
-    }
+    struct wf_entry *e = wf_get(fi->fh & ASTRID_FH_INO_MASK);
+    if (!e && !(e = lk_read_entry(fi->fh & ASTRID_FH_INO_MASK))) /* a file part 12 found */
+        return 0;
     ssize_t got;
     do
         got = pread(e->fd, rf_buf, size, off);
     while (got < 0 && errno == EINTR);
     int err = got < 0 ? errno : 0;
     if (got >= 0) {
-        wf_stats[2]++;
-        wf_stats[3] += got;
+        wf_count(&wf_stats[2], 1);
+        wf_count(&wf_stats[3], got);
     }
-    pthread_mutex_unlock(&wf_lock);
+    wf_put(e);
     if (got < 0)
         send_err(req, err);
     else
@@ -2140,16 +2197,13 @@ static int lk_file_known(uint64_t ino)
     return res;
 }
 
-/* wf_lock held: close the shim's own fd of `ino`, if that is what the table has. */
+/* wf_lock held: the shim's own fd of `ino` out of the table, if that is
+ * what the table has (closed now, or by its last reader). */
 static void lk_owned_close(uint64_t ino)
 {
     struct wf_entry **slot = wf_slot(ino);
-    struct wf_entry *e = *slot;
-    if (e && e->owned) {
-        *slot = e->next;
-        close(e->fd);
-        free(e);
-    }
+    if (*slot && (*slot)->owned)
+        wf_remove(slot);
 }
 
 /* wf_lock held, `ino` not in part 9's table: `fd` (the file part 12 found)
@@ -2182,7 +2236,7 @@ static struct wf_entry *lk_owned_put(uint64_t ino, int fd)
  * 9's table under its lock unless part 12 took anything back meanwhile
  * (lk_gen: a copy-up's astrid_lk_file_drop bumps it before it takes wf_lock
  * to close the shim's fd, so that fd is never put back after it). Returns
- * the entry with wf_lock held, or NULL with no lock held. */
+ * the entry with a reference taken (wf_put it), or NULL: the daemon answers. */
 static struct wf_entry *lk_read_entry(uint64_t ino)
 {
     char path[LK_PATH];
@@ -2197,20 +2251,16 @@ static struct wf_entry *lk_read_entry(uint64_t ino)
     if (fd < 0)
         return NULL; /* the daemon answers (and decides the errno) */
     pthread_mutex_lock(&wf_lock);
-    struct wf_entry *e = *wf_slot(ino);
-    if (e) { /* another thread put an fd there meanwhile */
+    struct wf_entry *e = wf_get_locked(ino);
+    if (e) {
+        close(fd); /* another thread put an fd there meanwhile */
+    } else if (__atomic_load_n(&lk_gen, __ATOMIC_ACQUIRE) != gen) {
         close(fd);
-        return e;
+    } else if ((e = lk_owned_put(ino, fd)) != NULL) { /* (closes it if not) */
+        e->refs++;
     }
-    if (__atomic_load_n(&lk_gen, __ATOMIC_ACQUIRE) != gen) {
-        pthread_mutex_unlock(&wf_lock);
-        close(fd);
-        return NULL;
-    }
-    if ((e = lk_owned_put(ino, fd)) != NULL)
-        return e;
-    pthread_mutex_unlock(&wf_lock); /* (lk_owned_put closed it) */
-    return NULL;
+    pthread_mutex_unlock(&wf_lock);
+    return e;
 }
 
 /* The daemon copied file `ino` up (or it changed otherwise): its READs are
@@ -2934,10 +2984,11 @@ decline:
 #define UR_OPCODE_INIT 26
 #define UR_CMD_REGISTER 1
 #define UR_CMD_COMMIT_AND_FETCH 2
-#define UR_ENTRIES 8
+#define UR_ENTRIES 8       /* ring entries per CPU, shared out among its threads */
+#define UR_THREADS 8       /* queue threads per CPU (ASTRID_FS_RING_THREADS) */
 #define UR_PREFIX 4096     /* room before the payload to rebuild a request */
 #define UR_EV_TAG UINT64_MAX
-#define UR_MAX_QUEUES 256
+#define UR_MAX_QUEUES 256  /* CPUs */
 
 struct ur_header {
     char in_out[128];  /* fuse_in_header in, fuse_out_header out */
@@ -2965,12 +3016,13 @@ struct ur_queue {
     unsigned pending;                /* SQEs filled, not yet submitted */
     uint64_t ev_count;
     struct ur_ent ents[UR_ENTRIES];
+    int nents;                       /* this thread's: UR_ENTRIES / threads per CPU */
     struct ur_ent *commits;          /* replied by the trio thread (ur_lock) */
 };
 
 static size_t ur_payload, ur_bufsize;
-static int ur_nq;
-static struct ur_queue *ur_queues[UR_MAX_QUEUES];
+static int ur_nq;                    /* queue threads, all CPUs' */
+static struct ur_queue *ur_queues[UR_MAX_QUEUES * UR_THREADS];
 static pthread_mutex_t ur_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ur_ent *ur_fwd_head, *ur_fwd_tail;
 /* requests from the rings; answered by a queue thread; forwarded; replies
@@ -3191,20 +3243,20 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
         return 0;
     uint64_t ino = fh ? (fh & ASTRID_FH_INO_MASK) : nodeid;
     char *payload = e->mem + UR_PREFIX;
-    pthread_mutex_lock(&wf_lock); /* held across the I/O: the fd stays open */
-    struct wf_entry *w = *wf_slot(ino);
+    struct wf_entry *w = wf_get(ino); /* (the fd stays open while we use it) */
     if (!w && reading) {
         /* A file part 12 found (version 21): its first READ opens it here,
          * as the drain does, instead of going to the trio thread (a cold
          * `grep -r` sent it 20,000 first READs). */
-        pthread_mutex_unlock(&wf_lock);
         if (!(w = lk_read_entry(ino)))
             return 0;
     }
-    if (!w || (writing && (!w->writable || w->owned))) {
-        pthread_mutex_unlock(&wf_lock);
-        return 0;
+    if (w && writing && (!w->writable || w->owned)) {
+        wf_put(w);
+        w = NULL;
     }
+    if (!w)
+        return 0;
     ssize_t got;
     uint32_t done = 0;
     int err = 0;
@@ -3220,8 +3272,8 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
             done += (uint32_t)got;
         }
         if (!err || done) {
-            wf_stats[0]++;
-            wf_stats[1] += done;
+            wf_count(&wf_stats[0], 1);
+            wf_count(&wf_stats[1], done);
         }
     } else {
         do
@@ -3231,11 +3283,11 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
             err = errno;
         else {
             done = (uint32_t)got;
-            wf_stats[2]++;
-            wf_stats[3] += got;
+            wf_count(&wf_stats[2], 1);
+            wf_count(&wf_stats[3], got);
         }
     }
-    pthread_mutex_unlock(&wf_lock);
+    wf_put(w);
     if (err && !done) {
         ur_reply_err(u, e, unique, err);
         return 1;
@@ -3331,7 +3383,7 @@ static void *ur_thread(void *arg)
         struct sched_param none = { 0 };
         pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
     }
-    for (int i = 0; i < UR_ENTRIES; i++)
+    for (int i = 0; i < u->nents; i++)
         ur_cmd(u, UR_CMD_REGISTER, &u->ents[i], 0);
     ur_arm_ev(u);
     for (;;) {
@@ -3358,7 +3410,7 @@ static void *ur_thread(void *arg)
                 ur_arm_ev(u);
                 continue;
             }
-            if (c->user_data >= UR_ENTRIES)
+            if (c->user_data >= (uint64_t)u->nents)
                 continue;
             if (c->res < 0) {
                 if (c->res == -ENOTCONN || c->res == -ENODEV || c->res == -ECANCELED)
@@ -3390,19 +3442,37 @@ static int ur_possible_cpus(void)
     return n > 0 && n <= UR_MAX_QUEUES ? n : 0;
 }
 
-/* Right after the INIT reply went: one pinned thread per queue. */
+/* Queue threads per CPU: ASTRID_FS_RING_THREADS (1 to UR_THREADS), else as
+ * many as keep UR_ALL_THREADS in all (at least one per CPU, at most
+ * UR_THREADS): what more threads buy is requests waiting on the disk side by
+ * side, which a few dozen cover, and each thread holds two fds (its ring and
+ * its eventfd) and 1/UR_THREADS of its CPU's entries. */
+#define UR_ALL_THREADS 32
+static int ur_threads_per_cpu(int cpus)
+{
+    const char *env = getenv("ASTRID_FS_RING_THREADS");
+    int n = env ? atoi(env) : UR_ALL_THREADS / cpus;
+    return n < 1 ? 1 : n > UR_THREADS ? UR_THREADS : n;
+}
+
+/* Right after the INIT reply went: the queue threads, each pinned to its
+ * queue's CPU, each with its own ring and its share of the CPU's entries. */
 static void ur_start(void)
 {
-    ur_nq = ur_possible_cpus();
-    if (!ur_nq)
+    int cpus = ur_possible_cpus();
+    if (!cpus)
         return;
-    for (int q = 0; q < ur_nq; q++) {
+    int per = ur_threads_per_cpu(cpus);
+    for (int t = 0; t < cpus * per; t++) {
         struct ur_queue *u = calloc(1, sizeof *u);
-        if (!u || ur_ring_init(u, 4 * UR_ENTRIES) < 0)
+        if (!u)
             goto fail;
-        u->q = q;
+        u->q = t / per;
+        u->nents = UR_ENTRIES / per;
+        if (ur_ring_init(u, 4 * UR_ENTRIES) < 0)
+            goto fail;
         u->ev_fd = eventfd(0, EFD_CLOEXEC);
-        for (int i = 0; i < UR_ENTRIES; i++) {
+        for (int i = 0; i < u->nents; i++) {
             struct ur_ent *e = &u->ents[i];
             e->mem = malloc(UR_PREFIX + ur_payload);
             if (!e->mem)
@@ -3410,12 +3480,14 @@ static void ur_start(void)
             e->iov[0] = (struct iovec){ &e->hdr, sizeof e->hdr };
             e->iov[1] = (struct iovec){ e->mem + UR_PREFIX, ur_payload };
         }
-        ur_queues[q] = u;
-        pthread_t t;
+        ur_queues[t] = u;
+        ur_nq = t + 1;
+        pthread_t th;
         pthread_attr_t a;
         pthread_attr_init(&a);
         pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-        if (u->ev_fd < 0 || pthread_create(&t, &a, ur_thread, u) != 0)
+        pthread_attr_setstacksize(&a, 256 * 1024);
+        if (u->ev_fd < 0 || pthread_create(&th, &a, ur_thread, u) != 0)
             goto fail;
         pthread_attr_destroy(&a);
     }
@@ -3462,7 +3534,7 @@ static ssize_t ur_take_reply(int fd, const struct iovec *iov, int iovcnt)
     struct ur_queue *u = NULL;
     for (int q = 0; q < ur_nq && !e; q++) {
         struct ur_queue *c = ur_queues[q];
-        for (int i = 0; c && i < UR_ENTRIES; i++)
+        for (int i = 0; c && i < c->nents; i++)
             if (c->ents[i].state == UR_FORWARDED && c->ents[i].unique == unique) {
                 e = &c->ents[i];
                 u = c;
