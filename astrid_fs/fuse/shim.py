@@ -68,7 +68,7 @@ def shim_version() -> int:
     answered in C (first_write.py); 13: its first READ too; 14: with
     passthrough, an OPEN the table cannot answer decided by a callback inside
     the drain (passthrough.py `decide`); 15: FUSE over io_uring on request,
-    a pinned queue thread per CPU (io_uring.py); 16: suid/sgid killed by the
+    pinned queue threads, one per CPU (io_uring.py); 16: suid/sgid killed by the
     daemon on passthrough mounts too, backings registered without CAP_FSETID
     (killpriv.py); 17: GETATTRs of what part 12 found answered in C
     (lookup_table.py); 18: the drain's wait for the next request spins

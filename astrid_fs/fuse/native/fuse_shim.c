@@ -2940,11 +2940,17 @@ decline:
  *     the CPU its caller runs on, so a thread pinned there answers it
  *     without a cross-CPU wake-up.
  *     How: the INIT reply asks for FUSE_OVER_IO_URING (flags2 bit 9); right
- *     after it, one thread per possible CPU, pinned to it, registers
- *     UR_ENTRIES ring entries (FUSE_IO_URING_CMD_REGISTER): a 288-byte
- *     header (fuse_in_header, the opcode's own in-struct, commit id and
- *     payload size) and a payload buffer. Once every queue has entries the
- *     kernel sends all requests but FORGET and INTERRUPT there.
+ *     after it, queue threads pinned to each possible CPU (version 24:
+ *     several per CPU, ur_threads_per_cpu; one before) register that CPU's
+ *     UR_ENTRIES ring entries between them (FUSE_IO_URING_CMD_REGISTER,
+ *     each from its own ring): a 288-byte header (fuse_in_header, the
+ *     opcode's own in-struct, commit id and payload size) and a payload
+ *     buffer. Once every queue has entries the kernel sends all requests but
+ *     FORGET and INTERRUPT there, each to an idle entry of its caller's CPU:
+ *     with one thread per CPU a request that waited on the disk (a cold
+ *     LOOKUP or READ) held back every other request of that CPU; now another
+ *     thread of the CPU takes it (8 processes reading 20,000 cold files:
+ *     2.3-2.5 s before, 0.63-0.74 s after, native 0.53-0.61 s).
  *     A queue thread answers in C what needs no daemon state but the locked
  *     fd table (part 9) and part 12's locked tables: the xattr probes (part
  *     4), READs of inodes in the table and WRITEs of writable ones (not a
