@@ -7,14 +7,15 @@ every request to whichever daemon thread waits: measured on 2026-12-02, 1,000
 appends to upper files cost 100 us each through /dev/fuse and 30 us with the
 client and the daemon pinned to one CPU. Over io_uring (Linux 6.14+) the
 kernel queues a request on the ring of its caller's CPU; the shim runs queue
-threads pinned there (shim version 24: 32 in all, at least one and at most 8
-per CPU; ASTRID_FS_RING_THREADS=N asks for N per CPU), which answer in C what
+threads pinned there (shim version 24: 32 / CPUs per CPU, at least one and at
+most 8; ASTRID_FS_RING_THREADS=N asks for N per CPU), which answer in C what
 needs only the fd table (READs, WRITEs, the xattr probes) or part 12's tables
 (LOOKUPs and listings in lower-only directories) and forward the rest to
 pyfuse3's trio thread unchanged, so every other part and every handler sees
 the requests as before. Several threads per CPU, so that a request waiting on
-the disk holds back no other: 8 processes reading 20,000 cold files took 4.3
-times native's time with one thread per CPU, 1.2 times with eight.
+the disk holds back no other: 8 threads reading 20,000 cold files took 4.3
+times native's time with one thread per CPU, 1.2-1.4 times with eight (8 `cat`
+processes: 4.2 and 1.7 times; benchmarks.md, "Requests that wait").
 
 The kernel offers it only while `/sys/module/fuse/parameters/enable_uring`
 is Y. That switch only lets FUSE servers ask; it changes nothing for a server

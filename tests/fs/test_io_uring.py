@@ -280,7 +280,7 @@ def test_a_request_that_waits_holds_back_no_other(tmp_path: Path) -> None:
 def test_each_cpu_has_several_queue_threads_and_the_switch_sets_how_many(
         mount_session: MountFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "lower").mkdir()
-    """32 in all by default, at least one and at most 8 per CPU (a cold `git
+    """32 / CPUs per CPU by default, at least one and at most 8 (a cold `git
     status` reads from up to 20 threads); ASTRID_FS_RING_THREADS=N asks for N
     per CPU, 1 the one per CPU of versions 15 to 23."""
     possible = Path("/sys/devices/system/cpu/possible").read_text().strip()
