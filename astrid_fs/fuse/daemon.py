@@ -36,7 +36,7 @@ from astrid_fs.durable import sync_fs
 from astrid_fs.fuse.config import DaemonConfig
 from astrid_fs.fuse.extra_ops import register as register_extra_ops
 from astrid_fs.fuse.first_write import FirstWrites
-from astrid_fs.fuse.io_uring import IoUring
+from astrid_fs.fuse.io_uring import DevThreads, IoUring
 from astrid_fs.fuse.killpriv import ShimKills
 from astrid_fs.fuse.lookup_table import ShimLookups
 from astrid_fs.fuse.ops import FuseOps
@@ -111,6 +111,7 @@ class Daemon:
         self.data_path = "daemon path (passthrough not requested)"
         self.first_writes: FirstWrites | None = None
         self.io_uring: IoUring | None = None
+        self.dev_threads: DevThreads | None = None
         self.transport = "/dev/fuse (io_uring not requested)"
         self.unnamed: tmpfile.Ahead | tmpfile.NativeAhead | None = None
         # The base of mounted sources, walked in the background; observing
@@ -149,6 +150,8 @@ class Daemon:
             self.io_uring, why = IoUring.enable()
             if self.io_uring is None:
                 self.transport = f"/dev/fuse ({why})"
+        # where the rings do not run, threads in the shim read /dev/fuse if asked
+        self.dev_threads = DevThreads.enable()
         pyfuse3.init(self.ops, self.config.mountpoint, fuse_options(self.config))
         request_read_ahead(self.config.mountpoint)  # 1 MiB, set after INIT (shim.py)
 
@@ -275,6 +278,8 @@ class Daemon:
                     else self.first_writes.stats(),
                     "transport": self._transport(),
                     "io_uring": None if self.io_uring is None else self.io_uring.stats(),
+                    "dev_threads": None if self.dev_threads is None
+                    else self.dev_threads.stats(),
                     "unnamed_ahead": None if self.unnamed is None else self.unnamed.stats()}
         if op == "invalidate":
             inodes, entries = self.ops.invalidate_all()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,57 @@ class IoUring:
         return {"ring_requests": int(out[0]), "ring_answered_in_c": int(out[1]),
                 "ring_forwarded": int(out[2]), "ring_replies_committed": int(out[3]),
                 "ring_failures": int(out[4])}
+
+
+DEV_THREADS_VERSION = 25
+#: Threads reading /dev/fuse where io_uring does not run (shim part 16):
+#: none unless asked for. They let requests that wait on the disk run side by
+#: side (8 threads reading 20,000 cold files: 2.9x native against 4.5x), but
+#: a client's stream of requests then wakes a thread per request where the
+#: drain's one spinning thread is already running (a cold stat walk: 3.3x
+#: against 2.3x); benchmarks.md, "/dev/fuse read by threads".
+DEV_THREADS_ENV = "ASTRID_FS_DEV_THREADS"
+
+
+def dev_threads_wanted(env: Mapping[str, str]) -> int:
+    """How many threads read /dev/fuse where io_uring does not run (0 to 64;
+    a word that is not a number: 0)."""
+    try:
+        return max(0, min(64, int(env.get(DEV_THREADS_ENV, "0").strip() or "0")))
+    except ValueError:
+        return 0
+
+
+class DevThreads:
+    """The Python side of part 16: where part 15 does not run (a kernel
+    without FUSE over io_uring, `--no-io-uring`), and ASTRID_FS_DEV_THREADS
+    asks for them, threads in the shim read /dev/fuse and answer what a queue
+    thread would, forwarding the rest to the trio thread, so requests that
+    wait on the disk run side by side there too. Asked for before the mount;
+    the shim starts them once INIT is answered without io_uring."""
+
+    def __init__(self, lib: Any, threads: int) -> None:
+        self._lib = lib
+        self.threads = threads
+        lib.astrid_dw_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+        lib.astrid_dw_stats.restype = None
+        lib.astrid_dw_active.restype = ctypes.c_int
+
+    @classmethod
+    def enable(cls) -> DevThreads | None:
+        threads = dev_threads_wanted(os.environ)
+        if shim_version() < DEV_THREADS_VERSION or not threads:
+            return None
+        lib = ctypes.CDLL(None)
+        lib.astrid_dw_enable(threads)
+        return cls(lib, threads)
+
+    def active(self) -> bool:
+        return bool(self._lib.astrid_dw_active())
+
+    def stats(self) -> dict[str, int]:
+        """Requests the threads read, answered in C, forwarded to Python."""
+        out = (ctypes.c_int64 * 3)()
+        self._lib.astrid_dw_stats(out)
+        return {"threads": self.threads if self.active() else 0, "read": int(out[0]),
+                "answered_in_c": int(out[1]), "forwarded": int(out[2])}

@@ -83,7 +83,8 @@ def shim_version() -> int:
     SCHED_OTHER unless ASTRID_FS_RING_IDLE=1 (io_uring.py); 24: several queue
     threads per CPU (ASTRID_FS_RING_THREADS), and part 9's lock a
     reader-writer lock, so reads that wait on the disk run side by side
-    (io_uring.py)."""
+    (io_uring.py); 25: threads reading /dev/fuse where io_uring does not
+    run (ASTRID_FS_DEV_THREADS; io_uring.py `DevThreads`)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

@@ -201,44 +201,56 @@ def test_a_mount_serves_io_uring_by_default_and_dev_fuse_when_told(
 # ---- several queue threads per CPU, the fd table locked for lookups only (v24) -
 
 
-def blocked_queue_threads(pid: int, cpu: int) -> list[int]:
-    """Daemon `pid`'s queue threads of `cpu` in uninterruptible sleep."""
+def blocked_threads(pid: int, name: str) -> list[int]:
+    """Daemon `pid`'s threads called `name` in uninterruptible sleep."""
     out = []
     for tid in os.listdir(f"/proc/{pid}/task"):
         task = Path(f"/proc/{pid}/task/{tid}")
         try:
-            name = (task / "comm").read_text().strip()
+            comm = (task / "comm").read_text().strip()
             state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except FileNotFoundError:
             continue
-        if name == f"astrid-ring{cpu}" and state == "D":
+        if comm == name and state == "D":
             out.append(int(tid))
     return out
 
 
-def test_a_request_that_waits_holds_back_no_other(tmp_path: Path) -> None:
-    """A queue thread whose request waits (here a write to a frozen upper file
+@pytest.mark.parametrize("transport", ["--io-uring", "--no-io-uring"])
+def test_a_request_that_waits_holds_back_no_other(tmp_path: Path, transport: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread whose request waits (here a write to a frozen upper file
     system; on a busy disk, any cold read) holds back neither the next request
-    of its CPU nor another thread's read: each CPU has several queue threads,
-    and the fd table is locked only to look an fd up, not across the I/O
-    (shim version 24). Before, a read on that CPU waited for the write to end,
-    and with more threads it still waited for the table's lock: 8 threads
-    reading 20,000 cold files took 4.3 times as long as native."""
+    of its CPU nor another thread's read. Over io_uring each CPU has several
+    queue threads (shim version 24); over /dev/fuse, when asked for
+    (ASTRID_FS_DEV_THREADS), several threads read it (version 25; else
+    pyfuse3's one thread answers every request); and
+    the fd table is locked only to look an fd up, not across the I/O
+    (version 24). Before, the read waited for the write to end: 8 threads
+    reading 20,000 cold files took 4.3 (io_uring) and 4.7 (/dev/fuse) times
+    as long as native."""
     require_fuse()
     lower, home, mnt = tmp_path / "lower", tmp_path / "home", tmp_path / "mnt"
     (lower / "d").mkdir(parents=True)
     (lower / "d" / "doc.txt").write_text("lower text\n")
     mnt.mkdir()
     cpu = min(os.sched_getaffinity(0))
+    monkeypatch.setenv("ASTRID_FS_DEV_THREADS", "8")  # (no effect over io_uring)
     with loop_ext4(tmp_path / "home.img", home):
         s = MountedSession("frozen", home, lower, mnt)
-        s.mount("--io-uring")
+        s.mount(transport)
         frozen = False
         writer = None
         try:
             os.stat(mnt / "d")  # (d's entry cached: what the reader needs is answered in C)
-            if s.control("stats")["transport"] != "io_uring":
-                missing_part(f"io_uring: {s.control('stats')['transport']}")
+            stats = s.control("stats")
+            if transport == "--io-uring":
+                if stats["transport"] != "io_uring":
+                    missing_part(f"io_uring: {stats['transport']}")
+                waiting = f"astrid-ring{cpu}"
+            else:
+                assert stats["dev_threads"]["threads"] == 8, stats["dev_threads"]
+                waiting = "astrid-dev"
             pid = s.control("ping")["pid"]
             fd = os.open(mnt / "log.txt", os.O_WRONLY | os.O_CREAT, 0o644)
             with on_cpu(cpu):
@@ -253,8 +265,8 @@ def test_a_request_that_waits_holds_back_no_other(tmp_path: Path) -> None:
             writer = threading.Thread(target=write_second, daemon=True)
             writer.start()
             deadline = time.monotonic() + EXIT_WAIT_S
-            while not blocked_queue_threads(pid, cpu):  # (a poll for a state, bounded)
-                assert time.monotonic() < deadline, "the write never reached a queue thread"
+            while not blocked_threads(pid, waiting):  # (a poll for a state, bounded)
+                assert time.monotonic() < deadline, f"the write never reached an {waiting} thread"
                 time.sleep(0.01)
             got: list[str] = []
 
@@ -266,7 +278,7 @@ def test_a_request_that_waits_holds_back_no_other(tmp_path: Path) -> None:
             reader.start()
             reader.join(EXIT_WAIT_S)
             assert got == ["lower text\n"], "a read waited for another thread's write"
-            assert writer.is_alive() and blocked_queue_threads(pid, cpu)
+            assert writer.is_alive() and blocked_threads(pid, waiting)
         finally:
             if frozen:
                 subprocess.run(["fsfreeze", "-u", str(home)], check=True)
@@ -275,6 +287,37 @@ def test_a_request_that_waits_holds_back_no_other(tmp_path: Path) -> None:
                 os.close(fd)
             s.umount()
         assert (s.upper / "log.txt").read_bytes() == b"first\nsecond\n"
+
+
+def test_dev_fuse_is_read_by_threads_when_asked(
+        mount_session: MountFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ASTRID_FS_DEV_THREADS=N: where the rings do not run, N threads read
+    /dev/fuse and answer what a queue thread would (their counts say so);
+    unset, pyfuse3's thread reads every request, as before shim version 25;
+    over io_uring the rings answer and the threads never start."""
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    for i in range(FILES):
+        (lower / "d" / f"f{i:03}").write_text("line\n")
+    monkeypatch.delenv("ASTRID_FS_DEV_THREADS", raising=False)
+    plain = mount_session(lower, None, "--no-io-uring")
+    assert (plain.mnt / "d" / "f000").read_text() == "line\n"
+    assert plain.control("stats")["dev_threads"] is None
+    monkeypatch.setenv("ASTRID_FS_DEV_THREADS", "8")
+    s = mount_session(lower, None, "--no-io-uring")
+    for name in sorted(os.listdir(s.mnt / "d")):
+        assert (s.mnt / "d" / name).read_text() == "line\n"
+    stats = s.control("stats")
+    assert stats["transport"] == "/dev/fuse (io_uring not requested)"
+    threads = stats["dev_threads"]
+    assert threads["threads"] == 8
+    assert threads["answered_in_c"] >= 2 * FILES  # a LOOKUP and a READ each
+    pid = s.control("ping")["pid"]
+    names = [Path(f"/proc/{pid}/task/{t}/comm").read_text().strip()
+             for t in os.listdir(f"/proc/{pid}/task")]
+    assert names.count("astrid-dev") == 8
+    rings = ring_mount(mount_session, lower)
+    assert rings.control("stats")["dev_threads"]["threads"] == 0
 
 
 def test_each_cpu_has_several_queue_threads_and_the_switch_sets_how_many(

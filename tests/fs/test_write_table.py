@@ -141,6 +141,10 @@ def shim_counts(s: MountedSession) -> dict[str, int]:
         # (ASTRID_FS_IO_URING=1) the rings' queue threads answer what the
         # drain would: without a trio turn each too
         counts = {**counts, "drained": counts["drained"] + ring["ring_answered_in_c"]}
+    dev = reply.get("dev_threads")
+    if dev and dev["threads"]:
+        # (over /dev/fuse, shim version 25) so do the threads reading it
+        counts = {**counts, "drained": counts["drained"] + dev["answered_in_c"]}
     return counts
 
 

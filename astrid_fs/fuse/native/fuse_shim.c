@@ -163,6 +163,12 @@ static int ur_pop(struct fuse_buf *buf);
 static __thread int ur_target_set;
 static ssize_t ur_target_reply(const void *buf, size_t len);
 static ssize_t dev_reply(int fuse_fd, const void *buf, size_t len);
+/* Part 16 (threads reading /dev/fuse, at the end). */
+static int dw_wanted, dw_armed;
+static volatile int dw_active, dw_gone;
+static __thread int dw_worker;       /* set in part 16's threads */
+static void dw_start(void);
+static int dw_pop(struct fuse_buf *buf);
 
 #define ASTRID_FH_CACHE_DIR  (UINT64_C(1) << 63)
 #define ASTRID_FH_KEEP_CACHE (UINT64_C(1) << 62)
@@ -173,7 +179,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 24; }
+int astrid_fuse_shim_loaded(void) { return 25; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -917,6 +923,8 @@ static void shim_init(void *userdata, struct fuse_conn_info *conn)
     if (orig_init)
         orig_init(userdata, conn);
     conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
+    if (dw_wanted && !ur_armed)
+        dw_armed = 1; /* part 16: the threads start once this INIT is answered */
     if (ra_file[0])
         ra_armed = 1; /* libfuse sends the INIT reply right after this */
     if (kp_enabled && !pt_enabled)
@@ -1898,7 +1906,16 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
     }
     if (!real)
         return -ENOSYS;
-    int res = ur_active ? ur_pop(buf) : 0; /* part 15: forwarded from a ring first */
+    if (dw_armed) {
+        dw_armed = 0; /* (INIT was answered: libfuse answers it before it asks again) */
+        dw_start();
+    }
+    /* part 15 or 16: forwarded from a ring or a reading thread first */
+    int res = ur_active ? ur_pop(buf) : dw_active ? dw_pop(buf) : 0;
+    if (!res && dw_active && !dw_gone) {
+        lk_absorb_asked(); /* part 16 reads /dev/fuse; this thread never does */
+        return -EINTR;
+    }
     if (!res && ur_active) {
         /* pyfuse3 woke for the eventfd, or /dev/fuse (FORGET, INTERRUPT;
          * an error once unmounted, which libfuse must see to end the loop) */
@@ -1930,13 +1947,13 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
             lk_forgotten(buf);
             return res;
         }
-        struct pollfd p[2] = { { .fd = session_fd(se), .events = POLLIN },
+        struct pollfd p[2] = { { .fd = dw_active ? -1 : session_fd(se), .events = POLLIN },
                                { .fd = ur_fwd_ev, .events = POLLIN } };
-        if (drain_wait(p, ur_active ? 2 : 1) <= 0) {
+        if (drain_wait(p, ur_active || dw_active ? 2 : 1) <= 0) {
             drain_stats[1]++;
             return -EINTR; /* pyfuse3: wait for the fd again */
         }
-        res = ur_active ? ur_pop(buf) : 0;
+        res = ur_active ? ur_pop(buf) : dw_active ? dw_pop(buf) : 0;
         if (!res && !p[0].revents) {
             drain_stats[1]++;
             return -EINTR;
@@ -2423,7 +2440,7 @@ static int lk_queue_entry(uint64_t parent, uint64_t ino, uint8_t type, const cha
     p[17] = (char)nlen;
     memcpy(p + 18, name, nlen);
     lk_qlen += need;
-    if (ur_target_set && lk_qlen >= LK_ABSORB_EAGER && !lk_bell_rung) {
+    if ((ur_target_set || dw_worker) && lk_qlen >= LK_ABSORB_EAGER && !lk_bell_rung) {
         uint64_t one = 1;
         lk_bell_rung = 1;
         (void)!write(ur_fwd_ev, &one, sizeof one);
@@ -3190,46 +3207,18 @@ static int ur_targeted(struct ur_queue *u, struct ur_ent *e, const char *req, ui
     return done;
 }
 
-/* Answer `e`'s request here if nothing but the fd table is needed: 1 if
- * committed. `req` is the rebuilt request (fuse_in_header first). */
-static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint32_t len)
+/* A READ or WRITE (`req`: fuse_in_header first, `len` bytes; a WRITE's data
+ * at `wdata`) done here with part 9's fd of its inode (a file part 12 found
+ * is opened for its first READ): 1 with the bytes done and the errno (a READ's
+ * data at `rdata`, which has `room` bytes), 0 when the daemon must answer it.
+ * Used by the queue threads (part 15) and the reading threads (part 16). */
+static int fd_request(const char *req, uint32_t len, const char *wdata, char *rdata,
+                      uint32_t room, uint32_t *done_out, int *err_out)
 {
     uint32_t opcode;
-    uint64_t unique, nodeid;
+    uint64_t nodeid;
     memcpy(&opcode, req + 4, 4);
-    memcpy(&unique, req + 8, 8);
     memcpy(&nodeid, req + 16, 8);
-    if (opcode == LK_OPCODE_LOOKUP || opcode == LK_OPCODE_READDIRPLUS
-        || opcode == LK_OPCODE_GETATTR) {
-        /* Part 12 under its lock; its reply goes to this entry. A request it
-         * declines is forwarded (the trio thread's part 12 declines it too). */
-        return ur_targeted(u, e, req, len, lk_try);
-    }
-    if (opcode == DRAIN_IOCTL) {
-        ur_reply_err(u, e, unique, ENOTTY);
-        return 1;
-    }
-    if ((opcode == PT_OPCODE_OPEN || opcode == PT_OPCODE_RELEASE) && pt_enabled) {
-        /* Part 6 from its table (version 20); an OPEN the table cannot answer
-         * (the daemon decides: copy-up, a backing) is forwarded, for the
-         * trio thread's drain to decide (its callback runs Python). */
-        return ur_targeted(u, e, req, len, pt_table_buf);
-    }
-    if (opcode == DRAIN_GETXATTR && len > 48 && orig_getxattr) {
-        const char *name = req + 48;
-        if (!memchr(name, 0, len - 48))
-            return 0;
-        if (strcmp(name, "security.capability") == 0) {
-            __atomic_add_fetch(&kp_stats[3], 1, __ATOMIC_RELAXED);
-            ur_reply_err(u, e, unique, ENODATA);
-            return 1;
-        }
-        if (strcmp(name, "security.selinux") == 0 || strncmp(name, "system.posix_acl_", 17) == 0) {
-            ur_reply_err(u, e, unique, EOPNOTSUPP);
-            return 1;
-        }
-        return 0;
-    }
     int writing = opcode == DRAIN_WRITE && orig_write_buf;
     int reading = opcode == DRAIN_READ && orig_read;
     if (!(writing || reading) || len < 80)
@@ -3245,10 +3234,9 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
         return 0;
     if (writing && (flags & KP_WRITE_KILL))
         return 0; /* part 13's kill: the drain and the daemon do it */
-    if (size > ur_payload || (writing && len < 80 + size))
+    if (size > room || (writing && len < 80 + size))
         return 0;
     uint64_t ino = fh ? (fh & ASTRID_FH_INO_MASK) : nodeid;
-    char *payload = e->mem + UR_PREFIX;
     struct wf_entry *w = wf_get(ino); /* (the fd stays open while we use it) */
     if (!w && reading) {
         /* A file part 12 found (version 21): its first READ opens it here,
@@ -3268,7 +3256,7 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
     int err = 0;
     if (writing) {
         while (done < size) {
-            got = pwrite(w->fd, payload + done, size - done, (off_t)(off + done));
+            got = pwrite(w->fd, wdata + done, size - done, (off_t)(off + done));
             if (got < 0 && errno == EINTR)
                 continue;
             if (got <= 0) {
@@ -3283,7 +3271,7 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
         }
     } else {
         do
-            got = pread(w->fd, payload, size, (off_t)off);
+            got = pread(w->fd, rdata, size, (off_t)off);
         while (got < 0 && errno == EINTR);
         if (got < 0)
             err = errno;
@@ -3294,12 +3282,76 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
         }
     }
     wf_put(w);
+    *done_out = done;
+    *err_out = err;
+    return 1;
+}
+
+/* The table that answers a request of `opcode` in the threads that answer
+ * in C (parts 15 and 16), or NULL: part 12's LOOKUPs, listings and GETATTRs
+ * (under its lock; a request it declines goes to the trio thread, whose part
+ * 12 declines it too), and with passthrough part 6's OPENs and RELEASEs from
+ * its table (version 20; an OPEN the table cannot answer, a copy-up or a
+ * backing to register, is decided by the trio thread's drain: its callback
+ * runs Python). */
+static int (*c_table(uint32_t opcode))(const struct fuse_buf *, int)
+{
+    if (opcode == LK_OPCODE_LOOKUP || opcode == LK_OPCODE_READDIRPLUS
+        || opcode == LK_OPCODE_GETATTR)
+        return lk_try;
+    if ((opcode == PT_OPCODE_OPEN || opcode == PT_OPCODE_RELEASE) && pt_enabled)
+        return pt_table_buf;
+    return NULL;
+}
+
+/* The errno that answers `req` outright, or 0: IOCTLs (ENOTTY) and the xattr
+ * probes part 4 answers (the capability probe ENODATA, SELinux and ACLs
+ * EOPNOTSUPP). */
+static int c_errno(const char *req, uint32_t len, uint32_t opcode)
+{
+    if (opcode == DRAIN_IOCTL)
+        return ENOTTY;
+    if (opcode != DRAIN_GETXATTR || len <= 48 || !orig_getxattr)
+        return 0;
+    const char *name = req + 48;
+    if (!memchr(name, 0, len - 48))
+        return 0;
+    if (strcmp(name, "security.capability") == 0) {
+        __atomic_add_fetch(&kp_stats[3], 1, __ATOMIC_RELAXED);
+        return ENODATA;
+    }
+    if (strcmp(name, "security.selinux") == 0 || strncmp(name, "system.posix_acl_", 17) == 0)
+        return EOPNOTSUPP;
+    return 0;
+}
+
+/* Answer `e`'s request here if nothing but the fd table is needed: 1 if
+ * committed. `req` is the rebuilt request (fuse_in_header first). */
+static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint32_t len)
+{
+    uint32_t opcode;
+    uint64_t unique;
+    memcpy(&opcode, req + 4, 4);
+    memcpy(&unique, req + 8, 8);
+    int (*table)(const struct fuse_buf *, int) = c_table(opcode);
+    if (table)
+        return ur_targeted(u, e, req, len, table); /* its reply goes to this entry */
+    int probe = c_errno(req, len, opcode);
+    if (probe) {
+        ur_reply_err(u, e, unique, probe);
+        return 1;
+    }
+    uint32_t done;
+    int err;
+    char *payload = e->mem + UR_PREFIX;
+    if (!fd_request(req, len, payload, payload, ur_payload, &done, &err))
+        return 0;
     if (err && !done) {
         ur_reply_err(u, e, unique, err);
         return 1;
     }
     uint32_t n = done;
-    if (writing) {
+    if (opcode == DRAIN_WRITE) {
         struct { uint32_t size, padding; } wo = { done, 0 };
         memcpy(payload, &wo, sizeof wo); /* the data is written: reuse its room */
         n = sizeof wo;
@@ -3600,30 +3652,36 @@ static ssize_t dev_write(int fd, const void *buf, size_t len)
     return res >= 0 ? res : write(fd, buf, len);
 }
 
+/* `out` = the head of a forward queue (`head`, `tail`: part 15's entries or
+ * part 16's copies, under ur_lock), or NULL. The eventfd is a doorbell:
+ * zeroed first, rung again if requests stay queued; whoever queues rings
+ * after it queues. Then a request is never queued with the bell silent, and
+ * a bell never rings for nothing twice. */
+#define FWD_TAKE(head, tail, out)                                \
+    do {                                                         \
+        uint64_t count_, one_ = 1;                               \
+        (void)!read(ur_fwd_ev, &count_, sizeof count_);          \
+        pthread_mutex_lock(&ur_lock);                            \
+        (out) = (head);                                          \
+        if (out) {                                               \
+            (head) = (out)->next;                                \
+            if (!(head))                                         \
+                (tail) = NULL;                                   \
+        }                                                        \
+        int more_ = (head) != NULL;                              \
+        pthread_mutex_unlock(&ur_lock);                          \
+        if (more_)                                               \
+            (void)!write(ur_fwd_ev, &one_, sizeof one_);         \
+    } while (0)
+
 /* The next forwarded request into `buf` (libfuse's buffer, or one sized as
  * libfuse sizes it): its length, or 0 when none waits. */
 static int ur_pop(struct fuse_buf *buf)
 {
     if (!ur_active)
         return 0;
-    /* The eventfd is a doorbell: zeroed first, rung again if requests stay
-     * queued; a queue thread rings after it queues. Then a request is never
-     * queued with the bell silent, and a bell never rings for nothing twice. */
-    uint64_t count;
-    (void)!read(ur_fwd_ev, &count, sizeof count);
-    pthread_mutex_lock(&ur_lock);
-    struct ur_ent *e = ur_fwd_head;
-    if (e) {
-        ur_fwd_head = e->next;
-        if (!ur_fwd_head)
-            ur_fwd_tail = NULL;
-    }
-    int more = ur_fwd_head != NULL;
-    pthread_mutex_unlock(&ur_lock);
-    if (more) {
-        uint64_t one = 1;
-        (void)!write(ur_fwd_ev, &one, sizeof one);
-    }
+    struct ur_ent *e;
+    FWD_TAKE(ur_fwd_head, ur_fwd_tail, e);
     if (!e)
         return 0;
     uint32_t len, payload_sz = e->hdr.payload_sz;
@@ -3649,7 +3707,7 @@ int fuse_session_fd(struct fuse_session *se)
     if (!real)
         real = (int (*)(struct fuse_session *))libfuse_symbol("fuse_session_fd");
     int fd = real ? real(se) : -1;
-    if (!ur_wanted || fd < 0)
+    if (!(ur_wanted || dw_wanted) || fd < 0)
         return fd;
     if (ur_epfd < 0) {
         ur_devfd = fd;
@@ -3659,9 +3717,208 @@ int fuse_session_fd(struct fuse_session *se)
         struct epoll_event b = { .events = EPOLLIN, .data.fd = ur_fwd_ev };
         if (ur_fwd_ev < 0 || ur_epfd < 0 || epoll_ctl(ur_epfd, EPOLL_CTL_ADD, fd, &a) < 0
             || epoll_ctl(ur_epfd, EPOLL_CTL_ADD, ur_fwd_ev, &b) < 0) {
-            ur_wanted = 0;
+            ur_wanted = dw_wanted = 0;
             return fd;
         }
     }
     return fd == ur_devfd ? ur_epfd : fd;
+}
+
+/*
+ * 16. Threads reading /dev/fuse (version 25; asked for with
+ *     ASTRID_FS_DEV_THREADS=N, and only where part 15 does not run: a kernel
+ *     without FUSE over io_uring, before 6.14, such as Debian 12's and 13's,
+ *     or --no-io-uring).
+ *     Why: over /dev/fuse every request comes to pyfuse3's one trio thread,
+ *     whose drain (part 10) answers what C can one at a time, so a request
+ *     waiting on the disk (a cold LOOKUP, a cold READ) holds back every other
+ *     one: 8 threads reading 20,000 cold files took 4.7 times native's time.
+ *     Why not by default: a client's stream of requests (a stat walk, git
+ *     status) then wakes a sleeping thread per request, often on the other
+ *     CPU, where the drain's one spinning thread finds the next request
+ *     running: stat cold measured 3.3x native against 2.3x (a thread that
+ *     spins after its answer, one at a time, made it worse: the kernel wakes
+ *     a sleeping reader anyway). benchmarks.md, "/dev/fuse read by threads".
+ *     How: once INIT is answered, DW_THREADS threads read /dev/fuse (the
+ *     session's own fd, so a reply written on it by anyone matches) and
+ *     answer what part 15's queue threads answer (c_table, c_errno,
+ *     fd_request), replying on the fd; the rest is copied to a queue that
+ *     the trio thread's wrapped fuse_session_receive_buf hands out first,
+ *     as part 15 forwards ring requests, so parts 6, 10, 12 and 14 and every
+ *     handler see it as before. The trio thread then never reads /dev/fuse
+ *     (its epoll fd no longer holds it) until a thread finds the connection
+ *     gone, when its own read hands libfuse the error that ends the loop.
+ */
+#define DW_THREADS 8
+struct dw_req { struct dw_req *next; uint32_t len; char data[]; };
+static struct dw_req *dw_head, *dw_tail; /* under ur_lock */
+static int64_t dw_stats[3];             /* requests read, answered here, forwarded */
+
+int astrid_dw_enable(int threads) { dw_wanted = threads > 0 ? threads : 0; return 0; }
+
+int astrid_dw_active(void) { return dw_active; }
+
+void astrid_dw_stats(int64_t *out)
+{
+    for (int i = 0; i < 3; i++)
+        out[i] = __atomic_load_n(&dw_stats[i], __ATOMIC_RELAXED);
+}
+
+/* A reply on the session's fd: the out header, then `n` bytes at `data`. */
+static void dw_reply(uint64_t unique, int err, const void *data, uint32_t n)
+{
+    struct { uint32_t len; int32_t error; uint64_t unique; } oh = { 16 + n, -err, unique };
+    struct iovec iov[2] = { { &oh, sizeof oh }, { (void *)data, n } };
+    (void)!writev(ur_devfd, iov, n ? 2 : 1); /* (ENOENT: the caller was interrupted) */
+}
+
+/* Answer `req` here (1) or not (0): what a queue thread would answer. */
+static int dw_answer(char *req, uint32_t len, char *out, uint32_t room)
+{
+    uint32_t opcode;
+    uint64_t unique;
+    memcpy(&opcode, req + 4, 4);
+    memcpy(&unique, req + 8, 8);
+    int (*table)(const struct fuse_buf *, int) = c_table(opcode);
+    if (table) {
+        struct fuse_buf fb;
+        memset(&fb, 0, sizeof fb);
+        fb.mem = req;
+        fb.size = len;
+        return table(&fb, ur_devfd);
+    }
+    int probe = c_errno(req, len, opcode);
+    if (probe) {
+        dw_reply(unique, probe, NULL, 0);
+        return 1;
+    }
+    uint32_t done;
+    int err;
+    if (!fd_request(req, len, req + 80, out, room, &done, &err))
+        return 0;
+    if (err && !done) {
+        dw_reply(unique, err, NULL, 0);
+    } else if (opcode == DRAIN_WRITE) {
+        struct { uint32_t size, padding; } wo = { done, 0 };
+        dw_reply(unique, 0, &wo, sizeof wo);
+    } else {
+        dw_reply(unique, 0, out, done);
+    }
+    return 1;
+}
+
+static void dw_forward(const char *req, uint32_t len)
+{
+    struct dw_req *r = malloc(sizeof *r + len);
+    if (!r)
+        return; /* (the request waits for its reply forever: ENOMEM) */
+    r->next = NULL;
+    r->len = len;
+    memcpy(r->data, req, len);
+    pthread_mutex_lock(&ur_lock);
+    if (dw_tail)
+        dw_tail->next = r;
+    else
+        dw_head = r;
+    dw_tail = r;
+    pthread_mutex_unlock(&ur_lock);
+    __atomic_add_fetch(&dw_stats[2], 1, __ATOMIC_RELAXED);
+    uint64_t one = 1;
+    (void)!write(ur_fwd_ev, &one, sizeof one);
+}
+
+static void *dw_thread(void *arg)
+{
+    (void)arg;
+    dw_worker = 1;
+    pthread_setname_np(pthread_self(), "astrid-dev");
+    /* libfuse reads with 256 pages and a 4 KiB header; the kernel insists on
+     * room for max_write: EINVAL grows the buffer */
+    size_t size = 256 * 4096 + 8192;
+    char *buf = malloc(size), *out = malloc(size);
+    for (;;) {
+        if (!buf || !out)
+            break;
+        ssize_t n = read(ur_devfd, buf, size);
+        if (n < 0) {
+            if (errno == EINTR || errno == ENOENT)
+                continue; /* (ENOENT: a request interrupted before it was read) */
+            if (errno == EAGAIN) {
+                struct pollfd p = { .fd = ur_devfd, .events = POLLIN };
+                (void)poll(&p, 1, -1);
+                continue;
+            }
+            if (errno == EINVAL && size < (64u << 20)) {
+                size *= 2;
+                free(buf);
+                free(out);
+                buf = malloc(size);
+                out = malloc(size);
+                continue;
+            }
+            break; /* ENODEV: unmounted, or aborted */
+        }
+        __atomic_add_fetch(&dw_stats[0], 1, __ATOMIC_RELAXED);
+        if (n < 40)
+            continue;
+        if (dw_answer(buf, (uint32_t)n, out, (uint32_t)(size - 16))) {
+            __atomic_add_fetch(&dw_stats[1], 1, __ATOMIC_RELAXED);
+            continue;
+        }
+        dw_forward(buf, (uint32_t)n);
+    }
+    free(buf);
+    free(out);
+    dw_gone = 1; /* the trio thread reads the fd itself now: libfuse sees the end */
+    uint64_t one = 1;
+    (void)!write(ur_fwd_ev, &one, sizeof one);
+    return NULL;
+}
+
+/* INIT is answered: the threads start, and the trio thread stops waiting on
+ * /dev/fuse (pyfuse3 waits on the epoll fd, which then holds the queue's
+ * eventfd only). */
+static void dw_start(void)
+{
+    if (ur_epfd < 0 || ur_devfd < 0)
+        return;
+    int started = 0;
+    for (int i = 0; i < dw_wanted && i < 64; i++) {
+        pthread_t t;
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&a, 256 * 1024);
+        if (pthread_create(&t, &a, dw_thread, NULL) == 0)
+            started++;
+        pthread_attr_destroy(&a);
+    }
+    if (!started)
+        return; /* the trio thread reads /dev/fuse as before */
+    dw_active = 1;
+    epoll_ctl(ur_epfd, EPOLL_CTL_DEL, ur_devfd, NULL);
+}
+
+/* The next forwarded request into `buf` (libfuse's, or one sized as libfuse
+ * sizes it): its length, or 0 when none waits. */
+static int dw_pop(struct fuse_buf *buf)
+{
+    struct dw_req *r;
+    FWD_TAKE(dw_head, dw_tail, r);
+    if (!r)
+        return 0;
+    if (!buf->mem) {
+        buf->mem = malloc(r->len > 256 * 4096 + 8192 ? r->len : 256 * 4096 + 8192);
+        if (!buf->mem) {
+            free(r);
+            return 0;
+        }
+    }
+    memcpy(buf->mem, r->data, r->len);
+    buf->size = r->len;
+    buf->flags = 0;
+    buf->pos = 0;
+    int len = (int)r->len;
+    free(r);
+    return len;
 }
