@@ -88,6 +88,13 @@ def select(changes: list[Change], prefixes: list[str]) -> list[Change]:
             # they would find their base changed and be refused as conflicts
             for dep in based_on.get(c.path, []):
                 chosen[id(dep)] = dep
+            # and one that takes a lower tree away (deleting or replacing a dir,
+            # moving it) with the changes based on any entry in that tree
+            for root in _trees_taken(c):
+                for origin, deps in based_on.items():
+                    if is_under(origin, root):
+                        for dep in deps:
+                            chosen[id(dep)] = dep
         grown = len(chosen) != before
     picked = set(chosen)
     # A deletion of the lower entry at a path that something is placed on
@@ -95,6 +102,15 @@ def select(changes: list[Change], prefixes: list[str]) -> list[Change]:
     placed = {c.path for c in chosen.values() if c.status != "D"}
     extra = [c for c in changes if c.status == "D" and c.path in placed and id(c) not in picked]
     return sorted([*chosen.values(), *extra], key=lambda c: c.path)
+
+
+def _trees_taken(c: Change) -> Iterator[str]:
+    """The lower paths whose whole tree `c` takes away when it lands: a
+    deleted or replaced entry's, a renamed entry's old one."""
+    if c.status in ("D", "T"):
+        yield c.path
+    if c.status == "R" and c.lower_path is not None:
+        yield c.lower_path
 
 
 def _ancestors(path: str) -> Iterator[str]:

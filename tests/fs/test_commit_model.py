@@ -159,6 +159,24 @@ def test_committing_the_path_a_rename_came_from_takes_the_rename_along() -> None
         assert_same_tree(tree_state(lower, mtimes=True), view)
 
 
+def test_committing_a_deleted_dir_takes_the_rename_out_of_it_along() -> None:
+    """Found by the random test above (2026-12-04): `mv d2/z a; rm -r d2`,
+    then commit d2 alone. d2's deletion took the lower d2/z that `a` is the
+    rename of, so the next commit refused `a` ("lower d2/z was deleted since
+    the session copied it"). A change that takes a lower tree away (a deleted
+    or replaced dir, a moved one) now lands with the changes based on any
+    entry in that tree."""
+    with mounted_model("fd") as (session, link, lower, mnt):
+        os.rename(mnt / "d2" / "z", mnt / "a")
+        shutil.rmtree(mnt / "d2")
+        view = tree_state(mnt, mtimes=True)
+        commit(session, ["d2"], mount=link)
+        assert_same_tree(tree_state(mnt, mtimes=True), view)
+        commit(session, [], mount=link)
+        assert_same_tree(tree_state(mnt, mtimes=True), view)
+        assert_same_tree(tree_state(lower, mtimes=True), view)
+
+
 def test_committing_one_name_of_a_hard_linked_copy_leaves_the_other_committable() -> None:
     """Found by the random test above: `ln d2/z d3; mv d2/z d1/x`, then
     commit d3 alone. d3 lands as the move of the lower d2/z; d1/x is the same
