@@ -163,6 +163,17 @@ static int ur_pop(struct fuse_buf *buf);
 static __thread int ur_target_set;
 static ssize_t ur_target_reply(const void *buf, size_t len);
 static ssize_t dev_reply(int fuse_fd, const void *buf, size_t len);
+/* Parts 15 and 16: `node` appended to a forward queue (`head`, `tail`;
+ * under ur_lock); FWD_TAKE (part 15) takes from its head. */
+#define FWD_PUT(head, tail, node)       \
+    do {                                \
+        (node)->next = NULL;            \
+        if (tail)                       \
+            (tail)->next = (node);      \
+        else                            \
+            (head) = (node);            \
+        (tail) = (node);                \
+    } while (0)
 /* Part 16 (threads reading /dev/fuse, at the end). */
 static int dw_wanted, dw_armed;
 static volatile int dw_active, dw_gone;
@@ -3387,12 +3398,7 @@ static void ur_arrived(struct ur_queue *u, struct ur_ent *e)
     pthread_mutex_lock(&ur_lock);
     e->state = UR_FORWARDED;
     e->unique = unique;
-    e->next = NULL;
-    if (ur_fwd_tail)
-        ur_fwd_tail->next = e;
-    else
-        ur_fwd_head = e;
-    ur_fwd_tail = e;
+    FWD_PUT(ur_fwd_head, ur_fwd_tail, e);
     pthread_mutex_unlock(&ur_lock);
     ur_count(2);
     uint64_t one = 1;
@@ -3812,15 +3818,10 @@ static void dw_forward(const char *req, uint32_t len)
     struct dw_req *r = malloc(sizeof *r + len);
     if (!r)
         return; /* (the request waits for its reply forever: ENOMEM) */
-    r->next = NULL;
     r->len = len;
     memcpy(r->data, req, len);
     pthread_mutex_lock(&ur_lock);
-    if (dw_tail)
-        dw_tail->next = r;
-    else
-        dw_head = r;
-    dw_tail = r;
+    FWD_PUT(dw_head, dw_tail, r);
     pthread_mutex_unlock(&ur_lock);
     __atomic_add_fetch(&dw_stats[2], 1, __ATOMIC_RELAXED);
     uint64_t one = 1;
