@@ -125,9 +125,8 @@ class DevThreads:
     wait on the disk run side by side there too. Asked for before the mount;
     the shim starts them once INIT is answered without io_uring."""
 
-    def __init__(self, lib: Any, threads: int) -> None:
+    def __init__(self, lib: Any) -> None:
         self._lib = lib
-        self.threads = threads
         lib.astrid_dw_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
         lib.astrid_dw_stats.restype = None
         lib.astrid_dw_active.restype = ctypes.c_int
@@ -139,14 +138,12 @@ class DevThreads:
             return None
         lib = ctypes.CDLL(None)
         lib.astrid_dw_enable(threads)
-        return cls(lib, threads)
-
-    def active(self) -> bool:
-        return bool(self._lib.astrid_dw_active())
+        return cls(lib)
 
     def stats(self) -> dict[str, int]:
-        """Requests the threads read, answered in C, forwarded to Python."""
+        """Threads reading /dev/fuse (0 over io_uring), requests they read,
+        answered in C, forwarded to Python."""
         out = (ctypes.c_int64 * 3)()
         self._lib.astrid_dw_stats(out)
-        return {"threads": self.threads if self.active() else 0, "read": int(out[0]),
+        return {"threads": int(self._lib.astrid_dw_active()), "read": int(out[0]),
                 "answered_in_c": int(out[1]), "forwarded": int(out[2])}

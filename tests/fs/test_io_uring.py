@@ -26,6 +26,7 @@ from tests.support.mounts import (
     MountedSession,
     loop_ext4,
     missing_part,
+    named_threads,
     require_fuse,
     ring_threads,
     run_cli,
@@ -312,10 +313,7 @@ def test_dev_fuse_is_read_by_threads_when_asked(
     threads = stats["dev_threads"]
     assert threads["threads"] == 8
     assert threads["answered_in_c"] >= 2 * FILES  # a LOOKUP and a READ each
-    pid = s.control("ping")["pid"]
-    names = [Path(f"/proc/{pid}/task/{t}/comm").read_text().strip()
-             for t in os.listdir(f"/proc/{pid}/task")]
-    assert names.count("astrid-dev") == 8
+    assert len(named_threads(s.control("ping")["pid"], "astrid-dev")) == 8
     rings = ring_mount(mount_session, lower)
     assert rings.control("stats")["dev_threads"]["threads"] == 0
 

@@ -53,15 +53,21 @@ def run_cli(*args: str, home: Path, check: bool = True,
     return result
 
 
-def ring_threads(pid: int) -> dict[int, int]:
-    """The io_uring queue threads (`astrid-ring<CPU>`, several per CPU) of
-    daemon `pid`: thread id -> scheduling policy."""
+def named_threads(pid: int, prefix: str) -> dict[int, int]:
+    """Process `pid`'s threads whose name starts with `prefix`: thread id ->
+    scheduling policy."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-        if name.startswith("astrid-ring"):
+        if name.startswith(prefix):
             out[int(tid)] = os.sched_getscheduler(int(tid))
     return out
+
+
+def ring_threads(pid: int) -> dict[int, int]:
+    """The io_uring queue threads (`astrid-ring<CPU>`, several per CPU) of
+    daemon `pid`: thread id -> scheduling policy."""
+    return named_threads(pid, "astrid-ring")
 
 
 @contextmanager

@@ -1087,6 +1087,20 @@ static struct wf_entry *wf_get(uint64_t ino)
     return e;
 }
 
+/* `ino`'s entry with a reference taken if WRITEs may go to its fd, else
+ * NULL (the shim's own fds are read-only). */
+static struct wf_entry *wf_get_writable(uint64_t ino)
+{
+    pthread_mutex_lock(&wf_lock);
+    struct wf_entry *e = *wf_slot(ino);
+    if (e && e->writable)
+        e->refs++;
+    else
+        e = NULL;
+    pthread_mutex_unlock(&wf_lock);
+    return e;
+}
+
 /* wf_lock held, `e` out of the table and unused: its end. */
 static void wf_free(struct wf_entry *e)
 {
@@ -1203,11 +1217,7 @@ static int wf_write(fuse_req_t req, struct fuse_bufvec *bufv, off_t off,
         return 0;
     if (!wf_ready())
         return 0;
-    struct wf_entry *e = wf_get(fi->fh & ASTRID_FH_INO_MASK);
-    if (e && !e->writable) {
-        wf_put(e);
-        e = NULL;
-    }
+    struct wf_entry *e = wf_get_writable(fi->fh & ASTRID_FH_INO_MASK);
     if (!e)
         return 0;
     if (kp_kills) {
@@ -3248,17 +3258,13 @@ static int fd_request(const char *req, uint32_t len, const char *wdata, char *rd
     if (size > room || (writing && len < 80 + size))
         return 0;
     uint64_t ino = fh ? (fh & ASTRID_FH_INO_MASK) : nodeid;
-    struct wf_entry *w = wf_get(ino); /* (the fd stays open while we use it) */
+    /* (a reference: the fd stays open while we use it) */
+    struct wf_entry *w = writing ? wf_get_writable(ino) : wf_get(ino);
     if (!w && reading) {
         /* A file part 12 found (version 21): its first READ opens it here,
          * as the drain does, instead of going to the trio thread (a cold
          * `grep -r` sent it 20,000 first READs). */
-        if (!(w = lk_read_entry(ino)))
-            return 0;
-    }
-    if (w && writing && (!w->writable || w->owned)) {
-        wf_put(w);
-        w = NULL;
+        w = lk_read_entry(ino);
     }
     if (!w)
         return 0;
@@ -3506,6 +3512,21 @@ static int ur_possible_cpus(void)
     return n > 0 && n <= UR_MAX_QUEUES ? n : 0;
 }
 
+/* A detached thread running fn(arg) on a small stack (the queue threads and
+ * part 16's: their deepest frame is part 12's with a PATH_MAX buffer): 0, or
+ * pthread_create's error. */
+static int spawn_detached(void *(*fn)(void *), void *arg)
+{
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 256 * 1024);
+    int err = pthread_create(&t, &a, fn, arg);
+    pthread_attr_destroy(&a);
+    return err;
+}
+
 /* Queue threads per CPU: ASTRID_FS_RING_THREADS (1 to UR_THREADS), else as
  * many as keep UR_ALL_THREADS in all (at least one per CPU, at most
  * UR_THREADS): what more threads buy is requests waiting on the disk side by
@@ -3546,14 +3567,8 @@ static void ur_start(void)
         }
         ur_queues[t] = u;
         ur_nq = t + 1;
-        pthread_t th;
-        pthread_attr_t a;
-        pthread_attr_init(&a);
-        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&a, 256 * 1024);
-        if (u->ev_fd < 0 || pthread_create(&th, &a, ur_thread, u) != 0)
+        if (u->ev_fd < 0 || spawn_detached(ur_thread, u) != 0)
             goto fail;
-        pthread_attr_destroy(&a);
     }
     return;
 fail:
@@ -3745,7 +3760,7 @@ int fuse_session_fd(struct fuse_session *se)
  *     running: stat cold measured 3.3x native against 2.3x (a thread that
  *     spins after its answer, one at a time, made it worse: the kernel wakes
  *     a sleeping reader anyway). benchmarks.md, "/dev/fuse read by threads".
- *     How: once INIT is answered, DW_THREADS threads read /dev/fuse (the
+ *     How: once INIT is answered, N threads read /dev/fuse (the
  *     session's own fd, so a reply written on it by anyone matches) and
  *     answer what part 15's queue threads answer (c_table, c_errno,
  *     fd_request), replying on the fd; the rest is copied to a queue that
@@ -3755,13 +3770,15 @@ int fuse_session_fd(struct fuse_session *se)
  *     (its epoll fd no longer holds it) until a thread finds the connection
  *     gone, when its own read hands libfuse the error that ends the loop.
  */
-#define DW_THREADS 8
+#define DW_MAX 64                      /* threads */
+#define DW_BUF (256 * 4096 + 8192)     /* libfuse's: 256 pages, and a header */
 struct dw_req { struct dw_req *next; uint32_t len; char data[]; };
 static struct dw_req *dw_head, *dw_tail; /* under ur_lock */
 static int64_t dw_stats[3];             /* requests read, answered here, forwarded */
 
 int astrid_dw_enable(int threads) { dw_wanted = threads > 0 ? threads : 0; return 0; }
 
+/* How many threads read /dev/fuse (0 until INIT is answered without io_uring). */
 int astrid_dw_active(void) { return dw_active; }
 
 void astrid_dw_stats(int64_t *out)
@@ -3833,9 +3850,8 @@ static void *dw_thread(void *arg)
     (void)arg;
     dw_worker = 1;
     pthread_setname_np(pthread_self(), "astrid-dev");
-    /* libfuse reads with 256 pages and a 4 KiB header; the kernel insists on
-     * room for max_write: EINVAL grows the buffer */
-    size_t size = 256 * 4096 + 8192;
+    /* the kernel insists on room for max_write: EINVAL grows the buffer */
+    size_t size = DW_BUF;
     char *buf = malloc(size), *out = malloc(size);
     for (;;) {
         if (!buf || !out)
@@ -3884,19 +3900,11 @@ static void dw_start(void)
     if (ur_epfd < 0 || ur_devfd < 0)
         return;
     int started = 0;
-    for (int i = 0; i < dw_wanted && i < 64; i++) {
-        pthread_t t;
-        pthread_attr_t a;
-        pthread_attr_init(&a);
-        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&a, 256 * 1024);
-        if (pthread_create(&t, &a, dw_thread, NULL) == 0)
-            started++;
-        pthread_attr_destroy(&a);
-    }
+    for (int i = 0; i < dw_wanted && i < DW_MAX; i++)
+        started += spawn_detached(dw_thread, NULL) == 0;
     if (!started)
         return; /* the trio thread reads /dev/fuse as before */
-    dw_active = 1;
+    dw_active = started;
     epoll_ctl(ur_epfd, EPOLL_CTL_DEL, ur_devfd, NULL);
 }
 
@@ -3909,7 +3917,7 @@ static int dw_pop(struct fuse_buf *buf)
     if (!r)
         return 0;
     if (!buf->mem) {
-        buf->mem = malloc(r->len > 256 * 4096 + 8192 ? r->len : 256 * 4096 + 8192);
+        buf->mem = malloc(r->len > DW_BUF ? r->len : DW_BUF);
         if (!buf->mem) {
             free(r);
             return 0;
