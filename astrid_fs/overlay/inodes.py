@@ -111,14 +111,19 @@ class InodeTable:
         Updates the cached layer state: a fresh lookup is the truth.
         """
         node = self._nodes.get(ino)
+        changed = False
         if node is None or node.is_dir != is_dir:
             node = Node(ino, is_dir, lower, in_upper)
             self._nodes[ino] = node
-        else:
+        elif node.lower != lower or node.in_upper != in_upper:
+            # Another request moved it between layers (a hard link's other
+            # name copied up, say): whoever holds an fd on the old layer's
+            # file must hear of it, as from a copy-up.
             node.lower = lower
             node.in_upper = in_upper
+            changed = True
         self._link(node, (parent, name))
-        if is_dir:
+        if is_dir or changed:
             for watcher in self._watchers:
                 watcher(node)
         return node

@@ -94,3 +94,24 @@ def test_removing_a_lower_name_counts_for_the_others(mount_session: MountFactory
     assert (mnt / "a").read_text() == "base\n"
     assert (mnt / "b").read_text() == "saved\n"
     assert os.stat(lower / "a").st_nlink == 3  # the project is untouched
+
+
+def test_a_reader_follows_the_other_name_up_after_a_save_over_one(
+        mount_session: MountFactory, tmp_path: Path) -> None:
+    """Found by the model test: read through one name (the daemon keeps an
+    fd on the lower file), save over that name (the other name moves to the
+    upper layer to keep its link count), then truncate the other name: its
+    reads came from the stale lower fd (9 bytes where stat said 100)."""
+    lower = tmp_path / "project"
+    (lower / "d2").mkdir(parents=True)
+    (lower / "f1").write_bytes(b"lower f1\n")
+    os.link(lower / "f1", lower / "d2" / "f1")
+    mnt = mount_session(lower).mnt
+    assert (mnt / "d2" / "f1").read_bytes() == b"lower f1\n"
+    (mnt / "new").write_bytes(b"")
+    os.rename(mnt / "new", mnt / "d2" / "f1")
+    os.truncate(mnt / "f1", 100)
+    assert os.stat(mnt / "f1").st_size == 100
+    assert (mnt / "f1").read_bytes() == b"lower f1\n" + bytes(91)
+    assert (mnt / "d2" / "f1").read_bytes() == b""
+    assert (lower / "f1").read_bytes() == b"lower f1\n"
