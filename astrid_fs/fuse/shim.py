@@ -84,7 +84,9 @@ def shim_version() -> int:
     threads per CPU (ASTRID_FS_RING_THREADS), and part 9's lock a
     reader-writer lock, so reads that wait on the disk run side by side
     (io_uring.py); 25: threads reading /dev/fuse where io_uring does not
-    run (ASTRID_FS_DEV_THREADS; io_uring.py `DevThreads`)."""
+    run (ASTRID_FS_DEV_THREADS; io_uring.py `DevThreads`); 26: a decided
+    OPEN's reply is passthrough only where no daemon-path open went out
+    meanwhile, and live passthrough opens keep their backing (passthrough.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

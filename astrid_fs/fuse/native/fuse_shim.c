@@ -190,7 +190,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 25; }
+int astrid_fuse_shim_loaded(void) { return 26; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -411,12 +411,22 @@ int astrid_pt_backing_open(int fd)
 
 /* Set the data path of `ino`. A passthrough entry takes over `backing_id`
  * (closed when the entry goes); the entry's previous backing is closed if
- * it is a different one. Live-open counts are kept. */
+ * it is a different one. Live-open counts are kept. While passthrough opens
+ * hold the entry's backing it stays (version 26): the kernel refuses an
+ * open that names another backing, or none, meanwhile, and a queue thread
+ * may have given out such an open since the daemon last asked; `backing_id`
+ * is then closed and -EBUSY returned (the reply reuses the live backing). */
 int astrid_pt_set(uint64_t ino, int32_t mode, int32_t backing_id)
 {
     pthread_mutex_lock(&pt_lock);
     struct pt_entry **slot = pt_slot(ino);
     struct pt_entry *e = *slot;
+    if (e && e->pt_opens > 0 && e->backing_id > 0 && e->backing_id != backing_id) {
+        if (backing_id > 0)
+            pt_backing_close(backing_id);
+        pthread_mutex_unlock(&pt_lock);
+        return -EBUSY;
+    }
     if (!e) {
         e = calloc(1, sizeof *e);
         if (!e) {
@@ -583,12 +593,19 @@ static int pt_send_open(fuse_req_t req, uint64_t fh, uint32_t flags, int32_t bac
 }
 
 /* The reply for `ino` from its table entry (caller holds pt_lock). Counts
- * the open; pt_undo() takes it back if the reply could not be sent. */
+ * the open; pt_undo() takes it back if the reply could not be sent.
+ * Passthrough where live passthrough opens hold a backing (the kernel wants
+ * the same one), or where the entry says so and no daemon-path open is live
+ * (the kernel refuses passthrough beside cached I/O): a queue thread may
+ * have answered a reader's OPEN from the entry the daemon was replacing
+ * while it decided (version 26). A writer that gets the daemon path then
+ * writes through the inode's fd, which its decision copied up. */
 static struct pt_open_out pt_reply_for(uint64_t ino, uint32_t daemon_flags)
 {
     struct pt_open_out out = { .fh = ASTRID_FH_INODE | ino, .open_flags = daemon_flags };
     struct pt_entry *e = *pt_slot(ino);
-    if (e && e->mode == PT_PASSTHROUGH && e->backing_id > 0) {
+    if (e && e->backing_id > 0
+        && (e->pt_opens > 0 || (e->mode == PT_PASSTHROUGH && !e->daemon_opens))) {
         e->pt_opens++;
         out.fh |= ASTRID_FH_PT_OPEN;
         out.open_flags = PT_FOPEN_PASSTHROUGH;
