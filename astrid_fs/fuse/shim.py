@@ -86,7 +86,10 @@ def shim_version() -> int:
     (io_uring.py); 25: threads reading /dev/fuse where io_uring does not
     run (ASTRID_FS_DEV_THREADS; io_uring.py `DevThreads`); 26: a decided
     OPEN's reply is passthrough only where no daemon-path open went out
-    meanwhile, and live passthrough opens keep their backing (passthrough.py)."""
+    meanwhile, and live passthrough opens keep their backing (passthrough.py);
+    27: over /dev/fuse, a READ that would wait on the disk while other
+    requests wait goes to reader threads (ASTRID_FS_READ_THREADS;
+    write_table.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

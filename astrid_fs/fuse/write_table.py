@@ -38,15 +38,23 @@ from astrid_fs.fuse.shim import shim_version
 WRITE_TABLE_VERSION = 7
 DRAIN_VERSION = 8
 READ_TABLE_VERSION = 9
+# The shim version whose READs that would wait on the disk go to reader
+# threads (part 17, astrid_ro_stats).
+READ_THREADS_VERSION = 27
 
 
 class ShimWriteTable:
     """The Python side of the shim's ino -> fd table."""
 
-    def __init__(self, lib: Any, *, drains: bool, serves_reads: bool) -> None:
+    def __init__(self, lib: Any, *, drains: bool, serves_reads: bool,
+                 read_threads: bool = False) -> None:
         self._lib = lib
         self.drains = drains
         self.serves_reads = serves_reads
+        self.read_threads = read_threads
+        if read_threads:
+            self._lib.astrid_ro_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+            self._lib.astrid_ro_stats.restype = None
         if serves_reads:
             self._lib.astrid_fd_set.argtypes = [ctypes.c_uint64, ctypes.c_int, ctypes.c_int]
             self._lib.astrid_fd_set.restype = ctypes.c_int
@@ -69,7 +77,8 @@ class ShimWriteTable:
         if version < WRITE_TABLE_VERSION:
             return None
         return cls(ctypes.CDLL(None), drains=version >= DRAIN_VERSION,
-                   serves_reads=version >= READ_TABLE_VERSION)
+                   serves_reads=version >= READ_TABLE_VERSION,
+                   read_threads=version >= READ_THREADS_VERSION)
 
     def add(self, ino: int, fd: int, *, writes: bool) -> None:
         """READs of `ino` are read from `fd`, and WRITEs written there if
@@ -87,7 +96,10 @@ class ShimWriteTable:
 
     def stats(self) -> dict[str, int]:
         """WRITEs the shim answered and the bytes they wrote (READs and the
-        bytes they read, from version 9); requests it answered while
+        bytes they read, from version 9); READs the trio thread gave its
+        reader threads, answered from the page cache without waiting, and
+        read inline where the file system cannot say (part 17, version 27),
+        and how many reader threads run; requests it answered while
         draining, and how often it then found nothing more; how often the
         wait for the next one found it while spinning, and did not (shim
         version 18)."""
@@ -99,6 +111,10 @@ class ShimWriteTable:
         counts = {"writes": int(out[0]), "bytes": int(out[1])}
         if self.serves_reads:
             counts |= {"reads": int(out[2]), "read_bytes": int(out[3])}
+        if self.read_threads:
+            self._lib.astrid_ro_stats(out)
+            counts |= {"reads_to_threads": int(out[0]), "reads_cached": int(out[1]),
+                       "reads_inline": int(out[2]), "read_threads": int(out[3])}
         if self.drains:
             self._lib.astrid_drain_stats(out)
             counts |= {"drained": int(out[0]), "drain_idle": int(out[1]),

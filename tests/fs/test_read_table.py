@@ -14,6 +14,7 @@ cached pages (POSIX_FADV_DONTNEED), which makes the kernel send READs again.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,140 @@ def test_first_reads_outside_the_shims_lookups_are_answered_in_c(
     assert after["shim_writes"]["reads"] - before["shim_writes"]["reads"] >= 41
     # Nothing was copied up by reading.
     assert sorted(p.name for p in (s.upper / "d").iterdir()) == ["new"]
+
+
+# ---- part 17 (shim version 27): READs that would wait, off the trio thread ----
+
+FILES = 24
+SIZE = 300 * 1024 + 17  # several READs each, the last one short
+
+
+def evict(path: Path) -> None:
+    """Drop `path`'s pages from the page cache (the lower file behind the
+    mount: the daemon's next read of it must go to the disk)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def dev_fuse_mount(mount_session: object, lower: Path) -> MountedSession:
+    """A mount over /dev/fuse (part 17 does not run over io_uring)."""
+    s: MountedSession = mount_session(  # type: ignore[operator]
+        lower, None, "--no-passthrough", "--no-io-uring")
+    counts = shim_counts(s)
+    if "reads_to_threads" not in counts:
+        pytest.fail("the FUSE shim has no reader threads (version 27; scripts/setup.sh builds it)")
+    return s
+
+
+def many_files(tmp_path: Path) -> Path:
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    for i in range(FILES):
+        (lower / "d" / f"f{i:02}").write_bytes(content(SIZE, i))
+    return lower
+
+
+def read_all_in_threads(mnt: Path, threads: int = 6) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def reader(k: int) -> None:
+        try:
+            for i in range(k, FILES, threads):
+                assert uncached_read(mnt / "d" / f"f{i:02}") == content(SIZE, i), i
+        except BaseException as e:  # reported by the caller
+            errors.append(e)
+
+    pool = [threading.Thread(target=reader, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return errors
+
+
+def test_reads_that_would_wait_go_to_reader_threads(tmp_path: Path, mount_session: object,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over /dev/fuse the trio thread answers a READ the page cache holds
+    itself (RWF_NOWAIT) and gives one that would wait on the disk to a
+    reader thread, so a cold read no longer holds back every other request
+    (8 readers of 20,000 cold files: 3.9-4.4x native before, 2.2x after).
+    Byte-exact either way, to the short tail. (By default only while other
+    requests wait; here every such READ, so the count says it happened.)"""
+    monkeypatch.setenv("ASTRID_FS_READ_HANDOFF", "always")
+    lower = many_files(tmp_path)
+    s = dev_fuse_mount(mount_session, lower)
+    # In the lower's page cache: the READs are answered inline.
+    (lower / "d" / "f00").read_bytes()
+    before = shim_counts(s)
+    assert uncached_read(s.mnt / "d" / "f00") == content(SIZE, 0)
+    after = shim_counts(s)
+    assert after["reads_cached"] > before["reads_cached"]
+    # Not in it: the READs go to the threads, six readers side by side.
+    for i in range(FILES):
+        evict(lower / "d" / f"f{i:02}")
+    before = after
+    assert read_all_in_threads(s.mnt) == []
+    after = shim_counts(s)
+    assert after["reads_to_threads"] - before["reads_to_threads"] >= FILES
+    assert after["read_threads"] == 8
+
+
+def test_reader_threads_can_be_turned_off(tmp_path: Path, mount_session: object,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASTRID_FS_READ_THREADS", "0")
+    lower = many_files(tmp_path)
+    s = dev_fuse_mount(mount_session, lower)
+    for i in range(FILES):
+        evict(lower / "d" / f"f{i:02}")
+    assert read_all_in_threads(s.mnt) == []
+    counts = shim_counts(s)
+    assert counts["read_threads"] == 0
+    assert counts["reads_inline"] == 0  # (counted only where threads run)
+    assert counts["reads_to_threads"] == 0
+    assert counts["reads"] >= FILES
+
+
+def test_a_copy_up_waits_for_a_read_in_a_reader_thread(
+        tmp_path: Path, mount_session: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers of cold lower files (their READs in reader threads, holding
+    the lower fd) while a writer copies each file up by appending: every read
+    is the old content or the new, and afterwards every read is the new one
+    (the daemon took the lower fd out of the table only once no reader
+    thread used it)."""
+    monkeypatch.setenv("ASTRID_FS_READ_HANDOFF", "always")
+    lower = many_files(tmp_path)
+    s = dev_fuse_mount(mount_session, lower)
+    old = {i: content(SIZE, i) for i in range(FILES)}
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                for i in range(FILES):
+                    evict(lower / "d" / f"f{i:02}")
+                    seen = uncached_read(s.mnt / "d" / f"f{i:02}")
+                    assert seen in (old[i], old[i] + b"new\n"), (i, len(seen))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for t in readers:
+        t.start()
+    try:
+        for i in range(FILES):
+            with open(s.mnt / "d" / f"f{i:02}", "ab") as f:
+                f.write(b"new\n")
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+    assert errors == []
+    for i in range(FILES):
+        assert uncached_read(s.mnt / "d" / f"f{i:02}") == old[i] + b"new\n"
+        assert (lower / "d" / f"f{i:02}").read_bytes() == old[i]
+    assert shim_counts(s)["reads_to_threads"] > 0
