@@ -30,6 +30,7 @@ from tests.support.mounts import (
     require_fuse,
     ring_threads,
     run_cli,
+    while_looping,
 )
 
 MountFactory = Callable[..., MountedSession]
@@ -598,31 +599,21 @@ def test_a_copy_up_retires_the_fd_a_queue_thread_opened(
     s = ring_mount(mount_session, lower, *(["--passthrough"] if data_path == "passthrough" else []))
     names = sorted(os.listdir(s.mnt / "d"))
     cpus = sorted(os.sched_getaffinity(0))
-    errors: list[BaseException] = []
-    done = threading.Event()
 
-    def reader(cpu: int) -> None:
-        try:
+    def reader(cpu: int) -> Callable[[], None]:
+        def read_each() -> None:
             with on_cpu(cpu):
-                while not done.is_set():
-                    for name in names:
-                        seen = (s.mnt / "d" / name).read_bytes()
-                        assert seen in (b"old\n", b"old\nnew\n"), (name, seen)
-        except BaseException as e:  # reported below
-            errors.append(e)
+                for name in names:
+                    seen = (s.mnt / "d" / name).read_bytes()
+                    assert seen in (b"old\n", b"old\nnew\n"), (name, seen)
+        return read_each
 
-    readers = [threading.Thread(target=reader, args=(cpu,)) for cpu in cpus]
-    for r in readers:
-        r.start()
-    try:
+    def append_each() -> None:
         for name in names:
             with open(s.mnt / "d" / name, "ab") as f:
                 f.write(b"new\n")
-    finally:
-        done.set()
-        for r in readers:
-            r.join()
-    assert errors == []
+
+    assert while_looping([reader(cpu) for cpu in cpus], append_each) == []
     for cpu in cpus:
         with on_cpu(cpu):
             for name in names:

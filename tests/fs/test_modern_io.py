@@ -28,7 +28,7 @@ from astrid_fs.overlay.layers import Layers
 from astrid_fs.overlay.overlay import Overlay
 from astrid_fs.overlay.whiteout import OverlayXattrs
 from tests.fs.s3_fixture import ACCESS_KEY, S3Target, s3, s3_server  # noqa: F401
-from tests.support.mounts import MountedSession, hash_tree
+from tests.support.mounts import MountedSession, drop_cached_pages, hash_tree
 
 Mount = Callable[..., MountedSession]
 
@@ -193,12 +193,7 @@ def _fallocate_outcome(path: Path, mode: int, offset: int, length: int, backing:
     # depends on when the daemon's threads touched it (one run in ten had the
     # zeroed range cached through the mount). st_blocks: what fallocate
     # allocated or freed, also beyond EOF.
-    bfd = os.open(backing, os.O_RDONLY)
-    try:
-        os.fsync(bfd)
-        os.posix_fadvise(bfd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(bfd)
+    drop_cached_pages(backing)
     extents = layout(path)
     return err, st.st_size, path.read_bytes(), extents, st.st_blocks
 

@@ -13,7 +13,8 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,3 +187,41 @@ def hash_tree(root: Path) -> str:
                 h.update(os.readlink(path).encode())
         h.update(repr(os.lstat(dirpath).st_mtime_ns).encode())
     return h.hexdigest()
+
+
+def drop_cached_pages(path: Path) -> None:
+    """Write back and drop `path`'s pages from the page cache: its next read
+    goes to the disk (a layer file behind a mount: the daemon's next read of
+    it waits on the disk)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def while_looping(loops: list[Callable[[], None]], main: Callable[[], None]
+                  ) -> list[BaseException]:
+    """Run `main` while each of `loops` runs again and again in a thread of
+    its own; return what the loops raised (the first error of each)."""
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def repeat(loop: Callable[[], None]) -> None:
+        try:
+            while not done.is_set():
+                loop()
+        except BaseException as e:  # reported to the caller
+            errors.append(e)
+
+    threads = [threading.Thread(target=repeat, args=(loop,)) for loop in loops]
+    for t in threads:
+        t.start()
+    try:
+        main()
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    return errors
