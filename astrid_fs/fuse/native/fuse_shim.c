@@ -1453,7 +1453,9 @@ static int ro_others_waiting(void)
  * reader thread (`e` let go either way), 0 to read it inline. */
 static int ro_read(fuse_req_t req, struct wf_entry *e, uint64_t ino, size_t size, off_t off)
 {
-    if (!ro_ready())
+    /* (over io_uring, or with part 16, other threads already read side by
+     * side: this part is for the trio thread's drain on /dev/fuse) */
+    if (ur_active || dw_active || !ro_ready())
         return 0;
     int cached = ro_others_waiting() ? ro_try_cached(req, e, size, off) : -1;
     if (cached > 0)
