@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -313,3 +314,36 @@ def test_a_copy_up_waits_for_a_read_in_a_reader_thread(
         assert uncached_read(s.mnt / "d" / f"f{i:02}") == old[i] + b"new\n"
         assert (lower / "d" / f"f{i:02}").read_bytes() == old[i]
     assert shim_counts(s)["reads_to_threads"] > 0
+
+
+def test_a_lazy_unmount_while_reader_threads_hold_reads_ends_the_daemon(
+        tmp_path: Path, mount_session: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers of cold files (their READs queued for or in reader threads)
+    when the mount goes away (`umount --lazy`, what a user does to a busy
+    mount): the readers end, and so does the daemon, with nothing left waiting
+    on a thread's read."""
+    monkeypatch.setenv("ASTRID_FS_READ_HANDOFF", "always")
+    lower = many_files(tmp_path)
+    s = dev_fuse_mount(mount_session, lower)
+    pid = s.control("ping")["pid"]
+    reading = threading.Event()
+
+    def read_each() -> None:
+        for i in range(FILES):
+            drop_cached_pages(lower / "d" / f"f{i:02}")
+            try:
+                seen = uncached_read(s.mnt / "d" / f"f{i:02}")
+            except OSError:
+                return  # (gone from the namespace: the unmount)
+            assert seen == content(SIZE, i), i
+            reading.set()
+
+    def unmount() -> None:
+        assert reading.wait(60), "no reader got a file"
+        s.cli("umount", "--lazy", str(s.mnt))
+
+    assert while_looping([read_each] * 4, unmount) == []
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists():  # (a poll for a state, bounded)
+        assert time.monotonic() < deadline, "the daemon did not end"
+        time.sleep(0.05)
