@@ -98,8 +98,9 @@ class ShimWriteTable:
         """WRITEs the shim answered and the bytes they wrote (READs and the
         bytes they read, from version 9); READs the trio thread gave its
         reader threads, answered from the page cache without waiting, and
-        read inline where the file system cannot say (part 17, version 27),
-        and how many reader threads run; requests it answered while
+        read inline while the threads ran (nothing else waited, or the file
+        system cannot say; part 17, version 27), and how many reader threads
+        run; requests it answered while
         draining, and how often it then found nothing more; how often the
         wait for the next one found it while spinning, and did not (shim
         version 18)."""

@@ -14,8 +14,9 @@ cached pages (POSIX_FADV_DONTNEED), which makes the kernel send READs again.
 from __future__ import annotations
 
 import os
+import select
 import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -221,22 +222,13 @@ def many_files(tmp_path: Path) -> Path:
     return lower
 
 
-def read_all_in_threads(mnt: Path, threads: int = 6) -> list[BaseException]:
-    errors: list[BaseException] = []
+def read_all_in_threads(mnt: Path, threads: int = 6) -> None:
+    """Every file read by `threads` readers side by side, byte-exact."""
+    def read(i: int) -> None:
+        assert uncached_read(mnt / "d" / f"f{i:02}") == content(SIZE, i), i
 
-    def reader(k: int) -> None:
-        try:
-            for i in range(k, FILES, threads):
-                assert uncached_read(mnt / "d" / f"f{i:02}") == content(SIZE, i), i
-        except BaseException as e:  # reported by the caller
-            errors.append(e)
-
-    pool = [threading.Thread(target=reader, args=(k,)) for k in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return errors
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(read, range(FILES)))  # (raises what a reader raised)
 
 
 def test_reads_that_would_wait_go_to_reader_threads(tmp_path: Path, mount_session: object,
@@ -260,7 +252,7 @@ def test_reads_that_would_wait_go_to_reader_threads(tmp_path: Path, mount_sessio
     for i in range(FILES):
         drop_cached_pages(lower / "d" / f"f{i:02}")
     before = after
-    assert read_all_in_threads(s.mnt) == []
+    read_all_in_threads(s.mnt)
     after = shim_counts(s)
     assert after["reads_to_threads"] - before["reads_to_threads"] >= FILES
     assert after["read_threads"] == 8
@@ -273,7 +265,7 @@ def test_reader_threads_can_be_turned_off(tmp_path: Path, mount_session: object,
     s = dev_fuse_mount(mount_session, lower)
     for i in range(FILES):
         drop_cached_pages(lower / "d" / f"f{i:02}")
-    assert read_all_in_threads(s.mnt) == []
+    read_all_in_threads(s.mnt)
     counts = shim_counts(s)
     assert counts["read_threads"] == 0
     assert counts["reads_inline"] == 0  # (counted only where threads run)
@@ -342,8 +334,10 @@ def test_a_lazy_unmount_while_reader_threads_hold_reads_ends_the_daemon(
         assert reading.wait(60), "no reader got a file"
         s.cli("umount", "--lazy", str(s.mnt))
 
-    assert while_looping([read_each] * 4, unmount) == []
-    deadline = time.monotonic() + 60
-    while Path(f"/proc/{pid}").exists():  # (a poll for a state, bounded)
-        assert time.monotonic() < deadline, "the daemon did not end"
-        time.sleep(0.05)
+    daemon = os.pidfd_open(pid)  # (readable once the daemon has ended)
+    try:
+        assert while_looping([read_each] * 4, unmount) == []
+        ended, _, _ = select.select([daemon], [], [], 60)
+        assert ended, "the daemon did not end"
+    finally:
+        os.close(daemon)

@@ -1292,15 +1292,10 @@ static int rf_grow(size_t size)
     return 1;
 }
 
-/* pread of entry `e` into this thread's buffer and the reply to `req`; lets
- * the entry go. */
-static void rf_answer(fuse_req_t req, struct wf_entry *e, size_t size, off_t off)
+/* The reply to a READ of entry `e`: `got` bytes of this thread's buffer,
+ * or errno `err` when `got` < 0; lets the entry go. */
+static void rf_reply(fuse_req_t req, struct wf_entry *e, ssize_t got, int err)
 {
-    ssize_t got;
-    do
-        got = pread(e->fd, rf_buf, size, off);
-    while (got < 0 && errno == EINTR);
-    int err = got < 0 ? errno : 0;
     if (got >= 0) {
         wf_count(&wf_stats[2], 1);
         wf_count(&wf_stats[3], got);
@@ -1312,6 +1307,17 @@ static void rf_answer(fuse_req_t req, struct wf_entry *e, size_t size, off_t off
         rf_reply_buf(req, rf_buf, (size_t)got);
 }
 
+/* pread of entry `e` into this thread's buffer and the reply to `req`; lets
+ * the entry go. */
+static void rf_answer(fuse_req_t req, struct wf_entry *e, size_t size, off_t off)
+{
+    ssize_t got;
+    do
+        got = pread(e->fd, rf_buf, size, off);
+    while (got < 0 && errno == EINTR);
+    rf_reply(req, e, got, got < 0 ? errno : 0);
+}
+
 /*
  * 17. READs that would wait on the disk, off the trio thread (version 27).
  *     Where part 15 does not run, the trio thread's drain answered every READ
@@ -1321,9 +1327,8 @@ static void rf_answer(fuse_req_t req, struct wf_entry *e, size_t size, off_t off
  *     reads inline, as before, while no other request waits on /dev/fuse (a
  *     lone reader, grep -r: a hand-off would only add a wake-up per file; a
  *     cold sequential read measured slower with RWF_NOWAIT tried first,
- *     though within this disk's noise). When others
- *     wait, it reads with RWF_NOWAIT, which answers from the page cache or
- *     fails with EAGAIN: a READ the page cache holds (and an end-of-file
+ *     though within this disk's noise). When others wait, it reads with
+ *     RWF_NOWAIT, which answers from the page cache or fails with EAGAIN: a READ the page cache holds (and an end-of-file
  *     short read of it) is answered inline, so a stream of cached reads
  *     costs no wake-up, and one that would wait goes to a reader thread
  *     (`astrid-read`; 8, started on the first such READ;
@@ -1332,10 +1337,10 @@ static void rf_answer(fuse_req_t req, struct wf_entry *e, size_t size, off_t off
  *     by inode, so one file's READs stay in order on one thread (the lower
  *     file's read-ahead sees a sequential reader) while other files' go side
  *     by side. The thread reads blocking and replies with libfuse's
- *     fuse_reply_buf, which any thread may call. The job holds its wf_get reference: the daemon's
- *     astrid_fd_set waits for it (part 9), so the fd stays open and a
- *     copy-up is not done before the read is. A file system without
- *     RWF_NOWAIT (EOPNOTSUPP: FUSE, NFS) is read inline, as before.
+ *     fuse_reply_buf, which any thread may call. The job holds its wf_get
+ *     reference: the daemon's astrid_fd_set waits for it (part 9), so the fd
+ *     stays open and a copy-up is not done before the read is. A file system
+ *     without RWF_NOWAIT (EOPNOTSUPP: FUSE, NFS) is read inline, as before.
  */
 #define RO_DEFAULT_THREADS 8
 #define RO_MAX_THREADS 64
@@ -1428,11 +1433,8 @@ static int ro_try_cached(fuse_req_t req, struct wf_entry *e, size_t size, off_t 
             break; /* end of file: all there is was cached */
         done += (size_t)got;
     }
-    wf_count(&wf_stats[2], 1);
-    wf_count(&wf_stats[3], (int64_t)done);
     wf_count(&ro_stats[1], 1);
-    wf_put(e);
-    rf_reply_buf(req, rf_buf, done);
+    rf_reply(req, e, (ssize_t)done, 0);
     return 1;
 }
 
@@ -2146,7 +2148,7 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
         res = real(se, buf);
     if (!process || !session_fd)
         return res;
-    if (!ur_active && !dw_active)
+    if (ro_devfd < 0)
         ro_devfd = session_fd(se); /* part 17 looks for more requests there */
     for (;;) {
         if (res <= 0)
