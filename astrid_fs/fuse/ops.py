@@ -270,14 +270,17 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=0), self._entry(node, st)
         node, st, fd = self.ov.create(parent_inode, name, mode, flags, owner(ctx))
         keep = self.cache.keep_pages(node.ino, st)
+        direct = self.cache.direct_for_create(flags)
         if self.no_open:
             # No RELEASE will come for this handle: keep the fd as the
             # inode's own (bounded, closed at forget) and hand out none.
             self.files.adopt(node, fd)
             if self.passthrough is not None and self.passthrough.usable():
                 return self.passthrough.create(node, st.st_mode), self._entry(node, st)
-            return pyfuse3.FileInfo(fh=0, keep_cache=keep), self._entry(node, st)
-        return (pyfuse3.FileInfo(fh=self.files.add_handle(node, fd), keep_cache=keep),
+            return pyfuse3.FileInfo(fh=0, keep_cache=keep, direct_io=direct), \
+                self._entry(node, st)
+        return (pyfuse3.FileInfo(fh=self.files.add_handle(node, fd), keep_cache=keep,
+                                 direct_io=direct),
                 self._entry(node, st))
 
     async def _remote_read(self, reader: Reader, size: int, off: int) -> bytes | memoryview:

@@ -4,6 +4,8 @@ counters), and changes made through the mount are never served stale."""
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import subprocess
 from collections.abc import Callable
@@ -114,3 +116,84 @@ def test_project_edits_show_in_directories_the_session_changed_too(
         os.sched_yield()
     assert names == ["a", "b", "mine"]
     assert (s.mnt / "d" / "b").read_text() == "b"
+
+
+# ---- files created write-only: FOPEN_DIRECT_IO (fuse/cache.py) ---------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+
+
+def cached_pages(path: Path, length: int) -> int:
+    """How many of the first `length` bytes' pages the kernel holds in its
+    page cache for `path` (mincore of a mapping). Mapped with libc's mmap:
+    Python's mmap.mmap calls fstat, which would refresh the file's attributes
+    and so drop the pages (the mtime moved) before they are counted."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr is not None and addr != ctypes.c_void_p(-1).value, \
+            os.strerror(ctypes.get_errno())
+        try:
+            vec = ctypes.create_string_buffer(-(-length // mmap.PAGESIZE))
+            assert _libc.mincore(addr, length, vec) == 0, os.strerror(ctypes.get_errno())
+            return sum(b & 1 for b in vec.raw)
+        finally:
+            _libc.munmap(addr, length)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_created_write_only_skips_the_page_cache(mount_session: Mount) -> None:
+    # A cached write(2) fills the mount's pages and sends them as a WRITE;
+    # nothing could read them before the next stat drops them (the mtime
+    # moved), so a write-only creator's data goes to the daemon directly.
+    s = mount_session()
+    data = os.urandom(1 << 20)
+    counts = {}
+    for name, mode in (("w", os.O_WRONLY), ("rw", os.O_RDWR)):
+        fd = os.open(s.mnt / name, mode | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+        counts[name] = cached_pages(s.mnt / name, len(data))
+    if s.control("stats")["data_path"]["data_path"] == "daemon":
+        # (with passthrough a mapping is the upper file's: nothing to see)
+        assert counts["w"] == 0
+        # a file its writer may read stays cached
+        assert counts["rw"] == len(data) // mmap.PAGESIZE
+    for name in ("w", "rw"):
+        assert (s.mnt / name).read_bytes() == data
+        assert (s.upper / name).read_bytes() == data
+
+
+def test_readers_see_what_a_write_only_creator_writes(mount_session: Mount) -> None:
+    # `cmd > log` in one process, `tail -f log` or an editor in another: the
+    # reader's cached pages give way to the writer's direct writes.
+    s = mount_session()
+    log = s.mnt / "log"
+    w = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(w, b"aaaa")
+        r = os.open(log, os.O_RDONLY)
+        try:
+            assert os.pread(r, 100, 0) == b"aaaa"
+            view = mmap.mmap(r, 4, prot=mmap.PROT_READ)
+            os.pwrite(w, b"bbbbcc", 0)
+            assert os.pread(r, 100, 0) == b"bbbbcc"
+            assert view[:4] == b"bbbb"
+            view.close()
+            os.write(w, b"dd")  # at the writer's own offset (4)
+            assert os.pread(r, 100, 0) == b"bbbbdd"
+            assert os.fstat(r).st_size == 6
+        finally:
+            os.close(r)
+    finally:
+        os.close(w)
+    with open(log, "ab") as f:  # and the next open (no_open: cached) appends
+        f.write(b"ee")
+    assert log.read_bytes() == b"bbbbddee"
+    assert (s.upper / "log").read_bytes() == b"bbbbddee"
