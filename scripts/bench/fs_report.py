@@ -113,7 +113,7 @@ def markdown(medians: dict[str, dict[str, float]], unavailable: dict[str, str],
         "Cold = after `echo 3 > /proc/sys/vm/drop_caches`; git status first = on a "
         "fresh mount, after dropping caches."
         + (f" Load average during the run: {load}." if load else "")
-        + (f" Idle CPUs: {idle}." if idle else ""),
+        + (f" Idle CPUs and memory: {idle}." if idle else ""),
         "",
         table(medians, unavailable),
         "",
