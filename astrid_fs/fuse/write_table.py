@@ -41,14 +41,21 @@ READ_TABLE_VERSION = 9
 # The shim version whose READs that would wait on the disk go to reader
 # threads (part 17, astrid_ro_stats).
 READ_THREADS_VERSION = 27
+# The shim version that reads layer files ahead of a sequential reader
+# (part 18, astrid_ra_stats).
+READ_AHEAD_VERSION = 28
 
 
 class ShimWriteTable:
     """The Python side of the shim's ino -> fd table."""
 
     def __init__(self, lib: Any, *, drains: bool, serves_reads: bool,
-                 read_threads: bool = False) -> None:
+                 read_threads: bool = False, read_ahead: bool = False) -> None:
         self._lib = lib
+        self.read_ahead = read_ahead
+        if read_ahead:
+            self._lib.astrid_ra_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+            self._lib.astrid_ra_stats.restype = None
         self.drains = drains
         self.serves_reads = serves_reads
         self.read_threads = read_threads
@@ -78,7 +85,8 @@ class ShimWriteTable:
             return None
         return cls(ctypes.CDLL(None), drains=version >= DRAIN_VERSION,
                    serves_reads=version >= READ_TABLE_VERSION,
-                   read_threads=version >= READ_THREADS_VERSION)
+                   read_threads=version >= READ_THREADS_VERSION,
+                   read_ahead=version >= READ_AHEAD_VERSION)
 
     def add(self, ino: int, fd: int, *, writes: bool) -> None:
         """READs of `ino` are read from `fd`, and WRITEs written there if
@@ -100,7 +108,9 @@ class ShimWriteTable:
         reader threads, answered from the page cache without waiting, and
         read inline while the threads ran (nothing else waited, or the file
         system cannot say; part 17, version 27), and how many reader threads
-        run; requests it answered while
+        run; how often it asked the kernel to read a layer file ahead of a
+        sequential reader, and how many bytes (part 18, version 28); requests
+        it answered while
         draining, and how often it then found nothing more; how often the
         wait for the next one found it while spinning, and did not (shim
         version 18)."""
@@ -116,6 +126,9 @@ class ShimWriteTable:
             self._lib.astrid_ro_stats(out)
             counts |= {"reads_to_threads": int(out[0]), "reads_cached": int(out[1]),
                        "reads_inline": int(out[2]), "read_threads": int(out[3])}
+        if self.read_ahead:
+            self._lib.astrid_ra_stats(out)
+            counts |= {"read_aheads": int(out[0]), "read_ahead_bytes": int(out[1])}
         if self.drains:
             self._lib.astrid_drain_stats(out)
             counts |= {"drained": int(out[0]), "drain_idle": int(out[1]),
