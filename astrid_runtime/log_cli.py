@@ -27,9 +27,10 @@ import trio
 from astrid_runtime.config import default_home, load_config
 from astrid_runtime.control import ControlClient
 from astrid_runtime.errors import ControlError, KernelError, KernelUnreachable
+from astrid_runtime.recorder.chunk import Call, Event
 from astrid_runtime.recorder.query import answer
 from astrid_runtime.recorder.settings import RecordingSettings
-from astrid_runtime.recorder.store import Call, Event, default_url, open_store
+from astrid_runtime.recorder.store import default_url, open_store
 from astrid_runtime.recorder.values import readable
 
 EXIT_DIFFERS = 4

@@ -16,7 +16,8 @@ from typing import Any
 
 from astrid_runtime.bus.topics import match_tokens, validate_pattern, validate_topic
 from astrid_runtime.errors import ControlError
-from astrid_runtime.recorder.store import Call, Store
+from astrid_runtime.recorder.chunk import Call
+from astrid_runtime.recorder.store import Store
 
 
 def _int(request: dict[str, Any], key: str, default: int | None) -> int | None:

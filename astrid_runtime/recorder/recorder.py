@@ -43,16 +43,16 @@ import trio
 from astrid_runtime.abi.canon import Err, Ok
 from astrid_runtime.abi.context import PluginContext
 from astrid_runtime.bus import Message
-from astrid_runtime.recorder.linkcalls import observe_links
-from astrid_runtime.recorder.settings import RecordingSettings
-from astrid_runtime.recorder.store import (
+from astrid_runtime.recorder.chunk import (
     FLAT_ROW,
     HOST_ERR,
     HOST_OK,
     HOST_PLAIN,
     Rows,
-    Store,
 )
+from astrid_runtime.recorder.linkcalls import observe_links
+from astrid_runtime.recorder.settings import RecordingSettings
+from astrid_runtime.recorder.store import Store
 from astrid_runtime.recorder.timeline import Timeline, files_written
 from astrid_runtime.recorder.writer import StoreProcess
 

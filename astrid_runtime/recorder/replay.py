@@ -45,8 +45,8 @@ from astrid_runtime.bus import Bus, Doorbell, Message, Sender
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import CompileError, PluginCrash, PluginError
 from astrid_runtime.grants import Grants, Limits
+from astrid_runtime.recorder.chunk import Call, Event, HostCall
 from astrid_runtime.recorder.linkcalls import replay_links
-from astrid_runtime.recorder.store import Call, Event, HostCall
 from astrid_runtime.recorder.values import decode, encode, readable
 from astrid_runtime.sandbox import PluginInstance
 

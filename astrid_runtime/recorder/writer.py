@@ -6,7 +6,7 @@ quiet machine, interleaved): half of it the SurrealDB write path — the SDK's
 asyncio round trips, the engine's threads, zlib, each taking the GIL or a core
 from the guest threads — though its measured CPU was small. In a child
 process that work has its own interpreter and threads; the kernel's flush
-thread only pickles what it gathered (`store.pack`), sends it and waits for
+thread only pickles what it gathered (`chunk.pack`), sends it and waits for
 the answer with the GIL released.
 
 Protocol: one socketpair, `multiprocessing.connection` framing, pickle. Both
@@ -44,16 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from astrid_fs.pyexec import python_module
+from astrid_runtime.recorder.chunk import Chunk, RecordingError, Rows, pack
 from astrid_runtime.recorder.settings import RecordingSettings
-from astrid_runtime.recorder.store import (
-    Chunk,
-    RecordingBusy,
-    RecordingError,
-    RecordingStore,
-    Rows,
-    pack,
-    store_target,
-)
+from astrid_runtime.recorder.store import RecordingBusy, RecordingStore, store_target
 from astrid_runtime.surreal_exit import leave
 
 

@@ -23,10 +23,11 @@ from astrid_runtime.engine import KernelEngine
 from astrid_runtime.errors import ConfigError
 from astrid_runtime.grants import Grants
 from astrid_runtime.kernel import Kernel, open_kernel
+from astrid_runtime.recorder.chunk import RecordingError, Rows
 from astrid_runtime.recorder.query import answer
 from astrid_runtime.recorder.recorder import recording
 from astrid_runtime.recorder.settings import RecordingSettings
-from astrid_runtime.recorder.store import RecordingError, RecordingStore, Rows
+from astrid_runtime.recorder.store import RecordingStore
 
 RELAY = Grants(publish=("chain.>",), subscribe=("chain",))
 
@@ -227,8 +228,8 @@ def test_call_rows_flat_when_plain_pickled_when_not(tmp_path: Path) -> None:
     """A call whose host calls hold plain values is one flat tuple (nothing for the
     collector to track); one holding containers keeps them pickled; both read back
     the same, and a truncated flat row is a corrupt chunk, not a crash."""
+    from astrid_runtime.recorder.chunk import FLAT_ROW, Call
     from astrid_runtime.recorder.recorder import _call_row
-    from astrid_runtime.recorder.store import FLAT_ROW, Call
 
     plain = _call_row(3, "p", "1", "ok", "", [("kv.get", ["k"], Ok(b"v")),
                                                ("bus.publish", ["t", b"x"], Ok(None))],

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from astrid_runtime.recorder import store as store_mod
+from astrid_runtime.recorder.chunk import RecordingError, Rows
 from astrid_runtime.recorder.settings import RecordingSettings
-from astrid_runtime.recorder.store import RecordingBusy, RecordingError, RecordingStore, Rows
+from astrid_runtime.recorder.store import RecordingBusy, RecordingStore
 from astrid_runtime.recorder.writer import StoreProcess
 
 HOLD = """

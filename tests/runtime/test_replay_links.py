@@ -30,10 +30,11 @@ from astrid_runtime.abi.canon import Ok
 from astrid_runtime.engine import KernelEngine
 from astrid_runtime.grants import Grants, Limits
 from astrid_runtime.kernel import BootPlan, Kernel
+from astrid_runtime.recorder.chunk import Call
 from astrid_runtime.recorder.recorder import recording
 from astrid_runtime.recorder.replay import Target, replay
 from astrid_runtime.recorder.settings import RecordingSettings
-from astrid_runtime.recorder.store import Call, RecordingStore
+from astrid_runtime.recorder.store import RecordingStore
 from astrid_runtime.recorder.values import encode
 from astrid_runtime.supervisor import State
 
