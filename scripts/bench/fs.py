@@ -4,7 +4,7 @@
 Run as root (mounts, drop_caches):
 
     .venv/bin/python scripts/bench/fs.py --quick            # small sizes, ~2 minutes
-    .venv/bin/python scripts/bench/fs.py --full --write-md  # the numbers in docs/benchmarks.md
+    .venv/bin/python scripts/bench/fs.py --full --write-md  # docs/benchmarks-fs.md, the latest
     .venv/bin/python scripts/bench/fs.py --legs native,astrid-fs --workloads "read cold"
     # an A/B of two builds of the FUSE shim in one run, legs interleaved (one command):
     .venv/bin/python scripts/bench/fs.py --full --legs native,fuse-overlayfs,astrid-fs
@@ -90,6 +90,14 @@ def with_s3(section: str, s3_md: str) -> str:
     return head + s3_md + "\n" + sep + tail if sep else section + "\n" + s3_md
 
 
+LATEST_MD = REPO / "docs" / "benchmarks-fs.md"
+LATEST_HEADER = (
+    "# astrid-fs: the latest full run\n\n"
+    "Written by `scripts/bench/fs.py --full --write-md` (or `--from-json FILE --write-md` "
+    "for a saved run): the table of its last run, nothing else. What the numbers mean, "
+    "what changed between runs and every A/B are in [benchmarks.md](benchmarks.md).\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     size = ap.add_mutually_exclusive_group()
@@ -122,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                     "for the run; see 'On ext4 with a journal' in docs/benchmarks.md")
     ap.add_argument("--from-json", type=Path, metavar="FILE",
                     help="measure nothing: print (and --write-md) the table of a saved --json")
-    ap.add_argument("--write-md", nargs="?", const=REPO / "docs" / "benchmarks.md", type=Path,
+    ap.add_argument("--write-md", nargs="?", const=LATEST_MD, type=Path,
                     metavar="FILE", help=f"replace the '{SECTION}' section of FILE "
-                    "(default docs/benchmarks.md)")
+                    "(default docs/benchmarks-fs.md, the page of the latest run; the dated "
+                    "history in docs/benchmarks.md is written by hand)")
     args = ap.parse_args(argv)
 
     if args.from_json:
@@ -146,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             if s3:
                 section = with_s3(section, fs_s3.markdown(s3["medians"], s3["unavailable"],
                                                           sizes))
-            write_section(args.write_md, section)
+            write_section(args.write_md, section, LATEST_HEADER)
         return 0
 
     if os.geteuid() != 0:
@@ -263,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_md:
         section = markdown(medians, unavailable, sizes, mode, base, when, load, idle,
                            args.rounds)
-        write_section(args.write_md, with_s3(section, s3_md) if s3_md else section)
+        write_section(args.write_md, with_s3(section, s3_md) if s3_md else section,
+                      LATEST_HEADER)
         log(f"wrote section '{SECTION}' of {args.write_md}")
     return 0
 

@@ -143,12 +143,14 @@ def markdown(medians: dict[str, dict[str, float]], unavailable: dict[str, str],
     return "\n".join(out)
 
 
-def write_section(doc: Path, section: str) -> None:
+def write_section(doc: Path, section: str, header: str | None = None) -> None:
+    """Replace `section` (from its heading to the next `## `) in `doc`, or
+    add it; a new `doc` starts with `header`."""
     if doc.exists():
         text = doc.read_text()
     else:
-        text = "# Benchmarks\n\nMeasured numbers for Astrid's parts; each section says how to " \
-               "reproduce it.\n"
+        text = header or ("# Benchmarks\n\nMeasured numbers for Astrid's parts; each section "
+                          "says how to reproduce it.\n")
     lines = text.split("\n")
     start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
     if start is None:
