@@ -52,28 +52,23 @@ class ShimWriteTable:
     def __init__(self, lib: Any, *, drains: bool, serves_reads: bool,
                  read_threads: bool = False, read_ahead: bool = False) -> None:
         self._lib = lib
-        self.read_ahead = read_ahead
-        if read_ahead:
-            self._lib.astrid_ra_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
-            self._lib.astrid_ra_stats.restype = None
         self.drains = drains
         self.serves_reads = serves_reads
         self.read_threads = read_threads
-        if read_threads:
-            self._lib.astrid_ro_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
-            self._lib.astrid_ro_stats.restype = None
+        self.read_ahead = read_ahead
+        # Each counter group the shim has: fn(int64_t *out).
+        for name, present in (("astrid_wf_stats", True), ("astrid_fd_stats", serves_reads),
+                              ("astrid_ro_stats", read_threads), ("astrid_ra_stats", read_ahead),
+                              ("astrid_drain_stats", drains)):
+            if present:
+                getattr(lib, name).argtypes = [ctypes.POINTER(ctypes.c_int64)]
+                getattr(lib, name).restype = None
         if serves_reads:
             self._lib.astrid_fd_set.argtypes = [ctypes.c_uint64, ctypes.c_int, ctypes.c_int]
             self._lib.astrid_fd_set.restype = ctypes.c_int
-            self._lib.astrid_fd_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
-            self._lib.astrid_fd_stats.restype = None
         self._lib.astrid_wf_set.argtypes = [ctypes.c_uint64, ctypes.c_int]
         self._lib.astrid_wf_set.restype = ctypes.c_int
-        self._lib.astrid_wf_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
-        self._lib.astrid_wf_stats.restype = None
         if drains:
-            self._lib.astrid_drain_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
-            self._lib.astrid_drain_stats.restype = None
             self._lib.astrid_drain_enable(1)
 
     @classmethod
