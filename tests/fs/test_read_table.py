@@ -379,6 +379,8 @@ def test_a_sequential_reader_has_the_layer_file_read_ahead(
     assert asked >= 2
     # ahead of the reader all the way: the file past its first READs was asked for
     assert asked_bytes >= LONG - 2 * (1 << 20)
+    # and nothing past its end (the window used to run 8 MiB past EOF)
+    assert asked_bytes <= LONG
 
 
 def test_a_random_reader_asks_no_read_ahead(tmp_path: Path, mount_session: object) -> None:

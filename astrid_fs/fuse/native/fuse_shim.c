@@ -1062,6 +1062,7 @@ struct wf_entry {
     int gone;  /* out of the table: the last wf_put frees it (and closes an owned fd) */
     uint64_t read_end;  /* part 18: where the last READ through it ended */
     uint64_t ahead_end; /* and how far the file was asked to be read ahead */
+    uint64_t ahead_eof; /* the layer file's size when last looked at (fstat) */
 };
 #define WF_BUCKETS 4096
 static struct wf_entry *wf_table[WF_BUCKETS];
@@ -1336,14 +1337,28 @@ static void ra_follow(struct wf_entry *e, uint64_t off, size_t size)
     uint64_t last = __atomic_exchange_n(&e->read_end, end, __ATOMIC_RELAXED);
     if (off != last && off != 0)
         return;
+    uint64_t want = end + window;
+    uint64_t eof = __atomic_load_n(&e->ahead_eof, __ATOMIC_RELAXED);
+    if (want > eof) {
+        /* not past the end of the file: nothing to read there, and the
+         * bytes asked (the stats) stay bytes of the file; looked at again
+         * only when the window reaches the size last seen (a growing file) */
+        struct stat st;
+        if (fstat(e->fd, &st) == 0 && st.st_size >= 0) {
+            eof = (uint64_t)st.st_size;
+            __atomic_store_n(&e->ahead_eof, eof, __ATOMIC_RELAXED);
+        }
+        if (want > eof)
+            want = eof;
+    }
     uint64_t ahead = __atomic_load_n(&e->ahead_end, __ATOMIC_RELAXED);
-    if (ahead >= end + window)
-        return;
     uint64_t from = ahead > end ? ahead : end;
-    __atomic_store_n(&e->ahead_end, end + window, __ATOMIC_RELAXED);
-    posix_fadvise(e->fd, (off_t)from, (off_t)(end + window - from), POSIX_FADV_WILLNEED);
+    if (from >= want)
+        return;
+    __atomic_store_n(&e->ahead_end, want, __ATOMIC_RELAXED);
+    posix_fadvise(e->fd, (off_t)from, (off_t)(want - from), POSIX_FADV_WILLNEED);
     wf_count(&ra_stats[0], 1);
-    wf_count(&ra_stats[1], (int64_t)(end + window - from));
+    wf_count(&ra_stats[1], (int64_t)(want - from));
 }
 
 /* out: read-aheads asked (part 18), bytes asked. */
