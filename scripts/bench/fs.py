@@ -61,14 +61,13 @@ import time
 from pathlib import Path
 
 import fs_s3
+from bench_host import add_page_reporting_flag, free_page_reporting_off, idle_policy
 from fs_dataset import (
     FULL,
     QUICK,
     Sizes,
     build_dataset,
-    free_page_reporting_off,
     fs_type,
-    idle_policy,
     is_mounted,
     journal_less_ext4,
     log,
@@ -120,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-settle", action="store_true",
                     help="do not wait out ext4's recently-deleted window (journal-less "
                     "ext4: creates, copy-up above all, then measure slower)")
-    ap.add_argument("--keep-page-reporting", action="store_true",
-                    help="leave the guest's free page reporting to the host on (by default "
-                    "it is off during the run: a reported page costs a host fault when "
-                    "next touched, which made every leg's first run slow)")
+    add_page_reporting_flag(ap)
     ap.add_argument("--ext4-image", type=Path, metavar="FILE",
                     help="run on the ext4 file system in FILE (made if missing: a sparse "
                     "image, mkfs.ext4 defaults, so with a journal), loop-mounted at --base "

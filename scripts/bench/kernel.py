@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from bench_host import add_page_reporting_flag, steady_host
 from wasmtime import Store, WasiConfig
 from wasmtime.component import Component, Linker, Variant
 
@@ -212,7 +213,14 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None,
                         help="with --rss: the kernel home whose compile cache is used "
                              "(default: a temporary one, compiled first)")
+    add_page_reporting_flag(parser)
     args = parser.parse_args()
+    with steady_host(args.keep_page_reporting) as host:
+        print(host, flush=True)
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     logs.configure("error")
     if args.rss:
         with tempfile.TemporaryDirectory() as tmp:

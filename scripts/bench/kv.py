@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trio
+from bench_host import add_page_reporting_flag, steady_host
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -84,7 +85,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=2000)
     parser.add_argument("--value-bytes", type=int, default=100)
+    add_page_reporting_flag(parser)
     args = parser.parse_args()
+    with steady_host(args.keep_page_reporting) as host:
+        print(host, flush=True)
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     value = os.urandom(args.value_bytes)
     print(f"{args.ops} ops per row, {args.value_bytes}-byte values, one thread at a time\n")
     print("| engine | operation | path | p50 µs | p99 µs |")

@@ -35,6 +35,7 @@ from typing import IO
 
 import nats
 import trio
+from bench_host import add_page_reporting_flag, steady_host
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -196,7 +197,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--sizes", default="16,1024")
+    add_page_reporting_flag(parser)
     args = parser.parse_args()
+    with steady_host(args.keep_page_reporting) as host:
+        print(host, flush=True)
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     proc, url = start_server()
     try:

@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench_host import add_page_reporting_flag, steady_host
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from astrid_fs.overlay.whiteout import Origin, set_origin
@@ -122,7 +124,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
+    add_page_reporting_flag(parser)
     args = parser.parse_args()
+    with steady_host(args.keep_page_reporting) as host:
+        print(host, flush=True)
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     runs = [one_run(args.files) for _ in range(args.runs)]
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 

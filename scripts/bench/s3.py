@@ -39,7 +39,10 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from functools import partial
 from pathlib import Path
 
+from bench_host import add_page_reporting_flag, steady_host
+
 REPO = Path(__file__).resolve().parents[2]
+
 sys.path.insert(0, str(REPO))
 
 import obstore  # noqa: E402
@@ -309,7 +312,14 @@ def main() -> int:
     ap.add_argument("--base", type=Path, default=Path("/tmp/astrid-bench-s3"))
     ap.add_argument("--legs", default="driver,astrid-fs,s3fs,rclone")
     ap.add_argument("--write-md", action="store_true", help="update docs/benchmarks.md ## S3")
+    add_page_reporting_flag(ap)
     args = ap.parse_args()
+    with steady_host(args.keep_page_reporting) as host:
+        print(host, flush=True)
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     big_mib, keys, runs = (256, 10_000, 3) if args.full else (64, 2_000, 1)
     args.base.mkdir(parents=True, exist_ok=True)
     server = S3Server(args.base / "s3rver-data", buckets=(BUCKET,), quiet=True)
