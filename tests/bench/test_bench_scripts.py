@@ -70,7 +70,8 @@ def test_no_page_reporting_is_said_so(tmp_path: Path, monkeypatch: pytest.Monkey
         assert said == "no free page reporting to the host"
 
 
-@pytest.mark.parametrize("script", ["fs", "kernel", "kv", "s3", "review", "nats_bridge"])
+@pytest.mark.parametrize("script", ["fs", "kernel", "kv", "s3", "review", "nats_bridge",
+                                    "page_cache"])
 def test_every_bench_can_leave_page_reporting_alone(script: str) -> None:
     out = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--help"],
                          capture_output=True, text=True, timeout=120, cwd=REPO)
