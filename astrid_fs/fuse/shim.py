@@ -89,7 +89,10 @@ def shim_version() -> int:
     meanwhile, and live passthrough opens keep their backing (passthrough.py);
     27: over /dev/fuse, a READ that would wait on the disk while other
     requests wait goes to reader threads (ASTRID_FS_READ_THREADS;
-    write_table.py)."""
+    write_table.py); 28: layer files read ahead of a sequential reader
+    (`read_aheads` in write_table.py's stats); 29: read ahead by a thread
+    through the kernel's own read-ahead (large folios), not
+    POSIX_FADV_WILLNEED."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

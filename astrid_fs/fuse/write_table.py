@@ -44,21 +44,26 @@ READ_THREADS_VERSION = 27
 # The shim version that reads layer files ahead of a sequential reader
 # (part 18, astrid_ra_stats).
 READ_AHEAD_VERSION = 28
+# The shim version whose read-ahead is read by a thread (astrid_ra_thread_stats).
+READ_AHEAD_THREAD_VERSION = 29
 
 
 class ShimWriteTable:
     """The Python side of the shim's ino -> fd table."""
 
     def __init__(self, lib: Any, *, drains: bool, serves_reads: bool,
-                 read_threads: bool = False, read_ahead: bool = False) -> None:
+                 read_threads: bool = False, read_ahead: bool = False,
+                 read_ahead_thread: bool = False) -> None:
         self._lib = lib
         self.drains = drains
         self.serves_reads = serves_reads
         self.read_threads = read_threads
         self.read_ahead = read_ahead
+        self.read_ahead_thread = read_ahead_thread
         # Each counter group the shim has: fn(int64_t *out).
         for name, present in (("astrid_wf_stats", True), ("astrid_fd_stats", serves_reads),
                               ("astrid_ro_stats", read_threads), ("astrid_ra_stats", read_ahead),
+                              ("astrid_ra_thread_stats", read_ahead_thread),
                               ("astrid_drain_stats", drains)):
             if present:
                 getattr(lib, name).argtypes = [ctypes.POINTER(ctypes.c_int64)]
@@ -81,7 +86,8 @@ class ShimWriteTable:
         return cls(ctypes.CDLL(None), drains=version >= DRAIN_VERSION,
                    serves_reads=version >= READ_TABLE_VERSION,
                    read_threads=version >= READ_THREADS_VERSION,
-                   read_ahead=version >= READ_AHEAD_VERSION)
+                   read_ahead=version >= READ_AHEAD_VERSION,
+                   read_ahead_thread=version >= READ_AHEAD_THREAD_VERSION)
 
     def add(self, ino: int, fd: int, *, writes: bool) -> None:
         """READs of `ino` are read from `fd`, and WRITEs written there if
@@ -104,8 +110,10 @@ class ShimWriteTable:
         read inline while the threads ran (nothing else waited, or the file
         system cannot say; part 17, version 27), and how many reader threads
         run; how often it asked the kernel to read a layer file ahead of a
-        sequential reader, and how many bytes (part 18, version 28); requests
-        it answered while
+        sequential reader, and how many bytes (part 18, version 28); the
+        read-ahead thread's opens kept, ranges waiting for it or being read,
+        ranges it read and ranges asked by POSIX_FADV_WILLNEED instead
+        (version 29); requests it answered while
         draining, and how often it then found nothing more; how often the
         wait for the next one found it while spinning, and did not (shim
         version 18)."""
@@ -124,6 +132,11 @@ class ShimWriteTable:
         if self.read_ahead:
             self._lib.astrid_ra_stats(out)
             counts |= {"read_aheads": int(out[0]), "read_ahead_bytes": int(out[1])}
+        if self.read_ahead_thread:
+            self._lib.astrid_ra_thread_stats(out)
+            counts |= {"read_ahead_opens": int(out[0]), "read_ahead_queued": int(out[1]),
+                       "read_aheads_by_thread": int(out[2]),
+                       "read_aheads_fadvised": int(out[3])}
         if self.drains:
             self._lib.astrid_drain_stats(out)
             counts |= {"drained": int(out[0]), "drain_idle": int(out[1]),

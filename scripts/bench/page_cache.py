@@ -18,17 +18,17 @@ import argparse
 import mmap
 import os
 import statistics
-import struct
 import sys
 import time
 from pathlib import Path
 
 from bench_host import add_page_reporting_flag, steady_host
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support.pagecache import folios
+
 MIB = 1 << 20
 WINDOW = 8 * MIB
-KPF_COMPOUND_HEAD = 15
-KPF_COMPOUND_TAIL = 16
 
 
 def read_all(path: Path) -> None:
@@ -52,39 +52,6 @@ def fill(path: Path, how: str) -> None:
         finally:
             os.close(fd)
     read_all(path)
-
-
-def folios(path: Path, length: int) -> tuple[int, int, int]:
-    """(large folio heads, their tail pages, single pages) of the first
-    `length` bytes of `path`'s page cache, as a read-only mapping sees it."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        mm = mmap.mmap(fd, length, prot=mmap.PROT_READ)
-    finally:
-        os.close(fd)
-    try:
-        for off in range(0, length, mmap.PAGESIZE):
-            mm[off]  # map each page (already cached)
-        maps = Path("/proc/self/maps").read_text().splitlines()
-        base = next(int(line.split("-")[0], 16) for line in maps if line.endswith(str(path)))
-        heads = tails = single = 0
-        with open("/proc/self/pagemap", "rb") as pagemap, open("/proc/kpageflags", "rb") as kpf:
-            for page in range(length // mmap.PAGESIZE):
-                pagemap.seek((base // mmap.PAGESIZE + page) * 8)
-                entry = struct.unpack("<Q", pagemap.read(8))[0]
-                if not entry >> 63:  # not present
-                    continue
-                kpf.seek((entry & ((1 << 55) - 1)) * 8)
-                flags = struct.unpack("<Q", kpf.read(8))[0]
-                if flags >> KPF_COMPOUND_HEAD & 1:
-                    heads += 1
-                elif flags >> KPF_COMPOUND_TAIL & 1:
-                    tails += 1
-                else:
-                    single += 1
-    finally:
-        mm.close()
-    return heads, tails, single
 
 
 def one(path: Path, how: str, runs: int, sample: int) -> str:

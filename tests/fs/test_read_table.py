@@ -13,9 +13,11 @@ cached pages (POSIX_FADV_DONTNEED), which makes the kernel send READs again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import pytest
 from astrid_fs.overlay.files import DEFAULT_CAPACITY
 from tests.fs.test_write_table import shim_counts
 from tests.support.mounts import MountedSession, drop_cached_pages, while_looping
+from tests.support.pagecache import pages_per_folio
 
 # Not a multiple of the page size or of the largest READ (1 MiB): the last
 # READ is short.
@@ -343,7 +346,8 @@ def test_a_lazy_unmount_while_reader_threads_hold_reads_ends_the_daemon(
         os.close(daemon)
 
 
-# ---- part 18 (shim version 28): layer files read ahead of a sequential reader ----
+# ---- part 18 (shim version 28; by a thread from 29): layer files read ahead of a
+# sequential reader ----
 
 LONG = 24 * 1024 * 1024 + 999  # three read-ahead windows and a short tail
 
@@ -390,6 +394,79 @@ def test_a_random_reader_asks_no_read_ahead(tmp_path: Path, mount_session: objec
     for off in (5 << 20, (1 << 20) + 3 * 4096, 17 << 20, (9 << 20) + 123, 3 << 20, LONG - 100):
         assert uncached_pread(s.mnt / "long", 4096, off) == expected[off:off + 4096]
     assert read_aheads(s) == before
+
+
+def test_the_layer_file_is_cached_as_a_plain_read_would_cache_it(
+        tmp_path: Path, mount_session: object) -> None:
+    """Part 18 first asked with POSIX_FADV_WILLNEED, whose forced read-ahead
+    fills the page cache with single pages where the kernel's own read-ahead
+    makes large folios (ext4 on this kernel): after an agent read a file
+    through the mount, the host's own readers read it warm ~1.2x slower. Its
+    read-ahead thread now reads through the kernel's read-ahead, so the layer
+    file's page cache is what a plain read of the file makes."""
+    s = long_file_mount(tmp_path, mount_session)
+    layer = tmp_path / "lower" / "long"
+    sample = 16 << 20
+    with open(layer, "rb") as f:
+        while f.read(1 << 20):
+            pass
+    plain = pages_per_folio(layer, sample)
+    drop_cached_pages(layer)
+    before = read_aheads(s)
+    assert uncached_read(s.mnt / "long") == content(LONG, 3)
+    assert read_aheads(s)[0] > before[0]
+    through = pages_per_folio(layer, sample)
+    # mostly large folios where a plain read makes them (4.5 pages per folio
+    # here, 3.1-3.6 through the mount with both CPUs busy, 1.0 by
+    # POSIX_FADV_WILLNEED); single pages only where a plain read makes them
+    # too (a kernel whose ext4 has no large folios)
+    assert through >= min(plain, 2.0), (through, plain)
+
+
+RA_SLOTS = 16  # fuse_shim.c: the read-ahead opens the thread keeps
+
+
+def test_more_sequential_readers_than_read_ahead_opens(tmp_path: Path,
+                                                       mount_session: object) -> None:
+    """48 files read side by side, 24 at a time, each sequentially: each
+    reader gets its own file's bytes, and the read-ahead thread keeps at most
+    RA_SLOTS opens of layer files (the least recently used one is closed
+    when another file needs one), so the daemon's fds stay bounded."""
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    size = 3 << 20
+    names = [f"f{i:02d}" for i in range(48)]
+    for i, name in enumerate(names):
+        (lower / name).write_bytes(content(size, 10 + i))
+    s: MountedSession = mount_session(lower, None, "--no-passthrough")  # type: ignore[operator]
+    for name in names:
+        drop_cached_pages(lower / name)
+    counts = shim_counts(s)
+    if "read_ahead_opens" not in counts:
+        pytest.fail("the FUSE shim has no read-ahead thread (version 29; scripts/setup.sh)")
+    by_thread = counts["read_aheads_by_thread"]
+    for batch in (names[:24], names[24:]):
+        with ThreadPoolExecutor(len(batch)) as pool:
+            got = list(pool.map(lambda n: uncached_read(s.mnt / n), batch))
+        for name, data in zip(batch, got, strict=True):
+            assert data == content(size, 10 + names.index(name)), name
+    counts = shim_counts(s)
+    assert counts["read_aheads_by_thread"] > by_thread
+    assert counts["read_ahead_opens"] <= RA_SLOTS
+    # the ranges still waiting hold an fd each until read: wait them out
+    # (bounded: 48 files of 3 MiB)
+    deadline = time.monotonic() + 60
+    while shim_counts(s)["read_ahead_queued"]:
+        assert time.monotonic() < deadline, "the read-ahead thread did not finish"
+        os.sched_yield()
+    pid = s.control("ping")["pid"]
+    on_layer = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # (closed meanwhile)
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(lower) + "/"):
+                on_layer += 1
+    # one fd per file read (the shim's own) and the read-ahead opens kept
+    assert on_layer <= len(names) + RA_SLOTS, on_layer
 
 
 def test_layer_read_ahead_can_be_turned_off(tmp_path: Path, mount_session: object,
