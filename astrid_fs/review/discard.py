@@ -65,6 +65,8 @@ def discard_locked(session: Session, paths: list[str], reason: str = "",
         raise UsageError("no change at " + ", ".join(map(repr, missing))
                          + " in this session; nothing was discarded")
     if not changes:
+        if not prefixes:
+            _clear_leftovers(session, steps, link)
         return []
     if reason != "-":
         take_snapshot(session, reason=reason or "before discard " + (
@@ -85,6 +87,21 @@ def discard_locked(session: Session, paths: list[str], reason: str = "",
     link.changed(sorted({c.path for c in dropped} | {
         c.lower_path for c in dropped if c.lower_path}))
     return dropped
+
+
+def _clear_leftovers(session: Session, steps: journal.Steps, link: MountLink) -> None:
+    """`discard --all` with no change left: remove what the upper layer still
+    holds, which is then no change at all (a directory copied up for a file
+    created and removed again, as `git status` does with `.git/index.lock`).
+    The session shows the project as before, and its mount serves those
+    directories as the project's again (lower-only: their lookups answered
+    in C) instead of as merged directories for the rest of the session."""
+    leftovers = sorted(os.listdir(session.upper))
+    for entry in leftovers:
+        _remove(os.path.join(session.upper, entry))
+        steps.step()
+    if leftovers:
+        link.changed(None)
 
 
 def _rebase(session: Session, dropped: list[Change]) -> None:

@@ -85,6 +85,37 @@ def test_discard_and_rollback_while_mounted(mount_session: MountFactory,
     assert session_changes(session, DaemonLink(session)) == []
 
 
+def test_discard_all_clears_directories_left_without_a_change(
+        mount_session: MountFactory, tmp_path: Path) -> None:
+    """`git status` creates `.git/index.lock` and removes it again: `.git`
+    and its parent stay copied up, empty of changes, and were served as
+    merged directories (their lookups in Python) for the rest of the
+    session, `discard --all` notwithstanding (it found no change and left
+    them). Now it removes them and the mount serves them as the project's."""
+    mounted, session = _mounted(mount_session, tmp_path)
+    mnt = mounted.mnt
+    want = tree_state(mnt)
+    lock = mnt / "src" / "index.lock"
+    lock.write_text("x")
+    os.unlink(lock)
+    assert os.listdir(session.upper) == ["src"]
+    assert session_changes(session, DaemonLink(session)) == []
+
+    def shim_negatives() -> int:
+        return int(mounted.control("stats")["shim_lookups"]["negative"])
+
+    before = shim_negatives()
+    assert not (mnt / "src" / "not-yet").exists()
+    assert shim_negatives() == before  # a merged directory: Python's lookup
+    discard(session, [], mount=DaemonLink(session))
+    assert os.listdir(session.upper) == []
+    assert_same_tree(tree_state(mnt), want)
+    # served as the project's again: a new name's lookup there is the shim's
+    before = shim_negatives()
+    assert not (mnt / "src" / "never-there").exists()
+    assert shim_negatives() == before + 1
+
+
 def test_pure_file_rename_is_a_rename_in_the_lower(mount_session: MountFactory,
                                                    tmp_path: Path) -> None:
     mounted, session = _mounted(mount_session, tmp_path)
