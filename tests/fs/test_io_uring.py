@@ -371,6 +371,27 @@ def test_the_switch_makes_queue_threads_idle_class(mount_session: MountFactory, 
     assert policies and set(policies.values()) == {os.SCHED_IDLE}, policies
 
 
+def ring_cpus(s: MountedSession) -> list[set[int]]:
+    """The CPUs each of the daemon's queue threads may run on."""
+    return [os.sched_getaffinity(tid) for tid in ring_policies(s)]
+
+
+def test_queue_threads_are_pinned_to_their_cpu_unless_told(
+        ur: MountedSession, mount_session: MountFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinned by default (a request is answered on its caller's CPU: the
+    quicker LOOKUP round trip); ASTRID_FS_RING_PIN=0 lets them run anywhere
+    (a sequential reader's copies then use both CPUs)."""
+    cpus = os.sched_getaffinity(0)
+    pinned = ring_cpus(ur)
+    assert pinned and all(len(allowed) == 1 for allowed in pinned), pinned
+    assert set().union(*pinned) == cpus
+    monkeypatch.setenv("ASTRID_FS_RING_PIN", "0")
+    (tmp_path / "lower2").mkdir()
+    free = ring_cpus(ring_mount(mount_session, tmp_path / "lower2"))
+    assert free and all(allowed == cpus for allowed in free), free
+
+
 def test_callers_are_served_while_every_cpu_is_busy(ur: MountedSession) -> None:
     """With a busy loop on every CPU (a build on all cores), appends (answered
     by queue threads) and creates (forwarded to Python, committed by them)

@@ -3863,13 +3863,27 @@ static int ur_idle_policy(void)
     return env && strcmp(env, "1") == 0;
 }
 
+/* Version 29: ASTRID_FS_RING_PIN=0 leaves the queue threads unpinned. The
+ * kernel queues a request on the ring of its caller's CPU, so pinned threads
+ * answer it there: a LOOKUP's round trip stays on one CPU (a cold `git
+ * status` 104-130 ms pinned, 119-175 unpinned), but a sequential reader, its
+ * queue threads' preads and the kernel's copies then share that one CPU (a
+ * cold 1 GiB read 574-593 ms pinned, 466-490 unpinned; a cold `grep -r`
+ * 2.38-2.77 s against 2.02-2.43; benchmarks.md, "Pinned queue threads"). */
+static int ur_pinned(void)
+{
+    const char *env = getenv("ASTRID_FS_RING_PIN");
+    return !env || strcmp(env, "0") != 0;
+}
+
 static void *ur_thread(void *arg)
 {
     struct ur_queue *u = arg;
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(u->q, &set);
-    pthread_setaffinity_np(pthread_self(), sizeof set, &set); /* (an offline CPU: unpinned) */
+    if (ur_pinned()) /* (an offline CPU: unpinned) */
+        pthread_setaffinity_np(pthread_self(), sizeof set, &set);
     char name[16];
     snprintf(name, sizeof name, "astrid-ring%d", u->q);
     pthread_setname_np(pthread_self(), name); /* (ps -L, and the conformance scripts) */
