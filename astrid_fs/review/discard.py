@@ -65,17 +65,20 @@ def discard_locked(session: Session, paths: list[str], reason: str = "",
         raise UsageError("no change at " + ", ".join(map(repr, missing))
                          + " in this session; nothing was discarded")
     if not changes:
-        if not prefixes:
-            _clear_leftovers(session, steps, link)
+        # `--all` with no change left: what the upper still holds is no
+        # change at all (a directory copied up for a file created and removed
+        # again, as `git status` does with `.git/index.lock`); emptied, the
+        # mount serves those directories as the project's again (lower-only,
+        # their lookups answered in C) instead of as merged directories
+        if not prefixes and _empty_upper(session, steps):
+            link.changed(None)
         return []
     if reason != "-":
         take_snapshot(session, reason=reason or "before discard " + (
             " ".join(prefixes) if prefixes else "--all"), steps=steps, mount=link)
     steps.step()
     if not prefixes:
-        for entry in sorted(os.listdir(session.upper)):
-            _remove(os.path.join(session.upper, entry))
-            steps.step()
+        _empty_upper(session, steps)
         _rebase(session, changes)
         basecontent.forget_all(session)
         link.changed(None)
@@ -89,19 +92,13 @@ def discard_locked(session: Session, paths: list[str], reason: str = "",
     return dropped
 
 
-def _clear_leftovers(session: Session, steps: journal.Steps, link: MountLink) -> None:
-    """`discard --all` with no change left: remove what the upper layer still
-    holds, which is then no change at all (a directory copied up for a file
-    created and removed again, as `git status` does with `.git/index.lock`).
-    The session shows the project as before, and its mount serves those
-    directories as the project's again (lower-only: their lookups answered
-    in C) instead of as merged directories for the rest of the session."""
-    leftovers = sorted(os.listdir(session.upper))
-    for entry in leftovers:
+def _empty_upper(session: Session, steps: journal.Steps) -> bool:
+    """Remove every entry of the upper layer; whether there was any."""
+    entries = sorted(os.listdir(session.upper))
+    for entry in entries:
         _remove(os.path.join(session.upper, entry))
         steps.step()
-    if leftovers:
-        link.changed(None)
+    return bool(entries)
 
 
 def _rebase(session: Session, dropped: list[Change]) -> None:

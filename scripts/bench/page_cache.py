@@ -25,7 +25,7 @@ from pathlib import Path
 from bench_host import add_page_reporting_flag, steady_host
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.support.pagecache import folios
+from tests.support.pagecache import average, folios
 
 MIB = 1 << 20
 WINDOW = 8 * MIB
@@ -65,7 +65,7 @@ def one(path: Path, how: str, runs: int, sample: int) -> str:
         read_all(path)
         times.append((time.perf_counter() - t0) * 1000)
     heads, tails, single = folios(path, min(sample, path.stat().st_size) & ~(mmap.PAGESIZE - 1))
-    avg = (heads + tails + single) / max(heads + single, 1)
+    avg = average(heads, tails, single)
     return (f"| {path} | {how} | {statistics.median(times):.0f} ms "
             f"({min(times):.0f}-{max(times):.0f}) | {heads} | {single} | {avg:.1f} |")
 

@@ -46,7 +46,11 @@ def folios(path: Path, length: int) -> tuple[int, int, int]:
     return heads, tails, single
 
 
+def average(heads: int, tails: int, single: int) -> float:
+    """The average folio size, in pages, of `folios`' counts."""
+    return (heads + tails + single) / max(heads + single, 1)
+
+
 def pages_per_folio(path: Path, length: int) -> float:
     """The average folio size, in pages, of `path`'s first `length` bytes."""
-    heads, tails, single = folios(path, length)
-    return (heads + tails + single) / max(heads + single, 1)
+    return average(*folios(path, length))

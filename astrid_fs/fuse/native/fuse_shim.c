@@ -1331,7 +1331,7 @@ static int rf_grow(size_t size)
  */
 #define RA_MIN_READ (128 * 1024)
 #define RA_WINDOW_DEFAULT (8u << 20)
-static int64_t ra_stats[2]; /* read-aheads asked, bytes asked */
+static int64_t ra_bytes; /* bytes asked to be read ahead (atomic) */
 
 static uint64_t ra_window(void)
 {
@@ -1364,7 +1364,8 @@ static struct {
     uint64_t used;
 } ra_slots[RA_SLOTS];
 static uint64_t ra_clock;
-static int64_t ra_ways[2]; /* ranges read by the thread, asked by POSIX_FADV_WILLNEED (atomic) */
+static int64_t ra_ways[2]; /* ranges read by the thread, asked by POSIX_FADV_WILLNEED (atomic);
+                             * their sum: the read-aheads asked */
 
 static int spawn_detached(void *(*fn)(void *), void *arg);
 
@@ -1486,15 +1487,15 @@ static void ra_follow(struct wf_entry *e, uint64_t off, size_t size)
         posix_fadvise(e->fd, (off_t)from, (off_t)(want - from), POSIX_FADV_WILLNEED);
         wf_count(&ra_ways[1], 1);
     }
-    wf_count(&ra_stats[0], 1);
-    wf_count(&ra_stats[1], (int64_t)(want - from));
+    wf_count(&ra_bytes, (int64_t)(want - from));
 }
 
 /* out: read-aheads asked (part 18), bytes asked. */
 void astrid_ra_stats(int64_t *out)
 {
-    for (int i = 0; i < 2; i++)
-        out[i] = __atomic_load_n(&ra_stats[i], __ATOMIC_RELAXED);
+    out[0] = __atomic_load_n(&ra_ways[0], __ATOMIC_RELAXED)
+             + __atomic_load_n(&ra_ways[1], __ATOMIC_RELAXED);
+    out[1] = __atomic_load_n(&ra_bytes, __ATOMIC_RELAXED);
 }
 
 /* out (version 29): the read-ahead opens kept, ranges waiting for the
@@ -2441,7 +2442,6 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
  *     lower entry that is now another one, hard-linked, or of another type
  *     goes to the daemon. Reply: fuse_out_header + fuse_attr_out (16 + 88).
  */
-#include <sys/stat.h>
 #define LK_OPCODE_LOOKUP 1
 #define LK_OPCODE_READDIRPLUS 44
 #define LK_OPCODE_GETATTR 3
