@@ -11,7 +11,13 @@ entry/attribute timeouts, page-cache keeping and directory listings.
   Not filled at all by a file CREATE makes write-only (`direct_for_create`):
   its writer's pages go to the daemon as they are (FOPEN_DIRECT_IO).
 - Directory listings: the kernel caches them (FOPEN_CACHE_DIR through the
-  shim) and keeps them while neither layer's directory changed.
+  shim) and keeps them while neither layer's directory changed. It checks
+  for a change only when a reader starts at offset 0, and any reader fills
+  the cache, so a change made through the mount also drops the kernel's
+  cached listing before it is answered (`entries_changed`): else a walk
+  begun before the change finished the cache with names after it, and a
+  reader who started after the change was served that mix past its first
+  chunk (a name twice, another missing).
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ class KernelCache:
         self._listings: OrderedDict[int, tuple[list[bytes], dict[bytes, tuple[int, int]]]] \
             = OrderedDict()
         self._create_direct = os.environ.get(CREATE_DIRECT_ENV, "").strip() != "0"
+        # Directories the kernel holds no cached listing of: dropped since,
+        # or made here, and not listed by the daemon since.
+        self._unlisted: set[int] = set()
 
     def ttl(self, node: Node, merged: bool) -> float:
         """Entry and attribute timeout for `node`."""
@@ -101,6 +110,25 @@ class KernelCache:
             return True
         return False
 
+    def listed(self, ino: int) -> None:
+        """The daemon sent entries of directory `ino`: the kernel may cache them."""
+        self._unlisted.discard(ino)
+
+    def unlisted(self, ino: int) -> None:
+        """Directory `ino` was just made: the kernel has no listing of it."""
+        self._unlisted.add(ino)
+
+    def entries_changed(self, ino: int) -> bool:
+        """A name in directory `ino` was added, removed or replaced through
+        the mount. Forgets the listing kept for its READDIRs; True when the
+        kernel may hold a cached listing of it, which the caller drops
+        (invalidates its pages) before the change is answered."""
+        self._listings.pop(ino, None)
+        if ino in self._unlisted:
+            return False
+        self._unlisted.add(ino)
+        return True
+
     def listing(self, ino: int) -> tuple[list[bytes], dict[bytes, tuple[int, int]]] | None:
         return self._listings.get(ino)
 
@@ -120,9 +148,11 @@ class KernelCache:
         self._last_sig.pop(ino, None)
         self._dir_sig.pop(ino, None)
         self._kernel_wrote.discard(ino)
+        self._unlisted.discard(ino)
 
     def clear(self) -> None:
         """The layers changed behind the mount: trust nothing cached."""
         self._last_sig.clear()
         self._dir_sig.clear()
         self._listings.clear()
+        self._unlisted.clear()

@@ -41,6 +41,7 @@ from astrid_fs.fuse.killpriv import ShimKills
 from astrid_fs.fuse.lookup_table import ShimLookups
 from astrid_fs.fuse.ops import FuseOps
 from astrid_fs.fuse.passthrough import PRIMED_IN_C, Passthrough
+from astrid_fs.fuse.replies import drop_kernel_caches
 from astrid_fs.fuse.shim import request_read_ahead, shim_version
 from astrid_fs.mounttable import MountTable
 from astrid_fs.overlay import basecontent, tmpfile, unsynced
@@ -343,12 +344,7 @@ def _invalidate_kernel(inodes: list[int], entries: list[tuple[int, bytes]]) -> N
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENOTDIR):
                 log.warning("invalidate_entry(%d, %r): %s", parent, name, e)
-    for ino in inodes:
-        try:
-            pyfuse3.invalidate_inode(ino)
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                log.warning("invalidate_inode(%d): %s", ino, e)
+    drop_kernel_caches(inodes)
 
 
 def _report(ready_fd: int | None, line: str) -> None:

@@ -93,6 +93,7 @@ class DirectoryOps:
             else:
                 self._dirs[fh & ~FH_FLAG_MASK] = (node, names)
                 name_only = {}  # (listings by handle are never name-only)
+        self.cache.listed(node.ino)  # (after the last await: the kernel may cache these)
         # Lazily: resolve only what fits in the kernel's buffer; count a
         # lookup for each entry the kernel accepted (none for a name-only
         # entry: the kernel makes no inode of it). Lower files listed in

@@ -32,6 +32,7 @@ from astrid_fs.fuse.lookup_table import ShimLookups
 from astrid_fs.fuse.name_only import NameOnlyListings
 from astrid_fs.fuse.passthrough import Passthrough
 from astrid_fs.fuse.replies import (
+    drop_kernel_caches,
     entry_reply,
     fuse_errors,
     invalidate_later,
@@ -185,15 +186,22 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
     @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: Any) -> Any:
-        return self._entry(*self.ov.mknod(parent_inode, name, mode, rdev, owner(ctx)))
+        made = self.ov.mknod(parent_inode, name, mode, rdev, owner(ctx))
+        await self._entries_changed(parent_inode)
+        return self._entry(*made)
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
-        return self._entry(*self.ov.mkdir(parent_inode, name, mode, owner(ctx)))
+        made = self.ov.mkdir(parent_inode, name, mode, owner(ctx))
+        self.cache.unlisted(made[0].ino)
+        await self._entries_changed(parent_inode)
+        return self._entry(*made)
 
     @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
-        return self._entry(*self.ov.symlink(parent_inode, name, target, owner(ctx)))
+        made = self.ov.symlink(parent_inode, name, target, owner(ctx))
+        await self._entries_changed(parent_inode)
+        return self._entry(*made)
 
     @fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
@@ -201,7 +209,9 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
         await self._fetch(self.ov.fetch_for(node, data=True))
         nameless = None if self.ov.has_name(node) else self.files.peek(inode)  # O_TMPFILE
         source = nameless.fd if nameless is not None and nameless.in_upper else None
-        return self._entry(*self.ov.link(inode, new_parent_inode, new_name, source))
+        made = self.ov.link(inode, new_parent_inode, new_name, source)
+        await self._entries_changed(new_parent_inode)
+        return self._entry(*made)
 
     def _keep_reachable(self, parent_inode: int, name: bytes) -> None:
         """Before an entry loses a name: if the kernel may hold the file
@@ -214,16 +224,28 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
             return
         self.files.keep_reachable(node, st)
 
+    async def _entries_changed(self, *dirs: int) -> None:
+        """Names in `dirs` were added, removed or replaced: drop the kernel's
+        cached listings of them before the change is answered (cache.py,
+        `entries_changed`). From a worker thread, as every invalidation here:
+        the kernel may wait on a listing page a reader holds while that
+        reader waits on this daemon."""
+        stale = [ino for ino in dict.fromkeys(dirs) if self.cache.entries_changed(ino)]
+        if stale:
+            await trio.to_thread.run_sync(drop_kernel_caches, stale)
+
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._keep_reachable(parent_inode, name)
         self.ov.unlink(parent_inode, name)
+        await self._entries_changed(parent_inode)
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         # A remote directory's listing (is it empty?), which its lookup did not fetch.
         await self._fetch(self.ov.fetch_for_child(self.table.get(parent_inode), name))
         self.ov.rmdir(parent_inode, name)
+        await self._entries_changed(parent_inode)
 
     @fuse_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -234,6 +256,7 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
         for parent, name in ((parent_inode_old, name_old), (parent_inode_new, name_new)):
             await self._fetch(self.ov.fetch_for_child(self.table.get(parent), name, data=True))
         self.ov.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        await self._entries_changed(parent_inode_old, parent_inode_new)
 
     # ---- files ------------------------------------------------------------
 
@@ -269,6 +292,7 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
             self.files.keep_reachable(node, st)  # its only name is this fd
             return pyfuse3.FileInfo(fh=0), self._entry(node, st)
         node, st, fd = self.ov.create(parent_inode, name, mode, flags, owner(ctx))
+        await self._entries_changed(parent_inode)
         keep = self.cache.keep_pages(node.ino, st)
         direct = self.cache.direct_for_create(flags)
         if self.no_open:

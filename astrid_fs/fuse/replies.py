@@ -7,7 +7,7 @@ import errno
 import functools
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -99,9 +99,21 @@ def owner(ctx: Any) -> Owner:
     return Owner(ctx.uid, ctx.gid)
 
 
+def drop_kernel_caches(inodes: Iterable[int]) -> None:
+    """Drop the kernel's attributes and cached pages (a directory's: its
+    listing) of each inode; one the kernel has forgotten is skipped.
+    Blocking: call it from a worker thread."""
+    for ino in inodes:
+        try:
+            pyfuse3.invalidate_inode(ino)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                log.warning("invalidate_inode(%d): %s", ino, e)
+
+
 async def invalidate_later(ino: int) -> None:
     """Drop the kernel's caches of `ino` after the current reply went out."""
     try:
-        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
+        await trio.to_thread.run_sync(drop_kernel_caches, [ino])
     except Exception as e:  # a system task must never raise
         log.warning("invalidate_inode(%d) failed: %s", ino, e)

@@ -197,3 +197,63 @@ def test_readers_see_what_a_write_only_creator_writes(mount_session: Mount) -> N
         f.write(b"ee")
     assert log.read_bytes() == b"bbbbddee"
     assert (s.upper / "log").read_bytes() == b"bbbbddee"
+
+
+def _getdents(fd: int, size: int) -> list[str]:
+    """One getdents64(2) call with a `size`-byte buffer: the names it gave."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(size)
+    n = libc.syscall(217, fd, buf, size)  # SYS_getdents64 (x86_64)
+    if n < 0:
+        raise OSError(ctypes.get_errno(), "getdents64")
+    names, off = [], 0
+    while off < n:
+        reclen = int.from_bytes(buf.raw[off + 16:off + 18], "little")
+        names.append(buf.raw[off + 19:off + reclen].split(b"\0", 1)[0].decode())
+        off += reclen
+    return names
+
+
+def _read_to_end(fd: int, size: int) -> list[str]:
+    names: list[str] = []
+    while chunk := _getdents(fd, size):
+        names += chunk
+    return names
+
+
+def test_a_listing_begun_before_a_change_does_not_serve_stale_names_after_it(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """The kernel caches a directory's listing as any reader reads it, and
+    checks the directory changed only when a reader starts at offset 0. A
+    walker that began before a change finished that cache with the rest of
+    the listing; a reader who started after the change, with a first chunk
+    fresh from the daemon, was then served the rest from that cache: its own
+    offsets into a listing shifted by the change (an `ls` right after an
+    `rm` showed a name twice and lost another while an IDE or `git status`
+    walked the directory). The daemon now drops the kernel's cached listing
+    of a directory before it answers a change to it."""
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    for i in range(300):
+        (lower / "d" / f"f{i:03d}").write_text(str(i))
+    s = mount_session(lower)
+    d = s.mnt / "d"
+    os.listdir(d)  # the kernel now holds the whole listing: drop it
+    (d / "new").write_text("x")
+    walker = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    reader = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert _getdents(walker, 1 << 16)  # the cache begins: the first page
+        os.unlink(d / "f000")  # every later name moves down one place
+        first = _getdents(reader, 120)  # a few names, from the daemon
+        assert first and len(first) < 10
+        _read_to_end(walker, 1 << 16)  # finishes the cache
+        names = first + _read_to_end(reader, 1 << 16)
+    finally:
+        os.close(walker)
+        os.close(reader)
+    want = sorted([".", "..", "new", *(f"f{i:03d}" for i in range(1, 300))])
+    assert sorted(names) == want, (
+        f"twice: {sorted({n for n in names if names.count(n) > 1})}, "
+        f"missing: {sorted(set(want) - set(names))}, stale: {sorted(set(names) - set(want))}")
+    assert sorted(os.listdir(d)) == want[2:]
