@@ -120,10 +120,12 @@ class KernelCache:
 
     def entries_changed(self, ino: int) -> bool:
         """A name in directory `ino` was added, removed or replaced through
-        the mount. Forgets the listing kept for its READDIRs; True when the
-        kernel may hold a cached listing of it, which the caller drops
-        (invalidates its pages) before the change is answered."""
-        self._listings.pop(ino, None)
+        the mount: True when the kernel may hold a cached listing of it,
+        which the caller drops (invalidates its pages) before the change is
+        answered. The listing kept for its READDIRs stays: a reader part way
+        through goes on with the listing it began (`for e in scandir(d):
+        unlink(e)` must not skip names); a new one starts at offset 0, which
+        takes a fresh listing."""
         if ino in self._unlisted:
             return False
         self._unlisted.add(ino)

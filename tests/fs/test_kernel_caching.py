@@ -257,3 +257,25 @@ def test_a_listing_begun_before_a_change_does_not_serve_stale_names_after_it(
         f"twice: {sorted({n for n in names if names.count(n) > 1})}, "
         f"missing: {sorted(set(want) - set(names))}, stale: {sorted(set(names) - set(want))}")
     assert sorted(os.listdir(d)) == want[2:]
+
+
+def test_removing_each_name_as_it_is_listed_removes_them_all(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """`for e in scandir(d): unlink(e)` (readdir and unlink in one loop, as
+    C programs clean a directory): each READDIR after the first continues
+    the listing the reader began with, so no name is skipped though the
+    names before it are gone."""
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    for i in range(300):
+        (lower / "d" / f"f{i:03d}").write_text(str(i))
+    s = mount_session(lower)
+    d = s.mnt / "d"
+    (d / "new").write_text("x")  # d merged: its listings are the daemon's
+    removed = 0
+    with os.scandir(d) as it:
+        for entry in it:
+            os.unlink(entry.path)
+            removed += 1
+    assert removed == 301
+    assert os.listdir(d) == []
