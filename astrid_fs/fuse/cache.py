@@ -17,13 +17,17 @@ entry/attribute timeouts, page-cache keeping and directory listings.
   cached listing before it is answered (`entries_changed`): else a walk
   begun before the change finished the cache with names after it, and a
   reader who started after the change was served that mix past its first
-  chunk (a name twice, another missing).
+  chunk (a name twice, another missing). The daemon keeps each listed
+  directory's names at stable places (`Listing`), the READDIR offsets, so
+  that readers part way through go on where they were.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 
 from astrid_fs.overlay.inodes import ROOT_INO, Node
 from astrid_fs.overlay.layers import StatLike
@@ -31,8 +35,85 @@ from astrid_fs.overlay.layers import StatLike
 # s3ql uses an hour for the same reason: nothing but the kernel's own
 # requests change upper entries while mounted.
 UPPER_TTL = 3600.0
-# Listings kept for no-opendir readdir between the first and the last chunk.
+# Directories whose listing (its positions) is kept for no-opendir readdir.
 _LISTINGS = 256
+# A listing's emptied places are dropped from its order once more than this
+# and than its names.
+_DEAD_MAX = 64
+
+
+class Listing:
+    """A directory's names at stable places, for no-opendir readdir, where
+    the kernel names no reader: READDIR at offset p is "from place p on" for
+    every reader. A name keeps its place while it stays; a name added gets a
+    new place after all others; no place is ever given again. So a reader
+    part way through goes on where it was whoever listed or changed the
+    directory meanwhile: each name there at its opendir and still there
+    comes exactly once.
+    An entry's offset is the place of the next name still there when it is
+    sent (`next_offset`): a reader who removes each name as it lists it
+    (`for e in scandir(d): unlink(e)`) then resumes at a name the kernel's
+    cached listing holds even when another reader refilled that cache after
+    the removals (the kernel finds a position in its cache only as the
+    offset of the entry before, and when it does not find it in a cache
+    whose size is a whole number of pages it answers end of directory).
+    A fresh listing is sorted at places 0, 1, ... ("." and ".." first), as
+    the shim's own listings (native/fuse_shim.c part 12, offset index + 1)."""
+
+    __slots__ = ("dead", "name_only", "names", "next_place", "order", "places")
+
+    def __init__(self, names: list[bytes], name_only: dict[bytes, tuple[int, int]]) -> None:
+        self.places = {name: i for i, name in enumerate(names)}
+        self.names = dict(enumerate(names))  # place -> name, the names there now
+        self.order = list(range(len(names)))  # places, ascending (some emptied)
+        self.next_place = len(names)
+        self.dead = 0  # emptied places still in `order`
+        # names sent without attributes, with their inode and type (name_only.py)
+        self.name_only = name_only
+
+    def entries(self, start: int) -> Iterator[tuple[int, bytes]]:
+        """(place, name) of the names there, from place `start` on."""
+        order, names = self.order, self.names
+        for i in range(bisect.bisect_left(order, start), len(order)):
+            name = names.get(order[i])
+            if name is not None:
+                yield order[i], name
+
+    def next_offset(self, place: int) -> int:
+        """The offset sent with the entry at `place`."""
+        order, names = self.order, self.names
+        for i in range(bisect.bisect_right(order, place), len(order)):
+            if order[i] in names:
+                return order[i]
+        return self.next_place
+
+    def remove(self, name: bytes) -> None:
+        place = self.places.pop(name, None)
+        if place is None:
+            return
+        del self.names[place]
+        self.dead += 1
+        if self.dead > max(_DEAD_MAX, len(self.places)):
+            self.order = [p for p in self.order if p in self.names]  # (places kept)
+            self.dead = 0
+
+    def add(self, name: bytes) -> None:
+        if name not in self.places:
+            place = self.next_place
+            self.next_place += 1
+            self.places[name] = place
+            self.names[place] = name
+            self.order.append(place)
+
+    def update(self, fresh: list[bytes]) -> None:
+        """Make it list `fresh`: names gone removed, new ones added."""
+        keep = set(fresh)
+        for name in [n for n in self.places if n not in keep]:
+            self.remove(name)
+        for name in fresh:
+            self.add(name)
+
+
 #: Environment variable: 0 keeps the page cache for files created
 #: write-only too (`direct_for_create`; for A/B benchmarks).
 CREATE_DIRECT_ENV = "ASTRID_FS_CREATE_DIRECT_IO"
@@ -47,9 +128,7 @@ class KernelCache:
         self._kernel_wrote: set[int] = set()
         self._dir_sig: dict[int, tuple[int, int]] = {}
         self._merged_lower_mtime: dict[int, int] = {}
-        # (names, the ones sent by name only with their inode and type)
-        self._listings: OrderedDict[int, tuple[list[bytes], dict[bytes, tuple[int, int]]]] \
-            = OrderedDict()
+        self._listings: OrderedDict[int, Listing] = OrderedDict()
         self._create_direct = os.environ.get(CREATE_DIRECT_ENV, "").strip() != "0"
         # Directories the kernel holds no cached listing of: dropped since,
         # or made here, and not listed by the daemon since.
@@ -105,10 +184,8 @@ class KernelCache:
         so the caller drops the kernel's caches of it."""
         seen = self._merged_lower_mtime.get(ino)
         self._merged_lower_mtime[ino] = lower_mtime_ns
-        if seen is not None and seen != lower_mtime_ns:
-            self._listings.pop(ino, None)
-            return True
-        return False
+        # (the kept listing stays: the next rewind updates it from the layers)
+        return seen is not None and seen != lower_mtime_ns
 
     def listed(self, ino: int) -> None:
         """The daemon sent entries of directory `ino`: the kernel may cache them."""
@@ -118,31 +195,44 @@ class KernelCache:
         """Directory `ino` was just made: the kernel has no listing of it."""
         self._unlisted.add(ino)
 
-    def entries_changed(self, ino: int) -> bool:
-        """A name in directory `ino` was added, removed or replaced through
-        the mount: True when the kernel may hold a cached listing of it,
-        which the caller drops (invalidates its pages) before the change is
-        answered. The listing kept for its READDIRs stays: a reader part way
-        through goes on with the listing it began (`for e in scandir(d):
-        unlink(e)` must not skip names); a new one starts at offset 0, which
-        takes a fresh listing."""
+    def entries_changed(self, ino: int, added: bytes | None = None,
+                        removed: bytes | None = None) -> bool:
+        """Name `added` or `removed` (or one replaced: neither) in directory
+        `ino` through the mount. The kept listing follows (`Listing`); True
+        when the kernel may hold a cached listing of it, which the caller
+        drops (invalidates its pages) before the change is answered."""
+        kept = self._listings.get(ino)
+        if kept is not None:
+            kept.name_only = {}  # (a name's type or inode may be another now)
+            if removed is not None:
+                kept.remove(removed)
+            if added is not None:
+                kept.add(added)
         if ino in self._unlisted:
             return False
         self._unlisted.add(ino)
         return True
 
-    def listing(self, ino: int) -> tuple[list[bytes], dict[bytes, tuple[int, int]]] | None:
+    def listing(self, ino: int) -> Listing | None:
         return self._listings.get(ino)
 
     def put_listing(self, ino: int, names: list[bytes],
-                    name_only: dict[bytes, tuple[int, int]]) -> None:
-        """A listing taken for no-opendir readdir, until the next rewind
-        (bounded: the kernel caches it itself once read through), with the
-        names it sends by name only (fuse/name_only.py)."""
-        self._listings[ino] = (names, name_only)
+                    name_only: dict[bytes, tuple[int, int]]) -> Listing:
+        """The listing of `ino` as just taken (a rewind's, or one for a
+        reader whose listing was not kept): the kept one updated, its places
+        unchanged. Bounded: the least recently listed directories' go first
+        (a reader part way through one then goes on by index in a fresh
+        one, as before listings were kept)."""
+        kept = self._listings.get(ino)
+        if kept is None:
+            kept = self._listings[ino] = Listing(names, name_only)
+        else:
+            kept.update(names)
+            kept.name_only = name_only
         self._listings.move_to_end(ino)
         while len(self._listings) > _LISTINGS:
             self._listings.popitem(last=False)
+        return kept
 
     def forget(self, ino: int) -> None:
         self._listings.pop(ino, None)

@@ -4,8 +4,9 @@ RELEASEDIR, FSYNCDIR.
 Mixed into `FuseOps` (ops.py), whose state it uses: the overlay, the inode
 table, the kernel-cache policy, the shim's lookup table. Listings come by
 inode in the shim's no_opendir mode (OPENDIR answers ENOSYS), else by a
-handle of this adapter's; either way a listing is taken once, at offset 0,
-and served from then on (by inode: from `KernelCache`). Entries are
+handle of this adapter's; either way a listing is taken at offset 0 and
+served from then on (by inode: kept by `KernelCache` at stable places, so
+every reader goes on where it was; cache.py `Listing`). Entries are
 resolved lazily, only as many as fit in the kernel's buffer; some are sent
 by name only (name_only.py).
 """
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import errno
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import pyfuse3
 
-from astrid_fs.fuse.cache import KernelCache
+from astrid_fs.fuse.cache import KernelCache, Listing
 from astrid_fs.fuse.lookup_table import ShimLookups
 from astrid_fs.fuse.name_only import NameOnlyListings
 from astrid_fs.fuse.replies import fuse_errors, name_only_entry
@@ -76,37 +77,37 @@ class DirectoryOps:
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         self._count("readdir")
-        by_inode = bool(fh & FH_INODE)
-        name_only: dict[bytes, tuple[int, int]] = {}
-        if by_inode:
+        listing: Listing | None = None
+        if fh & FH_INODE:
             node = self.table.get(fh ^ FH_INODE)
             listing = self.cache.listing(node.ino) if start_id else None
-            names = None if listing is None else listing[0]
-            if listing is not None:
-                name_only = listing[1]
+            if listing is None:
+                listing = self.cache.put_listing(node.ino, *await self._take_listing(node))
+            entries: Iterable[tuple[int, bytes]] = listing.entries(start_id)
+            name_only = listing.name_only
         else:
             node, names = self._dirs[fh & ~FH_FLAG_MASK]
-        if names is None or start_id == 0:
-            names, name_only = await self._take_listing(node)
-            if by_inode:
-                self.cache.put_listing(node.ino, names, name_only)
-            else:
+            if names is None or start_id == 0:
+                names = (await self._take_listing(node))[0]
                 self._dirs[fh & ~FH_FLAG_MASK] = (node, names)
-                name_only = {}  # (listings by handle are never name-only)
+            entries = enumerate(names[start_id:], start_id)
+            name_only = {}  # (listings by handle are never name-only)
         self.cache.listed(node.ino)  # (after the last await: the kernel may cache these)
         # Lazily: resolve only what fits in the kernel's buffer; count a
         # lookup for each entry the kernel accepted (none for a name-only
         # entry: the kernel makes no inode of it). Lower files listed in
         # full are named to the shim, which then reads them (lookup_table.py).
         lower_files: list[tuple[int, bytes]] | None = [] if self.lookups is not None else None
-        for index, name, child, st in self.ov.children(node.ino, names, start_id, name_only):
+        for index, name, child, st in self.ov.children(node.ino, entries, name_only):
             if child is None or st is None:
                 ino, mode = name_only[name]
-                if not pyfuse3.readdir_reply(token, name, name_only_entry(ino, mode), index + 1):
+                if not pyfuse3.readdir_reply(token, name, name_only_entry(ino, mode),
+                                             _next(listing, index)):
                     break
                 continue
             dot = name == b"." or name == b".."
-            if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
+            if not pyfuse3.readdir_reply(token, name, self._entry(child, st),
+                                         _next(listing, index)):
                 if not dot:
                     self.table.forget(child.ino, 0)
                 break
@@ -128,3 +129,9 @@ class DirectoryOps:
         else:
             node, _ = self._dirs[fh & ~FH_FLAG_MASK]
         self.ov.fsync_dir(node)
+
+
+def _next(listing: Listing | None, index: int) -> int:
+    """The offset sent with entry `index`: a kept listing's (stable places),
+    else the next index (a handle's own listing)."""
+    return index + 1 if listing is None else listing.next_offset(index)

@@ -50,6 +50,7 @@ from astrid_fs.overlay.files import OpenFiles
 from astrid_fs.overlay.inodes import Node
 from astrid_fs.overlay.layers import Reader, StatLike
 from astrid_fs.overlay.overlay import TMPFILE_NAME, Overlay, SetAttr
+from astrid_fs.overlay.syscalls import RENAME_EXCHANGE
 
 log = logging.getLogger("astrid_fs.fuse")
 
@@ -187,20 +188,20 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: Any) -> Any:
         made = self.ov.mknod(parent_inode, name, mode, rdev, owner(ctx))
-        await self._entries_changed(parent_inode)
+        await self._entries_changed((parent_inode, name, None))
         return self._entry(*made)
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
         made = self.ov.mkdir(parent_inode, name, mode, owner(ctx))
         self.cache.unlisted(made[0].ino)
-        await self._entries_changed(parent_inode)
+        await self._entries_changed((parent_inode, name, None))
         return self._entry(*made)
 
     @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
         made = self.ov.symlink(parent_inode, name, target, owner(ctx))
-        await self._entries_changed(parent_inode)
+        await self._entries_changed((parent_inode, name, None))
         return self._entry(*made)
 
     @fuse_errors
@@ -210,7 +211,7 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
         nameless = None if self.ov.has_name(node) else self.files.peek(inode)  # O_TMPFILE
         source = nameless.fd if nameless is not None and nameless.in_upper else None
         made = self.ov.link(inode, new_parent_inode, new_name, source)
-        await self._entries_changed(new_parent_inode)
+        await self._entries_changed((new_parent_inode, new_name, None))
         return self._entry(*made)
 
     def _keep_reachable(self, parent_inode: int, name: bytes) -> None:
@@ -224,13 +225,15 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
             return
         self.files.keep_reachable(node, st)
 
-    async def _entries_changed(self, *dirs: int) -> None:
-        """Names in `dirs` were added, removed or replaced: drop the kernel's
-        cached listings of them before the change is answered (cache.py,
+    async def _entries_changed(self, *changes: tuple[int, bytes | None, bytes | None]) -> None:
+        """Each (directory, name added, name removed) of a change: the kept
+        listing follows, and the kernel's cached listings of those
+        directories are dropped before the change is answered (cache.py,
         `entries_changed`). From a worker thread, as every invalidation here:
         the kernel may wait on a listing page a reader holds while that
         reader waits on this daemon."""
-        stale = [ino for ino in dict.fromkeys(dirs) if self.cache.entries_changed(ino)]
+        stale = [ino for ino, added, removed in changes
+                 if self.cache.entries_changed(ino, added, removed)]
         if stale:
             await trio.to_thread.run_sync(drop_kernel_caches, stale)
 
@@ -238,14 +241,14 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._keep_reachable(parent_inode, name)
         self.ov.unlink(parent_inode, name)
-        await self._entries_changed(parent_inode)
+        await self._entries_changed((parent_inode, None, name))
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         # A remote directory's listing (is it empty?), which its lookup did not fetch.
         await self._fetch(self.ov.fetch_for_child(self.table.get(parent_inode), name))
         self.ov.rmdir(parent_inode, name)
-        await self._entries_changed(parent_inode)
+        await self._entries_changed((parent_inode, None, name))
 
     @fuse_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -256,7 +259,12 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
         for parent, name in ((parent_inode_old, name_old), (parent_inode_new, name_new)):
             await self._fetch(self.ov.fetch_for_child(self.table.get(parent), name, data=True))
         self.ov.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
-        await self._entries_changed(parent_inode_old, parent_inode_new)
+        if flags & RENAME_EXCHANGE:  # (both names stay, each now another entry)
+            await self._entries_changed((parent_inode_old, None, None),
+                                        (parent_inode_new, None, None))
+        else:
+            await self._entries_changed((parent_inode_old, None, name_old),
+                                        (parent_inode_new, name_new, None))
 
     # ---- files ------------------------------------------------------------
 
@@ -292,7 +300,7 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
             self.files.keep_reachable(node, st)  # its only name is this fd
             return pyfuse3.FileInfo(fh=0), self._entry(node, st)
         node, st, fd = self.ov.create(parent_inode, name, mode, flags, owner(ctx))
-        await self._entries_changed(parent_inode)
+        await self._entries_changed((parent_inode, name, None))
         keep = self.cache.keep_pages(node.ino, st)
         direct = self.cache.direct_for_create(flags)
         if self.no_open:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator
 
 from astrid_fs.overlay.copying import CopyUps, err
 from astrid_fs.overlay.hardlinks import LinkIndex, relinked
@@ -143,17 +143,16 @@ class OverlayCore(CopyUps):
         shown = self.index.shown_nlink(st, origin.dev, origin.ino)
         return st if shown == st.st_nlink else relinked(st, shown)
 
-    def children(self, parent_ino: int, names: Sequence[bytes], start: int,
+    def children(self, parent_ino: int, entries: Iterable[tuple[int, bytes]],
                  unresolved: Container[bytes] = ()
                  ) -> Iterator[tuple[int, bytes, Node | None, StatLike | None]]:
-        """Resolve `names[start:]` of one directory (for readdirplus), without
-        counting lookups; names that vanished meanwhile are skipped, names
-        in `unresolved` come back unresolved (None, None)."""
+        """Resolve the (place, name) `entries` of one directory (for
+        readdirplus), without counting lookups; names that vanished meanwhile
+        are skipped, names in `unresolved` come back unresolved (None, None)."""
         parent = self.table.get(parent_ino)
         parent_path = self.path(parent)
         lower_dir = self.lower_only(parent)
-        for index in range(start, len(names)):
-            name = names[index]
+        for index, name in entries:
             if name in unresolved:
                 yield index, name, None, None
                 continue

@@ -279,3 +279,65 @@ def test_removing_each_name_as_it_is_listed_removes_them_all(
             removed += 1
     assert removed == 301
     assert os.listdir(d) == []
+
+
+def test_removing_each_listed_name_while_another_reader_lists_removes_them_all(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """The loop above while something else lists the directory between its
+    chunks (an IDE's watcher, `git status`): that listing starts at offset
+    0, which used to replace the one the loop was part way through, and the
+    loop then went on by index in a listing without the names it had
+    removed: it skipped as many. Listings now keep their places. The
+    numbers make the kernel's refilled cache exactly two pages (256 entries
+    of 32 bytes), where the kernel answers end of directory for a position
+    it does not find: the loop's position must be one the cache holds."""
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    for i in range(262):
+        (lower / "d" / f"c{i:04d}").write_text("x")
+    s = mount_session(lower)
+    d = s.mnt / "d"
+    (d / "c0000").write_text("y")  # d merged: its listings are the daemon's
+    assert len(os.listdir(d)) == 262  # the kernel caches it whole
+    loop = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        first = _getdents(loop, 320)  # ".", ".." and 8 names
+        assert first[:2] == [".", ".."] and len(first) == 10
+        for name in first[2:]:
+            os.unlink(d / name)
+        assert len(os.listdir(d)) == 254  # another reader: a listing from offset 0
+        rest = _read_to_end(loop, 1 << 16)
+    finally:
+        os.close(loop)
+    assert sorted(rest) == [f"c{i:04d}" for i in range(8, 262)]
+
+
+def test_a_reader_part_way_through_a_listing_sees_each_lasting_name_once(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """Names added and removed before and after a reader's position while
+    others list the directory: the reader gets every name that was there
+    throughout exactly once."""
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    for i in range(300):
+        (lower / "d" / f"f{i:03d}").write_text("x")
+    s = mount_session(lower)
+    d = s.mnt / "d"
+    (d / "f299").unlink()  # d merged
+    reader = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        names = _getdents(reader, 400)
+        (d / "a-new").write_text("x")  # sorts first
+        (d / "f000").unlink()  # read already
+        (d / "f290").unlink()  # not read yet
+        (d / "f150").rename(d / "g150")
+        os.listdir(d)
+        (d / "f001").unlink()
+        os.listdir(d)
+        names += _read_to_end(reader, 1 << 16)
+    finally:
+        os.close(reader)
+    lasting = {f"f{i:03d}" for i in range(300)} - {"f000", "f001", "f150", "f290", "f299"}
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
+    assert lasting <= set(names), sorted(lasting - set(names))
+    assert set(names) <= lasting | {".", "..", "f000", "f001", "f150", "f290", "a-new", "g150"}
