@@ -98,7 +98,7 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
         if self.passthrough is not None and not node.in_upper:
             self.passthrough.prime(node, st)  # its first OPEN answered in C
         return entry_reply(node.ino, st, ttl=self.cache.ttl(node, merged),
-                           nlink=self.cache.nlink(node, st, merged))
+                           nlink=self.cache.nlink(node, st, merged), generation=node.generation)
 
     def _negative(self) -> pyfuse3.EntryAttributes:
         return negative_entry(self.cache.lower_ttl)

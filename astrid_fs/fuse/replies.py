@@ -48,11 +48,12 @@ def fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutin
     return wrapper
 
 
-def entry_reply(ino: int, st: StatLike, *, ttl: float, nlink: int) -> pyfuse3.EntryAttributes:
+def entry_reply(ino: int, st: StatLike, *, ttl: float, nlink: int,
+                generation: int = 0) -> pyfuse3.EntryAttributes:
     """The attributes of `ino` as the kernel caches them for `ttl` seconds."""
     e = pyfuse3.EntryAttributes()
     e.st_ino = ino
-    e.generation = 0
+    e.generation = generation
     e.entry_timeout = e.attr_timeout = ttl
     e.st_mode = st.st_mode
     e.st_nlink = nlink

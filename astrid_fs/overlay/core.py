@@ -70,13 +70,14 @@ class OverlayCore(CopyUps):
     def _resolve(self, parent: Node, name: bytes) -> Resolved | None:
         return resolve_child(self.layers, self.path(parent), parent.in_upper, parent.lower, name)
 
-    def lookup(self, parent_ino: int, name: bytes) -> tuple[Node, StatLike]:
-        """Resolve `name` in a directory and count one kernel lookup on it."""
-        node, st = self.peek(parent_ino, name)
+    def lookup(self, parent_ino: int, name: bytes, made: bool = False) -> tuple[Node, StatLike]:
+        """Resolve `name` in a directory and count one kernel lookup on it
+        (`made`: an entry just created, inodes.py `intern`)."""
+        node, st = self.peek(parent_ino, name, made)
         self.table.add_lookup(node)
         return node, st
 
-    def peek(self, parent_ino: int, name: bytes) -> tuple[Node, StatLike]:
+    def peek(self, parent_ino: int, name: bytes, made: bool = False) -> tuple[Node, StatLike]:
         """Resolve `name` without counting a lookup (FileNotFoundError if absent)."""
         parent = self.table.get(parent_ino)
         if name == b".":
@@ -92,7 +93,7 @@ class OverlayCore(CopyUps):
         r = self._resolve(parent, name)
         if r is None:
             raise err(errno.ENOENT)
-        return self._interned(parent, name, r)
+        return self._interned(parent, name, r, made)
 
     def lower_only(self, parent: Node) -> bytes | None:
         """The lower directory of `parent` when it alone shows `parent`'s
@@ -120,7 +121,8 @@ class OverlayCore(CopyUps):
                                  stat.S_ISDIR(st.st_mode), lrel, False, parent.ino, name)
         return node, st
 
-    def _interned(self, parent: Node, name: bytes, r: Resolved) -> tuple[Node, StatLike]:
+    def _interned(self, parent: Node, name: bytes, r: Resolved,
+                  made: bool = False) -> tuple[Node, StatLike]:
         """The node for a resolved entry; a lower name of a hard-linked file
         whose other name was copied up is linked up first (hardlinks.py)."""
         if not r.in_upper and r.lower is not None and LinkIndex.applies(r.st) \
@@ -132,7 +134,7 @@ class OverlayCore(CopyUps):
                 if linked is not None:
                     r = linked
         node = self.table.intern(self.ino_of(r), stat.S_ISDIR(r.st.st_mode), r.lower,
-                                 r.in_upper, parent.ino, name)
+                                 r.in_upper, parent.ino, name, made)
         return node, self._shown(r.st, r.origin)
 
     def _shown(self, st: StatLike, origin: Origin | None) -> StatLike:

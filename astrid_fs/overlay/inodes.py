@@ -12,6 +12,13 @@ Invariants (the FUSE protocol's, and ours):
 - A node's names are the (parent inode, name) links through which it was
   reached; a directory has at most one, a file has one per hard link the
   kernel has seen. `path_of` walks the first link of each ancestor.
+- An upper-only inode number is the upper file's, which ext4 gives again as
+  soon as the file is gone, possibly before the kernel's FORGET of the old
+  one came (a process held it). A new entry of a number still in the table
+  gets a new node with the next `generation` (the kernel then takes it for
+  another inode) and keeps the old node's lookups: the FORGET that comes
+  names the number only, and subtracts them. (A node replaced because its
+  type changed keeps them too.)
 """
 
 from __future__ import annotations
@@ -48,6 +55,15 @@ class Node:
     # What it was when it lost its last name (an open directory or special
     # file stays stat-able, with nlink 0, as on a plain filesystem).
     orphan_st: StatLike | None = None
+    generation: int = 0  # (see the module's invariants)
+
+
+def _next_generation(old: Node) -> int:
+    """The generation of a new inode given `old`'s number: the next for an
+    upper-only number; 0 for a lower file's, as the shim's own replies say
+    (lookup_table.py), so the two never disagree (a lower entry's type
+    changed behind the mount is told apart by its type)."""
+    return old.generation + 1 if old.ino & UPPER_ONLY_INO_TAG else 0
 
 
 class DeviceTags:
@@ -105,16 +121,24 @@ class InodeTable:
         return list(self._nodes.values())
 
     def intern(self, ino: int, is_dir: bool, lower: bytes | None, in_upper: bool,
-               parent: int, name: bytes) -> Node:
+               parent: int, name: bytes, made: bool = False) -> Node:
         """Find or create the node for `ino` and record the link it was reached by.
 
-        Updates the cached layer state: a fresh lookup is the truth.
+        Updates the cached layer state: a fresh lookup is the truth. `made`:
+        the entry was just created (so a node of its number is another
+        file's, whose number was given again).
         """
         node = self._nodes.get(ino)
         changed = False
-        if node is None or node.is_dir != is_dir:
-            node = Node(ino, is_dir, lower, in_upper)
-            self._nodes[ino] = node
+        if node is None:
+            node = self._nodes[ino] = Node(ino, is_dir, lower, in_upper)
+        elif made or node.is_dir != is_dir:
+            if node.is_dir:  # (the shim's and the fd tables' directory goes)
+                self._dir_paths.pop(ino, None)
+                if self.drop_watch is not None:
+                    self.drop_watch(ino)
+            node = self._nodes[ino] = Node(ino, is_dir, lower, in_upper, lookups=node.lookups,
+                                           generation=_next_generation(node))
         elif node.lower != lower or node.in_upper != in_upper:
             # Another request moved it between layers (a hard link's other
             # name copied up, say): whoever holds an fd on the old layer's
@@ -145,7 +169,9 @@ class InodeTable:
             link = (parent_ino, name)
             node = nodes.get(ino)
             if node is None or node.is_dir != is_dir:
-                nodes[ino] = Node(ino, is_dir, lower, False, [link], 1)
+                # (the shim answered with generation 0, as for any lower file)
+                nodes[ino] = Node(ino, is_dir, lower, False, [link],
+                                  1 if node is None else node.lookups + 1)
                 if is_dir:
                     self._dir_paths.pop(ino, None)
             else:
@@ -206,8 +232,8 @@ class InodeTable:
         self._maybe_drop(node)
 
     def _maybe_drop(self, node: Node) -> None:
-        if node.lookups == 0 and not node.fds:
-            self._nodes.pop(node.ino, None)
+        if node.lookups == 0 and not node.fds and self._nodes.get(node.ino) is node:
+            del self._nodes[node.ino]
             if node.is_dir:
                 self._dir_paths.pop(node.ino, None)
                 if self.drop_watch is not None:

@@ -64,9 +64,10 @@ class Namespace(OverlayCore):
         sgid = bool(pst.st_mode & stat.S_ISGID)
         return owner.uid, (pst.st_gid if sgid else owner.gid), sgid
 
-    def _finish_new(self, parent_ino: int, name: bytes) -> tuple[Node, StatLike]:
-        node, st = self.lookup(parent_ino, name)
-        return node, st
+    def _finish_new(self, parent_ino: int, name: bytes, made: bool = True
+                    ) -> tuple[Node, StatLike]:
+        """The entry just made (`made`: a new inode; else another name of one)."""
+        return self.lookup(parent_ino, name, made)
 
     def _place(self, tmp: bytes, upath: bytes, over_whiteout: bool) -> None:
         """Move a fully built entry from the work dir to its upper path."""
@@ -155,7 +156,7 @@ class Namespace(OverlayCore):
             os.rename(tmp, upath)
         else:
             os.link(src, upath)
-        return self._finish_new(parent_ino, name)
+        return self._finish_new(parent_ino, name, made=False)
 
     # ---- removing entries -------------------------------------------------
 

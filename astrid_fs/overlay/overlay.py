@@ -78,7 +78,7 @@ class Overlay(Namespace):
             os.rename(tmp, upath)
         else:
             link_open_file(source_fd, upath)
-        return self._finish_new(parent_ino, name)
+        return self._finish_new(parent_ino, name, made=False)
 
     # ---- attributes and data ----------------------------------------------
 

@@ -251,3 +251,56 @@ def test_long_haul_mixed_operations_stay_bounded(mount_session: MountFactory,
     # memory stays flat: no per-operation growth.
     assert max(rss_seen[2:]) <= rss_seen[1] * 1.5 + 16 * 1024, rss_seen
     assert sorted(p.name for p in work.iterdir()) == sorted(p.name for p in live)
+
+
+def _made_with_a_held_directorys_number(root: Path, make: Callable[[Path], object]
+                                        ) -> tuple[Path, int]:
+    """A directory made, held open, removed; then `make(path)` beside it,
+    until the new entry gets the removed directory's inode number (other
+    processes may take the freed number first): (the new entry, the fd
+    still holding the removed directory)."""
+    root.mkdir()
+    for attempt in range(100):
+        old = root / f"old{attempt}"
+        old.mkdir()
+        number = old.stat().st_ino
+        holder = os.open(old, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            old.rmdir()
+            new = root / f"new{attempt}"
+            make(new)
+            if new.stat().st_ino == number:
+                return new, holder
+        except BaseException:
+            os.close(holder)
+            raise
+        os.close(holder)
+    raise AssertionError("the upper file system never gave a freed inode number again")
+
+
+def test_entries_given_a_removed_directorys_inode_number_are_new_inodes(
+        mount_session: MountFactory) -> None:
+    """ext4 (the upper layer here) gives a freed inode number again at once,
+    so a new upper entry can get the overlay inode number of a directory
+    removed a moment ago that a process still holds open. Before: a new
+    file's node replaced the directory's and lost the lookups the kernel
+    still held, whose FORGET then dropped the file's node while the kernel
+    used it (ESTALE on its next request: a remover loop beside a directory
+    walker, ~1 run in 5); a new directory was taken by the kernel for the
+    removed one (creating in it: ENOENT). Now a new entry of a number still
+    known is a new generation, and the old lookups are kept for their FORGET."""
+    s = mount_session()
+    f, holder = _made_with_a_held_directorys_number(s.mnt / "a", lambda p: p.write_text("x"))
+    os.close(holder)  # the kernel forgets the directory
+    os.utime(f, (1, 1))  # requests for the file that reach the daemon
+    with open(f, "a") as out:
+        out.write("y")
+    assert f.read_text() == "xy"
+
+    new, holder = _made_with_a_held_directorys_number(s.mnt / "b", Path.mkdir)
+    try:
+        (new / "g").write_text("z")
+    finally:
+        os.close(holder)
+    assert (new / "g").read_text() == "z"
+    assert os.listdir(new) == ["g"]
