@@ -8,7 +8,7 @@ import ctypes
 import mmap
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -214,6 +214,15 @@ def _getdents(fd: int, size: int) -> list[str]:
     return names
 
 
+def _directory_of(tmp_path: Path, mount_session: Mount, names: Iterable[str]) -> Path:
+    """Directory `d` of a mounted lower, holding files `names`."""
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    for name in names:
+        (lower / "d" / name).write_text("x")
+    return mount_session(lower).mnt / "d"
+
+
 def _read_to_end(fd: int, size: int) -> list[str]:
     names: list[str] = []
     while chunk := _getdents(fd, size):
@@ -232,12 +241,7 @@ def test_a_listing_begun_before_a_change_does_not_serve_stale_names_after_it(
     `rm` showed a name twice and lost another while an IDE or `git status`
     walked the directory). The daemon now drops the kernel's cached listing
     of a directory before it answers a change to it."""
-    lower = tmp_path / "lower"
-    (lower / "d").mkdir(parents=True)
-    for i in range(300):
-        (lower / "d" / f"f{i:03d}").write_text(str(i))
-    s = mount_session(lower)
-    d = s.mnt / "d"
+    d = _directory_of(tmp_path, mount_session, (f"f{i:03d}" for i in range(300)))
     os.listdir(d)  # the kernel now holds the whole listing: drop it
     (d / "new").write_text("x")
     walker = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
@@ -265,12 +269,7 @@ def test_removing_each_name_as_it_is_listed_removes_them_all(
     C programs clean a directory): each READDIR after the first continues
     the listing the reader began with, so no name is skipped though the
     names before it are gone."""
-    lower = tmp_path / "lower"
-    (lower / "d").mkdir(parents=True)
-    for i in range(300):
-        (lower / "d" / f"f{i:03d}").write_text(str(i))
-    s = mount_session(lower)
-    d = s.mnt / "d"
+    d = _directory_of(tmp_path, mount_session, (f"f{i:03d}" for i in range(300)))
     (d / "new").write_text("x")  # d merged: its listings are the daemon's
     removed = 0
     with os.scandir(d) as it:
@@ -291,12 +290,7 @@ def test_removing_each_listed_name_while_another_reader_lists_removes_them_all(
     numbers make the kernel's refilled cache exactly two pages (256 entries
     of 32 bytes), where the kernel answers end of directory for a position
     it does not find: the loop's position must be one the cache holds."""
-    lower = tmp_path / "lower"
-    (lower / "d").mkdir(parents=True)
-    for i in range(262):
-        (lower / "d" / f"c{i:04d}").write_text("x")
-    s = mount_session(lower)
-    d = s.mnt / "d"
+    d = _directory_of(tmp_path, mount_session, (f"c{i:04d}" for i in range(262)))
     (d / "c0000").write_text("y")  # d merged: its listings are the daemon's
     assert len(os.listdir(d)) == 262  # the kernel caches it whole
     loop = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
@@ -317,12 +311,7 @@ def test_a_reader_part_way_through_a_listing_sees_each_lasting_name_once(
     """Names added and removed before and after a reader's position while
     others list the directory: the reader gets every name that was there
     throughout exactly once."""
-    lower = tmp_path / "lower"
-    (lower / "d").mkdir(parents=True)
-    for i in range(300):
-        (lower / "d" / f"f{i:03d}").write_text("x")
-    s = mount_session(lower)
-    d = s.mnt / "d"
+    d = _directory_of(tmp_path, mount_session, (f"f{i:03d}" for i in range(300)))
     (d / "f299").unlink()  # d merged
     reader = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
