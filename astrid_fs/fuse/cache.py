@@ -35,8 +35,10 @@ from astrid_fs.overlay.layers import StatLike
 # s3ql uses an hour for the same reason: nothing but the kernel's own
 # requests change upper entries while mounted.
 UPPER_TTL = 3600.0
-# Directories whose listing (its positions) is kept for no-opendir readdir.
+# Directories whose listing (its places) is kept for no-opendir readdir, and
+# the names all kept listings hold at most (~300 bytes each: a few dozen MB).
 _LISTINGS = 256
+LISTED_NAMES = 200_000
 # A listing's emptied places are dropped from its order once more than this
 # and than its names.
 _DEAD_MAX = 64
@@ -220,9 +222,9 @@ class KernelCache:
                     name_only: dict[bytes, tuple[int, int]]) -> Listing:
         """The listing of `ino` as just taken (a rewind's, or one for a
         reader whose listing was not kept): the kept one updated, its places
-        unchanged. Bounded: the least recently listed directories' go first
-        (a reader part way through one then goes on by index in a fresh
-        one, as before listings were kept)."""
+        unchanged. Bounded (`_LISTINGS` directories, `LISTED_NAMES` names):
+        the least recently listed directories' go first (a reader part way
+        through one then goes on by index in a fresh one)."""
         kept = self._listings.get(ino)
         if kept is None:
             kept = self._listings[ino] = Listing(names, name_only)
@@ -230,8 +232,10 @@ class KernelCache:
             kept.update(names)
             kept.name_only = name_only
         self._listings.move_to_end(ino)
-        while len(self._listings) > _LISTINGS:
-            self._listings.popitem(last=False)
+        held = sum(len(listing.names) for listing in self._listings.values())
+        while len(self._listings) > 1 and (len(self._listings) > _LISTINGS
+                                           or held > LISTED_NAMES):
+            held -= len(self._listings.popitem(last=False)[1].names)
         return kept
 
     def forget(self, ino: int) -> None:

@@ -330,3 +330,22 @@ def test_a_reader_part_way_through_a_listing_sees_each_lasting_name_once(
     assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
     assert lasting <= set(names), sorted(lasting - set(names))
     assert set(names) <= lasting | {".", "..", "f000", "f001", "f150", "f290", "a-new", "g150"}
+
+
+def test_kept_listings_are_bounded_by_names_too() -> None:
+    """The daemon keeps the places of the directories listed last, at most
+    LISTED_NAMES names in all (each costs a few hundred bytes): three
+    listings of 90,000 names keep the last two, and the one listed last
+    stays whatever its size."""
+    from astrid_fs.fuse.cache import LISTED_NAMES, KernelCache
+
+    cache = KernelCache(lower_ttl=1.0)
+    big = [b".", b".."] + [b"n%06d" % i for i in range(90_000)]
+    for ino in (10, 11, 12):
+        cache.put_listing(ino, big, {})
+    assert cache.listing(10) is None
+    assert cache.listing(11) is not None and cache.listing(12) is not None
+    huge = [b".", b".."] + [b"n%07d" % i for i in range(LISTED_NAMES + 1)]
+    kept = cache.put_listing(13, huge, {})
+    assert cache.listing(13) is kept
+    assert cache.listing(11) is None and cache.listing(12) is None
