@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from astrid_fs.fuse.ops import FuseOps
 from astrid_fs.fuse.shim import FH_INODE, shim_version
-from astrid_fs.overlay.inodes import Node
+from astrid_fs.overlay.inodes import Node, UnknownInode
 
 log = logging.getLogger("astrid_fs.fuse.extra_ops")
 
@@ -122,7 +122,7 @@ class ExtraOps:
             return os.lseek(fd, offset, whence)
         except OSError as e:
             return _neg_errno(e)
-        except KeyError:  # an inode the kernel told us to forget
+        except UnknownInode:  # an inode the kernel told us to forget
             return -errno.ESTALE
         except Exception:  # a bug here must not take the FUSE loop down
             log.exception("lseek(%#x, %d, %d)", fh, offset, whence)
@@ -151,7 +151,7 @@ class ExtraOps:
             return -errno.EOPNOTSUPP
         except OSError as e:
             return _neg_errno(e)
-        except KeyError:
+        except UnknownInode:
             return -errno.ESTALE
         except Exception:
             log.exception("fallocate(%#x, %#x, %d, %d)", fh, mode, offset, length)
@@ -175,7 +175,7 @@ class ExtraOps:
             return -errno.EOPNOTSUPP
         except OSError as e:
             return _neg_errno(e)
-        except KeyError:
+        except UnknownInode:
             return -errno.ESTALE
         except Exception:
             log.exception("copy_file_range(%#x, %#x)", fh_in, fh_out)

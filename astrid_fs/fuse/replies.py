@@ -14,6 +14,7 @@ import pyfuse3
 import trio
 
 from astrid_fs.fuse.shim import GEN_NAME_ONLY
+from astrid_fs.overlay.inodes import UnknownInode
 from astrid_fs.overlay.layers import StatLike
 from astrid_fs.overlay.overlay import Owner
 
@@ -26,8 +27,10 @@ R = TypeVar("R")
 
 def fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """The one errno boundary: an OSError from the overlay becomes the
-    FUSEError the kernel passes on; a KeyError is an inode the kernel told
-    us to forget and still names (ESTALE)."""
+    FUSEError the kernel passes on; UnknownInode is an inode the kernel told
+    us to forget and still names (ESTALE). Any other exception is a bug:
+    logged, EIO (a KeyError too: all of them once meant ESTALE, which is how
+    a lost inode count went unnoticed)."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -35,7 +38,7 @@ def fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutin
             return await fn(*args, **kwargs)
         except OSError as e:
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
-        except KeyError:
+        except UnknownInode:
             raise pyfuse3.FUSEError(errno.ESTALE) from None
         except pyfuse3.FUSEError:
             raise

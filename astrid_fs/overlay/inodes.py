@@ -92,6 +92,11 @@ def upper_only_ino(upper_ino: int) -> int:
     return UPPER_ONLY_INO_TAG | upper_ino
 
 
+class UnknownInode(KeyError):
+    """An inode number the table does not hold (the FUSE adapter answers
+    ESTALE; any other KeyError in a request is a bug, logged)."""
+
+
 class InodeTable:
     """Overlay inode number → Node, with lookup counting."""
 
@@ -114,8 +119,11 @@ class InodeTable:
         return len(self._nodes)
 
     def get(self, ino: int) -> Node:
-        """The node for `ino`; KeyError if the kernel asks for one we forgot."""
-        return self._nodes[ino]
+        """The node for `ino`; UnknownInode if the kernel asks for one we forgot."""
+        try:
+            return self._nodes[ino]
+        except KeyError:
+            raise UnknownInode(ino) from None
 
     def nodes(self) -> list[Node]:
         return list(self._nodes.values())
