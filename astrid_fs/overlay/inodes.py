@@ -141,10 +141,8 @@ class InodeTable:
         if node is None:
             node = self._nodes[ino] = Node(ino, is_dir, lower, in_upper)
         elif made or node.is_dir != is_dir:
-            if node.is_dir:  # (the shim's and the fd tables' directory goes)
-                self._dir_paths.pop(ino, None)
-                if self.drop_watch is not None:
-                    self.drop_watch(ino)
+            if node.is_dir:
+                self._dir_gone(ino)
             node = self._nodes[ino] = Node(ino, is_dir, lower, in_upper, lookups=node.lookups,
                                            generation=_next_generation(node))
         elif node.lower != lower or node.in_upper != in_upper:
@@ -243,9 +241,14 @@ class InodeTable:
         if node.lookups == 0 and not node.fds and self._nodes.get(node.ino) is node:
             del self._nodes[node.ino]
             if node.is_dir:
-                self._dir_paths.pop(node.ino, None)
-                if self.drop_watch is not None:
-                    self.drop_watch(node.ino)
+                self._dir_gone(node.ino)
+
+    def _dir_gone(self, ino: int) -> None:
+        """Directory `ino`'s node left the table: its cached path goes, and
+        the shim's and the fd tables' entries (`drop_watch`)."""
+        self._dir_paths.pop(ino, None)
+        if self.drop_watch is not None:
+            self.drop_watch(ino)
 
     def unlink(self, node: Node, parent: int, name: bytes, st: StatLike | None = None) -> None:
         """Remove one name of `node` (after unlink, rmdir or rename-over);
