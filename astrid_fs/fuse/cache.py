@@ -59,17 +59,23 @@ class Listing:
     the removals (the kernel finds a position in its cache only as the
     offset of the entry before, and when it does not find it in a cache
     whose size is a whole number of pages it answers end of directory).
-    A fresh listing is sorted at places 0, 1, ... ("." and ".." first), as
-    the shim's own listings (native/fuse_shim.c part 12, offset index + 1)."""
+    A fresh listing has "." and ".." at places 0 and 1, then the lower
+    directory's names sorted, then the upper's own (layers.py
+    `placed_names`): a lower-only directory's names are where the shim's own
+    listing of it put them (native/fuse_shim.c part 12, offset index + 1),
+    and keep those places once the directory has an upper directory, so a
+    reader the shim began serving goes on where it was after a change."""
 
     __slots__ = ("dead", "name_only", "names", "next_place", "order", "places")
 
-    def __init__(self, names: list[bytes], name_only: dict[bytes, tuple[int, int]]) -> None:
-        self.places = {name: i for i, name in enumerate(names)}
-        self.names = dict(enumerate(names))  # place -> name, the names there now
+    def __init__(self, names: list[bytes | None],
+                 name_only: dict[bytes, tuple[int, int]]) -> None:
+        # place -> name, the names there now (None in `names`: an empty place)
+        self.names = {i: name for i, name in enumerate(names) if name is not None}
+        self.places = {name: i for i, name in self.names.items()}
         self.order = list(range(len(names)))  # places, ascending (some emptied)
         self.next_place = len(names)
-        self.dead = 0  # emptied places still in `order`
+        self.dead = len(names) - len(self.names)  # emptied places still in `order`
         # names sent without attributes, with their inode and type (name_only.py)
         self.name_only = name_only
 
@@ -107,12 +113,13 @@ class Listing:
             self.names[place] = name
             self.order.append(place)
 
-    def update(self, fresh: list[bytes]) -> None:
+    def update(self, fresh: list[bytes | None]) -> None:
         """Make it list `fresh`: names gone removed, new ones added."""
-        keep = set(fresh)
-        for name in [n for n in self.places if n not in keep]:
-            self.remove(name)
-        for name in fresh:
+        names = [n for n in fresh if n is not None]
+        keep = set(names)
+        for gone in [n for n in self.places if n not in keep]:
+            self.remove(gone)
+        for name in names:
             self.add(name)
 
 
@@ -218,7 +225,7 @@ class KernelCache:
     def listing(self, ino: int) -> Listing | None:
         return self._listings.get(ino)
 
-    def put_listing(self, ino: int, names: list[bytes],
+    def put_listing(self, ino: int, names: list[bytes | None],
                     name_only: dict[bytes, tuple[int, int]]) -> Listing:
         """The listing of `ino` as just taken (a rewind's, or one for a
         reader whose listing was not kept): the kept one updated, its places

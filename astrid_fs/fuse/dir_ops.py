@@ -62,11 +62,14 @@ class DirectoryOps:
         keep = self.cache.keep_listing(inode, self.ov.dir_signature(node))
         return fh | FH_CACHE_DIR | (FH_KEEP_CACHE if keep else 0)
 
-    async def _take_listing(self, node: Node) -> tuple[list[bytes], dict[bytes, tuple[int, int]]]:
-        """A directory's names at offset 0, and those to send by name only."""
+    async def _take_listing(self, node: Node
+                            ) -> tuple[list[bytes | None], dict[bytes, tuple[int, int]]]:
+        """A directory's names at offset 0 in their places (None: a place
+        held for a hidden lower name, cache.py `Listing`), and those to send
+        by name only."""
         await self._fetch(self.ov.fetch_for(node))
         if not self.name_only:
-            return [b".", b"..", *self.ov.list_dir(node)], {}
+            return [b".", b"..", *self.ov.list_dir_placed(node)], {}
         names, typed = self.ov.list_dir_typed(node)
         if not self.name_only_policy.listing(node.ino, typed, len(typed)):
             typed = {}
@@ -88,7 +91,7 @@ class DirectoryOps:
         else:
             node, names = self._dirs[fh & ~FH_FLAG_MASK]
             if names is None or start_id == 0:
-                names = (await self._take_listing(node))[0]
+                names = [n for n in (await self._take_listing(node))[0] if n is not None]
                 self._dirs[fh & ~FH_FLAG_MASK] = (node, names)
             entries = enumerate(names[start_id:], start_id)
             name_only = {}  # (listings by handle are never name-only)

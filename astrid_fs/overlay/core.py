@@ -30,6 +30,7 @@ from astrid_fs.overlay.layers import (
     StatLike,
     lstat_or_none,
     merged_names,
+    placed_names,
     resolve_child,
 )
 from astrid_fs.overlay.whiteout import Origin, get_origin
@@ -246,8 +247,14 @@ class OverlayCore(CopyUps):
     def list_dir(self, node: Node) -> list[bytes]:
         return merged_names(self.layers, self.path(node), node.in_upper, node.lower)
 
-    def list_dir_typed(self, node: Node) -> tuple[list[bytes], dict[bytes, tuple[int, int]]]:
-        """`list_dir`, and for a `lower_only` directory the overlay inode
+    def list_dir_placed(self, node: Node) -> list[bytes | None]:
+        """`list_dir` in the order a fresh listing places its names
+        (layers.py `placed_names`: None holds a hidden lower name's place)."""
+        return placed_names(self.layers, self.path(node), node.in_upper, node.lower)
+
+    def list_dir_typed(self, node: Node
+                       ) -> tuple[list[bytes | None], dict[bytes, tuple[int, int]]]:
+        """`list_dir_placed`, and for a `lower_only` directory the overlay inode
         number and file type of its regular files and symlinks, read from
         the listing itself (d_ino, d_type: no lstat). A non-directory is on
         its directory's device (only a directory can be a mount point; a
@@ -256,7 +263,7 @@ class OverlayCore(CopyUps):
         also for a hard-linked file copied up under another name."""
         lower_dir = self.lower_only(node)
         if lower_dir is None:
-            return self.list_dir(node), {}
+            return self.list_dir_placed(node), {}
         path = self.layers.lower_path(lower_dir)
         tag = self.tags.lower_ino(os.lstat(path).st_dev, 0)
         names: list[bytes] = []
@@ -270,7 +277,7 @@ class OverlayCore(CopyUps):
                 elif entry.is_file(follow_symlinks=False):
                     typed[name] = (tag | entry.inode(), stat.S_IFREG)
         names.sort()
-        return names, typed
+        return [*names], typed
 
     def lower_mtime_ns(self, node: Node) -> int:
         """mtime of the lower entry merged into `node` (0 if none)."""

@@ -356,21 +356,43 @@ def lower_has(layers: Layers, parent_lower: bytes | None, name: bytes) -> bool:
 def merged_names(layers: Layers, path: bytes, in_upper: bool,
                  lower: bytes | None) -> list[bytes]:
     """The names a merged directory lists (sorted: upper and lower mixed)."""
-    names: set[bytes] = set()
-    hidden: set[bytes] = set()
-    if in_upper:
-        upath = layers.upper_path(path)
-        with os.scandir(upath) as it:
-            for entry in it:
-                name = os.fsencode(entry.name)
-                st = entry.stat(follow_symlinks=False)
-                if layers.is_whiteout(upath + b"/" + name, st):
-                    hidden.add(name)
-                else:
-                    names.add(name)
+    names, hidden = _upper_names(layers, path) if in_upper else (set(), set())
     if lower is not None:
         names.update(n for n in layers.lower_names(lower) if n not in hidden)
     return sorted(names)
+
+
+def placed_names(layers: Layers, path: bytes, in_upper: bool,
+                 lower: bytes | None) -> list[bytes | None]:
+    """`merged_names` in the order a fresh listing places them: the lower
+    directory's names sorted, each hidden one (a whiteout over it) holding
+    its place as None, then the upper's own names sorted. So a directory's
+    names keep the places they had while it was lower-only (sorted lower
+    names, as the FUSE shim lists it) after it gets an upper directory."""
+    if not in_upper:
+        return [*merged_names(layers, path, in_upper, lower)]
+    upper, hidden = _upper_names(layers, path)
+    below = sorted(layers.lower_names(lower)) if lower is not None else []
+    shown: list[bytes | None] = [None if n in hidden else n for n in below]
+    below_set = set(below)
+    shown.extend(sorted(n for n in upper if n not in below_set))
+    return shown
+
+
+def _upper_names(layers: Layers, path: bytes) -> tuple[set[bytes], set[bytes]]:
+    """The upper directory at `path`: its names, and its whiteouts' names."""
+    names: set[bytes] = set()
+    hidden: set[bytes] = set()
+    upath = layers.upper_path(path)
+    with os.scandir(upath) as it:
+        for entry in it:
+            name = os.fsencode(entry.name)
+            st = entry.stat(follow_symlinks=False)
+            if layers.is_whiteout(upath + b"/" + name, st):
+                hidden.add(name)
+            else:
+                names.add(name)
+    return names, hidden
 
 
 def upper_whiteouts(layers: Layers, path: bytes) -> list[bytes]:

@@ -332,6 +332,48 @@ def test_a_reader_part_way_through_a_listing_sees_each_lasting_name_once(
     assert set(names) <= lasting | {".", "..", "f000", "f001", "f150", "f290", "a-new", "g150"}
 
 
+def test_a_reader_the_shim_began_goes_on_where_it_was_after_a_change(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """A lower-only directory is listed by the FUSE shim in C (its lower
+    names sorted, offsets index + 1). Its first change gives it an upper
+    directory, and the reader part way through goes on in the daemon's
+    listing, which used to place the merged names sorted anew: a name added
+    or removed before the reader's position shifted the rest, and the reader
+    got a name twice or missed one. The daemon's fresh listing keeps the
+    lower names where the shim put them (a removed one's place left empty)
+    and places the session's own names after them."""
+    lower = tmp_path / "lower"
+    for sub in ("probe", "d"):
+        (lower / sub).mkdir(parents=True)
+    for i in range(300):
+        (lower / "d" / f"f{i:03d}").write_text("x")
+    for i in range(4):
+        (lower / "probe" / f"p{i}").write_text("p")
+    s = mount_session(lower)
+    d = s.mnt / "d"
+    for entry in os.scandir(s.mnt / "probe"):  # a stat walk: full listings (name_only.py)
+        entry.stat(follow_symlinks=False)
+    in_c = s.control("stats")["shim_lookups"]["listings"]
+    reader = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        names = _getdents(reader, 400)
+        assert s.control("stats")["shim_lookups"]["listings"] > in_c, "not listed in C"
+        assert names[:3] == [".", "..", "f000"] and 5 < len(names) < 20, names
+        (d / "a-new").write_text("x")  # sorts first; d gets an upper directory
+        (d / "f000").unlink()  # read already
+        (d / "f001").unlink()  # read already
+        (d / "f290").unlink()  # not read yet
+        (d / "f150").rename(d / "g150")
+        names += _read_to_end(reader, 1 << 16)
+    finally:
+        os.close(reader)
+    lasting = {f"f{i:03d}" for i in range(300)} - {"f000", "f001", "f150", "f290"}
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
+    assert lasting <= set(names), sorted(lasting - set(names))
+    assert set(names) <= lasting | {".", "..", "f000", "f001", "f150", "f290", "a-new", "g150"}
+    assert sorted(os.listdir(d)) == sorted(lasting | {"a-new", "g150"})
+
+
 def test_kept_listings_are_bounded_by_names_too() -> None:
     """The daemon keeps the places of the directories listed last, at most
     LISTED_NAMES names in all (each costs a few hundred bytes): three
