@@ -33,7 +33,7 @@ from astrid_fs.overlay.layers import (
     placed_names,
     resolve_child,
 )
-from astrid_fs.overlay.whiteout import Origin, get_origin
+from astrid_fs.overlay.whiteout import Origin, Whiteouts, get_origin
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | getattr(os, "O_DIRECT", 0)
@@ -46,6 +46,7 @@ class OverlayCore(CopyUps):
                  sync_copy_up: bool = True) -> None:
         self.layers = layers
         self.tmp = tmp_dir
+        self.whiteouts = Whiteouts(tmp_dir)
         self.redirects = redirects
         self.sync_copy_up = sync_copy_up
         root_st = os.lstat(layers.lower)

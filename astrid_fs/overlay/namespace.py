@@ -25,7 +25,7 @@ from astrid_fs.overlay.rules import (
     dir_move,
     removal,
 )
-from astrid_fs.overlay.whiteout import make_whiteout, set_opaque, set_redirect
+from astrid_fs.overlay.whiteout import set_opaque, set_redirect
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ class Namespace(OverlayCore):
 
     def _replace_with_whiteout(self, upath: bytes, is_dir: bool) -> None:
         tmp = temp_name(self.tmp)
-        make_whiteout(tmp)
+        self.whiteouts.make(tmp)
         if is_dir:
             syscalls.renameat2(tmp, upath, syscalls.RENAME_EXCHANGE)
             os.rmdir(tmp)
@@ -207,7 +207,7 @@ class Namespace(OverlayCore):
         if plan is Removal.REPLACE_WITH_WHITEOUT:
             self._replace_with_whiteout(upath, want_dir)
         elif plan is Removal.WHITEOUT:
-            make_whiteout(upath)
+            self.whiteouts.make(upath)
         elif want_dir:
             os.rmdir(upath)
         else:
@@ -265,7 +265,7 @@ class Namespace(OverlayCore):
                 if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
                     raise
                 os.rename(old_upper, new_upper)
-                make_whiteout(old_upper)
+                self.whiteouts.make(old_upper)
         else:
             os.rename(old_upper, new_upper)
         if src.is_dir and src.lower is None and dst_shadows_lower:
