@@ -49,9 +49,11 @@ import os
 import struct
 from typing import Any
 
+from astrid_fs.fuse.cache import UPPER_TTL
 from astrid_fs.fuse.name_only import NameOnlyListings
 from astrid_fs.overlay.core import OverlayCore
 from astrid_fs.overlay.inodes import ROOT_INO, Node
+from astrid_fs.overlay.layers import StatLike
 
 log = logging.getLogger("astrid_fs.fuse.lookup_table")
 
@@ -95,6 +97,19 @@ class ShimLookups:
         lib.astrid_lk_full.restype = None
         lib.astrid_lk_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
         lib.astrid_lk_stats.restype = None
+        # Part 19 (shim version 30): GETATTRs of upper directories in C.
+        self._updirs = hasattr(lib, "astrid_lk_updir")
+        if self._updirs:
+            lib.astrid_lk_updir_enable.argtypes = [ctypes.c_char_p, ctypes.c_double]
+            lib.astrid_lk_updir_enable.restype = ctypes.c_int
+            lib.astrid_lk_updir.argtypes = [
+                ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64,
+                ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int64, ctypes.c_int]
+            lib.astrid_lk_updir.restype = ctypes.c_int
+            lib.astrid_lk_updir_clear.argtypes = []
+            lib.astrid_lk_updir_clear.restype = None
+            upper = os.path.abspath(overlay.layers.upper)
+            self._updirs = lib.astrid_lk_updir_enable(upper, UPPER_TTL) == 0
         self._callback = ABSORB_CB(self._absorb_from_shim)  # kept: the shim holds it
         tags = overlay.tags
         for dev, tag in tags.items():
@@ -103,6 +118,8 @@ class ShimLookups:
         table = overlay.table
         table.watch(self.node_changed)
         table.drop_watch = self.dropped
+        if self._updirs:
+            table.paths_watch = lib.astrid_lk_updir_clear
         policy.full_hook = lib.astrid_lk_full
         if hasattr(lib, "astrid_lk_full_take"):  # (shim version 22)
             lib.astrid_lk_full_take.argtypes = []
@@ -138,6 +155,8 @@ class ShimLookups:
         if not node.is_dir:
             self._lib.astrid_lk_file_drop(node.ino)
             return
+        if self._updirs:
+            self._lib.astrid_lk_updir(node.ino, None, 0, 0, 0, None, 0, 0, 0)
         lower = self.ov.lower_only(node) if node.links or node.ino == ROOT_INO else None
         if lower is None or lower.startswith(b"/"):
             self._lib.astrid_lk_dir(node.ino, 0, None, 0)
@@ -155,6 +174,27 @@ class ShimLookups:
 
     def dropped(self, ino: int) -> None:
         self._lib.astrid_lk_dir(ino, 0, None, 0)
+        if self._updirs:
+            self._lib.astrid_lk_updir(ino, None, 0, 0, 0, None, 0, 0, 0)
+
+    def upper_dir_answered(self, node: Node, st: StatLike, lower_mtime_ns: int) -> None:
+        """The daemon just answered a GETATTR of directory `node`, which has
+        an upper directory (whose lstat is `st`; `lower_mtime_ns`: its lower
+        directory's mtime as the daemon last saw it, for a merged one): the
+        shim answers its next ones itself while that stays so (part 19)."""
+        if not self._updirs or not node.in_upper or not node.is_dir \
+                or not (node.links or node.ino == ROOT_INO):
+            return
+        lower = node.lower
+        if lower is not None and lower.startswith(b"/"):
+            return
+        try:
+            path = self.ov.path(node)
+        except OSError:
+            return
+        self._lib.astrid_lk_updir(
+            node.ino, path, len(path), st.st_ino, lower is not None, lower or b"",
+            len(lower or b""), lower_mtime_ns, self.ov.is_merged(node))
 
     def _tagged(self, dev: int, tag: int) -> None:
         self._lib.astrid_lk_dev(dev, tag)

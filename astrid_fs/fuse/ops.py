@@ -144,10 +144,15 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: Any) -> Any:
         self._count("getattr")
         node = self.table.get(inode)
-        if self.ov.is_merged(node) and self.cache.lower_dir_moved(
-                inode, self.ov.lower_mtime_ns(node)):
-            trio.lowlevel.spawn_system_task(invalidate_later, inode)
-        return self._entry(node, self.ov.stat_open(node, self.files.fstat(inode)))
+        lower_mtime = 0
+        if self.ov.is_merged(node):
+            lower_mtime = self.ov.lower_mtime_ns(node)
+            if self.cache.lower_dir_moved(inode, lower_mtime):
+                trio.lowlevel.spawn_system_task(invalidate_later, inode)
+        st = self.ov.stat_open(node, self.files.fstat(inode))
+        if node.is_dir and node.in_upper and self.lookups is not None:
+            self.lookups.upper_dir_answered(node, st, lower_mtime)
+        return self._entry(node, st)
 
     @fuse_errors
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None,

@@ -92,7 +92,9 @@ def shim_version() -> int:
     write_table.py); 28: layer files read ahead of a sequential reader
     (`read_aheads` in write_table.py's stats); 29: read ahead by a thread
     through the kernel's own read-ahead (large folios), not
-    POSIX_FADV_WILLNEED."""
+    POSIX_FADV_WILLNEED; 30: GETATTRs of directories with an upper directory
+    answered in C once the daemon has answered one (lookup_table.py
+    `upper_dir_answered`)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

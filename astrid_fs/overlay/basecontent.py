@@ -150,10 +150,27 @@ def keep_bytes(tmp_dir: bytes, lower_rel: bytes, content: bytes, mtime_ns: int) 
 
 
 def copy_from(path: bytes) -> Callable[[], bytes]:
-    """A `read` for the regular file at `path` (up to LIMIT bytes)."""
+    """A `read` for the regular file at `path` (up to LIMIT bytes). Asks
+    for the size fstat gives (and a byte more, to see the end), then reads
+    on to the end: `read(LIMIT + 1)` on a buffered file allocated 8 MiB for
+    each one, 63 us against 11 for a small file (every `rm` of a project
+    file keeps its content)."""
     def read() -> bytes:
-        with open(path, "rb") as f:
-            return f.read(LIMIT + 1)[:LIMIT]
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ask = min(os.fstat(fd).st_size + 1, LIMIT)
+            parts: list[bytes] = []
+            total = 0
+            while total < LIMIT:
+                chunk = os.read(fd, ask)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                total += len(chunk)
+                ask = min(1 << 20, LIMIT - total)
+            return b"".join(parts)[:LIMIT]
+        finally:
+            os.close(fd)
     return read
 
 

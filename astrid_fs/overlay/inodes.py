@@ -111,6 +111,9 @@ class InodeTable:
         # and the inode fds, files.py).
         self._watchers: tuple[Callable[[Node], None], ...] = ()
         self.drop_watch: Callable[[int], None] | None = None
+        # Told when any directory's path may have changed (a directory
+        # renamed, removed or given another name): the shim's upper paths.
+        self.paths_watch: Callable[[], None] | None = None
 
     def __contains__(self, ino: int) -> bool:
         return ino in self._nodes
@@ -207,7 +210,7 @@ class InodeTable:
         if link not in node.links:
             if node.is_dir:
                 node.links[:] = [link]
-                self._dir_paths.clear()
+                self._paths_changed()
             else:
                 node.links.insert(0, link)
 
@@ -243,6 +246,11 @@ class InodeTable:
             if node.is_dir:
                 self._dir_gone(node.ino)
 
+    def _paths_changed(self) -> None:
+        self._dir_paths.clear()
+        if self.paths_watch is not None:
+            self.paths_watch()
+
     def _dir_gone(self, ino: int) -> None:
         """Directory `ino`'s node left the table: its cached path goes, and
         the shim's and the fd tables' entries (`drop_watch`)."""
@@ -259,7 +267,7 @@ class InodeTable:
             node.orphan_st = st
             self.state_changed(node)  # (what answers for it without the daemon stops)
         if node.is_dir:
-            self._dir_paths.clear()
+            self._paths_changed()
 
     def move(self, node: Node, old: tuple[int, bytes], new: tuple[int, bytes]) -> None:
         """Rename one link of `node`."""
@@ -267,7 +275,7 @@ class InodeTable:
             node.links.remove(old)
         if node.is_dir:
             node.links[:] = [new]
-            self._dir_paths.clear()
+            self._paths_changed()
         else:
             node.links.insert(0, new)
 

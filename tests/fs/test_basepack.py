@@ -317,3 +317,20 @@ def test_a_commit_of_thousands_of_paths_drops_them_in_one_append(tmp_path: Path)
         assert sorted(mount.paths()) == sorted(p for p in paths[5000:]
                                                if not p.startswith(b"src/d7/"))
     assert _records(tmp_path / os.fsdecode(PACK_NAME)) == 980
+
+
+def test_a_hidden_files_base_is_read_whole_up_to_the_limit(tmp_path: Path) -> None:
+    """`copy_from` (the base of a project file an `rm` or a rename over it
+    hides) reads the file to its end, whatever fstat said a moment before,
+    and at most LIMIT bytes."""
+    for size in (0, 1, 4095, 1 << 20, basecontent.LIMIT, basecontent.LIMIT + 5):
+        path = tmp_path / f"f{size}"
+        body = os.urandom(size)
+        path.write_bytes(body)
+        assert basecontent.copy_from(os.fsencode(path))() == body[:basecontent.LIMIT], size
+    grows = tmp_path / "grows"
+    grows.write_bytes(b"a" * 10)
+    read = basecontent.copy_from(os.fsencode(grows))
+    with open(grows, "ab") as f:
+        f.write(b"b" * 3 * (1 << 20))  # (larger than one read asks for)
+    assert read() == b"a" * 10 + b"b" * 3 * (1 << 20)

@@ -193,7 +193,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 29; }
+int astrid_fuse_shim_loaded(void) { return 30; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -3026,6 +3026,8 @@ struct lk_attr_reply {
     struct lk_attr attr;
 };
 
+static int lk_updir_getattr(uint64_t unique, uint64_t nodeid, int fuse_fd);
+
 static int lk_getattr(const char *mem, int fuse_fd)
 {
     uint64_t unique, nodeid;
@@ -3035,6 +3037,8 @@ static int lk_getattr(const char *mem, int fuse_fd)
     int dir = known != NULL;
     if (!known)
         known = *lk_file_slot(nodeid);
+    if (!known)
+        return lk_updir_getattr(unique, nodeid, fuse_fd); /* (below) */
     char path[LK_PATH];
     if (!known || !lk_abs(path, known->path, known->len))
         return 0;
@@ -3052,6 +3056,178 @@ static int lk_getattr(const char *mem, int fuse_fd)
     lk_fill_attr(&r.attr, nodeid, &st);
     if (dev_reply(fuse_fd, &r, sizeof r) < 0)
         return errno == ENOENT; /* ENOENT: interrupted, no answer wanted */
+    lk_stats[5]++;
+    return 1;
+}
+
+/*
+ * 19. GETATTRs of directories in the upper layer (version 30). A change in a
+ *     directory (a create, an unlink, a rename) makes the kernel drop the
+ *     directory's cached attributes, and its next permission check of that
+ *     directory (default_permissions) asks GETATTR: `rm -rf` of a tree, `cp
+ *     -a` or `tar x` into one sent a GETATTR to Python for every file, as
+ *     many as the UNLINKs or CREATEs themselves (each ~100 us of the trio
+ *     thread here). Once the daemon has answered a GETATTR of a directory
+ *     that has an upper directory, it names that directory here
+ *     (astrid_lk_updir: inode -> upper path, the upper directory's inode
+ *     number, and for a merged directory its lower path and the lower
+ *     mtime the daemon last saw), and later GETATTRs of it are answered from
+ *     one lstat of the upper directory, as the daemon answers them: the
+ *     upper's attributes under the overlay inode, nlink 1 and the lower TTL
+ *     for a merged directory, the upper's nlink and UPPER_TTL otherwise.
+ *     Anything else goes to the daemon: the upper path no longer that
+ *     directory (another inode number there, or none: removed, replaced),
+ *     the lower directory's mtime moved (the project edited: the daemon
+ *     drops the kernel's caches of it), the lower one gone. The daemon takes
+ *     entries back when a directory's path may change (any directory renamed
+ *     or removed: astrid_lk_updir_clear), its layer state changes, or the
+ *     kernel forgets it. Paths are relative to the upper root
+ *     (astrid_lk_updir_enable) and part 12's lower root.
+ */
+struct lk_updir {
+    struct lk_updir *next;
+    uint64_t ino, upper_ino;
+    int64_t lower_mtime;
+    int merged, has_lower;
+    size_t ulen, llen;
+    char paths[]; /* upper path, NUL, lower path, NUL */
+};
+static struct lk_updir *lk_updirs[LK_BUCKETS];
+static char lk_upper_root[LK_PATH];
+static size_t lk_upper_root_len;
+static uint64_t lk_upper_ttl_sec;
+static uint32_t lk_upper_ttl_nsec;
+
+static struct lk_updir **lk_updir_slot(uint64_t ino)
+{
+    struct lk_updir **p = &lk_updirs[(ino * UINT64_C(0x9E3779B97F4A7C15)) >> 52];
+    while (*p && (*p)->ino != ino)
+        p = &(*p)->next;
+    return p;
+}
+
+int astrid_lk_updir_enable(const char *upper_root, double upper_ttl)
+{
+    size_t len = upper_root ? strlen(upper_root) : 0;
+    if (!len || upper_root[0] != '/' || len + 2 > LK_PATH || upper_ttl < 0)
+        return -EINVAL;
+    pthread_mutex_lock(&lk_lock);
+    memcpy(lk_upper_root, upper_root, len + 1);
+    lk_upper_root_len = len;
+    lk_upper_ttl_sec = (uint64_t)upper_ttl;
+    lk_upper_ttl_nsec = (uint32_t)((upper_ttl - (double)lk_upper_ttl_sec) * 1e9);
+    pthread_mutex_unlock(&lk_lock);
+    return 0;
+}
+
+/* `ino` -> its upper path (`ulen` bytes, relative to the upper root), the
+ * upper directory's inode number, and with `has_lower` its lower path and
+ * the lower mtime seen; with a NULL upper path out of the table. 0, or
+ * -ENOMEM (left out: the daemon answers). */
+int astrid_lk_updir(uint64_t ino, const char *upath, size_t ulen, uint64_t upper_ino,
+                    int has_lower, const char *lower, size_t llen, int64_t lower_mtime,
+                    int merged)
+{
+    pthread_mutex_lock(&lk_lock);
+    struct lk_updir **slot = lk_updir_slot(ino);
+    if (*slot) {
+        struct lk_updir *old = *slot;
+        *slot = old->next;
+        free(old);
+    }
+    __atomic_add_fetch(&lk_gen, 1, __ATOMIC_RELEASE);
+    int res = 0;
+    if (upath) {
+        if (!has_lower)
+            llen = 0;
+        struct lk_updir *u = malloc(sizeof *u + ulen + 1 + llen + 1);
+        if (!u) {
+            res = -ENOMEM;
+        } else {
+            u->ino = ino;
+            u->upper_ino = upper_ino;
+            u->lower_mtime = lower_mtime;
+            u->merged = merged;
+            u->has_lower = has_lower;
+            u->ulen = ulen;
+            u->llen = llen;
+            memcpy(u->paths, upath, ulen);
+            u->paths[ulen] = 0;
+            if (llen)
+                memcpy(u->paths + ulen + 1, lower, llen);
+            u->paths[ulen + 1 + llen] = 0;
+            u->next = *slot;
+            *slot = u;
+        }
+    }
+    pthread_mutex_unlock(&lk_lock);
+    return res;
+}
+
+void astrid_lk_updir_clear(void)
+{
+    pthread_mutex_lock(&lk_lock);
+    for (size_t i = 0; i < LK_BUCKETS; i++)
+        while (lk_updirs[i]) {
+            struct lk_updir *u = lk_updirs[i];
+            lk_updirs[i] = u->next;
+            free(u);
+        }
+    __atomic_add_fetch(&lk_gen, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&lk_lock);
+}
+
+/* The upper root, "/" and `rel` (`len` bytes; none for the root itself) into
+ * `out` (LK_PATH bytes): its length, or 0 when it does not fit. */
+static size_t lk_upper_abs(char *out, const char *rel, size_t len)
+{
+    if (lk_upper_root_len + 1 + len + 1 > LK_PATH)
+        return 0;
+    memcpy(out, lk_upper_root, lk_upper_root_len);
+    size_t n = lk_upper_root_len;
+    if (len) {
+        out[n++] = '/';
+        memcpy(out + n, rel, len);
+        n += len;
+    }
+    out[n] = 0;
+    return n;
+}
+
+/* A GETATTR of a directory part 19 names (caller holds lk_lock): 1 when
+ * answered here, 0 for the daemon. */
+static int lk_updir_getattr(uint64_t unique, uint64_t nodeid, int fuse_fd)
+{
+    const struct lk_updir *u = *lk_updir_slot(nodeid);
+    if (!u || !lk_upper_root_len)
+        return 0;
+    char upath[LK_PATH], lpath[LK_PATH];
+    if (!lk_upper_abs(upath, u->paths, u->ulen)
+        || (u->has_lower && !lk_abs(lpath, u->paths + u->ulen + 1, u->llen)))
+        return 0;
+    uint64_t upper_ino = u->upper_ino, gen = lk_gen;
+    int64_t lower_mtime = u->lower_mtime;
+    int merged = u->merged, has_lower = u->has_lower;
+    struct stat st, lst;
+    pthread_mutex_unlock(&lk_lock);
+    int ok = lstat(upath, &st) == 0 && S_ISDIR(st.st_mode) && (uint64_t)st.st_ino == upper_ino;
+    if (ok && has_lower)
+        ok = lstat(lpath, &lst) == 0 && S_ISDIR(lst.st_mode)
+             && (int64_t)lst.st_mtim.tv_sec * 1000000000 + lst.st_mtim.tv_nsec == lower_mtime;
+    pthread_mutex_lock(&lk_lock);
+    if (!ok || gen != lk_gen || !lk_on)
+        return 0;
+    struct lk_attr_reply r;
+    memset(&r, 0, sizeof r);
+    r.len = sizeof r;
+    r.unique = unique;
+    r.attr_valid = merged ? lk_ttl_sec : lk_upper_ttl_sec;
+    r.attr_valid_nsec = merged ? lk_ttl_nsec : lk_upper_ttl_nsec;
+    lk_fill_attr(&r.attr, nodeid, &st);
+    if (merged)
+        r.attr.nlink = 1;
+    if (dev_reply(fuse_fd, &r, sizeof r) < 0)
+        return errno == ENOENT;
     lk_stats[5]++;
     return 1;
 }
