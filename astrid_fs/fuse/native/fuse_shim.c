@@ -3093,6 +3093,7 @@ struct lk_updir {
     char paths[]; /* upper path, NUL, lower path, NUL */
 };
 static struct lk_updir *lk_updirs[LK_BUCKETS];
+static size_t lk_updir_count; /* (a clear with none is one test, not 4,096) */
 static char lk_upper_root[LK_PATH];
 static size_t lk_upper_root_len;
 static uint64_t lk_upper_ttl_sec;
@@ -3134,6 +3135,7 @@ int astrid_lk_updir(uint64_t ino, const char *upath, size_t ulen, uint64_t upper
         struct lk_updir *old = *slot;
         *slot = old->next;
         free(old);
+        lk_updir_count--;
     }
     __atomic_add_fetch(&lk_gen, 1, __ATOMIC_RELEASE);
     int res = 0;
@@ -3158,6 +3160,7 @@ int astrid_lk_updir(uint64_t ino, const char *upath, size_t ulen, uint64_t upper
             u->paths[ulen + 1 + llen] = 0;
             u->next = *slot;
             *slot = u;
+            lk_updir_count++;
         }
     }
     pthread_mutex_unlock(&lk_lock);
@@ -3167,11 +3170,12 @@ int astrid_lk_updir(uint64_t ino, const char *upath, size_t ulen, uint64_t upper
 void astrid_lk_updir_clear(void)
 {
     pthread_mutex_lock(&lk_lock);
-    for (size_t i = 0; i < LK_BUCKETS; i++)
+    for (size_t i = 0; lk_updir_count && i < LK_BUCKETS; i++)
         while (lk_updirs[i]) {
             struct lk_updir *u = lk_updirs[i];
             lk_updirs[i] = u->next;
             free(u);
+            lk_updir_count--;
         }
     __atomic_add_fetch(&lk_gen, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&lk_lock);
