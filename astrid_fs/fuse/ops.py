@@ -231,7 +231,11 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
             node, st = self.ov.peek(parent_inode, name)
         except OSError:
             return
-        if any(link != (parent_inode, name) for link in node.links):
+        self._keep_node_reachable(node, st, (parent_inode, name))
+
+    def _keep_node_reachable(self, node: Node, st: StatLike, going: tuple[int, bytes]) -> None:
+        """`_keep_reachable` of `node` (whose stat is `st`) losing name `going`."""
+        if any(link != going for link in node.links):
             return
         self.files.keep_reachable(node, st)
 
@@ -249,8 +253,10 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        self._keep_reachable(parent_inode, name)
-        self.ov.unlink(parent_inode, name)
+        # (the overlay's own resolution of the name, not a second one here)
+        keep = None if not self.no_open else \
+            lambda node, st: self._keep_node_reachable(node, st, (parent_inode, name))
+        self.ov.unlink(parent_inode, name, keep)
         await self._entries_changed((parent_inode, None, name))
 
     @fuse_errors

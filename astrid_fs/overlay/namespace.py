@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from astrid_fs.overlay import basecontent, syscalls
@@ -188,13 +189,16 @@ class Namespace(OverlayCore):
         else:
             os.rename(tmp, upath)
 
-    def _remove(self, parent_ino: int, name: bytes, want_dir: bool) -> None:
+    def _remove(self, parent_ino: int, name: bytes, want_dir: bool,
+                before: Callable[[Node, StatLike], None] | None = None) -> None:
         parent = self.table.get(parent_ino)
         node, st = self.peek(parent_ino, name)
         if node.is_dir != want_dir:
             raise err(errno.ENOTDIR if want_dir else errno.EISDIR)
         if want_dir and self.list_dir(node):
             raise err(errno.ENOTEMPTY)
+        if before is not None:
+            before(node, st)
         upper_parent = self.copy_up(parent)
         upath = upper_parent + b"/" + name
         self._keep_base(node)
@@ -214,8 +218,11 @@ class Namespace(OverlayCore):
             os.unlink(upath)
         self.table.unlink(node, parent_ino, name, st)
 
-    def unlink(self, parent_ino: int, name: bytes) -> None:
-        self._remove(parent_ino, name, want_dir=False)
+    def unlink(self, parent_ino: int, name: bytes,
+               before: Callable[[Node, StatLike], None] | None = None) -> None:
+        """Remove file `name`; `before(node, its stat)` is called once it is
+        known to be one, before its name goes."""
+        self._remove(parent_ino, name, want_dir=False, before=before)
 
     def rmdir(self, parent_ino: int, name: bytes) -> None:
         self._remove(parent_ino, name, want_dir=True)
