@@ -267,7 +267,7 @@ class OverlayCore(CopyUps):
             return self.list_dir_placed(node), {}
         path = self.layers.lower_path(lower_dir)
         tag = self.tags.lower_ino(os.lstat(path).st_dev, 0)
-        names: list[bytes] = []
+        names: list[bytes | None] = []
         typed: dict[bytes, tuple[int, int]] = {}
         with os.scandir(path) as it:
             for entry in it:
@@ -278,7 +278,7 @@ class OverlayCore(CopyUps):
                 elif entry.is_file(follow_symlinks=False):
                     typed[name] = (tag | entry.inode(), stat.S_IFREG)
         names.sort()
-        return [*names], typed
+        return names, typed
 
     def lower_mtime_ns(self, node: Node) -> int:
         """mtime of the lower entry merged into `node` (0 if none)."""

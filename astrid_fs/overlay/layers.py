@@ -369,9 +369,7 @@ def placed_names(layers: Layers, path: bytes, in_upper: bool,
     its place as None, then the upper's own names sorted. So a directory's
     names keep the places they had while it was lower-only (sorted lower
     names, as the FUSE shim lists it) after it gets an upper directory."""
-    if not in_upper:
-        return [*merged_names(layers, path, in_upper, lower)]
-    upper, hidden = _upper_names(layers, path)
+    upper, hidden = _upper_names(layers, path) if in_upper else (set(), set())
     below = sorted(layers.lower_names(lower)) if lower is not None else []
     shown: list[bytes | None] = [None if n in hidden else n for n in below]
     below_set = set(below)
@@ -397,12 +395,4 @@ def _upper_names(layers: Layers, path: bytes) -> tuple[set[bytes], set[bytes]]:
 
 def upper_whiteouts(layers: Layers, path: bytes) -> list[bytes]:
     """Whiteout names inside the upper directory at `path`."""
-    upath = layers.upper_path(path)
-    out = []
-    with os.scandir(upath) as it:
-        for entry in it:
-            st = entry.stat(follow_symlinks=False)
-            name = os.fsencode(entry.name)
-            if layers.is_whiteout(upath + b"/" + name, st):
-                out.append(name)
-    return out
+    return list(_upper_names(layers, path)[1])
