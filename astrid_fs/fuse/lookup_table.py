@@ -97,7 +97,7 @@ class ShimLookups:
         lib.astrid_lk_full.restype = None
         lib.astrid_lk_stats.argtypes = [ctypes.POINTER(ctypes.c_int64)]
         lib.astrid_lk_stats.restype = None
-        # Part 19 (shim version 30): GETATTRs of upper directories in C.
+        # Part 19 (shim versions 30-31): GETATTRs and misses of upper directories in C.
         self._updirs = hasattr(lib, "astrid_lk_updir")
         if self._updirs:
             lib.astrid_lk_updir_enable.argtypes = [ctypes.c_char_p, ctypes.c_double]
@@ -181,7 +181,8 @@ class ShimLookups:
         """The daemon just answered a GETATTR of directory `node`, which has
         an upper directory (whose lstat is `st`; `lower_mtime_ns`: its lower
         directory's mtime as the daemon last saw it, for a merged one): the
-        shim answers its next ones itself while that stays so (part 19)."""
+        shim answers its next ones itself while that stays so (part 19), and
+        LOOKUPs of names the directory does not show (shim version 31)."""
         if not self._updirs or not node.in_upper or not node.is_dir \
                 or not (node.links or node.ino == ROOT_INO):
             return

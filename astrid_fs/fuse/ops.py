@@ -431,15 +431,18 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        self._count("listxattr")
         return [os.fsencode(n) for n in self.ov.listxattr(inode)]
 
     @fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        self._count("setxattr")
         await self._fetch(self.ov.fetch_for(self.table.get(inode), data=True))
         self.ov.setxattr(inode, os.fsdecode(name), value)
 
     @fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        self._count("removexattr")
         await self._fetch(self.ov.fetch_for(self.table.get(inode), data=True))
         self.ov.removexattr(inode, os.fsdecode(name))
 

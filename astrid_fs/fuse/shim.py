@@ -94,7 +94,10 @@ def shim_version() -> int:
     through the kernel's own read-ahead (large folios), not
     POSIX_FADV_WILLNEED; 30: GETATTRs of directories with an upper directory
     answered in C once the daemon has answered one (lookup_table.py
-    `upper_dir_answered`)."""
+    `upper_dir_answered`); 31: LOOKUPs of names such a directory does not
+    show answered in C (negative entries), LISTXATTRs of entries part 12
+    knows that have no xattrs, and setting or removing an ACL or a label
+    refused in C."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

@@ -5,6 +5,7 @@ counters), and changes made through the mount are never served stale."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import subprocess
@@ -391,3 +392,41 @@ def test_kept_listings_are_bounded_by_names_too() -> None:
     kept = cache.put_listing(13, huge, {})
     assert cache.listing(13) is kept
     assert cache.listing(11) is None and cache.listing(12) is None
+
+
+def test_cp_a_of_a_project_directory_asks_python_little(tmp_path: Path,
+                                                         mount_session: Mount) -> None:
+    """`cp -a` of a directory inside a session sent each file's miss (a
+    LOOKUP before the CREATE), two LISTXATTRs of the source and a SETXATTR
+    of an ACL (refused) to Python. The shim answers the misses (part 19),
+    the lists of entries that have no xattrs (part 12) and refuses ACLs
+    itself (part 4); the copy is the same, a file with an xattr included."""
+    lower = tmp_path / "lower"
+    for d in range(4):
+        (lower / "src" / f"d{d}").mkdir(parents=True)
+        for i in range(50):
+            f = lower / "src" / f"d{d}" / f"f{i}"
+            f.write_text(f"{d} {i}")
+            os.chmod(f, 0o640 if i % 2 else 0o755)
+    os.setxattr(lower / "src" / "d0" / "f0", "user.tag", b"kept")
+    s = mount_session(lower)
+    subprocess.run(["find", str(s.mnt), "-printf", ""], check=True)  # as an agent's walk
+    before = stats(s)
+    subprocess.run(["cp", "-a", str(s.mnt / "src"), str(s.mnt / "copy")], check=True)
+    after = stats(s)
+    asked = {k: after.get(k, 0) - before.get(k, 0)
+             for k in ("lookup", "listxattr", "setxattr", "getxattr")}
+    assert asked["lookup"] <= 12, asked  # 200 files, 5 directories
+    assert asked["listxattr"] <= 12, asked
+    assert asked["setxattr"] <= 3, asked  # user.tag copied (ACLs: none)
+    for d in range(4):
+        for i in range(50):
+            src, dst = lower / "src" / f"d{d}" / f"f{i}", s.mnt / "copy" / f"d{d}" / f"f{i}"
+            a, b = os.stat(src), os.stat(dst)
+            assert (b.st_mode, b.st_mtime_ns, dst.read_text()) == \
+                (a.st_mode, a.st_mtime_ns, src.read_text())
+    assert os.getxattr(s.mnt / "copy" / "d0" / "f0", "user.tag") == b"kept"
+    assert os.listxattr(s.mnt / "copy" / "d0" / "f1") == []
+    with pytest.raises(OSError) as raised:
+        os.removexattr(s.mnt / "copy" / "d0" / "f1", "system.posix_acl_access")
+    assert raised.value.errno == errno.EOPNOTSUPP

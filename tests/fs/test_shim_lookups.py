@@ -562,3 +562,57 @@ def test_a_directory_answered_in_c_that_moves_or_is_replaced_goes_to_the_daemon(
             assert gone.st_nlink == 0
     finally:
         os.close(held)
+
+
+def test_names_a_changed_directory_does_not_show_are_answered_in_c(
+        tmp_path: Path, mount_session: Mount) -> None:
+    """`cp -a`, `tar x` and every compiler probe look a name up before they
+    create it: in a directory with an upper directory each such LOOKUP went
+    to Python. Once the daemon has answered a GETATTR of the directory (part
+    19), the shim answers the names it does not show (shim version 31):
+    none in the upper directory, or a whiteout there, and none in the lower
+    one it merges. What the shim says is what the daemon would: a name the
+    project gains meanwhile, one the session made, one a whiteout hides and
+    one made after a miss."""
+    lower = tmp_path / "lower"
+    (lower / "proj").mkdir(parents=True)
+    for i in range(10):
+        (lower / "proj" / f"l{i}").write_text(f"lower {i}")
+    s = mount_session(lower)
+    proj = s.mnt / "proj"
+    (proj / "mine").write_text("mine")  # proj gets an upper directory
+    (proj / "l0").unlink()  # and a whiteout
+    own = s.mnt / "own"
+    own.mkdir()
+    (own / "o").write_text("o")
+    os.stat(proj)
+    os.stat(own)  # the daemon answered a GETATTR of each: both named to the shim
+    before = requests(s, "lookup")
+    negative = shim_lookups(s)["negative"]
+    for i in range(300):  # (each name once: the kernel keeps a miss a while)
+        assert not os.path.lexists(proj / f"absent{i}")
+        assert not os.path.lexists(own / f"absent{i}")
+    assert not os.path.lexists(proj / "l0")
+    assert requests(s, "lookup") - before <= 12
+    assert shim_lookups(s)["negative"] - negative >= 590
+    # What exists is found (the shim declines: the daemon answers).
+    assert (proj / "mine").read_text() == "mine"
+    assert (proj / "l1").read_text() == "lower 1"
+    assert (own / "o").read_text() == "o"
+    (lower / "proj" / "late").write_text("late")  # the user edits the project
+    assert (proj / "late").read_text() == "late"
+    # Names made after a miss, over a whiteout too.
+    (proj / "absent0").write_text("a0")
+    (proj / "l0").write_text("again")
+    (own / "absent0").write_text("o0")
+    assert (proj / "absent0").read_text() == "a0"
+    assert (proj / "l0").read_text() == "again"
+    assert (own / "absent0").read_text() == "o0"
+    assert sorted(os.listdir(proj)) == sorted(
+        ["absent0", "late", "mine"] + [f"l{i}" for i in range(10)])
+    # Removed again: a whiteout over the lower name, none over the own one.
+    (proj / "l1").unlink()
+    (own / "absent0").unlink()
+    assert not os.path.lexists(proj / "l1")
+    assert not os.path.lexists(own / "absent0")
+    assert sorted(os.listdir(own)) == ["o"]

@@ -23,7 +23,9 @@
  *    `system.posix_acl_*` (by `ls -l` for every entry). The mount exposes
  *    none of them (no ACL support: permissions are the mode bits; see
  *    whiteout.py), so the shim answers in C: ENODATA for capabilities,
- *    EOPNOTSUPP for labels and ACLs (which ls(1) caches per device).
+ *    EOPNOTSUPP for labels and ACLs (which ls(1) caches per device), and
+ *    since version 31 EOPNOTSUPP to setting or removing a label or an ACL
+ *    (`cp -a` and `sed -i` copy each file's ACL: a SETXATTR each).
  *
  * 3. No OPENDIR round trips ("no_opendir"), likewise: the daemon answers
  *    OPENDIR with ENOSYS, the kernel then caches listings by default
@@ -146,6 +148,7 @@
 #include <sys/uio.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <poll.h>
 #include <linux/capability.h>
 #define FUSE_USE_VERSION 35
@@ -193,7 +196,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 30; }
+int astrid_fuse_shim_loaded(void) { return 31; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -924,6 +927,7 @@ size_t fuse_add_direntry_plus(fuse_req_t req, char *buf, size_t bufsize, const c
 }
 
 static int send_err(fuse_req_t req, int err);
+static int have_reply_err(void);
 static struct fuse_lowlevel_ops patched;
 static void (*orig_init)(void *, struct fuse_conn_info *);
 static void (*orig_read)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_file_info *);
@@ -1749,6 +1753,14 @@ static void shim_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
     orig_fsyncdir(req, ino, datasync, fi);
 }
 
+/* SELinux labels and POSIX ACLs: not supported on this file system (the
+ * mount exposes none; permissions are the mode bits), as the daemon says
+ * (overlay.py `_check_settable`, `getxattr`). */
+static int xattr_unsupported(const char *name)
+{
+    return strcmp(name, "security.selinux") == 0 || strncmp(name, "system.posix_acl_", 17) == 0;
+}
+
 static void shim_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
     /* libfuse is not in the global scope (see libfuse_symbol): look the
@@ -1761,24 +1773,53 @@ static void shim_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size
         reply_err(req, ENODATA);  /* no file capabilities here */
         return;
     }
-    if (reply_err && (strcmp(name, "security.selinux") == 0
-                      || strncmp(name, "system.posix_acl_", 17) == 0)) {
-        /* Not supported on this file system: ls(1) remembers that per
-         * device and stops asking for every entry. */
+    if (reply_err && xattr_unsupported(name)) {
+        /* ls(1) remembers that per device and stops asking for every entry */
         reply_err(req, EOPNOTSUPP);
         return;
     }
     orig_getxattr(req, ino, name, size);
 }
 
+/* Version 31: setting or removing one (`cp -a` and `sed -i` copy a file's
+ * ACL to the new file, one SETXATTR each) is refused here too, before the
+ * daemon would refuse it: it changes nothing there either. */
+static void (*orig_setxattr)(fuse_req_t, fuse_ino_t, const char *, const char *, size_t, int);
+static void (*orig_removexattr)(fuse_req_t, fuse_ino_t, const char *);
+
+static void shim_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+                          size_t size, int flags)
+{
+    if (xattr_unsupported(name) && have_reply_err()) {
+        send_err(req, EOPNOTSUPP); /* (the request is answered and freed either way) */
+        return;
+    }
+    orig_setxattr(req, ino, name, value, size, flags);
+}
+
+static void shim_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+    if (xattr_unsupported(name) && have_reply_err()) {
+        send_err(req, EOPNOTSUPP);
+        return;
+    }
+    orig_removexattr(req, ino, name);
+}
+
 /* libfuse is not in the global scope (see libfuse_symbol): reply
  * functions are looked up there rather than linked. */
+static int (*reply_err_fn)(fuse_req_t, int);
+
+static int have_reply_err(void)
+{
+    if (!reply_err_fn)
+        reply_err_fn = (int (*)(fuse_req_t, int))libfuse_symbol("fuse_reply_err");
+    return reply_err_fn != NULL;
+}
+
 static int send_err(fuse_req_t req, int err)
 {
-    static int (*real)(fuse_req_t, int);
-    if (!real)
-        real = (int (*)(fuse_req_t, int))libfuse_symbol("fuse_reply_err");
-    return real ? real(req, err) : -ENOSYS;
+    return have_reply_err() ? reply_err_fn(req, err) : -ENOSYS;
 }
 
 static void shim_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
@@ -1867,6 +1908,14 @@ static void patch_ops(const struct fuse_lowlevel_ops *op, size_t op_size)
     if (patched.getxattr) {
         orig_getxattr = patched.getxattr;
         patched.getxattr = shim_getxattr;
+    }
+    if (patched.setxattr) {
+        orig_setxattr = patched.setxattr;
+        patched.setxattr = shim_setxattr;
+    }
+    if (patched.removexattr) {
+        orig_removexattr = patched.removexattr;
+        patched.removexattr = shim_removexattr;
     }
     if (patched.readdirplus) {
         orig_readdirplus = patched.readdirplus;
@@ -2290,9 +2339,7 @@ static int drain_answerable(const struct fuse_buf *buf)
         size_t room = len - DRAIN_IN_HEADER - 8;
         if (!memchr(name, 0, room))
             return 0;
-        return strcmp(name, "security.capability") == 0
-               || strcmp(name, "security.selinux") == 0
-               || strncmp(name, "system.posix_acl_", 17) == 0;
+        return strcmp(name, "security.capability") == 0 || xattr_unsupported(name);
     }
     /* WRITE and READ: fuse_write_in / fuse_read_in start with fh (40 bytes). */
     int writing = opcode == DRAIN_WRITE && orig_write_buf && wf_ready();
@@ -2445,6 +2492,7 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
 #define LK_OPCODE_LOOKUP 1
 #define LK_OPCODE_READDIRPLUS 44
 #define LK_OPCODE_GETATTR 3
+#define LK_OPCODE_LISTXATTR 23
 #define LK_IN_HEADER 40
 #define LK_BUCKETS 4096
 #define LK_DEV_SHIFT 48
@@ -2500,18 +2548,37 @@ static int64_t lk_stats[8]; /* entries answered here, negative entries, declined
                                listed by name only, the kernel holding them;
                                absorbs a queue thread's doorbell asked for */
 
-/* The lower root, "/", `rel` (`len` bytes) into `out` (LK_PATH bytes): its
- * length, or 0 when it does not fit (the daemon's long paths then). The
- * lower-relative part starts at out + lk_root_len + 1. */
+/* `root` (`rlen` bytes), "/", `rel` (`len` bytes) into `out` (LK_PATH
+ * bytes): its length, or 0 when it does not fit (the daemon's long paths
+ * then). */
+static size_t lk_join(char *out, const char *root, size_t rlen, const char *rel, size_t len)
+{
+    if (rlen + 1 + len + 1 > LK_PATH)
+        return 0;
+    memcpy(out, root, rlen);
+    out[rlen] = '/';
+    memcpy(out + rlen + 1, rel, len);
+    out[rlen + 1 + len] = 0;
+    return rlen + 1 + len;
+}
+
+/* The lower root, "/", `rel` into `out` (lk_join). The lower-relative part
+ * starts at out + lk_root_len + 1. */
 static size_t lk_abs(char *out, const char *rel, size_t len)
 {
-    if (lk_root_len + 1 + len + 1 > LK_PATH)
+    return lk_join(out, lk_root, lk_root_len, rel, len);
+}
+
+/* "/" and `name` (`nlen` bytes) appended to `path` (`plen` bytes, in an
+ * LK_PATH buffer): the new length, or 0 when it does not fit. */
+static size_t lk_append(char *path, size_t plen, const char *name, size_t nlen)
+{
+    if (!plen || plen + 1 + nlen + 1 > LK_PATH)
         return 0;
-    memcpy(out, lk_root, lk_root_len);
-    out[lk_root_len] = '/';
-    memcpy(out + lk_root_len + 1, rel, len);
-    out[lk_root_len + 1 + len] = 0;
-    return lk_root_len + 1 + len;
+    path[plen] = '/';
+    memcpy(path + plen + 1, name, nlen);
+    path[plen + 1 + nlen] = 0;
+    return plen + 1 + nlen;
 }
 
 /* Inode -> lower path tables (directories, files): the slot of `ino`. */
@@ -2949,13 +3016,7 @@ static void lk_fill_entry(struct lk_entry_out *e, uint64_t ino, const struct sta
 #define LK_REL_LEN(len) ((len) - lk_root_len - 1)
 static size_t lk_child_path(char *path, const struct lk_dir *d, const char *name, size_t nlen)
 {
-    size_t dlen = lk_abs(path, d->path, d->len);
-    if (!dlen || dlen + 1 + nlen + 1 > LK_PATH)
-        return 0;
-    path[dlen] = '/';
-    memcpy(path + dlen + 1, name, nlen);
-    path[dlen + 1 + nlen] = 0;
-    return dlen + 1 + nlen;
+    return lk_append(path, lk_abs(path, d->path, d->len), name, nlen);
 }
 
 /* The lower entry at `path` as the daemon's fast path takes it (core.py
@@ -3060,6 +3121,49 @@ static int lk_getattr(const char *mem, int fuse_fd)
     return 1;
 }
 
+/* Version 31: a LISTXATTR of a directory or file named here (`cp -a` and
+ * `rsync -X` list each one they copy, twice: the size, then the names),
+ * answered when its lower entry has no extended attributes at all: the
+ * daemon lists the layer entry's names less its own (overlay.py
+ * `listxattr`), so an entry with none is an empty list there too. Names, an
+ * error, an entry not named here go to the daemon. ABI: fuse_getxattr_in
+ * (size, padding) after the header; the reply is fuse_getxattr_out (size 0)
+ * when the size was asked for, else no data. */
+struct lk_listxattr_reply {
+    uint32_t len; int32_t error; uint64_t unique; /* fuse_out_header */
+    uint32_t size, padding;                        /* fuse_getxattr_out */
+};
+
+static int lk_listxattr(const char *mem, uint32_t len, int fuse_fd)
+{
+    if (len < LK_IN_HEADER + 8)
+        return 0;
+    uint64_t unique, nodeid;
+    uint32_t size;
+    memcpy(&unique, mem + 8, 8);
+    memcpy(&nodeid, mem + 16, 8);
+    memcpy(&size, mem + LK_IN_HEADER, 4);
+    const struct lk_dir *known = *lk_slot(nodeid);
+    if (!known)
+        known = *lk_file_slot(nodeid);
+    char path[LK_PATH];
+    if (!known || !lk_abs(path, known->path, known->len))
+        return 0;
+    uint64_t gen = lk_gen;
+    pthread_mutex_unlock(&lk_lock);
+    ssize_t n = llistxattr(path, NULL, 0);
+    pthread_mutex_lock(&lk_lock);
+    if (n != 0 || gen != lk_gen || !lk_on)
+        return 0;
+    struct lk_listxattr_reply r;
+    memset(&r, 0, sizeof r);
+    r.len = size ? 16 : sizeof r;
+    r.unique = unique;
+    if (dev_reply(fuse_fd, &r, r.len) < 0)
+        return errno == ENOENT; /* ENOENT: interrupted, no answer wanted */
+    return 1;
+}
+
 /*
  * 19. GETATTRs of directories in the upper layer (version 30). A change in a
  *     directory (a create, an unlink, a rename) makes the kernel drop the
@@ -3082,7 +3186,9 @@ static int lk_getattr(const char *mem, int fuse_fd)
  *     entries back when a directory's path may change (any directory renamed
  *     or removed: astrid_lk_updir_clear), its layer state changes, or the
  *     kernel forgets it. Paths are relative to the upper root
- *     (astrid_lk_updir_enable) and part 12's lower root.
+ *     (astrid_lk_updir_enable) and part 12's lower root. Version 31: the
+ *     LOOKUPs of names such a directory does not show are answered here
+ *     too (lk_updir_lookup, below).
  */
 struct lk_updir {
     struct lk_updir *next;
@@ -3181,21 +3287,10 @@ void astrid_lk_updir_clear(void)
     pthread_mutex_unlock(&lk_lock);
 }
 
-/* The upper root, "/" and `rel` (`len` bytes; none for the root itself) into
- * `out` (LK_PATH bytes): its length, or 0 when it does not fit. */
+/* The upper root, "/", `rel` into `out` (lk_join). */
 static size_t lk_upper_abs(char *out, const char *rel, size_t len)
 {
-    if (lk_upper_root_len + 1 + len + 1 > LK_PATH)
-        return 0;
-    memcpy(out, lk_upper_root, lk_upper_root_len);
-    size_t n = lk_upper_root_len;
-    if (len) {
-        out[n++] = '/';
-        memcpy(out + n, rel, len);
-        n += len;
-    }
-    out[n] = 0;
-    return n;
+    return lk_join(out, lk_upper_root, lk_upper_root_len, rel, len);
 }
 
 /* A GETATTR of a directory part 19 names (caller holds lk_lock): 1 when
@@ -3236,6 +3331,58 @@ static int lk_updir_getattr(uint64_t unique, uint64_t nodeid, int fuse_fd)
     return 1;
 }
 
+/* Version 31: a LOOKUP of a name a directory part 19 names does not show
+ * (caller holds lk_lock). The daemon's answer there is a negative entry with
+ * the lower TTL when the upper directory has no such entry, or a whiteout
+ * (a kernel-format one: character device 0/0), and the lower directory, if
+ * merged, has none either (layers.py `resolve_child`): so is this one, from
+ * lstats of the upper directory (still the one named), of its entry and of
+ * the lower entry. `cp -a`, `tar x` and every compiler probe sent one such
+ * LOOKUP to Python per file created or name probed. Anything else (the name
+ * there, an xattr whiteout, another errno, the directory replaced) the
+ * daemon decides: 1 when answered here, 0 for the daemon. */
+static int lk_updir_lookup(uint64_t unique, uint64_t parent, const char *name, size_t nlen,
+                           int fuse_fd)
+{
+    const struct lk_updir *u = *lk_updir_slot(parent);
+    if (!u || !lk_upper_root_len)
+        return 0;
+    char udir[LK_PATH], uname[LK_PATH], lname[LK_PATH];
+    size_t ulen = lk_upper_abs(udir, u->paths, u->ulen);
+    memcpy(uname, udir, ulen);
+    if (!lk_append(uname, ulen, name, nlen)
+        || (u->has_lower
+            && !lk_append(lname, lk_abs(lname, u->paths + u->ulen + 1, u->llen), name, nlen)))
+        return lk_decline();
+    uint64_t upper_ino = u->upper_ino, gen = lk_gen;
+    int has_lower = u->has_lower;
+    struct stat st;
+    pthread_mutex_unlock(&lk_lock);
+    int ok = lstat(udir, &st) == 0 && S_ISDIR(st.st_mode) && (uint64_t)st.st_ino == upper_ino;
+    int whiteout = 0;
+    if (ok) {
+        if (lstat(uname, &st) == 0)
+            ok = whiteout = S_ISCHR(st.st_mode) && st.st_rdev == 0;
+        else
+            ok = errno == ENOENT;
+    }
+    if (ok && has_lower && !whiteout)
+        ok = lstat(lname, &st) != 0 && errno == ENOENT;
+    pthread_mutex_lock(&lk_lock);
+    if (!ok || gen != lk_gen || !lk_on)
+        return lk_decline();
+    struct lk_reply r;
+    memset(&r, 0, sizeof r);
+    r.len = sizeof r;
+    r.unique = unique;
+    r.entry.entry_valid = lk_ttl_sec; /* nodeid 0: a negative entry */
+    r.entry.entry_valid_nsec = lk_ttl_nsec;
+    if (dev_reply(fuse_fd, &r, sizeof r) < 0 && errno != ENOENT)
+        return lk_decline(); /* (ENOENT: the request was interrupted) */
+    lk_stats[1]++;
+    return 1;
+}
+
 /* A LOOKUP in a named directory: answered here (1), or left to the daemon. */
 static int lk_try_unlocked(const struct fuse_buf *buf, int fuse_fd)
 {
@@ -3250,6 +3397,8 @@ static int lk_try_unlocked(const struct fuse_buf *buf, int fuse_fd)
         return lk_readdirplus(mem, len, fuse_fd);
     if (opcode == LK_OPCODE_GETATTR && len <= buf->size)
         return lk_getattr(mem, fuse_fd);
+    if (opcode == LK_OPCODE_LISTXATTR && len <= buf->size)
+        return lk_listxattr(mem, len, fuse_fd);
     if (opcode != LK_OPCODE_LOOKUP)
         return 0;
     memcpy(&unique, mem + 8, 8);
@@ -3257,13 +3406,15 @@ static int lk_try_unlocked(const struct fuse_buf *buf, int fuse_fd)
     if (len > buf->size || len <= LK_IN_HEADER)
         return 0;
     struct lk_dir *d = *lk_slot(parent);
-    if (!d)
+    if (!d && !*lk_updir_slot(parent))
         return 0;
     const char *name = mem + LK_IN_HEADER;
     size_t nlen = strnlen(name, len - LK_IN_HEADER);
     if (nlen == len - LK_IN_HEADER || nlen == 0 || nlen > 255
         || (name[0] == '.' && (nlen == 1 || (nlen == 2 && name[1] == '.'))))
         return lk_decline();
+    if (!d)
+        return lk_updir_lookup(unique, parent, name, nlen, fuse_fd);
     char path[LK_PATH];
     size_t plen = lk_child_path(path, d, name, nlen);
     if (!plen)
@@ -3918,7 +4069,7 @@ static int fd_request(const char *req, uint32_t len, const char *wdata, char *rd
 static int (*c_table(uint32_t opcode))(const struct fuse_buf *, int)
 {
     if (opcode == LK_OPCODE_LOOKUP || opcode == LK_OPCODE_READDIRPLUS
-        || opcode == LK_OPCODE_GETATTR)
+        || opcode == LK_OPCODE_GETATTR || opcode == LK_OPCODE_LISTXATTR)
         return lk_try;
     if ((opcode == PT_OPCODE_OPEN || opcode == PT_OPCODE_RELEASE) && pt_enabled)
         return pt_table_buf;
@@ -3941,7 +4092,7 @@ static int c_errno(const char *req, uint32_t len, uint32_t opcode)
         __atomic_add_fetch(&kp_stats[3], 1, __ATOMIC_RELAXED);
         return ENODATA;
     }
-    if (strcmp(name, "security.selinux") == 0 || strncmp(name, "system.posix_acl_", 17) == 0)
+    if (xattr_unsupported(name))
         return EOPNOTSUPP;
     return 0;
 }
