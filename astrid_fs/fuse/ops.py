@@ -157,6 +157,7 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
     @fuse_errors
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None,
                       ctx: Any) -> Any:
+        self._count("setattr")
         change = SetAttr(
             mode=attr.st_mode if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,

@@ -97,7 +97,8 @@ def shim_version() -> int:
     `upper_dir_answered`); 31: LOOKUPs of names such a directory does not
     show answered in C (negative entries), LISTXATTRs of entries part 12
     knows that have no xattrs, and setting or removing an ACL or a label
-    refused in C."""
+    refused in C; 32: SETATTRs of the mode and times of upper files with a
+    read-write fd in part 9's table done and answered in C (part 20)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

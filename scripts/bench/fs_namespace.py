@@ -16,6 +16,8 @@ Workloads, each round on a fresh view of a lower holding three directories
 of --files small files (ten subdirectories each; native: a fresh copy):
 
     cp -a in           `cp -a src0 copy`: a project directory copied inside the view
+    tar x in           a tarball of such a directory unpacked into the view, as a
+                       user unpacks (`--no-same-owner`: modes and times, no chown)
     rm -rf project     `rm -rf src1`: a project directory deleted (whiteouts)
     rm -rf own         `rm -rf copy`: the session's own files deleted
 
@@ -40,13 +42,13 @@ from pathlib import Path
 from fs_dataset import log, run
 from fs_legs import LEG_TITLE, LEGS, Leg, add_variant, probe
 
-WORKLOADS = ["cp -a in", "rm -rf project", "rm -rf own"]
+WORKLOADS = ["cp -a in", "tar x in", "rm -rf project", "rm -rf own"]
 
 
 def build(data: Path, files: int) -> None:
     """Three directories of `files` small files, once per size."""
     stamp = data / ".complete"
-    if stamp.exists() and stamp.read_text() == f"{files} v2":
+    if stamp.exists() and stamp.read_text() == f"{files} v3":
         return
     shutil.rmtree(data, ignore_errors=True)
     (data / "copyup").mkdir(parents=True)  # (fs_legs copies it for native)
@@ -57,8 +59,10 @@ def build(data: Path, files: int) -> None:
             p = data / f"src{d}" / f"sub{i % 10}" / f"f{i:05d}.txt"
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(rnd.randbytes(rnd.randint(100, 3000)))
+    # (beside the data, not in it: native copies the data, the views show it)
+    run(["tar", "-cf", str(data.parent / "src2.tar"), "-C", str(data), "src2"])
     os.sync()
-    stamp.write_text(f"{files} v2")
+    stamp.write_text(f"{files} v3")
 
 
 def timed(argv: list[str]) -> float:
@@ -75,6 +79,10 @@ def one_round(leg: Leg) -> dict[str, float]:
         run(["find", str(root), "-printf", "%s\n"])  # metadata warm
         os.sync()
         out = {"cp -a in": timed(["cp", "-a", str(root / "src0"), str(root / "copy")])}
+        os.sync()
+        (root / "untar").mkdir()
+        out["tar x in"] = timed(["tar", "-xf", str(leg.data.parent / "src2.tar"),
+                                 "--no-same-owner", "-C", str(root / "untar")])
         os.sync()
         out["rm -rf project"] = timed(["rm", "-rf", str(root / "src1")])
         os.sync()

@@ -397,10 +397,11 @@ def test_kept_listings_are_bounded_by_names_too() -> None:
 def test_cp_a_of_a_project_directory_asks_python_little(tmp_path: Path,
                                                          mount_session: Mount) -> None:
     """`cp -a` of a directory inside a session sent each file's miss (a
-    LOOKUP before the CREATE), two LISTXATTRs of the source and a SETXATTR
-    of an ACL (refused) to Python. The shim answers the misses (part 19),
-    the lists of entries that have no xattrs (part 12) and refuses ACLs
-    itself (part 4); the copy is the same, a file with an xattr included."""
+    LOOKUP before the CREATE), two LISTXATTRs of the source, a SETXATTR of
+    an ACL (refused) and two SETATTRs (times, mode) to Python. The shim
+    answers the misses (part 19), the lists of entries that have no xattrs
+    (part 12), refuses ACLs itself (part 4) and sets the new files' times and
+    modes (part 20); the copy is the same, a file with an xattr included."""
     lower = tmp_path / "lower"
     for d in range(4):
         (lower / "src" / f"d{d}").mkdir(parents=True)
@@ -415,10 +416,13 @@ def test_cp_a_of_a_project_directory_asks_python_little(tmp_path: Path,
     subprocess.run(["cp", "-a", str(s.mnt / "src"), str(s.mnt / "copy")], check=True)
     after = stats(s)
     asked = {k: after.get(k, 0) - before.get(k, 0)
-             for k in ("lookup", "listxattr", "setxattr", "getxattr")}
+             for k in ("lookup", "listxattr", "setxattr", "getxattr", "setattr")}
     assert asked["lookup"] <= 12, asked  # 200 files, 5 directories
     assert asked["listxattr"] <= 12, asked
     assert asked["setxattr"] <= 3, asked  # user.tag copied (ACLs: none)
+    if s.control("stats")["data_path"]["data_path"] == "daemon":
+        # (files' modes and times: part 20; with passthrough the daemon's)
+        assert asked["setattr"] <= 3 * 5, asked  # each directory's owner, mode, times
     for d in range(4):
         for i in range(50):
             src, dst = lower / "src" / f"d{d}" / f"f{i}", s.mnt / "copy" / f"d{d}" / f"f{i}"

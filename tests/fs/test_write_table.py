@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import subprocess
 import sys
 import termios
@@ -328,3 +329,74 @@ def test_drain_spinning_can_be_turned_off(tmp_path: Path, mount_session: Any,
     counts = shim_counts(s)
     assert counts["drained"] >= 200
     assert counts["spin_hits"] == counts["spin_misses"] == 0
+
+
+def _setattrs(s: MountedSession) -> int:
+    return int(s.control("stats")["requests"].get("setattr", 0))
+
+
+def _as_upper(seen: os.stat_result, upper: Path) -> None:
+    up = os.stat(upper)
+    assert (seen.st_mode, seen.st_uid, seen.st_gid, seen.st_size, seen.st_atime_ns,
+            seen.st_mtime_ns, seen.st_ctime_ns, seen.st_nlink) == \
+        (up.st_mode, up.st_uid, up.st_gid, up.st_size, up.st_atime_ns, up.st_mtime_ns,
+         up.st_ctime_ns, up.st_nlink)
+
+
+def test_modes_and_times_of_upper_files_are_set_in_c_as_the_daemon_sets_them(
+        s: MountedSession) -> None:
+    """`touch`, `chmod +x` and the times `cp -a`, `tar x` and pip set on every
+    file they write: a SETATTR to Python each. For a file the daemon holds a
+    read-write fd for (in the upper layer, one name) the shim does the mode
+    and the times itself (part 20, shim version 32), and what the mount then
+    shows is the upper file's, under the overlay's inode number. An owner, a
+    size, a lower file (copy-up), a hard-linked file and a removed open one
+    stay the daemon's."""
+    f = s.mnt / "new"
+    f.write_bytes(b"data")  # an upper file the daemon holds an fd for
+    ino = os.stat(f).st_ino
+    lower_mode = (s.lower / "f1").stat().st_mode & 0o777
+    before = _setattrs(s)
+    os.chmod(f, 0o4750)
+    _as_upper(os.stat(f), s.upper / "new")
+    os.utime(f, ns=(1_000_000_123, 2_000_000_456))
+    seen = os.stat(f)
+    assert (seen.st_atime_ns, seen.st_mtime_ns) == (1_000_000_123, 2_000_000_456)
+    _as_upper(seen, s.upper / "new")
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.utime(fd, ns=(3_000_000_000, 4_000_000_789))  # futimens: with a handle
+    finally:
+        os.close(fd)
+    assert os.stat(f).st_mtime_ns == 4_000_000_789
+    start = time.time_ns()
+    subprocess.run(["touch", "-m", str(f)], check=True)  # the mtime now, the atime kept
+    seen = os.stat(f)
+    assert seen.st_mtime_ns >= start - 20_000_000 and seen.st_atime_ns == 3_000_000_000
+    _as_upper(seen, s.upper / "new")
+    assert seen.st_ino == ino and stat.S_IMODE(seen.st_mode) == 0o4750
+    assert _setattrs(s) == before  # none reached Python
+    # The daemon's: a lower file (copied up), an owner, a size, a second name.
+    os.chmod(s.mnt / "f1", 0o600)
+    _as_upper(os.stat(s.mnt / "f1"), s.upper / "f1")
+    os.chown(f, 1234, 5678)
+    os.truncate(f, 2)
+    os.link(f, s.mnt / "second")
+    os.chmod(f, 0o644)
+    seen = os.stat(f)
+    assert (seen.st_nlink, seen.st_uid, seen.st_size) == (2, 1234, 2)
+    _as_upper(seen, s.upper / "new")
+    assert _setattrs(s) - before == 4
+    # A removed file still open: its fd's (the daemon's, nlink 0).
+    fd = os.open(f, os.O_RDWR)
+    try:
+        os.unlink(s.mnt / "second")
+        os.unlink(f)
+        os.fchmod(fd, 0o600)
+        st = os.fstat(fd)
+        assert (stat.S_IMODE(st.st_mode), st.st_nlink) == (0o600, 0)
+    finally:
+        os.close(fd)
+    assert _setattrs(s) - before == 5
+    assert ((s.lower / "f1").stat().st_mode & 0o777, (s.lower / "f1").read_bytes()) == \
+        (lower_mode, b"lower 1\n")  # never written
