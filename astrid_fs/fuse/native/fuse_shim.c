@@ -1873,6 +1873,14 @@ static void shim_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in
 }
 
 /* Our operation table: pyfuse3's, with the wrappers above. */
+/* A handler pyfuse3 set, kept as orig_<op>, with shim_<op> in its place. */
+#define WRAP_OP(op)                   \
+    do {                              \
+        if (patched.op) {             \
+            orig_##op = patched.op;   \
+            patched.op = shim_##op;   \
+        }                             \
+    } while (0)
 static void patch_ops(const struct fuse_lowlevel_ops *op, size_t op_size)
 {
     memset(&patched, 0, sizeof patched);
@@ -1889,42 +1897,16 @@ static void patch_ops(const struct fuse_lowlevel_ops *op, size_t op_size)
     }
     orig_init = patched.init;
     patched.init = shim_init;
-    if (patched.read) {
-        orig_read = patched.read;
-        patched.read = shim_read;
-    }
-    if (patched.write) {
-        orig_write = patched.write;
-        patched.write = shim_write;
-    }
-    if (patched.write_buf) { /* libfuse prefers it to write when set (pyfuse3 sets it) */
-        orig_write_buf = patched.write_buf;
-        patched.write_buf = shim_write_buf;
-    }
-    if (patched.fsync) {
-        orig_fsync = patched.fsync;
-        patched.fsync = shim_fsync;
-    }
-    if (patched.getxattr) {
-        orig_getxattr = patched.getxattr;
-        patched.getxattr = shim_getxattr;
-    }
-    if (patched.setxattr) {
-        orig_setxattr = patched.setxattr;
-        patched.setxattr = shim_setxattr;
-    }
-    if (patched.removexattr) {
-        orig_removexattr = patched.removexattr;
-        patched.removexattr = shim_removexattr;
-    }
-    if (patched.readdirplus) {
-        orig_readdirplus = patched.readdirplus;
-        patched.readdirplus = shim_readdirplus;
-    }
-    if (patched.fsyncdir) {
-        orig_fsyncdir = patched.fsyncdir;
-        patched.fsyncdir = shim_fsyncdir;
-    }
+    /* (write_buf: libfuse prefers it to write when set; pyfuse3 sets it) */
+    WRAP_OP(read);
+    WRAP_OP(write);
+    WRAP_OP(write_buf);
+    WRAP_OP(fsync);
+    WRAP_OP(getxattr);
+    WRAP_OP(setxattr);
+    WRAP_OP(removexattr);
+    WRAP_OP(readdirplus);
+    WRAP_OP(fsyncdir);
     /* pyfuse3 has none of these; the table is passed whole (this shim is
      * compiled against the libfuse headers of the library it wraps). */
     patched.lseek = shim_lseek;
