@@ -400,3 +400,27 @@ def test_modes_and_times_of_upper_files_are_set_in_c_as_the_daemon_sets_them(
     assert _setattrs(s) - before == 5
     assert ((s.lower / "f1").stat().st_mode & 0o777, (s.lower / "f1").read_bytes()) == \
         (lower_mode, b"lower 1\n")  # never written
+
+
+def test_modes_set_around_an_editors_save_land_on_the_right_file(s: MountedSession) -> None:
+    """An editor saves by writing a temporary file and renaming it over the
+    original while another process holds the original open: a chmod through
+    the old fd is the old file's (now nameless: the daemon's), a chmod of the
+    path the new file's (the shim's, part 20), and neither reaches the other."""
+    path = s.mnt / "notes.txt"
+    path.write_bytes(b"old")
+    held = os.open(path, os.O_RDWR)
+    try:
+        tmp = s.mnt / ".notes.txt.swp"
+        tmp.write_bytes(b"new")
+        os.chmod(tmp, 0o640)  # (the shim's: an upper file with one name)
+        os.rename(tmp, path)
+        os.fchmod(held, 0o600)  # the old file, no name left
+        os.chmod(path, 0o604)
+        old, new = os.fstat(held), os.stat(path)
+        assert (stat.S_IMODE(old.st_mode), old.st_nlink) == (0o600, 0)
+        assert (stat.S_IMODE(new.st_mode), new.st_nlink) == (0o604, 1)
+        _as_upper(new, s.upper / "notes.txt")
+        assert os.pread(held, 8, 0) == b"old" and path.read_bytes() == b"new"
+    finally:
+        os.close(held)
