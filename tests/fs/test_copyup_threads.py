@@ -38,7 +38,7 @@ def test_a_full_file_system_stops_the_thread_until_space_is_back(
     d = os.fsencode(tiny_tmpfs)
     ahead = tmpfile.make_ahead(d, size=4, native=native)
     try:
-        assert ahead.wait_full(timeout=30)
+        assert ahead.wait_full(timeout=30), (ahead.stats(), cthreads.make_stats())
         fillers = []
         with pytest.raises(OSError) as full:
             for i in range(64):
@@ -59,7 +59,7 @@ def test_a_full_file_system_stops_the_thread_until_space_is_back(
         fd = tmpfile.open_unnamed(d)  # made on request: the thread resumes
         assert fd is not None
         os.close(fd)
-        assert ahead.wait_full(timeout=30)
+        assert ahead.wait_full(timeout=30), (ahead.stats(), cthreads.make_stats())
         stats = ahead.stats()
         assert "stopped" not in stats and stats["resumed"] >= 1 and stats["ready"] == 4
     finally:
@@ -91,7 +91,7 @@ def test_the_threads_work_only_while_making_a_file_is_slow(
             so.astrid_make_note(500_000)  # 0.5 ms a file
         assert cthreads.make_stats()["threads_working"] is True
         fds.append(tmpfile.open_unnamed(tmp))  # wakes the thread
-        assert ahead.wait_full(timeout=30)
+        assert ahead.wait_full(timeout=30), (ahead.stats(), cthreads.make_stats())
         for _ in range(64):
             so.astrid_make_note(5_000)
         assert cthreads.make_stats()["threads_working"] is False
