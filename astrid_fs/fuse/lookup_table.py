@@ -251,16 +251,10 @@ class ShimLookups:
         Python; files the shim opened to answer their first READ; listings
         (READDIRPLUS) and GETATTRs it answered; files it listed by name only
         because the kernel held them already, and absorbs a queue thread asked
-        for (shim version 19); SETATTRs of upper files it did and left to the
-        daemon (version 32, part 20)."""
+        for (shim version 19)."""
         out = (ctypes.c_int64 * 8)()
         self._lib.astrid_lk_stats(out)
-        got = {"entries": int(out[0]), "negative": int(out[1]), "declined": int(out[2]),
-               "absorbed": self.absorbed, "files_opened": int(out[3]),
-               "listings": int(out[4]), "getattrs": int(out[5]), "held": int(out[6]),
-               "absorbs_asked": int(out[7])}
-        if hasattr(self._lib, "astrid_sa_stats"):  # (shim version 32: part 20)
-            sa = (ctypes.c_int64 * 2)()
-            self._lib.astrid_sa_stats(sa)
-            got["setattrs"], got["setattrs_declined"] = int(sa[0]), int(sa[1])
-        return got
+        return {"entries": int(out[0]), "negative": int(out[1]), "declined": int(out[2]),
+                "absorbed": self.absorbed, "files_opened": int(out[3]),
+                "listings": int(out[4]), "getattrs": int(out[5]), "held": int(out[6]),
+                "absorbs_asked": int(out[7])}

@@ -98,7 +98,9 @@ def shim_version() -> int:
     show answered in C (negative entries), LISTXATTRs of entries part 12
     knows that have no xattrs, and setting or removing an ACL or a label
     refused in C; 32: SETATTRs of the mode and times of upper files with a
-    read-write fd in part 9's table done and answered in C (part 20)."""
+    read-write fd in part 9's table done and answered in C (part 20); 33:
+    COPY_FILE_RANGE between files part 9's table holds made in C (part
+    21)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

@@ -116,7 +116,10 @@ class ShimWriteTable:
         (version 29); requests it answered while
         draining, and how often it then found nothing more; how often the
         wait for the next one found it while spinning, and did not (shim
-        version 18)."""
+        version 18); SETATTRs of upper files it did and left to the daemon
+        (version 32, part 20), and COPY_FILE_RANGEs (version 33, part 21;
+        declines are counted where tried: a queue thread's, then the trio
+        thread's)."""
         out = (ctypes.c_int64 * 4)()
         if self.serves_reads:
             self._lib.astrid_fd_stats(out)
@@ -141,4 +144,10 @@ class ShimWriteTable:
             self._lib.astrid_drain_stats(out)
             counts |= {"drained": int(out[0]), "drain_idle": int(out[1]),
                        "spin_hits": int(out[2]), "spin_misses": int(out[3])}
+        if hasattr(self._lib, "astrid_sa_stats"):  # (version 32: part 20)
+            self._lib.astrid_sa_stats(out)
+            counts |= {"setattrs": int(out[0]), "setattrs_declined": int(out[1])}
+        if hasattr(self._lib, "astrid_cf_stats"):  # (version 33: part 21)
+            self._lib.astrid_cf_stats(out)
+            counts |= {"copies": int(out[0]), "copies_declined": int(out[1])}
         return counts

@@ -196,7 +196,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 32; }
+int astrid_fuse_shim_loaded(void) { return 33; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -2345,6 +2345,7 @@ static int drain_answerable(const struct fuse_buf *buf)
 
 static int lk_try(const struct fuse_buf *buf, int fuse_fd); /* part 12 */
 static int sa_try(const struct fuse_buf *buf, int fuse_fd); /* part 20 */
+static int cf_try(const struct fuse_buf *buf, int fuse_fd); /* part 21 */
 static void lk_absorb_pending(void);
 static void lk_absorb_asked(void);
 static void lk_forgotten(const struct fuse_buf *buf);
@@ -2410,6 +2411,8 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
             /* part 12: answered here */
         } else if (sa_try(buf, session_fd(se))) {
             drain_stats[0]++; /* part 20 */
+        } else if (cf_try(buf, session_fd(se))) {
+            drain_stats[0]++; /* part 21 */
         } else if (drain_ioctl(buf, session_fd(se))) {
             drain_stats[0]++;
         } else if (pt_enabled && !(buf->flags & FUSE_BUF_IS_FD) && buf->size >= 40
@@ -3472,6 +3475,83 @@ static int sa_try(const struct fuse_buf *buf, int fuse_fd)
     return 1;
 }
 
+/*
+ * 21. COPY_FILE_RANGE between files part 9's table holds (version 33). `cp`
+ *     copies a file with copy_file_range(2): through the mount one request
+ *     per 64 MiB, each a ctypes callback into the daemon (extra_ops.py), ~50
+ *     us of the trio thread per file copied. When both handles are by inode
+ *     (no_open), the destination has a read-write fd in the table (an upper
+ *     file) and the source any fd there, or is a lower file part 12 found
+ *     (opened as for its first READ), the copy is made here between those
+ *     fds, up to the daemon's chunk, and its errno is the answer otherwise,
+ *     as the callback's would be. Anything else (flags, a real handle, a
+ *     destination not yet copied up: the daemon copies it up first, a remote
+ *     file, passthrough mounts) goes to the daemon. ABI:
+ *     fuse_copy_file_range_in (fh_in, off_in, nodeid_out, fh_out, off_out,
+ *     len, flags: 56 bytes) after the header; the reply is fuse_write_out.
+ */
+#define CF_OPCODE 47
+#define CF_IN 56
+#define CF_CHUNK (UINT64_C(64) << 20) /* extra_ops.py COPY_CHUNK */
+
+static int64_t cf_stats[2]; /* copies made here; left to the daemon */
+
+void astrid_cf_stats(int64_t *out)
+{
+    for (int i = 0; i < 2; i++)
+        out[i] = __atomic_load_n(&cf_stats[i], __ATOMIC_RELAXED);
+}
+
+struct cf_reply {
+    uint32_t len; int32_t error; uint64_t unique; /* fuse_out_header */
+    uint32_t size, padding;                        /* fuse_write_out */
+};
+
+static int cf_try(const struct fuse_buf *buf, int fuse_fd)
+{
+    if (pt_enabled || (buf->flags & FUSE_BUF_IS_FD) || buf->size < LK_IN_HEADER + CF_IN)
+        return 0;
+    const char *mem = buf->mem;
+    uint32_t len, opcode;
+    memcpy(&len, mem, 4);
+    memcpy(&opcode, mem + 4, 4);
+    if (opcode != CF_OPCODE || len < LK_IN_HEADER + CF_IN || len > buf->size)
+        return 0;
+    uint64_t unique, ino_in, in[7]; /* fh_in, off_in, nodeid_out, fh_out, off_out, len, flags */
+    memcpy(&unique, mem + 8, 8);
+    memcpy(&ino_in, mem + 16, 8);
+    memcpy(in, mem + LK_IN_HEADER, sizeof in);
+    struct wf_entry *dst = NULL, *src = NULL;
+    if (!in[0] && !in[3] && !in[6] && in[1] <= INT64_MAX && in[4] <= INT64_MAX
+        && (dst = wf_get_writable(in[2])) != NULL) {
+        src = wf_get(ino_in);
+        if (!src)
+            src = lk_read_entry(ino_in);
+    }
+    if (!src) {
+        if (dst)
+            wf_put(dst);
+        __atomic_add_fetch(&cf_stats[1], 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    loff_t off_in = (loff_t)in[1], off_out = (loff_t)in[4];
+    ssize_t n = copy_file_range(src->fd, &off_in, dst->fd, &off_out,
+                                in[5] < CF_CHUNK ? (size_t)in[5] : (size_t)CF_CHUNK, 0);
+    int err = n < 0 ? errno : 0;
+    wf_put(src);
+    wf_put(dst);
+    struct cf_reply r;
+    memset(&r, 0, sizeof r);
+    r.len = err ? 16 : sizeof r;
+    r.error = -err;
+    r.unique = unique;
+    r.size = n < 0 ? 0 : (uint32_t)n;
+    if (dev_reply(fuse_fd, &r, r.len) < 0 && errno != ENOENT)
+        return 0; /* (ENOENT: the request was interrupted) */
+    __atomic_add_fetch(&cf_stats[0], 1, __ATOMIC_RELAXED);
+    return 1;
+}
+
 /* A LOOKUP in a named directory: answered here (1), or left to the daemon. */
 static int lk_try_unlocked(const struct fuse_buf *buf, int fuse_fd)
 {
@@ -4164,6 +4244,8 @@ static int (*c_table(uint32_t opcode))(const struct fuse_buf *, int)
         return pt_table_buf;
     if (opcode == SA_OPCODE)
         return sa_try; /* part 20 */
+    if (opcode == CF_OPCODE)
+        return cf_try; /* part 21 */
     return NULL;
 }
 
