@@ -3371,6 +3371,25 @@ static int lk_updir_lookup(uint64_t unique, uint64_t parent, const char *name, s
     return 1;
 }
 
+/* The request in `buf` when it is an `opcode` request whole in memory with
+ * at least `in` bytes of arguments after the header, its unique and nodeid
+ * read; else NULL (parts 20 and 21). */
+static const char *raw_request(const struct fuse_buf *buf, uint32_t opcode, size_t in,
+                               uint64_t *unique, uint64_t *nodeid)
+{
+    if ((buf->flags & FUSE_BUF_IS_FD) || buf->size < LK_IN_HEADER + in)
+        return NULL;
+    const char *mem = buf->mem;
+    uint32_t len, op;
+    memcpy(&len, mem, 4);
+    memcpy(&op, mem + 4, 4);
+    if (op != opcode || len < LK_IN_HEADER + in || len > buf->size)
+        return NULL;
+    memcpy(unique, mem + 8, 8);
+    memcpy(nodeid, mem + 16, 8);
+    return mem;
+}
+
 /*
  * 20. SETATTRs of upper files (version 32). `cp -a`, `tar x`, `touch`,
  *     `chmod +x`, pip and npm set a file's times or mode right after they
@@ -3427,18 +3446,12 @@ static struct timespec sa_time(uint32_t valid, uint32_t set, uint32_t now, const
 
 static int sa_try(const struct fuse_buf *buf, int fuse_fd)
 {
-    if (pt_enabled || !lk_upper_root_len || (buf->flags & FUSE_BUF_IS_FD)
-        || buf->size < LK_IN_HEADER + SA_IN)
-        return 0;
-    const char *mem = buf->mem;
-    uint32_t len, opcode, valid, mode;
     uint64_t unique, nodeid;
-    memcpy(&len, mem, 4);
-    memcpy(&opcode, mem + 4, 4);
-    if (opcode != SA_OPCODE || len < LK_IN_HEADER + SA_IN || len > buf->size)
+    const char *mem = pt_enabled || !lk_upper_root_len ? NULL
+                      : raw_request(buf, SA_OPCODE, SA_IN, &unique, &nodeid);
+    if (!mem)
         return 0;
-    memcpy(&unique, mem + 8, 8);
-    memcpy(&nodeid, mem + 16, 8);
+    uint32_t valid, mode;
     const char *in = mem + LK_IN_HEADER;
     memcpy(&valid, in, 4);
     memcpy(&mode, in + 68, 4);
@@ -3509,17 +3522,10 @@ struct cf_reply {
 
 static int cf_try(const struct fuse_buf *buf, int fuse_fd)
 {
-    if (pt_enabled || (buf->flags & FUSE_BUF_IS_FD) || buf->size < LK_IN_HEADER + CF_IN)
-        return 0;
-    const char *mem = buf->mem;
-    uint32_t len, opcode;
-    memcpy(&len, mem, 4);
-    memcpy(&opcode, mem + 4, 4);
-    if (opcode != CF_OPCODE || len < LK_IN_HEADER + CF_IN || len > buf->size)
-        return 0;
     uint64_t unique, ino_in, in[7]; /* fh_in, off_in, nodeid_out, fh_out, off_out, len, flags */
-    memcpy(&unique, mem + 8, 8);
-    memcpy(&ino_in, mem + 16, 8);
+    const char *mem = pt_enabled ? NULL : raw_request(buf, CF_OPCODE, CF_IN, &unique, &ino_in);
+    if (!mem)
+        return 0;
     memcpy(in, mem + LK_IN_HEADER, sizeof in);
     struct wf_entry *dst = NULL, *src = NULL;
     if (!in[0] && !in[3] && !in[6] && in[1] <= INT64_MAX && in[4] <= INT64_MAX
