@@ -3319,6 +3319,22 @@ static int lk_updir_getattr(uint64_t unique, uint64_t nodeid, int fuse_fd)
     return 1;
 }
 
+/* A LOOKUP's negative entry (nodeid 0, the lower TTL, as the daemon's):
+ * 1, or the daemon answers (lk_decline) if it could not be sent. */
+static int lk_negative(uint64_t unique, int fuse_fd)
+{
+    struct lk_reply r;
+    memset(&r, 0, sizeof r);
+    r.len = sizeof r;
+    r.unique = unique;
+    r.entry.entry_valid = lk_ttl_sec;
+    r.entry.entry_valid_nsec = lk_ttl_nsec;
+    if (dev_reply(fuse_fd, &r, sizeof r) < 0 && errno != ENOENT)
+        return lk_decline(); /* (ENOENT: the request was interrupted) */
+    lk_stats[1]++;
+    return 1;
+}
+
 /* Version 31: a LOOKUP of a name a directory part 19 names does not show
  * (caller holds lk_lock). The daemon's answer there is a negative entry with
  * the lower TTL when the upper directory has no such entry, or a whiteout
@@ -3359,16 +3375,7 @@ static int lk_updir_lookup(uint64_t unique, uint64_t parent, const char *name, s
     pthread_mutex_lock(&lk_lock);
     if (!ok || gen != lk_gen || !lk_on)
         return lk_decline();
-    struct lk_reply r;
-    memset(&r, 0, sizeof r);
-    r.len = sizeof r;
-    r.unique = unique;
-    r.entry.entry_valid = lk_ttl_sec; /* nodeid 0: a negative entry */
-    r.entry.entry_valid_nsec = lk_ttl_nsec;
-    if (dev_reply(fuse_fd, &r, sizeof r) < 0 && errno != ENOENT)
-        return lk_decline(); /* (ENOENT: the request was interrupted) */
-    lk_stats[1]++;
-    return 1;
+    return lk_negative(unique, fuse_fd);
 }
 
 /* The request in `buf` when it is an `opcode` request whole in memory with
@@ -3603,14 +3610,8 @@ static int lk_try_unlocked(const struct fuse_buf *buf, int fuse_fd)
     int found = lk_stat_child(path, &st, &ino);
     if (found < 0)
         return lk_decline();
-    if (!found) { /* a negative entry: nodeid 0, the lower TTL */
-        r.entry.entry_valid = lk_ttl_sec;
-        r.entry.entry_valid_nsec = lk_ttl_nsec;
-        if (dev_reply(fuse_fd, &r, sizeof r) < 0 && errno != ENOENT)
-            return lk_decline(); /* (ENOENT: the request was interrupted) */
-        lk_stats[1]++;
-        return 1;
-    }
+    if (!found)
+        return lk_negative(unique, fuse_fd);
     uint8_t type = lk_type(st.st_mode);
     /* Queue first: an entry the daemon could not be told of is never sent. */
     size_t mark = lk_qlen;
