@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from astrid_fs.overlay.inodes import ROOT_INO, Node
 from astrid_fs.overlay.layers import StatLike
@@ -138,10 +138,13 @@ class KernelCache:
         self._dir_sig: dict[int, tuple[int, int]] = {}
         self._merged_lower_mtime: dict[int, int] = {}
         self._listings: OrderedDict[int, Listing] = OrderedDict()
-        self._create_direct = os.environ.get(CREATE_DIRECT_ENV, "").strip() != "0"
+        self.create_direct = os.environ.get(CREATE_DIRECT_ENV, "").strip() != "0"
         # Directories the kernel holds no cached listing of: dropped since,
         # or made here, and not listed by the daemon since.
         self._unlisted: set[int] = set()
+        # Told of each change of `_unlisted` (ino, now unlisted; ino 0: all
+        # left it): the shim's CREATEs (create_table.py).
+        self.unlisted_watch: Callable[[int, bool], None] | None = None
 
     def ttl(self, node: Node, merged: bool) -> float:
         """Entry and attribute timeout for `node`."""
@@ -178,7 +181,7 @@ class KernelCache:
         a 1 GiB write 0.66-1.0 s cached, 0.32-0.49 s direct, native 0.18).
         Other opens of the file keep the page cache; a write through this
         one makes their next read refetch, as a cached write does."""
-        return self._create_direct and flags & os.O_ACCMODE == os.O_WRONLY
+        return self.create_direct and flags & os.O_ACCMODE == os.O_WRONLY
 
     def keep_listing(self, ino: int, sig: tuple[int, int]) -> bool:
         """Whether an opendir may keep the kernel's cached listing."""
@@ -198,11 +201,25 @@ class KernelCache:
 
     def listed(self, ino: int) -> None:
         """The daemon sent entries of directory `ino`: the kernel may cache them."""
-        self._unlisted.discard(ino)
+        if ino in self._unlisted:
+            self._unlisted.discard(ino)
+            if self.unlisted_watch is not None:
+                self.unlisted_watch(ino, False)
+
+    def unlisted_dirs(self) -> list[int]:
+        return list(self._unlisted)
 
     def unlisted(self, ino: int) -> None:
         """Directory `ino` was just made: the kernel has no listing of it."""
         self._unlisted.add(ino)
+        if self.unlisted_watch is not None:
+            self.unlisted_watch(ino, True)
+
+    def created(self, ino: int, mtime_ns: int) -> None:
+        """File `ino` was just made empty (by the shim): what `keep_pages`
+        records of the daemon's own CREATE."""
+        self._last_sig[ino] = (mtime_ns, 0)
+        self._kernel_wrote.discard(ino)
 
     def entries_changed(self, ino: int, added: bytes | None = None,
                         removed: bytes | None = None) -> bool:
@@ -219,7 +236,7 @@ class KernelCache:
                 kept.add(added)
         if ino in self._unlisted:
             return False
-        self._unlisted.add(ino)
+        self.unlisted(ino)
         return True
 
     def listing(self, ino: int) -> Listing | None:
@@ -251,7 +268,7 @@ class KernelCache:
         self._last_sig.pop(ino, None)
         self._dir_sig.pop(ino, None)
         self._kernel_wrote.discard(ino)
-        self._unlisted.discard(ino)
+        self.listed(ino)  # (forgotten: out of the shim's set too)
 
     def clear(self) -> None:
         """The layers changed behind the mount: trust nothing cached."""
@@ -259,3 +276,5 @@ class KernelCache:
         self._dir_sig.clear()
         self._listings.clear()
         self._unlisted.clear()
+        if self.unlisted_watch is not None:
+            self.unlisted_watch(0, False)

@@ -34,6 +34,7 @@ import trio
 
 from astrid_fs.durable import sync_fs
 from astrid_fs.fuse.config import DaemonConfig
+from astrid_fs.fuse.create_table import ShimCreates
 from astrid_fs.fuse.extra_ops import register as register_extra_ops
 from astrid_fs.fuse.first_write import FirstWrites
 from astrid_fs.fuse.io_uring import DevThreads, IoUring
@@ -142,6 +143,10 @@ class Daemon:
             # (with passthrough, the shim's lookups prime OPENs as the daemon's do)
             self.ops.lookups = ShimLookups.enable(self.overlay, self.ops.name_only_policy,
                                                   self.config.lower_ttl)
+        if self.ops.lookups is not None and self.ops.write_table is not None:
+            # files made in C (part 22), taken in by every absorb
+            self.ops.lookups.creates = ShimCreates.enable(
+                self.ops.files, self.ops.cache, passthrough=self.ops.passthrough is not None)
         if self.ops.no_open:  # suid/sgid killed here: no probe per write
             self.ops.kills = ShimKills.enable(passthrough=self.ops.passthrough is not None)
         if self.ops.write_table is not None and self.ops.write_table.drains:
@@ -274,6 +279,9 @@ class Daemon:
                     else self.ops.write_table.stats(),
                     "shim_lookups": None if self.ops.lookups is None
                     else self.ops.lookups.stats(),
+                    "shim_creates": None if self.ops.lookups is None
+                    or self.ops.lookups.creates is None
+                    else self.ops.lookups.creates.stats(),
                     "killpriv": None if self.ops.kills is None else self.ops.kills.stats(),
                     "first_writes": None if self.first_writes is None
                     else self.first_writes.stats(),

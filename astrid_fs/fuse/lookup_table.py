@@ -50,6 +50,7 @@ import struct
 from typing import Any
 
 from astrid_fs.fuse.cache import UPPER_TTL
+from astrid_fs.fuse.create_table import ShimCreates
 from astrid_fs.fuse.name_only import NameOnlyListings
 from astrid_fs.overlay.core import OverlayCore
 from astrid_fs.overlay.inodes import ROOT_INO, Node
@@ -76,6 +77,9 @@ class ShimLookups:
         self.ov = overlay
         self.policy = policy
         self.absorbed = 0
+        # Set by the daemon: files the shim made (create_table.py), taken in
+        # with every absorb.
+        self.creates: ShimCreates | None = None
         # `absorb`'s buffer, reused (`_buffer`)
         self._buf: ctypes.Array[ctypes.c_char] | None = None
         lib.astrid_lk_enable.argtypes = [ctypes.c_char_p, ctypes.c_double, ABSORB_CB]
@@ -204,7 +208,13 @@ class ShimLookups:
 
     def absorb(self) -> None:
         """Count the lookups the shim answered since the last call, as the
-        daemon's own lookup would have: intern the node, one lookup each."""
+        daemon's own lookup would have: intern the node, one lookup each;
+        then take the files it made (part 22)."""
+        self._absorb_lookups()
+        if self.creates is not None:
+            self.creates.absorb()
+
+    def _absorb_lookups(self) -> None:
         got = 0
         while not got:
             # (over io_uring the queue threads may add entries between the two

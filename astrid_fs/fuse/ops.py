@@ -126,6 +126,11 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
             node, st = self.ov.lookup(parent_inode, name)
         except FileNotFoundError:
             return self._negative()
+        if node.is_dir and node.in_upper and self.lookups is not None \
+                and not self.ov.is_merged(node):
+            # (a directory made in the session, looked up again: after a chmod
+            # of it the kernel does) its GETATTRs, misses and CREATEs in C again
+            self.lookups.upper_dir_answered(node, st, 0)
         return self._entry(node, st)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -201,6 +206,8 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
         made = self.ov.mkdir(parent_inode, name, mode, owner(ctx))
         self.cache.unlisted(made[0].ino)
+        if self.lookups is not None:  # its GETATTRs, misses and CREATEs in C at once
+            self.lookups.upper_dir_answered(*made, 0)
         await self._entries_changed((parent_inode, name, None))
         return self._entry(*made)
 
@@ -311,6 +318,7 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> Any:
+        self._count("create")
         if name == TMPFILE_NAME:  # open(dir, O_TMPFILE): shim part 8
             node, st, fd = self.ov.tmpfile(parent_inode, mode, owner(ctx))
             self.files.adopt(node, fd)

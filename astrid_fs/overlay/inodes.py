@@ -222,6 +222,18 @@ class InodeTable:
         node.lookups = 1
         return node
 
+    def add_created(self, ino: int, parent: int, name: bytes, generation: int) -> Node:
+        """A regular file just made in the upper layer by another (the FUSE
+        shim's CREATE, fuse/create_table.py) under the generation it gave:
+        `intern` with `made` and one lookup, as the daemon's own CREATE."""
+        old = self._nodes.get(ino)
+        if old is not None and old.is_dir:
+            self._dir_gone(ino)
+        node = self._nodes[ino] = Node(ino, False, None, True, [(parent, name)],
+                                       1 if old is None else old.lookups + 1,
+                                       generation=generation)
+        return node
+
     def add_lookup(self, node: Node, count: int = 1) -> None:
         node.lookups += count
 

@@ -44,7 +44,7 @@ def stats(control: str) -> dict[str, int]:
             buf += chunk
     reply: dict[str, Any] = json.loads(buf)
     requests: dict[str, int] = dict(reply.get("requests", {}))
-    for part in ("shim_writes", "shim_lookups", "killpriv", "first_writes"):
+    for part in ("shim_writes", "shim_lookups", "shim_creates", "killpriv", "first_writes"):
         for k, v in (reply.get(part) or {}).items():
             if isinstance(v, int):
                 requests[f"c.{k}"] = v

@@ -196,7 +196,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 33; }
+int astrid_fuse_shim_loaded(void) { return 34; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -2346,6 +2346,8 @@ static int drain_answerable(const struct fuse_buf *buf)
 static int lk_try(const struct fuse_buf *buf, int fuse_fd); /* part 12 */
 static int sa_try(const struct fuse_buf *buf, int fuse_fd); /* part 20 */
 static int cf_try(const struct fuse_buf *buf, int fuse_fd); /* part 21 */
+static int cr_try(const struct fuse_buf *buf, int fuse_fd); /* part 22 */
+static int rl_try(const struct fuse_buf *buf, int fuse_fd); /* part 22 */
 static void lk_absorb_pending(void);
 static void lk_absorb_asked(void);
 static void lk_forgotten(const struct fuse_buf *buf);
@@ -2413,6 +2415,8 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
             drain_stats[0]++; /* part 20 */
         } else if (cf_try(buf, session_fd(se))) {
             drain_stats[0]++; /* part 21 */
+        } else if (cr_try(buf, session_fd(se)) || rl_try(buf, session_fd(se))) {
+            drain_stats[0]++; /* part 22 */
         } else if (drain_ioctl(buf, session_fd(se))) {
             drain_stats[0]++;
         } else if (pt_enabled && !(buf->flags & FUSE_BUF_IS_FD) && buf->size >= 40
@@ -2515,6 +2519,7 @@ static int lk_ndevs;
 static struct lk_dir *lk_dirs[LK_BUCKETS];
 static char *lk_queue;
 static size_t lk_qlen, lk_qcap;
+static size_t cr_n; /* part 22's creations waiting for the daemon's absorb */
 static void (*lk_absorb_cb)(void);
 static int lk_bell_rung; /* (under lk_lock) LK_ABSORB_EAGER's doorbell rang since the last take */
 /* Part 15: part 12's tables are also read and changed by the io_uring queue
@@ -2950,7 +2955,7 @@ static int lk_queue_entry(uint64_t parent, uint64_t ino, uint8_t type, const cha
 /* Before a request goes to Python: the daemon counts what was answered here. */
 static void lk_absorb_pending(void)
 {
-    if (lk_qlen && lk_absorb_cb)
+    if ((lk_qlen || cr_n) && lk_absorb_cb)
         lk_absorb_cb();
 }
 
@@ -2959,7 +2964,7 @@ static void lk_absorb_pending(void)
 static void lk_absorb_asked(void)
 {
     pthread_mutex_lock(&lk_lock);
-    int asked = lk_bell_rung && lk_qlen;
+    int asked = lk_bell_rung && (lk_qlen || cr_n);
     if (asked)
         lk_stats[7]++;
     pthread_mutex_unlock(&lk_lock);
@@ -3562,6 +3567,301 @@ static int cf_try(const struct fuse_buf *buf, int fuse_fd)
     if (dev_reply(fuse_fd, &r, r.len) < 0 && errno != ENOENT)
         return 0; /* (ENOENT: the request was interrupted) */
     __atomic_add_fetch(&cf_stats[0], 1, __ATOMIC_RELAXED);
+    return 1;
+}
+
+/*
+ * 22. CREATEs in a session's directories (version 34). `cp -a`, `tar x`,
+ *     `git checkout`, pip, npm and every compiler make files: after parts
+ *     19-21 a CREATE was the one request per file still answered by Python
+ *     (~100 us of the trio thread with pyfuse3's wrapper). A CREATE of a
+ *     regular file in a directory part 19 names (it has an upper directory)
+ *     that the daemon says the kernel holds no listing of (`astrid_cr_dir`:
+ *     made or changed since the daemon last listed it, cache.py
+ *     `_unlisted`, so no cached listing needs dropping) is made here as the
+ *     daemon makes it (namespace.py `create`): the upper directory opened
+ *     by path and checked to be the one named (its inode), the name absent
+ *     from the lower directory if merged, the file created in it with
+ *     O_EXCL (a whiteout or any entry there fails it: the daemon decides),
+ *     owned by the caller (the directory's group if it is set-group-ID),
+ *     its mode set after the owner. The read-write fd goes into part 9's
+ *     table (its WRITEs, SETATTRs, copies are then C's too) and the reply
+ *     is the daemon's: an upper-only inode number (the upper file's, tagged
+ *     1 << 62), upper TTL, handle 0, FOPEN_DIRECT_IO for a write-only open
+ *     when the daemon asks for it. The generation is this part's own
+ *     (a count << 32: never one the daemon gave that number, which counts
+ *     up from 0 by one), so an old inode of a reused number the kernel
+ *     still holds is told apart. The creation is queued for the daemon's
+ *     absorb (its node, its lookup, its fd adopted, the kept listing) before
+ *     the reply, as part 12's entries; at most CR_PENDING wait (each holds
+ *     an fd): then the daemon answers, absorbing first. Declined (the
+ *     daemon's): passthrough, the lower root, names it must decide (".",
+ *     "..", part 8's "/"), a kill flag, any error (a file made here is
+ *     removed again first).
+ *     ABI: fuse_create_in (flags, mode, umask, open_flags: 16 bytes), then
+ *     the name; the reply is fuse_entry_out, then fuse_open_out.
+ */
+#define CR_OPCODE 35
+#define CR_IN 16
+#define CR_PENDING 256
+#define CR_UPPER_ONLY (UINT64_C(1) << 62) /* whiteout.py UPPER_ONLY_INO_TAG */
+#define CR_KILL_SUIDGID 1u                 /* FUSE_OPEN_KILL_SUIDGID */
+
+struct cr_made { /* one creation for the daemon's absorb (create_table.py) */
+    uint64_t parent, ino, generation;
+    int64_t mtime_ns;
+    int32_t fd;
+    uint32_t nlen;
+    char name[256];
+};
+struct cr_reply {
+    uint32_t len; int32_t error; uint64_t unique; /* fuse_out_header */
+    struct lk_entry_out entry;
+    uint64_t fh; uint32_t open_flags; int32_t backing_id; /* fuse_open_out */
+};
+
+static int cr_on, cr_direct;
+static uint64_t cr_gens;                /* generations given: count << 32 */
+static struct cr_made cr_queue[CR_PENDING]; /* cr_n of them (under lk_lock) */
+static uint64_t *cr_dirs;               /* open addressing, 0 free, 1 deleted */
+static size_t cr_dirs_cap, cr_dirs_used;
+static int64_t cr_stats[2];             /* made here; left to the daemon */
+
+/* The daemon answers CREATEs here from now on (`on`), write-only ones with
+ * FOPEN_DIRECT_IO if `direct` (cache.py `direct_for_create`). */
+int astrid_cr_enable(int on, int direct)
+{
+    pthread_mutex_lock(&lk_lock);
+    cr_on = on;
+    cr_direct = direct;
+    pthread_mutex_unlock(&lk_lock);
+    return 0;
+}
+
+static uint64_t *cr_dir_slot(uint64_t ino, int for_insert)
+{
+    if (!cr_dirs_cap)
+        return NULL;
+    size_t mask = cr_dirs_cap - 1, i = (size_t)((ino * UINT64_C(0x9E3779B97F4A7C15)) >> 20) & mask;
+    uint64_t *tomb = NULL;
+    for (size_t n = 0; n < cr_dirs_cap; n++, i = (i + 1) & mask) {
+        if (cr_dirs[i] == ino)
+            return &cr_dirs[i];
+        if (cr_dirs[i] == 1 && !tomb)
+            tomb = &cr_dirs[i];
+        if (!cr_dirs[i])
+            return for_insert ? (tomb ? tomb : &cr_dirs[i]) : NULL;
+    }
+    return for_insert ? tomb : NULL;
+}
+
+/* Directory `ino` has no listing in the kernel (`unlisted`: CREATEs in it
+ * may be made here), or may have one; `ino` 0: none has (all forgotten). */
+int astrid_cr_dir(uint64_t ino, int unlisted)
+{
+    int res = 0;
+    pthread_mutex_lock(&lk_lock);
+    if (!ino) {
+        if (cr_dirs)
+            memset(cr_dirs, 0, cr_dirs_cap * sizeof *cr_dirs);
+        cr_dirs_used = 0;
+    } else if (ino > 1 && !unlisted) {
+        uint64_t *slot = cr_dir_slot(ino, 0);
+        if (slot)
+            *slot = 1;
+    } else if (ino > 1) {
+        if ((cr_dirs_used + 1) * 2 > cr_dirs_cap) { /* (rehash, dropping tombstones) */
+            size_t live = 0, cap = cr_dirs_cap ? cr_dirs_cap : 1024;
+            for (size_t i = 0; i < cr_dirs_cap; i++)
+                live += cr_dirs[i] > 1;
+            while ((live + 1) * 2 > cap)
+                cap *= 2;
+            uint64_t *old = cr_dirs, *fresh = calloc(cap, sizeof *fresh);
+            size_t old_cap = cr_dirs_cap;
+            if (!fresh) {
+                pthread_mutex_unlock(&lk_lock);
+                return -ENOMEM; /* (left out: the daemon answers its CREATEs) */
+            }
+            cr_dirs = fresh;
+            cr_dirs_cap = cap;
+            cr_dirs_used = 0;
+            for (size_t i = 0; i < old_cap; i++)
+                if (old[i] > 1) {
+                    *cr_dir_slot(old[i], 1) = old[i];
+                    cr_dirs_used++;
+                }
+            free(old);
+        }
+        uint64_t *slot = cr_dir_slot(ino, 1);
+        if (slot && *slot != ino) {
+            if (!*slot)
+                cr_dirs_used++;
+            *slot = ino;
+        }
+    }
+    pthread_mutex_unlock(&lk_lock);
+    return res;
+}
+
+/* Up to `cap` creations waiting for the daemon into `out`: how many. */
+size_t astrid_cr_take(struct cr_made *out, size_t cap)
+{
+    pthread_mutex_lock(&lk_lock);
+    size_t n = cr_n < cap ? cr_n : cap;
+    memcpy(out, cr_queue, n * sizeof *out);
+    memmove(cr_queue, cr_queue + n, (cr_n - n) * sizeof *out);
+    cr_n -= n;
+    lk_bell_rung = 0;
+    pthread_mutex_unlock(&lk_lock);
+    return n;
+}
+
+static int64_t rl_stats;
+
+/* out: files made here; CREATEs left to the daemon; RELEASEs of handle 0
+ * answered here (below). */
+void astrid_cr_stats(int64_t *out)
+{
+    for (int i = 0; i < 2; i++)
+        out[i] = __atomic_load_n(&cr_stats[i], __ATOMIC_RELAXED);
+    out[2] = __atomic_load_n(&rl_stats, __ATOMIC_RELAXED);
+}
+
+static int cr_decline(void)
+{
+    __atomic_add_fetch(&cr_stats[1], 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static int cr_try(const struct fuse_buf *buf, int fuse_fd)
+{
+    uint64_t unique, parent;
+    const char *mem = pt_enabled || !cr_on
+                      ? NULL : raw_request(buf, CR_OPCODE, CR_IN + 2, &unique, &parent);
+    if (!mem)
+        return 0;
+    uint32_t len, uid, gid, flags, mode, open_flags;
+    memcpy(&len, mem, 4);
+    memcpy(&uid, mem + 24, 4);
+    memcpy(&gid, mem + 28, 4);
+    memcpy(&flags, mem + LK_IN_HEADER, 4);
+    memcpy(&mode, mem + LK_IN_HEADER + 4, 4);
+    memcpy(&open_flags, mem + LK_IN_HEADER + 12, 4);
+    const char *name = mem + LK_IN_HEADER + CR_IN;
+    size_t room = len - LK_IN_HEADER - CR_IN, nlen = strnlen(name, room);
+    if (nlen == room || nlen == 0 || nlen > 255 || memchr(name, '/', nlen)
+        || (name[0] == '.' && (nlen == 1 || (nlen == 2 && name[1] == '.')))
+        || !S_ISREG(mode) || (open_flags & CR_KILL_SUIDGID) || parent <= 1)
+        return cr_decline();
+    char udir[LK_PATH], lname[LK_PATH];
+    pthread_mutex_lock(&lk_lock);
+    const struct lk_updir *u = *lk_updir_slot(parent);
+    if (!u || !lk_upper_root_len || !lk_on || cr_n >= CR_PENDING || !cr_dir_slot(parent, 0)
+        || !lk_upper_abs(udir, u->paths, u->ulen)
+        || (u->has_lower
+            && !lk_append(lname, lk_abs(lname, u->paths + u->ulen + 1, u->llen), name, nlen))) {
+        pthread_mutex_unlock(&lk_lock);
+        return cr_decline();
+    }
+    uint64_t upper_ino = u->upper_ino;
+    int has_lower = u->has_lower, direct = cr_direct;
+    pthread_mutex_unlock(&lk_lock);
+
+    struct stat dst, st;
+    int dfd = open(udir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0)
+        return cr_decline();
+    if (fstat(dfd, &dst) != 0 || (uint64_t)dst.st_ino != upper_ino
+        || (has_lower && !(lstat(lname, &st) != 0 && errno == ENOENT))) {
+        close(dfd);
+        return cr_decline();
+    }
+    int oflags = (int)(flags & ~(uint32_t)(O_CREAT | O_EXCL | O_NOCTTY | O_APPEND | O_DIRECT
+                                           | O_ACCMODE | O_TMPFILE));
+    char cname[256];
+    memcpy(cname, name, nlen);
+    cname[nlen] = 0;
+    int fd = openat(dfd, cname, oflags | O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode & 07777);
+    if (fd < 0) {
+        close(dfd);
+        return cr_decline(); /* (a whiteout, the name there: the daemon decides) */
+    }
+    gid_t owner_gid = (dst.st_mode & S_ISGID) ? dst.st_gid : (gid_t)gid;
+    int ok = fchown(fd, (uid_t)uid, owner_gid) == 0 && fchmod(fd, mode & 07777) == 0
+             && fstat(fd, &st) == 0;
+    uint64_t ino = (uint64_t)st.st_ino | CR_UPPER_ONLY;
+    int sent = 0, interrupted = 0;
+    pthread_mutex_lock(&lk_lock);
+    if (ok && cr_n < CR_PENDING && astrid_fd_set(ino, fd, 1) == 0) {
+        /* Queued first: a creation the daemon could not be told of is never sent. */
+        struct cr_made *m = &cr_queue[cr_n++];
+        memset(m, 0, sizeof *m);
+        m->parent = parent;
+        m->ino = ino;
+        m->generation = (cr_gens += UINT64_C(1) << 32);
+        m->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+        m->fd = fd;
+        m->nlen = (uint32_t)nlen;
+        memcpy(m->name, name, nlen);
+        struct cr_reply r;
+        lk_fill_entry(&r.entry, ino, &st);
+        r.len = sizeof r;
+        r.error = 0;
+        r.unique = unique;
+        r.entry.generation = m->generation;
+        r.entry.entry_valid = r.entry.attr_valid = lk_upper_ttl_sec;
+        r.entry.entry_valid_nsec = r.entry.attr_valid_nsec = lk_upper_ttl_nsec;
+        r.fh = 0;
+        r.open_flags = direct && (flags & O_ACCMODE) == O_WRONLY ? PT_FOPEN_DIRECT_IO : 0;
+        r.backing_id = 0;
+        sent = dev_reply(fuse_fd, &r, sizeof r) >= 0;
+        if (!sent) {
+            /* not delivered: nothing for the daemon to count, no fd to keep */
+            interrupted = errno == ENOENT;
+            cr_n--;
+            astrid_fd_set(ino, -1, 0);
+        } else if ((ur_target_set || dw_worker) && cr_n == CR_PENDING / 2 && !lk_bell_rung) {
+            uint64_t one = 1; /* the trio thread absorbs while the rest go on */
+            lk_bell_rung = 1;
+            (void)!write(ur_fwd_ev, &one, sizeof one);
+        }
+    }
+    pthread_mutex_unlock(&lk_lock);
+    if (sent) {
+        close(dfd);
+        __atomic_add_fetch(&cr_stats[0], 1, __ATOMIC_RELAXED);
+        return 1;
+    }
+    close(fd);
+    if (interrupted) {
+        /* (the request was interrupted, no answer wanted: the file stays, as
+         * the daemon's would, and a later lookup finds it) */
+        close(dfd);
+        return 1;
+    }
+    unlinkat(dfd, cname, 0); /* made here, not answered: the daemon makes it again */
+    close(dfd);
+    return cr_decline();
+}
+
+/* Version 34 too: the RELEASE of a CREATE's handle 0. Without passthrough
+ * every file a CREATE made (the daemon's or part 22's) is open under handle
+ * 0 (no_open: its fd is the inode's own, ops.py `create`), and its close
+ * sends a RELEASE that the daemon answers doing nothing (ops.py `release`):
+ * a trio turn per file made. Answered here; a real handle stays the
+ * daemon's. ABI: fuse_release_in (fh first, 24 bytes) after the header. */
+static int rl_try(const struct fuse_buf *buf, int fuse_fd)
+{
+    uint64_t unique, nodeid, fh;
+    const char *mem = pt_enabled ? NULL : raw_request(buf, PT_OPCODE_RELEASE, 24, &unique, &nodeid);
+    if (!mem)
+        return 0;
+    memcpy(&fh, mem + LK_IN_HEADER, 8);
+    if (fh != 0)
+        return 0;
+    struct { uint32_t len; int32_t error; uint64_t unique; } r = { 16, 0, unique };
+    (void)!dev_reply(fuse_fd, &r, sizeof r); /* (ENOENT: interrupted; nothing waits on it) */
+    __atomic_add_fetch(&rl_stats, 1, __ATOMIC_RELAXED);
     return 1;
 }
 
@@ -4253,6 +4553,10 @@ static int (*c_table(uint32_t opcode))(const struct fuse_buf *, int)
         return sa_try; /* part 20 */
     if (opcode == CF_OPCODE)
         return cf_try; /* part 21 */
+    if (opcode == CR_OPCODE)
+        return cr_try; /* part 22 */
+    if (opcode == PT_OPCODE_RELEASE)
+        return rl_try; /* part 22 */
     return NULL;
 }
 
