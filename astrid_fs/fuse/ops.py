@@ -329,8 +329,8 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
         keep = self.cache.keep_pages(node.ino, st)
         direct = self.cache.direct_for_create(flags)
         if self.no_open:
-            # No RELEASE will come for this handle: keep the fd as the
-            # inode's own (bounded, closed at forget) and hand out none.
+            # Keep the fd as the inode's own (bounded, closed at forget) and
+            # hand out none: handle 0, whose RELEASE the shim answers (part 22).
             self.files.adopt(node, fd)
             if self.passthrough is not None and self.passthrough.usable():
                 return self.passthrough.create(node, st.st_mode), self._entry(node, st)

@@ -100,7 +100,9 @@ def shim_version() -> int:
     refused in C; 32: SETATTRs of the mode and times of upper files with a
     read-write fd in part 9's table done and answered in C (part 20); 33:
     COPY_FILE_RANGE between files part 9's table holds made in C (part
-    21)."""
+    21); 34: CREATEs in a session's directories the kernel holds no listing
+    of made in C, and RELEASEs of handle 0 answered there (part 22,
+    create_table.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:
