@@ -77,6 +77,7 @@ class ShimLookups:
         self.ov = overlay
         self.policy = policy
         self.absorbed = 0
+        self.absorbs = 0  # calls: each a request for Python (or a doorbell) after C's answers
         # Set by the daemon: files the shim made (create_table.py), taken in
         # with every absorb.
         self.creates: ShimCreates | None = None
@@ -210,6 +211,7 @@ class ShimLookups:
         """Count the lookups the shim answered since the last call, as the
         daemon's own lookup would have: intern the node, one lookup each;
         then take the files it made (part 22)."""
+        self.absorbs += 1
         self._absorb_lookups()
         if self.creates is not None:
             self.creates.absorb()
@@ -265,6 +267,7 @@ class ShimLookups:
         out = (ctypes.c_int64 * 8)()
         self._lib.astrid_lk_stats(out)
         return {"entries": int(out[0]), "negative": int(out[1]), "declined": int(out[2]),
-                "absorbed": self.absorbed, "files_opened": int(out[3]),
+                "absorbed": self.absorbed, "absorbs": self.absorbs,
+                "files_opened": int(out[3]),
                 "listings": int(out[4]), "getattrs": int(out[5]), "held": int(out[6]),
                 "absorbs_asked": int(out[7])}

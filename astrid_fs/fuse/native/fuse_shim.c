@@ -1783,7 +1783,39 @@ static void shim_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size
 
 /* Version 31: setting or removing one (`cp -a` and `sed -i` copy a file's
  * ACL to the new file, one SETXATTR each) is refused here too, before the
- * daemon would refuse it: it changes nothing there either. */
+ * daemon would refuse it: it changes nothing there either. Version 34: by
+ * the queue threads and the drain too (xattr_refused), not only in the op
+ * table: each such request that reached the trio thread cost a turn of its
+ * loop and an absorb, one per file `cp -a` copied. */
+#define XR_SETXATTR 21
+#define XR_REMOVEXATTR 24
+
+/* Whether `req` (`len` bytes, fuse_in_header first) sets or removes a label
+ * or an ACL. The name of a SETXATTR follows fuse_setxattr_in, 8 bytes, or 16
+ * where the kernel and libfuse agreed on FUSE_SETXATTR_EXT (its padding 0):
+ * each layout is taken only when the request is exactly that long (header,
+ * in, name, NUL, value of the size it gives), which the other cannot be. */
+static int xattr_refused(const char *req, uint32_t len, uint32_t opcode)
+{
+    if (opcode == XR_REMOVEXATTR) {
+        const char *name = req + 40;
+        size_t room = len > 40 ? len - 40 : 0, n = strnlen(name, room);
+        return n + 1 == room && xattr_unsupported(name);
+    }
+    if (opcode != XR_SETXATTR || len < 48 + 2)
+        return 0;
+    uint32_t size, pad = 1;
+    memcpy(&size, req + 40, 4);
+    for (size_t in = 8; in <= 16; in += 8) {
+        if (in == 16 && (len < 56 + 2 || (memcpy(&pad, req + 52, 4), pad != 0)))
+            break;
+        const char *name = req + 40 + in;
+        size_t room = len - 40 - in, n = strnlen(name, room);
+        if (n < room && (uint64_t)40 + in + n + 1 + size == len && xattr_unsupported(name))
+            return 1;
+    }
+    return 0;
+}
 static void (*orig_setxattr)(fuse_req_t, fuse_ino_t, const char *, const char *, size_t, int);
 static void (*orig_removexattr)(fuse_req_t, fuse_ino_t, const char *);
 
@@ -2316,6 +2348,9 @@ static int drain_answerable(const struct fuse_buf *buf)
     memcpy(&nodeid, mem + 16, 8);
     if (len > buf->size || len < DRAIN_IN_HEADER + 8)
         return 0;
+    if (xattr_refused(mem, len, opcode))
+        return (opcode == XR_SETXATTR ? orig_setxattr != NULL : orig_removexattr != NULL)
+               && have_reply_err(); /* (shim_setxattr / shim_removexattr refuse it) */
     if (opcode == DRAIN_GETXATTR && orig_getxattr) {
         const char *name = mem + DRAIN_IN_HEADER + 8;
         size_t room = len - DRAIN_IN_HEADER - 8;
@@ -4567,6 +4602,8 @@ static int c_errno(const char *req, uint32_t len, uint32_t opcode)
 {
     if (opcode == DRAIN_IOCTL)
         return ENOTTY;
+    if (xattr_refused(req, len, opcode))
+        return EOPNOTSUPP;
     if (opcode != DRAIN_GETXATTR || len <= 48 || !orig_getxattr)
         return 0;
     const char *name = req + 48;
