@@ -98,7 +98,7 @@ class ShimCreates:
                     _MADE.unpack_from(data, i * _MADE.size)
                 name = name[:nlen]
                 node = self.table.add_created(ino, parent, name, generation)
-                self.files.adopt(node, fd)
+                self.files.adopt(node, fd, registered=True)
                 if self.cache.entries_changed(parent, name, None):
                     # Cannot happen: the shim makes files only in unlisted
                     # directories, and a listing is the daemon's, after an absorb.

@@ -126,10 +126,12 @@ class OpenFiles:
             fd = os.open(self.ov.real_path(node), os.O_RDONLY | os.O_NOFOLLOW)
         return self._put(node.ino, InodeFd(fd, write, node.in_upper))
 
-    def adopt(self, node: Node, fd: int) -> None:
+    def adopt(self, node: Node, fd: int, *, registered: bool = False) -> None:
         """Keep `fd` (read-write, on the upper file) as the inode fd of a
-        file just created: no-open CREATE hands the kernel no handle."""
-        self._put(node.ino, InodeFd(fd, True, True))
+        file just created: no-open CREATE hands the kernel no handle.
+        `registered`: the write table has it already (the shim made the
+        file, fuse/create_table.py), and must not take it out and back."""
+        self._put(node.ino, InodeFd(fd, True, True), registered=registered)
 
     def keep_reachable(self, node: Node, st: os.stat_result | object) -> None:
         """Before `node` may lose its last name: pin an fd on its upper file
@@ -165,7 +167,7 @@ class OpenFiles:
         entry = self._by_ino.get(ino)
         return None if entry is None else os.fstat(entry.fd)
 
-    def _put(self, ino: int, entry: InodeFd) -> int:
+    def _put(self, ino: int, entry: InodeFd, *, registered: bool = False) -> int:
         old = self._by_ino.pop(ino, None)
         if old is not None:
             if self.write_table is not None:
@@ -178,7 +180,8 @@ class OpenFiles:
             self._pinned += 1
         self._by_ino[ino] = entry
         writes = entry.writable and (entry.in_upper or entry.pinned)
-        if self.write_table is not None and (writes or self.write_table.serves_reads):
+        if self.write_table is not None and (writes or self.write_table.serves_reads) \
+                and not (registered and old is None):
             self.write_table.add(ino, entry.fd, writes=writes)
         self._evict(keep=ino)
         return entry.fd

@@ -25,6 +25,7 @@ import pytest
 
 from tests.fs.test_shim_lookups import forget_all, settles
 from tests.fs.test_workloads import FD_CACHE, daemon_pid, open_fds
+from tests.fs.test_write_table import shim_writes
 from tests.support.mounts import MountedSession
 
 Mount = Callable[..., MountedSession]
@@ -62,6 +63,7 @@ def test_files_made_in_a_new_directory_are_made_in_c_as_the_daemon_makes_them(
         s: MountedSession) -> None:
     (s.mnt / "out").mkdir()
     made0, py0 = creates(s)
+    writes0 = shim_writes(s)
     old = os.umask(0o022)
     try:
         for i in range(200):
@@ -70,6 +72,7 @@ def test_files_made_in_a_new_directory_are_made_in_c_as_the_daemon_makes_them(
         os.umask(old)
     made, py = creates(s)
     assert made - made0 == 200 and py == py0
+    assert shim_writes(s) - writes0 == 200  # (into the fds the shim made: part 9's table)
     for i in range(200):
         seen, up = os.stat(s.mnt / "out" / f"f{i}.o"), os.stat(s.upper / "out" / f"f{i}.o")
         assert (s.mnt / "out" / f"f{i}.o").read_bytes() == b"object %d\n" % i
