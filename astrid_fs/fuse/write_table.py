@@ -119,7 +119,8 @@ class ShimWriteTable:
         version 18); SETATTRs of upper files it did and left to the daemon
         (version 32, part 20), and COPY_FILE_RANGEs (version 33, part 21;
         declines are counted where tried: a queue thread's, then the trio
-        thread's)."""
+        thread's); GETATTRs of such files it answered from their fd
+        (`getattrs`, version 34)."""
         out = (ctypes.c_int64 * 4)()
         if self.serves_reads:
             self._lib.astrid_fd_stats(out)
@@ -147,6 +148,8 @@ class ShimWriteTable:
         if hasattr(self._lib, "astrid_sa_stats"):  # (version 32: part 20)
             self._lib.astrid_sa_stats(out)
             counts |= {"setattrs": int(out[0]), "setattrs_declined": int(out[1])}
+            if hasattr(self._lib, "astrid_cr_enable"):  # (version 34)
+                counts["getattrs"] = int(out[2])
         if hasattr(self._lib, "astrid_cf_stats"):  # (version 33: part 21)
             self._lib.astrid_cf_stats(out)
             counts |= {"copies": int(out[0]), "copies_declined": int(out[1])}

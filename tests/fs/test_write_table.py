@@ -424,3 +424,48 @@ def test_modes_set_around_an_editors_save_land_on_the_right_file(s: MountedSessi
         assert os.pread(held, 8, 0) == b"old" and path.read_bytes() == b"new"
     finally:
         os.close(held)
+
+
+def _getattrs(s: MountedSession) -> int:
+    return int(s.control("stats")["requests"].get("getattr", 0))
+
+
+def test_stats_of_files_just_written_are_answered_in_c(s: MountedSession) -> None:
+    """Without writeback caching the kernel forgets a file's size and times
+    after every WRITE, so whoever stats what it wrote (git's index after a
+    checkout, make comparing times, an editor after a save) sent a GETATTR
+    to Python per file. For a file the daemon holds a read-write fd for (an
+    upper file with one name) the shim answers from that fd: the upper
+    file's attributes under the overlay inode. A second name, and a removed
+    file held open, stay the daemon's (a hard-linked copy's count, nlink 0)."""
+    d = s.mnt / "out"
+    d.mkdir()
+    before = _getattrs(s)
+    for i in range(50):
+        p = d / f"f{i}"
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            for n in range(3):
+                os.write(fd, b"x" * (100 + i))
+                _as_upper(os.stat(p), s.upper / "out" / f"f{i}")
+                assert os.fstat(fd).st_size == (n + 1) * (100 + i)
+        finally:
+            os.close(fd)
+    assert _getattrs(s) - before <= 2  # (the directories': 150 files' before shim 34)
+    assert shim_counts(s)["getattrs"] >= 150
+    before = _getattrs(s)
+
+    os.link(d / "f0", d / "second")
+    append(d / "f0", b"more")
+    seen = os.stat(d / "f0")
+    assert seen.st_nlink == 2 and seen.st_size == 304
+    _as_upper(seen, s.upper / "out" / "f0")
+    held = os.open(d / "f1", os.O_RDWR)
+    try:
+        os.unlink(d / "f1")
+        os.write(held, b"y")
+        gone = os.fstat(held)
+        assert gone.st_nlink == 0 and gone.st_size == 3 * 101  # ("y" written at offset 0)
+    finally:
+        os.close(held)
+    assert _getattrs(s) - before >= 2
