@@ -198,12 +198,14 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
     @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: Any) -> Any:
+        self._count("mknod")
         made = self.ov.mknod(parent_inode, name, mode, rdev, owner(ctx))
         await self._entries_changed((parent_inode, name, None))
         return self._entry(*made)
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        self._count("mkdir")
         made = self.ov.mkdir(parent_inode, name, mode, owner(ctx))
         self.cache.unlisted(made[0].ino)
         if self.lookups is not None:  # its GETATTRs, misses and CREATEs in C at once
@@ -213,12 +215,14 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
 
     @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        self._count("symlink")
         made = self.ov.symlink(parent_inode, name, target, owner(ctx))
         await self._entries_changed((parent_inode, name, None))
         return self._entry(*made)
 
     @fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        self._count("link")
         node = self.table.get(inode)
         await self._fetch(self.ov.fetch_for(node, data=True))
         nameless = None if self.ov.has_name(node) else self.files.peek(inode)  # O_TMPFILE
@@ -261,6 +265,7 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._count("unlink")
         # (the overlay's own resolution of the name, not a second one here)
         keep = None if not self.no_open else \
             lambda node, st: self._keep_node_reachable(node, st, (parent_inode, name))
@@ -269,6 +274,7 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._count("rmdir")
         # A remote directory's listing (is it empty?), which its lookup did not fetch.
         await self._fetch(self.ov.fetch_for_child(self.table.get(parent_inode), name))
         self.ov.rmdir(parent_inode, name)
@@ -277,6 +283,7 @@ class FuseOps(DirectoryOps, pyfuse3.Operations):
     @fuse_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any) -> None:
+        self._count("rename")
         self._keep_reachable(parent_inode_new, name_new)
         # Both ends' data: the source moves, the destination's content is
         # kept as the base of a later merge (overlay/basecontent.py).
