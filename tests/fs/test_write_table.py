@@ -469,3 +469,39 @@ def test_stats_of_files_just_written_are_answered_in_c(s: MountedSession) -> Non
     finally:
         os.close(held)
     assert _getattrs(s) - before >= 2
+
+
+def test_a_hard_linked_lower_file_removed_while_open_shows_no_name(
+        tmp_path: Path, mount_session: Any) -> None:
+    """Found by the model test (hypothesis, on Debian 13): a file hard-linked
+    in the lower layer, written through one name after the other name went,
+    is copied up with a link in the index, so its upper file keeps nlink 1
+    after its last name in the view goes. fstat and fchmod through an fd
+    still open must say nlink 0 (the daemon's answer), not the upper file's
+    count: the shim answers GETATTRs and SETATTRs only for files made in the
+    session (upper-only numbers)."""
+    lower = tmp_path / "lower"
+    (lower / "d2").mkdir(parents=True)
+    (lower / "f1").write_bytes(b"lower f1\n")
+    os.link(lower / "f1", lower / "d2" / "f1")
+    s: MountedSession = mount_session(lower, None, "--no-passthrough")  # type: ignore[operator]
+    assert os.stat(s.mnt / "d2" / "f1").st_nlink == 2  # (both names known to the daemon)
+    fd = os.open(s.mnt / "f1", os.O_RDWR)
+    try:
+        os.unlink(s.mnt / "f1")
+        os.pwrite(fd, b"", 0)
+        assert os.fstat(fd).st_nlink == 1  # (d2/f1 still shows it)
+    finally:
+        os.close(fd)
+    fd = os.open(s.mnt / "d2" / "f1", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"L", 0)  # copied up: an upper file with an index link
+        os.unlink(s.mnt / "d2" / "f1")
+        assert os.pread(fd, 100, 0) == b"Lower f1\n"
+        assert os.fstat(fd).st_nlink == 0
+        os.fchmod(fd, 0o600)
+        st = os.fstat(fd)
+        assert (st.st_nlink, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+    finally:
+        os.close(fd)
+    assert (lower / "f1").read_bytes() == b"lower f1\n"  # never written

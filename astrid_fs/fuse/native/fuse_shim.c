@@ -2522,6 +2522,11 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
 #define LK_OPCODE_GETATTR 3
 #define LK_OPCODE_LISTXATTR 23
 #define LK_IN_HEADER 40
+/* Inode numbers of files made in the upper layer (whiteout.py
+ * UPPER_ONLY_INO_TAG): never copied up, so never in the link index, whose
+ * extra link makes an upper file's st_nlink count one name more than the
+ * view shows (parts 20 and 22). */
+#define UPPER_ONLY_INO (UINT64_C(1) << 62)
 #define LK_BUCKETS 4096
 #define LK_DEV_SHIFT 48
 #define LK_QUEUE_MAX (64u << 20)
@@ -3452,6 +3457,9 @@ static const char *raw_request(const struct fuse_buf *buf, uint32_t opcode, size
  *     file with another link (it shows a hard-linked file's count from its
  *     origin) or none (removed, open), any error, and passthrough mounts
  *     (it reconsiders a file whose mode changed). Needs part 19's upper TTL.
+ *     Version 34: files made in the session only (upper-only numbers): a
+ *     copied-up file hard-linked in the lower has an index link, so its
+ *     nlink 1 could be a file the view shows with none (a hypothesis run).
  *     ABI: fuse_setattr_in (88 bytes: valid @0, atime @32, mtime @40,
  *     atimensec @56, mtimensec @60, mode @68) after the header; the reply
  *     is fuse_attr_out.
@@ -3497,10 +3505,12 @@ static int sa_reply_attr(uint64_t unique, uint64_t nodeid, const struct stat *st
  * a file's size and times after each WRITE, so whoever stats what it just
  * wrote (git's index, make, an editor) sent a GETATTR to Python per file:
  * `git clone` of 300 files, 837. Passthrough mounts, a file with another
- * name or none, an error: the daemon's. */
+ * name or none, an error, and a file copied up from the lower layer (one
+ * hard-linked there has a link in the index too: nlink 1 when the view
+ * shows none) stay the daemon's: only upper-only numbers here. */
 static int sa_getattr(uint64_t unique, uint64_t nodeid, int fuse_fd)
 {
-    if (pt_enabled || !lk_upper_root_len)
+    if (pt_enabled || !lk_upper_root_len || !(nodeid & UPPER_ONLY_INO))
         return 0;
     struct wf_entry *e = wf_get_writable(nodeid);
     if (!e)
@@ -3542,7 +3552,8 @@ static int sa_try(const struct fuse_buf *buf, int fuse_fd)
     const char *in = mem + LK_IN_HEADER;
     memcpy(&valid, in, 4);
     memcpy(&mode, in + 68, 4);
-    struct wf_entry *e = (valid & ~SA_HERE) ? NULL : wf_get_writable(nodeid);
+    struct wf_entry *e = (valid & ~SA_HERE) || !(nodeid & UPPER_ONLY_INO)
+                         ? NULL : wf_get_writable(nodeid);
     if (!e) {
         __atomic_add_fetch(&sa_stats[1], 1, __ATOMIC_RELAXED);
         return 0;
@@ -3672,7 +3683,6 @@ static int cf_try(const struct fuse_buf *buf, int fuse_fd)
 #define CR_OPCODE 35
 #define CR_IN 16
 #define CR_PENDING 256
-#define CR_UPPER_ONLY (UINT64_C(1) << 62) /* whiteout.py UPPER_ONLY_INO_TAG */
 #define CR_KILL_SUIDGID 1u                 /* FUSE_OPEN_KILL_SUIDGID */
 
 struct cr_made { /* one creation for the daemon's absorb (create_table.py) */
@@ -3857,7 +3867,7 @@ static int cr_try(const struct fuse_buf *buf, int fuse_fd)
     gid_t owner_gid = (dst.st_mode & S_ISGID) ? dst.st_gid : (gid_t)gid;
     int ok = fchown(fd, (uid_t)uid, owner_gid) == 0 && fchmod(fd, mode & 07777) == 0
              && fstat(fd, &st) == 0;
-    uint64_t ino = (uint64_t)st.st_ino | CR_UPPER_ONLY;
+    uint64_t ino = (uint64_t)st.st_ino | UPPER_ONLY_INO;
     int sent = 0, interrupted = 0;
     pthread_mutex_lock(&lk_lock);
     if (ok && cr_n < CR_PENDING && astrid_fd_set(ino, fd, 1) == 0) {
