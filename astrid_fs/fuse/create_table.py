@@ -92,7 +92,7 @@ class ShimCreates:
             n = self._lib.astrid_cr_take(self._buf, _PENDING)
             if not n:
                 return
-            data = self._buf.raw
+            data = ctypes.string_at(self._buf, n * _MADE.size)  # (what came, not the whole buffer)
             for i in range(n):
                 parent, ino, generation, mtime_ns, fd, nlen, name = \
                     _MADE.unpack_from(data, i * _MADE.size)
