@@ -102,7 +102,8 @@ def shim_version() -> int:
     COPY_FILE_RANGE between files part 9's table holds made in C (part
     21); 34: CREATEs in a session's directories the kernel holds no listing
     of made in C, and RELEASEs of handle 0 answered there (part 22,
-    create_table.py)."""
+    create_table.py); 35: buffers the kernel copies file data into are
+    page-aligned where the data starts (a READ's pread, a WRITE's data)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

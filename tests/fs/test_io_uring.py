@@ -392,6 +392,77 @@ def test_queue_threads_are_pinned_to_their_cpu_unless_told(
     assert free and all(allowed == cpus for allowed in free), free
 
 
+def test_large_reads_let_a_queue_thread_off_its_cpu_until_its_next_request(
+        mount_session: MountFactory, tmp_path: Path) -> None:
+    """Shim 35: a pinned queue thread answering a sequential reader's large
+    READs may run on any CPU (its pread and the kernel's copy out of the ring
+    then do not share the reader's CPU), and is pinned again by its next
+    other request. What the reader gets is the lower file byte for byte, with
+    small requests racing the big READs on the same ring; the daemon's counts
+    of threads let go and pinned again match the threads' CPU sets."""
+    cpus = sorted(os.sched_getaffinity(0))
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    data = os.urandom(24 << 20)
+    for name in ("big", "big2", "big3"):
+        (lower / name).write_bytes(data)
+    for i in range(FILES):
+        (lower / "d" / f"f{i:03}").write_text(f"{i}\n")
+    s = ring_mount(mount_session, lower)
+
+    def wide() -> int:
+        return sum(1 for allowed in ring_cpus(s) if len(allowed) > 1)
+
+    assert wide() == 0
+    with on_cpu(cpus[0]):
+        with (s.mnt / "big").open("rb", buffering=0) as f:
+            half = b"".join(f.read(1 << 20) for _ in range(12))
+            # Mid-file every READ so far was 1 MiB (the read-ahead's): the
+            # threads that answered them are still let go.
+            counts = ring(s)
+            loose = wide()
+            rest = b"".join(iter(lambda: f.read(1 << 20), b""))
+    assert half + rest == data
+    if len(cpus) == 1:  # nowhere else to run: nothing to let go of
+        assert counts["ring_loosened"] == 0 and loose == 0
+        return
+    assert counts["ring_loosened"] >= 1
+    assert loose == counts["ring_loosened"] - counts["ring_repinned"] >= 1
+    # (the last READ, short at the end of the file, pinned its thread again)
+    counts = ring(s)
+    assert wide() == counts["ring_loosened"] - counts["ring_repinned"]
+
+    # Small requests on the same ring while a second reader streams: the
+    # threads that take them are pinned again, and nobody reads a wrong byte.
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def stat_loop() -> None:
+        with on_cpu(cpus[0]):
+            while not stop.is_set():
+                for name in sorted(os.listdir(s.mnt / "d")):
+                    if (s.mnt / "d" / name).read_text() != f"{int(name[1:])}\n":
+                        errors.append(name)
+
+    t = threading.Thread(target=stat_loop)
+    t.start()
+    try:
+        with on_cpu(cpus[0]):
+            for name in ("big2", "big3"):  # (not in the mount's page cache yet)
+                assert (s.mnt / name).read_bytes() == data
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    with on_cpu(cpus[0]):
+        for i in range(FILES):
+            os.stat(s.mnt / "d" / f"f{i:03}")
+    after = ring(s)
+    assert after["ring_repinned"] >= 1
+    assert wide() == after["ring_loosened"] - after["ring_repinned"]
+    assert after["ring_failures"] == 0
+
+
 def test_callers_are_served_while_every_cpu_is_busy(ur: MountedSession) -> None:
     """With a busy loop on every CPU (a build on all cores), appends (answered
     by queue threads) and creates (forwarded to Python, committed by them)

@@ -196,7 +196,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 34; }
+int astrid_fuse_shim_loaded(void) { return 35; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -1288,6 +1288,35 @@ static int rf_ready(void)
     return rf_reply_buf != NULL;
 }
 
+/*
+ * Buffers the kernel copies file data into (version 35). A pread or a
+ * /dev/fuse read into a buffer whose start is not 64-byte aligned took five
+ * to six times as long as into an aligned one on this project's VMs (AMD
+ * EPYC: the kernel's `rep movsb` copy_to_user; 1 GiB of page-cached file
+ * into 1 MiB buffers at offset 16: 440-570 ms, at offset 0 or 64: 84-91 ms;
+ * the source's alignment does not matter). malloc hands out large blocks at
+ * offset 16 of a page, so every cold READ's pread (into a ring entry's
+ * payload) and every WRITE's data (the kernel's copy into it) paid that: a
+ * 1 GiB read through a fresh mount of a page-cached lower file took
+ * 0.9-1.0 s, 65 % of the daemon's CPU in that one copy. al_alloc's block
+ * has its byte `at` on a page boundary (where the data starts: a ring
+ * payload at UR_PREFIX, a WRITE's data after its 80 bytes of headers).
+ */
+static char *al_alloc(size_t size, size_t at)
+{
+    size_t lead = (4096 - at % 4096) % 4096;
+    void *base;
+    if (posix_memalign(&base, 4096, size + lead))
+        return NULL;
+    return (char *)base + lead;
+}
+
+static void al_free(char *p, size_t at)
+{
+    if (p)
+        free(p - (4096 - at % 4096) % 4096);
+}
+
 /* libfuse calls handlers on pyfuse3's one thread; per thread all the same. */
 static __thread char *rf_buf;
 static __thread size_t rf_room;
@@ -1296,9 +1325,10 @@ static int rf_grow(size_t size)
 {
     if (size <= rf_room)
         return 1;
-    char *grown = realloc(rf_buf, size);
+    char *grown = al_alloc(size, 0); /* (its contents need not be kept) */
     if (!grown)
         return 0;
+    al_free(rf_buf, 0);
     rf_buf = grown;
     rf_room = size;
     return 1;
@@ -4379,8 +4409,10 @@ static pthread_mutex_t ur_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ur_ent *ur_fwd_head, *ur_fwd_tail;
 /* requests from the rings; answered by a queue thread; forwarded; replies
  * committed for the trio thread; failures (a queue not set up, a ring call
- * refused, an entry the kernel turned down) */
-static int64_t ur_stats[5];
+ * refused, an entry the kernel turned down); version 35: pinned threads let go
+ * of their CPU for large READs, and took it again (ur_loosen) */
+#define UR_STATS 7
+static int64_t ur_stats[UR_STATS];
 
 int astrid_ur_enable(void) { ur_wanted = 1; return 0; }
 
@@ -4389,7 +4421,7 @@ int astrid_ur_active(void) { return ur_active; }
 
 void astrid_ur_stats(int64_t *out)
 {
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < UR_STATS; i++)
         out[i] = __atomic_load_n(&ur_stats[i], __ATOMIC_RELAXED);
 }
 
@@ -4700,6 +4732,8 @@ static int ur_answer(struct ur_queue *u, struct ur_ent *e, const char *req, uint
 
 /* A request has arrived in `e`: answer it here, or rebuild it contiguous
  * (header, in-struct, payload) just before the payload and forward it. */
+static void ur_loosen(const char *req);
+
 static void ur_arrived(struct ur_queue *u, struct ur_ent *e)
 {
     uint32_t len, payload_sz = e->hdr.payload_sz;
@@ -4716,6 +4750,7 @@ static void ur_arrived(struct ur_queue *u, struct ur_ent *e)
     memcpy(req, e->hdr.in_out, 40);
     memcpy(req + 40, e->hdr.op_in, arg0);
     ur_count(0);
+    ur_loosen(req);
     if (ur_answer(u, e, req, len)) {
         ur_count(1);
         return;
@@ -4771,14 +4806,59 @@ static int ur_pinned(void)
     return !env || strcmp(env, "0") != 0;
 }
 
+/* Version 35: a pinned queue thread lets go of its CPU while it answers large
+ * READs (UR_LOOSE_READ and up: a sequential reader's read-ahead) and takes it
+ * again at its next other request. The reader's READs keep arriving on its
+ * CPU's ring, but the thread that answers them may then run on another CPU
+ * (the scheduler wakes it where a CPU idles), so the pread into the ring
+ * entry and the kernel's copy out of it at the commit no longer share the
+ * reader's CPU, while LOOKUPs, GETATTRs and small writes stay where their
+ * caller runs. ur_home: the thread's CPU set when pinned, ur_wide: the one it
+ * started with (the process's: a cpuset is kept). */
+#define UR_LOOSE_READ (128u * 1024)
+#define UR_OPCODE_READ 15
+static __thread cpu_set_t ur_home, ur_wide;
+static __thread int ur_homed;  /* 1: pinned to ur_home now; 0: not pinned */
+static __thread int ur_can_loosen;
+
+/* ASTRID_FS_RING_LOOSE_READS=0: pinned threads stay pinned for every request. */
+static int ur_loose_reads(void)
+{
+    const char *env = getenv("ASTRID_FS_RING_LOOSE_READS");
+    return !env || strcmp(env, "0") != 0;
+}
+
+static void ur_loosen(const char *req)
+{
+    if (!ur_can_loosen)
+        return;
+    uint32_t opcode, size = 0;
+    memcpy(&opcode, req + 4, 4);
+    if (opcode == UR_OPCODE_READ)
+        memcpy(&size, req + 40 + 16, 4); /* fuse_read_in: fh, offset, size */
+    int loose = opcode == UR_OPCODE_READ && size >= UR_LOOSE_READ;
+    if (loose == !ur_homed)
+        return;
+    if (pthread_setaffinity_np(pthread_self(), sizeof(cpu_set_t), loose ? &ur_wide : &ur_home)
+        == 0) {
+        ur_homed = !loose;
+        ur_count(loose ? 5 : 6);
+    }
+}
+
 static void *ur_thread(void *arg)
 {
     struct ur_queue *u = arg;
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(u->q, &set);
-    if (ur_pinned()) /* (an offline CPU: unpinned) */
-        pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    if (ur_pinned() /* (an offline CPU: unpinned) */
+        && pthread_getaffinity_np(pthread_self(), sizeof ur_wide, &ur_wide) == 0
+        && pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0) {
+        ur_home = set;
+        ur_homed = 1;
+        ur_can_loosen = CPU_COUNT(&ur_wide) > 1 && ur_loose_reads();
+    }
     char name[16];
     snprintf(name, sizeof name, "astrid-ring%d", u->q);
     pthread_setname_np(pthread_self(), name); /* (ps -L, and the conformance scripts) */
@@ -4892,7 +4972,7 @@ static void ur_start(void)
         u->ev_fd = eventfd(0, EFD_CLOEXEC);
         for (int i = 0; i < u->nents; i++) {
             struct ur_ent *e = &u->ents[i];
-            e->mem = malloc(UR_PREFIX + ur_payload);
+            e->mem = al_alloc(UR_PREFIX + ur_payload, UR_PREFIX); /* (never freed) */
             if (!e->mem)
                 goto fail;
             e->iov[0] = (struct iovec){ &e->hdr, sizeof e->hdr };
@@ -5185,7 +5265,8 @@ static void *dw_thread(void *arg)
     pthread_setname_np(pthread_self(), "astrid-dev");
     /* the kernel insists on room for max_write: EINVAL grows the buffer */
     size_t size = DW_BUF;
-    char *buf = malloc(size), *out = malloc(size);
+    /* (a WRITE's data starts 80 bytes in: aligned there; a READ's reply data at 0) */
+    char *buf = al_alloc(size, 80), *out = al_alloc(size, 0);
     for (;;) {
         if (!buf || !out)
             break;
@@ -5200,10 +5281,10 @@ static void *dw_thread(void *arg)
             }
             if (errno == EINVAL && size < (64u << 20)) {
                 size *= 2;
-                free(buf);
-                free(out);
-                buf = malloc(size);
-                out = malloc(size);
+                al_free(buf, 80);
+                al_free(out, 0);
+                buf = al_alloc(size, 80);
+                out = al_alloc(size, 0);
                 continue;
             }
             break; /* ENODEV: unmounted, or aborted */
@@ -5217,8 +5298,8 @@ static void *dw_thread(void *arg)
         }
         dw_forward(buf, (uint32_t)n);
     }
-    free(buf);
-    free(out);
+    al_free(buf, 80);
+    al_free(out, 0);
     dw_gone = 1; /* the trio thread reads the fd itself now: libfuse sees the end */
     uint64_t one = 1;
     (void)!write(ur_fwd_ev, &one, sizeof one);
