@@ -414,14 +414,13 @@ def test_large_reads_let_a_queue_thread_off_its_cpu_until_its_next_request(
         return sum(1 for allowed in ring_cpus(s) if len(allowed) > 1)
 
     assert wide() == 0
-    with on_cpu(cpus[0]):
-        with (s.mnt / "big").open("rb", buffering=0) as f:
-            half = b"".join(f.read(1 << 20) for _ in range(12))
-            # Mid-file every READ so far was 1 MiB (the read-ahead's): the
-            # threads that answered them are still let go.
-            counts = ring(s)
-            loose = wide()
-            rest = b"".join(iter(lambda: f.read(1 << 20), b""))
+    with on_cpu(cpus[0]), (s.mnt / "big").open("rb", buffering=0) as f:
+        half = b"".join(f.read(1 << 20) for _ in range(12))
+        # Mid-file every READ so far was 1 MiB (the read-ahead's): the
+        # threads that answered them are still let go.
+        counts = ring(s)
+        loose = wide()
+        rest = b"".join(iter(lambda: f.read(1 << 20), b""))
     assert half + rest == data
     if len(cpus) == 1:  # nowhere else to run: nothing to let go of
         assert counts["ring_loosened"] == 0 and loose == 0
