@@ -6,6 +6,7 @@ machines): the benches are run by hand."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,23 @@ def test_write_section_adds_itself_and_starts_a_new_page(tmp_path: Path) -> None
     page = tmp_path / "latest.md"
     report.write_section(page, f"{report.SECTION}\n\nt\n", header="# Latest\n")
     assert page.read_text() == f"# Latest\n\n{report.SECTION}\n\nt\n"
+
+
+def test_copy_align_measures_each_offset_and_leaves_no_output_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    copy_align = bench_module("copy_align")
+    assert copy_align.main(["--mib", "2", "--runs", "1", "--base", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "ms" in line]
+    assert [row.split("|")[1].strip() for row in rows] == [str(o) for o in copy_align.OFFSETS]
+    assert (tmp_path / "data").stat().st_size == 2 << 20
+    for where in (Path("/dev/shm"), tmp_path):
+        assert not (where / f"astrid-copy-align-{os.getpid()}").exists()
+
+
+def test_copy_align_refuses_a_size_of_nothing(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(BENCH / "copy_align.py"), "--mib", "0",
+                           "--base", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "copy_align: --mib and --runs must be at least 1"
+    assert not (tmp_path / "data").exists()
