@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 MIB = 1 << 20
@@ -53,26 +54,16 @@ def views(offset: int) -> tuple[list[mmap.mmap], list[memoryview]]:
     return maps, [memoryview(m)[offset:offset + MIB] for m in maps]
 
 
-def timed_read(fd: int, size: int, offset: int) -> float:
+def timed_pass(call: Callable[[int, list[memoryview], int], int], fd: int, size: int,
+               offset: int) -> float:
+    """Seconds for `call(fd, [buffer], position)` over `size` bytes in 1 MiB
+    steps, the buffers starting `offset` bytes into their pages: os.preadv
+    from the page-cached file, or os.pwritev over an existing file's pages
+    (the copy alone is timed, not page allocation or writeback)."""
     maps, bufs = views(offset)
     start = time.perf_counter()
     for k, pos in enumerate(range(0, size, MIB)):
-        os.preadv(fd, [bufs[k % BUFFERS]], pos)
-    took = time.perf_counter() - start
-    for b in bufs:
-        b.release()
-    for m in maps:
-        m.close()
-    return took
-
-
-def timed_write(fd: int, size: int, offset: int) -> float:
-    """Overwrite `size` bytes of an existing file (its pages are there: the
-    copy alone is timed, not page allocation or writeback)."""
-    maps, bufs = views(offset)
-    start = time.perf_counter()
-    for k, pos in enumerate(range(0, size, MIB)):
-        os.pwritev(fd, [bufs[k % BUFFERS]], pos)
+        call(fd, [bufs[k % BUFFERS]], pos)
     took = time.perf_counter() - start
     for b in bufs:
         b.release()
@@ -101,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     fd = os.open(src, os.O_RDONLY)
     wfd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        timed_read(fd, size, 0)  # warm the page cache
-        timed_write(wfd, size // 2, 0)  # the output's pages made
+        timed_pass(os.preadv, fd, size, 0)  # warm the page cache
+        timed_pass(os.pwritev, wfd, size // 2, 0)  # the output's pages made
         for _ in range(args.runs):
             for o in OFFSETS:
-                reads[o].append(timed_read(fd, size, o))
-                writes[o].append(timed_write(wfd, size // 2, o))
+                reads[o].append(timed_pass(os.preadv, fd, size, o))
+                writes[o].append(timed_pass(os.pwritev, wfd, size // 2, o))
     finally:
         os.close(fd)
         os.close(wfd)
