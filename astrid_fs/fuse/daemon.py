@@ -47,6 +47,7 @@ from astrid_fs.fuse.shim import request_read_ahead, shim_version
 from astrid_fs.mounttable import MountTable
 from astrid_fs.overlay import basecontent, tmpfile, unsynced
 from astrid_fs.overlay.copyup import copy_up
+from astrid_fs.overlay.files import fd_capacity
 from astrid_fs.overlay.layers import Layers, RemoteTree
 from astrid_fs.overlay.overlay import Overlay
 from astrid_fs.overlay.remote import build_remotes
@@ -133,6 +134,7 @@ class Daemon:
         # Per-inode fds (no-open I/O) and open files need more than 1024.
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        self.ops.files.capacity = fd_capacity(hard)
         # LSEEK / FALLOCATE / COPY_FILE_RANGE through the shim (extra_ops.py);
         # kept referenced for as long as the mount lives.
         self.extra_ops = register_extra_ops(self.ops)

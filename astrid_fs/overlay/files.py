@@ -47,10 +47,26 @@ from astrid_fs.overlay.overlay import Overlay
 
 # Handle numbers for remote readers sit above any fd (fds are < 2**31).
 _FIRST_READER_FH = 1 << 40
-# Comfortably below the daemon's RLIMIT_NOFILE (raised to the hard limit at
-# mount, 20,000+ on Debian) and large enough that a build touching a few
-# hundred files at once never reopens.
-DEFAULT_CAPACITY = 1024
+# Large enough that an agent's session revisiting the last few thousand
+# files it wrote never reopens them: a WRITE to a file whose fd was closed
+# goes to Python to reopen it (~60 µs here against a C answer's ~30), and
+# copying up 3,000 files then appending to the first 1,000 again reopened
+# all 1,000 with 1,024 (docs/benchmarks.md, "The inode fd bound").
+# `fd_capacity` keeps it comfortably below the daemon's RLIMIT_NOFILE.
+DEFAULT_CAPACITY = 4096
+# The least it goes to, whatever the limit (a build's files open at once).
+MIN_CAPACITY = 256
+
+
+def fd_capacity(hard_limit: int) -> int:
+    """Inode fds to keep for a daemon whose RLIMIT_NOFILE is raised to
+    `hard_limit` (at mount): at most a quarter of it, leaving the rest to
+    pinned files, handles the kernel holds open, and the FUSE shim's own
+    (part 12's lower files, read-ahead, rings); DEFAULT_CAPACITY at most,
+    MIN_CAPACITY at least."""
+    if hard_limit < 0:  # RLIM_INFINITY
+        return DEFAULT_CAPACITY
+    return max(MIN_CAPACITY, min(DEFAULT_CAPACITY, hard_limit // 4))
 
 
 class WriteTable(Protocol):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from astrid_fs.overlay.files import DEFAULT_CAPACITY
 from tests.support.mounts import MountedSession
 
 Mount = Callable[..., MountedSession]
@@ -439,7 +440,7 @@ def test_tens_of_thousands_of_files_walked_read_and_forgotten_with_bounded_fds(
     for rel, body in want.items():
         assert (s.mnt / rel).read_bytes() == body
     daemon_fds = len(os.listdir(f"/proc/{pid}/fd"))
-    assert daemon_fds < 1024 + 256 + 64, daemon_fds
+    assert daemon_fds < DEFAULT_CAPACITY + 256 + 64, daemon_fds
     counts = shim_lookups(s)
     assert counts["files_opened"] > 0 and counts["entries"] + counts["listings"] > 0, counts
     forget_all(s)

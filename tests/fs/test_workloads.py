@@ -19,12 +19,13 @@ import pytest
 
 from astrid_fs.cli.daemonlink import DaemonLink
 from astrid_fs.fuse.control import request
+from astrid_fs.overlay.files import DEFAULT_CAPACITY
 from astrid_fs.review.commit import commit
 from astrid_fs.session import open_session
 from tests.support.mounts import MountedSession, ring_threads
 
 MountFactory = Callable[..., MountedSession]
-FD_CACHE = 1024  # astrid_fs.overlay.files.DEFAULT_CAPACITY
+FD_CACHE = DEFAULT_CAPACITY  # (this machine's RLIMIT_NOFILE allows it: fd_capacity)
 
 
 def daemon_pid(mounted: MountedSession) -> int:
