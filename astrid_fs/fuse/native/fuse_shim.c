@@ -1302,19 +1302,21 @@ static int rf_ready(void)
  * has its byte `at` on a page boundary (where the data starts: a ring
  * payload at UR_PREFIX, a WRITE's data after its 80 bytes of headers).
  */
+/* Bytes before the block's start that put its byte `at` on a page boundary. */
+static size_t al_lead(size_t at) { return (4096 - at % 4096) % 4096; }
+
 static char *al_alloc(size_t size, size_t at)
 {
-    size_t lead = (4096 - at % 4096) % 4096;
     void *base;
-    if (posix_memalign(&base, 4096, size + lead))
+    if (posix_memalign(&base, 4096, size + al_lead(at)))
         return NULL;
-    return (char *)base + lead;
+    return (char *)base + al_lead(at);
 }
 
 static void al_free(char *p, size_t at)
 {
     if (p)
-        free(p - (4096 - at % 4096) % 4096);
+        free(p - al_lead(at));
 }
 
 /* libfuse calls handlers on pyfuse3's one thread; per thread all the same. */
@@ -4816,7 +4818,6 @@ static int ur_pinned(void)
  * caller runs. ur_home: the thread's CPU set when pinned, ur_wide: the one it
  * started with (the process's: a cpuset is kept). */
 #define UR_LOOSE_READ (128u * 1024)
-#define UR_OPCODE_READ 15
 static __thread cpu_set_t ur_home, ur_wide;
 static __thread int ur_homed;  /* 1: pinned to ur_home now; 0: not pinned */
 static __thread int ur_can_loosen;
@@ -4834,9 +4835,9 @@ static void ur_loosen(const char *req)
         return;
     uint32_t opcode, size = 0;
     memcpy(&opcode, req + 4, 4);
-    if (opcode == UR_OPCODE_READ)
+    if (opcode == DRAIN_READ)
         memcpy(&size, req + 40 + 16, 4); /* fuse_read_in: fh, offset, size */
-    int loose = opcode == UR_OPCODE_READ && size >= UR_LOOSE_READ;
+    int loose = opcode == DRAIN_READ && size >= UR_LOOSE_READ;
     if (loose == !ur_homed)
         return;
     if (pthread_setaffinity_np(pthread_self(), sizeof(cpu_set_t), loose ? &ur_wide : &ur_home)
