@@ -10,7 +10,7 @@ Copies: a read whose blocks lie side by side in one buffer returns a view of
 it (the FUSE reply is written from it); other reads join their blocks (one
 copy). `CachedReader.try_pread` answers from cached blocks, or from what the
 inner reader already holds, without I/O (the FUSE thread calls it; see
-fuse/ops.py).
+fuse/file_ops.py).
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class ShimCreates:
         """Files the shim made and answered; CREATEs it left to the daemon;
         RELEASEs of handle 0 it answered (a CREATE's handle without
         passthrough, the daemon's or the shim's: the daemon does nothing for
-        them, ops.py `release`)."""
+        them, file_ops.py `release`)."""
         out = (ctypes.c_int64 * 3)()
         self._lib.astrid_cr_stats(out)
         return {"made": int(out[0]), "declined": int(out[1]), "released": int(out[2]),
