@@ -92,13 +92,16 @@ class IoUring:
         """Requests that came through the rings, answered by a queue thread,
         forwarded to Python, replies committed for Python, queues that failed;
         times a pinned queue thread let go of its CPU for large READs and took
-        it again (shim 35; 0 before)."""
-        out = (ctypes.c_int64 * 7)()
+        it again (shim 35; 0 before); times the queue threads were made
+        SCHED_IDLE and SCHED_OTHER again as the machine's CPU pressure fell
+        and rose (shim 36; their difference is 1 while they are SCHED_IDLE)."""
+        out = (ctypes.c_int64 * 9)()
         self._lib.astrid_ur_stats(out)
         return {"ring_requests": int(out[0]), "ring_answered_in_c": int(out[1]),
                 "ring_forwarded": int(out[2]), "ring_replies_committed": int(out[3]),
                 "ring_failures": int(out[4]), "ring_loosened": int(out[5]),
-                "ring_repinned": int(out[6])}
+                "ring_repinned": int(out[6]), "ring_turned_idle": int(out[7]),
+                "ring_turned_ordinary": int(out[8])}
 
 
 DEV_THREADS_VERSION = 25

@@ -103,7 +103,9 @@ def shim_version() -> int:
     21); 34: CREATEs in a session's directories the kernel holds no listing
     of made in C, and RELEASEs of handle 0 answered there (part 22,
     create_table.py); 35: buffers the kernel copies file data into are
-    page-aligned where the data starts (a READ's pread, a WRITE's data)."""
+    page-aligned where the data starts (a READ's pread, a WRITE's data);
+    36: queue threads SCHED_IDLE while the machine's CPU pressure is low,
+    SCHED_OTHER while tasks wait for a CPU (io_uring.py)."""
     try:
         probe = ctypes.CDLL(None).astrid_fuse_shim_loaded
     except AttributeError:

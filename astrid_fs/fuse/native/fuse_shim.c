@@ -196,7 +196,7 @@ typedef struct fuse_session *(*session_new_fn)(struct fuse_args *,
                                                const struct fuse_lowlevel_ops *,
                                                size_t, void *);
 
-int astrid_fuse_shim_loaded(void) { return 35; }
+int astrid_fuse_shim_loaded(void) { return 36; }
 
 /* Callbacks into the daemon (version 5). Handles arrive marked like any
  * other no_open I/O (see mark()): FH_INODE | ino, or a real handle. */
@@ -4402,6 +4402,7 @@ struct ur_queue {
     struct ur_ent ents[UR_ENTRIES];
     int nents;                       /* this thread's: UR_ENTRIES / threads per CPU */
     struct ur_ent *commits;          /* replied by the trio thread (ur_lock) */
+    pid_t tid;                       /* its thread, once started (ur_lock) */
 };
 
 static size_t ur_payload, ur_bufsize;
@@ -4412,8 +4413,9 @@ static struct ur_ent *ur_fwd_head, *ur_fwd_tail;
 /* requests from the rings; answered by a queue thread; forwarded; replies
  * committed for the trio thread; failures (a queue not set up, a ring call
  * refused, an entry the kernel turned down); version 35: pinned threads let go
- * of their CPU for large READs, and took it again (ur_loosen) */
-#define UR_STATS 7
+ * of their CPU for large READs, and took it again (ur_loosen); version 36:
+ * the threads turned SCHED_IDLE, and turned SCHED_OTHER (ur_watch) */
+#define UR_STATS 9
 static int64_t ur_stats[UR_STATS];
 
 int astrid_ur_enable(void) { ur_wanted = 1; return 0; }
@@ -4789,10 +4791,125 @@ static void ur_arrived(struct ur_queue *u, struct ur_ent *e)
  * reads) took 50-58 s under SCHED_IDLE, 2.3 s under SCHED_OTHER, 5.0 s over
  * /dev/fuse and 2.0 s native (2026-12-03 23:19, benchmarks.md "Busy CPUs").
  */
-static int ur_idle_policy(void)
+enum { UR_CLASS_OTHER, UR_CLASS_IDLE, UR_CLASS_AUTO };
+
+/*
+ * Version 36: by default the class follows the machine (ur_watch): SCHED_IDLE
+ * while no task waits for a CPU, SCHED_OTHER while one does. Both reasons
+ * above hold at once only on a busy machine, and the kernel says when it is
+ * one: its CPU pressure (PSI, /proc/pressure/cpu, "some": time in which a
+ * runnable task waited for a CPU). A watching thread reads it every
+ * UR_WATCH_MS; an interval with UR_BUSY_PCT or more makes every queue thread
+ * SCHED_OTHER at once, UR_QUIET_TICKS intervals in a row under UR_QUIET_PCT
+ * make them SCHED_IDLE again. A mount's own round trips keep the pressure
+ * low (1,000 appends: 2-3 %; a caller and its queue thread take turns); a
+ * busy loop on every CPU keeps it near 100 %; git status' 20 preload threads
+ * make it 57-78 %, which the threads then answer as ordinary threads, as
+ * before. They start SCHED_OTHER. Without PSI (CONFIG_PSI off, psi=0), or
+ * where a thread of the daemon cannot come back from SCHED_IDLE (not root,
+ * and RLIMIT_NICE too low), they stay SCHED_OTHER.
+ * ASTRID_FS_RING_IDLE=1 / =0 fix the class (no watching thread);
+ * ASTRID_FS_RING_PRESSURE reads another file in PSI's format instead (tests).
+ */
+static int ur_class_mode(void)
 {
     const char *env = getenv("ASTRID_FS_RING_IDLE");
-    return env && strcmp(env, "1") == 0;
+    if (env && strcmp(env, "1") == 0)
+        return UR_CLASS_IDLE;
+    if (env && strcmp(env, "0") == 0)
+        return UR_CLASS_OTHER;
+    return UR_CLASS_AUTO;
+}
+
+#define UR_WATCH_MS 50
+#define UR_BUSY_PCT 25
+#define UR_QUIET_PCT 10
+#define UR_QUIET_TICKS 8
+static int ur_idle_now;  /* the queue threads' class: 1 SCHED_IDLE (ur_lock) */
+static int ur_live;      /* queue threads serving (atomic) */
+
+static int ur_set_class(pid_t tid, int idle)
+{
+    struct sched_param none = { 0 };
+    return sched_setscheduler(tid, idle ? SCHED_IDLE : SCHED_OTHER, &none);
+}
+
+/* Every queue thread to SCHED_IDLE (idle) or SCHED_OTHER; threads starting
+ * meanwhile take the class from ur_idle_now under the same lock. */
+static void ur_apply_class(int idle)
+{
+    pthread_mutex_lock(&ur_lock);
+    ur_idle_now = idle;
+    for (int q = 0; q < ur_nq; q++)
+        if (ur_queues[q] && ur_queues[q]->tid)
+            ur_set_class(ur_queues[q]->tid, idle);
+    pthread_mutex_unlock(&ur_lock);
+    ur_count(idle ? 7 : 8);
+}
+
+/* The "some" line's total (microseconds a task waited for a CPU), or -1. */
+static int64_t ur_pressure_us(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    char buf[256];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    char *nl = strchr(buf, '\n');
+    char *total = strstr(buf, "total=");
+    if (strncmp(buf, "some ", 5) != 0 || !total || (nl && total > nl))
+        return -1;
+    return strtoll(total + 6, NULL, 10);
+}
+
+static int64_t ur_now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
+}
+
+static void *ur_watch(void *arg)
+{
+    (void)arg;
+    pthread_setname_np(pthread_self(), "astrid-cpuwatch");
+    const char *path = getenv("ASTRID_FS_RING_PRESSURE");
+    if (!path || !*path)
+        path = "/proc/pressure/cpu";
+    /* Can a thread of ours come back from SCHED_IDLE? (Unprivileged, only
+     * within RLIMIT_NICE.) Tried on this thread, which then stays ordinary. */
+    if (ur_set_class(0, 1) != 0 || ur_set_class(0, 0) != 0)
+        return NULL;
+    int64_t was = ur_pressure_us(path), at = ur_now_us();
+    if (was < 0)
+        return NULL;
+    int quiet = 0, idle = 0;
+    while (__atomic_load_n(&ur_live, __ATOMIC_ACQUIRE) > 0) {
+        struct timespec tick = { 0, UR_WATCH_MS * 1000000L };
+        nanosleep(&tick, NULL);
+        int64_t now = ur_pressure_us(path), t = ur_now_us();
+        if (now < 0 || t <= at) {
+            if (idle)
+                ur_apply_class(idle = 0); /* (the file went: ordinary, and stay) */
+            return NULL;
+        }
+        int64_t pct = (now - was) * 100 / (t - at);
+        was = now, at = t;
+        if (pct >= UR_BUSY_PCT) {
+            quiet = 0;
+            if (idle)
+                ur_apply_class(idle = 0);
+        } else if (pct < UR_QUIET_PCT && ++quiet >= UR_QUIET_TICKS && !idle) {
+            ur_apply_class(idle = 1);
+        } else if (pct >= UR_QUIET_PCT) {
+            quiet = 0;
+        }
+    }
+    return NULL;
 }
 
 /* Version 29: ASTRID_FS_RING_PIN=0 leaves the queue threads unpinned. The
@@ -4847,7 +4964,7 @@ static void ur_loosen(const char *req)
     }
 }
 
-static void *ur_thread(void *arg)
+static void *ur_serve(void *arg)
 {
     struct ur_queue *u = arg;
     cpu_set_t set;
@@ -4863,10 +4980,11 @@ static void *ur_thread(void *arg)
     char name[16];
     snprintf(name, sizeof name, "astrid-ring%d", u->q);
     pthread_setname_np(pthread_self(), name); /* (ps -L, and the conformance scripts) */
-    if (ur_idle_policy()) {
-        struct sched_param none = { 0 };
-        pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
-    }
+    pthread_mutex_lock(&ur_lock);
+    u->tid = (pid_t)syscall(SYS_gettid);
+    if (ur_idle_now)
+        ur_set_class(0, 1);
+    pthread_mutex_unlock(&ur_lock);
     for (int i = 0; i < u->nents; i++)
         ur_cmd(u, UR_CMD_REGISTER, &u->ents[i], 0);
     ur_arm_ev(u);
@@ -4910,6 +5028,13 @@ static void *ur_thread(void *arg)
         if (gone)
             return NULL;
     }
+}
+
+static void *ur_thread(void *arg)
+{
+    void *r = ur_serve(arg);
+    __atomic_sub_fetch(&ur_live, 1, __ATOMIC_RELEASE);
+    return r;
 }
 
 /* How many queues the kernel makes: one per possible CPU. */
@@ -4962,6 +5087,8 @@ static void ur_start(void)
     if (!cpus)
         return;
     int per = ur_threads_per_cpu(cpus);
+    int mode = ur_class_mode();
+    ur_idle_now = mode == UR_CLASS_IDLE;
     for (int t = 0; t < cpus * per; t++) {
         struct ur_queue *u = calloc(1, sizeof *u);
         if (!u)
@@ -4981,9 +5108,14 @@ static void ur_start(void)
         }
         ur_queues[t] = u;
         ur_nq = t + 1;
-        if (u->ev_fd < 0 || spawn_detached(ur_thread, u) != 0)
+        __atomic_add_fetch(&ur_live, 1, __ATOMIC_RELEASE);
+        if (u->ev_fd < 0 || spawn_detached(ur_thread, u) != 0) {
+            __atomic_sub_fetch(&ur_live, 1, __ATOMIC_RELEASE);
             goto fail;
+        }
     }
+    if (mode == UR_CLASS_AUTO)
+        spawn_detached(ur_watch, NULL); /* (none: the threads stay ordinary) */
     return;
 fail:
     /* Some queues have no thread: the ring never becomes ready and every
