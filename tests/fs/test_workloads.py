@@ -10,8 +10,10 @@ number of files touched.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -258,10 +260,14 @@ def _made_with_a_held_directorys_number(root: Path, make: Callable[[Path], objec
                                         ) -> tuple[Path, int]:
     """A directory made, held open, removed; then `make(path)` beside it,
     until the new entry gets the removed directory's inode number (other
-    processes may take the freed number first): (the new entry, the fd
-    still holding the removed directory)."""
+    processes may take the freed number first: under a parallel test run
+    100 tries once were not enough, so it tries for up to a minute): (the
+    new entry, the fd still holding the removed directory)."""
     root.mkdir()
-    for attempt in range(100):
+    deadline = time.monotonic() + 60
+    for attempt in itertools.count():
+        if time.monotonic() > deadline:
+            break
         old = root / f"old{attempt}"
         old.mkdir()
         number = old.stat().st_ino
