@@ -5032,7 +5032,11 @@ static void *ur_serve(void *arg)
 
 static void *ur_thread(void *arg)
 {
-    void *r = ur_serve(arg);
+    struct ur_queue *u = arg;
+    void *r = ur_serve(u);
+    pthread_mutex_lock(&ur_lock);
+    u->tid = 0; /* (a thread id the kernel may give another thread next) */
+    pthread_mutex_unlock(&ur_lock);
     __atomic_sub_fetch(&ur_live, 1, __ATOMIC_RELEASE);
     return r;
 }
