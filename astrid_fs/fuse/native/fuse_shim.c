@@ -4866,13 +4866,6 @@ static int64_t ur_pressure_us(const char *path)
     return strtoll(total + 6, NULL, 10);
 }
 
-static int64_t ur_now_us(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
-}
-
 static void *ur_watch(void *arg)
 {
     (void)arg;
@@ -4884,29 +4877,33 @@ static void *ur_watch(void *arg)
      * within RLIMIT_NICE.) Tried on this thread, which then stays ordinary. */
     if (ur_set_class(0, 1) != 0 || ur_set_class(0, 0) != 0)
         return NULL;
-    int64_t was = ur_pressure_us(path), at = ur_now_us();
+    struct timespec at;
+    clock_gettime(CLOCK_MONOTONIC, &at);
+    int64_t was = ur_pressure_us(path);
     if (was < 0)
         return NULL;
     int quiet = 0, idle = 0;
     while (__atomic_load_n(&ur_live, __ATOMIC_ACQUIRE) > 0) {
         struct timespec tick = { 0, UR_WATCH_MS * 1000000L };
         nanosleep(&tick, NULL);
-        int64_t now = ur_pressure_us(path), t = ur_now_us();
-        if (now < 0 || t <= at) {
+        int64_t now = ur_pressure_us(path);
+        long took = drain_us_since(&at);
+        if (now < 0 || took <= 0) {
             if (idle)
                 ur_apply_class(idle = 0); /* (the file went: ordinary, and stay) */
             return NULL;
         }
-        int64_t pct = (now - was) * 100 / (t - at);
-        was = now, at = t;
+        clock_gettime(CLOCK_MONOTONIC, &at);
+        int64_t pct = (now - was) * 100 / took;
+        was = now;
         if (pct >= UR_BUSY_PCT) {
             quiet = 0;
             if (idle)
                 ur_apply_class(idle = 0);
-        } else if (pct < UR_QUIET_PCT && ++quiet >= UR_QUIET_TICKS && !idle) {
-            ur_apply_class(idle = 1);
         } else if (pct >= UR_QUIET_PCT) {
             quiet = 0;
+        } else if (++quiet >= UR_QUIET_TICKS && !idle) {
+            ur_apply_class(idle = 1);
         }
     }
     return NULL;
