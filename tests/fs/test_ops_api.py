@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyfuse3
 import pytest
@@ -53,7 +53,7 @@ def layers(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def make_ops(layers: tuple[Path, Path, Path], *, no_open: bool) -> FuseOps:
     lower, upper, work = layers
-    ns = "trusted" if os.geteuid() == 0 else "user"
+    ns: Literal["trusted", "user"] = "trusted" if os.geteuid() == 0 else "user"
     overlay = Overlay(Layers(os.fsencode(lower), os.fsencode(upper), OverlayXattrs(ns)),
                       os.fsencode(work / "astrid"), redirects=ns == "trusted")
     (work / "astrid").mkdir()

@@ -529,7 +529,7 @@ def test_a_hard_linked_lower_file_removed_while_open_shows_no_name(
     (lower / "d2").mkdir(parents=True)
     (lower / "f1").write_bytes(b"lower f1\n")
     os.link(lower / "f1", lower / "d2" / "f1")
-    s: MountedSession = mount_session(lower, None, "--no-passthrough")  # type: ignore[operator]
+    s: MountedSession = mount_session(lower, None, "--no-passthrough")
     assert os.stat(s.mnt / "d2" / "f1").st_nlink == 2  # (both names known to the daemon)
     fd = os.open(s.mnt / "f1", os.O_RDWR)
     try:
