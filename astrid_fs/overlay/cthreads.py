@@ -3,11 +3,13 @@
 The job a copy-up hands off, unnamed files made ahead (tmpfile.py), runs
 in a C thread that never takes the GIL: as a Python thread it cost the
 thread answering requests more in GIL hand-overs than it saved
-(docs/benchmarks.md). It works only while making a file is slow (the
-library's header says why and how that is told). scripts/setup.sh builds
-the library; without it (or with `ASTRID_FS_COPYUP_THREADS=0`) files are
-made ahead by a Python thread; `=always` keeps the C thread working however
-quick the disk is (tests, A/B runs).
+(docs/benchmarks.md). It works however quick the disk is (since 2026-12-05:
+over io_uring a copy-up that made its own file was 12-19 % slower, the
+trio thread making it while the other CPU idled);
+`ASTRID_FS_COPYUP_THREADS=adaptive` has it work only while making a file is
+slow (the library's header says how that is told), the default until then.
+scripts/setup.sh builds the library; without it (or with
+`ASTRID_FS_COPYUP_THREADS=0`) files are made ahead by a Python thread.
 """
 
 from __future__ import annotations
@@ -52,8 +54,15 @@ def lib() -> Any | None:
     so.astrid_make_note.argtypes = [ctypes.c_int64]
     so.astrid_make_stats.argtypes = [_I64P]
     so.astrid_copyup_mode.argtypes = [ctypes.c_int]
-    so.astrid_copyup_mode(1 if os.environ.get(ENV) == "always" else 0)
+    so.astrid_copyup_mode(default_mode())
     return so
+
+
+def default_mode() -> int:
+    """The library's mode for this process: 1, the thread always works (the
+    default); 0 with `ASTRID_FS_COPYUP_THREADS=adaptive`, only while making
+    a file is slow."""
+    return 0 if os.environ.get(ENV) == "adaptive" else 1
 
 
 def make_stats() -> dict[str, Any]:

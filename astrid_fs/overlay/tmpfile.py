@@ -20,14 +20,17 @@ the last minutes (a copy-up makes one: its base content is an append to
 the session's pack, basecontent.py).
 So a thread keeps `AHEAD` unnamed files open for the work dir and
 `open_unnamed` hands one out, while the thread makes the next on the other
-CPU. It is a C thread where native/copyup_threads.c is built (cthreads.py),
-and it works only while making a file is slow: on a quick disk (~10 us a
-file) a thread beside the request only takes CPU from it. Measured over
-1,000 copy-ups through a mount (docs/benchmarks.md): after deletions 374 ms
-with the C thread, 621 with a Python one, 958 with none; on a settled disk
-191 ms with none (kernel overlayfs 190), 296 with the C thread always on,
-316 with a Python one. `open_unnamed` times the files it makes itself
-(`NativeAhead.note`) so the thread knows when to start.
+CPU. It is a C thread where native/copyup_threads.c is built (cthreads.py).
+Measured over 1,000 copy-ups through a mount (docs/benchmarks.md): after
+deletions 374 ms with the C thread, 621 with a Python one, 958 with none.
+On a settled disk it first measured no gain (2026-12-03, requests on
+/dev/fuse: 191 ms with none, kernel overlayfs 190, 296 with the C thread
+always on), so it worked only while making a file was slow; over io_uring
+(the default since) it gains there too (2026-12-05: 294-301 ms always on
+against 333-371 resting, kernel overlayfs 292-305), so it always works
+unless `ASTRID_FS_COPYUP_THREADS=adaptive`. In that mode `open_unnamed`
+times the files it makes itself (`NativeAhead.note`) so the thread knows
+when to start.
 
 A file made ahead is what `open_unnamed` would make (mode 0600, owner
 root, empty); callers set owner, mode and times, and the link sets its

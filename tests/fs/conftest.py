@@ -57,8 +57,9 @@ def native(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture
 def threads_always() -> Iterator[Any]:
-    """The C copy-up threads working however quick making a file is (they
-    rest while it is quick: copyup_threads.c); the library, loaded."""
+    """The C copy-up threads working however quick making a file is (the
+    default, which a test may change: its mode is restored after); the
+    library, loaded."""
     so = cthreads.lib()
     assert so is not None, \
         "the copy-up threads library is not built or stale: run scripts/setup.sh"
@@ -66,7 +67,7 @@ def threads_always() -> Iterator[Any]:
     try:
         yield so
     finally:
-        so.astrid_copyup_mode(0)
+        so.astrid_copyup_mode(cthreads.default_mode())
 
 
 def unnamed_fds(d: Path) -> list[int]:

@@ -103,3 +103,39 @@ def test_the_threads_work_only_while_making_a_file_is_slow(
         for fd in fds:
             if fd is not None:
                 os.close(fd)
+
+
+def test_by_default_the_thread_makes_files_ahead_however_quick_the_disk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Since 2026-12-05 the thread works on a quick disk too (over io_uring a
+    copy-up that made its own file was 12-19 % slower: docs/benchmarks.md,
+    "Copy-up's files made ahead on a quick disk too"): with the mode a
+    daemon gets by default, quick makings (5 us a file) leave it working,
+    copy-ups take files it made and it makes the next ones.
+    `ASTRID_FS_COPYUP_THREADS=adaptive` is the earlier policy."""
+    monkeypatch.delenv(cthreads.ENV, raising=False)
+    so = cthreads.lib()
+    assert so is not None, \
+        "the copy-up threads library is not built or stale: run scripts/setup.sh"
+    so.astrid_copyup_mode(cthreads.default_mode())
+    for _ in range(64):
+        so.astrid_make_note(5_000)
+    assert cthreads.make_stats()["threads_working"] is True
+    tmp = os.fsencode(tmp_path)
+    ahead = tmpfile.make_ahead(tmp, size=4)
+    assert isinstance(ahead, tmpfile.NativeAhead)
+    fds: list[int | None] = []
+    try:
+        assert ahead.wait_full(timeout=10), (ahead.stats(), cthreads.make_stats())
+        fds = [tmpfile.open_unnamed(tmp) for _ in range(4)]
+        assert None not in fds
+        stats = ahead.stats()
+        assert stats["taken"] == 4 and stats["made_on_request"] == 0
+        assert ahead.wait_full(timeout=10), (ahead.stats(), cthreads.make_stats())
+    finally:
+        tmpfile.stop_ahead(tmp)
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
+    monkeypatch.setenv(cthreads.ENV, "adaptive")
+    assert cthreads.default_mode() == 0

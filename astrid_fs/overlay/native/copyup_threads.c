@@ -10,16 +10,19 @@
  * Measured in docs/benchmarks.md. (A second thread wrote base content as
  * files until base content moved into one pack: overlay/basepack.py.)
  *
- * Only while making a file is slow. On a quick disk a new unnamed file
- * costs ~10 us and a copy-up that makes its own file is as fast as kernel
- * overlayfs; any thread working beside the request then only takes CPU
- * from it. Right after mass deletions (ext4 without a journal skips recently
- * freed inodes, see scripts/bench/fs_dataset.py) a file costs 0.1-2 ms, and
- * the thread halves a burst of copy-ups. So every making is timed (the thread's own,
- * and the copy-ups' through astrid_make_note) into one moving average for
- * the process (a daemon has one work dir); above SLOW_NS the thread works,
- * below FAST_NS it rests: take() then hands out what is left
- * (astrid_copyup_mode(1) keeps it on, for tests and A/B runs).
+ * Always, or only while making a file is slow (astrid_copyup_mode: 1 or 0;
+ * cthreads.py sets 1 unless ASTRID_FS_COPYUP_THREADS=adaptive). Right after
+ * mass deletions (ext4 without a journal skips recently freed inodes, see
+ * scripts/bench/fs_dataset.py) a file costs 0.1-2 ms, and the thread halves
+ * a burst of copy-ups. On a quick disk a file costs ~10-20 us: with the
+ * requests on /dev/fuse a thread beside them then took about as much CPU
+ * as it saved (mode 0 was the default for that), over io_uring a copy-up
+ * that makes its own file is 12-19 % slower (docs/benchmarks.md, "Copy-up's
+ * files made ahead on a quick disk too"). Mode 0: every making is timed
+ * (the thread's own, and the copy-ups' through astrid_make_note) into one
+ * moving average for the process (a daemon has one work dir); above
+ * SLOW_NS the thread works, below FAST_NS it rests: take() then hands out
+ * what is left.
  *
  * Unnamed files made ahead (astrid_ahead_*): a thread keeps `size`
  *    O_TMPFILE files open for one directory; take() hands one out (or -1 when
