@@ -116,7 +116,6 @@ class Daemon:
         self.io_uring: IoUring | None = None
         self.dev_threads: DevThreads | None = None
         self.transport = "/dev/fuse (io_uring not requested)"
-        self.unnamed: tmpfile.Ahead | tmpfile.NativeAhead | None = None
         # The base of mounted sources, walked in the background; observing
         # from before the first request (review/remotebase.py).
         root = basecontent.store_for(os.fsencode(config.tmp))
@@ -129,8 +128,9 @@ class Daemon:
             self.base_walker.start()
         self._copy_ups_without_fsync()
         if os.environ.get(MAKE_AHEAD_ENV) != "0":  # (0: for A/B benchmarks)
-            # copy-ups take unnamed files made by a thread beforehand
-            self.unnamed = tmpfile.make_ahead(os.fsencode(self.config.tmp))
+            # copy-ups take unnamed files made by a thread beforehand, from
+            # the first copy-up on
+            tmpfile.make_ahead_later(os.fsencode(self.config.tmp))
         # Per-inode fds (no-open I/O) and open files need more than 1024.
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -291,7 +291,7 @@ class Daemon:
                     "io_uring": None if self.io_uring is None else self.io_uring.stats(),
                     "dev_threads": None if self.dev_threads is None
                     else self.dev_threads.stats(),
-                    "unnamed_ahead": None if self.unnamed is None else self.unnamed.stats()}
+                    "unnamed_ahead": self._unnamed_ahead()}
         if op == "invalidate":
             inodes, entries = self.ops.invalidate_all()
             await trio.to_thread.run_sync(_invalidate_kernel, inodes, entries)
@@ -328,6 +328,12 @@ class Daemon:
             if dev not in seen:
                 seen.add(dev)
                 sync_fs(path)
+
+    def _unnamed_ahead(self) -> dict[str, Any] | None:
+        """The made-ahead files' counts; None before the first copy-up (or
+        with ASTRID_FS_MAKE_AHEAD=0)."""
+        ahead = tmpfile.ahead_for(os.fsencode(self.config.tmp))
+        return None if ahead is None else ahead.stats()
 
     def _transport(self) -> str:
         if self.io_uring is None:

@@ -12,7 +12,9 @@ Knows: how to make and name such a file. Does not know what goes in it.
 Where the file system has no O_TMPFILE, `open_unnamed` says so and callers
 fall back to a named temp file.
 
-**Made ahead** (`make_ahead`, started by the mount's daemon): right after
+**Made ahead** (`make_ahead`; the mount's daemon asks with `make_ahead_later`,
+so a mount starts it at its first copy-up and one that never copies up
+holds no unnamed files): right after
 mass deletions making the file is most of a copy-up's cost, since it
 allocates an inode, which on ext4 without a journal (this project's
 machines: see scripts/bench/fs_dataset.py) scans past every inode freed in
@@ -150,6 +152,7 @@ class Ahead:
 
 
 _ahead: dict[bytes, Ahead | NativeAhead] = {}
+_later: set[bytes] = set()  # (make_ahead_later)
 
 
 class NativeAhead:
@@ -210,7 +213,20 @@ def make_ahead(dir_path: bytes, size: int = AHEAD, *,
     return ahead
 
 
+def make_ahead_later(dir_path: bytes) -> None:
+    """`make_ahead` for `dir_path` at its first `open_unnamed`: a mount that
+    never copies up holds no unnamed files (`AHEAD` inodes and fds)."""
+    if dir_path not in _ahead:
+        _later.add(dir_path)
+
+
+def ahead_for(dir_path: bytes) -> Ahead | NativeAhead | None:
+    """The files made ahead for `dir_path`, once started."""
+    return _ahead.get(dir_path)
+
+
 def stop_ahead(dir_path: bytes) -> None:
+    _later.discard(dir_path)
     ahead = _ahead.pop(dir_path, None)
     if ahead is not None:
         ahead.stop()
@@ -220,6 +236,9 @@ def open_unnamed(dir_path: bytes) -> int | None:
     """A read-write fd of a new unnamed regular file (mode 0600) on the file
     system of `dir_path`; None where that file system cannot make one."""
     ahead = _ahead.get(dir_path)
+    if ahead is None and dir_path in _later:
+        _later.discard(dir_path)
+        ahead = make_ahead(dir_path)  # (this file is made here; the next ones ahead)
     if ahead is not None:
         fd = ahead.take()
         if fd is not None:
