@@ -4,8 +4,8 @@ The job a copy-up hands off, unnamed files made ahead (tmpfile.py), runs
 in a C thread that never takes the GIL: as a Python thread it cost the
 thread answering requests more in GIL hand-overs than it saved
 (docs/benchmarks.md). It works however quick the disk is (since 2026-12-05:
-over io_uring a copy-up that made its own file was 12-19 % slower, the
-trio thread making it while the other CPU idled);
+over io_uring a copy-up that made its own file was 8-19 % slower in three
+A/Bs of four, the trio thread making it while the other CPU idled);
 `ASTRID_FS_COPYUP_THREADS=adaptive` has it work only while making a file is
 slow (the library's header says how that is told), the default until then.
 scripts/setup.sh builds the library; without it (or with

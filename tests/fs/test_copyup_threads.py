@@ -108,9 +108,9 @@ def test_the_threads_work_only_while_making_a_file_is_slow(
 def test_by_default_the_thread_makes_files_ahead_however_quick_the_disk(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Since 2026-12-05 the thread works on a quick disk too (over io_uring a
-    copy-up that made its own file was 12-19 % slower: docs/benchmarks.md,
-    "Copy-up's files made ahead on a quick disk too"): with the mode a
-    daemon gets by default, quick makings (5 us a file) leave it working,
+    copy-up that made its own file was 8-19 % slower in three A/Bs of four:
+    docs/benchmarks.md, "Copy-up's files made ahead on a quick disk too"):
+    with the mode a daemon gets by default, quick makings (5 us a file) leave it working,
     copy-ups take files it made and it makes the next ones.
     `ASTRID_FS_COPYUP_THREADS=adaptive` is the earlier policy."""
     monkeypatch.delenv(cthreads.ENV, raising=False)

@@ -17,8 +17,9 @@
  * a burst of copy-ups. On a quick disk a file costs ~10-20 us: with the
  * requests on /dev/fuse a thread beside them then took about as much CPU
  * as it saved (mode 0 was the default for that), over io_uring a copy-up
- * that makes its own file is 12-19 % slower (docs/benchmarks.md, "Copy-up's
- * files made ahead on a quick disk too"). Mode 0: every making is timed
+ * that makes its own file was 8-19 % slower in three A/Bs of four
+ * (docs/benchmarks.md, "Copy-up's files made ahead on a quick disk too").
+ * Mode 0: every making is timed
  * (the thread's own, and the copy-ups' through astrid_make_note) into one
  * moving average for the process (a daemon has one work dir); above
  * SLOW_NS the thread works, below FAST_NS it rests: take() then hands out
