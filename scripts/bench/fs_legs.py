@@ -47,7 +47,7 @@ def add_variant(spec: str) -> str:
     """Register `NAME=LEG[,VAR=VALUE...]`: an astrid-fs leg (LEG one of
     ASTRID_LEGS) mounted with VAR=VALUE in the mount command's environment,
     e.g. `shim21=astrid-fs,ASTRID_FS_SHIM=/tmp/shim21.so` to compare two builds
-    of the FUSE shim, or `nothreads=astrid-fs,ASTRID_FS_COPYUP_THREADS=0`.
+    of the FUSE shim, or `adaptive=astrid-fs-uring,ASTRID_FS_COPYUP_THREADS=adaptive`.
     Returns NAME; ValueError with a one-line reason if the spec is bad."""
     name, sep, rest = spec.partition("=")
     base, *pairs = rest.split(",")
