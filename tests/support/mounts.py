@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -89,7 +90,29 @@ def loop_ext4(image: Path, where: Path, mib: int = 64) -> Iterator[str]:
         yield subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(where)], check=True,
                              capture_output=True, text=True).stdout.strip()
     finally:
-        subprocess.run(["umount", str(where)], check=False)
+        _umount_loop(where)
+
+
+LOOP_UMOUNT_WAIT_S = 30
+
+
+def _umount_loop(where: Path) -> None:
+    """Unmount a test's own file system. A daemon that has just exited may
+    still hold files on it for a moment (its io_uring rings are torn down
+    after the process is gone), so a busy unmount is tried again, bounded;
+    one that never succeeds is detached (so no mount is left behind) and
+    fails the test: before, a failed unmount was ignored and left the loop
+    mount in place."""
+    deadline = time.monotonic() + LOOP_UMOUNT_WAIT_S
+    while True:
+        done = subprocess.run(["umount", str(where)], capture_output=True, text=True, check=False)
+        if done.returncode == 0 or not os.path.ismount(where):
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # (a poll for the last file on it to be closed, bounded)
+    subprocess.run(["umount", "-l", str(where)], check=False)
+    raise AssertionError(f"cannot unmount {where}: {done.stderr.strip()}")
 
 
 def mounted_points() -> set[str]:
