@@ -12,6 +12,7 @@ session's snapshots, and the configured MCP tool providers. The verbs around it
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -223,9 +224,30 @@ def running_plugins(kernel: Kernel) -> list[str]:
     return sorted(n for n, s in kernel.supervisors.items() if s.state is State.RUNNING)
 
 
-def _review_hint(opts: RunOptions) -> str:
+def pending_changes(opts: RunOptions) -> int | None:
+    """How many changes the session still holds over its lower (`astrid-fs
+    diff --json`); None when that cannot be said."""
+    done = _astrid_fs("diff", "--json", opts.session)
+    if done.returncode != 0:
+        return None
+    try:
+        changes = json.loads(done.stdout)
+    except ValueError:
+        return None
+    return len(changes) if isinstance(changes, list) else None
+
+
+def _review_hint(opts: RunOptions, pending: int | None) -> str:
+    """What a person can do with the session now. One whose changes all
+    landed (the agent's commit was approved) or that made none is not
+    offered a commit: it would land nothing."""
     name = opts.session
-    return (f"Session '{name}' kept for review:\n"
+    if pending == 0:
+        return (f"Session '{name}' kept; nothing in it differs from {opts.lower} "
+                f"(its changes landed, or it made none):\n"
+                f"  astrid-fs discard {name}          # remove it")
+    counted = "" if pending is None else f" ({pending} change{'s' if pending != 1 else ''})"
+    return (f"Session '{name}' kept for review{counted}:\n"
             f"  astrid-fs diff --stat {name}      # what changed\n"
             f"  astrid-fs diff --patch {name}     # the diffs\n"
             f"  astrid-fs commit {name}           # land it in {opts.lower}\n"
@@ -252,7 +274,8 @@ def in_mounted_session(opts: RunOptions, err: IO[str], body: Callable[[], object
     if problem is not None:
         raise RunError(f"could not unmount {opts.mount}: {problem}; the session is kept; "
                        f"run `astrid-fs umount {opts.mount}`")
-    print(f"astrid: unmounted {opts.mount}.\n{_review_hint(opts)}", file=err, flush=True)
+    hint = _review_hint(opts, pending_changes(opts))
+    print(f"astrid: unmounted {opts.mount}.\n{hint}", file=err, flush=True)
 
 
 def run_in_session(opts: RunOptions, err: IO[str], main: Callable[[], object]) -> int:
