@@ -245,7 +245,7 @@ def _review_hint(opts: RunOptions, pending: int | None) -> str:
     if pending == 0:
         return (f"Session '{name}' kept; nothing in it differs from {opts.lower} "
                 f"(its changes landed, or it made none):\n"
-                f"  astrid-fs discard {name}          # remove it")
+                f"  astrid-fs rm {name}               # delete it (--force: with its snapshots)")
     counted = "" if pending is None else f" ({pending} change{'s' if pending != 1 else ''})"
     return (f"Session '{name}' kept for review{counted}:\n"
             f"  astrid-fs diff --stat {name}      # what changed\n"
