@@ -28,7 +28,7 @@ from astrid_runtime.approval.service import start_approvals
 from astrid_runtime.config import KernelConfig, default_socket, defaults, load_config
 from astrid_runtime.control import ControlServer
 from astrid_runtime.engine import KernelEngine
-from astrid_runtime.errors import KernelError, first_kernel_error
+from astrid_runtime.errors import KernelError, LockfileError, first_kernel_error
 from astrid_runtime.identity import read_secret
 from astrid_runtime.kernel import BootPlan, Kernel, open_kernel
 from astrid_runtime.recorder import recorder
@@ -57,6 +57,8 @@ def resolve_config(args: argparse.Namespace) -> KernelConfig:
         changes["home"] = args.home
         changes["socket"] = default_socket(args.home)
     if args.lockfile:
+        if not args.lockfile.exists():  # (named: a typo must not boot an empty kernel)
+            raise LockfileError(f"--lockfile {args.lockfile}: no such file")
         changes["lockfile"] = args.lockfile.resolve()
     if args.socket:
         changes["socket"] = args.socket

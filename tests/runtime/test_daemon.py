@@ -141,6 +141,19 @@ def test_unreachable_daemon_and_bad_config(tmp_path: Path) -> None:
     assert bad.stderr == f"astridd: {config}:2: guest_threads must be int, not str\n"
 
 
+def test_a_named_lockfile_that_is_not_there_stops_boot(tmp_path: Path) -> None:
+    """`astridd --lockfile TYPO` booted an empty kernel (a missing lockfile is
+    an empty lock only where none was named)."""
+    config = tmp_path / "astridd.toml"
+    config.write_text(f'home = "{tmp_path / "home"}"\nkv = "none"\n')
+    lock = tmp_path / "plugins.lok"
+    bad = subprocess.run([*ASTRIDD, "--config", str(config), "--lockfile", str(lock)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert bad.stderr == f"astridd: --lockfile {lock}: no such file\n"
+    assert not (tmp_path / "home" / "astridd.sock").exists()
+
+
 def test_malformed_lockfile_stops_boot_with_the_line(tmp_path: Path) -> None:
     lock = tmp_path / "plugins.lock"
     lock.write_text('version = 1\n[[plugin]]\nname = "x"\nversion = 1\n')
