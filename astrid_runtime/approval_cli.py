@@ -46,7 +46,7 @@ def add_parsers(sub: Any) -> None:
     no = sub.add_parser("deny", help="refuse an ask, with an optional reason",
                         epilog="example: astrid deny 3f2a91c0 not before the review")
     no.add_argument("id")
-    no.add_argument("reason", nargs="*", help="returned to the plugin and audited")
+    no.add_argument("reason", nargs="*", default=[], help="returned to the plugin and audited")
     rv = sub.add_parser("revoke", help="forget a standing (session or always) approval",
                         epilog="example: astrid revoke 9c1d02aa")
     rv.add_argument("id")

@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        epilog="examples:\n  astrid-fs diff fix-bug\n"
                        "  astrid-fs diff fix-bug src/ --patch\n  astrid-fs diff fix-bug --json")
     d.add_argument("session")
-    d.add_argument("paths", nargs="*", metavar="PATH", help="only changes under these paths")
+    d.add_argument("paths", nargs="*", metavar="PATH", default=[],
+                   help="only changes under these paths")
     fmt = d.add_mutually_exclusive_group()
     fmt.add_argument("--patch", "-p", action="store_true", help="unified diffs")
     fmt.add_argument("--stat", action="store_true", help="a summary per file")
@@ -63,7 +64,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        epilog="examples:\n  astrid-fs commit fix-bug\n"
                        "  astrid-fs commit fix-bug src/ README.md --dry-run")
     c.add_argument("session")
-    c.add_argument("paths", nargs="*", metavar="PATH")
+    c.add_argument("paths", nargs="*", metavar="PATH", default=[])
     c.add_argument("--dry-run", "-n", action="store_true", help="print the plan, change nothing")
     c.add_argument("--force", action="store_true",
                    help="commit even where the lower changed since the session copied it")
@@ -76,7 +77,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        epilog="examples:\n  astrid-fs discard fix-bug build/\n"
                        "  astrid-fs discard fix-bug --all")
     x.add_argument("session")
-    x.add_argument("paths", nargs="*", metavar="PATH")
+    x.add_argument("paths", nargs="*", metavar="PATH", default=[])
     x.add_argument("--all", action="store_true", help="drop every change (needed without PATH)")
     x.set_defaults(func=cmd_discard)
 
@@ -108,7 +109,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         epilog="examples:\n  astrid-fs resolve fix-bug README.md --merge\n"
                         "  astrid-fs resolve fix-bug build/ --theirs")
     rs.add_argument("session")
-    rs.add_argument("paths", nargs="*", metavar="PATH")
+    rs.add_argument("paths", nargs="*", metavar="PATH", default=[])
     side = rs.add_mutually_exclusive_group(required=True)
     side.add_argument("--ours", dest="side", action="store_const", const="ours")
     side.add_argument("--theirs", dest="side", action="store_const", const="theirs")
@@ -124,7 +125,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         "change. Conflicts that cannot be merged are listed for resolve.",
                         epilog="example:\n  astrid-fs update fix-bug")
     up.add_argument("session")
-    up.add_argument("paths", nargs="*", metavar="PATH")
+    up.add_argument("paths", nargs="*", metavar="PATH", default=[])
     up.add_argument("--json", action="store_true", help="machine-readable output")
     up.set_defaults(func=cmd_update)
 

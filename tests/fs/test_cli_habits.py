@@ -194,3 +194,19 @@ def test_a_reader_that_goes_away_cuts_no_verb_short(
     done = _closed_reader_run(s, "commit", s.name, "README.md")
     assert (done.returncode, done.stderr) == (0, "")
     assert (s.lower / "README.md").read_text() == "changed\n"
+
+
+def test_a_missing_argument_names_only_what_is_required() -> None:
+    """`astrid-fs diff` without a session said "the following arguments are
+    required: session, PATH" (argparse counts a `*` positional without a
+    default as required in that message), though PATH may be left out."""
+    for verb, sub in _subparsers(build_parser()).items():
+        optional = [a.metavar or a.dest for a in sub._actions
+                    if not a.option_strings and a.nargs in ("*", "?")]
+        if not optional:
+            continue
+        done = subprocess.run([*ASTRID_FS, verb], capture_output=True, text=True, check=False)
+        assert done.returncode == 2, (verb, done.stderr)
+        required = done.stderr.strip().splitlines()[-1].partition("required: ")[2]
+        for name in optional:
+            assert name not in required.split(", "), (verb, done.stderr)
