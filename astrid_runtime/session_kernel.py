@@ -227,7 +227,10 @@ def running_plugins(kernel: Kernel) -> list[str]:
 def pending_changes(opts: RunOptions) -> int | None:
     """How many changes the session still holds over its lower (`astrid-fs
     diff --json`); None when that cannot be said."""
-    done = _astrid_fs("diff", "--json", opts.session)
+    try:
+        done = _astrid_fs("diff", "--json", opts.session)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
     if done.returncode != 0:
         return None
     try:

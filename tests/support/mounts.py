@@ -97,12 +97,11 @@ LOOP_UMOUNT_WAIT_S = 30
 
 
 def _umount_loop(where: Path) -> None:
-    """Unmount a test's own file system. A daemon that has just exited may
-    still hold files on it for a moment (its io_uring rings are torn down
-    after the process is gone), so a busy unmount is tried again, bounded;
-    one that never succeeds is detached (so no mount is left behind) and
-    fails the test: before, a failed unmount was ignored and left the loop
-    mount in place."""
+    """Unmount a test's own file system. A busy unmount is tried again,
+    bounded (a process that used it may be finishing); one that never
+    succeeds is detached (so no mount is left behind) and fails the test.
+    Before, a failed unmount was ignored and left the loop mount in place
+    (once, in CI on 2026-12-05; the cause was not seen)."""
     deadline = time.monotonic() + LOOP_UMOUNT_WAIT_S
     while True:
         done = subprocess.run(["umount", str(where)], capture_output=True, text=True, check=False)
