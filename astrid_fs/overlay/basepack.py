@@ -256,6 +256,12 @@ class Pack:
         with self.locked():
             return path in self.live
 
+    def claim(self, path: bytes) -> Kept | None:
+        """What the live content of `path` claims (size, mtime), without
+        reading it; None if none is kept."""
+        with self.locked():
+            return self.live.get(path)
+
     def keep(self, path: bytes, body: bytes, mtime_ns: int) -> bool:
         """Append `body` as `path`'s content unless it has some (the first
         copy stands); False if it had. (Once per copy-up: the lock is taken

@@ -139,6 +139,9 @@ def base_conflict(change: Change, lower: str, index: BaseIndex | None,
     if why is not None and not (isinstance(base, Base) and st is not None and same_as_kept(
             kept, path, base.size, base.mtime_ns, base.mode, os.path.join(lower, path), st)):
         return why
+    why = moved_since_hidden(path, kept, os.path.join(lower, path), st)
+    if why is not None:
+        return why
     if ((change.status == "D" and change.kind == "dir")
             or (change.status == "T" and change.old_kind == "dir")):
         # A deleted or replaced tree takes every entry below it along.
@@ -148,6 +151,39 @@ def base_conflict(change: Change, lower: str, index: BaseIndex | None,
                 if why is not None:
                     return why
     return None
+
+
+def moved_since_hidden(path: str, kept: Pack | None, lower_file: str,
+                       now: os.stat_result | None) -> str | None:
+    """Why the project's file at `path` is no longer what the session hid
+    there. The overlay keeps a lower file's content, with its mtime, when
+    the session first hides it without a copy-up vouching for the change
+    (an `rm`, an editor's save over it: overlay/basecontent.py). That is
+    what the session saw and replaced, and it can be newer than the base
+    index's row (the project's file as the session began): a file the user
+    added or edited after the session began. Before, an editor's save over
+    a file the user added later, then deleted, landed without a conflict
+    (the index said absent then and absent now). Content the review put
+    (mtime 0: a merge's or `resolve`'s new base) claims no lower version."""
+    claim = None if kept is None else kept.claim(os.fsencode(path))
+    if claim is None or claim.mtime_ns == 0:
+        return None
+    if now is None:
+        return f"{path} was deleted from the project since the session replaced it"
+    if not stat.S_ISREG(now.st_mode):
+        return f"{path} changed type in the project since the session replaced it"
+    if (now.st_size, now.st_mtime_ns) == (claim.size, claim.mtime_ns):
+        return None
+    found = kept.read(os.fsencode(path)) if kept is not None else None
+    if found is None:  # (its body did not survive a crash: nothing to judge by)
+        return None
+    try:
+        with open(lower_file, "rb") as f:
+            if f.read(claim.size + 1) == found[1]:
+                return None  # (touched, same bytes)
+    except OSError:
+        pass
+    return f"{path} changed in the project since the session replaced it"
 
 
 def _differs(path: str, base: Base | Unknown | None, now: Base | None) -> str | None:

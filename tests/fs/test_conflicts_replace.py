@@ -105,6 +105,39 @@ def test_mv_over_a_file_the_user_deleted_conflicts(tmp_path: Path, mount_session
     assert _diff_json(s)["scripts/start.sh"]["conflict"] is None
 
 
+@pytest.mark.parametrize("then", ["deleted", "edited"])
+def test_editor_save_over_a_file_the_user_added_conflicts_when_the_user_moves_on(
+        tmp_path: Path, mount_session: Mount, then: str) -> None:
+    """Found by the model test: the user adds a file after the session
+    began, the session's editor saves over it (temp file + rename), then
+    the user deletes it. The base index said absent when the session began
+    and absent now, so the commit brought the file back without a conflict.
+    What the session replaced (kept at the save: overlay/basecontent.py) is
+    what its change was based on."""
+    project = _project(tmp_path / "project")
+    s = mount_session(project, None, "--lower-ttl", "0")
+    (project / "docs" / "new.md").write_text("the user's note\n")
+    tmp = s.mnt / "docs" / ".new.md.swp"
+    tmp.write_text("the agent's note\n")
+    os.rename(tmp, s.mnt / "docs" / "new.md")
+    if then == "deleted":
+        (project / "docs" / "new.md").unlink()
+    else:
+        (project / "docs" / "new.md").write_text("the user's second note\n")
+    before = tree_state(project)
+    change = _diff_json(s)["docs/new.md"]
+    assert change["conflict"], change  # (edited: the index saw the add already)
+    if then == "deleted":
+        assert "deleted from the project since the session replaced it" in str(
+            change["conflict"]), change
+    assert s.cli("commit", s.name, check=False).returncode == 3
+    assert tree_state(project) == before
+    # resolve --ours: the session's note lands, knowingly
+    s.cli("resolve", s.name, "--ours")
+    s.cli("commit", s.name)
+    assert (project / "docs" / "new.md").read_text() == "the agent's note\n"
+
+
 def test_add_add_second_session_sees_the_first(tmp_path: Path, mount_session: Mount) -> None:
     project = _project(tmp_path / "project")
     a = mount_session(project)

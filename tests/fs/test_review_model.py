@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from astrid_fs.cli.daemonlink import DaemonLink
@@ -297,6 +297,8 @@ def test_two_sessions_and_the_project_at_once(tmp_path: Path, mount_session: Mou
               suppress_health_check=[HealthCheck.function_scoped_fixture,
                                      HealthCheck.too_slow])
     @given(st.lists(op, min_size=1, max_size=14))
+    # found 2026-12-05: a save over a file the user added, then deleted
+    @example(steps=[("user_write", "d/f.txt"), ("save", 0, "d/f.txt"), ("user_rm", "d/f.txt")])
     def run(steps: list[tuple[object, ...]]) -> None:
         _reset(sides, lower)
         _run(sides, lower, steps)
