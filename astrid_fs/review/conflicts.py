@@ -61,9 +61,14 @@ def same_as_kept(kept: Pack | None, path: str, base_size: int | None,
     found = kept.read(os.fsencode(path))
     if found is None or (found[0].size, found[0].mtime_ns) != (base_size, base_mtime_ns):
         return False
+    return _file_holds(lower_file, found[1])
+
+
+def _file_holds(path: str, body: bytes) -> bool:
+    """Does the file at `path` hold exactly `body`?"""
     try:
-        with open(lower_file, "rb") as f:
-            return f.read(base_size + 1) == found[1]
+        with open(path, "rb") as f:
+            return f.read(len(body) + 1) == body
     except OSError:
         return False
 
@@ -165,7 +170,9 @@ def moved_since_hidden(path: str, kept: Pack | None, lower_file: str,
     a file the user added later, then deleted, landed without a conflict
     (the index said absent then and absent now). Content the review put
     (mtime 0: a merge's or `resolve`'s new base) claims no lower version."""
-    claim = None if kept is None else kept.claim(os.fsencode(path))
+    if kept is None:
+        return None
+    claim = kept.claim(os.fsencode(path))
     if claim is None or claim.mtime_ns == 0:
         return None
     if now is None:
@@ -174,15 +181,11 @@ def moved_since_hidden(path: str, kept: Pack | None, lower_file: str,
         return f"{path} changed type in the project since the session replaced it"
     if (now.st_size, now.st_mtime_ns) == (claim.size, claim.mtime_ns):
         return None
-    found = kept.read(os.fsencode(path)) if kept is not None else None
-    if found is None:  # (its body did not survive a crash: nothing to judge by)
+    found = kept.read(os.fsencode(path))
+    # (a body that did not survive a crash gives nothing to judge by;
+    # touched but the same bytes is no change)
+    if found is None or _file_holds(lower_file, found[1]):
         return None
-    try:
-        with open(lower_file, "rb") as f:
-            if f.read(claim.size + 1) == found[1]:
-                return None  # (touched, same bytes)
-    except OSError:
-        pass
     return f"{path} changed in the project since the session replaced it"
 
 
